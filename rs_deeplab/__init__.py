@@ -1,0 +1,16 @@
+"""rs_deeplab: remote-sensing semantic segmentation with DeepLab, from GeoTIFF scenes to GeoPackage polygons."""
+
+from __future__ import annotations
+
+from rs_deeplab.errors import CheckpointError, ConfigError, InputError, RasterError, RsDeeplabError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "RasterError",
+    "RsDeeplabError",
+    "__version__",
+]

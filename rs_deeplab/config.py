@@ -1,0 +1,298 @@
+"""Typed, frozen experiment configuration: a strict YAML loader with ``key.sub=value`` overrides."""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rs_deeplab.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+DatasetName = Literal["potsdam", "vaihingen", "loveda", "isaid", "voc", "cityscapes"]
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: immutable, unknown keys rejected, defaults validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(StrictModel):
+    """Where training data comes from and how batches are made."""
+
+    source: Literal["tiles", "voc", "cityscapes"] = "tiles"
+    """``tiles``: a tiler output folder holding ``index.gpkg``; ``voc``/``cityscapes``: the dataset root."""
+    root: Path = Path("tiles")
+    scheme: DatasetName = "potsdam"
+    """Class names and colours (see DESIGN.md, Labels)."""
+    train_split: str = "train"
+    val_split: str = "val"
+    bands: list[PositiveInt] | None = None
+    """1-based bands to read from each image; None reads all of them."""
+    crop_size: PositiveInt = 512
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0)
+    flips: Literal["aerial", "horizontal", "none"] = "aerial"
+    """``aerial``: horizontal and vertical flips plus 90° rotations; ``horizontal``: VOC/Cityscapes style."""
+    batch_size: PositiveInt = 8
+    num_workers: NonNegInt = 4
+    max_class_ratio: Annotated[float, Field(gt=0, le=1)] = 0.75
+    """Random crops where one class covers more than this fraction are retried."""
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> DataConfig:
+        low, high = self.scale_range
+        if low > high:
+            raise ValueError(f"scale_range must be [low, high] with low <= high, got [{low}, {high}]")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """Which DeepLab to build; None means the paper's default."""
+
+    name: Literal["deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus"] = "deeplabv3plus"
+    backbone: str | None = None
+    output_stride: Literal[8, 16] | None = None
+    head: Literal["paper", "mmseg"] = "paper"
+    """``mmseg``: 512-channel ASPP with rates 12/24/36 and an auxiliary FCN head, for published-table parity."""
+    weights: Path | None = None
+    """A local ImageNet state_dict for the encoder; nothing is ever downloaded."""
+    aux_weight: NonNegFloat = 0.4
+
+
+class OptimizerConfig(StrictModel):
+    """Optimiser settings; the DeepLab papers use SGD with momentum 0.9 and weight decay 5e-4."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegFloat = 5e-4
+    head_lr_mult: Annotated[float, Field(ge=1)] = 10.0
+    nesterov: bool = False
+
+
+class ScheduleConfig(StrictModel):
+    """Iteration-based poly learning-rate schedule with optional linear warmup."""
+
+    iterations: PositiveInt = 80_000
+    power: PositiveFloat = 0.9
+    min_lr: NonNegFloat = 1e-4
+    warmup_iters: NonNegInt = 0
+    warmup_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class TrainConfig(StrictModel):
+    """Engine switches: precision, compilation, accumulation, evaluation and logging cadence."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
+    """Mixed precision on CUDA; ignored on CPU."""
+    channels_last: bool = True
+    compile: bool = False
+    grad_accum: PositiveInt = 1
+    sync_bn: bool = True
+    class_weights: list[NonNegFloat] | None = None
+    eval_every: PositiveInt = 4000
+    checkpoint_every: PositiveInt = 1000
+    log_every: PositiveInt = 50
+
+
+class InferConfig(StrictModel):
+    """Sliding-window inference defaults recorded with every trained model."""
+
+    size: PositiveInt = 512
+    stride: PositiveInt = 256
+    batch_size: PositiveInt = 8
+    window: Literal["hann", "gaussian"] = "hann"
+    tta: bool = False
+    scales: list[PositiveFloat] = [1.0]
+    crf: bool = False
+    scenes: list[Path] = []
+    """Held-out scenes that ``pipelines/infer.py`` runs on when no scene is given."""
+
+    @model_validator(mode="after")
+    def _check_stride(self) -> InferConfig:
+        if self.stride > self.size:
+            raise ValueError(f"stride ({self.stride}) must not exceed size ({self.size}); windows would leave gaps")
+        return self
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: everything ``pipelines/train.py`` and ``pipelines/infer.py`` need."""
+
+    name: str = "experiment"
+    work_dir: Path | None = None
+    """Output folder; ``runs/<name>`` when None."""
+    seed: int = 0
+    resume: bool = True
+    """Continue from ``last.pt`` in the work dir when it exists."""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder checkpoints, logs and plots go to."""
+        return self.work_dir if self.work_dir is not None else Path("runs") / self.name
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``key.sub=value`` strings; values are read as YAML scalars or flow lists (``[1, 2]``)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected key.sub=value, e.g. optimizer.lr=0.01")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.sub=value`` override set (missing sections are created)."""
+    result = _deep_copy(data)
+    for path, value in parse_overrides(overrides):
+        node = result
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is a value, not a section"
+                )
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing file, bad syntax or a non-mapping document."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass a YAML file such as configs/demo.yaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate_config(data: Mapping[str, Any], model: type[M], *, source: str = "config") -> M:
+    """Validate ``data`` against ``model``, turning the first pydantic error into a one-line ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    overrides: Iterable[str] = (),
+    model: type[M] = ExperimentConfig,  # type: ignore[assignment]
+) -> M:
+    """Load a YAML config file, apply ``key.sub=value`` overrides and validate it strictly.
+
+    Args:
+        path: YAML file.
+        overrides: Strings such as ``optimizer.lr=0.01`` or ``data.bands=[1,2,3]``.
+        model: The config model to validate against.
+
+    Returns:
+        The frozen, validated config. For :class:`ExperimentConfig`, ``name`` defaults to the file's stem.
+
+    Raises:
+        ConfigError: Missing file, bad YAML, unknown key, wrong type or out-of-range value.
+    """
+    data = apply_overrides(read_yaml(path), overrides)
+    if model is ExperimentConfig:
+        data.setdefault("name", Path(path).stem)
+    return validate_config(data, model, source=str(path))
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    """Plain-data view of a config (paths as strings), as written to ``config.yaml`` and checkpoints."""
+    return config.model_dump(mode="json")
+
+
+def dump_config(config: BaseModel, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as YAML beside an output, atomically."""
+    from rs_deeplab.raster import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    return Path(path)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line: ``source: key.path: problem (given X); allowed ...`` for the first error, with a count of others."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc) or "<top level>"
+    given = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, first["loc"][:-1])
+        where = ".".join(loc[:-1]) or "the top level"
+        text = f"{key}: unknown key (given {given!r}); allowed keys under {where}: {', '.join(allowed)}"
+    else:
+        shown = given if not isinstance(given, dict) else "a mapping"
+        text = f"{key}: {first['msg'].rstrip('.')} (given {shown!r})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{source}: {text}{more}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if _is_model(current) else None
+        if field is None:
+            return []
+        current = _unwrap_model(field.annotation)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    if _is_model(annotation):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple, dict):
+        for arg in typing.get_args(annotation):
+            found = _unwrap_model(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,172 @@
+"""Small rasterio helpers: validated opening, atomic writes and GeoTIFF output profiles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from rs_deeplab.errors import InputError, RasterError
+
+PathLike = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def quiet_georeferencing() -> Iterator[None]:
+    """Silence rasterio's ``NotGeoreferencedWarning`` for PNG/JPEG inputs that carry pixel coordinates only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
+    """Open ``path`` for reading, turning GDAL failures into one-line :class:`RasterError` messages.
+
+    Args:
+        path: Any file GDAL can read (GeoTIFF, PNG, JPEG, VRT, ...).
+
+    Raises:
+        RasterError: The file does not exist or GDAL cannot read it as a raster.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RasterError(f"{p}: file not found; check the path")
+    if p.is_dir():
+        raise RasterError(f"{p}: is a directory, expected a raster file (GeoTIFF, PNG, ...)")
+    try:
+        with quiet_georeferencing():
+            return rasterio.open(p)
+    except RasterioIOError as exc:
+        raise RasterError(
+            f"{p}: not a raster GDAL can read ({str(exc).splitlines()[0][:120]}); pass a GeoTIFF, PNG or JPEG"
+        ) from None
+
+
+def temporary_sibling(path: PathLike) -> Path:
+    """Return a unique temporary path in the same folder as ``path``, keeping its extension for GDAL."""
+    p = Path(path)
+    return p.with_name(f".{p.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{p.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Nothing is ever left half-written under the final name: on error the temporary file (and any GDAL
+    side-car such as ``.aux.xml``) is removed and the exception propagates.
+
+    Raises:
+        InputError: The output folder does not exist.
+    """
+    final = Path(path)
+    if not final.parent.exists():
+        raise InputError(f"{final}: output folder {final.parent} does not exist; create it first")
+    tmp = temporary_sibling(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+        aux = tmp.with_name(tmp.name + ".aux.xml")
+        if aux.exists():
+            os.replace(aux, final.with_name(final.name + ".aux.xml"))
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".aux.xml")):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def geotiff_profile(
+    *,
+    width: int,
+    height: int,
+    count: int,
+    dtype: str | np.dtype[Any],
+    crs: Any = None,
+    transform: Any = None,
+    nodata: float | None = None,
+    compress: str | None = "deflate",
+    tiled: bool = True,
+    blocksize: int = 256,
+) -> dict[str, Any]:
+    """Build a GeoTIFF creation profile; tiled only when the raster is at least one block in size."""
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": np.dtype(dtype).name,
+        "crs": crs,
+        "transform": transform if transform is not None else rasterio.transform.IDENTITY,
+        "nodata": nodata,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if compress:
+        profile["compress"] = compress
+        if np.dtype(dtype).kind in "ui":
+            profile["predictor"] = 2
+    if tiled and width >= blocksize and height >= blocksize:
+        profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    if count > 1 and np.dtype(dtype) == np.uint8 and count in (3, 4):
+        profile["interleave"] = "pixel"
+    return profile
+
+
+def write_geotiff(
+    path: PathLike,
+    array: np.ndarray,
+    *,
+    crs: Any = None,
+    transform: Any = None,
+    nodata: float | None = None,
+    descriptions: Sequence[str | None] | None = None,
+    colormap: Mapping[int, Sequence[int]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    compress: str | None = "deflate",
+) -> Path:
+    """Write a ``(bands, H, W)`` or ``(H, W)`` array to ``path`` atomically as a GeoTIFF.
+
+    Args:
+        path: Destination file.
+        array: Pixel values; a 2-D array is written as one band.
+        crs: Coordinate reference system (anything rasterio accepts) or None for pixel coordinates.
+        transform: Affine geotransform; identity when None.
+        nodata: Nodata value recorded in the file.
+        descriptions: Optional per-band descriptions.
+        colormap: Optional colour table for a single-band uint8 raster, ``{value: (r, g, b[, a])}``.
+        tags: Optional dataset-level metadata.
+        compress: GDAL compression (``deflate``, ``lzw``, ``none`` or None).
+
+    Returns:
+        The final path.
+    """
+    data = array[np.newaxis] if array.ndim == 2 else array
+    if data.ndim != 3:
+        raise ValueError(f"expected a (bands, H, W) or (H, W) array, got shape {array.shape}")
+    profile = geotiff_profile(
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        compress=None if compress in (None, "none") else compress,
+    )
+    with atomic_output(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            for i, desc in enumerate(descriptions, start=1):
+                if desc:
+                    dst.set_band_description(i, desc)
+        if colormap is not None:
+            dst.write_colormap(1, {int(k): tuple(v) for k, v in colormap.items()})
+        if tags:
+            dst.update_tags(**tags)
+    return Path(path)
