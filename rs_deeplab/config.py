@@ -40,7 +40,8 @@ class DataConfig(StrictModel):
     val_split: str = "val"
     bands: list[PositiveInt] | None = None
     """1-based bands to read from each image; None reads all of them."""
-    crop_size: PositiveInt = 512
+    crop_size: PositiveInt | tuple[PositiveInt, PositiveInt] = 512
+    """Training crop side, or ``[height, width]`` (Cityscapes uses ``[512, 1024]``)."""
     scale_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0)
     flips: Literal["aerial", "horizontal", "none"] = "aerial"
     """``aerial``: horizontal and vertical flips plus 90° rotations; ``horizontal``: VOC/Cityscapes style."""
@@ -68,6 +69,8 @@ class ModelConfig(StrictModel):
     weights: Path | None = None
     """A local ImageNet state_dict for the encoder; nothing is ever downloaded."""
     aux_weight: NonNegFloat = 0.4
+    dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    """Probability for every dropout layer; None keeps each architecture's own (0.5 in ASPP/fc6/fc7)."""
 
 
 class OptimizerConfig(StrictModel):

@@ -80,15 +80,22 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
-        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count])
+        channels = x.shape[1]
+        n = x.numel() / channels
+        # local mean and centred sum of squares (two-pass, accurate), combined across ranks in float64 so that
+        # sum(n m^2) - N mean^2 does not cancel catastrophically when activations have a large mean
+        local_mean = x.mean(dims)
+        local_m2 = ((x - local_mean.view(1, channels, *[1] * (x.dim() - 2))) ** 2).sum(dims)
+        m64 = local_mean.double()
+        count = torch.full((1,), n, dtype=torch.float64, device=x.device)
+        stats = torch.cat([m64 * n, m64 * m64 * n, local_m2.double(), count])
         from torch.distributed.nn.functional import all_reduce
 
         stats = all_reduce(stats)
-        channels = x.shape[1]
         total = stats[-1]
-        mean = stats[:channels] / total
-        var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
+        mean64 = stats[:channels] / total
+        m2 = stats[2 * channels : 3 * channels] + stats[channels : 2 * channels] - total * mean64 * mean64
+        mean, var = mean64.to(x.dtype), (m2 / total).clamp_min(0).to(x.dtype)
         self._update_running_stats(mean.detach(), var.detach(), float(total))
         shape = [1, channels] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
@@ -125,3 +132,31 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         module.add_module(name, _convert_cpu(child))
     return module
+
+
+def parameter_fingerprint(model: nn.Module) -> torch.Tensor:
+    """Two float64 numbers summarising a model's parameters: their sum and their sum of squares."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for p in model.parameters():
+        data = p.detach().to("cpu", torch.float64)
+        total += torch.stack([data.sum(), (data * data).sum()])
+    return total
+
+
+def rank_fingerprints(model: nn.Module, device: torch.device) -> list[list[float]]:
+    """Every rank's :func:`parameter_fingerprint` (a single entry without a process group)."""
+    mine = parameter_fingerprint(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine.tolist()]
+    local = mine.to(device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [g.cpu().tolist() for g in gathered]
+
+
+def check_in_sync(fingerprints: list[list[float]], rtol: float = 1e-6) -> None:
+    """Raise if the ranks' parameters have drifted apart (DDP should keep them identical)."""
+    ref = torch.tensor(fingerprints[0])
+    for rank, fp in enumerate(fingerprints[1:], start=1):
+        if not torch.allclose(torch.tensor(fp), ref, rtol=rtol, atol=1e-8):
+            raise RuntimeError(f"rank {rank} parameters differ from rank 0 ({fp} vs {ref.tolist()})")

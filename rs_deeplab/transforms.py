@@ -95,10 +95,10 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad ``(H, W, C)`` image with 0 (the mean, once normalised) and mask with 255 to at least ``size``²."""
+def pad_to(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``(H, W, C)`` image with 0 (the mean, once normalised) and mask with 255 to at least ``size``."""
     h, w = mask.shape
-    ph, pw = max(size - h, 0), max(size - w, 0)
+    ph, pw = max(size[0] - h, 0), max(size[1] - w, 0)
     if ph == 0 and pw == 0:
         return image, mask
     image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
@@ -107,18 +107,24 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, 
 
 
 def random_crop(
-    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, max_class_ratio: float, tries: int = 10
+    image: np.ndarray,
+    mask: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    max_class_ratio: float,
+    tries: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``size``²; retry up to ``tries`` times while one class covers more than ``max_class_ratio``."""
+    """Crop ``size`` (h, w); retry up to ``tries`` times while one class covers more than ``max_class_ratio``."""
     h, w = mask.shape
+    ch, cw = size
     for _ in range(tries):
-        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        crop = mask[top : top + size, left : left + size]
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = mask[top : top + ch, left : left + cw]
         counts = np.bincount(crop[crop != IGNORE_INDEX].ravel(), minlength=1)
         counts = counts[counts > 0]
         if len(counts) > 1 and counts.max() / counts.sum() < max_class_ratio:
             break
-    return image[top : top + size, left : left + size], crop
+    return image[top : top + ch, left : left + cw], crop
 
 
 class TrainTransform:
@@ -127,13 +133,13 @@ class TrainTransform:
     def __init__(
         self,
         *,
-        crop_size: int,
+        crop_size: int | tuple[int, int],
         stats: BandStats | None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         flips: FlipMode = "aerial",
         max_class_ratio: float = 0.75,
     ) -> None:
-        self.crop_size = crop_size
+        self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         self.stats = stats
         self.max_class_ratio = max_class_ratio
         low, high = scale_range

@@ -60,6 +60,12 @@ def test_image_and_mask_stay_aligned(rng: np.random.Generator) -> None:
                 assert raw[sel].std() < 1e-3
 
 
+def test_rectangular_crop(rng: np.random.Generator) -> None:
+    image, mask = scene(rng, size=(60, 90))
+    img, msk = TrainTransform(crop_size=(32, 64), stats=None, flips="horizontal")(image, mask, 1)
+    assert img.shape == (4, 32, 64) and msk.shape == (32, 64)
+
+
 def test_small_image_is_padded_with_ignore(rng: np.random.Generator) -> None:
     image, mask = scene(rng, size=(20, 30))
     img, msk = TrainTransform(crop_size=64, stats=None, scale_range=(1.0, 1.0), flips="none")(image, mask, 0)
@@ -73,7 +79,7 @@ def test_random_crop_prefers_mixed_crops() -> None:
     def balanced(tries: int) -> int:
         count = 0
         for seed in range(40):
-            _, crop = random_crop(np.zeros((100, 100, 1)), mask, 40, np.random.default_rng(seed), 0.75, tries=tries)
+            _, crop = random_crop(np.zeros((100, 100, 1)), mask, (40, 40), np.random.default_rng(seed), 0.75, tries=tries)
             count += int((crop == 1).mean() > 0.25)
         return count
 

@@ -13,7 +13,7 @@ from rs_deeplab.distributed import convert_sync_batchnorm, init_distributed
 def main(out: str) -> None:
     env = init_distributed(torch.device("cpu"))
     torch.manual_seed(0)
-    x = torch.randn(4, 3, 5, 7) * 3 + 1
+    x = torch.randn(4, 3, 5, 7) * 0.2 + 30  # large mean: stresses the variance computation
     bn = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu"))
     with torch.no_grad():
         bn[0].weight.copy_(torch.tensor([1.0, 2.0, 0.5]))

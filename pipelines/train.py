@@ -1,0 +1,43 @@
+"""Train a DeepLab model from a YAML config: ``python pipelines/train.py CONFIG [key=value ...]``.
+
+Runs on one device as is, and on several under ``torchrun --nproc_per_node=N pipelines/train.py CONFIG``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.config import load_config
+from rs_deeplab.distributed import env_from_torchrun
+
+
+def build_parser() -> ArgumentParser:
+    """Arguments of ``pipelines/train.py``."""
+    parser = ArgumentParser(prog="train.py", description=__doc__)
+    parser.add_argument("config", help="experiment YAML, e.g. configs/potsdam_r50.yaml")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optimizer.lr=0.02 resume=false")
+    add_common_arguments(parser)
+    return parser
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load and validate the config (before any work), then train and print where the outputs went."""
+    args = build_parser().parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    env = env_from_torchrun()
+    setup_logging(quiet=args.quiet, verbose=args.verbose, rank=env.rank)
+    from rs_deeplab.experiment import train_experiment
+
+    result = train_experiment(cfg)
+    if env.is_main:
+        print(f"trained {cfg.name} for {result.iterations} iterations; best val mIoU {result.best_miou:.4f}")
+        outputs = {"run folder": result.run_dir, "last checkpoint": result.last, "best checkpoint": result.best}
+        print(describe_outputs({k: str(v) for k, v in outputs.items() if v is not None}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

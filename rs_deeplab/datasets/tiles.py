@@ -1,0 +1,78 @@
+"""The tiler's output as a training set: ``index.gpkg`` (layers ``tiles`` and ``classes``) plus crop files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.datasets.base import SegmentationSource
+from rs_deeplab.errors import InputError
+from rs_deeplab.raster import open_raster
+
+
+def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[str]]:
+    """Rows of the ``tiles`` layer (attributes only) and the class names from the ``classes`` table."""
+    import pyogrio
+
+    if not index_path.is_file():
+        raise InputError(
+            f"tiles: index {index_path} not found; run pipelines/tile.py with --out {index_path.parent} first"
+        )
+    tiles = pyogrio.read_dataframe(index_path, layer="tiles", read_geometry=False)
+    try:
+        classes = pyogrio.read_dataframe(index_path, layer="classes", read_geometry=False)
+    except Exception:  # an index without labels has no classes table
+        classes = None
+    names: list[str] = []
+    if classes is not None:
+        rows = classes.sort_values("class_id")
+        names = [str(n) for i, n in zip(rows["class_id"], rows["name"], strict=True) if int(i) != IGNORE_INDEX]
+    return tiles.to_dict("records"), names
+
+
+class TileIndexSource(SegmentationSource):
+    """The crops of one split (``train``, ``val``...) listed in a tiler ``index.gpkg``.
+
+    Args:
+        root: The tiler's output folder (holding ``index.gpkg``) or the index file itself.
+        split: Value of the index's ``split`` column.
+        bands: 1-based bands to read from each crop; None reads all.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str, bands: list[int] | None = None) -> None:
+        base = Path(root)
+        index = base if base.suffix == ".gpkg" else base / "index.gpkg"
+        rows, names = read_index_tables(index)
+        if not names:
+            raise InputError(f"tiles: {index} has no class table; tile with labels (--labels or --preset)")
+        chosen = [r for r in rows if r["split"] == split]
+        if not chosen:
+            present = sorted({str(r["split"]) for r in rows})
+            raise InputError(f"tiles: split {split!r} is empty in {index}; splits present: {', '.join(present)}")
+        unlabeled = [r for r in chosen if not r["label"]]
+        if unlabeled:
+            raise InputError(f"tiles: {len(unlabeled)} crops of split {split!r} in {index} have no label file")
+        folder = index.parent
+        super().__init__([folder / str(r["image"]) for r in chosen], [folder / str(r["label"]) for r in chosen], names)
+        self.bands = bands
+
+    def read_image(self, index: int) -> np.ndarray:
+        """Crop pixels of the selected bands; fails in one line if a band is missing."""
+        with open_raster(self.images[index]) as src:
+            if self.bands and max(self.bands) > src.count:
+                raise InputError(
+                    f"{self.images[index]}: has {src.count} bands but data.bands asks for band {max(self.bands)}"
+                )
+            return src.read(self.bands) if self.bands else src.read()
+
+    def read_label(self, index: int) -> np.ndarray:
+        """Class-index crop (uint8, 255 = ignore)."""
+        with open_raster(self.labels[index]) as src:
+            return src.read(1)
+
+    def in_channels(self) -> int:
+        """Band count the model sees."""
+        return len(self.bands) if self.bands else super().in_channels()

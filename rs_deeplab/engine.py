@@ -1,0 +1,240 @@
+"""A plain training loop: optimiser and poly schedule, ``train_one_epoch``, ``evaluate`` and ``fit``.
+
+``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them (one "epoch" here is the span
+between two evaluations), writes ``last.pt``/``best.pt`` on rank 0 and resumes from a checkpoint's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.distributed import all_reduce_sum
+from rs_deeplab.metrics import confusion_matrix
+from rs_deeplab.models import SegOutput, param_groups
+
+log = logging.getLogger("rs_deeplab.engine")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    head_lr_mult: float = 10.0,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with two groups: backbone at ``lr``, new head layers at ``lr * head_lr_mult``."""
+    backbone, head = param_groups(model)
+    groups = [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def poly_factor(
+    iteration: int, *, iterations: int, power: float, min_ratio: float, warmup_iters: int = 0, warmup_ratio: float = 0.1
+) -> float:
+    """Learning-rate multiplier: ``(1 - it/max)^power`` scaled to end at ``min_ratio``, after a linear warmup."""
+    progress = min(iteration, iterations) / iterations
+    factor = (1.0 - min_ratio) * (1.0 - progress) ** power + min_ratio
+    if iteration < warmup_iters:
+        factor *= warmup_ratio + (1.0 - warmup_ratio) * iteration / warmup_iters
+    return factor
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    iterations: int,
+    power: float = 0.9,
+    min_lr: float = 1e-4,
+    warmup_iters: int = 0,
+    warmup_ratio: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Iteration-based poly schedule (one ``step()`` per optimiser step) applied to every parameter group."""
+    base = optimizer.param_groups[0]["lr"]
+    min_ratio = min(min_lr / base, 1.0)
+
+    def factor(it: int) -> float:
+        return poly_factor(it, iterations=iterations, power=power, min_ratio=min_ratio,
+                           warmup_iters=warmup_iters, warmup_ratio=warmup_ratio)  # fmt: skip
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def segmentation_loss(
+    output: torch.Tensor | SegOutput, target: torch.Tensor, *, class_weights: torch.Tensor | None, aux_weight: float
+) -> torch.Tensor:
+    """Cross-entropy (ignore 255, optional class weights) plus ``aux_weight`` times the auxiliary loss."""
+    if isinstance(output, SegOutput):
+        main = F.cross_entropy(output.out.float(), target, weight=class_weights, ignore_index=IGNORE_INDEX)
+        aux = F.cross_entropy(output.aux.float(), target, weight=class_weights, ignore_index=IGNORE_INDEX)
+        return main + aux_weight * aux
+    return F.cross_entropy(output.float(), target, weight=class_weights, ignore_index=IGNORE_INDEX)
+
+
+@dataclass
+class StepContext:
+    """What each optimisation step needs besides the model and the data."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    grad_accum: int = 1
+    class_weights: torch.Tensor | None = None
+    aux_weight: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """Move a batch to the device (non-blocking from pinned memory), channels_last when asked."""
+    images, masks = batch
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(device, non_blocking=True)
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on CUDA when ``amp_dtype`` is set; nothing on CPU."""
+    if amp_dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
+def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContext) -> float:
+    """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss (DDP syncs on the last)."""
+    model.train()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for i, batch in enumerate(micro_batches):
+        images, masks = to_device(batch, ctx.device, ctx.channels_last)
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(ctx.device, ctx.amp_dtype):
+                output = model(images)
+            loss = segmentation_loss(output, masks, class_weights=ctx.class_weights, aux_weight=ctx.aux_weight)
+            scaled = loss / len(micro_batches)
+            (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
+        total += float(loss.detach())
+    if not math.isfinite(total):
+        raise FloatingPointError("loss is not finite; lower optimizer.lr or check the labels")
+    if ctx.scaler:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.scheduler.step()
+    return total / len(micro_batches)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    ctx: StepContext,
+    *,
+    start: int,
+    stop: int,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> int:
+    """Run iterations ``start .. stop-1``; call ``on_step(iteration, loss, lr)`` after each; return ``stop``."""
+    for it in range(start, stop):
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        micro = [next(batches) for _ in range(ctx.grad_accum)]
+        loss = train_step(model, micro, ctx)
+        if on_step is not None:
+            on_step(it + 1, loss, lr)
+    return stop
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[Batch],
+    num_classes: int,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Confusion matrix over this rank's share of the loader, summed over all ranks."""
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    for batch in loader:
+        images, masks = to_device(batch, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        pred = logits.argmax(1)
+        cm += torch.from_numpy(confusion_matrix(pred.cpu().numpy(), masks.cpu().numpy(), num_classes)).to(cm)
+    return all_reduce_sum(cm).cpu().numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When ``fit`` logs, evaluates and checkpoints, in iterations."""
+
+    iterations: int
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    val_loader: DataLoader[Batch] | None,
+    ctx: StepContext,
+    *,
+    cadence: Cadence,
+    num_classes: int,
+    start_iteration: int = 0,
+    on_log: Callable[[int, float, float], None] | None = None,
+    on_eval: Callable[[int, np.ndarray], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> int:
+    """Train from ``start_iteration`` to ``cadence.iterations``, evaluating and checkpointing on the way.
+
+    Callbacks receive the number of completed iterations: ``on_log(it, loss, lr)`` every ``log_every``,
+    ``on_eval(it, confusion_matrix)`` after each evaluation (every rank; the matrix is all-reduced) and
+    ``on_checkpoint(it)`` every ``checkpoint_every`` and at the end.
+    """
+    losses: list[float] = []
+
+    def step_done(it: int, loss: float, lr: float) -> None:
+        losses.append(loss)
+        if on_log is not None and (it % cadence.log_every == 0 or it == cadence.iterations):
+            on_log(it, float(np.mean(losses)), lr)
+            losses.clear()
+        if on_checkpoint is not None and it % cadence.checkpoint_every == 0 and it % cadence.eval_every != 0:
+            on_checkpoint(it)
+
+    it = start_iteration
+    while it < cadence.iterations:
+        stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
+        it = train_one_epoch(model, batches, ctx, start=it, stop=stop, on_step=step_done)
+        if val_loader is not None and on_eval is not None:
+            cm = evaluate(model, val_loader, num_classes, device=ctx.device, amp_dtype=ctx.amp_dtype,
+                          channels_last=ctx.channels_last)  # fmt: skip
+            on_eval(it, cm)
+        if on_checkpoint is not None:
+            on_checkpoint(it)
+    return it

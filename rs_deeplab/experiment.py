@@ -1,0 +1,277 @@
+"""Turn a validated :class:`ExperimentConfig` into datasets, model, optimiser and a ``fit`` run.
+
+This is the one library module that reads config objects (``pipelines/train.py`` and ``pipelines/evaluate.py``
+call it); everything it calls takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from rs_deeplab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
+from rs_deeplab.datasets import CityscapesSource, SegmentationSource, VOCSource
+from rs_deeplab.datasets.sampling import IterationBatchSampler, SegmentationDataset, pad_collate
+from rs_deeplab.datasets.tiles import TileIndexSource
+from rs_deeplab.distributed import (
+    DistEnv,
+    check_in_sync,
+    convert_sync_batchnorm,
+    init_distributed,
+    rank_fingerprints,
+    shutdown_distributed,
+)
+from rs_deeplab.engine import Cadence, StepContext, build_optimizer, build_scheduler, fit
+from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.metrics import markdown_table, scores
+from rs_deeplab.models import build_model
+from rs_deeplab.runlog import RunLog, plot_confusion, plot_curves
+from rs_deeplab.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
+
+log = logging.getLogger("rs_deeplab.train")
+ARCH_KEYS = ("name", "backbone", "output_stride", "head")
+
+
+def build_source(data: DataConfig, split: str) -> SegmentationSource:
+    """The reader of ``split`` for the configured data source."""
+    if data.source == "voc":
+        return VOCSource(data.root, split)
+    if data.source == "cityscapes":
+        return CityscapesSource(data.root, split)
+    return TileIndexSource(data.root, split, data.bands)
+
+
+def pick_device(choice: str, env: DistEnv) -> torch.device:
+    """``auto``: this rank's GPU when CUDA exists, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise InputError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+        return torch.device("cuda", env.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (model initialisation is then identical on every rank)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run's outputs went and how it scored."""
+
+    run_dir: Path
+    last: Path
+    best: Path | None
+    best_miou: float
+    iterations: int
+
+
+def check_resume(state: dict[str, Any], cfg: ExperimentConfig, num_classes: int, in_channels: int, path: Path) -> None:
+    """Refuse to resume from a checkpoint of another architecture, class count or band count."""
+    old = state["config"]["model"]
+    new = config_to_dict(cfg)["model"]
+    diffs = [f"model.{k} {old.get(k)!r} → {new.get(k)!r}" for k in ARCH_KEYS if old.get(k) != new.get(k)]
+    if len(state["class_names"]) != num_classes:
+        diffs.append(f"{len(state['class_names'])} classes → {num_classes}")
+    if len(state["band_stats"]["mean"]) != in_channels:
+        diffs.append(f"{len(state['band_stats']['mean'])} bands → {in_channels}")
+    if diffs:
+        raise CheckpointError(
+            f"{path}: checkpoint is of another architecture ({'; '.join(diffs)}); "
+            "use another work_dir or resume=false to start afresh"
+        )
+
+
+def _loaders(cfg: ExperimentConfig, env: DistEnv, train: SegmentationSource, val: SegmentationSource | None,
+             stats: BandStats, start: int, device: torch.device) -> tuple[DataLoader[Any], DataLoader[Any] | None]:  # fmt: skip
+    data = cfg.data
+    sampler = IterationBatchSampler(
+        len(train), batch_size=data.batch_size, iterations=cfg.schedule.iterations, seed=cfg.seed,
+        rank=env.rank, world_size=env.world_size, grad_accum=cfg.train.grad_accum, start_iteration=start,
+    )  # fmt: skip
+    transform = TrainTransform(crop_size=data.crop_size, stats=stats, scale_range=data.scale_range,
+                               flips=data.flips, max_class_ratio=data.max_class_ratio)  # fmt: skip
+    common: dict[str, Any] = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda"}
+    if data.num_workers:
+        common["persistent_workers"] = False
+    train_loader = DataLoader(SegmentationDataset(train, transform), batch_sampler=sampler,
+                              generator=torch.Generator(), **common)  # fmt: skip
+    if val is None:
+        return train_loader, None
+    shard = Subset(SegmentationDataset(val, EvalTransform(stats)), range(env.rank, len(val), env.world_size))
+    val_loader = DataLoader(shard, batch_size=data.batch_size, collate_fn=pad_collate, **common)
+    return train_loader, val_loader
+
+
+def _resume_state(cfg: ExperimentConfig, last: Path) -> dict[str, Any] | None:
+    if cfg.resume and last.exists():
+        return load_checkpoint(last)
+    return None
+
+
+def _build_model(cfg: ExperimentConfig, num_classes: int, in_channels: int, device: torch.device,
+                 env: DistEnv) -> tuple[torch.nn.Module, torch.nn.Module]:  # fmt: skip
+    """The model (for checkpoints) and what to call in the loop (DDP/compile wrapped)."""
+    m = cfg.model
+    model = build_model(m.name, num_classes=num_classes, in_channels=in_channels, backbone=m.backbone,
+                        output_stride=m.output_stride, head=m.head, weights=m.weights, aux_weight=m.aux_weight)  # fmt: skip
+    if m.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout | torch.nn.Dropout2d):
+                module.p = m.dropout
+    if env.distributed and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    runner: torch.nn.Module = model
+    if env.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        runner = torch.compile(runner)  # type: ignore[assignment]
+    return model, runner
+
+
+def train_experiment(cfg: ExperimentConfig) -> TrainResult:
+    """Train ``cfg`` on this process (or as one rank of a torchrun job) and write the run folder.
+
+    Raises:
+        InputError: Missing data, empty split, bad labels or bands.
+        CheckpointError: Resuming from a checkpoint of another architecture.
+    """
+    env = init_distributed(pick_device(cfg.train.device, DistEnv()))
+    device = pick_device(cfg.train.device, env)
+    try:
+        return _train(cfg, env, device)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainResult:
+    seed_everything(cfg.seed)
+    train_src = build_source(cfg.data, cfg.data.train_split)
+    val_src = build_source(cfg.data, cfg.data.val_split)
+    names, in_ch = train_src.class_names, train_src.in_channels()
+    run_dir = cfg.run_dir
+    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    state = _resume_state(cfg, last)
+    if state is not None:
+        check_resume(state, cfg, len(names), in_ch, last)
+        stats = BandStats.from_dict(state["band_stats"])
+    else:
+        stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
+    model, runner = _build_model(cfg, len(names), in_ch, device, env)
+    optimizer = build_optimizer(runner, **cfg.optimizer.model_dump())
+    s = cfg.schedule
+    scheduler = build_scheduler(optimizer, iterations=s.iterations, power=s.power, min_lr=s.min_lr,
+                                warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio)  # fmt: skip
+    amp = (
+        None
+        if device.type != "cuda" or cfg.train.amp == "none"
+        else getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[cfg.train.amp])
+    )
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    start, best_miou = 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, best_miou = int(state["iteration"]), float(state.get("best_miou", -1.0))
+        set_rng_state(state["rng"])
+        log.info("resuming from %s at iteration %d", last, start)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
+            stale.unlink()
+        dump_config(cfg, run_dir / "config.yaml")
+    weights = None if cfg.train.class_weights is None else torch.tensor(cfg.train.class_weights, device=device)
+    if weights is not None and len(weights) != len(names):
+        raise InputError(f"train.class_weights has {len(weights)} values but the data has {len(names)} classes")
+    ctx = StepContext(optimizer, scheduler, device, scaler, amp, cfg.train.channels_last and device.type == "cuda",
+                      cfg.train.grad_accum, weights, getattr(model, "aux_weight", 0.0))  # fmt: skip
+    train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
+    runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
+    tracker = {"best": best_miou, "cm": None}
+
+    def snapshot(it: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "iteration": it, "rng": rng_state(),
+                "config": config_to_dict(cfg), "class_names": list(names), "band_stats": stats.as_dict(),
+                "in_channels": in_ch, "best_miou": tracker["best"]}  # fmt: skip
+
+    def on_eval(it: int, cm: np.ndarray) -> None:
+        result = scores(cm)
+        tracker["cm"] = cm
+        runlog.evaluation(it, result)
+        if result.miou > tracker["best"]:
+            tracker["best"] = result.miou
+            if env.is_main:
+                save_checkpoint(best, {**snapshot(it), "val_miou": result.miou})
+
+    def on_checkpoint(it: int) -> None:
+        fingerprints = rank_fingerprints(model, device)  # a collective: every rank takes part
+        check_in_sync(fingerprints)
+        if env.is_main:
+            save_checkpoint(last, {**snapshot(it), "rank_fingerprints": fingerprints})
+
+    cadence = Cadence(s.iterations, cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.log_every)
+    fit(runner, iter(train_loader), val_loader, ctx, cadence=cadence, num_classes=len(names), start_iteration=start,
+        on_log=runlog.train, on_eval=on_eval, on_checkpoint=on_checkpoint)  # fmt: skip
+    runlog.close()
+    if env.is_main:
+        plot_curves(runlog.path, run_dir / "curves.png")
+        if tracker["cm"] is not None:
+            plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
+            (run_dir / "val_scores.md").write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
+    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], s.iterations)
+
+
+def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained with and load its weights (eval mode)."""
+    state = load_checkpoint(path, map_location="cpu")
+    m = state["config"]["model"]
+    model = build_model(m["name"], num_classes=len(state["class_names"]), in_channels=int(state["in_channels"]),
+                        backbone=m["backbone"], output_stride=m["output_stride"], head=m["head"],
+                        aux_weight=m["aux_weight"])  # fmt: skip
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({str(exc)[:100]})") from None
+    return model.to(device).eval(), state
+
+
+def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
+    """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
+    import json
+
+    dev = pick_device(device, DistEnv())
+    model, state = load_trained_model(path, dev)
+    cfg = ExperimentConfig.model_validate(state["config"])
+    source = build_source(cfg.data, split)
+    if source.class_names != tuple(state["class_names"]):
+        raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
+    dataset = SegmentationDataset(source, EvalTransform(BandStats.from_dict(state["band_stats"])))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=pad_collate)
+    from rs_deeplab.engine import evaluate
+
+    cm = evaluate(model, loader, len(source.class_names), device=dev)
+    result = scores(cm)
+    report = {"checkpoint": str(path), "split": split, "iteration": state["iteration"],
+              **result.as_dict(source.class_names), "confusion_matrix": cm.tolist()}  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}_scores.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / f"{split}_scores.md").write_text(markdown_table(result, source.class_names) + "\n")
+    return report

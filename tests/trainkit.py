@@ -1,0 +1,61 @@
+"""Helpers for training tests: tiny labelled scenes tiled into an index, and small configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+from affine import Affine
+
+from rs_deeplab.classes import SCHEMES
+from rs_deeplab.raster import write_geotiff
+from rs_deeplab.tiling import SceneSpec, tile_scenes
+
+REPO = Path(__file__).resolve().parents[1]
+# class colours in R, G, B, NIR: separable enough to learn in a few iterations, noisy enough not to be trivial
+BASE = np.array([[200, 200, 200, 30], [180, 60, 60, 40], [90, 160, 70, 150], [40, 110, 40, 200],
+                 [230, 230, 50, 60], [220, 40, 40, 90]], dtype=np.float32)  # fmt: skip
+
+
+def blob_scene(seed: int, size: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    """A 4-band image of noisy discs on grass and its ISPRS class raster."""
+    rng = np.random.default_rng(seed)
+    classes = np.full((size, size), 2, np.uint8)
+    for _ in range(size // 6):
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        cv2.circle(classes, (x, y), int(rng.integers(5, size // 8)), int(rng.integers(0, 6)), -1)
+    image = np.clip(BASE[classes].transpose(2, 0, 1) + rng.normal(0, 25, (4, size, size)), 0, 255)
+    return image.astype(np.uint8), classes
+
+
+def make_tiles(folder: Path, *, size: int = 192, crop: int = 64, seeds: tuple[int, int] = (1, 2)) -> Path:
+    """Two scenes (train, val) written as GeoTIFFs with colour labels and tiled into ``folder/tiles``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = []
+    transform = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
+    for split, seed in zip(("train", "val"), seeds, strict=True):
+        image, classes = blob_scene(seed, size)
+        img = write_geotiff(folder / f"{split}.tif", image, crs="EPSG:32633", transform=transform)
+        colours = SCHEMES["potsdam"].encode_colours(classes)
+        lbl = write_geotiff(folder / f"{split}_label.tif", colours, crs="EPSG:32633", transform=transform)
+        specs.append(SceneSpec(img, lbl, split))
+    tile_scenes(specs, folder / "tiles", size=crop, stride=crop, scheme="potsdam", workers=1, quiet=True)
+    return folder / "tiles"
+
+
+def write_config(path: Path, tiles: Path, work_dir: Path, **sections: dict[str, object]) -> Path:
+    """A tiny DeepLab v3+ ResNet-18 experiment on ``tiles``; ``sections`` update the defaults."""
+    cfg: dict[str, dict[str, object]] = {
+        "data": {"source": "tiles", "root": str(tiles), "scheme": "potsdam", "crop_size": 48, "batch_size": 2,
+                 "num_workers": 0},
+        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
+        "optimizer": {"lr": 0.01},
+        "schedule": {"iterations": 6, "min_lr": 0.0},
+        "train": {"eval_every": 3, "checkpoint_every": 2, "log_every": 1},
+    }  # fmt: skip
+    for key, values in sections.items():
+        cfg.setdefault(key, {}).update(values)
+    path.write_text(yaml.safe_dump({"work_dir": str(work_dir), **cfg}))
+    return path
