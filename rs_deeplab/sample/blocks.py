@@ -5,11 +5,20 @@ from __future__ import annotations
 import math
 
 from rs_deeplab.sample.layout import Frame, Layout
-from rs_deeplab.sample.objects import building, car, clutter, parking_lot, soil_heap, tree, tree_cluster
+from rs_deeplab.sample.objects import (
+    building,
+    car,
+    clutter,
+    clutter_group,
+    parking_lot,
+    soil_heap,
+    tree,
+    tree_cluster,
+)
 from rs_deeplab.sample.palette import pick_colour
 
 BLOCK_KINDS = ("residential", "perimeter", "apartments", "industrial", "parking", "park", "field", "construction")
-BLOCK_WEIGHTS = (0.3, 0.22, 0.17, 0.07, 0.05, 0.08, 0.03, 0.08)
+BLOCK_WEIGHTS = (0.3, 0.22, 0.16, 0.08, 0.05, 0.07, 0.03, 0.09)
 
 
 def fill_block(layout: Layout, f: Frame, a: float, b: float) -> None:
@@ -125,7 +134,7 @@ def _industrial(layout: Layout, f: Frame, a: float, b: float) -> None:
             float(rng.uniform(-a + 4, a - 4)), float(rng.uniform(-yb + 2, yb - 2)), float(rng.choice([0, 1.5708]))
         )
         if rng.random() < 0.75:
-            clutter(layout, cf)
+            clutter_group(layout, cf, int(rng.integers(1, 5)))
         else:
             car(layout, cf, van_share=0.7)
 
@@ -158,7 +167,7 @@ def _perimeter(layout: Layout, f: Frame, a: float, b: float) -> None:
             tree_cluster(layout, court, ca, cb, int(ca * cb / 55) + 1, (2.5, 6.0))
         for _ in range(int(rng.integers(1, 4))):
             cf = court.sub(float(rng.uniform(-ca, ca)), float(rng.uniform(-cb, cb)), float(rng.uniform(0, 3.1)))
-            clutter(layout, cf)
+            clutter_group(layout, cf, int(rng.integers(1, 4)))
 
 
 def _apartments(layout: Layout, f: Frame, a: float, b: float) -> None:
@@ -184,7 +193,8 @@ def _apartments(layout: Layout, f: Frame, a: float, b: float) -> None:
             tree_cluster(layout, yf, a - 2.0, yard - 1.0, int(a * yard / 60) + 1, (2.5, 5.5))
         for _ in range(int(rng.integers(1, 4))):
             uu = float(rng.uniform(-a + 3, a - 3))
-            clutter(layout, f.sub(uu, centre + float(rng.uniform(-1, 1)) * (yard - 1.5), float(rng.uniform(0, 3.1))))
+            cf = f.sub(uu, centre + float(rng.uniform(-1, 1)) * (yard - 1.5), float(rng.uniform(0, 3.1)))
+            clutter_group(layout, cf, int(rng.integers(1, 4)))
 
 
 def _park(layout: Layout, f: Frame, a: float, b: float) -> None:
@@ -228,4 +238,4 @@ def _construction(layout: Layout, f: Frame, a: float, b: float) -> None:
         soil_heap(layout, x, y, float(rng.uniform(1.5, 4.0)))
     for _ in range(int(rng.integers(2, 6))):
         cf = site.sub(float(rng.uniform(-sa, sa)) * 0.8, float(rng.uniform(-sb, sb)) * 0.8, float(rng.uniform(0, 3.1)))
-        clutter(layout, cf)
+        clutter_group(layout, cf, int(rng.integers(1, 4)))

@@ -144,10 +144,10 @@ def parking_lot(layout: Layout, f: Frame, a: float, b: float, fill: float) -> No
         layout.add("marking", "marking", f, size=(a, b), colour=pick_colour(rng, "marking", 0.03), polygons=lines)
 
 
-def clutter(layout: Layout, f: Frame) -> int:
-    """One clutter object: a container, a pile of building material, a covered stack or a bin."""
+def clutter(layout: Layout, f: Frame, kind: int | None = None) -> int:
+    """One clutter object: a container (0), a pile of building material (1), a covered stack (2) or a bin (3)."""
     rng = layout.rng
-    kind = int(rng.choice(4, p=[0.35, 0.3, 0.2, 0.15]))
+    kind = int(rng.choice(4, p=[0.35, 0.3, 0.2, 0.15])) if kind is None else kind
     if kind == 0:
         a, b, palette, h = (6.05 if rng.random() < 0.5 else 3.0), 1.22, "container", 2.6
     elif kind == 1:
@@ -158,6 +158,17 @@ def clutter(layout: Layout, f: Frame) -> int:
         a, b, palette, h = 0.6, 0.6, "container", 1.3
     colour = pick_colour(rng, palette, 0.06)
     return layout.add_rect("object", "clutter", f, a, b, colour=colour, height=h, variant=kind)
+
+
+def clutter_group(layout: Layout, f: Frame, count: int) -> None:
+    """A row of ``count`` clutter objects of one kind side by side along local v (containers, skips, stacks)."""
+    kind = int(layout.rng.choice(4, p=[0.45, 0.3, 0.2, 0.05]))
+    v = 0.0
+    for _ in range(count):
+        oid = clutter(layout, f.sub(0.0, v), kind=kind)
+        if not oid:
+            return
+        v += 2.0 * layout.rows[oid][6] + 0.5
 
 
 def soil_heap(layout: Layout, x: float, y: float, radius: float) -> int:

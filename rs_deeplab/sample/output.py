@@ -102,7 +102,7 @@ def preview_png(
         raise InputError(f"image of shape {image.shape} does not match classes of shape {classes.shape}")
     colours = np.moveaxis(get_scheme(scheme).encode_colours(classes), 0, -1)
     h, w = classes.shape
-    scale = min(1.0, max_width / (2 * w + 8)) if max_width else 1.0
+    scale = min(1.0, max(1, max_width - 8) / (2 * w)) if max_width else 1.0
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         rgb = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
