@@ -21,7 +21,8 @@ def value_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) 
         return rng.standard_normal((h, w), dtype=np.float32)
     grid = rng.standard_normal((math.ceil(h / scale) + 2, math.ceil(w / scale) + 2), dtype=np.float32)
     field: np.ndarray = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
-    return field * np.float32(1.25)
+    np.multiply(field, np.float32(1.25), out=field)
+    return field
 
 
 def fractal_noise(
@@ -31,7 +32,10 @@ def fractal_noise(
     total = np.zeros(shape, dtype=np.float32)
     amp, norm = 1.0, 0.0
     for k in range(octaves):
-        total += np.float32(amp) * value_noise(rng, shape, scale / 2**k)
+        layer = value_noise(rng, shape, scale / 2**k)
+        layer *= np.float32(amp)
+        total += layer
+        del layer
         norm += amp**2
         amp *= persistence
     total *= np.float32(1.0 / math.sqrt(norm))

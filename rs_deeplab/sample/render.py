@@ -118,8 +118,13 @@ def compose(
     shape = height.shape
     azimuth, elevation = sun
     direct = hillshade(height, gsd, sun_vector(azimuth, elevation))
-    direct *= 1.0 - cast_shadow(height, gsd, azimuth, elevation)
-    illumination = 1.0 + 0.05 * value_noise(rng, shape, max(shape) / 2.5)
+    shadow = cast_shadow(height, gsd, azimuth, elevation)
+    np.subtract(np.float32(1.0), shadow, out=shadow)
+    direct *= shadow
+    del shadow
+    illumination = value_noise(rng, shape, max(shape) / 2.5)
+    illumination *= np.float32(0.05)
+    illumination += np.float32(1.0)
     out = np.empty((4, *shape), dtype=np.uint8)
     light, value, noise = (np.empty(shape, dtype=np.float32) for _ in range(3))
     for band in range(4):
