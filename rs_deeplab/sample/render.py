@@ -12,7 +12,7 @@ import numpy as np
 from rs_deeplab.sample.fields import cast_shadow, fractal_noise, hillshade, sun_vector, value_noise
 from rs_deeplab.sample.layout import C, Layout
 
-AMBIENT = (0.33, 0.36, 0.45, 0.3)
+AMBIENT = (0.38, 0.41, 0.5, 0.34)
 """Share of each band's light (R, G, B, NIR) that still reaches shadowed pixels (blue sky light is largest)."""
 SENSOR_NOISE = 2.2
 """Standard deviation of the additive sensor noise, in digital numbers."""
