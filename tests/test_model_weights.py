@@ -73,6 +73,12 @@ def test_wrapped_and_ddp_prefixed_state_dicts_load(
     assert torch.equal(model.encoder.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
 
 
+def test_resnet_weights_for_v1_name_the_vgg_keys(resnet18_file: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    path, _ = resnet18_file
+    with pytest.raises(CheckpointError, match=r"encoder keys missing \(features\.0\.weight, features\.0\.bias"):
+        build_model("deeplabv1", num_classes=2, weights=path)
+
+
 def test_vgg16_conv_weights_load_into_v1(tmp_path: Path) -> None:
     torch.manual_seed(3)
     features = vgg.make_layers(vgg.cfgs["D"])  # torchvision's vgg16().features, without the big classifier

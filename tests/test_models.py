@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import typing
@@ -118,7 +119,8 @@ def expected_parameters(case: str, in_channels: int, k: int = NUM_CLASSES) -> in
         if case == "v3-r18":  # smp's v3 decoder adds a 3x3 conv-BN after the ASPP
             decoder = aspp + conv(c, c, 3) + bn(c)
         else:  # v3+: separable 3x3 after the ASPP, 48-channel low-level projection, separable 3x3 fuse
-            decoder = aspp + separable(c, c) + bn(c) + conv(low, 48, 1) + bn(48) + separable(c + 48, c) + bn(c)
+            decoder = aspp + separable(c, c) + bn(c) + conv(low, 48, 1) + bn(48)
+            decoder += separable(c + 48, c) + bn(c) + separable(c, c) + bn(c)  # two 3x3 after the concatenation
         return trunk + decoder + conv(c, k, 1, bias=True)
     c = 512  # mmseg heads: pooling + 1x1 + three 3x3 branches, 3x3 bottleneck, classifier; FCN aux head
     plus = case == "v3plus-r18-mmseg"
@@ -315,9 +317,11 @@ def test_paper_head_matches_smp_forward(plus: bool, stride: int) -> None:
     theirs = smp_class(
         "resnet18", encoder_weights=None, encoder_output_stride=stride, decoder_atrous_rates=rates, classes=4
     )
-    theirs.load_state_dict(ours.state_dict())
-    if not plus:  # smp has no multi-grid; give its encoder the same dilations
+    if plus:  # the paper's second 3x3 convolution after the concatenation, which smp's decoder lacks
+        theirs.decoder.block2.extend(copy.deepcopy(list(ours.decoder.block2[3:])))
+    else:  # smp has no multi-grid; give its encoder the same dilations
         dilate_resnet(theirs.encoder, stride, MULTI_GRID)
+    theirs.load_state_dict(ours.state_dict())
     x = torch.randn(1, 3, 64, 96)  # divisible by the stride, as smp requires
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs.eval()(x))

@@ -112,7 +112,8 @@ def build_model(
         output_stride: 8 or 16 where the model allows it; None picks the head's default.
         head: ``"paper"`` or, for v3/v3+, ``"mmseg"`` (512-channel ASPP and an auxiliary FCN head).
         weights: A local ImageNet state_dict for the backbone (torchvision keys); None leaves it random.
-        aux_weight: Auxiliary-loss weight of the mmseg head; 0 builds no auxiliary head.
+        aux_weight: Auxiliary-loss weight of the mmseg head; 0 builds no auxiliary head. The paper heads have no
+            auxiliary head and ignore it (the config always carries a value).
 
     Raises:
         InputError: Unknown name or unsupported combination; the message lists the valid choices.

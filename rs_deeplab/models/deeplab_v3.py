@@ -1,15 +1,17 @@
 """DeepLab v3 and v3+ on segmentation-models-pytorch ResNet encoders, with the paper's head or an mmseg-style one.
 
 ``head="paper"`` uses smp's own decoders, kept under smp's attribute names (``encoder``, ``decoder``,
-``segmentation_head``) so state_dicts are interchangeable with ``smp.DeepLabV3``/``smp.DeepLabV3Plus``:
+``segmentation_head``) so state_dicts match ``smp.DeepLabV3``/``smp.DeepLabV3Plus`` key for key (but one layer):
 
 * v3 (Chen et al. 2017): ASPP with a 1x1 branch, three 3x3 branches at rates 6/12/18 (12/24/36 at output
   stride 8) and image-level pooling, all with batch norm, concatenated and projected to 256 channels (smp adds a
   3x3 conv-BN-ReLU after the projection, as torchvision's DeepLabHead does, and dropout 0.5); multi-grid (1, 2, 4)
   in ``layer4``.
 * v3+ (Chen et al. 2018): the same ASPP with depthwise-separable 3x3 branches (the paper's choice, smp's
-  default), then the decoder: stride-4 ``layer1`` features projected to 48 channels, concatenated with the
-  upsampled ASPP output, two 3x3 (separable) convolutions. No multi-grid (the paper's v3+ setting).
+  default; smp adds a separable 3x3 conv-BN-ReLU after it), then the decoder: stride-4 ``layer1`` features
+  projected to 48 channels, concatenated with the upsampled ASPP output, two separable 3x3 conv-BN-ReLU (smp's
+  ``decoder.block2`` has one; the second, as in the paper, is appended to it, so an smp checkpoint loads with
+  ``strict=False`` and misses only ``decoder.block2.3`` and ``.4``). No multi-grid (the paper's v3+ setting).
 
 ``head="mmseg"`` keeps the smp encoder and uses :class:`~rs_deeplab.models.heads.MMSegASPPHead` (512 channels,
 rates 12/24/36 at output stride 8, its default) plus, when ``aux_weight > 0``, an auxiliary
@@ -19,7 +21,7 @@ deep stem is not reproduced: the backbone is the plain torchvision-layout ResNet
 
 smp's forward needs inputs divisible by the output stride; this module's forward resizes by target size instead
 of by scale factor, so any input size works and gives logits at the input size (and for divisible sizes the
-paper head computes exactly what smp's forward computes).
+paper head computes exactly what smp's forward computes with the same layers).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Literal
 import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.base import initialization as smp_init
+from segmentation_models_pytorch.decoders.deeplabv3.decoder import SeparableConv2d
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
@@ -52,6 +55,10 @@ MULTI_GRID = (1, 2, 4)
 PAPER_CHANNELS = 256
 MMSEG_CHANNELS = 512
 HeadName = Literal["paper", "mmseg"]
+
+
+def _bn_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels), nn.ReLU()]
 
 
 class DeepLabV3(DeepLabBase):
@@ -108,6 +115,10 @@ class DeepLabV3(DeepLabBase):
         self.decoder = net.decoder
         if self.plus:
             self.decoder.up = nn.Identity()  # upsampling by target size happens in forward
+            # The paper refines the concatenation with two 3x3 convolutions; smp's block2 has one. Add the second.
+            self.decoder.block2.extend(
+                [SeparableConv2d(PAPER_CHANNELS, PAPER_CHANNELS, 3, padding=1, bias=False), *_bn_relu(PAPER_CHANNELS)]
+            )
         self.segmentation_head = nn.Sequential(net.segmentation_head[0])  # the 1x1 classifier, smp's key names
         smp_init.initialize_decoder(self.decoder)
         smp_init.initialize_head(self.segmentation_head)

@@ -115,7 +115,7 @@ def load_encoder_state(
     extra = [k for k in kept if not k.startswith(prefix)]
     extra += [prefix + k for k in found if k not in expected]
     # Files saved before torch 0.4.1 have no BN batch counters; those buffers are not weights.
-    missing = [k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
+    missing = [prefix + k for k in expected if k not in found and not k.endswith("num_batches_tracked")]
     hint = f"expected a {description} ImageNet state_dict with keys like {_examples([prefix + k for k in expected])}"
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} encoder keys missing ({_examples(missing)}); {hint}")
