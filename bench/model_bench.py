@@ -7,7 +7,9 @@ models run with bf16 autocast and channels_last by default (``--no-amp``/``--no-
     PYTHONPATH=$PWD python bench/model_bench.py --models deeplabv3plus:resnet101 deeplabv1 --batch 1 8 --size 512
 
 A model is ``name[:backbone[:head[:output_stride]]]``, e.g. ``deeplabv3:resnet50:mmseg:8``. Times are medians
-over ``--repeats`` runs after one warm-up; ratios are relative to the first model in the same run.
+over ``--repeats`` runs after one warm-up, as wall time and as process CPU time (less sensitive to other work on a
+shared machine, e.g. with ``--threads 1``); ratios use CPU time, "vs first" is relative to the first model in the
+same run (forward CPU time).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.mem_limit_gb:
         limit = int(args.mem_limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch = args.batch[0]
     cuda = device.type == "cuda"
@@ -81,16 +85,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    def timed(step: Any) -> list[float]:
+    def timed(step: Any) -> tuple[float, float]:
+        """Median wall and process-CPU seconds of ``step`` over the repeats, after one warm-up."""
         step()  # warm-up: allocator, oneDNN/cuDNN algorithm choice
         sync()
-        times = []
+        wall, cpu = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             sync()
-            times.append(time.perf_counter() - start)
-        return times
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        return statistics.median(wall), statistics.median(cpu)
 
     def peak_mb() -> float:
         if cuda:
@@ -112,7 +118,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 module.eval()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    train = timed(train_step)
+    try:
+        train: tuple[float, float] | None = timed(train_step)
+    except (MemoryError, RuntimeError) as exc:  # e.g. over --mem-limit-gb: keep the forward numbers
+        if "memory" not in str(exc).lower():
+            raise
+        train = None
     return {
         "model": args.one,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -121,8 +132,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()} threads",
         "amp": "bf16" if cuda and args.amp else "fp32",
         "channels_last": bool(cuda and args.channels_last),
-        "fwd_s": statistics.median(fwd),
-        "train_s": statistics.median(train),
+        "fwd_s": fwd[0],
+        "train_s": train[0] if train else None,
+        "fwd_cpu_s": fwd[1],
+        "train_cpu_s": train[1] if train else None,
         "base_mb": base,
         "fwd_peak_mb": fwd_peak,
         "train_peak_mb": peak_mb(),
@@ -134,7 +147,7 @@ def run_isolated(args: argparse.Namespace, spec: str, batch: int) -> dict[str, A
     """Run one configuration in a fresh interpreter and parse its JSON line."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", spec, "--batch", str(batch)]
     cmd += ["--size", str(args.size), "--repeats", str(args.repeats), "--device", args.device]
-    cmd += ["--classes", str(args.classes), "--mem-limit-gb", str(args.mem_limit_gb)]
+    cmd += ["--classes", str(args.classes), "--mem-limit-gb", str(args.mem_limit_gb), "--threads", str(args.threads)]
     cmd += [] if args.amp else ["--no-amp"]
     cmd += [] if args.channels_last else ["--no-channels-last"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -146,7 +159,8 @@ def run_isolated(args: argparse.Namespace, spec: str, batch: int) -> dict[str, A
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    columns = ["model", "params (M)", "batch", "forward (s)", "fwd+bwd (s)", "fwd+bwd / fwd", "vs first"]
+    columns = ["model", "params (M)", "batch", "forward (s)", "fwd+bwd (s)", "fwd CPU (s)", "fwd+bwd CPU (s)"]
+    columns += ["fwd+bwd / fwd", "vs first"]
     columns += ["peak fwd (MB)", "peak train (MB)", "base (MB)", "load avg"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     first: dict[int, float] = {}
@@ -154,12 +168,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | | {r['batch']} | failed: {r['error']} |" + " |" * (len(columns) - 4))
             continue
-        ref = first.setdefault(r["batch"], r["train_s"])
-        lines.append(
-            f"| {r['model']} | {r['params_m']:.1f} | {r['batch']} | {r['fwd_s']:.3f} | {r['train_s']:.3f} | "
-            f"{r['train_s'] / r['fwd_s']:.2f} | {r['train_s'] / ref:.2f} | {r['fwd_peak_mb']:.0f} | "
-            f"{r['train_peak_mb']:.0f} | {r['base_mb']:.0f} | {r['load']} |"
-        )
+        ref = first.setdefault(r["batch"], r["fwd_cpu_s"])
+        trained = r["train_s"] is not None
+        cells = [r["model"], f"{r['params_m']:.1f}", str(r["batch"]), f"{r['fwd_s']:.2f}"]
+        cells += [f"{r['train_s']:.2f}" if trained else "out of memory", f"{r['fwd_cpu_s']:.2f}"]
+        cells += [f"{r['train_cpu_s']:.2f}" if trained else "out of memory"]
+        cells += [f"{r['train_cpu_s'] / r['fwd_cpu_s']:.2f}" if trained else "", f"{r['fwd_cpu_s'] / ref:.2f}"]
+        cells += [f"{r['fwd_peak_mb']:.0f}", f"{r['train_peak_mb']:.0f}", f"{r['base_mb']:.0f}", r["load"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -171,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--classes", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads per worker (0: torch's default)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="CUDA: run fp32 instead of bf16 autocast")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--mem-limit-gb", type=float, default=0.0, help="cap each worker's data segment (0: none)")
