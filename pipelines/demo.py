@@ -8,7 +8,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.raster import open_raster
 from rs_deeplab.sample import preview_png, write_potsdam
 
 log = logging.getLogger("rs_deeplab.demo")
@@ -43,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs["sample scenes (ISPRS Potsdam layout)"] = data
     outputs["training scene"] = files[0].rgbir
     outputs["held-out scene"] = files[1].rgbir
-    outputs["preview"] = preview_png(out / "sample_preview.png", files[0].rgbir, files[0].label)
+    with open_raster(files[0].rgbir) as img, open_raster(files[0].label) as lbl:
+        classes = SCHEMES["potsdam"].decode(lbl.read())
+        outputs["preview"] = preview_png(out / "sample_preview.png", img.read(), classes, max_width=1200)
     log.info("sample scenes written in %.1f s", time.perf_counter() - start)
 
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs:")

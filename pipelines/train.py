@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.config import load_config
+from rs_deeplab.config import ExperimentConfig, load_config
 from rs_deeplab.distributed import env_from_torchrun
 
 
@@ -26,7 +26,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Load and validate the config (before any work), then train and print where the outputs went."""
     args = build_parser().parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg: ExperimentConfig = load_config(args.config, args.overrides)
     env = env_from_torchrun()
     setup_logging(quiet=args.quiet, verbose=args.verbose, rank=env.rank)
     from rs_deeplab.experiment import train_experiment

@@ -71,8 +71,14 @@ def build_scheduler(
     min_ratio = min(min_lr / base, 1.0)
 
     def factor(it: int) -> float:
-        return poly_factor(it, iterations=iterations, power=power, min_ratio=min_ratio,
-                           warmup_iters=warmup_iters, warmup_ratio=warmup_ratio)  # fmt: skip
+        return poly_factor(
+            it,
+            iterations=iterations,
+            power=power,
+            min_ratio=min_ratio,
+            warmup_iters=warmup_iters,
+            warmup_ratio=warmup_ratio,
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -128,7 +134,8 @@ def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContex
     for i, batch in enumerate(micro_batches):
         images, masks = to_device(batch, ctx.device, ctx.channels_last)
         last = i == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        no_sync: Any = getattr(model, "no_sync", None)  # DistributedDataParallel: skip all-reduce until the last
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast(ctx.device, ctx.amp_dtype):
                 output = model(images)
@@ -232,8 +239,14 @@ def fit(
         stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
         it = train_one_epoch(model, batches, ctx, start=it, stop=stop, on_step=step_done)
         if val_loader is not None and on_eval is not None:
-            cm = evaluate(model, val_loader, num_classes, device=ctx.device, amp_dtype=ctx.amp_dtype,
-                          channels_last=ctx.channels_last)  # fmt: skip
+            cm = evaluate(
+                model,
+                val_loader,
+                num_classes,
+                device=ctx.device,
+                amp_dtype=ctx.amp_dtype,
+                channels_last=ctx.channels_last,
+            )
             on_eval(it, cm)
         if on_checkpoint is not None:
             on_checkpoint(it)

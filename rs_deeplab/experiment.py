@@ -92,20 +92,39 @@ def check_resume(state: dict[str, Any], cfg: ExperimentConfig, num_classes: int,
         )
 
 
-def _loaders(cfg: ExperimentConfig, env: DistEnv, train: SegmentationSource, val: SegmentationSource | None,
-             stats: BandStats, start: int, device: torch.device) -> tuple[DataLoader[Any], DataLoader[Any] | None]:  # fmt: skip
+def _loaders(
+    cfg: ExperimentConfig,
+    env: DistEnv,
+    train: SegmentationSource,
+    val: SegmentationSource | None,
+    stats: BandStats,
+    start: int,
+    device: torch.device,
+) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
     data = cfg.data
     sampler = IterationBatchSampler(
-        len(train), batch_size=data.batch_size, iterations=cfg.schedule.iterations, seed=cfg.seed,
-        rank=env.rank, world_size=env.world_size, grad_accum=cfg.train.grad_accum, start_iteration=start,
-    )  # fmt: skip
-    transform = TrainTransform(crop_size=data.crop_size, stats=stats, scale_range=data.scale_range,
-                               flips=data.flips, max_class_ratio=data.max_class_ratio)  # fmt: skip
+        len(train),
+        batch_size=data.batch_size,
+        iterations=cfg.schedule.iterations,
+        seed=cfg.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        grad_accum=cfg.train.grad_accum,
+        start_iteration=start,
+    )
+    transform = TrainTransform(
+        crop_size=data.crop_size,
+        stats=stats,
+        scale_range=data.scale_range,
+        flips=data.flips,
+        max_class_ratio=data.max_class_ratio,
+    )
     common: dict[str, Any] = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda"}
     if data.num_workers:
         common["persistent_workers"] = False
-    train_loader = DataLoader(SegmentationDataset(train, transform), batch_sampler=sampler,
-                              generator=torch.Generator(), **common)  # fmt: skip
+    train_loader = DataLoader(
+        SegmentationDataset(train, transform), batch_sampler=sampler, generator=torch.Generator(), **common
+    )
     if val is None:
         return train_loader, None
     shard = Subset(SegmentationDataset(val, EvalTransform(stats)), range(env.rank, len(val), env.world_size))
@@ -119,12 +138,21 @@ def _resume_state(cfg: ExperimentConfig, last: Path) -> dict[str, Any] | None:
     return None
 
 
-def _build_model(cfg: ExperimentConfig, num_classes: int, in_channels: int, device: torch.device,
-                 env: DistEnv) -> tuple[torch.nn.Module, torch.nn.Module]:  # fmt: skip
+def _build_model(
+    cfg: ExperimentConfig, num_classes: int, in_channels: int, device: torch.device, env: DistEnv
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The model (for checkpoints) and what to call in the loop (DDP/compile wrapped)."""
     m = cfg.model
-    model = build_model(m.name, num_classes=num_classes, in_channels=in_channels, backbone=m.backbone,
-                        output_stride=m.output_stride, head=m.head, weights=m.weights, aux_weight=m.aux_weight)  # fmt: skip
+    model: torch.nn.Module = build_model(
+        m.name,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        backbone=m.backbone,
+        output_stride=m.output_stride,
+        head=m.head,
+        weights=m.weights,
+        aux_weight=m.aux_weight,
+    )
     if m.dropout is not None:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout | torch.nn.Dropout2d):
@@ -174,8 +202,14 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(runner, **cfg.optimizer.model_dump())
     s = cfg.schedule
-    scheduler = build_scheduler(optimizer, iterations=s.iterations, power=s.power, min_lr=s.min_lr,
-                                warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio)  # fmt: skip
+    scheduler = build_scheduler(
+        optimizer,
+        iterations=s.iterations,
+        power=s.power,
+        min_lr=s.min_lr,
+        warmup_iters=s.warmup_iters,
+        warmup_ratio=s.warmup_ratio,
+    )
     amp = (
         None
         if device.type != "cuda" or cfg.train.amp == "none"
@@ -200,17 +234,35 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
     weights = None if cfg.train.class_weights is None else torch.tensor(cfg.train.class_weights, device=device)
     if weights is not None and len(weights) != len(names):
         raise InputError(f"train.class_weights has {len(weights)} values but the data has {len(names)} classes")
-    ctx = StepContext(optimizer, scheduler, device, scaler, amp, cfg.train.channels_last and device.type == "cuda",
-                      cfg.train.grad_accum, weights, getattr(model, "aux_weight", 0.0))  # fmt: skip
+    ctx = StepContext(
+        optimizer,
+        scheduler,
+        device,
+        scaler,
+        amp,
+        cfg.train.channels_last and device.type == "cuda",
+        cfg.train.grad_accum,
+        weights,
+        getattr(model, "aux_weight", 0.0),
+    )
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
-    tracker = {"best": best_miou, "cm": None}
+    tracker: dict[str, Any] = {"best": best_miou, "cm": None}
 
     def snapshot(it: int) -> dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler else None, "iteration": it, "rng": rng_state(),
-                "config": config_to_dict(cfg), "class_names": list(names), "band_stats": stats.as_dict(),
-                "in_channels": in_ch, "best_miou": tracker["best"]}  # fmt: skip
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "iteration": it,
+            "rng": rng_state(),
+            "config": config_to_dict(cfg),
+            "class_names": list(names),
+            "band_stats": stats.as_dict(),
+            "in_channels": in_ch,
+            "best_miou": tracker["best"],
+        }
 
     def on_eval(it: int, cm: np.ndarray) -> None:
         result = scores(cm)
@@ -228,8 +280,18 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
             save_checkpoint(last, {**snapshot(it), "rank_fingerprints": fingerprints})
 
     cadence = Cadence(s.iterations, cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.log_every)
-    fit(runner, iter(train_loader), val_loader, ctx, cadence=cadence, num_classes=len(names), start_iteration=start,
-        on_log=runlog.train, on_eval=on_eval, on_checkpoint=on_checkpoint)  # fmt: skip
+    fit(
+        runner,
+        iter(train_loader),
+        val_loader,
+        ctx,
+        cadence=cadence,
+        num_classes=len(names),
+        start_iteration=start,
+        on_log=runlog.train,
+        on_eval=on_eval,
+        on_checkpoint=on_checkpoint,
+    )
     runlog.close()
     if env.is_main:
         plot_curves(runlog.path, run_dir / "curves.png")
@@ -243,9 +305,15 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Modul
     """Rebuild the model a checkpoint was trained with and load its weights (eval mode)."""
     state = load_checkpoint(path, map_location="cpu")
     m = state["config"]["model"]
-    model = build_model(m["name"], num_classes=len(state["class_names"]), in_channels=int(state["in_channels"]),
-                        backbone=m["backbone"], output_stride=m["output_stride"], head=m["head"],
-                        aux_weight=m["aux_weight"])  # fmt: skip
+    model = build_model(
+        m["name"],
+        num_classes=len(state["class_names"]),
+        in_channels=int(state["in_channels"]),
+        backbone=m["backbone"],
+        output_stride=m["output_stride"],
+        head=m["head"],
+        aux_weight=m["aux_weight"],
+    )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -269,8 +337,13 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
 
     cm = evaluate(model, loader, len(source.class_names), device=dev)
     result = scores(cm)
-    report = {"checkpoint": str(path), "split": split, "iteration": state["iteration"],
-              **result.as_dict(source.class_names), "confusion_matrix": cm.tolist()}  # fmt: skip
+    report = {
+        "checkpoint": str(path),
+        "split": split,
+        "iteration": state["iteration"],
+        **result.as_dict(source.class_names),
+        "confusion_matrix": cm.tolist(),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{split}_scores.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"{split}_scores.md").write_text(markdown_table(result, source.class_names) + "\n")

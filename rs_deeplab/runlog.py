@@ -68,8 +68,13 @@ class RunLog:
         )
         if not self.enabled:
             return
-        row: dict[str, Any] = {"iteration": iteration, "split": "val", "mIoU": f"{result.miou:.6f}",
-                               "mF1": f"{result.mean_f1:.6f}", "OA": f"{result.overall_accuracy:.6f}"}  # fmt: skip
+        row: dict[str, Any] = {
+            "iteration": iteration,
+            "split": "val",
+            "mIoU": f"{result.miou:.6f}",
+            "mF1": f"{result.mean_f1:.6f}",
+            "OA": f"{result.overall_accuracy:.6f}",
+        }
         row.update({f"IoU/{c}": f"{v:.6f}" for c, v in zip(self.class_names, result.iou, strict=True)})
         self._append(row)
         for key, value in result.as_dict(self.class_names).items():

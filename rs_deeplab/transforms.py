@@ -139,7 +139,7 @@ class TrainTransform:
         flips: FlipMode = "aerial",
         max_class_ratio: float = 0.75,
     ) -> None:
-        self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
+        self.crop_size: tuple[int, int] = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
         self.stats = stats
         self.max_class_ratio = max_class_ratio
         low, high = scale_range

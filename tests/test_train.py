@@ -52,7 +52,9 @@ def test_head_gets_ten_times_the_learning_rate() -> None:
 
 
 @pytest.mark.slow
-def test_train_writes_every_output_and_evaluates(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_writes_every_output_and_evaluates(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config(tmp_path / "exp.yaml", tiles, tmp_path / "run")
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     run = tmp_path / "run"

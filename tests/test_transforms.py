@@ -79,7 +79,9 @@ def test_random_crop_prefers_mixed_crops() -> None:
     def balanced(tries: int) -> int:
         count = 0
         for seed in range(40):
-            _, crop = random_crop(np.zeros((100, 100, 1)), mask, (40, 40), np.random.default_rng(seed), 0.75, tries=tries)
+            _, crop = random_crop(
+                np.zeros((100, 100, 1)), mask, (40, 40), np.random.default_rng(seed), 0.75, tries=tries
+            )
             count += int((crop == 1).mean() > 0.25)
         return count
 
