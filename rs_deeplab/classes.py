@@ -163,9 +163,7 @@ SCHEMES: dict[str, ClassScheme] = {
     "loveda": ClassScheme("loveda", LOVEDA_CLASSES, LOVEDA_COLOURS, "offset"),
     "isaid": ClassScheme("isaid", ISAID_CLASSES, ISAID_COLOURS, "rgb"),
     "voc": ClassScheme("voc", VOC_CLASSES, tuple(voc_palette(len(VOC_CLASSES))), "index"),
-    "cityscapes": ClassScheme(
-        "cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLOURS, "labelids", CITYSCAPES_ID_TO_TRAIN
-    ),
+    "cityscapes": ClassScheme("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_COLOURS, "labelids", CITYSCAPES_ID_TO_TRAIN),
 }
 """Every dataset's class scheme, keyed by dataset name."""
 

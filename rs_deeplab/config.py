@@ -175,9 +175,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(
-                    f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is a value, not a section"
-                )
+                raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is a value, not a section")
             node = child
         node[path[-1]] = value
     return result
