@@ -1,0 +1,74 @@
+"""The protocol shared by every dataset reader, and label sanity checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.errors import InputError
+from rs_deeplab.raster import open_raster
+
+
+class SegmentationSource:
+    """A list of (image, label) files read as raw arrays; subclasses fill ``images`` and ``labels``."""
+
+    def __init__(self, images: Sequence[Path], labels: Sequence[Path], class_names: Sequence[str]) -> None:
+        if len(images) != len(labels):
+            raise InputError(f"{len(images)} images but {len(labels)} labels")
+        self.images = list(images)
+        self.labels = list(labels)
+        self.class_names = tuple(class_names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the labels use."""
+        return len(self.class_names)
+
+    def read_image(self, index: int) -> np.ndarray:
+        """``(bands, H, W)`` raw pixel values of sample ``index``."""
+        with open_raster(self.images[index]) as src:
+            return src.read()
+
+    def read_label(self, index: int) -> np.ndarray:
+        """``(H, W)`` uint8 class indices of sample ``index`` (255 = ignore)."""
+        with Image.open(self.labels[index]) as img:
+            return np.asarray(img, dtype=np.uint8)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image and label of sample ``index``; their sizes must agree."""
+        image, label = self.read_image(index), self.read_label(index)
+        if image.shape[1:] != label.shape:
+            raise InputError(
+                f"{self.images[index]}: image is {image.shape[2]}x{image.shape[1]} but its label "
+                f"{self.labels[index]} is {label.shape[1]}x{label.shape[0]}; re-create the pair"
+            )
+        return image, label
+
+    def in_channels(self) -> int:
+        """Band count of the first image."""
+        with open_raster(self.images[0]) as src:
+            return int(src.count)
+
+
+def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
+    """Fail with one line if ``label`` holds a value that is neither a class index nor 255."""
+    bad = np.unique(label[(label >= num_classes) & (label != IGNORE_INDEX)])
+    if bad.size:
+        raise InputError(
+            f"{where}: label value {int(bad[0])} is outside the {num_classes} classes and not 255 (ignore); "
+            "check the dataset scheme or the model's class count"
+        )
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a folder, else fail naming the path that was expected."""
+    if not path.is_dir():
+        raise InputError(f"{what}: expected folder {path} does not exist; check data.root")
+    return path

@@ -1,0 +1,178 @@
+"""Training and evaluation transforms for n-band imagery: albumentations geometry, dtype-free photometry.
+
+Every random choice comes from a per-sample seed, so a batch is the same whatever the number of DataLoader
+workers or processes, and a resumed run sees exactly the samples the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+import rasterio
+import torch
+
+from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.raster import open_raster
+
+FlipMode = Literal["aerial", "horizontal", "none"]
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band mean and standard deviation of the training imagery, in raw pixel units."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Plain form stored in checkpoints."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> BandStats:
+        """Inverse of :meth:`as_dict`."""
+        return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+
+
+def compute_band_stats(
+    paths: Sequence[str | os.PathLike[str]], *, bands: Sequence[int] | None = None, max_side: int = 128
+) -> BandStats:
+    """Mean and std of each band over ``paths``, read decimated to at most ``max_side`` pixels a side.
+
+    Nodata pixels (by the file's nodata value or mask) are left out. 1-based ``bands`` select bands.
+    """
+    total: np.ndarray | None = None
+    total_sq: np.ndarray | None = None
+    count: np.ndarray | None = None
+    for path in paths:
+        with open_raster(path) as src:
+            idx = list(bands) if bands else list(range(1, src.count + 1))
+            scale = max(src.width, src.height) / max_side
+            shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+            data = src.read(idx, out_shape=(len(idx), *shape), masked=True,
+                            resampling=rasterio.enums.Resampling.nearest)  # fmt: skip
+        values = np.ma.filled(data.astype(np.float64), np.nan).reshape(len(idx), -1)
+        valid = ~np.isnan(values)
+        s, sq, n = np.nansum(values, 1), np.nansum(values**2, 1), valid.sum(1)
+        total, total_sq, count = (s, sq, n) if total is None else (total + s, total_sq + sq, count + n)
+    if total is None or total_sq is None or count is None or (count == 0).any():
+        raise ValueError("no valid pixels to compute band statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return BandStats(tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))
+
+
+def normalize(image: np.ndarray, stats: BandStats | None) -> np.ndarray:
+    """``(H, W, C)`` raw values → float32 ``(x - mean) / std`` (raw float32 when ``stats`` is None)."""
+    out = image.astype(np.float32)
+    if stats is not None:
+        if len(stats.mean) != out.shape[-1]:
+            raise ValueError(f"band statistics are for {len(stats.mean)} bands, the image has {out.shape[-1]}")
+        out -= np.asarray(stats.mean, dtype=np.float32)
+        out /= np.asarray(stats.std, dtype=np.float32)
+    return out
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and per-band gain jitter on a normalised ``(H, W, C)`` image, any band count.
+
+    Working in standard-deviation units makes it independent of dtype (8- or 16-bit) and band order; the
+    per-band gain plays the role RGB saturation/hue jitter has for three bands.
+    """
+    out: np.ndarray = image.astype(np.float32, copy=True)
+    if rng.random() < 0.5:
+        out += np.float32(rng.uniform(-0.25, 0.25))
+    if rng.random() < 0.5:
+        out *= np.float32(rng.uniform(0.75, 1.25))
+    if rng.random() < 0.5:
+        out *= np.asarray(rng.uniform(0.9, 1.1, size=out.shape[-1]), dtype=np.float32)
+    return out
+
+
+def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad ``(H, W, C)`` image with 0 (the mean, once normalised) and mask with 255 to at least ``size``²."""
+    h, w = mask.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph == 0 and pw == 0:
+        return image, mask
+    image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+    mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+    return image, mask
+
+
+def random_crop(
+    image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator, max_class_ratio: float, tries: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``size``²; retry up to ``tries`` times while one class covers more than ``max_class_ratio``."""
+    h, w = mask.shape
+    for _ in range(tries):
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        crop = mask[top : top + size, left : left + size]
+        counts = np.bincount(crop[crop != IGNORE_INDEX].ravel(), minlength=1)
+        counts = counts[counts > 0]
+        if len(counts) > 1 and counts.max() / counts.sum() < max_class_ratio:
+            break
+    return image[top : top + size, left : left + size], crop
+
+
+class TrainTransform:
+    """Scale → normalise → photometric → pad → class-balanced crop → flips/rotations, from one seed."""
+
+    def __init__(
+        self,
+        *,
+        crop_size: int,
+        stats: BandStats | None,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        flips: FlipMode = "aerial",
+        max_class_ratio: float = 0.75,
+    ) -> None:
+        self.crop_size = crop_size
+        self.stats = stats
+        self.max_class_ratio = max_class_ratio
+        low, high = scale_range
+        self.scale = A.Compose(
+            [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0)]
+        )
+        geometry: list[A.BasicTransform] = []
+        if flips in ("aerial", "horizontal"):
+            geometry.append(A.HorizontalFlip(p=0.5))
+        if flips == "aerial":
+            geometry += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+        self.geometry = A.Compose(geometry)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image`` ``(C, H, W)`` raw values, ``mask`` ``(H, W)`` uint8 → float tensor, int64 mask tensor."""
+        rng = np.random.default_rng(seed)
+        self.scale.set_random_seed(int(rng.integers(2**31)))
+        self.geometry.set_random_seed(int(rng.integers(2**31)))
+        hwc = np.ascontiguousarray(np.moveaxis(image, 0, -1)).astype(np.float32)
+        out = self.scale(image=hwc, mask=mask)
+        img = photometric(normalize(out["image"], self.stats), rng)
+        img, msk = pad_to(img, out["mask"], self.crop_size)
+        img, msk = random_crop(img, msk, self.crop_size, rng, self.max_class_ratio)
+        out = self.geometry(image=np.ascontiguousarray(img), mask=np.ascontiguousarray(msk))
+        return to_tensors(out["image"], out["mask"])
+
+
+class EvalTransform:
+    """Normalisation only: evaluation sees whole tiles/images at their own size."""
+
+    def __init__(self, stats: BandStats | None) -> None:
+        self.stats = stats
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same signature as :class:`TrainTransform`; the seed is unused."""
+        return to_tensors(normalize(np.moveaxis(image, 0, -1), self.stats), mask)
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H, W, C)`` float32 and ``(H, W)`` uint8 → ``(C, H, W)`` float tensor and ``(H, W)`` int64 tensor."""
+    img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32))
+    return img, torch.from_numpy(np.ascontiguousarray(mask)).long()

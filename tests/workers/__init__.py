@@ -1,0 +1,1 @@
+"""Scripts the tests launch as real processes (torchrun workers and the like)."""
