@@ -82,7 +82,7 @@ def floor(pairs: list[tuple[Path, Path]], out: Path) -> None:
             image_profile, label_profile = crop_profiles(src, SIZE, DEFAULT_COMPRESS)
             transform = src.transform
         for w in window_grid(src.height, src.width, SIZE, STRIDE):
-            t = transform * Affine.translation(w.col_off, w.row_off)
+            t = transform @ Affine.translation(w.col_off, w.row_off)
             sl = np.s_[w.row_off : w.row_off + SIZE, w.col_off : w.col_off + SIZE]
             name = w.name(image_path.stem)
             _write(out / "images" / f"{name}.tif", image[(slice(None), *sl)], dict(image_profile, transform=t))
@@ -100,7 +100,7 @@ def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
             for w in window_grid(src.height, src.width, SIZE, STRIDE):
                 win = Window(w.col_off, w.row_off, SIZE, SIZE)
                 image, label = src.read(window=win), SCHEME.decode(lab.read(window=win))
-                t = src.transform * Affine.translation(w.col_off, w.row_off)
+                t = src.transform @ Affine.translation(w.col_off, w.row_off)
                 name = w.name(image_path.stem)
                 _write(out / "images" / f"{name}.tif", image, dict(image_profile, transform=t))
                 _write(out / "labels" / f"{name}.tif", label[np.newaxis], dict(label_profile, transform=t),

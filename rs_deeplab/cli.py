@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from rs_deeplab.errors import RsDeeplabError
 
@@ -59,7 +59,10 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
-def cli_entry(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+MainFunc = TypeVar("MainFunc", bound=Callable[..., int])
+
+
+def cli_entry(func: MainFunc) -> MainFunc:
     """Decorate a pipeline ``main(argv)``: user errors become ``error: <message>`` on stderr and return 2."""
 
     @functools.wraps(func)
@@ -73,7 +76,7 @@ def cli_entry(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence
             print("interrupted; re-run the same command to resume", file=sys.stderr)
             return 130
 
-    return wrapper
+    return cast(MainFunc, wrapper)
 
 
 def describe_outputs(outputs: dict[str, Any]) -> str:

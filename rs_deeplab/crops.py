@@ -176,8 +176,8 @@ class _Writer:
         if path.exists():
             return
         is_image = profile is not None
-        profile = dict(profile if is_image else self.label_profile, transform=transform)
-        with atomic_output(path) as tmp, quiet_georeferencing(), rasterio.open(tmp, "w", **profile) as dst:
+        options = dict(profile if profile is not None else self.label_profile, transform=transform)
+        with atomic_output(path) as tmp, quiet_georeferencing(), rasterio.open(tmp, "w", **options) as dst:
             dst.write(data)
             if is_image:
                 dst.colorinterp = self.colorinterp

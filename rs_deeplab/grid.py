@@ -48,7 +48,7 @@ class CropWindow:
         return self.height < self.size or self.width < self.size
 
     def transform(self, scene_transform: Affine) -> Affine:
-        """The crop's geotransform: ``scene_transform * Affine.translation(col_off, row_off)``."""
+        """The crop's geotransform: ``scene_transform @ Affine.translation(col_off, row_off)`` (DESIGN writes ``*``)."""
         return crop_transform(scene_transform, self)
 
     def name(self, scene_key: str) -> str:
@@ -89,7 +89,7 @@ def axis_offsets(length: int, size: int, stride: int) -> tuple[int, ...]:
     if length <= size:
         return (0,)
     count = math.ceil((length - size) / stride) + 1
-    return tuple(i * stride for i in range(count - 1)) + (length - size,)
+    return (*(i * stride for i in range(count - 1)), length - size)
 
 
 def window_grid(height: int, width: int, size: int, stride: int) -> tuple[CropWindow, ...]:
@@ -104,8 +104,8 @@ def window_grid(height: int, width: int, size: int, stride: int) -> tuple[CropWi
 
 
 def crop_transform(scene_transform: Affine, window: CropWindow | Window) -> Affine:
-    """Geotransform of a crop whose top-left pixel is ``(row_off, col_off)`` of the scene."""
-    return scene_transform * Affine.translation(int(window.col_off), int(window.row_off))
+    """Geotransform of a crop whose top-left pixel is ``(row_off, col_off)`` (affine 3 composes with ``@``)."""
+    return scene_transform @ Affine.translation(int(window.col_off), int(window.row_off))
 
 
 def window_rows(windows: Iterable[CropWindow]) -> dict[int, tuple[CropWindow, ...]]:

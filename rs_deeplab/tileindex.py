@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def footprints(records: Sequence[Mapping[str, Any]], transforms: Mapping[str, An
         t = transforms[rec["scene"]]
         c0, r0 = rec["col_off"], rec["row_off"]
         c1, r1 = c0 + rec["width"], r0 + rec["height"]
-        rings.append([t * (c0, r0), t * (c1, r0), t * (c1, r1), t * (c0, r1), t * (c0, r0)])
+        rings.append([t @ (c0, r0), t @ (c1, r0), t @ (c1, r1), t @ (c0, r1), t @ (c0, r0)])
     return shapely.polygons(np.asarray(rings, dtype=float).reshape(len(rings), 5, 2))
 
 
@@ -98,7 +99,8 @@ def write_index(path: str | Path, tiles: Any, classes: pd.DataFrame) -> Path:
     """Write both layers to a GeoPackage atomically (a temporary file renamed onto ``path``)."""
     import pyogrio
 
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'crs' was not provided")  # pixel-coordinate scenes (PNG) have none
         pyogrio.write_dataframe(tiles, tmp, layer=TILES_LAYER, driver="GPKG")
         pyogrio.write_dataframe(classes, tmp, layer=CLASSES_LAYER, driver="GPKG")
     return Path(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rs_deeplab.classes import IGNORE_INDEX, get_scheme
-from rs_deeplab.crops import IMAGES, LABELS, CropSettings, SceneJob, load_part, remove_stale_temporaries
+from rs_deeplab.crops import IMAGES, LABELS, CropSettings, Record, SceneJob, load_part, remove_stale_temporaries
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride, window_grid, window_rows
 from rs_deeplab.labels import LabelSource, check_label_raster, is_vector, vector_source
@@ -231,7 +231,8 @@ def tile_scenes(
     with atomic_output(out / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
-    records, todo = [], {}
+    records: list[Record] = []
+    todo: dict[str, list[int]] = {}
     for job in jobs:
         for r in window_rows(window_grid(job.height, job.width, size, stride)):
             part = load_part(settings.out, job, r)
@@ -251,6 +252,6 @@ def tile_scenes(
     tiles, classes = build_index(kept, transforms=transforms, crss=crss, scheme=class_scheme)
     index = write_index(out / INDEX_NAME, tiles, classes)
     return TileSummary(
-        out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept), len(records) - len(kept),
-        resumed, time.perf_counter() - start, cluster,
+        out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept),
+        len(records) - len(kept), resumed, time.perf_counter() - start, cluster,
     )  # fmt: skip
