@@ -207,6 +207,11 @@ def tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) ->
     temporary name and renamed, files already complete are kept, and a row's records are saved only once all its
     crops exist, so a killed run resumes where it stopped.
     """
+    with rasterio.Env(CHECK_DISK_FREE_SPACE=False):  # one GDAL environment for all files, not one per open
+        return _tile_rows(job, row_offs, settings)
+
+
+def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:
     rows = window_rows(window_grid(job.height, job.width, settings.size, settings.stride))
     top = min(row_offs)
     window = Window(0, top, job.width, min(job.height, max(row_offs) + settings.size) - top)

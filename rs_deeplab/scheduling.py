@@ -104,10 +104,13 @@ def check_executor_options(workers: int | None, scheduler: str | None) -> None:
 
 def _connect(address: str) -> Any:
     """A client on an existing scheduler, or a one-line error saying how to get one."""
+    import dask
     from distributed import Client
 
+    timeout = dask.config.get("distributed.comm.timeouts.connect")
+    log.info("connecting to the Dask scheduler at %s (timeout %s)", address, timeout)
     try:
-        return Client(address, timeout=10, set_as_default=False)
+        return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise InputError(

@@ -46,7 +46,9 @@ def _check_crops(out: Path, scene: Path, label_ids: np.ndarray | None, size: int
                 assert crop.descriptions == src.descriptions
                 pixels = crop.read()
             expected = np.full((src.count, size, size), fill, dtype=data.dtype)
-            expected[:, : w.height, : w.width] = data[:, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width]
+            expected[:, : w.height, : w.width] = data[
+                :, w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width
+            ]
             np.testing.assert_array_equal(pixels, expected)
             if label_ids is None:
                 assert row.label == ""
@@ -68,8 +70,8 @@ def _check_crops(out: Path, scene: Path, label_ids: np.ndarray | None, size: int
     ],
 )
 def test_crops_keep_georeferencing_and_pixels(
-    make_raster: RasterFactory, rng: np.random.Generator, tmp_path: Path,
-    bands: int, dtype: str, crs: str, nodata: float | None, shape: tuple[int, int], descriptions: tuple[str, ...] | None,
+    make_raster: RasterFactory, rng: np.random.Generator, tmp_path: Path, bands: int, dtype: str, crs: str,
+    nodata: float | None, shape: tuple[int, int], descriptions: tuple[str, ...] | None,
 ) -> None:  # fmt: skip
     data = (rng.random((bands, *shape)) * 1000).astype(dtype)
     transform = Affine(1e-5, 0, 13.4, 0, -1e-5, 52.5) if crs == "EPSG:4326" else DEFAULT_TRANSFORM
@@ -116,7 +118,9 @@ def test_png_scene_keeps_pixel_coordinates_without_warnings(tmp_path: Path, rng:
         assert row.geometry.bounds == (row.col_off, row.row_off, row.col_off + 32, row.row_off + 32)
 
 
-def test_index_rows_footprints_counts_and_classes(make_raster: RasterFactory, tmp_path: Path, rng: np.random.Generator) -> None:
+def test_index_rows_footprints_counts_and_classes(
+    make_raster: RasterFactory, tmp_path: Path, rng: np.random.Generator
+) -> None:
     ids = _classes(rng, 100, 140)
     ids[:5] = 200  # an unknown colour decodes to ignore
     colours = POTSDAM.encode_colours(ids)
@@ -129,7 +133,9 @@ def test_index_rows_footprints_counts_and_classes(make_raster: RasterFactory, tm
     assert list(tiles.columns[:10]) == [
         "scene", "split", "row_off", "col_off", "width", "height", "valid_fraction", "image", "label", "scene_path",
     ]  # fmt: skip
-    assert list(zip(tiles.row_off, tiles.col_off, strict=True)) == sorted(zip(tiles.row_off, tiles.col_off, strict=True))
+    assert list(zip(tiles.row_off, tiles.col_off, strict=True)) == sorted(
+        zip(tiles.row_off, tiles.col_off, strict=True)
+    )
     assert set(tiles.split) == {"val"} and set(tiles.scene) == {"scene"} and (tiles.valid_fraction == 1.0).all()
     decoded = np.where(ids == 200, IGNORE_INDEX, ids)
     for row in tiles.itertuples():
@@ -159,7 +165,10 @@ def test_min_valid_skips_crops_and_counts_them(make_raster: RasterFactory, tmp_p
 
 def test_vector_labels_are_reprojected_and_rasterized(make_raster: RasterFactory, tmp_path: Path) -> None:
     scene = make_raster(np.zeros((3, 90, 120), np.uint8))
-    polys_utm = [shapely.box(368_001, 5_807_993, 368_006, 5_807_999), shapely.box(368_005, 5_807_995, 368_011, 5_807_998)]
+    polys_utm = [
+        shapely.box(368_001, 5_807_993, 368_006, 5_807_999),
+        shapely.box(368_005, 5_807_995, 368_011, 5_807_998),
+    ]
     frame = gpd.GeoDataFrame({"kind": ["building", "tree"]}, geometry=polys_utm, crs="EPSG:32633")
     frame.to_crs("EPSG:4326").to_file(tmp_path / "polys.gpkg")
     summary = tile_scenes(
@@ -215,7 +224,9 @@ def test_label_raster_off_the_scene_grid_is_refused(
     assert not (tmp_path / "out").exists()
 
 
-def test_colour_labels_without_scheme_and_duplicate_names_are_refused(make_raster: RasterFactory, tmp_path: Path) -> None:
+def test_colour_labels_without_scheme_and_duplicate_names_are_refused(
+    make_raster: RasterFactory, tmp_path: Path
+) -> None:
     scene = make_raster(np.zeros((3, 50, 40), np.uint8))
     label = make_raster(np.zeros((3, 50, 40), np.uint8), "label.tif")
     with pytest.raises(InputError, match="--scheme"):
