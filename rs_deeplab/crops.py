@@ -48,7 +48,7 @@ class CropSettings:
 
 @dataclass(frozen=True)
 class SceneJob:
-    """One validated scene: a unique output key, its paths and its size (picklable)."""
+    """One validated scene: a unique output key, its paths, its size and bytes per crop pixel (picklable)."""
 
     key: str
     image: str
@@ -56,6 +56,7 @@ class SceneJob:
     split: str
     height: int
     width: int
+    pixel_bytes: int = 1
 
 
 def part_path(out: str | Path, key: str, row_off: int) -> Path:

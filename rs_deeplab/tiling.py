@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rs_deeplab.classes import IGNORE_INDEX, get_scheme
 from rs_deeplab.crops import IMAGES, LABELS, CropSettings, Record, SceneJob, load_part, remove_stale_temporaries
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride, window_grid, window_rows
 from rs_deeplab.labels import LabelSource, check_label_raster, is_vector, vector_source
 from rs_deeplab.raster import atomic_output, open_raster
-from rs_deeplab.scheduling import TaskSpec, check_executor_options, open_executor
+from rs_deeplab.scheduling import TaskSpec, check_executor_options, default_workers, open_executor
 from rs_deeplab.tileindex import build_index, write_index
 
 log = logging.getLogger("rs_deeplab.tiling")
@@ -29,6 +31,9 @@ COMPRESS_CHOICES = ("none", "deflate", "lzw", "zstd")
 INDEX_NAME, MANIFEST_NAME = "index.gpkg", "tiling.json"
 TASK_BAND_BYTES = 256 << 20
 """Most bytes of scene pixels one task holds (its band of rows)."""
+PARALLEL_MIN_BYTES = 512 << 20
+"""Below this many bytes of crops to write, the default runs in this process: starting worker processes costs
+more than it saves (see bench/RESULTS.md, Tiler)."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,9 @@ def prepare_jobs(
             if len(set(src.dtypes)) > 1:
                 raise InputError(f"{spec.image}: bands of different data types {src.dtypes}; convert to one type")
             label = _label_source(spec, src, scheme, vector)
-            jobs.append(SceneJob(key, str(Path(spec.image).resolve()), label, spec.split, src.height, src.width))
+            pixel_bytes = src.count * np.dtype(src.dtypes[0]).itemsize + (label is not None)
+            image = str(Path(spec.image).resolve())
+            jobs.append(SceneJob(key, image, label, spec.split, src.height, src.width, pixel_bytes))
             transforms[key], crss[key], banded[key] = src.transform, src.crs, src.driver in ("GTiff", "VRT")
     if len({crs is None for crs in crss.values()}) > 1:
         raise InputError("some scenes are georeferenced and some are not; tile them into separate --out folders")
@@ -139,6 +146,44 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
             f"{out} holds crops of a different tiling run ({', '.join(diff)} differ); "
             "choose another --out or delete that folder"
         )
+
+
+def _prepare_output(out: Path, manifest: dict[str, Any], labelled: bool) -> None:
+    """Create the output folders, drop a killed run's temporary files and record this run's settings."""
+    for folder in (out, out / IMAGES, *([out / LABELS] if labelled else [])):
+        folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    with atomic_output(out / MANIFEST_NAME) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _pending(jobs: Sequence[SceneJob], settings: CropSettings) -> tuple[list[Record], dict[str, list[int]]]:
+    """Records of window rows an earlier run finished, and the rows (per scene key) still to do."""
+    records: list[Record] = []
+    todo: dict[str, list[int]] = {}
+    for job in jobs:
+        for r in window_rows(window_grid(job.height, job.width, settings.size, settings.stride)):
+            part = load_part(settings.out, job, r)
+            if part is None:
+                todo.setdefault(job.key, []).append(r)
+            else:
+                records.extend(part)
+    return records, todo
+
+
+def _row_bytes(job: SceneJob, settings: CropSettings) -> int:
+    """Bytes of crops one row of windows of ``job`` writes."""
+    crops = len(window_grid(1, job.width, settings.size, settings.stride))
+    return crops * settings.size**2 * job.pixel_bytes
+
+
+def choose_workers(workers: int | None, scheduler: str | None, pending_bytes: int) -> int | None:
+    """Workers to start: as asked; else one per core, or none (this process) when the job is too small to pay
+    for starting worker processes (less than ``PARALLEL_MIN_BYTES`` of crops to write).
+    """  # noqa: D205
+    if workers is not None or scheduler:
+        return workers
+    return 1 if pending_bytes < PARALLEL_MIN_BYTES else default_workers()
 
 
 def plan_tasks(
@@ -225,25 +270,13 @@ def tile_scenes(
     _check_manifest(out, manifest)
 
     labelled = any(j.label is not None for j in jobs)
-    for folder in (out, out / IMAGES, *([out / LABELS] if labelled else [])):
-        folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    with atomic_output(out / MANIFEST_NAME) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-
-    records: list[Record] = []
-    todo: dict[str, list[int]] = {}
-    for job in jobs:
-        for r in window_rows(window_grid(job.height, job.width, size, stride)):
-            part = load_part(settings.out, job, r)
-            if part is None:
-                todo.setdefault(job.key, []).append(r)
-            else:
-                records.extend(part)
+    _prepare_output(out, manifest, labelled)
+    records, todo = _pending(jobs, settings)
     resumed = len(records)
     cluster = "nothing to do"
     if todo:
-        with open_executor(workers, scheduler) as executor:
+        pending_bytes = sum(len(rows) * _row_bytes(j, settings) for j in jobs for rows in [todo.get(j.key, [])])
+        with open_executor(choose_workers(workers, scheduler, pending_bytes), scheduler) as executor:
             cluster = executor.description
             tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
             records.extend(executor.run(tasks, quiet=quiet))

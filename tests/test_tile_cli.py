@@ -41,7 +41,7 @@ def test_one_scene_and_nothing_else_works_without_importing_torch(make_raster: R
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "torch modules: []" in run.stdout
-    assert "Dask local cluster" in run.stderr and "4 crops from 1 scenes" in run.stderr
+    assert "this process" in run.stderr and "4 crops from 1 scenes" in run.stderr  # too small for workers
     tiles, classes = read_index(tmp_path / "tiles" / "index.gpkg")  # default --out tiles/ in the working folder
     assert len(tiles) == 4 and set(tiles.label) == {""} and classes.empty
     assert sorted(os.listdir(tmp_path / "tiles" / "images")) == [f"scene_{r}_{c}.tif" for r in (0, 88) for c in (0, 8)]
