@@ -59,8 +59,8 @@ def fast_decode_colours(label: np.ndarray, colours: Sequence[Colour]) -> np.ndar
     """
     if label.ndim != 3 or label.shape[0] < 3 or label.dtype != np.uint8:
         return decode_colours(label, colours)
-    key = label[0].astype(np.uint32) << 16
-    key |= label[1].astype(np.uint32) << 8
+    key = np.left_shift(label[0], 16, dtype=np.uint32)
+    key |= np.left_shift(label[1], 8, dtype=np.uint32)
     key |= label[2]
     return colour_lut(tuple(colours))[key]
 
