@@ -107,9 +107,9 @@ def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
                        SCHEME.colormap())  # fmt: skip
 
 
-def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None) -> None:
+def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, threads: bool = False) -> None:
     tile_scenes([SceneSpec(i, lab) for i, lab in pairs], out, size=SIZE, stride=STRIDE, scheme="potsdam",
-                workers=workers, quiet=True)  # fmt: skip
+                workers=workers, threads=threads, quiet=True)  # fmt: skip
 
 
 def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--scene-size", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
+    parser.add_argument("--threads", action="store_true", help="also time 2 workers as threads of one process")
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
     scratch = args.dir / "out"
@@ -140,6 +141,8 @@ def main() -> None:
         "tiler-1": lambda o: tiler(pairs, o, 1),
         "tiler-2": lambda o: tiler(pairs, o, 2),
     }
+    if args.threads:
+        variants["threads-2"] = lambda o: tiler(pairs, o, 2, threads=True)
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         for name, func in variants.items():
@@ -152,6 +155,7 @@ def main() -> None:
     print(f"tiler (default) / serial window  : {best['tiler'] / best['serial']:.2f}  (target < 1)")
     print(f"speed-up 1 -> 2 workers           : {best['tiler-1'] / best['tiler-2']:.2f}x")
     print(f"floor / serial window            : {best['floor'] / best['serial']:.2f}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items()))
 
 
 if __name__ == "__main__":

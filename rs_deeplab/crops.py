@@ -112,11 +112,18 @@ def _pad(block: np.ndarray, size: int, fill: float) -> np.ndarray:
     return out
 
 
-def _counts(label: np.ndarray, padding: int) -> dict[str, int]:
-    """Pixel count of every class value present (text keys), padding counted as 255."""
-    counts = np.bincount(label.reshape(-1), minlength=256)
-    counts[IGNORE_INDEX] += padding
-    return {str(v): int(counts[v]) for v in np.flatnonzero(counts)}
+def _counts(label: np.ndarray, padding: int, expected: Sequence[int] = ()) -> dict[str, int]:
+    """Pixel count of every class value present (text keys), padding counted as 255.
+
+    With the ``expected`` values (a scheme's classes and 255), one vectorised comparison per value replaces the
+    histogram, which would first widen every pixel to 64 bits; any other value falls back to the histogram.
+    """
+    found = {v: int(np.count_nonzero(label == v)) for v in expected}
+    if sum(found.values()) != label.size:
+        counts = np.bincount(label.reshape(-1), minlength=256)
+        found = {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    found[IGNORE_INDEX] = found.get(IGNORE_INDEX, 0) + padding
+    return {str(v): n for v, n in sorted(found.items()) if n}
 
 
 def crop_profiles(src: Any, size: int, compress: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -150,6 +157,7 @@ class _Writer:
         self.colorinterp = src.colorinterp
         scheme = SCHEMES.get(settings.scheme) if settings.scheme else None
         self.colormap = scheme.colormap() if scheme else None
+        self.classes = (*range(scheme.num_classes), IGNORE_INDEX) if scheme else ()
 
     def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, mask: np.ndarray | None) -> Record:
         """Write one crop (skipping files already complete) and return its index record."""
@@ -163,7 +171,7 @@ class _Writer:
             "label": f"{LABELS}/{name}.tif" if label is not None else "", "counts": {},
         }  # fmt: skip
         if label is not None:
-            rec["counts"] = _counts(label, size * size - label.size)
+            rec["counts"] = _counts(label, size * size - label.size, self.classes)
         rec["written"] = rec["valid_fraction"] >= self.settings.min_valid
         if not rec["written"]:
             return rec

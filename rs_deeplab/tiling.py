@@ -131,6 +131,17 @@ def prepare_jobs(
     return jobs, {j.key: transforms[j.key] for j in jobs}, {j.key: crss[j.key] for j in jobs}, banded
 
 
+def _manifest(settings: CropSettings, jobs: Sequence[SceneJob]) -> dict[str, Any]:
+    """Everything that decides the output files, as plain JSON values (written to ``tiling.json``)."""
+    manifest = {
+        "version": 1, "size": settings.size, "stride": settings.stride, "min_valid": settings.min_valid,
+        "compress": settings.compress or "none", "scheme": settings.scheme,
+        "scenes": [dataclasses.asdict(j) for j in jobs],
+    }  # fmt: skip
+    result: dict[str, Any] = json.loads(json.dumps(manifest))
+    return result
+
+
 def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse to mix crops of a different tiling run into ``out``."""
     path = out / MANIFEST_NAME
@@ -224,6 +235,7 @@ def tile_scenes(
     compress: str | None = DEFAULT_COMPRESS,
     workers: int | None = None,
     scheduler: str | None = None,
+    threads: bool = False,
     quiet: bool = False,
 ) -> TileSummary:
     """Cut scenes (and their labels) into ``size × size`` GeoTIFF crops every ``stride`` pixels, with an index.
@@ -243,7 +255,9 @@ def tile_scenes(
         label_map: Vector attribute value → class id (class names of ``scheme`` and ids map by themselves).
         label_fill: Class id of pixels no polygon covers (vector labels).
         compress: Crop codec: None/``none``, ``deflate``, ``lzw`` or ``zstd``.
-        workers: Local worker processes; one per core when None. Ignored with ``scheduler``.
+        workers: Local worker processes; one per core when None, and none (this process) when the job is too
+            small to pay for starting them. Ignored with ``scheduler``.
+        threads: Local workers as threads of this process instead of processes.
         scheduler: Address of a running Dask scheduler (``tcp://host:8786``) to run the tasks on instead.
         quiet: No progress bar.
 
@@ -262,11 +276,7 @@ def tile_scenes(
     jobs, transforms, crss, banded = prepare_jobs(specs, scheme=scheme, vector=vector)
     out = Path(out)
     settings = CropSettings(str(out.resolve()), size, stride, float(min_valid), compress, scheme)
-    manifest = {
-        "version": 1, "size": size, "stride": stride, "min_valid": float(min_valid), "compress": compress or "none",
-        "scheme": scheme, "scenes": [dataclasses.asdict(j) for j in jobs],
-    }  # fmt: skip
-    manifest = json.loads(json.dumps(manifest))
+    manifest = _manifest(settings, jobs)
     _check_manifest(out, manifest)
 
     labelled = any(j.label is not None for j in jobs)
@@ -275,8 +285,9 @@ def tile_scenes(
     resumed = len(records)
     cluster = "nothing to do"
     if todo:
-        pending_bytes = sum(len(rows) * _row_bytes(j, settings) for j in jobs for rows in [todo.get(j.key, [])])
-        with open_executor(choose_workers(workers, scheduler, pending_bytes), scheduler) as executor:
+        pending_bytes = sum(len(todo.get(j.key, ())) * _row_bytes(j, settings) for j in jobs)
+        n = choose_workers(workers, scheduler, pending_bytes)
+        with open_executor(n, scheduler, processes=not threads) as executor:
             cluster = executor.description
             tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
             records.extend(executor.run(tasks, quiet=quiet))
