@@ -31,7 +31,7 @@ from rs_deeplab.crops import crop_profiles
 from rs_deeplab.grid import window_grid
 from rs_deeplab.labels import decode_label
 from rs_deeplab.raster import geotiff_profile
-from rs_deeplab.tiling import DEFAULT_COMPRESS, SceneSpec, tile_scenes
+from rs_deeplab.tiling import DEFAULT_COMPRESS, LOCAL_PROCESSES, SceneSpec, tile_scenes
 
 SCHEME = SCHEMES["potsdam"]
 SIZE, STRIDE = 512, 256
@@ -107,9 +107,9 @@ def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
                        SCHEME.colormap())  # fmt: skip
 
 
-def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, threads: bool = False) -> None:
+def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, processes: bool = LOCAL_PROCESSES) -> None:
     tile_scenes([SceneSpec(i, lab) for i, lab in pairs], out, size=SIZE, stride=STRIDE, scheme="potsdam",
-                workers=workers, threads=threads, quiet=True)  # fmt: skip
+                workers=workers, processes=processes, quiet=True)  # fmt: skip
 
 
 def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--scene-size", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
-    parser.add_argument("--threads", action="store_true", help="also time 2 workers as threads of one process")
+    parser.add_argument("--other", action="store_true", help="also time 2 workers of the other kind (processes)")
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
     scratch = args.dir / "out"
@@ -141,8 +141,8 @@ def main() -> None:
         "tiler-1": lambda o: tiler(pairs, o, 1),
         "tiler-2": lambda o: tiler(pairs, o, 2),
     }
-    if args.threads:
-        variants["threads-2"] = lambda o: tiler(pairs, o, 2, threads=True)
+    if args.other:
+        variants["other-2"] = lambda o: tiler(pairs, o, 2, processes=not LOCAL_PROCESSES)
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         for name, func in variants.items():

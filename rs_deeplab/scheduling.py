@@ -121,15 +121,15 @@ def _connect(address: str) -> Any:
 
 @contextlib.contextmanager
 def open_executor(
-    workers: int | None = None, scheduler: str | None = None, *, processes: bool = True
+    workers: int | None = None, scheduler: str | None = None, *, processes: bool = False
 ) -> Iterator[Executor]:
     """Start (or connect to) what runs the tasks, and close it afterwards.
 
     Args:
-        workers: Local worker processes (threads when ``processes`` is False); one per core when None. ``1`` runs
-            the tasks in this process: a one-worker cluster would only add start-up time.
+        workers: Local workers (threads, or processes with ``processes``); one per core when None. ``1`` runs the
+            tasks in this process: a one-worker cluster would only add start-up time.
         scheduler: Address of an existing Dask scheduler; its workers run the tasks (must share the file system).
-        processes: Local workers as processes (True) or threads of one process.
+        processes: Local workers as processes instead of threads of this process.
     """
     check_executor_options(workers, scheduler)
     with _quiet_dask():

@@ -31,6 +31,8 @@ COMPRESS_CHOICES = ("none", "deflate", "lzw", "zstd")
 INDEX_NAME, MANIFEST_NAME = "index.gpkg", "tiling.json"
 TASK_BAND_BYTES = 256 << 20
 """Most bytes of scene pixels one task holds (its band of rows)."""
+LOCAL_PROCESSES = False
+"""Local workers are threads by default (see ``tile_scenes(processes=...)``)."""
 PARALLEL_MIN_BYTES = 512 << 20
 """Below this many bytes of crops to write, the default runs in this process: starting worker processes costs
 more than it saves (see bench/RESULTS.md, Tiler)."""
@@ -235,7 +237,7 @@ def tile_scenes(
     compress: str | None = DEFAULT_COMPRESS,
     workers: int | None = None,
     scheduler: str | None = None,
-    threads: bool = False,
+    processes: bool = LOCAL_PROCESSES,
     quiet: bool = False,
 ) -> TileSummary:
     """Cut scenes (and their labels) into ``size × size`` GeoTIFF crops every ``stride`` pixels, with an index.
@@ -257,7 +259,8 @@ def tile_scenes(
         compress: Crop codec: None/``none``, ``deflate``, ``lzw`` or ``zstd``.
         workers: Local worker processes; one per core when None, and none (this process) when the job is too
             small to pay for starting them. Ignored with ``scheduler``.
-        threads: Local workers as threads of this process instead of processes.
+        processes: Local workers as separate processes instead of threads of this process (GDAL releases the
+            GIL while it reads and writes, and threads start at once; see bench/RESULTS.md, Tiler).
         scheduler: Address of a running Dask scheduler (``tcp://host:8786``) to run the tasks on instead.
         quiet: No progress bar.
 
@@ -287,7 +290,7 @@ def tile_scenes(
     if todo:
         pending_bytes = sum(len(todo.get(j.key, ())) * _row_bytes(j, settings) for j in jobs)
         n = choose_workers(workers, scheduler, pending_bytes)
-        with open_executor(n, scheduler, processes=not threads) as executor:
+        with open_executor(n, scheduler, processes=processes) as executor:
             cluster = executor.description
             tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
             records.extend(executor.run(tasks, quiet=quiet))

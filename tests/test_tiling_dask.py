@@ -89,9 +89,9 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("dask")
     info = folder / "scheduler.json"
     log = (folder / "dask.log").open("w")
-    common = ["--no-dashboard"]
+    common = {"env": _env(), "stdout": log, "stderr": log, "start_new_session": True}
     procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                               str(info), *common], env=_env(), stdout=log, stderr=log)]  # fmt: skip
+                               str(info), "--no-dashboard"], **common)]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not info.exists() and time.monotonic() < deadline:
@@ -99,28 +99,32 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         address = json.loads(info.read_text())["address"]
         procs.append(subprocess.Popen(
             [str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
-             "--local-directory", str(folder), *common], env=_env(), stdout=log, stderr=log,
+             "--local-directory", str(folder), "--no-dashboard"], **common,
         ))  # fmt: skip
         with Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
         yield address
-    finally:
+    finally:  # each started in its own session: stop its whole process group (the worker's nanny children too)
         for proc in reversed(procs):
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         log.close()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_same_outputs_on_a_local_cluster_as_in_one_process(
-    scenes: list[SceneSpec], reference: Path, tmp_path: Path
+    scenes: list[SceneSpec], reference: Path, tmp_path: Path, processes: bool
 ) -> None:
-    summary = tile_scenes(scenes, tmp_path / "tiles", size=64, stride=48, scheme="potsdam", workers=2)
-    assert summary.cluster == "Dask local cluster (2 processes)"
+    summary = tile_scenes(
+        scenes, tmp_path / "tiles", size=64, stride=48, scheme="potsdam", workers=2, processes=processes
+    )
+    assert summary.cluster == f"Dask local cluster (2 {'processes' if processes else 'threads'})"
     assert_same_outputs(reference, tmp_path / "tiles")
 
 
@@ -163,7 +167,7 @@ def test_sigkilled_run_resumes_to_identical_files_and_index(tmp_path: Path) -> N
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed; make the scene larger"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the tiler and its worker processes, mid-write
+        os.killpg(proc.pid, signal.SIGKILL)  # the tiler (and any process it started), mid-write
         proc.wait()
     assert not (out / "index.gpkg").exists()
     done = len(os.listdir(out / "images"))
