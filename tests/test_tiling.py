@@ -259,3 +259,25 @@ def test_tasks_are_bands_of_rows_for_geotiff_and_whole_scenes_for_png(make_raste
     assert png == [tuple(rows["png"])]
     assert len(tif) > 1 and [r for chunk in tif for r in chunk] == rows["tif"]
     assert all(t.crops == len(t.rows) * 3 for t in tasks)
+
+
+def test_scenes_in_different_crs_share_one_index_layer(make_raster: RasterFactory, tmp_path: Path) -> None:
+    from rasterio.warp import transform_geom
+
+    a = make_raster(np.zeros((1, 40, 40), np.uint8), "a.tif")
+    b = make_raster(np.zeros((1, 40, 40), np.uint8), "b.tif", crs="EPSG:32632",
+                    transform=Affine(0.1, 0, 800_000, 0, -0.1, 5_810_000))  # fmt: skip
+    tile_scenes([a, b], tmp_path / "out", size=40, workers=1)
+    tiles, _ = read_index(tmp_path / "out" / "index.gpkg")
+    assert tiles.crs == "EPSG:32633" and list(tiles.scene_crs) == ["EPSG:32633", "EPSG:32632"]
+    own = shapely.box(800_000, 5_809_996, 800_004, 5_810_000)
+    expected = shapely.geometry.shape(transform_geom("EPSG:32632", "EPSG:32633", shapely.geometry.mapping(own)))
+    assert tiles.geometry[1].hausdorff_distance(expected) < 1e-3
+
+
+def test_georeferenced_and_pixel_scenes_do_not_mix(make_raster: RasterFactory, tmp_path: Path) -> None:
+    a = make_raster(np.zeros((1, 40, 40), np.uint8), "a.tif")
+    with quiet_georeferencing():
+        b = make_raster(np.zeros((1, 40, 40), np.uint8), "b.tif", crs=None, transform=Affine.identity())
+    with pytest.raises(InputError, match="some scenes are georeferenced and some are not"):
+        tile_scenes([a, b], tmp_path / "out", size=40, workers=1)
