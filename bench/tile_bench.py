@@ -112,6 +112,34 @@ def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, proces
                 workers=workers, processes=processes, quiet=True)  # fmt: skip
 
 
+def codecs(image_path: Path, count: int = 60) -> None:
+    """Per-crop write and read time and size of each codec on real crops of one scene (same profiles as tiles)."""
+    with rasterio.open(image_path) as src:
+        crops = [src.read(window=w.window) for w in window_grid(src.height, src.width, SIZE, STRIDE)[:count]]
+        profiles = {c: crop_profiles(src, SIZE, c)[0] for c in (None, "zstd", "lzw", "deflate")}
+    folder = image_path.parent.parent / "codecs"
+    results = {}
+    for codec, profile in profiles.items():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        start = time.perf_counter()
+        for i, crop in enumerate(crops):
+            _write(folder / f"{i}.tif", crop, dict(profile, transform=Affine(0.05, 0, 0, 0, -0.05, 0)))
+        write = (time.perf_counter() - start) / len(crops)
+        start = time.perf_counter()
+        for i in range(len(crops)):
+            with rasterio.open(folder / f"{i}.tif") as src:
+                src.read()
+        read = (time.perf_counter() - start) / len(crops)
+        size = sum(p.stat().st_size for p in folder.iterdir()) / len(crops)
+        results[codec or "none"] = (write, read, size)
+    shutil.rmtree(folder, ignore_errors=True)
+    base = results["none"][0]
+    for codec, (write, read, size) in results.items():
+        print(f"codec {codec:8} write {write * 1e3:6.2f} ms ({write / base:4.1f}x none)  read {read * 1e3:5.2f} ms  "
+              f"{size / 2**20:5.2f} MiB/crop")  # fmt: skip
+
+
 def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
     out = scratch / name
     shutil.rmtree(out, ignore_errors=True)
@@ -133,6 +161,8 @@ def main() -> None:
     parser.add_argument("--other", action="store_true", help="also time 2 workers of the other kind (processes)")
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    codecs(pairs[0][0])
     scratch = args.dir / "out"
     variants: dict[str, Callable[[Path], None]] = {
         "floor": lambda o: floor(pairs, o),
@@ -149,7 +179,7 @@ def main() -> None:
             best[name] = min(best.get(name, float("inf")), timed(name, func, scratch))
     crops = len(window_grid(args.scene_size, args.scene_size, SIZE, STRIDE)) * len(pairs)
     print(f"{len(pairs)} scenes {args.scene_size}², {crops} crops {SIZE}/{STRIDE}, codec {DEFAULT_COMPRESS or 'none'}")
-    print(f"load average before/after: {os.getloadavg()[0]:.2f}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
     print(f"tiler (default, {os.cpu_count()} cores) / floor : {best['tiler'] / best['floor']:.2f}  (target <= 0.7)")
     print(f"tiler --workers 1 / floor        : {best['tiler-1'] / best['floor']:.2f}  (target <= 1.2)")
     print(f"tiler (default) / serial window  : {best['tiler'] / best['serial']:.2f}  (target < 1)")
