@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from rs_deeplab.errors import RsDeeplabError
 
@@ -59,15 +59,10 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
-class PipelineMain(Protocol):
-    """The signature of every pipeline's ``main``."""
-
-    def __call__(self, argv: Sequence[str] | None = None) -> int:
-        """Run with ``argv`` (``sys.argv[1:]`` when None) and return the exit code."""
-        ...
+MainFunc = TypeVar("MainFunc", bound=Callable[..., int])
 
 
-def cli_entry(func: Callable[[Sequence[str] | None], int]) -> PipelineMain:
+def cli_entry(func: MainFunc) -> MainFunc:
     """Decorate a pipeline ``main(argv)``: user errors become ``error: <message>`` on stderr and return 2."""
 
     @functools.wraps(func)
@@ -81,7 +76,7 @@ def cli_entry(func: Callable[[Sequence[str] | None], int]) -> PipelineMain:
             print("interrupted; re-run the same command to resume", file=sys.stderr)
             return 130
 
-    return wrapper
+    return cast(MainFunc, wrapper)
 
 
 def describe_outputs(outputs: dict[str, Any]) -> str:

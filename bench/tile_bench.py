@@ -1,0 +1,192 @@
+"""Tiler benchmark: wall time against a one-process floor and a serial per-window baseline (ratios, one run).
+
+Generates four 6000×6000 4-band uint8 scenes with colour-coded labels (a tenth of ISPRS Potsdam), uncompressed
+like the originals, then times, crops 512 stride 256, every output written to a fresh folder:
+
+- ``floor``: one process reads each image and label whole once, decodes the colours and writes the same crops
+  with the same codec and profile: the least work that produces the same files;
+- ``serial``: a per-window loop of the kind mmsegmentation's converter uses (read window, decode, write);
+- ``tiler``: ``tile_scenes`` with its defaults, ``tiler-1`` with one worker, ``tiler-2`` with two.
+
+Run on a quiet machine: ``PYTHONPATH=$PWD python bench/tile_bench.py`` (``--scene-size 2000`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from rs_deeplab.classes import SCHEMES
+from rs_deeplab.crops import crop_profiles
+from rs_deeplab.grid import window_grid
+from rs_deeplab.labels import decode_label
+from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.tiling import DEFAULT_COMPRESS, LOCAL_PROCESSES, SceneSpec, tile_scenes
+
+SCHEME = SCHEMES["potsdam"]
+SIZE, STRIDE = 512, 256
+
+
+def make_scenes(folder: Path, count: int, side: int) -> list[tuple[Path, Path]]:
+    """Write (or reuse) ``count`` blocky synthetic scenes with ISPRS colour labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i in range(count):
+        image, label = folder / f"scene{i}_{side}.tif", folder / f"scene{i}_{side}_label.tif"
+        pairs.append((image, label))
+        if image.exists() and label.exists():
+            continue
+        rng = np.random.default_rng(i)
+        cells = rng.integers(0, 6, (side // 50 + 1, side // 50 + 1)).astype(np.uint8)
+        classes = np.repeat(np.repeat(cells, 50, axis=0), 50, axis=1)[:side, :side]
+        base = np.array([[90, 160, 60, 40, 200, 120], [90, 60, 170, 120, 200, 40], [90, 60, 60, 40, 40, 40]])
+        image_data = np.empty((4, side, side), np.uint8)
+        for b in range(3):
+            image_data[b] = base[b][classes] + rng.integers(0, 40, (side, side), dtype=np.uint8)
+        image_data[3] = classes * 30 + rng.integers(0, 40, (side, side), dtype=np.uint8)
+        transform = Affine(0.05, 0, 368_000.0 + i * side * 0.05, 0, -0.05, 5_808_000.0)
+        for path, data in ((image, image_data), (label, SCHEME.encode_colours(classes))):
+            profile = geotiff_profile(
+                width=side, height=side, count=data.shape[0], dtype="uint8", crs="EPSG:32633", transform=transform,
+                compress=None, tiled=False,
+            )  # fmt: skip
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(data)
+    return pairs
+
+
+def _write(path: Path, data: np.ndarray, profile: dict, colormap: dict | None = None) -> None:
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if colormap is not None:
+            dst.write_colormap(1, colormap)
+
+
+def floor(pairs: list[tuple[Path, Path]], out: Path) -> None:
+    """Whole reads, one decode, the same crops written once each: the least work a single core can do."""
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    for image_path, label_path in pairs:
+        with rasterio.open(image_path) as src, rasterio.open(label_path) as lab:
+            image, label = src.read(), decode_label(lab.read(), SCHEME)
+            image_profile, label_profile = crop_profiles(src, SIZE, DEFAULT_COMPRESS)
+            transform = src.transform
+        for w in window_grid(src.height, src.width, SIZE, STRIDE):
+            t = transform @ Affine.translation(w.col_off, w.row_off)
+            sl = np.s_[w.row_off : w.row_off + SIZE, w.col_off : w.col_off + SIZE]
+            name = w.name(image_path.stem)
+            _write(out / "images" / f"{name}.tif", image[(slice(None), *sl)], dict(image_profile, transform=t))
+            _write(out / "labels" / f"{name}.tif", label[np.newaxis][(slice(None), *sl)],
+                   dict(label_profile, transform=t), SCHEME.colormap())  # fmt: skip
+
+
+def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
+    """Per-window reads of image and label with the scheme's own decoder, as dataset converters do."""
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    for image_path, label_path in pairs:
+        with rasterio.open(image_path) as src, rasterio.open(label_path) as lab:
+            image_profile, label_profile = crop_profiles(src, SIZE, DEFAULT_COMPRESS)
+            for w in window_grid(src.height, src.width, SIZE, STRIDE):
+                win = Window(w.col_off, w.row_off, SIZE, SIZE)
+                image, label = src.read(window=win), SCHEME.decode(lab.read(window=win))
+                t = src.transform @ Affine.translation(w.col_off, w.row_off)
+                name = w.name(image_path.stem)
+                _write(out / "images" / f"{name}.tif", image, dict(image_profile, transform=t))
+                _write(out / "labels" / f"{name}.tif", label[np.newaxis], dict(label_profile, transform=t),
+                       SCHEME.colormap())  # fmt: skip
+
+
+def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, processes: bool = LOCAL_PROCESSES) -> None:
+    tile_scenes([SceneSpec(i, lab) for i, lab in pairs], out, size=SIZE, stride=STRIDE, scheme="potsdam",
+                workers=workers, processes=processes, quiet=True)  # fmt: skip
+
+
+def codecs(image_path: Path, count: int = 60) -> None:
+    """Per-crop write and read time and size of each codec on real crops of one scene (same profiles as tiles)."""
+    with rasterio.open(image_path) as src:
+        crops = [src.read(window=w.window) for w in window_grid(src.height, src.width, SIZE, STRIDE)[:count]]
+        profiles = {c: crop_profiles(src, SIZE, c)[0] for c in (None, "zstd", "lzw", "deflate")}
+    folder = image_path.parent.parent / "codecs"
+    results = {}
+    for codec, profile in profiles.items():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        start = time.perf_counter()
+        for i, crop in enumerate(crops):
+            _write(folder / f"{i}.tif", crop, dict(profile, transform=Affine(0.05, 0, 0, 0, -0.05, 0)))
+        write = (time.perf_counter() - start) / len(crops)
+        start = time.perf_counter()
+        for i in range(len(crops)):
+            with rasterio.open(folder / f"{i}.tif") as src:
+                src.read()
+        read = (time.perf_counter() - start) / len(crops)
+        size = sum(p.stat().st_size for p in folder.iterdir()) / len(crops)
+        results[codec or "none"] = (write, read, size)
+    shutil.rmtree(folder, ignore_errors=True)
+    base = results["none"][0]
+    for codec, (write, read, size) in results.items():
+        print(f"codec {codec:8} write {write * 1e3:6.2f} ms ({write / base:4.1f}x none)  read {read * 1e3:5.2f} ms  "
+              f"{size / 2**20:5.2f} MiB/crop")  # fmt: skip
+
+
+def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
+    out = scratch / name
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    gc.collect()
+    start = time.perf_counter()
+    func(out)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/rs_deeplab_tile_bench"))
+    parser.add_argument("--scenes", type=int, default=4)
+    parser.add_argument("--scene-size", type=int, default=6000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
+    parser.add_argument("--other", action="store_true", help="also time 2 workers of the other kind (processes)")
+    args = parser.parse_args()
+    pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    codecs(pairs[0][0])
+    scratch = args.dir / "out"
+    variants: dict[str, Callable[[Path], None]] = {
+        "floor": lambda o: floor(pairs, o),
+        "serial": lambda o: serial(pairs, o),
+        "tiler": lambda o: tiler(pairs, o, None),
+        "tiler-1": lambda o: tiler(pairs, o, 1),
+        "tiler-2": lambda o: tiler(pairs, o, 2),
+    }
+    if args.other:
+        variants["other-2"] = lambda o: tiler(pairs, o, 2, processes=not LOCAL_PROCESSES)
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        for name, func in variants.items():
+            best[name] = min(best.get(name, float("inf")), timed(name, func, scratch))
+    crops = len(window_grid(args.scene_size, args.scene_size, SIZE, STRIDE)) * len(pairs)
+    print(f"{len(pairs)} scenes {args.scene_size}², {crops} crops {SIZE}/{STRIDE}, codec {DEFAULT_COMPRESS or 'none'}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print(f"tiler (default, {os.cpu_count()} cores) / floor : {best['tiler'] / best['floor']:.2f}  (target <= 0.7)")
+    print(f"tiler --workers 1 / floor        : {best['tiler-1'] / best['floor']:.2f}  (target <= 1.2)")
+    print(f"tiler (default) / serial window  : {best['tiler'] / best['serial']:.2f}  (target < 1)")
+    print(f"speed-up 1 -> 2 workers           : {best['tiler-1'] / best['tiler-2']:.2f}x")
+    print(f"floor / serial window            : {best['floor'] / best['serial']:.2f}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items()))
+
+
+if __name__ == "__main__":
+    main()

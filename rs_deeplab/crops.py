@@ -1,0 +1,253 @@
+"""The tiler's unit of work: read one band of window rows of a scene once and write its crops (runs on workers)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import MaskFlags
+from rasterio.windows import Window
+
+from rs_deeplab.classes import IGNORE_INDEX, SCHEMES
+from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
+from rs_deeplab.labels import LabelSource, decode_label, rasterize_vector
+from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
+
+IMAGES, LABELS, PARTS = "images", "labels", ".parts"
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Run-wide settings every task needs (plain values, picklable).
+
+    Attributes:
+        out: Output folder.
+        size: Crop side in pixels.
+        stride: Step between crops.
+        min_valid: Crops whose valid fraction is below this are not written.
+        compress: GeoTIFF codec of the crops (``None`` = uncompressed).
+        scheme: Class scheme name used to decode labels and colour label crops, or None.
+    """
+
+    out: str
+    size: int
+    stride: int
+    min_valid: float
+    compress: str | None
+    scheme: str | None
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    """One validated scene: a unique output key, its paths, its size and bytes per crop pixel (picklable)."""
+
+    key: str
+    image: str
+    label: LabelSource | None
+    split: str
+    height: int
+    width: int
+    pixel_bytes: int = 1
+
+
+def part_path(out: str | Path, key: str, row_off: int) -> Path:
+    """Where the records of one row of windows are kept once all its crops are written."""
+    return Path(out) / PARTS / key / f"{row_off}.json"
+
+
+def load_part(out: str, job: SceneJob, row_off: int) -> list[Record] | None:
+    """The saved records of a finished window row, or None when missing or when one of its files is gone."""
+    path = part_path(out, job.key, row_off)
+    try:
+        part = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    records: list[Record] = part.get("records", [])
+    if part.get("image") != job.image:
+        return None
+    for rec in records:
+        for rel in (rec["image"], rec["label"]):
+            if rec["written"] and rel and not (Path(out) / rel).exists():
+                return None
+    return records
+
+
+def _save_part(out: str, job: SceneJob, row_off: int, records: list[Record]) -> None:
+    path = part_path(out, job.key, row_off)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({"image": job.image, "row_off": row_off, "records": records}, sort_keys=True))
+
+
+def _valid_mask(src: Any, data: np.ndarray, window: Window) -> np.ndarray | None:
+    """Per-pixel validity of a block: not nodata in every band, or set in an internal mask (None: all valid).
+
+    Alpha bands count as data: 4-band RGBIR GeoTIFFs are often tagged RGBA, and their NIR is no mask.
+    """
+    if src.nodata is not None:
+        nodata = src.nodata
+        invalid = np.isnan(data) if np.isnan(nodata) else data == np.asarray(nodata).astype(data.dtype)
+        return ~np.all(invalid, axis=0)
+    flags = src.mask_flag_enums[0]
+    if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
+        return np.asarray(src.read_masks(1, window=window) > 0)
+    return None
+
+
+def _pad(block: np.ndarray, size: int, fill: float) -> np.ndarray:
+    """Pad the last two axes of ``block`` at the bottom/right to ``size``."""
+    if block.shape[-2:] == (size, size):
+        return block
+    out = np.full((*block.shape[:-2], size, size), fill, dtype=block.dtype)
+    out[..., : block.shape[-2], : block.shape[-1]] = block
+    return out
+
+
+def _counts(label: np.ndarray, padding: int, expected: Sequence[int] = ()) -> dict[str, int]:
+    """Pixel count of every class value present (text keys), padding counted as 255.
+
+    With the ``expected`` values (a scheme's classes and 255), one vectorised comparison per value replaces the
+    histogram, which would first widen every pixel to 64 bits; any other value falls back to the histogram.
+    """
+    found = {v: int(np.count_nonzero(label == v)) for v in expected}
+    if sum(found.values()) != label.size:
+        counts = np.bincount(label.reshape(-1), minlength=256)
+        found = {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
+    found[IGNORE_INDEX] = found.get(IGNORE_INDEX, 0) + padding
+    return {str(v): n for v, n in sorted(found.items()) if n}
+
+
+def crop_profiles(src: Any, size: int, compress: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """GeoTIFF profiles (without transform) of the image and label crops of scene dataset ``src``.
+
+    Image crops keep the scene's data type, band count, CRS and nodata; label crops are uint8 with nodata 255.
+    Uncompressed crops are band-interleaved: GDAL then copies each band as is (faster to write and to read).
+    """
+    image = geotiff_profile(
+        width=size, height=size, count=src.count, dtype=src.dtypes[0], crs=src.crs, nodata=src.nodata,
+        compress=compress,
+    )  # fmt: skip
+    label = geotiff_profile(
+        width=size, height=size, count=1, dtype="uint8", crs=src.crs, nodata=IGNORE_INDEX, compress=compress
+    )
+    if compress is None:
+        image["interleave"] = "band"
+    return image, label
+
+
+class _Writer:
+    """Writes the crops of one scene; holds the output profiles built once from the source dataset."""
+
+    def __init__(self, src: Any, job: SceneJob, settings: CropSettings) -> None:
+        self.job, self.settings = job, settings
+        self.out = Path(settings.out)
+        self.transform: Affine = src.transform
+        self.image_profile, self.label_profile = crop_profiles(src, settings.size, settings.compress)
+        self.image_fill = 0 if src.nodata is None else src.nodata
+        self.descriptions = src.descriptions if any(src.descriptions) else None
+        self.colorinterp = src.colorinterp
+        scheme = SCHEMES.get(settings.scheme) if settings.scheme else None
+        self.colormap = scheme.colormap() if scheme else None
+        self.classes = (*range(scheme.num_classes), IGNORE_INDEX) if scheme else ()
+
+    def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, mask: np.ndarray | None) -> Record:
+        """Write one crop (skipping files already complete) and return its index record."""
+        size = self.settings.size
+        name = window.name(self.job.key)
+        valid = window.height * window.width if mask is None else int(np.count_nonzero(mask))
+        rec: Record = {
+            "scene": self.job.key, "scene_path": self.job.image, "split": self.job.split,
+            "row_off": window.row_off, "col_off": window.col_off, "width": window.width, "height": window.height,
+            "valid_fraction": valid / (size * size), "image": f"{IMAGES}/{name}.tif",
+            "label": f"{LABELS}/{name}.tif" if label is not None else "", "counts": {},
+        }  # fmt: skip
+        if label is not None:
+            rec["counts"] = _counts(label, size * size - label.size, self.classes)
+        rec["written"] = rec["valid_fraction"] >= self.settings.min_valid
+        if not rec["written"]:
+            return rec
+        transform = crop_transform(self.transform, window)
+        self._write(self.out / rec["image"], _pad(image, size, self.image_fill), self.image_profile, transform)
+        if label is not None:
+            self._write(self.out / rec["label"], _pad(label[np.newaxis], size, IGNORE_INDEX), None, transform)
+        return rec
+
+    def _write(self, path: Path, data: np.ndarray, profile: dict[str, Any] | None, transform: Affine) -> None:
+        if path.exists():
+            return
+        is_image = profile is not None
+        options = dict(profile if profile is not None else self.label_profile, transform=transform)
+        with atomic_output(path) as tmp, quiet_georeferencing(), rasterio.open(tmp, "w", **options) as dst:
+            dst.write(data)
+            if is_image:
+                dst.colorinterp = self.colorinterp
+                for i, desc in enumerate(self.descriptions or (), start=1):
+                    if desc:
+                        dst.set_band_description(i, desc)
+            elif self.colormap is not None:
+                dst.write_colormap(1, self.colormap)
+
+
+def _read_label(job: SceneJob, settings: CropSettings, src: Any, window: Window) -> np.ndarray | None:
+    """Class ids of ``window`` of the scene's labels (decoded raster or rasterized polygons)."""
+    if job.label is None:
+        return None
+    if job.label.kind == "vector":
+        shape = (int(window.height), int(window.width))
+        return rasterize_vector(job.label, src.crs, crop_transform(src.transform, window), shape)
+    scheme = SCHEMES.get(settings.scheme) if settings.scheme else None
+    with open_raster(job.label.path) as lab:
+        return decode_label(lab.read(window=window), scheme)
+
+
+def tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:
+    """Dask task: write every crop of the given rows of windows of one scene and return their index records.
+
+    The band of scene rows the windows span is read once (image and labels). Each crop file is written under a
+    temporary name and renamed, files already complete are kept, and a row's records are saved only once all its
+    crops exist, so a killed run resumes where it stopped.
+    """
+    with rasterio.Env(CHECK_DISK_FREE_SPACE=False):  # one GDAL environment for all files, not one per open
+        return _tile_rows(job, row_offs, settings)
+
+
+def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:
+    rows = window_rows(window_grid(job.height, job.width, settings.size, settings.stride))
+    top = min(row_offs)
+    window = Window(0, top, job.width, min(job.height, max(row_offs) + settings.size) - top)
+    with open_raster(job.image) as src:
+        image = src.read(window=window)
+        mask = _valid_mask(src, image, window)
+        label = _read_label(job, settings, src, window)
+        writer = _Writer(src, job, settings)
+    records: list[Record] = []
+    for r in row_offs:
+        row_records = []
+        for w in rows[r]:
+            sl = np.s_[w.row_off - top : w.row_off - top + w.height, w.col_off : w.col_off + w.width]
+            crop_mask = None if mask is None else mask[sl]
+            crop_label = None if label is None else label[sl]
+            row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, crop_mask))
+        _save_part(settings.out, job, r, row_records)
+        records.extend(row_records)
+    return records
+
+
+def remove_stale_temporaries(out: str | Path) -> int:
+    """Delete temporary files a killed run left in the output folders; returns how many were removed."""
+    base = Path(out)
+    found = [*base.glob(".*.tmp-*"), *(base / IMAGES).glob(".*.tmp-*"), *(base / LABELS).glob(".*.tmp-*")]
+    found += (base / PARTS).rglob(".*.tmp-*")
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return len(found)

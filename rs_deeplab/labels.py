@@ -1,0 +1,237 @@
+"""Label sources for the tiler: colour-coded or class-index rasters, and vector polygons rasterized per band."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from affine import Affine
+
+from rs_deeplab.classes import IGNORE_INDEX, ClassScheme, Colour, decode_colours
+from rs_deeplab.errors import InputError, RasterError
+
+VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"})
+"""File suffixes read as vector labels; anything else is opened as a raster."""
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where a scene's labels come from; plain values only, so it can travel to Dask workers.
+
+    Attributes:
+        path: Label file.
+        kind: ``raster`` (colour-coded or class-index raster) or ``vector`` (polygons).
+        field: Vector attribute holding each polygon's class.
+        mapping: Vector attribute value (as text) → class id, covering every value in the file.
+        fill: Class id of pixels no polygon covers (vector labels only).
+    """
+
+    path: str
+    kind: Literal["raster", "vector"] = "raster"
+    field: str | None = None
+    mapping: tuple[tuple[str, int], ...] = ()
+    fill: int = IGNORE_INDEX
+
+
+def is_vector(path: str | Path) -> bool:
+    """Whether ``path`` is read as vector labels (by its suffix)."""
+    return Path(path).suffix.lower() in VECTOR_SUFFIXES
+
+
+@functools.lru_cache(maxsize=4)
+def colour_lut(colours: tuple[Colour, ...]) -> np.ndarray:
+    """A 2**24-entry table from packed ``0xRRGGBB`` to class index; unknown colours map to 255 (cached)."""
+    lut = np.full(1 << 24, IGNORE_INDEX, dtype=np.uint8)
+    for index, (r, g, b) in enumerate(colours):
+        lut[(r << 16) | (g << 8) | b] = index
+    return lut
+
+
+def fast_decode_colours(label: np.ndarray, colours: Sequence[Colour]) -> np.ndarray:
+    """Same result as :func:`rs_deeplab.classes.decode_colours` on a ``(3, H, W)`` array, ~10× faster.
+
+    One table lookup per pixel instead of a sorted search; the table costs 16 MiB while it is used.
+    """
+    if label.ndim != 3 or label.shape[0] < 3 or label.dtype != np.uint8:
+        return decode_colours(label, colours)
+    key = np.left_shift(label[0], 16, dtype=np.uint32)
+    key |= np.left_shift(label[1], 8, dtype=np.uint32)
+    key |= label[2]
+    return colour_lut(tuple(colours))[key]
+
+
+def to_class_ids(band: np.ndarray) -> np.ndarray:
+    """A class-index band as uint8; values outside 0..254 (or non-integral) become 255."""
+    if band.dtype == np.uint8:
+        return band
+    out = np.full(band.shape, IGNORE_INDEX, dtype=np.uint8)
+    ok = (band >= 0) & (band < IGNORE_INDEX) & (band == np.floor(band))
+    out[ok] = band[ok].astype(np.uint8)
+    return out
+
+
+def decode_label(data: np.ndarray, scheme: ClassScheme | None) -> np.ndarray:
+    """Turn label pixels as stored (``(bands, H, W)``) into uint8 class ids with 255 for ignore.
+
+    Three or more bands are colour-coded (decoded with the scheme's colours); one band holds class values,
+    decoded by the scheme's encoding (LoveDA's offset, Cityscapes ids) or taken as class ids.
+    """
+    if data.shape[0] >= 3:
+        if scheme is None:
+            raise InputError("colour-coded labels (3 bands) need a class scheme to decode; pass --scheme NAME")
+        return fast_decode_colours(data, scheme.colours)
+    band = data[0]
+    if scheme is None:
+        return to_class_ids(band)
+    if scheme.encoding in ("rgb", "index"):
+        ids = to_class_ids(band).copy()
+        ids[ids >= scheme.num_classes] = IGNORE_INDEX
+        return ids
+    return scheme.decode(to_class_ids(band))
+
+
+def check_label_raster(image: Any, label: Any, scheme: ClassScheme | None) -> None:
+    """Refuse a label raster that does not lie pixel for pixel on its image.
+
+    A label without any georeferencing (a PNG mask) is taken to be on the image's pixel grid when the sizes match.
+
+    Args:
+        image: Open rasterio dataset of the scene.
+        label: Open rasterio dataset of the labels.
+        scheme: Class scheme used to decode the labels, if any.
+
+    Raises:
+        RasterError: Size, CRS or transform differ, or the band count cannot be decoded.
+    """
+    where = f"labels {label.name} do not match scene {image.name}"
+    if (label.height, label.width) != (image.height, image.width):
+        raise RasterError(
+            f"{where}: {label.width}×{label.height} pixels vs {image.width}×{image.height}; "
+            "labels must cover the scene pixel for pixel"
+        )
+    georeferenced = label.crs is not None or not label.transform.is_identity
+    if georeferenced and label.crs != image.crs:
+        raise RasterError(f"{where}: CRS {label.crs} vs {image.crs}; reproject the labels onto the scene grid")
+    if georeferenced and not label.transform.almost_equals(image.transform, precision=1e-9):
+        raise RasterError(
+            f"{where}: geotransform {tuple(label.transform)[:6]} vs {tuple(image.transform)[:6]}; "
+            "resample the labels onto the scene grid"
+        )
+    if label.count == 2:
+        raise RasterError(f"labels {label.name} have 2 bands; expected 1 (class ids) or 3 (colours)")
+    if label.count >= 3 and scheme is None:
+        raise InputError(f"labels {label.name} are colour-coded ({label.count} bands); pass --scheme NAME to decode")
+    if np.dtype(label.dtypes[0]).kind == "c":
+        raise RasterError(f"labels {label.name} hold complex numbers; expected class ids or colours")
+
+
+def _value_key(value: Any) -> str:
+    """Attribute value as mapping key text: ``3.0`` → ``"3"``."""
+    if isinstance(value, float | np.floating) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def resolve_mapping(
+    values: Sequence[Any], mapping: Mapping[str, int] | None, scheme: ClassScheme | None, *, where: str
+) -> tuple[tuple[str, int], ...]:
+    """Map every attribute value of a vector label file to a class id.
+
+    Order of lookup: the explicit ``mapping``; a class name of ``scheme``; a whole number 0..254.
+
+    Raises:
+        InputError: A value maps to nothing, or a mapped id is outside 0..255.
+    """
+    names = {name: i for i, name in enumerate(scheme.classes)} if scheme else {}
+    resolved: dict[str, int] = {}
+    unknown: list[str] = []
+    for key in sorted({_value_key(v) for v in values if v is not None and v == v}):
+        if mapping is not None and key in mapping:
+            resolved[key] = int(mapping[key])
+        elif key in names:
+            resolved[key] = names[key]
+        elif key.isdigit() and int(key) < IGNORE_INDEX:
+            resolved[key] = int(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise InputError(
+            f"{where}: values {unknown[:5]} are neither class ids nor class names; "
+            f"map them with --label-map {unknown[0]}=ID"
+        )
+    bad = {k: v for k, v in resolved.items() if not 0 <= v <= IGNORE_INDEX}
+    if bad:
+        raise InputError(f"{where}: class ids must be 0..255, got {bad}")
+    return tuple(sorted(resolved.items()))
+
+
+def vector_source(
+    path: str | Path,
+    *,
+    field: str | None,
+    mapping: Mapping[str, int] | None,
+    scheme: ClassScheme | None,
+    fill: int,
+    scene_crs: Any,
+) -> LabelSource:
+    """Check a vector label file and resolve its class mapping (reads the attribute column only).
+
+    Raises:
+        InputError: The file is unreadable, ``field`` is not given or not in the file, values cannot be mapped, or
+            the scene has no CRS to place georeferenced polygons on.
+    """
+    import pyogrio
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: vector labels not found; check the path")
+    try:
+        info = pyogrio.read_info(p)
+    except Exception as exc:
+        raise InputError(f"{p}: not a vector file GDAL can read ({str(exc).splitlines()[0][:120]})") from None
+    fields = [str(f) for f in info["fields"]]
+    if not field:
+        raise InputError(f"{p}: vector labels need --label-field NAME naming the class attribute (one of {fields})")
+    if field not in fields:
+        raise InputError(f"{p}: no attribute {field!r}; choose --label-field from {fields}")
+    if info["crs"] is not None and scene_crs is None:
+        raise InputError(f"{p}: the scene has no CRS, so georeferenced polygons cannot be placed on it")
+    table = pyogrio.read_dataframe(p, columns=[field], read_geometry=False)
+    entries = resolve_mapping(list(table[field]), mapping, scheme, where=f"{p} attribute {field!r}")
+    return LabelSource(str(p), "vector", field, entries, fill)
+
+
+def rasterize_vector(source: LabelSource, crs: Any, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """Burn the polygons of ``source`` touching a ``shape`` block at ``transform`` into uint8 class ids.
+
+    Polygons are read with a bounding-box filter, reprojected to ``crs`` and burnt at pixel centres; pixels no
+    polygon covers get ``source.fill``. Later features overwrite earlier ones where they overlap.
+    """
+    import pyogrio
+    from rasterio.features import rasterize
+    from rasterio.transform import array_bounds
+    from rasterio.warp import transform_bounds
+
+    bounds = array_bounds(shape[0], shape[1], transform)
+    info_crs = pyogrio.read_info(source.path)["crs"]
+    bbox = transform_bounds(crs, info_crs, *bounds, densify_pts=21) if info_crs and crs else bounds
+    frame = pyogrio.read_dataframe(source.path, columns=[source.field], bbox=tuple(bbox))
+    out = np.full(shape, source.fill, dtype=np.uint8)
+    if frame.empty:
+        return out
+    if info_crs and crs and frame.crs != crs:
+        frame = frame.to_crs(crs)
+    lookup = dict(source.mapping)
+    shapes = [
+        (geom, lookup[_value_key(value)])
+        for geom, value in zip(frame.geometry, frame[source.field], strict=True)
+        if geom is not None and not geom.is_empty and value is not None and value == value
+    ]
+    if shapes:
+        rasterize(shapes, out=out, transform=transform, dtype=np.uint8)
+    return out

@@ -1,0 +1,210 @@
+"""Dataset presets: find scenes, labels and official splits in a dataset folder by their official file names."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rs_deeplab.errors import InputError
+from rs_deeplab.tiling import SceneSpec, TileSummary, tile_scenes
+
+log = logging.getLogger("rs_deeplab.tiling")
+
+POTSDAM_VAL = frozenset(
+    {(2, 13), (2, 14), (3, 13), (3, 14), (4, 13), (4, 14), (4, 15), (5, 13), (5, 14), (5, 15), (6, 13), (6, 14),
+     (6, 15), (7, 13)}
+)  # fmt: skip
+"""Potsdam tiles of the official validation (test) split; the other 24 are training tiles."""
+VAIHINGEN_TRAIN = frozenset({1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37})
+VAIHINGEN_VAL = frozenset({2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38})
+
+Bands = Literal["rgbir", "rgb"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A dataset's crop size, stride and class scheme, and how to find its scenes.
+
+    Attributes:
+        name: Dataset key. size, stride: Default crop size and stride. scheme: Class scheme name.
+        find: ``find(root, bands, eroded) -> scenes`` in the official layout.
+    """
+
+    name: str
+    size: int
+    stride: int
+    scheme: str
+    find: Callable[[Path, Bands, bool], list[SceneSpec]]
+
+
+def _no_files(root: Path, dataset: str, pattern: str) -> InputError:
+    return InputError(
+        f"{root}: no {dataset} files found (looked for {pattern} in all subfolders); "
+        f"pass the folder holding the {dataset} dataset in its official layout"
+    )
+
+
+def _index_by(paths: list[Path], pattern: str) -> dict[tuple[int, ...], Path]:
+    """Map the integer groups of ``pattern`` (a full-name regex) to paths, first match in sorted order."""
+    found: dict[tuple[int, ...], Path] = {}
+    for path in sorted(paths):
+        m = re.fullmatch(pattern, path.name)
+        if m:
+            found.setdefault(tuple(int(g) for g in m.groups()), path)
+    return found
+
+
+def find_potsdam(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
+    """ISPRS Potsdam: ``top_potsdam_{i}_{j}_RGBIR.tif`` (or ``_RGB``), labels ``_label[_noBoundary].tif``.
+
+    The official split: 14 validation tiles (``POTSDAM_VAL``), the rest training; tiles without labels are ``test``.
+    """
+    files = list(root.rglob("top_potsdam_*.tif"))
+    suffix = "RGBIR" if bands == "rgbir" else "RGB"
+    images = _index_by(files, rf"top_potsdam_(\d+)_(\d+)_{suffix}\.tif")
+    labels = _index_by(
+        files, r"top_potsdam_(\d+)_(\d+)_label_noBoundary\.tif" if eroded else r"top_potsdam_(\d+)_(\d+)_label\.tif"
+    )
+    if not images:
+        raise _no_files(root, "Potsdam", f"top_potsdam_*_{suffix}.tif")
+    scenes = []
+    for ij, image in sorted(images.items()):
+        label = labels.get(ij)
+        split = "test" if label is None else "val" if ij in POTSDAM_VAL else "train"
+        scenes.append(SceneSpec(image, label, split))
+    _warn_unlabelled(scenes, "Potsdam")
+    return scenes
+
+
+def find_vaihingen(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
+    """ISPRS Vaihingen (IRRG): images ``top/top_mosaic_09cm_area{N}.tif``; labels of the same name in
+    ``gts_for_participants/`` (or any ``*ground_truth*`` folder), eroded ones ``..._noBoundary.tif``.
+    """  # noqa: D205
+    files = list(root.rglob("top_mosaic_09cm_area*.tif"))
+    images = _index_by([f for f in files if f.parent.name.lower() == "top"], r"top_mosaic_09cm_area(\d+)\.tif")
+    if eroded:
+        labels = _index_by(files, r"top_mosaic_09cm_area(\d+)_noBoundary\.tif")
+    else:
+        gts = [
+            f for f in files if re.search(r"gts|ground_truth", f.parent.name, re.I) and "eroded" not in f.parent.name
+        ]
+        labels = _index_by(gts, r"top_mosaic_09cm_area(\d+)\.tif")
+    if not images:
+        raise _no_files(root, "Vaihingen", "top/top_mosaic_09cm_area*.tif")
+    scenes = []
+    for (area,), image in sorted(images.items()):
+        label = labels.get((area,))
+        split = "train" if area in VAIHINGEN_TRAIN else "val" if area in VAIHINGEN_VAL else "test"
+        scenes.append(SceneSpec(image, label, "test" if label is None else split))
+    _warn_unlabelled(scenes, "Vaihingen")
+    return scenes
+
+
+def find_loveda(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
+    """LoveDA: ``{Train,Val,Test}/{Urban,Rural}/images_png/{id}.png`` with masks in ``masks_png/{id}.png``.
+
+    The split and domain come from the folder names; keys are ``{split}_{domain}_{id}``.
+    """
+    scenes = []
+    for image in sorted(root.rglob("images_png/*.png")):
+        domain, split = image.parent.parent.name, image.parent.parent.parent.name
+        mask = image.parent.parent / "masks_png" / image.name
+        key = f"{split}_{domain}_{image.stem}".lower()
+        scenes.append(SceneSpec(image, mask if mask.exists() else None, split.lower(), key))
+    if not scenes:
+        raise _no_files(root, "LoveDA", "{Train,Val}/{Urban,Rural}/images_png/*.png")
+    return scenes
+
+
+def find_isaid(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
+    """iSAID: ``{train,val}/images/P{NNNN}.png`` with ``{split}/Semantic_masks/images/P{NNNN}_instance_color_RGB.png``.
+
+    The split comes from the folder name.
+    """
+    scenes = []
+    for image in sorted(root.rglob("images/P*.png")):
+        if not re.fullmatch(r"P\d+\.png", image.name) or image.parent.parent.name == "Semantic_masks":
+            continue
+        split_dir = image.parent.parent
+        label = split_dir / "Semantic_masks" / "images" / f"{image.stem}_instance_color_RGB.png"
+        scenes.append(SceneSpec(image, label if label.exists() else None, split_dir.name.lower()))
+    if not scenes:
+        raise _no_files(root, "iSAID", "{train,val}/images/P*.png")
+    return scenes
+
+
+def _warn_unlabelled(scenes: list[SceneSpec], dataset: str) -> None:
+    missing = [Path(s.image).name for s in scenes if s.label is None]
+    if missing:
+        log.warning("%s: %d scenes have no labels and go to split 'test': %s", dataset, len(missing), missing[:3])
+
+
+PRESETS: dict[str, Preset] = {
+    "potsdam": Preset("potsdam", 512, 256, "potsdam", find_potsdam),
+    "vaihingen": Preset("vaihingen", 512, 256, "vaihingen", find_vaihingen),
+    "loveda": Preset("loveda", 512, 256, "loveda", find_loveda),
+    "isaid": Preset("isaid", 896, 512, "isaid", find_isaid),
+}
+"""Every dataset preset of ``pipelines/tile.py --preset``."""
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` or a one-line error listing them."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def find_scenes(name: str, root: str | Path, *, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
+    """Scenes, labels and splits of dataset ``name`` under ``root``.
+
+    Raises:
+        InputError: Unknown preset, ``root`` is not a folder, an option the dataset does not have, or no files.
+    """
+    preset = get_preset(name)
+    base = Path(root)
+    if not base.is_dir():
+        raise InputError(f"{base}: not a folder; --preset {name} needs the dataset's root folder")
+    if bands != "rgbir" and name != "potsdam":
+        raise InputError(f"--bands applies to --preset potsdam only ({name} images have fixed bands)")
+    if bands not in ("rgbir", "rgb"):
+        raise InputError(f"--bands must be rgbir or rgb, got {bands!r}")
+    if eroded and name not in ("potsdam", "vaihingen"):
+        raise InputError(f"--eroded applies to the ISPRS presets (potsdam, vaihingen), not {name}")
+    return preset.find(base, bands, eroded)
+
+
+def tile_preset(
+    name: str,
+    root: str | Path,
+    out: str | Path = "tiles",
+    *,
+    bands: Bands = "rgbir",
+    eroded: bool = False,
+    size: int | None = None,
+    stride: int | None = None,
+    **options: Any,
+) -> TileSummary:
+    """Tile a whole dataset folder with its preset's size, stride, class scheme and official splits.
+
+    Args:
+        name: Preset (``potsdam``, ``vaihingen``, ``loveda``, ``isaid``).
+        root: The dataset's root folder, in its official layout.
+        out: Output folder.
+        bands: Potsdam only: ``rgbir`` (4-band) or ``rgb`` images.
+        eroded: ISPRS only: the eroded ``noBoundary`` labels (boundaries ignored) instead of the full ones.
+        size: Crop size; the preset's when None.
+        stride: Crop stride; the preset's when None (and ``size // 2`` when only ``size`` is given).
+        **options: Passed on to :func:`rs_deeplab.tiling.tile_scenes` (``min_valid``, ``workers``, ...).
+    """
+    preset = get_preset(name)
+    scenes = find_scenes(name, root, bands=bands, eroded=eroded)
+    if size is None:
+        size = preset.size
+        stride = preset.stride if stride is None else stride
+    return tile_scenes(scenes, out, size=size, stride=stride, scheme=preset.scheme, **options)
