@@ -31,7 +31,7 @@ from rs_deeplab.crops import crop_profiles
 from rs_deeplab.grid import window_grid
 from rs_deeplab.labels import decode_label
 from rs_deeplab.raster import geotiff_profile
-from rs_deeplab.tiling import DEFAULT_COMPRESS, LOCAL_PROCESSES, SceneSpec, tile_scenes
+from rs_deeplab.tiling import DEFAULT_COMPRESS, SceneSpec, tile_scenes
 
 SCHEME = SCHEMES["potsdam"]
 SIZE, STRIDE = 512, 256
@@ -107,7 +107,7 @@ def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
                        SCHEME.colormap())  # fmt: skip
 
 
-def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, processes: bool = LOCAL_PROCESSES) -> None:
+def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, processes: bool = True) -> None:
     tile_scenes([SceneSpec(i, lab) for i, lab in pairs], out, size=SIZE, stride=STRIDE, scheme="potsdam",
                 workers=workers, processes=processes, quiet=True)  # fmt: skip
 
@@ -141,6 +141,7 @@ def codecs(image_path: Path, count: int = 60) -> None:
 
 
 def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
+    """Wall time of one run into a fresh folder, deleted afterwards."""
     out = scratch / name
     shutil.rmtree(out, ignore_errors=True)
     os.sync()
@@ -154,16 +155,21 @@ def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/rs_deeplab_tile_bench"))
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/rs_deeplab_tile_bench"), help="scenes (kept)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("/dev/shm/rs_deeplab_tile_bench") if Path("/dev/shm").is_dir() else None,
+        help="crop outputs, deleted after each run; tmpfs by default: on this VM's ext4, creating files right after "
+        "thousands were deleted is slow for minutes, which would penalise whichever variant runs next",
+    )  # fmt: skip
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--scene-size", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
-    parser.add_argument("--other", action="store_true", help="also time 2 workers of the other kind (processes)")
+    parser.add_argument("--threads", action="store_true", help="also time 2 local workers as threads")
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     codecs(pairs[0][0])
-    scratch = args.dir / "out"
+    scratch = args.out_dir or args.dir / "out"
     variants: dict[str, Callable[[Path], None]] = {
         "floor": lambda o: floor(pairs, o),
         "serial": lambda o: serial(pairs, o),
@@ -171,12 +177,17 @@ def main() -> None:
         "tiler-1": lambda o: tiler(pairs, o, 1),
         "tiler-2": lambda o: tiler(pairs, o, 2),
     }
-    if args.other:
-        variants["other-2"] = lambda o: tiler(pairs, o, 2, processes=not LOCAL_PROCESSES)
+    if args.threads:
+        variants["threads-2"] = lambda o: tiler(pairs, o, 2, processes=False)
     best: dict[str, float] = {}
-    for _ in range(args.repeat):
-        for name, func in variants.items():
-            best[name] = min(best.get(name, float("inf")), timed(name, func, scratch))
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        names = list(variants)
+        for r in range(args.repeat):  # rotate the order: a run is slower right after some others (page cache state)
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                best[name] = min(best.get(name, float("inf")), timed(name, variants[name], scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     crops = len(window_grid(args.scene_size, args.scene_size, SIZE, STRIDE)) * len(pairs)
     print(f"{len(pairs)} scenes {args.scene_size}², {crops} crops {SIZE}/{STRIDE}, codec {DEFAULT_COMPRESS or 'none'}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

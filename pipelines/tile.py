@@ -36,7 +36,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--split", default="train", help="split name written to the index (train)")
     parser.add_argument("--compress", choices=COMPRESS_CHOICES, default="none", help="crop codec (none: fastest)")
     parser.add_argument("--workers", type=int, help="local workers (one per core; 1 = this process only)")
-    parser.add_argument("--processes", action="store_true", help="local workers as processes, not threads")
+    parser.add_argument("--threads", action="store_true", help="local workers as threads of one process")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, tcp://host:8786")
     add_common_arguments(parser)
     return parser
@@ -65,7 +65,7 @@ def run(argv: Sequence[str] | None) -> TileSummary:
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     options = {
         "out": args.out, "min_valid": args.min_valid, "compress": args.compress, "workers": args.workers,
-        "scheduler": args.scheduler, "quiet": args.quiet, "stride": args.stride, "processes": args.processes,
+        "scheduler": args.scheduler, "quiet": args.quiet, "stride": args.stride, "processes": not args.threads,
     }  # fmt: skip
     if args.preset:
         if len(args.scenes) != 1 or args.labels:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX, SCHEMES
+from rs_deeplab.cropstats import BandStats
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.labels import LabelSource, decode_label, rasterize_vector
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
@@ -112,20 +115,6 @@ def _pad(block: np.ndarray, size: int, fill: float) -> np.ndarray:
     return out
 
 
-def _counts(label: np.ndarray, padding: int, expected: Sequence[int] = ()) -> dict[str, int]:
-    """Pixel count of every class value present (text keys), padding counted as 255.
-
-    With the ``expected`` values (a scheme's classes and 255), one vectorised comparison per value replaces the
-    histogram, which would first widen every pixel to 64 bits; any other value falls back to the histogram.
-    """
-    found = {v: int(np.count_nonzero(label == v)) for v in expected}
-    if sum(found.values()) != label.size:
-        counts = np.bincount(label.reshape(-1), minlength=256)
-        found = {int(v): int(counts[v]) for v in np.flatnonzero(counts)}
-    found[IGNORE_INDEX] = found.get(IGNORE_INDEX, 0) + padding
-    return {str(v): n for v, n in sorted(found.items()) if n}
-
-
 def crop_profiles(src: Any, size: int, compress: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """GeoTIFF profiles (without transform) of the image and label crops of scene dataset ``src``.
 
@@ -157,21 +146,19 @@ class _Writer:
         self.colorinterp = src.colorinterp
         scheme = SCHEMES.get(settings.scheme) if settings.scheme else None
         self.colormap = scheme.colormap() if scheme else None
-        self.classes = (*range(scheme.num_classes), IGNORE_INDEX) if scheme else ()
 
-    def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, mask: np.ndarray | None) -> Record:
+    def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, stats: BandStats) -> Record:
         """Write one crop (skipping files already complete) and return its index record."""
         size = self.settings.size
         name = window.name(self.job.key)
-        valid = window.height * window.width if mask is None else int(np.count_nonzero(mask))
+        valid = stats.valid_pixels(window)
         rec: Record = {
             "scene": self.job.key, "scene_path": self.job.image, "split": self.job.split,
             "row_off": window.row_off, "col_off": window.col_off, "width": window.width, "height": window.height,
             "valid_fraction": valid / (size * size), "image": f"{IMAGES}/{name}.tif",
-            "label": f"{LABELS}/{name}.tif" if label is not None else "", "counts": {},
+            "label": f"{LABELS}/{name}.tif" if label is not None else "",
+            "counts": stats.class_counts(window, IGNORE_INDEX),
         }  # fmt: skip
-        if label is not None:
-            rec["counts"] = _counts(label, size * size - label.size, self.classes)
         rec["written"] = rec["valid_fraction"] >= self.settings.min_valid
         if not rec["written"]:
             return rec
@@ -182,19 +169,51 @@ class _Writer:
         return rec
 
     def _write(self, path: Path, data: np.ndarray, profile: dict[str, Any] | None, transform: Affine) -> None:
+        """Write one crop file under a temporary name and rename it; a file already there is complete: kept."""
         if path.exists():
             return
-        is_image = profile is not None
         options = dict(profile if profile is not None else self.label_profile, transform=transform)
-        with atomic_output(path) as tmp, quiet_georeferencing(), rasterio.open(tmp, "w", **options) as dst:
-            dst.write(data)
-            if is_image:
-                dst.colorinterp = self.colorinterp
-                for i, desc in enumerate(self.descriptions or (), start=1):
-                    if desc:
-                        dst.set_band_description(i, desc)
-            elif self.colormap is not None:
-                dst.write_colormap(1, self.colormap)
+        tmp = _temporary(path)
+        try:
+            with _quiet_if(transform.is_identity), rasterio.open(tmp, "w", **options) as dst:
+                dst.write(data)
+                if profile is not None:
+                    dst.colorinterp = self.colorinterp
+                    for i, desc in enumerate(self.descriptions or (), start=1):
+                        if desc:
+                            dst.set_band_description(i, desc)
+                elif self.colormap is not None:
+                    dst.write_colormap(1, self.colormap)
+            os.replace(tmp, path)
+            if os.path.exists(f"{tmp}.aux.xml"):  # GDAL side-car (nothing we write needs one; kept just in case)
+                os.replace(f"{tmp}.aux.xml", f"{path}.aux.xml")
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+_TAGS: dict[int, str] = {}
+_COUNTER = itertools.count()
+
+
+def _temporary(path: Path) -> str:
+    """A temporary sibling of ``path`` unique to this process (host-unique tag, then a counter).
+
+    Cheaper than a fresh UUID per file; matches :func:`remove_stale_temporaries`'s ``.*.tmp-*`` pattern.
+    """
+    tag = _TAGS.get(os.getpid())
+    if tag is None:
+        tag = _TAGS[os.getpid()] = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return str(path.with_name(f".{path.stem}.tmp-{tag}-{next(_COUNTER)}{path.suffix}"))
+
+
+def _quiet_if(condition: bool) -> contextlib.AbstractContextManager[None]:
+    """Silence rasterio's not-georeferenced warning for crops at (0, 0) of pixel-coordinate scenes only.
+
+    (``warnings.catch_warnings`` is process-global, so it is not entered around every write of every thread.)
+    """
+    return quiet_georeferencing() if condition else contextlib.nullcontext()
 
 
 def _read_label(job: SceneJob, settings: CropSettings, src: Any, window: Window) -> np.ndarray | None:
@@ -229,14 +248,14 @@ def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -
         mask = _valid_mask(src, image, window)
         label = _read_label(job, settings, src, window)
         writer = _Writer(src, job, settings)
+    stats = BandStats([w for r in row_offs for w in rows[r]], top, label, mask)
     records: list[Record] = []
     for r in row_offs:
         row_records = []
         for w in rows[r]:
             sl = np.s_[w.row_off - top : w.row_off - top + w.height, w.col_off : w.col_off + w.width]
-            crop_mask = None if mask is None else mask[sl]
             crop_label = None if label is None else label[sl]
-            row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, crop_mask))
+            row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, stats))
         _save_part(settings.out, job, r, row_records)
         records.extend(row_records)
     return records

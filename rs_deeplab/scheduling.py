@@ -6,7 +6,9 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,9 @@ from rs_deeplab.crops import CropSettings, Record, SceneJob, tile_rows
 from rs_deeplab.errors import InputError
 
 log = logging.getLogger("rs_deeplab.tiling")
+
+WORKER_START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+"""How local worker processes start (see :func:`_local_cluster`)."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +126,12 @@ def _connect(address: str) -> Any:
 
 @contextlib.contextmanager
 def open_executor(
-    workers: int | None = None, scheduler: str | None = None, *, processes: bool = False
+    workers: int | None = None, scheduler: str | None = None, *, processes: bool = True
 ) -> Iterator[Executor]:
     """Start (or connect to) what runs the tasks, and close it afterwards.
 
     Args:
-        workers: Local workers (threads, or processes with ``processes``); one per core when None. ``1`` runs the
+        workers: Local workers (processes, or threads without ``processes``); one per core when None. ``1`` runs the
             tasks in this process: a one-worker cluster would only add start-up time.
         scheduler: Address of an existing Dask scheduler; its workers run the tasks (must share the file system).
         processes: Local workers as processes instead of threads of this process.
@@ -149,16 +154,26 @@ def open_executor(
 
 
 def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
+    """A ``LocalCluster`` of ``n`` single-threaded worker processes, or one worker with ``n`` threads.
+
+    Worker processes are forked: a spawned worker re-imports Python, Dask and GDAL, which costs about a second
+    of both cores before any tile is cut (bench/RESULTS.md, Tiler). Forking is safe here because nothing else
+    runs in this process while the workers start (scenes were checked and closed before).
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     kind = "processes" if processes else "threads"
-    cluster = LocalCluster(
-        n_workers=n if processes else 1,
-        threads_per_worker=1 if processes else n,
-        processes=processes,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+    method = {"distributed.worker.multiprocessing-method": WORKER_START_METHOD}
+    with dask.config.set(method), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded, use of fork", DeprecationWarning)
+        cluster = LocalCluster(
+            n_workers=n if processes else 1,
+            threads_per_worker=1 if processes else n,
+            processes=processes,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     try:
         with Client(cluster, set_as_default=False) as client:
             yield Executor(f"Dask local cluster ({n} {kind})", n, client)

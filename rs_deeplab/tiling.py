@@ -29,11 +29,11 @@ DEFAULT_COMPRESS: str | None = None
 """Crop codec: uncompressed writes fastest here (see bench/RESULTS.md, Tiler)."""
 COMPRESS_CHOICES = ("none", "deflate", "lzw", "zstd")
 INDEX_NAME, MANIFEST_NAME = "index.gpkg", "tiling.json"
-TASK_BAND_BYTES = 256 << 20
-"""Most bytes of scene pixels one task holds (its band of rows)."""
-LOCAL_PROCESSES = False
-"""Local workers are threads by default (see ``tile_scenes(processes=...)``)."""
-PARALLEL_MIN_BYTES = 512 << 20
+TASK_BAND_BYTES = 1 << 30
+"""Most bytes one task holds for its band of rows (pixels, labels and decoding temporaries)."""
+LOCAL_PROCESSES = True
+"""Local workers are processes by default (see ``tile_scenes(processes=...)`` and bench/RESULTS.md, Tiler)."""
+PARALLEL_MIN_BYTES = 256 << 20
 """Below this many bytes of crops to write, the default runs in this process: starting worker processes costs
 more than it saves (see bench/RESULTS.md, Tiler)."""
 
@@ -203,18 +203,21 @@ def plan_tasks(
     jobs: Sequence[SceneJob], todo: Mapping[str, Sequence[int]], banded: Mapping[str, bool], settings: CropSettings,
     workers: int,
 ) -> list[TaskSpec]:  # fmt: skip
-    """Group the unfinished rows of windows into tasks: about four per worker, each a consecutive band of rows.
+    """Group the unfinished rows of windows into tasks: about two per worker, each a consecutive band of rows.
+
+    Few large tasks keep the rows read twice (where two tasks' bands overlap) rare; two per worker still lets a
+    fast worker take over the work of a slow one.
 
     PNG/JPEG scenes are one task each (their decoders restart from the top for every band).
     """
     total_rows = sum(len(rows) for rows in todo.values())
-    per_task = max(1, math.ceil(total_rows / (4 * max(1, workers))))
+    per_task = max(1, math.ceil(total_rows / (2 * max(1, workers))))
     tasks = []
     for job in jobs:
         rows = list(todo.get(job.key, ()))
         if not rows:
             continue
-        row_bytes = settings.stride * job.width * 8
+        row_bytes = settings.stride * job.width * (job.pixel_bytes + 8)  # + colour labels and decoding temporaries
         step = len(rows) if not banded[job.key] else max(1, min(per_task, TASK_BAND_BYTES // row_bytes))
         for i in range(0, len(rows), step):
             chunk = tuple(rows[i : i + step])
@@ -259,8 +262,8 @@ def tile_scenes(
         compress: Crop codec: None/``none``, ``deflate``, ``lzw`` or ``zstd``.
         workers: Local worker processes; one per core when None, and none (this process) when the job is too
             small to pay for starting them. Ignored with ``scheduler``.
-        processes: Local workers as separate processes instead of threads of this process (GDAL releases the
-            GIL while it reads and writes, and threads start at once; see bench/RESULTS.md, Tiler).
+        processes: Local workers as (forked) processes; threads of this process when False. Threads start at
+            once but share the GIL, which rasterio holds for a good part of each crop (bench/RESULTS.md, Tiler).
         scheduler: Address of a running Dask scheduler (``tcp://host:8786``) to run the tasks on instead.
         quiet: No progress bar.
 
