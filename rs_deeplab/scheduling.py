@@ -87,7 +87,7 @@ def _quiet_dask() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -172,7 +172,7 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
             threads_per_worker=1 if processes else n,
             processes=processes,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # task errors reach the client anyway; shutdown races stay quiet
         )
     try:
         with Client(cluster, set_as_default=False) as client:
