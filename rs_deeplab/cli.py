@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from rs_deeplab.errors import RsDeeplabError
 
@@ -59,7 +59,15 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
-def cli_entry(func: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+class PipelineMain(Protocol):
+    """A pipeline's ``main``: callable as ``main()`` (arguments from ``sys.argv``) or ``main([...])``."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int:
+        """Run the pipeline; return the exit code."""
+        ...
+
+
+def cli_entry(func: Callable[[Sequence[str] | None], int]) -> PipelineMain:
     """Decorate a pipeline ``main(argv)``: user errors become ``error: <message>`` on stderr and return 2."""
 
     @functools.wraps(func)
