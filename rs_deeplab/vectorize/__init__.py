@@ -6,13 +6,15 @@ Public API: :func:`vectorize` (and its :class:`VectorizeSummary`), plus :func:`c
 
 from __future__ import annotations
 
-from rs_deeplab.vectorize.core import VectorizeSummary, block_windows, vectorize
+from rs_deeplab.vectorize.blocks import RegionStream, block_windows
+from rs_deeplab.vectorize.core import VectorizeSummary, vectorize
 from rs_deeplab.vectorize.metadata import CLASS_NAMES_TAG, class_names_tag, read_class_names
 from rs_deeplab.vectorize.output import FORMATS
 
 __all__ = [
     "CLASS_NAMES_TAG",
     "FORMATS",
+    "RegionStream",
     "VectorizeSummary",
     "block_windows",
     "class_names_tag",

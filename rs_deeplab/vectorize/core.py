@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import shapely
-from affine import Affine
-from rasterio.windows import Window
 
-from rs_deeplab.cli import progress
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import PathLike, atomic_output, open_raster
-from rs_deeplab.vectorize.clean import Cleaner, Rows, simplify_block
+from rs_deeplab.vectorize.blocks import RegionStream
+from rs_deeplab.vectorize.clean import Cleaner, Rows
 from rs_deeplab.vectorize.measure import AreaMeter
-from rs_deeplab.vectorize.metadata import ClassSelection, read_class_names, select_classes
+from rs_deeplab.vectorize.metadata import read_class_names, select_classes
 from rs_deeplab.vectorize.output import LayerWriter, output_format, parse_crs
-from rs_deeplab.vectorize.polygonize import apply_affine, polygonize_block
-from rs_deeplab.vectorize.seams import SeamMerger
 
 log = logging.getLogger(__name__)
-
-_CAST: dict[str, type[np.integer[Any]]] = {"int8": np.int16, "uint32": np.int32, "int64": np.int32, "uint64": np.int32}
-"""Integer types ``shapes`` cannot read, and the type they are read as (values must fit)."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +57,6 @@ class VectorizeSummary:
     seconds: float = 0.0
 
 
-def block_windows(height: int, width: int, size: int) -> Iterator[tuple[int, int, Window]]:
-    """Row-major ``(block_row, block_col, window)`` tiling of a raster; edge blocks are smaller."""
-    for bi, row in enumerate(range(0, height, size)):
-        for bj, col in enumerate(range(0, width, size)):
-            yield bi, bj, Window(col, row, min(size, width - col), min(size, height - row))
-
-
 def _check_arguments(min_area: float, simplify: float, fill_holes: float, block_size: int, layer: str) -> None:
     for name, value in (("min_area", min_area), ("simplify", simplify), ("fill_holes", fill_holes)):
         if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
@@ -90,68 +75,6 @@ def _check_raster(src: Any, path: PathLike) -> None:
         raise RasterError(
             f"{path}: is a {dtype.name} raster; expected integer class labels (uint8 as written by pipelines/infer.py)"
         )
-
-
-def _read_block(src: Any, window: Window) -> np.ndarray:
-    data = src.read(1, window=window)
-    cast = _CAST.get(data.dtype.name)
-    if cast is not None:
-        info = np.iinfo(cast)
-        if data.size and (data.min() < info.min or data.max() > info.max):
-            raise RasterError(f"{src.name}: label values outside {info.min}..{info.max} cannot be polygonized")
-        data = data.astype(cast)
-    return data
-
-
-@dataclass
-class _BlockRun:
-    """State shared by the blocks of one run."""
-
-    transform: Affine
-    n_rows: int
-    n_cols: int
-    selection: ClassSelection
-    simplify: float
-    block_size: int
-    merger: SeamMerger = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.merger = SeamMerger(self.block_size, validate=self.simplify > 0)
-
-    def process(self, bi: int, bj: int, window: Window, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Polygonize one block; return the class ids and CRS geometries of the regions now complete."""
-        row, col = int(window.row_off), int(window.col_off)
-        height, width = data.shape
-        mask = None if self.simplify > 0 else self.selection.mask(data)
-        flat = polygonize_block(data, row, col, mask)
-        kept = self.selection.keeps_array(flat.values)
-        internal = {"left": bj > 0, "right": bj < self.n_cols - 1, "top": bi > 0, "bottom": bi < self.n_rows - 1}
-        owners: dict[str, np.ndarray] = {}
-        is_open = np.zeros(len(flat), dtype=bool)
-        for side, own in flat.side_owners(row, col, height, width).items():
-            if internal[side]:
-                valid = own >= 0
-                valid[valid] = kept[own[valid]]
-                owners[side] = np.where(valid, own, -1)
-                is_open[own[valid]] = True
-        closed = kept & ~is_open
-        if self.simplify > 0:
-            pixel = simplify_block(flat.polygons(), self.simplify)
-            closed_geoms = shapely.transform(pixel[closed], self._to_crs)
-            open_geoms = pixel[is_open]
-        else:
-            closed_geoms = flat.polygons(closed, self.transform)
-            open_geoms = flat.polygons(is_open)
-        remap = np.full(len(flat) + 1, -1, dtype=np.int64)
-        remap[np.flatnonzero(is_open)] = np.arange(int(is_open.sum()))
-        owners = {s: remap[o] for s, o in owners.items()}
-        values, merged = self.merger.add_block(bj, open_geoms, flat.values[is_open], owners)
-        if len(merged):
-            merged = shapely.transform(merged, self._to_crs)
-        return np.concatenate([flat.values[closed], values]), np.concatenate([closed_geoms, merged])
-
-    def _to_crs(self, xy: np.ndarray) -> np.ndarray:
-        return apply_affine(self.transform, xy)
 
 
 def vectorize(
@@ -213,48 +136,46 @@ def vectorize(
         source = None if src.crs is None else parse_crs(src.crs, "raster CRS")
         meter = AreaMeter(src.crs, tuple(src.bounds))
         cleaner = Cleaner(meter, float(min_area), float(fill_holes))
-        n_rows, n_cols = -(-src.height // block_size), -(-src.width // block_size)
-        run = _BlockRun(src.transform, n_rows, n_cols, selection, float(simplify), block_size)
-        counts: dict[int, int] = {}
-        areas: dict[int, float] = {}
+        regions = RegionStream(src, selection, block_size=block_size, simplify=float(simplify), quiet=quiet)
         with atomic_output(out) as tmp:
             writer = LayerWriter(
                 tmp, fmt, layer, selection, source_crs=source, target_crs=target, extra_columns=extra_columns,
                 append_to=out if mode == "a" else None,
             )  # fmt: skip
-            blocks = block_windows(src.height, src.width, block_size)
-            for bi, bj, window in progress(blocks, total=n_rows * n_cols, desc="vectorize", quiet=quiet):
-                rows = cleaner.clean(*run.process(bi, bj, window, _read_block(src, window)))
-                _tally(rows, counts, areas)
-                writer.write(rows)
-            rows = cleaner.finish()
-            _tally(rows, counts, areas)
-            writer.write(rows)
-            written = writer.close()
+            counts, areas = _write_all(regions, cleaner, writer)
     summary = VectorizeSummary(
         path=out,
         layer=layer,
         crs=writer.crs,
-        polygons=written,
+        polygons=writer.written,
         counts={selection.name(k): v for k, v in sorted(counts.items())},
         areas_m2={selection.name(k): v for k, v in sorted(areas.items())},
-        blocks=n_rows * n_cols,
-        merged=run.merger.merged,
+        blocks=regions.blocks,
+        merged=regions.merger.merged,
         holes_filled=cleaner.holes_filled,
         absorbed=cleaner.absorbed,
         dropped_small=cleaner.dropped_small,
         area_method=meter.method,
         seconds=time.perf_counter() - start,
     )
-    log.info(
-        "%s: %d polygons in layer %r (%d blocks, %d merged across seams)",
-        out,
-        written,
-        layer,
-        summary.blocks,
-        summary.merged,
-    )
+    log.info("%s: %d polygons in layer %r (%d blocks, %d merged across seams)", out, summary.polygons, layer,
+             summary.blocks, summary.merged)  # fmt: skip
     return summary
+
+
+def _write_all(regions: RegionStream, cleaner: Cleaner, writer: LayerWriter) -> tuple[dict[int, int], dict[int, float]]:
+    """Clean and write every region; return polygon counts and areas per class id."""
+    counts: dict[int, int] = {}
+    areas: dict[int, float] = {}
+    for values, geoms in regions:
+        rows = cleaner.clean(values, geoms)
+        _tally(rows, counts, areas)
+        writer.write(rows)
+    rows = cleaner.finish()
+    _tally(rows, counts, areas)
+    writer.write(rows)
+    writer.close()
+    return counts, areas
 
 
 def _tally(rows: Rows, counts: dict[int, int], areas: dict[int, float]) -> None:

@@ -24,7 +24,9 @@ FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet
 """Output formats by file extension."""
 
 BASE_FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m")
-BATCH = 50_000
+BATCH_ROWS = 50_000
+BATCH_VERTICES = 2_000_000
+"""Queued rows are written once either limit is reached, so the queue stays small whatever the output size."""
 
 
 def output_format(path: Path, mode: str) -> str:
@@ -96,6 +98,7 @@ class LayerWriter:
         self._layer_exists = False
         self._buffer: list[Rows] = []
         self._buffered = 0
+        self._vertices = 0
         self.written = 0
         if append_to is not None and append_to.exists():
             shutil.copyfile(append_to, self._gpkg)
@@ -106,7 +109,8 @@ class LayerWriter:
         if len(rows):
             self._buffer.append(rows)
             self._buffered += len(rows)
-        if self._buffered >= BATCH:
+            self._vertices += int(shapely.get_num_coordinates(rows.geoms).sum())
+        if self._buffered >= BATCH_ROWS or self._vertices >= BATCH_VERTICES:
             self.flush()
 
     def flush(self) -> None:
@@ -114,9 +118,10 @@ class LayerWriter:
         if not self._buffer:
             return
         rows = Rows.concat(self._buffer)
-        self._buffer, self._buffered = [], 0
+        self._buffer, self._buffered, self._vertices = [], 0, 0
         geoms = self._to_target(rows)
-        names = np.array([self._names.name(int(v)) for v in rows.values], dtype=object)
+        ids, inverse = np.unique(rows.values, return_inverse=True)
+        names = np.array([self._names.name(int(v)) for v in ids], dtype=object)[inverse]
         self._write(shapely.to_wkb(geoms), [rows.values.astype(np.int32), names, rows.area, rows.perimeter])
         self.written += len(rows)
 
