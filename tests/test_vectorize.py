@@ -180,6 +180,9 @@ def test_append_scenes_into_one_geopackage(make_raster, tmp_path):
     with pytest.raises(InputError, match="only supported for GeoPackage"):
         vectorize(make_raster(blocks_of_classes(8), name="c.tif"), tmp_path / "x.geojson", mode="a")
     assert len(gpd.read_file(out)) == len(df)
+    (tmp_path / "notes.gpkg").write_text("not a GeoPackage")
+    with pytest.raises(InputError, match="cannot append, not a GeoPackage"):
+        vectorize(make_raster(blocks_of_classes(8), name="c.tif"), tmp_path / "notes.gpkg", mode="a")
 
 
 def test_failed_run_leaves_previous_output_untouched(make_raster, tmp_path):

@@ -43,6 +43,9 @@ class AreaMeter:
         left, bottom, right, top = bounds
         cx, cy = (left + right) / 2, (bottom + top) / 2
         lon, lat = pyproj.Transformer.from_crs(source, "EPSG:4326", always_xy=True).transform(cx, cy)
+        if not (np.isfinite(lon) and np.isfinite(lat)):
+            log.warning("the raster CRS has no geographic position: area_m2 and perimeter_m are in its own units")
+            return
         laea = pyproj.CRS.from_proj4(f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +ellps=WGS84 +units=m +no_defs")
         to_laea = pyproj.Transformer.from_crs(source, laea, always_xy=True)
         if source.is_projected:

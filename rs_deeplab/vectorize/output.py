@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyogrio
+import pyogrio.errors
 import pyogrio.raw
 import pyproj
 import shapely
@@ -173,7 +174,10 @@ class LayerWriter:
 
     def _check_existing(self, path: Path) -> bool:
         """Whether the layer already exists in ``path``; fail if its columns or CRS do not match."""
-        layers = [str(name) for name in pyogrio.list_layers(path)[:, 0]]
+        try:
+            layers = [str(name) for name in pyogrio.list_layers(path)[:, 0]]
+        except pyogrio.errors.DataSourceError:
+            raise InputError(f"{path}: cannot append, not a GeoPackage; pass another output or mode 'w'") from None
         if self.layer not in layers:
             return False
         info = pyogrio.read_info(path, layer=self.layer)
