@@ -185,3 +185,24 @@ def test_simplified_coverage_has_no_gaps_or_overlaps(block_size):
     pairs = left < right
     overlap = shapely.area(shapely.intersection(geoms[left[pairs]], geoms[right[pairs]])).sum()
     assert overlap == pytest.approx(0.0, abs=1e-9)
+
+
+def test_stitch_falls_back_to_an_overlay_when_pieces_share_no_seam_edge(caplog):
+    corner = np.array([shapely.box(0, 0, 4, 4), shapely.box(4, 4, 8, 8)])  # meet at a point only
+    with caplog.at_level("DEBUG", logger="rs_deeplab.vectorize.stitch"):
+        result = stitch(corner, 4)
+    assert "fell back" in caplog.text
+    assert result.equals(shapely.union_all(corner))
+
+
+def test_simplified_pieces_touching_inside_an_edge_are_repaired(caplog):
+    # After simplification two pieces of one region can touch at a point inside an edge; splicing them gives
+    # a self-touching ring, which is detected and redone with an overlay union.
+    rng = np.random.default_rng(0)
+    array = np.kron(rng.integers(0, 4, (12, 14)), np.ones((10, 10), dtype=np.int64)).astype(np.uint8)
+    array[rng.random(array.shape) < 0.02] = 3
+    with caplog.at_level("DEBUG", logger="rs_deeplab.vectorize.stitch"):
+        _, geoms, _ = regions(array, 37, simplify=1.0)
+    assert "invalid polygon; using an overlay union" in caplog.text
+    assert shapely.is_valid(geoms).all()
+    assert shapely.area(geoms).sum() == pytest.approx(array.size * 0.25)

@@ -89,11 +89,15 @@ class ClassSelection:
 
     def mask(self, data: np.ndarray) -> np.ndarray | None:
         """Boolean array of pixels to polygonize, or None when every pixel is kept."""
-        if data.dtype == np.uint8:
+        dropped = sorted(self.ignored | self.exclude)
+        if self.include is None and len(dropped) <= 2:  # plain comparisons beat a lookup table
+            keep = data != dropped[0]
+            for value in dropped[1:]:
+                keep &= data != value
+        elif data.dtype == np.uint8:
             keep = self._byte_lut[data]
         else:
-            dropped = np.fromiter(self.ignored | self.exclude, dtype=np.int64)
-            keep = ~np.isin(data, dropped)
+            keep = ~np.isin(data, np.array(dropped, dtype=np.int64))
             if self.include is not None:
                 keep &= np.isin(data, np.fromiter(self.include, dtype=np.int64))
         return None if keep.all() else keep

@@ -61,7 +61,7 @@ class FlatPolygons:
     def polygons(self, select: np.ndarray | None = None, transform: Affine | None = None) -> np.ndarray:
         """Build shapely polygons, optionally only ``select`` (boolean per polygon) and mapped by ``transform``."""
         ring_counts, ring_sizes, xy = self.ring_counts, self.ring_sizes, self.xy
-        if select is not None:
+        if select is not None and not select.all():
             ring_mask = np.repeat(select, ring_counts)
             ring_counts, ring_sizes = ring_counts[select], ring_sizes[ring_mask]
             xy = xy[np.repeat(ring_mask, self.ring_sizes)]
@@ -114,8 +114,9 @@ def paint(length: int, lo: np.ndarray, hi: np.ndarray, ids: np.ndarray) -> np.nd
 def apply_affine(transform: Affine, xy: np.ndarray) -> np.ndarray:
     """Map ``(n, 2)`` pixel coordinates through an affine transform."""
     a, b, c, d, e, f = transform[:6]
-    x, y = xy[:, 0], xy[:, 1]
-    return np.column_stack((a * x + b * y + c, d * x + e * y + f))
+    if b == 0 and d == 0:  # north-up: scale and shift each axis in one pass
+        return xy * np.array([a, e]) + np.array([c, f])
+    return xy @ np.array([[a, d], [b, e]]) + np.array([c, f])
 
 
 def polygonize_block(data: np.ndarray, row_off: int, col_off: int, mask: np.ndarray | None = None) -> FlatPolygons:

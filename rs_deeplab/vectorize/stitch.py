@@ -5,7 +5,7 @@ Pieces are in global pixel coordinates, their seam edges lie on the grid lines `
 with the unit seam edges that two pieces share (traversed in opposite directions) removed and the remaining
 chains re-linked end to start. Work is linear in the vertices (NumPy) plus a Python loop over the chains, which
 are few (one per seam crossing); a general overlay (GEOS) is several times slower on large regions. Anything
-unexpected falls back to ``shapely.coverage_union_all``, which gives the same result.
+unexpected falls back to ``shapely.union_all``, which gives the same result.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def stitch(pieces: np.ndarray, grid: int, *, validate: bool = False) -> shapely.
 
 
 def _overlay(pieces: np.ndarray) -> shapely.Geometry:
-    return drop_collinear(np.array([shapely.union_all(pieces)]))[0]
+    parts = drop_collinear(shapely.get_parts(shapely.union_all(pieces)))
+    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(list(parts))
 
 
 def _stitch(pieces: np.ndarray, grid: int) -> shapely.Geometry:
