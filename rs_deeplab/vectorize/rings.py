@@ -42,10 +42,15 @@ def densify_coords(xy: np.ndarray, ring_of: np.ndarray, grid: int | None = None)
         on_seam = ((step[:, 0] == 0) & (xy[:, 0] % grid == 0)) | ((step[:, 1] == 0) & (xy[:, 1] % grid == 0))
         counts[~on_seam] = 1
     counts[last] = 1
-    src = np.repeat(np.arange(len(xy)), counts)
-    k = np.arange(len(src)) - np.repeat(np.cumsum(counts) - counts, counts)
-    unit = np.where((counts > 1)[:, None], np.sign(step), step)
-    return xy[src] + unit[src] * k[:, None], ring_of[src]
+    long = np.flatnonzero(counts > 1)  # usually few: insert points only there
+    if long.size == 0:
+        return xy, ring_of
+    extra = counts[long] - 1
+    src = np.repeat(long, extra)
+    k = np.arange(len(src)) - np.repeat(np.cumsum(extra) - extra, extra) + 1
+    points = xy[src] + np.sign(step[src]) * k[:, None]
+    at = src + 1
+    return np.insert(xy, at, points, axis=0), np.insert(ring_of, at, ring_of[src])
 
 
 def densify_pixel_polygons(polys: np.ndarray, grid: int | None = None) -> np.ndarray:

@@ -54,7 +54,8 @@ def _stitch(pieces: np.ndarray, grid: int) -> shapely.Geometry:
     rings, owner = shapely.get_rings(pieces, return_index=True)
     shell_mask, _ = ring_ends(owner)
     xy, ring = shapely.get_coordinates(rings[shell_mask], return_index=True)
-    xy, ring = densify_coords(*_counter_clockwise(xy, ring), grid)
+    xy, sign = _same_orientation(xy, ring)
+    xy, ring = densify_coords(xy, ring, grid)
     xy, ring, cut = _rotate_to_cut(xy, ring, _shared_seam_edges(xy, ring, grid))
     _, last = ring_ends(ring)
     kept = ~cut & ~last
@@ -67,26 +68,32 @@ def _stitch(pieces: np.ndarray, grid: int) -> shapely.Geometry:
         for loop in _split_touching(joined):
             closed = np.concatenate((loop, loop[:1]))
             loop = loop[collinear_free(closed, np.zeros(len(closed), np.int64))[:-1]]
-            (shells if _signed_area(loop) > 0 else new_holes).append(loop)
+            (shells if _signed_area(loop) * sign > 0 else new_holes).append(loop)
     if len(shells) != 1:
         raise _FallbackError(f"{len(shells)} outer rings")
     holes = [*(shapely.LinearRing(h) for h in new_holes), *rings[~shell_mask]]
     return shapely.polygons(shapely.linearrings(shells[0]), holes=np.array(holes, dtype=object) if holes else None)
 
 
-def _counter_clockwise(xy: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reverse the closed rings whose signed area is negative, so every interior lies left of its edges."""
+def _same_orientation(xy: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, float]:
+    """Reverse the closed rings turning against the first one; return the vertices and that turning sign.
+
+    GDAL writes every outline the same way round, so nothing is usually reversed; shells of the result then turn
+    with the returned sign (+1 counter-clockwise), holes against it.
+    """
     same = np.concatenate((ring[1:] == ring[:-1], [False]))
     nxt = np.concatenate((xy[1:], xy[:1]))
     cross = np.where(same, xy[:, 0] * nxt[:, 1] - nxt[:, 0] * xy[:, 1], 0.0)
-    flip = np.bincount(ring, weights=cross)[ring] < 0
+    area = np.bincount(ring, weights=cross)
+    sign = 1.0 if area[0] > 0 else -1.0
+    flip = (area * sign < 0)[ring]
     if flip.any():
         first, last = ring_ends(ring)
         rank = np.cumsum(first) - 1
         idx = np.arange(len(ring))
         idx[flip] = (np.flatnonzero(first)[rank] + np.flatnonzero(last)[rank] - idx)[flip]
         xy = xy[idx]
-    return xy, ring
+    return xy, sign
 
 
 def _shared_seam_edges(xy: np.ndarray, ring: np.ndarray, grid: int) -> np.ndarray:
