@@ -148,6 +148,7 @@ def test_geojson_and_geoparquet_by_extension(make_raster, tmp_path):
     summary = vectorize(path, tmp_path / "out.geojson")
     df = gpd.read_file(tmp_path / "out.geojson")
     assert len(df) == summary.polygons and df.crs.to_epsg() == 32633
+    assert pyogrio.list_layers(tmp_path / "out.geojson")[0][0] == "labels"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.geojson", "scene.tif"]
     if importlib.util.find_spec("pyarrow") is None:
         with pytest.raises(InputError, match="GeoParquet needs the pyarrow package"):

@@ -162,7 +162,7 @@ def vectorize(
         area_method=meter.method,
         seconds=time.perf_counter() - start,
     )
-    log.info("%s: %d polygons in layer %r (%d blocks, %d merged across seams)", out, summary.polygons, layer,
+    log.debug("%s: %d polygons in layer %r (%d blocks, %d merged across seams)", out, summary.polygons, layer,
              summary.blocks, summary.merged)  # fmt: skip
     return summary
 

@@ -196,6 +196,7 @@ class LayerWriter:
                 geometry,
                 field_data,
                 fields=list(meta["fields"]),
+                layer=self.layer,
                 driver="GeoJSON",
                 crs=meta["crs"],
                 geometry_type="Polygon",
