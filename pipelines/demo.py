@@ -10,13 +10,17 @@ from pathlib import Path
 
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.config import ExperimentConfig, load_config
+from rs_deeplab.experiment import train_experiment
+from rs_deeplab.presets import tile_preset
 from rs_deeplab.raster import open_raster
 from rs_deeplab.sample import preview_png, write_potsdam
 
 log = logging.getLogger("rs_deeplab.demo")
 
-TRAIN_ID = (2, 10)  # in the official Potsdam training split
+TRAIN_IDS = ((2, 10), (2, 11))  # in the official Potsdam training split
 HELD_OUT_ID = (2, 13)  # in the official Potsdam validation split
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def build_parser() -> ArgumentParser:
@@ -26,6 +30,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--size", type=int, default=1536, help="side of each sample scene in pixels")
     parser.add_argument("--gsd", type=float, default=0.1, help="pixel size of the sample scenes in metres")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample scenes")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/demo.yaml")
     add_common_arguments(parser)
     return parser
 
@@ -33,22 +38,33 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the sample scenes and run the pipeline stages on them, printing where each output went."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Path] = {}
 
     start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: ExperimentConfig = load_config(CONFIG, [f"data.root={out / 'tiles'}", f"work_dir={out / 'run'}",
+                                                 *args.overrides])  # fmt: skip
     data = out / "potsdam"
-    files = write_potsdam(data, ids=(TRAIN_ID, HELD_OUT_ID), size=args.size, seed=args.seed, gsd=args.gsd)
+    ids = (*TRAIN_IDS, HELD_OUT_ID)
+    files = write_potsdam(data, ids=ids, size=args.size, seed=args.seed, gsd=args.gsd)
     outputs["sample scenes (ISPRS Potsdam layout)"] = data
-    outputs["training scene"] = files[0].rgbir
-    outputs["held-out scene"] = files[1].rgbir
+    outputs["held-out scene"] = files[-1].rgbir
     with open_raster(files[0].rgbir) as img, open_raster(files[0].label) as lbl:
         classes = SCHEMES["potsdam"].decode(lbl.read())
         outputs["preview"] = preview_png(out / "sample_preview.png", img.read(), classes, max_width=1200)
-    log.info("sample scenes written in %.1f s", time.perf_counter() - start)
+    log.info("1/3 sample scenes written in %.1f s", time.perf_counter() - start)
+
+    tiles = tile_preset("potsdam", data, out / "tiles", quiet=args.quiet)
+    outputs["tiles + index"] = tiles.index
+    log.info("2/3 tiled %d crops in %.1f s", tiles.crops, tiles.seconds)
+
+    result = train_experiment(cfg)
+    outputs["training run"] = result.run_dir
+    outputs["best checkpoint"] = result.best or result.last
+    log.info("3/3 trained %d iterations, best val mIoU %.3f", result.iterations, result.best_miou)
 
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs:")
     print(describe_outputs({k: str(v) for k, v in outputs.items()}))

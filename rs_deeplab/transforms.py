@@ -181,4 +181,4 @@ class EvalTransform:
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """``(H, W, C)`` float32 and ``(H, W)`` uint8 → ``(C, H, W)`` float tensor and ``(H, W)`` int64 tensor."""
     img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32))
-    return img, torch.from_numpy(np.ascontiguousarray(mask)).long()
+    return img, torch.from_numpy(np.asarray(mask, dtype=np.int64))

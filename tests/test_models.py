@@ -6,6 +6,7 @@ import copy
 import functools
 import math
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,16 @@ from rs_deeplab.errors import InputError
 from rs_deeplab.models import MODELS, DeepLabBase, SegOutput, build_model, param_groups, set_output_stride
 from rs_deeplab.models.deeplab_v3 import MULTI_GRID
 from rs_deeplab.models.stride import dilate_resnet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions gain nothing from two threads, and on a shared 2-core machine they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 NUM_CLASSES = 5
 H, W = 97, 131  # odd and non-square on purpose

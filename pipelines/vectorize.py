@@ -1,0 +1,72 @@
+"""Vectorize a class-label raster into one polygon per connected region (GeoPackage, GeoJSON or GeoParquet).
+
+python pipelines/vectorize.py labels.tif --out labels.gpkg [--min-area 2.0] [--simplify 1.0]
+    [--fill-holes 1.0] [--classes building,tree] [--exclude clutter] [--to-crs EPSG:4326] [--block-size 2048]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.vectorize import FORMATS, vectorize
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def build_parser() -> ArgumentParser:
+    """The command-line interface."""
+    parser = ArgumentParser(prog="vectorize.py", description=__doc__.splitlines()[0])
+    parser.add_argument("raster", type=Path, help="single-band integer label raster (255 = nodata)")
+    parser.add_argument("--out", type=Path, required=True, help=f"output file: {', '.join(FORMATS)}")
+    parser.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m²)")
+    parser.add_argument("--simplify", type=float, default=0.0, help="shared-edge simplification tolerance (pixels)")
+    parser.add_argument("--fill-holes", type=float, default=0.0, help="fill holes below this area (m²)")
+    parser.add_argument("--classes", type=_names, default=None, help="comma-separated class names (or ids) to keep")
+    parser.add_argument("--exclude", type=_names, default=None, help="comma-separated class names (or ids) to drop")
+    parser.add_argument(
+        "--class-names", type=_names, default=None, help="class names in index order (default: raster tag)"
+    )
+    parser.add_argument("--to-crs", default=None, help="reproject the output, e.g. EPSG:4326")
+    parser.add_argument("--block-size", type=int, default=2048, help="block edge in pixels (memory bound)")
+    parser.add_argument("--layer", default="labels", help="output layer name")
+    parser.add_argument("--append", action="store_true", help="append to the layer of an existing GeoPackage")
+    parser.add_argument("--scene", default=None, help="add a 'scene' column with this value to every polygon")
+    add_common_arguments(parser)
+    return parser
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run :func:`rs_deeplab.vectorize.vectorize`."""
+    args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
+    summary = vectorize(
+        args.raster,
+        args.out,
+        class_names=args.class_names,
+        min_area=args.min_area,
+        simplify=args.simplify,
+        fill_holes=args.fill_holes,
+        classes=args.classes,
+        exclude=args.exclude,
+        to_crs=args.to_crs,
+        block_size=args.block_size,
+        layer=args.layer,
+        extra_columns=None if args.scene is None else {"scene": args.scene},
+        mode="a" if args.append else "w",
+        quiet=args.quiet,
+    )
+    if not args.quiet:
+        counts = ", ".join(f"{name} {n}" for name, n in summary.counts.items()) or "none"
+        print(f"{summary.polygons} polygons ({counts}) in {summary.seconds:.1f} s")
+        print(describe_outputs({f"layer {summary.layer!r}": summary.path}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

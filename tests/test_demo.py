@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import demo
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
+                 "train.eval_every=2", "train.checkpoint_every=2"]  # fmt: skip
+    assert demo.main(["--out", str(out), "--size", "384", "--quiet", *overrides]) == 0
+    printed = capsys.readouterr().out
+    for label in ("sample scenes", "held-out scene", "tiles + index", "training run", "best checkpoint"):
+        assert label in printed
+    assert (out / "potsdam" / "4_Ortho_RGBIR" / "top_potsdam_2_13_RGBIR.tif").is_file()
+    assert (out / "tiles" / "index.gpkg").is_file()
+    assert (out / "run" / "last.pt").is_file() and (out / "run" / "config.yaml").is_file()
+    assert (out / "sample_preview.png").stat().st_size > 1000
+
+
+def test_demo_rejects_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--out", str(tmp_path), "schedule.iters=3"]) == 2
+    assert "schedule.iters: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "potsdam").exists()
