@@ -172,6 +172,9 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
             threads_per_worker=1 if processes else n,
             processes=processes,
             dashboard_address=None,
+            # no dashboard, and the scheduler's small HTTP server on a free port instead of 8787, which another
+            # Dask cluster (a notebook's, a test's) may hold: that would print a port warning on every run
+            scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"},
             silence_logs=logging.CRITICAL,  # task errors reach the client anyway; shutdown races stay quiet
         )
     try:

@@ -173,7 +173,7 @@ def test_sigkilled_run_resumes_to_identical_files_and_index(tmp_path: Path) -> N
     done = len(os.listdir(out / "images"))
     rerun = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stderr.count("\n") == 1 and "Dask local cluster (2 processes)" in rerun.stderr  # no Dask chatter
+    assert rerun.stderr.count("\n") == 1 and "Dask local cluster (2 processes)" in rerun.stderr, rerun.stderr  # no chatter
     resumed = int(re.search(r"(\d+) already done", rerun.stderr).group(1))  # type: ignore[union-attr]
     assert 0 < resumed < 18 * 19 and done >= 40
     ref = tmp_path / "reference"
