@@ -182,3 +182,15 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
             yield Executor(f"Dask local cluster ({n} {kind})", n, client)
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def scheduler_client(address: str) -> Iterator[Any]:
+    """A quiet client on the existing Dask scheduler at ``address`` (one-line errors), closed afterwards."""
+    check_executor_options(None, address)
+    with _quiet_dask():
+        client = _connect(address)
+        try:
+            yield client
+        finally:
+            client.close()

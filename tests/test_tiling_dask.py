@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -23,15 +22,9 @@ from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tileindex import read_index
 from rs_deeplab.tiling import SceneSpec, tile_scenes
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
-
-ROOT = Path(__file__).resolve().parents[1]
-DASK = Path(sys.executable).with_name("dask")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RS_DEEPLAB_NO_PROGRESS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
+from tests.daskkit import ROOT
+from tests.daskkit import dask_cluster as start_dask_cluster
+from tests.daskkit import subprocess_env as _env
 
 
 def _scene(folder: Path, name: str, height: int, width: int, seed: int) -> SceneSpec:
@@ -84,36 +77,8 @@ def reference(scenes: list[SceneSpec], tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `dask scheduler` and `dask worker` (2 processes) on loopback, started as command-line processes."""
-    from distributed import Client
-
-    folder = tmp_path_factory.mktemp("dask")
-    info = folder / "scheduler.json"
-    log = (folder / "dask.log").open("w")
-    common = {"env": _env(), "stdout": log, "stderr": log, "start_new_session": True}
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                               str(info), "--no-dashboard"], **common)]  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(info.read_text())["address"]
-        procs.append(subprocess.Popen(
-            [str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
-             "--local-directory", str(folder), "--no-dashboard"], **common,
-        ))  # fmt: skip
-        with Client(address, timeout=30, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=60)
+    with start_dask_cluster(tmp_path_factory.mktemp("dask")) as address:
         yield address
-    finally:  # each started in its own session: stop its whole process group (the worker's nanny children too)
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 @pytest.mark.slow
@@ -173,7 +138,9 @@ def test_sigkilled_run_resumes_to_identical_files_and_index(tmp_path: Path) -> N
     done = len(os.listdir(out / "images"))
     rerun = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stderr.count("\n") == 1 and "Dask local cluster (2 processes)" in rerun.stderr, rerun.stderr  # no chatter
+    assert rerun.stderr.count("\n") == 1 and "Dask local cluster (2 processes)" in rerun.stderr, (
+        rerun.stderr
+    )  # no chatter
     resumed = int(re.search(r"(\d+) already done", rerun.stderr).group(1))  # type: ignore[union-attr]
     assert 0 < resumed < 18 * 19 and done >= 40
     ref = tmp_path / "reference"

@@ -1,0 +1,57 @@
+"""A real Dask cluster for tests: `dask scheduler` and `dask worker` command-line processes on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = Path(sys.executable).with_name("dask")
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for pipeline subprocesses: the repository importable, no progress bars."""
+    env = dict(os.environ, RS_DEEPLAB_NO_PROGRESS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
+    """Start a scheduler and ``workers`` single-threaded worker processes; yield the scheduler address."""
+    from distributed import Client
+
+    info = folder / "scheduler.json"
+    log = (folder / "dask.log").open("w")
+    common = {"env": subprocess_env(), "stdout": log, "stderr": log, "start_new_session": True}
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                               str(info), "--no-dashboard"], **common)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(info.read_text())["address"]
+        procs.append(subprocess.Popen(
+            [str(DASK), "worker", address, "--nworkers", str(workers), "--nthreads", "1", "--host", "127.0.0.1",
+             "--local-directory", str(folder), "--no-dashboard"], **common,
+        ))  # fmt: skip
+        with Client(address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:  # each started in its own session: stop its whole process group (the worker's nanny children too)
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
