@@ -1,0 +1,167 @@
+"""``pipelines/infer.py`` as a library call: checkpoint + scenes → label rasters (+ polygons in a GeoPackage)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rs_deeplab.errors import InputError
+from rs_deeplab.grid import check_size_stride
+from rs_deeplab.inference.predictor import TTA
+from rs_deeplab.inference.reader import scene_info, select_bands
+from rs_deeplab.inference.rows import CRFSettings
+from rs_deeplab.inference.scene import SceneResult, pick_device, predict_scene
+from rs_deeplab.inference.trained import TrainedModel, check_output_stride, newest_checkpoint
+from rs_deeplab.raster import temporary_sibling
+
+log = logging.getLogger("rs_deeplab.inference")
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+AERIAL_SCHEMES = ("potsdam", "vaihingen", "isaid", "loveda")
+"""Schemes whose scenes have no up and down: TTA adds vertical flips."""
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """Command-line choices; None means the checkpoint's ``infer`` settings."""
+
+    size: int | None = None
+    stride: int | None = None
+    batch_size: int | None = None
+    tta: bool = False
+    scales: tuple[float, ...] | None = None
+    crf: bool = False
+    crf_bands: tuple[int, ...] | None = None
+    crf_iterations: int = 5
+    output_stride: int | None = None
+    probs: bool = False
+    cog: bool = False
+    device: str = "auto"
+    scheduler: str | None = None
+    min_area: float = 0.0
+    simplify: float = 0.0
+    resume: bool = True
+
+
+@dataclass
+class InferResult:
+    """Outputs of :func:`infer_scenes`."""
+
+    checkpoint: Path
+    rasters: list[SceneResult] = field(default_factory=list)
+    polygons: Path | None = None
+    polygon_count: int = 0
+    seconds: float = 0.0
+
+
+def raster_paths(out: Path, scenes: Sequence[Path]) -> list[Path]:
+    """Label raster per scene: ``x.tif`` for one scene, ``x_<scene>.tif`` for several."""
+    base = out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out
+    if len(scenes) == 1:
+        return [base]
+    stems = [s.stem for s in scenes]
+    if len(set(stems)) != len(stems):
+        raise InputError(f"scenes share file names {stems}; run them one at a time with different --out")
+    return [base.with_name(f"{base.stem}_{stem}{base.suffix}") for stem in stems]
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in (*RASTER_SUFFIXES, ".gpkg"):
+        raise InputError(f"--out {out}: use a .gpkg (raster + polygons) or a .tif (raster only) path")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it first")
+
+
+def infer_scenes(
+    scenes: Sequence[Path], out: Path, *, checkpoint: Path | None = None, options: InferOptions | None = None,
+    quiet: bool = False,
+) -> InferResult:  # fmt: skip
+    """Run a trained checkpoint over scenes (default: the held-out scenes in its config) and write the outputs.
+
+    Every scene is checked (readable, band count) before any is predicted. With a ``.gpkg`` output the label
+    rasters are vectorized into its ``labels`` layer with a ``scene`` column, written atomically at the end.
+    """
+    start = time.perf_counter()
+    opts = options or InferOptions()
+    _check_out(out)
+    ckpt = checkpoint if checkpoint is not None else newest_checkpoint()
+    trained = TrainedModel(ckpt, opts.output_stride)
+    device = pick_device(opts.device)
+    _, info = trained.load(device)
+    check_output_stride(info, opts.output_stride)
+    todo = [Path(s) for s in scenes] or [Path(s) for s in info.infer.get("scenes", [])]
+    if not todo:
+        raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
+    for scene in todo:
+        select_bands(scene_info(scene), info.bands, info.in_channels)
+    size = opts.size or int(info.infer.get("size", 512))
+    stride = opts.stride or int(info.infer.get("stride", size // 2))
+    check_size_stride(size, stride)
+    tta = _tta(opts, info.infer, info.scheme)
+    crf = (
+        CRFSettings(bands=opts.crf_bands or _default_crf_bands(info), iterations=opts.crf_iterations)
+        if opts.crf
+        else None
+    )
+    result = InferResult(ckpt)
+    rasters = raster_paths(out, todo)
+    for scene, raster in zip(todo, rasters, strict=True):
+        probs = raster.with_name(f"{raster.stem}_probs.tif") if opts.probs else None
+        log.info("predicting %s → %s", scene, raster)
+        result.rasters.append(
+            predict_scene(
+                trained,
+                scene,
+                raster,
+                size=size,
+                stride=stride,
+                batch_size=opts.batch_size or int(info.infer.get("batch_size", 8)),
+                window=info.infer.get("window", "hann"),
+                tta=tta,
+                crf=crf,
+                probs_path=probs,
+                cog=opts.cog,
+                device=device,
+                resume=opts.resume,
+                scheduler=opts.scheduler,
+                quiet=quiet,
+            )
+        )
+    if out.suffix.lower() == ".gpkg":
+        result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _default_crf_bands(info: Any) -> tuple[int, ...]:
+    bands = list(info.bands) if info.bands is not None else list(range(1, info.in_channels + 1))
+    return tuple(bands[:3])
+
+
+def _tta(opts: InferOptions, infer: dict[str, Any], scheme: str) -> TTA:
+    scales = opts.scales or tuple(float(s) for s in infer.get("scales", [1.0]))
+    if opts.tta or infer.get("tta", False):
+        return TTA(scales=scales, hflip=True, vflip=scheme in AERIAL_SCHEMES)
+    return TTA(scales=scales)
+
+
+def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions, quiet: bool) -> tuple[Path, int]:
+    from rs_deeplab.vectorize import vectorize
+
+    staging = temporary_sibling(out)
+    count = 0
+    try:
+        for i, r in enumerate(rasters):
+            summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
+                                simplify=opts.simplify, layer="labels", extra_columns={"scene": r.scene.stem},
+                                mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
+            count += summary.polygons
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+    return out, count

@@ -1,0 +1,114 @@
+"""Run a segmentation model on window batches: softmax probabilities, with optional multi-scale and flip TTA."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rs_deeplab.errors import InputError
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: probabilities averaged over every scale × flip.
+
+    ``scales`` resize the window (bilinear) before the model and the logits back after it; ``flips`` adds the
+    horizontal mirror and, for aerial scenes (``vflip``), the vertical one. The defaults do nothing.
+    """
+
+    scales: tuple[float, ...] = (1.0,)
+    hflip: bool = False
+    vflip: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise InputError(f"TTA scales must be positive numbers, got {list(self.scales)}")
+
+    @property
+    def passes(self) -> int:
+        """Model calls per batch."""
+        return len(self.scales) * (1 + self.hflip + self.vflip)
+
+
+def model_outputs(output: object) -> torch.Tensor:
+    """The logits tensor of a model's output (a tensor, a ``(out, aux)`` pair or a dict with ``out``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and "out" in output:
+        return output["out"]
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}; expected a (B, classes, h, w) logits tensor")
+
+
+class Predictor:
+    """Wrap a model for inference: device, AMP and channels_last on GPU, TTA, softmax.
+
+    Args:
+        model: Any ``nn.Module`` mapping ``(B, bands, h, w)`` to ``(B, classes, h, w)`` logits (put in eval mode).
+        device: Where the model runs; inputs are moved there.
+        tta: Test-time augmentation; None runs the model once.
+        amp: ``bf16`` or ``fp16`` autocast on CUDA (ignored on CPU); ``none`` for float32.
+        channels_last: Memory format for CUDA inputs and model.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        *,
+        tta: TTA | None = None,
+        amp: str = "bf16",
+        channels_last: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.tta = tta or TTA()
+        cuda = self.device.type == "cuda"
+        self.channels_last = channels_last and cuda
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        self.amp_dtype = dtypes.get(amp) if cuda else None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = (
+            torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = model_outputs(self.model(x))
+        if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
+            raise InputError(f"the model returned shape {tuple(logits.shape)}; expected (B, classes, h, w)")
+        return logits.float()
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, bands, h, w)`` float32 → ``(B, classes, h, w)`` float32 probabilities on :attr:`device`."""
+        x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h, w = x.shape[-2:]
+        total: torch.Tensor | None = None
+        for scale in self.tta.scales:
+            xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+            for dims in self._flips():
+                logits = self._forward(xs.flip(dims) if dims else xs)
+                logits = logits.flip(dims) if dims else logits
+                if logits.shape[-2:] != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                probs = logits.softmax(1)
+                total = probs if total is None else total.add_(probs)
+        assert total is not None
+        return total.div_(self.tta.passes) if self.tta.passes > 1 else total
+
+    def _flips(self) -> Sequence[tuple[int, ...]]:
+        flips: list[tuple[int, ...]] = [()]
+        if self.tta.hflip:
+            flips.append((3,))
+        if self.tta.vflip:
+            flips.append((2,))
+        return flips

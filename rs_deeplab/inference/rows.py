@@ -1,0 +1,193 @@
+"""The unit of work of inference: predict a range of scene rows (locally streamed, or as one Dask task).
+
+Rows ``[start, stop)`` need every window row whose windows cover them; the accumulator starts at the first of
+those. Because windows arrive in the same order and batches never span window rows, a range computed on its own
+(a Dask task, a resumed run) holds exactly the values the whole-scene run computes for those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
+from rs_deeplab.inference.predictor import TTA, Predictor
+from rs_deeplab.inference.reader import SceneInfo, WindowReader
+from rs_deeplab.inference.streams import prefetch
+from rs_deeplab.raster import open_raster
+
+
+@dataclass(frozen=True)
+class CRFSettings:
+    """DenseCRF refinement of the blended probabilities (see :mod:`rs_deeplab.inference.crf`)."""
+
+    bands: tuple[int, ...] = (1, 2, 3)
+    """1-based scene bands used as the CRF's colour image."""
+    iterations: int = 5
+    margin: int = 64
+    """Context columns on each side of a refined block."""
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """Everything needed to predict rows of a scene: plain values only (a Dask task argument)."""
+
+    info: SceneInfo
+    size: int
+    stride: int
+    batch_size: int
+    bands: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    window: WindowKind = "hann"
+    tta: TTA = field(default_factory=TTA)
+    crf: CRFSettings | None = None
+    keep_probs: bool = False
+    amp: str = "bf16"
+    channels_last: bool = True
+
+    def window_rows(self, start: int, stop: int) -> list[int]:
+        """Offsets of the window rows that cover scene rows ``[start, stop)``."""
+        reader = self.reader()
+        return [r for r in reader.row_offs if r < stop and r + self.size > start]
+
+    def strip_bounds(self, start: int, stop: int) -> tuple[int, int]:
+        """``[start, stop)`` widened to whole strips between window-row offsets (for CRF)."""
+        offs = self.reader().row_offs
+        a = max(r for r in offs if r <= start)
+        b = min([r for r in offs if r >= stop] + [self.info.height])
+        return a, b
+
+    def reader(self, pin_memory: bool = False) -> WindowReader:
+        """The window reader of this job."""
+        return WindowReader(self.info, size=self.size, stride=self.stride, batch_size=self.batch_size,
+                            bands=self.bands, mean=self.mean, std=self.std, pin_memory=pin_memory)  # fmt: skip
+
+
+def stream_rows(
+    job: RowJob,
+    predictor: Predictor,
+    start: int,
+    stop: int,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[FinishedRows]:
+    """Predict scene rows ``[start, stop)``; yield them in order as they are finished (CRF-refined if asked).
+
+    Reading runs one batch ahead in a background thread. With CRF, rows are refined in strips between window-row
+    offsets; the strips that ``start`` and ``stop`` cut are computed whole, so a range's refined rows equal those
+    of the whole-scene run.
+    """
+    a, b = job.strip_bounds(start, stop) if job.crf is not None else (start, stop)
+    rows = job.window_rows(a, b)
+    if not rows:
+        return
+    device = predictor.device
+    acc = BandAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
+                          device=device, keep_probs=job.keep_probs or job.crf is not None,
+                          start_row=rows[0])  # fmt: skip
+    refine = _crf_refiner(job) if job.crf is not None else None
+    cuts = job.reader().row_offs
+    reader = job.reader(pin_memory=device.type == "cuda")
+
+    def finished(parts: Iterator[FinishedRows]) -> Iterator[FinishedRows]:
+        for part in parts:
+            for piece in _split(part, cuts) if refine is not None else (part,):
+                if piece.row_stop <= start:
+                    continue
+                clipped = _clip(refine(piece) if refine is not None else piece, start, stop)
+                if clipped is not None:
+                    yield clipped
+
+    for batch in prefetch(reader.batches(rows)):
+        probs = predictor(batch.images)
+        valid = None if batch.valid is None else batch.valid.to(device, non_blocking=True)
+        for j, col in enumerate(batch.col_offs):
+            yield from finished(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]))
+        if on_batch is not None:
+            on_batch(len(batch.col_offs))
+    yield from finished(acc.finish(b))
+
+
+def _split(part: FinishedRows, cuts: Sequence[int]) -> Iterator[FinishedRows]:
+    """Cut ``part`` at the given scene rows."""
+    inner = [c for c in cuts if part.row_start < c < part.row_stop]
+    for a, b in zip([part.row_start, *inner], [*inner, part.row_stop], strict=True):
+        piece = _clip(part, a, b)
+        if piece is not None:
+            yield piece
+
+
+def _clip(part: FinishedRows, start: int, stop: int) -> FinishedRows | None:
+    a, b = max(part.row_start, start), min(part.row_stop, stop)
+    if a >= b:
+        return None
+    i, j = a - part.row_start, b - part.row_start
+    probs = None if part.probs is None else part.probs[:, i:j]
+    return FinishedRows(a, part.labels[i:j], probs)
+
+
+def predict_rows(
+    model: torch.nn.Module | object, job: RowJob, start: int, stop: int, device: str = "auto"
+) -> FinishedRows:
+    """Dask task: rows ``[start, stop)`` as one :class:`FinishedRows` (the model is loaded once per worker).
+
+    ``model`` is a ``torch.nn.Module`` (scattered to the workers) or a :class:`~rs_deeplab.inference.trained.
+    TrainedModel`; ``auto`` runs on the worker's GPU when it has one.
+    """
+    from rs_deeplab.inference.trained import TrainedModel
+
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    )
+    module = model.load(dev)[0] if isinstance(model, TrainedModel) else model
+    assert isinstance(module, torch.nn.Module)
+    predictor = Predictor(module, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
+    parts = list(stream_rows(job, predictor, start, stop))
+    return concat_rows(parts, job, start, stop)
+
+
+def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: int) -> FinishedRows:
+    """Join consecutive parts into rows ``[start, stop)`` (rows nothing covered are 255)."""
+    labels = np.full((stop - start, job.info.width), IGNORE_INDEX, np.uint8)
+    probs = np.zeros((job.num_classes, stop - start, job.info.width), np.float32) if job.keep_probs else None
+    for p in parts:
+        labels[p.row_start - start : p.row_stop - start] = p.labels
+        if probs is not None and p.probs is not None:
+            probs[:, p.row_start - start : p.row_stop - start] = p.probs
+    return FinishedRows(start, labels, probs)
+
+
+def _crf_refiner(job: RowJob) -> Callable[[FinishedRows], FinishedRows]:
+    """Refine finished rows with DenseCRF in blocks of ``size`` columns (plus context margins)."""
+    from rs_deeplab.inference.crf import dense_crf
+
+    assert job.crf is not None
+    crf = job.crf
+    width, size = job.info.width, job.size
+
+    def refine(part: FinishedRows) -> FinishedRows:
+        assert part.probs is not None
+        valid = part.labels != IGNORE_INDEX
+        if not valid.any():
+            return part if job.keep_probs else replace(part, probs=None)
+        with open_raster(job.info.path) as src:
+            window = ((part.row_start, part.row_stop), (0, width))
+            image = src.read(list(crf.bands), window=window)
+        probs = part.probs.copy()
+        for c in range(0, width, size):
+            x0, x1 = max(0, c - crf.margin), min(width, c + size + crf.margin)
+            if not valid[:, c : c + size].any():
+                continue
+            out = dense_crf(part.probs[:, :, x0:x1], image[:, :, x0:x1], bands=tuple(range(min(3, len(crf.bands)))),
+                            iterations=crf.iterations, valid=valid[:, x0:x1])  # fmt: skip
+            probs[:, :, c : min(c + size, width)] = out[:, :, c - x0 : c - x0 + min(size, width - c)]
+        labels = np.where(valid, probs.argmax(0), IGNORE_INDEX).astype(np.uint8)
+        return FinishedRows(part.row_start, labels, probs if job.keep_probs else None)
+
+    return refine

@@ -1,0 +1,139 @@
+"""Trained checkpoints as inference models: what they need (bands, statistics, classes) and a per-process cache.
+
+:class:`TrainedModel` is a small picklable description of a checkpoint, so a Dask worker can be sent it and load
+the model once (cached per process and device), instead of receiving the weights with every task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rs_deeplab.classes import SCHEMES
+from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.experiment import load_trained_model
+from rs_deeplab.models import set_output_stride
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What inference reads from a checkpoint besides the weights."""
+
+    path: Path
+    class_names: tuple[str, ...]
+    colormap: dict[int, tuple[int, int, int, int]] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    bands: tuple[int, ...] | None
+    """1-based scene bands the model was trained on (None: all bands, ``in_channels`` of them)."""
+    in_channels: int
+    infer: dict[str, Any]
+    """The ``infer`` section of the training config (window size, stride, held-out scenes, ...)."""
+    model: dict[str, Any]
+    scheme: str
+    """The class scheme of the training data (``potsdam``, ``voc``, ...)."""
+
+
+_CACHE: dict[tuple[str, int, str, int | None], tuple[torch.nn.Module, CheckpointInfo]] = {}
+_LOCK = threading.Lock()
+
+
+def newest_checkpoint(root: Path = Path("runs")) -> Path:
+    """The most recently written ``<root>/*/best.pt``.
+
+    Raises:
+        CheckpointError: None exists.
+    """
+    found = sorted(root.glob("*/best.pt"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        raise CheckpointError(
+            f"no checkpoint found under {root}/*/best.pt; train one first (make demo or pipelines/train.py) "
+            "or pass --checkpoint"
+        )
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A checkpoint to run, optionally at another output stride (e.g. trained at 16, inferred at 8)."""
+
+    path: Path
+    output_stride: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The file and its modification time: a changed checkpoint is loaded again."""
+        try:
+            return str(self.path.resolve()), self.path.stat().st_mtime_ns
+        except OSError:
+            raise CheckpointError(f"{self.path}: checkpoint not found; pass an existing --checkpoint") from None
+
+    def fingerprint(self) -> str:
+        """Identifies the weights and the output stride (for resuming an interrupted run)."""
+        path, mtime = self.key
+        return f"{path}:{mtime}:{self.path.stat().st_size}:os{self.output_stride}"
+
+    def load(self, device: torch.device) -> tuple[torch.nn.Module, CheckpointInfo]:
+        """The model in eval mode on ``device`` and the checkpoint's info (the model is cached per process)."""
+        path, mtime = self.key
+        cache_key = (path, mtime, str(device), self.output_stride)
+        with _LOCK:
+            cached = _CACHE.get(cache_key)
+            if cached is None:
+                model, state = load_trained_model(self.path, device)
+                if self.output_stride is not None:
+                    set_output_stride(model, self.output_stride)
+                cached = (model, checkpoint_info(self.path, state))
+                _CACHE.clear()  # one model per process at a time
+                _CACHE[cache_key] = cached
+        return cached
+
+
+def checkpoint_info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
+    """Collect :class:`CheckpointInfo` from a loaded checkpoint dictionary."""
+    cfg = state["config"]
+    scheme_name = str(cfg.get("data", {}).get("scheme", ""))
+    scheme = SCHEMES.get(scheme_name)
+    names = tuple(state["class_names"])
+    colormap = dict(scheme.colormap()) if scheme is not None and scheme.num_classes == len(names) else None
+    stats = state["band_stats"]
+    bands = cfg.get("data", {}).get("bands")
+    return CheckpointInfo(
+        path=path,
+        class_names=names,
+        colormap=colormap,
+        mean=tuple(stats["mean"]),
+        std=tuple(stats["std"]),
+        bands=None if bands is None else tuple(bands),
+        in_channels=int(state["in_channels"]),
+        infer=dict(cfg.get("infer", {})),
+        model=dict(cfg.get("model", {})),
+        scheme=scheme_name,
+    )
+
+
+def module_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of a module's parameters and buffers (for resuming runs of models given as objects)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_output_stride(info: CheckpointInfo, output_stride: int | None) -> None:
+    """Refuse an output stride the architecture does not have, naming the ones it does."""
+    if output_stride is None:
+        return
+    from rs_deeplab.models import MODELS
+
+    spec = MODELS.get(info.model.get("name", ""))
+    if spec is not None and output_stride not in spec.output_strides:
+        raise InputError(
+            f"--output-stride {output_stride}: {info.model.get('name')} runs at {list(spec.output_strides)} only"
+        )

@@ -1,0 +1,232 @@
+"""Stream finished rows into the output GeoTIFF(s), resumably.
+
+Rows go to a partial file beside the final one (``.<name>.partial.tif``) in whole rows of GeoTIFF blocks, so each
+block is compressed and written once. After every block row the file is closed (GDAL flushes its directory) and
+a small JSON sidecar records how many rows are safely on disk together with a fingerprint of the run (scene,
+model, window settings). A run killed at any point and started again with the same fingerprint reopens the
+partial file and continues from that row; a different fingerprint starts over. Only a complete raster is moved
+to the final name (as a Cloud-Optimized GeoTIFF on request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+
+from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.errors import InputError
+from rs_deeplab.inference.blending import FinishedRows
+from rs_deeplab.inference.reader import SceneInfo
+from rs_deeplab.raster import geotiff_profile, quiet_georeferencing
+from rs_deeplab.vectorize import class_names_tag
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_TAG = "RS_DEEPLAB_INFERENCE"
+"""Tag holding the JSON fingerprint of the run that wrote a raster (a re-run with the same one skips it)."""
+BLOCK = 256
+"""Block side of the output GeoTIFFs; rows are committed in multiples of it."""
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how the label raster (and optional probability raster) are written."""
+
+    path: Path
+    class_names: tuple[str, ...]
+    colormap: Mapping[int, Sequence[int]] | None = None
+    probs_path: Path | None = None
+    cog: bool = False
+    compress: str = "deflate"
+
+
+def partial_path(final: Path) -> Path:
+    """The name a raster has while it is being written."""
+    return final.with_name(f".{final.stem}.partial.tif")
+
+
+def sidecar_path(final: Path) -> Path:
+    """The JSON file recording the rows of :func:`partial_path` that are complete."""
+    return final.with_name(f".{final.stem}.partial.json")
+
+
+class RowWriter:
+    """Write :class:`FinishedRows` in order; resume from the last committed block row.
+
+    Args:
+        spec: Output paths and metadata.
+        info: The scene (grid, CRS, transform).
+        fingerprint: JSON-able description of everything that determines the output.
+    """
+
+    def __init__(self, spec: OutputSpec, info: SceneInfo, fingerprint: Mapping[str, Any]) -> None:
+        for p in (spec.path, spec.probs_path):
+            if p is not None and not p.parent.is_dir():
+                raise InputError(f"{p}: output folder {p.parent} does not exist; create it first")
+        self.spec, self.info = spec, info
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))
+        self.targets = [spec.path] + ([spec.probs_path] if spec.probs_path is not None else [])
+        self.committed = 0
+        self._pending: list[FinishedRows] = []
+        self._datasets: list[Any] = []
+
+    def complete(self) -> bool:
+        """Whether every target exists already, written by a run with this fingerprint."""
+        try:
+            for target in self.targets:
+                with rasterio.open(target) as ds:
+                    if json.loads(ds.tags().get(FINGERPRINT_TAG, "null")) != self.fingerprint:
+                        return False
+        except (rasterio.errors.RasterioError, ValueError):
+            return False
+        return True
+
+    def open(self) -> int:
+        """Create the partial rasters, or reopen those of an interrupted identical run; return its rows done."""
+        self.committed = self._resumable_rows()
+        if self.committed == 0:
+            self._create()
+        else:
+            log.info("%s: resuming at row %d of %d", self.spec.path, self.committed, self.info.height)
+        self._reopen()
+        return self.committed
+
+    def _resumable_rows(self) -> int:
+        side = sidecar_path(self.spec.path)
+        try:
+            state = json.loads(side.read_text())
+        except (OSError, ValueError):
+            return 0
+        if state.get("fingerprint") != self.fingerprint or not all(partial_path(p).exists() for p in self.targets):
+            return 0
+        try:
+            for p in self.targets:
+                with rasterio.open(partial_path(p)) as ds:
+                    if (ds.height, ds.width) != (self.info.height, self.info.width):
+                        return 0
+        except rasterio.errors.RasterioError:
+            return 0
+        return int(state.get("rows", 0))
+
+    def _create(self) -> None:
+        names = list(self.spec.class_names)
+        profiles = [
+            geotiff_profile(
+                width=self.info.width,
+                height=self.info.height,
+                count=1,
+                dtype="uint8",
+                crs=self.info.crs,
+                transform=self.info.transform,
+                nodata=IGNORE_INDEX,
+                compress=self.spec.compress,
+                blocksize=BLOCK,
+            )
+        ]
+        if self.spec.probs_path is not None:
+            profiles.append(
+                geotiff_profile(
+                    width=self.info.width,
+                    height=self.info.height,
+                    count=len(names),
+                    dtype="uint8",
+                    crs=self.info.crs,
+                    transform=self.info.transform,
+                    nodata=None,
+                    compress=self.spec.compress,
+                    blocksize=BLOCK,
+                )
+            )
+        for target, profile in zip(self.targets, profiles, strict=True):
+            profile.pop("predictor", None)  # class ids are not a smooth signal
+            with quiet_georeferencing(), rasterio.open(partial_path(target), "w", **profile) as dst:
+                dst.update_tags(**class_names_tag(names), **{FINGERPRINT_TAG: json.dumps(self.fingerprint)})
+                if target == self.spec.path:
+                    dst.set_band_description(1, "class")
+                    if self.spec.colormap:
+                        dst.write_colormap(1, self.spec.colormap)
+                else:
+                    for i, name in enumerate(names, start=1):
+                        dst.set_band_description(i, f"probability of {name} (0-255)")
+        self._commit(0)
+
+    def _reopen(self) -> None:
+        with quiet_georeferencing():
+            self._datasets = [rasterio.open(partial_path(p), "r+") for p in self.targets]
+
+    def _commit(self, rows: int) -> None:
+        side = sidecar_path(self.spec.path)
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "rows": rows}))
+        os.replace(tmp, side)
+        self.committed = rows
+
+    def write(self, rows: FinishedRows) -> None:
+        """Queue rows (in order); write and commit whole block rows as they fill up."""
+        if rows.row_stop <= self.committed:
+            return
+        self._pending.append(rows)
+        end = self._pending[-1].row_stop
+        ready = end if end >= self.info.height else self.committed + (end - self.committed) // BLOCK * BLOCK
+        if ready > self.committed:
+            self._flush(ready)
+
+    def _flush(self, until: int) -> None:
+        start = self.committed
+        labels = np.concatenate([r.labels for r in self._pending], axis=0)
+        first = self._pending[0].row_start
+        a, b = start - first, until - first
+        window = rasterio.windows.Window(0, start, self.info.width, until - start)
+        self._datasets[0].write(labels[a:b], 1, window=window)
+        if self.spec.probs_path is not None:
+            probs = np.concatenate([r.probs for r in self._pending if r.probs is not None], axis=1)[:, a:b]
+            self._datasets[1].write(np.rint(probs * 255).astype(np.uint8), window=window)
+        keep = [r for r in self._pending if r.row_stop > until]
+        self._pending = keep
+        if keep and keep[0].row_start < until:
+            cut = until - keep[0].row_start
+            head = keep[0]
+            self._pending[0] = FinishedRows(
+                until, head.labels[cut:], None if head.probs is None else head.probs[:, cut:]
+            )
+        for ds in self._datasets:
+            ds.close()  # GDAL writes the blocks and the TIFF directory: what the sidecar promises is on disk
+        self._commit(until)
+        if until < self.info.height:
+            self._reopen()
+        else:
+            self._datasets = []
+
+    def finish(self) -> None:
+        """Move the complete rasters to their final names (COG if asked) and drop the sidecar."""
+        if self.committed < self.info.height:
+            raise RuntimeError(f"{self.spec.path}: only {self.committed} of {self.info.height} rows were written")
+        for target in self.targets:
+            part = partial_path(target)
+            if self.spec.cog:
+                tmp = target.with_name(f".{target.stem}.cog.tif")
+                rasterio.shutil.copy(part, tmp, driver="COG", COMPRESS=self.spec.compress.upper(),
+                                     OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path else "AVERAGE",
+                                     BLOCKSIZE=512)  # fmt: skip
+                os.replace(tmp, target)
+                part.unlink()
+            else:
+                os.replace(part, target)
+        sidecar_path(self.spec.path).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Close open datasets (the partial files and sidecar stay for a resume)."""
+        for ds in self._datasets:
+            with contextlib.suppress(Exception):
+                ds.close()
+        self._datasets = []
