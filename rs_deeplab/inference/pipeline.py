@@ -16,7 +16,7 @@ from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, pick_device, predict_scene
-from rs_deeplab.inference.trained import TrainedModel, check_output_stride, newest_checkpoint
+from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
 from rs_deeplab.raster import temporary_sibling
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -90,10 +90,9 @@ def infer_scenes(
     opts = options or InferOptions()
     _check_out(out)
     ckpt = checkpoint if checkpoint is not None else newest_checkpoint()
-    trained = TrainedModel(ckpt, opts.output_stride)
+    trained = TrainedModel(ckpt.resolve(), opts.output_stride)  # absolute: Dask workers run elsewhere
     device = pick_device(opts.device)
     _, info = trained.load(device)
-    check_output_stride(info, opts.output_stride)
     todo = [Path(s) for s in scenes] or [Path(s) for s in info.infer.get("scenes", [])]
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
@@ -110,6 +109,10 @@ def infer_scenes(
     )
     result = InferResult(ckpt)
     rasters = raster_paths(out, todo)
+    inputs = {s.resolve() for s in todo}
+    for r in rasters:
+        if r.resolve() in inputs:
+            raise InputError(f"--out {out}: the label raster {r} would overwrite the scene; choose another name")
     for scene, raster in zip(todo, rasters, strict=True):
         probs = raster.with_name(f"{raster.stem}_probs.tif") if opts.probs else None
         log.info("predicting %s → %s", scene, raster)

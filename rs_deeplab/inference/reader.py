@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ class SceneInfo:
     transform: object
     nodata: float | None
     mask_kind: str
-    """``nodata`` (a nodata value), ``mask`` (per-dataset mask or alpha band) or ``none``."""
+    """``nodata`` (a nodata value), ``mask`` (an internal per-dataset mask) or ``none``."""
 
 
 def scene_info(path: PathLike) -> SceneInfo:
@@ -37,11 +38,11 @@ def scene_info(path: PathLike) -> SceneInfo:
         flags = [set(f) for f in src.mask_flag_enums]
         if src.nodata is not None:
             kind = "nodata"
-        elif any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags):
-            kind = "mask"
+        elif MaskFlags.per_dataset in flags[0] and MaskFlags.alpha not in flags[0]:
+            kind = "mask"  # as the tiler: a 4-band RGBIR GeoTIFF is often tagged RGBA, and its NIR is no mask
         else:
             kind = "none"
-        return SceneInfo(str(path), src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform,
+        return SceneInfo(str(Path(path).resolve()), src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform,
                          src.nodata, kind)  # fmt: skip
 
 

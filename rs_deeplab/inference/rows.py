@@ -142,6 +142,8 @@ def predict_rows(
     """
     from rs_deeplab.inference.trained import TrainedModel
 
+    _match_worker_threads()
+
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
@@ -150,6 +152,20 @@ def predict_rows(
     predictor = Predictor(module, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
     parts = list(stream_rows(job, predictor, start, stop))
     return concat_rows(parts, job, start, stop)
+
+
+def _match_worker_threads() -> None:
+    """Give torch as many threads as this Dask worker has: two single-threaded worker processes on two cores
+    would otherwise run two OpenMP threads each, and oversubscribed OpenMP spins slow a CPU model down ~10×."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    n = int(getattr(getattr(worker, "state", worker), "nthreads", 0) or 0)
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: int) -> FinishedRows:

@@ -230,8 +230,6 @@ def _run_dask(
     address: str, model: torch.nn.Module | TrainedModel, job: RowJob, writer: RowWriter, done: int, total: int,
     quiet: bool,
 ) -> tuple[str, int]:  # fmt: skip
-    from distributed import wait
-
     from rs_deeplab.scheduling import scheduler_client
 
     step = task_rows(job)
@@ -245,15 +243,13 @@ def _run_dask(
         for i, (a, b) in enumerate(ranges):
             pending[i] = client.submit(predict_rows, ref, job, a, b, pure=False)
             if i >= ahead - 1:
-                _write_next(pending, i - ahead + 1, writer, wait)
+                _write_next(pending, i - ahead + 1, writer)
                 next(bar, None)
         for k in sorted(pending):
-            _write_next(pending, k, writer, wait)
+            _write_next(pending, k, writer)
             next(bar, None)
     return f"Dask scheduler {address} ({workers} workers)", total
 
 
-def _write_next(pending: dict[int, Any], key: int, writer: RowWriter, wait: Any) -> None:
-    future = pending.pop(key)
-    wait([future])
-    writer.write(future.result())
+def _write_next(pending: dict[int, Any], key: int, writer: RowWriter) -> None:
+    writer.write(pending.pop(key).result())

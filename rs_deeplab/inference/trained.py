@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rs_deeplab.classes import SCHEMES
-from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.errors import CheckpointError
 from rs_deeplab.experiment import load_trained_model
 from rs_deeplab.models import set_output_stride
 
@@ -124,16 +124,3 @@ def module_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def check_output_stride(info: CheckpointInfo, output_stride: int | None) -> None:
-    """Refuse an output stride the architecture does not have, naming the ones it does."""
-    if output_stride is None:
-        return
-    from rs_deeplab.models import MODELS
-
-    spec = MODELS.get(info.model.get("name", ""))
-    if spec is not None and output_stride not in spec.output_strides:
-        raise InputError(
-            f"--output-stride {output_stride}: {info.model.get('name')} runs at {list(spec.output_strides)} only"
-        )

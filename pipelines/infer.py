@@ -1,0 +1,89 @@
+"""Predict whole scenes with a trained checkpoint: a georeferenced label raster, and polygons in a GeoPackage.
+
+After the quick start, ``python pipelines/infer.py --out labels.gpkg`` runs the newest ``runs/*/best.pt`` on the
+held-out scenes recorded in its config and writes ``labels.tif`` plus ``labels.gpkg``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.errors import InputError
+from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
+
+
+def _numbers(text: str, kind: type = float) -> tuple[Any, ...]:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise InputError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def build_parser() -> ArgumentParser:
+    """Arguments of ``pipelines/infer.py``."""
+    p = ArgumentParser(prog="infer.py", description=__doc__)
+    p.add_argument("scenes", nargs="*", type=Path, help="scenes to predict (default: the checkpoint's infer.scenes)")
+    p.add_argument("--out", type=Path, required=True, help="x.gpkg (raster x.tif + polygons) or x.tif (raster only)")
+    p.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: newest runs/*/best.pt)")
+    p.add_argument("--size", type=int, help="window side in pixels (default: the config's infer.size)")
+    p.add_argument("--stride", type=int, help="step between windows (default: infer.stride)")
+    p.add_argument("--batch-size", type=int, help="windows per model call (default: infer.batch_size)")
+    p.add_argument("--tta", action="store_true", help="average over flips (and --scales)")
+    p.add_argument("--scales", help="multi-scale test-time augmentation, e.g. 0.75,1,1.25")
+    p.add_argument("--crf", action="store_true", help="refine with DenseCRF (pydensecrf)")
+    p.add_argument("--crf-bands", help="1-based bands the CRF uses as colour (default: the first three)")
+    p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations of the CRF (5)")
+    p.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="run at another output stride")
+    p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
+    p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    p.add_argument("--scheduler", help="Dask scheduler address: spread row ranges of each scene over its workers")
+    p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
+    p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted run's partial output")
+    add_common_arguments(p)
+    return p
+
+
+@cli_entry
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run :func:`~rs_deeplab.inference.pipeline.infer_scenes`, list the outputs."""
+    args = build_parser().parse_intermixed_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
+    options = InferOptions(
+        size=args.size,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        scales=None if args.scales is None else _numbers(args.scales),
+        crf=args.crf,
+        crf_bands=None if args.crf_bands is None else _numbers(args.crf_bands, int),
+        crf_iterations=args.crf_iterations,
+        output_stride=args.output_stride,
+        probs=args.probs,
+        cog=args.cog,
+        device=args.device,
+        scheduler=args.scheduler,
+        min_area=args.min_area,
+        simplify=args.simplify,
+        resume=not args.restart,
+    )
+    result = infer_scenes(args.scenes, args.out, checkpoint=args.checkpoint, options=options, quiet=args.quiet)
+    outputs = {f"labels ({r.scene.name})": str(r.labels) for r in result.rasters}
+    outputs.update({f"probabilities ({r.scene.name})": str(r.probs) for r in result.rasters if r.probs})
+    if result.polygons is not None:
+        outputs[f"polygons ({result.polygon_count})"] = str(result.polygons)
+    print(f"inference with {result.checkpoint} finished in {result.seconds:.0f} s; outputs:")
+    print(describe_outputs(outputs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
