@@ -29,7 +29,10 @@ from rs_deeplab.vectorize.metadata import read_class_names
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 2048
-"""Block edge in pixels: one block of prediction and colour truth is ~16 MiB."""
+"""Block edge in pixels: a 2048² block of prediction and colour truth needs ~30 MiB while it is scored."""
+
+CONFUSION_CHUNK_PIXELS = 1 << 18
+"""Pixels counted into the confusion matrix at a time (its int64 temporaries are ~32 bytes per pixel)."""
 
 REPORT_JSON = "scene_scores.json"
 REPORT_MD = "scene_scores.md"
@@ -188,6 +191,15 @@ def _check_prediction_values(pred: np.ndarray, num_classes: int, nodata: int | N
         )
 
 
+def _chunked_confusion(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """:func:`confusion_matrix` of a block, a few rows at a time so its int64 temporaries stay small."""
+    rows = max(1, CONFUSION_CHUNK_PIXELS // max(1, pred.shape[1]))
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for top in range(0, pred.shape[0], rows):
+        cm += confusion_matrix(pred[top : top + rows], truth[top : top + rows], num_classes)
+    return cm
+
+
 def _read_truth(truth: Any, window: Window, scheme: ClassScheme | None) -> np.ndarray:
     """Decode one window of the truth to uint8 class ids with 255 for ignore (the truth's nodata included)."""
     data = truth.read(window=window)
@@ -231,7 +243,7 @@ def scene_confusion(
             p = pred.read(1, window=window)
             _check_prediction_values(p, num_classes, None if nodata is None else int(nodata), pred.name)
             t = _read_truth(truth, window, scheme)
-            block = confusion_matrix(p, t, num_classes)
+            block = _chunked_confusion(p, t, num_classes)
             cm += block
             valid_truth = int(np.count_nonzero(t != IGNORE_INDEX))
             ignored += t.size - valid_truth
