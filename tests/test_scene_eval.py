@@ -133,6 +133,10 @@ def test_class_names_from_prediction_tag(make_raster: RasterFactory, tmp_path: P
     assert (tmp_path / "new" / "out" / REPORT_JSON).exists()
     with pytest.raises(InputError, match=r"5 class names .* scheme 'potsdam' has 6"):
         evaluate_scenes([(make_raster(ids, "p5.tif", tags=class_names_tag(names[:5])), truth)], scheme=POTSDAM)
+    no_scheme = evaluate_scenes([(pred, make_raster(ids, "ids.tif"))], tmp_path, quiet=True)  # names from the tag
+    assert no_scheme["classes"] == names and no_scheme["scheme"] is None and no_scheme["total"]["scores"]["OA"] == 1
+    with pytest.raises(InputError, match="--class-names gives 2 classes but the predictions record 6"):
+        evaluate_scenes([(pred, make_raster(ids, "ids.tif"))], class_names=["a", "b"])
 
 
 def test_potsdam_sample_label_against_itself(tmp_path: Path) -> None:
