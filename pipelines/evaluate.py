@@ -1,37 +1,98 @@
-"""Score a trained checkpoint on a split of its data: ``python pipelines/evaluate.py CHECKPOINT [--split val]``."""
+"""Score a checkpoint on a data split, or predicted scenes against their ground truth.
+
+python pipelines/evaluate.py CHECKPOINT [--split val] [--out DIR]
+python pipelines/evaluate.py --pred labels.tif [...] --truth label.tif [...] [--scheme potsdam] [--out DIR]
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setup_logging
+
+SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
+CHECKPOINT_OPTIONS = ("split", "device")
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/evaluate.py``."""
-    parser = ArgumentParser(prog="evaluate.py", description=__doc__)
-    parser.add_argument("checkpoint", type=Path, help="a best.pt or last.pt written by pipelines/train.py")
-    parser.add_argument("--split", default="val", help="split to score (default: val)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON and Markdown reports")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser = ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="a best.pt or last.pt written by pipelines/train.py")
+    parser.add_argument("--split", default=None, help="checkpoint mode: split to score (default: val)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="checkpoint mode (auto)")
+    scene = parser.add_argument_group("scene mode (whole predicted scenes against their truth)")
+    scene.add_argument("--pred", type=Path, nargs="+", default=None, help="prediction rasters (uint8, 255 = nodata)")
+    scene.add_argument("--truth", type=Path, nargs="+", default=None, help="truth rasters, one per --pred, same order")
+    scene.add_argument("--scheme", choices=list(SCHEMES), default=None, help="dataset whose encoding the truth uses")
+    scene.add_argument(
+        "--class-names", type=_names, default=None, help="comma-separated class names (default: raster tag, scheme)"
+    )
+    scene.add_argument("--block-size", type=int, default=None, help="block edge in pixels (default 2048)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: beside the input)")
     add_common_arguments(parser)
     return parser
+
+
+def _check_mode(parser: ArgumentParser, args: argparse.Namespace) -> None:
+    """Exactly one of CHECKPOINT or --pred/--truth, each with its own options only."""
+    given = [f"--{name.replace('_', '-')}" for name in SCENE_OPTIONS if getattr(args, name) is not None]
+    if args.checkpoint is not None and given:
+        parser.error(f"pass either CHECKPOINT or scene options, not both (got {args.checkpoint} and {given[0]})")
+    if args.checkpoint is None:
+        if args.pred is None or args.truth is None:
+            parser.error("pass CHECKPOINT, or --pred PRED.tif [...] with --truth TRUTH.tif [...]")
+        wrong = [f"--{name}" for name in CHECKPOINT_OPTIONS if getattr(args, name) is not None]
+        if wrong:
+            parser.error(f"{wrong[0]} applies to CHECKPOINT mode only")
+
+
+def _score_scenes(args: argparse.Namespace) -> int:
+    from rs_deeplab.classes import get_scheme
+    from rs_deeplab.scene_eval import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
+
+    pairs = scene_pairs(args.pred, args.truth)
+    out = args.out or pairs[0][0].parent
+    report = evaluate_scenes(
+        pairs,
+        out,
+        scheme=None if args.scheme is None else get_scheme(args.scheme),
+        class_names=args.class_names,
+        block_size=DEFAULT_BLOCK_SIZE if args.block_size is None else args.block_size,
+        quiet=args.quiet,
+    )
+    print((out / REPORT_MD).read_text(), end="")
+    miou = report["total"]["scores"]["mIoU"]
+    print(f"mIoU {'n/a' if miou is None else f'{miou:.4f}'} over {len(pairs)} scene(s); reports in {out}")
+    return 0
+
+
+def _score_checkpoint(args: argparse.Namespace) -> int:
+    from rs_deeplab.experiment import evaluate_checkpoint
+
+    split = args.split or "val"
+    out = args.out or args.checkpoint.parent
+    report = evaluate_checkpoint(args.checkpoint, split, out, device=args.device or "auto")
+    print((out / f"{split}_scores.md").read_text(), end="")
+    print(f"mIoU {report['mIoU']:.4f}; reports in {out}")
+    return 0
 
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate and print the per-class table."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_mode(parser, args)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
-    from rs_deeplab.experiment import evaluate_checkpoint
-
-    out = args.out or args.checkpoint.parent
-    report = evaluate_checkpoint(args.checkpoint, args.split, out, device=args.device)
-    print((out / f"{args.split}_scores.md").read_text(), end="")
-    print(f"mIoU {report['mIoU']:.4f}; reports in {out}")
-    return 0
+    return _score_scenes(args) if args.checkpoint is None else _score_checkpoint(args)
 
 
 if __name__ == "__main__":
