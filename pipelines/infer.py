@@ -16,13 +16,13 @@ from rs_deeplab.errors import InputError
 from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
 
 
-def _numbers(text: str, kind: type = float) -> tuple[Any, ...]:
+def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[Any, ...]:
     try:
         values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise InputError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise InputError(f"expected comma-separated numbers, got {text!r}")
+    if not values or (count is not None and len(values) != count):
+        raise InputError(f"expected {count or 'some'} comma-separated numbers, got {text!r}")
     return values
 
 
@@ -40,6 +40,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--crf", action="store_true", help="refine with DenseCRF (pydensecrf)")
     p.add_argument("--crf-bands", help="1-based bands the CRF uses as colour (default: the first three)")
     p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations of the CRF (5)")
+    p.add_argument("--crf-gaussian", default="3,3", help="smoothness kernel SXY,COMPAT (DeepLab: 3,3)")
+    p.add_argument("--crf-bilateral", default="80,13,10", help="appearance kernel SXY,SRGB,COMPAT (DeepLab: 80,13,10)")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="run at another output stride")
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         crf=args.crf,
         crf_bands=None if args.crf_bands is None else _numbers(args.crf_bands, int),
         crf_iterations=args.crf_iterations,
+        crf_gaussian=_numbers(args.crf_gaussian, count=2),
+        crf_bilateral=_numbers(args.crf_bilateral, count=3),
         output_stride=args.output_stride,
         probs=args.probs,
         cog=args.cog,

@@ -192,9 +192,14 @@ def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, das
     a = scene(tmp_path / "a.tif", 600, 100, 10)
     assert main([str(a), "--out", "local.tif", "--probs"]) == 0
     assert main([str(a), "--out", "dask.tif", "--probs", "--scheduler", dask_address]) == 0
-    for name in ("", "_probs"):
+    assert main([str(a), "--out", "local_crf.tif", "--crf", "--crf-bilateral", "40,5,4"]) == 0
+    assert main([str(a), "--out", "dask_crf.tif", "--crf", "--crf-bilateral", "40,5,4", "--scheduler",
+                 dask_address]) == 0  # fmt: skip
+    for name in ("", "_probs", "_crf"):
         with rasterio.open(workspace / f"local{name}.tif") as x, rasterio.open(workspace / f"dask{name}.tif") as y:
             np.testing.assert_array_equal(x.read(), y.read())
+    with rasterio.open(workspace / "local.tif") as x, rasterio.open(workspace / "local_crf.tif") as y:
+        assert not np.array_equal(x.read(), y.read())  # the CRF did refine
     # any module, scattered to the workers: the same as the local run too
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
     kwargs = {"size": 64, "stride": 40, "batch_size": 3, "mean": [100.0] * 4, "std": [50.0] * 4}

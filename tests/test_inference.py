@@ -281,3 +281,32 @@ def test_bad_arguments_are_one_line_errors(make_raster: RasterFactory, tmp_path:
     with pytest.raises(RasterError, match="not a raster GDAL can read"):
         predict_scene(Oracle(), tmp_path / "not.tif", tmp_path / "o.tif", size=64, stride=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not.tif", "scene.tif"]
+
+
+def test_crf_sharpens_a_blurred_prediction_through_the_pipeline(make_raster: RasterFactory, tmp_path: Path) -> None:
+    from rs_deeplab.inference.rows import CRFSettings
+
+    label = blobs(200, 260, 11, classes=3)
+    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
+    noise = np.random.default_rng(3).normal(0, 8, (3, *label.shape))
+    image = np.clip(colours[label].transpose(2, 0, 1) + noise, 0, 255).astype(np.uint8)
+    scene = make_raster(image, "rgb.tif")
+
+    class BlurryOracle(torch.nn.Module):
+        """Knows the classes from the colours but smears them over ~9 px, as a coarse output stride would."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            onehot = torch.nn.functional.one_hot(x.argmax(1), 3).permute(0, 3, 1, 2).float()
+            blurred = torch.nn.functional.avg_pool2d(onehot, 17, stride=1, padding=8, count_include_pad=False)
+            return 3.0 * torch.nn.functional.avg_pool2d(blurred, 9, stride=1, padding=4, count_include_pad=False)
+
+    kwargs = {"size": 128, "stride": 96, "class_names": ["r", "g", "b"]}
+    predict_scene(BlurryOracle(), scene, tmp_path / "plain.tif", **kwargs)  # type: ignore[arg-type]
+    predict_scene(BlurryOracle(), scene, tmp_path / "crf.tif", crf=CRFSettings(), **kwargs)  # type: ignore[arg-type]
+    plain, refined = read(tmp_path / "plain.tif"), read(tmp_path / "crf.tif")
+    edges = np.zeros_like(label, bool)
+    edges[:, 1:] |= label[:, 1:] != label[:, :-1]
+    edges[1:] |= label[1:] != label[:-1]
+    near = np.asarray(torch.nn.functional.max_pool2d(torch.from_numpy(edges[None].astype(np.float32)), 7, 1, 3)[0] > 0)
+    before, after = (plain == label)[near].mean(), (refined == label)[near].mean()
+    assert after > before + 0.05 and (refined == label).mean() > 0.97, (before, after)

@@ -12,11 +12,12 @@ from typing import Any
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
+from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, pick_device, predict_scene
-from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
+from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, newest_checkpoint
 from rs_deeplab.raster import temporary_sibling
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -38,6 +39,10 @@ class InferOptions:
     crf: bool = False
     crf_bands: tuple[int, ...] | None = None
     crf_iterations: int = 5
+    crf_gaussian: tuple[float, float] = (3.0, 3.0)
+    """Smoothness kernel ``(sxy, compat)``."""
+    crf_bilateral: tuple[float, float, float] = (80.0, 13.0, 10.0)
+    """Appearance kernel ``(sxy, srgb, compat)``."""
     output_stride: int | None = None
     probs: bool = False
     cog: bool = False
@@ -102,11 +107,7 @@ def infer_scenes(
     stride = opts.stride or int(info.infer.get("stride", size // 2))
     check_size_stride(size, stride)
     tta = _tta(opts, info.infer, info.scheme)
-    crf = (
-        CRFSettings(bands=opts.crf_bands or _default_crf_bands(info), iterations=opts.crf_iterations)
-        if opts.crf
-        else None
-    )
+    crf = _crf_settings(opts, info) if opts.crf else None
     result = InferResult(ckpt)
     rasters = raster_paths(out, todo)
     inputs = {s.resolve() for s in todo}
@@ -141,9 +142,18 @@ def infer_scenes(
     return result
 
 
-def _default_crf_bands(info: Any) -> tuple[int, ...]:
-    bands = list(info.bands) if info.bands is not None else list(range(1, info.in_channels + 1))
-    return tuple(bands[:3])
+def _crf_settings(opts: InferOptions, info: CheckpointInfo) -> CRFSettings:
+    """CRF bands (default: the model's first three), kernels, and 16-bit stretch ranges from the band statistics."""
+    model_bands = list(info.bands) if info.bands is not None else list(range(1, info.in_channels + 1))
+    bands = tuple(opts.crf_bands or model_bands[:3])
+    params = CRFParams(gaussian_sxy=opts.crf_gaussian[0], gaussian_compat=opts.crf_gaussian[1],
+                       bilateral_sxy=opts.crf_bilateral[0], bilateral_srgb=opts.crf_bilateral[1],
+                       bilateral_compat=opts.crf_bilateral[2], iterations=opts.crf_iterations)  # fmt: skip
+    ranges = None
+    if all(b in model_bands for b in bands):  # mean ± 2.5 std of the training tiles: one stretch for every window
+        idx = [model_bands.index(b) for b in bands]
+        ranges = tuple((info.mean[i] - 2.5 * info.std[i], info.mean[i] + 2.5 * info.std[i]) for i in idx)
+    return CRFSettings(bands=bands, params=params, band_ranges=ranges)
 
 
 def _tta(opts: InferOptions, infer: dict[str, Any], scheme: str) -> TTA:

@@ -42,8 +42,9 @@ def scene_info(path: PathLike) -> SceneInfo:
             kind = "mask"  # as the tiler: a 4-band RGBIR GeoTIFF is often tagged RGBA, and its NIR is no mask
         else:
             kind = "none"
-        return SceneInfo(str(Path(path).resolve()), src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform,
-                         src.nodata, kind)  # fmt: skip
+        full = str(Path(path).resolve())  # absolute: Dask workers may run in another folder
+        return SceneInfo(full, src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform, src.nodata,
+                         kind)  # fmt: skip
 
 
 def select_bands(info: SceneInfo, bands: Sequence[int] | None, expected: int | None) -> list[int]:

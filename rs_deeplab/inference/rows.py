@@ -15,6 +15,7 @@ import torch
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
+from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowReader
 from rs_deeplab.inference.streams import prefetch
@@ -26,8 +27,11 @@ class CRFSettings:
     """DenseCRF refinement of the blended probabilities (see :mod:`rs_deeplab.inference.crf`)."""
 
     bands: tuple[int, ...] = (1, 2, 3)
-    """1-based scene bands used as the CRF's colour image."""
-    iterations: int = 5
+    """1-based scene bands used as the CRF's colour image (1 to 3)."""
+    params: CRFParams = field(default_factory=CRFParams)
+    """Kernels and iterations (DeepLab's defaults)."""
+    band_ranges: tuple[tuple[float, float], ...] | None = None
+    """Value range of each band stretched to 0..255 for non-8-bit scenes (the same in every window)."""
     margin: int = 64
     """Context columns on each side of a refined block."""
 
@@ -155,8 +159,11 @@ def predict_rows(
 
 
 def _match_worker_threads() -> None:
-    """Give torch as many threads as this Dask worker has: two single-threaded worker processes on two cores
-    would otherwise run two OpenMP threads each, and oversubscribed OpenMP spins slow a CPU model down ~10×."""
+    """Give torch as many threads as this Dask worker has.
+
+    Two single-threaded worker processes on two cores would otherwise run two OpenMP threads each, and
+    oversubscribed OpenMP spin-waits slowed a CPU model down ~10× here.
+    """
     try:
         from distributed import get_worker
 
@@ -181,8 +188,6 @@ def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: in
 
 def _crf_refiner(job: RowJob) -> Callable[[FinishedRows], FinishedRows]:
     """Refine finished rows with DenseCRF in blocks of ``size`` columns (plus context margins)."""
-    from rs_deeplab.inference.crf import dense_crf
-
     assert job.crf is not None
     crf = job.crf
     width, size = job.info.width, job.size
@@ -200,8 +205,9 @@ def _crf_refiner(job: RowJob) -> Callable[[FinishedRows], FinishedRows]:
             x0, x1 = max(0, c - crf.margin), min(width, c + size + crf.margin)
             if not valid[:, c : c + size].any():
                 continue
-            out = dense_crf(part.probs[:, :, x0:x1], image[:, :, x0:x1], bands=tuple(range(min(3, len(crf.bands)))),
-                            iterations=crf.iterations, valid=valid[:, x0:x1])  # fmt: skip
+            ranges = None if image.dtype == np.uint8 else crf.band_ranges
+            out = crf.params.refine(part.probs[:, :, x0:x1], image[:, :, x0:x1], valid=valid[:, x0:x1],
+                                    band_ranges=ranges)  # fmt: skip
             probs[:, :, c : min(c + size, width)] = out[:, :, c - x0 : c - x0 + min(size, width - c)]
         labels = np.where(valid, probs.argmax(0), IGNORE_INDEX).astype(np.uint8)
         return FinishedRows(part.row_start, labels, probs if job.keep_probs else None)
