@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import cv2
+import geopandas as gpd
 import pytest
+import rasterio
+import yaml
 
 from pipelines import demo
 
@@ -12,14 +17,28 @@ def test_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "demo"
     overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
                  "train.eval_every=2", "train.checkpoint_every=2"]  # fmt: skip
-    assert demo.main(["--out", str(out), "--size", "384", "--quiet", *overrides]) == 0
+    run = tmp_path / "runs" / "demo"
+    assert demo.main(["--out", str(out), "--run-dir", str(run), "--size", "384", "--quiet", *overrides]) == 0
     printed = capsys.readouterr().out
-    for label in ("sample scenes", "held-out scene", "tiles + index", "training run", "best checkpoint"):
+    for label in ("sample scenes", "held-out scene", "tiles + index", "training run", "best checkpoint",
+                  "label raster (held-out scene)", "polygons", "scene scores", "prediction preview"):  # fmt: skip
         assert label in printed
     assert (out / "potsdam" / "4_Ortho_RGBIR" / "top_potsdam_2_13_RGBIR.tif").is_file()
     assert (out / "tiles" / "index.gpkg").is_file()
-    assert (out / "run" / "last.pt").is_file() and (out / "run" / "config.yaml").is_file()
+    assert (run / "last.pt").is_file() and (run / "config.yaml").is_file()
     assert (out / "sample_preview.png").stat().st_size > 1000
+    with rasterio.open(out / "labels.tif") as pred, rasterio.open(out / "potsdam" / "4_Ortho_RGBIR" /
+                                                                  "top_potsdam_2_13_RGBIR.tif") as scene:  # fmt: skip
+        assert (pred.shape, pred.transform, pred.crs) == (scene.shape, scene.transform, scene.crs)
+    assert len(gpd.read_file(out / "labels.gpkg", layer="labels")) > 0
+    scores = json.loads((out / "scores" / "scene_scores.json").read_text())
+    assert 0 <= scores["total"]["scores"]["OA"] <= 1
+    preview = cv2.imread(str(out / "prediction_preview.png"))
+    assert preview.shape[1] == 3 * preview.shape[0] + 16  # scene | prediction | truth
+    # the recorded config names the held-out scene, so `infer.py --out x.gpkg` needs no arguments in this folder
+    assert yaml.safe_load((run / "config.yaml").read_text())["infer"]["scenes"] == [
+        str((out / "potsdam" / "4_Ortho_RGBIR" / "top_potsdam_2_13_RGBIR.tif").resolve())
+    ]
 
 
 def test_demo_rejects_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

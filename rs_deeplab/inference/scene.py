@@ -60,7 +60,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 
 def _num_classes(module: torch.nn.Module, bands: int, size: int, device: torch.device) -> int:
     with torch.inference_mode():
-        out = Predictor(module, device, amp="none")(torch.zeros(1, bands, size, size))
+        probe = min(size, 128)  # one small forward pass: class count only
+        out = Predictor(module, device, amp="none")(torch.zeros(1, bands, probe, probe))
     return int(out.shape[1])
 
 

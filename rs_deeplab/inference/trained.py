@@ -122,5 +122,5 @@ def module_fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha1(usedforsecurity=False)
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

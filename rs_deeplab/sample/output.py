@@ -81,8 +81,9 @@ def preview_png(
     scheme: str = "potsdam",
     *,
     max_width: int | None = None,
+    also: Sequence[np.ndarray] = (),
 ) -> Path:
-    """Write a side-by-side PNG: the scene's first three bands | the class colours of ``scheme``.
+    """Write a side-by-side PNG: the scene's first three bands | the class colours of ``scheme`` (| ``also``).
 
     Args:
         path: Destination PNG.
@@ -90,6 +91,7 @@ def preview_png(
         classes: ``(H, W)`` class indices (255 and unknown values are drawn black).
         scheme: Dataset whose class colours to use.
         max_width: Downscale the whole preview to at most this many pixels wide.
+        also: More ``(H, W)`` class rasters drawn to the right, e.g. a prediction next to its truth.
     """
     if image.ndim == 2 and image.shape == classes.shape:
         rgb = np.repeat(image[..., np.newaxis], 3, axis=2)
@@ -100,12 +102,18 @@ def preview_png(
         rgb = image[..., :3]
     else:
         raise InputError(f"image of shape {image.shape} does not match classes of shape {classes.shape}")
-    colours = np.moveaxis(get_scheme(scheme).encode_colours(classes), 0, -1)
+    panels = [np.moveaxis(get_scheme(scheme).encode_colours(c), 0, -1) for c in (classes, *also)]
+    if any(c.shape != classes.shape for c in also):
+        raise InputError(f"every class raster must have the shape {classes.shape} of the first")
     h, w = classes.shape
-    scale = min(1.0, max(1, max_width - 8) / (2 * w)) if max_width else 1.0
+    n = 1 + len(panels)
+    scale = min(1.0, max(1, max_width - 8 * (n - 1)) / (n * w)) if max_width else 1.0
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         rgb = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
-        colours = cv2.resize(np.ascontiguousarray(colours), size, interpolation=cv2.INTER_NEAREST)
+        panels = [cv2.resize(np.ascontiguousarray(c), size, interpolation=cv2.INTER_NEAREST) for c in panels]
     gap = np.full((rgb.shape[0], 8, 3), 255, dtype=np.uint8)
-    return save_image(path, np.concatenate([rgb[..., :3], gap, colours], axis=1))
+    parts: list[np.ndarray] = [rgb[..., :3]]
+    for panel in panels:
+        parts += [gap, panel]
+    return save_image(path, np.concatenate(parts, axis=1))
