@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.inference import predict_scene
 from rs_deeplab.inference.blending import BandAccumulator, axis_profile, window_weight
 from rs_deeplab.inference.predictor import TTA, Predictor
-from rs_deeplab.inference.scene import predict_scene
 from rs_deeplab.inference.writer import FINGERPRINT_TAG
 from rs_deeplab.vectorize import read_class_names
 from tests.conftest import DEFAULT_TRANSFORM, RasterFactory

@@ -1,1 +1,25 @@
-"""Sliding-window inference over whole scenes: window batches, blended probabilities, streamed writes, CRF."""
+"""Sliding-window inference over whole scenes: window batches, blended probabilities, streamed writes, CRF.
+
+Public API: :func:`predict_scene` (any ``torch.nn.Module`` or a :class:`TrainedModel` checkpoint), with
+:class:`TTA` and :class:`CRFSettings`; :func:`infer_scenes` is what ``pipelines/infer.py`` calls.
+"""
+
+from __future__ import annotations
+
+from rs_deeplab.inference.pipeline import InferOptions, InferResult, infer_scenes
+from rs_deeplab.inference.predictor import TTA
+from rs_deeplab.inference.rows import CRFSettings
+from rs_deeplab.inference.scene import SceneResult, predict_scene
+from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
+
+__all__ = [
+    "TTA",
+    "CRFSettings",
+    "InferOptions",
+    "InferResult",
+    "SceneResult",
+    "TrainedModel",
+    "infer_scenes",
+    "newest_checkpoint",
+    "predict_scene",
+]
