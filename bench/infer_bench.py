@@ -11,6 +11,7 @@ It prints ``predict_scene / model only`` (target ≤ 1.10 on CPU) and the full-a
 Part 2 (memory): scenes of ``--mem-sizes`` (default 2000, 6000, 12000) with a small 3-layer CNN (so that
 12,000² runs in minutes on a CPU), each predicted in a fresh child process, streaming and full-array; each child
 reports its peak RSS (``ru_maxrss``). Streaming should stay flat; the full-array accumulator grows with H × W.
+``--stream-only-sizes 20000`` adds scenes run by the streaming path only (the full array would need ~10 GB).
 
     PYTHONPATH=$PWD python bench/infer_bench.py [--time-size 2000] [--mem-sizes 2000,6000,12000] [--device cpu]
 """
@@ -160,11 +161,11 @@ def time_part(work: Path, size: int, repeats: int, device: str) -> None:
     print(f"  windows per second: {n / best['stream']:.2f} (model only {n / best['model']:.2f})")
 
 
-def memory_part(work: Path, sizes: list[int]) -> None:
+def memory_part(work: Path, sizes: list[int], stream_only: list[int]) -> None:
     print(f"# memory: small CNN, windows 512/256, batch 4, fresh process per run, load {os.getloadavg()[0]:.1f}")
-    for size in sizes:
+    for size in sizes + stream_only:
         scene = write_scene(work / f"scene_{size}.tif", size)
-        for mode in ("stream", "full"):
+        for mode in ("stream",) if size in stream_only else ("stream", "full"):
             cmd = [sys.executable, __file__, "--child", mode, str(scene), str(work / f"{mode}_{size}.tif")]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
             r: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -175,6 +176,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time-size", type=int, default=2000)
     p.add_argument("--mem-sizes", default="2000,6000,12000")
+    p.add_argument("--stream-only-sizes", default="", help="larger scenes run by the streaming path only (20000)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workdir", type=Path)
@@ -191,7 +193,8 @@ def main() -> None:
     if not args.skip_time:
         time_part(work, args.time_size, args.repeats, args.device)
     if not args.skip_memory:
-        memory_part(work, [int(s) for s in args.mem_sizes.split(",")])
+        extra = [int(s) for s in args.stream_only_sizes.split(",") if s]
+        memory_part(work, [int(s) for s in args.mem_sizes.split(",")], extra)
 
 
 if __name__ == "__main__":
