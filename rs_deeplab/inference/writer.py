@@ -120,36 +120,18 @@ class RowWriter:
 
     def _create(self) -> None:
         names = list(self.spec.class_names)
-        profiles = [
-            geotiff_profile(
-                width=self.info.width,
-                height=self.info.height,
-                count=1,
-                dtype="uint8",
-                crs=self.info.crs,
-                transform=self.info.transform,
-                nodata=IGNORE_INDEX,
-                compress=self.spec.compress,
-                blocksize=BLOCK,
-            )
-        ]
+
+        def profile(count: int, nodata: int | None) -> dict[str, Any]:
+            return geotiff_profile(width=self.info.width, height=self.info.height, count=count, dtype="uint8",
+                                   crs=self.info.crs, transform=self.info.transform, nodata=nodata,
+                                   compress=self.spec.compress, blocksize=BLOCK)  # fmt: skip
+
+        profiles = [profile(1, IGNORE_INDEX)]
         if self.spec.probs_path is not None:
-            profiles.append(
-                geotiff_profile(
-                    width=self.info.width,
-                    height=self.info.height,
-                    count=len(names),
-                    dtype="uint8",
-                    crs=self.info.crs,
-                    transform=self.info.transform,
-                    nodata=None,
-                    compress=self.spec.compress,
-                    blocksize=BLOCK,
-                )
-            )
-        for target, profile in zip(self.targets, profiles, strict=True):
-            profile.pop("predictor", None)  # class ids are not a smooth signal
-            with quiet_georeferencing(), rasterio.open(partial_path(target), "w", **profile) as dst:
+            profiles.append(profile(len(names), None))
+        for target, prof in zip(self.targets, profiles, strict=True):
+            prof.pop("predictor", None)  # class ids are not a smooth signal
+            with quiet_georeferencing(), rasterio.open(partial_path(target), "w", **prof) as dst:
                 dst.update_tags(**class_names_tag(names), **{FINGERPRINT_TAG: json.dumps(self.fingerprint)})
                 if target == self.spec.path:
                     dst.set_band_description(1, "class")
