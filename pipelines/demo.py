@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -14,21 +15,52 @@ from rs_deeplab.config import ExperimentConfig, load_config
 from rs_deeplab.experiment import train_experiment
 from rs_deeplab.presets import tile_preset
 from rs_deeplab.raster import open_raster
-from rs_deeplab.sample import preview_png, write_potsdam
+from rs_deeplab.sample import PotsdamFiles, preview_png, write_potsdam
+from rs_deeplab.tiling import TileSummary
 
 log = logging.getLogger("rs_deeplab.demo")
 
 TRAIN_IDS = ((2, 10), (2, 11))  # in the official Potsdam training split
 HELD_OUT_ID = (2, 13)  # in the official Potsdam validation split
+SIZE, GSD = 1536, 0.1  # pixels a side and metres a pixel of each sample scene
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def held_out_scene(out: Path) -> Path:
+    """Where the held-out scene's RGBIR image is written under ``out``."""
+    i, j = HELD_OUT_ID
+    return out / "potsdam" / "4_Ortho_RGBIR" / f"top_potsdam_{i}_{j}_RGBIR.tif"
+
+
+def demo_config(out: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """``configs/demo.yaml`` with its data, run folder and held-out scene under ``out``, then ``overrides``."""
+    paths = [f"data.root={out / 'tiles'}", f"work_dir={out / 'run'}",
+             f"infer.scenes={json.dumps([str(held_out_scene(out))])}"]  # fmt: skip
+    return load_config(CONFIG, [*paths, *overrides])
+
+
+def prepare_data(
+    out: Path, *, size: int = SIZE, gsd: float = GSD, seed: int = 0, quiet: bool = False
+) -> tuple[list[PotsdamFiles], TileSummary, Path]:
+    """Write the sample scenes under ``out/potsdam``, a preview PNG, and tile them into ``out/tiles``.
+
+    Returns:
+        The scenes' files (held-out scene last), the tiling summary and the preview's path.
+    """
+    files = write_potsdam(out / "potsdam", ids=(*TRAIN_IDS, HELD_OUT_ID), size=size, seed=seed, gsd=gsd)
+    with open_raster(files[0].rgbir) as img, open_raster(files[0].label) as lbl:
+        classes = SCHEMES["potsdam"].decode(lbl.read())
+        preview = preview_png(out / "sample_preview.png", img.read(), classes, max_width=1200)
+    tiles = tile_preset("potsdam", out / "potsdam", out / "tiles", quiet=quiet)
+    return files, tiles, preview
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/demo.py``."""
     parser = ArgumentParser(prog="demo.py", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for every output (demo_out/)")
-    parser.add_argument("--size", type=int, default=1536, help="side of each sample scene in pixels")
-    parser.add_argument("--gsd", type=float, default=0.1, help="pixel size of the sample scenes in metres")
+    parser.add_argument("--size", type=int, default=SIZE, help="side of each sample scene in pixels")
+    parser.add_argument("--gsd", type=float, default=GSD, help="pixel size of the sample scenes in metres")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample scenes")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/demo.yaml")
     add_common_arguments(parser)
@@ -44,27 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs: dict[str, Path] = {}
 
     start = time.perf_counter()
+    cfg: ExperimentConfig = demo_config(out, args.overrides)  # bad overrides fail before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    cfg: ExperimentConfig = load_config(CONFIG, [f"data.root={out / 'tiles'}", f"work_dir={out / 'run'}",
-                                                 *args.overrides])  # fmt: skip
-    data = out / "potsdam"
-    ids = (*TRAIN_IDS, HELD_OUT_ID)
-    files = write_potsdam(data, ids=ids, size=args.size, seed=args.seed, gsd=args.gsd)
-    outputs["sample scenes (ISPRS Potsdam layout)"] = data
+    files, tiles, preview = prepare_data(out, size=args.size, gsd=args.gsd, seed=args.seed, quiet=args.quiet)
+    outputs["sample scenes (ISPRS Potsdam layout)"] = out / "potsdam"
     outputs["held-out scene"] = files[-1].rgbir
-    with open_raster(files[0].rgbir) as img, open_raster(files[0].label) as lbl:
-        classes = SCHEMES["potsdam"].decode(lbl.read())
-        outputs["preview"] = preview_png(out / "sample_preview.png", img.read(), classes, max_width=1200)
-    log.info("1/3 sample scenes written in %.1f s", time.perf_counter() - start)
-
-    tiles = tile_preset("potsdam", data, out / "tiles", quiet=args.quiet)
+    outputs["preview"] = preview
     outputs["tiles + index"] = tiles.index
-    log.info("2/3 tiled %d crops in %.1f s", tiles.crops, tiles.seconds)
+    log.info("sample scenes written and tiled (%d crops) in %.1f s", tiles.crops, time.perf_counter() - start)
 
     result = train_experiment(cfg)
     outputs["training run"] = result.run_dir
     outputs["best checkpoint"] = result.best or result.last
-    log.info("3/3 trained %d iterations, best val mIoU %.3f", result.iterations, result.best_miou)
+    log.info("trained %d iterations, best val mIoU %.3f", result.iterations, result.best_miou)
 
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs:")
     print(describe_outputs({k: str(v) for k, v in outputs.items()}))
