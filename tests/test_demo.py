@@ -39,9 +39,17 @@ def test_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert yaml.safe_load((run / "config.yaml").read_text())["infer"]["scenes"] == [
         str((out / "potsdam" / "4_Ortho_RGBIR" / "top_potsdam_2_13_RGBIR.tif").resolve())
     ]
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(out / "tiles")
 
 
 def test_demo_rejects_bad_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--out", str(tmp_path), "schedule.iters=3"]) == 2
     assert "schedule.iters: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "potsdam").exists()
+
+
+def test_demo_config_points_at_the_outputs_whatever_the_folder_name(tmp_path: Path) -> None:
+    out = tmp_path / "odd, name: [x]"
+    cfg = demo.demo_config(out, ["schedule.iterations=3"])
+    assert cfg.infer.scenes == [demo.held_out_scene(out)]
+    assert cfg.data.root == out / "tiles" and cfg.work_dir == out / "run" and cfg.schedule.iterations == 3
