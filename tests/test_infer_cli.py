@@ -195,14 +195,17 @@ def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, das
     assert main([str(a), "--out", "local_crf.tif", "--crf", "--crf-bilateral", "40,5,4"]) == 0
     assert main([str(a), "--out", "dask_crf.tif", "--crf", "--crf-bilateral", "40,5,4", "--scheduler",
                  dask_address]) == 0  # fmt: skip
-    for name in ("", "_crf"):
-        with rasterio.open(workspace / f"local{name}.tif") as x, rasterio.open(workspace / f"dask{name}.tif") as y:
-            np.testing.assert_array_equal(x.read(), y.read())
     with rasterio.open(workspace / "local_probs.tif") as x, rasterio.open(workspace / "dask_probs.tif") as y:
         px, py = x.read().astype(int), y.read().astype(int)
     # a worker runs torch with its own thread count (1 here, 2 locally): float sums may differ in the last bit,
-    # which can move a probability across a rounding edge of the uint8 scale, never more
+    # which can move a probability across a rounding edge of the uint8 scale (never more), or flip an exact tie
     assert np.abs(px - py).max() <= 1 and (px == py).mean() > 0.999
+    top2 = np.sort(px, axis=0)[-2:]
+    for name in ("", "_crf"):
+        with rasterio.open(workspace / f"local{name}.tif") as x, rasterio.open(workspace / f"dask{name}.tif") as y:
+            lx, ly = x.read(1), y.read(1)
+        differ = lx != ly
+        assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 2)[differ].all(), name
     with rasterio.open(workspace / "local.tif") as x, rasterio.open(workspace / "local_crf.tif") as y:
         assert not np.array_equal(x.read(), y.read())  # the CRF did refine
     # any module, scattered to the workers: the same as the local run too
