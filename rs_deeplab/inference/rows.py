@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA, Predictor
@@ -55,14 +56,18 @@ class RowJob:
     amp: str = "bf16"
     channels_last: bool = True
 
+    @property
+    def row_offs(self) -> tuple[int, ...]:
+        """First scene row of every window row."""
+        return axis_offsets(self.info.height, self.size, self.stride)
+
     def window_rows(self, start: int, stop: int) -> list[int]:
         """Offsets of the window rows that cover scene rows ``[start, stop)``."""
-        reader = self.reader()
-        return [r for r in reader.row_offs if r < stop and r + self.size > start]
+        return [r for r in self.row_offs if r < stop and r + self.size > start]
 
     def strip_bounds(self, start: int, stop: int) -> tuple[int, int]:
         """``[start, stop)`` widened to whole strips between window-row offsets (for CRF)."""
-        offs = self.reader().row_offs
+        offs = self.row_offs
         a = max(r for r in offs if r <= start)
         b = min([r for r in offs if r >= stop] + [self.info.height])
         return a, b
@@ -96,7 +101,7 @@ def stream_rows(
                           device=device, keep_probs=job.keep_probs or job.crf is not None,
                           start_row=rows[0])  # fmt: skip
     refine = _crf_refiner(job) if job.crf is not None else None
-    cuts = job.reader().row_offs
+    cuts = job.row_offs
     reader = job.reader(pin_memory=device.type == "cuda")
 
     def finished(parts: Iterator[FinishedRows]) -> Iterator[FinishedRows]:

@@ -21,7 +21,7 @@ from rs_deeplab.inference.predictor import TTA, Predictor
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings, RowJob, predict_rows, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
-from rs_deeplab.inference.trained import TrainedModel, module_fingerprint
+from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, module_fingerprint
 from rs_deeplab.inference.writer import BLOCK, OutputSpec, RowWriter, partial_path, sidecar_path
 from rs_deeplab.raster import PathLike
 
@@ -133,15 +133,14 @@ def predict_scene(
     out, probs_out = Path(out_path), None if probs_path is None else Path(probs_path)
     info = scene_info(scene_path)
     dev = pick_device(device)
-    module, in_channels, fingerprint_model = _resolve_model(model, dev)
-    if isinstance(model, TrainedModel):
-        ck = model.load(dev)[1]
+    module, ck, fingerprint_model = _resolve_model(model, dev)
+    if ck is not None:
         mean = ck.mean if mean is None else mean
         std = ck.std if std is None else std
         bands = ck.bands if bands is None else bands
         class_names = ck.class_names if class_names is None else class_names
         colormap = ck.colormap if colormap is None else colormap
-    chosen = select_bands(info, bands, in_channels)
+    chosen = select_bands(info, bands, None if ck is None else ck.in_channels)
     if class_names is None:
         class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, dev))]
     job = RowJob(info, size, stride, batch_size, tuple(chosen), len(class_names),
@@ -180,10 +179,10 @@ def predict_scene(
 
 def _resolve_model(
     model: torch.nn.Module | TrainedModel, device: torch.device
-) -> tuple[torch.nn.Module, int | None, str]:
+) -> tuple[torch.nn.Module, CheckpointInfo | None, str]:
     if isinstance(model, TrainedModel):
         module, ck = model.load(device)
-        return module, ck.in_channels, model.fingerprint()
+        return module, ck, model.fingerprint()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or a TrainedModel, got {type(model).__name__}")
     return model, None, module_fingerprint(model)
