@@ -62,13 +62,35 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Sum a tensor over the default process group; the gradient is the summed gradient of every rank's loss.
+
+    Unlike ``torch.distributed.nn.functional.all_reduce`` (deprecated in torch 2.15), the autograd node keeps no
+    reference to the process group. A graph still alive when ``destroy_process_group`` runs would otherwise keep
+    the gloo group and its worker threads alive into interpreter shutdown, where a finishing work item that needs
+    the GIL aborts the process ("terminate called without an active exception").
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose batch statistics are summed over all processes, for CPU/gloo process groups.
 
     ``torch.nn.SyncBatchNorm`` only runs on CUDA. This module computes per-channel sums, sums of squares and
-    counts locally, all-reduces them with the autograd-aware ``torch.distributed.nn`` collective (so gradients flow
-    back through the global statistics), and normalises with one shared set of gamma/beta. Without a process group
-    it is an ordinary BatchNorm.
+    counts locally, all-reduces them with an autograd-aware sum (so gradients flow back through the global
+    statistics), and normalises with one shared set of gamma/beta. Without a process group it is an ordinary
+    BatchNorm.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -89,14 +111,12 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         m64 = local_mean.double()
         count = torch.full((1,), n, dtype=torch.float64, device=x.device)
         stats = torch.cat([m64 * n, m64 * m64 * n, local_m2.double(), count])
-        from torch.distributed.nn.functional import all_reduce
-
-        stats = all_reduce(stats)
+        stats = _SumOverRanks.apply(stats)
         total = stats[-1]
         mean64 = stats[:channels] / total
         m2 = stats[2 * channels : 3 * channels] + stats[channels : 2 * channels] - total * mean64 * mean64
         mean, var = mean64.to(x.dtype), (m2 / total).clamp_min(0).to(x.dtype)
-        self._update_running_stats(mean.detach(), var.detach(), float(total))
+        self._update_running_stats(mean.detach(), var.detach(), float(total.detach()))
         shape = [1, channels] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:

@@ -63,3 +63,31 @@ def test_two_rank_sync_bn_matches_full_batch_bn(tmp_path: Path) -> None:
     torch.testing.assert_close(got["running_var"], bn.running_var, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got["wgrad"], bn.weight.grad, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got["xgrad"], x.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_sync_bn_graph_holds_no_process_group(tmp_path: Path) -> None:
+    """A live autograd graph must not keep the gloo group (and its threads) alive past destroy_process_group.
+
+    torch's ``distributed.nn`` all-reduce stored the group on its autograd node; a torchrun worker that still held
+    an output then aborted at interpreter exit about one run in three.
+    """
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        bn = CPUSyncBatchNorm(3)
+        y = bn(torch.randn(2, 3, 4, 4, requires_grad=True))
+        seen, stack, nodes = set(), [y.grad_fn], 0
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            nodes += 1
+            for value in getattr(node, "__dict__", {}).values():
+                assert not isinstance(value, dist.ProcessGroup), f"{type(node).__name__} keeps the process group"
+            stack.extend(next_fn for next_fn, _ in node.next_functions)
+        assert nodes > 5  # the walk reached the statistics' all-reduce
+        y.sum().backward()
+    finally:
+        dist.destroy_process_group()
