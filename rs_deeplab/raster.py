@@ -115,6 +115,10 @@ def geotiff_profile(
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
     if count > 1 and np.dtype(dtype) == np.uint8 and count in (3, 4):
         profile["interleave"] = "pixel"
+    if count == 4 and np.dtype(dtype) == np.uint8:
+        # GDAL tags the 4th band of a pixel-interleaved uint8 RGB GeoTIFF as alpha; in an RGB+NIR scene it is data,
+        # and an alpha tag would make QGIS draw dark-NIR pixels transparent and rasterio report them as masked
+        profile["alpha"] = "UNSPECIFIED"
     return profile
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
 
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import atomic_output, open_raster, write_geotiff
@@ -28,6 +29,19 @@ def test_colormap_written(make_raster: RasterFactory) -> None:
     path = make_raster(np.zeros((4, 4), dtype=np.uint8), colormap={0: (255, 0, 0), 1: (0, 255, 0)})
     with rasterio.open(path) as src:
         assert src.colormap(1)[0] == (255, 0, 0, 255)
+
+
+def test_four_band_uint8_has_no_alpha_band(make_raster: RasterFactory, rng: np.random.Generator) -> None:
+    """An RGB+NIR scene's NIR is data: no alpha tag, so QGIS and GDAL masks keep dark-NIR pixels."""
+    data = rng.integers(0, 256, size=(4, 300, 270), dtype=np.uint8)
+    data[3, :10] = 0
+    path = make_raster(data, descriptions=["red", "green", "blue", "nir"])
+    with rasterio.open(path) as src:
+        assert ColorInterp.alpha not in src.colorinterp
+        assert src.colorinterp[:3] == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        assert all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+        assert src.read_masks(1)[:10].all()
+        assert np.array_equal(src.read(), data)
 
 
 def test_open_errors(tmp_path: Path) -> None:
