@@ -49,7 +49,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--scheduler", help="Dask scheduler address: spread row ranges of each scene over its workers")
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
-    p.add_argument("--restart", action="store_true", help="ignore an interrupted run's partial output")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: drop an interrupted run's partial output, recompute a finished one")  # fmt: skip
     add_common_arguments(p)
     return p
 

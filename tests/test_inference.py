@@ -267,6 +267,8 @@ def test_a_finished_run_is_not_repeated_and_restart_recomputes(make_raster: Rast
     assert other.windows > 0  # other settings: computed anew
     with rasterio.open(out) as ds:
         assert json.loads(ds.tags()[FINGERPRINT_TAG])["job"].count("stride=32")
+    restarted = predict_scene(Oracle(), scene, out, size=32, stride=32, class_names=NAMES, resume=False)
+    assert restarted.windows == other.windows and restarted.resumed_at == 0
 
 
 def test_bad_arguments_are_one_line_errors(make_raster: RasterFactory, tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def predict_scene(
         device: ``cpu``, ``cuda``, or None for CUDA when available.
         amp: ``bf16``/``fp16`` autocast on CUDA, ``none`` for float32.
         channels_last: channels_last memory format on CUDA.
-        resume: Continue an interrupted run of the same settings from its last finished rows.
+        resume: Continue an interrupted run of the same settings from its last finished rows, and skip an output
+            a finished run of the same settings wrote. False recomputes from the first row.
         scheduler: Address of a Dask scheduler: spread row ranges over its workers (same output).
         quiet: No progress bar.
 
@@ -156,7 +157,7 @@ def predict_scene(
                 partial_path(p).unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)
     writer = RowWriter(spec, info, fingerprint)
-    if writer.complete():
+    if resume and writer.complete():
         log.info("%s: already complete from an earlier run with the same settings", out)
         return SceneResult(Path(scene_path), out, probs_out, 0, 0, info.height, time.perf_counter() - start_time,
                            "earlier run", tuple(class_names))  # fmt: skip
