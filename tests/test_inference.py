@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.blending import BandAccumulator, axis_profile, window_weight
+from rs_deeplab.inference.blending import BandAccumulator, axis_profile, first_argmax, window_weight
 from rs_deeplab.inference.predictor import TTA, Predictor
 from rs_deeplab.inference.writer import FINGERPRINT_TAG
 from rs_deeplab.vectorize import read_class_names
@@ -228,6 +229,49 @@ def test_hann_blending_is_smooth_across_window_seams() -> None:
     p1 = rows.probs[1, 0]
     assert (p1[:32] == 0).all() and (p1[64:] == 1).all()
     assert (np.diff(p1[32:64]) > 0).all() and np.abs(np.diff(p1)).max() < 0.1
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size", "stride", "block"), [(150, 101, 40, 15, 7), (64, 90, 64, 40, 2048)]
+)
+def test_accumulator_matches_a_whole_scene_blend(
+    monkeypatch: pytest.MonkeyPatch, height: int, width: int, size: int, stride: int, block: int
+) -> None:
+    """Random window probabilities and nodata holes, blended band by band (ring buffer wrapping, finished rows
+    arg-maxed in column blocks) equal the whole-scene weighted mean and its first arg-max."""
+    monkeypatch.setattr(BandAccumulator, "COLUMN_BLOCK", block)
+    rng = np.random.default_rng(height)
+    classes = 4
+    acc = BandAccumulator(classes, height, width, size, keep_probs=True)
+    sums = np.zeros((classes, height, width), np.float64)
+    weights = np.zeros((height, width), np.float64)
+    parts = []
+    for r in axis_offsets(height, size, stride):
+        for c in axis_offsets(width, size, stride):
+            probs = rng.dirichlet(np.ones(classes), (size, size)).transpose(2, 0, 1).astype(np.float32)
+            probs[1, :5] = probs[2, :5]  # exact ties: the first class wins
+            valid = rng.random((size, size)) > 0.02
+            valid[: size // 3, : size // 3] = (r, c) != (0, 0)  # a corner only the first window covers: 255
+            parts += acc.add(r, c, torch.from_numpy(probs), torch.from_numpy(valid))
+            h, w = min(size, height - r), min(size, width - c)
+            wt = window_weight(r, c, size, height, width) * valid
+            sums[:, r : r + h, c : c + w] += probs[:, :h, :w] * wt[:h, :w]
+            weights[r : r + h, c : c + w] += wt[:h, :w]
+    parts += acc.finish(height)
+    assert [p.row_start for p in parts] == sorted(p.row_start for p in parts) and parts[-1].row_stop == height
+    labels = np.concatenate([p.labels for p in parts])
+    got = np.concatenate([p.probs for p in parts if p.probs is not None], axis=1)
+    covered = weights > 0
+    want = sums / np.where(covered, weights, 1)
+    np.testing.assert_allclose(got[:, covered], want[:, covered], atol=1e-5)
+    expected = np.where(covered, np.asarray(torch.from_numpy(got).argmax(0)), 255)
+    np.testing.assert_array_equal(labels, expected)
+    assert (labels == 255).sum() == (~covered).sum() > 0
+
+
+def test_first_argmax_matches_torch_argmax_with_ties() -> None:
+    x = torch.randint(0, 3, (6, 40, 50)).float()
+    assert torch.equal(first_argmax(x), x.argmax(0).to(torch.uint8))
 
 
 def test_accumulator_holds_one_band_of_rows() -> None:

@@ -83,9 +83,14 @@ class BandAccumulator:
     """Weighted probability sums for one band of ``size`` scene rows, on the model's device.
 
     Windows must arrive in row-major order (by ``row_off``). When a window of a lower row arrives, every row
-    above it is complete: :meth:`add` yields those rows (classes, optionally probabilities) and shifts the band.
-    Memory is ``(classes + 1) × size × width`` floats, independent of the scene's height.
+    above it is complete: :meth:`add` yields those rows (classes, optionally probabilities) and the band moves
+    down. The band is a ring buffer of rows, so moving it copies nothing, and finished rows are turned into
+    classes a block of columns at a time. Memory is ``(classes + 1) × size × width`` floats plus a few column
+    blocks, independent of the scene's height.
     """
+
+    COLUMN_BLOCK = 2048
+    """Columns of finished rows divided and arg-maxed at a time (bounds the temporaries for wide scenes)."""
 
     def __init__(
         self,
@@ -102,21 +107,31 @@ class BandAccumulator:
         self.num_classes, self.height, self.width, self.size = num_classes, height, width, size
         self.kind, self.keep_probs = kind, keep_probs
         self.device = torch.device(device)
-        rows = min(size, height)
-        self.sums = torch.zeros((num_classes, rows, width), dtype=torch.float32, device=self.device)
-        self.weights = torch.zeros((rows, width), dtype=torch.float32, device=self.device)
+        self.rows = min(size, height)
+        self.sums = torch.zeros((num_classes, self.rows, width), dtype=torch.float32, device=self.device)
+        self.weights = torch.zeros((self.rows, width), dtype=torch.float32, device=self.device)
         self.top = start_row
-        """Scene row held in the band's first row; rows above it were handed out already."""
-        self._weight_cache: dict[tuple[int, int], torch.Tensor] = {}
+        """Scene row held at buffer row :attr:`head`; rows above it were handed out already."""
+        self.head = 0
+        self._weight_cache: dict[tuple[bool, bool, bool, bool], torch.Tensor] = {}
 
     def _weight(self, row_off: int, col_off: int) -> torch.Tensor:
         key = (row_off == 0, row_off + self.size >= self.height, col_off == 0, col_off + self.size >= self.width)
-        cached = self._weight_cache.get(key)  # type: ignore[arg-type]
+        cached = self._weight_cache.get(key)
         if cached is None:
             w = window_weight(row_off, col_off, self.size, self.height, self.width, self.kind)
             cached = torch.from_numpy(w).to(self.device)
-            self._weight_cache[key] = cached  # type: ignore[index]
+            self._weight_cache[key] = cached
         return cached
+
+    def _segments(self, first: int, count: int) -> list[tuple[int, int, int]]:
+        """Band rows ``first .. first + count`` (relative to :attr:`top`) as ``(buffer start, stop, offset)``."""
+        start = (self.head + first) % self.rows
+        head = min(count, self.rows - start)
+        parts = [(start, start + head, 0)]
+        if head < count:
+            parts.append((0, count - head, head))
+        return parts
 
     def add(
         self, row_off: int, col_off: int, probs: torch.Tensor, valid: torch.Tensor | None
@@ -137,35 +152,55 @@ class BandAccumulator:
         weight = self._weight(row_off, col_off)[:h, :w]
         if valid is not None:
             weight = weight * valid[:h, :w].to(weight.dtype)
-        r0 = row_off - self.top
-        self.sums[:, r0 : r0 + h, col_off : col_off + w] += probs[:, :h, :w] * weight
-        self.weights[r0 : r0 + h, col_off : col_off + w] += weight
+        cols = slice(col_off, col_off + w)
+        for a, b, k in self._segments(row_off - self.top, h):
+            win = weight[k : k + b - a]
+            self.sums[:, a:b, cols].addcmul_(probs[:, k : k + b - a, :w], win)
+            self.weights[a:b, cols] += win
 
     def finish(self, until: int) -> Iterator[FinishedRows]:
         """Hand out every row above scene row ``until`` (all of them with ``until >= height``)."""
         until = min(until, self.height)
         if until <= self.top:
             return
-        band_rows = self.weights.shape[0]
-        n = min(until - self.top, band_rows)
+        n = min(until - self.top, self.rows)
         yield self._rows(n)
-        if until - self.top > band_rows:  # rows no window reached (skipped nodata): all 255
-            empty = np.full((until - self.top - band_rows, self.width), IGNORE_INDEX, np.uint8)
+        for a, b, _ in self._segments(0, n):
+            self.sums[:, a:b].zero_()
+            self.weights[a:b].zero_()
+        self.head = (self.head + n) % self.rows
+        if until - self.top > self.rows:  # rows no window reached (skipped nodata): all 255
+            empty = np.full((until - self.top - self.rows, self.width), IGNORE_INDEX, np.uint8)
             probs = np.zeros((self.num_classes, *empty.shape), np.float32) if self.keep_probs else None
-            yield FinishedRows(self.top + band_rows, empty, probs)
-            self.sums.zero_()
-            self.weights.zero_()
-        else:
-            self.sums = torch.roll(self.sums, -n, dims=1)
-            self.weights = torch.roll(self.weights, -n, dims=0)
-            self.sums[:, band_rows - n :].zero_()
-            self.weights[band_rows - n :].zero_()
+            yield FinishedRows(self.top + self.rows, empty, probs)
         self.top = until
 
     def _rows(self, n: int) -> FinishedRows:
-        weights = self.weights[:n]
-        covered = weights > 0
-        probs = self.sums[:, :n] / torch.where(covered, weights, torch.ones_like(weights))
-        labels = torch.where(covered, probs.argmax(0).to(torch.uint8), IGNORE_INDEX)
-        kept = probs.cpu().numpy() if self.keep_probs else None
-        return FinishedRows(self.top, labels.to(torch.uint8).cpu().numpy(), kept)
+        """Classes (and probabilities) of the band's first ``n`` rows, computed block by block."""
+        labels = np.empty((n, self.width), np.uint8)
+        kept = np.empty((self.num_classes, n, self.width), np.float32) if self.keep_probs else None
+        for a, b, k in self._segments(0, n):
+            for c0 in range(0, self.width, self.COLUMN_BLOCK):
+                cols = slice(c0, min(c0 + self.COLUMN_BLOCK, self.width))
+                weights = self.weights[a:b, cols]
+                covered = weights > 0
+                probs = self.sums[:, a:b, cols] / torch.where(covered, weights, torch.ones_like(weights))
+                classes = first_argmax(probs).masked_fill_(~covered, IGNORE_INDEX)
+                labels[k : k + b - a, cols] = classes.cpu().numpy()
+                if kept is not None:
+                    kept[:, k : k + b - a, cols] = probs.cpu().numpy()
+        return FinishedRows(self.top, labels, kept)
+
+
+def first_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """uint8 index of the largest of ``(classes, ...)`` values (the first one on ties), like ``argmax(0)``.
+
+    A running maximum over the classes: for a handful of classes about 6× faster on CPU than torch's ``argmax``
+    over the leading dimension, and without its int64 result.
+    """
+    best = probs[0].clone()
+    index = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        index.masked_fill_(probs[c] > best, c)
+        torch.maximum(best, probs[c], out=best)
+    return index
