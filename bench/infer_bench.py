@@ -35,6 +35,7 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
+from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import window_weight
 from rs_deeplab.inference.scene import predict_scene
@@ -184,6 +185,7 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--child", nargs=3, metavar=("MODE", "SCENE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    tune_malloc()  # as the pipelines do (RS_DEEPLAB_MALLOC_TUNING=0 measures glibc's defaults)
     if args.child:
         child(*args.child, win=512, stride=256, batch=4)
         return

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
+from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.errors import RsDeeplabError
 
 EXIT_USAGE = 2
@@ -63,10 +64,14 @@ MainFunc = TypeVar("MainFunc", bound=Callable[..., int])
 
 
 def cli_entry(func: MainFunc) -> MainFunc:
-    """Decorate a pipeline ``main(argv)``: user errors become ``error: <message>`` on stderr and return 2."""
+    """Decorate a pipeline ``main(argv)``: user errors become ``error: <message>`` on stderr and return 2.
+
+    It also keeps torch's large CPU buffers on the heap (:func:`rs_deeplab.allocator.tune_malloc`).
+    """
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
+        tune_malloc()
         try:
             return func(argv)
         except RsDeeplabError as exc:

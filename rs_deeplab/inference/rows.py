@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
@@ -152,6 +153,7 @@ def predict_rows(
     from rs_deeplab.inference.trained import TrainedModel
 
     _match_worker_threads()
+    tune_malloc()
 
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
