@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pipelines.demo import GSD, SIZE, TRAIN_IDS, demo_config, prepare_data
+from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.cli import setup_logging
 from rs_deeplab.experiment import train_experiment
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of configs/demo.yaml")
     args = parser.parse_args(argv)
     setup_logging(quiet=False, verbose=False)
+    tune_malloc()  # as pipelines/train.py and make demo do (RS_DEEPLAB_MALLOC_TUNING=0 for glibc's defaults)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = list(args.overrides) + ([f"schedule.iterations={args.iterations}"] if args.iterations else [])
