@@ -73,15 +73,11 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return all_reduce_sum(tensor.clone(memory_format=torch.contiguous_format))
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return all_reduce_sum(grad.clone(memory_format=torch.contiguous_format))
 
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -127,10 +127,10 @@ class BandAccumulator:
     def _segments(self, first: int, count: int) -> list[tuple[int, int, int]]:
         """Band rows ``first .. first + count`` (relative to :attr:`top`) as ``(buffer start, stop, offset)``."""
         start = (self.head + first) % self.rows
-        head = min(count, self.rows - start)
-        parts = [(start, start + head, 0)]
-        if head < count:
-            parts.append((0, count - head, head))
+        before_wrap = min(count, self.rows - start)
+        parts = [(start, start + before_wrap, 0)]
+        if before_wrap < count:
+            parts.append((0, count - before_wrap, before_wrap))
         return parts
 
     def add(
