@@ -70,7 +70,7 @@ def _gpu_index(text: str, option: str) -> int:
 
 
 def local_rank() -> int:
-    """torchrun's ``LOCAL_RANK`` (0 for a plain ``python`` run)."""
+    """The torchrun ``LOCAL_RANK`` of this process (0 for a plain ``python`` run)."""
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
