@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.devices import AMP_CHOICES
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
 
@@ -45,8 +46,21 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="run at another output stride")
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
-    p.add_argument("--scheduler", help="Dask scheduler address: spread row ranges of each scene over its workers")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU when one is visible), cpu, cuda or cuda:N; with --scheduler, on each worker",
+    )
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=AMP_CHOICES,
+        help="GPU precision: auto (bf16 where the GPU has it, else fp16), bf16, fp16 or none (float32)",
+    )
+    p.add_argument("--scheduler",
+                   help="Dask scheduler address: spread row ranges of each scene over its workers. One model per "
+                   "GPU: on each GPU machine run `python -m rs_deeplab.inference.gpu_workers ADDRESS` (one "
+                   "single-threaded worker per GPU, resource GPU=1)")  # fmt: skip
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
     p.add_argument("--restart", action="store_true",
@@ -75,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probs=args.probs,
         cog=args.cog,
         device=args.device,
+        amp=args.amp,
         scheduler=args.scheduler,
         min_area=args.min_area,
         simplify=args.simplify,

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
@@ -24,20 +25,49 @@ def subprocess_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def processes(folder: Path) -> Iterator[tuple[list[subprocess.Popen[bytes]], dict[str, Any]]]:
+    """Keep started processes (each in its own session) and stop their whole process groups afterwards.
+
+    Yields the list to append processes to and the ``Popen`` keywords to start them with (log to
+    ``folder/dask.log``, the repository importable, a new session).
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    log = (folder / "dask.log").open("a")
+    common = {"env": subprocess_env(), "stdout": log, "stderr": log, "start_new_session": True}
+    try:
+        yield procs, common
+    finally:  # each started in its own session: stop its whole process group (the worker's nanny children too)
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def start_scheduler(folder: Path, procs: list[subprocess.Popen[bytes]], common: dict[str, Any]) -> str:
+    """Start ``dask scheduler`` on loopback (appended to ``procs``); return its address once it is listening."""
+    info = folder / "scheduler.json"
+    info.unlink(missing_ok=True)
+    procs.append(subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                                   str(info), "--no-dashboard"], **common))  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not info.exists() and procs[-1].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return str(json.loads(info.read_text())["address"])
+
+
+@contextlib.contextmanager
 def dask_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
     """Start a scheduler and ``workers`` single-threaded worker processes; yield the scheduler address."""
     from distributed import Client
 
-    info = folder / "scheduler.json"
-    log = (folder / "dask.log").open("w")
-    common = {"env": subprocess_env(), "stdout": log, "stderr": log, "start_new_session": True}
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                               str(info), "--no-dashboard"], **common)]  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(info.read_text())["address"]
+    with processes(folder) as (procs, common):
+        address = start_scheduler(folder, procs, common)
         procs.append(subprocess.Popen(
             [str(DASK), "worker", address, "--nworkers", str(workers), "--nthreads", "1", "--host", "127.0.0.1",
              "--local-directory", str(folder), "--no-dashboard"], **common,
@@ -45,13 +75,3 @@ def dask_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
         with Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(workers, timeout=60)
         yield address
-    finally:  # each started in its own session: stop its whole process group (the worker's nanny children too)
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from rs_deeplab.devices import pick_amp, pick_device
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
-from rs_deeplab.inference.scene import SceneResult, pick_device, predict_scene
+from rs_deeplab.inference.scene import SceneResult, predict_scene
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, newest_checkpoint
 from rs_deeplab.raster import temporary_sibling
 
@@ -47,6 +50,9 @@ class InferOptions:
     probs: bool = False
     cog: bool = False
     device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; with a scheduler, each Dask worker's choice."""
+    amp: str = "auto"
+    """Autocast precision on GPUs: ``auto``, ``bf16``, ``fp16`` or ``none``."""
     scheduler: str | None = None
     min_area: float = 0.0
     simplify: float = 0.0
@@ -96,8 +102,10 @@ def infer_scenes(
     _check_out(out)
     ckpt = checkpoint if checkpoint is not None else newest_checkpoint()
     trained = TrainedModel(ckpt.resolve(), opts.output_stride)  # absolute: Dask workers run elsewhere
-    device = pick_device(opts.device)
-    _, info = trained.load(device)
+    # device and precision checked before any scene (a scheduler's workers are asked by predict_scene)
+    here = torch.device("cpu") if opts.scheduler else pick_device(opts.device, option="--device")
+    pick_amp(opts.amp, here, option="--amp")
+    _, info = trained.load(here)  # its settings; loaded where this process runs it
     todo = [Path(s) for s in scenes] or [Path(s) for s in info.infer.get("scenes", [])]
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
@@ -130,7 +138,8 @@ def infer_scenes(
                 crf=crf,
                 probs_path=probs,
                 cog=opts.cog,
-                device=device,
+                device=opts.device,
+                amp=opts.amp,
                 resume=opts.resume,
                 scheduler=opts.scheduler,
                 quiet=quiet,

@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
-from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
@@ -140,46 +138,6 @@ def _clip(part: FinishedRows, start: int, stop: int) -> FinishedRows | None:
     i, j = a - part.row_start, b - part.row_start
     probs = None if part.probs is None else part.probs[:, i:j]
     return FinishedRows(a, part.labels[i:j], probs)
-
-
-def predict_rows(
-    model: torch.nn.Module | object, job: RowJob, start: int, stop: int, device: str = "auto"
-) -> FinishedRows:
-    """Dask task: rows ``[start, stop)`` as one :class:`FinishedRows` (the model is loaded once per worker).
-
-    ``model`` is a ``torch.nn.Module`` (scattered to the workers) or a :class:`~rs_deeplab.inference.trained.
-    TrainedModel`; ``auto`` runs on the worker's GPU when it has one.
-    """
-    from rs_deeplab.inference.trained import TrainedModel
-
-    _match_worker_threads()
-    tune_malloc()
-
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
-    module = model.load(dev)[0] if isinstance(model, TrainedModel) else model
-    assert isinstance(module, torch.nn.Module)
-    predictor = Predictor(module, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
-    parts = list(stream_rows(job, predictor, start, stop))
-    return concat_rows(parts, job, start, stop)
-
-
-def _match_worker_threads() -> None:
-    """Give torch as many threads as this Dask worker has.
-
-    Two single-threaded worker processes on two cores would otherwise run two OpenMP threads each, and
-    oversubscribed OpenMP spin-waits slowed a CPU model down ~10× here.
-    """
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
-        return
-    n = int(getattr(getattr(worker, "state", worker), "nthreads", 0) or 0)
-    if n > 0 and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: int) -> FinishedRows:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import itertools
 import logging
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,15 +17,16 @@ import rasterio
 import torch
 
 from rs_deeplab.cli import progress
-from rs_deeplab.errors import InputError
+from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.inference.blending import FinishedRows, WindowKind
+from rs_deeplab.inference.dask_runner import dask_workers, run_dask
 from rs_deeplab.inference.predictor import TTA, Predictor
-from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
-from rs_deeplab.inference.rows import CRFSettings, RowJob, predict_rows, stream_rows
+from rs_deeplab.inference.reader import SceneInfo, WindowReader, scene_info, select_bands
+from rs_deeplab.inference.rows import CRFSettings, RowJob, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, module_fingerprint
-from rs_deeplab.inference.writer import BLOCK, OutputSpec, RowWriter, partial_path, sidecar_path
+from rs_deeplab.inference.writer import OutputSpec, RowWriter, partial_path, sidecar_path
 from rs_deeplab.raster import PathLike
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -48,20 +52,50 @@ class SceneResult:
     class_names: tuple[str, ...]
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``auto`` → CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
-    return dev
+def needs_copy(module: torch.nn.Module, device: torch.device | str, *, channels_last: bool = False) -> bool:
+    """Whether running ``module`` on ``device`` would change the caller's tensors (so a copy must run instead).
+
+    True when a parameter or buffer lives on another device (``Predictor`` moves modules in place), or when
+    channels_last on CUDA would re-lay out 4-D weights in place.
+    """
+    target = torch.device(device)
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.device.type != target.type or (t.device.index or 0) != (target.index or 0):
+            return True
+        relayout = channels_last and target.type == "cuda" and t.ndim == 4
+        if relayout and not t.is_contiguous(memory_format=torch.channels_last):
+            return True
+    return False
+
+
+def moved_copy(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """A deep copy of ``module`` with its tensors copied straight to ``device`` (no second copy where they live).
+
+    Shared (tied) tensors stay shared in the copy; the original is untouched.
+    """
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().to(device, copy=True), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = b.detach().to(device, copy=True)
+    return copy.deepcopy(module, memo)
+
+
+@contextlib.contextmanager
+def kept_modes(model: object) -> Iterator[None]:
+    """Restore the ``training`` flag of every submodule of a caller's module afterwards (``Predictor`` sets eval)."""
+    modes = [(m, m.training) for m in model.modules()] if isinstance(model, torch.nn.Module) else []
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _num_classes(module: torch.nn.Module, bands: int, size: int, device: torch.device) -> int:
     with torch.inference_mode():
         probe = min(size, 128)  # one small forward pass: class count only
-        out = Predictor(module, device, amp="none")(torch.zeros(1, bands, probe, probe))
+        out = Predictor(module, device, amp="none", channels_last=False)(torch.zeros(1, bands, probe, probe))
     return int(out.shape[1])
 
 
@@ -83,8 +117,8 @@ def predict_scene(
     crf: CRFSettings | None = None,
     probs_path: PathLike | None = None,
     cog: bool = False,
-    device: str | torch.device | None = None,
-    amp: str = "bf16",
+    device: str | torch.device | None = "auto",
+    amp: str = "auto",
     channels_last: bool = True,
     resume: bool = True,
     scheduler: str | None = None,
@@ -95,7 +129,8 @@ def predict_scene(
     Softmax probabilities of windows ``size`` pixels wide, every ``stride`` pixels, are blended with a smooth
     window (flat at the scene border) and arg-maxed; pixels where the scene is nodata get 255. Memory holds one
     band of ``size`` rows, whatever the scene's height; rows are written as they are finished. Reading and
-    writing run in background threads while the model works.
+    writing run in background threads while the model works. A module given as an object is never moved, reset
+    or switched to eval mode: a copy runs where it would be.
 
     Args:
         model: Any module mapping ``(B, bands, h, w)`` to ``(B, classes, h, w)`` logits, or a checkpoint
@@ -116,8 +151,9 @@ def predict_scene(
         crf: DenseCRF refinement of the blended probabilities.
         probs_path: Also write per-class probabilities (uint8, 0-255) there.
         cog: Write Cloud-Optimized GeoTIFFs.
-        device: ``cpu``, ``cuda``, or None for CUDA when available.
-        amp: ``bf16``/``fp16`` autocast on CUDA, ``none`` for float32.
+        device: ``auto`` (a GPU when one is visible), ``cpu``, ``cuda`` or ``cuda:N``; with ``scheduler`` every
+            worker decides for itself (see :func:`~rs_deeplab.inference.dask_runner.worker_device`).
+        amp: ``auto`` (bf16 where the GPU has it, else fp16), ``bf16``, ``fp16`` or ``none``; the CPU runs float32.
         channels_last: channels_last memory format on CUDA.
         resume: Continue an interrupted run of the same settings from its last finished rows, and skip an output
             a finished run of the same settings wrote. False recomputes from the first row.
@@ -125,7 +161,8 @@ def predict_scene(
         quiet: No progress bar.
 
     Raises:
-        InputError: Bad size/stride/batch size, band count unlike the model's, missing output folder.
+        InputError: Bad size/stride/batch size, band count unlike the model's, missing output folder, a device or
+            precision this machine (or a Dask worker) cannot run.
         RasterError: The scene is missing or not a raster GDAL can read.
         CheckpointError: A checkpoint that is missing, corrupt or of another architecture.
     """
@@ -133,63 +170,97 @@ def predict_scene(
     check_size_stride(size, stride)
     out, probs_out = Path(out_path), None if probs_path is None else Path(probs_path)
     info = scene_info(scene_path)
-    dev = pick_device(device)
-    module, ck, fingerprint_model = _resolve_model(model, dev)
-    if ck is not None:
-        mean = ck.mean if mean is None else mean
-        std = ck.std if std is None else std
-        bands = ck.bands if bands is None else bands
-        class_names = ck.class_names if class_names is None else class_names
-        colormap = ck.colormap if colormap is None else colormap
-    chosen = select_bands(info, bands, None if ck is None else ck.in_channels)
-    if class_names is None:
-        class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, dev))]
-    job = RowJob(info, size, stride, batch_size, tuple(chosen), len(class_names),
-                 None if mean is None else tuple(float(m) for m in mean),
-                 None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
-                 probs_out is not None, amp, channels_last)  # fmt: skip
-    reader = job.reader()
-    spec = OutputSpec(out, tuple(class_names), colormap, probs_out, cog)
-    fingerprint = _fingerprint(info, job, fingerprint_model, dev)
-    if not resume:
-        for p in (out, probs_out):
-            if p is not None:
-                partial_path(p).unlink(missing_ok=True)
-        sidecar_path(out).unlink(missing_ok=True)
-    writer = RowWriter(spec, info, fingerprint)
-    if resume and writer.complete():
-        log.info("%s: already complete from an earlier run with the same settings", out)
-        return SceneResult(Path(scene_path), out, probs_out, 0, 0, info.height, time.perf_counter() - start_time,
-                           "earlier run", tuple(class_names))  # fmt: skip
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-        done = writer.open()
-        try:
-            total = reader.windows_in(job.window_rows(done, info.height))
-            if scheduler:
-                runner, ran = _run_dask(scheduler, model, job, writer, done, total, quiet)
-            else:
-                runner, ran = _run_local(module, dev, job, writer, done, total, quiet)
-        finally:
-            writer.close()
-        writer.finish()
+    choice = "auto" if device is None else str(device)
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            client, plan = stack.enter_context(dask_workers(scheduler, choice, amp))
+            here, compute = torch.device("cpu"), plan.fingerprint()
+            log.info("inference on %s in %s", plan.description, compute["precision"])
+        else:
+            here, compute = _local_compute(choice, amp)
+        stack.enter_context(kept_modes(model))
+        module, ck, fingerprint_model = _resolve_model(model, here, channels_last and not scheduler)
+        if ck is not None:
+            mean = ck.mean if mean is None else mean
+            std = ck.std if std is None else std
+            bands = ck.bands if bands is None else bands
+            class_names = ck.class_names if class_names is None else class_names
+            colormap = ck.colormap if colormap is None else colormap
+        chosen = select_bands(info, bands, None if ck is None else ck.in_channels)
+        if class_names is None:
+            class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
+        job = RowJob(info, size, stride, batch_size, tuple(chosen), len(class_names),
+                     None if mean is None else tuple(float(m) for m in mean),
+                     None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
+                     probs_out is not None, amp, channels_last)  # fmt: skip
+        reader = job.reader()  # checks the statistics against the bands before anything is written
+        if scheduler:
+            run: Runner = functools.partial(run_dask, client, plan, model if ck is not None else module, job, choice)
+        else:
+            run = functools.partial(_run_local, module, here, job)
+        spec = OutputSpec(out, tuple(class_names), colormap, probs_out, cog)
+        fingerprint = _fingerprint(info, job, fingerprint_model, compute)
+        ran, total, done, runner = _write_scene(spec, job, reader, fingerprint, run, resume, quiet)
     seconds = time.perf_counter() - start_time
     log.info("%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s", out, ran, total, total - ran,
              seconds, runner)  # fmt: skip
     return SceneResult(Path(scene_path), out, probs_out, ran, total, done, seconds, runner, tuple(class_names))
 
 
+Runner = Callable[[RowWriter, int, int, bool], tuple[str, int]]
+"""Computes rows ``[done, height)`` into the writer: ``(writer, done, total windows, quiet) → (runner, windows)``."""
+
+
+def _write_scene(
+    spec: OutputSpec, job: RowJob, reader: WindowReader, fingerprint: dict[str, Any], run: Runner, resume: bool,
+    quiet: bool,
+) -> tuple[int, int, int, str]:  # fmt: skip
+    """Open (or resume) the outputs, run, and finish them; ``(windows run, windows, resumed row, runner)``."""
+    if not resume:
+        for p in (spec.path, spec.probs_path):
+            if p is not None:
+                partial_path(p).unlink(missing_ok=True)
+        sidecar_path(spec.path).unlink(missing_ok=True)
+    info = job.info
+    writer = RowWriter(spec, info, fingerprint)
+    if resume and writer.complete():
+        log.info("%s: already complete from an earlier run with the same settings", spec.path)
+        return 0, 0, info.height, "earlier run"
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        done = writer.open()
+        try:
+            total = reader.windows_in(job.window_rows(done, info.height))
+            runner, ran = run(writer, done, total, quiet)
+        finally:
+            writer.close()
+        writer.finish()
+    return ran, total, done, runner
+
+
 def _resolve_model(
-    model: torch.nn.Module | TrainedModel, device: torch.device
+    model: torch.nn.Module | TrainedModel, device: torch.device, channels_last: bool
 ) -> tuple[torch.nn.Module, CheckpointInfo | None, str]:
+    """The module to run on ``device`` (a copy where the caller's would change), its checkpoint, its fingerprint."""
     if isinstance(model, TrainedModel):
         module, ck = model.load(device)
         return module, ck, model.fingerprint()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module or a TrainedModel, got {type(model).__name__}")
-    return model, None, module_fingerprint(model)
+    fingerprint = module_fingerprint(model)
+    if needs_copy(model, device, channels_last=channels_last):
+        return moved_copy(model, device), None, fingerprint
+    return model, None, fingerprint
 
 
-def _fingerprint(info: SceneInfo, job: RowJob, model: str, device: torch.device) -> dict[str, Any]:
+def _local_compute(choice: str, amp: str) -> tuple[torch.device, dict[str, str]]:
+    """This process's device and precision (validated before any work), and their fingerprint record."""
+    device = pick_device(choice, option="--device")
+    precision = precision_name(pick_amp(amp, device, option="--amp"))
+    log.info("inference on %s in %s", describe(device), precision)
+    return device, {"device": device.type, "precision": precision, "runner": "this process"}
+
+
+def _fingerprint(info: SceneInfo, job: RowJob, model: str, compute: Mapping[str, str]) -> dict[str, Any]:
     path = Path(info.path)
     stat = path.stat()
     return {
@@ -197,7 +268,7 @@ def _fingerprint(info: SceneInfo, job: RowJob, model: str, device: torch.device)
         "scene_mtime": stat.st_mtime_ns,
         "scene_size": stat.st_size,
         "model": model,
-        "device": device.type,
+        **compute,
         "job": repr(job),
     }
 
@@ -211,7 +282,7 @@ def _run_local(
         rows = stream_rows(job, predictor, done, job.info.height, on_batch=counter.add)
         for part in progress(rows, desc="inference", unit="strip", quiet=quiet):
             sink.put(part)
-    return f"this process ({device.type})", counter.n
+    return f"this process ({describe(device)})", counter.n
 
 
 class _Counter:
@@ -220,37 +291,3 @@ class _Counter:
 
     def add(self, k: int) -> None:
         self.n += k
-
-
-def task_rows(job: RowJob) -> int:
-    """Scene rows per Dask task: whole output blocks, about four window rows."""
-    return max(BLOCK, math.ceil(4 * job.stride / BLOCK) * BLOCK)
-
-
-def _run_dask(
-    address: str, model: torch.nn.Module | TrainedModel, job: RowJob, writer: RowWriter, done: int, total: int,
-    quiet: bool,
-) -> tuple[str, int]:  # fmt: skip
-    from rs_deeplab.scheduling import scheduler_client
-
-    step = task_rows(job)
-    ranges = [(a, min(a + step, job.info.height)) for a in range(done - done % step, job.info.height, step)]
-    with scheduler_client(address) as client:
-        workers = len(client.scheduler_info()["workers"])
-        ref = model if isinstance(model, TrainedModel) else client.scatter(model, broadcast=True, hash=False)
-        pending: dict[int, Any] = {}
-        ahead = max(2, 2 * workers)
-        bar = progress(iter(range(len(ranges))), total=len(ranges), desc="inference", unit="task", quiet=quiet)
-        for i, (a, b) in enumerate(ranges):
-            pending[i] = client.submit(predict_rows, ref, job, a, b, pure=False)
-            if i >= ahead - 1:
-                _write_next(pending, i - ahead + 1, writer)
-                next(bar, None)
-        for k in sorted(pending):
-            _write_next(pending, k, writer)
-            next(bar, None)
-    return f"Dask scheduler {address} ({workers} workers)", total
-
-
-def _write_next(pending: dict[int, Any], key: int, writer: RowWriter) -> None:
-    writer.write(pending.pop(key).result())

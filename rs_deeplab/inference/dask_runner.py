@@ -1,0 +1,208 @@
+"""The Dask runner of inference: ranges of scene rows as tasks on a scheduler's workers, written in order.
+
+Before anything is submitted the workers are asked what they have (:func:`gpu_report`); :func:`plan_workers`
+decides, as a pure function, the device and precision each worker will use, refuses a ``--device``/``--amp`` a
+worker cannot honour, and whether tasks request a ``GPU`` resource (one model per GPU, when every worker
+advertises one; see :mod:`rs_deeplab.inference.gpu_workers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rs_deeplab.allocator import tune_malloc
+from rs_deeplab.cli import progress
+from rs_deeplab.devices import precision_name, resolve_amp, resolve_device
+from rs_deeplab.errors import InputError
+from rs_deeplab.inference.blending import FinishedRows
+from rs_deeplab.inference.predictor import Predictor
+from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
+from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.inference.writer import BLOCK, RowWriter
+
+GPU_RESOURCE = "GPU"
+"""The worker resource a GPU worker advertises (``dask worker --resources GPU=1``)."""
+
+_MOVE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class WorkerGPU:
+    """What a worker process sees: its visible GPUs and the first one's compute capability."""
+
+    count: int
+    capability: tuple[int, int] | None = None
+
+
+def gpu_report() -> WorkerGPU:
+    """Run on a worker (``client.run``): the GPUs torch sees there."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    capability = tuple(torch.cuda.get_device_capability(0)) if count else None
+    return WorkerGPU(count, capability)  # type: ignore[arg-type]
+
+
+def worker_device(choice: str, cuda_count: int) -> torch.device:
+    """The device of one worker process from ``--device`` and its visible GPU count (its first GPU for ``auto``).
+
+    Raises:
+        InputError: CUDA asked for on a worker without a visible GPU (or a ``cuda:N`` it does not see).
+    """
+    return resolve_device(choice, local_rank=0, cuda_count=cuda_count, option="--device")
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Where the rows of a Dask run are computed."""
+
+    address: str
+    workers: int
+    device_types: tuple[str, ...]
+    precisions: tuple[str, ...]
+    resources: dict[str, int] | None
+    """What every task requests (``{"GPU": 1}``), or None where some worker has no GPU resource."""
+
+    def fingerprint(self) -> dict[str, str]:
+        """The resume fingerprint's record of the compute: device types, precisions, and that Dask ran it."""
+        return {"device": "+".join(self.device_types), "precision": "+".join(self.precisions),
+                "runner": "dask workers"}  # fmt: skip
+
+    @property
+    def description(self) -> str:
+        """For logs and :attr:`SceneResult.runner`."""
+        per_gpu = ", one task per GPU" if self.resources else ""
+        return f"Dask scheduler {self.address} ({self.workers} workers, {'+'.join(self.device_types)}{per_gpu})"
+
+
+def plan_workers(
+    address: str,
+    reports: Mapping[str, WorkerGPU],
+    resources: Mapping[str, Mapping[str, float]],
+    device: str,
+    amp: str,
+) -> WorkerPlan:
+    """Decide each worker's device and precision from what it reported; pure.
+
+    Args:
+        address: The scheduler's address (for messages).
+        reports: :func:`gpu_report` of every worker, by worker address.
+        resources: The resources each worker advertises, by worker address.
+        device: ``--device``: ``auto`` lets every worker use its GPU when it has one.
+        amp: ``--amp``.
+
+    Raises:
+        InputError: No worker, or a worker that cannot run ``device`` or ``amp``; names the worker.
+    """
+    if not reports:
+        raise InputError(f"the Dask scheduler at {address} has no workers; start `dask worker {address}` or "
+                         f"`python -m rs_deeplab.inference.gpu_workers {address}` first")  # fmt: skip
+    types, precisions = set(), set()
+    for name, report in sorted(reports.items()):
+        try:
+            dev = worker_device(device, report.count)
+            dtype = resolve_amp(amp, device_type=dev.type, capability=report.capability, option="--amp")
+        except InputError as exc:
+            raise InputError(f"Dask worker {name}: {exc}") from None
+        types.add(dev.type)
+        precisions.add(precision_name(dtype))
+    every_gpu = all(GPU_RESOURCE in resources.get(name, {}) for name in reports)
+    return WorkerPlan(address, len(reports), tuple(sorted(types)), tuple(sorted(precisions)),
+                      {GPU_RESOURCE: 1} if every_gpu else None)  # fmt: skip
+
+
+@contextlib.contextmanager
+def dask_workers(address: str, device: str, amp: str) -> Iterator[tuple[Any, WorkerPlan]]:
+    """A client on the scheduler at ``address`` and the plan of its current workers; closed afterwards."""
+    from rs_deeplab.scheduling import scheduler_client
+
+    with scheduler_client(address) as client:
+        reports = client.run(gpu_report)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        resources = {name: w.get("resources") or {} for name, w in info.items()}
+        yield client, plan_workers(address, reports, resources, device, amp)
+
+
+def task_rows(job: RowJob) -> int:
+    """Scene rows per Dask task: whole output blocks, about four window rows."""
+    return max(BLOCK, math.ceil(4 * job.stride / BLOCK) * BLOCK)
+
+
+def run_dask(
+    client: Any, plan: WorkerPlan, model: Any, job: RowJob, device: str, writer: RowWriter, done: int, total: int,
+    quiet: bool,
+) -> tuple[str, int]:  # fmt: skip
+    """Submit rows ``[done, height)`` as tasks, a few ahead of the writer, and write their results in order.
+
+    Args:
+        client: A client on the scheduler.
+        plan: What :func:`plan_workers` decided (resources every task requests).
+        model: A :class:`TrainedModel` (each worker loads it once) or a CPU ``torch.nn.Module``, scattered.
+        job: The rows' settings.
+        device: ``--device``, resolved by each worker (see :func:`worker_device`).
+        writer: Where finished rows go, in order.
+        done: Rows an earlier run finished (the first task starts at the block holding it).
+        total: Windows of the remaining rows (returned as the windows run).
+        quiet: No progress bar.
+    """
+    step = task_rows(job)
+    ranges = [(a, min(a + step, job.info.height)) for a in range(done - done % step, job.info.height, step)]
+    ref = model if isinstance(model, TrainedModel) else client.scatter(model, broadcast=True, hash=False)
+    pending: dict[int, Any] = {}
+    ahead = max(2, 2 * plan.workers)
+    bar = progress(iter(range(len(ranges))), total=len(ranges), desc="inference", unit="task", quiet=quiet)
+    for i, (a, b) in enumerate(ranges):
+        pending[i] = client.submit(predict_rows, ref, job, a, b, device, pure=False, resources=plan.resources)
+        if i >= ahead - 1:
+            _write_next(pending, i - ahead + 1, writer)
+            next(bar, None)
+    for k in sorted(pending):
+        _write_next(pending, k, writer)
+        next(bar, None)
+    return plan.description, total
+
+
+def _write_next(pending: dict[int, Any], key: int, writer: RowWriter) -> None:
+    writer.write(pending.pop(key).result())
+
+
+def predict_rows(model: torch.nn.Module | TrainedModel, job: RowJob, start: int, stop: int,
+                 device: str = "auto") -> FinishedRows:  # fmt: skip
+    """Dask task: rows ``[start, stop)`` as one :class:`FinishedRows` (the model is loaded once per worker).
+
+    ``model`` is a CPU ``torch.nn.Module`` (scattered to the workers; moved to the worker's device once) or a
+    :class:`~rs_deeplab.inference.trained.TrainedModel`; ``auto`` runs on the worker's GPU when it has one.
+    """
+    _match_worker_threads()
+    tune_malloc()
+    dev = worker_device(device, gpu_report().count)
+    if isinstance(model, TrainedModel):
+        module = model.load(dev)[0]
+        predictor = Predictor(module, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
+    else:
+        with _MOVE_LOCK:  # the scattered module is shared by the worker's threads: move it once
+            predictor = Predictor(model, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
+    parts = list(stream_rows(job, predictor, start, stop))
+    return concat_rows(parts, job, start, stop)
+
+
+def _match_worker_threads() -> None:
+    """Give torch as many threads as this Dask worker has.
+
+    Two single-threaded worker processes on two cores would otherwise run two OpenMP threads each, and
+    oversubscribed OpenMP spin-waits slowed a CPU model down ~10× here.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    n = int(getattr(getattr(worker, "state", worker), "nthreads", 0) or 0)
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
