@@ -140,12 +140,22 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
         ([str(a), "--out", "x.tif", "--scales", "1,a"], "comma-separated numbers"),
         ([str(a), "--out", str(a)], "would overwrite the scene"),
     ]
+    if not torch.cuda.is_available():  # checked before any scene is read: the option and the fix
+        cases += [
+            ([str(a), "--out", "x.tif", "--device", "cuda"], "--device=cuda but no CUDA GPU is visible"),
+            ([str(a), "--out", "x.tif", "--device", "cuda:7"], "use --device=cpu"),
+        ]
+    cases.append(([str(a), "--out", "x.tif", "--device", "tpu"], "--device=tpu: unknown device"))
     for args, message in cases:
         capsys.readouterr()
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (args, err)
     assert not list(workspace.glob("x*")) and leftovers(workspace) == []
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a), "--out", "x.tif", "--amp", "fp8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--amp: invalid choice: 'fp8'" in err
     os.remove(workspace / "runs" / "tiny" / "best.pt")
     proc = subprocess.run([*INFER, "--out", "x.gpkg"], cwd=workspace, env=subprocess_env(), capture_output=True,
                           text=True, timeout=120)  # fmt: skip
