@@ -66,7 +66,8 @@ class FinishedRows:
     """Rows ``[row_start, row_start + len(labels))`` of the scene whose windows have all been added.
 
     ``labels`` is ``(rows, width)`` uint8 (255 where no valid window covered the pixel); ``probs`` is the blended
-    ``(classes, rows, width)`` float32 probabilities when the accumulator keeps them, else None.
+    ``(classes, rows, width)`` probabilities when the accumulator keeps them, else None: float32, or uint8 0..255
+    when quantised (:func:`quantise_probs`).
     """
 
     row_start: int
@@ -79,6 +80,18 @@ class FinishedRows:
         return self.row_start + self.labels.shape[0]
 
 
+def quantise_probs(probs: np.ndarray) -> np.ndarray:
+    """Probabilities as the probability raster stores them: uint8 ``rint(p × 255)`` (uint8 input is returned)."""
+    if probs.dtype == np.uint8:
+        return probs
+    return np.rint(probs * 255).astype(np.uint8)
+
+
+def quantise_probs_torch(probs: torch.Tensor) -> torch.Tensor:
+    """:func:`quantise_probs` on the tensor's device (the same float32 product and half-to-even rounding)."""
+    return torch.round(probs * 255).to(torch.uint8)
+
+
 class BandAccumulator:
     """Weighted probability sums for one band of ``size`` scene rows, on the model's device.
 
@@ -86,7 +99,8 @@ class BandAccumulator:
     above it is complete: :meth:`add` yields those rows (classes, optionally probabilities) and the band moves
     down. The band is a ring buffer of rows, so moving it copies nothing, and finished rows are turned into
     classes a block of columns at a time. Memory is ``(classes + 1) × size × width`` floats plus a few column
-    blocks, independent of the scene's height.
+    blocks, independent of the scene's height. With ``quantise``, kept probabilities are turned into uint8
+    (:func:`quantise_probs_torch`) on the device before they are copied to the host: a quarter of the bytes.
     """
 
     COLUMN_BLOCK = 2048
@@ -103,9 +117,11 @@ class BandAccumulator:
         device: torch.device | str = "cpu",
         keep_probs: bool = False,
         start_row: int = 0,
+        quantise: bool = False,
     ) -> None:
         self.num_classes, self.height, self.width, self.size = num_classes, height, width, size
-        self.kind, self.keep_probs = kind, keep_probs
+        self.kind, self.keep_probs, self.quantise = kind, keep_probs, quantise
+        self.probs_dtype = np.dtype(np.uint8 if quantise else np.float32)
         self.device = torch.device(device)
         self.rows = min(size, height)
         self.sums = torch.zeros((num_classes, self.rows, width), dtype=torch.float32, device=self.device)
@@ -171,14 +187,14 @@ class BandAccumulator:
         self.head = (self.head + n) % self.rows
         if until - self.top > self.rows:  # rows no window reached (skipped nodata): all 255
             empty = np.full((until - self.top - self.rows, self.width), IGNORE_INDEX, np.uint8)
-            probs = np.zeros((self.num_classes, *empty.shape), np.float32) if self.keep_probs else None
+            probs = np.zeros((self.num_classes, *empty.shape), self.probs_dtype) if self.keep_probs else None
             yield FinishedRows(self.top + self.rows, empty, probs)
         self.top = until
 
     def _rows(self, n: int) -> FinishedRows:
         """Classes (and probabilities) of the band's first ``n`` rows, computed block by block."""
         labels = np.empty((n, self.width), np.uint8)
-        kept = np.empty((self.num_classes, n, self.width), np.float32) if self.keep_probs else None
+        kept = np.empty((self.num_classes, n, self.width), self.probs_dtype) if self.keep_probs else None
         for a, b, k in self._segments(0, n):
             for c0 in range(0, self.width, self.COLUMN_BLOCK):
                 cols = slice(c0, min(c0 + self.COLUMN_BLOCK, self.width))
@@ -188,7 +204,8 @@ class BandAccumulator:
                 classes = first_argmax(probs).masked_fill_(~covered, IGNORE_INDEX)
                 labels[k : k + b - a, cols] = classes.cpu().numpy()
                 if kept is not None:
-                    kept[:, k : k + b - a, cols] = probs.cpu().numpy()
+                    out = quantise_probs_torch(probs) if self.quantise else probs
+                    kept[:, k : k + b - a, cols] = out.cpu().numpy()
         return FinishedRows(self.top, labels, kept)
 
 

@@ -1,4 +1,7 @@
-"""Run a segmentation model on window batches: softmax probabilities, with optional multi-scale and flip TTA."""
+"""Run a segmentation model on window batches: softmax probabilities, multi-scale and flip TTA, normalisation.
+
+Raw windows are normalised on the model's device (:class:`Normaliser`), so the host only ships raw pixels.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rs_deeplab.devices import pick_amp
 from rs_deeplab.errors import InputError
 
 
@@ -52,7 +56,8 @@ class Predictor:
         model: Any ``nn.Module`` mapping ``(B, bands, h, w)`` to ``(B, classes, h, w)`` logits (put in eval mode).
         device: Where the model runs; inputs are moved there.
         tta: Test-time augmentation; None runs the model once.
-        amp: ``bf16`` or ``fp16`` autocast on CUDA (ignored on CPU); ``none`` for float32.
+        amp: ``auto`` (bf16 where the GPU has it natively, else fp16), ``bf16`` or ``fp16`` autocast on CUDA
+            (the CPU always runs float32); ``none`` for float32. Resolved by :func:`rs_deeplab.devices.pick_amp`.
         channels_last: Memory format for CUDA inputs and model.
     """
 
@@ -62,7 +67,7 @@ class Predictor:
         device: torch.device | str = "cpu",
         *,
         tta: TTA | None = None,
-        amp: str = "bf16",
+        amp: str = "auto",
         channels_last: bool = True,
     ) -> None:
         self.device = torch.device(device)
@@ -72,8 +77,7 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-        self.amp_dtype = dtypes.get(amp) if cuda else None
+        self.amp_dtype = pick_amp(amp, self.device)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = (
@@ -112,3 +116,54 @@ class Predictor:
         if self.tta.vflip:
             flips.append((2,))
         return flips
+
+
+class Normaliser:
+    """Turn raw window batches into model input on ``device``: float32, ``(x - mean) / std``, 0 on nodata/padding.
+
+    The float32 math is the same, in the same order, as normalising on the host (subtract the mean, divide by the
+    std), so the results are equal bit for bit. Host tensors in pinned memory are copied without blocking.
+
+    Args:
+        mean: Per-band values subtracted; None subtracts nothing.
+        std: Per-band divisors; None divides by nothing.
+        device: Where the model runs.
+    """
+
+    def __init__(
+        self, mean: Sequence[float] | None, std: Sequence[float] | None, device: torch.device | str = "cpu"
+    ) -> None:
+        self.device = torch.device(device)
+        self.mean = None if mean is None else self._per_band(mean)
+        self.std = None if std is None else self._per_band(std)
+
+    def _per_band(self, values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor([float(v) for v in values], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def __call__(
+        self, pixels: torch.Tensor, valid: torch.Tensor | None = None, extent: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """``(B, bands, size, size)`` raw pixels → float32 model input on :attr:`device`.
+
+        Args:
+            pixels: Raw values of any real dtype (padding 0).
+            valid: ``(B, size, size)`` bool, False on nodata and padding; None when all valid.
+            extent: Rows and columns of each window inside the scene; the rest is set to 0.
+        """
+        x = pixels.to(self.device, non_blocking=True)
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        elif x is pixels:
+            x = x.clone()  # the input stays as it was
+        if self.mean is not None:
+            x.sub_(self.mean)
+        if self.std is not None:
+            x.div_(self.std)
+        h, w = x.shape[-2:] if extent is None else extent
+        if h < x.shape[-2]:
+            x[:, :, h:] = 0
+        if w < x.shape[-1]:
+            x[:, :, :, w:] = 0
+        if valid is not None:
+            x.mul_(valid.to(self.device, non_blocking=True).unsqueeze(1))
+        return x

@@ -1,18 +1,19 @@
-"""Read a scene as batches of normalised windows, one band of rows at a time, skipping all-nodata windows."""
+"""Read a scene as batches of raw windows, each scene row once, skipping all-nodata windows."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from rasterio.enums import MaskFlags
-from rasterio.windows import Window
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
+from rs_deeplab.inference.band_reader import BandReader, default_read_threads
 from rs_deeplab.raster import PathLike, open_raster
 
 
@@ -67,24 +68,52 @@ def select_bands(info: SceneInfo, bands: Sequence[int] | None, expected: int | N
 
 @dataclass(frozen=True)
 class WindowBatch:
-    """Up to ``batch_size`` windows of one window row, ready for the model."""
+    """Up to ``batch_size`` windows of one window row, as raw pixels.
+
+    :class:`~rs_deeplab.inference.predictor.Normaliser` converts and normalises them where the model runs.
+    """
 
     row_off: int
     col_offs: tuple[int, ...]
-    images: torch.Tensor
-    """``(B, bands, size, size)`` float32, normalised; nodata and padding set to 0."""
+    pixels: torch.Tensor
+    """``(B, bands, size, size)`` raw values in :func:`transport_dtype` of the scene's dtype; padding is 0."""
     valid: torch.Tensor | None
     """``(B, size, size)`` bool, False on nodata and padding; None when every pixel is valid."""
+    extent: tuple[int, int]
+    """Rows and columns of each window that lie inside the scene (the rest is padding)."""
     raw: np.ndarray | None = None
-    """The band of raw rows the windows came from (kept only for CRF)."""
+    """The band of raw rows the windows came from (kept only when asked)."""
+
+
+def transport_dtype(dtype: np.dtype[Any] | str) -> np.dtype[Any]:
+    """The dtype windows of a scene of ``dtype`` are shipped to the device in.
+
+    The same where torch has it, else one that holds every value exactly (uint16 → int32 without
+    ``torch.uint16``, uint32 → int64); float64 → float32 (the cast normalisation does first anyway).
+    """
+    dt = np.dtype(dtype)
+    if dt == np.float64 or dt.kind not in "uif":
+        return np.dtype(np.float32)
+    if dt.kind == "u" and dt.itemsize > 1 and not _torch_has(dt):
+        return np.dtype(np.int32) if dt.itemsize == 2 else np.dtype(np.float32 if dt.itemsize > 4 else np.int64)
+    return dt
+
+
+def _torch_has(dt: np.dtype[Any]) -> bool:
+    """Whether torch has ``dt`` and converts it to float32 (unsigned types beyond uint8 came in torch 2.3)."""
+    try:
+        return bool(torch.from_numpy(np.ones(1, dt)).to(torch.float32).item() == 1)
+    except (TypeError, RuntimeError):
+        return False
 
 
 class WindowReader:
     """Iterate a scene's windows row by row as :class:`WindowBatch` objects.
 
-    Each window row reads its band of ``size`` scene rows once (all columns, the chosen bands). Windows with no
-    valid pixel are skipped without reaching the model. Batches never span two window rows, so the windows a
-    model sees together do not depend on where a run starts (resume, Dask chunks).
+    A :class:`~rs_deeplab.inference.band_reader.BandReader` reads each scene row once (``read_threads`` threads),
+    keeping the overlap of consecutive window rows. Windows with no valid pixel are skipped without reaching the
+    model. Batches never span two window rows, so the windows a model sees together do not depend on where a run
+    starts (resume, Dask chunks). ``mean``/``std`` are checked here and applied by the normaliser.
     """
 
     def __init__(
@@ -99,6 +128,7 @@ class WindowReader:
         std: Sequence[float] | None = None,
         keep_raw: bool = False,
         pin_memory: bool = False,
+        read_threads: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise InputError(f"batch size must be a positive whole number, got {batch_size}")
@@ -107,12 +137,14 @@ class WindowReader:
         self.row_offs = axis_offsets(info.height, size, stride)
         self.col_offs = axis_offsets(info.width, size, stride)
         self.keep_raw, self.pin_memory = keep_raw, pin_memory
+        self.read_threads = default_read_threads() if read_threads is None else read_threads
+        self.dtype = transport_dtype(info.dtype)
+        self.rows_read = 0
+        """Scene rows read from the file by :meth:`batches` (each one once per call)."""
         n = len(self.bands)
-        self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(n, 1, 1)
-        self.std = None if std is None else np.asarray(std, np.float32).reshape(n, 1, 1)
-        for name, values in (("mean", self.mean), ("std", self.std)):
-            if values is not None and values.size != n:
-                raise InputError(f"{name} has {values.size} values for {n} bands")
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) != n:
+                raise InputError(f"{name} has {len(values)} values for {n} bands")
 
     def windows_in(self, row_offs: Sequence[int]) -> int:
         """How many windows (before nodata skipping) the given window rows hold."""
@@ -120,60 +152,32 @@ class WindowReader:
 
     def batches(self, row_offs: Sequence[int] | None = None) -> Iterator[WindowBatch]:
         """Batches of the given window rows (all of them by default), in row-major order."""
-        with open_raster(self.info.path) as src:
-            for row_off in self.row_offs if row_offs is None else row_offs:
-                yield from self._row_batches(src, row_off)
+        with BandReader(self.info, self.bands, self.size, self.read_threads) as source:
+            try:
+                for row_off in self.row_offs if row_offs is None else row_offs:
+                    yield from self._row_batches(source.band(row_off), row_off)
+            finally:
+                self.rows_read += source.rows_read
 
-    def _row_batches(self, src: object, row_off: int) -> Iterator[WindowBatch]:
-        band, valid = self._read_band(src, row_off)
+    def _row_batches(self, read: tuple[np.ndarray, np.ndarray | None], row_off: int) -> Iterator[WindowBatch]:
+        band, valid = read
         todo = [c for c in self.col_offs if valid is None or valid[:, c : c + self.size].any()]
+        h, w = band.shape[1], min(self.size, self.info.width)
+        padded = h < self.size or w < self.size
+        raw = band.copy() if self.keep_raw else None
         for i in range(0, len(todo), self.batch_size):
             cols = tuple(todo[i : i + self.batch_size])
-            images = np.zeros((len(cols), len(self.bands), self.size, self.size), np.float32)
-            masks = None if valid is None else np.zeros((len(cols), self.size, self.size), bool)
+            pixels = self._empty((len(cols), len(self.bands), self.size, self.size), self.dtype, padded)
+            masks = None if valid is None else self._empty((len(cols), self.size, self.size), np.dtype(bool), padded)
+            out, out_masks = pixels.numpy(), None if masks is None else masks.numpy()
             for j, c in enumerate(cols):
-                crop = band[:, :, c : c + self.size]
-                h, w = crop.shape[1:]
-                self._normalise(crop, images[j, :, :h, :w])
-                if masks is not None and valid is not None:
-                    masks[j, :h, :w] = valid[:, c : c + self.size]
-                    images[j] *= masks[j]
-            tensor = torch.from_numpy(images)
-            yield WindowBatch(
-                row_off,
-                cols,
-                tensor.pin_memory() if self.pin_memory else tensor,
-                None if masks is None else torch.from_numpy(masks),
-                band if self.keep_raw else None,
-            )
+                out[j, :, :h, :w] = band[:, :, c : c + w]
+                if out_masks is not None and valid is not None:
+                    out_masks[j, :h, :w] = valid[:, c : c + w]
+            yield WindowBatch(row_off, cols, pixels, masks, (h, w), raw)
 
-    def _normalise(self, crop: np.ndarray, out: np.ndarray) -> None:
-        """Write ``(crop - mean) / std`` into ``out`` (float32), per window so the band stays in its dtype."""
-        out[...] = crop
-        if self.mean is not None:
-            out -= self.mean
-        if self.std is not None:
-            out /= self.std
-
-    def _read_band(self, src: object, row_off: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw ``(bands, rows, width)`` band of the window row and its valid mask (None: all valid).
-
-        The band stays in the scene's dtype (a 100,000-pixel-wide uint8 RGBIR band of 512 rows is 200 MB; as
-        float32 it would be 800 MB); windows are converted one by one.
-        """
-        rows = min(self.size, self.info.height - row_off)
-        window = Window(0, row_off, self.info.width, rows)
-        data = src.read(self.bands, window=window)  # type: ignore[attr-defined]
-        valid: np.ndarray | None = None
-        if self.info.mask_kind == "nodata" and self.info.nodata is not None:
-            nd = self.info.nodata
-            valid = (~np.isnan(data) if np.isnan(nd) else data != nd).any(0)
-        elif self.info.mask_kind == "mask":
-            valid = src.read_masks(self.bands[0], window=window) > 0  # type: ignore[attr-defined]
-        if np.issubdtype(data.dtype, np.floating):
-            finite = np.isfinite(data).all(0)
-            valid = finite if valid is None else valid & finite
-            data = np.where(finite, data, 0)
-        if valid is not None and valid.all():
-            valid = None
-        return data, valid
+    def _empty(self, shape: tuple[int, ...], dtype: np.dtype[Any], zero: bool) -> torch.Tensor:
+        """A host tensor (pinned for a CUDA copy), zeroed when windows are padded."""
+        tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        make = torch.zeros if zero else torch.empty
+        return make(shape, dtype=tdtype, pin_memory=self.pin_memory)

@@ -7,18 +7,19 @@ those. Because windows arrive in the same order and batches never span window ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
+from rs_deeplab.inference.band_reader import default_read_threads
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
 from rs_deeplab.inference.crf import CRFParams
-from rs_deeplab.inference.predictor import TTA, Predictor
+from rs_deeplab.inference.predictor import TTA, Normaliser, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowReader
-from rs_deeplab.inference.streams import prefetch
+from rs_deeplab.inference.streams import OrderedWorker, prefetch
 from rs_deeplab.raster import open_raster
 
 
@@ -54,6 +55,8 @@ class RowJob:
     keep_probs: bool = False
     amp: str = "bf16"
     channels_last: bool = True
+    read_threads: int = field(default_factory=default_read_threads, repr=False, compare=False)
+    """Threads reading the scene (output does not depend on it, so it is left out of the run's fingerprint)."""
 
     @property
     def row_offs(self) -> tuple[int, ...]:
@@ -74,7 +77,8 @@ class RowJob:
     def reader(self, pin_memory: bool = False) -> WindowReader:
         """The window reader of this job."""
         return WindowReader(self.info, size=self.size, stride=self.stride, batch_size=self.batch_size,
-                            bands=self.bands, mean=self.mean, std=self.std, pin_memory=pin_memory)  # fmt: skip
+                            bands=self.bands, mean=self.mean, std=self.std, pin_memory=pin_memory,
+                            read_threads=self.read_threads)  # fmt: skip
 
 
 def stream_rows(
@@ -87,9 +91,11 @@ def stream_rows(
 ) -> Iterator[FinishedRows]:
     """Predict scene rows ``[start, stop)``; yield them in order as they are finished (CRF-refined if asked).
 
-    Reading runs one batch ahead in a background thread. With CRF, rows are refined in strips between window-row
-    offsets; the strips that ``start`` and ``stop`` cut are computed whole, so a range's refined rows equal those
-    of the whole-scene run.
+    Reading runs one batch ahead in a background thread and hands over raw windows (pinned for a CUDA copy);
+    they are normalised on the model's device (:class:`Normaliser`). Kept probabilities are quantised to uint8 on
+    the device unless CRF still needs them as floats. With CRF, rows are refined in strips between window-row
+    offsets on a background thread (so the device does not wait for it); the strips that ``start`` and ``stop``
+    cut are computed whole, so a range's refined rows equal those of the whole-scene run.
     """
     a, b = job.strip_bounds(start, stop) if job.crf is not None else (start, stop)
     rows = job.window_rows(a, b)
@@ -97,29 +103,56 @@ def stream_rows(
         return
     device = predictor.device
     acc = BandAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
-                          device=device, keep_probs=job.keep_probs or job.crf is not None,
-                          start_row=rows[0])  # fmt: skip
-    refine = _crf_refiner(job) if job.crf is not None else None
-    cuts = job.row_offs
+                          device=device, keep_probs=job.keep_probs or job.crf is not None, start_row=rows[0],
+                          quantise=job.keep_probs and job.crf is None)  # fmt: skip
+    normalise = Normaliser(job.mean, job.std, device)
     reader = job.reader(pin_memory=device.type == "cuda")
+    with _Finisher(job, start, stop) as finished:
+        for batch in prefetch(reader.batches(rows)):
+            valid = None if batch.valid is None else batch.valid.to(device, non_blocking=True)
+            probs = predictor(normalise(batch.pixels, valid, batch.extent))
+            for j, col in enumerate(batch.col_offs):
+                yield from finished.put(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]))
+            if on_batch is not None:
+                on_batch(len(batch.col_offs))
+        yield from finished.put(acc.finish(b))
+        yield from finished.drain()
 
-    def finished(parts: Iterator[FinishedRows]) -> Iterator[FinishedRows]:
+
+class _Finisher:
+    """Clip finished rows to ``[start, stop)``; with CRF, cut them into strips refined on a background thread."""
+
+    def __init__(self, job: RowJob, start: int, stop: int) -> None:
+        self.start, self.stop, self.cuts = start, stop, job.row_offs
+        self.worker = None if job.crf is None else OrderedWorker(_crf_refiner(job), depth=2, name="rs-deeplab-crf")
+
+    def __enter__(self) -> _Finisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.worker is not None:
+            self.worker.__exit__(*exc)
+
+    def put(self, parts: Iterable[FinishedRows]) -> Iterator[FinishedRows]:
+        """The rows of ``parts`` that are ready (refined ones may come later, always in order)."""
         for part in parts:
-            for piece in _split(part, cuts) if refine is not None else (part,):
-                if piece.row_stop <= start:
-                    continue
-                clipped = _clip(refine(piece) if refine is not None else piece, start, stop)
-                if clipped is not None:
-                    yield clipped
+            if self.worker is None:
+                yield from self._clipped([part])
+                continue
+            for piece in _split(part, self.cuts):
+                if piece.row_stop > self.start:
+                    yield from self._clipped(self.worker.submit(piece))
 
-    for batch in prefetch(reader.batches(rows)):
-        probs = predictor(batch.images)
-        valid = None if batch.valid is None else batch.valid.to(device, non_blocking=True)
-        for j, col in enumerate(batch.col_offs):
-            yield from finished(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]))
-        if on_batch is not None:
-            on_batch(len(batch.col_offs))
-    yield from finished(acc.finish(b))
+    def drain(self) -> Iterator[FinishedRows]:
+        """Every refined strip still in flight."""
+        if self.worker is not None:
+            yield from self._clipped(self.worker.drain())
+
+    def _clipped(self, parts: Iterable[FinishedRows]) -> Iterator[FinishedRows]:
+        for part in parts:
+            clipped = _clip(part, self.start, self.stop)
+            if clipped is not None:
+                yield clipped
 
 
 def _split(part: FinishedRows, cuts: Sequence[int]) -> Iterator[FinishedRows]:
@@ -141,9 +174,14 @@ def _clip(part: FinishedRows, start: int, stop: int) -> FinishedRows | None:
 
 
 def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: int) -> FinishedRows:
-    """Join consecutive parts into rows ``[start, stop)`` (rows nothing covered are 255)."""
+    """Join consecutive parts into rows ``[start, stop)`` (rows nothing covered are 255).
+
+    Probabilities keep the parts' dtype (uint8 when quantised on the device, float32 after CRF).
+    """
     labels = np.full((stop - start, job.info.width), IGNORE_INDEX, np.uint8)
-    probs = np.zeros((job.num_classes, stop - start, job.info.width), np.float32) if job.keep_probs else None
+    kinds = [p.probs.dtype for p in parts if p.probs is not None]
+    dtype = kinds[0] if kinds else np.dtype(np.uint8)  # uint8 quantised on the device; float32 after CRF
+    probs = np.zeros((job.num_classes, stop - start, job.info.width), dtype) if job.keep_probs else None
     for p in parts:
         labels[p.row_start - start : p.row_stop - start] = p.labels
         if probs is not None and p.probs is not None:

@@ -1,13 +1,16 @@
-"""Background threads that keep reading and writing overlapped with the model."""
+"""Background threads that keep reading, writing and CRF refinement overlapped with the model."""
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _DONE = object()
 
 
@@ -96,3 +99,37 @@ class BackgroundSink(Generic[T]):
         self._thread.join()
         if self._error is not None and exc[0] is None:
             raise self._error
+
+
+class OrderedWorker(Generic[T, R]):
+    """Apply ``fn`` to items on one background thread; hand the results back in the order the items came.
+
+    At most ``depth`` items are in flight: :meth:`submit` blocks on the oldest one beyond that. An error in ``fn``
+    is raised where its result is collected. Use as a context manager (the thread stops on exit).
+    """
+
+    def __init__(self, fn: Callable[[T], R], depth: int = 2, name: str = "rs-deeplab-worker") -> None:
+        self._fn, self._depth = fn, max(1, depth)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._pending: deque[Future[R]] = deque()
+
+    def __enter__(self) -> OrderedWorker[T, R]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+    def submit(self, item: T) -> list[R]:
+        """Queue ``item``; return the results that are ready (oldest first), waiting while too many are queued."""
+        self._pending.append(self._pool.submit(self._fn, item))
+        ready: list[R] = []
+        while self._pending and (len(self._pending) > self._depth or self._pending[0].done()):
+            ready.append(self._pending.popleft().result())
+        return ready
+
+    def drain(self) -> Iterator[R]:
+        """Yield every remaining result, in order."""
+        while self._pending:
+            yield self._pending.popleft().result()

@@ -25,7 +25,7 @@ import rasterio.shutil
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.errors import InputError
-from rs_deeplab.inference.blending import FinishedRows
+from rs_deeplab.inference.blending import FinishedRows, quantise_probs
 from rs_deeplab.inference.reader import SceneInfo
 from rs_deeplab.raster import geotiff_profile, quiet_georeferencing
 from rs_deeplab.vectorize import class_names_tag
@@ -171,8 +171,8 @@ class RowWriter:
         window = rasterio.windows.Window(0, start, self.info.width, until - start)
         self._datasets[0].write(labels[a:b], 1, window=window)
         if self.spec.probs_path is not None:
-            probs = np.concatenate([r.probs for r in self._pending if r.probs is not None], axis=1)[:, a:b]
-            self._datasets[1].write(np.rint(probs * 255).astype(np.uint8), window=window)
+            probs = np.concatenate([quantise_probs(r.probs) for r in self._pending if r.probs is not None], axis=1)
+            self._datasets[1].write(probs[:, a:b], window=window)
         keep = [r for r in self._pending if r.row_stop > until]
         self._pending = keep
         if keep and keep[0].row_start < until:

@@ -1,0 +1,162 @@
+"""Read a sliding band of scene rows: each row is read and decoded once, in chunks on a small thread pool.
+
+Consecutive window rows overlap by ``size - stride`` scene rows. :class:`BandReader` keeps the previous band and
+reads only the rows the next one adds (any order of window rows works: a band that does not overlap the previous
+one is read whole). The new rows are split into chunks along GeoTIFF block boundaries (columns of a tiled file,
+rows of a striped one) and read by up to ``threads`` threads; GDAL releases the GIL while it decodes, and each
+thread opens its own dataset (a GDAL dataset must never be used by two threads at once).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from rs_deeplab.raster import open_raster
+
+if TYPE_CHECKING:
+    from rs_deeplab.inference.reader import SceneInfo
+
+
+def default_read_threads() -> int:
+    """Reading threads per scene: up to 4, never more than this machine's CPUs."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class BandReader:
+    """Bands of ``size`` scene rows (all columns, the chosen bands) in the scene's dtype, plus their valid mask.
+
+    Non-finite values of a float scene are set to 0 and counted as invalid, as are nodata pixels (every band equal
+    to the nodata value, NaN included) and pixels outside an internal dataset mask. Use as a context manager (it
+    owns the thread pool and the open datasets).
+    """
+
+    def __init__(self, info: SceneInfo, bands: Sequence[int], size: int, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"read_threads must be >= 1, got {threads}")
+        self.info, self.bands, self.size, self.threads = info, list(bands), size, threads
+        self.rows = min(size, info.height)
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-deeplab-read") if threads > 1 else None
+        shape = (len(self.bands), self.rows, info.width)
+        self._data = [np.empty(shape, np.dtype(info.dtype)) for _ in range(2)]
+        self._masked = info.mask_kind != "none" or np.dtype(info.dtype).kind == "f"
+        self._valid = [np.empty(shape[1:], bool) for _ in range(2)] if self._masked else None
+        self._current, self._off, self._held = -1, -1, 0
+        self.rows_read = 0
+        """Scene rows read from the file so far (statistics)."""
+        self._block: tuple[int, int] = self._dataset().block_shapes[0]
+
+    def __enter__(self) -> BandReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads and close every dataset they opened."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        with self._lock:
+            for ds in self._opened:
+                ds.close()
+            self._opened = []
+
+    def _dataset(self) -> Any:
+        """This thread's own open dataset."""
+        ds = getattr(self._local, "ds", None)
+        if ds is None or ds.closed:
+            ds = open_raster(self.info.path)
+            self._local.ds = ds
+            with self._lock:
+                self._opened.append(ds)
+        return ds
+
+    def band(self, row_off: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(bands, rows, width)`` raw rows ``row_off ..`` (at most ``size``) and their valid mask (None: all valid).
+
+        The arrays are buffers reused two calls later: copy what must live longer.
+        """
+        rows = min(self.size, self.info.height - row_off)
+        keep = 0
+        if self._current >= 0 and self._off <= row_off < self._off + self._held:
+            keep = min(rows, self._off + self._held - row_off)
+        target = 1 - self._current if self._current >= 0 else 0
+        data = self._data[target][:, :rows]
+        valid = None if self._valid is None else self._valid[target][:rows]
+        if keep:
+            skip = row_off - self._off
+            data[:, :keep] = self._data[self._current][:, skip : skip + keep]
+            if valid is not None and self._valid is not None:
+                valid[:keep] = self._valid[self._current][skip : skip + keep]
+        self._read(row_off + keep, row_off + rows, data[:, keep:], None if valid is None else valid[keep:])
+        self._current, self._off, self._held = target, row_off, rows
+        return data, None if valid is None or valid.all() else valid
+
+    def _read(self, first: int, stop: int, data: np.ndarray, valid: np.ndarray | None) -> None:
+        """Read scene rows ``[first, stop)`` into ``data`` (and ``valid``), chunk by chunk."""
+        if stop <= first:
+            return
+        self.rows_read += stop - first
+        chunks = self._chunks(first, stop)
+        if self._pool is None or len(chunks) == 1:
+            for chunk in chunks:
+                self._read_chunk(first, chunk, data, valid)
+            return
+        for future in [self._pool.submit(self._read_chunk, first, c, data, valid) for c in chunks]:
+            future.result()
+
+    def _chunks(self, first: int, stop: int) -> list[tuple[int, int, int, int]]:
+        """``(row0, row1, col0, col1)`` pieces of rows ``[first, stop)``, rows relative to ``first``.
+
+        Cut along block edges over the threads: the columns of a tiled file (each thread decodes its own tiles),
+        else the rows.
+        """
+        width = self.info.width
+        block_h, block_w = self._block
+        if block_w < width:
+            return [(0, stop - first, a, b) for a, b in _split(0, width, block_w, self.threads)]
+        return [(a - first, b - first, 0, width) for a, b in _split(first, stop, block_h, self.threads)]
+
+    def _read_chunk(
+        self, first: int, chunk: tuple[int, int, int, int], data: np.ndarray, valid: np.ndarray | None
+    ) -> None:
+        r0, r1, c0, c1 = chunk
+        src = self._dataset()
+        window = Window(c0, first + r0, c1 - c0, r1 - r0)
+        out = data[:, r0:r1, c0:c1]
+        src.read(self.bands, window=window, out=out)
+        if valid is None:
+            return
+        ok = valid[r0:r1, c0:c1]
+        info = self.info
+        if info.mask_kind == "nodata" and info.nodata is not None:
+            nd = info.nodata
+            np.any(~np.isnan(out) if np.isnan(nd) else out != nd, axis=0, out=ok)
+        elif info.mask_kind == "mask":
+            ok[...] = src.read_masks(self.bands[0], window=window) > 0
+        else:
+            ok[...] = True
+        if out.dtype.kind == "f":
+            finite = np.isfinite(out).all(0)
+            ok &= finite
+            np.copyto(out, 0, where=~finite)
+
+
+def _split(start: int, stop: int, block: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into at most ``parts`` pieces whose inner edges are multiples of ``block``."""
+    block = max(1, block)
+    first, last = start // block, -(-stop // block)
+    n = max(1, min(parts, last - first))
+    edges = [min(stop, max(start, (first + round(i * (last - first) / n)) * block)) for i in range(n + 1)]
+    edges[0], edges[-1] = start, stop
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
