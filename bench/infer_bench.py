@@ -13,7 +13,17 @@ Part 2 (memory): scenes of ``--mem-sizes`` (default 2000, 6000, 12000) with a sm
 reports its peak RSS (``ru_maxrss``). Streaming should stay flat; the full-array accumulator grows with H × W.
 ``--stream-only-sizes 20000`` adds scenes run by the streaming path only (the full array would need ~10 GB).
 
+Feed (``--feed``, issue 11): the CPU side a GPU run still needs — reading and decoding each scene row once,
+cutting raw windows and handing them over (pinned and normalised on the GPU where CUDA exists), then writing
+finished rows — with the model, softmax and blending replaced by stand-ins that cost nothing (a preallocated
+probability tensor; finished rows of a constant label, and with ``--probs`` constant uint8 probabilities as the
+device quantises them). Generated ``--feed-size``² scenes (default 8192): 4-band uint8 uncompressed (striped),
+4-band uint8 DEFLATE (256² tiles) and 4-band uint16 DEFLATE; windows 512 every 256, batch 4; for 1 and 2
+reading threads, with and without ``--probs``, it prints windows per second (target >= 900 with both cores on
+the DEFLATE uint8 scene without ``--probs``). ``--smoke`` runs it on a 768² scene once (the test suite does).
+
     PYTHONPATH=$PWD python bench/infer_bench.py [--time-size 2000] [--mem-sizes 2000,6000,12000] [--device cpu]
+    PYTHONPATH=$PWD python bench/infer_bench.py --feed [--feed-size 8192] [--smoke]
 """
 
 from __future__ import annotations
@@ -37,8 +47,13 @@ from rasterio.windows import Window
 
 from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.grid import axis_offsets
-from rs_deeplab.inference.blending import window_weight
+from rs_deeplab.inference.blending import FinishedRows, window_weight
+from rs_deeplab.inference.predictor import Normaliser
+from rs_deeplab.inference.reader import scene_info
+from rs_deeplab.inference.rows import RowJob
 from rs_deeplab.inference.scene import predict_scene
+from rs_deeplab.inference.streams import BackgroundSink, prefetch
+from rs_deeplab.inference.writer import OutputSpec, RowWriter
 from rs_deeplab.models import build_model
 from rs_deeplab.raster import geotiff_profile
 
@@ -46,23 +61,27 @@ TRANSFORM = Affine(0.1, 0.0, 368_000.0, 0.0, -0.1, 5_808_000.0)
 MEAN, STD = [110.0, 110.0, 100.0, 120.0], [50.0, 45.0, 45.0, 55.0]
 
 
-def write_scene(path: Path, size: int, strip: int = 1000) -> Path:
-    """A ``size``² 4-band uint8 scene of smooth random fields plus noise, written strip by strip (tiled, raw)."""
+def write_scene(
+    path: Path, size: int, strip: int = 1000, *, dtype: str = "uint8", compress: str | None = None, tiled: bool = True
+) -> Path:
+    """A ``size``² 4-band scene of smooth random fields plus noise, written strip by strip (default: tiled, raw)."""
     if path.exists():
         return path
     rng = np.random.default_rng(size)
-    profile = geotiff_profile(width=size, height=size, count=4, dtype="uint8", crs="EPSG:32633",
-                              transform=TRANSFORM, compress=None)  # fmt: skip
-    profile["interleave"] = "band"
-    base = rng.integers(40, 220, (4, 64, 64)).astype(np.uint8)
+    profile = geotiff_profile(width=size, height=size, count=4, dtype=dtype, crs="EPSG:32633",
+                              transform=TRANSFORM, compress=compress, tiled=tiled)  # fmt: skip
+    if tiled:
+        profile["interleave"] = "band"
+    scale = 1 if dtype == "uint8" else 40  # uint16: 12-bit-like values
+    base = rng.integers(40, 220, (4, 64, 64)).astype(dtype) * scale
     tmp = path.with_suffix(".tmp.tif")
     with rasterio.open(tmp, "w", **profile) as dst:
         for r in range(0, size, strip):
             rows = min(strip, size - r)
             yy = (np.arange(r, r + rows) // 37) % 64
             xx = (np.arange(size) // 37) % 64
-            block = base[:, yy][:, :, xx] + rng.integers(0, 20, (4, rows, size), dtype=np.uint8)
-            dst.write(block, window=Window(0, r, size, rows))
+            noise = rng.integers(0, 20, (4, rows, size), dtype=np.uint8).astype(dtype) * scale
+            dst.write(base[:, yy][:, :, xx] + noise, window=Window(0, r, size, rows))
     os.replace(tmp, path)
     return path
 
@@ -162,6 +181,62 @@ def time_part(work: Path, size: int, repeats: int, device: str) -> None:
     print(f"  windows per second: {n / best['stream']:.2f} (model only {n / best['model']:.2f})")
 
 
+FEED_SCENES = {"uint8 raw": ("uint8", None, False), "uint8 deflate": ("uint8", "deflate", True),
+               "uint16 deflate": ("uint16", "deflate", True)}  # fmt: skip
+
+
+def feed_once(scene: Path, out: Path, threads: int, probs: bool, device: torch.device) -> tuple[int, float]:
+    """Windows handed over and seconds for one pass of the feed (stand-in model and blending, real writer)."""
+    win, stride, classes = 512, 256, 6
+    job = RowJob(scene_info(scene), win, stride, 4, (1, 2, 3, 4), classes, tuple(MEAN), tuple(STD),
+                 keep_probs=probs, read_threads=threads)  # fmt: skip
+    info, cuda = job.info, device.type == "cuda"
+    normalise = Normaliser(job.mean, job.std, device) if cuda else None  # on a CPU the device work is left out
+    out_probs = torch.zeros((job.batch_size, classes, win, win), device=device)  # the model's stand-in
+    labels = np.zeros((win, info.width), np.uint8)
+    kept = np.full((classes, win, info.width), 42, np.uint8) if probs else None
+    spec = OutputSpec(
+        out, tuple(f"c{i}" for i in range(classes)), None, out.with_suffix(".probs.tif") if probs else None
+    )
+    writer = RowWriter(spec, info, {"bench": "feed"})
+    writer.open()
+    reader = job.reader(pin_memory=cuda)
+    offs, last_col, windows, start = job.row_offs, reader.col_offs[-1], 0, time.perf_counter()
+    with BackgroundSink[FinishedRows](writer.write) as sink:
+        done = 0
+        for batch in prefetch(reader.batches()):
+            if normalise is not None:
+                valid = None if batch.valid is None else batch.valid.to(device, non_blocking=True)
+                normalise(batch.pixels, valid, batch.extent)
+            probs_of_batch = out_probs[: len(batch.col_offs)]  # what the model would hand to blending
+            windows += probs_of_batch.shape[0]
+            if batch.col_offs[-1] == last_col:  # the window row is done: rows above the next one are finished
+                nxt = offs.index(batch.row_off) + 1
+                until = offs[nxt] if nxt < len(offs) else info.height
+                n = until - done
+                sink.put(FinishedRows(done, labels[:n], None if kept is None else kept[:, :n]))
+                done = until
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    writer.close()
+    return windows, seconds
+
+
+def feed_part(work: Path, size: int, repeats: int, device: torch.device, threads: list[int]) -> None:
+    print(f"# feed: {size}² 4-band scenes, windows 512/256, batch 4, stand-in model and blending, {device}, "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    for case, (dtype, compress, tiled) in FEED_SCENES.items():
+        name = f"feed_{size}_{case.replace(' ', '_')}.tif"
+        scene = write_scene(work / name, size, dtype=dtype, compress=compress, tiled=tiled)
+        for probs in (False, True):
+            for t in threads:
+                runs = [feed_once(scene, work / "feed_out.tif", t, probs, device) for _ in range(repeats)]
+                n, best = runs[0][0], min(r[1] for r in runs)
+                print(f"  {case:15s} probs {'yes' if probs else 'no ':3s} threads {t}: {n} windows, best {best:6.2f} s"
+                      f" = {n / best:7.1f} windows/s   runs {' '.join(f'{r[1]:.2f}' for r in runs)}")  # fmt: skip
+
+
 def memory_part(work: Path, sizes: list[int], stream_only: list[int]) -> None:
     print(f"# memory: small CNN, windows 512/256, batch 4, fresh process per run, load {os.getloadavg()[0]:.1f}")
     for size in sizes + stream_only:
@@ -183,6 +258,10 @@ def main() -> None:
     p.add_argument("--workdir", type=Path)
     p.add_argument("--skip-time", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--feed", action="store_true", help="benchmark the CPU side of feeding a GPU (only that)")
+    p.add_argument("--feed-size", type=int, default=8192)
+    p.add_argument("--feed-threads", default="1,2", help="reading threads to compare")
+    p.add_argument("--smoke", action="store_true", help="--feed on a 768² scene, once (a quick check)")
     p.add_argument("--child", nargs=3, metavar=("MODE", "SCENE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     tune_malloc()  # as the pipelines do (RS_DEEPLAB_MALLOC_TUNING=0 measures glibc's defaults)
@@ -192,6 +271,11 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="infer_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}, work {work}")
+    if args.feed:
+        size, repeats = (768, 1) if args.smoke else (args.feed_size, args.repeats)
+        dev = torch.device("cuda" if args.device == "cpu" and torch.cuda.is_available() else args.device)
+        feed_part(work, size, repeats, dev, [int(t) for t in args.feed_threads.split(",")])
+        return
     if not args.skip_time:
         time_part(work, args.time_size, args.repeats, args.device)
     if not args.skip_memory:

@@ -4,7 +4,8 @@ Consecutive window rows overlap by ``size - stride`` scene rows. :class:`BandRea
 reads only the rows the next one adds (any order of window rows works: a band that does not overlap the previous
 one is read whole). The new rows are split into chunks along GeoTIFF block boundaries (columns of a tiled file,
 rows of a striped one) and read by up to ``threads`` threads; GDAL releases the GIL while it decodes, and each
-thread opens its own dataset (a GDAL dataset must never be used by two threads at once).
+thread opens its own dataset (a GDAL dataset must never be used by two threads at once). With more than one
+thread, the next band is read in the background while the caller cuts windows from the current one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,7 +47,9 @@ class BandReader:
         self._local = threading.local()
         self._opened: list[Any] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-deeplab-read") if threads > 1 else None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rs-deeplab-read-ahead") if threads > 1 else None
+        self._chunk_pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-deeplab-read") if threads > 1 else None
+        self._ahead: tuple[int, Future[tuple[np.ndarray, np.ndarray | None]]] | None = None
         shape = (len(self.bands), self.rows, info.width)
         self._data = [np.empty(shape, np.dtype(info.dtype)) for _ in range(2)]
         self._masked = info.mask_kind != "none" or np.dtype(info.dtype).kind == "f"
@@ -64,8 +67,10 @@ class BandReader:
 
     def close(self) -> None:
         """Stop the threads and close every dataset they opened."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in (self._pool, self._chunk_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._ahead = None
         with self._lock:
             for ds in self._opened:
                 ds.close()
@@ -81,11 +86,23 @@ class BandReader:
                 self._opened.append(ds)
         return ds
 
-    def band(self, row_off: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def band(self, row_off: int, next_off: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(bands, rows, width)`` raw rows ``row_off ..`` (at most ``size``) and their valid mask (None: all valid).
 
-        The arrays are buffers reused two calls later: copy what must live longer.
+        With more than one thread, ``next_off`` (the band asked for next) is read in the background while the
+        caller works on this one. The arrays are buffers reused by the next call: copy what must live longer.
         """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] != row_off:
+            ahead[1].result()  # a different band came next: finish the read in flight, then read this one
+            ahead = None
+        got = ahead[1].result() if ahead is not None else self._assemble(row_off)
+        if next_off is not None and self._pool is not None:
+            self._ahead = (next_off, self._pool.submit(self._assemble, next_off))
+        return got
+
+    def _assemble(self, row_off: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Build band ``row_off`` in the spare buffer from the overlap of the current one and the new rows."""
         rows = min(self.size, self.info.height - row_off)
         keep = 0
         if self._current >= 0 and self._off <= row_off < self._off + self._held:
@@ -108,11 +125,11 @@ class BandReader:
             return
         self.rows_read += stop - first
         chunks = self._chunks(first, stop)
-        if self._pool is None or len(chunks) == 1:
+        if self._chunk_pool is None or len(chunks) == 1:
             for chunk in chunks:
                 self._read_chunk(first, chunk, data, valid)
             return
-        for future in [self._pool.submit(self._read_chunk, first, c, data, valid) for c in chunks]:
+        for future in [self._chunk_pool.submit(self._read_chunk, first, c, data, valid) for c in chunks]:
             future.result()
 
     def _chunks(self, first: int, stop: int) -> list[tuple[int, int, int, int]]:

@@ -153,9 +153,11 @@ class WindowReader:
     def batches(self, row_offs: Sequence[int] | None = None) -> Iterator[WindowBatch]:
         """Batches of the given window rows (all of them by default), in row-major order."""
         with BandReader(self.info, self.bands, self.size, self.read_threads) as source:
+            offs = list(self.row_offs if row_offs is None else row_offs)
             try:
-                for row_off in self.row_offs if row_offs is None else row_offs:
-                    yield from self._row_batches(source.band(row_off), row_off)
+                for i, row_off in enumerate(offs):
+                    ahead = offs[i + 1] if i + 1 < len(offs) else None
+                    yield from self._row_batches(source.band(row_off, ahead), row_off)
             finally:
                 self.rows_read += source.rows_read
 
