@@ -98,8 +98,9 @@ class TrainConfig(StrictModel):
     """Engine switches: precision, compilation, accumulation, evaluation and logging cadence."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "bf16"
-    """Mixed precision on CUDA; ignored on CPU."""
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    """Mixed precision on CUDA (``auto``: bf16 from compute capability 8.0, fp16 with a GradScaler below); the CPU
+    always trains in float32."""
     channels_last: bool = True
     compile: bool = False
     grad_accum: PositiveInt = 1

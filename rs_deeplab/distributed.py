@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,31 @@ def env_from_torchrun() -> DistEnv:
     )
 
 
-def init_distributed(device: torch.device) -> DistEnv:
-    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); no-op for a single process."""
-    env = env_from_torchrun()
+def init_distributed(env: DistEnv, device: torch.device) -> None:
+    """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); no-op for a single process.
+
+    A CUDA rank binds its GPU (``device``, from :func:`rs_deeplab.devices.pick_device`: ``cuda:LOCAL_RANK``)
+    before it joins, so NCCL's communicator and every later allocation land on that GPU, not on GPU 0.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    return env
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (a picklable object; returned as is without a process group).
+
+    Used for decisions that must be the same everywhere although each rank could compute its own, e.g. whether
+    to resume and from which checkpoint state: ranks whose ``work_dir`` is not shared would otherwise start at
+    different iterations and wait on each other forever.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
 
 
 def shutdown_distributed() -> None:

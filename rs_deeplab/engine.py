@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.distributed import all_reduce_sum
-from rs_deeplab.metrics import confusion_matrix
 from rs_deeplab.models import SegOutput, param_groups
 
 log = logging.getLogger("rs_deeplab.engine")
@@ -111,12 +110,16 @@ class StepContext:
 
 
 def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
-    """Move a batch to the device (non-blocking from pinned memory), channels_last when asked."""
+    """Move a batch to the device (non-blocking from pinned memory), channels_last when asked.
+
+    Masks travel in their own dtype (uint8 from the loaders: a quarter of int64's bytes) and become int64 on the
+    device, as the loss and the confusion matrix need.
+    """
     images, masks = batch
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, masks.to(device, non_blocking=True)
+    return images, masks.to(device, non_blocking=True).long()
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
@@ -126,11 +129,14 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.
     return torch.autocast("cuda", dtype=amp_dtype)
 
 
-def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContext) -> float:
-    """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss (DDP syncs on the last)."""
+def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContext) -> torch.Tensor:
+    """One optimiser step over ``grad_accum`` micro-batches; the mean loss stays on the device (no host sync).
+
+    DDP all-reduces gradients on the last micro-batch only. Masks arrive as uint8 and become int64 on the device.
+    """
     model.train()
     ctx.optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = torch.zeros((), device=ctx.device)
     for i, batch in enumerate(micro_batches):
         images, masks = to_device(batch, ctx.device, ctx.channels_last)
         last = i == len(micro_batches) - 1
@@ -142,16 +148,44 @@ def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContex
             loss = segmentation_loss(output, masks, class_weights=ctx.class_weights, aux_weight=ctx.aux_weight)
             scaled = loss / len(micro_batches)
             (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
-        total += float(loss.detach())
-    if not math.isfinite(total):
-        raise FloatingPointError("loss is not finite; lower optimizer.lr or check the labels")
+        total += scaled.detach()
     if ctx.scaler:
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
     else:
         ctx.optimizer.step()
     ctx.scheduler.step()
-    return total / len(micro_batches)
+    return total
+
+
+class LossMeter:
+    """Sums step losses on the device; reading the mean (at ``log_every``) is the only host sync."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Add one step's loss (a 0-d tensor on any device)."""
+        self.total = loss.detach().clone() if self.total is None else self.total.add_(loss.detach())
+        self.count += 1
+
+    def check(self) -> float:
+        """The mean of the losses added since the last :meth:`mean` (a host sync), without resetting.
+
+        Raises:
+            FloatingPointError: A loss was NaN or infinite.
+        """
+        value = float(self.total) / self.count if self.total is not None and self.count else 0.0
+        if not math.isfinite(value):
+            raise FloatingPointError("loss is not finite; lower optimizer.lr or check the labels")
+        return value
+
+    def mean(self) -> float:
+        """:meth:`check`, then reset."""
+        value = self.check()
+        self.total, self.count = None, 0
+        return value
 
 
 def train_one_epoch(
@@ -161,9 +195,9 @@ def train_one_epoch(
     *,
     start: int,
     stop: int,
-    on_step: Callable[[int, float, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> int:
-    """Run iterations ``start .. stop-1``; call ``on_step(iteration, loss, lr)`` after each; return ``stop``."""
+    """Run iterations ``start .. stop-1``; call ``on_step(iteration, loss on device, lr)`` after each."""
     for it in range(start, stop):
         lr = ctx.optimizer.param_groups[0]["lr"]
         micro = [next(batches) for _ in range(ctx.grad_accum)]
@@ -171,6 +205,18 @@ def train_one_epoch(
         if on_step is not None:
             on_step(it + 1, loss, lr)
     return stop
+
+
+def device_confusion(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, C)`` int64 counts of ``(truth, pred)`` pairs on the tensors' device (``torch.bincount``).
+
+    Same rule as :func:`rs_deeplab.metrics.confusion_matrix`: truth outside ``[0, C)`` (255 = ignore) and
+    predictions outside ``[0, C)`` are skipped.
+    """
+    t, p = truth.reshape(-1).long(), pred.reshape(-1).long()
+    keep = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    pairs = t[keep] * num_classes + p[keep]
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 @torch.inference_mode()
@@ -183,16 +229,20 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> np.ndarray:
-    """Confusion matrix over this rank's share of the loader, summed over all ranks."""
+    """Confusion matrix over this rank's share of the loader, summed over all ranks.
+
+    Pass the plain model, not its DDP wrapper: ranks may hold different numbers of validation batches (or none),
+    and a wrapper's forward would then wait on collectives the other ranks never join. The matrix is counted and
+    all-reduced on the device; it reaches the host once, at the end.
+    """
     model.eval()
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     for batch in loader:
         images, masks = to_device(batch, device, channels_last)
         with autocast(device, amp_dtype):
             logits = model(images)
-        pred = logits.argmax(1)
-        cm += torch.from_numpy(confusion_matrix(pred.cpu().numpy(), masks.cpu().numpy(), num_classes)).to(cm)
-    return all_reduce_sum(cm).cpu().numpy().astype(np.int64)
+        cm += device_confusion(logits.argmax(1), masks, num_classes)
+    return all_reduce_sum(cm).cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -217,30 +267,36 @@ def fit(
     on_log: Callable[[int, float, float], None] | None = None,
     on_eval: Callable[[int, np.ndarray], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    eval_model: nn.Module | None = None,
 ) -> int:
     """Train from ``start_iteration`` to ``cadence.iterations``, evaluating and checkpointing on the way.
 
     Callbacks receive the number of completed iterations: ``on_log(it, loss, lr)`` every ``log_every``,
     ``on_eval(it, confusion_matrix)`` after each evaluation (every rank; the matrix is all-reduced) and
-    ``on_checkpoint(it)`` every ``checkpoint_every`` and at the end.
+    ``on_checkpoint(it)`` every ``checkpoint_every`` and at the end. ``eval_model`` is the unwrapped model that
+    evaluation runs (``model`` may be a DDP or compiled wrapper).
     """
-    losses: list[float] = []
+    losses = LossMeter()
+    evaluated = model if eval_model is None else eval_model
 
-    def step_done(it: int, loss: float, lr: float) -> None:
-        losses.append(loss)
-        if on_log is not None and (it % cadence.log_every == 0 or it == cadence.iterations):
-            on_log(it, float(np.mean(losses)), lr)
-            losses.clear()
+    def step_done(it: int, loss: torch.Tensor, lr: float) -> None:
+        losses.add(loss)
+        if it % cadence.log_every == 0 or it == cadence.iterations:
+            mean = losses.mean()  # the step's only host sync; raises on a NaN/inf loss
+            if on_log is not None:
+                on_log(it, mean, lr)
         if on_checkpoint is not None and it % cadence.checkpoint_every == 0 and it % cadence.eval_every != 0:
+            losses.check()  # never checkpoint weights a NaN loss has reached
             on_checkpoint(it)
 
     it = start_iteration
     while it < cadence.iterations:
         stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
         it = train_one_epoch(model, batches, ctx, start=it, stop=stop, on_step=step_done)
+        losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
         if val_loader is not None and on_eval is not None:
             cm = evaluate(
-                model,
+                evaluated,
                 val_loader,
                 num_classes,
                 device=ctx.device,

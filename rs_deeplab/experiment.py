@@ -6,6 +6,7 @@ call it); everything it calls takes plain arguments.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -19,12 +20,15 @@ from torch.utils.data import DataLoader, Subset
 from rs_deeplab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
 from rs_deeplab.datasets import CityscapesSource, SegmentationSource, VOCSource
-from rs_deeplab.datasets.sampling import IterationBatchSampler, SegmentationDataset, pad_collate
+from rs_deeplab.datasets.sampling import IterationBatchSampler, SegmentationDataset, limit_worker_threads, pad_collate
 from rs_deeplab.datasets.tiles import TileIndexSource
+from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.distributed import (
     DistEnv,
+    broadcast_from_main,
     check_in_sync,
     convert_sync_batchnorm,
+    env_from_torchrun,
     init_distributed,
     rank_fingerprints,
     shutdown_distributed,
@@ -47,15 +51,6 @@ def build_source(data: DataConfig, split: str) -> SegmentationSource:
     if data.source == "cityscapes":
         return CityscapesSource(data.root, split)
     return TileIndexSource(data.root, split, data.bands)
-
-
-def pick_device(choice: str, env: DistEnv) -> torch.device:
-    """``auto``: this rank's GPU when CUDA exists, else the CPU."""
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise InputError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
-        return torch.device("cuda", env.local_rank)
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -121,21 +116,27 @@ def _loaders(
     )
     common: dict[str, Any] = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda"}
     if data.num_workers:
-        common["persistent_workers"] = False
+        common["worker_init_fn"] = limit_worker_threads
     train_loader = DataLoader(
         SegmentationDataset(train, transform), batch_sampler=sampler, generator=torch.Generator(), **common
     )
     if val is None:
         return train_loader, None
     shard = Subset(SegmentationDataset(val, EvalTransform(stats)), range(env.rank, len(val), env.world_size))
-    val_loader = DataLoader(shard, batch_size=data.batch_size, collate_fn=pad_collate, **common)
+    # validation runs every eval_every iterations: keep its workers instead of starting them again each time
+    val_common = {**common, "persistent_workers": True} if data.num_workers and len(shard) else common
+    val_loader = DataLoader(shard, batch_size=data.batch_size, collate_fn=pad_collate, **val_common)
     return train_loader, val_loader
 
 
-def _resume_state(cfg: ExperimentConfig, last: Path) -> dict[str, Any] | None:
-    if cfg.resume and last.exists():
-        return load_checkpoint(last)
-    return None
+def resume_state(last: Path, resume: bool, env: DistEnv) -> dict[str, Any] | None:
+    """The checkpoint state to resume from, decided once by rank 0 and broadcast to every rank.
+
+    Ranks whose ``work_dir`` is not shared (node-local disks) see no ``last.pt``, or an older one; each deciding
+    for itself would start the ranks at different iterations, and their collectives would wait forever.
+    """
+    state = load_checkpoint(last) if env.is_main and resume and last.exists() else None
+    return broadcast_from_main(state) if env.distributed else state
 
 
 def _build_model(
@@ -162,13 +163,22 @@ def _build_model(
     model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    return model, wrap_model(model, device, distributed=env.distributed, compile=cfg.train.compile)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, *, distributed: bool, compile: bool) -> torch.nn.Module:
+    """What the training loop calls: ``model`` in DDP when distributed, then ``torch.compile`` when asked.
+
+    The optimiser, checkpoints and evaluation keep using ``model`` itself (its parameters are the wrappers'),
+    so state-dict keys carry no ``module.``/``_orig_mod.`` prefixes and a checkpoint loads into a plain model.
+    """
     runner: torch.nn.Module = model
-    if env.distributed:
+    if distributed:
         ids = [device.index] if device.type == "cuda" else None
         runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.train.compile:
+    if compile:
         runner = torch.compile(runner)  # type: ignore[assignment]
-    return model, runner
+    return runner
 
 
 def train_experiment(cfg: ExperimentConfig) -> TrainResult:
@@ -178,29 +188,48 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
         InputError: Missing data, empty split, bad labels or bands.
         CheckpointError: Resuming from a checkpoint of another architecture.
     """
-    env = init_distributed(pick_device(cfg.train.device, DistEnv()))
-    device = pick_device(cfg.train.device, env)
+    env = env_from_torchrun()
+    device = pick_device(cfg.train.device, option="train.device")  # cuda:LOCAL_RANK, checked against the GPUs
+    amp = pick_amp(cfg.train.amp, device, option="train.amp")
+    init_distributed(env, device)  # binds the GPU first, then joins the group on it
     try:
-        return _train(cfg, env, device)
+        return _train(cfg, env, device, amp)
     finally:
         shutdown_distributed()
 
 
-def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainResult:
+def runtime_record(
+    cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None
+) -> dict[str, Any]:
+    """Where and how a run computes (written to ``runtime.json`` in the run folder and into checkpoints)."""
+    return {
+        "device": describe(device),
+        "precision": precision_name(amp),
+        "grad_scaler": amp == torch.float16,
+        "channels_last": bool(cfg.train.channels_last and device.type == "cuda"),
+        "compile": cfg.train.compile,
+        "world_size": env.world_size,
+        "sync_bn": bool(env.distributed and cfg.train.sync_bn),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
+def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None) -> TrainResult:
     seed_everything(cfg.seed)
     train_src = build_source(cfg.data, cfg.data.train_split)
     val_src = build_source(cfg.data, cfg.data.val_split)
     names, in_ch = train_src.class_names, train_src.in_channels()
     run_dir = cfg.run_dir
     last, best = run_dir / "last.pt", run_dir / "best.pt"
-    state = _resume_state(cfg, last)
+    state = resume_state(last, cfg.resume, env)
     if state is not None:
         check_resume(state, cfg, len(names), in_ch, last)
         stats = BandStats.from_dict(state["band_stats"])
     else:
         stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
-    optimizer = build_optimizer(runner, **cfg.optimizer.model_dump())
+    optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
     s = cfg.schedule
     scheduler = build_scheduler(
         optimizer,
@@ -210,12 +239,11 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
         warmup_iters=s.warmup_iters,
         warmup_ratio=s.warmup_ratio,
     )
-    amp = (
-        None
-        if device.type != "cuda" or cfg.train.amp == "none"
-        else getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[cfg.train.amp])
-    )
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    runtime = runtime_record(cfg, env, device, amp)
+    log.info("training on %s, precision %s, %d process(es)", runtime["device"], runtime["precision"], env.world_size)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels once
     start, best_miou = 0, -1.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -231,6 +259,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
         for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
             stale.unlink()
         dump_config(cfg, run_dir / "config.yaml")
+        (run_dir / "runtime.json").write_text(json.dumps(runtime, indent=2) + "\n")
     weights = None if cfg.train.class_weights is None else torch.tensor(cfg.train.class_weights, device=device)
     if weights is not None and len(weights) != len(names):
         raise InputError(f"train.class_weights has {len(weights)} values but the data has {len(names)} classes")
@@ -262,6 +291,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
             "band_stats": stats.as_dict(),
             "in_channels": in_ch,
             "best_miou": tracker["best"],
+            "runtime": runtime,
         }
 
     def on_eval(it: int, cm: np.ndarray) -> None:
@@ -291,6 +321,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device) -> TrainRe
         on_log=runlog.train,
         on_eval=on_eval,
         on_checkpoint=on_checkpoint,
+        eval_model=model,
     )
     runlog.close()
     if env.is_main:
@@ -323,9 +354,7 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Modul
 
 def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
     """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
-    import json
-
-    dev = pick_device(device, DistEnv())
+    dev = pick_device(device, option="--device")
     model, state = load_trained_model(path, dev)
     cfg = ExperimentConfig.model_validate(state["config"])
     source = build_source(cfg.data, split)

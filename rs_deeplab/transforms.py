@@ -154,7 +154,7 @@ class TrainTransform:
         self.geometry = A.Compose(geometry)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image`` ``(C, H, W)`` raw values, ``mask`` ``(H, W)`` uint8 → float tensor, int64 mask tensor."""
+        """``image`` ``(C, H, W)`` raw values, ``mask`` ``(H, W)`` uint8 → float tensor, uint8 mask tensor."""
         rng = np.random.default_rng(seed)
         self.scale.set_random_seed(int(rng.integers(2**31)))
         self.geometry.set_random_seed(int(rng.integers(2**31)))
@@ -185,6 +185,10 @@ class EvalTransform:
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(H, W, C)`` float32 and ``(H, W)`` uint8 → ``(C, H, W)`` float tensor and ``(H, W)`` int64 tensor."""
+    """``(H, W, C)`` float32 and ``(H, W)`` uint8 → ``(C, H, W)`` float tensor and ``(H, W)`` uint8 tensor.
+
+    Masks stay uint8 (class ids < 255, 255 = ignore) through collation, pinning and the copy to the device; the
+    training step widens them to int64 there.
+    """
     img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32))
-    return img, torch.from_numpy(np.asarray(mask, dtype=np.int64))
+    return img, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))

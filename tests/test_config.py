@@ -59,7 +59,9 @@ def test_wrong_type_and_out_of_range(tmp_path: Path) -> None:
         load_config(write(tmp_path, "optimizer: {lr: -1}\n"))
     with pytest.raises(ConfigError, match=r"schedule\.iterations: .*integer.*\(given 'many'\)"):
         load_config(write(tmp_path, "schedule: {iterations: many}\n"))
-    with pytest.raises(ConfigError, match=r"train\.amp: Input should be 'none', 'bf16' or 'fp16' \(given 'fp8'\)"):
+    with pytest.raises(
+        ConfigError, match=r"train\.amp: Input should be 'auto', 'none', 'bf16' or 'fp16' \(given 'fp8'\)"
+    ):
         load_config(write(tmp_path, "train: {amp: fp8}\n"))
 
 

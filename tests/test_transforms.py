@@ -33,7 +33,7 @@ def test_train_transform_any_band_count_and_dtype(rng: np.random.Generator, band
     tf = TrainTransform(crop_size=64, stats=stats, scale_range=(0.5, 2.0), flips="aerial")
     img, msk = tf(image, mask, seed=7)
     assert img.shape == (bands, 64, 64) and img.dtype == torch.float32
-    assert msk.shape == (64, 64) and msk.dtype == torch.int64
+    assert msk.shape == (64, 64) and msk.dtype == torch.uint8
     assert set(msk.unique().tolist()) <= {0, 1, 2, 255}
     assert abs(float(img.mean())) < 1.5  # normalised
 
@@ -136,8 +136,8 @@ def test_sampler_resume_and_accumulation() -> None:
 
 
 def test_pad_collate() -> None:
-    a = (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.long))
-    b = (torch.ones(3, 6, 2), torch.ones(6, 2, dtype=torch.long))
+    a = (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.uint8))
+    b = (torch.ones(3, 6, 2), torch.ones(6, 2, dtype=torch.uint8))
     images, masks = pad_collate([a, b])
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5)
-    assert masks[0, 5, 0] == 255 and images[1, 0, 0, 4] == 0
+    assert masks[0, 5, 0] == 255 and images[1, 0, 0, 4] == 0 and masks.dtype == torch.uint8

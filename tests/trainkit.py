@@ -30,13 +30,18 @@ def blob_scene(seed: int, size: int = 192) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.uint8), classes
 
 
-def make_tiles(folder: Path, *, size: int = 192, crop: int = 64, seeds: tuple[int, int] = (1, 2)) -> Path:
-    """Two scenes (train, val) written as GeoTIFFs with colour labels and tiled into ``folder/tiles``."""
+def make_tiles(
+    folder: Path, *, size: int = 192, crop: int = 64, seeds: tuple[int, int] = (1, 2), val_size: int | None = None
+) -> Path:
+    """Two scenes (train, val) written as GeoTIFFs with colour labels and tiled into ``folder/tiles``.
+
+    ``val_size`` makes the validation scene smaller (``crop`` gives exactly one validation crop).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     specs = []
     transform = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
     for split, seed in zip(("train", "val"), seeds, strict=True):
-        image, classes = blob_scene(seed, size)
+        image, classes = blob_scene(seed, size if split == "train" or val_size is None else val_size)
         img = write_geotiff(folder / f"{split}.tif", image, crs="EPSG:32633", transform=transform)
         colours = SCHEMES["potsdam"].encode_colours(classes)
         lbl = write_geotiff(folder / f"{split}_label.tif", colours, crs="EPSG:32633", transform=transform)

@@ -84,8 +84,20 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     h = max(img.shape[1] for img, _ in batch)
     w = max(img.shape[2] for img, _ in batch)
     images = torch.zeros(len(batch), batch[0][0].shape[0], h, w)
-    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.long)
+    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.uint8)
     for i, (img, msk) in enumerate(batch):
         images[i, :, : img.shape[1], : img.shape[2]] = img
         masks[i, : msk.shape[0], : msk.shape[1]] = msk
     return images, masks
+
+
+def limit_worker_threads(worker_id: int) -> None:
+    """``worker_init_fn`` of the training loaders: one OpenCV and one torch thread per DataLoader worker.
+
+    Each worker process otherwise starts a thread pool as wide as the machine, so ``num_workers`` workers on a
+    GPU host run ``num_workers × cores`` threads that fight over the cores the GPU's feed needs.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
