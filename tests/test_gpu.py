@@ -3,11 +3,13 @@
 Every test here is marked ``gpu``: skipped where torch sees no CUDA device (CI), run with ``pytest -m gpu`` on a
 GPU machine (``bench/gpu_check.py`` runs them too). The bit-exact resume and SyncBN tests elsewhere pin the CPU:
 CUDA kernels such as bilinear interpolation's backward are not deterministic, so here the bar is a tolerance.
+The imports stay lean (torch, rasterio; no GeoPackage stack): training reads a VOC-layout sample, not tiles.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,28 +20,49 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+import yaml
 
 from pipelines import train as train_cli
 from rs_deeplab.checkpoint import load_checkpoint
-from rs_deeplab.inference import predict_scene
+from rs_deeplab.inference.scene import predict_scene
 from rs_deeplab.models import build_model
+from rs_deeplab.sample import write_voc
 from tests.conftest import RasterFactory
-from tests.test_train import ENV, relative_distance
-from tests.trainkit import REPO, make_tiles, write_config
 
 pytestmark = pytest.mark.gpu
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RS_DEEPLAB_NO_PROGRESS": "1"}
 GPU_TRAIN = {"device": "cuda", "amp": "auto", "channels_last": True}
 
 
 @pytest.fixture(scope="module")
-def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiles(tmp_path_factory.mktemp("gpu_data"))
+def voc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_voc(tmp_path_factory.mktemp("gpu_data"), n_train=6, n_val=3)
 
 
-def test_one_gpu_trains_with_amp_channels_last_and_compile(tiles: Path, tmp_path: Path) -> None:
-    sections = {"schedule": {"iterations": 4},
-                "train": {**GPU_TRAIN, "compile": True, "eval_every": 2, "checkpoint_every": 2}}  # fmt: skip
-    cfg = write_config(tmp_path / "g.yaml", tiles, tmp_path / "run", **sections)
+def write_config(path: Path, voc: Path, work_dir: Path, iterations: int, **train: object) -> Path:
+    """A small DeepLab v3+ R18 run on the VOC-layout sample."""
+    cfg = {
+        "work_dir": str(work_dir),
+        "data": {"source": "voc", "root": str(voc), "scheme": "voc", "train_split": "train_aug", "val_split": "val",
+                 "crop_size": 128, "batch_size": 4, "num_workers": 2, "flips": "horizontal"},
+        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16, "dropout": 0.0},
+        "optimizer": {"lr": 0.01},
+        "schedule": {"iterations": iterations, "min_lr": 0.0},
+        "train": {**GPU_TRAIN, "log_every": 1, **train},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    keys = [k for k, v in a.items() if v.is_floating_point() and "running" not in k]
+    diff = sum(float(((a[k] - b[k]) ** 2).sum()) for k in keys)
+    return (diff / sum(float((a[k] ** 2).sum()) for k in keys)) ** 0.5
+
+
+def test_one_gpu_trains_with_amp_channels_last_and_compile(voc: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "g.yaml", voc, tmp_path / "run", 4, compile=True, eval_every=2, checkpoint_every=2)
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
     native_bf16 = torch.cuda.get_device_capability(0) >= (8, 0)
@@ -50,12 +73,10 @@ def test_one_gpu_trains_with_amp_channels_last_and_compile(tiles: Path, tmp_path
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
-def test_killed_gpu_run_resumes_close_to_the_uninterrupted_one(tiles: Path, tmp_path: Path) -> None:
-    sections = {"schedule": {"iterations": 10},
-                "train": {**GPU_TRAIN, "eval_every": 5, "checkpoint_every": 2}}  # fmt: skip
-    full = write_config(tmp_path / "full.yaml", tiles, tmp_path / "full", **sections)
+def test_killed_gpu_run_resumes_close_to_the_uninterrupted_one(voc: Path, tmp_path: Path) -> None:
+    full = write_config(tmp_path / "full.yaml", voc, tmp_path / "full", 10, eval_every=5, checkpoint_every=2)
     assert train_cli.main([str(full), "--quiet"]) == 0
-    cfg = write_config(tmp_path / "killed.yaml", tiles, tmp_path / "killed", **sections)
+    cfg = write_config(tmp_path / "killed.yaml", voc, tmp_path / "killed", 10, eval_every=5, checkpoint_every=2)
     proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg), "--quiet"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     last = tmp_path / "killed" / "last.pt"
