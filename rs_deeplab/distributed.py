@@ -20,6 +20,9 @@ class DistEnv:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False
+    """Started by torchrun (which sets ``MASTER_ADDR``): the process group is joined even for one process, so a
+    one-process ``torchrun`` exercises NCCL and the collectives exactly as a multi-GPU job does."""
 
     @property
     def distributed(self) -> bool:
@@ -38,6 +41,7 @@ def env_from_torchrun() -> DistEnv:
         rank=int(os.environ.get("RANK", 0)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        launched="MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ,
     )
 
 
@@ -49,7 +53,7 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
     """
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if env.distributed and not dist.is_initialized():
+    if (env.distributed or env.launched) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
 

@@ -91,3 +91,13 @@ def test_sync_bn_graph_holds_no_process_group(tmp_path: Path) -> None:
         y.sum().backward()
     finally:
         dist.destroy_process_group()
+
+
+def test_one_process_torchrun_still_joins_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchrun --nproc-per-node=1`` exercises the collectives (NCCL on a GPU) as a multi-GPU job does."""
+    for var, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(var, value)
+    env = env_from_torchrun()
+    assert env.launched and not env.distributed and env.is_main
+    monkeypatch.delenv("MASTER_ADDR")
+    assert not env_from_torchrun().launched
