@@ -1,68 +1,18 @@
-"""Class names stored in a label raster's metadata, and the class selection of a vectorize run.
-
-Convention: a label raster carries its class names, in index order, as the GDAL dataset tag ``CLASS_NAMES``
-holding a JSON list of strings (``{"CLASS_NAMES": '["impervious_surface", "building", ...]'}``). The inference
-stage writes it with :func:`class_names_tag` next to the colour table of ``ClassScheme.colormap()``; the
-vectorizer reads it back with :func:`read_class_names`. Pixel value ``i`` has name ``names[i]``; values without a
-name are called ``class_<i>``.
-"""
+"""The class selection of a vectorize run; the class-name tags of label rasters (from :mod:`rs_deeplab.class_names`)."""
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from rs_deeplab.class_names import CLASS_NAMES_TAG, class_name, class_names_tag, read_class_names
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.errors import InputError
 
-CLASS_NAMES_TAG = "CLASS_NAMES"
-"""GDAL metadata key (default domain) of the JSON list of class names."""
-
-
-def class_names_tag(names: Sequence[str]) -> dict[str, str]:
-    """Return the dataset tags that record ``names`` (index order) in a label raster.
-
-    Pass the result as ``tags=`` to :func:`rs_deeplab.raster.write_geotiff` or to ``dataset.update_tags(**tags)``.
-
-    Raises:
-        InputError: A name is not a non-empty string or names repeat.
-    """
-    names = list(names)
-    if not all(isinstance(n, str) and n for n in names):
-        raise InputError(f"class names must be non-empty strings, got {names!r}")
-    if len(set(names)) != len(names):
-        raise InputError(f"class names must be unique, got {names!r}")
-    return {CLASS_NAMES_TAG: json.dumps(names)}
-
-
-def read_class_names(dataset: Any) -> list[str] | None:
-    """Return the class names recorded in an open rasterio dataset, or None when it records none.
-
-    The dataset tag ``CLASS_NAMES`` is read first, then the same tag on band 1. A tag that is not a JSON list
-    of strings is ignored (None), so a foreign raster never breaks vectorizing.
-    """
-    for tags in (dataset.tags(), dataset.tags(1)):
-        raw = tags.get(CLASS_NAMES_TAG)
-        if raw is None:
-            continue
-        try:
-            names = json.loads(raw)
-        except ValueError:
-            return None
-        if isinstance(names, list) and all(isinstance(n, str) for n in names):
-            return names
-        return None
-    return None
-
-
-def class_name(names: Sequence[str], value: int) -> str:
-    """Name of class ``value``: ``names[value]`` when present, else ``class_<value>``."""
-    return names[value] if 0 <= value < len(names) else f"class_{value}"
+__all__ = ["CLASS_NAMES_TAG", "ClassSelection", "class_name", "class_names_tag", "read_class_names"]
 
 
 @dataclass(frozen=True)
