@@ -13,6 +13,10 @@ Prints, and appends to ``bench/RESULTS.md`` with the GPU's name and the date:
 Each check reports its own failure and the script goes on. It imports torch, numpy, rasterio and the project
 (no GeoPackage stack), and dask only for check 4, so it runs on a bare GPU box with a few carried wheels.
 ``--smoke`` runs every check tiny and on the CPU (a test does, so the script cannot rot without CI noticing).
+
+On a bare GPU box without the project's I/O packages: ``bash bench/gpu_wheels.sh`` here fetches them as wheels
+into ``.whl/`` (~44 MiB, this venv's versions); there, install them with ``python3 -m pip install --no-index
+--no-deps --target /tmp/site .whl/*.whl``, set ``PYTHONPATH=/tmp/site`` and run this script.
 """
 
 from __future__ import annotations
