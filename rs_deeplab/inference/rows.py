@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
@@ -18,7 +19,7 @@ from rs_deeplab.inference.band_reader import default_read_threads
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA, Normaliser, Predictor
-from rs_deeplab.inference.reader import SceneInfo, WindowReader
+from rs_deeplab.inference.reader import SceneInfo, WindowBatch, WindowReader
 from rs_deeplab.inference.streams import OrderedWorker, prefetch
 from rs_deeplab.raster import open_raster
 
@@ -92,7 +93,8 @@ def stream_rows(
     """Predict scene rows ``[start, stop)``; yield them in order as they are finished (CRF-refined if asked).
 
     Reading runs one batch ahead in a background thread and hands over raw windows (pinned for a CUDA copy);
-    they are normalised on the model's device (:class:`Normaliser`). Kept probabilities are quantised to uint8 on
+    they are normalised on the model's device (:class:`Normaliser`; on a CPU in the reading thread, so that it
+    overlaps with the model). Kept probabilities are quantised to uint8 on
     the device unless CRF still needs them as floats. With CRF, rows are refined in strips between window-row
     offsets on a background thread (so the device does not wait for it); the strips that ``start`` and ``stop``
     cut are computed whole, so a range's refined rows equal those of the whole-scene run.
@@ -106,17 +108,29 @@ def stream_rows(
                           device=device, keep_probs=job.keep_probs or job.crf is not None, start_row=rows[0],
                           quantise=job.keep_probs and job.crf is None)  # fmt: skip
     normalise = Normaliser(job.mean, job.std, device)
-    reader = job.reader(pin_memory=device.type == "cuda")
+    batches = job.reader(pin_memory=device.type == "cuda").batches(rows)
+    if device.type == "cpu":  # the device is this CPU: normalise in the reader thread, overlapped with the model
+        inputs = prefetch(_model_inputs(batches, normalise))
+    else:  # hand raw pixels over: the copies and the normalisation queue on the device behind the model
+        inputs = _model_inputs(prefetch(batches), normalise)
     with _Finisher(job, start, stop) as finished:
-        for batch in prefetch(reader.batches(rows)):
-            valid = None if batch.valid is None else batch.valid.to(device, non_blocking=True)
-            probs = predictor(normalise(batch.pixels, valid, batch.extent))
+        for batch, x, valid in inputs:
+            probs = predictor(x)
             for j, col in enumerate(batch.col_offs):
                 yield from finished.put(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]))
             if on_batch is not None:
                 on_batch(len(batch.col_offs))
         yield from finished.put(acc.finish(b))
         yield from finished.drain()
+
+
+def _model_inputs(
+    batches: Iterable[WindowBatch], normalise: Normaliser
+) -> Iterator[tuple[WindowBatch, torch.Tensor, torch.Tensor | None]]:
+    """Each batch with its normalised model input and valid mask on the normaliser's device."""
+    for batch in batches:
+        valid = None if batch.valid is None else batch.valid.to(normalise.device, non_blocking=True)
+        yield batch, normalise(batch.pixels, valid, batch.extent), valid
 
 
 class _Finisher:
