@@ -142,6 +142,20 @@ def test_transport_dtypes_hold_every_value() -> None:
     np.testing.assert_array_equal(Normaliser(None, None)(shipped.view(1, 1, 1, 5)).numpy().ravel(), values)
 
 
+def test_unsigned_pixels_are_widened_where_the_device_cannot_convert_them() -> None:
+    class Refuses:
+        """A device tensor whose kernels lack uint16 (as on older torch builds)."""
+
+        dtype = torch.uint16
+
+        def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            raise RuntimeError("copy_ not implemented for 'UInt16'")
+
+    pixels = torch.tensor([0, 40000, 65535], dtype=torch.uint16)
+    out = Normaliser(None, None)._float(Refuses(), pixels)  # type: ignore[arg-type]
+    assert out.dtype == torch.float32 and out.tolist() == [0.0, 40000.0, 65535.0]
+
+
 class RowCounter:
     """Counts the scene rows rasterio reads (pixel reads and mask reads), from any thread."""
 

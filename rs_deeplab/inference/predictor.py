@@ -118,6 +118,11 @@ class Predictor:
         return flips
 
 
+_WIDER = {getattr(torch, name): wide for name, wide in (("uint16", torch.int32), ("uint32", torch.int64))
+          if hasattr(torch, name)}  # fmt: skip
+"""Signed types that hold every value of torch's bare-bones unsigned types (their device kernels came later)."""
+
+
 class Normaliser:
     """Turn raw window batches into model input on ``device``: float32, ``(x - mean) / std``, 0 on nodata/padding.
 
@@ -140,6 +145,15 @@ class Normaliser:
     def _per_band(self, values: Sequence[float]) -> torch.Tensor:
         return torch.tensor([float(v) for v in values], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
+    def _float(self, x: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """``x`` as float32; an unsigned type the device's kernels lack is widened on the host first."""
+        try:
+            return x.to(torch.float32)
+        except (RuntimeError, TypeError):
+            if x.dtype not in _WIDER:
+                raise
+            return pixels.to(_WIDER[x.dtype]).to(self.device, non_blocking=True).to(torch.float32)
+
     def __call__(
         self, pixels: torch.Tensor, valid: torch.Tensor | None = None, extent: tuple[int, int] | None = None
     ) -> torch.Tensor:
@@ -152,7 +166,7 @@ class Normaliser:
         """
         x = pixels.to(self.device, non_blocking=True)
         if x.dtype != torch.float32:
-            x = x.to(torch.float32)
+            x = self._float(x, pixels)
         elif x is pixels:
             x = x.clone()  # the input stays as it was
         if self.mean is not None:
