@@ -21,6 +21,7 @@ from rasterio.windows import Window
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference import CRFSettings, predict_scene
+from rs_deeplab.inference.band_reader import BandReader
 from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, quantise_probs, quantise_probs_torch
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import Normaliser, Predictor
@@ -191,6 +192,22 @@ def test_each_scene_row_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     counter.rows = 0
     list(reader.batches(rows[2:]))
     assert counter.rows == info.height - rows[2]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_bands_in_any_order_equal_direct_reads(tmp_path: Path, threads: int) -> None:
+    path = scenes(tmp_path)["float32-nan-nodata"]
+    info = scene_info(path)
+    rng = np.random.default_rng(threads)
+    offs = [int(o) for o in rng.integers(0, info.height - 10, 25)] + [0, 20, 40, 40, 60, 10, 130]
+    with BandReader(info, [3, 1], 64, threads) as source, rasterio.open(path) as src:
+        for i, off in enumerate(offs):
+            data, valid = source.band(off, offs[i + 1] if i + 1 < len(offs) else None)
+            rows = min(64, info.height - off)
+            direct = src.read([3, 1], window=Window(0, off, info.width, rows))
+            ok = np.isfinite(direct).all(0) & (~np.isnan(direct)).any(0)
+            np.testing.assert_array_equal(data, np.where(ok, direct, 0))
+            np.testing.assert_array_equal(np.ones_like(ok) if valid is None else valid, ok)
 
 
 def test_predict_scene_reads_each_row_once(make_raster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
