@@ -33,6 +33,8 @@ from tests.test_inference import NAMES, Oracle, blobs, labelled_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (100.0, 50.0, 7.5), (30.0, 0.7, 3.0)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+"""Where the device-side steps are checked against the host (CUDA too, on a machine that has it)."""
 
 
 def write_tiled(path: Path, data: np.ndarray, block: int | None = 32, nodata: float | None = None) -> Path:
@@ -113,21 +115,26 @@ def scenes(tmp_path: Path) -> dict[str, Path]:
                                   "shorter-than-window"])  # fmt: skip
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("stats", [True, False])
-def test_device_normalisation_equals_host_normalisation(tmp_path: Path, kind: str, threads: int, stats: bool) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_normalisation_equals_host_normalisation(
+    tmp_path: Path, kind: str, threads: int, stats: bool, device: str
+) -> None:
     path = scenes(tmp_path)[kind]
     info = scene_info(path)
     mean, std = (MEAN, STD) if stats else (None, None)
     reader = WindowReader(info, size=64, stride=40, batch_size=3, bands=[1, 2, 3], mean=mean, std=std,
-                          read_threads=threads)  # fmt: skip
-    normalise = Normaliser(mean, std, "cpu")
+                          read_threads=threads, pin_memory=device == "cuda")  # fmt: skip
+    normalise = Normaliser(mean, std, device)
     new = list(reader.batches())
     old = list(old_batches(path, 64, 40, 3, mean, std))
     assert [(b.row_off, b.col_offs) for b in new] == [o[:2] for o in old]
     for batch, (_, _, images, masks) in zip(new, old, strict=True):
         assert batch.pixels.dtype != torch.float32 or info.dtype.startswith("float")  # raw pixels are shipped
+        assert batch.pixels.is_pinned() == (device == "cuda")
         x = normalise(batch.pixels, batch.valid, batch.extent)
-        assert x.dtype == torch.float32
-        np.testing.assert_array_equal(x.numpy().view(np.uint32), images.view(np.uint32))  # bit for bit (±0 too)
+        assert x.dtype == torch.float32 and x.device.type == device
+        got = x.cpu().numpy().view(np.uint32)
+        np.testing.assert_array_equal(got, images.view(np.uint32))  # bit for bit (±0 too)
         if masks is None:
             assert batch.valid is None
         else:
@@ -232,9 +239,11 @@ class SoftOracle(Oracle):
         return super().forward(x) * 0.075
 
 
-def run_rows(job: RowJob, start: int = 0, stop: int | None = None, model: Oracle | None = None) -> FinishedRows:
+def run_rows(
+    job: RowJob, start: int = 0, stop: int | None = None, model: Oracle | None = None, device: str = "cpu"
+) -> FinishedRows:
     stop = job.info.height if stop is None else stop
-    parts = list(stream_rows(job, Predictor(model or Oracle(), "cpu", amp="none"), start, stop))
+    parts = list(stream_rows(job, Predictor(model or Oracle(), device, amp="none"), start, stop))
     return concat_rows(parts, job, start, stop)
 
 
@@ -254,12 +263,27 @@ def test_thread_count_does_not_change_output(tmp_path: Path, block: int | None) 
     assert repr(job_for(path, 1)) == repr(job_for(path, 4))  # the thread count is not in the resume fingerprint
 
 
-def test_quantised_probabilities_equal_the_writers_old_quantisation() -> None:
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_run_equals_the_cpu_run(tmp_path: Path) -> None:
+    label = blobs(233, 190, 4)
+    data = np.stack([label, label]).astype(np.uint16) * 1000  # uint16 shipped raw, normalised on the GPU
+    data[:, 100:140, 20:80] = 9
+    path = write_tiled(tmp_path / "u16.tif", data, nodata=9)
+    job = job_for(path, 2, keep_probs=True, mean=(0.0, 0.0), std=(1000.0, 1000.0))
+    cpu, gpu = run_rows(job), run_rows(job, device="cuda")
+    np.testing.assert_array_equal(gpu.labels, cpu.labels)
+    np.testing.assert_array_equal(cpu.labels, np.where(data[0] == 9, 255, label))
+    assert gpu.probs is not None and cpu.probs is not None and gpu.probs.dtype == np.uint8
+    assert np.abs(gpu.probs.astype(int) - cpu.probs).max() <= 1  # float sums in another order: ±1 at most
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_quantised_probabilities_equal_the_writers_old_quantisation(device: str) -> None:
     rng = np.random.default_rng(0)
     halves = (np.arange(256, dtype=np.float32) + 0.5) / 255  # ties: rounded half to even like np.rint
     probs = np.concatenate([rng.random(10_000, dtype=np.float32), halves, np.float32([0, 1, 1 + 1e-7])])
     old = np.rint(probs * 255).astype(np.uint8)  # what writer.py did before
-    np.testing.assert_array_equal(quantise_probs_torch(torch.from_numpy(probs)).numpy(), old)
+    np.testing.assert_array_equal(quantise_probs_torch(torch.from_numpy(probs).to(device)).cpu().numpy(), old)
     np.testing.assert_array_equal(quantise_probs(probs), old)
     assert quantise_probs(old) is old
 
