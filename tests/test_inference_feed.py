@@ -28,6 +28,7 @@ from rs_deeplab.inference.predictor import Normaliser, Predictor
 from rs_deeplab.inference.reader import WindowReader, scene_info, transport_dtype
 from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
 from rs_deeplab.inference.streams import OrderedWorker
+from rs_deeplab.raster import open_raster, quiet_georeferencing
 from tests.conftest import DEFAULT_TRANSFORM
 from tests.test_inference import NAMES, Oracle, blobs, labelled_scene
 
@@ -53,7 +54,7 @@ def old_batches(path: Path, size: int, stride: int, batch: int, mean: Any, std: 
     n = info.count
     m = None if mean is None else np.asarray(mean, np.float32).reshape(n, 1, 1)
     s = None if std is None else np.asarray(std, np.float32).reshape(n, 1, 1)
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:
         for row_off in axis_offsets(info.height, size, stride):
             window = Window(0, row_off, info.width, min(size, info.height - row_off))
             data = src.read(window=window)
@@ -101,7 +102,12 @@ def scenes(tmp_path: Path) -> dict[str, Path]:
         mask = np.full(u8.shape[1:], 255, np.uint8)
         mask[90:130, 10:60] = 0
         ds.write_mask(mask)
+    png = tmp_path / "scene.png"
+    with quiet_georeferencing(), rasterio.open(png, "w", driver="PNG", width=170, height=150, count=3,
+                                               dtype="uint8") as dst:  # fmt: skip
+        dst.write(rng.integers(0, 256, (3, 150, 170)).astype(np.uint8))
     return {
+        "png": png,  # decoded from the top: read by one thread, in order
         "uint8-nodata": write_tiled(tmp_path / "u8.tif", u8, nodata=0),
         "uint16": write_tiled(tmp_path / "u16.tif", u16, block=48),
         "float32-nan-nodata": write_tiled(tmp_path / "f32.tif", f32, nodata=float("nan")),
@@ -112,7 +118,7 @@ def scenes(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["uint8-nodata", "uint16", "float32-nan-nodata", "float32-striped", "mask",
-                                  "shorter-than-window"])  # fmt: skip
+                                  "shorter-than-window", "png"])  # fmt: skip
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("stats", [True, False])
 @pytest.mark.parametrize("device", DEVICES)

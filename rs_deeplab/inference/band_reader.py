@@ -5,7 +5,8 @@ reads only the rows the next one adds (any order of window rows works: a band th
 one is read whole). The new rows are split into chunks along GeoTIFF block boundaries (columns of a tiled file,
 rows of a striped one) and read by up to ``threads`` threads; GDAL releases the GIL while it decodes, and each
 thread opens its own dataset (a GDAL dataset must never be used by two threads at once). With more than one
-thread, the next band is read in the background while the caller cuts windows from the current one.
+thread, the next band is read in the background while the caller cuts windows from the current one. Formats
+that decode from the top (PNG, JPEG) are read whole-row by one thread, in order.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class BandReader:
         self._current, self._off, self._held = -1, -1, 0
         self.rows_read = 0
         """Scene rows read from the file so far (statistics)."""
-        self._block: tuple[int, int] = self._dataset().block_shapes[0]
+        first = self._dataset()
+        self._block: tuple[int, int] = first.block_shapes[0]
+        self._random_access = first.driver == "GTiff" or self._block[1] < info.width
+        """Whether rows can be read in any order cheaply (not PNG or JPEG: those decode from the top)."""
 
     def __enter__(self) -> BandReader:
         return self
@@ -96,7 +100,12 @@ class BandReader:
         if ahead is not None and ahead[0] != row_off:
             ahead[1].result()  # a different band came next: finish the read in flight, then read this one
             ahead = None
-        got = ahead[1].result() if ahead is not None else self._assemble(row_off)
+        if ahead is not None:
+            got = ahead[1].result()
+        elif self._pool is not None:  # bands are assembled on one thread: a PNG is decoded by one dataset, in order
+            got = self._pool.submit(self._assemble, row_off).result()
+        else:
+            got = self._assemble(row_off)
         if next_off is not None and self._pool is not None:
             self._ahead = (next_off, self._pool.submit(self._assemble, next_off))
         return got
@@ -140,6 +149,8 @@ class BandReader:
         """
         width = self.info.width
         block_h, block_w = self._block
+        if not self._random_access:
+            return [(0, stop - first, 0, width)]
         if block_w < width:
             return [(0, stop - first, a, b) for a, b in _split(0, width, block_w, self.threads)]
         return [(a - first, b - first, 0, width) for a, b in _split(first, stop, block_h, self.threads)]
