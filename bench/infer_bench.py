@@ -46,6 +46,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from rs_deeplab.allocator import tune_malloc
+from rs_deeplab.devices import pick_device
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import FinishedRows, window_weight
 from rs_deeplab.inference.predictor import Normaliser
@@ -254,7 +255,7 @@ def main() -> None:
     p.add_argument("--mem-sizes", default="2000,6000,12000")
     p.add_argument("--stream-only-sizes", default="", help="larger scenes run by the streaming path only (20000)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="cpu or cuda (default: cpu for the time part, a GPU where there is one for --feed)")
     p.add_argument("--workdir", type=Path)
     p.add_argument("--skip-time", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
@@ -273,11 +274,11 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}, work {work}")
     if args.feed:
         size, repeats = (768, 1) if args.smoke else (args.feed_size, args.repeats)
-        dev = torch.device("cuda" if args.device == "cpu" and torch.cuda.is_available() else args.device)
+        dev = pick_device(args.device or "auto")
         feed_part(work, size, repeats, dev, [int(t) for t in args.feed_threads.split(",")])
         return
     if not args.skip_time:
-        time_part(work, args.time_size, args.repeats, args.device)
+        time_part(work, args.time_size, args.repeats, args.device or "cpu")
     if not args.skip_memory:
         extra = [int(s) for s in args.stream_only_sizes.split(",") if s]
         memory_part(work, [int(s) for s in args.mem_sizes.split(",")], extra)
