@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from rs_deeplab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
 from rs_deeplab.datasets import CityscapesSource, SegmentationSource, VOCSource
-from rs_deeplab.datasets.sampling import IterationBatchSampler, SegmentationDataset, limit_worker_threads, pad_collate
+from rs_deeplab.datasets.sampling import IterationBatchSampler, SegmentationDataset, loader_options, pad_collate
 from rs_deeplab.datasets.tiles import TileIndexSource
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.distributed import (
@@ -114,9 +114,7 @@ def _loaders(
         flips=data.flips,
         max_class_ratio=data.max_class_ratio,
     )
-    common: dict[str, Any] = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda"}
-    if data.num_workers:
-        common["worker_init_fn"] = limit_worker_threads
+    common = loader_options(data.num_workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(
         SegmentationDataset(train, transform), batch_sampler=sampler, generator=torch.Generator(), **common
     )

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipelines import evaluate as evaluate_cli
 from pipelines import train as train_cli
 from rs_deeplab.checkpoint import load_checkpoint, save_checkpoint
-from rs_deeplab.datasets.sampling import limit_worker_threads
+from rs_deeplab.datasets.sampling import loader_options
 from rs_deeplab.engine import LossMeter, device_confusion
 from rs_deeplab.experiment import load_trained_model
 from rs_deeplab.metrics import confusion_matrix
@@ -67,8 +67,11 @@ class _Threads(Dataset[tuple[int, int]]):
 
 
 def test_loader_workers_run_one_thread_each() -> None:
-    loader = DataLoader(_Threads(), num_workers=1, worker_init_fn=limit_worker_threads, batch_size=None)
-    assert [tuple(int(v) for v in item) for item in loader] == [(1, 1), (1, 1)]
+    import cv2
+
+    cv2.resize(np.zeros((512, 512), np.float32), (700, 700))  # the trainer's OpenCV pool is up before the workers
+    loader = DataLoader(_Threads(), batch_size=None, timeout=120, **loader_options(2, pin_memory=False))
+    assert sorted(tuple(int(v) for v in item) for item in loader) == [(1, 1), (1, 1)]
 
 
 @pytest.mark.slow
@@ -87,7 +90,8 @@ def test_compiled_model_trains_and_checkpoints_plain_weights(tiles: Path, tmp_pa
 @pytest.mark.slow
 def test_precision_is_recorded_in_the_run_folder(tiles: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "p.yaml", tiles, tmp_path / "run", **SHORT)
-    proc = subprocess.run([sys.executable, TRAIN, str(cfg), "train.amp=auto"], env=ENV,
+    # two loader workers (fork server, one thread each) and persistent validation workers, as a GPU run has them
+    proc = subprocess.run([sys.executable, TRAIN, str(cfg), "train.amp=auto", "data.num_workers=2"], env=ENV,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
