@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +24,7 @@ from rs_deeplab.inference.scene import predict_scene
 from rs_deeplab.models import build_model
 from rs_deeplab.sample import write_voc
 from tests.conftest import RasterFactory
+from tests.killkit import kill_after_checkpoint
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[1]
@@ -77,14 +74,8 @@ def test_killed_gpu_run_resumes_close_to_the_uninterrupted_one(voc: Path, tmp_pa
     full = write_config(tmp_path / "full.yaml", voc, tmp_path / "full", 10, eval_every=5, checkpoint_every=2)
     assert train_cli.main([str(full), "--quiet"]) == 0
     cfg = write_config(tmp_path / "killed.yaml", voc, tmp_path / "killed", 10, eval_every=5, checkpoint_every=2)
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg), "--quiet"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     last = tmp_path / "killed" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(cfg, last, ENV)
     assert load_checkpoint(last)["iteration"] < 10, "finished before the kill; the test proves nothing"
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)

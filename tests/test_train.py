@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.engine import build_optimizer, poly_factor
 from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.raster import write_geotiff
+from tests.killkit import kill_after_checkpoint
 from tests.trainkit import REPO, make_tiles, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
@@ -86,14 +85,8 @@ def test_killed_run_resumes_to_the_same_weights(tiles: Path, tmp_path: Path) -> 
     assert run_train([str(full), "--quiet"]).returncode == 0
 
     cfg = write_config(tmp_path / "killed.yaml", tiles, tmp_path / "killed", **sections)
-    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg), "--quiet"], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     last = tmp_path / "killed" / "last.pt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(cfg, last, ENV)
     killed_at = load_checkpoint(last)["iteration"]
     assert killed_at < 10, "the run finished before it could be killed; the test proves nothing"
 

@@ -23,12 +23,12 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 
+from rs_deeplab.class_names import class_names_tag
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.blending import FinishedRows, quantise_probs
 from rs_deeplab.inference.reader import SceneInfo
 from rs_deeplab.raster import geotiff_profile, quiet_georeferencing
-from rs_deeplab.class_names import class_names_tag
 
 log = logging.getLogger(__name__)
 
