@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,14 @@ def test_gpu_inference_equals_cpu_inference_up_to_ties(make_raster: RasterFactor
     assert differ.mean() < 1e-3
     margin = probs[-1].astype(int) - probs[-2].astype(int)  # uint8 probabilities: 1 step = 1/255
     assert (margin[differ] <= 2).all(), "a pixel that is not a near-tie changed class between CPU and GPU"
+
+
+def test_more_ranks_than_gpus_is_one_line(voc: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "r.yaml", voc, tmp_path / "run", 2)
+    count = torch.cuda.device_count()
+    env = {**ENV, "LOCAL_RANK": str(count), "RANK": "0", "WORLD_SIZE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg), "train.device=auto"],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"LOCAL_RANK={count} but only {count} GPU(s) are visible" in lines[0]

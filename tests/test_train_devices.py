@@ -100,7 +100,7 @@ def test_precision_is_recorded_in_the_run_folder(tiles: Path, tmp_path: Path) ->
     assert load_checkpoint(tmp_path / "run" / "last.pt")["runtime"] == runtime
 
 
-def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path) -> None:
+def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("this host has a GPU: train.device=cuda is valid here")
     cfg = write_config(tmp_path / "g.yaml", tiles, tmp_path / "run", **SHORT)
@@ -110,6 +110,8 @@ def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.device=cuda but no CUDA GPU" in lines[0] and "train.device=cpu" in lines[0]
     assert not (tmp_path / "run").exists()
+    assert evaluate_cli.main([str(tmp_path / "any.pt"), "--device", "cuda"]) == 2  # the same picker
+    assert "--device=cuda but no CUDA GPU" in capsys.readouterr().err
 
 
 @pytest.mark.slow
