@@ -88,6 +88,22 @@ def test_compiled_model_trains_and_checkpoints_plain_weights(tiles: Path, tmp_pa
 
 
 @pytest.mark.slow
+def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> None:
+    """``torch.compile`` around DDP (with the CPU SyncBN): ranks stay identical, checkpoints hold plain keys."""
+    sections = {**SHORT, "train": {**SHORT["train"], "compile": True, "checkpoint_every": 1}}
+    cfg = write_config(tmp_path / "cd.yaml", tiles, tmp_path / "run", **sections)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, str(cfg),
+           "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["iteration"] == 2 and state["runtime"]["world_size"] == 2 and state["runtime"]["compile"]
+    fingerprints = state["rank_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == pytest.approx(fingerprints[1], rel=1e-9)
+    assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module."))]
+
+
+@pytest.mark.slow
 def test_precision_is_recorded_in_the_run_folder(tiles: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "p.yaml", tiles, tmp_path / "run", **SHORT)
     # two loader workers (fork server, one thread each) and persistent validation workers, as a GPU run has them
