@@ -66,8 +66,10 @@ class ModelConfig(StrictModel):
     output_stride: Literal[8, 16] | None = None
     head: Literal["paper", "mmseg"] = "paper"
     """``mmseg``: 512-channel ASPP with rates 12/24/36 and an auxiliary FCN head, for published-table parity."""
-    weights: Path | None = None
-    """A local ImageNet state_dict for the encoder; nothing is ever downloaded."""
+    weights: Literal["imagenet"] | Path | None = None
+    """Encoder initialisation: ``imagenet`` for torchvision's ImageNet weights of the backbone (read from torch's hub
+    cache ``$TORCH_HOME/hub/checkpoints/``, downloaded there once when missing), a local ImageNet state_dict file
+    or null for random weights."""
     aux_weight: NonNegFloat = 0.4
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     """Probability for every dropout layer; None keeps each architecture's own (0.5 in ASPP/fc6/fc7)."""

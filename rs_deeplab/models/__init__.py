@@ -31,9 +31,10 @@ from rs_deeplab.models.deeplab_v1 import DeepLabV1
 from rs_deeplab.models.deeplab_v2 import RESNETS, DeepLabV2
 from rs_deeplab.models.deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from rs_deeplab.models.stride import set_output_stride
-from rs_deeplab.models.weights import read_state_dict
+from rs_deeplab.models.weights import IMAGENET_WEIGHTS, read_state_dict, resolve_weights
 
 __all__ = [
+    "IMAGENET_WEIGHTS",
     "MODELS",
     "DeepLabBase",
     "DeepLabV1",
@@ -44,6 +45,7 @@ __all__ = [
     "SegOutput",
     "build_model",
     "param_groups",
+    "resolve_weights",
     "set_output_stride",
 ]
 
@@ -111,13 +113,17 @@ def build_model(
         backbone: Backbone name; None picks the paper's (first in ``MODELS[name].backbones``).
         output_stride: 8 or 16 where the model allows it; None picks the head's default.
         head: ``"paper"`` or, for v3/v3+, ``"mmseg"`` (512-channel ASPP and an auxiliary FCN head).
-        weights: A local ImageNet state_dict for the backbone (torchvision keys); None leaves it random.
+        weights: ``"imagenet"`` for torchvision's ImageNet weights of the backbone (from torch's hub cache,
+            downloaded there when missing; see :mod:`rs_deeplab.models.weights`), a local ImageNet state_dict
+            for the backbone (torchvision keys), or None to leave it random. The first convolution is adapted to
+            ``in_channels`` either way.
         aux_weight: Auxiliary-loss weight of the mmseg head; 0 builds no auxiliary head. The paper heads have no
             auxiliary head and ignore it (the config always carries a value).
 
     Raises:
         InputError: Unknown name or unsupported combination; the message lists the valid choices.
-        CheckpointError: ``weights`` is missing, unreadable or does not match the backbone.
+        CheckpointError: ``weights`` is missing, unreadable or does not match the backbone; or ``"imagenet"``
+            and the file is neither in the hub cache nor downloadable (the message names file, URL and folder).
     """
     if name not in MODELS:
         raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -133,6 +139,7 @@ def build_model(
         raise InputError(f"{name}: in_channels must be a positive integer, got {in_channels!r}")
     if aux_weight < 0:
         raise InputError(f"{name}: aux_weight must be >= 0, got {aux_weight}")
+    path = resolve_weights(weights, backbone)  # before building: a missing file fails fast
     model = spec.builder(
         num_classes=num_classes,
         in_channels=in_channels,
@@ -141,8 +148,8 @@ def build_model(
         head=head,
         aux_weight=aux_weight,
     )
-    if weights is not None:
-        model.load_imagenet(read_state_dict(weights), weights)
+    if path is not None:
+        model.load_imagenet(read_state_dict(path), path)
     return model
 
 

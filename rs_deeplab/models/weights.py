@@ -1,8 +1,11 @@
-"""Local ImageNet weights: read a state_dict file, adapt the first convolution to N bands, load it strictly.
+"""ImageNet weights: find the file (local or torch's hub cache), adapt the first convolution to N bands, load it.
 
-Nothing is ever downloaded. A weights file is a ``torch.save``-d state_dict with torchvision-style keys (what
-``torchvision.models.resnet50().state_dict()`` or ``vgg16().state_dict()`` produce); a dict wrapping it under
-``"state_dict"`` or ``"model"``, and a ``"module."`` prefix from DistributedDataParallel, are accepted too.
+``weights`` is a local file or ``"imagenet"``. A weights file is a ``torch.save``-d state_dict with
+torchvision-style keys (what ``torchvision.models.resnet50().state_dict()`` or ``vgg16().state_dict()`` produce); a
+dict wrapping it under ``"state_dict"`` or ``"model"``, and a ``"module."`` prefix from DistributedDataParallel, are
+accepted too. ``"imagenet"`` means torchvision's published file for the backbone (``IMAGENET_WEIGHTS``), kept in
+torch's hub cache as ``$TORCH_HOME/hub/checkpoints/<torchvision's file name>``: read from there without any network
+access when present, else downloaded there once (with a progress bar and torchvision's hash check).
 
 Band adaptation of the first-layer kernels ``W`` (shape ``(out, 3, k, k)``, RGB order):
 
@@ -15,16 +18,124 @@ Band adaptation of the first-layer kernels ``W`` (shape ``(out, 3, k, k)``, RGB 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torchvision.models import (
+    ResNet18_Weights,
+    ResNet34_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+    ResNet152_Weights,
+    ResNeXt50_32X4D_Weights,
+    ResNeXt101_32X8D_Weights,
+    VGG16_Weights,
+    WeightsEnum,
+)
 
-from rs_deeplab.errors import CheckpointError
+from rs_deeplab.cli import progress_enabled
+from rs_deeplab.errors import CheckpointError, InputError
 
 StateDict = dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
+
+IMAGENET = "imagenet"
+"""The ``weights`` value that asks for torchvision's published ImageNet weights of the backbone."""
+
+# One torchvision weight enum per backbone rs_deeplab.models builds. Where torchvision has several, IMAGENET1K_V1:
+# the ResNet/ResNeXt V1 files come from the classic ~90-epoch ImageNet training that the published DeepLab numbers
+# start from; V2 comes from torchvision's later 600-epoch recipe (higher top-1), which those tables predate. VGG-16
+# V1 is the whole network, classifier included, which DeepLab v1 decimates into fc6/fc7; IMAGENET1K_FEATURES has no
+# classifier and expects input on a 0-255 scale.
+IMAGENET_WEIGHTS: dict[str, WeightsEnum] = {
+    "resnet18": ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
+    "resnet101": ResNet101_Weights.IMAGENET1K_V1,
+    "resnet152": ResNet152_Weights.IMAGENET1K_V1,
+    "resnext50_32x4d": ResNeXt50_32X4D_Weights.IMAGENET1K_V1,
+    "resnext101_32x8d": ResNeXt101_32X8D_Weights.IMAGENET1K_V1,
+    "vgg16": VGG16_Weights.IMAGENET1K_V1,
+}
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's convention: "<name>-<sha256 prefix>.pth"
+DOWNLOAD_TIMEOUT_S = 60.0
+"""Seconds without an answer from the server after which a download gives up."""
+
+
+def imagenet_source(backbone: str) -> tuple[str, Path]:
+    """The URL of torchvision's ImageNet weights for ``backbone`` and the hub-cache file they are kept in.
+
+    Raises:
+        InputError: torchvision publishes no ImageNet weights for ``backbone``.
+    """
+    if backbone not in IMAGENET_WEIGHTS:
+        raise InputError(
+            f"weights: imagenet: torchvision has no ImageNet weights for backbone {backbone!r} (it has them for "
+            f"{', '.join(IMAGENET_WEIGHTS)}); pass a local state_dict file or weights: null"
+        )
+    url = IMAGENET_WEIGHTS[backbone].url
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def download_weights(url: str, dest: Path, *, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Download ``url`` to ``dest`` (progress bar on a terminal); a broken download never lands at ``dest``.
+
+    A SHA-256 prefix in the file name (``resnet18-f37072fd.pth``) is checked as torch.hub does.
+
+    Raises:
+        CheckpointError: The server cannot be reached or answers with an error, the transfer stalls for
+            ``timeout`` seconds, the hash does not match, or ``dest``'s folder cannot be written. One line that
+            names the file, the URL and the folder to put the file in by hand.
+    """
+    match = _HASH_IN_NAME.search(dest.name)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # torch.hub's urlopen takes no timeout; without one a dead link hangs
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s to %s", url, dest)
+        torch.hub.download_url_to_file(url, str(dest), match.group(1) if match else None, progress_enabled())
+    except (OSError, RuntimeError, ValueError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{dest.name}: not in the torch hub cache and the download failed ({reason}); download {url} and "
+            f"put it in {dest.parent}/ (the hub folder follows $TORCH_HOME)"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def resolve_weights(weights: str | os.PathLike[str] | None, backbone: str) -> Path | None:
+    """The weights file to load for ``backbone``, checked before anything expensive happens; None for no weights.
+
+    ``"imagenet"`` is torchvision's file for ``backbone`` in torch's hub cache, downloaded first if missing (see
+    :func:`download_weights`); anything else is a local file that must exist.
+
+    Raises:
+        InputError: ``"imagenet"`` for a backbone torchvision has no ImageNet weights for.
+        CheckpointError: A local file is missing, or the ImageNet file is neither cached nor downloadable.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights == IMAGENET:
+        url, path = imagenet_source(backbone)
+        if not path.is_file():
+            download_weights(url, path)
+        return path
+    path = Path(weights)
+    if not path.is_file():
+        raise CheckpointError(_not_found(path))
+    return path
+
+
+def _not_found(path: Path) -> str:
+    return f"{path}: weights file not found; pass a local ImageNet state_dict (.pth), weights: imagenet or null"
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
@@ -35,7 +146,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> StateDict:
     """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{p}: weights file not found; pass a local ImageNet state_dict (.pth) or weights: null")
+        raise CheckpointError(_not_found(p))
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
