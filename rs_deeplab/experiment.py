@@ -36,7 +36,7 @@ from rs_deeplab.distributed import (
 from rs_deeplab.engine import Cadence, StepContext, build_optimizer, build_scheduler, fit
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.metrics import markdown_table, scores
-from rs_deeplab.models import build_model
+from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
 
@@ -191,9 +191,21 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
     amp = pick_amp(cfg.train.amp, device, option="train.amp")
     init_distributed(env, device)  # binds the GPU first, then joins the group on it
     try:
+        _resolve_weights_first(cfg, env)
         return _train(cfg, env, device, amp)
     finally:
         shutdown_distributed()
+
+
+def _resolve_weights_first(cfg: ExperimentConfig, env: DistEnv) -> None:
+    """Find (or download) the initial weights before any data is read; rank 0 first, the others from its cache."""
+    m = cfg.model
+    backbone = m.backbone or MODELS[m.name].backbones[0]
+    if env.is_main:
+        resolve_weights(m.weights, backbone)  # a missing ImageNet file: one line, nothing read or written
+    broadcast_from_main(True)  # the other ranks wait for rank 0's download instead of fetching their own copy
+    if not env.is_main:
+        resolve_weights(m.weights, backbone)
 
 
 def runtime_record(

@@ -241,11 +241,10 @@ def test_train_cli_without_the_file_exits_2_with_one_line(tmp_path: Path, tiles:
     assert not (tmp_path / "run").exists()  # nothing written
 
 
-@pytest.mark.xfail(strict=True, reason="needs experiment.train_experiment to call resolve_weights before the data")
 def test_missing_weights_are_reported_before_any_data_is_read(tmp_path: Path, hub: Path) -> None:
     config = write_config(tmp_path / "exp.yaml", tmp_path / "no_data", tmp_path / "run",
                           model={"weights": "imagenet"}, train={"device": "cpu"})  # fmt: skip
-    # Needs the early call in experiment.py: today the missing data folder is reported first.
-    with pytest.raises(CheckpointError, match=r"resnet101-63fe2227\.pth: not in the torch hub cache"):
+    # the weights are resolved before the data: the missing data folder would otherwise be reported first
+    with pytest.raises(CheckpointError, match=r"resnet18-f37072fd\.pth: not in the torch hub cache"):
         train_experiment(load_config(config))
     assert not (tmp_path / "run").exists()
