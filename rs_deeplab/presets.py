@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rs_deeplab.archives import Entry, list_entries
 from rs_deeplab.errors import InputError
 from rs_deeplab.tiling import SceneSpec, TileSummary, tile_scenes
 
@@ -80,24 +81,61 @@ def find_potsdam(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> li
     return scenes
 
 
+VAIHINGEN_GT = "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE.zip"
+VAIHINGEN_GT_ERODED = "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip"
+
+
+def _vaihingen_rank(entry: Entry) -> int:
+    """Preference of a full-label candidate: COMPLETE ground truth, then loose files, then the participants' 16."""
+    if entry.in_folder("ground_truth"):
+        return 0
+    return 2 if entry.in_folder("gts_for_participants") else 1
+
+
+def _vaihingen_labels(entries: list[Entry], eroded: bool) -> dict[int, str]:
+    """Area → label path: ``_noBoundary`` files when ``eroded``, else same-named files outside ``top/``."""
+    pattern = r"top_mosaic_09cm_area(\d+)_noBoundary\.tif" if eroded else r"top_mosaic_09cm_area(\d+)\.tif"
+    ranked: dict[int, tuple[int, str]] = {}
+    for entry in entries:
+        m = re.fullmatch(pattern, entry.name)
+        top = bool(entry.folders) and entry.folders[-1].lower() == "top"
+        if not m or (not eroded and (top or entry.in_folder("eroded"))):
+            continue
+        rank = 0 if eroded else _vaihingen_rank(entry)
+        if int(m.group(1)) not in ranked or rank < ranked[int(m.group(1))][0]:
+            ranked[int(m.group(1))] = (rank, entry.path)
+    return {area: path for area, (_, path) in ranked.items()}
+
+
 def find_vaihingen(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
-    """ISPRS Vaihingen (IRRG): images ``top/top_mosaic_09cm_area{N}.tif``; labels of the same name in
-    ``gts_for_participants/`` (or any ``*ground_truth*`` folder), eroded ones ``..._noBoundary.tif``.
-    """  # noqa: D205
-    files = list(root.rglob("top_mosaic_09cm_area*.tif"))
-    images = _index_by([f for f in files if f.parent.name.lower() == "top"], r"top_mosaic_09cm_area(\d+)\.tif")
-    if eroded:
-        labels = _index_by(files, r"top_mosaic_09cm_area(\d+)_noBoundary\.tif")
-    else:
-        gts = [
-            f for f in files if re.search(r"gts|ground_truth", f.parent.name, re.I) and "eroded" not in f.parent.name
-        ]
-        labels = _index_by(gts, r"top_mosaic_09cm_area(\d+)\.tif")
+    """ISPRS Vaihingen (IRRG), extracted or as the official zip archives (read in place).
+
+    Images ``top/top_mosaic_09cm_area{N}.tif`` (``ISPRS_semantic_labeling_Vaihingen.zip``); labels of the same
+    name from the ground-truth COMPLETE archive or its extracted files (in a ``*ground_truth*`` folder or loose
+    outside ``top/``), else ``gts_for_participants/``; eroded ones ``..._noBoundary.tif``.
+
+    Raises:
+        InputError: No images, no labels at all (names the ground-truth archive to add), or an unreadable archive.
+    """
+    entries = list_entries(root, (".tif",))
+    images: dict[int, str] = {}
+    for entry in entries:
+        m = re.fullmatch(r"top_mosaic_09cm_area(\d+)\.tif", entry.name)
+        if m and entry.folders and entry.folders[-1].lower() == "top":
+            images.setdefault(int(m.group(1)), entry.path)
     if not images:
-        raise _no_files(root, "Vaihingen", "top/top_mosaic_09cm_area*.tif")
+        raise _no_files(
+            root, "Vaihingen", "top/top_mosaic_09cm_area*.tif, extracted or in ISPRS_semantic_labeling_Vaihingen.zip"
+        )
+    labels = _vaihingen_labels(entries, eroded)
+    if not labels:
+        archive = VAIHINGEN_GT_ERODED if eroded else VAIHINGEN_GT
+        raise InputError(
+            f"{root}: Vaihingen images but no labels in any subfolder or zip; add {archive} (or its files) there"
+        )
     scenes = []
-    for (area,), image in sorted(images.items()):
-        label = labels.get((area,))
+    for area, image in sorted(images.items()):
+        label = labels.get(area)
         split = "train" if area in VAIHINGEN_TRAIN else "val" if area in VAIHINGEN_VAL else "test"
         scenes.append(SceneSpec(image, label, "test" if label is None else split))
     _warn_unlabelled(scenes, "Vaihingen")

@@ -27,6 +27,16 @@ def quiet_georeferencing() -> Iterator[None]:
         yield
 
 
+def is_vsi(path: PathLike) -> bool:
+    """Whether ``path`` is a GDAL virtual file system path (``/vsizip/...``), kept as a string, never resolved."""
+    return str(path).startswith("/vsi")
+
+
+def absolute(path: PathLike) -> str:
+    """``path`` made absolute for the tile index; GDAL virtual paths are returned as they are."""
+    return str(path) if is_vsi(path) else str(Path(path).resolve())
+
+
 def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
     """Open ``path`` for reading, turning GDAL failures into one-line :class:`RasterError` messages.
 
@@ -36,10 +46,13 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
     Raises:
         RasterError: The file does not exist or GDAL cannot read it as a raster.
     """
-    p = Path(path)
-    if not p.exists():
-        raise RasterError(f"{p}: file not found; check the path")
-    if p.is_dir():
+    if is_vsi(path):  # a GDAL virtual path (``/vsizip//data/x.zip/a.tif``): GDAL alone can check it
+        p: Any = str(path)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise RasterError(f"{p}: file not found; check the path")
+    if not is_vsi(p) and p.is_dir():
         raise RasterError(f"{p}: is a directory, expected a raster file (GeoTIFF, PNG, ...)")
     try:
         with quiet_georeferencing():

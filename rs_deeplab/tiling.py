@@ -19,7 +19,7 @@ from rs_deeplab.crops import IMAGES, LABELS, CropSettings, Record, SceneJob, loa
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride, window_grid, window_rows
 from rs_deeplab.labels import LabelSource, check_label_raster, is_vector, vector_source
-from rs_deeplab.raster import atomic_output, open_raster
+from rs_deeplab.raster import absolute, atomic_output, open_raster
 from rs_deeplab.scheduling import TaskSpec, check_executor_options, default_workers, open_executor
 from rs_deeplab.tileindex import build_index, write_index
 
@@ -100,7 +100,7 @@ def _label_source(spec: SceneSpec, src: Any, scheme_name: str | None, vector: Ma
         return vector_source(spec.label, scheme=scheme, scene_crs=src.crs, **vector)
     with open_raster(spec.label) as lab:
         check_label_raster(src, lab, scheme)
-    return LabelSource(str(Path(spec.label).resolve()))
+    return LabelSource(absolute(spec.label))
 
 
 def prepare_jobs(
@@ -124,7 +124,7 @@ def prepare_jobs(
                 raise InputError(f"{spec.image}: bands of different data types {src.dtypes}; convert to one type")
             label = _label_source(spec, src, scheme, vector)
             pixel_bytes = src.count * np.dtype(src.dtypes[0]).itemsize + (label is not None)
-            image = str(Path(spec.image).resolve())
+            image = absolute(spec.image)
             jobs.append(SceneJob(key, image, label, spec.split, src.height, src.width, pixel_bytes))
             transforms[key], crss[key], banded[key] = src.transform, src.crs, src.driver in ("GTiff", "VRT")
     if len({crs is None for crs in crss.values()}) > 1:

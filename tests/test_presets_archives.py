@@ -1,0 +1,137 @@
+"""Dataset presets on the official download archives, read in place, extracted beside them, or nested deeper."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipelines.tile import main
+from rs_deeplab.classes import SCHEMES
+from rs_deeplab.errors import InputError
+from rs_deeplab.presets import VAIHINGEN_GT, find_scenes, tile_preset
+from rs_deeplab.raster import quiet_georeferencing
+from rs_deeplab.sample import write_vaihingen
+from rs_deeplab.tileindex import read_index
+
+AREAS = (1, 2, 3)  # 1 and 3 official training areas, 2 a validation area
+SPLITS = {1: "train", 2: "val", 3: "train"}
+MAIN = "ISPRS_semantic_labeling_Vaihingen.zip"
+ERODED = "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip"
+
+
+def _read(path: str | Path) -> np.ndarray:
+    with quiet_georeferencing(), rasterio.open(path) as src:
+        return src.read()
+
+
+def _zip(path: Path, members: dict[str, Path]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, source in members.items():
+            zf.write(source, name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vaihingen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, object], Path]:
+    """Sample areas, a decoy participants' label for area 1 (other content), and the three official archives."""
+    base = tmp_path_factory.mktemp("vaihingen")
+    files = {f.area: f for f in write_vaihingen(base / "src", areas=AREAS, size=(96, 80), seed=5)}
+    decoy = write_vaihingen(base / "decoy", areas=(1,), size=(96, 80), seed=99)[0].label
+    archives = base / "archives"
+    stem = "top_mosaic_09cm_area{}"
+    _zip(archives / MAIN, {
+        **{f"top/{stem.format(n)}.tif": f.image for n, f in files.items()},
+        f"gts_for_participants/{stem.format(1)}.tif": decoy,
+    })  # fmt: skip
+    _zip(archives / VAIHINGEN_GT, {f"{stem.format(n)}.tif": f.label for n, f in files.items()})
+    _zip(archives / ERODED, {f"{stem.format(n)}_noBoundary.tif": f.label_noboundary for n, f in files.items()})
+    return archives, files, decoy
+
+
+def _layout(vaihingen: tuple[Path, dict, Path], root: Path, layout: str) -> Path:
+    """Build ``layout`` under ``root``: archives alone, nested deeper, extracted beside them (in folders or loose)."""
+    archives, _, _ = vaihingen
+    target = root / "download" if layout == "nested" else root
+    shutil.copytree(archives, target)
+    for archive in sorted(target.glob("*.zip")) if layout.startswith("extracted") else []:
+        into = target / archive.stem if layout == "extracted" and archive.name != MAIN else target
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(into)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["archives", "nested", "extracted", "extracted_loose"])
+@pytest.mark.parametrize("eroded", [False, True])
+def test_vaihingen_layouts_give_official_splits_and_complete_labels(
+    vaihingen: tuple[Path, dict, Path], tmp_path: Path, layout: str, eroded: bool
+) -> None:
+    _, files, _ = vaihingen
+    root = _layout(vaihingen, tmp_path / "data", layout)
+    scenes = {int(Path(s.image).stem.removeprefix("top_mosaic_09cm_area")): s for s in find_scenes(
+        "vaihingen", root, eroded=eroded
+    )}  # fmt: skip
+    assert {n: s.split for n, s in scenes.items()} == SPLITS
+    for n, scene in scenes.items():
+        assert str(scene.image).startswith("/vsizip/") == (layout in ("archives", "nested"))
+        source = files[n].label_noboundary if eroded else files[n].label
+        np.testing.assert_array_equal(_read(str(scene.label)), _read(source))  # COMPLETE, not the decoy
+        np.testing.assert_array_equal(_read(str(scene.image)), _read(files[n].image))
+
+
+def test_vaihingen_archives_tile_in_place(vaihingen: tuple[Path, dict, Path], tmp_path: Path) -> None:
+    _, files, _ = vaihingen
+    root = _layout(vaihingen, tmp_path / "data", "archives")
+    out = tmp_path / "tiles"
+    assert main([str(root), "--preset", "vaihingen", "--size", "64", "--out", str(out), "--workers", "1"]) == 0
+    tiles, _ = read_index(out / "index.gpkg")
+    assert {s: sp for s, sp in zip(tiles.scene, tiles.split, strict=True)} == {
+        f"top_mosaic_09cm_area{n}": sp for n, sp in SPLITS.items()
+    }
+    assert not list(root.rglob("*.tif"))  # nothing extracted
+    for row in tiles.itertuples():
+        n = int(row.scene.removeprefix("top_mosaic_09cm_area"))
+        assert str(row.scene_path).startswith("/vsizip/")
+        np.testing.assert_array_equal(_read(row.scene_path), _read(files[n].image))  # the index reopens the source
+        r, c, h, w = row.row_off, row.col_off, row.height, row.width
+        expected = SCHEMES["vaihingen"].decode(_read(files[n].label))[r : r + h, c : c + w]
+        np.testing.assert_array_equal(_read(out / row.label)[0][:h, :w], expected)
+
+
+def test_vaihingen_images_without_labels_name_the_ground_truth_archive(
+    vaihingen: tuple[Path, dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, files, _ = vaihingen
+    root = tmp_path / "data"
+    _zip(root / MAIN, {f"top/{files[n].image.name}": files[n].image for n in AREAS})
+    out = tmp_path / "tiles"
+    assert main([str(root), "--preset", "vaihingen", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert VAIHINGEN_GT in err and str(root) in err and len(err.splitlines()) == 1
+    with pytest.raises(InputError, match=ERODED):
+        tile_preset("vaihingen", root, tmp_path / "t2", eroded=True)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["truncated", "other_dataset"])
+def test_bad_archives_are_one_line_exit_2(
+    vaihingen: tuple[Path, dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    archives, files, _ = vaihingen
+    root = tmp_path / "data"
+    if bad == "truncated":
+        root.mkdir()
+        data = (archives / MAIN).read_bytes()
+        (root / MAIN).write_bytes(data[: len(data) // 2])
+    else:
+        _zip(root / "5_Labels_all.zip", {"top_potsdam_2_10_label.tif": files[1].label})
+    out = tmp_path / "tiles"
+    assert main([str(root), "--preset", "vaihingen", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ((MAIN in err) if bad == "truncated" else "Vaihingen" in err)
+    assert not out.exists()
