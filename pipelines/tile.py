@@ -23,7 +23,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--labels", nargs="+", type=Path, metavar="PATH",
                         help="one label file per scene: colour or class-index raster, or vector polygons")  # fmt: skip
     parser.add_argument("--preset", choices=sorted(PRESETS), help="find scenes, labels and splits in a dataset folder")
-    parser.add_argument("--bands", default="rgbir", help="potsdam preset: rgbir (default) or rgb images")
+    parser.add_argument("--bands", default="rgbir", help="potsdam preset: rgbir (default), rgb or irrg images")
     parser.add_argument("--eroded", action="store_true", help="ISPRS presets: eroded noBoundary labels")
     parser.add_argument("--size", type=int, help="crop side in pixels (512; iSAID preset 896)")
     parser.add_argument("--stride", type=int, help="step between crops (size/2; iSAID preset 512)")

@@ -23,7 +23,7 @@ POTSDAM_VAL = frozenset(
 VAIHINGEN_TRAIN = frozenset({1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37})
 VAIHINGEN_VAL = frozenset({2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38})
 
-Bands = Literal["rgbir", "rgb"]
+Bands = Literal["rgbir", "rgb", "irrg"]
 
 
 @dataclass(frozen=True)
@@ -49,29 +49,40 @@ def _no_files(root: Path, dataset: str, pattern: str) -> InputError:
     )
 
 
-def _index_by(paths: list[Path], pattern: str) -> dict[tuple[int, ...], Path]:
-    """Map the integer groups of ``pattern`` (a full-name regex) to paths, first match in sorted order."""
-    found: dict[tuple[int, ...], Path] = {}
-    for path in sorted(paths):
-        m = re.fullmatch(pattern, path.name)
+POTSDAM_ARCHIVES = {"rgb": "2_Ortho_RGB.zip", "irrg": "3_Ortho_IRRG.zip", "rgbir": "4_Ortho_RGBIR.zip"}
+"""The official Potsdam image archive of each ``--bands`` choice."""
+
+
+def _index_entries(entries: list[Entry], pattern: str) -> dict[tuple[int, ...], str]:
+    """Map the integer groups of ``pattern`` (a full-name regex) to entry paths, first match kept."""
+    found: dict[tuple[int, ...], str] = {}
+    for entry in entries:
+        m = re.fullmatch(pattern, entry.name)
         if m:
-            found.setdefault(tuple(int(g) for g in m.groups()), path)
+            found.setdefault(tuple(int(g) for g in m.groups()), entry.path)
     return found
 
 
 def find_potsdam(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
-    """ISPRS Potsdam: ``top_potsdam_{i}_{j}_RGBIR.tif`` (or ``_RGB``), labels ``_label[_noBoundary].tif``.
+    """ISPRS Potsdam, extracted or as the official zip archives (read in place).
 
-    The official split: 14 validation tiles (``POTSDAM_VAL``), the rest training; tiles without labels are ``test``.
+    Images ``top_potsdam_{i}_{j}_{RGB,IRRG,RGBIR}.tif`` (``2_Ortho_RGB.zip`` ...), labels ``_label.tif``
+    (``5_Labels_all.zip``) or ``_label_noBoundary.tif`` (``5_Labels_all_noBoundary.zip``). The official split:
+    14 validation tiles (``POTSDAM_VAL``), the rest training; tiles without labels are ``test``.
+
+    Raises:
+        InputError: No images of ``bands``, no labels at all (names the archive to add), or an unreadable archive.
     """
-    files = list(root.rglob("top_potsdam_*.tif"))
-    suffix = "RGBIR" if bands == "rgbir" else "RGB"
-    images = _index_by(files, rf"top_potsdam_(\d+)_(\d+)_{suffix}\.tif")
-    labels = _index_by(
-        files, r"top_potsdam_(\d+)_(\d+)_label_noBoundary\.tif" if eroded else r"top_potsdam_(\d+)_(\d+)_label\.tif"
-    )
+    entries = list_entries(root, (".tif",))
+    suffix = bands.upper()
+    images = _index_entries(entries, rf"top_potsdam_(\d+)_(\d+)_{suffix}\.tif")
     if not images:
-        raise _no_files(root, "Potsdam", f"top_potsdam_*_{suffix}.tif")
+        raise _no_files(root, "Potsdam", f"top_potsdam_*_{suffix}.tif, extracted or in {POTSDAM_ARCHIVES[bands]}")
+    label_name = r"label_noBoundary" if eroded else r"label"
+    labels = _index_entries(entries, rf"top_potsdam_(\d+)_(\d+)_{label_name}\.tif")
+    if not labels:
+        archive = "5_Labels_all_noBoundary.zip" if eroded else "5_Labels_all.zip"
+        raise InputError(f"{root}: Potsdam images but no labels in any subfolder or zip; add {archive} there")
     scenes = []
     for ij, image in sorted(images.items()):
         label = labels.get(ij)
@@ -210,8 +221,8 @@ def find_scenes(name: str, root: str | Path, *, bands: Bands = "rgbir", eroded: 
         raise InputError(f"{base}: not a folder; --preset {name} needs the dataset's root folder")
     if bands != "rgbir" and name != "potsdam":
         raise InputError(f"--bands applies to --preset potsdam only ({name} images have fixed bands)")
-    if bands not in ("rgbir", "rgb"):
-        raise InputError(f"--bands must be rgbir or rgb, got {bands!r}")
+    if bands not in POTSDAM_ARCHIVES:
+        raise InputError(f"--bands must be rgbir, rgb or irrg, got {bands!r}")
     if eroded and name not in ("potsdam", "vaihingen"):
         raise InputError(f"--eroded applies to the ISPRS presets (potsdam, vaihingen), not {name}")
     return preset.find(base, bands, eroded)
@@ -234,7 +245,7 @@ def tile_preset(
         name: Preset (``potsdam``, ``vaihingen``, ``loveda``, ``isaid``).
         root: The dataset's root folder, in its official layout.
         out: Output folder.
-        bands: Potsdam only: ``rgbir`` (4-band) or ``rgb`` images.
+        bands: Potsdam only: ``rgbir`` (4-band), ``rgb`` or ``irrg`` images.
         eroded: ISPRS only: the eroded ``noBoundary`` labels (boundaries ignored) instead of the full ones.
         size: Crop size; the preset's when None.
         stride: Crop stride; the preset's when None (and ``size // 2`` when only ``size`` is given).

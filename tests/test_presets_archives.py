@@ -14,8 +14,8 @@ from pipelines.tile import main
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.errors import InputError
 from rs_deeplab.presets import VAIHINGEN_GT, find_scenes, tile_preset
-from rs_deeplab.raster import quiet_georeferencing
-from rs_deeplab.sample import write_vaihingen
+from rs_deeplab.raster import quiet_georeferencing, write_geotiff
+from rs_deeplab.sample import write_potsdam, write_vaihingen
 from rs_deeplab.tileindex import read_index
 
 AREAS = (1, 2, 3)  # 1 and 3 official training areas, 2 a validation area
@@ -134,4 +134,106 @@ def test_bad_archives_are_one_line_exit_2(
     assert main([str(root), "--preset", "vaihingen", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ((MAIN in err) if bad == "truncated" else "Vaihingen" in err)
+    assert not out.exists()
+
+
+POTSDAM_IDS = {(2, 10): "train", (2, 13): "val"}
+BAND_ORDER = {"rgbir": [0, 1, 2, 3], "rgb": [0, 1, 2], "irrg": [3, 0, 1]}
+
+
+@pytest.fixture(scope="module")
+def potsdam(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[tuple[int, int], object]]:
+    """Two sample tiles and the five official Potsdam archives (IRRG written from the RGBIR bands)."""
+    base = tmp_path_factory.mktemp("potsdam")
+    written = write_potsdam(base / "src", ids=tuple(POTSDAM_IDS), size=(80, 64), seed=7)
+    files = dict(zip(POTSDAM_IDS, written, strict=True))
+    archives = base / "archives"
+    (base / "irrg").mkdir()
+    members: dict[str, dict[str, Path]] = {name: {} for name in ("2_Ortho_RGB", "3_Ortho_IRRG", "4_Ortho_RGBIR")}
+    labels: dict[str, dict[str, Path]] = {"5_Labels_all": {}, "5_Labels_all_noBoundary": {}}
+    for (i, j), f in files.items():
+        stem = f"top_potsdam_{i}_{j}"
+        with quiet_georeferencing(), rasterio.open(f.rgbir) as src:
+            irrg = write_geotiff(
+                base / "irrg" / f"{stem}_IRRG.tif", src.read()[[3, 0, 1]], crs=src.crs, transform=src.transform
+            )
+        members["2_Ortho_RGB"][f"2_Ortho_RGB/{stem}_RGB.tif"] = f.rgb
+        members["3_Ortho_IRRG"][f"3_Ortho_IRRG/{stem}_IRRG.tif"] = irrg
+        members["4_Ortho_RGBIR"][f"4_Ortho_RGBIR/{stem}_RGBIR.tif"] = f.rgbir
+        labels["5_Labels_all"][f"{stem}_label.tif"] = f.label
+        labels["5_Labels_all_noBoundary"][f"{stem}_label_noBoundary.tif"] = f.label_noboundary
+    for name, content in {**members, **labels}.items():
+        _zip(archives / f"{name}.zip", content)
+    return archives, files
+
+
+def _potsdam_layout(archives: Path, root: Path, layout: str) -> Path:
+    target = root / "download" if layout == "nested" else root
+    shutil.copytree(archives, target)
+    for archive in sorted(target.glob("*.zip")) if layout == "extracted" else []:
+        with zipfile.ZipFile(archive) as zf:  # image archives hold their folder; label files land in one
+            zf.extractall(target / archive.stem if archive.name.startswith("5_") else target)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["archives", "nested", "extracted"])
+@pytest.mark.parametrize(("bands", "eroded"), [("rgbir", False), ("rgb", True), ("irrg", False)])
+def test_potsdam_layouts_and_bands(
+    potsdam: tuple[Path, dict], tmp_path: Path, layout: str, bands: str, eroded: bool
+) -> None:
+    archives, files = potsdam
+    root = _potsdam_layout(archives, tmp_path / "data", layout)
+    scenes = find_scenes("potsdam", root, bands=bands, eroded=eroded)  # type: ignore[arg-type]
+    assert [Path(s.image).name for s in scenes] == [f"top_potsdam_{i}_{j}_{bands.upper()}.tif" for i, j in POTSDAM_IDS]
+    assert [s.split for s in scenes] == list(POTSDAM_IDS.values())
+    for scene, ij in zip(scenes, POTSDAM_IDS, strict=True):
+        assert str(scene.image).startswith("/vsizip/") == (layout != "extracted")
+        source = files[ij].label_noboundary if eroded else files[ij].label
+        np.testing.assert_array_equal(_read(str(scene.label)), _read(source))
+        np.testing.assert_array_equal(_read(str(scene.image)), _read(files[ij].rgbir)[BAND_ORDER[bands]])
+
+
+def test_potsdam_irrg_archives_tile_in_place(potsdam: tuple[Path, dict], tmp_path: Path) -> None:
+    archives, files = potsdam
+    root = _potsdam_layout(archives, tmp_path / "data", "archives")
+    out = tmp_path / "tiles"
+    flags = ["--preset", "potsdam", "--bands", "irrg", "--size", "64", "--workers", "1"]
+    assert main([str(root), *flags, "--out", str(out)]) == 0
+    tiles, _ = read_index(out / "index.gpkg")
+    assert {s: sp for s, sp in zip(tiles.scene, tiles.split, strict=True)} == {
+        f"top_potsdam_{i}_{j}_IRRG": sp for (i, j), sp in POTSDAM_IDS.items()
+    }
+    for row in tiles.itertuples():
+        ij = (2, int(row.scene.split("_")[3]))
+        r, c, h, w = row.row_off, row.col_off, row.height, row.width
+        expected = SCHEMES["potsdam"].decode(_read(files[ij].label))[r : r + h, c : c + w]
+        np.testing.assert_array_equal(_read(out / row.label)[0][:h, :w], expected)
+        np.testing.assert_array_equal(
+            _read(out / row.image)[:, :h, :w], _read(files[ij].rgbir)[[3, 0, 1], r : r + h, c : c + w]
+        )
+        assert _read(row.scene_path).shape == (3, 80, 64)
+
+
+@pytest.mark.parametrize(("present", "flags", "named"), [
+    (["4_Ortho_RGBIR"], [], "5_Labels_all.zip"),
+    (["2_Ortho_RGB", "5_Labels_all"], ["--bands", "irrg"], "3_Ortho_IRRG.zip"),
+    (["4_Ortho_RGBIR", "5_Labels_all"], ["--eroded"], "5_Labels_all_noBoundary.zip"),
+])  # fmt: skip
+def test_potsdam_missing_archive_is_named(
+    potsdam: tuple[Path, dict],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    present: list,
+    flags: list,
+    named: str,
+) -> None:
+    archives, _ = potsdam
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in present:
+        shutil.copy(archives / f"{name}.zip", root)
+    out = tmp_path / "tiles"
+    assert main([str(root), "--preset", "potsdam", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and str(root) in err and len(err.splitlines()) == 1
     assert not out.exists()
