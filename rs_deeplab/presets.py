@@ -154,19 +154,29 @@ def find_vaihingen(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> 
 
 
 def find_loveda(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
-    """LoveDA: ``{Train,Val,Test}/{Urban,Rural}/images_png/{id}.png`` with masks in ``masks_png/{id}.png``.
+    """LoveDA, extracted or as the official ``Train.zip``/``Val.zip``/``Test.zip`` (read in place).
 
-    The split and domain come from the folder names; keys are ``{split}_{domain}_{id}``.
+    Images ``{Train,Val,Test}/{Urban,Rural}/images_png/{id}.png`` with masks in ``masks_png/{id}.png``; the split
+    and domain come from the folder names; keys are ``{split}_{domain}_{id}``.
     """
-    scenes = []
-    for image in sorted(root.rglob("images_png/*.png")):
-        domain, split = image.parent.parent.name, image.parent.parent.parent.name
-        mask = image.parent.parent / "masks_png" / image.name
-        key = f"{split}_{domain}_{image.stem}".lower()
-        scenes.append(SceneSpec(image, mask if mask.exists() else None, split.lower(), key))
-    if not scenes:
-        raise _no_files(root, "LoveDA", "{Train,Val}/{Urban,Rural}/images_png/*.png")
-    return scenes
+    images: dict[str, tuple[str, str]] = {}
+    masks: dict[str, str] = {}
+    for entry in list_entries(root, (".png",)):
+        if len(entry.folders) < 3 or entry.folders[-1] not in ("images_png", "masks_png"):
+            continue
+        split, domain = entry.folders[-3], entry.folders[-2]
+        key = f"{split}_{domain}_{Path(entry.name).stem}".lower()
+        if entry.folders[-1] == "masks_png":
+            masks.setdefault(key, entry.path)
+        else:
+            images.setdefault(key, (entry.path, split.lower()))
+    if not images:
+        raise _no_files(
+            root, "LoveDA", "{Train,Val}/{Urban,Rural}/images_png/*.png, extracted or in Train.zip, Val.zip"
+        )
+    if not masks:
+        raise InputError(f"{root}: LoveDA images but no masks_png in any subfolder or zip; add Train.zip and Val.zip")
+    return [SceneSpec(image, masks.get(key), split, key) for key, (image, split) in sorted(images.items())]
 
 
 def find_isaid(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:

@@ -15,7 +15,7 @@ from rs_deeplab.classes import SCHEMES
 from rs_deeplab.errors import InputError
 from rs_deeplab.presets import VAIHINGEN_GT, find_scenes, tile_preset
 from rs_deeplab.raster import quiet_georeferencing, write_geotiff
-from rs_deeplab.sample import write_potsdam, write_vaihingen
+from rs_deeplab.sample import write_loveda, write_potsdam, write_vaihingen
 from rs_deeplab.tileindex import read_index
 
 AREAS = (1, 2, 3)  # 1 and 3 official training areas, 2 a validation area
@@ -237,3 +237,48 @@ def test_potsdam_missing_archive_is_named(
     err = capsys.readouterr().err.strip()
     assert named in err and str(root) in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def loveda(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """Sample Train/Val scenes in ``Train.zip``/``Val.zip`` and one unlabelled image in ``Test.zip``."""
+    base = tmp_path_factory.mktemp("loveda")
+    src = base / "src"
+    files = {f"{f.split}_{f.domain}_{f.id}".lower(): f for f in write_loveda(src, per_folder=1, size=64, seed=3)}
+    archives = base / "archives"
+    for split in ("Train", "Val"):
+        _zip(
+            archives / f"{split}.zip", {p.relative_to(src).as_posix(): p for p in sorted((src / split).rglob("*.png"))}
+        )
+    first = next(iter(files.values()))
+    _zip(archives / "Test.zip", {"Test/Rural/images_png/9999.png": first.image})
+    return archives, files
+
+
+@pytest.mark.parametrize("layout", ["archives", "nested", "extracted"])
+def test_loveda_layouts(loveda: tuple[Path, dict], tmp_path: Path, layout: str) -> None:
+    archives, files = loveda
+    root = _potsdam_layout(archives, tmp_path / "data", layout)  # zips hold their split folder, like Potsdam's images
+    scenes = {s.key: s for s in find_scenes("loveda", root)}
+    assert {k: s.split for k, s in scenes.items()} == {
+        **{k: f.split.lower() for k, f in files.items()},
+        "test_rural_9999": "test",
+    }
+    assert scenes.pop("test_rural_9999").label is None
+    for key, scene in scenes.items():
+        assert str(scene.image).startswith("/vsizip/") == (layout != "extracted")
+        np.testing.assert_array_equal(_read(str(scene.label)), _read(files[key].mask))
+        np.testing.assert_array_equal(_read(str(scene.image)), _read(files[key].image))
+
+
+def test_loveda_test_archive_alone_names_train_and_val(
+    loveda: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archives, _ = loveda
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(archives / "Test.zip", root)
+    assert main([str(root), "--preset", "loveda", "--out", str(tmp_path / "tiles")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Train.zip" in err and str(root) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "tiles").exists()
