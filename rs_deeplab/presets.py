@@ -179,21 +179,33 @@ def find_loveda(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> lis
     return [SceneSpec(image, masks.get(key), split, key) for key, (image, split) in sorted(images.items())]
 
 
-def find_isaid(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
-    """iSAID: ``{train,val}/images/P{NNNN}.png`` with ``{split}/Semantic_masks/images/P{NNNN}_instance_color_RGB.png``.
+def _isaid_split(entry: Entry) -> str | None:
+    """The innermost ``train``/``val``/``test`` folder above ``entry``, or None."""
+    return next((f.lower() for f in reversed(entry.folders) if f.lower() in ("train", "val", "test")), None)
 
-    The split comes from the folder name.
+
+def find_isaid(root: Path, bands: Bands = "rgbir", eroded: bool = False) -> list[SceneSpec]:
+    """iSAID, extracted or as downloaded (``{split}/images/part*.zip``, ``{split}/Semantic_masks/images.zip``).
+
+    Images ``{split}/images/P{NNNN}.png`` with masks ``{split}/Semantic_masks/images/P{NNNN}_instance_color_RGB.png``;
+    the split comes from the folder name.
     """
-    scenes = []
-    for image in sorted(root.rglob("images/P*.png")):
-        if not re.fullmatch(r"P\d+\.png", image.name) or image.parent.parent.name == "Semantic_masks":
+    images: dict[tuple[str, str], str] = {}
+    masks: dict[tuple[str, str], str] = {}
+    for entry in list_entries(root, (".png",)):
+        split = _isaid_split(entry)
+        m = re.fullmatch(r"(P\d+)(_instance_color_RGB)?\.png", entry.name)
+        if split is None or m is None:
             continue
-        split_dir = image.parent.parent
-        label = split_dir / "Semantic_masks" / "images" / f"{image.stem}_instance_color_RGB.png"
-        scenes.append(SceneSpec(image, label if label.exists() else None, split_dir.name.lower()))
-    if not scenes:
-        raise _no_files(root, "iSAID", "{train,val}/images/P*.png")
-    return scenes
+        if m.group(2) and entry.in_folder("Semantic_masks"):
+            masks.setdefault((split, m.group(1)), entry.path)
+        elif not m.group(2) and not entry.in_folder("Semantic_masks"):
+            images.setdefault((split, m.group(1)), entry.path)
+    if not images:
+        raise _no_files(root, "iSAID", "{train,val}/images/P*.png, extracted or in {train,val}/images/part*.zip")
+    if not masks:
+        raise InputError(f"{root}: iSAID images but no masks; add {{train,val}}/Semantic_masks/images.zip there")
+    return [SceneSpec(image, masks.get(sid), sid[0]) for sid, image in sorted(images.items())]
 
 
 def _warn_unlabelled(scenes: list[SceneSpec], dataset: str) -> None:

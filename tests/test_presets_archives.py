@@ -15,7 +15,7 @@ from rs_deeplab.classes import SCHEMES
 from rs_deeplab.errors import InputError
 from rs_deeplab.presets import VAIHINGEN_GT, find_scenes, tile_preset
 from rs_deeplab.raster import quiet_georeferencing, write_geotiff
-from rs_deeplab.sample import write_loveda, write_potsdam, write_vaihingen
+from rs_deeplab.sample import write_isaid, write_loveda, write_potsdam, write_vaihingen
 from rs_deeplab.tileindex import read_index
 
 AREAS = (1, 2, 3)  # 1 and 3 official training areas, 2 a validation area
@@ -281,4 +281,49 @@ def test_loveda_test_archive_alone_names_train_and_val(
     assert main([str(root), "--preset", "loveda", "--out", str(tmp_path / "tiles")]) == 2
     err = capsys.readouterr().err.strip()
     assert "Train.zip" in err and str(root) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "tiles").exists()
+
+
+@pytest.fixture(scope="module")
+def isaid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """Sample scenes in ``{split}/images/part1.zip`` and ``{split}/Semantic_masks/images.zip`` (plus a test part)."""
+    base = tmp_path_factory.mktemp("isaid")
+    files = {f.id: f for f in write_isaid(base / "src", per_split=1, size=64, seed=4)}
+    archives = base / "archives"
+    for f in files.values():
+        _zip(archives / f.split / "images" / "part1.zip", {f"images/{f.id}.png": f.image})
+        _zip(archives / f.split / "Semantic_masks" / "images.zip", {
+            f"images/{f.id}_instance_color_RGB.png": f.mask, f"images/{f.id}_instance_id_RGB.png": f.image,
+        })  # fmt: skip
+    _zip(archives / "test" / "images" / "part1.zip", {"images/P9999.png": next(iter(files.values())).image})
+    return archives, files
+
+
+@pytest.mark.parametrize("layout", ["archives", "nested", "extracted"])
+def test_isaid_layouts(isaid: tuple[Path, dict], tmp_path: Path, layout: str) -> None:
+    archives, files = isaid
+    root = tmp_path / "data"
+    target = root / "download" if layout == "nested" else root
+    shutil.copytree(archives, target)
+    for archive in sorted(target.rglob("*.zip")) if layout == "extracted" else []:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(archive.parent)
+    scenes = {Path(s.image).stem: s for s in find_scenes("isaid", root)}
+    assert {k: s.split for k, s in scenes.items()} == {**{k: f.split for k, f in files.items()}, "P9999": "test"}
+    assert scenes.pop("P9999").label is None
+    for key, scene in scenes.items():
+        assert str(scene.image).startswith("/vsizip/") == (layout != "extracted")
+        np.testing.assert_array_equal(_read(str(scene.label)), _read(files[key].mask))
+        np.testing.assert_array_equal(_read(str(scene.image)), _read(files[key].image))
+
+
+def test_isaid_images_without_masks_name_the_masks_archive(
+    isaid: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archives, _ = isaid
+    root = tmp_path / "data"
+    shutil.copytree(archives, root, ignore=shutil.ignore_patterns("Semantic_masks"))
+    assert main([str(root), "--preset", "isaid", "--out", str(tmp_path / "tiles")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Semantic_masks/images.zip" in err and str(root) in err and len(err.splitlines()) == 1
     assert not (tmp_path / "tiles").exists()
