@@ -6,7 +6,6 @@ import copy
 import functools
 import math
 import typing
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,14 +20,7 @@ from rs_deeplab.models import MODELS, DeepLabBase, SegOutput, build_model, param
 from rs_deeplab.models.deeplab_v3 import MULTI_GRID
 from rs_deeplab.models.stride import dilate_resnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions gain nothing from two threads, and on a shared 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 NUM_CLASSES = 5
