@@ -125,13 +125,15 @@ def expected_parameters(case: str, in_channels: int, k: int = NUM_CLASSES) -> in
             decoder = aspp + separable(c, c) + bn(c) + conv(low, 48, 1) + bn(48)
             decoder += separable(c + 48, c) + bn(c) + separable(c, c) + bn(c)  # two 3x3 after the concatenation
         return trunk + decoder + conv(c, k, 1, bias=True)
-    c = 512  # mmseg heads: pooling + 1x1 + three 3x3 branches, 3x3 bottleneck, classifier; FCN aux head
+    # mmseg heads on ResNet-18 (its R-18 configs): 128-channel branches, 12-channel skip, 64-channel FCN aux head;
+    # pooling + 1x1 + three 3x3 branches, 3x3 bottleneck, classifier
+    c, skip, aux_c = 128, 12, 64
     plus = case == "v3plus-r18-mmseg"
     branch3 = separable_bn(e, c) if plus else conv(e, c, 3) + bn(c)
     head = 2 * (conv(e, c, 1) + bn(c)) + 3 * branch3 + conv(5 * c, c, 3) + bn(c) + conv(c, k, 1, bias=True)
     if plus:
-        head += conv(low, 48, 1) + bn(48) + separable_bn(c + 48, c) + separable_bn(c, c)
-    aux = conv(aux_in, 256, 3) + bn(256) + conv(256, k, 1, bias=True)
+        head += conv(low, skip, 1) + bn(skip) + separable_bn(c + skip, c) + separable_bn(c, c)
+    aux = conv(aux_in, aux_c, 3) + bn(aux_c) + conv(aux_c, k, 1, bias=True)
     return trunk + head + aux
 
 

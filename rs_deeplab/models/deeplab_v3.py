@@ -14,10 +14,11 @@
   ``strict=False`` and misses only ``decoder.block2.3`` and ``.4``). No multi-grid (the paper's v3+ setting).
 
 ``head="mmseg"`` keeps the smp encoder and uses :class:`~rs_deeplab.models.heads.MMSegASPPHead` (512 channels,
-rates 12/24/36 at output stride 8, its default) plus, when ``aux_weight > 0``, an auxiliary
-:class:`~rs_deeplab.models.heads.FCNAuxHead` on ``layer3`` whose logits the engine weights by ``aux_weight``
-(0.4 in mmseg). The training-mode output is then a :class:`~rs_deeplab.models.base.SegOutput`. mmseg's ResNetV1c
-deep stem is not reproduced: the backbone is the plain torchvision-layout ResNet.
+128 for ResNet-18/34 as mmseg's R-18 configs narrow it; rates 12/24/36 at output stride 8, its default) plus,
+when ``aux_weight > 0``, an auxiliary :class:`~rs_deeplab.models.heads.FCNAuxHead` on ``layer3`` whose logits the
+engine weights by ``aux_weight`` (0.4 in mmseg). The training-mode output is then a
+:class:`~rs_deeplab.models.base.SegOutput`. mmseg's ResNetV1c deep stem is not reproduced: the backbone is the
+plain torchvision-layout ResNet (mmseg's ``R-50b`` rows).
 
 smp's forward needs inputs divisible by the output stride; this module's forward resizes by target size instead
 of by scale factor, so any input size works and gives logits at the input size (and for divisible sizes the
@@ -54,6 +55,17 @@ RATES_AT_16 = (6, 12, 18)
 MULTI_GRID = (1, 2, 4)
 PAPER_CHANNELS = 256
 MMSEG_CHANNELS = 512
+
+
+def mmseg_widths(last_channels: int) -> tuple[int, int, int]:
+    """``(ASPP channels, decoder skip channels, auxiliary channels)`` of mmseg's head for a backbone.
+
+    mmseg's ResNet-18/34 configs (512-channel last stage) narrow the head to 128/12/64; deeper ResNets (2048)
+    use 512/48/256.
+    """
+    return (128, 12, 64) if last_channels <= 512 else (MMSEG_CHANNELS, 48, 256)
+
+
 HeadName = Literal["paper", "mmseg"]
 
 
@@ -88,15 +100,17 @@ class DeepLabV3(DeepLabBase):
             encoder = get_encoder(backbone, in_channels=in_channels, depth=5, weights=None)
             channels: list[int] = list(encoder.out_channels)
             self.encoder = encoder
+            width, skip, aux = mmseg_widths(channels[-1])
             self.decode_head = MMSegASPPHead(
                 channels[-1],
-                MMSEG_CHANNELS,
+                width,
                 scaled_rates(RATES_AT_16, 16),
                 num_classes,
                 low_level_channels=channels[2] if plus else None,
+                skip_channels=skip,
             )
             if aux_weight > 0:
-                self.aux_head = FCNAuxHead(channels[-2], num_classes)
+                self.aux_head = FCNAuxHead(channels[-2], num_classes, channels=aux)
                 self.has_aux, self.aux_weight = True, float(aux_weight)
         self._apply_output_stride(output_stride)
         self.output_stride = output_stride

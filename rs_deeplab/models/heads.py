@@ -84,6 +84,7 @@ class MMSegASPPHead(nn.Module):
         low_level_channels: Channels of the stride-4 features; when given, the branches are depthwise separable
             and a v3+ decoder (48-channel projection, two separable 3x3 convolutions) follows.
         dropout: ``Dropout2d`` rate before the classifier.
+        skip_channels: What the v3+ decoder projects the stride-4 features to (48; mmseg's ResNet-18 uses 12).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class MMSegASPPHead(nn.Module):
         num_classes: int,
         low_level_channels: int | None = None,
         dropout: float = 0.1,
+        skip_channels: int = LOW_LEVEL_CHANNELS,
     ) -> None:
         super().__init__()
         separable = low_level_channels is not None
@@ -108,9 +110,9 @@ class MMSegASPPHead(nn.Module):
         self.low_level: nn.Module | None = None
         self.fuse: nn.Module | None = None
         if low_level_channels is not None:
-            self.low_level = conv_bn_relu(low_level_channels, LOW_LEVEL_CHANNELS, 1)
+            self.low_level = conv_bn_relu(low_level_channels, skip_channels, 1)
             self.fuse = nn.Sequential(
-                separable_conv_bn_relu(channels + LOW_LEVEL_CHANNELS, channels),
+                separable_conv_bn_relu(channels + skip_channels, channels),
                 separable_conv_bn_relu(channels, channels),
             )
         self.dropout = nn.Dropout2d(dropout)
