@@ -45,6 +45,10 @@ class DataConfig(StrictModel):
     scale_range: tuple[PositiveFloat, PositiveFloat] = (0.5, 2.0)
     flips: Literal["aerial", "horizontal", "none"] = "aerial"
     """``aerial``: horizontal and vertical flips plus 90° rotations; ``horizontal``: VOC/Cityscapes style."""
+    photometric: Literal["bands", "rgb", "none"] = "bands"
+    """Colour jitter: ``bands`` works on normalised values of any band count; ``rgb`` is mmsegmentation's
+    ``PhotoMetricDistortion`` on raw 8-bit values of three bands (brightness, contrast, saturation, hue), for
+    published-table parity; ``none``, as the DeepLab papers train."""
     batch_size: PositiveInt = 8
     num_workers: NonNegInt = 4
     max_class_ratio: Annotated[float, Field(gt=0, le=1)] = 0.75
@@ -87,11 +91,15 @@ class OptimizerConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Iteration-based poly learning-rate schedule with optional linear warmup."""
+    """Iteration-based learning-rate schedule (poly, or DeepLab v1's steps) with optional linear warmup."""
 
     iterations: PositiveInt = 80_000
+    policy: Literal["poly", "step"] = "poly"
+    """``poly``: ``(1 - it/iterations)^power`` down to ``min_lr``; ``step``: times ``gamma`` every ``step_size``."""
     power: PositiveFloat = 0.9
     min_lr: NonNegFloat = 1e-4
+    step_size: PositiveInt = 2000
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
     warmup_iters: NonNegInt = 0
     warmup_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
 
@@ -123,6 +131,8 @@ class InferConfig(StrictModel):
     tta: bool = False
     scales: list[PositiveFloat] = [1.0]
     crf: bool = False
+    output_stride: Literal[8, 16] | None = None
+    """Run inference at another output stride than training (trained at 16, inferred at 8: DeepLab v3 §4.1)."""
     scenes: list[Path] = []
     """Held-out scenes that ``pipelines/infer.py`` runs on when no scene is given."""
 

@@ -51,25 +51,44 @@ def poly_factor(
     """Learning-rate multiplier: ``(1 - it/max)^power`` scaled to end at ``min_ratio``, after a linear warmup."""
     progress = min(iteration, iterations) / iterations
     factor = (1.0 - min_ratio) * (1.0 - progress) ** power + min_ratio
+    return factor * warmup_factor(iteration, warmup_iters, warmup_ratio)
+
+
+def step_factor(
+    iteration: int, *, step_size: int, gamma: float, warmup_iters: int = 0, warmup_ratio: float = 0.1
+) -> float:
+    """Learning-rate multiplier of Caffe's ``step`` policy (DeepLab v1): ``gamma ** (it // step_size)``."""
+    return gamma ** (iteration // step_size) * warmup_factor(iteration, warmup_iters, warmup_ratio)
+
+
+def warmup_factor(iteration: int, warmup_iters: int, warmup_ratio: float) -> float:
+    """Linear ramp from ``warmup_ratio`` to 1 over the first ``warmup_iters`` iterations, then 1."""
     if iteration < warmup_iters:
-        factor *= warmup_ratio + (1.0 - warmup_ratio) * iteration / warmup_iters
-    return factor
+        return warmup_ratio + (1.0 - warmup_ratio) * iteration / warmup_iters
+    return 1.0
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
     iterations: int,
+    policy: str = "poly",
     power: float = 0.9,
     min_lr: float = 1e-4,
+    step_size: int = 2000,
+    gamma: float = 0.1,
     warmup_iters: int = 0,
     warmup_ratio: float = 0.1,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Iteration-based poly schedule (one ``step()`` per optimiser step) applied to every parameter group."""
+    """Iteration-based poly or step schedule (one ``step()`` per optimiser step) applied to every parameter group."""
     base = optimizer.param_groups[0]["lr"]
     min_ratio = min(min_lr / base, 1.0)
 
     def factor(it: int) -> float:
+        if policy == "step":
+            return step_factor(
+                it, step_size=step_size, gamma=gamma, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio
+            )
         return poly_factor(
             it,
             iterations=iterations,

@@ -113,6 +113,7 @@ def _loaders(
         scale_range=data.scale_range,
         flips=data.flips,
         max_class_ratio=data.max_class_ratio,
+        photometric=data.photometric,
     )
     common = loader_options(data.num_workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(
@@ -230,6 +231,11 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     train_src = build_source(cfg.data, cfg.data.train_split)
     val_src = build_source(cfg.data, cfg.data.val_split)
     names, in_ch = train_src.class_names, train_src.in_channels()
+    if cfg.data.photometric == "rgb" and in_ch != 3:
+        raise InputError(
+            f"data.photometric: rgb jitters 3-band 8-bit RGB images, but {cfg.data.root} has {in_ch} bands; "
+            "use data.photometric: bands (any band count) or none"
+        )
     run_dir = cfg.run_dir
     last, best = run_dir / "last.pt", run_dir / "best.pt"
     state = resume_state(last, cfg.resume, env)
@@ -240,15 +246,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
-    s = cfg.schedule
-    scheduler = build_scheduler(
-        optimizer,
-        iterations=s.iterations,
-        power=s.power,
-        min_lr=s.min_lr,
-        warmup_iters=s.warmup_iters,
-        warmup_ratio=s.warmup_ratio,
-    )
+    scheduler = build_scheduler(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     runtime = runtime_record(cfg, env, device, amp)
     log.info("training on %s, precision %s, %d process(es)", runtime["device"], runtime["precision"], env.world_size)
@@ -319,7 +317,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         if env.is_main:
             save_checkpoint(last, {**snapshot(it), "rank_fingerprints": fingerprints})
 
-    cadence = Cadence(s.iterations, cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.log_every)
+    cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.log_every)
     fit(
         runner,
         iter(train_loader),
@@ -339,7 +337,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         if tracker["cm"] is not None:
             plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
             (run_dir / "val_scores.md").write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
-    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], s.iterations)
+    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)
 
 
 def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:

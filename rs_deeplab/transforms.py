@@ -23,6 +23,7 @@ from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.raster import open_raster
 
 FlipMode = Literal["aerial", "horizontal", "none"]
+PhotometricMode = Literal["bands", "rgb", "none"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,40 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def photometric_rgb(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The ``PhotoMetricDistortion`` of mmsegmentation on a raw 8-bit ``(H, W, 3)`` RGB image, in float32.
+
+    Each step with probability 1/2: brightness ``+U(-32, 32)``; contrast ``×U(0.5, 1.5)`` (before or after the
+    colour steps, chosen at random); saturation ``×U(0.5, 1.5)``; hue shifted by an integer in ``[-18, 18]`` of
+    OpenCV's 180-step hue circle. Values are clipped to ``[0, 255]`` after every step, as mmseg's are.
+    """
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"photometric 'rgb' needs 3-band images, got shape {image.shape}")
+    out: np.ndarray = image.astype(np.float32, copy=True)
+
+    def contrast() -> None:
+        if rng.integers(2):
+            np.clip(out * np.float32(rng.uniform(0.5, 1.5)), 0, 255, out=out)
+
+    if rng.integers(2):
+        np.clip(out + np.float32(rng.uniform(-32, 32)), 0, 255, out=out)
+    contrast_first = bool(rng.integers(2))
+    if contrast_first:
+        contrast()
+    saturate, shift = rng.integers(2), rng.integers(2)
+    factor, hue = np.float32(rng.uniform(0.5, 1.5)), int(rng.integers(-18, 19))
+    if saturate or shift:
+        hsv = cv2.cvtColor(out / np.float32(255), cv2.COLOR_RGB2HSV)  # H in degrees, S and V in [0, 1]
+        if saturate:
+            hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0, 1)
+        if shift:
+            hsv[..., 0] = (hsv[..., 0] + 2 * hue) % 360
+        out = np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * np.float32(255), 0, 255)
+    if not contrast_first:
+        contrast()
+    return out
+
+
 def pad_to(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Pad ``(H, W, C)`` image with 0 (the mean, once normalised) and mask with 255 to at least ``size``."""
     h, w = mask.shape
@@ -140,10 +175,12 @@ class TrainTransform:
         scale_range: tuple[float, float] = (0.5, 2.0),
         flips: FlipMode = "aerial",
         max_class_ratio: float = 0.75,
+        photometric: PhotometricMode = "bands",
     ) -> None:
         self.crop_size: tuple[int, int] = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
         self.stats = stats
         self.max_class_ratio = max_class_ratio
+        self.photometric = photometric
         low, high = scale_range
         self.scale = A.Compose(
             [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0)]
@@ -167,12 +204,19 @@ class TrainTransform:
         if msk.shape[0] >= self.crop_size[0] and msk.shape[1] >= self.crop_size[1]:
             # per-pixel photometry commutes with cropping: normalise only the crop (a 512 tile costs 16x a 128 crop)
             img, msk = random_crop(img, msk, self.crop_size, rng, self.max_class_ratio)
-            img = photometric(normalize(img, self.stats), photo_rng)
+            img = self._colour(img, photo_rng)
         else:  # pad after normalising, so that the padding is the mean (0)
-            img, msk = pad_to(photometric(normalize(img, self.stats), photo_rng), msk, self.crop_size)
+            img, msk = pad_to(self._colour(img, photo_rng), msk, self.crop_size)
             img, msk = random_crop(img, msk, self.crop_size, rng, self.max_class_ratio)
         out = self.geometry(image=np.ascontiguousarray(img), mask=np.ascontiguousarray(msk))
         return to_tensors(out["image"], out["mask"])
+
+    def _colour(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Raw ``(H, W, C)`` values → normalised, colour-jittered as ``photometric`` says."""
+        if self.photometric == "rgb":
+            return normalize(photometric_rgb(img, rng), self.stats)
+        out = normalize(img, self.stats)
+        return photometric(out, rng) if self.photometric == "bands" else out
 
 
 class EvalTransform:

@@ -13,7 +13,7 @@ import torch
 from pipelines import evaluate as evaluate_cli
 from pipelines import train as train_cli
 from rs_deeplab.checkpoint import load_checkpoint
-from rs_deeplab.engine import build_optimizer, poly_factor
+from rs_deeplab.engine import build_optimizer, build_scheduler, poly_factor, step_factor
 from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.raster import write_geotiff
 from tests.killkit import kill_after_checkpoint
@@ -39,6 +39,22 @@ def test_poly_schedule_with_warmup() -> None:
     assert poly_factor(50, **kw) == pytest.approx(0.99 * 0.5**0.9 + 0.01)
     assert poly_factor(0, **kw, warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.1)
     assert poly_factor(5, **kw, warmup_iters=10, warmup_ratio=0.1) == pytest.approx(0.55 * poly_factor(5, **kw))
+
+
+def test_step_schedule_of_deeplab_v1() -> None:
+    assert [step_factor(it, step_size=2000, gamma=0.1) for it in (0, 1999, 2000, 3999, 4000, 5999)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.001}, {"params": [model.bias], "lr": 0.01}], lr=0.001)
+    sched = build_scheduler(opt, iterations=6000, policy="step", step_size=2000, gamma=0.1)
+    lrs = []
+    for _ in range(4500):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx([0.001, 0.01]) and lrs[2000] == pytest.approx([1e-4, 1e-3])
+    assert lrs[4499] == pytest.approx([1e-5, 1e-4])
 
 
 def test_head_gets_ten_times_the_learning_rate() -> None:

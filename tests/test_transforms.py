@@ -11,6 +11,7 @@ from rs_deeplab.transforms import (
     TrainTransform,
     compute_band_stats,
     normalize,
+    photometric_rgb,
     random_crop,
 )
 from tests.conftest import RasterFactory
@@ -141,3 +142,45 @@ def test_pad_collate() -> None:
     images, masks = pad_collate([a, b])
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5)
     assert masks[0, 5, 0] == 255 and images[1, 0, 0, 4] == 0 and masks.dtype == torch.uint8
+
+
+def test_photometric_rgb_is_mmsegs_distortion(rng: np.random.Generator) -> None:
+    import cv2
+
+    image = rng.integers(0, 256, size=(32, 40, 3)).astype(np.float32)
+    outs = [photometric_rgb(image, np.random.default_rng(seed)) for seed in range(200)]
+    assert all(o.shape == image.shape and o.dtype == np.float32 for o in outs)
+    assert all(o.min() >= 0 and o.max() <= 255 for o in outs)  # clipped like 8-bit values
+    unchanged = sum(np.array_equal(o, image) for o in outs)
+    assert 0 < unchanged < 30  # each of 4 steps fires half the time: all skipped 1/16 of the time
+    # brightness shifts at most 32 per value and contrast scales at most x1.5: no output exceeds what both allow
+    assert max(float(np.abs(o - image).max()) for o in outs) > 32
+    # saturation and hue only: the HSV value channel (max of RGB) stays where brightness/contrast left it
+    grey = np.full((8, 8, 3), 100, np.float32)  # no saturation to scale, no hue to turn
+    for seed in range(50):
+        out = photometric_rgb(grey, np.random.default_rng(seed))
+        assert np.allclose(out, out[..., :1], atol=1e-3)  # stays grey
+    hsv_in = cv2.cvtColor(image / 255, cv2.COLOR_RGB2HSV)
+    changed_hue = [
+        o for o in outs if not np.allclose(cv2.cvtColor(o / 255, cv2.COLOR_RGB2HSV)[..., 0], hsv_in[..., 0], atol=1)
+    ]
+    assert changed_hue  # some draws turn the hue
+    with pytest.raises(ValueError, match="3-band"):
+        photometric_rgb(np.zeros((4, 4, 4), np.float32), rng)
+
+
+@pytest.mark.parametrize("mode", ["bands", "rgb", "none"])
+def test_train_transform_photometric_modes(rng: np.random.Generator, mode: str) -> None:
+    image, mask = scene(rng, bands=3)
+    stats = compute_band_stats_from(image)
+    plain = TrainTransform(crop_size=64, stats=stats, photometric="none")
+    jittered = TrainTransform(crop_size=64, stats=stats, photometric=mode)  # type: ignore[arg-type]
+    same = [torch.equal(plain(image, mask, seed)[0], jittered(image, mask, seed)[0]) for seed in range(8)]
+    assert all(same) if mode == "none" else not all(same)
+    for seed in range(4):  # geometry and crop do not depend on the colour mode
+        assert torch.equal(plain(image, mask, seed)[1], jittered(image, mask, seed)[1])
+
+
+def compute_band_stats_from(image: np.ndarray) -> BandStats:
+    flat = image.reshape(image.shape[0], -1).astype(np.float64)
+    return BandStats(mean=tuple(flat.mean(1)), std=tuple(flat.std(1) + 1e-6))
