@@ -43,7 +43,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations of the CRF (5)")
     p.add_argument("--crf-gaussian", default="3,3", help="smoothness kernel SXY,COMPAT (DeepLab: 3,3)")
     p.add_argument("--crf-bilateral", default="80,13,10", help="appearance kernel SXY,SRGB,COMPAT (DeepLab: 80,13,10)")
-    p.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="run at another output stride")
+    p.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                   help="inference output stride (default: infer.output_stride, else as trained)")  # fmt: skip
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
     p.add_argument(

@@ -122,6 +122,27 @@ def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None
     assert (4, 4) in dilations  # layer4 re-dilated for output stride 8
 
 
+def test_config_infer_output_stride_is_the_default(workspace: Path, tmp_path: Path) -> None:
+    # a config trained at output stride 16 that says infer.output_stride: 8 (configs/own/potsdam_rgbir_r50.yaml)
+    a = scene(tmp_path / "a.tif", 64, 90, 7)
+    assert main([str(a), "--out", "os8.tif", "--output-stride", "8"]) == 0
+    assert main([str(a), "--out", "os16.tif"]) == 0
+    best = workspace / "runs" / "tiny" / "best.pt"
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    assert state["config"]["model"]["output_stride"] == 16
+    state["config"]["infer"]["output_stride"] = 8
+    torch.save(state, best)
+    assert main([str(a), "--out", "recorded.tif"]) == 0
+    assert main([str(a), "--out", "forced16.tif", "--output-stride", "16"]) == 0  # the option still wins
+    rasters = {}
+    for name in ("os8", "os16", "recorded", "forced16"):
+        with rasterio.open(workspace / f"{name}.tif") as ds:
+            rasters[name] = ds.read(1)
+    assert not np.array_equal(rasters["os8"], rasters["os16"])
+    assert np.array_equal(rasters["recorded"], rasters["os8"])
+    assert np.array_equal(rasters["forced16"], rasters["os16"])
+
+
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -106,6 +106,10 @@ def infer_scenes(
     here = torch.device("cpu") if opts.scheduler else pick_device(opts.device, option="--device")
     pick_amp(opts.amp, here, option="--amp")
     _, info = trained.load(here)  # its settings; loaded where this process runs it
+    recorded_stride = info.infer.get("output_stride")
+    if opts.output_stride is None and recorded_stride:  # trained at one output stride, set to infer at another
+        trained = TrainedModel(ckpt.resolve(), int(recorded_stride))
+        _, info = trained.load(here)
     todo = [Path(s) for s in scenes] or [Path(s) for s in info.infer.get("scenes", [])]
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
