@@ -237,4 +237,7 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
     training step widens them to int64 there.
     """
     img = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32))
-    return img, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+    out = np.ascontiguousarray(mask, dtype=np.uint8)
+    if not out.flags.writeable:  # a decoded PNG's buffer, passed through untouched (no scale, crop or flip)
+        out = out.copy()
+    return img, torch.from_numpy(out)
