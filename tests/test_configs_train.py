@@ -1,4 +1,8 @@
-"""Every shipped config trains for two iterations on tiny synthetic data in its dataset's real layout."""
+"""Every shipped config trains for two iterations on tiny synthetic data in its dataset's real layout.
+
+The backbones start from random weights here (``model.weights=null``): loading torchvision's ImageNet files is
+tested in ``test_imagenet_weights.py``, and with a recipe as shipped in ``test_recipes.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,30 @@ from rs_deeplab.presets import tile_preset
 from rs_deeplab.sample import write_cityscapes, write_isaid, write_loveda, write_potsdam, write_vaihingen, write_voc
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.stem != "demo")
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.stem != "demo")
 
 
-def _tiled(preset: str, write: Callable[[Path], object]) -> Callable[[Path], Path]:
+def _tiled(preset: str, write: Callable[[Path], object], **options: object) -> Callable[[Path], Path]:
     def make(folder: Path) -> Path:
         write(folder / "raw")
-        tile_preset(preset, folder / "raw", folder / "tiles", size=128, stride=128, quiet=True)
+        tile_preset(preset, folder / "raw", folder / "tiles", size=128, stride=128, quiet=True, **options)
         return folder / "tiles"
 
     return make
 
 
+def _potsdam(root: Path) -> object:
+    return write_potsdam(root, ids=((2, 10), (2, 13)), size=256, gsd=0.1)
+
+
+def layout(cfg: ExperimentConfig, path: Path) -> str:
+    """The layout a config reads: its scheme, and for Potsdam the bands its tile command names."""
+    return "potsdam_rgbir" if cfg.data.scheme == "potsdam" and "rgbir" in path.stem else cfg.data.scheme
+
+
 LAYOUTS: dict[str, Callable[[Path], Path]] = {
-    "potsdam": _tiled("potsdam", lambda r: write_potsdam(r, ids=((2, 10), (2, 13)), size=256, gsd=0.1)),
+    "potsdam": _tiled("potsdam", _potsdam, bands="rgb", eroded=True),  # the mmseg recipes' RGB tiles
+    "potsdam_rgbir": _tiled("potsdam", _potsdam),
     "vaihingen": _tiled("vaihingen", lambda r: write_vaihingen(r, areas=(1, 2), size=256)),
     "loveda": _tiled("loveda", lambda r: write_loveda(r, per_folder=1, size=256)),
     "isaid": _tiled("isaid", lambda r: write_isaid(r, per_split=1, size=(256, 256))),
@@ -41,8 +55,8 @@ def data_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_every_config_has_a_layout() -> None:
-    schemes = {load_config(p).data.scheme for p in CONFIGS}
-    assert schemes <= set(LAYOUTS) and len(CONFIGS) >= 10
+    layouts = {layout(load_config(p), p) for p in CONFIGS}
+    assert layouts == set(LAYOUTS) and len(CONFIGS) >= 11
 
 
 @pytest.mark.slow
@@ -52,9 +66,9 @@ def test_config_trains_two_iterations(path: Path, data_roots: dict[str, Path], t
     crop = [64, 96] if isinstance(recipe.data.crop_size, tuple) else 64
     cfg: ExperimentConfig = load_config(
         path,
-        [f"data.root={data_roots[recipe.data.scheme]}", f"work_dir={tmp_path / 'run'}", f"data.crop_size={crop}",
+        [f"data.root={data_roots[layout(recipe, path)]}", f"work_dir={tmp_path / 'run'}", f"data.crop_size={crop}",
          "data.batch_size=2", "data.num_workers=0", "schedule.iterations=2", "train.eval_every=2",
-         "train.checkpoint_every=2"],
+         "train.checkpoint_every=2", "model.weights=null"],
     )  # fmt: skip
     result = train_experiment(cfg)
     assert result.iterations == 2 and result.last.is_file()
