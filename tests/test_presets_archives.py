@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipelines.tile import main
+from pipelines.tile import main, run
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.errors import InputError
 from rs_deeplab.presets import VAIHINGEN_GT, find_scenes, tile_preset
@@ -29,11 +29,17 @@ def _read(path: str | Path) -> np.ndarray:
         return src.read()
 
 
-def _zip(path: Path, members: dict[str, Path]) -> Path:
+def _zip(path: Path, members: dict[str, Path], *, zip64: bool = False) -> Path:
+    """A zip archive of ``members`` (name inside → file); ``zip64`` writes Zip64 records, as archives over 4 GiB
+    (Potsdam's orthophoto archives) have."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         for name, source in members.items():
-            zf.write(source, name)
+            if zip64:
+                with zf.open(name, "w", force_zip64=True) as member:
+                    member.write(Path(source).read_bytes())
+            else:
+                zf.write(source, name)
     return path
 
 
@@ -101,6 +107,25 @@ def test_vaihingen_archives_tile_in_place(vaihingen: tuple[Path, dict, Path], tm
         r, c, h, w = row.row_off, row.col_off, row.height, row.width
         expected = SCHEMES["vaihingen"].decode(_read(files[n].label))[r : r + h, c : c + w]
         np.testing.assert_array_equal(_read(out / row.label)[0][:h, :w], expected)
+
+
+def test_zip64_archives_read_in_place(vaihingen: tuple[Path, dict, Path], tmp_path: Path) -> None:
+    archives, files, _ = vaihingen
+    root = tmp_path / "data"
+    for archive in archives.glob("*.zip"):
+        with zipfile.ZipFile(archive) as zf:
+            extracted = tmp_path / "members" / archive.stem
+            zf.extractall(extracted)
+            members = {name: extracted / name for name in zf.namelist()}
+        _zip(root / archive.name, members, zip64=True)
+        with zipfile.ZipFile(root / archive.name) as zf:
+            assert all(info.extract_version >= zipfile.ZIP64_VERSION for info in zf.infolist())
+    scenes = find_scenes("vaihingen", root)
+    assert [s.split for s in scenes] == [SPLITS[n] for n in AREAS]
+    for scene, n in zip(scenes, AREAS, strict=True):
+        assert str(scene.image).startswith("/vsizip/")
+        np.testing.assert_array_equal(_read(str(scene.image)), _read(files[n].image))
+        np.testing.assert_array_equal(_read(str(scene.label)), _read(files[n].label))
 
 
 def test_vaihingen_images_without_labels_name_the_ground_truth_archive(
@@ -212,6 +237,35 @@ def test_potsdam_irrg_archives_tile_in_place(potsdam: tuple[Path, dict], tmp_pat
             _read(out / row.image)[:, :h, :w], _read(files[ij].rgbir)[[3, 0, 1], r : r + h, c : c + w]
         )
         assert _read(row.scene_path).shape == (3, 80, 64)
+
+
+def test_recipe_tile_command_on_archives_with_dask_worker_processes(potsdam: tuple[Path, dict], tmp_path: Path) -> None:
+    """configs/potsdam_r50.yaml's tile command (RGB, eroded, 512 every 512) on the archives, scaled: two Dask worker
+    processes each open the scenes through /vsizip/ and write the same crops and index as this process alone."""
+    archives, files = potsdam
+    root = _potsdam_layout(archives, tmp_path / "data", "archives")
+    flags = ["--preset", "potsdam", "--bands", "rgb", "--eroded", "--size", "32", "--stride", "32"]
+    assert main([str(root), *flags, "--workers", "1", "--out", str(tmp_path / "serial")]) == 0
+    summary = run([str(root), *flags, "--workers", "2", "--out", str(tmp_path / "dask")])
+    assert summary.cluster == "Dask local cluster (2 processes)"
+    serial, _ = read_index(tmp_path / "serial" / "index.gpkg")
+    parallel, _ = read_index(tmp_path / "dask" / "index.gpkg")
+    key = ["scene", "row_off", "col_off"]
+    serial, parallel = serial.sort_values(key).reset_index(drop=True), parallel.sort_values(key).reset_index(drop=True)
+    assert len(serial) == len(parallel) == len(POTSDAM_IDS) * (80 // 32 + 1) * (64 // 32)
+    assert list(serial.scene_path) == list(parallel.scene_path) and serial.scene_path[0].startswith("/vsizip/")
+    assert not list(root.rglob("*.tif"))  # nothing extracted
+    for a, b in zip(serial.itertuples(), parallel.itertuples(), strict=True):
+        np.testing.assert_array_equal(_read(tmp_path / "serial" / a.image), _read(tmp_path / "dask" / b.image))
+        np.testing.assert_array_equal(_read(tmp_path / "serial" / a.label), _read(tmp_path / "dask" / b.label))
+    row = parallel.iloc[-1]
+    ij = (2, int(row.scene.split("_")[3]))
+    r, c, h, w = row.row_off, row.col_off, row.height, row.width
+    eroded = SCHEMES["potsdam"].decode(_read(files[ij].label_noboundary))[r : r + h, c : c + w]
+    np.testing.assert_array_equal(_read(tmp_path / "dask" / row.label)[0][:h, :w], eroded)
+    np.testing.assert_array_equal(
+        _read(tmp_path / "dask" / row.image)[:, :h, :w], _read(files[ij].rgb)[:, r : r + h, c : c + w]
+    )
 
 
 @pytest.mark.parametrize(("present", "flags", "named"), [
