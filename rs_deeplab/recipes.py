@@ -86,6 +86,25 @@ MMSEG_V3PLUS: dict[str, Any] = {
 }
 """What every mmsegmentation DeepLab v3+ row shares (``_base_/models/deeplabv3plus_r50-d8.py``, its schedules)."""
 
+PAPER_VOC: dict[str, Any] = {
+    "model.output_stride": 8,
+    "model.weights": "imagenet",
+    "data.source": "voc",
+    "data.scheme": "voc",
+    "data.train_split": "train_aug",
+    "data.val_split": "val",
+    "data.crop_size": 321,
+    "data.flips": "horizontal",
+    "data.photometric": "none",
+    "optimizer.name": "sgd",
+    "optimizer.momentum": 0.9,
+    "optimizer.weight_decay": 0.0005,
+    "optimizer.head_lr_mult": 10.0,
+    "schedule.warmup_iters": 0,
+    "train.grad_accum": 1,
+}
+"""What the DeepLab v1 and v2 papers' VOC training shares: train_aug, 321 crops, mirroring, SGD, 10x on the head."""
+
 V1C_STEM = (
     "stem: torchvision's ResNet V1b (one 7x7 convolution) with torchvision's ImageNet weights, not mmseg's ResNetV1c "
     "(three 3x3 convolutions) with open-mmlab's V1c weights"
@@ -271,28 +290,14 @@ RECIPES: tuple[Recipe, ...] = (
         settings={
             "model.name": "deeplabv1",
             "model.backbone": "vgg16",
-            "model.output_stride": 8,
-            "model.weights": "imagenet",
-            "data.source": "voc",
-            "data.scheme": "voc",
-            "data.train_split": "train_aug",
-            "data.val_split": "val",
-            "data.crop_size": 321,
+            **PAPER_VOC,
             "data.scale_range": (1.0, 1.0),
-            "data.flips": "horizontal",
-            "data.photometric": "none",
             "data.batch_size": 20,
-            "optimizer.name": "sgd",
             "optimizer.lr": 0.001,
-            "optimizer.momentum": 0.9,
-            "optimizer.weight_decay": 0.0005,
-            "optimizer.head_lr_mult": 10.0,
             "schedule.policy": "step",
             "schedule.step_size": 2000,
             "schedule.gamma": 0.1,
             "schedule.iterations": 6000,
-            "schedule.warmup_iters": 0,
-            "train.grad_accum": 1,
         },
         deviations=(
             "weights: torchvision's VGG-16 ImageNet file, not the Caffe VGG-16 model",
@@ -310,28 +315,14 @@ RECIPES: tuple[Recipe, ...] = (
         settings={
             "model.name": "deeplabv2",
             "model.backbone": "resnet101",
-            "model.output_stride": 8,
-            "model.weights": "imagenet",
-            "data.source": "voc",
-            "data.scheme": "voc",
-            "data.train_split": "train_aug",
-            "data.val_split": "val",
-            "data.crop_size": 321,
+            **PAPER_VOC,
             "data.scale_range": (0.5, 1.5),
-            "data.flips": "horizontal",
-            "data.photometric": "none",
             "data.batch_size": 10,
-            "optimizer.name": "sgd",
             "optimizer.lr": 0.00025,
-            "optimizer.momentum": 0.9,
-            "optimizer.weight_decay": 0.0005,
-            "optimizer.head_lr_mult": 10.0,
             "schedule.policy": "poly",
             "schedule.power": 0.9,
             "schedule.min_lr": 0.0,
             "schedule.iterations": 20_000,
-            "schedule.warmup_iters": 0,
-            "train.grad_accum": 1,
         },
         deviations=(
             "multi-scale inputs (MSC: scales 1, 0.75 and 0.5 and their maximum, trained jointly) are not built yet "
