@@ -236,6 +236,25 @@ def test_cli_writes_files_and_preview(tmp_path: Path, capsys: pytest.CaptureFixt
     assert Image.open(preview).size == (2 * 64 + 8, 48)
 
 
+def test_cli_writes_labels_as_polygons_of_every_scene(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    out, gpkg = tmp_path / "potsdam", tmp_path / "labels" / "labels.gpkg"
+    argv = ["potsdam", str(out), "--size", "48", "64", "--gsd", "0.1", "--ids", "2_10", "2_13", "--polygons", str(gpkg)]
+    assert main(argv) == 0
+    polygons = gpd.read_file(gpkg, layer="labels")
+    assert set(polygons.scene) == {"top_potsdam_2_10_RGBIR", "top_potsdam_2_13_RGBIR"}
+    assert set(polygons.class_name) <= set(SCHEMES["potsdam"].classes) and polygons.class_name.nunique() >= 2
+    for tile in ("2_10", "2_13"):  # burning the polygons back gives the label raster, pixel for pixel
+        with rasterio.open(out / "5_Labels_all" / f"top_potsdam_{tile}_label.tif") as src:
+            truth, shape, transform = SCHEMES["potsdam"].decode(src.read()), src.shape, src.transform
+        mine = polygons[polygons.scene == f"top_potsdam_{tile}_RGBIR"]
+        burnt = rasterize(zip(mine.geometry, mine.class_id, strict=True), out_shape=shape, transform=transform,
+                          fill=255, dtype="uint8")  # fmt: skip
+        np.testing.assert_array_equal(burnt, truth)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -246,6 +265,8 @@ def test_cli_writes_files_and_preview(tmp_path: Path, capsys: pytest.CaptureFixt
         (["loveda", "OUT", "--gsd", "0.1"], "--gsd"),
         (["potsdam", "OUT", "--ids", "2-13"], "bad --ids"),
         (["isaid", "OUT", "--count", "0"], "--count"),
+        (["loveda", "OUT", "--polygons", "x.gpkg"], "--polygons"),
+        (["potsdam", "OUT", "--polygons", "x.shp"], "--polygons"),
     ],
 )
 def test_cli_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

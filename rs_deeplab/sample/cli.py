@@ -36,6 +36,13 @@ def build_parser() -> ArgumentParser:
         "--count", type=int, help="images per folder/split (loveda, isaid, cityscapes) or train images (voc)"
     )
     p.add_argument("--preview", type=Path, help="also write a PNG: first image | its label colours")
+    p.add_argument(
+        "--polygons",
+        type=Path,
+        metavar="GPKG",
+        help="potsdam, vaihingen: also write every scene's labels as polygons into one GeoPackage (layer labels; "
+        "string attribute class_name, as a GIS user would draw them)",
+    )
     return p
 
 
@@ -53,6 +60,8 @@ def _check(parser: ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--ids applies to potsdam (like 2_13) and vaihingen (area numbers) only")
     if args.count is not None and (args.format in ("potsdam", "vaihingen") or args.count < 1):
         parser.error("--count applies to loveda, isaid, voc and cityscapes and must be >= 1")
+    if args.polygons is not None and (args.format not in ("potsdam", "vaihingen") or args.polygons.suffix != ".gpkg"):
+        parser.error("--polygons applies to potsdam and vaihingen and takes a .gpkg path")
 
 
 def _ids(parser: ArgumentParser, fmt: str, ids: list[str]) -> list[Any]:
@@ -134,4 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(path)
     if args.preview is not None:
         print(write_preview(args.preview, args.format, result))
+    if args.polygons is not None:
+        print(write_label_polygons(args.polygons, args.format, result))
     return 0
+
+
+def write_label_polygons(path: Path, fmt: str, records: Sequence[Any]) -> Path:
+    """Every record's colour label as polygons in one GeoPackage layer ``labels`` (``class_name``, ``scene``).
+
+    What a user with hand-drawn polygons has: one vector layer over several scenes, classes as strings.
+    """
+    import tempfile
+
+    from rs_deeplab.raster import write_geotiff
+    from rs_deeplab.vectorize import vectorize
+
+    scheme = get_scheme(fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for rec in records:
+            with open_raster(rec.label) as src:
+                classes = scheme.decode(src.read())
+                crs, transform = src.crs, src.transform
+            raster = write_geotiff(Path(tmp) / "classes.tif", classes, crs=crs, transform=transform, nodata=255)
+            scene = Path(getattr(rec, "rgbir", None) or rec.image).stem
+            vectorize(raster, path, class_names=scheme.classes, extra_columns={"scene": scene}, mode="a")
+    return path
