@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
 from rs_deeplab.errors import InputError
@@ -21,7 +22,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("scenes", nargs="+", type=Path, metavar="SCENE",
                         help="rasters to cut; with --preset, the dataset's root folder")  # fmt: skip
     parser.add_argument("--labels", nargs="+", type=Path, metavar="PATH",
-                        help="one label file per scene: colour or class-index raster, or vector polygons")  # fmt: skip
+                        help="one label file per scene, or one for all: colour or class-index raster, or "
+                             "vector polygons (a shared class raster on another grid is warped, nearest)")  # fmt: skip
     parser.add_argument("--preset", choices=sorted(PRESETS), help="find scenes, labels and splits in a dataset folder")
     parser.add_argument("--bands", default="rgbir", help="potsdam preset: rgbir (default), rgb or irrg images")
     parser.add_argument("--eroded", action="store_true", help="ISPRS presets: eroded noBoundary labels")
@@ -33,7 +35,18 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--label-field", help="vector labels: attribute holding the class")
     parser.add_argument("--label-map", metavar="VALUE=ID[,...]", help="vector labels: attribute value to class id")
     parser.add_argument("--label-fill", type=int, default=255, help="vector labels: class of uncovered pixels (255)")
-    parser.add_argument("--split", default="train", help="split name written to the index (train)")
+    parser.add_argument("--classes", metavar="NAME,...",
+                        help="names of class ids 0,1,...; vector values may be names")  # fmt: skip
+    parser.add_argument("--split", nargs="+", metavar="NAME",
+                        help="split written to the index, one for all scenes or one per scene (train)")  # fmt: skip
+    parser.add_argument("--val-fraction", type=float, metavar="F",
+                        help="hold out about F of the area as split val, in whole square blocks (rest train); "
+                             "crops on a train/val border are dropped so no pixel is in both")  # fmt: skip
+    parser.add_argument("--block", type=int, metavar="N",
+                        help="side of the held-out blocks in pixels (4 x --size: most crops stay whole)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed choosing the validation blocks (0)")
+    parser.add_argument("--append", action="store_true",
+                        help="add these scenes to the crops and index in --out (same settings, classes)")  # fmt: skip
     parser.add_argument("--compress", choices=COMPRESS_CHOICES, default="none", help="crop codec (none: fastest)")
     parser.add_argument("--workers", type=int, help="local workers (one per core; 1 = this process only)")
     parser.add_argument("--threads", action="store_true", help="local workers as threads of one process")
@@ -70,17 +83,52 @@ def run(argv: Sequence[str] | None) -> TileSummary:
     if args.preset:
         if len(args.scenes) != 1 or args.labels:
             raise InputError("--preset takes exactly one dataset folder and no --labels")
+        if args.split or args.val_fraction is not None or args.classes or args.append:
+            raise InputError("--preset uses the dataset's own splits and classes; drop --split, --val-fraction, "
+                             "--classes and --append")  # fmt: skip
         return tile_preset(args.preset, args.scenes[0], bands=args.bands, eroded=args.eroded, size=args.size, **options)
-    if args.labels and len(args.labels) != len(args.scenes):
-        raise InputError(f"got {len(args.scenes)} scenes but {len(args.labels)} --labels; give one label per scene")
     if args.bands != "rgbir" or args.eroded:
         raise InputError("--bands and --eroded apply with --preset only")
-    labels = args.labels or [None] * len(args.scenes)
-    scenes = [SceneSpec(s, lab, args.split) for s, lab in zip(args.scenes, labels, strict=True)]
+    scenes = [SceneSpec(s, lab, split) for s, lab, split in zip(args.scenes, *per_scene(args), strict=True)]
     return tile_scenes(
         scenes, size=512 if args.size is None else args.size, scheme=args.scheme, label_field=args.label_field,
-        label_map=parse_label_map(args.label_map), label_fill=args.label_fill, **options,
+        label_map=parse_label_map(args.label_map), label_fill=args.label_fill, classes=parse_classes(args.classes),
+        val_fraction=args.val_fraction, block=args.block, seed=args.seed, append=args.append, **options,
     )  # fmt: skip
+
+
+def per_scene(args: Any) -> tuple[list[Path | None], list[str]]:
+    """The label file and split of each scene from ``--labels`` and ``--split`` (one for all, or one each).
+
+    Raises:
+        InputError: A count that is neither 1 nor the number of scenes, or ``--split`` with ``--val-fraction``.
+    """
+    n = len(args.scenes)
+    labels: list[Path | None] = list(args.labels or [None])
+    if len(labels) not in (1, n):
+        raise InputError(f"got {n} scenes but {len(labels)} --labels; give one label file per scene or one for all")
+    splits: list[str] = list(args.split or ["train"])
+    if len(splits) not in (1, n):
+        raise InputError(f"got {n} scenes but {len(splits)} --split values; give one per scene or one for all")
+    if args.split and args.val_fraction is not None:
+        raise InputError("--split and --val-fraction both set the split; give one of them")
+    if (args.block is not None or args.seed) and args.val_fraction is None:
+        raise InputError("--block and --seed apply with --val-fraction only")
+    return labels * (n // len(labels)), splits * (n // len(splits))
+
+
+def parse_classes(text: str | None) -> list[str] | None:
+    """``"background,building"`` → ``["background", "building"]``.
+
+    Raises:
+        InputError: An empty or repeated name.
+    """
+    if not text:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise InputError(f"--classes {text!r} needs distinct, non-empty names separated by commas")
+    return names
 
 
 @cli_entry
@@ -88,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Tile the scenes and print where the crops and the index went."""
     summary = run(argv)
     log.info(
-        "%d crops from %d scenes (%d windows, %d below --min-valid, %d already done) in %.1f s on %s",
-        summary.crops, summary.scenes, summary.windows, summary.skipped, summary.resumed, summary.seconds,
-        summary.cluster,
+        "%d crops from %d scenes (%d windows, %d below --min-valid, %d on a train/val border, %d already done) "
+        "in %.1f s on %s",
+        summary.crops, summary.scenes, summary.windows, summary.skipped, summary.dropped, summary.resumed,
+        summary.seconds, summary.cluster,
     )  # fmt: skip
     outputs = {"images": summary.images, "labels": summary.labels, "index": summary.index}
     print(describe_outputs({k: v for k, v in outputs.items() if v is not None}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import os
 import uuid
 from collections.abc import Sequence
@@ -18,10 +19,10 @@ from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES
+from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, ClassScheme
 from rs_deeplab.cropstats import BandStats
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
-from rs_deeplab.labels import LabelSource, decode_label, rasterize_vector
+from rs_deeplab.labels import LabelSource, custom_scheme, read_labels
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
 
 IMAGES, LABELS, PARTS = "images", "labels", ".parts"
@@ -39,6 +40,7 @@ class CropSettings:
         min_valid: Crops whose valid fraction is below this are not written.
         compress: GeoTIFF codec of the crops (``None`` = uncompressed).
         scheme: Class scheme name used to decode labels and colour label crops, or None.
+        classes: Class names of ids 0..n-1 without a scheme (``--classes`` or named vector values), or empty.
     """
 
     out: str
@@ -47,11 +49,23 @@ class CropSettings:
     min_valid: float
     compress: str | None
     scheme: str | None
+    classes: tuple[str, ...] = ()
+
+    def class_scheme(self) -> ClassScheme | None:
+        """The scheme decoding and colouring labels: the named one, one built from ``classes``, or None."""
+        if self.scheme:
+            return SCHEMES[self.scheme]
+        return custom_scheme(self.classes) if self.classes else None
 
 
 @dataclass(frozen=True)
 class SceneJob:
-    """One validated scene: a unique output key, its paths, its size and bytes per crop pixel (picklable)."""
+    """One validated scene: a unique output key, its paths, its size and bytes per crop pixel (picklable).
+
+    With a ``block_transform`` (scene pixel → block coordinates) the split comes from square blocks: crops inside
+    ``val_blocks`` (``(block_col, block_row)`` pairs) are ``val``, crops inside other blocks ``train``, and crops
+    touching both are dropped (see :func:`window_split`).
+    """
 
     key: str
     image: str
@@ -60,6 +74,31 @@ class SceneJob:
     height: int
     width: int
     pixel_bytes: int = 1
+    block_transform: tuple[float, ...] = ()
+    val_blocks: tuple[tuple[int, int], ...] = ()
+
+
+def window_blocks(window: CropWindow, block_transform: tuple[float, ...]) -> set[tuple[int, int]]:
+    """The ``(block_col, block_row)`` squares the scene pixels of ``window`` fall in.
+
+    ``block_transform`` maps scene pixel (col, row) to block coordinates (an :class:`Affine` as 6 numbers).
+    """
+    t = Affine(*block_transform[:6])
+    c0, r0, c1, r1 = window.col_off, window.row_off, window.col_off + window.width, window.row_off + window.height
+    xs, ys = zip(*(t @ (c, r) for c, r in ((c0, r0), (c1, r0), (c0, r1), (c1, r1))), strict=True)
+    eps = 1e-9
+    cols = range(math.floor(min(xs) + eps), math.floor(max(xs) - eps) + 1)
+    rows = range(math.floor(min(ys) + eps), math.floor(max(ys) - eps) + 1)
+    return {(c, r) for c in cols for r in rows}
+
+
+def window_split(job: SceneJob, window: CropWindow, val: frozenset[tuple[int, int]] | None = None) -> str:
+    """The split of a crop: the scene's, or by blocks ``val``/``train``, or ``""`` when it straddles both."""
+    if not job.block_transform:
+        return job.split
+    held = val if val is not None else frozenset(job.val_blocks)
+    inside = [b in held for b in window_blocks(window, job.block_transform)]
+    return "val" if all(inside) else "train" if not any(inside) else ""
 
 
 def part_path(out: str | Path, key: str, row_off: int) -> Path:
@@ -144,8 +183,9 @@ class _Writer:
         self.image_fill = 0 if src.nodata is None else src.nodata
         self.descriptions = src.descriptions if any(src.descriptions) else None
         self.colorinterp = src.colorinterp
-        scheme = SCHEMES.get(settings.scheme) if settings.scheme else None
+        scheme = settings.class_scheme()
         self.colormap = scheme.colormap() if scheme else None
+        self.val = frozenset(job.val_blocks)
 
     def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, stats: BandStats) -> Record:
         """Write one crop (skipping files already complete) and return its index record."""
@@ -153,13 +193,13 @@ class _Writer:
         name = window.name(self.job.key)
         valid = stats.valid_pixels(window)
         rec: Record = {
-            "scene": self.job.key, "scene_path": self.job.image, "split": self.job.split,
+            "scene": self.job.key, "scene_path": self.job.image, "split": window_split(self.job, window, self.val),
             "row_off": window.row_off, "col_off": window.col_off, "width": window.width, "height": window.height,
             "valid_fraction": valid / (size * size), "image": f"{IMAGES}/{name}.tif",
             "label": f"{LABELS}/{name}.tif" if label is not None else "",
             "counts": stats.class_counts(window, IGNORE_INDEX),
         }  # fmt: skip
-        rec["written"] = rec["valid_fraction"] >= self.settings.min_valid
+        rec["written"] = rec["valid_fraction"] >= self.settings.min_valid and rec["split"] != ""
         if not rec["written"]:
             return rec
         transform = crop_transform(self.transform, window)
@@ -217,15 +257,10 @@ def _quiet_if(condition: bool) -> contextlib.AbstractContextManager[None]:
 
 
 def _read_label(job: SceneJob, settings: CropSettings, src: Any, window: Window) -> np.ndarray | None:
-    """Class ids of ``window`` of the scene's labels (decoded raster or rasterized polygons)."""
+    """Class ids of ``window`` of the scene's labels (decoded raster, warped raster or rasterized polygons)."""
     if job.label is None:
         return None
-    if job.label.kind == "vector":
-        shape = (int(window.height), int(window.width))
-        return rasterize_vector(job.label, src.crs, crop_transform(src.transform, window), shape)
-    scheme = SCHEMES.get(settings.scheme) if settings.scheme else None
-    with open_raster(job.label.path) as lab:
-        return decode_label(lab.read(window=window), scheme)
+    return read_labels(job.label, src, window, settings.class_scheme())
 
 
 def tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:

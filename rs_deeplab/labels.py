@@ -25,14 +25,15 @@ class LabelSource:
 
     Attributes:
         path: Label file.
-        kind: ``raster`` (colour-coded or class-index raster) or ``vector`` (polygons).
+        kind: ``raster`` (colour-coded or class-index raster on the scene grid), ``warp`` (a one-band class raster
+            on another grid, reprojected per read with nearest neighbour) or ``vector`` (polygons).
         field: Vector attribute holding each polygon's class.
         mapping: Vector attribute value (as text) → class id, covering every value in the file.
         fill: Class id of pixels no polygon covers (vector labels only).
     """
 
     path: str
-    kind: Literal["raster", "vector"] = "raster"
+    kind: Literal["raster", "warp", "vector"] = "raster"
     field: str | None = None
     mapping: tuple[tuple[str, int], ...] = ()
     fill: int = IGNORE_INDEX
@@ -151,11 +152,18 @@ def _value_key(value: Any) -> str:
 
 
 def resolve_mapping(
-    values: Sequence[Any], mapping: Mapping[str, int] | None, scheme: ClassScheme | None, *, where: str
+    values: Sequence[Any],
+    mapping: Mapping[str, int] | None,
+    scheme: ClassScheme | None,
+    *,
+    where: str,
+    auto: bool = False,
 ) -> tuple[tuple[str, int], ...]:
     """Map every attribute value of a vector label file to a class id.
 
-    Order of lookup: the explicit ``mapping``; a class name of ``scheme``; a whole number 0..254.
+    Order of lookup: the explicit ``mapping``; a class name of ``scheme``; a whole number 0..254 (255 = ignore).
+    With ``auto`` (no mapping and no scheme), the remaining values (names) take the lowest free ids in sorted
+    order; see :func:`auto_class_names` for the names that go with them.
 
     Raises:
         InputError: A value maps to nothing, or a mapped id is outside 0..255.
@@ -168,35 +176,54 @@ def resolve_mapping(
             resolved[key] = int(mapping[key])
         elif key in names:
             resolved[key] = names[key]
-        elif key.isdigit() and int(key) < IGNORE_INDEX:
+        elif key.isdigit() and int(key) <= IGNORE_INDEX:
             resolved[key] = int(key)
         else:
             unknown.append(key)
+    if unknown and auto:
+        free = (i for i in range(IGNORE_INDEX) if i not in set(resolved.values()))
+        for key in unknown:
+            cid = next(free, None)
+            if cid is None:
+                raise InputError(f"{where}: more than 255 distinct values; map them with --label-map VALUE=ID")
+            resolved[key] = cid
+        unknown = []
     if unknown:
-        raise InputError(
-            f"{where}: values {unknown[:5]} are neither class ids nor class names; "
-            f"map them with --label-map {unknown[0]}=ID"
-        )
+        hint = f"name the classes with --classes or map them with --label-map {unknown[0]}=ID"
+        raise InputError(f"{where}: values {unknown[:5]} are neither class ids nor class names; {hint}")
     bad = {k: v for k, v in resolved.items() if not 0 <= v <= IGNORE_INDEX}
     if bad:
         raise InputError(f"{where}: class ids must be 0..255, got {bad}")
     return tuple(sorted(resolved.items()))
 
 
-def vector_source(
-    path: str | Path,
-    *,
-    field: str | None,
-    mapping: Mapping[str, int] | None,
-    scheme: ClassScheme | None,
-    fill: int,
-    scene_crs: Any,
-) -> LabelSource:
-    """Check a vector label file and resolve its class mapping (reads the attribute column only).
+def auto_class_names(entries: Sequence[tuple[str, int]]) -> tuple[str, ...]:
+    """Class names of ids ``0..max`` from an automatic mapping: the attribute value, or the id as text."""
+    by_id = {cid: key for key, cid in entries if cid != IGNORE_INDEX}
+    return tuple(by_id.get(i, str(i)) for i in range(max(by_id, default=-1) + 1))
+
+
+def custom_scheme(names: Sequence[str]) -> ClassScheme:
+    """A class scheme of the given names (ids ``0..n-1``, index-encoded) with a fixed, distinct colour each."""
+    import colorsys
+
+    colours = []
+    for i in range(len(names)):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return ClassScheme("", tuple(names), tuple(colours), "index")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value != value or (isinstance(value, str) and not value.strip())
+
+
+def vector_values(path: str | Path, *, field: str | None, scene_crs: Any) -> list[Any]:
+    """Check a vector label file and return its ``field`` values (reads the attribute column only).
 
     Raises:
-        InputError: The file is unreadable, ``field`` is not given or not in the file, values cannot be mapped, or
-            the scene has no CRS to place georeferenced polygons on.
+        InputError: The file is unreadable, ``field`` is not given or not in the file, some features have no value
+            in it, or the scene has no CRS to place georeferenced polygons on.
     """
     import pyogrio
 
@@ -214,16 +241,44 @@ def vector_source(
         raise InputError(f"{p}: no attribute {field!r}; choose --label-field from {fields}")
     if info["crs"] is not None and scene_crs is None:
         raise InputError(f"{p}: the scene has no CRS, so georeferenced polygons cannot be placed on it")
-    table = pyogrio.read_dataframe(p, columns=[field], read_geometry=False)
-    entries = resolve_mapping(list(table[field]), mapping, scheme, where=f"{p} attribute {field!r}")
-    return LabelSource(str(p), "vector", field, entries, fill)
+    table = pyogrio.read_dataframe(p, columns=[field], read_geometry=False, fid_as_index=True)
+    missing = [fid for fid, v in zip(table.index, table[field], strict=True) if _missing(v)]
+    if missing:
+        raise InputError(
+            f"{p}: {len(missing)} of {len(table)} features have no {field!r} value (fid {missing[:5]}); "
+            "fill it in (e.g. in QGIS) or delete those features"
+        )
+    return list(table[field])
 
 
-def rasterize_vector(source: LabelSource, crs: Any, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+def vector_source(
+    path: str | Path,
+    *,
+    field: str | None,
+    mapping: Mapping[str, int] | None,
+    scheme: ClassScheme | None,
+    fill: int,
+    scene_crs: Any,
+) -> LabelSource:
+    """Check a vector label file and resolve its class mapping (reads the attribute column only).
+
+    Raises:
+        InputError: The file is unreadable, ``field`` is not given, not in the file or empty in some features,
+            values cannot be mapped, or the scene has no CRS to place georeferenced polygons on.
+    """
+    values = vector_values(path, field=field, scene_crs=scene_crs)
+    entries = resolve_mapping(values, mapping, scheme, where=f"{path} attribute {field!r}")
+    return LabelSource(str(Path(path)), "vector", field, entries, fill)
+
+
+def rasterize_vector(
+    source: LabelSource, crs: Any, transform: Affine, shape: tuple[int, int], *, all_touched: bool = False
+) -> np.ndarray:
     """Burn the polygons of ``source`` touching a ``shape`` block at ``transform`` into uint8 class ids.
 
-    Polygons are read with a bounding-box filter, reprojected to ``crs`` and burnt at pixel centres; pixels no
-    polygon covers get ``source.fill``. Later features overwrite earlier ones where they overlap.
+    Polygons are read with a bounding-box filter, reprojected to ``crs`` and burnt at pixel centres (every touched
+    pixel with ``all_touched``); pixels no polygon covers get ``source.fill``. Later features overwrite earlier ones
+    where they overlap.
     """
     import pyogrio
     from rasterio.features import rasterize
@@ -246,5 +301,109 @@ def rasterize_vector(source: LabelSource, crs: Any, transform: Affine, shape: tu
         if geom is not None and not geom.is_empty and value is not None and value == value
     ]
     if shapes:
-        rasterize(shapes, out=out, transform=transform, dtype=np.uint8)
+        rasterize(shapes, out=out, transform=transform, dtype=np.uint8, all_touched=all_touched)
     return out
+
+
+def read_labels(
+    source: LabelSource,
+    src: Any,
+    window: Any,
+    scheme: ClassScheme | None,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Class ids (uint8, 255 ignore) of ``window`` of the open scene ``src``, optionally decimated to ``out_shape``.
+
+    Rasters on the scene grid are read as they are; ``warp`` rasters through a nearest-neighbour warp onto the
+    scene grid (pixels they do not cover are 255); polygons are rasterized (every touched pixel when decimated).
+    """
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from rs_deeplab.raster import open_raster
+
+    shape = out_shape or (int(window.height), int(window.width))
+    if source.kind == "vector":
+        scale = Affine.scale(window.width / shape[1], window.height / shape[0])
+        transform = src.transform @ Affine.translation(window.col_off, window.row_off) @ scale
+        return rasterize_vector(source, src.crs, transform, shape, all_touched=out_shape is not None)
+    with open_raster(source.path) as lab:
+        if source.kind == "raster":
+            return decode_label(lab.read(window=window, out_shape=(lab.count, *shape)), scheme)
+        grid = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height}
+        with WarpedVRT(lab, resampling=Resampling.nearest, add_alpha=True, **grid) as vrt:
+            data = vrt.read(1, window=window, out_shape=shape)
+            valid = vrt.read_masks(1, window=window, out_shape=shape) > 0
+    return np.where(valid, decode_label(data[np.newaxis], scheme), np.uint8(IGNORE_INDEX)).astype(np.uint8)
+
+
+CHECK_PIXELS = 512
+"""Side of the decimated read that checks a scene's labels before anything is written."""
+SCAN_ROWS = 1024
+"""Rows read at a time when the decimated check found nothing and the full-resolution scan runs."""
+
+
+def _why_all_ignore(source: LabelSource, src: Any) -> str:
+    """The likely reason labels of scene ``src`` come out entirely 255, as a phrase."""
+    from rasterio.coords import disjoint_bounds
+    from rasterio.warp import transform_bounds
+
+    from rs_deeplab.raster import open_raster
+
+    if source.kind == "vector":
+        import pyogrio
+
+        info = pyogrio.read_info(source.path)
+        bounds, crs = info["total_bounds"], info["crs"]
+        mapped = {cid for _, cid in source.mapping}
+        if mapped <= {IGNORE_INDEX}:
+            return f"every value of {source.field!r} maps to 255 (ignore); check --label-map"
+    else:
+        with open_raster(source.path) as lab:
+            bounds, crs, dtype = lab.bounds, lab.crs, np.dtype(lab.dtypes[0])
+        if dtype.kind == "f":
+            return f"they hold {dtype.name} values, not whole class ids; write the labels as integers"
+    if crs is not None and src.crs is not None:
+        bounds = transform_bounds(crs, src.crs, *bounds, densify_pts=21)
+    if disjoint_bounds(tuple(bounds), tuple(src.bounds)):
+        return (
+            f"they do not overlap the scene (labels span {tuple(round(b, 1) for b in bounds)}, the scene "
+            f"{tuple(round(b, 1) for b in src.bounds)} in its CRS); pass the labels of this scene"
+        )
+    return "no pixel holds a class of the scheme; check --scheme, --classes or --label-map"
+
+
+def check_label_coverage(source: LabelSource, src: Any, scheme: ClassScheme | None) -> None:
+    """Stop before anything is written when the labels of the open scene ``src`` come out entirely ignore.
+
+    A decimated read (at most ``CHECK_PIXELS`` a side) decides almost always; only when it finds nothing are
+    raster labels scanned at full resolution (sparse labels), stopping at the first labelled pixel. With a custom
+    scheme (``--classes``) raster values beyond its names are refused.
+
+    Raises:
+        InputError: Every label pixel of the scene is 255, or raster values have no class name.
+    """
+    from rasterio.windows import Window
+
+    h, w = src.height, src.width
+    whole = Window(0, 0, w, h)
+    small = (min(h, CHECK_PIXELS), min(w, CHECK_PIXELS))
+    if scheme is not None and not scheme.name and source.kind != "vector":
+        raw = np.unique(read_labels(source, src, whole, None, small))
+        extra = [int(v) for v in raw if v != IGNORE_INDEX and v >= scheme.num_classes]
+        if extra:
+            raise InputError(
+                f"{source.path}: label values {extra[:5]} have no name in --classes ({scheme.num_classes} names for "
+                f"ids 0..{scheme.num_classes - 1}); give one name per class id"
+            )
+    if (read_labels(source, src, whole, scheme, small) != IGNORE_INDEX).any():
+        return
+    if source.kind != "vector" and small != (h, w):
+        for top in range(0, h, SCAN_ROWS):
+            band = Window(0, top, w, min(SCAN_ROWS, h - top))
+            if (read_labels(source, src, band, scheme) != IGNORE_INDEX).any():
+                return
+    raise InputError(
+        f"{source.path}: the labels of scene {src.name} are all 255 (ignore): {_why_all_ignore(source, src)}; "
+        "nothing was written"
+    )

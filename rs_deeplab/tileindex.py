@@ -95,6 +95,31 @@ def build_index(
     return gpd.GeoDataFrame(frame, geometry=geoms, crs=target), classes
 
 
+def merge_index(
+    old_tiles: Any, old_classes: pd.DataFrame, tiles: Any, classes: pd.DataFrame, *, replace: Sequence[str]
+) -> tuple[Any, pd.DataFrame]:
+    """An existing index with new rows added (``--append``); its rows of the ``replace`` scenes are dropped first.
+
+    New footprints are reprojected to the existing layer's CRS; classes are the union of both tables, and a count
+    column missing on one side is 0.
+    """
+    import geopandas as gpd
+
+    keep = old_tiles[~old_tiles["scene"].isin(list(replace))]
+    if keep.crs is not None and tiles.crs is not None and keep.crs != tiles.crs:
+        tiles = tiles.to_crs(keep.crs)
+    table = pd.concat([old_classes, classes], ignore_index=True).drop_duplicates("class_id")
+    table = table.sort_values("class_id", ignore_index=True)
+    frame = pd.concat([pd.DataFrame(keep), pd.DataFrame(tiles)], ignore_index=True)
+    for column in table["column"]:
+        frame[column] = frame[column].fillna(0).astype("int64") if column in frame else np.int64(0)
+    frame = frame.sort_values(["scene", "row_off", "col_off"], ignore_index=True)
+    order = [*BASE_COLUMNS, *table["column"], "scene_crs"]
+    geometry = keep.geometry.name if len(keep) else tiles.geometry.name
+    merged = gpd.GeoDataFrame(frame[order], geometry=frame[geometry].values, crs=keep.crs or tiles.crs)
+    return merged, table
+
+
 def write_index(path: str | Path, tiles: Any, classes: pd.DataFrame) -> Path:
     """Write both layers to a GeoPackage atomically (a temporary file renamed onto ``path``)."""
     import pyogrio

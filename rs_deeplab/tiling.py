@@ -7,21 +7,43 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
+from rasterio.windows import Window
 
-from rs_deeplab.classes import IGNORE_INDEX, get_scheme
-from rs_deeplab.crops import IMAGES, LABELS, CropSettings, Record, SceneJob, load_part, remove_stale_temporaries
-from rs_deeplab.errors import InputError
+from rs_deeplab.classes import IGNORE_INDEX, ClassScheme, get_scheme
+from rs_deeplab.crops import (
+    IMAGES,
+    LABELS,
+    CropSettings,
+    Record,
+    SceneJob,
+    load_part,
+    remove_stale_temporaries,
+    window_blocks,
+    window_split,
+)  # fmt: skip
+from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.grid import check_size_stride, window_grid, window_rows
-from rs_deeplab.labels import LabelSource, check_label_raster, is_vector, vector_source
+from rs_deeplab.labels import (
+    LabelSource,
+    auto_class_names,
+    check_label_coverage,
+    check_label_raster,
+    custom_scheme,
+    is_vector,
+    resolve_mapping,
+    vector_values,
+)  # fmt: skip
 from rs_deeplab.raster import absolute, atomic_output, open_raster
 from rs_deeplab.scheduling import TaskSpec, check_executor_options, default_workers, open_executor
-from rs_deeplab.tileindex import build_index, write_index
+from rs_deeplab.tileindex import build_index, merge_index, read_index, write_index
 
 log = logging.getLogger("rs_deeplab.tiling")
 
@@ -63,7 +85,7 @@ class TileSummary:
         out: Output folder. index: The GeoPackage index. images, labels: Crop folders (labels None without labels).
         scenes: Scenes tiled. windows: Crop windows over all scenes. crops: Crops in the index.
         skipped: Windows below ``min_valid`` (not written). resumed: Windows already done by an earlier run.
-        seconds: Wall time. cluster: How the work ran.
+        seconds: Wall time. cluster: How the work ran. dropped: Windows on a train/val block border (not written).
     """
 
     out: Path
@@ -77,6 +99,7 @@ class TileSummary:
     resumed: int
     seconds: float
     cluster: str
+    dropped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain ``{field: value}`` with paths as text (for logs and JSON)."""
@@ -91,46 +114,133 @@ def _check_options(size: int, stride: int, min_valid: float, compress: str | Non
         raise InputError(f"unknown crop codec {compress!r}; choose one of {', '.join(COMPRESS_CHOICES)}")
 
 
-def _label_source(spec: SceneSpec, src: Any, scheme_name: str | None, vector: Mapping[str, Any]) -> LabelSource | None:
-    """Validate a scene's labels against the open scene dataset."""
-    if spec.label is None:
-        return None
-    scheme = get_scheme(scheme_name) if scheme_name else None
-    if is_vector(spec.label):
-        return vector_source(spec.label, scheme=scheme, scene_crs=src.crs, **vector)
+@dataclass(frozen=True)
+class _Scene:
+    """What the checks learnt about one scene (its open dataset is closed again)."""
+
+    spec: SceneSpec
+    key: str
+    height: int
+    width: int
+    transform: Any
+    crs: Any
+    banded: bool
+    pixel_bytes: int
+    bands: tuple[int, str]
+
+
+def _raster_label(spec: SceneSpec, src: Any, scheme: ClassScheme | None, shared: bool) -> LabelSource:
+    """A label raster on the scene grid, or (shared by several scenes) one warped onto each scene's grid."""
+    assert spec.label is not None
     with open_raster(spec.label) as lab:
-        check_label_raster(src, lab, scheme)
-    return LabelSource(absolute(spec.label))
+        try:
+            check_label_raster(src, lab, scheme)
+            return LabelSource(absolute(spec.label))
+        except RasterError:
+            if not shared:
+                raise
+        if lab.crs is None or src.crs is None:
+            raise InputError(f"{spec.label}: labels shared by several scenes need a CRS, and so does {spec.image}")
+        if lab.count != 1:
+            raise InputError(
+                f"{spec.label}: shared labels on another grid must be one band of class ids, got {lab.count} bands"
+            )
+    return LabelSource(absolute(spec.label), "warp")
 
 
-def prepare_jobs(
-    scenes: Sequence[SceneSpec], *, scheme: str | None, vector: Mapping[str, Any]
-) -> tuple[list[SceneJob], dict[str, Any], dict[str, Any], dict[str, bool]]:
-    """Open and check every scene and label before anything is written.
-
-    Returns:
-        Jobs sorted by key, and per key: the scene transform, its CRS and whether it can be read in bands of
-        rows (GeoTIFF) or must be read whole by one task (PNG/JPEG decode from the top).
-    """
-    if not scenes:
+def _open_scenes(specs: Sequence[SceneSpec]) -> list[_Scene]:
+    """Open every scene once: unique keys, one data type, and georeferenced or not all together."""
+    if not specs:
         raise InputError("no scenes to tile; pass at least one raster or a dataset folder with --preset")
-    jobs, transforms, crss, banded = [], {}, {}, {}
-    for spec in scenes:
+    scenes: list[_Scene] = []
+    for spec in specs:
         with open_raster(spec.image) as src:
             key = spec.key or Path(spec.image).stem
-            if key in transforms:
+            if any(s.key == key for s in scenes):
                 raise InputError(f"two scenes would both write crops named {key}_*; give them different file names")
             if len(set(src.dtypes)) > 1:
                 raise InputError(f"{spec.image}: bands of different data types {src.dtypes}; convert to one type")
-            label = _label_source(spec, src, scheme, vector)
-            pixel_bytes = src.count * np.dtype(src.dtypes[0]).itemsize + (label is not None)
-            image = absolute(spec.image)
-            jobs.append(SceneJob(key, image, label, spec.split, src.height, src.width, pixel_bytes))
-            transforms[key], crss[key], banded[key] = src.transform, src.crs, src.driver in ("GTiff", "VRT")
-    if len({crs is None for crs in crss.values()}) > 1:
+            pixel_bytes = src.count * np.dtype(src.dtypes[0]).itemsize + (spec.label is not None)
+            banded = src.driver in ("GTiff", "VRT")
+            bands = (src.count, str(src.dtypes[0]))
+            scenes.append(_Scene(spec, key, src.height, src.width, src.transform, src.crs, banded, pixel_bytes, bands))
+    if len({s.crs is None for s in scenes}) > 1:
         raise InputError("some scenes are georeferenced and some are not; tile them into separate --out folders")
+    return scenes
+
+
+def _vector_mapping(
+    scenes: Sequence[_Scene], scheme: ClassScheme | None, vector: Mapping[str, Any]
+) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """One class mapping for every vector label file of the run, and the class names it implies (automatic)."""
+    values: dict[str, list[Any]] = {}
+    for s in scenes:
+        if s.spec.label is not None and is_vector(s.spec.label) and str(s.spec.label) not in values:
+            values[str(s.spec.label)] = vector_values(s.spec.label, field=vector["field"], scene_crs=s.crs)
+    if not values:
+        return (), ()
+    auto = vector["mapping"] is None and scheme is None
+    where = f"{', '.join(values)} attribute {vector['field']!r}"
+    every = [v for vals in values.values() for v in vals]
+    entries = resolve_mapping(every, vector["mapping"], scheme, where=where, auto=auto)
+    if scheme is not None and not scheme.name:
+        beyond = sorted({k for k, cid in entries if scheme.num_classes <= cid < IGNORE_INDEX})
+        if beyond:
+            raise InputError(
+                f"{where}: values {beyond[:5]} have class ids beyond the {scheme.num_classes} names of --classes; "
+                "give one name per class id"
+            )
+    return entries, auto_class_names(entries) if auto else ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Checked scenes: jobs sorted by key; per key the transform, CRS, whether the scene can be read in bands of
+    rows (GeoTIFF; PNG/JPEG decode from the top and are read whole) and ``(band count, dtype)``; and the class
+    names of ids 0..n-1 (``--classes``, or those named by vector values), empty when a scheme or plain ids name
+    them.
+    """  # noqa: D205
+
+    jobs: list[SceneJob]
+    transforms: dict[str, Any]
+    crss: dict[str, Any]
+    banded: dict[str, bool]
+    bands: dict[str, tuple[int, str]]
+    classes: tuple[str, ...]
+
+
+def prepare_jobs(
+    scenes: Sequence[SceneSpec], *, scheme: str | None, vector: Mapping[str, Any], classes: Sequence[str] = ()
+) -> Prepared:
+    """Open and check every scene and label before anything is written.
+
+    A label file given for several scenes is shared: vector layers are cut per crop as always, and a raster on
+    another grid is warped onto each scene's grid (nearest neighbour). Every scene's labels are checked not to come
+    out entirely ignore.
+    """
+    opened = _open_scenes(scenes)
+    class_scheme = get_scheme(scheme) if scheme else custom_scheme(classes) if classes else None
+    entries, auto_names = _vector_mapping(opened, class_scheme, vector)
+    names = tuple(classes) or auto_names
+    decode = class_scheme or (custom_scheme(names) if names else None)
+    uses = Counter(str(s.spec.label) for s in opened if s.spec.label is not None)
+    jobs = []
+    for s in opened:
+        label = None
+        if s.spec.label is not None:
+            with open_raster(s.spec.image) as src:
+                if is_vector(s.spec.label):
+                    label = LabelSource(absolute(s.spec.label), "vector", vector["field"], entries, vector["fill"])
+                else:
+                    label = _raster_label(s.spec, src, class_scheme, uses[str(s.spec.label)] > 1)
+                check_label_coverage(label, src, decode)
+        jobs.append(SceneJob(s.key, absolute(s.spec.image), label, s.spec.split, s.height, s.width, s.pixel_bytes))
     jobs.sort(key=lambda j: j.key)
-    return jobs, {j.key: transforms[j.key] for j in jobs}, {j.key: crss[j.key] for j in jobs}, banded
+    info = {s.key: s for s in opened}
+    return Prepared(
+        jobs, {j.key: info[j.key].transform for j in jobs}, {j.key: info[j.key].crs for j in jobs},
+        {j.key: info[j.key].banded for j in jobs}, {j.key: info[j.key].bands for j in jobs}, names,
+    )  # fmt: skip
 
 
 def _manifest(settings: CropSettings, jobs: Sequence[SceneJob]) -> dict[str, Any]:
@@ -140,24 +250,33 @@ def _manifest(settings: CropSettings, jobs: Sequence[SceneJob]) -> dict[str, Any
         "compress": settings.compress or "none", "scheme": settings.scheme,
         "scenes": [dataclasses.asdict(j) for j in jobs],
     }  # fmt: skip
+    if settings.classes:
+        manifest["classes"] = list(settings.classes)
     result: dict[str, Any] = json.loads(json.dumps(manifest))
     return result
 
 
-def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Refuse to mix crops of a different tiling run into ``out``."""
+def _read_manifest(out: Path) -> dict[str, Any] | None:
     path = out / MANIFEST_NAME
     if not path.exists():
-        return
+        return None
     try:
-        old = json.loads(path.read_text())
+        old: dict[str, Any] = json.loads(path.read_text())
     except ValueError:
         old = {}
+    return old
+
+
+def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to mix crops of a different tiling run into ``out``."""
+    old = _read_manifest(out)
+    if old is None:
+        return
     diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
     if diff:
         raise InputError(
             f"{out} holds crops of a different tiling run ({', '.join(diff)} differ); "
-            "choose another --out or delete that folder"
+            "choose another --out, delete that folder, or add scenes to it with --append"
         )
 
 
@@ -226,6 +345,92 @@ def plan_tasks(
     return tasks
 
 
+def assign_val_blocks(
+    jobs: Sequence[SceneJob], transforms: Mapping[str, Any], crss: Mapping[str, Any], *, size: int, stride: int,
+    fraction: float, block: int, seed: int,
+) -> list[SceneJob]:  # fmt: skip
+    """Hold out a seeded random ``fraction`` of square ``block``-pixel blocks as ``val``; the rest is ``train``.
+
+    Blocks lie on the pixel grid of the first scene (by key) of each CRS, so scenes that overlap on the ground
+    share them; scenes without a CRS each have their own. At least one block goes to each split. Crops touching
+    blocks of both splits are dropped (see :func:`rs_deeplab.crops.window_split`), so no pixel is in both.
+
+    Raises:
+        InputError: ``fraction`` not strictly between 0 and 1, ``block`` smaller than ``size``, fewer than two
+            blocks, or a split left without crops.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--val-fraction must be a fraction strictly between 0 and 1, got {fraction}")
+    if block < size:
+        raise InputError(f"--block {block} is smaller than the crop size {size}; give a block of at least {size}")
+    origin: dict[str, Any] = {}
+    frames, spans = {}, {}
+    for job in jobs:
+        crs = crss[job.key]
+        group = crs.to_string() if crs is not None else f"scene:{job.key}"
+        first = origin.setdefault(group, transforms[job.key])
+        frame = Affine.scale(1 / block) @ ~first @ transforms[job.key]
+        frames[job.key] = (group, frame)
+        spans[job.key] = window_blocks(Window(0, 0, job.width, job.height), tuple(frame)[:6])
+    blocks = sorted({(frames[k][0], c, r) for k, span in spans.items() for c, r in span})
+    if len(blocks) < 2:
+        raise InputError(
+            f"--val-fraction needs at least two blocks but the scenes fit in one block of {block} pixels; "
+            "give a smaller --block"
+        )
+    k = min(len(blocks) - 1, max(1, round(fraction * len(blocks))))
+    chosen = {blocks[i] for i in np.random.default_rng(seed).permutation(len(blocks))[:k]}
+    out, counts = [], Counter[str]()
+    for job in jobs:
+        group, frame = frames[job.key]
+        val = tuple(sorted((c, r) for c, r in spans[job.key] if (group, c, r) in chosen))
+        new = dataclasses.replace(job, split="", block_transform=tuple(frame)[:6], val_blocks=val)
+        held = frozenset(val)
+        counts.update(window_split(new, w, held) for w in window_grid(job.height, job.width, size, stride))
+        out.append(new)
+    for split in ("train", "val"):
+        if not counts[split]:
+            raise InputError(
+                f"--val-fraction {fraction} with --block {block} leaves no {split} crops (every {split} block is "
+                "too small or bordered by the other split); give a smaller --block or more scenes"
+            )
+    return out
+
+
+def _check_append(out: Path, manifest: dict[str, Any], prepared: Prepared) -> dict[str, Any]:
+    """The manifest of ``out`` with this run's scenes added; refuses other settings, classes, bands or dtype."""
+    old = _read_manifest(out)
+    if old is None:
+        return manifest
+    diff = sorted(k for k in (set(old) | set(manifest)) - {"scenes"} if old.get(k) != manifest.get(k))
+    if diff:
+        was = ", ".join(f"{k} {old.get(k)} here vs {manifest.get(k)}" for k in diff)
+        raise InputError(f"cannot append to {out}: its crops were cut with other settings ({was}); use another --out")
+    previous = {s["key"]: s for s in old.get("scenes", [])}
+    if previous and any(s["label"] for s in previous.values()) != any(j.label for j in prepared.jobs):
+        raise InputError(f"cannot append to {out}: its scenes and these differ in having labels; use another --out")
+    for scene in manifest["scenes"]:
+        if scene["key"] in previous and previous[scene["key"]] != scene:
+            raise InputError(
+                f"cannot append to {out}: it already holds a scene {scene['key']} ({previous[scene['key']]['image']}); "
+                "rename the new scene's file"
+            )
+    index = out / INDEX_NAME
+    if index.exists():
+        tiles, _ = read_index(index)
+        if len(tiles):
+            with open_raster(out / tiles["image"].iloc[0]) as crop:
+                have = (crop.count, str(crop.dtypes[0]))
+            for key, bands in prepared.bands.items():
+                if bands != have:
+                    raise InputError(
+                        f"cannot append to {out}: its crops have {have[0]} {have[1]} bands, scene {key} has "
+                        f"{bands[0]} {bands[1]}; use another --out"
+                    )
+    merged = {**previous, **{s["key"]: s for s in manifest["scenes"]}}
+    return {**manifest, "scenes": [merged[k] for k in sorted(merged)]}
+
+
 def tile_scenes(
     scenes: Sequence[SceneSpec | str | Path],
     out: str | Path = "tiles",
@@ -234,9 +439,14 @@ def tile_scenes(
     stride: int | None = None,
     min_valid: float = 0.0,
     scheme: str | None = None,
+    classes: Sequence[str] | None = None,
     label_field: str | None = None,
     label_map: Mapping[str, int] | None = None,
     label_fill: int = IGNORE_INDEX,
+    val_fraction: float | None = None,
+    block: int | None = None,
+    seed: int = 0,
+    append: bool = False,
     compress: str | None = DEFAULT_COMPRESS,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -250,15 +460,24 @@ def tile_scenes(
     file is written under a temporary name and renamed, and re-running the same call skips finished work.
 
     Args:
-        scenes: Scenes as :class:`SceneSpec` or bare image paths (no labels, split ``train``).
+        scenes: Scenes as :class:`SceneSpec` or bare image paths (no labels, split ``train``). A label file given
+            to several scenes is shared (vector layers as always; a raster on another grid is warped per scene).
         out: Output folder (created).
         size: Crop side in pixels.
         stride: Step between crops; ``size // 2`` when None. At most ``size``.
         min_valid: Crops whose fraction of valid (non-nodata, non-padding) pixels is below this are skipped.
         scheme: Class scheme (``potsdam``, ``loveda``, ...) decoding colour labels and naming the classes.
+        classes: Names of class ids 0..n-1 without a scheme; vector values may be these names. Without either,
+            vector values that are not ids (``building``) name classes by themselves, in sorted order.
         label_field: Attribute holding the class of vector labels.
         label_map: Vector attribute value → class id (class names of ``scheme`` and ids map by themselves).
         label_fill: Class id of pixels no polygon covers (vector labels).
+        val_fraction: Hold out about this fraction of square blocks as split ``val`` (the rest ``train``, crops on
+            the border between them dropped); the scenes' own splits are then not used.
+        block: Side of those blocks in pixels; ``4 * size`` when None.
+        seed: Seed of the random choice of validation blocks.
+        append: Add these scenes to the crops and index already in ``out`` (same settings, classes, bands and
+            dtype); without it a folder of another run is refused.
         compress: Crop codec: None/``none``, ``deflate``, ``lzw`` or ``zstd``.
         workers: Local worker processes; one per core when None, and none (this process) when the job is too
             small to pay for starting them. Ignored with ``scheduler``.
@@ -276,14 +495,26 @@ def tile_scenes(
     compress = None if compress in (None, "none") else compress
     _check_options(size, stride, min_valid, compress)
     check_executor_options(workers, scheduler)
-    class_scheme = get_scheme(scheme) if scheme else None
+    if scheme and classes:
+        raise InputError("--classes names the classes of labels without a --scheme; give one of them")
+    out = Path(out)
+    if append and not classes and not scheme:
+        classes = (_read_manifest(out) or {}).get("classes")
     specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
     vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
-    jobs, transforms, crss, banded = prepare_jobs(specs, scheme=scheme, vector=vector)
-    out = Path(out)
-    settings = CropSettings(str(out.resolve()), size, stride, float(min_valid), compress, scheme)
+    prepared = prepare_jobs(specs, scheme=scheme, vector=vector, classes=tuple(classes or ()))
+    jobs, transforms, crss, banded = prepared.jobs, prepared.transforms, prepared.crss, prepared.banded
+    if val_fraction is not None:
+        block = 4 * size if block is None else block
+        jobs = assign_val_blocks(
+            jobs, transforms, crss, size=size, stride=stride, fraction=val_fraction, block=block, seed=seed
+        )
+    settings = CropSettings(str(out.resolve()), size, stride, float(min_valid), compress, scheme, prepared.classes)
     manifest = _manifest(settings, jobs)
-    _check_manifest(out, manifest)
+    if append:
+        manifest = _check_append(out, manifest, prepared)
+    else:
+        _check_manifest(out, manifest)
 
     labelled = any(j.label is not None for j in jobs)
     _prepare_output(out, manifest, labelled)
@@ -299,9 +530,12 @@ def tile_scenes(
             records.extend(executor.run(tasks, quiet=quiet))
 
     kept = [r for r in records if r["written"]]
-    tiles, classes = build_index(kept, transforms=transforms, crss=crss, scheme=class_scheme)
-    index = write_index(out / INDEX_NAME, tiles, classes)
+    dropped = sum(1 for r in records if not r["split"])
+    tiles, table = build_index(kept, transforms=transforms, crss=crss, scheme=settings.class_scheme())
+    if append and (out / INDEX_NAME).exists():
+        tiles, table = merge_index(*read_index(out / INDEX_NAME), tiles, table, replace=[j.key for j in jobs])
+    index = write_index(out / INDEX_NAME, tiles, table)
     return TileSummary(
         out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept),
-        len(records) - len(kept), resumed, time.perf_counter() - start, cluster,
+        len(records) - len(kept) - dropped, resumed, time.perf_counter() - start, cluster, dropped,
     )  # fmt: skip

@@ -197,8 +197,8 @@ def test_vector_label_map_and_field_errors(make_raster: RasterFactory, tmp_path:
     spec = [SceneSpec(scene, tmp_path / "p.geojson")]
     with pytest.raises(InputError, match="no attribute 'cls'"):
         tile_scenes(spec, tmp_path / "a", size=32, label_field="cls", workers=1)
-    with pytest.raises(InputError, match=r"--label-map"):
-        tile_scenes(spec, tmp_path / "b", size=32, label_field="code", workers=1)
+    with pytest.raises(InputError, match=r"values \['road'\] .* --label-map road=ID"):  # a fixed list of classes
+        tile_scenes(spec, tmp_path / "b", size=32, label_field="code", classes=["house"], workers=1)
     summary = tile_scenes(
         spec, tmp_path / "c", size=32, label_field="code", label_map={"house": 1, "road": 2}, workers=1
     )
