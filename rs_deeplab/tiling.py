@@ -210,13 +210,18 @@ class Prepared:
 
 
 def prepare_jobs(
-    scenes: Sequence[SceneSpec], *, scheme: str | None, vector: Mapping[str, Any], classes: Sequence[str] = ()
+    scenes: Sequence[SceneSpec],
+    *,
+    scheme: str | None,
+    vector: Mapping[str, Any],
+    classes: Sequence[str] = (),
+    check_labels: bool = True,
 ) -> Prepared:
     """Open and check every scene and label before anything is written.
 
     A label file given for several scenes is shared: vector layers are cut per crop as always, and a raster on
-    another grid is warped onto each scene's grid (nearest neighbour). Every scene's labels are checked not to come
-    out entirely ignore.
+    another grid is warped onto each scene's grid (nearest neighbour). With ``check_labels`` every scene's labels
+    are checked not to come out entirely ignore.
     """
     opened = _open_scenes(scenes)
     class_scheme = get_scheme(scheme) if scheme else custom_scheme(classes) if classes else None
@@ -233,7 +238,8 @@ def prepare_jobs(
                     label = LabelSource(absolute(s.spec.label), "vector", vector["field"], entries, vector["fill"])
                 else:
                     label = _raster_label(s.spec, src, class_scheme, uses[str(s.spec.label)] > 1)
-                check_label_coverage(label, src, decode)
+                if check_labels:
+                    check_label_coverage(label, src, decode)
         jobs.append(SceneJob(s.key, absolute(s.spec.image), label, s.spec.split, s.height, s.width, s.pixel_bytes))
     jobs.sort(key=lambda j: j.key)
     info = {s.key: s for s in opened}
@@ -447,6 +453,7 @@ def tile_scenes(
     block: int | None = None,
     seed: int = 0,
     append: bool = False,
+    check_labels: bool = True,
     compress: str | None = DEFAULT_COMPRESS,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -478,6 +485,8 @@ def tile_scenes(
         seed: Seed of the random choice of validation blocks.
         append: Add these scenes to the crops and index already in ``out`` (same settings, classes, bands and
             dtype); without it a folder of another run is refused.
+        check_labels: Refuse a scene whose labels come out entirely ignore (255) before writing anything (a
+            decimated read; dataset presets turn it off, where a few unlabelled images are normal).
         compress: Crop codec: None/``none``, ``deflate``, ``lzw`` or ``zstd``.
         workers: Local worker processes; one per core when None, and none (this process) when the job is too
             small to pay for starting them. Ignored with ``scheduler``.
@@ -502,7 +511,9 @@ def tile_scenes(
         classes = (_read_manifest(out) or {}).get("classes")
     specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
     vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
-    prepared = prepare_jobs(specs, scheme=scheme, vector=vector, classes=tuple(classes or ()))
+    prepared = prepare_jobs(
+        specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
+    )
     jobs, transforms, crss, banded = prepared.jobs, prepared.transforms, prepared.crss, prepared.banded
     if val_fraction is not None:
         block = 4 * size if block is None else block

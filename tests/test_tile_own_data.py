@@ -94,7 +94,8 @@ def test_string_attribute_names_the_classes_and_class_lists_are_checked(
 
     # the same names given by --classes in another order decide the ids
     order = "Vegetation,Building,Road,Hydro,Train"
-    assert _tile(*SCENES, "--labels", GPKG, "--label-field", "Niveau_2", "--classes", order, *FAST, out=tmp_path / "o") == 0
+    named = ["--labels", GPKG, "--label-field", "Niveau_2", "--classes", order]
+    assert _tile(*SCENES, *named, *FAST, out=tmp_path / "o") == 0
     assert list(read_index(tmp_path / "o" / "index.gpkg")[1].name)[:5] == order.split(",")
 
     bad = [
@@ -234,8 +235,11 @@ def test_append_adds_scenes_and_refuses_a_mismatch_without_writing(
     assert _tile(SCENES[1], *labels, "--split", "val", "--append", *FAST, out=out) == 0
     tiles, classes = read_index(out / "index.gpkg")
     assert len(tiles) > len(first) and set(tiles.split) == {"train", "val"}
-    assert tiles[tiles.scene == first.scene.iloc[0]].drop(columns="geometry").reset_index(drop=True).equals(
-        first.drop(columns="geometry")
+    assert (
+        tiles[tiles.scene == first.scene.iloc[0]]
+        .drop(columns="geometry")
+        .reset_index(drop=True)
+        .equals(first.drop(columns="geometry"))
     )
     assert list(classes.name) == [*NAMES, "ignore"]  # the first run's names map the new polygons
     assert all(_listing(out)[p] == t for p, t in crops.items())  # earlier crops untouched
