@@ -14,6 +14,7 @@ from typing import Any
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
 from rs_deeplab.devices import AMP_CHOICES
 from rs_deeplab.errors import InputError
+from rs_deeplab.gsd import parse_gsd
 from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
 
 
@@ -45,6 +46,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--crf-bilateral", default="80,13,10", help="appearance kernel SXY,SRGB,COMPAT (DeepLab: 80,13,10)")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                    help="inference output stride (default: infer.output_stride, else as trained)")  # fmt: skip
+    p.add_argument("--gsd", default="auto",
+                   help="scale to predict at: auto (default: the model's ground sampling distance when a scene's "
+                   "differs by more than 1%%; scenes are read resampled and labels written on their own grid), "
+                   "native (each scene's own pixels) or metres per pixel, e.g. 0.5")  # fmt: skip
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
     p.add_argument(
@@ -75,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run :func:`~rs_deeplab.inference.pipeline.infer_scenes`, list the outputs."""
     args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
+    try:
+        gsd = parse_gsd(args.gsd)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     options = InferOptions(
         size=args.size,
         stride=args.stride,
@@ -95,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_area=args.min_area,
         simplify=args.simplify,
         resume=not args.restart,
+        gsd=gsd,
     )
     result = infer_scenes(args.scenes, args.out, checkpoint=args.checkpoint, options=options, quiet=args.quiet)
     outputs = {f"labels ({r.scene.name})": str(r.labels) for r in result.rasters}

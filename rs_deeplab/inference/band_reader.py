@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from rs_deeplab.raster import open_raster
@@ -160,18 +161,19 @@ class BandReader:
     ) -> None:
         r0, r1, c0, c1 = chunk
         src = self._dataset()
-        window = Window(c0, first + r0, c1 - c0, r1 - r0)
+        info = self.info
+        window = info.file_window(Window(c0, first + r0, c1 - c0, r1 - r0))  # fractional on a resampled grid
         out = data[:, r0:r1, c0:c1]
-        src.read(self.bands, window=window, out=out)
+        resampling = Resampling.nearest if info.source_shape is None else Resampling.bilinear  # GDAL skips nodata
+        src.read(self.bands, window=window, out=out, resampling=resampling)
         if valid is None:
             return
         ok = valid[r0:r1, c0:c1]
-        info = self.info
         if info.mask_kind == "nodata" and info.nodata is not None:
             nd = info.nodata
             np.any(~np.isnan(out) if np.isnan(nd) else out != nd, axis=0, out=ok)
         elif info.mask_kind == "mask":
-            ok[...] = src.read_masks(self.bands[0], window=window) > 0
+            ok[...] = src.read_masks(self.bands[0], window=window, out_shape=ok.shape) > 0
         else:
             ok[...] = True
         if out.dtype.kind == "f":

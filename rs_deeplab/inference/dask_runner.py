@@ -25,7 +25,7 @@ from rs_deeplab.inference.blending import FinishedRows
 from rs_deeplab.inference.predictor import Predictor
 from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
 from rs_deeplab.inference.trained import TrainedModel
-from rs_deeplab.inference.writer import BLOCK, RowWriter
+from rs_deeplab.inference.writer import BLOCK, RowSink
 
 GPU_RESOURCE = "GPU"
 """The worker resource a GPU worker advertises (``dask worker --resources GPU=1``)."""
@@ -134,7 +134,7 @@ def task_rows(job: RowJob) -> int:
 
 
 def run_dask(
-    client: Any, plan: WorkerPlan, model: Any, job: RowJob, device: str, writer: RowWriter, done: int, total: int,
+    client: Any, plan: WorkerPlan, model: Any, job: RowJob, device: str, writer: RowSink, done: int, total: int,
     quiet: bool,
 ) -> tuple[str, int]:  # fmt: skip
     """Submit rows ``[done, height)`` as tasks, a few ahead of the writer, and write their results in order.
@@ -145,8 +145,9 @@ def run_dask(
         model: A :class:`TrainedModel` (each worker loads it once) or a CPU ``torch.nn.Module``, scattered.
         job: The rows' settings.
         device: ``--device``, resolved by each worker (see :func:`worker_device`).
-        writer: Where finished rows go, in order.
-        done: Rows an earlier run finished (the first task starts at the block holding it).
+        writer: Where finished rows go, in order (rows of ``job``'s grid: the working grid when the scene is
+            resampled to another GSD, see :mod:`rs_deeplab.inference.regrid`).
+        done: First row of ``job``'s grid still needed (the first task starts at the block holding it).
         total: Windows of the remaining rows (returned as the windows run).
         quiet: No progress bar.
     """
@@ -167,7 +168,7 @@ def run_dask(
     return plan.description, total
 
 
-def _write_next(pending: dict[int, Any], key: int, writer: RowWriter) -> None:
+def _write_next(pending: dict[int, Any], key: int, writer: RowSink) -> None:
     writer.write(pending.pop(key).result())
 
 

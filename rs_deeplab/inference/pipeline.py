@@ -15,6 +15,7 @@ import torch
 from rs_deeplab.devices import pick_amp, pick_device
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
+from rs_deeplab.gsd import raster_gsd, working_gsd
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import scene_info, select_bands
@@ -57,6 +58,9 @@ class InferOptions:
     min_area: float = 0.0
     simplify: float = 0.0
     resume: bool = True
+    gsd: str | float = "auto"
+    """Scale the model sees scenes at: ``auto`` (the checkpoint's GSD, when a scene is more than 1% off it),
+    ``native`` (each scene's own pixels) or metres per pixel (see :func:`rs_deeplab.gsd.working_gsd`)."""
 
 
 @dataclass
@@ -113,8 +117,11 @@ def infer_scenes(
     todo = [Path(s) for s in scenes] or [Path(s) for s in info.infer.get("scenes", [])]
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
+    gsds = []
     for scene in todo:
-        select_bands(scene_info(scene), info.bands, info.in_channels)
+        header = scene_info(scene)
+        select_bands(header, info.bands, info.in_channels)
+        gsds.append(_scene_gsd(header.path, opts.gsd, info.gsd, header))
     size = opts.size or int(info.infer.get("size", 512))
     stride = opts.stride or int(info.infer.get("stride", size // 2))
     check_size_stride(size, stride)
@@ -126,7 +133,7 @@ def infer_scenes(
     for r in rasters:
         if r.resolve() in inputs:
             raise InputError(f"--out {out}: the label raster {r} would overwrite the scene; choose another name")
-    for scene, raster in zip(todo, rasters, strict=True):
+    for scene, raster, gsd in zip(todo, rasters, gsds, strict=True):
         probs = raster.with_name(f"{raster.stem}_probs.tif") if opts.probs else None
         log.info("predicting %s → %s", scene, raster)
         result.rasters.append(
@@ -146,6 +153,7 @@ def infer_scenes(
                 amp=opts.amp,
                 resume=opts.resume,
                 scheduler=opts.scheduler,
+                gsd=gsd,
                 quiet=quiet,
             )
         )
@@ -153,6 +161,15 @@ def infer_scenes(
         result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _scene_gsd(name: str, choice: str | float, model_gsd: float | None, header: Any) -> float | None:
+    """The GSD to predict a scene at (None: its own pixels); one-line errors for a choice that cannot apply."""
+    own = raster_gsd(header.transform, header.crs, (header.height, header.width))
+    try:
+        return working_gsd(choice, model_gsd, own, name)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _crf_settings(opts: InferOptions, info: CheckpointInfo) -> CRFSettings:

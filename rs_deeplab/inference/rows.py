@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
@@ -214,9 +216,11 @@ def _crf_refiner(job: RowJob) -> Callable[[FinishedRows], FinishedRows]:
         valid = part.labels != IGNORE_INDEX
         if not valid.any():
             return part if job.keep_probs else replace(part, probs=None)
-        with open_raster(job.info.path) as src:
-            window = ((part.row_start, part.row_stop), (0, width))
-            image = src.read(list(crf.bands), window=window)
+        rows = part.row_stop - part.row_start
+        with open_raster(job.info.path) as src:  # the working grid's pixels (resampled when it is not the file's)
+            window = job.info.file_window(Window(0, part.row_start, width, rows))
+            image = src.read(list(crf.bands), window=window, out_shape=(len(crf.bands), rows, width),
+                             resampling=Resampling.bilinear)  # fmt: skip
         probs = part.probs.copy()
         for c in range(0, width, size):
             x0, x1 = max(0, c - crf.margin), min(width, c + size + crf.margin)

@@ -7,6 +7,7 @@ import copy
 import functools
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,15 +19,18 @@ import torch
 
 from rs_deeplab.cli import progress
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
+from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
+from rs_deeplab.gsd import raster_gsd
 from rs_deeplab.inference.blending import FinishedRows, WindowKind
 from rs_deeplab.inference.dask_runner import dask_workers, run_dask
 from rs_deeplab.inference.predictor import TTA, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowReader, scene_info, select_bands
+from rs_deeplab.inference.regrid import RowResampler, first_working_row, working_info
 from rs_deeplab.inference.rows import CRFSettings, RowJob, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, module_fingerprint
-from rs_deeplab.inference.writer import OutputSpec, RowWriter, partial_path, sidecar_path
+from rs_deeplab.inference.writer import OutputSpec, RowSink, RowWriter, partial_path, sidecar_path
 from rs_deeplab.raster import PathLike
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -50,6 +54,8 @@ class SceneResult:
     seconds: float
     runner: str
     class_names: tuple[str, ...]
+    gsd: float | None = None
+    """The GSD (metres per pixel) the model saw the scene at, when it was resampled to one; None: its own."""
 
 
 def needs_copy(module: torch.nn.Module, device: torch.device | str, *, channels_last: bool = False) -> bool:
@@ -122,6 +128,7 @@ def predict_scene(
     channels_last: bool = True,
     resume: bool = True,
     scheduler: str | None = None,
+    gsd: float | None = None,
     quiet: bool = True,
 ) -> SceneResult:
     """Predict every pixel of a scene with overlapping windows and write a label raster on the scene's grid.
@@ -158,11 +165,15 @@ def predict_scene(
         resume: Continue an interrupted run of the same settings from its last finished rows, and skip an output
             a finished run of the same settings wrote. False recomputes from the first row.
         scheduler: Address of a Dask scheduler: spread row ranges over its workers (same output).
+        gsd: Ground sampling distance (metres per pixel) to predict at: the scene is read resampled to it
+            (bilinear, window by window) and the predictions come back to the scene's own grid
+            (:mod:`rs_deeplab.inference.regrid`); ``size`` and ``stride`` count pixels at this GSD. None: the
+            scene's own pixels.
         quiet: No progress bar.
 
     Raises:
         InputError: Bad size/stride/batch size, band count unlike the model's, missing output folder, a device or
-            precision this machine (or a Dask worker) cannot run.
+            precision this machine (or a Dask worker) cannot run, a ``gsd`` for a scene without one (no CRS).
         RasterError: The scene is missing or not a raster GDAL can read.
         CheckpointError: A checkpoint that is missing, corrupt or of another architecture.
     """
@@ -170,6 +181,7 @@ def predict_scene(
     check_size_stride(size, stride)
     out, probs_out = Path(out_path), None if probs_path is None else Path(probs_path)
     info = scene_info(scene_path)
+    work = _working_grid(info, gsd)
     choice = "auto" if device is None else str(device)
     with contextlib.ExitStack() as stack:
         if scheduler:
@@ -189,48 +201,75 @@ def predict_scene(
         chosen = select_bands(info, bands, None if ck is None else ck.in_channels)
         if class_names is None:
             class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
-        job = RowJob(info, size, stride, batch_size, tuple(chosen), len(class_names),
+        job = RowJob(work, size, stride, batch_size, tuple(chosen), len(class_names),
                      None if mean is None else tuple(float(m) for m in mean),
                      None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
-                     probs_out is not None, amp, channels_last)  # fmt: skip
+                     probs_out is not None or work is not info, amp, channels_last)  # fmt: skip
         reader = job.reader()  # checks the statistics against the bands before anything is written
         if scheduler:
             run: Runner = functools.partial(run_dask, client, plan, model if ck is not None else module, job, choice)
         else:
             run = functools.partial(_run_local, module, here, job)
         spec = OutputSpec(out, tuple(class_names), colormap, probs_out, cog)
-        fingerprint = _fingerprint(info, job, fingerprint_model, compute)
-        ran, total, done, runner = _write_scene(spec, job, reader, fingerprint, run, resume, quiet)
+        fingerprint = _fingerprint(info, job, fingerprint_model, compute, None if work is info else gsd)
+        ran, total, done, runner = _write_scene(spec, job, reader, fingerprint, run, resume, quiet, info)
     seconds = time.perf_counter() - start_time
     log.info("%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s", out, ran, total, total - ran,
              seconds, runner)  # fmt: skip
-    return SceneResult(Path(scene_path), out, probs_out, ran, total, done, seconds, runner, tuple(class_names))
+    return SceneResult(Path(scene_path), out, probs_out, ran, total, done, seconds, runner, tuple(class_names),
+                       None if work is info else gsd)  # fmt: skip
 
 
-Runner = Callable[[RowWriter, int, int, bool], tuple[str, int]]
-"""Computes rows ``[done, height)`` into the writer: ``(writer, done, total windows, quiet) → (runner, windows)``."""
+Runner = Callable[[RowSink, int, int, bool], tuple[str, int]]
+"""Computes rows ``[done, height)`` of the job's grid into a sink: ``(sink, done, total windows, quiet) → (runner,
+windows)``."""
+
+
+def _working_grid(info: SceneInfo, gsd: float | None) -> SceneInfo:
+    """The grid the model sees: ``info`` itself, or its footprint at ``gsd`` metres per pixel."""
+    if gsd is None:
+        return info
+    if not (isinstance(gsd, (int, float)) and math.isfinite(gsd) and gsd > 0):
+        raise InputError(f"gsd must be a positive number of metres per pixel, got {gsd!r}")
+    own = raster_gsd(info.transform, info.crs, (info.height, info.width))
+    if own is None:
+        raise InputError(f"{info.path}: has no ground sampling distance (no CRS in metres or degrees), so it "
+                         "cannot be resampled to another one; predict it at its own scale (--gsd native)")  # fmt: skip
+    work = working_info(info, own / gsd)
+    if work is not info:
+        log.info("%s: %.3g m/pixel read at %.3g m/pixel (%d×%d working grid for %d×%d pixels)", info.path, own, gsd,
+                 work.width, work.height, info.width, info.height)  # fmt: skip
+    return work
 
 
 def _write_scene(
     spec: OutputSpec, job: RowJob, reader: WindowReader, fingerprint: dict[str, Any], run: Runner, resume: bool,
-    quiet: bool,
+    quiet: bool, info: SceneInfo,
 ) -> tuple[int, int, int, str]:  # fmt: skip
-    """Open (or resume) the outputs, run, and finish them; ``(windows run, windows, resumed row, runner)``."""
+    """Open (or resume) the outputs on the scene's grid ``info``, run, and finish them.
+
+    Returns ``(windows run, windows, resumed row, runner)``. When the job runs on a resampled working grid, its
+    rows pass through a :class:`RowResampler` on their way to the writer.
+    """
     if not resume:
         for p in (spec.path, spec.probs_path):
             if p is not None:
                 partial_path(p).unlink(missing_ok=True)
         sidecar_path(spec.path).unlink(missing_ok=True)
-    info = job.info
     writer = RowWriter(spec, info, fingerprint)
     if resume and writer.complete():
         log.info("%s: already complete from an earlier run with the same settings", spec.path)
         return 0, 0, info.height, "earlier run"
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         done = writer.open()
+        sink: RowSink = writer
+        start = done
+        if job.info is not info:
+            start = first_working_row(done, info, job.info)
+            sink = RowResampler(writer, info, job.info, done, keep_probs=spec.probs_path is not None)
         try:
-            total = reader.windows_in(job.window_rows(done, info.height))
-            runner, ran = run(writer, done, total, quiet)
+            total = reader.windows_in(job.window_rows(start, job.info.height))
+            runner, ran = run(sink, start, total, quiet)
         finally:
             writer.close()
         writer.finish()
@@ -260,7 +299,9 @@ def _local_compute(choice: str, amp: str) -> tuple[torch.device, dict[str, str]]
     return device, {"device": device.type, "precision": precision, "runner": "this process"}
 
 
-def _fingerprint(info: SceneInfo, job: RowJob, model: str, compute: Mapping[str, str]) -> dict[str, Any]:
+def _fingerprint(
+    info: SceneInfo, job: RowJob, model: str, compute: Mapping[str, str], gsd: float | None
+) -> dict[str, Any]:
     path = Path(info.path)
     stat = path.stat()
     return {
@@ -269,12 +310,13 @@ def _fingerprint(info: SceneInfo, job: RowJob, model: str, compute: Mapping[str,
         "scene_size": stat.st_size,
         "model": model,
         **compute,
+        "gsd": gsd,
         "job": repr(job),
     }
 
 
 def _run_local(
-    module: torch.nn.Module, device: torch.device, job: RowJob, writer: RowWriter, done: int, total: int, quiet: bool
+    module: torch.nn.Module, device: torch.device, job: RowJob, writer: RowSink, done: int, total: int, quiet: bool
 ) -> tuple[str, int]:
     predictor = Predictor(module, device, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
     counter = _Counter()

@@ -37,6 +37,9 @@ class CheckpointInfo:
     model: dict[str, Any]
     scheme: str
     """The class scheme of the training data (``potsdam``, ``voc``, ...)."""
+    gsd: float | None = None
+    """Ground sampling distance (metres per pixel) of the training scenes (their median, ``state["gsd"]``); None
+    for pixel-only data and checkpoints written before it was recorded."""
 
 
 _CACHE: dict[tuple[str, int, str, int | None], tuple[torch.nn.Module, CheckpointInfo]] = {}
@@ -114,7 +117,17 @@ def checkpoint_info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
         infer=dict(cfg.get("infer", {})),
         model=dict(cfg.get("model", {})),
         scheme=scheme_name,
+        gsd=_gsd(state.get("gsd")),
     )
+
+
+def _gsd(value: Any) -> float | None:
+    """A checkpoint's recorded GSD, if it is a positive number."""
+    try:
+        gsd = float(value)
+    except (TypeError, ValueError):
+        return None
+    return gsd if gsd > 0 and gsd != float("inf") else None
 
 
 def module_fingerprint(model: torch.nn.Module) -> str:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import rasterio
@@ -36,6 +36,13 @@ FINGERPRINT_TAG = "RS_DEEPLAB_INFERENCE"
 """Tag holding the JSON fingerprint of the run that wrote a raster (a re-run with the same one skips it)."""
 BLOCK = 256
 """Block side of the output GeoTIFFs; rows are committed in multiples of it."""
+
+
+class RowSink(Protocol):
+    """Takes finished rows in order: a :class:`RowWriter`, or a resampler in front of one."""
+
+    def write(self, rows: FinishedRows) -> None:
+        """Take the next rows."""
 
 
 @dataclass(frozen=True)
