@@ -351,15 +351,25 @@ def plan_tasks(
     return tasks
 
 
+def _block_areas(frame: Affine, width: int, height: int, span: set[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """Part of each block of ``span`` a ``width × height`` scene covers (``frame``: pixel → block coordinates)."""
+    xs, ys = zip(*(frame @ (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))), strict=True)
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    return {(c, r): max(0.0, min(x1, c + 1) - max(x0, c)) * max(0.0, min(y1, r + 1) - max(y0, r)) for c, r in span}
+
+
 def assign_val_blocks(
     jobs: Sequence[SceneJob], transforms: Mapping[str, Any], crss: Mapping[str, Any], *, size: int, stride: int,
     fraction: float, block: int, seed: int,
 ) -> list[SceneJob]:  # fmt: skip
-    """Hold out a seeded random ``fraction`` of square ``block``-pixel blocks as ``val``; the rest is ``train``.
+    """Hold out about ``fraction`` of the scene area as ``val`` in seeded random square ``block``-pixel blocks.
+
+    Blocks are taken in a random order until they hold ``fraction`` of the area (partial blocks at scene edges
+    count for the part they cover); at least one block goes to each split, the rest is ``train``.
 
     Blocks lie on the pixel grid of the first scene (by key) of each CRS, so scenes that overlap on the ground
-    share them; scenes without a CRS each have their own. At least one block goes to each split. Crops touching
-    blocks of both splits are dropped (see :func:`rs_deeplab.crops.window_split`), so no pixel is in both.
+    share them; scenes without a CRS each have their own. Crops touching blocks of both splits are dropped (see
+    :func:`rs_deeplab.crops.window_split`), so no pixel is in both.
 
     Raises:
         InputError: ``fraction`` not strictly between 0 and 1, ``block`` smaller than ``size``, fewer than two
@@ -384,15 +394,21 @@ def assign_val_blocks(
             f"--val-fraction needs at least two blocks but the scenes fit in one block of {block} pixels; "
             "give a smaller --block"
         )
-    k = min(len(blocks) - 1, max(1, round(fraction * len(blocks))))
-    chosen = {blocks[i] for i in np.random.default_rng(seed).permutation(len(blocks))[:k]}
+    area: dict[tuple[str, int, int], float] = {}
+    for job in jobs:
+        group, frame = frames[job.key]
+        for (c, r), covered in _block_areas(frame, job.width, job.height, spans[job.key]).items():
+            area[(group, c, r)] = area.get((group, c, r), 0.0) + covered
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    held = np.cumsum([area.get(blocks[i], 0.0) for i in order])
+    k = min(len(blocks) - 1, max(1, int(np.searchsorted(held, fraction * held[-1])) + 1))
+    chosen = {blocks[i] for i in order[:k]}
     out, counts = [], Counter[str]()
     for job in jobs:
         group, frame = frames[job.key]
         val = tuple(sorted((c, r) for c, r in spans[job.key] if (group, c, r) in chosen))
         new = dataclasses.replace(job, split="", block_transform=tuple(frame)[:6], val_blocks=val)
-        held = frozenset(val)
-        counts.update(window_split(new, w, held) for w in window_grid(job.height, job.width, size, stride))
+        counts.update(window_split(new, w, frozenset(val)) for w in window_grid(job.height, job.width, size, stride))
         out.append(new)
     for split in ("train", "val"):
         if not counts[split]:

@@ -310,3 +310,14 @@ def test_dask_workers_write_the_same_crops_and_splits(tmp_path: Path) -> None:
     for rel in one.label:
         assert np.array_equal(_label(tmp_path / "one", rel), _label(tmp_path / "two", rel))
     assert os.listdir(tmp_path / "two" / "images")
+
+
+@pytest.mark.parametrize("fraction", [0.15, 0.3, 0.6])
+def test_val_fraction_is_a_fraction_of_the_area(make_raster: RasterFactory, tmp_path: Path, fraction: float) -> None:
+    scene = make_raster(np.ones((1, 600, 500), np.uint8))  # 10 x 8 blocks of 64 pixels, the last ones partial
+    args = [scene, "--size", "32", "--stride", "32", "--workers", "1", "-q", "--block", "64"]
+    assert _tile(*args, "--val-fraction", str(fraction), "--seed", "3", out=tmp_path / "out") == 0
+    tiles, _ = read_index(tmp_path / "out" / "index.gpkg")
+    area = tiles.geometry.area.groupby(tiles.split).sum()
+    assert abs(area["val"] / area.sum() - fraction) < 0.04
+    assert area.sum() / (60 * 50) > 0.9  # blocks on the crop grid: only edge crops straddle a border
