@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.distributed import all_reduce_sum
+from rs_deeplab.losses import LossFn, build_loss
 from rs_deeplab.models import SegOutput, param_groups
 
 log = logging.getLogger("rs_deeplab.engine")
@@ -102,14 +101,21 @@ def build_scheduler(
 
 
 def segmentation_loss(
-    output: torch.Tensor | SegOutput, target: torch.Tensor, *, class_weights: torch.Tensor | None, aux_weight: float
+    output: torch.Tensor | SegOutput,
+    target: torch.Tensor,
+    *,
+    class_weights: torch.Tensor | None,
+    aux_weight: float,
+    loss_fn: LossFn | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy (ignore 255, optional class weights) plus ``aux_weight`` times the auxiliary loss."""
+    """The main head's loss plus ``aux_weight`` times the auxiliary head's.
+
+    ``loss_fn`` defaults to cross-entropy ignoring 255 with the optional ``class_weights``.
+    """
+    fn = loss_fn if loss_fn is not None else build_loss("ce", class_weights)
     if isinstance(output, SegOutput):
-        main = F.cross_entropy(output.out.float(), target, weight=class_weights, ignore_index=IGNORE_INDEX)
-        aux = F.cross_entropy(output.aux.float(), target, weight=class_weights, ignore_index=IGNORE_INDEX)
-        return main + aux_weight * aux
-    return F.cross_entropy(output.float(), target, weight=class_weights, ignore_index=IGNORE_INDEX)
+        return fn(output.out, target) + aux_weight * fn(output.aux, target)
+    return fn(output, target)
 
 
 @dataclass
@@ -125,6 +131,8 @@ class StepContext:
     grad_accum: int = 1
     class_weights: torch.Tensor | None = None
     aux_weight: float = 0.0
+    loss_fn: LossFn | None = None
+    """The training loss of each head (:func:`rs_deeplab.losses.build_loss`); None: cross-entropy."""
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -164,7 +172,9 @@ def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContex
         with sync:
             with autocast(ctx.device, ctx.amp_dtype):
                 output = model(images)
-            loss = segmentation_loss(output, masks, class_weights=ctx.class_weights, aux_weight=ctx.aux_weight)
+            loss = segmentation_loss(
+                output, masks, class_weights=ctx.class_weights, aux_weight=ctx.aux_weight, loss_fn=ctx.loss_fn
+            )
             scaled = loss / len(micro_batches)
             (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
         total += scaled.detach()
