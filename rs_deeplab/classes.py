@@ -168,6 +168,37 @@ SCHEMES: dict[str, ClassScheme] = {
 """Every dataset's class scheme, keyed by dataset name."""
 
 
+def distinct_colours(n: int) -> list[Colour]:
+    """``n`` deterministic, well-separated RGB colours (golden-ratio hue steps at alternating lightness).
+
+    Used for classes that no dataset scheme colours (your own data): the same count always gives the same colours.
+    """
+    import colorsys
+
+    colours: list[Colour] = []
+    for i in range(n):
+        hue = (i * 0.618033988749895) % 1.0
+        sat, val = (0.85, 0.95) if i % 2 == 0 else (0.6, 0.75)
+        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return colours
+
+
+def class_colours(class_names: Sequence[str], scheme: str | None = None) -> list[Colour]:
+    """Colours of ``class_names``: the scheme's when it names exactly these classes, else :func:`distinct_colours`."""
+    known = SCHEMES.get(scheme or "")
+    if known is not None and tuple(class_names) == known.classes:
+        return list(known.colours)
+    return distinct_colours(len(class_names))
+
+
+def colour_table(colours: Sequence[Colour]) -> dict[int, tuple[int, int, int, int]]:
+    """GDAL colour table for a uint8 class raster: ``colours`` by class index plus transparent black for 255."""
+    table = {i: (*c, 255) for i, c in enumerate(colours)}
+    table[IGNORE_INDEX] = (0, 0, 0, 0)
+    return table
+
+
 def get_scheme(name: str) -> ClassScheme:
     """Return the class scheme of dataset ``name`` or fail listing the known ones."""
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rs_deeplab.errors import ConfigError
 
@@ -34,8 +34,9 @@ class DataConfig(StrictModel):
     source: Literal["tiles", "voc", "cityscapes"] = "tiles"
     """``tiles``: a tiler output folder holding ``index.gpkg``; ``voc``/``cityscapes``: the dataset root."""
     root: Path = Path("tiles")
-    scheme: DatasetName = "potsdam"
-    """Class names and colours (see DESIGN.md, Labels)."""
+    scheme: DatasetName | Literal["own"] | None = None
+    """A benchmark dataset's class names and colours (see DESIGN.md, Labels); ``own``/null for your own data: the
+    class names come from the tile index and colours are generated."""
     train_split: str = "train"
     val_split: str = "val"
     bands: list[PositiveInt] | None = None
@@ -53,6 +54,9 @@ class DataConfig(StrictModel):
     num_workers: NonNegInt = 4
     max_class_ratio: Annotated[float, Field(gt=0, le=1)] = 0.75
     """Random crops where one class covers more than this fraction are retried."""
+    sampling: Literal["uniform", "balanced"] = "uniform"
+    """``uniform``: every training crop equally often; ``balanced`` (tiles only): crops holding rare classes more
+    often, from the index's per-class pixel counts (:func:`rs_deeplab.datasets.sampling.balanced_weights`)."""
 
     @model_validator(mode="after")
     def _check_scale(self) -> DataConfig:
@@ -115,10 +119,31 @@ class TrainConfig(StrictModel):
     compile: bool = False
     grad_accum: PositiveInt = 1
     sync_bn: bool = True
-    class_weights: list[NonNegFloat] | None = None
+    class_weights: list[NonNegFloat] | Literal["auto"] | None = None
+    """One loss weight per class, or ``auto`` (tiles only): inverse square root of each class's pixel frequency in
+    the training split, normalised to mean 1 over the classes present and capped at 10
+    (:func:`rs_deeplab.datasets.tiles.auto_class_weights`)."""
+    loss: str = "ce"
+    """Sum of terms ``[weight*]name`` with names ``ce``, ``dice``, ``lovasz`` (Lovász-softmax), ``focal`` (γ=2):
+    ``ce``, ``ce+dice``, ``ce+0.5*lovasz``; each term ignores 255 and uses the class weights."""
     eval_every: PositiveInt = 4000
     checkpoint_every: PositiveInt = 1000
     log_every: PositiveInt = 50
+
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, value: str) -> str:
+        from rs_deeplab.losses import parse_loss
+
+        parse_loss(value)
+        return value
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _check_class_weights(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError("expected 'auto', a list of one weight per class or null")
+        return value
 
 
 class InferConfig(StrictModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,17 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from rs_deeplab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rs_deeplab.classes import class_colours
 from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
 from rs_deeplab.datasets import CityscapesSource, SegmentationSource, VOCSource
-from rs_deeplab.datasets.sampling import IterationBatchSampler, SegmentationDataset, loader_options, pad_collate
-from rs_deeplab.datasets.tiles import TileIndexSource
+from rs_deeplab.datasets.sampling import (
+    IterationBatchSampler,
+    SegmentationDataset,
+    balanced_weights,
+    loader_options,
+    pad_collate,
+)
+from rs_deeplab.datasets.tiles import TileIndexSource, auto_class_weights
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.distributed import (
     DistEnv,
@@ -35,7 +43,8 @@ from rs_deeplab.distributed import (
 )
 from rs_deeplab.engine import Cadence, StepContext, build_optimizer, build_scheduler, fit
 from rs_deeplab.errors import CheckpointError, InputError
-from rs_deeplab.metrics import markdown_table, scores
+from rs_deeplab.losses import build_loss
+from rs_deeplab.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
@@ -106,6 +115,9 @@ def _loaders(
         world_size=env.world_size,
         grad_accum=cfg.train.grad_accum,
         start_iteration=start,
+        weights=balanced_weights(split_class_counts(train, "data.sampling: balanced"))
+        if data.sampling == "balanced"
+        else None,
     )
     transform = TrainTransform(
         crop_size=data.crop_size,
@@ -126,6 +138,43 @@ def _loaders(
     val_common = {**common, "persistent_workers": True} if data.num_workers and len(shard) else common
     val_loader = DataLoader(shard, batch_size=data.batch_size, collate_fn=pad_collate, **val_common)
     return train_loader, val_loader
+
+
+def split_class_counts(source: SegmentationSource, option: str) -> np.ndarray:
+    """``(crops, classes)`` pixel counts of a tiles split, or one line saying ``option`` needs a tile index."""
+    counts = getattr(source, "class_counts", None)
+    if counts is None:
+        raise InputError(
+            f"{option} reads the per-class pixel counts of a tile index (data.source: tiles); "
+            f"{type(source).__name__} has none: give explicit weights or use the default"
+        )
+    return np.asarray(counts)
+
+
+def class_weights(cfg: ExperimentConfig, source: SegmentationSource, device: torch.device) -> torch.Tensor | None:
+    """``train.class_weights`` as a tensor: None, the explicit list, or ``auto`` from the training split's counts."""
+    chosen = cfg.train.class_weights
+    n = len(source.class_names)
+    if chosen is None:
+        return None
+    if chosen == "auto":
+        values = auto_class_weights(split_class_counts(source, "train.class_weights: auto").sum(0))
+        log.info(
+            "class weights (auto): %s",
+            ", ".join(f"{c} {w:.3g}" for c, w in zip(source.class_names, values, strict=True)),
+        )
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    if len(chosen) != n:
+        raise InputError(f"train.class_weights has {len(chosen)} values but the data has {n} classes")
+    return torch.tensor(chosen, dtype=torch.float32, device=device)
+
+
+def warn_if_collapsed(iteration: int, cm: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """Log one warning line when an evaluation shows a collapsed model (:func:`rs_deeplab.metrics.collapse_warning`)."""
+    warning = collapse_warning(cm, class_names)
+    if warning is not None:
+        log.warning("iteration %d: %s", iteration, warning)
+    return warning
 
 
 def resume_state(last: Path, resume: bool, env: DistEnv) -> dict[str, Any] | None:
@@ -268,9 +317,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
             stale.unlink()
         dump_config(cfg, run_dir / "config.yaml")
         (run_dir / "runtime.json").write_text(json.dumps(runtime, indent=2) + "\n")
-    weights = None if cfg.train.class_weights is None else torch.tensor(cfg.train.class_weights, device=device)
-    if weights is not None and len(weights) != len(names):
-        raise InputError(f"train.class_weights has {len(weights)} values but the data has {len(names)} classes")
+    weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
         optimizer,
         scheduler,
@@ -281,10 +328,12 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         cfg.train.grad_accum,
         weights,
         getattr(model, "aux_weight", 0.0),
+        build_loss(cfg.train.loss, weights),
     )
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
     tracker: dict[str, Any] = {"best": best_miou, "cm": None}
+    colours = class_colours(names, cfg.data.scheme)
 
     def snapshot(it: int) -> dict[str, Any]:
         return {
@@ -296,6 +345,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
             "rng": rng_state(),
             "config": config_to_dict(cfg),
             "class_names": list(names),
+            "class_colours": [list(c) for c in colours],
             "band_stats": stats.as_dict(),
             "in_channels": in_ch,
             "best_miou": tracker["best"],
@@ -306,6 +356,8 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         result = scores(cm)
         tracker["cm"] = cm
         runlog.evaluation(it, result)
+        if env.is_main:
+            warn_if_collapsed(it, cm, names)
         if result.miou > tracker["best"]:
             tracker["best"] = result.miou
             if env.is_main:

@@ -77,3 +77,24 @@ def markdown_table(result: Scores, class_names: Sequence[str]) -> str:
     lines.append(f"| **mean** | **{100 * result.miou:.2f}** | **{100 * result.mean_f1:.2f}** |")
     lines.append(f"\nOverall accuracy: {100 * result.overall_accuracy:.2f}% over {result.pixels} pixels.")
     return "\n".join(lines)
+
+
+def collapse_warning(cm: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """One line when the model has collapsed, else None.
+
+    Collapsed: it predicts one class for every pixel while the truth holds several, or a class that has labels in
+    the evaluated data gets IoU 0 (never predicted right). The usual causes are class imbalance and too few
+    iterations; the line names the remedies.
+    """
+    cm = np.asarray(cm)
+    labelled = cm.sum(axis=1) > 0
+    predicted = np.flatnonzero(cm.sum(axis=0) > 0)
+    hints = "try train.class_weights: auto, train.loss: ce+dice, data.sampling: balanced or more iterations"
+    if len(predicted) == 1 and labelled.sum() > 1:
+        only = class_names[int(predicted[0])]
+        n = int(labelled.sum())
+        return f"the model predicts {only!r} everywhere (collapsed to one class) where {n} classes have labels; {hints}"
+    zero = [class_names[int(i)] for i in np.flatnonzero(labelled & (np.diag(cm) == 0))]
+    if zero:
+        return f"IoU 0 for class(es) with validation labels: {', '.join(zero)}; {hints}"
+    return None

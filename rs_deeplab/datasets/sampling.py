@@ -5,6 +5,10 @@ stream is sample ``perm[p // n][p % n]`` augmented with seed ``f(seed, p)``. Ite
 ``[it * G, (it + 1) * G)`` with ``G = batch_size * world_size * grad_accum``; micro-step ``m`` of rank ``r`` takes
 a contiguous run of ``batch_size`` of them. Hence one process with batch ``B * world`` sees exactly the samples
 ``world`` processes with batch ``B`` see together, and a resumed run continues the very same stream.
+
+Balanced sampling (``weights``) replaces each epoch's permutation by ``n`` seeded draws with replacement, crop
+``i`` drawn with probability ``weights[i]`` (:func:`balanced_weights`); positions, seeds, ranks and resume work
+as above.
 """
 
 from __future__ import annotations
@@ -37,9 +41,16 @@ class IterationBatchSampler(Sampler[list[SampleKey]]):
         world_size: int = 1,
         grad_accum: int = 1,
         start_iteration: int = 0,
+        weights: np.ndarray | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("cannot sample from an empty dataset")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (num_samples,) or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(f"weights must be {num_samples} non-negative numbers with a positive sum")
+            weights = weights / weights.sum()
+        self.weights = weights
         self.n, self.batch_size, self.iterations = num_samples, batch_size, iterations
         self.seed, self.rank, self.world_size, self.grad_accum = seed, rank, world_size, grad_accum
         self.start_iteration = start_iteration
@@ -52,7 +63,9 @@ class IterationBatchSampler(Sampler[list[SampleKey]]):
         """Dataset index and augmentation seed at global stream ``position``."""
         epoch, offset = divmod(position, self.n)
         if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(self.n) if self.weights is None else rng.choice(self.n, self.n, p=self.weights)
+            self._perms = {epoch: order}
         return int(self._perms[epoch][offset]), (self.seed * 1_000_003 + position) % 2**32
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
@@ -61,6 +74,29 @@ class IterationBatchSampler(Sampler[list[SampleKey]]):
             for micro in range(self.grad_accum):
                 base = (it * self.grad_accum + micro) * per_step + self.rank * self.batch_size
                 yield [self.key(base + k) for k in range(self.batch_size)]
+
+
+def balanced_weights(counts: np.ndarray) -> np.ndarray:
+    """Sampling weight of each crop that favours crops holding rare classes (rare-class sampling).
+
+    A class is drawn with probability proportional to ``1 / sqrt(frequency)`` of its pixels in the split, then a
+    crop with probability proportional to its pixels of that class: crop ``i`` gets
+    ``Σ_c P(c) · n_ic / Σ_j n_jc``. Crops without labelled pixels are never drawn (uniform if no crop has any).
+
+    Args:
+        counts: ``(crops, classes)`` labelled pixels of each class in each crop.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    per_class = counts.sum(0)
+    present = per_class > 0
+    if not present.any():
+        return np.full(len(counts), 1.0 / max(len(counts), 1))
+    p_class = np.zeros_like(per_class)
+    p_class[present] = 1.0 / np.sqrt(per_class[present] / per_class.sum())
+    p_class /= p_class.sum()
+    share = np.divide(counts, per_class, out=np.zeros_like(counts), where=per_class > 0)
+    weights = share @ p_class
+    return weights / weights.sum()
 
 
 class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):

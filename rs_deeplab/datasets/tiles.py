@@ -13,8 +13,12 @@ from rs_deeplab.errors import InputError
 from rs_deeplab.raster import open_raster
 
 
-def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[str]]:
-    """Rows of the ``tiles`` layer (attributes only) and the class names from the ``classes`` table."""
+def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[str], list[str | None]]:
+    """Rows of the ``tiles`` layer (attributes only), the class names and each class's count column.
+
+    Class ``i`` is named by the ``classes`` row with ``class_id == i``; ids the table skips (labels that never
+    use them) are named ``class_<i>`` and have no count column (None).
+    """
     import pyogrio
 
     if not index_path.is_file():
@@ -27,10 +31,39 @@ def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[s
     except Exception:  # an index without labels has no classes table
         classes = None
     names: list[str] = []
+    columns: list[str | None] = []
     if classes is not None:
-        rows = classes.sort_values("class_id")
-        names = [str(n) for i, n in zip(rows["class_id"], rows["name"], strict=True) if int(i) != IGNORE_INDEX]
-    return tiles.to_dict("records"), names
+        cols = classes["column"] if "column" in classes else [None] * len(classes)
+        known = {
+            int(i): (str(n), None if c is None else str(c))
+            for i, n, c in zip(classes["class_id"], classes["name"], cols, strict=True)
+            if int(i) != IGNORE_INDEX
+        }
+        for i in range(max(known, default=-1) + 1):
+            name, column = known.get(i, (f"class_{i}", None))
+            names.append(name)
+            columns.append(column if column in tiles else None)
+    return tiles.to_dict("records"), names, columns
+
+
+def auto_class_weights(counts: np.ndarray, *, cap: float = 10.0) -> np.ndarray:
+    """Class weights from per-class pixel counts: ``1 / sqrt(frequency)``, normalised to mean 1, capped.
+
+    Args:
+        counts: ``(C,)`` pixel counts of each class in the training split.
+        cap: Largest weight (after normalising); keeps a class of a few pixels from dominating the loss.
+
+    Returns:
+        ``(C,)`` float32 weights; the mean over classes with pixels is 1 (before capping), absent classes get 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        raise InputError("tiles: the training split has no labelled pixels; train.class_weights: auto needs some")
+    weights = np.zeros_like(counts)
+    weights[present] = 1.0 / np.sqrt(counts[present] / counts.sum())
+    weights[present] /= weights[present].mean()
+    return np.minimum(weights, cap).astype(np.float32)
 
 
 class TileIndexSource(SegmentationSource):
@@ -45,7 +78,7 @@ class TileIndexSource(SegmentationSource):
     def __init__(self, root: str | os.PathLike[str], split: str, bands: list[int] | None = None) -> None:
         base = Path(root)
         index = base if base.suffix == ".gpkg" else base / "index.gpkg"
-        rows, names = read_index_tables(index)
+        rows, names, columns = read_index_tables(index)
         if not names:
             raise InputError(f"tiles: {index} has no class table; tile with labels (--labels or --preset)")
         chosen = [r for r in rows if r["split"] == split]
@@ -58,6 +91,10 @@ class TileIndexSource(SegmentationSource):
         folder = index.parent
         super().__init__([folder / str(r["image"]) for r in chosen], [folder / str(r["label"]) for r in chosen], names)
         self.bands = bands
+        self.class_counts = np.array(
+            [[r[c] if c is not None else 0 for c in columns] for r in chosen], dtype=np.int64
+        ).reshape(len(chosen), len(names))
+        """``(crops, classes)`` labelled pixels of each class in each crop, from the index's ``n_<class>`` columns."""
 
     def read_image(self, index: int) -> np.ndarray:
         """Crop pixels of the selected bands; fails in one line if a band is missing."""
