@@ -15,6 +15,7 @@ from rs_deeplab.config import ExperimentConfig, load_config
 from rs_deeplab.experiment import train_experiment
 from rs_deeplab.presets import tile_preset
 from rs_deeplab.sample import write_cityscapes, write_isaid, write_loveda, write_potsdam, write_vaihingen, write_voc
+from tests.test_own_training import own_tiles
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.stem != "demo")
@@ -34,8 +35,9 @@ def _potsdam(root: Path) -> object:
 
 
 def layout(cfg: ExperimentConfig, path: Path) -> str:
-    """The layout a config reads: its scheme, and for Potsdam the bands its tile command names."""
-    return "potsdam_rgbir" if cfg.data.scheme == "potsdam" and "rgbir" in path.stem else cfg.data.scheme
+    """The layout a config reads: its scheme (``own`` without one), and for Potsdam the bands its tile command names."""
+    scheme = cfg.data.scheme or "own"
+    return "potsdam_rgbir" if scheme == "potsdam" and "rgbir" in path.stem else scheme
 
 
 LAYOUTS: dict[str, Callable[[Path], Path]] = {
@@ -46,6 +48,7 @@ LAYOUTS: dict[str, Callable[[Path], Path]] = {
     "isaid": _tiled("isaid", lambda r: write_isaid(r, per_split=1, size=(256, 256))),
     "voc": lambda folder: write_voc(folder, n_train=4, n_val=2),
     "cityscapes": lambda folder: write_cityscapes(folder, per_split=2, size=(128, 256)),
+    "own": own_tiles,  # configs/own_data.yaml: 5-band uint16 tiles whose class names come from the index
 }
 
 
@@ -56,7 +59,7 @@ def data_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_every_config_has_a_layout() -> None:
     layouts = {layout(load_config(p), p) for p in CONFIGS}
-    assert layouts == set(LAYOUTS) and len(CONFIGS) >= 11
+    assert layouts == set(LAYOUTS) and len(CONFIGS) >= 12
 
 
 @pytest.mark.slow
