@@ -22,10 +22,13 @@ BASE_COLUMNS = (
 """Columns of every ``tiles`` row, before the per-class ``n_<class>`` pixel counts and the footprint."""
 
 
-def class_table(records: Sequence[Mapping[str, Any]], scheme: ClassScheme | None) -> pd.DataFrame:
-    """One row per class value that gets a count column: ``class_id``, ``name``, ``column``, ``scheme``.
+def class_table(
+    records: Sequence[Mapping[str, Any]], scheme: ClassScheme | None, mapping: Sequence[tuple[str, int]] = ()
+) -> pd.DataFrame:
+    """One row per class value that gets a count column: ``class_id``, ``name``, ``column``, ``scheme``, ``values``.
 
     With a scheme every class of it is listed (plus ``ignore`` = 255); without one, every value seen in the labels.
+    ``values`` lists the vector attribute values mapped to each class (``mapping``), comma-separated.
     """
     seen = sorted({int(v) for rec in records for v in rec["counts"]})
     if scheme is not None:
@@ -43,8 +46,9 @@ def class_table(records: Sequence[Mapping[str, Any]], scheme: ClassScheme | None
         else:
             names.append(str(i))
     columns = [f"n_{re.sub(r'[^0-9A-Za-z_]', '_', n)}" for n in names]
+    values = [",".join(sorted(v for v, cid in mapping if cid == i)) for i in ids]
     return pd.DataFrame(
-        {"class_id": ids, "name": names, "column": columns, "scheme": scheme.name if scheme else ""},
+        {"class_id": ids, "name": names, "column": columns, "scheme": scheme.name if scheme else "", "values": values},
     ).astype({"class_id": "int64"})
 
 
@@ -67,6 +71,7 @@ def build_index(
     transforms: Mapping[str, Any],
     crss: Mapping[str, Any],
     scheme: ClassScheme | None,
+    mapping: Sequence[tuple[str, int]] = (),
 ) -> tuple[Any, pd.DataFrame]:
     """The ``tiles`` GeoDataFrame (sorted by scene, row, column) and the ``classes`` table.
 
@@ -77,7 +82,7 @@ def build_index(
     from rasterio.warp import transform_geom
 
     rows = sorted(records, key=lambda r: (r["scene"], r["row_off"], r["col_off"]))
-    classes = class_table(rows, scheme)
+    classes = class_table(rows, scheme, mapping)
     frame = pd.DataFrame({c: [r[c] for r in rows] for c in BASE_COLUMNS})
     frame = frame.astype({"row_off": "int64", "col_off": "int64", "width": "int64", "height": "int64"})
     frame["valid_fraction"] = frame["valid_fraction"].astype("float64")
@@ -108,8 +113,13 @@ def merge_index(
     keep = old_tiles[~old_tiles["scene"].isin(list(replace))]
     if keep.crs is not None and tiles.crs is not None and keep.crs != tiles.crs:
         tiles = tiles.to_crs(keep.crs)
-    table = pd.concat([old_classes, classes], ignore_index=True).drop_duplicates("class_id")
-    table = table.sort_values("class_id", ignore_index=True)
+    both = pd.concat([old_classes, classes], ignore_index=True)
+    both["values"] = both["values"].fillna("") if "values" in both else ""
+    values = both.groupby("class_id")["values"].agg(
+        lambda v: ",".join(sorted({x for s in v for x in s.split(",") if x}))
+    )
+    table = both.drop_duplicates("class_id").sort_values("class_id", ignore_index=True)
+    table["values"] = [values[i] for i in table["class_id"]]
     frame = pd.concat([pd.DataFrame(keep), pd.DataFrame(tiles)], ignore_index=True)
     for column in table["column"]:
         frame[column] = frame[column].fillna(0).astype("int64") if column in frame else np.int64(0)

@@ -207,6 +207,7 @@ class Prepared:
     banded: dict[str, bool]
     bands: dict[str, tuple[int, str]]
     classes: tuple[str, ...]
+    mapping: tuple[tuple[str, int], ...] = ()
 
 
 def prepare_jobs(
@@ -245,7 +246,7 @@ def prepare_jobs(
     info = {s.key: s for s in opened}
     return Prepared(
         jobs, {j.key: info[j.key].transform for j in jobs}, {j.key: info[j.key].crs for j in jobs},
-        {j.key: info[j.key].banded for j in jobs}, {j.key: info[j.key].bands for j in jobs}, names,
+        {j.key: info[j.key].banded for j in jobs}, {j.key: info[j.key].bands for j in jobs}, names, entries,
     )  # fmt: skip
 
 
@@ -558,7 +559,8 @@ def tile_scenes(
 
     kept = [r for r in records if r["written"]]
     dropped = sum(1 for r in records if not r["split"])
-    tiles, table = build_index(kept, transforms=transforms, crss=crss, scheme=settings.class_scheme())
+    scheme_of = settings.class_scheme()
+    tiles, table = build_index(kept, transforms=transforms, crss=crss, scheme=scheme_of, mapping=prepared.mapping)
     if append and (out / INDEX_NAME).exists():
         tiles, table = merge_index(*read_index(out / INDEX_NAME), tiles, table, replace=[j.key for j in jobs])
     index = write_index(out / INDEX_NAME, tiles, table)

@@ -69,6 +69,7 @@ def test_one_geopackage_for_all_scenes_with_numeric_string_classes(
     assert list(zip(classes.class_id, classes.name, strict=True)) == [
         (0, "0"), (1, "1"), (2, "2"), (3, "3"), (4, "4"), (255, "ignore"),
     ]  # fmt: skip
+    assert list(classes["values"]) == ["", "1", "2", "3", "4", "255"]  # the attribute values of each class
     assert tiles[["n_1", "n_4"]].to_numpy().sum(axis=0).min() > 0
     ids = {str(i): i for i in (1, 2, 3, 4, 255)}
     for row in tiles.itertuples():
@@ -86,6 +87,7 @@ def test_string_attribute_names_the_classes_and_class_lists_are_checked(
     assert _tile(*SCENES, "--labels", GPKG, "--label-field", "Niveau_2", *FAST, out=out) == 0
     tiles, classes = read_index(out / "index.gpkg")
     assert list(classes.name) == [*NAMES, "ignore"] and list(classes.class_id) == [0, 1, 2, 3, 4, 255]
+    assert list(classes["values"]) == [*NAMES, ""]
     assert {"n_Building", "n_Vegetation", "n_ignore"} <= set(tiles.columns)
     row = tiles.sort_values("n_Building").iloc[-1]
     scene = SCENES[0] if row.scene.endswith("1of2") else SCENES[1]
@@ -242,6 +244,7 @@ def test_append_adds_scenes_and_refuses_a_mismatch_without_writing(
         .equals(first.drop(columns="geometry"))
     )
     assert list(classes.name) == [*NAMES, "ignore"]  # the first run's names map the new polygons
+    assert list(classes["values"]) == [*NAMES, ""]
     assert all(_listing(out)[p] == t for p, t in crops.items())  # earlier crops untouched
     assert not [p for p in _listing(out) if ".tmp-" in p]  # the index was renamed into place
     # the same append again resumes: nothing new, same index
