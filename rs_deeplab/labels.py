@@ -315,7 +315,8 @@ def read_labels(
     """Class ids (uint8, 255 ignore) of ``window`` of the open scene ``src``, optionally decimated to ``out_shape``.
 
     Rasters on the scene grid are read as they are; ``warp`` rasters through a nearest-neighbour warp onto the
-    scene grid (pixels they do not cover are 255); polygons are rasterized (every touched pixel when decimated).
+    pixels asked for only (those they do not cover are 255); polygons are rasterized (every touched pixel when
+    decimated).
     """
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
@@ -323,17 +324,17 @@ def read_labels(
     from rs_deeplab.raster import open_raster
 
     shape = out_shape or (int(window.height), int(window.width))
+    scale = Affine.scale(window.width / shape[1], window.height / shape[0])
+    transform = src.transform @ Affine.translation(window.col_off, window.row_off) @ scale
     if source.kind == "vector":
-        scale = Affine.scale(window.width / shape[1], window.height / shape[0])
-        transform = src.transform @ Affine.translation(window.col_off, window.row_off) @ scale
         return rasterize_vector(source, src.crs, transform, shape, all_touched=out_shape is not None)
     with open_raster(source.path) as lab:
         if source.kind == "raster":
             return decode_label(lab.read(window=window, out_shape=(lab.count, *shape)), scheme)
-        grid = {"crs": src.crs, "transform": src.transform, "width": src.width, "height": src.height}
+        grid = {"crs": src.crs, "transform": transform, "width": shape[1], "height": shape[0]}
         with WarpedVRT(lab, resampling=Resampling.nearest, add_alpha=True, **grid) as vrt:
-            data = vrt.read(1, window=window, out_shape=shape)
-            valid = vrt.read_masks(1, window=window, out_shape=shape) > 0
+            data = vrt.read(1)
+            valid = vrt.read_masks(1) > 0
     return np.where(valid, decode_label(data[np.newaxis], scheme), np.uint8(IGNORE_INDEX)).astype(np.uint8)
 
 
