@@ -301,6 +301,20 @@ def test_labels_that_come_out_all_ignore_stop_before_any_crop(
         mp.setattr("rs_deeplab.labels.CHECK_PIXELS", 16)
         assert _tile(scene, "--labels", label, *FAST, out=tmp_path / "ok") == 0
 
+    # --classes names the ids of a class raster; a colour raster shared by scenes on another grid is refused
+    ids = make_raster(np.arange(100 * 90).reshape(100, 90) % 3, "ids.tif")
+    assert _tile(scene, "--labels", ids, "--classes", "soil,crop,road", *FAST, out=tmp_path / "named") == 0
+    assert list(read_index(tmp_path / "named" / "index.gpkg")[1].name) == ["soil", "crop", "road", "ignore"]
+    other = make_raster(
+        np.zeros((3, 100, 90), np.uint8), "b.tif", transform=Affine(0.1, 0, 368_020, 0, -0.1, 5_808_000)
+    )
+    colour = make_raster(
+        np.zeros((3, 50, 60), np.uint8), "colour.tif", transform=Affine(0.2, 0, 368_000, 0, -0.2, 5_808_000)
+    )
+    assert _tile(scene, other, "--labels", colour, "--scheme", "potsdam", *FAST, out=tmp_path / "out") == 2
+    _one_error(capsys, "shared labels on another grid must be one band of class ids, got 3 bands")
+    assert not (tmp_path / "out").exists()
+
 
 @needs_data
 def test_dask_workers_write_the_same_crops_and_splits(tmp_path: Path) -> None:
