@@ -93,8 +93,10 @@ BAD_INPUTS = [
     (["{scene}", "--labels", "{other_crs}", "--scheme", "potsdam"], "CRS EPSG:32632 vs EPSG:32633"),
     (["{scene}", "--labels", "{vector}"], "vector labels need --label-field NAME"),
     (["{scene}", "--labels", "{vector}", "--label-field", "cls"], "no attribute 'cls'; choose --label-field from"),
-    (["{scene}", "--labels", "{vector}", "--label-field", "kind", "--classes", "tree"],
-     "map them with --label-map building=ID"),
+    (
+        ["{scene}", "--labels", "{vector}", "--label-field", "kind", "--classes", "tree"],
+        "map them with --label-map building=ID",
+    ),
     (["{scene}", "--labels", "{vector}", "--label-field", "kind", "--label-map", "x"], "is not VALUE=ID"),
     (["{scene}", "--labels", "{label}", "{label}"], "got 1 scenes but 2 --labels"),
     (["{scene}", "--labels", "{colour}"], "colour-coded (3 bands); pass --scheme NAME"),
