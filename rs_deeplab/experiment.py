@@ -43,6 +43,7 @@ from rs_deeplab.distributed import (
 )
 from rs_deeplab.engine import Cadence, StepContext, build_optimizer, build_scheduler, fit
 from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.gsd import rasters_gsd
 from rs_deeplab.losses import build_loss
 from rs_deeplab.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.models import MODELS, build_model, resolve_weights
@@ -291,8 +292,12 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     if state is not None:
         check_resume(state, cfg, len(names), in_ch, last)
         stats = BandStats.from_dict(state["band_stats"])
+        gsd = state.get("gsd")
     else:
         stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
+        gsd = rasters_gsd(train_src.scene_images())
+    if env.is_main:
+        log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
     scheduler = build_scheduler(optimizer, **cfg.schedule.model_dump())
@@ -347,6 +352,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
             "class_names": list(names),
             "class_colours": [list(c) for c in colours],
             "band_stats": stats.as_dict(),
+            "gsd": gsd,
             "in_channels": in_ch,
             "best_miou": tracker["best"],
             "runtime": runtime,

@@ -219,7 +219,7 @@ def test_resampler_streams_and_resumes(tmp_path: Path, factor: float) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A really trained (tiny) checkpoint on 0.1 m data, with ``state["gsd"] = 0.1`` as training will record it."""
+    """A really trained (tiny) checkpoint on 0.1 m tiles: training records ``state["gsd"] = 0.1`` from the crops."""
     folder = tmp_path_factory.mktemp("trained_gsd")
     tiles = make_tiles(folder)
     cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 2},
@@ -227,9 +227,7 @@ def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        infer={"size": 64, "stride": 32, "batch_size": 4})  # fmt: skip
     best = train_experiment(load_config(cfg)).best
     assert best is not None
-    state = torch.load(best, map_location="cpu", weights_only=False)
-    state["gsd"] = 0.1
-    torch.save(state, best)
+    assert torch.load(best, map_location="cpu", weights_only=False)["gsd"] == pytest.approx(0.1)
     return best
 
 

@@ -11,12 +11,15 @@ import torch
 from affine import Affine
 
 from rs_deeplab.checkpoint import load_checkpoint
-from rs_deeplab.classes import ISPRS_CLASSES, class_colours, distinct_colours
+from rs_deeplab.classes import ISPRS_CLASSES, class_colours, colour_table, distinct_colours
 from rs_deeplab.config import ExperimentConfig, apply_overrides, load_config, validate_config
 from rs_deeplab.datasets.sampling import IterationBatchSampler, balanced_weights
 from rs_deeplab.datasets.tiles import TileIndexSource, auto_class_weights
 from rs_deeplab.errors import ConfigError, InputError
 from rs_deeplab.experiment import class_weights, train_experiment, warn_if_collapsed
+from rs_deeplab.gsd import rasters_gsd
+from rs_deeplab.inference.pipeline import InferOptions, _tta
+from rs_deeplab.inference.trained import checkpoint_info
 from rs_deeplab.metrics import collapse_warning
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tiling import SceneSpec, tile_scenes
@@ -163,7 +166,25 @@ def test_own_data_trains_end_to_end(tiles: Path, tmp_path: Path) -> None:
     state = load_checkpoint(result.last)
     assert state["class_names"] == ["class_0", "1", "2", "3"] and state["in_channels"] == 5
     assert state["class_colours"] == [list(c) for c in distinct_colours(4)]
+    assert state["gsd"] == pytest.approx(0.5)  # the crops' pixel size in EPSG:2953 metres
     assert 0.0 <= result.best_miou <= 1.0
+    info = checkpoint_info(result.last, state)  # inference colours own classes as training did, flips both ways
+    assert info.colormap == colour_table(distinct_colours(4)) and info.gsd == pytest.approx(0.5)
+    assert _tta(InferOptions(tta=True), info.infer, info.scheme).vflip
+
+
+def test_training_gsd_is_the_median_of_the_scenes_and_none_without_crs(tmp_path: Path) -> None:
+    from rs_deeplab.datasets import VOCSource
+    from rs_deeplab.sample import write_voc
+
+    write_voc(tmp_path / "voc", n_train=2, n_val=1)
+    assert rasters_gsd(VOCSource(tmp_path / "voc", "train").scene_images()) is None  # JPEGs: pixels only
+    paths = []
+    for i, size in enumerate((0.5, 0.5, 2.0)):
+        transform = Affine(size, 0, 2_500_000, 0, -size, 7_500_000)
+        paths.append(write_geotiff(tmp_path / f"s{i}.tif", np.zeros((1, 8, 8), np.uint8), crs="EPSG:2953",
+                                   transform=transform))  # fmt: skip
+    assert rasters_gsd(paths) == pytest.approx(0.5)
 
 
 def test_auto_weights_need_a_tile_index(tmp_path: Path) -> None:

@@ -56,6 +56,15 @@ class SegmentationSource:
         with open_raster(self.images[0]) as src:
             return int(src.count)
 
+    def scene_images(self, limit: int = 64) -> list[Path]:
+        """One image per scene, for the training GSD (:func:`rs_deeplab.gsd.rasters_gsd`).
+
+        A plain source does not know its scenes: it gives up to ``limit`` images spread over the list (each
+        benchmark image is a scene or a crop of one).
+        """
+        step = max(1, len(self.images) // limit)
+        return self.images[::step][:limit]
+
 
 def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
     """Fail with one line if ``label`` holds a value that is neither a class index nor 255."""

@@ -91,6 +91,8 @@ class TileIndexSource(SegmentationSource):
         folder = index.parent
         super().__init__([folder / str(r["image"]) for r in chosen], [folder / str(r["label"]) for r in chosen], names)
         self.bands = bands
+        self.scenes = [str(r["scene"]) for r in chosen]
+        """The scene each crop was cut from (the index's ``scene`` column)."""
         self.class_counts = np.array(
             [[r[c] if c is not None else 0 for c in columns] for r in chosen], dtype=np.int64
         ).reshape(len(chosen), len(names))
@@ -109,6 +111,13 @@ class TileIndexSource(SegmentationSource):
         """Class-index crop (uint8, 255 = ignore)."""
         with open_raster(self.labels[index]) as src:
             return src.read(1)
+
+    def scene_images(self, limit: int = 64) -> list[Path]:
+        """The first crop of each scene (a crop carries its scene's pixel size and CRS)."""
+        first: dict[str, Path] = {}
+        for scene, image in zip(self.scenes, self.images, strict=True):
+            first.setdefault(scene, image)
+        return list(first.values())[:limit]
 
     def in_channels(self) -> int:
         """Band count the model sees."""

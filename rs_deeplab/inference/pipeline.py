@@ -27,8 +27,9 @@ from rs_deeplab.raster import temporary_sibling
 log = logging.getLogger("rs_deeplab.inference")
 
 RASTER_SUFFIXES = (".tif", ".tiff")
-AERIAL_SCHEMES = ("potsdam", "vaihingen", "isaid", "loveda")
-"""Schemes whose scenes have no up and down: TTA adds vertical flips."""
+GROUND_SCHEMES = ("voc", "cityscapes")
+"""Schemes photographed from the ground: TTA adds no vertical flips. Every other scheme (the aerial benchmarks
+and own data, which this project expects to be overhead imagery) has no up and down, so TTA flips both ways."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _crf_settings(opts: InferOptions, info: CheckpointInfo) -> CRFSettings:
 def _tta(opts: InferOptions, infer: dict[str, Any], scheme: str) -> TTA:
     scales = opts.scales or tuple(float(s) for s in infer.get("scales", [1.0]))
     if opts.tta or infer.get("tta", False):
-        return TTA(scales=scales, hflip=True, vflip=scheme in AERIAL_SCHEMES)
+        return TTA(scales=scales, hflip=True, vflip=scheme not in GROUND_SCHEMES)
     return TTA(scales=scales)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rs_deeplab.classes import SCHEMES
+from rs_deeplab.classes import SCHEMES, colour_table
 from rs_deeplab.errors import CheckpointError
 from rs_deeplab.experiment import load_trained_model
 from rs_deeplab.models import set_output_stride
@@ -103,7 +103,13 @@ def checkpoint_info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
     scheme_name = str(cfg.get("data", {}).get("scheme", ""))
     scheme = SCHEMES.get(scheme_name)
     names = tuple(state["class_names"])
-    colormap = dict(scheme.colormap()) if scheme is not None and scheme.num_classes == len(names) else None
+    colours = state.get("class_colours")
+    if colours is not None and len(colours) == len(names):  # recorded at training (generated for own classes)
+        colormap: dict[int, tuple[int, int, int, int]] | None = colour_table([tuple(c) for c in colours])
+    elif scheme is not None and scheme.num_classes == len(names):
+        colormap = dict(scheme.colormap())
+    else:
+        colormap = None
     stats = state["band_stats"]
     bands = cfg.get("data", {}).get("bands")
     return CheckpointInfo(
