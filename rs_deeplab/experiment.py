@@ -292,10 +292,10 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     if state is not None:
         check_resume(state, cfg, len(names), in_ch, last)
         stats = BandStats.from_dict(state["band_stats"])
-        gsd = state.get("gsd")
+        gsd, band_names = state.get("gsd"), state.get("band_names")
     else:
         stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
-        gsd = rasters_gsd(train_src.scene_images())
+        gsd, band_names = rasters_gsd(train_src.scene_images()), train_src.band_names()
     if env.is_main:
         log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
@@ -353,6 +353,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
             "class_colours": [list(c) for c in colours],
             "band_stats": stats.as_dict(),
             "gsd": gsd,
+            "band_names": band_names,
             "in_channels": in_ch,
             "best_miou": tracker["best"],
             "runtime": runtime,
@@ -398,28 +399,10 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)
 
 
-def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with and load its weights (eval mode)."""
-    state = load_checkpoint(path, map_location="cpu")
-    m = state["config"]["model"]
-    model = build_model(
-        m["name"],
-        num_classes=len(state["class_names"]),
-        in_channels=int(state["in_channels"]),
-        backbone=m["backbone"],
-        output_stride=m["output_stride"],
-        head=m["head"],
-        aux_weight=m["aux_weight"],
-    )
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({str(exc)[:100]})") from None
-    return model.to(device).eval(), state
-
-
 def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
     """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
+    from rs_deeplab.inference.trained import load_trained_model
+
     dev = pick_device(device, option="--device")
     model, state = load_trained_model(path, dev)
     cfg = ExperimentConfig.model_validate(state["config"])

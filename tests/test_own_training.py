@@ -167,6 +167,7 @@ def test_own_data_trains_end_to_end(tiles: Path, tmp_path: Path) -> None:
     assert state["class_names"] == ["class_0", "1", "2", "3"] and state["in_channels"] == 5
     assert state["class_colours"] == [list(c) for c in distinct_colours(4)]
     assert state["gsd"] == pytest.approx(0.5)  # the crops' pixel size in EPSG:2953 metres
+    assert state["band_names"] is None  # the generated scene's bands have no descriptions
     assert 0.0 <= result.best_miou <= 1.0
     info = checkpoint_info(result.last, state)  # inference colours own classes as training did, flips both ways
     assert info.colormap == colour_table(distinct_colours(4)) and info.gsd == pytest.approx(0.5)

@@ -20,7 +20,7 @@ from pipelines import train as train_cli
 from rs_deeplab.checkpoint import load_checkpoint, save_checkpoint
 from rs_deeplab.datasets.sampling import loader_options
 from rs_deeplab.engine import LossMeter, device_confusion
-from rs_deeplab.experiment import load_trained_model
+from rs_deeplab.inference.trained import load_trained_model
 from rs_deeplab.metrics import confusion_matrix
 from tests.trainkit import REPO, make_tiles, write_config
 

@@ -56,6 +56,14 @@ class SegmentationSource:
         with open_raster(self.images[0]) as src:
             return int(src.count)
 
+    def band_names(self) -> list[str] | None:
+        """Names of the bands the model sees (the first image's band descriptions), None when any is unnamed."""
+        with open_raster(self.images[0]) as src:
+            names = list(src.descriptions)
+        bands: list[int] | None = getattr(self, "bands", None)  # TileIndexSource selects bands
+        picked = [names[b - 1] for b in bands] if bands else names
+        return picked if picked and all(picked) else None
+
     def scene_images(self, limit: int = 64) -> list[Path]:
         """One image per scene, for the training GSD (:func:`rs_deeplab.gsd.rasters_gsd`).
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.classes import SCHEMES, colour_table
 from rs_deeplab.errors import CheckpointError
-from rs_deeplab.experiment import load_trained_model
-from rs_deeplab.models import set_output_stride
+from rs_deeplab.models import build_model, set_output_stride
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class CheckpointInfo:
     gsd: float | None = None
     """Ground sampling distance (metres per pixel) of the training scenes (their median, ``state["gsd"]``); None
     for pixel-only data and checkpoints written before it was recorded."""
+    band_names: tuple[str, ...] | None = None
+    """Names of the bands the model sees (the training crops' band descriptions, ``state["band_names"]``); None
+    when the crops' bands were unnamed."""
 
 
 _CACHE: dict[tuple[str, int, str, int | None], tuple[torch.nn.Module, CheckpointInfo]] = {}
@@ -124,6 +127,7 @@ def checkpoint_info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
         model=dict(cfg.get("model", {})),
         scheme=scheme_name,
         gsd=_gsd(state.get("gsd")),
+        band_names=None if not state.get("band_names") else tuple(str(b) for b in state["band_names"]),
     )
 
 
@@ -143,3 +147,23 @@ def module_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained with and load its weights (eval mode)."""
+    state = load_checkpoint(path, map_location="cpu")
+    m = state["config"]["model"]
+    model = build_model(
+        m["name"],
+        num_classes=len(state["class_names"]),
+        in_channels=int(state["in_channels"]),
+        backbone=m["backbone"],
+        output_stride=m["output_stride"],
+        head=m["head"],
+        aux_weight=m["aux_weight"],
+    )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({str(exc)[:100]})") from None
+    return model.to(device).eval(), state
