@@ -15,6 +15,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, remote_env
 
 PathLike = str | os.PathLike[str]
 
@@ -33,19 +34,33 @@ def is_vsi(path: PathLike) -> bool:
 
 
 def absolute(path: PathLike) -> str:
-    """``path`` made absolute for the tile index; GDAL virtual paths are returned as they are."""
+    """``path`` made absolute for the tile index; GDAL virtual paths are returned as they are, URLs as GDAL paths."""
+    if is_url(path):
+        return gdal_path(path)
     return str(path) if is_vsi(path) else str(Path(path).resolve())
+
+
+def source_path(path: PathLike) -> str | Path:
+    """A scene argument as the library keeps it: GDAL paths and URLs as strings (never resolved), files as Paths."""
+    if is_url(path):
+        return gdal_path(path)
+    return str(path) if is_vsi(path) else Path(path)
 
 
 def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
     """Open ``path`` for reading, turning GDAL failures into one-line :class:`RasterError` messages.
 
     Args:
-        path: Any file GDAL can read (GeoTIFF, PNG, JPEG, VRT, ...).
+        path: Any file GDAL can read (GeoTIFF, PNG, JPEG, VRT, ...), a GDAL virtual path, or a URL (``https://``,
+            ``s3://``, ``gs://``), opened through GDAL's network file systems with the COG settings of
+            :func:`rs_deeplab.remote.remote_env`.
 
     Raises:
-        RasterError: The file does not exist or GDAL cannot read it as a raster.
+        RasterError: The file does not exist or GDAL cannot read it as a raster; for a remote one, the server's
+            problem (not found, access denied, no credentials) in one line.
     """
+    if is_url(path):
+        path = gdal_path(path)
     if is_vsi(path):  # a GDAL virtual path (``/vsizip//data/x.zip/a.tif``): GDAL alone can check it
         p: Any = str(path)
     else:
@@ -54,10 +69,14 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
             raise RasterError(f"{p}: file not found; check the path")
     if not is_vsi(p) and p.is_dir():
         raise RasterError(f"{p}: is a directory, expected a raster file (GeoTIFF, PNG, ...)")
+    remote = is_remote(p)
     try:
-        with quiet_georeferencing():
+        with quiet_georeferencing(), remote_env(opening=True) if remote else contextlib.nullcontext():
             return rasterio.open(p)
     except RasterioIOError as exc:
+        problem = gdal_problem(p, str(exc)) if remote else None
+        if problem:
+            raise RasterError(problem) from None
         raise RasterError(
             f"{p}: not a raster GDAL can read ({str(exc).splitlines()[0][:120]}); pass a GeoTIFF, PNG or JPEG"
         ) from None

@@ -1,0 +1,244 @@
+"""Remote scenes: URLs mapped to GDAL's virtual file systems, COG read settings, server-side fingerprints.
+
+A scene argument may be a local path, a GDAL path (``/vsicurl/``, ``/vsis3/``, ``/vsizip/``...), an ``http(s)://``
+URL or an ``s3://``/``gs://`` URL. Remote scenes are read window by window through GDAL (never downloaded whole);
+:func:`stat_remote` asks the server once for the object's size and version (ETag, Last-Modified), which both checks
+that the windows can be read (found, allowed, Range requests honoured) and fingerprints the scene for resuming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import rasterio
+
+from rs_deeplab.errors import InputError, RasterError
+
+URL_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
+"""URL scheme → GDAL virtual file system it is read through."""
+REMOTE_VSI = ("/vsicurl/", "/vsicurl?", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/",
+              "/vsiwebhdfs/", "/vsihdfs/")  # fmt: skip
+"""GDAL file systems that read over the network (also when nested, e.g. ``/vsizip//vsicurl/...``)."""
+OPEN_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no probing for .aux.xml/.ovr/.msk
+    "GDAL_INGESTED_BYTES_AT_OPEN": "65536",  # one request brings the COG header and tile offsets
+}
+"""GDAL settings while a remote scene is opened. Not for local files: ``EMPTY_DIR`` hides world files (.tfw) and
+side-car overviews. ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` is not set: ``EMPTY_DIR`` already stops the side-car
+requests, and an allow-list would refuse URLs without a file extension (signed URLs, API endpoints)."""
+READ_OPTIONS = {
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent tiles of a window in one request
+    "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2 multiplexing where the server offers it
+    "GDAL_HTTP_MAX_RETRY": "3",  # transient 429/502/503/504 answers are retried ...
+    "GDAL_HTTP_RETRY_DELAY": "1",  # ... after 1 s, doubling
+}
+"""GDAL settings while windows of remote scenes are read (harmless for local files)."""
+PROBE_TIMEOUT_S = 30.0
+FALSE_WORDS = ("NO", "FALSE", "OFF", "0")
+
+
+def is_url(arg: str | os.PathLike[str]) -> bool:
+    """Whether ``arg`` is an ``http(s)://``, ``s3://`` or ``gs://`` URL."""
+    return urlsplit(str(arg)).scheme.lower() in URL_SCHEMES and "://" in str(arg)
+
+
+def is_remote(arg: str | os.PathLike[str]) -> bool:
+    """Whether ``arg`` is read over the network: a URL or a GDAL network path (kept as a string, never resolved)."""
+    text = str(arg)
+    return is_url(text) or any(prefix in text for prefix in REMOTE_VSI)
+
+
+def gdal_path(arg: str | os.PathLike[str]) -> str:
+    """The path GDAL opens: ``https://h/x.tif`` → ``/vsicurl/https://h/x.tif``, ``s3://b/k`` → ``/vsis3/b/k``,
+    ``gs://b/k`` → ``/vsigs/b/k``; anything else unchanged.
+    """  # noqa: D205
+    text = str(arg)
+    if not is_url(text):
+        return text
+    scheme, rest = text.split("://", 1)
+    vsi = URL_SCHEMES[scheme.lower()]
+    return vsi + text if vsi == "/vsicurl/" else vsi + rest
+
+
+def source_url(path: str) -> str:
+    """The URL behind a GDAL network path (the inverse of :func:`gdal_path`); other paths unchanged."""
+    if path.startswith("/vsicurl/"):
+        return path[len("/vsicurl/") :]
+    if path.startswith("/vsicurl?"):
+        match = re.search(r"[?&]url=([^&]+)", path)
+        return urllib.parse.unquote(match.group(1)) if match else path
+    for scheme in ("s3", "gs"):
+        if path.startswith(URL_SCHEMES[scheme]):
+            return f"{scheme}://{path[len(URL_SCHEMES[scheme]) :]}"
+    return path
+
+
+def scene_stem(path: str | os.PathLike[str]) -> str:
+    """The file stem naming outputs of a scene: ``https://h/x/scene.tif?sig=..`` → ``scene``."""
+    text = str(path)
+    if is_remote(text):
+        text = urlsplit(source_url(text)).path if is_url(source_url(text)) else text.split("?", 1)[0]
+    return PurePosixPath(text).stem if "/" in text else os.path.splitext(os.path.basename(text))[0]
+
+
+@contextlib.contextmanager
+def remote_env(opening: bool = False) -> Iterator[None]:
+    """GDAL settings for reading remote COGs (``opening``: also those for opening one), restored afterwards.
+
+    Set through :class:`rasterio.Env` (GDAL configuration options, seen by reader threads too), never
+    ``os.environ``. Credentials and endpoints (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``,
+    ``AWS_ACCESS_KEY_ID``...) come from the environment, where GDAL reads them itself.
+    """
+    with rasterio.Env(**READ_OPTIONS, **(OPEN_OPTIONS if opening else {})):
+        yield
+
+
+@dataclass(frozen=True)
+class RemoteStat:
+    """What the server reports about a remote object."""
+
+    url: str
+    size: int | None
+    etag: str | None
+    modified: str | None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The scene's identity for resume records: its URL, size and version as the server reports them."""
+        return {"scene": self.url, "scene_size": self.size, "scene_etag": self.etag, "scene_modified": self.modified}
+
+
+def stat_remote(path: str) -> RemoteStat:
+    """Ask the server for a remote scene's size and version, checking that its windows can be read.
+
+    Args:
+        path: A URL or GDAL network path. ``http(s)`` objects get a one-byte Range request, ``s3`` a HeadObject
+            (endpoint, credentials and addressing from the same ``AWS_*`` variables GDAL reads), ``gs`` the
+            public HTTPS endpoint; other GDAL file systems are left to GDAL (no size or version).
+
+    Raises:
+        RasterError: Not found, access denied, no credentials, no Range support or no answer: one line naming the
+            problem and the fix.
+    """
+    url = source_url(gdal_path(path))
+    scheme = urlsplit(url).scheme.lower() if is_url(url) else ""
+    if scheme in ("http", "https"):
+        return _http_stat(url)
+    if scheme == "s3":
+        from rs_deeplab.remote_s3 import s3_stat
+
+        return s3_stat(url)
+    if scheme == "gs":
+        parts = urlsplit(url)
+        return _http_stat(f"https://storage.googleapis.com/{parts.netloc}{parts.path}", name=url)
+    return RemoteStat(path, None, None, None)
+
+
+def _http_stat(url: str, name: str | None = None) -> RemoteStat:
+    """A one-byte Range request: 206 gives the size; 200 means the server would send the whole file every time."""
+    shown = name or url
+    request = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "rs_deeplab"})
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+            status, headers = response.status, response.headers
+    except urllib.error.HTTPError as exc:
+        raise RasterError(http_problem(shown, exc.code)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RasterError(f"{shown}: no answer from the server ({reason}); check the URL and the network") from None
+    if status != 206:
+        raise RasterError(
+            f"{shown}: the server ignores HTTP Range requests (answered {status} to one), so every window would "
+            "download the whole file; download it and pass the local path, or serve it from a server with Range support"
+        )
+    total = headers.get("Content-Range", "").rpartition("/")[2]
+    size = int(total) if total.isdigit() else None
+    return RemoteStat(url, size, headers.get("ETag"), headers.get("Last-Modified"))
+
+
+def http_problem(name: str, code: int) -> str:
+    """One line for an HTTP error status of a remote scene."""
+    if code == 404:
+        return f"{name}: not found on the server (HTTP 404); check the URL"
+    if code in (401, 403):
+        return (f"{name}: access denied (HTTP {code}); check the URL, its signature or expiry, or the credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GDAL_HTTP_AUTH, GDAL_HTTP_HEADERS)")  # fmt: skip
+    return f"{name}: the server answered HTTP {code}; check the URL, or retry later"
+
+
+GDAL_PROBLEMS: Sequence[tuple[str, str]] = (
+    (r"HTTP response code: ?404|does not exist in the file system|NoSuchKey|NoSuchBucket", "404"),
+    (r"HTTP response code: ?40[13]|AccessDenied|Access Denied|InvalidAccessKeyId|SignatureDoesNotMatch", "403"),
+    (r"AWS_SECRET_ACCESS_KEY|AWS_NO_SIGN_REQUEST|credentials", "credentials"),
+    (r"Range downloading not supported", "range"),
+)
+
+
+def gdal_problem(path: str, message: str) -> str | None:
+    """One line for a GDAL error opening a remote scene, or None when it is not about the network."""
+    name = source_url(path)
+    for pattern, kind in GDAL_PROBLEMS:
+        if re.search(pattern, message):
+            if kind == "credentials":
+                return f"{name}: no credentials for the bucket; {S3_CREDENTIALS_FIX}"
+            if kind == "range":
+                return f"{name}: the server ignores HTTP Range requests; download the file and pass the local path"
+            return http_problem(name, int(kind))
+    return None
+
+
+S3_CREDENTIALS_FIX = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or AWS_NO_SIGN_REQUEST=YES "
+                      "for a public bucket")  # fmt: skip
+
+
+def scene_source(arg: str | os.PathLike[str], assets: Sequence[str] | None = None) -> str:
+    """Resolve a scene argument to the path GDAL opens; remote scenes are checked with the server first.
+
+    Args:
+        arg: A local path (returned as it is; checked where it is opened, as before), a GDAL path, a URL, or a
+            STAC Item (``.json`` file or URL), whose ``assets`` are stacked into a local VRT
+            (:func:`rs_deeplab.stac.item_vrt`).
+        assets: STAC asset names, in band order (only for a STAC Item).
+
+    Raises:
+        RasterError: A remote scene that cannot be read window by window (see :func:`stat_remote`).
+        InputError: ``assets`` for a scene that is no STAC Item, or a STAC Item without them.
+    """
+    from rs_deeplab.stac import is_stac_item, item_vrt
+
+    text = str(arg)
+    if is_stac_item(text):
+        return str(item_vrt(text, assets))
+    if assets:
+        raise InputError(f"{text}: --assets picks bands of a STAC Item (.json), and this is a raster; drop --assets")
+    if not is_remote(text):
+        return text
+    path = gdal_path(text)
+    stat_remote(path)
+    return path
+
+
+def check_local_outputs(outputs: Sequence[str | os.PathLike[str]]) -> None:
+    """Outputs stay local: refuse a URL or GDAL network path as an output.
+
+    Raises:
+        InputError: An output is remote.
+    """
+    for out in outputs:
+        if is_remote(out):
+            raise InputError(f"{out}: outputs are written locally; pass a local path (upload the result afterwards)")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A GDAL-style yes/no environment variable (``AWS_HTTPS=NO``)."""
+    value = os.environ.get(name)
+    return default if value is None else value.strip().upper() not in FALSE_WORDS
