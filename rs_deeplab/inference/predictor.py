@@ -59,6 +59,10 @@ class Predictor:
         amp: ``auto`` (bf16 where the GPU has it natively, else fp16), ``bf16`` or ``fp16`` autocast on CUDA
             (the CPU always runs float32); ``none`` for float32. Resolved by :func:`rs_deeplab.devices.pick_amp`.
         channels_last: Memory format for CUDA inputs and model.
+
+    A model with a true ``fixed_precision`` attribute (an exported model, see
+    :mod:`rs_deeplab.inference.exported`) always gets float32 inputs in the default layout: no AMP, no
+    channels_last.
     """
 
     def __init__(
@@ -72,12 +76,13 @@ class Predictor:
     ) -> None:
         self.device = torch.device(device)
         self.tta = tta or TTA()
-        cuda = self.device.type == "cuda"
-        self.channels_last = channels_last and cuda
+        fixed = bool(getattr(model, "fixed_precision", False))  # an exported model: float32, its own layout
+        self.channels_last = channels_last and self.device.type == "cuda" and not fixed
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.amp_dtype = pick_amp(amp, self.device)
+        amp_dtype = pick_amp(amp, self.device)  # checked either way
+        self.amp_dtype = None if fixed else amp_dtype
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = (

@@ -1,7 +1,8 @@
 """Trained checkpoints as inference models: what they need (bands, statistics, classes) and a per-process cache.
 
-:class:`TrainedModel` is a small picklable description of a checkpoint, so a Dask worker can be sent it and load
-the model once (cached per process and device), instead of receiving the weights with every task.
+:class:`TrainedModel` is a small picklable description of a checkpoint (``.pt``) or an exported model (``.onnx``,
+``.ts``; see :mod:`rs_deeplab.inference.exported`), so a Dask worker can be sent it and load the model once
+(cached per process and device), instead of receiving the weights with every task.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.classes import SCHEMES, colour_table
-from rs_deeplab.errors import CheckpointError
+from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.models import build_model, set_output_stride
 
 
@@ -64,9 +65,32 @@ def newest_checkpoint(root: Path = Path("runs")) -> Path:
     return found[-1]
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+EXPORTED_SUFFIXES = (".onnx", ".ts")
+
+
+def model_kind(path: Path) -> str:
+    """``checkpoint`` or ``exported`` from a model file's suffix.
+
+    Raises:
+        CheckpointError: Any other suffix.
+    """
+    suffix = path.suffix.lower()
+    if suffix in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    if suffix in EXPORTED_SUFFIXES:
+        return "exported"
+    raise CheckpointError(f"{path}: is neither a training checkpoint (.pt) nor an exported model (.onnx, .ts); "
+                          "pass runs/<name>/best.pt or a file written by pipelines/export.py")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TrainedModel:
-    """A checkpoint to run, optionally at another output stride (e.g. trained at 16, inferred at 8)."""
+    """A checkpoint or exported model to run.
+
+    A checkpoint can run at another output stride (e.g. trained at 16, inferred at 8); an exported model's stride
+    is baked in.
+    """
 
     path: Path
     output_stride: int | None = None
@@ -91,13 +115,28 @@ class TrainedModel:
         with _LOCK:
             cached = _CACHE.get(cache_key)
             if cached is None:
-                model, state = load_trained_model(self.path, device)
-                if self.output_stride is not None:
-                    set_output_stride(model, self.output_stride)
-                cached = (model, checkpoint_info(self.path, state))
+                cached = self._load(device)
                 _CACHE.clear()  # one model per process at a time
                 _CACHE[cache_key] = cached
         return cached
+
+    def _load(self, device: torch.device) -> tuple[torch.nn.Module, CheckpointInfo]:
+        if model_kind(self.path) == "exported":
+            from rs_deeplab.inference.exported import baked_output_stride, load_exported
+
+            module, info = load_exported(self.path, device)
+            baked = baked_output_stride(info)
+            if self.output_stride is not None and self.output_stride != baked:
+                raise InputError(
+                    f"--output-stride {self.output_stride}: {self.path} is an exported model whose "
+                    f"output stride ({baked}) is baked in; drop --output-stride or export the "
+                    f"checkpoint again with pipelines/export.py --output-stride {self.output_stride}"
+                )
+            return module, info
+        model, state = load_trained_model(self.path, device)
+        if self.output_stride is not None:
+            set_output_stride(model, self.output_stride)
+        return model, checkpoint_info(self.path, state)
 
 
 def checkpoint_info(path: Path, state: dict[str, Any]) -> CheckpointInfo:

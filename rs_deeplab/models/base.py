@@ -66,8 +66,12 @@ class DeepLabBase(nn.Module):
 
     @staticmethod
     def resize(logits: torch.Tensor, size: tuple[int, int] | torch.Size, align_corners: bool = True) -> torch.Tensor:
-        """Bilinearly resize ``logits`` to ``size`` (a no-op when it already has that size)."""
-        if tuple(logits.shape[-2:]) == tuple(size):
+        """Bilinearly resize ``logits`` to ``size`` (a no-op when it already has that size).
+
+        While tracing (ONNX/TorchScript export) the resize is always recorded, so the exported graph does not bake
+        in the example's sizes.
+        """
+        if not torch.jit.is_tracing() and tuple(logits.shape[-2:]) == tuple(size):
             return logits
         return interpolate(logits, size=tuple(size), mode="bilinear", align_corners=align_corners)
 

@@ -1,0 +1,213 @@
+"""Export a training checkpoint as a deployable model: ONNX (default) or TorchScript, with its card inside.
+
+The exported graph takes float32 ``(B, bands, H, W)`` (batch, height and width dynamic) and returns the main
+logits ``(B, classes, H, W)`` (no auxiliary head) at the output stride chosen here, which is then fixed. The card
+(:func:`rs_deeplab.inference.exported.info_to_metadata`) carries what inference needs besides the weights. The
+file is checked against the PyTorch model at two window sizes other than the export's, then renamed into place:
+a failed export leaves nothing under the final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.inference.exported import (
+    EXTRA_HINT,
+    METADATA_KEY,
+    ONNX_SUFFIXES,
+    TORCHSCRIPT_EXTRA,
+    TORCHSCRIPT_SUFFIXES,
+    info_to_metadata,
+    load_exported,
+)
+from rs_deeplab.inference.predictor import model_outputs
+from rs_deeplab.inference.trained import checkpoint_info, load_trained_model, model_kind
+from rs_deeplab.models import set_output_stride
+from rs_deeplab.raster import atomic_output, temporary_sibling
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ONNX_SUFFIXES[0], "torchscript": TORCHSCRIPT_SUFFIXES[0]}
+"""Export formats and the suffix each one's file must have."""
+MIN_OPSET = 17
+EXAMPLE_SIZE = 64
+"""Side of the example window the graph is traced with (any size runs afterwards)."""
+CHECK_SIZES = ((2, 96, 80), (1, 72, 120))
+"""Batch, height and width of the windows the export is compared on (all unlike the example's)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    path: Path
+    format: str
+    output_stride: int
+    max_difference: float
+    """Largest absolute logit difference between the exported and the PyTorch model on the check windows."""
+    seconds: float
+
+
+class MainLogits(torch.nn.Module):
+    """The main logits of a segmentation model (an auxiliary output dropped), for tracing."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, bands, H, W)`` → ``(B, classes, H, W)`` logits."""
+        return model_outputs(self.model(x))
+
+
+def export_format(out: Path, fmt: str | None) -> str:
+    """The format to write: ``fmt``, or the one ``out``'s suffix names; checks ``out`` is writable.
+
+    Raises:
+        InputError: Unknown format, a suffix unlike the format's, a missing or read-only folder.
+    """
+    suffix = out.suffix.lower()
+    if fmt is None:
+        fmt = next((name for name, s in FORMATS.items() if s == suffix), None)
+        if fmt is None:
+            raise InputError(f"--out {out}: write a .onnx (ONNX) or .ts (TorchScript) file, e.g. --out model.onnx")
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if suffix != FORMATS[fmt]:
+        raise InputError(f"--out {out}: a {fmt} export is written to a {FORMATS[fmt]} file; use --out "
+                         f"{out.with_suffix(FORMATS[fmt])}")  # fmt: skip
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    probe = temporary_sibling(out)
+    try:
+        if out.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder")
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder and "
+                         "a file name") from None  # fmt: skip
+    return fmt
+
+
+def export_model(
+    checkpoint: Path, out: Path, *, fmt: str | None = None, output_stride: int | None = None, opset: int = MIN_OPSET
+) -> ExportResult:
+    """Export ``checkpoint`` (a training ``.pt``) to ``out`` with its card, checked against PyTorch.
+
+    Args:
+        checkpoint: A checkpoint written by training.
+        out: ``.onnx`` or ``.ts`` file (replaced atomically).
+        fmt: ``onnx`` or ``torchscript``; None: from ``out``'s suffix.
+        output_stride: The stride to bake in; None: the checkpoint's ``infer.output_stride``, else as trained.
+        opset: ONNX opset (17 or newer).
+
+    Raises:
+        InputError: Bad ``out``/``fmt``/``opset``/``output_stride``, or a missing optional dependency.
+        CheckpointError: ``checkpoint`` is missing, unreadable or not a ``.pt`` training checkpoint.
+    """
+    start = time.perf_counter()
+    fmt = export_format(out, fmt)
+    if opset < MIN_OPSET:
+        raise InputError(f"--opset {opset}: the export needs opset {MIN_OPSET} or newer")
+    if model_kind(checkpoint) != "checkpoint":
+        raise CheckpointError(f"{checkpoint}: is already an exported model; export a training checkpoint (.pt)")
+    if not checkpoint.is_file():
+        raise CheckpointError(f"{checkpoint}: checkpoint not found; pass an existing runs/<name>/best.pt")
+    if fmt == "onnx":
+        _require("onnx")
+        _require("onnxruntime")
+    model, state = load_trained_model(checkpoint, torch.device("cpu"))
+    info = checkpoint_info(checkpoint, state)
+    stride = output_stride or info.infer.get("output_stride") or info.model.get("output_stride")
+    if stride is not None and int(stride) != getattr(model, "output_stride", stride):
+        set_output_stride(model, int(stride))
+    stride = int(getattr(model, "output_stride", stride or 0))
+    wrapper = MainLogits(model).eval()
+    example = torch.zeros(1, info.in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE)
+    card = json.dumps(info_to_metadata(info, stride), default=str)
+    with atomic_output(out) as tmp:
+        if fmt == "onnx":
+            write_onnx(wrapper, example, tmp, opset, card)
+        else:
+            write_torchscript(wrapper, example, tmp, card)
+        difference = check_export(wrapper, tmp, info.in_channels)
+    seconds = time.perf_counter() - start
+    log.info("%s: %s export at output stride %d, max logit difference %.2g, %.1f s", out, fmt, stride, difference,
+             seconds)  # fmt: skip
+    return ExportResult(out, fmt, stride, difference, seconds)
+
+
+def _require(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise InputError(f"exporting to ONNX needs {module}, which is not installed; {EXTRA_HINT}") from None
+
+
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, card: str) -> None:
+    """Trace ``model`` to ONNX at ``path`` (dynamic batch, height, width) and store the card in its metadata."""
+    import onnx
+
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})  # fmt: skip
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, card
+    proto.producer_name = "rs_deeplab"
+    onnx.save(proto, str(path))
+
+
+def write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, card: str) -> None:
+    """Trace ``model`` to TorchScript at ``path`` with the card as an extra file."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: card})
+
+
+def check_export(model: torch.nn.Module, path: Path, in_channels: int) -> float:
+    """Load the written file as inference does and compare it with ``model`` on :data:`CHECK_SIZES` windows.
+
+    Returns:
+        The largest absolute logit difference.
+
+    Raises:
+        CheckpointError: The shapes differ or the logits differ beyond float32 rounding (an export bug).
+    """
+    exported, _ = load_exported(path, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for batch, height, width in CHECK_SIZES:
+        x = torch.randn(batch, in_channels, height, width, generator=generator)
+        with torch.no_grad():
+            want, got = model(x), exported(x)
+        if got.shape != want.shape:
+            raise CheckpointError(f"{path}: the export returns {tuple(got.shape)} for {tuple(x.shape)}, PyTorch "
+                                  f"{tuple(want.shape)}; report this bug")  # fmt: skip
+        diff = float((got - want).abs().max())
+        scale = float(want.abs().max())
+        if diff > 1e-3 * max(1.0, scale):
+            raise CheckpointError(f"{path}: the export's logits differ from PyTorch's by {diff:.3g} (of {scale:.3g}); "
+                                  "report this bug")  # fmt: skip
+        worst = max(worst, diff)
+    return worst
+
+
+def describe(result: ExportResult) -> dict[str, Any]:
+    """A summary for the command line."""
+    return {"format": result.format, "output stride": result.output_stride,
+            "max logit difference": f"{result.max_difference:.2g}", "seconds": f"{result.seconds:.1f}"}  # fmt: skip
