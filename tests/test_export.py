@@ -26,7 +26,7 @@ from rs_deeplab.inference.exported import METADATA_KEY, load_exported
 from rs_deeplab.inference.trained import TrainedModel
 from rs_deeplab.models import MODELS, build_model
 from rs_deeplab.raster import write_geotiff
-from tests.daskkit import ROOT, subprocess_env
+from tests.daskkit import ROOT, dask_cluster, subprocess_env
 
 CASES = [(name, head) for name, spec in MODELS.items() for head in spec.heads]
 TRAINING_STACK = ("rs_deeplab.experiment", "rs_deeplab.engine", "rs_deeplab.transforms", "albumentations")
@@ -68,8 +68,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's data at 256 px, a few training iterations, and the best checkpoint exported both ways."""
     out = tmp_path_factory.mktemp("demo")
     files, _, _ = demo.prepare_data(out, size=256, quiet=True)
-    overrides = ["schedule.iterations=4", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
-                 "train.eval_every=4", "train.checkpoint_every=4", "infer.size=128", "infer.stride=64",
+    overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
+                 "train.eval_every=2", "train.checkpoint_every=2", "infer.size=128", "infer.stride=64",
                  "infer.batch_size=4"]  # fmt: skip
     result = train_experiment(demo.demo_config(out, overrides, run_dir=out / "run"))
     assert result.best is not None
@@ -213,3 +213,18 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
             assert err.count("\n") == 1 and message in err, (args, err)
     names = sorted(p.name for p in tmp_path.rglob("*"))
     assert names == ["broken.onnx", "dir.onnx", "foreign.onnx", "model.h5", "rgb.tif"], names
+
+
+@pytest.mark.slow
+def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    scene, model = str(demo_run["scene"]), str(demo_run["onnx"])
+    (tmp_path / "dask").mkdir()
+    with dask_cluster(tmp_path / "dask", workers=1) as address:
+        assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "d.tif"), "--probs", "-q",
+                           "--scheduler", address]) == 0  # fmt: skip
+    assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "l.tif"), "--probs", "-q"]) == 0
+    local, remote = read(tmp_path / "l_probs.tif").astype(int), read(tmp_path / "d_probs.tif").astype(int)
+    assert np.abs(local - remote).max() <= 1  # one thread there, two here: float sums may differ in the last bit
+    differ = read(tmp_path / "l.tif")[0] != read(tmp_path / "d.tif")[0]
+    top2 = np.sort(local, axis=0)[-2:]
+    assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
