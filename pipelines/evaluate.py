@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setup_logging
+from rs_deeplab.remote import local_output
 
 SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
 CHECKPOINT_OPTIONS = ("split", "device")
@@ -29,14 +30,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--split", default=None, help="checkpoint mode: split to score (default: val)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="checkpoint mode (auto)")
     scene = parser.add_argument_group("scene mode (whole predicted scenes against their truth)")
-    scene.add_argument("--pred", type=Path, nargs="+", default=None, help="prediction rasters (uint8, 255 = nodata)")
-    scene.add_argument("--truth", type=Path, nargs="+", default=None, help="truth rasters, one per --pred, same order")
+    scene.add_argument("--pred", type=str, nargs="+", default=None,
+                       help="prediction rasters (uint8, 255 = nodata): files, URLs (https://, s3://, gs://) or GDAL "
+                       "paths")  # fmt: skip
+    scene.add_argument("--truth", type=str, nargs="+", default=None,
+                       help="truth rasters, one per --pred, same order (files, URLs or GDAL paths)")  # fmt: skip
     scene.add_argument("--scheme", choices=list(SCHEMES), default=None, help="dataset whose encoding the truth uses")
     scene.add_argument(
         "--class-names", type=_names, default=None, help="comma-separated class names (default: raster tag, scheme)"
     )
     scene.add_argument("--block-size", type=int, default=None, help="block edge in pixels (default 2048)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: beside the input)")
+    parser.add_argument("--out", type=local_output, default=None,
+                        help="report folder (default: beside the first prediction; for a URL, the current folder)",
+                        )  # fmt: skip
     add_common_arguments(parser)
     return parser
 
@@ -56,10 +62,12 @@ def _check_mode(parser: ArgumentParser, args: argparse.Namespace) -> None:
 
 def _score_scenes(args: argparse.Namespace) -> int:
     from rs_deeplab.classes import get_scheme
+    from rs_deeplab.remote import scene_source
     from rs_deeplab.scene_eval import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
 
-    pairs = scene_pairs(args.pred, args.truth)
-    out = args.out or pairs[0][0].parent
+    pairs = scene_pairs([scene_source(p) for p in args.pred], [scene_source(t) for t in args.truth])
+    first = pairs[0][0]
+    out = args.out or (first.parent if isinstance(first, Path) else Path("."))
     report = evaluate_scenes(
         pairs,
         out,

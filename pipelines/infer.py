@@ -16,6 +16,7 @@ from rs_deeplab.devices import AMP_CHOICES
 from rs_deeplab.errors import InputError
 from rs_deeplab.gsd import parse_gsd
 from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
+from rs_deeplab.remote import local_output, scene_name
 
 
 def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[Any, ...]:
@@ -31,8 +32,15 @@ def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[A
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/infer.py``."""
     p = ArgumentParser(prog="infer.py", description=__doc__)
-    p.add_argument("scenes", nargs="*", type=Path, help="scenes to predict (default: the checkpoint's infer.scenes)")
-    p.add_argument("--out", type=Path, required=True, help="x.gpkg (raster x.tif + polygons) or x.tif (raster only)")
+    p.add_argument("scenes", nargs="*", type=str,
+                   help="scenes to predict: files, URLs (https://, s3://, gs://; read window by window), GDAL "
+                   "paths (/vsicurl/...) or STAC Items (.json file or URL); default: the checkpoint's infer.scenes",
+                   )  # fmt: skip
+    p.add_argument("--assets", help="STAC Items: assets stacked as bands, e.g. red,green,blue,nir "
+                   "(default: the band names the checkpoint recorded)")  # fmt: skip
+    p.add_argument(
+        "--out", type=local_output, required=True, help="x.gpkg (raster x.tif + polygons) or x.tif (raster only)"
+    )
     p.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: newest runs/*/best.pt)")
     p.add_argument("--size", type=int, help="window side in pixels (default: the config's infer.size)")
     p.add_argument("--stride", type=int, help="step between windows (default: infer.stride)")
@@ -105,10 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         simplify=args.simplify,
         resume=not args.restart,
         gsd=gsd,
+        assets=None if args.assets is None else tuple(a.strip() for a in args.assets.split(",") if a.strip()),
     )
     result = infer_scenes(args.scenes, args.out, checkpoint=args.checkpoint, options=options, quiet=args.quiet)
-    outputs = {f"labels ({r.scene.name})": str(r.labels) for r in result.rasters}
-    outputs.update({f"probabilities ({r.scene.name})": str(r.probs) for r in result.rasters if r.probs})
+    outputs = {f"labels ({scene_name(r.scene)})": str(r.labels) for r in result.rasters}
+    outputs.update({f"probabilities ({scene_name(r.scene)})": str(r.probs) for r in result.rasters if r.probs})
     if result.polygons is not None:
         outputs[f"polygons ({result.polygon_count})"] = str(result.polygons)
     print(f"inference with {result.checkpoint} finished in {result.seconds:.0f} s; outputs:")

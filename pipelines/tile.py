@@ -11,6 +11,8 @@ from typing import Any
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
 from rs_deeplab.errors import InputError
 from rs_deeplab.presets import PRESETS, tile_preset
+from rs_deeplab.raster import source_path
+from rs_deeplab.remote import local_output, scene_source
 from rs_deeplab.tiling import COMPRESS_CHOICES, SceneSpec, TileSummary, tile_scenes
 
 log = logging.getLogger("rs_deeplab.tile")
@@ -19,9 +21,13 @@ log = logging.getLogger("rs_deeplab.tile")
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/tile.py``."""
     parser = ArgumentParser(prog="tile.py", description=__doc__)
-    parser.add_argument("scenes", nargs="+", type=Path, metavar="SCENE",
-                        help="rasters to cut; with --preset, the dataset's root folder")  # fmt: skip
-    parser.add_argument("--labels", nargs="+", type=Path, metavar="PATH",
+    parser.add_argument("scenes", nargs="+", type=str, metavar="SCENE",
+                        help="rasters to cut: files, URLs (https://, s3://, gs://; read window by window), GDAL "
+                             "paths or STAC Items (.json, with --assets); with --preset, the dataset's root folder",
+                        )  # fmt: skip
+    parser.add_argument("--assets", metavar="NAME,...",
+                        help="STAC Items: the assets stacked as bands, in order (e.g. red,green,blue,nir)")  # fmt: skip
+    parser.add_argument("--labels", nargs="+", type=str, metavar="PATH",
                         help="one label file per scene, or one for all: colour or class-index raster, or "
                              "vector polygons (a shared class raster on another grid is warped, nearest)")  # fmt: skip
     parser.add_argument("--preset", choices=sorted(PRESETS), help="find scenes, labels and splits in a dataset folder")
@@ -29,7 +35,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--eroded", action="store_true", help="ISPRS presets: eroded noBoundary labels")
     parser.add_argument("--size", type=int, help="crop side in pixels (512; iSAID preset 896)")
     parser.add_argument("--stride", type=int, help="step between crops (size/2; iSAID preset 512)")
-    parser.add_argument("--out", type=Path, default=Path("tiles"), help="output folder (tiles/)")
+    parser.add_argument("--out", type=local_output, default=Path("tiles"), help="output folder (tiles/)")
     parser.add_argument("--min-valid", type=float, default=0.0, help="skip crops with less valid pixels (0..1)")
     parser.add_argument("--scheme", help="class scheme decoding colour labels and naming classes (potsdam, ...)")
     parser.add_argument("--label-field", help="vector labels: attribute holding the class")
@@ -86,10 +92,17 @@ def run(argv: Sequence[str] | None) -> TileSummary:
         if args.split or args.val_fraction is not None or args.classes or args.append:
             raise InputError("--preset uses the dataset's own splits and classes; drop --split, --val-fraction, "
                              "--classes and --append")  # fmt: skip
-        return tile_preset(args.preset, args.scenes[0], bands=args.bands, eroded=args.eroded, size=args.size, **options)
+        return tile_preset(
+            args.preset, Path(args.scenes[0]), bands=args.bands, eroded=args.eroded, size=args.size, **options
+        )
     if args.bands != "rgbir" or args.eroded:
         raise InputError("--bands and --eroded apply with --preset only")
-    scenes = [SceneSpec(s, lab, split) for s, lab, split in zip(args.scenes, *per_scene(args), strict=True)]
+    assets = None if args.assets is None else [a.strip() for a in args.assets.split(",") if a.strip()]
+    labels, splits = per_scene(args)
+    scenes = [
+        SceneSpec(source_path(scene_source(s, assets)), None if lab is None else source_path(scene_source(lab)), split)
+        for s, lab, split in zip(args.scenes, labels, splits, strict=True)
+    ]
     return tile_scenes(
         scenes, size=512 if args.size is None else args.size, scheme=args.scheme, label_field=args.label_field,
         label_map=parse_label_map(args.label_map), label_fill=args.label_fill, classes=parse_classes(args.classes),
@@ -97,14 +110,14 @@ def run(argv: Sequence[str] | None) -> TileSummary:
     )  # fmt: skip
 
 
-def per_scene(args: Any) -> tuple[list[Path | None], list[str]]:
+def per_scene(args: Any) -> tuple[list[str | None], list[str]]:
     """The label file and split of each scene from ``--labels`` and ``--split`` (one for all, or one each).
 
     Raises:
         InputError: A count that is neither 1 nor the number of scenes, or ``--split`` with ``--val-fraction``.
     """
     n = len(args.scenes)
-    labels: list[Path | None] = list(args.labels or [None])
+    labels: list[str | None] = list(args.labels or [None])
     if len(labels) not in (1, n):
         raise InputError(f"got {n} scenes but {len(labels)} --labels; give one label file per scene or one for all")
     splits: list[str] = list(args.split or ["train"])

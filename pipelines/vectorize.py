@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.raster import source_path
+from rs_deeplab.remote import local_output, scene_source
 from rs_deeplab.vectorize import FORMATS, vectorize
 
 
@@ -21,8 +22,10 @@ def _names(text: str) -> list[str]:
 def build_parser() -> ArgumentParser:
     """The command-line interface."""
     parser = ArgumentParser(prog="vectorize.py", description=__doc__.splitlines()[0])
-    parser.add_argument("raster", type=Path, help="single-band integer label raster (255 = nodata)")
-    parser.add_argument("--out", type=Path, required=True, help=f"output file: {', '.join(FORMATS)}")
+    parser.add_argument("raster", type=str,
+                        help="single-band integer label raster (255 = nodata): a file, URL (https://, s3://, gs://) "
+                        "or GDAL path")  # fmt: skip
+    parser.add_argument("--out", type=local_output, required=True, help=f"output file: {', '.join(FORMATS)}")
     parser.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m²)")
     parser.add_argument("--simplify", type=float, default=0.0, help="shared-edge simplification tolerance (pixels)")
     parser.add_argument("--fill-holes", type=float, default=0.0, help="fill holes below this area (m²)")
@@ -46,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     summary = vectorize(
-        args.raster,
+        source_path(scene_source(args.raster)),
         args.out,
         class_names=args.class_names,
         min_area=args.min_area,

@@ -227,8 +227,8 @@ def vector_values(path: str | Path, *, field: str | None, scene_crs: Any) -> lis
     """
     import pyogrio
 
-    p = Path(path)
-    if not p.exists():
+    p: Any = str(path) if str(path).startswith("/vsi") else Path(path)  # a GDAL path (remote labels) stays text
+    if isinstance(p, Path) and not p.exists():
         raise InputError(f"{p}: vector labels not found; check the path")
     try:
         info = pyogrio.read_info(p)
@@ -268,7 +268,7 @@ def vector_source(
     """
     values = vector_values(path, field=field, scene_crs=scene_crs)
     entries = resolve_mapping(values, mapping, scheme, where=f"{path} attribute {field!r}")
-    return LabelSource(str(Path(path)), "vector", field, entries, fill)
+    return LabelSource(str(path) if str(path).startswith("/vsi") else str(Path(path)), "vector", field, entries, fill)
 
 
 def rasterize_vector(

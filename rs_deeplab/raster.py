@@ -15,7 +15,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, remote_env
+from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, reads_remote, remote_env
 
 PathLike = str | os.PathLike[str]
 
@@ -71,7 +71,7 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
         raise RasterError(f"{p}: is a directory, expected a raster file (GeoTIFF, PNG, ...)")
     remote = is_remote(p)
     try:
-        with quiet_georeferencing(), remote_env(opening=True) if remote else contextlib.nullcontext():
+        with quiet_georeferencing(), remote_env(opening=True) if reads_remote(p) else contextlib.nullcontext():
             return rasterio.open(p)
     except RasterioIOError as exc:
         problem = gdal_problem(p, str(exc)) if remote else None

@@ -8,6 +8,7 @@ that the windows can be read (found, allowed, Range requests honoured) and finge
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -16,7 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,6 +90,29 @@ def scene_stem(path: str | os.PathLike[str]) -> str:
     if is_remote(text):
         text = urlsplit(source_url(text)).path if is_url(source_url(text)) else text.split("?", 1)[0]
     return PurePosixPath(text).stem if "/" in text else os.path.splitext(os.path.basename(text))[0]
+
+
+def reads_remote(path: str | os.PathLike[str]) -> bool:
+    """Whether opening ``path`` reads over the network.
+
+    True for a remote path, and for a local VRT with remote sources (a STAC Item's, :mod:`rs_deeplab.stac`).
+    """
+    if is_remote(path):
+        return True
+    if not str(path).lower().endswith(".vrt"):
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return any(f">{prefix}" in head for prefix in REMOTE_VSI)
+
+
+def scene_name(path: str | os.PathLike[str]) -> str:
+    """The file name of a scene for messages: ``/vsicurl/https://h/x/scene.tif`` → ``scene.tif``."""
+    text = source_url(str(path))
+    return PurePosixPath(urlsplit(text).path if is_url(text) else text).name
 
 
 @contextlib.contextmanager
@@ -227,15 +251,17 @@ def scene_source(arg: str | os.PathLike[str], assets: Sequence[str] | None = Non
     return path
 
 
-def check_local_outputs(outputs: Sequence[str | os.PathLike[str]]) -> None:
-    """Outputs stay local: refuse a URL or GDAL network path as an output.
+def local_output(text: str) -> Path:
+    """An ``argparse`` type for output paths: outputs stay local, so a URL or GDAL network path is a usage error.
 
     Raises:
-        InputError: An output is remote.
+        argparse.ArgumentTypeError: ``text`` is remote.
     """
-    for out in outputs:
-        if is_remote(out):
-            raise InputError(f"{out}: outputs are written locally; pass a local path (upload the result afterwards)")
+    if is_remote(text):
+        raise argparse.ArgumentTypeError(
+            f"{text}: outputs are written locally; pass a local path (upload it afterwards)"
+        )
+    return Path(text)
 
 
 def env_flag(name: str, default: bool) -> bool:

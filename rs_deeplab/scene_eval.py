@@ -23,7 +23,8 @@ from rs_deeplab.cli import progress
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.labels import decode_label
 from rs_deeplab.metrics import confusion_matrix, markdown_table, scores
-from rs_deeplab.raster import PathLike, atomic_output, open_raster
+from rs_deeplab.raster import PathLike, atomic_output, open_raster, source_path
+from rs_deeplab.remote import scene_name
 from rs_deeplab.vectorize.metadata import read_class_names
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,8 @@ class SceneCounts:
         }
 
 
-def scene_pairs(predictions: Sequence[PathLike], truths: Sequence[PathLike]) -> list[tuple[Path, Path]]:
-    """Pair predictions with truths in the order given.
+def scene_pairs(predictions: Sequence[PathLike], truths: Sequence[PathLike]) -> list[tuple[Path | str, Path | str]]:
+    """Pair predictions with truths in the order given (files as Paths, URLs and GDAL paths as GDAL path strings).
 
     Raises:
         InputError: The lists are empty or of different lengths.
@@ -80,7 +81,7 @@ def scene_pairs(predictions: Sequence[PathLike], truths: Sequence[PathLike]) -> 
             f"got {len(predictions)} prediction(s) and {len(truths)} truth raster(s); "
             "pass one --truth per --pred, in the same order"
         )
-    return [(Path(p), Path(t)) for p, t in zip(predictions, truths, strict=True)]
+    return [(source_path(p), source_path(t)) for p, t in zip(predictions, truths, strict=True)]
 
 
 def truth_band_counts(scheme: ClassScheme | None) -> tuple[int, ...]:
@@ -239,7 +240,7 @@ def scene_confusion(
         check_pair(pred, truth, scheme)
         nodata = pred.nodata if pred.nodata is not None and float(pred.nodata).is_integer() else None
         windows = block_windows(pred.height, pred.width, block_size)
-        for window in progress(windows, total=len(windows), desc=Path(pred_path).name, quiet=quiet, unit="block"):
+        for window in progress(windows, total=len(windows), desc=scene_name(pred_path), quiet=quiet, unit="block"):
             p = pred.read(1, window=window)
             _check_prediction_values(p, num_classes, None if nodata is None else int(nodata), pred.name)
             t = _read_truth(truth, window, scheme)
@@ -280,7 +281,7 @@ def _markdown(report: dict[str, Any], total: np.ndarray, names: Sequence[str]) -
     for scene in report["scenes"]:
         s = scene["scores"]
         lines.append(
-            f"| {Path(scene['prediction']).name} | {Path(scene['truth']).name} | {pct(s['mIoU'])} | "
+            f"| {scene_name(scene['prediction'])} | {scene_name(scene['truth'])} | {pct(s['mIoU'])} | "
             f"{pct(s['mF1'])} | {pct(s['OA'])} | {s['pixels']} |"
         )
     return "\n".join(lines) + "\n"
@@ -332,8 +333,13 @@ def evaluate_scenes(
         "total": total.as_report(names),
         "scenes": scenes,
     }
-    _write_reports(report, total.confusion, names, Path(out_dir) if out_dir else Path(pairs[0][0]).parent)
+    _write_reports(report, total.confusion, names, Path(out_dir) if out_dir else _beside(pairs[0][0]))
     return report
+
+
+def _beside(path: PathLike) -> Path:
+    """The default report folder: the prediction's folder, or the current folder for a remote prediction."""
+    return Path(path).parent if isinstance(source_path(path), Path) else Path(".")
 
 
 def _check_inputs(

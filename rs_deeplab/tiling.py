@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -42,6 +44,7 @@ from rs_deeplab.labels import (
     vector_values,
 )  # fmt: skip
 from rs_deeplab.raster import absolute, atomic_output, open_raster
+from rs_deeplab.remote import is_remote, reads_remote, remote_env, scene_stem, stat_remote
 from rs_deeplab.scheduling import TaskSpec, check_executor_options, default_workers, open_executor
 from rs_deeplab.tileindex import build_index, merge_index, read_index, write_index
 
@@ -155,7 +158,7 @@ def _open_scenes(specs: Sequence[SceneSpec]) -> list[_Scene]:
     scenes: list[_Scene] = []
     for spec in specs:
         with open_raster(spec.image) as src:
-            key = spec.key or Path(spec.image).stem
+            key = spec.key or scene_stem(spec.image)
             if any(s.key == key for s in scenes):
                 raise InputError(f"two scenes would both write crops named {key}_*; give them different file names")
             if len(set(src.dtypes)) > 1:
@@ -259,8 +262,28 @@ def _manifest(settings: CropSettings, jobs: Sequence[SceneJob]) -> dict[str, Any
     }  # fmt: skip
     if settings.classes:
         manifest["classes"] = list(settings.classes)
+    remote = remote_versions(jobs)
+    if remote:
+        manifest["remote"] = remote
     result: dict[str, Any] = json.loads(json.dumps(manifest))
     return result
+
+
+def remote_versions(jobs: Sequence[SceneJob]) -> dict[str, Any]:
+    """What the servers report about the run's remote images and labels (size, ETag, Last-Modified), and the
+    content hash of local VRTs with remote sources (a STAC Item's, which records its assets' versions): a scene
+    replaced on its server makes the manifest differ, so its old crops are not resumed.
+    """  # noqa: D205
+    versions: dict[str, Any] = {}
+    for job in jobs:
+        for path in (job.image, None if job.label is None else job.label.path):
+            if path is None or path in versions or not reads_remote(path):
+                continue
+            if is_remote(path):
+                versions[path] = stat_remote(path).fingerprint()
+            else:
+                versions[path] = {"vrt_sha1": hashlib.sha1(Path(path).read_bytes()).hexdigest()}
+    return versions
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
@@ -552,7 +575,11 @@ def tile_scenes(
     if todo:
         pending_bytes = sum(len(todo.get(j.key, ())) * _row_bytes(j, settings) for j in jobs)
         n = choose_workers(workers, scheduler, pending_bytes)
-        with open_executor(n, scheduler, processes=processes) as executor:
+        remote = any(reads_remote(j.image) or (j.label is not None and reads_remote(j.label.path)) for j in jobs)
+        with (
+            open_executor(n, scheduler, processes=processes) as executor,
+            remote_env() if remote else contextlib.nullcontext(),
+        ):
             cluster = executor.description
             tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
             records.extend(executor.run(tasks, quiet=quiet))

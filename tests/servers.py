@@ -106,16 +106,17 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         if self.server.ranges:
             self.send_header("Accept-Ranges", "bytes")
+        # counted before the headers go out: a client may act on them before this thread would get to count
+        self.server.traffic.add(self.command, self.path, self.headers.get("Range", ""), len(payload) if body else 0)
         self.end_headers()
         if body:
             self.wfile.write(payload)
-        self.server.traffic.add(self.command, self.path, self.headers.get("Range", ""), len(payload) if body else 0)
 
     def _status(self, code: int) -> None:
         self.send_response(code)
         self.send_header("Content-Length", "0")
-        self.end_headers()
         self.server.traffic.add(self.command, self.path, self.headers.get("Range", ""), 0)
+        self.end_headers()
 
 
 @dataclass

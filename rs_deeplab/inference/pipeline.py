@@ -22,7 +22,9 @@ from rs_deeplab.inference.reader import scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, predict_scene
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, newest_checkpoint
-from rs_deeplab.raster import temporary_sibling
+from rs_deeplab.raster import source_path, temporary_sibling
+from rs_deeplab.remote import scene_source, scene_stem
+from rs_deeplab.stac import is_stac_item
 
 log = logging.getLogger("rs_deeplab.inference")
 
@@ -62,6 +64,8 @@ class InferOptions:
     gsd: str | float = "auto"
     """Scale the model sees scenes at: ``auto`` (the checkpoint's GSD, when a scene is more than 1% off it),
     ``native`` (each scene's own pixels) or metres per pixel (see :func:`rs_deeplab.gsd.working_gsd`)."""
+    assets: tuple[str, ...] | None = None
+    """STAC Item scenes: the assets stacked as bands, in order (None: the checkpoint's band names)."""
 
 
 @dataclass
@@ -75,12 +79,12 @@ class InferResult:
     seconds: float = 0.0
 
 
-def raster_paths(out: Path, scenes: Sequence[Path]) -> list[Path]:
-    """Label raster per scene: ``x.tif`` for one scene, ``x_<scene>.tif`` for several."""
+def raster_paths(out: Path, scenes: Sequence[Path | str]) -> list[Path]:
+    """Label raster per scene: ``x.tif`` for one scene, ``x_<scene>.tif`` for several (a URL's file stem)."""
     base = out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out
     if len(scenes) == 1:
         return [base]
-    stems = [s.stem for s in scenes]
+    stems = [scene_stem(s) for s in scenes]
     if len(set(stems)) != len(stems):
         raise InputError(f"scenes share file names {stems}; run them one at a time with different --out")
     return [base.with_name(f"{base.stem}_{stem}{base.suffix}") for stem in stems]
@@ -93,14 +97,28 @@ def _check_out(out: Path) -> None:
         raise InputError(f"--out {out}: folder {out.parent} does not exist; create it first")
 
 
+def resolve_scenes(scenes: Sequence[str | Path], assets: Sequence[str] | None, band_names: Sequence[str] | None
+                   ) -> list[Path | str]:  # fmt: skip
+    """Scene arguments as the library reads them: local files as Paths; URLs and GDAL paths as GDAL path strings
+    (checked with their server); STAC Items as local VRTs of their ``assets`` (default: ``band_names``).
+    """  # noqa: D205
+    out: list[Path | str] = []
+    for s in scenes:
+        chosen = (assets or band_names) if is_stac_item(s) else assets
+        out.append(source_path(scene_source(s, chosen)))
+    return out
+
+
 def infer_scenes(
-    scenes: Sequence[Path], out: Path, *, checkpoint: Path | None = None, options: InferOptions | None = None,
+    scenes: Sequence[Path | str], out: Path, *, checkpoint: Path | None = None, options: InferOptions | None = None,
     quiet: bool = False,
 ) -> InferResult:  # fmt: skip
     """Run a trained checkpoint over scenes (default: the held-out scenes in its config) and write the outputs.
 
-    Every scene is checked (readable, band count) before any is predicted. With a ``.gpkg`` output the label
-    rasters are vectorized into its ``labels`` layer with a ``scene`` column, written atomically at the end.
+    Scenes may be local files, URLs (``https://``, ``s3://``, ``gs://``), GDAL paths or STAC Items (see
+    :func:`resolve_scenes`). Every scene is checked (readable, band count) before any is predicted. With a
+    ``.gpkg`` output the label rasters are vectorized into its ``labels`` layer with a ``scene`` column, written
+    atomically at the end.
     """
     start = time.perf_counter()
     opts = options or InferOptions()
@@ -115,7 +133,7 @@ def infer_scenes(
     if opts.output_stride is None and recorded_stride:  # trained at one output stride, set to infer at another
         trained = TrainedModel(ckpt.resolve(), int(recorded_stride))
         _, info = trained.load(here)
-    todo = [Path(s) for s in scenes] or [Path(s) for s in info.infer.get("scenes", [])]
+    todo = resolve_scenes(list(scenes) or list(info.infer.get("scenes", [])), opts.assets, info.band_names)
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
     gsds = []
@@ -130,7 +148,7 @@ def infer_scenes(
     crf = _crf_settings(opts, info) if opts.crf else None
     result = InferResult(ckpt)
     rasters = raster_paths(out, todo)
-    inputs = {s.resolve() for s in todo}
+    inputs = {s.resolve() for s in todo if isinstance(s, Path)}
     for r in rasters:
         if r.resolve() in inputs:
             raise InputError(f"--out {out}: the label raster {r} would overwrite the scene; choose another name")
@@ -202,7 +220,7 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
     try:
         for i, r in enumerate(rasters):
             summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
-                                simplify=opts.simplify, layer="labels", extra_columns={"scene": r.scene.stem},
+                                simplify=opts.simplify, layer="labels", extra_columns={"scene": scene_stem(r.scene)},
                                 mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
             count += summary.polygons
         os.replace(staging, out)

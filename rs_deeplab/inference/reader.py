@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from rasterio.windows import Window
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.band_reader import BandReader, default_read_threads
-from rs_deeplab.raster import PathLike, open_raster
+from rs_deeplab.raster import PathLike, absolute, open_raster
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def scene_info(path: PathLike) -> SceneInfo:
             kind = "mask"  # as the tiler: a 4-band RGBIR GeoTIFF is often tagged RGBA, and its NIR is no mask
         else:
             kind = "none"
-        full = str(Path(path).resolve())  # absolute: Dask workers may run in another folder
+        full = absolute(path)  # absolute: Dask workers may run in another folder; GDAL paths and URLs kept as text
         return SceneInfo(full, src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform, src.nodata,
                          kind)  # fmt: skip
 

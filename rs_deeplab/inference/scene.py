@@ -31,7 +31,8 @@ from rs_deeplab.inference.rows import CRFSettings, RowJob, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, module_fingerprint
 from rs_deeplab.inference.writer import OutputSpec, RowSink, RowWriter, partial_path, sidecar_path
-from rs_deeplab.raster import PathLike
+from rs_deeplab.raster import PathLike, source_path
+from rs_deeplab.remote import is_remote, reads_remote, remote_env, stat_remote
 
 log = logging.getLogger("rs_deeplab.inference")
 
@@ -43,7 +44,8 @@ GDAL_CACHE_MB = 64
 class SceneResult:
     """What one :func:`predict_scene` call did."""
 
-    scene: Path
+    scene: Path | str
+    """The scene as given: a local file, or a GDAL path (``/vsicurl/https://...``) kept as text."""
     labels: Path
     probs: Path | None
     windows: int
@@ -216,7 +218,7 @@ def predict_scene(
     seconds = time.perf_counter() - start_time
     log.info("%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s", out, ran, total, total - ran,
              seconds, runner)  # fmt: skip
-    return SceneResult(Path(scene_path), out, probs_out, ran, total, done, seconds, runner, tuple(class_names),
+    return SceneResult(source_path(scene_path), out, probs_out, ran, total, done, seconds, runner, tuple(class_names),
                        None if work is info else gsd)  # fmt: skip
 
 
@@ -260,7 +262,8 @@ def _write_scene(
     if resume and writer.complete():
         log.info("%s: already complete from an earlier run with the same settings", spec.path)
         return 0, 0, info.height, "earlier run"
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    remote = remote_env() if reads_remote(info.path) else contextlib.nullcontext()  # COG reads, reader threads too
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), remote:
         done = writer.open()
         sink: RowSink = writer
         start = done
@@ -302,12 +305,19 @@ def _local_compute(choice: str, amp: str) -> tuple[torch.device, dict[str, str]]
 def _fingerprint(
     info: SceneInfo, job: RowJob, model: str, compute: Mapping[str, str], gsd: float | None
 ) -> dict[str, Any]:
-    path = Path(info.path)
-    stat = path.stat()
+    """The run's identity for resuming.
+
+    A local scene counts by its path, modification time and size; a remote one by what its server reports (URL,
+    size, ETag, Last-Modified), so an object replaced on the server restarts the run.
+    """
+    if is_remote(info.path):
+        scene = stat_remote(info.path).fingerprint()
+    else:
+        path = Path(info.path)
+        stat = path.stat()
+        scene = {"scene": str(path.resolve()), "scene_mtime": stat.st_mtime_ns, "scene_size": stat.st_size}
     return {
-        "scene": str(path.resolve()),
-        "scene_mtime": stat.st_mtime_ns,
-        "scene_size": stat.st_size,
+        **scene,
         "model": model,
         **compute,
         "gsd": gsd,
