@@ -26,7 +26,7 @@ from rs_deeplab.inference.exported import METADATA_KEY, load_exported
 from rs_deeplab.inference.trained import TrainedModel
 from rs_deeplab.models import MODELS, build_model
 from rs_deeplab.raster import write_geotiff
-from tests.daskkit import ROOT, dask_cluster, subprocess_env
+from tests.daskkit import dask_cluster, subprocess_env
 
 CASES = [(name, head) for name, spec in MODELS.items() for head in spec.heads]
 TRAINING_STACK = ("rs_deeplab.experiment", "rs_deeplab.engine", "rs_deeplab.transforms", "albumentations")
@@ -147,26 +147,27 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_inference_with_an_exported_model_imports_no_training_stack(demo_run: dict[str, Path], tmp_path: Path) -> None:
     stack = repr(TRAINING_STACK)
-    bare = run_python(f"import sys, rs_deeplab.inference; print([m for m in {stack} if m in sys.modules])", tmp_path)
-    assert bare.returncode == 0 and bare.stdout.strip() == "[]", bare.stderr
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pipelines.infer import main\n"
+    code = (f"import sys, rs_deeplab.inference\nbare = [m for m in {stack} if m in sys.modules]\n"
+            "from pipelines.infer import main\n"
             f"rc = main([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.gpkg', "
-            f"'-q'])\nprint(rc, [m for m in {stack} if m in sys.modules], 'onnxruntime' in sys.modules)")  # fmt: skip
+            f"'-q'])\nprint(bare, rc, [m for m in {stack} if m in sys.modules], 'onnxruntime' in sys.modules)"
+            )  # fmt: skip
     proc = run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[-2] == "0 [] True", proc.stdout
+    assert proc.stdout.split("\n")[-2] == "[] 0 [] True", proc.stdout
     assert (tmp_path / "x.tif").is_file() and (tmp_path / "x.gpkg").is_file()
 
 
 def test_missing_onnxruntime_is_one_line_naming_the_extra(demo_run: dict[str, Path], tmp_path: Path) -> None:
-    block = "import sys; sys.modules['onnxruntime'] = None; "
-    infer = run_python(block + f"from pipelines.infer import main; sys.exit(main([{str(demo_run['scene'])!r}, "
-                       f"'--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.tif']))", tmp_path)  # fmt: skip
-    export = run_python(block + f"from pipelines.export import main; sys.exit(main([{str(demo_run['checkpoint'])!r},"
-                        " '--out', 'y.onnx']))", tmp_path)  # fmt: skip
-    for proc in (infer, export):
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.count("\n") == 1 and "pip install 'rs_deeplab[onnx]'" in proc.stderr, proc.stderr
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from pipelines.export import main as export\nfrom pipelines.infer import main as infer\n"
+            f"a = infer([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.tif'])\n"
+            "print('---', file=sys.stderr)\n"
+            f"b = export([{str(demo_run['checkpoint'])!r}, '--out', 'y.onnx'])\nprint(a, b)")  # fmt: skip
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2 2", proc.stderr
+    for err in proc.stderr.split("---\n"):  # each: one line naming the extra
+        assert err.count("\n") == 1 and "pip install 'rs_deeplab[onnx]'" in err, proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
