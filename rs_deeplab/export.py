@@ -10,6 +10,7 @@ a failed export leaves nothing under the final name.
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import logging
 import time
@@ -160,10 +161,12 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset:
     import onnx
 
     axes = {0: "batch", 2: "height", 3: "width"}
+    # the TorchScript-based exporter: dynamic_axes as asked, no onnxscript; torch < 2.5 has no dynamo switch
+    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})  # fmt: skip
+        warnings.simplefilter("ignore")  # its deprecation and tracer notes
+        torch.onnx.export(model, (example,), str(path), opset_version=opset, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes}, **legacy)  # fmt: skip
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, card
