@@ -130,7 +130,8 @@ class OnnxModule(torch.nn.Module):
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
             else:
-                log.warning("%s: ONNX Runtime has no CUDA provider here; running on the CPU", path)
+                log.warning("%s: this ONNX Runtime has no CUDA provider; running on the CPU (for the GPU: pip "
+                            "install onnxruntime-gpu; or pass --device cpu)", path)  # fmt: skip
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
