@@ -32,11 +32,12 @@ REMOTE_VSI = ("/vsicurl/", "/vsicurl?", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiad
 """GDAL file systems that read over the network (also when nested, e.g. ``/vsizip//vsicurl/...``)."""
 OPEN_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no probing for .aux.xml/.ovr/.msk
-    "GDAL_INGESTED_BYTES_AT_OPEN": "65536",  # one request brings the COG header and tile offsets
 }
 """GDAL settings while a remote scene is opened. Not for local files: ``EMPTY_DIR`` hides world files (.tfw) and
 side-car overviews. ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` is not set: ``EMPTY_DIR`` already stops the side-car
-requests, and an allow-list would refuse URLs without a file extension (signed URLs, API endpoints)."""
+requests, and an allow-list would refuse URLs without a file extension (signed URLs, API endpoints).
+``GDAL_INGESTED_BYTES_AT_OPEN`` stays GDAL's (16 KiB): 64 KiB took a 200×200 window of the 298 KB sample COG from
+23% to 40% of the file."""
 READ_OPTIONS = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent tiles of a window in one request
     "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2 multiplexing where the server offers it

@@ -58,11 +58,14 @@ def read_item(href: str) -> Any:
 
     Raises:
         InputError: Not found, not JSON, or not a STAC Item.
+        RasterError: A URL the server refuses (not found, access denied).
     """
     import pystac
 
     if not is_url(href) and not Path(href).exists():
         raise InputError(f"{href}: STAC Item not found; check the path")
+    if is_url(href) and not href.lower().startswith("s3://"):
+        stat_remote(href)  # 404, 403 or no answer: the server's problem in one line
     try:
         return pystac.Item.from_file(href)
     except Exception as exc:  # pystac raises urllib, JSON and STAC errors alike

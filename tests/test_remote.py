@@ -118,7 +118,7 @@ def test_a_window_reads_a_fraction_of_the_file(web: HttpServer) -> None:
         window = Window(512, 512, 200, 200)
         np.testing.assert_array_equal(src.read(window=window), local.read(window=window))
     sent, size = web.traffic.sent["/cogeo.tif"], COG.stat().st_size
-    assert 0 < sent < 0.5 * size, (sent, size, web.traffic.requests)
+    assert 0 < sent < 0.35 * size, (sent, size, web.traffic.requests)  # 23% here: the header and one 512² tile
     assert not any(method == "GET" and not rng for method, _, rng in web.traffic.requests)  # no whole-file GET
 
 

@@ -115,6 +115,19 @@ def test_item_without_the_asked_assets_is_one_line_exit_2(
     assert list(out.iterdir()) == []
 
 
+def test_item_url_not_found_is_one_line_exit_2(
+    checkpoint: Path,  # noqa: F811
+    web: HttpServer,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert (
+        infer_main([f"{web.url}/nothing.json", "--out", str(tmp_path / "x.tif"), "--checkpoint", str(checkpoint)]) == 2
+    )
+    assert "nothing.json: not found on the server (HTTP 404)" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tile_a_stac_item(web: HttpServer, item_url: str, tmp_path: Path) -> None:  # noqa: F811
     args = ["--assets", "red,green,blue", "--size", "48", "--out", str(tmp_path / "tiles"), "--workers", "1", "-q"]
     assert tile_main([web.url + item_url, *args]) == 0
