@@ -448,7 +448,7 @@ def _check_append(out: Path, manifest: dict[str, Any], prepared: Prepared) -> di
     old = _read_manifest(out)
     if old is None:
         return manifest
-    diff = sorted(k for k in (set(old) | set(manifest)) - {"scenes"} if old.get(k) != manifest.get(k))
+    diff = sorted(k for k in (set(old) | set(manifest)) - {"scenes", "remote"} if old.get(k) != manifest.get(k))
     if diff:
         was = ", ".join(f"{k} {old.get(k)} here vs {manifest.get(k)}" for k in diff)
         raise InputError(f"cannot append to {out}: its crops were cut with other settings ({was}); use another --out")
@@ -474,7 +474,22 @@ def _check_append(out: Path, manifest: dict[str, Any], prepared: Prepared) -> di
                         f"{bands[0]} {bands[1]}; use another --out"
                     )
     merged = {**previous, **{s["key"]: s for s in manifest["scenes"]}}
-    return {**manifest, "scenes": [merged[k] for k in sorted(merged)]}
+    result = {**manifest, "scenes": [merged[k] for k in sorted(merged)]}
+    remote = _merged_remote(out, old.get("remote", {}), manifest.get("remote", {}))
+    if remote:
+        result["remote"] = remote
+    return result
+
+
+def _merged_remote(out: Path, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Remote versions of an appended run; a remote scene that changed on its server since its crops were cut is
+    refused (its finished rows would be resumed from the old version).
+    """  # noqa: D205
+    changed = [path for path in new if path in old and old[path] != new[path]]
+    if changed:
+        raise InputError(f"cannot append to {out}: {changed[0]} changed on its server since its crops were cut; "
+                         "use another --out")  # fmt: skip
+    return {**old, **new}
 
 
 def tile_scenes(

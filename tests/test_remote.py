@@ -259,3 +259,22 @@ def test_a_remote_output_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         infer_main(["scene.tif", "--out", "s3://bucket/labels.gpkg"])
     assert exit_info.value.code == 2
     assert "outputs are written locally; pass a local path" in capsys.readouterr().err
+
+
+def test_tiling_resume_records_what_the_server_reports(
+    served: Path, web: HttpServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    band_scene(served / "tile_a.tif", 11, 64)
+    band_scene(served / "tile_b.tif", 12, 64)
+    both, one, args = str(tmp_path / "both"), str(tmp_path / "one"), ["--size", "32", "--workers", "1", "-q"]
+    assert tile_main([f"{web.url}/tile_a.tif", "--out", both, *args]) == 0
+    assert tile_main([f"{web.url}/tile_b.tif", "--out", both, "--append", *args]) == 0
+    remote = json.loads((tmp_path / "both" / "tiling.json").read_text())["remote"]
+    assert sorted(remote) == [f"/vsicurl/{web.url}/tile_a.tif", f"/vsicurl/{web.url}/tile_b.tif"]
+    assert tile_main([f"{web.url}/tile_a.tif", "--out", one, *args]) == 0
+    band_scene(served / "tile_a.tif", 13, 64)  # replaced on the server: its old crops must not be taken as done
+    capsys.readouterr()
+    assert tile_main([f"{web.url}/tile_a.tif", "--out", one, *args]) == 2
+    assert "holds crops of a different tiling run (remote differ)" in one_line_error(capsys)
+    assert tile_main([f"{web.url}/tile_a.tif", "--out", both, "--append", *args]) == 2
+    assert "tile_a.tif changed on its server since its crops were cut" in one_line_error(capsys)
