@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python pipelines/demo.py --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check rs_deeplab pipelines tests bench
-	$(BIN)/ruff format --check rs_deeplab pipelines tests bench
+	$(BIN)/ruff check rs_deeplab pipelines tests bench docs
+	$(BIN)/ruff format --check rs_deeplab pipelines tests bench docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
