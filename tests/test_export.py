@@ -229,3 +229,19 @@ def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_pat
     differ = read(tmp_path / "l.tif")[0] != read(tmp_path / "d.tif")[0]
     top2 = np.sort(local, axis=0)[-2:]
     assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
+
+
+def test_output_stride_is_baked_in_at_export(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    ck, scene, model = str(demo_run["checkpoint"]), str(demo_run["scene"]), tmp_path / "os8.onnx"
+    assert export_main([ck, "--out", str(model), "--output-stride", "8", "-q"]) == 0
+    _, info = TrainedModel(model).load(torch.device("cpu"))
+    assert info.model["output_stride"] == 8
+    assert infer_main([scene, "--checkpoint", str(model), "--out", str(tmp_path / "onnx8.tif"), "-q"]) == 0
+    args = [scene, "--checkpoint", ck, "--output-stride", "8", "--probs", "-q"]
+    assert infer_main([*args, "--out", str(tmp_path / "pt8.tif")]) == 0
+    assert infer_main([scene, "--checkpoint", ck, "--out", str(tmp_path / "pt16.tif"), "-q"]) == 0
+    pt8, onnx8 = read(tmp_path / "pt8.tif")[0], read(tmp_path / "onnx8.tif")[0]
+    assert not np.array_equal(pt8, read(tmp_path / "pt16.tif")[0])  # the stride changes the labels
+    differ = pt8 != onnx8
+    top2 = np.sort(read(tmp_path / "pt8_probs.tif").astype(int), axis=0)[-2:]
+    assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
