@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: one-line errors with exit code 2, logging and progress bars."""
+"""Shared command-line plumbing: one-line errors with exit code 2, Ctrl-C as exit 130, logging and progress bars."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import functools
 import logging
 import os
+import pickle
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -14,6 +16,8 @@ from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.errors import RsDeeplabError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted; re-run the same command to resume"
 T = TypeVar("T")
 log = logging.getLogger("rs_deeplab")
 
@@ -27,9 +31,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--quiet`` (no progress bars, warnings only) and ``--verbose`` to a pipeline's parser."""
+    """Add ``--quiet``, ``--verbose`` and ``--debug`` (full tracebacks) to a pipeline's parser."""
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; warnings and errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
 
 
 def setup_logging(*, quiet: bool = False, verbose: bool = False, rank: int = 0) -> None:
@@ -60,26 +65,85 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
+def one_line(message: object) -> str:
+    """``message`` as one line: lines joined with ``; ``, runs of blanks collapsed.
+
+    An error re-raised from a DataLoader worker carries the worker's traceback in its message; only the
+    original message (the traceback's last line, without the exception's type) is kept.
+    """
+    text = str(message)
+    if "Original Traceback (most recent call last):" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    parts = [" ".join(line.split()) for line in text.splitlines()]
+    return "; ".join(p.rstrip(";") for p in parts if p) or "unknown error"
+
+
+# OS errors on a path the user named: what went wrong and what to do about it
+_OS_ADVICE: dict[type[OSError], str] = {
+    PermissionError: "permission denied; choose a location you can write to (or read)",
+    IsADirectoryError: "is a folder where a file is expected; name a file",
+    NotADirectoryError: "a part of this path is a file where a folder is expected; fix the path",
+    FileExistsError: "already exists; remove it or choose another name",
+}
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line for a user mistake (the error tree, or an OS error naming its path); None for a bug."""
+    if isinstance(exc, RsDeeplabError):
+        return one_line(exc)
+    for kind, advice in _OS_ADVICE.items():
+        if type(exc) is kind and isinstance(exc, OSError) and exc.filename is not None:
+            return one_line(f"{exc.filename}: {advice}")
+    if isinstance(exc, pickle.UnpicklingError):
+        return one_line(f"not a readable file ({exc}); it may be truncated or of another kind")
+    return None
+
+
+def interrupted(exc: BaseException) -> bool:
+    """True for a KeyboardInterrupt, also one masked by a library (found in ``__cause__``/``__context__``)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        stack += [current.__cause__, current.__context__]
+    return False
+
+
 MainFunc = TypeVar("MainFunc", bound=Callable[..., int])
 
 
 def cli_entry(func: MainFunc) -> MainFunc:
-    """Decorate a pipeline ``main(argv)``: user errors become ``error: <message>`` on stderr and return 2.
+    """Decorate a pipeline ``main(argv)``: the error boundary of every script.
 
-    It also keeps torch's large CPU buffers on the heap (:func:`rs_deeplab.allocator.tune_malloc`).
+    User errors (:class:`rs_deeplab.errors.RsDeeplabError`, and OS errors that name their path) become one
+    ``error: <message>`` line on stderr and return 2; Ctrl-C (also when a library wraps it in another exception)
+    becomes one line and returns 130; any other exception is a bug and keeps its traceback. With ``--debug`` in
+    the arguments every error shows its full traceback. It also keeps torch's large CPU buffers on the heap
+    (:func:`rs_deeplab.allocator.tune_malloc`).
     """
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
         tune_malloc()
+        debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
         try:
             return func(argv)
-        except RsDeeplabError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            print("interrupted; re-run the same command to resume", file=sys.stderr)
-            return 130
+        except BaseException as exc:
+            if isinstance(exc, SystemExit | GeneratorExit):
+                raise
+            stop = interrupted(exc)
+            message = None if stop else user_error_message(exc)
+            if not stop and message is None:
+                raise  # a bug: its traceback must stay visible
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            print(INTERRUPTED if stop else f"error: {message}", file=sys.stderr)
+            return EXIT_INTERRUPTED if stop else EXIT_USAGE
 
     return cast(MainFunc, wrapper)
 

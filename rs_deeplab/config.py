@@ -229,20 +229,35 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for a missing file, bad syntax or a non-mapping document."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder; pass a YAML config file such as configs/demo.yaml")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found; pass a YAML file such as configs/demo.yaml")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (binary content); pass a YAML config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config ({exc.strerror or exc}); check its permissions") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+        raise ConfigError(f"{p}: {_yaml_problem(exc)}; fix the file (YAML key: value lines)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, and what the parser found."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not a text file (character {exc.character!r} at byte {exc.position})"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    return f"YAML syntax error{where}: {problem}"
 
 
 def validate_config(data: Mapping[str, Any], model: type[M], *, source: str = "config") -> M:

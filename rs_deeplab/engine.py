@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from rs_deeplab.distributed import all_reduce_sum
+from rs_deeplab.errors import TrainingError
 from rs_deeplab.losses import LossFn, build_loss
 from rs_deeplab.models import SegOutput, param_groups
 
@@ -203,11 +204,11 @@ class LossMeter:
         """The mean of the losses added since the last :meth:`mean` (a host sync), without resetting.
 
         Raises:
-            FloatingPointError: A loss was NaN or infinite.
+            TrainingError: A loss was NaN or infinite (a ``FloatingPointError``).
         """
         value = float(self.total) / self.count if self.total is not None and self.count else 0.0
         if not math.isfinite(value):
-            raise FloatingPointError("loss is not finite; lower optimizer.lr or check the labels")
+            raise TrainingError("loss is not finite; lower optimizer.lr or check the labels")
         return value
 
     def mean(self) -> float:

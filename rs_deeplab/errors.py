@@ -24,3 +24,7 @@ class RasterError(RsDeeplabError, OSError):
 
 class CheckpointError(RsDeeplabError, OSError):
     """A checkpoint is missing, corrupt or does not match the model or data."""
+
+
+class TrainingError(RsDeeplabError, FloatingPointError):
+    """Training diverged (a NaN or infinite loss): a learning rate too high or labels the loss cannot use."""

@@ -47,6 +47,7 @@ from rs_deeplab.gsd import rasters_gsd
 from rs_deeplab.losses import build_loss
 from rs_deeplab.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.models import MODELS, build_model, resolve_weights
+from rs_deeplab.preflight import check_bands, check_labelled, check_output_dir, removed_on_failure
 from rs_deeplab.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
 
@@ -184,7 +185,12 @@ def resume_state(last: Path, resume: bool, env: DistEnv) -> dict[str, Any] | Non
     Ranks whose ``work_dir`` is not shared (node-local disks) see no ``last.pt``, or an older one; each deciding
     for itself would start the ranks at different iterations, and their collectives would wait forever.
     """
-    state = load_checkpoint(last) if env.is_main and resume and last.exists() else None
+    state = None
+    if env.is_main and resume and last.exists():
+        try:
+            state = load_checkpoint(last)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; to start afresh pass resume=false, or delete it") from None
     return broadcast_from_main(state) if env.distributed else state
 
 
@@ -243,7 +249,11 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
     init_distributed(env, device)  # binds the GPU first, then joins the group on it
     try:
         _resolve_weights_first(cfg, env)
-        return _train(cfg, env, device, amp)
+        if not env.is_main:
+            return _train(cfg, env, device, amp)
+        # a run that fails (or is interrupted) before its first checkpoint leaves no run folder behind
+        with removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"):
+            return _train(cfg, env, device, amp)
     finally:
         shutdown_distributed()
 
@@ -257,6 +267,25 @@ def _resolve_weights_first(cfg: ExperimentConfig, env: DistEnv) -> None:
     broadcast_from_main(True)  # the other ranks wait for rank 0's download instead of fetching their own copy
     if not env.is_main:
         resolve_weights(m.weights, backbone)
+
+
+def _check_inputs(cfg: ExperimentConfig, env: DistEnv, train: SegmentationSource, val: SegmentationSource) -> int:
+    """Check the crops' bands and labels and the run folder before any expensive step; the model's band count."""
+    check_bands([train, val], cfg.data.bands)
+    check_labelled(train, cfg.data.train_split)
+    check_labelled(val, cfg.data.val_split)
+    weights, n = cfg.train.class_weights, len(train.class_names)
+    if isinstance(weights, list) and len(weights) != n:
+        raise InputError(f"train.class_weights has {len(weights)} values but the data has {n} classes")
+    in_ch = train.in_channels()
+    if cfg.data.photometric == "rgb" and in_ch != 3:
+        raise InputError(
+            f"data.photometric: rgb jitters 3-band 8-bit RGB images, but {cfg.data.root} has {in_ch} bands; "
+            "use data.photometric: bands (any band count) or none"
+        )
+    if env.is_main:
+        check_output_dir(cfg.run_dir, "work_dir" if cfg.work_dir is not None else "run folder")
+    return in_ch
 
 
 def runtime_record(
@@ -280,12 +309,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     seed_everything(cfg.seed)
     train_src = build_source(cfg.data, cfg.data.train_split)
     val_src = build_source(cfg.data, cfg.data.val_split)
-    names, in_ch = train_src.class_names, train_src.in_channels()
-    if cfg.data.photometric == "rgb" and in_ch != 3:
-        raise InputError(
-            f"data.photometric: rgb jitters 3-band 8-bit RGB images, but {cfg.data.root} has {in_ch} bands; "
-            "use data.photometric: bands (any band count) or none"
-        )
+    names, in_ch = train_src.class_names, _check_inputs(cfg, env, train_src, val_src)
     run_dir = cfg.run_dir
     last, best = run_dir / "last.pt", run_dir / "best.pt"
     state = resume_state(last, cfg.resume, env)
@@ -404,9 +428,12 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
     from rs_deeplab.inference.trained import load_trained_model
 
     dev = pick_device(device, option="--device")
+    check_output_dir(out_dir, "--out")
     model, state = load_trained_model(path, dev)
     cfg = ExperimentConfig.model_validate(state["config"])
     source = build_source(cfg.data, split)
+    check_labelled(source, split)
+    check_bands([source], cfg.data.bands)
     if source.class_names != tuple(state["class_names"]):
         raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
     dataset = SegmentationDataset(source, EvalTransform(BandStats.from_dict(state["band_stats"])))
@@ -414,6 +441,11 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
     from rs_deeplab.engine import evaluate
 
     cm = evaluate(model, loader, len(source.class_names), device=dev)
+    if not cm.sum():
+        raise InputError(
+            f"{cfg.data.root}: split {split!r} has no labelled pixel to score (every label is 255, ignore); "
+            "check its labels or choose another --split"
+        )
     result = scores(cm)
     report = {
         "checkpoint": str(path),

@@ -20,6 +20,8 @@ import rasterio
 import torch
 
 from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.datasets.base import read_failure
+from rs_deeplab.errors import InputError
 from rs_deeplab.raster import open_raster
 
 FlipMode = Literal["aerial", "horizontal", "none"]
@@ -58,14 +60,20 @@ def compute_band_stats(
             idx = list(bands) if bands else list(range(1, src.count + 1))
             scale = max(src.width, src.height) / max_side
             shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
-            data = src.read(idx, out_shape=(len(idx), *shape), masked=True,
-                            resampling=rasterio.enums.Resampling.nearest)  # fmt: skip
+            try:
+                data = src.read(idx, out_shape=(len(idx), *shape), masked=True,
+                                resampling=rasterio.enums.Resampling.nearest)  # fmt: skip
+            except rasterio.errors.RasterioError as exc:
+                raise read_failure(path, exc) from None
         values = np.ma.filled(data.astype(np.float64), np.nan).reshape(len(idx), -1)
         valid = ~np.isnan(values)
         s, sq, n = np.nansum(values, 1), np.nansum(values**2, 1), valid.sum(1)
         total, total_sq, count = (s, sq, n) if total is None else (total + s, total_sq + sq, count + n)
     if total is None or total_sq is None or count is None or (count == 0).any():
-        raise ValueError("no valid pixels to compute band statistics from")
+        raise InputError(
+            f"no valid pixels to compute band statistics from ({len(paths)} images, all nodata); "
+            "check the crops' nodata value or tile again"
+        )
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return BandStats(tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))

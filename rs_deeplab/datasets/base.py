@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.errors import InputError
+from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import open_raster
 
 
@@ -33,8 +33,7 @@ class SegmentationSource:
 
     def read_image(self, index: int) -> np.ndarray:
         """``(bands, H, W)`` raw pixel values of sample ``index``."""
-        with open_raster(self.images[index]) as src:
-            return src.read()
+        return read_pixels(self.images[index])
 
     def read_label(self, index: int) -> np.ndarray:
         """``(H, W)`` uint8 class indices of sample ``index`` (255 = ignore)."""
@@ -72,6 +71,30 @@ class SegmentationSource:
         """
         step = max(1, len(self.images) // limit)
         return self.images[::step][:limit]
+
+
+def read_pixels(path: Path, bands: Sequence[int] | None = None) -> np.ndarray:
+    """``(bands, H, W)`` pixels of a raster (1-based ``bands``; all when None), a failed read in one line.
+
+    Raises:
+        RasterError: The file cannot be opened or its pixels cannot be decoded (truncated, corrupt).
+    """
+    import rasterio.errors
+
+    with open_raster(path) as src:
+        if bands and max(bands) > src.count:
+            raise InputError(f"{path}: has {src.count} bands but data.bands asks for band {max(bands)}")
+        try:
+            return src.read(list(bands)) if bands else src.read()
+        except rasterio.errors.RasterioError as exc:
+            raise read_failure(path, exc) from None
+
+
+def read_failure(path: object, exc: BaseException) -> RasterError:
+    """One line for a failed pixel read of ``path``: GDAL's own reason (rasterio chains it) and what to do."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    problem = " ".join(str(cause).split()) or type(exc).__name__
+    return RasterError(f"{path}: cannot read its pixels ({problem}); the file may be truncated: re-create it")
 
 
 def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.datasets.base import SegmentationSource
+from rs_deeplab.datasets.base import SegmentationSource, read_pixels
 from rs_deeplab.errors import InputError
-from rs_deeplab.raster import open_raster
 
 
 def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[str], list[str | None]]:
@@ -100,17 +99,11 @@ class TileIndexSource(SegmentationSource):
 
     def read_image(self, index: int) -> np.ndarray:
         """Crop pixels of the selected bands; fails in one line if a band is missing."""
-        with open_raster(self.images[index]) as src:
-            if self.bands and max(self.bands) > src.count:
-                raise InputError(
-                    f"{self.images[index]}: has {src.count} bands but data.bands asks for band {max(self.bands)}"
-                )
-            return src.read(self.bands) if self.bands else src.read()
+        return read_pixels(self.images[index], self.bands)
 
     def read_label(self, index: int) -> np.ndarray:
         """Class-index crop (uint8, 255 = ignore)."""
-        with open_raster(self.labels[index]) as src:
-            return src.read(1)
+        return read_pixels(self.labels[index], [1])[0]
 
     def scene_images(self, limit: int = 64) -> list[Path]:
         """The first crop of each scene (a crop carries its scene's pixel size and CRS)."""
