@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +247,11 @@ class StderrLines:
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         assert proc.stderr is not None
-        stream = proc.stderr
-        threading.Thread(target=lambda: [self.lines.put(line) for line in stream], daemon=True).start()
+        threading.Thread(target=self._read, args=(proc.stderr,), daemon=True).start()
+
+    def _read(self, stream: typing.IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line)
 
     def wait_for(self, words: str, timeout: float = 240) -> None:
         """Block until a line holding ``words`` was printed."""
