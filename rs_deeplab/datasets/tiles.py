@@ -19,12 +19,19 @@ def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[s
     use them) are named ``class_<i>`` and have no count column (None).
     """
     import pyogrio
+    import pyogrio.errors
 
     if not index_path.is_file():
         raise InputError(
             f"tiles: index {index_path} not found; run pipelines/tile.py with --out {index_path.parent} first"
         )
-    tiles = pyogrio.read_dataframe(index_path, layer="tiles", read_geometry=False)
+    try:
+        tiles = pyogrio.read_dataframe(index_path, layer="tiles", read_geometry=False)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
+        problem = " ".join(str(exc).split())
+        raise InputError(
+            f"tiles: {index_path} is not a readable tile index ({problem}); run pipelines/tile.py again"
+        ) from None
     try:
         classes = pyogrio.read_dataframe(index_path, layer="classes", read_geometry=False)
     except Exception:  # an index without labels has no classes table
