@@ -278,3 +278,28 @@ def test_tiling_resume_records_what_the_server_reports(
     assert "holds crops of a different tiling run (remote differ)" in one_line_error(capsys)
     assert tile_main([f"{web.url}/tile_a.tif", "--out", both, "--append", *args]) == 2
     assert "tile_a.tif changed on its server since its crops were cut" in one_line_error(capsys)
+
+
+def test_the_real_cog_predicted_over_http_and_s3_equals_the_local_file(
+    web: HttpServer, s3: None, tmp_path: Path
+) -> None:
+    """The 3-band sample COG (EPSG:3857, 1024²) through predict_scene from both servers: the same labels."""
+    import torch
+
+    from rs_deeplab.inference import predict_scene
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)).eval()
+    common = {"size": 256, "stride": 192, "batch_size": 4, "mean": [128.0] * 3, "std": [64.0] * 3, "device": "cpu"}
+    predict_scene(model, COG, tmp_path / "local.tif", **common)  # type: ignore[arg-type]
+    web.traffic.reset()
+    with remote_env():
+        predict_scene(model, gdal_path(f"{web.url}/cogeo.tif"), tmp_path / "http.tif", **common)  # type: ignore[arg-type]
+        predict_scene(model, gdal_path("s3://scenes/x/cogeo.tif"), tmp_path / "s3.tif", **common)  # type: ignore[arg-type]
+    assert web.traffic.sent["/cogeo.tif"] > 0
+    expected = read(tmp_path / "local.tif")
+    assert len(np.unique(expected)) > 1  # a model that tells pixels apart, so equality means something
+    for name in ("http.tif", "s3.tif"):
+        np.testing.assert_array_equal(read(tmp_path / name), expected)
+        with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / name) as b:
+            assert (b.crs, b.transform, b.shape) == (a.crs, a.transform, a.shape)
