@@ -24,6 +24,7 @@ from rs_deeplab.cropstats import BandStats
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.labels import LabelSource, custom_scheme, read_labels
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
+from rs_deeplab.tile_checks import reading, writing
 
 IMAGES, LABELS, PARTS = "images", "labels", ".parts"
 Record = dict[str, Any]
@@ -279,20 +280,23 @@ def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -
     top = min(row_offs)
     window = Window(0, top, job.width, min(job.height, max(row_offs) + settings.size) - top)
     with open_raster(job.image) as src:
-        image = src.read(window=window)
-        mask = _valid_mask(src, image, window)
-        label = _read_label(job, settings, src, window)
+        with reading(job.image):
+            image = src.read(window=window)
+            mask = _valid_mask(src, image, window)
+        with reading(job.label.path if job.label else job.image, "label file"):
+            label = _read_label(job, settings, src, window)
         writer = _Writer(src, job, settings)
     stats = BandStats([w for r in row_offs for w in rows[r]], top, label, mask)
     records: list[Record] = []
-    for r in row_offs:
-        row_records = []
-        for w in rows[r]:
-            sl = np.s_[w.row_off - top : w.row_off - top + w.height, w.col_off : w.col_off + w.width]
-            crop_label = None if label is None else label[sl]
-            row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, stats))
-        _save_part(settings.out, job, r, row_records)
-        records.extend(row_records)
+    with writing(settings.out):
+        for r in row_offs:
+            row_records = []
+            for w in rows[r]:
+                sl = np.s_[w.row_off - top : w.row_off - top + w.height, w.col_off : w.col_off + w.width]
+                crop_label = None if label is None else label[sl]
+                row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, stats))
+            _save_part(settings.out, job, r, row_records)
+            records.extend(row_records)
     return records
 
 

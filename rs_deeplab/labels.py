@@ -140,6 +140,11 @@ def check_label_raster(image: Any, label: Any, scheme: ClassScheme | None) -> No
         raise RasterError(f"labels {label.name} have 2 bands; expected 1 (class ids) or 3 (colours)")
     if label.count >= 3 and scheme is None:
         raise InputError(f"labels {label.name} are colour-coded ({label.count} bands); pass --scheme NAME to decode")
+    if label.count >= 3 and scheme is not None and scheme.name and scheme.encoding != "rgb":
+        raise InputError(
+            f"labels {label.name} are colour-coded ({label.count} bands) but --scheme {scheme.name} stores class "
+            "values in one band; pass the scheme of these labels (potsdam, vaihingen and isaid are colour-coded)"
+        )
     if np.dtype(label.dtypes[0]).kind == "c":
         raise RasterError(f"labels {label.name} hold complex numbers; expected class ids or colours")
 
@@ -233,7 +238,9 @@ def vector_values(path: str | Path, *, field: str | None, scene_crs: Any) -> lis
     try:
         info = pyogrio.read_info(p)
     except Exception as exc:
-        raise InputError(f"{p}: not a vector file GDAL can read ({str(exc).splitlines()[0][:120]})") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        hint = "pass a GeoPackage, GeoJSON or shapefile"
+        raise InputError(f"{p}: not a vector file GDAL can read ({reason}); {hint}") from None
     fields = [str(f) for f in info["fields"]]
     if not field:
         raise InputError(f"{p}: vector labels need --label-field NAME naming the class attribute (one of {fields})")
@@ -241,7 +248,12 @@ def vector_values(path: str | Path, *, field: str | None, scene_crs: Any) -> lis
         raise InputError(f"{p}: no attribute {field!r}; choose --label-field from {fields}")
     if info["crs"] is not None and scene_crs is None:
         raise InputError(f"{p}: the scene has no CRS, so georeferenced polygons cannot be placed on it")
-    table = pyogrio.read_dataframe(p, columns=[field], read_geometry=False, fid_as_index=True)
+    try:
+        table = pyogrio.read_dataframe(p, columns=[field], read_geometry=False, fid_as_index=True)
+    except Exception as exc:  # pyogrio's DataSourceError/FieldError and GDAL read errors of a damaged file
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        hint = "the file may be damaged: export it again"
+        raise InputError(f"{p}: cannot read the features ({reason}); {hint}") from None
     missing = [fid for fid, v in zip(table.index, table[field], strict=True) if _missing(v)]
     if missing:
         raise InputError(
@@ -386,6 +398,8 @@ def check_label_coverage(source: LabelSource, src: Any, scheme: ClassScheme | No
     """
     from rasterio.windows import Window
 
+    from rs_deeplab.raster import open_raster
+
     h, w = src.height, src.width
     whole = Window(0, 0, w, h)
     small = (min(h, CHECK_PIXELS), min(w, CHECK_PIXELS))
@@ -397,14 +411,21 @@ def check_label_coverage(source: LabelSource, src: Any, scheme: ClassScheme | No
                 f"{source.path}: label values {extra[:5]} have no name in --classes ({scheme.num_classes} names for "
                 f"ids 0..{scheme.num_classes - 1}); give one name per class id"
             )
-    if (read_labels(source, src, whole, scheme, small) != IGNORE_INDEX).any():
-        return
-    if source.kind != "vector" and small != (h, w):
+    labelled = bool((read_labels(source, src, whole, scheme, small) != IGNORE_INDEX).any())
+    if not labelled and source.kind != "vector" and small != (h, w):
         for top in range(0, h, SCAN_ROWS):
             band = Window(0, top, w, min(SCAN_ROWS, h - top))
             if (read_labels(source, src, band, scheme) != IGNORE_INDEX).any():
-                return
-    raise InputError(
-        f"{source.path}: the labels of scene {src.name} are all 255 (ignore): {_why_all_ignore(source, src)}; "
-        "nothing was written"
-    )
+                labelled = True
+                break
+    if not labelled:
+        raise InputError(
+            f"{source.path}: the labels of scene {src.name} are all 255 (ignore): {_why_all_ignore(source, src)}; "
+            "nothing was written"
+        )
+    if source.kind == "raster":
+        from rs_deeplab.tile_checks import warn_outside_scheme
+
+        with open_raster(source.path) as lab:
+            raw = lab.read(out_shape=(lab.count, *small))
+        warn_outside_scheme(source.path, raw, scheme, h * w)

@@ -46,6 +46,15 @@ from rs_deeplab.labels import (
 from rs_deeplab.raster import absolute, atomic_output, open_raster
 from rs_deeplab.remote import is_remote, reads_remote, remote_env, scene_stem, stat_remote
 from rs_deeplab.scheduling import TaskSpec, check_executor_options, default_workers, open_executor
+from rs_deeplab.tile_checks import (
+    check_label_fill_seed,
+    check_output,
+    check_positive,
+    check_readable,
+    reading,
+    warn_no_crs,
+    writing,
+)  # fmt: skip
 from rs_deeplab.tileindex import build_index, merge_index, read_index, write_index
 
 log = logging.getLogger("rs_deeplab.tiling")
@@ -136,6 +145,7 @@ def _raster_label(spec: SceneSpec, src: Any, scheme: ClassScheme | None, shared:
     """A label raster on the scene grid, or (shared by several scenes) one warped onto each scene's grid."""
     assert spec.label is not None
     with open_raster(spec.label) as lab:
+        check_readable(lab)
         try:
             check_label_raster(src, lab, scheme)
             return LabelSource(absolute(spec.label))
@@ -156,6 +166,7 @@ def _open_scenes(specs: Sequence[SceneSpec]) -> list[_Scene]:
     if not specs:
         raise InputError("no scenes to tile; pass at least one raster or a dataset folder with --preset")
     scenes: list[_Scene] = []
+    drivers: list[tuple[str, Any, str]] = []
     for spec in specs:
         with open_raster(spec.image) as src:
             key = spec.key or scene_stem(spec.image)
@@ -166,9 +177,12 @@ def _open_scenes(specs: Sequence[SceneSpec]) -> list[_Scene]:
             pixel_bytes = src.count * np.dtype(src.dtypes[0]).itemsize + (spec.label is not None)
             banded = src.driver in ("GTiff", "VRT")
             bands = (src.count, str(src.dtypes[0]))
+            check_readable(src)
+            drivers.append((str(spec.image), src.crs, src.driver))
             scenes.append(_Scene(spec, key, src.height, src.width, src.transform, src.crs, banded, pixel_bytes, bands))
     if len({s.crs is None for s in scenes}) > 1:
         raise InputError("some scenes are georeferenced and some are not; tile them into separate --out folders")
+    warn_no_crs(drivers)
     return scenes
 
 
@@ -243,7 +257,8 @@ def prepare_jobs(
                 else:
                     label = _raster_label(s.spec, src, class_scheme, uses[str(s.spec.label)] > 1)
                 if check_labels:
-                    check_label_coverage(label, src, decode)
+                    with reading(label.path, "label file"):
+                        check_label_coverage(label, src, decode)
         jobs.append(SceneJob(s.key, absolute(s.spec.image), label, s.spec.split, s.height, s.width, s.pixel_bytes))
     jobs.sort(key=lambda j: j.key)
     info = {s.key: s for s in opened}
@@ -559,12 +574,15 @@ def tile_scenes(
     compress = None if compress in (None, "none") else compress
     _check_options(size, stride, min_valid, compress)
     check_executor_options(workers, scheduler)
+    check_positive(block=block)
+    check_label_fill_seed(label_fill, seed)
     if scheme and classes:
         raise InputError("--classes names the classes of labels without a --scheme; give one of them")
     out = Path(out)
     if append and not classes and not scheme:
         classes = (_read_manifest(out) or {}).get("classes")
     specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
+    check_output(out, [p for s in specs for p in (s.image, s.label) if p is not None])
     vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
     prepared = prepare_jobs(
         specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
@@ -583,7 +601,8 @@ def tile_scenes(
         _check_manifest(out, manifest)
 
     labelled = any(j.label is not None for j in jobs)
-    _prepare_output(out, manifest, labelled)
+    with writing(out):
+        _prepare_output(out, manifest, labelled)
     records, todo = _pending(jobs, settings)
     resumed = len(records)
     cluster = "nothing to do"
@@ -591,13 +610,18 @@ def tile_scenes(
         pending_bytes = sum(len(todo.get(j.key, ())) * _row_bytes(j, settings) for j in jobs)
         n = choose_workers(workers, scheduler, pending_bytes)
         remote = any(reads_remote(j.image) or (j.label is not None and reads_remote(j.label.path)) for j in jobs)
-        with (
-            open_executor(n, scheduler, processes=processes) as executor,
-            remote_env() if remote else contextlib.nullcontext(),
-        ):
-            cluster = executor.description
-            tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
-            records.extend(executor.run(tasks, quiet=quiet))
+        try:
+            with (
+                open_executor(n, scheduler, processes=processes) as executor,
+                remote_env() if remote else contextlib.nullcontext(),
+            ):
+                cluster = executor.description
+                tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
+                records.extend(executor.run(tasks, quiet=quiet))
+        except BaseException:
+            if not scheduler:  # local workers are gone: their half-written files go now, not at the re-run
+                remove_stale_temporaries(out)
+            raise
 
     kept = [r for r in records if r["written"]]
     dropped = sum(1 for r in records if not r["split"])
@@ -605,7 +629,8 @@ def tile_scenes(
     tiles, table = build_index(kept, transforms=transforms, crss=crss, scheme=scheme_of, mapping=prepared.mapping)
     if append and (out / INDEX_NAME).exists():
         tiles, table = merge_index(*read_index(out / INDEX_NAME), tiles, table, replace=[j.key for j in jobs])
-    index = write_index(out / INDEX_NAME, tiles, table)
+    with writing(out):
+        index = write_index(out / INDEX_NAME, tiles, table)
     return TileSummary(
         out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept),
         len(records) - len(kept) - dropped, resumed, time.perf_counter() - start, cluster, dropped,
