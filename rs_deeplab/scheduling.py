@@ -6,7 +6,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -153,6 +155,28 @@ def open_executor(
         yield from _local_cluster(n, processes)
 
 
+@contextlib.contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes forked in this block leave Ctrl-C to this process, which closes them quietly.
+
+    A terminal's Ctrl-C reaches every process of its group: an idle worker would print its event loop's
+    KeyboardInterrupt traceback. While the workers are forked, SIGINT goes to a handler that only notes it; the
+    forked workers keep that handler (a note in their own memory: the signal is ignored there), and this process
+    gets its usual handler back afterwards and raises the noted Ctrl-C then.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
+
+
 def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
     """A ``LocalCluster`` of ``n`` single-threaded worker processes, or one worker with ``n`` threads.
 
@@ -165,7 +189,7 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
 
     kind = "processes" if processes else "threads"
     method = {"distributed.worker.multiprocessing-method": WORKER_START_METHOD}
-    with dask.config.set(method), warnings.catch_warnings():
+    with dask.config.set(method), warnings.catch_warnings(), _children_ignore_ctrl_c():
         warnings.filterwarnings("ignore", "This process .* is multi-threaded, use of fork", DeprecationWarning)
         cluster = LocalCluster(
             n_workers=n if processes else 1,
