@@ -77,9 +77,69 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
         problem = gdal_problem(p, str(exc)) if remote else None
         if problem:
             raise RasterError(problem) from None
-        raise RasterError(
-            f"{p}: not a raster GDAL can read ({str(exc).splitlines()[0][:120]}); pass a GeoTIFF, PNG or JPEG"
-        ) from None
+        reason = gdal_reason(exc)
+        raise RasterError(f"{p}: not a raster GDAL can read ({reason}); pass a GeoTIFF, PNG or JPEG") from None
+
+
+def gdal_reason(exc: BaseException, limit: int = 300) -> str:
+    """The most telling GDAL message of ``exc`` as one line, sentences kept whole up to ``limit`` characters.
+
+    A generic ``Read failed. See previous exception`` gives way to its causes, where GDAL chains the details.
+    """
+    messages: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(messages) < 8:
+        text = " ".join(str(current).split())
+        if text and text not in messages:
+            messages.append(text)
+        current = current.__cause__ or current.__context__
+    useful = [m for m in messages if "See previous exception" not in m] or messages or ["unknown GDAL error"]
+    text = useful[-1] if len(useful[-1]) >= 30 else useful[0]  # the innermost message says the most
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = max(cut.rfind(". "), cut.rfind("; "))
+    return cut[: end + 1] if end > limit // 3 else cut.rsplit(" ", 1)[0] + " ..."
+
+
+class RasterReadError(RasterError):
+    """A raster opened, but some of its pixels cannot be read (a truncated or corrupt file)."""
+
+
+def read_error(path: PathLike, exc: BaseException, where: str = "") -> RasterReadError:
+    """A one-line :class:`RasterReadError` for a GDAL read failure of ``path`` after it opened."""
+    at = f" at {where}" if where else ""
+    return RasterReadError(f"{path}: cannot be read{at} ({gdal_reason(exc)}); the file may be truncated or corrupt: "
+                       "copy or export it again")  # fmt: skip
+
+
+def write_error(path: PathLike, exc: BaseException) -> RasterError:
+    """A one-line :class:`RasterError` for a failed write of ``path`` (disk full, folder gone, no permission)."""
+    return RasterError(f"{path}: cannot be written ({gdal_reason(exc)}); check the disk space and the folder")
+
+
+def check_complete(src: Any, path: PathLike) -> None:
+    """Refuse a local GeoTIFF whose last blocks lie beyond the end of the file (a truncated copy or download).
+
+    Reads a few TIFF tags only (the last block of every band), so it costs nothing on a big scene.
+
+    Raises:
+        RasterError: The file is shorter than its blocks say.
+    """
+    if src.driver != "GTiff" or is_vsi(path) or is_url(path):
+        return
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return
+    height, width = src.block_shapes[0]
+    last = f"BLOCK_OFFSET_{-(-src.width // width) - 1}_{-(-src.height // height) - 1}"
+    for bidx in range(1, src.count + 1) if src.interleaving != rasterio.enums.Interleaving.pixel else (1,):
+        offset = src.get_tag_item(last, "TIFF", bidx=bidx)
+        length = src.get_tag_item(last.replace("OFFSET", "SIZE"), "TIFF", bidx=bidx)
+        if offset and length and int(offset) + int(length) > size:
+            raise RasterError(f"{path}: is truncated ({size} bytes, its last block ends at byte "
+                              f"{int(offset) + int(length)}); copy or download it again")  # fmt: skip
 
 
 def temporary_sibling(path: PathLike) -> Path:

@@ -7,15 +7,18 @@ ISPRS protocol. Memory is bounded by one block of both rasters, whatever the sce
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
@@ -23,7 +26,8 @@ from rs_deeplab.cli import progress
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.labels import decode_label
 from rs_deeplab.metrics import confusion_matrix, markdown_table, scores
-from rs_deeplab.raster import PathLike, atomic_output, open_raster, source_path
+from rs_deeplab.outputs import check_output_folder
+from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, read_error, source_path
 from rs_deeplab.remote import scene_name
 from rs_deeplab.vectorize.metadata import read_class_names
 
@@ -165,7 +169,7 @@ def resolve_class_names(
 
 
 def _check_block_size(block_size: int) -> None:
-    if block_size < 1:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise InputError(f"block size must be a positive number of pixels, got {block_size}")
 
 
@@ -241,15 +245,23 @@ def scene_confusion(
         nodata = pred.nodata if pred.nodata is not None and float(pred.nodata).is_integer() else None
         windows = block_windows(pred.height, pred.width, block_size)
         for window in progress(windows, total=len(windows), desc=scene_name(pred_path), quiet=quiet, unit="block"):
-            p = pred.read(1, window=window)
+            p = _read(pred, window, functools.partial(pred.read, 1, window=window))
             _check_prediction_values(p, num_classes, None if nodata is None else int(nodata), pred.name)
-            t = _read_truth(truth, window, scheme)
+            t = _read(truth, window, functools.partial(_read_truth, truth, window, scheme))
             block = _chunked_confusion(p, t, num_classes)
             cm += block
             valid_truth = int(np.count_nonzero(t != IGNORE_INDEX))
             ignored += t.size - valid_truth
             unpredicted += valid_truth - int(block.sum())
     return SceneCounts(cm, ignored, unpredicted)
+
+
+def _read(src: Any, window: Window, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """``read()`` of one block of ``src``, a GDAL failure (truncated, corrupt file) as one line naming it."""
+    try:
+        return read()
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise read_error(src.name, exc, f"rows {window.row_off}..{window.row_off + window.height}") from None
 
 
 def score_entry(cm: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
@@ -317,6 +329,8 @@ def evaluate_scenes(
     if not pairs:
         raise InputError("no scenes to score; pass --pred and --truth")
     _check_block_size(block_size)
+    out = Path(out_dir) if out_dir else _beside(pairs[0][0])
+    check_output_folder(out, what=f"report folder {out}")
     names = _check_inputs(pairs, scheme, class_names)
     scenes: list[dict[str, Any]] = []
     total = SceneCounts(np.zeros((len(names), len(names)), dtype=np.int64), 0, 0)
@@ -326,14 +340,21 @@ def evaluate_scenes(
         )
         total = total + counts
         scenes.append({"prediction": str(pred_path), "truth": str(truth_path), **counts.as_report(names)})
-        log.info("%s: mIoU %.4f", pred_path, scores(counts.confusion).miou)
+    if not total.confusion.any():
+        raise InputError(
+            f"no pixel to score in {len(pairs)} scene(s): every truth pixel is ignore (255 or nodata) or "
+            "unpredicted (nodata in the prediction); check that --truth, --scheme and --pred belong together"
+        )
+    for scene in scenes:
+        miou = scene["scores"]["mIoU"]
+        log.info("%s: mIoU %s", scene["prediction"], "n/a" if miou is None else f"{miou:.4f}")
     report = {
         "classes": list(names),
         "scheme": scheme.name if scheme else None,
         "total": total.as_report(names),
         "scenes": scenes,
     }
-    _write_reports(report, total.confusion, names, Path(out_dir) if out_dir else _beside(pairs[0][0]))
+    _write_reports(report, total.confusion, names, out)
     return report
 
 
@@ -353,6 +374,8 @@ def _check_inputs(
         for pred, (_, truth_path) in zip(preds, pairs, strict=True):
             with open_raster(truth_path) as truth:
                 check_pair(pred, truth, scheme)
+                check_complete(truth, truth_path)
+            check_complete(pred, pred.name)
     finally:
         for ds in preds:
             ds.close()

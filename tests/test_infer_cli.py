@@ -159,7 +159,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
         ([str(a), "--out", "x.png"], "use a .gpkg"),
         ([str(a), "--out", "x.tif", "--output-stride", "32"], "supports output_stride 8, 16; got 32"),
         ([str(a), "--out", "x.tif", "--scales", "1,a"], "comma-separated numbers"),
-        ([str(a), "--out", str(a)], "would overwrite the scene"),
+        ([str(a), "--out", str(a)], "is an input of this run and would be overwritten"),
     ]
     if not torch.cuda.is_available():  # checked before any scene is read: the option and the fix
         cases += [

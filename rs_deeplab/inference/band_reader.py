@@ -19,10 +19,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from rs_deeplab.raster import open_raster
+from rs_deeplab.raster import open_raster, read_error
 
 if TYPE_CHECKING:
     from rs_deeplab.inference.reader import SceneInfo
@@ -165,7 +167,10 @@ class BandReader:
         window = info.file_window(Window(c0, first + r0, c1 - c0, r1 - r0))  # fractional on a resampled grid
         out = data[:, r0:r1, c0:c1]
         resampling = Resampling.nearest if info.source_shape is None else Resampling.bilinear  # GDAL skips nodata
-        src.read(self.bands, window=window, out=out, resampling=resampling)
+        try:
+            src.read(self.bands, window=window, out=out, resampling=resampling)
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise read_error(info.path, exc, f"rows {first + r0}..{first + r1}") from None
         if valid is None:
             return
         ok = valid[r0:r1, c0:c1]
@@ -173,7 +178,10 @@ class BandReader:
             nd = info.nodata
             np.any(~np.isnan(out) if np.isnan(nd) else out != nd, axis=0, out=ok)
         elif info.mask_kind == "mask":
-            ok[...] = src.read_masks(self.bands[0], window=window, out_shape=ok.shape) > 0
+            try:
+                ok[...] = src.read_masks(self.bands[0], window=window, out_shape=ok.shape) > 0
+            except (RasterioError, CPLE_BaseError) as exc:
+                raise read_error(info.path, exc, f"the mask of rows {first + r0}..{first + r1}") from None
         else:
             ok[...] = True
         if out.dtype.kind == "f":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -18,12 +19,14 @@ from rs_deeplab.grid import check_size_stride
 from rs_deeplab.gsd import raster_gsd, working_gsd
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA
-from rs_deeplab.inference.reader import scene_info, select_bands
+from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, predict_scene
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, newest_checkpoint
+from rs_deeplab.inference.writer import partial_path, sidecar_path
+from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import source_path, temporary_sibling
-from rs_deeplab.remote import scene_source, scene_stem
+from rs_deeplab.remote import is_remote, scene_source, scene_stem
 from rs_deeplab.stac import is_stac_item
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -90,11 +93,60 @@ def raster_paths(out: Path, scenes: Sequence[Path | str]) -> list[Path]:
     return [base.with_name(f"{base.stem}_{stem}{base.suffix}") for stem in stems]
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, inputs: Sequence[Path | str | None]) -> None:
     if out.suffix.lower() not in (*RASTER_SUFFIXES, ".gpkg"):
         raise InputError(f"--out {out}: use a .gpkg (raster + polygons) or a .tif (raster only) path")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    kind = "GeoPackage" if out.suffix.lower() == ".gpkg" else "GeoTIFF"
+    check_output_file(out, what=f"--out {out}", kind=kind, inputs=inputs)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise InputError(f"{name} {value}: must be a positive whole number")
+
+
+def check_options(opts: InferOptions) -> None:
+    """Refuse option values that cannot work, before anything is loaded (0 and negatives are never defaults).
+
+    Raises:
+        InputError: A size, stride, batch size or CRF iteration count below 1, a negative or non-finite
+            ``min_area``/``simplify``, a CRF band below 1 or more than three of them.
+    """
+    _positive("--size", opts.size)
+    _positive("--stride", opts.stride)
+    _positive("--batch-size", opts.batch_size)
+    if opts.crf:
+        _positive("--crf-iterations", opts.crf_iterations)
+    for name, value in (("--min-area", opts.min_area), ("--simplify", opts.simplify)):
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{name} {value}: must be a number >= 0")
+    bands = opts.crf_bands
+    if bands is not None and (not 1 <= len(bands) <= 3 or any(b < 1 for b in bands)):
+        raise InputError(f"--crf-bands {','.join(map(str, bands))}: name 1 to 3 bands, counted from 1")
+    if opts.scales is not None and not all(math.isfinite(s) and s > 0 for s in opts.scales):
+        raise InputError(f"--scales {','.join(map(str, opts.scales))}: scales must be positive numbers")
+
+
+def _check_crf_bands(crf: CRFSettings | None, header: SceneInfo) -> None:
+    if crf is not None and any(not 1 <= b <= header.count for b in crf.bands):
+        raise InputError(f"--crf-bands {','.join(map(str, crf.bands))}: {header.path} has {header.count} band(s); "
+                         f"name bands 1..{header.count}")  # fmt: skip
+
+
+def _check_rasters(rasters: Sequence[Path], opts: InferOptions, out: Path, inputs: Sequence[Path | str]) -> None:
+    """Every raster the run writes (labels, probabilities) is a writable file that is no input."""
+    for r in rasters:
+        targets = [r] + ([probs_path(r)] if opts.probs else [])
+        for target in targets:
+            check_output_file(target, what=f"--out {out}", kind="GeoTIFF", inputs=inputs)
+        for target in targets:
+            if partial_path(target).is_dir() or sidecar_path(r).is_dir():
+                raise InputError(f"--out {out}: {partial_path(target)} is a folder; remove it")
+
+
+def probs_path(raster: Path) -> Path:
+    """Where the per-class probabilities of ``raster`` go."""
+    return raster.with_name(f"{raster.stem}_probs.tif")
 
 
 def resolve_scenes(scenes: Sequence[str | Path], assets: Sequence[str] | None, band_names: Sequence[str] | None
@@ -122,8 +174,9 @@ def infer_scenes(
     """
     start = time.perf_counter()
     opts = options or InferOptions()
-    _check_out(out)
+    check_options(opts)
     ckpt = checkpoint if checkpoint is not None else newest_checkpoint()
+    _check_out(out, [*(s for s in scenes if isinstance(s, Path) or not is_remote(s)), ckpt])
     trained = TrainedModel(ckpt.resolve(), opts.output_stride)  # absolute: Dask workers run elsewhere
     # device and precision checked before any scene (a scheduler's workers are asked by predict_scene)
     here = torch.device("cpu") if opts.scheduler else pick_device(opts.device, option="--device")
@@ -136,24 +189,28 @@ def infer_scenes(
     todo = resolve_scenes(list(scenes) or list(info.infer.get("scenes", [])), opts.assets, info.band_names)
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
+    crf = _crf_settings(opts, info) if opts.crf else None
     gsds = []
     for scene in todo:
         header = scene_info(scene)
         select_bands(header, info.bands, info.in_channels)
+        _check_crf_bands(crf, header)
         gsds.append(_scene_gsd(header.path, opts.gsd, info.gsd, header))
-    size = opts.size or int(info.infer.get("size", 512))
-    stride = opts.stride or int(info.infer.get("stride", size // 2))
+    size = opts.size if opts.size is not None else int(info.infer.get("size", 512))
+    stride = opts.stride if opts.stride is not None else int(info.infer.get("stride", size // 2))
     check_size_stride(size, stride)
+    batch_size = opts.batch_size if opts.batch_size is not None else int(info.infer.get("batch_size", 8))
+    _positive("infer.batch_size", batch_size)
     tta = _tta(opts, info.infer, info.scheme)
-    crf = _crf_settings(opts, info) if opts.crf else None
     result = InferResult(ckpt)
     rasters = raster_paths(out, todo)
-    inputs = {s.resolve() for s in todo if isinstance(s, Path)}
+    inputs = [s.resolve() for s in todo if isinstance(s, Path)]
     for r in rasters:
         if r.resolve() in inputs:
             raise InputError(f"--out {out}: the label raster {r} would overwrite the scene; choose another name")
+    _check_rasters(rasters, opts, out, [*inputs, ckpt])
     for scene, raster, gsd in zip(todo, rasters, gsds, strict=True):
-        probs = raster.with_name(f"{raster.stem}_probs.tif") if opts.probs else None
+        probs = probs_path(raster) if opts.probs else None
         log.info("predicting %s → %s", scene, raster)
         result.rasters.append(
             predict_scene(
@@ -162,7 +219,7 @@ def infer_scenes(
                 raster,
                 size=size,
                 stride=stride,
-                batch_size=opts.batch_size or int(info.infer.get("batch_size", 8)),
+                batch_size=batch_size,
                 window=info.infer.get("window", "hann"),
                 tta=tta,
                 crf=crf,

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.band_reader import BandReader, default_read_threads
-from rs_deeplab.raster import PathLike, absolute, open_raster
+from rs_deeplab.raster import PathLike, absolute, check_complete, open_raster
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class SceneInfo:
 def scene_info(path: PathLike) -> SceneInfo:
     """Read ``path``'s header (one-line errors for a missing file or one GDAL cannot read)."""
     with open_raster(path) as src:
+        check_complete(src, path)
         flags = [set(f) for f in src.mask_flag_enums]
         if src.nodata is not None:
             kind = "nodata"

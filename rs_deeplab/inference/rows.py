@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX
@@ -23,7 +25,7 @@ from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA, Normaliser, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowBatch, WindowReader
 from rs_deeplab.inference.streams import OrderedWorker, prefetch
-from rs_deeplab.raster import open_raster
+from rs_deeplab.raster import open_raster, read_error
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,11 @@ def _crf_refiner(job: RowJob) -> Callable[[FinishedRows], FinishedRows]:
         rows = part.row_stop - part.row_start
         with open_raster(job.info.path) as src:  # the working grid's pixels (resampled when it is not the file's)
             window = job.info.file_window(Window(0, part.row_start, width, rows))
-            image = src.read(list(crf.bands), window=window, out_shape=(len(crf.bands), rows, width),
-                             resampling=Resampling.bilinear)  # fmt: skip
+            try:
+                image = src.read(list(crf.bands), window=window, out_shape=(len(crf.bands), rows, width),
+                                 resampling=Resampling.bilinear)  # fmt: skip
+            except (RasterioError, CPLE_BaseError) as exc:
+                raise read_error(job.info.path, exc, f"rows {part.row_start}..{part.row_stop}") from None
         probs = part.probs.copy()
         for c in range(0, width, size):
             x0, x1 = max(0, c - crf.margin), min(width, c + size + crf.margin)

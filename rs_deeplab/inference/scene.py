@@ -31,7 +31,7 @@ from rs_deeplab.inference.rows import CRFSettings, RowJob, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
 from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, module_fingerprint
 from rs_deeplab.inference.writer import OutputSpec, RowSink, RowWriter, partial_path, sidecar_path
-from rs_deeplab.raster import PathLike, source_path
+from rs_deeplab.raster import PathLike, RasterReadError, source_path
 from rs_deeplab.remote import is_remote, reads_remote, remote_env, stat_remote
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -273,6 +273,9 @@ def _write_scene(
         try:
             total = reader.windows_in(job.window_rows(start, job.info.height))
             runner, ran = run(sink, start, total, quiet)
+        except RasterReadError:
+            writer.discard()  # the scene must be fixed first, which changes its fingerprint: nothing to resume
+            raise
         finally:
             writer.close()
         writer.finish()

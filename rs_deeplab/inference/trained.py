@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.classes import SCHEMES, colour_table
+from rs_deeplab.cli import one_line
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.models import build_model, set_output_stride
 
@@ -201,8 +203,27 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Modul
         head=m["head"],
         aux_weight=m["aux_weight"],
     )
+    problem = weights_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({m['name']}, "
+                              f"{m['backbone']}): {problem}; pass the checkpoint this run wrote, unedited")  # fmt: skip
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({str(exc)[:100]})") from None
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({m['name']}, "
+                              f"{m['backbone']}): {one_line(exc)[:200]}") from None  # fmt: skip
     return model.to(device).eval(), state
+
+
+def weights_mismatch(expected: Mapping[str, Any], given: Any) -> str | None:
+    """One line saying how a state dict differs from a model's (missing, unexpected, other shapes); None: it fits."""
+    if not isinstance(given, Mapping):
+        return f"the weights are a {type(given).__name__}, not a state dict"
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [k for k in expected if k in given and tuple(getattr(given[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if keys:
+            parts.append(f"{len(keys)} {what} (e.g. {keys[0]})")
+    return None if not parts else "tensors " + ", ".join(parts)

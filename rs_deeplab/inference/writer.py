@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,13 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 
 from rs_deeplab.class_names import class_names_tag
 from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.errors import InputError
+from rs_deeplab.errors import InputError, RsDeeplabError
 from rs_deeplab.inference.blending import FinishedRows, quantise_probs
 from rs_deeplab.inference.reader import SceneInfo
-from rs_deeplab.raster import geotiff_profile, quiet_georeferencing
+from rs_deeplab.raster import geotiff_profile, quiet_georeferencing, write_error
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,20 @@ class RowWriter:
     def open(self) -> int:
         """Create the partial rasters, or reopen those of an interrupted identical run; return its rows done."""
         self.committed = self._resumable_rows()
-        if self.committed == 0:
-            self._create()
-        else:
-            log.info("%s: resuming at row %d of %d", self.spec.path, self.committed, self.info.height)
-        self._reopen()
+        with self._translated():
+            if self.committed == 0:
+                self._create()
+            else:
+                log.info("%s: resuming at row %d of %d", self.spec.path, self.committed, self.info.height)
+            self._reopen()
         return self.committed
+
+    def discard(self) -> None:
+        """Close and remove the partial files and the sidecar (a run whose input turned out unreadable)."""
+        self.close()
+        for target in self.targets:
+            partial_path(target).unlink(missing_ok=True)
+        sidecar_path(self.spec.path).unlink(missing_ok=True)
 
     def _resumable_rows(self) -> int:
         side = sidecar_path(self.spec.path)
@@ -168,7 +177,18 @@ class RowWriter:
         end = self._pending[-1].row_stop
         ready = end if end >= self.info.height else self.committed + (end - self.committed) // BLOCK * BLOCK
         if ready > self.committed:
-            self._flush(ready)
+            with self._translated():
+                self._flush(ready)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """GDAL and OS failures while writing (disk full, folder removed) as one-line errors naming the file."""
+        try:
+            yield
+        except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as exc:
+            if isinstance(exc, RsDeeplabError):
+                raise
+            raise write_error(partial_path(self.spec.path), exc) from None
 
     def _flush(self, until: int) -> None:
         start = self.committed

@@ -7,10 +7,13 @@ from typing import Any
 
 import numpy as np
 import shapely
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from rs_deeplab.cli import progress
 from rs_deeplab.errors import RasterError
+from rs_deeplab.raster import read_error
 from rs_deeplab.vectorize.clean import simplify_block
 from rs_deeplab.vectorize.metadata import ClassSelection
 from rs_deeplab.vectorize.polygonize import apply_affine, polygonize_block
@@ -28,7 +31,10 @@ def block_windows(height: int, width: int, size: int) -> Iterator[tuple[int, int
 
 
 def _read_block(src: Any, window: Window) -> np.ndarray:
-    data = src.read(1, window=window)
+    try:
+        data = src.read(1, window=window)
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise read_error(src.name, exc, f"rows {window.row_off}..{window.row_off + window.height}") from None
     cast = _CAST.get(data.dtype.name)
     if cast is not None:
         info = np.iinfo(cast)

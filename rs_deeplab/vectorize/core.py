@@ -16,7 +16,8 @@ import numpy as np
 import rasterio
 
 from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import PathLike, atomic_output, open_raster
+from rs_deeplab.outputs import check_output_file
+from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster
 from rs_deeplab.vectorize.blocks import RegionStream
 from rs_deeplab.vectorize.clean import Cleaner, Rows
 from rs_deeplab.vectorize.measure import AreaMeter
@@ -132,9 +133,11 @@ def vectorize(
         raise InputError(f"mode must be 'w' or 'a', got {mode!r}")
     out = Path(out_path)
     fmt = output_format(out, mode)
+    check_output_file(out, what=f"output {out}", kind=fmt if mode == "w" else None, inputs=[raster_path])
     target = None if to_crs is None else parse_crs(to_crs)
     with _small_block_cache(), open_raster(raster_path) as src:
         _check_raster(src, raster_path)
+        check_complete(src, raster_path)
         names = list(class_names) if class_names is not None else read_class_names(src) or []
         selection = select_classes(names, nodata=src.nodata, classes=classes, exclude=exclude)
         source = None if src.crs is None else parse_crs(src.crs, "raster CRS")
