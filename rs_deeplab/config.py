@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -81,6 +82,23 @@ class ModelConfig(StrictModel):
     aux_weight: NonNegFloat = 0.4
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
     """Probability for every dropout layer; None keeps each architecture's own (0.5 in ASPP/fc6/fc7)."""
+    msc: list[PositiveFloat] | None = None
+    """Multi-scale inputs (DeepLab v2, section 4), e.g. ``[1.0, 0.75, 0.5]``: the network (shared weights) runs on
+    the input at each scale, the score maps are fused by their per-position maximum, and training adds a loss per
+    scale to the fused output's; inference runs the fused model. null: one scale."""
+    msc_weight: NonNegFloat = 1.0
+    """Weight of each scale's loss when ``msc`` is set (the fused output's weighs 1; the paper weighs all 1)."""
+
+    @field_validator("msc")
+    @classmethod
+    def _check_msc(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None:
+            from rs_deeplab.models.base import msc_problem
+
+            problem = msc_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
 
 class OptimizerConfig(StrictModel):
@@ -184,10 +202,36 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
 
+    @model_validator(mode="after")
+    def _check_msc_crop(self) -> ExperimentConfig:
+        problem = msc_crop_problem(self.model, self.data.crop_size)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
     @property
     def run_dir(self) -> Path:
         """The folder checkpoints, logs and plots go to."""
         return self.work_dir if self.work_dir is not None else Path("runs") / self.name
+
+
+def msc_crop_problem(model: ModelConfig, crop_size: int | tuple[int, int]) -> str | None:
+    """Why a scale of ``model.msc`` shrinks the training crop below the network's output stride, or None."""
+    if not model.msc:
+        return None
+    from rs_deeplab.models import MODELS
+
+    stride = model.output_stride or MODELS[model.name].default_output_stride.get(model.head, 8)
+    side = min(crop_size) if isinstance(crop_size, tuple) else crop_size
+    for scale in sorted(model.msc):
+        if int(side * scale) < stride:
+            need = math.ceil(stride / scale)
+            return (
+                f"model.msc: scale {scale:g} makes the {side}-pixel training crop {int(side * scale)} pixels, smaller "
+                f"than the output stride {stride} of {model.name}; drop {scale:g} from model.msc or raise "
+                f"data.crop_size to at least {need}"
+            )
+    return None
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -317,6 +361,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         allowed = _allowed_keys(model, first["loc"][:-1])
         where = ".".join(loc[:-1]) or "the top level"
         text = f"{key}: unknown key (given {given!r}); allowed keys under {where}: {', '.join(allowed)}"
+    elif not loc and first["type"] == "value_error":  # a check across sections names its own keys
+        text = str(first.get("ctx", {}).get("error", first["msg"])).rstrip(".")
     else:
         shown = given if not isinstance(given, dict) else "a mapping"
         text = f"{key}: {first['msg'].rstrip('.')} (given {shown!r})"

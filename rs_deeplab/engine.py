@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from rs_deeplab.distributed import all_reduce_sum
 from rs_deeplab.errors import TrainingError
 from rs_deeplab.losses import LossFn, build_loss
-from rs_deeplab.models import SegOutput, param_groups
+from rs_deeplab.models import MSCOutput, SegOutput, param_groups
 
 log = logging.getLogger("rs_deeplab.engine")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -102,18 +102,29 @@ def build_scheduler(
 
 
 def segmentation_loss(
-    output: torch.Tensor | SegOutput,
+    output: torch.Tensor | SegOutput | MSCOutput,
     target: torch.Tensor,
     *,
     class_weights: torch.Tensor | None,
     aux_weight: float,
     loss_fn: LossFn | None = None,
+    msc_weight: float = 1.0,
 ) -> torch.Tensor:
     """The main head's loss plus ``aux_weight`` times the auxiliary head's.
 
-    ``loss_fn`` defaults to cross-entropy ignoring 255 with the optional ``class_weights``.
+    For a multi-scale (MSC) output, the main loss is the fused map's plus ``msc_weight`` times each scale's
+    (DeepLab v2 trains all with weight 1); the auxiliary term is the scale-1 pass's. Every map is at the input
+    size, so the target (and its 255 = ignore) applies to each as it is. ``loss_fn`` defaults to cross-entropy
+    ignoring 255 with the optional ``class_weights``.
     """
     fn = loss_fn if loss_fn is not None else build_loss("ce", class_weights)
+    if isinstance(output, MSCOutput):
+        loss = fn(output.out, target)
+        for scale_map in output.scales:
+            loss = loss + msc_weight * fn(scale_map, target)
+        if output.aux is not None:
+            loss = loss + aux_weight * fn(output.aux, target)
+        return loss
     if isinstance(output, SegOutput):
         return fn(output.out, target) + aux_weight * fn(output.aux, target)
     return fn(output, target)
@@ -134,6 +145,8 @@ class StepContext:
     aux_weight: float = 0.0
     loss_fn: LossFn | None = None
     """The training loss of each head (:func:`rs_deeplab.losses.build_loss`); None: cross-entropy."""
+    msc_weight: float = 1.0
+    """Weight of each scale's loss of a multi-scale (MSC) model; the fused output's weighs 1."""
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -174,7 +187,12 @@ def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContex
             with autocast(ctx.device, ctx.amp_dtype):
                 output = model(images)
             loss = segmentation_loss(
-                output, masks, class_weights=ctx.class_weights, aux_weight=ctx.aux_weight, loss_fn=ctx.loss_fn
+                output,
+                masks,
+                class_weights=ctx.class_weights,
+                aux_weight=ctx.aux_weight,
+                loss_fn=ctx.loss_fn,
+                msc_weight=ctx.msc_weight,
             )
             scaled = loss / len(micro_batches)
             (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()

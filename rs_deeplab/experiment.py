@@ -208,6 +208,7 @@ def _build_model(
         head=m.head,
         weights=m.weights,
         aux_weight=m.aux_weight,
+        msc=m.msc,
     )
     if m.dropout is not None:
         for module in model.modules():
@@ -358,6 +359,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         weights,
         getattr(model, "aux_weight", 0.0),
         build_loss(cfg.train.loss, weights),
+        cfg.model.msc_weight,
     )
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)

@@ -2,8 +2,9 @@
 
 ``build_model("deeplabv3plus", num_classes=6, in_channels=4)`` returns a model following the contract in
 :mod:`rs_deeplab.models.base`: logits ``(B, num_classes, H, W)`` at the input size, except that a model with
-``has_aux`` returns :class:`SegOutput` ``(out, aux)`` in training mode. ``None`` for ``backbone`` or
-``output_stride`` means the paper's choice, listed per model in ``MODELS``.
+``has_aux`` returns :class:`SegOutput` ``(out, aux)`` in training mode, and a model built with ``msc`` scales
+(DeepLab v2's multi-scale inputs, any model and head) returns :class:`MSCOutput` ``(out, scales, aux)`` there.
+``None`` for ``backbone`` or ``output_stride`` means the paper's choice, listed per model in ``MODELS``.
 
 =============  ==========================================  ====================  ==============
 name           backbones (default first)                   output strides        heads
@@ -18,7 +19,7 @@ deeplabv3plus  resnet101, resnet18/34/50/152, resnext      16 (paper), 8        
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.models import deeplab_v3
-from rs_deeplab.models.base import DeepLabBase, SegOutput
+from rs_deeplab.models.base import DeepLabBase, MSCOutput, SegOutput, msc_problem
 from rs_deeplab.models.deeplab_v1 import DeepLabV1
 from rs_deeplab.models.deeplab_v2 import RESNETS, DeepLabV2
 from rs_deeplab.models.deeplab_v3 import DeepLabV3, DeepLabV3Plus
@@ -41,9 +42,11 @@ __all__ = [
     "DeepLabV2",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "MSCOutput",
     "ModelSpec",
     "SegOutput",
     "build_model",
+    "msc_problem",
     "param_groups",
     "resolve_weights",
     "set_output_stride",
@@ -103,6 +106,7 @@ def build_model(
     head: str = "paper",
     weights: str | os.PathLike[str] | None = None,
     aux_weight: float = 0.4,
+    msc: Sequence[float] | None = None,
 ) -> DeepLabBase:
     """Build a DeepLab model by name (the keyword names match the config's ``ModelConfig``).
 
@@ -119,6 +123,9 @@ def build_model(
             ``in_channels`` either way.
         aux_weight: Auxiliary-loss weight of the mmseg head; 0 builds no auxiliary head. The paper heads have no
             auxiliary head and ignore it (the config always carries a value).
+        msc: Input scales of DeepLab v2's multi-scale training and inference (e.g. ``[1.0, 0.75, 0.5]``: positive,
+            distinct, 1.0 among them), or None for a single scale; sets ``model.msc_scales`` (see
+            :mod:`rs_deeplab.models.base`). It adds no parameter: the weights are the single-scale model's.
 
     Raises:
         InputError: Unknown name or unsupported combination; the message lists the valid choices.
@@ -139,6 +146,8 @@ def build_model(
         raise InputError(f"{name}: in_channels must be a positive integer, got {in_channels!r}")
     if aux_weight < 0:
         raise InputError(f"{name}: aux_weight must be >= 0, got {aux_weight}")
+    if msc is not None and (problem := msc_problem(msc)) is not None:
+        raise InputError(f"{name}: msc: {problem}")
     path = resolve_weights(weights, backbone)  # before building: a missing file fails fast
     model = spec.builder(
         num_classes=num_classes,
@@ -150,6 +159,7 @@ def build_model(
     )
     if path is not None:
         model.load_imagenet(read_state_dict(path), path)
+    model.msc_scales = None if msc is None else tuple(float(s) for s in msc)
     return model
 
 

@@ -14,11 +14,23 @@ Forward contract (what the training engine and the inference code rely on):
 * ``model.output_stride`` is the current ratio of input size to backbone feature size; it can be changed in place
   with :func:`rs_deeplab.models.set_output_stride` among ``model.allowed_output_strides``.
 * Training-mode batch norm in the image-pooling ASPP branch needs a batch of at least two images.
+* ``model.msc_scales`` (``build_model(msc=...)``, e.g. ``(1.0, 0.75, 0.5)``) turns on DeepLab v2's multi-scale
+  inputs (MSC, section 4): the same network runs on the input resized by each scale, every score map is resized
+  bilinearly to the input size and the maps are fused by their per-position, per-class maximum. In eval mode the
+  fused logits are returned as plain logits (inference needs no change); in training mode an :class:`MSCOutput`
+  ``(out, scales, aux)`` carries the fused logits, one map per scale (in ``msc_scales`` order) and the auxiliary
+  logits of the scale-1 pass only (None without an auxiliary head). The scales add no parameter, so state-dict
+  keys are the single-scale model's: an MSC checkpoint also loads into a single-scale model and vice versa.
+
+Subclasses implement the single-scale network as ``forward_single``; :meth:`DeepLabBase.forward` runs it once, or
+once per scale.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -31,6 +43,35 @@ class SegOutput(NamedTuple):
 
     out: torch.Tensor
     aux: torch.Tensor
+
+
+class MSCOutput(NamedTuple):
+    """Training-mode output of a multi-scale (MSC) model, every map logits at the input size.
+
+    Attributes:
+        out: The fused logits: per position and class, the maximum over ``scales``.
+        scales: One logits map per input scale, in ``model.msc_scales`` order, each resized to the input size.
+        aux: The auxiliary head's logits of the scale-1 pass (None when the model has no auxiliary head).
+    """
+
+    out: torch.Tensor
+    scales: tuple[torch.Tensor, ...]
+    aux: torch.Tensor | None
+
+
+def msc_problem(scales: Sequence[float]) -> str | None:
+    """What is wrong with a list of MSC scales (positive, distinct, 1.0 among them, at least two), or None."""
+    values = [float(s) for s in scales]
+    if len(values) < 2:
+        return f"give at least two scales, 1.0 among them, e.g. [1.0, 0.75, 0.5] (null turns MSC off), got {values}"
+    bad = [s for s in values if not s > 0 or s == float("inf")]
+    if bad:
+        return f"scales must be positive finite numbers, got {bad[0]}; e.g. [1.0, 0.75, 0.5]"
+    if len(set(values)) != len(values):
+        return f"scales must be distinct, got {values}"
+    if 1.0 not in values:
+        return f"scales must include 1.0 (the scale of the output), got {values}; e.g. [1.0, 0.75, 0.5]"
+    return None
 
 
 class DeepLabBase(nn.Module):
@@ -51,6 +92,34 @@ class DeepLabBase(nn.Module):
         self.output_stride = output_stride
         self.has_aux = False
         self.aux_weight = 0.0
+        self.msc_scales: tuple[float, ...] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | SegOutput | MSCOutput:
+        """Logits ``(B, num_classes, H, W)``; in training mode ``SegOutput``/``MSCOutput`` (module docstring)."""
+        if not self.msc_scales:
+            return self.forward_single(x)
+        return self.forward_msc(x, self.msc_scales)
+
+    def forward_single(self, x: torch.Tensor, aux: bool = True) -> torch.Tensor | SegOutput:
+        """The single-scale network; ``aux=False`` skips the auxiliary head (only MSC passes other than 1 do)."""
+        raise NotImplementedError
+
+    def forward_msc(self, x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor | MSCOutput:
+        """Run the network on ``x`` resized by each scale, fuse the input-size maps by their maximum (MSC)."""
+        size = x.shape[-2:]
+        maps: list[torch.Tensor] = []
+        aux: torch.Tensor | None = None
+        for scale in scales:
+            one = scale == 1.0
+            result = self.forward_single(x if one else scale_input(x, scale), aux=one)
+            if isinstance(result, SegOutput):
+                aux = result.aux
+                result = result.out
+            maps.append(result if one else self.resize(result, size))
+        fused = functools.reduce(torch.maximum, maps)
+        if self.training:
+            return MSCOutput(fused, tuple(maps), aux)
+        return fused
 
     def head_modules(self) -> list[nn.Module]:
         """The freshly initialised layers that train with the head learning rate."""
@@ -85,5 +154,13 @@ class DeepLabBase(nn.Module):
         """Summary shown by ``print(model)``."""
         return (
             f"backbone={self.backbone}, num_classes={self.num_classes}, in_channels={self.in_channels}, "
-            f"output_stride={self.output_stride}, has_aux={self.has_aux}"
+            f"output_stride={self.output_stride}, has_aux={self.has_aux}, msc_scales={self.msc_scales}"
         )
+
+
+def scale_input(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` bilinearly resized by ``scale`` (size ``floor(H * scale), floor(W * scale)``, at least 1 pixel).
+
+    The factor, not a size, is recorded when tracing, so an exported graph keeps its dynamic height and width.
+    """
+    return interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True, recompute_scale_factor=False)

@@ -90,8 +90,8 @@ class DeepLabV1(DeepLabBase):
     def _apply_output_stride(self, output_stride: int) -> None:
         pass  # v1 exists at output stride 8 only; set_output_stride has checked that
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes, H, W)``."""
+    def forward_single(self, x: torch.Tensor, aux: bool = True) -> torch.Tensor:
+        """Logits ``(B, num_classes, H, W)`` of one pass (no auxiliary head: ``aux`` is ignored)."""
         h = self.encoder(x)
         h = self.dropout(self.relu(self.fc6(h)))
         h = self.dropout(self.relu(self.fc7(h)))

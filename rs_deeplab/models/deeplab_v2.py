@@ -65,8 +65,8 @@ class DeepLabV2(DeepLabBase):
     def _apply_output_stride(self, output_stride: int) -> None:
         dilate_resnet(self.encoder, output_stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes, H, W)``."""
+    def forward_single(self, x: torch.Tensor, aux: bool = True) -> torch.Tensor:
+        """Logits ``(B, num_classes, H, W)`` of one pass (no auxiliary head: ``aux`` is ignored)."""
         return self.resize(self.aspp(resnet_last_features(self.encoder, x)), x.shape[-2:])
 
     def load_imagenet(self, state: StateDict, path: str | os.PathLike[str]) -> None:

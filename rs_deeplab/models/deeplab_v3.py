@@ -172,18 +172,21 @@ class DeepLabV3(DeepLabBase):
         context = self.resize(decoder.aspp(features[-1]), skip.shape[-2:], align_corners=True)
         return self.segmentation_head(decoder.block2(torch.cat([context, skip], dim=1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | SegOutput:
-        """Logits ``(B, num_classes, H, W)``; ``SegOutput(out, aux)`` in training mode with an auxiliary head."""
+    def forward_single(self, x: torch.Tensor, aux: bool = True) -> torch.Tensor | SegOutput:
+        """Logits ``(B, num_classes, H, W)``; ``SegOutput(out, aux)`` in training mode with an auxiliary head.
+
+        ``aux=False`` skips the auxiliary head (the MSC passes at scales other than 1).
+        """
         features = self.encoder(x)
         size = x.shape[-2:]
         if self.head == "paper":
             return self.resize(self._paper_forward(features), size, align_corners=True)
         logits = self.decode_head(features[-1], features[2] if self.plus else None)
         out = self.resize(logits, size, align_corners=False)
-        aux = None
-        if self.aux_head is not None and self.training:
-            aux = self.resize(self.aux_head(features[-2]), size, align_corners=False)
-        return self.wrap_output(out, aux)
+        aux_out = None
+        if aux and self.aux_head is not None and self.training:
+            aux_out = self.resize(self.aux_head(features[-2]), size, align_corners=False)
+        return self.wrap_output(out, aux_out)
 
     def load_imagenet(self, state: StateDict, path: str | os.PathLike[str]) -> None:
         """Load a torchvision-layout ResNet/ResNeXt ImageNet state_dict into the encoder (``fc.*`` is ignored)."""
