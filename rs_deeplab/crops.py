@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, ClassScheme
 from rs_deeplab.cropstats import BandStats
+from rs_deeplab.errors import RsDeeplabError
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.labels import LabelSource, custom_scheme, read_labels
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
@@ -271,8 +272,15 @@ def tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) ->
     temporary name and renamed, files already complete are kept, and a row's records are saved only once all its
     crops exist, so a killed run resumes where it stopped.
     """
-    with rasterio.Env(CHECK_DISK_FREE_SPACE=False):  # one GDAL environment for all files, not one per open
-        return _tile_rows(job, row_offs, settings)
+    try:
+        with rasterio.Env(CHECK_DISK_FREE_SPACE=False):  # one GDAL environment for all files, not one per open
+            return _tile_rows(job, row_offs, settings)
+    except RsDeeplabError as exc:
+        error = exc
+    # raised again without its GDAL cause (its message holds it): a Dask worker pickles an error with its causes,
+    # and GDAL's do not unpickle, which would turn this one into a bare Exception (and a traceback) on the client
+    error.__cause__ = error.__context__ = None
+    raise error
 
 
 def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:

@@ -250,6 +250,16 @@ def find_scenes(name: str, root: str | Path, *, bands: Bands = "rgbir", eroded: 
     return preset.find(base, bands, eroded)
 
 
+def _check_out_beside(root: Path, out: Path) -> None:
+    """Refuse crops written into the dataset folder (where the next run would search them as dataset files).
+
+    Raises:
+        InputError: ``out`` is ``root`` or inside it.
+    """
+    if root.is_dir() and out.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"--out {out} is inside the dataset folder {root}; choose an output folder outside it")
+
+
 def tile_preset(
     name: str,
     root: str | Path,
@@ -274,6 +284,7 @@ def tile_preset(
         **options: Passed on to :func:`rs_deeplab.tiling.tile_scenes` (``min_valid``, ``workers``, ...).
     """
     preset = get_preset(name)
+    _check_out_beside(Path(root), Path(out))
     scenes = find_scenes(name, root, bands=bands, eroded=eroded)
     if size is None:
         size = preset.size
