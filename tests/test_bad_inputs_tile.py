@@ -91,6 +91,11 @@ def scene(*extra: str) -> Args:
     return lambda w, t: [str(w["scene"]), *(e.format(**{k: str(v) for k, v in w.items()}, tmp=t) for e in extra)]
 
 
+def PRESET(w: dict[str, Path]) -> list[str]:  # noqa: N802
+    """The empty Potsdam dataset folder as a preset."""
+    return [str(w["empty_dataset"]), "--preset", "potsdam"]
+
+
 # (id, how to build the arguments from (world, case folder), words the error line must hold);
 # ``--out`` is the case folder's ``out`` unless the arguments name one
 CASES: list[tuple[str, Args, str]] = [
@@ -130,6 +135,7 @@ CASES: list[tuple[str, Args, str]] = [
     ("label-other-size-no-georef", scene("--labels", "{other_size}"), "40×50 pixels vs 80×96"),
     ("vector-no-field", scene("--labels", "{near}"), "--label-field NAME"),
     ("unknown-preset-folder", lambda w, t: [str(t / "no_dataset"), "--preset", "potsdam"], "no_dataset"),
+    ("out-in-preset-folder", lambda w, t: [*PRESET(w), "--out", str(w["empty_dataset"] / "t")], "inside the dataset"),
     ("empty-preset-folder", lambda w, t: [str(w["empty_dataset"]), "--preset", "potsdam"], "no Potsdam files"),
     ("georeferenced-and-not", lambda w, t: [str(w["scene"]), str(w["nocrs"])], "some scenes are georeferenced"),
     ("labels-count", scene("--labels", "{label}", "{label}"), "got 1 scenes but 2 --labels"),
@@ -216,6 +222,28 @@ def test_labels_partly_outside_the_scheme_are_one_warning_line_with_counts(
     assert line.endswith("1,920 label pixels (25.0%) have values outside the potsdam scheme; they are ignored (255)")
     tiles, _ = read_index(out / "index.gpkg")
     assert tiles["n_ignore"].sum() > 0 and tiles["n_impervious_surface"].sum() > 0
+
+
+def test_damage_found_mid_run_on_dask_workers_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A deflate strip in the middle of the scene is garbage: the first and last pixels read, that band fails."""
+    import rasterio
+
+    path = tmp_path / "damaged.tif"
+    data = np.random.default_rng(3).integers(0, 255, (3, 400, 300), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 300, "height": 400, "count": 3, "dtype": "uint8", "crs": UTM33,
+               "transform": DEFAULT_TRANSFORM, "compress": "deflate", "blockysize": 8}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    damaged = bytearray(path.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 2000] = bytes(range(200)) * 10
+    path.write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    proc = subprocess.run([*TILE, str(path), "--size", "32", "--out", str(out), "--workers", "2"], env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    line = check_one_line(proc)
+    assert f"{path}: cannot read this raster" in line and "truncated or corrupt" in line, line
+    assert not (out / "index.gpkg").exists() and leftovers(out) == []
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------------------------------
