@@ -67,11 +67,11 @@ def check_readable(src: Any) -> None:
     """
     from rasterio.windows import Window
 
+    if src.count < 1:
+        raise RasterError(f"{src.name}: has no bands; pass an image with at least one band")
     with reading(src.name):
         src.read(window=Window(0, 0, 1, 1))
         src.read(window=Window(src.width - 1, src.height - 1, 1, 1))
-        if src.count < 1:
-            raise RasterError(f"{src.name}: has no bands; pass an image with at least one band")
 
 
 def check_positive(**values: int | None) -> None:
