@@ -291,7 +291,7 @@ def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -
         with reading(job.image):
             image = src.read(window=window)
             mask = _valid_mask(src, image, window)
-        with reading(job.label.path if job.label else job.image, "label file"):
+        with reading(job.label.path if job.label else job.image):
             label = _read_label(job, settings, src, window)
         writer = _Writer(src, job, settings)
     stats = BandStats([w for r in row_offs for w in rows[r]], top, label, mask)

@@ -15,6 +15,7 @@ from rasterio.errors import RasterioError
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
 from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.raster import read_error, write_error
 
 log = logging.getLogger("rs_deeplab.tiling")
 
@@ -22,27 +23,15 @@ PLAIN_IMAGE_DRIVERS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP"})
 """Formats that hold pixel coordinates only by nature: a scene in them without a CRS is not warned about."""
 
 
-def gdal_message(exc: BaseException) -> str:
-    """The whole message of a GDAL/rasterio/pyogrio error as one line (never cut mid-sentence)."""
-    text = " ".join(" ".join(str(exc).split()).split(" See previous exception for details."))
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause) and str(cause) not in text:
-        text = f"{text.rstrip('. ')}: {' '.join(str(cause).split())}"
-    return text.strip() or type(exc).__name__
-
-
 @contextlib.contextmanager
-def reading(path: str | Path, what: str = "raster") -> Iterator[None]:
-    """Turn a GDAL read error on ``path`` into a one-line :class:`RasterError` naming the file and what to do."""
+def reading(path: str | Path) -> Iterator[None]:
+    """Turn a GDAL read error on ``path`` into a one-line error naming the file and what to do."""
     try:
         yield
     except RasterError:
         raise
     except (RasterioError, OSError) as exc:
-        raise RasterError(
-            f"{path}: cannot read this {what} ({gdal_message(exc)}); the file may be truncated or corrupt: "
-            "copy or download it again"
-        ) from exc
+        raise read_error(path, exc) from exc
 
 
 @contextlib.contextmanager
@@ -53,10 +42,7 @@ def writing(folder: str | Path) -> Iterator[None]:
     except RasterError:
         raise
     except (RasterioError, OSError) as exc:
-        raise RasterError(
-            f"{folder}: cannot write crops there ({gdal_message(exc)}); check free space and permissions, "
-            "then re-run the same command to resume"
-        ) from exc
+        raise write_error(folder, exc) from exc
 
 
 def check_readable(src: Any) -> None:

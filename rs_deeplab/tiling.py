@@ -257,7 +257,7 @@ def prepare_jobs(
                 else:
                     label = _raster_label(s.spec, src, class_scheme, uses[str(s.spec.label)] > 1)
                 if check_labels:
-                    with reading(label.path, "label file"):
+                    with reading(label.path):
                         check_label_coverage(label, src, decode)
         jobs.append(SceneJob(s.key, absolute(s.spec.image), label, s.spec.split, s.height, s.width, s.pixel_bytes))
     jobs.sort(key=lambda j: j.key)

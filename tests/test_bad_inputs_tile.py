@@ -242,7 +242,7 @@ def test_damage_found_mid_run_on_dask_workers_is_one_line_naming_the_file(tmp_pa
     proc = subprocess.run([*TILE, str(path), "--size", "32", "--out", str(out), "--workers", "2"], env=ENV,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     line = check_one_line(proc)
-    assert f"{path}: cannot read this raster" in line and "truncated or corrupt" in line, line
+    assert f"{path}: cannot be read" in line and "truncated or corrupt" in line, line
     assert not (out / "index.gpkg").exists() and leftovers(out) == []
 
 
