@@ -58,6 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["label"] = _geotiff(base / "label.tif", POTSDAM.encode_colours(ids), compress=None)
     w["float"] = _geotiff(base / "float.tif", rng.random((96, 80)).astype(np.float32))
     w["nines"] = _geotiff(base / "nines.tif", np.full((96, 80), 9, np.uint8))
+    w["odd_colours"] = _geotiff(base / "odd_colours.tif", np.full((3, 96, 80), 77, np.uint8))
     w["two_bands"] = _geotiff(base / "two_bands.tif", np.zeros((2, 96, 80), np.uint8))
     w["other_crs"] = _geotiff(base / "other_crs.tif", POTSDAM.encode_colours(ids), crs="EPSG:32632")
     with quiet_georeferencing():
@@ -127,6 +128,7 @@ CASES: list[tuple[str, Args, str]] = [
     ("float-label-raster", scene("--labels", "{float}"), "float32 values, not whole class ids"),
     ("vector-labels-far-away", scene("--labels", "{far}", "--label-field", "kind"), "do not overlap the scene"),
     ("ids-outside-the-scheme", scene("--labels", "{nines}", "--scheme", "potsdam"), "all 255 (ignore)"),
+    ("colours-outside-the-scheme", scene("--labels", "{odd_colours}", "--scheme", "potsdam"), "all 255 (ignore)"),
     ("wrong-scheme", scene("--labels", "{label}", "--scheme", "loveda"), "--scheme loveda stores class values"),
     ("unknown-scheme", scene("--labels", "{label}", "--scheme", "potsdamm"), "unknown dataset 'potsdamm'"),
     ("colour-labels-no-scheme", scene("--labels", "{label}"), "pass --scheme NAME"),
