@@ -94,7 +94,12 @@ def gdal_reason(exc: BaseException, limit: int = 300) -> str:
             messages.append(text)
         current = current.__cause__ or current.__context__
     useful = [m for m in messages if "See previous exception" not in m] or messages or ["unknown GDAL error"]
-    text = useful[-1] if len(useful[-1]) >= 30 else useful[0]  # the innermost message says the most
+    return short_message(useful[-1] if len(useful[-1]) >= 30 else useful[0], limit)  # the innermost says most
+
+
+def short_message(text: str, limit: int = 300) -> str:
+    """``text`` as one line of at most about ``limit`` characters, cut after a whole sentence (or word)."""
+    text = " ".join(text.split())
     if len(text) <= limit:
         return text
     cut = text[:limit]

@@ -21,6 +21,7 @@ import torch
 
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.inference.trained import CheckpointInfo
+from rs_deeplab.raster import short_message
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class OnnxModule(torch.nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise CheckpointError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:120]}); "
+            raise CheckpointError(f"{path}: not a readable ONNX model ({short_message(str(exc))}); "
                                   "export it again with pipelines/export.py") from None  # fmt: skip
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
@@ -182,7 +183,7 @@ def load_exported(path: Path, device: torch.device) -> tuple[torch.nn.Module, Ch
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
             scripted = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable TorchScript model ({str(exc).splitlines()[0][:120]}); "
+        raise CheckpointError(f"{path}: not a readable TorchScript model ({short_message(str(exc))}); "
                               "export it again with pipelines/export.py --format torchscript") from None  # fmt: skip
     text = extra[TORCHSCRIPT_EXTRA]
     info = info_from_metadata(path, text.decode() if isinstance(text, bytes) else text)

@@ -263,7 +263,7 @@ def _write_scene(
         log.info("%s: already complete from an earlier run with the same settings", spec.path)
         return 0, 0, info.height, "earlier run"
     remote = remote_env() if reads_remote(info.path) else contextlib.nullcontext()  # COG reads, reader threads too
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), remote:
+    with keep_interrupt(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)), keep_interrupt(remote):
         done = writer.open()
         sink: RowSink = writer
         start = done
@@ -280,6 +280,26 @@ def _write_scene(
             writer.close()
         writer.finish()
     return ran, total, done, runner
+
+
+class keep_interrupt(contextlib.AbstractContextManager[Any]):  # noqa: N801 (used as a context manager)
+    """A context manager whose exit, while Ctrl-C unwinds, cannot mask the ``KeyboardInterrupt`` with its own error.
+
+    rasterio's ``Env`` raised ``EnvError`` there, and the interrupted run ended with a traceback.
+    """
+
+    def __init__(self, inner: contextlib.AbstractContextManager[Any]) -> None:
+        self.inner = inner
+
+    def __enter__(self) -> Any:
+        return self.inner.__enter__()
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool | None:
+        if isinstance(value, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                self.inner.__exit__(kind, value, traceback)
+            return False
+        return self.inner.__exit__(kind, value, traceback)
 
 
 def _resolve_model(
