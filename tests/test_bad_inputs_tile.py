@@ -279,6 +279,7 @@ def same_index(a: Path, b: Path) -> None:
     assert [shapely.to_wkb(g) for g in tiles_a.geometry] == [shapely.to_wkb(g) for g in tiles_b.geometry]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["2", "1"], ids=["local-dask-cluster", "in-process"])
 def test_ctrl_c_during_tiling_is_one_line_130_and_the_rerun_gives_the_same_index(
     big_scene: SceneSpec, big_reference: Path, tmp_path: Path, workers: str
