@@ -6,20 +6,24 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
 from rs_deeplab.errors import InputError
-from rs_deeplab.presets import PRESETS, tile_preset
-from rs_deeplab.raster import source_path
-from rs_deeplab.remote import local_output, scene_source
-from rs_deeplab.tiling import COMPRESS_CHOICES, SceneSpec, TileSummary, tile_scenes
+
+if TYPE_CHECKING:
+    from rs_deeplab.tiling import TileSummary
 
 log = logging.getLogger("rs_deeplab.tile")
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/tile.py``."""
+    # imported here, inside main's error boundary: a Ctrl-C while GDAL, pandas and Dask load is one line too
+    from rs_deeplab.presets import PRESETS
+    from rs_deeplab.remote import local_output
+    from rs_deeplab.tiling import COMPRESS_CHOICES
+
     parser = ArgumentParser(prog="tile.py", description=__doc__)
     parser.add_argument("scenes", nargs="+", type=str, metavar="SCENE",
                         help="rasters to cut: files, URLs (https://, s3://, gs://; read window by window), GDAL "
@@ -80,6 +84,11 @@ def parse_label_map(text: str | None) -> dict[str, int] | None:
 
 def run(argv: Sequence[str] | None) -> TileSummary:
     """Parse ``argv`` and make the one library call it asks for."""
+    from rs_deeplab.presets import tile_preset
+    from rs_deeplab.raster import source_path
+    from rs_deeplab.remote import scene_source
+    from rs_deeplab.tiling import SceneSpec, tile_scenes
+
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     options = {
