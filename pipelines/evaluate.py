@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setup_logging
+from rs_deeplab.errors import InputError
 from rs_deeplab.remote import local_output
 
 SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
@@ -65,6 +66,8 @@ def _score_scenes(args: argparse.Namespace) -> int:
     from rs_deeplab.remote import scene_source
     from rs_deeplab.scene_eval import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
 
+    if args.block_size is not None and args.block_size < 1:
+        raise InputError(f"--block-size {args.block_size}: must be a positive whole number of pixels")
     pairs = scene_pairs([scene_source(p) for p in args.pred], [scene_source(t) for t in args.truth])
     first = pairs[0][0]
     out = args.out or (first.parent if isinstance(first, Path) else Path("."))

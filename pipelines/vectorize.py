@@ -6,10 +6,13 @@ python pipelines/vectorize.py labels.tif --out labels.gpkg [--min-area 2.0] [--s
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 from collections.abc import Sequence
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.errors import InputError
 from rs_deeplab.raster import source_path
 from rs_deeplab.remote import local_output, scene_source
 from rs_deeplab.vectorize import FORMATS, vectorize
@@ -43,11 +46,22 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Sizes and areas in the options' own names (0 and negative block sizes, negative areas are mistakes)."""
+    for name, value in (("--min-area", args.min_area), ("--simplify", args.simplify),
+                        ("--fill-holes", args.fill_holes)):  # fmt: skip
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{name} {value:g}: must be a number >= 0")
+    if args.block_size < 1:
+        raise InputError(f"--block-size {args.block_size}: must be a positive whole number of pixels")
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run :func:`rs_deeplab.vectorize.vectorize`."""
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
+    _check_numbers(args)
     summary = vectorize(
         source_path(scene_source(args.raster)),
         args.out,

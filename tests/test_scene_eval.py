@@ -202,7 +202,7 @@ def bad_inputs(tmp_path: Path, pair: tuple[Path, Path], make_raster: RasterFacto
             "has 3 band(s); with scheme 'loveda' (offset labels) it must have 1",
         ),
         "unequal pairs": (["--pred", pred, pred, "--truth", truth], "2 prediction(s) and 1 truth raster(s)"),
-        "block size": (["--pred", pred, "--truth", truth, "--block-size", "0"], "block size must be a positive"),
+        "block size": (["--pred", pred, "--truth", truth, "--block-size", "0"], "--block-size 0: must be a positive"),
     }
 
 

@@ -48,8 +48,8 @@ def test_cli_writes_selected_classes(labels, tmp_path, capsys):
     [
         (["--classes", "house"], "unknown class 'house' in classes; valid names: ground, building, tree"),
         (["--exclude", "house"], "unknown class 'house' in exclude"),
-        (["--min-area", "-1"], "min_area must be a number >= 0"),
-        (["--block-size", "0"], "block_size must be a positive integer"),
+        (["--min-area", "-1"], "--min-area -1: must be a number >= 0"),
+        (["--block-size", "0"], "--block-size 0: must be a positive whole number"),
         (["--to-crs", "EPSG:0"], "cannot understand CRS"),
     ],
 )
