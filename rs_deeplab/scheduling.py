@@ -204,8 +204,25 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
     try:
         with Client(cluster, set_as_default=False) as client:
             yield Executor(f"Dask local cluster ({n} {kind})", n, client)
+    except BaseException:
+        if processes:  # Ctrl-C or a failed task: stop the workers now, not after their current band of rows
+            with contextlib.suppress(Exception):
+                cluster.sync(_stop_workers, list(cluster.workers.values()))
+        raise
     finally:
         cluster.close()
+
+
+STOP_SECONDS = 0.5
+"""How long a worker process may take to stop after Ctrl-C or a failed task before it is killed (its half-written
+crops are removed by the tiler; finished rows are kept for the re-run)."""
+
+
+async def _stop_workers(nannies: Sequence[Any]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(w.close(timeout=STOP_SECONDS, reason="tiling stopped") for w in nannies),
+                         return_exceptions=True)  # fmt: skip
 
 
 @contextlib.contextmanager
