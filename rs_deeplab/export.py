@@ -1,7 +1,8 @@
 """Export a training checkpoint as a deployable model: ONNX (default) or TorchScript, with its card inside.
 
 The exported graph takes float32 ``(B, bands, H, W)`` (batch, height and width dynamic) and returns the main
-logits ``(B, classes, H, W)`` (no auxiliary head) at the output stride chosen here, which is then fixed. The card
+logits ``(B, classes, H, W)`` (no auxiliary head) at the output stride chosen here, which is then fixed; a model
+trained with multi-scale inputs (``model.msc``) exports its fused output, every scale's pass in the graph. The card
 (:func:`rs_deeplab.inference.exported.info_to_metadata`) carries what inference needs besides the weights. The
 file is checked against the PyTorch model at two window sizes other than the export's, then renamed into place:
 a failed export leaves nothing under the final name.

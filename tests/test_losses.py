@@ -11,7 +11,7 @@ from rs_deeplab.config import ExperimentConfig, apply_overrides, validate_config
 from rs_deeplab.engine import segmentation_loss
 from rs_deeplab.errors import ConfigError
 from rs_deeplab.losses import LOSSES, build_loss, parse_loss
-from rs_deeplab.models import SegOutput
+from rs_deeplab.models import MSCOutput, SegOutput
 
 
 def small_case() -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +111,24 @@ def test_auxiliary_head_adds_its_weighted_loss(name: str) -> None:
     fn = build_loss(name)
     total = segmentation_loss(SegOutput(out, aux), target, class_weights=None, aux_weight=0.4, loss_fn=fn)
     assert total.item() == pytest.approx(fn(out, target).item() + 0.4 * fn(aux, target).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ce", "ce+dice", "focal"])
+def test_msc_loss_sums_fused_and_scales_and_ignores_255_in_each(name: str) -> None:
+    torch.manual_seed(3)
+    fused, s1, s2, aux = (t.requires_grad_() for t in torch.randn(4, 2, 3, 5, 6).unbind(0))
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[:, :2] = 255  # two ignored rows in every map
+    fn = build_loss(name)
+    for aux_map in (aux, None):
+        out = MSCOutput(fused, (s1, s2), aux_map)
+        total = segmentation_loss(out, target, class_weights=None, aux_weight=0.4, loss_fn=fn, msc_weight=0.5)
+        want = fn(fused, target) + 0.5 * (fn(s1, target) + fn(s2, target))
+        want = want + (0.4 * fn(aux, target) if aux_map is not None else 0.0)
+        assert total.item() == pytest.approx(want.item(), abs=1e-6)
+        grads = torch.autograd.grad(total, [fused, s1, s2] + ([aux] if aux_map is not None else []))
+        for grad in grads:
+            assert not grad[:, :, :2].any() and grad[:, :, 2:].any()
 
 
 def test_default_loss_is_cross_entropy() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 import typing
 from typing import Any
@@ -241,6 +242,12 @@ class TestContract:
 
 
 # ---- builder: names, defaults, bad combinations ---------------------------------------------------------------
+
+
+def test_build_model_takes_every_architecture_key_of_the_config() -> None:
+    # every caller (training, checkpoint loading, export, benchmarks) rebuilds the same model from these keys
+    keys = set(ModelConfig.model_fields) - {"dropout", "msc_weight"}  # applied after building / a loss weight
+    assert keys <= set(inspect.signature(build_model).parameters)
 
 
 def test_config_choices_match_models() -> None:
