@@ -105,6 +105,11 @@ def check_output(out: Path, inputs: Sequence[str | Path]) -> None:
             raise InputError(f"--out {out} is an input of this run; choose another output folder")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; the output is a folder: choose another --out")
+    for name, folder in (("images", True), ("labels", True), (".parts", True), ("index.gpkg", False)):
+        inside = out / name
+        if inside.exists() and inside.is_dir() != folder:
+            kind = "a file where the crops' folder goes" if folder else "a folder where the index file goes"
+            raise InputError(f"--out {out}: {inside} is {kind}; choose another --out or remove it")
     existing = out
     while not existing.exists():
         if existing.parent == existing:

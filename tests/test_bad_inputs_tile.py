@@ -92,6 +92,13 @@ def scene(*extra: str) -> Args:
     return lambda w, t: [str(w["scene"]), *(e.format(**{k: str(v) for k, v in w.items()}, tmp=t) for e in extra)]
 
 
+def odd_out(folder: Path) -> Path:
+    """An output folder whose ``images`` is a file."""
+    (folder / "odd_out").mkdir()
+    (folder / "odd_out" / "images").write_text("x")
+    return folder / "odd_out"
+
+
 def PRESET(w: dict[str, Path]) -> list[str]:  # noqa: N802
     """The empty Potsdam dataset folder as a preset."""
     return [str(w["empty_dataset"]), "--preset", "potsdam"]
@@ -110,6 +117,7 @@ CASES: list[tuple[str, Args, str]] = [
     ("out-is-a-file", scene("--out", "{afile}"), "is a file"),
     ("out-under-a-file", scene("--out", "{afile}/sub"), "is a file, not a folder"),
     ("out-unwritable", scene("--out", "/proc/rs_deeplab_tiles"), "cannot write in /proc"),
+    ("out-images-is-a-file", lambda w, t: [str(w["scene"]), "--out", str(odd_out(t))], "is a file where the crops"),
     ("out-is-the-scene", scene("--out", "{scene}"), "is an input of this run"),
     ("out-is-the-label", scene("--labels", "{label}", "--scheme", "potsdam", "--out", "{label}"), "is an input"),
     ("size-0", scene("--size", "0"), "crop size must be a positive"),
