@@ -220,18 +220,22 @@ class RowWriter:
         """Move the complete rasters to their final names (COG if asked) and drop the sidecar."""
         if self.committed < self.info.height:
             raise RuntimeError(f"{self.spec.path}: only {self.committed} of {self.info.height} rows were written")
-        for target in self.targets:
-            part = partial_path(target)
-            if self.spec.cog:
-                tmp = target.with_name(f".{target.stem}.cog.tif")
-                rasterio.shutil.copy(part, tmp, driver="COG", COMPRESS=self.spec.compress.upper(),
-                                     OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path else "AVERAGE",
-                                     BLOCKSIZE=512)  # fmt: skip
-                os.replace(tmp, target)
-                part.unlink()
-            else:
-                os.replace(part, target)
-        sidecar_path(self.spec.path).unlink(missing_ok=True)
+        with self._translated():
+            for target in self.targets:
+                part = partial_path(target)
+                if self.spec.cog:
+                    tmp = target.with_name(f".{target.stem}.cog.tif")
+                    try:
+                        rasterio.shutil.copy(part, tmp, driver="COG", COMPRESS=self.spec.compress.upper(),
+                                             OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path else "AVERAGE",
+                                             BLOCKSIZE=512)  # fmt: skip
+                        os.replace(tmp, target)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                    part.unlink()
+                else:
+                    os.replace(part, target)
+            sidecar_path(self.spec.path).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close open datasets (the partial files and sidecar stay for a resume)."""

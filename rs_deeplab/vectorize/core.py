@@ -7,17 +7,18 @@ import logging
 import numbers
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyogrio.errors
 import rasterio
 
-from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.errors import InputError, RasterError, RsDeeplabError
 from rs_deeplab.outputs import check_output_file
-from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster
+from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, short_message
 from rs_deeplab.vectorize.blocks import RegionStream
 from rs_deeplab.vectorize.clean import Cleaner, Rows
 from rs_deeplab.vectorize.measure import AreaMeter
@@ -144,7 +145,7 @@ def vectorize(
         meter = AreaMeter(src.crs, tuple(src.bounds))
         cleaner = Cleaner(meter, float(min_area), float(fill_holes))
         regions = RegionStream(src, selection, block_size=int(block_size), simplify=float(simplify), quiet=quiet)
-        with atomic_output(out) as tmp:
+        with atomic_output(out) as tmp, _write_errors(out):
             writer = LayerWriter(
                 tmp, fmt, layer, selection, source_crs=source, target_crs=target, extra_columns=extra_columns,
                 append_to=out if mode == "a" else None,
@@ -168,6 +169,18 @@ def vectorize(
     log.debug("%s: %d polygons in layer %r (%d blocks, %d merged across seams)", out, summary.polygons, layer,
              summary.blocks, summary.merged)  # fmt: skip
     return summary
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """A file the output driver cannot create or write (disk full, folder removed) as one line naming ``out``."""
+    try:
+        yield
+    except (pyogrio.errors.DataSourceError, OSError) as exc:
+        if isinstance(exc, RsDeeplabError):
+            raise
+        raise RasterError(f"{out}: cannot be written ({short_message(str(exc))}); check the disk space and the "
+                          "folder") from None  # fmt: skip
 
 
 def _small_block_cache() -> contextlib.AbstractContextManager[Any]:
