@@ -156,25 +156,24 @@ def open_executor(
 
 
 @contextlib.contextmanager
-def _children_ignore_ctrl_c() -> Iterator[None]:
+def _children_ignore_ctrl_c() -> Iterator[list[int]]:
     """Worker processes forked in this block leave Ctrl-C to this process, which closes them quietly.
 
     A terminal's Ctrl-C reaches every process of its group: an idle worker would print its event loop's
-    KeyboardInterrupt traceback. While the workers are forked, SIGINT goes to a handler that only notes it; the
-    forked workers keep that handler (a note in their own memory: the signal is ignored there), and this process
-    gets its usual handler back afterwards and raises the noted Ctrl-C then.
+    KeyboardInterrupt traceback. While the workers are forked, SIGINT goes to a handler that only notes it in the
+    list yielded; the forked workers keep that handler (a note in their own memory: the signal is ignored there),
+    and this process gets its usual handler back afterwards: the caller raises a noted Ctrl-C once it can close
+    what it started.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     try:
-        yield
+        yield noted
     finally:
         signal.signal(signal.SIGINT, previous)
-    if noted:
-        raise KeyboardInterrupt
 
 
 def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
@@ -189,7 +188,7 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
 
     kind = "processes" if processes else "threads"
     method = {"distributed.worker.multiprocessing-method": WORKER_START_METHOD}
-    with dask.config.set(method), warnings.catch_warnings(), _children_ignore_ctrl_c():
+    with dask.config.set(method), warnings.catch_warnings(), _children_ignore_ctrl_c() as ctrl_c:
         warnings.filterwarnings("ignore", "This process .* is multi-threaded, use of fork", DeprecationWarning)
         cluster = LocalCluster(
             n_workers=n if processes else 1,
@@ -202,6 +201,8 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Executor]:
             silence_logs=logging.CRITICAL,  # task errors reach the client anyway; shutdown races stay quiet
         )
     try:
+        if ctrl_c:
+            raise KeyboardInterrupt  # pressed while the workers started
         with Client(cluster, set_as_default=False) as client:
             yield Executor(f"Dask local cluster ({n} {kind})", n, client)
     except BaseException:
