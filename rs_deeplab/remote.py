@@ -173,7 +173,8 @@ def _http_stat(url: str, name: str | None = None) -> RemoteStat:
     shown = name or url
     request = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "rs_deeplab"})
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+        # an opener of this call: urlopen's global one keeps the proxy settings of the process's first request
+        with urllib.request.build_opener().open(request, timeout=PROBE_TIMEOUT_S) as response:
             status, headers = response.status, response.headers
     except urllib.error.HTTPError as exc:
         raise RasterError(http_problem(shown, exc.code)) from None

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,15 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def forget_urllib_opener() -> Iterator[None]:
+    """urlopen builds its opener once, with the proxies of that moment: torch.hub's download through the closed
+    proxy below must not leave later tests of the session (the loopback servers of test_remote.py) behind it."""
+    urllib.request.install_opener(None)
+    yield
+    urllib.request.install_opener(None)
 
 
 @pytest.fixture(autouse=True)
