@@ -8,17 +8,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.config import ExperimentConfig, load_config
-from rs_deeplab.experiment import train_experiment
-from rs_deeplab.inference.pipeline import infer_scenes
-from rs_deeplab.presets import tile_preset
-from rs_deeplab.raster import open_raster
-from rs_deeplab.sample import PotsdamFiles, preview_png, write_potsdam
-from rs_deeplab.scene_eval import evaluate_scenes
-from rs_deeplab.tiling import TileSummary
+
+if TYPE_CHECKING:
+    from rs_deeplab.config import ExperimentConfig
+    from rs_deeplab.sample import PotsdamFiles
+    from rs_deeplab.tiling import TileSummary
 
 log = logging.getLogger("rs_deeplab.demo")
 
@@ -40,6 +37,8 @@ def demo_config(out: Path, overrides: Sequence[str] = (), run_dir: Path | None =
     The held-out scene is recorded as an absolute path, so ``pipelines/infer.py --out x.gpkg`` finds it from
     anywhere; ``run_dir`` defaults to ``out/run``.
     """
+    from rs_deeplab.config import load_config
+
     run = out / "run" if run_dir is None else run_dir
     paths = [f"data.root={out / 'tiles'}", f"work_dir={run}",
              f"infer.scenes={json.dumps([str(held_out_scene(out).resolve())])}"]  # fmt: skip
@@ -54,6 +53,11 @@ def prepare_data(
     Returns:
         The scenes' files (held-out scene last), the tiling summary and the preview's path.
     """
+    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.presets import tile_preset
+    from rs_deeplab.raster import open_raster
+    from rs_deeplab.sample import preview_png, write_potsdam
+
     files = write_potsdam(out / "potsdam", ids=(*TRAIN_IDS, HELD_OUT_ID), size=size, seed=seed, gsd=gsd)
     with open_raster(files[0].rgbir) as img, open_raster(files[0].label) as lbl:
         classes = SCHEMES["potsdam"].decode(lbl.read())
@@ -79,6 +83,14 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the sample scenes and run the pipeline stages on them, printing where each output went."""
+    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.experiment import train_experiment
+    from rs_deeplab.inference.pipeline import infer_scenes
+    from rs_deeplab.raster import open_raster
+    from rs_deeplab.sample import preview_png
+    from rs_deeplab.scene_eval import evaluate_scenes
+
     args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     out: Path = args.out

@@ -11,10 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setup_logging
 from rs_deeplab.errors import InputError
-from rs_deeplab.remote import local_output
 
 SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
 CHECKPOINT_OPTIONS = ("split", "device")
@@ -26,6 +24,10 @@ def _names(text: str) -> list[str]:
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/evaluate.py``."""
+    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.remote import local_output
+
     parser = ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, nargs="?", help="a best.pt or last.pt written by pipelines/train.py")
     parser.add_argument("--split", default=None, help="checkpoint mode: split to score (default: val)")

@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.devices import AMP_CHOICES
 from rs_deeplab.errors import InputError
-from rs_deeplab.gsd import parse_gsd
-from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
-from rs_deeplab.remote import local_output, scene_name
 
 
 def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[Any, ...]:
@@ -31,6 +27,10 @@ def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[A
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/infer.py``."""
+    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    from rs_deeplab.devices import AMP_CHOICES
+    from rs_deeplab.remote import local_output
+
     p = ArgumentParser(prog="infer.py", description=__doc__)
     p.add_argument("scenes", nargs="*", type=str,
                    help="scenes to predict: files, URLs (https://, s3://, gs://; read window by window), GDAL "
@@ -86,6 +86,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run :func:`~rs_deeplab.inference.pipeline.infer_scenes`, list the outputs."""
+    from rs_deeplab.gsd import parse_gsd
+    from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
+    from rs_deeplab.remote import scene_name
+
     args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     try:

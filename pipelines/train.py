@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.config import ExperimentConfig, load_config
-from rs_deeplab.distributed import env_from_torchrun
+
+if TYPE_CHECKING:
+    from rs_deeplab.config import ExperimentConfig
 
 
 def build_parser() -> ArgumentParser:
@@ -25,6 +27,10 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Load and validate the config (before any work), then train and print where the outputs went."""
+    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    from rs_deeplab.config import load_config
+    from rs_deeplab.distributed import env_from_torchrun
+
     args = build_parser().parse_intermixed_args(argv)
     cfg: ExperimentConfig = load_config(args.config, args.overrides)
     env = env_from_torchrun()

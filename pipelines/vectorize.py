@@ -13,9 +13,6 @@ from collections.abc import Sequence
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
 from rs_deeplab.errors import InputError
-from rs_deeplab.raster import source_path
-from rs_deeplab.remote import local_output, scene_source
-from rs_deeplab.vectorize import FORMATS, vectorize
 
 
 def _names(text: str) -> list[str]:
@@ -24,6 +21,10 @@ def _names(text: str) -> list[str]:
 
 def build_parser() -> ArgumentParser:
     """The command-line interface."""
+    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    from rs_deeplab.remote import local_output
+    from rs_deeplab.vectorize import FORMATS
+
     parser = ArgumentParser(prog="vectorize.py", description=__doc__.splitlines()[0])
     parser.add_argument("raster", type=str,
                         help="single-band integer label raster (255 = nodata): a file, URL (https://, s3://, gs://) "
@@ -59,6 +60,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run :func:`rs_deeplab.vectorize.vectorize`."""
+    from rs_deeplab.raster import source_path
+    from rs_deeplab.remote import scene_source
+    from rs_deeplab.vectorize import vectorize
+
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     _check_numbers(args)
