@@ -42,6 +42,7 @@ def test_every_picture_the_page_shows_is_in_the_repository() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~6 min on a quiet 2-core machine, 9-15 min when it is shared
 def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("pipelines", "configs"):  # the commands run from a checkout's root
         (tmp_path / name).symlink_to(ROOT / name)
