@@ -22,7 +22,7 @@ MAGIC: dict[str, tuple[bytes, ...]] = {
 """The first bytes of each output kind: an existing file that starts otherwise is someone's other data."""
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists."""
     current = path
     while not current.exists() and current != current.parent:
@@ -34,7 +34,8 @@ def _local_inputs(inputs: Iterable[PathLike | None]) -> list[Path]:
     return [Path(p) for p in inputs if p is not None and not is_url(p) and not is_vsi(p)]
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two local paths name the same file (a hard link or symlink counts; nothing need exist)."""
     if a.exists() and b.exists():
         with contextlib.suppress(OSError):
             return os.path.samefile(a, b)
@@ -49,12 +50,13 @@ def check_writable_folder(folder: Path, what: str) -> None:
     """
     probe = folder / f".rs_deeplab-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as exc:
-        raise InputError(f"{what}: cannot write in folder {folder} ({exc.strerror or exc}); choose a folder you "
+        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you "
                          "can write to") from None  # fmt: skip
-    os.close(fd)
-    probe.unlink(missing_ok=True)
+    finally:  # also when Ctrl-C lands between the create and the close
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def check_output_file(
@@ -76,9 +78,9 @@ def check_output_file(
     if out.is_dir():
         raise InputError(f"{what}: {out} is a folder where a file is expected; name a file in it")
     for source in _local_inputs(inputs):
-        if _same(out, source):
+        if same_path(out, source):
             raise InputError(f"{what}: {out} is an input of this run and would be overwritten; choose another name")
-    existing = _nearest_existing(out.parent)
+    existing = nearest_existing(out.parent)
     if not existing.is_dir():
         raise InputError(f"{what}: {existing} is a file, not a folder; fix the path")
     if existing != out.parent and existing.resolve() != out.parent.resolve():
@@ -101,7 +103,7 @@ def check_output_folder(path: PathLike, *, what: str) -> None:
         InputError: As above.
     """
     out = Path(path)
-    existing = _nearest_existing(out)
+    existing = nearest_existing(out)
     if not existing.is_dir():
         if existing != out:
             raise InputError(f"{what}: {existing} is a file, not a folder; fix the path")

@@ -6,14 +6,13 @@ Nothing here writes anything that stays: the writability probe removes its file 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rs_deeplab.datasets.base import SegmentationSource
 from rs_deeplab.errors import InputError
+from rs_deeplab.outputs import check_output_folder
 from rs_deeplab.raster import open_raster
 
 
@@ -37,19 +36,7 @@ def check_output_dir(path: Path, option: str) -> None:
     Raises:
         InputError: ``path`` or an ancestor is a file, or the folder is not writable.
     """
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{option} {path} is a file, not a folder; choose a folder path (or remove the file)")
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise InputError(f"{option} {path}: {existing} is a file, not a folder; fix the path")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".rs_deeplab-write-check-")
-    except OSError as exc:
-        raise InputError(
-            f"{option} {path}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you can write to"
-        ) from None
-    os.close(fd)
-    os.unlink(probe)
+    check_output_folder(path, what=f"{option} {path}")
 
 
 @contextlib.contextmanager

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,9 @@ from rasterio.errors import RasterioError
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
 from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import read_error, write_error
+from rs_deeplab.outputs import check_output_folder, same_path
+from rs_deeplab.raster import is_vsi, read_error, write_error
+from rs_deeplab.remote import is_url
 
 log = logging.getLogger("rs_deeplab.tiling")
 
@@ -83,15 +83,6 @@ def check_label_fill_seed(label_fill: int, seed: int) -> None:
         raise InputError(f"--seed must be a whole number of at least 0, got {seed}")
 
 
-def _same(a: Path, b: str | Path) -> bool:
-    if str(b).startswith("/vsi") or "://" in str(b):
-        return False
-    try:
-        return a.resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
 def check_output(out: Path, inputs: Sequence[str | Path]) -> None:
     """Refuse an output folder that is an input, a file, under a file, or where nothing can be written.
 
@@ -101,7 +92,7 @@ def check_output(out: Path, inputs: Sequence[str | Path]) -> None:
         InputError: ``out`` is an input, an existing file, has a file as a parent, or cannot be written.
     """
     for path in inputs:
-        if _same(out, path):
+        if not is_url(path) and not is_vsi(path) and same_path(out, Path(path)):
             raise InputError(f"--out {out} is an input of this run; choose another output folder")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; the output is a folder: choose another --out")
@@ -110,22 +101,7 @@ def check_output(out: Path, inputs: Sequence[str | Path]) -> None:
         if inside.exists() and inside.is_dir() != folder:
             kind = "a file where the crops' folder goes" if folder else "a folder where the index file goes"
             raise InputError(f"--out {out}: {inside} is {kind}; choose another --out or remove it")
-    existing = out
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise InputError(f"--out {out}: {existing} is a file, not a folder; choose another --out")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".rs_deeplab-write-check-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputError(
-            f"--out {out}: cannot write in {existing} ({reason}); choose a location you can write to"
-        ) from None
+    check_output_folder(out, what=f"--out {out}")
 
 
 def warn_no_crs(scenes: Sequence[tuple[str, Any, str]]) -> None:

@@ -154,7 +154,7 @@ CASES: list[tuple[str, Args, str]] = [
     ("scene-is-folder", on("folder"), "is a directory"),
     ("band-count", on("rgb"), "has 3 bands but the model was trained on 4"),
     ("out-under-file", lambda w, t: [str(w["scene"]), "--out", str(w["afile"] / "out.tif")], "is a file, not a folder"),
-    ("out-unwritable", lambda w, t: [str(w["scene"]), "--out", "/proc/rs_deeplab_out.tif"], "cannot write in folder"),
+    ("out-unwritable", lambda w, t: [str(w["scene"]), "--out", "/proc/rs_deeplab_out.tif"], "cannot write in /proc"),
     ("out-folder-missing", good(out="none/out.tif"), "does not exist; create it first"),
     ("out-is-folder", lambda w, t: [str(w["scene"]), "--out", str(w["folder"])], "is a folder where a file"),
     ("out-gpkg-is-folder", folder_out("x.gpkg"), "is a folder where a file"),
