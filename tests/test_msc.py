@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.functional import interpolate
 
+from pipelines import export as export_cli
+from pipelines import train as train_cli
+from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.config import ExperimentConfig, validate_config
 from rs_deeplab.engine import segmentation_loss
 from rs_deeplab.errors import ConfigError, InputError
+from rs_deeplab.inference.trained import load_trained_model
 from rs_deeplab.losses import cross_entropy
 from rs_deeplab.models import MODELS, DeepLabBase, MSCOutput, SegOutput, build_model
+from tests.trainkit import make_tiles, write_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,3 +172,46 @@ def test_a_scale_that_shrinks_the_crop_below_the_output_stride_is_refused() -> N
     assert ok.model.msc == [1.0, 0.75, 0.25]
     with pytest.raises(ConfigError, match=r"scale 0\.25 makes the 60-pixel"):
         validate_config({**data, "data": {"crop_size": [60, 128]}}, ExperimentConfig)
+
+
+@pytest.mark.slow
+def test_msc_trains_checkpoints_reloads_and_exports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RS_DEEPLAB_NO_PROGRESS", "1")
+    tiles = make_tiles(tmp_path / "data", size=96, crop=48)
+    sections: dict[str, dict[str, object]] = {
+        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16, "msc": list(SCALES)},
+        "schedule": {"iterations": 2},
+        "train": {"eval_every": 2, "checkpoint_every": 2, "log_every": 1, "device": "cpu"},
+        "infer": {"size": 48, "stride": 48},
+    }
+    cfg = write_config(tmp_path / "msc.yaml", tiles, tmp_path / "run", **sections)
+    # the CLI refuses a scale that makes the 48-pixel crop smaller than the stride: one line, exit 2
+    assert train_cli.main([str(cfg), "model.msc=[1.0,0.25]", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scale 0.25" in err[0] and "data.crop_size to at least 64" in err[0]
+    assert not (tmp_path / "run").exists()
+
+    assert train_cli.main([str(cfg), "--quiet"]) == 0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["config"]["model"]["msc"] == list(SCALES) and state["config"]["model"]["msc_weight"] == 1.0
+    model, _ = load_trained_model(tmp_path / "run" / "last.pt", torch.device("cpu"))
+    assert isinstance(model, DeepLabBase) and model.msc_scales == SCALES and not model.training
+
+    onnx_path = tmp_path / "msc.onnx"
+    assert export_cli.main([str(tmp_path / "run" / "last.pt"), "--out", str(onnx_path), "-q"]) == 0
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 4, 67, 81, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, single = model(x).numpy(), model.forward_single(x).numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    assert got.shape == want.shape == (2, 6, 67, 81)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(got - single).max() > 1e-2  # the export runs the fused model, not the scale-1 pass alone
+    top2 = np.sort(want, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-3  # labels compared where no near-tie makes argmax arbitrary
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(got.argmax(1)[clear], want.argmax(1)[clear])

@@ -202,6 +202,7 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Modul
         output_stride=m["output_stride"],
         head=m["head"],
         aux_weight=m["aux_weight"],
+        msc=m.get("msc"),  # multi-scale inputs; checkpoints from before MSC have no key: one scale
     )
     problem = weights_mismatch(model.state_dict(), state["model"])
     if problem:
