@@ -8,14 +8,12 @@ behind (no label raster, no ``.partial`` file or sidecar, no temporary GeoPackag
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +26,9 @@ from rs_deeplab.config import load_config
 from rs_deeplab.experiment import train_experiment
 from rs_deeplab.inference.writer import partial_path, sidecar_path
 from rs_deeplab.raster import write_geotiff
+from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 INFER = [sys.executable, str(REPO / "pipelines" / "infer.py")]
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
 INTERRUPTED = "interrupted; re-run the same command to resume"
@@ -97,9 +95,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["folder"].mkdir()
     w["inputs"] = inputs
     return w
-
-
-Args = Callable[[dict[str, Path], Path], list[str]]
 
 
 def on(key: str, out: str = "out.tif", *extra: str) -> Args:
@@ -186,15 +181,12 @@ CASES: list[tuple[str, Args, str]] = [
 
 
 def run_case(w: dict[str, Path], folder: Path, make_args: Args) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run ``infer.py`` with a case's arguments in ``folder``; the process and the folder's files before it ran."""
-    folder.mkdir()
-    w = {**w, "nope": folder / "nope.pt"}
-    args = [*make_args(w, folder), "--device", "cpu"]
+    """Run ``infer.py`` with a case's arguments in ``folder`` (on the CPU, with the module's checkpoint unless the
+    case names one)."""
+    args = [*make_args({**w, "nope": folder / "nope.pt"}, folder), "--device", "cpu"]
     if "--checkpoint" not in args:
         args += ["--checkpoint", str(w["ckpt"])]
-    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-    proc = subprocess.run([*INFER, *args], cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
-    return proc, before
+    return run_in(folder, [*INFER, *args])
 
 
 def snapshot(folder: Path) -> list[tuple[str, int, int]]:
@@ -202,25 +194,12 @@ def snapshot(folder: Path) -> list[tuple[str, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def infer_runs(world: dict[str, Path]) -> dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]]:
+def infer_runs(world: dict[str, Path]) -> dict[str, Run]:
     """Every case of :data:`CASES`, two subprocesses at a time; the inputs' folder must come out unchanged."""
-    base = world["base"] / "cases"
-    base.mkdir()
     inputs_before = snapshot(world["inputs"])
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_case, world, base / name, make) for name, make, _ in CASES}
-    runs = {name: (*future.result(), base / name) for name, future in futures.items()}
+    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2)
     assert snapshot(world["inputs"]) == inputs_before  # no case wrote (or left a temporary file) beside the inputs
     return runs
-
-
-def check_one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """Exit 2, exactly one non-empty stderr line starting with ``error: ``, no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 def test_there_are_many_cases() -> None:
@@ -228,13 +207,11 @@ def test_there_are_many_cases() -> None:
 
 
 @pytest.mark.parametrize("name, words", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_infer_bad_input_is_one_line_and_leaves_nothing(
-    infer_runs: dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]], name: str, words: str
-) -> None:
+def test_infer_bad_input_is_one_line_and_leaves_nothing(infer_runs: dict[str, Run], name: str, words: str) -> None:
     proc, before, folder = infer_runs[name]
     line = check_one_line(proc)
     assert words in line, line
-    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # no raster, .partial, sidecar
+    assert listing(folder) == before  # no raster, .partial, sidecar
     for out in (folder / "out.tif", folder / "out.gpkg"):
         assert not partial_path(out).exists() and not sidecar_path(out).exists()
 

@@ -7,13 +7,12 @@ one warning line each. Ctrl-C during tiling exits 130 with one line, and the re-
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,10 +26,10 @@ from rs_deeplab.classes import SCHEMES
 from rs_deeplab.raster import quiet_georeferencing, write_geotiff
 from rs_deeplab.tileindex import read_index
 from rs_deeplab.tiling import SceneSpec, tile_scenes
+from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 TILE = [sys.executable, str(REPO / "pipelines" / "tile.py")]
 POTSDAM = SCHEMES["potsdam"]
 INTERRUPTED = "interrupted; re-run the same command to resume"
@@ -82,9 +81,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gpd.GeoDataFrame({"kind": [1]}, geometry=[shapely.box(0, 0, 10, 10)], crs=UTM33).to_file(base / "far.gpkg")
     w["near"], w["far"] = base / "near.gpkg", base / "far.gpkg"
     return w
-
-
-Args = Callable[[dict[str, Path], Path], list[str]]
 
 
 def scene(*extra: str) -> Args:
@@ -160,40 +156,24 @@ def leftovers(folder: Path) -> list[str]:
 def run_case(
     world: dict[str, Path], folder: Path, make_args: Args
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run ``tile.py`` with a case's arguments in ``folder``; the process and the folder's names before it ran."""
-    folder.mkdir()
+    """Run ``tile.py`` with a case's arguments in ``folder`` (``--out folder/out`` unless the case names one)."""
     args = make_args(world, folder)
     if "--out" not in args:
         args += ["--out", str(folder / "out")]
-    before = sorted(p.name for p in folder.iterdir())
-    proc = subprocess.run([*TILE, *args], cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
-    return proc, before
+    return run_in(folder, [*TILE, *args])
 
 
-Runs = dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]]
+Runs = dict[str, Run]
 
 
 @pytest.fixture(scope="module")
 def tile_runs(world: dict[str, Path]) -> Runs:
-    """Every case of :data:`CASES`, run as 3 subprocesses at a time (each pays ~2 s of imports)."""
-    base = world["base"] / "cases"
-    base.mkdir()
+    """Every case of :data:`CASES`, 3 subprocesses at a time; nothing may appear beside the inputs either."""
     world_files = sorted(p.name for p in world["base"].iterdir())
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run_case, world, base / name, make) for name, make, _ in CASES}
-    runs = {name: (*future.result(), base / name) for name, future in futures.items()}
-    assert sorted(p.name for p in world["base"].iterdir()) == world_files  # nothing beside the inputs either
+    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3)
+    assert sorted(p.name for p in world["base"].iterdir()) == sorted([*world_files, "cases"])
     assert world["afile"].read_text() == "x"
     return runs
-
-
-def check_one_line(proc: subprocess.CompletedProcess[str], code: int = 2, start: str = "error: ") -> str:
-    """Exit ``code``, exactly one non-empty stderr line starting with ``start``, no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith(start), proc.stderr
-    return lines[0]
 
 
 def test_the_table_is_large_and_its_names_distinct() -> None:
@@ -205,7 +185,7 @@ def test_tile_bad_input_is_one_line_and_leaves_nothing(tile_runs: Runs, name: st
     proc, before, folder = tile_runs[name]
     line = check_one_line(proc)
     assert words in line, line
-    assert sorted(p.name for p in folder.iterdir()) == before  # no out/ folder
+    assert listing(folder) == before  # no out/ folder
     assert leftovers(folder) == [] and leftovers(folder.parents[1]) == []
     assert proc.stdout == ""
 

@@ -6,7 +6,7 @@ Every case must end with exit code 2, exactly one ``error: ...`` line on stderr,
 
 from __future__ import annotations
 
-import os
+import functools
 import queue
 import shutil
 import signal
@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import typing
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,9 @@ import pytest
 from pipelines import train as train_cli
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tiling import SceneSpec, tile_scenes
+from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 TRAIN = [sys.executable, str(REPO / "pipelines" / "train.py")]
 EVALUATE = [sys.executable, str(REPO / "pipelines" / "evaluate.py")]
 
@@ -100,22 +99,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def check_one_line(proc: subprocess.CompletedProcess[str], code: int = 2, start: str = "error: ") -> str:
-    """Exit ``code``, exactly one non-empty stderr line starting with ``start``, no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith(start), proc.stderr
-    return lines[0]
-
-
 def config_for(world: dict[str, Path], tmp: Path, tiles: str = "tiles", **sections: dict[str, object]) -> Path:
     """A tiny config on one of the fixture's tile folders, its work_dir under ``tmp/run``."""
     return write_config(tmp / "cfg.yaml", world[tiles], tmp / "run", **sections)
 
 
 # (id, how to build the arguments from (world, tmp), words the error line must hold)
-CASES: list[tuple[str, object, str]] = [
+CASES: list[tuple[str, Args, str]] = [
     ("missing-config", lambda w, t: [str(t / "nope.yaml")], "config file not found"),
     ("config-is-folder", lambda w, t: [str(t)], "is a folder"),
     ("binary-config", lambda w, t: [str(w["binary"])], "not a text file"),
@@ -149,34 +139,24 @@ CASES: list[tuple[str, object, str]] = [
 
 
 def run_case(
-    world: dict[str, Path], folder: Path, make_args: object
+    world: dict[str, Path], folder: Path, make_args: Args
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run ``train.py`` with a case's arguments in ``folder``; the process and the folder's names before it ran."""
-    folder.mkdir()
-    args = make_args(world, folder)  # type: ignore[operator]
-    before = sorted(p.name for p in folder.iterdir())
-    proc = subprocess.run([*TRAIN, *args], cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
-    return proc, before
+    """Run ``train.py`` with a case's arguments in ``folder``."""
+    return run_in(folder, [*TRAIN, *make_args(world, folder)])
 
 
 @pytest.fixture(scope="module")
-def train_runs(world: dict[str, Path]) -> dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]]:
-    """Every case of :data:`CASES`, run as 3 subprocesses at a time (each pays ~3 s of imports)."""
-    base = world["base"] / "cases"
-    base.mkdir()
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run_case, world, base / name, make) for name, make, _ in CASES}
-    return {name: (*future.result(), base / name) for name, future in futures.items()}
+def train_runs(world: dict[str, Path]) -> dict[str, Run]:
+    """Every case of :data:`CASES`, 3 subprocesses at a time."""
+    return run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3)
 
 
 @pytest.mark.parametrize("name, words", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_train_bad_input_is_one_line_and_leaves_nothing(
-    train_runs: dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]], name: str, words: str
-) -> None:
+def test_train_bad_input_is_one_line_and_leaves_nothing(train_runs: dict[str, Run], name: str, words: str) -> None:
     proc, before, folder = train_runs[name]
     line = check_one_line(proc)
     assert words in line, line
-    assert sorted(p.name for p in folder.iterdir()) == before  # no run/ (nor runs/) folder
+    assert listing(folder) == before  # no run/ (nor runs/) folder
 
 
 def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(world: dict[str, Path], tmp_path: Path) -> None:
@@ -231,7 +211,7 @@ def checkpoint(world: dict[str, Path]) -> Path:
     return base / "run" / "last.pt"
 
 
-EVAL_CASES: list[tuple[str, object, str]] = [
+EVAL_CASES: list[tuple[str, Args, str]] = [
     ("missing-checkpoint", lambda w, c, t: [str(t / "none.pt")], "checkpoint not found"),
     ("text-checkpoint", lambda w, c, t: [str(w["text"])], "checkpoint"),
     ("truncated-checkpoint", lambda w, c, t: [str(truncated_file(c, t / "cut.pt"))], "cut.pt"),

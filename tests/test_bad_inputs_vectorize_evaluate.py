@@ -6,10 +6,9 @@ behind: no output, no temporary file, no report folder.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pytest
 from affine import Affine
 
 from rs_deeplab.raster import write_geotiff
-from tests.test_bad_inputs_infer import ENV, check_one_line, corrupt_middle_block, snapshot, truncated
+from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
+from tests.test_bad_inputs_infer import corrupt_middle_block, snapshot, truncated
 from tests.trainkit import REPO, blob_scene
 
 VECTORIZE = [sys.executable, str(REPO / "pipelines" / "vectorize.py")]
@@ -64,9 +64,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["folder"] = inputs / "a_folder.gpkg"
     w["folder"].mkdir()
     return w
-
-
-Args = Callable[[dict[str, Path], Path], list[str]]
 
 
 def vec(key: str, out: str = "out.gpkg", *extra: str) -> Args:
@@ -135,22 +132,15 @@ CASES: list[tuple[str, Args, str]] = [
 
 
 def run_case(w: dict[str, Path], folder: Path, make_args: Args) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    folder.mkdir()
-    args = make_args(w, folder)
-    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-    proc = subprocess.run(args, cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
-    return proc, before
+    """Run a case's command line in ``folder``."""
+    return run_in(folder, make_args(w, folder))
 
 
 @pytest.fixture(scope="module")
-def runs(world: dict[str, Path]) -> dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]]:
+def runs(world: dict[str, Path]) -> dict[str, Run]:
     """Every case of :data:`CASES`, two subprocesses at a time; the inputs' folder must come out unchanged."""
-    base = world["base"] / "cases"
-    base.mkdir()
     inputs_before = snapshot(world["inputs"])
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_case, world, base / name, make) for name, make, _ in CASES}
-    result = {name: (*future.result(), base / name) for name, future in futures.items()}
+    result = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2)
     assert snapshot(world["inputs"]) == inputs_before  # no output, temporary file or report beside the inputs
     return result
 
@@ -160,13 +150,11 @@ def test_there_are_many_cases() -> None:
 
 
 @pytest.mark.parametrize("name, words", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_leaves_nothing(
-    runs: dict[str, tuple[subprocess.CompletedProcess[str], list[str], Path]], name: str, words: str
-) -> None:
+def test_bad_input_is_one_line_and_leaves_nothing(runs: dict[str, Run], name: str, words: str) -> None:
     proc, before, folder = runs[name]
     line = check_one_line(proc)
     assert words in line, line
-    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # no output, .tmp, reports
+    assert listing(folder) == before  # no output, .tmp, reports
 
 
 def test_the_good_inputs_work(world: dict[str, Path], tmp_path: Path) -> None:
