@@ -49,9 +49,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--scales", help="multi-scale test-time augmentation, e.g. 0.75,1,1.25")
     p.add_argument("--crf", action="store_true", help="refine with DenseCRF (pydensecrf)")
     p.add_argument("--crf-bands", help="1-based bands the CRF uses as colour (default: the first three)")
-    p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations of the CRF (5)")
-    p.add_argument("--crf-gaussian", default="3,3", help="smoothness kernel SXY,COMPAT (DeepLab: 3,3)")
-    p.add_argument("--crf-bilateral", default="80,13,10", help="appearance kernel SXY,SRGB,COMPAT (DeepLab: 80,13,10)")
+    p.add_argument("--crf-iterations", type=int,
+                   help="mean-field iterations of the CRF (default: the setting pipelines/crf_search.py recorded "
+                   "beside the checkpoint, else 5)")  # fmt: skip
+    p.add_argument("--crf-gaussian", help="smoothness kernel SXY,COMPAT (default: searched, else DeepLab's 3,3)")
+    p.add_argument(
+        "--crf-bilateral", help="appearance kernel SXY,SRGB,COMPAT (default: searched, else DeepLab's 80,13,10)"
+    )
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                    help="inference output stride (default: infer.output_stride, else as trained)")  # fmt: skip
     p.add_argument("--gsd", default="auto",
@@ -105,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         crf=args.crf,
         crf_bands=None if args.crf_bands is None else _numbers(args.crf_bands, int),
         crf_iterations=args.crf_iterations,
-        crf_gaussian=_numbers(args.crf_gaussian, count=2),
-        crf_bilateral=_numbers(args.crf_bilateral, count=3),
+        crf_gaussian=None if args.crf_gaussian is None else _numbers(args.crf_gaussian, count=2),
+        crf_bilateral=None if args.crf_bilateral is None else _numbers(args.crf_bilateral, count=3),
         output_stride=args.output_stride,
         probs=args.probs,
         cog=args.cog,

@@ -460,3 +460,47 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
     (out_dir / f"{split}_scores.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"{split}_scores.md").write_text(markdown_table(result, source.class_names) + "\n")
     return report
+
+
+def search_checkpoint_crf(
+    path: Path, split: str, out_dir: Path, points: Sequence[Any], *, images: int = 100, device: str = "auto",
+    workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
+) -> Any:  # fmt: skip
+    """Cross-validate DenseCRF kernels for a checkpoint on ``images`` crops of ``split`` of its data.
+
+    Every input and output is checked before the first probability is computed: the report folder, the
+    checkpoint's folder (the best setting is recorded beside it as ``<stem>.crf.json``, which ``infer.py --crf``
+    then uses), the split (its ``data.root`` must be reachable) and the crop count. See
+    :func:`rs_deeplab.inference.crf_search.run_search`.
+    """
+    from rs_deeplab.inference.crf_search import choose_images, record_path, run_search
+    from rs_deeplab.inference.trained import load_trained_model
+    from rs_deeplab.outputs import check_output_file
+    from rs_deeplab.scheduling import check_executor_options
+    from rs_deeplab.transforms import normalize
+
+    check_executor_options(workers, scheduler)
+    check_output_dir(out_dir, "--out")
+    dev = pick_device(device, option="--device")
+    model, state = load_trained_model(path, dev)
+    check_output_file(record_path(path), what=f"the CRF record beside {path}", inputs=[path])
+    cfg = ExperimentConfig.model_validate(state["config"])
+    source = build_source(cfg.data, split)
+    check_labelled(source, split)
+    check_bands([source], cfg.data.bands)
+    if source.class_names != tuple(state["class_names"]):
+        raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
+    chosen = choose_images(len(source), images)
+    stats = BandStats.from_dict(state["band_stats"])
+    ranges = [(m - 2.5 * s, m + 2.5 * s) for m, s in zip(stats.mean, stats.std, strict=True)]
+
+    def normalise(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalize(np.moveaxis(image, 0, -1), stats), -1, 0),
+                                                     dtype=np.float32))  # fmt: skip
+
+    st = path.stat()
+    about = {"checkpoint": str(path), "split": split, "data_root": str(cfg.data.root)}
+    return run_search(model, source.read, chosen, out_dir, num_classes=len(source.class_names), points=points,
+                      normalise=normalise, band_ranges=ranges, fingerprint=f"{path.resolve()}:{st.st_size}:"
+                      f"{st.st_mtime_ns}:{split}", device=dev, record_for=path, about=about, workers=workers,
+                      scheduler=scheduler, quiet=quiet)  # fmt: skip

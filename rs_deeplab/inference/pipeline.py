@@ -18,6 +18,7 @@ from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.gsd import raster_gsd, working_gsd
 from rs_deeplab.inference.crf import CRFParams
+from rs_deeplab.inference.crf_search import recorded_crf
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
@@ -48,11 +49,12 @@ class InferOptions:
     scales: tuple[float, ...] | None = None
     crf: bool = False
     crf_bands: tuple[int, ...] | None = None
-    crf_iterations: int = 5
-    crf_gaussian: tuple[float, float] = (3.0, 3.0)
-    """Smoothness kernel ``(sxy, compat)``."""
-    crf_bilateral: tuple[float, float, float] = (80.0, 13.0, 10.0)
-    """Appearance kernel ``(sxy, srgb, compat)``."""
+    crf_iterations: int | None = None
+    """Mean-field iterations; None: the checkpoint's searched setting (``<stem>.crf.json``), else 5."""
+    crf_gaussian: tuple[float, float] | None = None
+    """Smoothness kernel ``(sxy, compat)``; None: the searched setting, else DeepLab's ``(3, 3)``."""
+    crf_bilateral: tuple[float, float, float] | None = None
+    """Appearance kernel ``(sxy, srgb, compat)``; None: the searched setting, else DeepLab's ``(80, 13, 10)``."""
     output_stride: int | None = None
     probs: bool = False
     cog: bool = False
@@ -252,14 +254,38 @@ def _crf_settings(opts: InferOptions, info: CheckpointInfo) -> CRFSettings:
     """CRF bands (default: the model's first three), kernels, and 16-bit stretch ranges from the band statistics."""
     model_bands = list(info.bands) if info.bands is not None else list(range(1, info.in_channels + 1))
     bands = tuple(opts.crf_bands or model_bands[:3])
-    params = CRFParams(gaussian_sxy=opts.crf_gaussian[0], gaussian_compat=opts.crf_gaussian[1],
-                       bilateral_sxy=opts.crf_bilateral[0], bilateral_srgb=opts.crf_bilateral[1],
-                       bilateral_compat=opts.crf_bilateral[2], iterations=opts.crf_iterations)  # fmt: skip
+    params = _crf_params(opts, info.path)
     ranges = None
     if all(b in model_bands for b in bands):  # mean ± 2.5 std of the training tiles: one stretch for every window
         idx = [model_bands.index(b) for b in bands]
         ranges = tuple((info.mean[i] - 2.5 * info.std[i], info.mean[i] + 2.5 * info.std[i]) for i in idx)
     return CRFSettings(bands=bands, params=params, band_ranges=ranges)
+
+
+def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:
+    """The kernels: each option given explicitly, else the setting the CRF search recorded, else DeepLab's."""
+    base = CRFParams()
+    found = recorded_crf(model_path)
+    if found is not None:
+        base, record = found
+        given = [o for o, v in (("--crf-gaussian", opts.crf_gaussian), ("--crf-bilateral", opts.crf_bilateral),
+                                ("--crf-iterations", opts.crf_iterations)) if v is not None]  # fmt: skip
+        log.info(
+            "CRF kernels searched for this model (%s): bilateral %g,%g,%g, gaussian %g,%g, %d iterations%s",
+            record,
+            base.bilateral_sxy,
+            base.bilateral_srgb,
+            base.bilateral_compat,
+            base.gaussian_sxy,
+            base.gaussian_compat,
+            base.iterations,
+            f"; given explicitly: {', '.join(given)}" if given else "",
+        )
+    g = opts.crf_gaussian or (base.gaussian_sxy, base.gaussian_compat)
+    b = opts.crf_bilateral or (base.bilateral_sxy, base.bilateral_srgb, base.bilateral_compat)
+    iterations = opts.crf_iterations if opts.crf_iterations is not None else base.iterations
+    return CRFParams(gaussian_sxy=g[0], gaussian_compat=g[1], bilateral_sxy=b[0], bilateral_srgb=b[1],
+                     bilateral_compat=b[2], iterations=iterations)  # fmt: skip
 
 
 def _tta(opts: InferOptions, infer: dict[str, Any], scheme: str) -> TTA:
