@@ -132,6 +132,10 @@ def vectorize_args(tmp: Path, trained: Path) -> list[str]:
     return [str(label_raster(tmp / "labels.tif", 512, 8)), "--out", str(tmp / "labels.gpkg")]
 
 
+def crf_search_args(tmp: Path, trained: Path) -> list[str]:
+    return [str(trained), "--out", str(tmp / "search"), "--images", "1", "--workers", "1"]
+
+
 def demo_args(tmp: Path, trained: Path) -> list[str]:
     return ["--out", str(tmp / "demo"), "--run-dir", str(tmp / "runs" / "demo"), "--size", "512"]
 
@@ -143,6 +147,7 @@ ARGS: dict[str, Callable[[Path, Path], list[str]]] = {
     "evaluate": evaluate_args,
     "vectorize": vectorize_args,
     "demo": demo_args,
+    "crf_search": crf_search_args,
 }
 
 
@@ -150,7 +155,7 @@ ARGS: dict[str, Callable[[Path, Path], list[str]]] = {
 def test_ctrl_c_while_the_library_loads_is_one_line_and_exit_130(
     name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    trained = request.getfixturevalue("trained") if name in ("infer", "export") else tmp_path
+    trained = request.getfixturevalue("trained") if name in ("infer", "export", "crf_search") else tmp_path
     proc = start([*script(name), *ARGS[name](tmp_path, trained)], tmp_path)
     wait_for(proc, heavy_import_started(proc), "loading torch or GDAL")
     assert_one_interrupted_line(*interrupt(proc))
