@@ -22,6 +22,7 @@ from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.pipeline import InferOptions, _crf_params
 from rs_deeplab.metrics import scores
 from tests.badkit import ENV, check_one_line, listing, run_in, run_table
+from tests.daskkit import dask_cluster
 from tests.trainkit import BASE, REPO, blob_scene, make_tiles, write_config
 
 SEARCH = [sys.executable, str(REPO / "pipelines" / "crf_search.py")]
@@ -88,6 +89,15 @@ def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_t
     assert [r["mIoU"] for r in table["rows"]] == sorted((r["mIoU"] for r in table["rows"]), reverse=True)
     md = (out / cs.TABLE_MD).read_text()
     assert "**no CRF**" in md and "**default**" in md and md.count("\n| ") == 15
+
+    # a Dask scheduler's workers (separate processes reading the cache by its absolute paths) score the same
+    with dask_cluster(tmp_path, workers=2) as address:
+        remote = cs.run_search(model, crops.__getitem__, searched, tmp_path / "remote", num_classes=len(BASE),
+                               points=points[:2], normalise=normalise, band_ranges=None, fingerprint="blurry",
+                               device=cpu, scheduler=address, quiet=True)  # fmt: skip
+    assert remote.computed_settings == 4
+    local = {json.dumps(r["crf"]): r["mIoU"] for r in first.rows}
+    assert {json.dumps(r["crf"]): r["mIoU"] for r in remote.rows}.items() <= local.items()
 
     best = CRFParams(**first.best["crf"])
     assert (best.gaussian_sxy, best.gaussian_compat, best.iterations) == (3.0, 3.0, 10)
