@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,10 @@ from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.preflight import check_bands, check_labelled, check_output_dir, removed_on_failure
 from rs_deeplab.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
+
+if TYPE_CHECKING:
+    from rs_deeplab.inference.crf_grid import GridPoint
+    from rs_deeplab.inference.crf_search import SearchResult
 
 log = logging.getLogger("rs_deeplab.train")
 ARCH_KEYS = ("name", "backbone", "output_stride", "head")
@@ -463,9 +467,9 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
 
 
 def search_checkpoint_crf(
-    path: Path, split: str, out_dir: Path, points: Sequence[Any], *, images: int = 100, device: str = "auto",
+    path: Path, split: str, out_dir: Path, points: Sequence[GridPoint], *, images: int = 100, device: str = "auto",
     workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
-) -> Any:  # fmt: skip
+) -> SearchResult:  # fmt: skip
     """Cross-validate DenseCRF kernels for a checkpoint on ``images`` crops of ``split`` of its data.
 
     Every input and output is checked before the first probability is computed: the report folder, the
@@ -473,7 +477,8 @@ def search_checkpoint_crf(
     then uses), the split (its ``data.root`` must be reachable) and the crop count. See
     :func:`rs_deeplab.inference.crf_search.run_search`.
     """
-    from rs_deeplab.inference.crf_search import choose_images, record_path, run_search
+    from rs_deeplab.inference.crf_grid import choose_images
+    from rs_deeplab.inference.crf_search import record_path, run_search
     from rs_deeplab.inference.trained import load_trained_model
     from rs_deeplab.outputs import check_output_file
     from rs_deeplab.scheduling import check_executor_options

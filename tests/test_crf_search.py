@@ -17,6 +17,7 @@ import torch
 from rs_deeplab.config import load_config
 from rs_deeplab.errors import InputError
 from rs_deeplab.experiment import train_experiment
+from rs_deeplab.inference import crf_grid as grid
 from rs_deeplab.inference import crf_search as cs
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.pipeline import InferOptions, _crf_params
@@ -59,11 +60,11 @@ def held_out_miou(files: list[Path], params: CRFParams | None) -> float:
 
 def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_torch_thread: None) -> None:
     crops = [blob_scene(100 + i, 80) for i in range(16)]
-    searched = cs.choose_images(len(crops), 8)
+    searched = grid.choose_images(len(crops), 8)
     held_out = [i for i in range(len(crops)) if i not in searched]
     model, cpu = BlurryClassifier(), torch.device("cpu")
-    points = cs.make_grid(cs.parse_range("3:8:5", "--w1"), cs.parse_range("10:60:50", "--sxy"),
-                          cs.parse_range("5:25:10", "--srgb"), 10)  # fmt: skip
+    points = grid.make_grid(grid.parse_range("3:8:5", "--w1"), grid.parse_range("10:60:50", "--sxy"),
+                            grid.parse_range("5:25:10", "--srgb"), 10)  # fmt: skip
     assert len(points) == 12
     out = tmp_path / "search"
 
@@ -85,7 +86,7 @@ def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_t
     table = json.loads((out / cs.TABLE_JSON).read_text())
     assert table["computed"] == {"probabilities": 0, "settings": 0} and table["images"] == searched
     names = [r["setting"] for r in table["rows"]]
-    assert names.count(cs.NO_CRF) == 1 and names.count(cs.DEFAULT) == 1 and len(names) == 14
+    assert names.count(grid.NO_CRF) == 1 and names.count(grid.DEFAULT) == 1 and len(names) == 14
     assert [r["mIoU"] for r in table["rows"]] == sorted((r["mIoU"] for r in table["rows"]), reverse=True)
     md = (out / cs.TABLE_MD).read_text()
     assert "**no CRF**" in md and "**default**" in md and md.count("\n| ") == 15
@@ -114,22 +115,22 @@ def model_cache(model: torch.nn.Module, crops: list[Any], indices: list[int], fo
 
 
 def test_ranges_and_grids() -> None:
-    assert cs.parse_range("3:6", "--w1") == (3, 4, 5, 6)
-    assert cs.parse_range("30:100:10", "--sxy") == (30, 40, 50, 60, 70, 80, 90, 100)
-    assert cs.parse_range("0.5:1.5:0.5", "--srgb") == (0.5, 1.0, 1.5)
-    assert cs.parse_range("5", "--srgb") == (5,)
-    assert cs.parse_range("3:6:2", "--w1") == (3, 5)
+    assert grid.parse_range("3:6", "--w1") == (3, 4, 5, 6)
+    assert grid.parse_range("30:100:10", "--sxy") == (30, 40, 50, 60, 70, 80, 90, 100)
+    assert grid.parse_range("0.5:1.5:0.5", "--srgb") == (0.5, 1.0, 1.5)
+    assert grid.parse_range("5", "--srgb") == (5,)
+    assert grid.parse_range("3:6:2", "--w1") == (3, 5)
     for bad, words in [("6:3", "reversed"), ("3:6:0", "step must be positive"), ("", "no points"),
                        ("a:b", "expected A, A:B"), ("1:2:3:4", "expected A, A:B")]:  # fmt: skip
         with pytest.raises(InputError, match=words):
-            cs.parse_range(bad, "--w1")
+            grid.parse_range(bad, "--w1")
     with pytest.raises(InputError, match="no points"):
-        cs.make_grid([3.0], [], [3.0], 10)
+        grid.make_grid([3.0], [], [3.0], 10)
     with pytest.raises(InputError, match="bilateral_srgb must be > 0"):
-        cs.make_grid([3.0], [30.0], [0.0], 10)
+        grid.make_grid([3.0], [30.0], [0.0], 10)
     with pytest.raises(InputError, match="only 5 crops"):
-        cs.choose_images(5, 6)
-    assert cs.choose_images(5, 5) == [0, 1, 2, 3, 4]
+        grid.choose_images(5, 6)
+    assert grid.choose_images(5, 5) == [0, 1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
