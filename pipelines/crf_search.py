@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)  # fmt: skip
     print(result.markdown.read_text(), end="")
     best = result.best
-    print(f"best: w1 {best['crf']['bilateral_compat']:g}, σα {best['crf']['bilateral_sxy']:g}, "
+    print(f"best ({best['setting']}): w1 {best['crf']['bilateral_compat']:g}, σα {best['crf']['bilateral_sxy']:g}, "
           f"σβ {best['crf']['bilateral_srgb']:g} (mIoU {best['mIoU']:.4f}); computed now: "
           f"{result.computed_probabilities} crop(s), {result.computed_settings} setting(s)")  # fmt: skip
     print(describe_outputs({"table": result.markdown, "json": result.json, "record": result.record}))

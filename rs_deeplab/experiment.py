@@ -504,7 +504,7 @@ def search_checkpoint_crf(
                                                      dtype=np.float32))  # fmt: skip
 
     st = path.stat()
-    about = {"checkpoint": str(path), "split": split, "data_root": str(cfg.data.root)}
+    about = {"checkpoint": str(path.resolve()), "split": split, "data_root": str(cfg.data.root)}
     return run_search(model, source.read, chosen, out_dir, num_classes=len(source.class_names), points=points,
                       normalise=normalise, band_ranges=ranges, fingerprint=f"{path.resolve()}:{st.st_size}:"
                       f"{st.st_mtime_ns}:{split}", device=dev, record_for=path, about=about, workers=workers,

@@ -133,6 +133,18 @@ def test_ranges_and_grids() -> None:
     assert grid.choose_images(5, 5) == [0, 1, 2, 3, 4]
 
 
+def test_the_default_kernels_are_kept_where_they_beat_the_grid(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the handler on the module's logger itself: a CLI run earlier in this process stops "rs_deeplab" propagating
+    monkeypatch.setattr(cs.log, "handlers", [caplog.handler])
+    row = lambda name, miou: {"setting": name, "mIoU": miou}  # noqa: E731
+    assert cs.best_setting([row("grid", 0.8), row(grid.DEFAULT, 0.7), row(grid.NO_CRF, 0.6)])["setting"] == "grid"
+    assert not caplog.records
+    assert cs.best_setting([row(grid.NO_CRF, 0.8), row(grid.DEFAULT, 0.7), row("grid", 0.6)])["setting"] == "default"
+    assert "Widen the grid" in caplog.text and "without --crf may do better" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny checkpoint (4 iterations) with 9 validation crops of 64 px."""

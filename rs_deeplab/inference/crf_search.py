@@ -210,13 +210,29 @@ def recorded_crf(model_path: Path) -> tuple[CRFParams, Path] | None:
     return params, path
 
 
+def best_setting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The best-ranked CRF setting (``infer.py --crf`` asks for a CRF, so the no-CRF row is never chosen).
+
+    The default kernels are kept where they beat every grid point (a warning says to widen the grid): recording a
+    worse setting would make ``--crf`` worse after the search than before it.
+    """
+    best = next(r for r in rows if r["setting"] != NO_CRF)
+    if best["setting"] == DEFAULT:
+        log.warning("the default kernels beat every setting of the grid (mIoU %.4f); they are recorded. Widen the "
+                    "grid (--w1, --sxy, --srgb) to search around them", best["mIoU"])  # fmt: skip
+    if rows[0]["setting"] == NO_CRF:
+        log.warning("no CRF (mIoU %.4f) beats every CRF setting on these crops; infer.py without --crf may do better",
+                    rows[0]["mIoU"])  # fmt: skip
+    return best
+
+
 @dataclass
 class SearchResult:
     """What :func:`run_search` wrote and found."""
 
     rows: list[dict[str, Any]]
     best: dict[str, Any]
-    """The best grid row (reference rows are never chosen)."""
+    """The best CRF row: a grid point, or the default kernels where they beat every grid point."""
     markdown: Path
     json: Path
     record: Path | None
@@ -271,7 +287,7 @@ def run_search(
     done, scored = score_settings(todo, files, num_classes, out / DONE_FILE, f"{digest}:{num_classes}",
                                   workers=workers, scheduler=scheduler, quiet=quiet)  # fmt: skip
     rows = ranked_rows(todo, done)
-    best = next(r for r in rows if r["setting"] not in (NO_CRF, DEFAULT))
+    best = best_setting(rows)
     table = {**(about or {}), "images": list(indices), "computed": {"probabilities": computed, "settings": scored},
              "best": best, "rows": rows}  # fmt: skip
     write_json_atomic(out / TABLE_JSON, table)
