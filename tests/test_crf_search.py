@@ -174,12 +174,18 @@ def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path:
     assert again.returncode == 0 and "computed now: 0 crop(s), 0 setting(s)" in again.stdout, again.stderr
 
     record = json.loads(cs.record_path(ckpt).read_text())
+    rows = json.loads((out / cs.TABLE_JSON).read_text())["rows"]
+    top = next(r for r in rows if r["setting"] != grid.NO_CRF)  # the best CRF: a grid point, or the default kernels
+    assert record["crf"] == top["crf"] and record["mIoU"] == top["mIoU"]
     best = CRFParams(**record["crf"])
-    assert best.iterations == 2 and best.bilateral_srgb == 3 and best.bilateral_compat in (3, 4)
+    if top["setting"] == "grid":
+        assert best.iterations == 2 and best.bilateral_srgb == 3 and best.bilateral_compat in (3, 4)
+    else:
+        assert best == CRFParams() and "Widen the grid" in first.stderr
     assert _crf_params(InferOptions(crf=True), ckpt) == best
     explicit = _crf_params(InferOptions(crf=True, crf_bilateral=(50.0, 7.0, 2.0)), ckpt)
     assert (explicit.bilateral_sxy, explicit.bilateral_srgb, explicit.bilateral_compat) == (50, 7, 2)
-    assert explicit.iterations == 2  # the options not given still come from the record
+    assert explicit.iterations == best.iterations  # the options not given still come from the record
 
     proc = subprocess.run([*INFER, str(trained.parents[2] / "val.tif"), "--checkpoint", str(ckpt), "--crf",
                            "--out", str(tmp_path / "labels.tif")], cwd=tmp_path, env=ENV, capture_output=True,
@@ -188,9 +194,12 @@ def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path:
     c = record["crf"]
     assert (
         f"CRF kernels searched for this model ({cs.record_path(ckpt)}): bilateral {c['bilateral_sxy']:g},"
-        f"{c['bilateral_srgb']:g},{c['bilateral_compat']:g}, gaussian 3,3, 2 iterations"
+        f"{c['bilateral_srgb']:g},{c['bilateral_compat']:g}, gaussian 3,3, {best.iterations} iterations"
     ) in proc.stderr
 
+    other = {**record, "crf": {**record["crf"], "bilateral_srgb": 7.0}}
+    cs.record_path(ckpt).write_text(json.dumps(other))
+    assert _crf_params(InferOptions(crf=True), ckpt).bilateral_srgb == 7.0
     ckpt.touch()  # other weights now (a newer file): the record no longer applies
     assert _crf_params(InferOptions(crf=True), ckpt) == CRFParams()
 
