@@ -44,9 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rs_deeplab.devices import pick_amp, precision_name  # noqa: E402
-from rs_deeplab.engine import StepContext, build_optimizer, build_scheduler, train_step  # noqa: E402
 from rs_deeplab.models import build_model  # noqa: E402
 from rs_deeplab.raster import write_geotiff  # noqa: E402
+from rs_deeplab.training.engine import StepContext, build_optimizer, build_scheduler, train_step  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
-from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.devices import pick_device
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import FinishedRows, window_weight
@@ -57,6 +56,7 @@ from rs_deeplab.inference.streams import BackgroundSink, prefetch
 from rs_deeplab.inference.writer import OutputSpec, RowWriter
 from rs_deeplab.models import build_model
 from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.tuning import tune_malloc
 
 TRANSFORM = Affine(0.1, 0.0, 368_000.0, 0.0, -0.1, 5_808_000.0)
 MEAN, STD = [110.0, 110.0, 100.0, 120.0], [50.0, 45.0, 45.0, 55.0]

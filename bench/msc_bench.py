@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from rs_deeplab.engine import segmentation_loss
 from rs_deeplab.models import build_model
+from rs_deeplab.training.engine import segmentation_loss
 
 SCALES = (1.0, 0.75, 0.5)
 

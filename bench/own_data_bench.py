@@ -64,7 +64,7 @@ def main() -> int:
     parser.add_argument("--val-fraction", type=float, default=0.3)
     parser.add_argument("overrides", nargs="*", help="key=value overrides of configs/own_data.yaml")
     args = parser.parse_args()
-    from rs_deeplab.tileindex import read_index
+    from rs_deeplab.tiling.index import read_index
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

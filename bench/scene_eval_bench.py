@@ -1,4 +1,4 @@
-"""Benchmark scene-level evaluation (``rs_deeplab.scene_eval.scene_confusion``) against whole-array scoring.
+"""Benchmark scene-level evaluation (``rs_deeplab.evaluation.scenes.scene_confusion``) against whole-array scoring.
 
 Writes a ``--size``² ISPRS colour-coded truth (3 bands, tiled, deflate, ~8 % black boundary pixels) and a uint8
 prediction (~80 % right, 2 % nodata) as GeoTIFFs, then in one run times (CPU, best of ``--repeats``) and
@@ -25,10 +25,10 @@ from affine import Affine
 from rasterio.windows import Window
 
 from rs_deeplab.classes import SCHEMES
-from rs_deeplab.labels import decode_label
-from rs_deeplab.metrics import confusion_matrix
+from rs_deeplab.evaluation.metrics import confusion_matrix
+from rs_deeplab.evaluation.scenes import scene_confusion
 from rs_deeplab.raster import geotiff_profile
-from rs_deeplab.scene_eval import scene_confusion
+from rs_deeplab.tiling.labels import decode_label
 
 POTSDAM = SCHEMES["potsdam"]
 TRANSFORM = Affine(0.05, 0.0, 368_000.0, 0.0, -0.05, 5_808_000.0)

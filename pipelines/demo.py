@@ -15,7 +15,7 @@ from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, desc
 if TYPE_CHECKING:
     from rs_deeplab.config import ExperimentConfig
     from rs_deeplab.sample import PotsdamFiles
-    from rs_deeplab.tiling import TileSummary
+    from rs_deeplab.tiling.tiler import TileSummary
 
 log = logging.getLogger("rs_deeplab.demo")
 
@@ -54,9 +54,9 @@ def prepare_data(
         The scenes' files (held-out scene last), the tiling summary and the preview's path.
     """
     from rs_deeplab.classes import SCHEMES
-    from rs_deeplab.presets import tile_preset
     from rs_deeplab.raster import open_raster
     from rs_deeplab.sample import preview_png, write_potsdam
+    from rs_deeplab.tiling.presets import tile_preset
 
     files = write_potsdam(out / "potsdam", ids=(*TRAIN_IDS, HELD_OUT_ID), size=size, seed=seed, gsd=gsd)
     with open_raster(files[0].rgbir) as img, open_raster(files[0].label) as lbl:
@@ -85,11 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Generate the sample scenes and run the pipeline stages on them, printing where each output went."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
     from rs_deeplab.classes import SCHEMES
-    from rs_deeplab.experiment import train_experiment
+    from rs_deeplab.evaluation.scenes import evaluate_scenes
     from rs_deeplab.inference.pipeline import infer_scenes
     from rs_deeplab.raster import open_raster
     from rs_deeplab.sample import preview_png
-    from rs_deeplab.scene_eval import evaluate_scenes
+    from rs_deeplab.training.experiment import train_experiment
 
     args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)

@@ -65,8 +65,8 @@ def _check_mode(parser: ArgumentParser, args: argparse.Namespace) -> None:
 
 def _score_scenes(args: argparse.Namespace) -> int:
     from rs_deeplab.classes import get_scheme
+    from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
     from rs_deeplab.remote import scene_source
-    from rs_deeplab.scene_eval import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
 
     if args.block_size is not None and args.block_size < 1:
         raise InputError(f"--block-size {args.block_size}: must be a positive whole number of pixels")
@@ -88,7 +88,7 @@ def _score_scenes(args: argparse.Namespace) -> int:
 
 
 def _score_checkpoint(args: argparse.Namespace) -> int:
-    from rs_deeplab.experiment import evaluate_checkpoint
+    from rs_deeplab.training.experiment import evaluate_checkpoint
 
     split = args.split or "val"
     out = args.out or args.checkpoint.parent

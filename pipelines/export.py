@@ -18,7 +18,7 @@ from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, desc
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/export.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.export import FORMATS, MIN_OPSET
+    from rs_deeplab.inference.export import FORMATS, MIN_OPSET
 
     p = ArgumentParser(prog="export.py", description=__doc__)
     p.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. runs/x/best.pt")
@@ -33,8 +33,8 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run :func:`~rs_deeplab.export.export_model`, name the output."""
-    from rs_deeplab.export import describe, export_model
+    """Parse arguments, run :func:`~rs_deeplab.inference.export.export_model`, name the output."""
+    from rs_deeplab.inference.export import describe, export_model
 
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)

@@ -12,7 +12,7 @@ from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, desc
 from rs_deeplab.errors import InputError
 
 if TYPE_CHECKING:
-    from rs_deeplab.tiling import TileSummary
+    from rs_deeplab.tiling.tiler import TileSummary
 
 log = logging.getLogger("rs_deeplab.tile")
 
@@ -20,9 +20,9 @@ log = logging.getLogger("rs_deeplab.tile")
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/tile.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while GDAL, pandas and Dask load is one line too
-    from rs_deeplab.presets import PRESETS
     from rs_deeplab.remote import local_output
-    from rs_deeplab.tiling import COMPRESS_CHOICES
+    from rs_deeplab.tiling.presets import PRESETS
+    from rs_deeplab.tiling.tiler import COMPRESS_CHOICES
 
     parser = ArgumentParser(prog="tile.py", description=__doc__)
     parser.add_argument("scenes", nargs="+", type=str, metavar="SCENE",
@@ -84,10 +84,10 @@ def parse_label_map(text: str | None) -> dict[str, int] | None:
 
 def run(argv: Sequence[str] | None) -> TileSummary:
     """Parse ``argv`` and make the one library call it asks for."""
-    from rs_deeplab.presets import tile_preset
     from rs_deeplab.raster import source_path
     from rs_deeplab.remote import scene_source
-    from rs_deeplab.tiling import SceneSpec, tile_scenes
+    from rs_deeplab.tiling.presets import tile_preset
+    from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)

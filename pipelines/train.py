@@ -29,13 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Load and validate the config (before any work), then train and print where the outputs went."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
     from rs_deeplab.config import load_config
-    from rs_deeplab.distributed import env_from_torchrun
+    from rs_deeplab.training.distributed import env_from_torchrun
 
     args = build_parser().parse_intermixed_args(argv)
     cfg: ExperimentConfig = load_config(args.config, args.overrides)
     env = env_from_torchrun()
     setup_logging(quiet=args.quiet, verbose=args.verbose, rank=env.rank)
-    from rs_deeplab.experiment import train_experiment
+    from rs_deeplab.training.experiment import train_experiment
 
     result = train_experiment(cfg)
     if env.is_main:

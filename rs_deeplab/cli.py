@@ -12,8 +12,8 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
-from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.errors import RsDeeplabError
+from rs_deeplab.tuning import tune_malloc
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -124,7 +124,7 @@ def cli_entry(func: MainFunc) -> MainFunc:
     ``error: <message>`` line on stderr and return 2; Ctrl-C (also when a library wraps it in another exception)
     becomes one line and returns 130; any other exception is a bug and keeps its traceback. With ``--debug`` in
     the arguments every error shows its full traceback. It also keeps torch's large CPU buffers on the heap
-    (:func:`rs_deeplab.allocator.tune_malloc`).
+    (:func:`rs_deeplab.tuning.tune_malloc`).
     """
 
     @functools.wraps(func)

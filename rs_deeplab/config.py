@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rs_deeplab.errors import ConfigError
+from rs_deeplab.loss_spec import parse_loss
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -57,7 +58,7 @@ class DataConfig(StrictModel):
     """Random crops where one class covers more than this fraction are retried."""
     sampling: Literal["uniform", "balanced"] = "uniform"
     """``uniform``: every training crop equally often; ``balanced`` (tiles only): crops holding rare classes more
-    often, from the index's per-class pixel counts (:func:`rs_deeplab.datasets.sampling.balanced_weights`)."""
+    often, from the index's per-class pixel counts (:func:`rs_deeplab.training.datasets.sampling.balanced_weights`)."""
 
     @model_validator(mode="after")
     def _check_scale(self) -> DataConfig:
@@ -140,7 +141,7 @@ class TrainConfig(StrictModel):
     class_weights: list[NonNegFloat] | Literal["auto"] | None = None
     """One loss weight per class, or ``auto`` (tiles only): inverse square root of each class's pixel frequency in
     the training split, normalised to mean 1 over the classes present and capped at 10
-    (:func:`rs_deeplab.datasets.tiles.auto_class_weights`)."""
+    (:func:`rs_deeplab.training.datasets.tiles.auto_class_weights`)."""
     loss: str = "ce"
     """Sum of terms ``[weight*]name`` with names ``ce``, ``dice``, ``lovasz`` (Lovász-softmax), ``focal`` (γ=2):
     ``ce``, ``ce+dice``, ``ce+0.5*lovasz``; each term ignores 255 and uses the class weights."""
@@ -151,8 +152,6 @@ class TrainConfig(StrictModel):
     @field_validator("loss")
     @classmethod
     def _check_loss(cls, value: str) -> str:
-        from rs_deeplab.losses import parse_loss
-
         parse_loss(value)
         return value
 

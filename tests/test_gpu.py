@@ -21,10 +21,10 @@ import torch
 import yaml
 
 from pipelines import train as train_cli
-from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.inference.scene import predict_scene
 from rs_deeplab.models import build_model
 from rs_deeplab.sample import write_voc
+from rs_deeplab.training.checkpoint import load_checkpoint
 from tests.conftest import RasterFactory
 from tests.killkit import kill_after_checkpoint
 

@@ -17,11 +17,11 @@ from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
 from pipelines.vectorize import main as vectorize_main
 from rs_deeplab.config import load_config
-from rs_deeplab.experiment import train_experiment
+from rs_deeplab.evaluation.scenes import REPORT_JSON
 from rs_deeplab.raster import open_raster, write_geotiff
 from rs_deeplab.remote import gdal_path, is_remote, remote_env, scene_stem, source_url, stat_remote
-from rs_deeplab.scene_eval import REPORT_JSON
-from rs_deeplab.tiling import SceneSpec, tile_scenes
+from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
+from rs_deeplab.training.experiment import train_experiment
 from tests.servers import S3_KEYS, HttpServer, http_server, s3_server
 from tests.trainkit import blob_scene, write_config
 

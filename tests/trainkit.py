@@ -11,7 +11,7 @@ from affine import Affine
 
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.raster import write_geotiff
-from rs_deeplab.tiling import SceneSpec, tile_scenes
+from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 # class colours in R, G, B, NIR: separable enough to learn in a few iterations, noisy enough not to be trivial

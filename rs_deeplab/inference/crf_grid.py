@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from rs_deeplab.errors import InputError
+from rs_deeplab.evaluation.metrics import scores
 from rs_deeplab.inference.crf import CRFParams
-from rs_deeplab.metrics import scores
 
 NO_CRF = "no CRF"
 DEFAULT = "default"

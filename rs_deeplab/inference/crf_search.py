@@ -24,9 +24,9 @@ import torch
 
 from rs_deeplab.cli import progress
 from rs_deeplab.errors import InputError
+from rs_deeplab.evaluation.metrics import confusion_matrix
 from rs_deeplab.inference.crf import CRFParams, colour_image
 from rs_deeplab.inference.crf_grid import DEFAULT, NO_CRF, GridPoint, Setting, markdown, ranked_rows, settings
-from rs_deeplab.metrics import confusion_matrix
 
 log = logging.getLogger("rs_deeplab.inference")
 
@@ -155,7 +155,7 @@ def score_settings(
     Returns:
         ``{setting key: confusion matrix}`` and how many settings were computed now.
     """
-    from rs_deeplab.scheduling import open_executor
+    from rs_deeplab.tiling.executor import open_executor
 
     done: dict[str, list[list[int]]] = {}
     if done_file.is_file():

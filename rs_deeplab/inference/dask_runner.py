@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from rs_deeplab.allocator import tune_malloc
 from rs_deeplab.cli import progress
 from rs_deeplab.devices import precision_name, resolve_amp, resolve_device
 from rs_deeplab.errors import InputError
@@ -26,6 +25,7 @@ from rs_deeplab.inference.predictor import Predictor
 from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
 from rs_deeplab.inference.trained import TrainedModel
 from rs_deeplab.inference.writer import BLOCK, RowSink
+from rs_deeplab.tuning import tune_malloc
 
 GPU_RESOURCE = "GPU"
 """The worker resource a GPU worker advertises (``dask worker --resources GPU=1``)."""
@@ -119,7 +119,7 @@ def plan_workers(
 @contextlib.contextmanager
 def dask_workers(address: str, device: str, amp: str) -> Iterator[tuple[Any, WorkerPlan]]:
     """A client on the scheduler at ``address`` and the plan of its current workers; closed afterwards."""
-    from rs_deeplab.scheduling import scheduler_client
+    from rs_deeplab.tiling.executor import scheduler_client
 
     with scheduler_client(address) as client:
         reports = client.run(gpu_report)

@@ -21,7 +21,7 @@ from types import FrameType
 from rs_deeplab.cli import ArgumentParser, cli_entry, setup_logging
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.dask_runner import GPU_RESOURCE
-from rs_deeplab.scheduling import check_executor_options
+from rs_deeplab.tiling.executor import check_executor_options
 
 log = logging.getLogger("rs_deeplab.inference")
 

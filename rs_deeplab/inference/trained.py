@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from rs_deeplab.checkpoint import load_checkpoint
 from rs_deeplab.classes import SCHEMES, colour_table
 from rs_deeplab.cli import one_line
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.models import build_model, set_output_stride
+from rs_deeplab.training.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from rs_deeplab.distributed import env_from_torchrun, init_distributed, shutdown_distributed
-from rs_deeplab.experiment import resume_state
+from rs_deeplab.training.distributed import env_from_torchrun, init_distributed, shutdown_distributed
+from rs_deeplab.training.experiment import resume_state
 
 
 def main(folder: str) -> None:

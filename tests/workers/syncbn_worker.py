@@ -7,7 +7,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from rs_deeplab.distributed import convert_sync_batchnorm, env_from_torchrun, init_distributed
+from rs_deeplab.training.distributed import convert_sync_batchnorm, env_from_torchrun, init_distributed
 
 
 def main(out: str) -> None:

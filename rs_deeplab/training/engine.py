@@ -1,0 +1,357 @@
+"""A plain training loop: optimiser and poly schedule, ``train_one_epoch``, ``evaluate`` and ``fit``.
+
+``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them (one "epoch" here is the span
+between two evaluations), writes ``last.pt``/``best.pt`` on rank 0 and resumes from a checkpoint's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from rs_deeplab.errors import TrainingError
+from rs_deeplab.models import MSCOutput, SegOutput, param_groups
+from rs_deeplab.training.distributed import all_reduce_sum
+from rs_deeplab.training.losses import LossFn, build_loss
+
+log = logging.getLogger("rs_deeplab.training.engine")
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: str = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    head_lr_mult: float = 10.0,
+    nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with two groups: backbone at ``lr``, new head layers at ``lr * head_lr_mult``."""
+    backbone, head = param_groups(model)
+    groups = [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def poly_factor(
+    iteration: int, *, iterations: int, power: float, min_ratio: float, warmup_iters: int = 0, warmup_ratio: float = 0.1
+) -> float:
+    """Learning-rate multiplier: ``(1 - it/max)^power`` scaled to end at ``min_ratio``, after a linear warmup."""
+    progress = min(iteration, iterations) / iterations
+    factor = (1.0 - min_ratio) * (1.0 - progress) ** power + min_ratio
+    return factor * warmup_factor(iteration, warmup_iters, warmup_ratio)
+
+
+def step_factor(
+    iteration: int, *, step_size: int, gamma: float, warmup_iters: int = 0, warmup_ratio: float = 0.1
+) -> float:
+    """Learning-rate multiplier of Caffe's ``step`` policy (DeepLab v1): ``gamma ** (it // step_size)``."""
+    return gamma ** (iteration // step_size) * warmup_factor(iteration, warmup_iters, warmup_ratio)
+
+
+def warmup_factor(iteration: int, warmup_iters: int, warmup_ratio: float) -> float:
+    """Linear ramp from ``warmup_ratio`` to 1 over the first ``warmup_iters`` iterations, then 1."""
+    if iteration < warmup_iters:
+        return warmup_ratio + (1.0 - warmup_ratio) * iteration / warmup_iters
+    return 1.0
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    iterations: int,
+    policy: str = "poly",
+    power: float = 0.9,
+    min_lr: float = 1e-4,
+    step_size: int = 2000,
+    gamma: float = 0.1,
+    warmup_iters: int = 0,
+    warmup_ratio: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Iteration-based poly or step schedule (one ``step()`` per optimiser step) applied to every parameter group."""
+    base = optimizer.param_groups[0]["lr"]
+    min_ratio = min(min_lr / base, 1.0)
+
+    def factor(it: int) -> float:
+        if policy == "step":
+            return step_factor(
+                it, step_size=step_size, gamma=gamma, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio
+            )
+        return poly_factor(
+            it,
+            iterations=iterations,
+            power=power,
+            min_ratio=min_ratio,
+            warmup_iters=warmup_iters,
+            warmup_ratio=warmup_ratio,
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def segmentation_loss(
+    output: torch.Tensor | SegOutput | MSCOutput,
+    target: torch.Tensor,
+    *,
+    class_weights: torch.Tensor | None,
+    aux_weight: float,
+    loss_fn: LossFn | None = None,
+    msc_weight: float = 1.0,
+) -> torch.Tensor:
+    """The main head's loss plus ``aux_weight`` times the auxiliary head's.
+
+    For a multi-scale (MSC) output, the main loss is the fused map's plus ``msc_weight`` times each scale's
+    (DeepLab v2 trains all with weight 1); the auxiliary term is the scale-1 pass's. Every map is at the input
+    size, so the target (and its 255 = ignore) applies to each as it is. ``loss_fn`` defaults to cross-entropy
+    ignoring 255 with the optional ``class_weights``.
+    """
+    fn = loss_fn if loss_fn is not None else build_loss("ce", class_weights)
+    if isinstance(output, MSCOutput):
+        loss = fn(output.out, target)
+        for scale_map in output.scales:
+            loss = loss + msc_weight * fn(scale_map, target)
+        if output.aux is not None:
+            loss = loss + aux_weight * fn(output.aux, target)
+        return loss
+    if isinstance(output, SegOutput):
+        return fn(output.out, target) + aux_weight * fn(output.aux, target)
+    return fn(output, target)
+
+
+@dataclass
+class StepContext:
+    """What each optimisation step needs besides the model and the data."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    grad_accum: int = 1
+    class_weights: torch.Tensor | None = None
+    aux_weight: float = 0.0
+    loss_fn: LossFn | None = None
+    """The training loss of each head (:func:`rs_deeplab.training.losses.build_loss`); None: cross-entropy."""
+    msc_weight: float = 1.0
+    """Weight of each scale's loss of a multi-scale (MSC) model; the fused output's weighs 1."""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
+    """Move a batch to the device (non-blocking from pinned memory), channels_last when asked.
+
+    Masks travel in their own dtype (uint8 from the loaders: a quarter of int64's bytes) and become int64 on the
+    device, as the loss and the confusion matrix need.
+    """
+    images, masks = batch
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(device, non_blocking=True).long()
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on CUDA when ``amp_dtype`` is set; nothing on CPU."""
+    if amp_dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
+def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContext) -> torch.Tensor:
+    """One optimiser step over ``grad_accum`` micro-batches; the mean loss stays on the device (no host sync).
+
+    DDP all-reduces gradients on the last micro-batch only. Masks arrive as uint8 and become int64 on the device.
+    """
+    model.train()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=ctx.device)
+    for i, batch in enumerate(micro_batches):
+        images, masks = to_device(batch, ctx.device, ctx.channels_last)
+        last = i == len(micro_batches) - 1
+        no_sync: Any = getattr(model, "no_sync", None)  # DistributedDataParallel: skip all-reduce until the last
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+        with sync:
+            with autocast(ctx.device, ctx.amp_dtype):
+                output = model(images)
+            loss = segmentation_loss(
+                output,
+                masks,
+                class_weights=ctx.class_weights,
+                aux_weight=ctx.aux_weight,
+                loss_fn=ctx.loss_fn,
+                msc_weight=ctx.msc_weight,
+            )
+            scaled = loss / len(micro_batches)
+            (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
+        total += scaled.detach()
+    if ctx.scaler:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.scheduler.step()
+    return total
+
+
+class LossMeter:
+    """Sums step losses on the device; reading the mean (at ``log_every``) is the only host sync."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Add one step's loss (a 0-d tensor on any device)."""
+        self.total = loss.detach().clone() if self.total is None else self.total.add_(loss.detach())
+        self.count += 1
+
+    def check(self) -> float:
+        """The mean of the losses added since the last :meth:`mean` (a host sync), without resetting.
+
+        Raises:
+            TrainingError: A loss was NaN or infinite (a ``FloatingPointError``).
+        """
+        value = float(self.total) / self.count if self.total is not None and self.count else 0.0
+        if not math.isfinite(value):
+            raise TrainingError("loss is not finite; lower optimizer.lr or check the labels")
+        return value
+
+    def mean(self) -> float:
+        """:meth:`check`, then reset."""
+        value = self.check()
+        self.total, self.count = None, 0
+        return value
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    ctx: StepContext,
+    *,
+    start: int,
+    stop: int,
+    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
+) -> int:
+    """Run iterations ``start .. stop-1``; call ``on_step(iteration, loss on device, lr)`` after each."""
+    for it in range(start, stop):
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        micro = [next(batches) for _ in range(ctx.grad_accum)]
+        loss = train_step(model, micro, ctx)
+        if on_step is not None:
+            on_step(it + 1, loss, lr)
+    return stop
+
+
+def device_confusion(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, C)`` int64 counts of ``(truth, pred)`` pairs on the tensors' device (``torch.bincount``).
+
+    Same rule as :func:`rs_deeplab.evaluation.metrics.confusion_matrix`: truth outside ``[0, C)`` (255 = ignore) and
+    predictions outside ``[0, C)`` are skipped.
+    """
+    t, p = truth.reshape(-1).long(), pred.reshape(-1).long()
+    keep = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    pairs = t[keep] * num_classes + p[keep]
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[Batch],
+    num_classes: int,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Confusion matrix over this rank's share of the loader, summed over all ranks.
+
+    Pass the plain model, not its DDP wrapper: ranks may hold different numbers of validation batches (or none),
+    and a wrapper's forward would then wait on collectives the other ranks never join. The matrix is counted and
+    all-reduced on the device; it reaches the host once, at the end.
+    """
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for batch in loader:
+        images, masks = to_device(batch, device, channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        cm += device_confusion(logits.argmax(1), masks, num_classes)
+    return all_reduce_sum(cm).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When ``fit`` logs, evaluates and checkpoints, in iterations."""
+
+    iterations: int
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    val_loader: DataLoader[Batch] | None,
+    ctx: StepContext,
+    *,
+    cadence: Cadence,
+    num_classes: int,
+    start_iteration: int = 0,
+    on_log: Callable[[int, float, float], None] | None = None,
+    on_eval: Callable[[int, np.ndarray], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+    eval_model: nn.Module | None = None,
+) -> int:
+    """Train from ``start_iteration`` to ``cadence.iterations``, evaluating and checkpointing on the way.
+
+    Callbacks receive the number of completed iterations: ``on_log(it, loss, lr)`` every ``log_every``,
+    ``on_eval(it, confusion_matrix)`` after each evaluation (every rank; the matrix is all-reduced) and
+    ``on_checkpoint(it)`` every ``checkpoint_every`` and at the end. ``eval_model`` is the unwrapped model that
+    evaluation runs (``model`` may be a DDP or compiled wrapper).
+    """
+    losses = LossMeter()
+    evaluated = model if eval_model is None else eval_model
+
+    def step_done(it: int, loss: torch.Tensor, lr: float) -> None:
+        losses.add(loss)
+        if it % cadence.log_every == 0 or it == cadence.iterations:
+            mean = losses.mean()  # the step's only host sync; raises on a NaN/inf loss
+            if on_log is not None:
+                on_log(it, mean, lr)
+        if on_checkpoint is not None and it % cadence.checkpoint_every == 0 and it % cadence.eval_every != 0:
+            losses.check()  # never checkpoint weights a NaN loss has reached
+            on_checkpoint(it)
+
+    it = start_iteration
+    while it < cadence.iterations:
+        stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
+        it = train_one_epoch(model, batches, ctx, start=it, stop=stop, on_step=step_done)
+        losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
+        if val_loader is not None and on_eval is not None:
+            cm = evaluate(
+                evaluated,
+                val_loader,
+                num_classes,
+                device=ctx.device,
+                amp_dtype=ctx.amp_dtype,
+                channels_last=ctx.channels_last,
+            )
+            on_eval(it, cm)
+        if on_checkpoint is not None:
+            on_checkpoint(it)
+    return it

@@ -1,0 +1,511 @@
+"""Turn a validated :class:`ExperimentConfig` into datasets, model, optimiser and a ``fit`` run.
+
+This is the one library module that reads config objects (``pipelines/train.py`` and ``pipelines/evaluate.py``
+call it); everything it calls takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from rs_deeplab.classes import class_colours
+from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
+from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
+from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
+from rs_deeplab.gsd import rasters_gsd
+from rs_deeplab.models import MODELS, build_model, resolve_weights
+from rs_deeplab.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rs_deeplab.training.datasets import CityscapesSource, SegmentationSource, VOCSource
+from rs_deeplab.training.datasets.sampling import (
+    IterationBatchSampler,
+    SegmentationDataset,
+    balanced_weights,
+    loader_options,
+    pad_collate,
+)
+from rs_deeplab.training.datasets.tiles import TileIndexSource, auto_class_weights
+from rs_deeplab.training.distributed import (
+    DistEnv,
+    broadcast_from_main,
+    check_in_sync,
+    convert_sync_batchnorm,
+    env_from_torchrun,
+    init_distributed,
+    rank_fingerprints,
+    shutdown_distributed,
+)
+from rs_deeplab.training.engine import Cadence, StepContext, build_optimizer, build_scheduler, fit
+from rs_deeplab.training.losses import build_loss
+from rs_deeplab.training.preflight import check_bands, check_labelled, check_output_dir, removed_on_failure
+from rs_deeplab.training.runlog import RunLog, plot_confusion, plot_curves
+from rs_deeplab.training.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
+
+if TYPE_CHECKING:
+    from rs_deeplab.inference.crf_grid import GridPoint
+    from rs_deeplab.inference.crf_search import SearchResult
+
+log = logging.getLogger("rs_deeplab.train")
+ARCH_KEYS = ("name", "backbone", "output_stride", "head")
+
+
+def build_source(data: DataConfig, split: str) -> SegmentationSource:
+    """The reader of ``split`` for the configured data source."""
+    if data.source == "voc":
+        return VOCSource(data.root, split)
+    if data.source == "cityscapes":
+        return CityscapesSource(data.root, split)
+    return TileIndexSource(data.root, split, data.bands)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (model initialisation is then identical on every rank)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run's outputs went and how it scored."""
+
+    run_dir: Path
+    last: Path
+    best: Path | None
+    best_miou: float
+    iterations: int
+
+
+def check_resume(state: dict[str, Any], cfg: ExperimentConfig, num_classes: int, in_channels: int, path: Path) -> None:
+    """Refuse to resume from a checkpoint of another architecture, class count or band count."""
+    old = state["config"]["model"]
+    new = config_to_dict(cfg)["model"]
+    diffs = [f"model.{k} {old.get(k)!r} → {new.get(k)!r}" for k in ARCH_KEYS if old.get(k) != new.get(k)]
+    if len(state["class_names"]) != num_classes:
+        diffs.append(f"{len(state['class_names'])} classes → {num_classes}")
+    if len(state["band_stats"]["mean"]) != in_channels:
+        diffs.append(f"{len(state['band_stats']['mean'])} bands → {in_channels}")
+    if diffs:
+        raise CheckpointError(
+            f"{path}: checkpoint is of another architecture ({'; '.join(diffs)}); "
+            "use another work_dir or resume=false to start afresh"
+        )
+
+
+def _loaders(
+    cfg: ExperimentConfig,
+    env: DistEnv,
+    train: SegmentationSource,
+    val: SegmentationSource | None,
+    stats: BandStats,
+    start: int,
+    device: torch.device,
+) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
+    data = cfg.data
+    sampler = IterationBatchSampler(
+        len(train),
+        batch_size=data.batch_size,
+        iterations=cfg.schedule.iterations,
+        seed=cfg.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        grad_accum=cfg.train.grad_accum,
+        start_iteration=start,
+        weights=balanced_weights(split_class_counts(train, "data.sampling: balanced"))
+        if data.sampling == "balanced"
+        else None,
+    )
+    transform = TrainTransform(
+        crop_size=data.crop_size,
+        stats=stats,
+        scale_range=data.scale_range,
+        flips=data.flips,
+        max_class_ratio=data.max_class_ratio,
+        photometric=data.photometric,
+    )
+    common = loader_options(data.num_workers, pin_memory=device.type == "cuda")
+    train_loader = DataLoader(
+        SegmentationDataset(train, transform), batch_sampler=sampler, generator=torch.Generator(), **common
+    )
+    if val is None:
+        return train_loader, None
+    shard = Subset(SegmentationDataset(val, EvalTransform(stats)), range(env.rank, len(val), env.world_size))
+    # validation runs every eval_every iterations: keep its workers instead of starting them again each time
+    val_common = {**common, "persistent_workers": True} if data.num_workers and len(shard) else common
+    val_loader = DataLoader(shard, batch_size=data.batch_size, collate_fn=pad_collate, **val_common)
+    return train_loader, val_loader
+
+
+def split_class_counts(source: SegmentationSource, option: str) -> np.ndarray:
+    """``(crops, classes)`` pixel counts of a tiles split, or one line saying ``option`` needs a tile index."""
+    counts = getattr(source, "class_counts", None)
+    if counts is None:
+        raise InputError(
+            f"{option} reads the per-class pixel counts of a tile index (data.source: tiles); "
+            f"{type(source).__name__} has none: give explicit weights or use the default"
+        )
+    return np.asarray(counts)
+
+
+def class_weights(cfg: ExperimentConfig, source: SegmentationSource, device: torch.device) -> torch.Tensor | None:
+    """``train.class_weights`` as a tensor: None, the explicit list, or ``auto`` from the training split's counts."""
+    chosen = cfg.train.class_weights
+    n = len(source.class_names)
+    if chosen is None:
+        return None
+    if chosen == "auto":
+        values = auto_class_weights(split_class_counts(source, "train.class_weights: auto").sum(0))
+        log.info(
+            "class weights (auto): %s",
+            ", ".join(f"{c} {w:.3g}" for c, w in zip(source.class_names, values, strict=True)),
+        )
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    if len(chosen) != n:
+        raise InputError(f"train.class_weights has {len(chosen)} values but the data has {n} classes")
+    return torch.tensor(chosen, dtype=torch.float32, device=device)
+
+
+def warn_if_collapsed(iteration: int, cm: np.ndarray, class_names: Sequence[str]) -> str | None:
+    """Log one warning line when an evaluation shows a collapsed model (see ``collapse_warning``)."""
+    warning = collapse_warning(cm, class_names)
+    if warning is not None:
+        log.warning("iteration %d: %s", iteration, warning)
+    return warning
+
+
+def resume_state(last: Path, resume: bool, env: DistEnv) -> dict[str, Any] | None:
+    """The checkpoint state to resume from, decided once by rank 0 and broadcast to every rank.
+
+    Ranks whose ``work_dir`` is not shared (node-local disks) see no ``last.pt``, or an older one; each deciding
+    for itself would start the ranks at different iterations, and their collectives would wait forever.
+    """
+    state = None
+    if env.is_main and resume and last.exists():
+        try:
+            state = load_checkpoint(last)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; to start afresh pass resume=false, or delete it") from None
+    return broadcast_from_main(state) if env.distributed else state
+
+
+def _build_model(
+    cfg: ExperimentConfig, num_classes: int, in_channels: int, device: torch.device, env: DistEnv
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model (for checkpoints) and what to call in the loop (DDP/compile wrapped)."""
+    m = cfg.model
+    model: torch.nn.Module = build_model(
+        m.name,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        backbone=m.backbone,
+        output_stride=m.output_stride,
+        head=m.head,
+        weights=m.weights,
+        aux_weight=m.aux_weight,
+        msc=m.msc,
+    )
+    if m.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout | torch.nn.Dropout2d):
+                module.p = m.dropout
+    if env.distributed and cfg.train.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    model.to(device)
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, wrap_model(model, device, distributed=env.distributed, compile=cfg.train.compile)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, *, distributed: bool, compile: bool) -> torch.nn.Module:
+    """What the training loop calls: ``model`` in DDP when distributed, then ``torch.compile`` when asked.
+
+    The optimiser, checkpoints and evaluation keep using ``model`` itself (its parameters are the wrappers'),
+    so state-dict keys carry no ``module.``/``_orig_mod.`` prefixes and a checkpoint loads into a plain model.
+    """
+    runner: torch.nn.Module = model
+    if distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        runner = torch.compile(runner)  # type: ignore[assignment]
+    return runner
+
+
+def train_experiment(cfg: ExperimentConfig) -> TrainResult:
+    """Train ``cfg`` on this process (or as one rank of a torchrun job) and write the run folder.
+
+    Raises:
+        InputError: Missing data, empty split, bad labels or bands.
+        CheckpointError: Resuming from a checkpoint of another architecture.
+    """
+    env = env_from_torchrun()
+    device = pick_device(cfg.train.device, option="train.device")  # cuda:LOCAL_RANK, checked against the GPUs
+    amp = pick_amp(cfg.train.amp, device, option="train.amp")
+    init_distributed(env, device)  # binds the GPU first, then joins the group on it
+    try:
+        _resolve_weights_first(cfg, env)
+        if not env.is_main:
+            return _train(cfg, env, device, amp)
+        # a run that fails (or is interrupted) before its first checkpoint leaves no run folder behind
+        with removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"):
+            return _train(cfg, env, device, amp)
+    finally:
+        shutdown_distributed()
+
+
+def _resolve_weights_first(cfg: ExperimentConfig, env: DistEnv) -> None:
+    """Find (or download) the initial weights before any data is read; rank 0 first, the others from its cache."""
+    m = cfg.model
+    backbone = m.backbone or MODELS[m.name].backbones[0]
+    if env.is_main:
+        resolve_weights(m.weights, backbone)  # a missing ImageNet file: one line, nothing read or written
+    broadcast_from_main(True)  # the other ranks wait for rank 0's download instead of fetching their own copy
+    if not env.is_main:
+        resolve_weights(m.weights, backbone)
+
+
+def _check_inputs(cfg: ExperimentConfig, env: DistEnv, train: SegmentationSource, val: SegmentationSource) -> int:
+    """Check the crops' bands and labels and the run folder before any expensive step; the model's band count."""
+    check_bands([train, val], cfg.data.bands)
+    check_labelled(train, cfg.data.train_split)
+    check_labelled(val, cfg.data.val_split)
+    weights, n = cfg.train.class_weights, len(train.class_names)
+    if isinstance(weights, list) and len(weights) != n:
+        raise InputError(f"train.class_weights has {len(weights)} values but the data has {n} classes")
+    in_ch = train.in_channels()
+    if cfg.data.photometric == "rgb" and in_ch != 3:
+        raise InputError(
+            f"data.photometric: rgb jitters 3-band 8-bit RGB images, but {cfg.data.root} has {in_ch} bands; "
+            "use data.photometric: bands (any band count) or none"
+        )
+    if env.is_main:
+        check_output_dir(cfg.run_dir, "work_dir" if cfg.work_dir is not None else "run folder")
+    return in_ch
+
+
+def runtime_record(
+    cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None
+) -> dict[str, Any]:
+    """Where and how a run computes (written to ``runtime.json`` in the run folder and into checkpoints)."""
+    return {
+        "device": describe(device),
+        "precision": precision_name(amp),
+        "grad_scaler": amp == torch.float16,
+        "channels_last": bool(cfg.train.channels_last and device.type == "cuda"),
+        "compile": cfg.train.compile,
+        "world_size": env.world_size,
+        "sync_bn": bool(env.distributed and cfg.train.sync_bn),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
+def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None) -> TrainResult:
+    seed_everything(cfg.seed)
+    train_src = build_source(cfg.data, cfg.data.train_split)
+    val_src = build_source(cfg.data, cfg.data.val_split)
+    names, in_ch = train_src.class_names, _check_inputs(cfg, env, train_src, val_src)
+    run_dir = cfg.run_dir
+    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    state = resume_state(last, cfg.resume, env)
+    if state is not None:
+        check_resume(state, cfg, len(names), in_ch, last)
+        stats = BandStats.from_dict(state["band_stats"])
+        gsd, band_names = state.get("gsd"), state.get("band_names")
+    else:
+        stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
+        gsd, band_names = rasters_gsd(train_src.scene_images()), train_src.band_names()
+    if env.is_main:
+        log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
+    model, runner = _build_model(cfg, len(names), in_ch, device, env)
+    optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
+    scheduler = build_scheduler(optimizer, **cfg.schedule.model_dump())
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    runtime = runtime_record(cfg, env, device, amp)
+    log.info("training on %s, precision %s, %d process(es)", runtime["device"], runtime["precision"], env.world_size)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels once
+    start, best_miou = 0, -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, best_miou = int(state["iteration"]), float(state.get("best_miou", -1.0))
+        set_rng_state(state["rng"])
+        log.info("resuming from %s at iteration %d", last, start)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
+            stale.unlink()
+        dump_config(cfg, run_dir / "config.yaml")
+        (run_dir / "runtime.json").write_text(json.dumps(runtime, indent=2) + "\n")
+    weights = class_weights(cfg, train_src, device)
+    ctx = StepContext(
+        optimizer,
+        scheduler,
+        device,
+        scaler,
+        amp,
+        cfg.train.channels_last and device.type == "cuda",
+        cfg.train.grad_accum,
+        weights,
+        getattr(model, "aux_weight", 0.0),
+        build_loss(cfg.train.loss, weights),
+        cfg.model.msc_weight,
+    )
+    train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
+    runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
+    tracker: dict[str, Any] = {"best": best_miou, "cm": None}
+    colours = class_colours(names, cfg.data.scheme)
+
+    def snapshot(it: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "iteration": it,
+            "rng": rng_state(),
+            "config": config_to_dict(cfg),
+            "class_names": list(names),
+            "class_colours": [list(c) for c in colours],
+            "band_stats": stats.as_dict(),
+            "gsd": gsd,
+            "band_names": band_names,
+            "in_channels": in_ch,
+            "best_miou": tracker["best"],
+            "runtime": runtime,
+        }
+
+    def on_eval(it: int, cm: np.ndarray) -> None:
+        result = scores(cm)
+        tracker["cm"] = cm
+        runlog.evaluation(it, result)
+        if env.is_main:
+            warn_if_collapsed(it, cm, names)
+        if result.miou > tracker["best"]:
+            tracker["best"] = result.miou
+            if env.is_main:
+                save_checkpoint(best, {**snapshot(it), "val_miou": result.miou})
+
+    def on_checkpoint(it: int) -> None:
+        fingerprints = rank_fingerprints(model, device)  # a collective: every rank takes part
+        check_in_sync(fingerprints)
+        if env.is_main:
+            save_checkpoint(last, {**snapshot(it), "rank_fingerprints": fingerprints})
+
+    cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.log_every)
+    fit(
+        runner,
+        iter(train_loader),
+        val_loader,
+        ctx,
+        cadence=cadence,
+        num_classes=len(names),
+        start_iteration=start,
+        on_log=runlog.train,
+        on_eval=on_eval,
+        on_checkpoint=on_checkpoint,
+        eval_model=model,
+    )
+    runlog.close()
+    if env.is_main:
+        plot_curves(runlog.path, run_dir / "curves.png")
+        if tracker["cm"] is not None:
+            plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
+            (run_dir / "val_scores.md").write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
+    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)
+
+
+def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
+    """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
+    from rs_deeplab.inference.trained import load_trained_model
+
+    dev = pick_device(device, option="--device")
+    check_output_dir(out_dir, "--out")
+    model, state = load_trained_model(path, dev)
+    cfg = ExperimentConfig.model_validate(state["config"])
+    source = build_source(cfg.data, split)
+    check_labelled(source, split)
+    check_bands([source], cfg.data.bands)
+    if source.class_names != tuple(state["class_names"]):
+        raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
+    dataset = SegmentationDataset(source, EvalTransform(BandStats.from_dict(state["band_stats"])))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=pad_collate)
+    from rs_deeplab.training.engine import evaluate
+
+    cm = evaluate(model, loader, len(source.class_names), device=dev)
+    if not cm.sum():
+        raise InputError(
+            f"{cfg.data.root}: split {split!r} has no labelled pixel to score (every label is 255, ignore); "
+            "check its labels or choose another --split"
+        )
+    result = scores(cm)
+    report = {
+        "checkpoint": str(path),
+        "split": split,
+        "iteration": state["iteration"],
+        **result.as_dict(source.class_names),
+        "confusion_matrix": cm.tolist(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}_scores.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / f"{split}_scores.md").write_text(markdown_table(result, source.class_names) + "\n")
+    return report
+
+
+def search_checkpoint_crf(
+    path: Path, split: str, out_dir: Path, points: Sequence[GridPoint], *, images: int = 100, device: str = "auto",
+    workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
+) -> SearchResult:  # fmt: skip
+    """Cross-validate DenseCRF kernels for a checkpoint on ``images`` crops of ``split`` of its data.
+
+    Every input and output is checked before the first probability is computed: the report folder, the
+    checkpoint's folder (the best setting is recorded beside it as ``<stem>.crf.json``, which ``infer.py --crf``
+    then uses), the split (its ``data.root`` must be reachable) and the crop count. See
+    :func:`rs_deeplab.inference.crf_search.run_search`.
+    """
+    from rs_deeplab.inference.crf_grid import choose_images
+    from rs_deeplab.inference.crf_search import record_path, run_search
+    from rs_deeplab.inference.trained import load_trained_model
+    from rs_deeplab.outputs import check_output_file
+    from rs_deeplab.tiling.executor import check_executor_options
+    from rs_deeplab.training.transforms import normalize
+
+    check_executor_options(workers, scheduler)
+    check_output_dir(out_dir, "--out")
+    dev = pick_device(device, option="--device")
+    model, state = load_trained_model(path, dev)
+    check_output_file(record_path(path), what=f"the CRF record beside {path}", inputs=[path])
+    cfg = ExperimentConfig.model_validate(state["config"])
+    source = build_source(cfg.data, split)
+    check_labelled(source, split)
+    check_bands([source], cfg.data.bands)
+    if source.class_names != tuple(state["class_names"]):
+        raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
+    chosen = choose_images(len(source), images)
+    stats = BandStats.from_dict(state["band_stats"])
+    ranges = [(m - 2.5 * s, m + 2.5 * s) for m, s in zip(stats.mean, stats.std, strict=True)]
+
+    def normalise(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalize(np.moveaxis(image, 0, -1), stats), -1, 0),
+                                                     dtype=np.float32))  # fmt: skip
+
+    st = path.stat()
+    about = {"checkpoint": str(path.resolve()), "split": split, "data_root": str(cfg.data.root)}
+    return run_search(model, source.read, chosen, out_dir, num_classes=len(source.class_names), points=points,
+                      normalise=normalise, band_ranges=ranges, fingerprint=f"{path.resolve()}:{st.st_size}:"
+                      f"{st.st_mtime_ns}:{split}", device=dev, record_for=path, about=about, workers=workers,
+                      scheduler=scheduler, quiet=quiet)  # fmt: skip

@@ -1,0 +1,252 @@
+"""``pipelines/export.py`` and exported models in ``pipelines/infer.py``: every model exports, same labels as the
+checkpoint on the demo's held-out scene, the card, no training stack at inference, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import rasterio
+import torch
+
+from pipelines import demo
+from pipelines.export import main as export_main
+from pipelines.infer import main as infer_main
+from rs_deeplab.inference.export import MainLogits, write_onnx, write_torchscript
+from rs_deeplab.inference.exported import METADATA_KEY, load_exported
+from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.models import MODELS, build_model
+from rs_deeplab.raster import write_geotiff
+from rs_deeplab.training.experiment import train_experiment
+from tests.daskkit import dask_cluster, subprocess_env
+
+CASES = [(name, head) for name, spec in MODELS.items() for head in spec.heads]
+TRAINING_STACK = (
+    "rs_deeplab.training.experiment",
+    "rs_deeplab.training.engine",
+    "rs_deeplab.training.transforms",
+    "albumentations",
+)
+
+
+def small_backbone(name: str) -> str:
+    backbones = MODELS[name].backbones
+    return "resnet18" if "resnet18" in backbones else backbones[0]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize(("name", "head"), CASES, ids=[f"{n}-{h}" for n, h in CASES])
+def test_every_model_exports_with_dynamic_batch_and_window(name: str, head: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, in_channels=2, backbone=small_backbone(name), head=head).eval()
+    wrapper = MainLogits(model).eval()
+    onnx_path, ts_path = tmp_path / "m.onnx", tmp_path / "m.ts"
+    write_onnx(wrapper, torch.zeros(1, 2, 64, 64), onnx_path, 17, "{}")
+    write_torchscript(wrapper, torch.zeros(1, 2, 64, 64), ts_path, "{}")
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] and dims[2] and dims[3]  # batch, height and width are symbolic
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(ts_path))
+    for shape in ((2, 2, 40, 56), (1, 2, 72, 48)):  # neither is the export's 64×64
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            want = model(x).numpy()
+            traced = scripted(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == want.shape == (shape[0], 3, *shape[2:])
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(traced, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's data at 256 px, a few training iterations, and the best checkpoint exported both ways."""
+    out = tmp_path_factory.mktemp("demo")
+    files, _, _ = demo.prepare_data(out, size=256, quiet=True)
+    overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
+                 "train.eval_every=2", "train.checkpoint_every=2", "infer.size=128", "infer.stride=64",
+                 "infer.batch_size=4"]  # fmt: skip
+    result = train_experiment(demo.demo_config(out, overrides, run_dir=out / "run"))
+    assert result.best is not None
+    paths = {"out": out, "checkpoint": result.best, "scene": files[-1].rgbir}
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts")):
+        paths[fmt] = out / f"model{suffix}"
+        assert export_main([str(result.best), "--out", str(paths[fmt]), "-q"]) == 0
+    return paths
+
+
+def test_card_carries_what_inference_needs(demo_run: dict[str, Path]) -> None:
+    proto = onnx.load(str(demo_run["onnx"]), load_external_data=False)
+    card = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    assert card["format"] == 1 and card["in_channels"] == 4 and card["output_stride"] == 16
+    assert card["class_names"][:2] == ["impervious_surface", "building"] and len(card["class_colours"]) >= 6
+    assert len(card["mean"]) == len(card["std"]) == 4 and card["gsd"] == pytest.approx(0.25)
+    assert card["window"] == {"size": 128, "stride": 64} and "output_stride" not in card["infer"]
+    assert "bands" in card and "band_names" in card
+    _, ts_info = load_exported(demo_run["torchscript"], torch.device("cpu"))
+    _, onnx_info = load_exported(demo_run["onnx"], torch.device("cpu"))
+    _, pt_info = TrainedModel(demo_run["checkpoint"]).load(torch.device("cpu"))
+    for info in (ts_info, onnx_info):
+        assert (info.class_names, info.colormap, info.mean, info.std) == (
+            pt_info.class_names, pt_info.colormap, pt_info.mean, pt_info.std)  # fmt: skip
+        assert (info.bands, info.band_names, info.gsd, info.in_channels) == (
+            pt_info.bands, pt_info.band_names, pt_info.gsd, pt_info.in_channels)  # fmt: skip
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def test_exported_models_give_the_checkpoints_labels_on_the_held_out_scene(
+    demo_run: dict[str, Path], tmp_path: Path
+) -> None:
+    scene = demo_run["scene"]
+    labels = {}
+    for kind in ("checkpoint", "onnx", "torchscript"):
+        out = tmp_path / f"{kind}.gpkg"
+        args = [str(scene), "--checkpoint", str(demo_run[kind]), "--out", str(out), "--probs", "-q"]
+        assert infer_main(args) == 0, kind
+        labels[kind] = read(tmp_path / f"{kind}.tif")[0]
+        assert (tmp_path / f"{kind}.gpkg").is_file()
+    probs = read(tmp_path / "checkpoint_probs.tif").astype(int)  # torch's blended probabilities, 0-255
+    top2 = np.sort(probs, axis=0)[-2:]
+    for kind in ("onnx", "torchscript"):
+        differ = labels[kind] != labels["checkpoint"]
+        # differences only at exact ties: the two best classes' probabilities within one 1/255 step
+        assert differ.sum() <= differ.size // 1000, (kind, int(differ.sum()))
+        assert np.all(top2[1][differ] - top2[0][differ] <= 1), kind
+        print(f"{kind}: {int(differ.sum())} of {differ.size} labels differ from the checkpoint's (ties)")
+
+
+def test_resume_fingerprint_names_the_exported_file(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    onnx_model = TrainedModel(demo_run["onnx"])
+    assert onnx_model.fingerprint() != TrainedModel(demo_run["checkpoint"]).fingerprint()
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(demo_run["onnx"], copy)
+    assert TrainedModel(copy).fingerprint() != onnx_model.fingerprint()
+    scene, out = demo_run["scene"], tmp_path / "a.tif"
+    assert infer_main([str(scene), "--checkpoint", str(copy), "--out", str(out), "-q"]) == 0
+    first = out.stat().st_mtime_ns
+    assert infer_main([str(scene), "--checkpoint", str(copy), "--out", str(out), "-q"]) == 0
+    assert out.stat().st_mtime_ns == first  # finished with this model: nothing to redo
+    os.utime(copy, ns=(first + 10**9, first + 10**9))  # another export under the same name: computed again
+    assert infer_main([str(scene), "--checkpoint", str(copy), "--out", str(out), "-q"]) == 0
+    assert out.stat().st_mtime_ns != first
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_inference_with_an_exported_model_imports_no_training_stack(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    stack = repr(TRAINING_STACK)
+    code = (f"import sys, rs_deeplab.inference\nbare = [m for m in {stack} if m in sys.modules]\n"
+            "from pipelines.infer import main\n"
+            f"rc = main([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.gpkg', "
+            f"'-q'])\nprint(bare, rc, [m for m in {stack} if m in sys.modules], 'onnxruntime' in sys.modules)"
+            )  # fmt: skip
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "[] 0 [] True", proc.stdout
+    assert (tmp_path / "x.tif").is_file() and (tmp_path / "x.gpkg").is_file()
+
+
+def test_missing_onnxruntime_is_one_line_naming_the_extra(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"
+            "from pipelines.export import main as export\nfrom pipelines.infer import main as infer\n"
+            f"a = infer([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.tif'])\n"
+            "print('---', file=sys.stderr)\n"
+            f"b = export([{str(demo_run['checkpoint'])!r}, '--out', 'y.onnx'])\nprint(a, b)")  # fmt: skip
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2 2", proc.stderr
+    for err in proc.stderr.split("---\n"):  # each: one line naming the extra
+        assert err.count("\n") == 1 and "pip install 'rs_deeplab[onnx]'" in err, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    demo_run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ck, scene = str(demo_run["checkpoint"]), str(demo_run["scene"])
+    foreign = tmp_path / "foreign.onnx"  # an ONNX model, but not one of ours
+    write_onnx(torch.nn.Conv2d(4, 6, 1).eval(), torch.zeros(1, 4, 8, 8), foreign, 17, "")
+    proto = onnx.load(str(foreign))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    rgb = tmp_path / "rgb.tif"
+    write_geotiff(rgb, np.zeros((3, 40, 40), np.uint8), crs="EPSG:32633",
+                  transform=rasterio.Affine(0.25, 0, 368_000, 0, -0.25, 5_808_000))  # fmt: skip
+    (tmp_path / "model.h5").write_bytes(b"weights")
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    onnx_model = str(demo_run["onnx"])
+    (tmp_path / "dir.onnx").mkdir()
+    infer_cases = [
+        ([scene, "--checkpoint", str(foreign), "--out", "x.tif"], "has no rs_deeplab metadata"),
+        ([scene, "--checkpoint", str(tmp_path / "broken.onnx"), "--out", "x.tif"], "not a readable ONNX model"),
+        ([str(rgb), "--checkpoint", onnx_model, "--out", "x.tif"], "has 3 bands but the model was trained on 4"),
+        ([scene, "--checkpoint", str(tmp_path / "model.h5"), "--out", "x.tif"], "neither a training checkpoint"),
+        ([scene, "--checkpoint", onnx_model, "--out", "x.tif", "--output-stride", "8"], "is baked in"),
+    ]
+    export_cases = [
+        ([ck, "--out", str(tmp_path / "m.pt")], "write a .onnx (ONNX) or .ts (TorchScript) file"),
+        ([ck, "--out", str(tmp_path / "m.onnx"), "--format", "torchscript"], "use --out"),
+        ([ck, "--out", str(tmp_path / "nowhere" / "m.onnx")], "does not exist; create it first"),
+        ([ck, "--out", "/proc/m.onnx"], "cannot write there"),  # even root cannot
+        ([ck, "--out", str(tmp_path / "rgb.tif" / "m.onnx")], "does not exist; create it first"),
+        ([ck, "--out", str(tmp_path / "dir.onnx")], "cannot write there (a folder)"),
+        ([onnx_model, "--out", str(tmp_path / "m.ts")], "is already an exported model"),
+        ([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")], "checkpoint not found"),
+        ([ck, "--out", str(tmp_path / "m.onnx"), "--opset", "13"], "opset 17 or newer"),
+    ]
+    monkeypatch.chdir(tmp_path)
+    for main, cases in ((infer_main, infer_cases), (export_main, export_cases)):
+        for args, message in cases:
+            capsys.readouterr()
+            assert main(args) == 2, args
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err, (args, err)
+    names = sorted(p.name for p in tmp_path.rglob("*"))
+    assert names == ["broken.onnx", "dir.onnx", "foreign.onnx", "model.h5", "rgb.tif"], names
+
+
+@pytest.mark.slow
+def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    scene, model = str(demo_run["scene"]), str(demo_run["onnx"])
+    (tmp_path / "dask").mkdir()
+    with dask_cluster(tmp_path / "dask", workers=1) as address:
+        assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "d.tif"), "--probs", "-q",
+                           "--scheduler", address]) == 0  # fmt: skip
+    assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "l.tif"), "--probs", "-q"]) == 0
+    local, remote = read(tmp_path / "l_probs.tif").astype(int), read(tmp_path / "d_probs.tif").astype(int)
+    assert np.abs(local - remote).max() <= 1  # one thread there, two here: float sums may differ in the last bit
+    differ = read(tmp_path / "l.tif")[0] != read(tmp_path / "d.tif")[0]
+    top2 = np.sort(local, axis=0)[-2:]
+    assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
+
+
+def test_output_stride_is_baked_in_at_export(demo_run: dict[str, Path], tmp_path: Path) -> None:
+    ck, scene, model = str(demo_run["checkpoint"]), str(demo_run["scene"]), tmp_path / "os8.onnx"
+    assert export_main([ck, "--out", str(model), "--output-stride", "8", "-q"]) == 0
+    _, info = TrainedModel(model).load(torch.device("cpu"))
+    assert info.model["output_stride"] == 8
+    assert infer_main([scene, "--checkpoint", str(model), "--out", str(tmp_path / "onnx8.tif"), "-q"]) == 0
+    args = [scene, "--checkpoint", ck, "--output-stride", "8", "--probs", "-q"]
+    assert infer_main([*args, "--out", str(tmp_path / "pt8.tif")]) == 0
+    assert infer_main([scene, "--checkpoint", ck, "--out", str(tmp_path / "pt16.tif"), "-q"]) == 0
+    pt8, onnx8 = read(tmp_path / "pt8.tif")[0], read(tmp_path / "onnx8.tif")[0]
+    assert not np.array_equal(pt8, read(tmp_path / "pt16.tif")[0])  # the stride changes the labels
+    differ = pt8 != onnx8
+    top2 = np.sort(read(tmp_path / "pt8_probs.tif").astype(int), axis=0)[-2:]
+    assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()

@@ -1,0 +1,248 @@
+"""``pipelines/infer.py`` with a trained checkpoint: defaults, GeoPackage output, COG, TTA, resume, Dask, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from pipelines.infer import main
+from rs_deeplab.config import load_config
+from rs_deeplab.inference.scene import predict_scene
+from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.inference.writer import sidecar_path
+from rs_deeplab.raster import write_geotiff
+from rs_deeplab.training.experiment import train_experiment
+from rs_deeplab.vectorize import read_class_names
+from tests.daskkit import ROOT, subprocess_env
+from tests.daskkit import dask_cluster as start_dask_cluster
+from tests.trainkit import blob_scene, make_tiles, write_config
+
+TRANSFORM = rasterio.Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
+INFER = [sys.executable, str(ROOT / "pipelines" / "infer.py")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint trained for a few iterations; its config names ``val.tif`` as the held-out scene."""
+    folder = tmp_path_factory.mktemp("trained")
+    tiles = make_tiles(folder)
+    infer = {"size": 64, "stride": 32, "batch_size": 4, "scenes": [str(folder / "val.tif")]}
+    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4},
+                       train={"eval_every": 4, "checkpoint_every": 4, "log_every": 2}, infer=infer)  # fmt: skip
+    result = train_experiment(load_config(cfg))
+    assert result.best is not None
+    return result.best
+
+
+@pytest.fixture
+def workspace(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder holding ``runs/tiny/best.pt``, as after the quick start."""
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    shutil.copy(trained, tmp_path / "runs" / "tiny" / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def scene(path: Path, height: int, width: int, seed: int, bands: int = 4) -> Path:
+    path = path.parent / "scenes" / path.name
+    path.parent.mkdir(exist_ok=True)
+    image, _ = blob_scene(seed, max(height, width))
+    return write_geotiff(path, image[:bands, :height, :width], crs="EPSG:32633", transform=TRANSFORM)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name or ".tmp" in p.name)
+
+
+def test_defaults_after_training_write_raster_and_polygons(workspace: Path, trained: Path) -> None:
+    proc = subprocess.run([*INFER, "--out", "labels.gpkg"], cwd=workspace, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "labels.tif" in proc.stdout and "labels.gpkg" in proc.stdout
+    with rasterio.open(workspace / "labels.tif") as out, rasterio.open(trained.parents[2] / "val.tif") as src:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        labels = out.read(1)
+        assert read_class_names(out) == ["impervious_surface", "building", "low_vegetation", "tree", "car",
+                                         "clutter"]  # fmt: skip
+        assert out.colormap(1)[1][:3] == (0, 0, 255)  # ISPRS building blue
+    polygons = gpd.read_file(workspace / "labels.gpkg", layer="labels")
+    assert set(polygons["scene"]) == {"val"} and len(polygons) > 0
+    assert set(polygons["class_id"]) == set(np.unique(labels)) - {255}
+    assert polygons.crs == "EPSG:32633"
+    assert leftovers(workspace) == []
+
+
+def test_several_scenes_into_one_geopackage_and_raster_only(workspace: Path, tmp_path: Path) -> None:
+    a, b = scene(tmp_path / "north.tif", 96, 130, 5), scene(tmp_path / "south.tif", 70, 90, 6)
+    assert main([str(a), str(b), "--out", "out.gpkg", "--probs", "--cog"]) == 0
+    polygons = gpd.read_file(workspace / "out.gpkg", layer="labels")
+    assert set(polygons["scene"]) == {"north", "south"}
+    for name, shape in (("north", (96, 130)), ("south", (70, 90))):
+        with rasterio.open(workspace / f"out_{name}.tif") as ds:
+            assert ds.shape == shape and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            assert read_class_names(ds) is not None and ds.colormap(1)[0][:3] == (255, 255, 255)
+            labels = ds.read(1)
+        with rasterio.open(workspace / f"out_{name}_probs.tif") as ds:
+            probs = ds.read()
+            assert ds.count == 6 and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        top2 = np.sort(probs.astype(int), axis=0)[-2:]
+        clear = top2[1] - top2[0] > 2  # uint8 rounding may flip near-ties of an barely trained model
+        assert clear.mean() > 0.3 and (probs.argmax(0) == labels)[clear].all()
+        assert (np.abs(probs.astype(int).sum(0) - 255) <= 6).all()
+    assert main([str(a), "--out", "only.tif"]) == 0
+    assert (workspace / "only.tif").exists() and not (workspace / "only.gpkg").exists()
+
+
+def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None:
+    a = scene(tmp_path / "a.tif", 64, 90, 7)
+    assert main([str(a), "--out", "plain.tif", "--size", "64", "--stride", "32"]) == 0
+    assert main([str(a), "--out", "tta.tif", "--tta", "--scales", "0.75,1.25"]) == 0
+    assert main([str(a), "--out", "os8.tif", "--output-stride", "8"]) == 0
+    rasters = {}
+    for name in ("plain", "tta", "os8"):
+        with rasterio.open(workspace / f"{name}.tif") as ds:
+            rasters[name] = ds.read(1)
+    assert not np.array_equal(rasters["plain"], rasters["tta"])  # the augmented passes changed something
+    assert not np.array_equal(rasters["plain"], rasters["os8"])
+    model, _ = TrainedModel(workspace / "runs" / "tiny" / "best.pt", 8).load(torch.device("cpu"))
+    dilations = [m.dilation for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert (4, 4) in dilations  # layer4 re-dilated for output stride 8
+
+
+def test_config_infer_output_stride_is_the_default(workspace: Path, tmp_path: Path) -> None:
+    # a config trained at output stride 16 that says infer.output_stride: 8 (configs/own/potsdam_rgbir_r50.yaml)
+    a = scene(tmp_path / "a.tif", 64, 90, 7)
+    assert main([str(a), "--out", "os8.tif", "--output-stride", "8"]) == 0
+    assert main([str(a), "--out", "os16.tif"]) == 0
+    best = workspace / "runs" / "tiny" / "best.pt"
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    assert state["config"]["model"]["output_stride"] == 16
+    state["config"]["infer"]["output_stride"] = 8
+    torch.save(state, best)
+    assert main([str(a), "--out", "recorded.tif"]) == 0
+    assert main([str(a), "--out", "forced16.tif", "--output-stride", "16"]) == 0  # the option still wins
+    rasters = {}
+    for name in ("os8", "os16", "recorded", "forced16"):
+        with rasterio.open(workspace / f"{name}.tif") as ds:
+            rasters[name] = ds.read(1)
+    assert not np.array_equal(rasters["os8"], rasters["os16"])
+    assert np.array_equal(rasters["recorded"], rasters["os8"])
+    assert np.array_equal(rasters["forced16"], rasters["os16"])
+
+
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = scene(tmp_path / "a.tif", 80, 80, 8)
+    three = scene(tmp_path / "rgb.tif", 80, 80, 8, bands=3)
+    (tmp_path / "text.tif").write_text("not a raster")
+    (tmp_path / "broken.pt").write_bytes(b"\x80\x04garbage")
+    cases = [
+        ([str(three), "--out", "x.gpkg"], "has 3 bands but the model was trained on 4"),
+        ([str(a), "--out", "x.gpkg", "--checkpoint", "missing.pt"], "checkpoint not found"),
+        ([str(a), "--out", "x.gpkg", "--checkpoint", str(tmp_path / "broken.pt")], "not a readable checkpoint"),
+        ([str(tmp_path / "text.tif"), "--out", "x.gpkg"], "not a raster GDAL can read"),
+        ([str(a), "--out", "nowhere/x.gpkg"], "does not exist; create it first"),
+        ([str(a), "--out", "x.png"], "use a .gpkg"),
+        ([str(a), "--out", "x.tif", "--output-stride", "32"], "supports output_stride 8, 16; got 32"),
+        ([str(a), "--out", "x.tif", "--scales", "1,a"], "comma-separated numbers"),
+        ([str(a), "--out", str(a)], "is an input of this run and would be overwritten"),
+    ]
+    if not torch.cuda.is_available():  # checked before any scene is read: the option and the fix
+        cases += [
+            ([str(a), "--out", "x.tif", "--device", "cuda"], "--device=cuda but no CUDA GPU is visible"),
+            ([str(a), "--out", "x.tif", "--device", "cuda:7"], "use --device=cpu"),
+        ]
+    cases.append(([str(a), "--out", "x.tif", "--device", "tpu"], "--device=tpu: unknown device"))
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (args, err)
+    assert not list(workspace.glob("x*")) and leftovers(workspace) == []
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a), "--out", "x.tif", "--amp", "fp8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--amp: invalid choice: 'fp8'" in err
+    os.remove(workspace / "runs" / "tiny" / "best.pt")
+    proc = subprocess.run([*INFER, "--out", "x.gpkg"], cwd=workspace, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no checkpoint found under runs/*/best.pt")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_raster(workspace: Path, tmp_path: Path) -> None:
+    big = scene(tmp_path / "big.tif", 1024, 96, 9)
+    cmd = [*INFER, str(big), "--out", "big.tif", "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    side = sidecar_path(workspace / "big.tif")
+    rows = 0
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and rows < 256:
+            if side.exists():
+                rows = json.loads(side.read_text())["rows"]
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed; make the scene taller"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert 256 <= rows < 1024 and not (workspace / "big.tif").exists()
+    rerun = subprocess.run([*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming at row" in rerun.stderr
+    assert main([str(big), "--out", "fresh.tif", "--batch-size", "1"]) == 0
+    with rasterio.open(workspace / "big.tif") as r, rasterio.open(workspace / "fresh.tif") as f:
+        np.testing.assert_array_equal(r.read(1), f.read(1))
+    assert leftovers(workspace) == []
+
+
+@pytest.fixture(scope="module")
+def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with start_dask_cluster(tmp_path_factory.mktemp("dask")) as address:
+        yield address
+
+
+@pytest.mark.slow
+def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, dask_address: str) -> None:
+    a = scene(tmp_path / "a.tif", 600, 100, 10)
+    assert main([str(a), "--out", "local.tif", "--probs"]) == 0
+    assert main([str(a), "--out", "dask.tif", "--probs", "--scheduler", dask_address]) == 0
+    assert main([str(a), "--out", "local_crf.tif", "--crf", "--crf-bilateral", "40,5,4"]) == 0
+    assert main([str(a), "--out", "dask_crf.tif", "--crf", "--crf-bilateral", "40,5,4", "--scheduler",
+                 dask_address]) == 0  # fmt: skip
+    with rasterio.open(workspace / "local_probs.tif") as x, rasterio.open(workspace / "dask_probs.tif") as y:
+        px, py = x.read().astype(int), y.read().astype(int)
+    # a worker runs torch with its own thread count (1 here, 2 locally): float sums may differ in the last bit,
+    # which can move a probability across a rounding edge of the uint8 scale (never more), or flip an exact tie
+    assert np.abs(px - py).max() <= 1 and (px == py).mean() > 0.999
+    top2 = np.sort(px, axis=0)[-2:]
+    for name in ("", "_crf"):
+        with rasterio.open(workspace / f"local{name}.tif") as x, rasterio.open(workspace / f"dask{name}.tif") as y:
+            lx, ly = x.read(1), y.read(1)
+        differ = lx != ly
+        assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 2)[differ].all(), name
+    with rasterio.open(workspace / "local.tif") as x, rasterio.open(workspace / "local_crf.tif") as y:
+        assert not np.array_equal(x.read(), y.read())  # the CRF did refine
+    # any module, scattered to the workers: the same as the local run too
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+    kwargs = {"size": 64, "stride": 40, "batch_size": 3, "mean": [100.0] * 4, "std": [50.0] * 4}
+    predict_scene(model, a, tmp_path / "m_local.tif", **kwargs)  # type: ignore[arg-type]
+    predict_scene(model, a, tmp_path / "m_dask.tif", scheduler=dask_address, **kwargs)  # type: ignore[arg-type]
+    with rasterio.open(tmp_path / "m_local.tif") as x, rasterio.open(tmp_path / "m_dask.tif") as y:
+        np.testing.assert_array_equal(x.read(), y.read())

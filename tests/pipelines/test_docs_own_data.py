@@ -1,0 +1,87 @@
+"""docs/own_data.md stays true: every command in its ``bash`` blocks runs, in order, as a user would paste it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyogrio
+import pytest
+import rasterio
+import torch
+
+from rs_deeplab.tiling.index import read_index
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "own_data.md"
+
+
+def commands(markdown: str) -> list[str]:
+    """The shell commands of every ```bash block: continuation lines joined, comments and blanks dropped."""
+    out: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        text = re.sub(r"\s*\\\n\s*", " ", block)
+        out += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return out
+
+
+def test_commands_are_found() -> None:
+    found = commands("x\n```bash\n# c\npython a.py \\\n   --b 1\n\nls\n```\n```text\nno\n```\n")
+    assert found == ["python a.py --b 1", "ls"]
+
+
+def test_every_picture_the_page_shows_is_in_the_repository() -> None:
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", DOC.read_text())
+    assert len(pictures) >= 4
+    for name in pictures:
+        assert (DOC.parent / name).is_file(), name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~6 min on a quiet 2-core machine, 9-15 min when it is shared
+def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
+    for name in ("pipelines", "configs"):  # the commands run from a checkout's root
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    steps = commands(DOC.read_text())
+    assert len(steps) >= 6
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    # what the page says the commands produce
+    tiles, classes = read_index(tmp_path / "my_tiles" / "index.gpkg")
+    assert set(tiles.split) == {"train", "val"} and set(tiles.scene) == {
+        "top_potsdam_2_13_RGBIR",
+        "top_potsdam_2_14_RGBIR",
+    }
+    names = [n for n in classes.sort_values("class_id").name if n != "ignore"]
+    assert "building" in names
+    state = torch.load(tmp_path / "runs" / "own_data" / "best.pt", map_location="cpu", weights_only=False)
+    assert state["class_names"] == names and state["gsd"] == pytest.approx(0.15)
+    assert state["band_names"] == ["red", "green", "blue", "nir"]  # the scenes' band descriptions
+    assert (tmp_path / "my_eval" / "val_scores.json").is_file()
+    predictions = {
+        "my_landcover.tif": "my_data/4_Ortho_RGBIR/top_potsdam_3_10_RGBIR.tif",
+        "other_city_landcover.tif": "other_city/4_Ortho_RGBIR/top_potsdam_4_10_RGBIR.tif",  # resampled to 0.15 m
+    }
+    for pred_name, scene in predictions.items():
+        with rasterio.open(tmp_path / pred_name) as pred, rasterio.open(tmp_path / scene) as src:
+            assert (pred.crs, pred.transform, pred.shape) == (src.crs, src.transform, src.shape)
+            assert json.loads(pred.tags()["CLASS_NAMES"]) == names
+            assert pred.colormap(1)[0][:3] == tuple(state["class_colours"][0])
+    polygons = pyogrio.read_dataframe(tmp_path / "my_landcover.gpkg", layer="labels")
+    assert len(polygons) > 0 and set(polygons.class_name) <= set(names)
+    buildings = pyogrio.read_dataframe(tmp_path / "my_buildings.gpkg")
+    assert set(buildings.class_name) == {"building"} and (buildings.area_m2 >= 5).all()
+    # the page's pictures are drawn from these outputs
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "own_data_figures.py"), str(tmp_path), "--docs",
+                           str(figures)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {p.name for p in figures.glob("*.png")} == {p.name for p in ROOT.glob("docs/own_data_*.png")}

@@ -1,0 +1,44 @@
+"""``bench/gpu_check.py`` runs end to end (``--smoke``: tiny and on the CPU), so it cannot rot between GPU loans."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("geopandas", "pyogrio", "shapely", "fiona")
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# earlier results\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--results", str(results)],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# earlier results\n## GPU check: CPU (--smoke)") or "## GPU check: CPU (--smoke)" in text
+    assert "FAILED" not in text
+    for expected in ("| fp32 | fp32 |", "| amp + channels_last | fp32 |", "torchrun, 1 process (gloo group)",
+                     "× model-only", "label raster identical"):  # fmt: skip
+        assert expected in text, expected
+
+
+def test_gpu_path_imports_no_geopackage_stack() -> None:
+    """The GPU box carries rasterio but not pyogrio/geopandas: training and inference must import without them."""
+    code = (
+        "import sys, runpy; sys.argv = ['gpu_check']; "
+        "import rs_deeplab.training.experiment, rs_deeplab.inference.scene, rs_deeplab.inference.dask_runner; "
+        "import rs_deeplab.inference.gpu_workers; "
+        f"runpy.run_path({str(REPO / 'bench' / 'gpu_check.py')!r}, run_name='not_main'); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

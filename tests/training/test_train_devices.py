@@ -1,0 +1,205 @@
+"""The training engine's GPU path as far as a CPU shows it: compile, DDP evaluation, resume, precision, syncs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import serialization
+from torch.utils.data import DataLoader, Dataset
+
+from pipelines import evaluate as evaluate_cli
+from pipelines import train as train_cli
+from rs_deeplab.evaluation.metrics import confusion_matrix
+from rs_deeplab.inference.trained import load_trained_model
+from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
+from rs_deeplab.training.datasets.sampling import loader_options
+from rs_deeplab.training.engine import LossMeter, device_confusion
+from tests.trainkit import REPO, make_tiles, write_config
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
+TRAIN = str(REPO / "pipelines" / "train.py")
+SHORT = {"schedule": {"iterations": 2}, "train": {"eval_every": 2, "checkpoint_every": 2, "device": "cpu"}}
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiles(tmp_path_factory.mktemp("data"))
+
+
+def test_device_confusion_equals_the_numpy_counts() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 6, (2, 31, 17)).astype(np.uint8)
+    truth[0, :4] = 255
+    pred = rng.integers(0, 6, (2, 31, 17))
+    got = device_confusion(torch.from_numpy(pred), torch.from_numpy(truth), 6)
+    assert got.dtype == torch.int64
+    np.testing.assert_array_equal(got.numpy(), confusion_matrix(pred, truth, 6))
+
+
+def test_loss_meter_syncs_only_when_read_and_refuses_nan() -> None:
+    meter = LossMeter()
+    for value in (1.0, 2.0, 4.5):
+        meter.add(torch.tensor(value))
+    assert meter.check() == pytest.approx(2.5) and meter.mean() == pytest.approx(2.5)
+    meter.add(torch.tensor(3.0))
+    assert meter.mean() == pytest.approx(3.0)
+    meter.add(torch.tensor(float("nan")))
+    with pytest.raises(FloatingPointError, match="loss is not finite"):
+        meter.check()
+
+
+class _Threads(Dataset[tuple[int, int]]):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        import cv2
+
+        return cv2.getNumThreads(), torch.get_num_threads()
+
+
+def test_loader_workers_run_one_thread_each() -> None:
+    import cv2
+
+    cv2.resize(np.zeros((512, 512), np.float32), (700, 700))  # the trainer's OpenCV pool is up before the workers
+    loader = DataLoader(_Threads(), batch_size=None, timeout=120, **loader_options(2, pin_memory=False))
+    assert sorted(tuple(int(v) for v in item) for item in loader) == [(1, 1), (1, 1)]
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_checkpoints_plain_weights(tiles: Path, tmp_path: Path) -> None:
+    """``train.compile=true``: the optimiser and checkpoints use the model itself, never the compiled wrapper."""
+    sections = {**SHORT, "train": {**SHORT["train"], "compile": True}}
+    cfg = write_config(tmp_path / "c.yaml", tiles, tmp_path / "run", **sections)
+    assert train_cli.main([str(cfg), "--quiet"]) == 0
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["iteration"] == 2 and state["runtime"]["compile"] is True
+    assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module."))]
+    model, _ = load_trained_model(tmp_path / "run" / "last.pt", torch.device("cpu"))  # loads into a plain model
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> None:
+    """``torch.compile`` around DDP (with the CPU SyncBN): ranks stay identical, checkpoints hold plain keys."""
+    sections = {**SHORT, "train": {**SHORT["train"], "compile": True, "checkpoint_every": 1}}
+    cfg = write_config(tmp_path / "cd.yaml", tiles, tmp_path / "run", **sections)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, str(cfg),
+           "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["iteration"] == 2 and state["runtime"]["world_size"] == 2 and state["runtime"]["compile"]
+    fingerprints = state["rank_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == pytest.approx(fingerprints[1], rel=1e-9)
+    assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module."))]
+
+
+@pytest.mark.slow
+def test_precision_is_recorded_in_the_run_folder(tiles: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "p.yaml", tiles, tmp_path / "run", **SHORT)
+    # two loader workers (fork server, one thread each) and persistent validation workers, as a GPU run has them
+    proc = subprocess.run([sys.executable, TRAIN, str(cfg), "train.amp=auto", "data.num_workers=2"], env=ENV,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
+    assert runtime["device"] == "cpu" and runtime["precision"] == "fp32" and runtime["grad_scaler"] is False
+    assert "training on cpu, precision fp32, 1 process(es)" in proc.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["runtime"] == runtime
+
+
+def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU: train.device=cuda is valid here")
+    cfg = write_config(tmp_path / "g.yaml", tiles, tmp_path / "run", **SHORT)
+    proc = subprocess.run([sys.executable, TRAIN, str(cfg), "train.device=cuda"], env=ENV, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.device=cuda but no CUDA GPU" in lines[0] and "train.device=cpu" in lines[0]
+    assert not (tmp_path / "run").exists()
+    assert evaluate_cli.main([str(tmp_path / "any.pt"), "--device", "cuda"]) == 2  # the same picker
+    assert "--device=cuda but no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ranks_with_one_validation_crop_do_not_hang(tmp_path: Path) -> None:
+    """Rank 1 holds no validation batch: evaluation must not wait on collectives it never joins."""
+    tiles = make_tiles(tmp_path / "data", val_size=64)
+    index_rows = subprocess.run(
+        [sys.executable, "-c", f"import geopandas as g; d=g.read_file({str(tiles / 'index.gpkg')!r}); "
+         "print((d['split'] == 'val').sum())"], capture_output=True, text=True, env=ENV, check=True)  # fmt: skip
+    assert index_rows.stdout.strip() == "1"
+    sections = {"schedule": {"iterations": 4}, "train": {"eval_every": 2, "checkpoint_every": 2, "device": "cpu"}}
+    cfg = write_config(tmp_path / "one_val.yaml", tiles, tmp_path / "run", **sections)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, str(cfg),
+           "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len([r for r in rows if ",val," in r]) == 2  # both evaluations ran and were written
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
+
+
+@pytest.mark.slow
+def test_rank_zero_decides_the_resume_for_every_rank(tmp_path: Path) -> None:
+    for rank in (0, 1):
+        (tmp_path / f"rank{rank}").mkdir()
+    save_checkpoint(tmp_path / "rank0" / "last.pt", _fake_state(7))  # rank 1's work_dir holds nothing
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "workers" / "resume_worker.py"), str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads((tmp_path / f"got{r}.json").read_text()) for r in (0, 1)]
+    assert got[0] == got[1] == {"iteration": 7, "weight": [1.0, 2.0]}
+
+
+def _fake_state(iteration: int) -> dict[str, object]:
+    return {"model": {"w": torch.tensor([1.0, 2.0])}, "config": {}, "class_names": ["a"], "band_stats": {},
+            "iteration": iteration}  # fmt: skip
+
+
+@pytest.fixture()
+def gpu_tagged_saves() -> Iterator[dict[str, bool]]:
+    """While ``on``, ``torch.save`` tags every storage ``cuda:0``, as a save on a GPU machine does."""
+    flag = {"on": False}
+    serialization.register_package(0, lambda s: "cuda:0" if flag["on"] else None, lambda s, loc: None)
+    yield flag
+    flag["on"] = False
+
+
+def _as_saved_on_gpu(path: Path, flag: dict[str, bool]) -> None:
+    state = load_checkpoint(path)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # a GPU run also records CUDA generator states
+    flag["on"] = True
+    try:
+        save_checkpoint(path, state)
+    finally:
+        flag["on"] = False
+
+
+@pytest.mark.slow
+def test_checkpoint_saved_on_gpu_works_on_a_cpu_machine(
+    tiles: Path, tmp_path: Path, gpu_tagged_saves: dict[str, bool]
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("the point is a machine without CUDA")
+    cfg = write_config(tmp_path / "r.yaml", tiles, tmp_path / "run", **SHORT)
+    assert train_cli.main([str(cfg), "--quiet"]) == 0
+    for name in ("last.pt", "best.pt"):
+        _as_saved_on_gpu(tmp_path / "run" / name, gpu_tagged_saves)
+    with pytest.raises(RuntimeError, match="CUDA"):  # the files really are GPU checkpoints
+        torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    model, _ = load_trained_model(tmp_path / "run" / "best.pt", torch.device("cpu"))  # inference's loader
+    assert next(model.parameters()).device.type == "cpu"
+    assert evaluate_cli.main([str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "eval")]) == 0
+    assert train_cli.main([str(cfg), "--quiet", "schedule.iterations=4"]) == 0  # resumes on the CPU
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
