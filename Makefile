@@ -26,7 +26,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@rm -f .pytest-running
+	$(BIN)/python -m pytest -q -p tests.crashlog || { rc=$$?; \
+	  test ! -f .pytest-running || echo "pytest exited with $$rc while running $$(cat .pytest-running)"; \
+	  df -h $${TMPDIR:-/tmp} | tail -1; exit $$rc; }
 
 test: lint typecheck unit
 

@@ -6,6 +6,7 @@ tested in ``test_imagenet_weights.py``, and with a recipe as shipped in ``test_r
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,3 +77,4 @@ def test_config_trains_two_iterations(path: Path, data_roots: dict[str, Path], t
     result = train_experiment(cfg)
     assert result.iterations == 2 and result.last.is_file()
     assert 0.0 <= result.best_miou <= 1.0
+    shutil.rmtree(tmp_path / "run")  # two checkpoints of a ResNet-101 and its optimiser: up to 1 GB per config
