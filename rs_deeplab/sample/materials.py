@@ -9,7 +9,7 @@ import numpy as np
 from rs_deeplab.sample.layout import C
 from rs_deeplab.sample.objects import BOX, FLAT, GABLE, HIP, PANEL
 from rs_deeplab.sample.palette import M
-from rs_deeplab.sample.render import TAU, Pixels, cell_hash, local_coords, smoothstep
+from rs_deeplab.sample.pixels import TAU, Pixels, cell_hash, local_coords, smoothstep
 
 Result = tuple[np.ndarray, np.ndarray]
 F = np.float32
