@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from rs_deeplab.sample import blocks
+import rs_deeplab.sample.blocks as blocks
 from rs_deeplab.sample.layout import Frame, Layout
 from rs_deeplab.sample.objects import soil_heap, tree, tree_cluster
 from rs_deeplab.sample.palette import pick_colour

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rs_deeplab.sample import blocks
+import rs_deeplab.sample.blocks as blocks
 from rs_deeplab.sample.layout import Frame, Layout
 from rs_deeplab.sample.objects import car, clutter, tree
 from rs_deeplab.sample.palette import pick_colour
