@@ -1,0 +1,272 @@
+"""docs/architecture.md against the code: the paths it names exist, its import table covers every package and the
+code keeps to it (checked statically with ``ast``), and the torch-free stages load no torch in a real run."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rs_deeplab.class_names import class_names_tag
+from rs_deeplab.classes import SCHEMES
+from tests.conftest import RasterFactory
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "rs_deeplab"
+DOC = ROOT / "docs" / "architecture.md"
+TABLE_HEADING = "## What each package may import"
+SHARED = "shared"
+TORCH_STACK = {"torch", "torchvision", "albumentations", "segmentation_models_pytorch"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the doc's import table."""
+
+    key: str  # "shared", "rs_deeplab.tiling", "rs_deeplab.config", "pipelines"
+    allowed: tuple[str, ...]  # "shared" or dotted rs_deeplab modules / packages
+    never: tuple[str, ...]  # third-party top-level names or rs_deeplab modules / packages
+
+
+def doc_text() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def ticked(cell: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"`([^`]+)`", cell))
+
+
+def import_table() -> dict[str, Rule]:
+    """The first Markdown table after the import-rules heading, one rule per row."""
+    text = doc_text()
+    assert TABLE_HEADING in text, f"{DOC} lost its section {TABLE_HEADING!r}"
+    lines = text.split(TABLE_HEADING, 1)[1].splitlines()
+    rows = [line for line in lines if line.startswith("|")]
+    start = lines.index(rows[0])
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    assert table[0][:3] == ["package", "may import from rs_deeplab", "never"], table[0]
+    rules = {}
+    for cells in table[2:]:
+        (key,) = ticked(cells[0])
+        rules[key] = Rule(key, ticked(cells[1]), ticked(cells[2]))
+    return rules
+
+
+def is_shared(module: str) -> bool:
+    """``rs_deeplab`` itself or a top-level module ``rs_deeplab/NAME.py``."""
+    parts = module.split(".")
+    return parts == ["rs_deeplab"] or (parts[0] == "rs_deeplab" and (PACKAGE / f"{parts[1]}.py").is_file())
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def within(module: str, entry: str) -> bool:
+    return module == entry or module.startswith(entry + ".")
+
+
+def rule_for(module: str, rules: dict[str, Rule]) -> Rule:
+    """The most specific row: the module's own, else its package's, else ``shared``."""
+    keyed = [key for key in rules if key != SHARED and within(module, key)]
+    if keyed:
+        return rules[max(keyed, key=len)]
+    assert is_shared(module), f"{module} is in no row of the import table in {DOC}"
+    return rules[SHARED]
+
+
+def resolve(module: str, name: str) -> str:
+    """``from module import name``: the submodule when ``name`` is one, else the module."""
+    candidate = f"{module}.{name}"
+    path = ROOT / Path(*candidate.split("."))
+    return candidate if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file() else module
+
+
+def imports(path: Path, source: str | None = None) -> Iterator[tuple[int, str]]:
+    """Every module a file imports, at any depth (functions, ``TYPE_CHECKING`` blocks), relative ones resolved."""
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    text = path.read_text(encoding="utf-8") if source is None else source
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] == "rs_deeplab":
+                for alias in node.names:
+                    yield node.lineno, resolve(base, alias.name)
+            else:
+                yield node.lineno, base
+
+
+def allowed(target: str, rule: Rule, own: str) -> bool:
+    if within(target, own):
+        return True
+    return any(is_shared(target) if entry == SHARED else within(target, entry) for entry in rule.allowed)
+
+
+def own_package(module: str, rule: Rule) -> str:
+    """What counts as the importer's own code: its stage package (``rs_deeplab.tiling``), or itself if shared."""
+    if rule.key == SHARED:
+        return module
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "rs_deeplab" else parts[0]
+
+
+def module_exists(dotted: str) -> bool:
+    path = ROOT / Path(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+# --- the doc cannot rot -----------------------------------------------------------------------------------------
+
+
+def test_every_path_the_doc_names_exists() -> None:
+    text = doc_text()
+    paths = set(re.findall(r"\b(?:rs_deeplab|pipelines)(?:/\w+)*(?:/\w+\.py|/)", text))
+    assert len(paths) > 30, sorted(paths)  # the diagram and the stage table name the modules
+    assert "rs_deeplab/tiling/tiler.py" in paths and "rs_deeplab/vectorize/core.py" in paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"{DOC.name} names paths that do not exist: {missing}"
+
+
+def test_the_diagram_is_one_mermaid_flowchart_naming_modules() -> None:
+    blocks = re.findall(r"```mermaid\n(.*?)```", doc_text(), flags=re.S)
+    assert len(blocks) == 1 and blocks[0].lstrip().startswith("flowchart")
+    named = set(re.findall(r"rs_deeplab/[\w/]+\.py", blocks[0]))
+    stages = {p.split("/")[1] for p in named}
+    assert {"tiling", "training", "inference", "vectorize", "evaluation"} <= stages, sorted(named)
+
+
+def test_every_package_has_a_row_and_every_module_the_table_names_exists() -> None:
+    rules = import_table()
+    packages = sorted(f"rs_deeplab.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert len(packages) >= 7, packages
+    assert not [p for p in packages if p not in rules], f"packages without a row in {DOC.name}'s import table"
+    assert SHARED in rules and "pipelines" in rules
+    for rule in rules.values():
+        for entry in (rule.key, *rule.allowed, *rule.never):
+            if entry.startswith("rs_deeplab"):
+                assert module_exists(entry), f"{DOC.name} import table: {entry} is no module or package"
+        assert not set(rule.allowed) & set(rule.never), rule
+
+
+# --- the import rules, statically -------------------------------------------------------------------------------
+
+
+def violations() -> list[str]:
+    rules = import_table()
+    found = []
+    files = sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+    assert len(files) > 100, len(files)
+    for path in files:
+        module = module_name(path)
+        rule = rule_for(module, rules)
+        own = own_package(module, rule)
+        for line, target in imports(path):
+            where = f"{path.relative_to(ROOT)}:{line} imports {target}"
+            top = target.split(".")[0]
+            if top in rule.never or any(within(target, never) for never in rule.never):
+                found.append(f"{where}: row `{rule.key}` says never")
+            elif top == "rs_deeplab" and not allowed(target, rule, own):
+                found.append(f"{where}: row `{rule.key}` allows only {', '.join(rule.allowed)}")
+    return found
+
+
+def test_packages_import_only_what_the_architecture_table_allows() -> None:
+    found = violations()
+    assert not found, f"imports against {DOC.name}:\n" + "\n".join(found)
+
+
+def test_the_static_check_sees_lazy_and_relative_imports() -> None:
+    """The checker must find an import inside a function (the usual way a stage drags torch in) and a relative one."""
+    source = "from .crops import x\n\ndef f():\n    import torch\n    from rs_deeplab.training import engine\n"
+    probe = PACKAGE / "tiling" / "probe.py"  # only parsed: the module's name comes from its path
+    found = [target for _, target in imports(probe, source)]
+    assert found == ["rs_deeplab.tiling.crops", "torch", "rs_deeplab.training.engine"]
+    rule = rule_for("rs_deeplab.tiling.probe", import_table())
+    assert "torch" in rule.never
+    assert not allowed("rs_deeplab.training.engine", rule, own_package("rs_deeplab.tiling.probe", rule))
+    assert allowed("rs_deeplab.raster", rule, "rs_deeplab.tiling")
+
+
+# --- boundaries in real processes -------------------------------------------------------------------------------
+
+
+def loaded_modules(args: list[str], cwd: Path) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """Run a real process with ``-X importtime`` (inherited by its children) and return every module it loaded."""
+    env = dict(os.environ, RS_DEEPLAB_NO_PROGRESS="1", PYTHONPROFILEIMPORTTIME="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    run = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    names = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", run.stderr, flags=re.M))
+    return names, run
+
+
+def torch_stack(names: set[str]) -> list[str]:
+    return sorted(n for n in names if n.split(".")[0] in TORCH_STACK)
+
+
+def test_tile_help_loads_no_torch(tmp_path: Path) -> None:
+    names, run = loaded_modules([str(ROOT / "pipelines" / "tile.py"), "--help"], tmp_path)
+    assert run.returncode == 0 and "--out" in run.stdout, run.stderr[-2000:]
+    assert "rs_deeplab.cli" in names  # the import log works
+    assert not torch_stack(names)
+
+
+@pytest.mark.slow
+def test_tiling_on_dask_workers_loads_no_torch(make_raster: RasterFactory, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    classes = rng.integers(0, 6, (160, 144)).astype(np.uint8)
+    scene = make_raster(rng.integers(0, 255, (3, 160, 144), dtype=np.uint8), "scene.tif")
+    label = make_raster(SCHEMES["potsdam"].encode_colours(classes), "label.tif")
+    code = (
+        "from rs_deeplab.tiling import SceneSpec, tile_scenes\n"
+        f"summary = tile_scenes([SceneSpec({str(scene)!r}, {str(label)!r}, 'train')], 'tiles', size=64, stride=48,\n"
+        "                      scheme='potsdam', workers=2, quiet=True)\n"
+        "print('crops', summary.crops)\n"
+    )
+    names, run = loaded_modules(["-c", code], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "crops 9" in run.stdout, run.stdout
+    assert "distributed" in names and "rs_deeplab.tiling.crops" in names  # a real Dask run, seen by the log
+    assert not torch_stack(names)
+
+
+def test_vectorize_cli_loads_no_torch(make_raster: RasterFactory, tmp_path: Path) -> None:
+    labels = np.kron(np.arange(12, dtype=np.uint8).reshape(3, 4) % 4, np.ones((16, 16), np.uint8))
+    raster = make_raster(labels, "labels.tif", nodata=255, tags=class_names_tag(["a", "b", "c", "d"]))
+    out = tmp_path / "labels.gpkg"
+    names, run = loaded_modules([str(ROOT / "pipelines" / "vectorize.py"), str(raster), "--out", str(out)], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert out.is_file() and "rs_deeplab.vectorize.core" in names
+    assert not torch_stack(names)
+
+
+def test_scene_scoring_loads_no_torch(make_raster: RasterFactory, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 6, (70, 90)).astype(np.uint8)
+    pred = np.where(rng.random(truth.shape) < 0.8, truth, 0).astype(np.uint8)
+    truth_path = make_raster(SCHEMES["potsdam"].encode_colours(truth), "truth.tif")
+    pred_path = make_raster(pred, "pred.tif", nodata=255)
+    args = [str(ROOT / "pipelines" / "evaluate.py"), "--pred", str(pred_path), "--truth", str(truth_path)]
+    names, run = loaded_modules([*args, "--scheme", "potsdam", "--out", str(tmp_path / "report")], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mIoU" in run.stdout and "rs_deeplab.evaluation.scenes" in names
+    assert not torch_stack(names)
