@@ -12,6 +12,9 @@ from affine import Affine
 
 from rs_deeplab.raster import write_geotiff
 
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+"""The real sample scenes and labels (``../shared/data/real`` beside the clone; its README says what each is)."""
+
 UTM33 = "EPSG:32633"
 DEFAULT_TRANSFORM = Affine(0.1, 0.0, 368_000.0, 0.0, -0.1, 5_808_000.0)
 
@@ -51,8 +54,37 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+def require_real_data() -> Path:
+    """The real-data folder, or a failure (never a skip: CI always has it) saying where it is expected."""
+    if not REAL_DATA.is_dir():
+        pytest.fail(
+            f"the real sample data is missing: expected {REAL_DATA} (../shared/data/real beside the clone, as in "
+            "CI); tests marked real_data fail without it, they do not skip",
+            pytrace=False,
+        )
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data/real``; a test using it is marked ``real_data`` and fails where the folder is missing."""
+    return require_real_data()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``real_data`` fails in setup, naming the expected folder, where the real samples are missing."""
+    if item.get_closest_marker("real_data"):
+        require_real_data()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` need CUDA; on CPU-only machines (CI) they are reported as skipped, never run."""
+    """Tests using the ``real_data`` fixture are marked ``real_data``; tests marked ``gpu`` need CUDA.
+
+    On CPU-only machines (CI) ``gpu`` tests are reported as skipped, never run.
+    """
+    for item in items:
+        if "real_data" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("real_data"):
+            item.add_marker(pytest.mark.real_data)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return

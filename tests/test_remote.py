@@ -22,10 +22,11 @@ from rs_deeplab.raster import open_raster, write_geotiff
 from rs_deeplab.remote import gdal_path, is_remote, remote_env, scene_stem, source_url, stat_remote
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from rs_deeplab.training.experiment import train_experiment
+from tests.conftest import REAL_DATA
 from tests.servers import S3_KEYS, HttpServer, http_server, s3_server
 from tests.trainkit import blob_scene, write_config
 
-COG = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "cogeo.tif"
+COG = REAL_DATA / "cogeo.tif"  # tests that serve it use the real_data fixture (marked real_data, never skip)
 TRANSFORM = rasterio.Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
 BANDS = ("red", "green", "blue", "nir")
 
@@ -63,7 +64,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def served(tmp_path_factory: pytest.TempPathFactory, real_data: Path) -> Path:
     """The folder both servers serve: the real COG sample and a generated 4-band scene."""
     root = tmp_path_factory.mktemp("served")
     shutil.copy(COG, root / "cogeo.tif")
