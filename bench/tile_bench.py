@@ -30,10 +30,10 @@ from affine import Affine
 from rasterio.windows import Window
 
 from rs_deeplab.classes import SCHEMES
+from rs_deeplab.cluster import default_workers
 from rs_deeplab.grid import window_grid
 from rs_deeplab.raster import geotiff_profile
 from rs_deeplab.tiling.crops import crop_profiles
-from rs_deeplab.tiling.executor import default_workers
 from rs_deeplab.tiling.labels import decode_label
 from rs_deeplab.tiling.tiler import DEFAULT_COMPRESS, SceneSpec, tile_scenes
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.tuning import tune_process
 
 
 def build_parser() -> ArgumentParser:
@@ -63,4 +64,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
     sys.exit(main())

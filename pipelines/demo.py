@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.tuning import tune_process
 
 if TYPE_CHECKING:
     from rs_deeplab.config import ExperimentConfig
@@ -134,4 +135,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
     sys.exit(main())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setup_logging
 from rs_deeplab.errors import InputError
+from rs_deeplab.tuning import tune_process
 
 SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
 CHECKPOINT_OPTIONS = ("split", "device")
@@ -109,4 +110,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
     sys.exit(main())

@@ -13,6 +13,7 @@ from typing import Any
 
 from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
 from rs_deeplab.errors import InputError
+from rs_deeplab.tuning import tune_process
 
 
 def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[Any, ...]:
@@ -134,4 +135,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
     sys.exit(main())

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
 from rs_deeplab.errors import RsDeeplabError
-from rs_deeplab.tuning import tune_malloc
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -123,13 +122,13 @@ def cli_entry(func: MainFunc) -> MainFunc:
     User errors (:class:`rs_deeplab.errors.RsDeeplabError`, and OS errors that name their path) become one
     ``error: <message>`` line on stderr and return 2; Ctrl-C (also when a library wraps it in another exception)
     becomes one line and returns 130; any other exception is a bug and keeps its traceback. With ``--debug`` in
-    the arguments every error shows its full traceback. It also keeps torch's large CPU buffers on the heap
-    (:func:`rs_deeplab.tuning.tune_malloc`).
+    the arguments every error shows its full traceback. It changes no process-wide setting: a script tunes its
+    process itself, in its ``__main__`` block (:func:`rs_deeplab.tuning.tune_process`), so calling ``main`` from
+    another program (or a test) leaves that program's malloc, threads, warnings and loggers as they were.
     """
 
     @functools.wraps(func)
     def wrapper(argv: Sequence[str] | None = None) -> int:
-        tune_malloc()
         debug = "--debug" in (sys.argv[1:] if argv is None else list(argv))
         try:
             return func(argv)

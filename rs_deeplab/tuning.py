@@ -8,6 +8,10 @@ faults it in page by page: on this project's 2-core machines that made a small C
 the next batch reuses them; a trim threshold still hands large free tails back to the system.
 
 Linux with glibc only; elsewhere (or with ``RS_DEEPLAB_MALLOC_TUNING=0``) nothing changes.
+
+These settings belong to the whole process, so library code never applies them by itself: a script's entry point
+calls :func:`tune_process` (``pipelines/*.py`` do, under ``if __name__ == "__main__"``), and Dask workers get them
+through the :class:`rs_deeplab.worker_tuning.TuneWorker` plugin the caller registers on its client.
 """
 
 from __future__ import annotations
@@ -48,3 +52,30 @@ def tune_malloc() -> bool:
     mallopt.restype = ctypes.c_int
     _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _applied
+
+
+def malloc_tuned() -> bool:
+    """Whether :func:`tune_malloc` has set the thresholds in this process (it cannot be undone)."""
+    return bool(_applied)
+
+
+def tune_process(*, malloc: bool = True, threads: int | None = None) -> bool:
+    """Process-wide tuning of a script or a worker process: for entry points only, never for library code.
+
+    Args:
+        malloc: Keep torch's large CPU buffers on the heap (:func:`tune_malloc`).
+        threads: torch's intra-op threads (``torch.set_num_threads``); None leaves torch's choice. torch is only
+            imported when this is given.
+
+    Returns:
+        Whether the malloc thresholds are in effect.
+    """
+    applied = tune_malloc() if malloc else malloc_tuned()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return applied

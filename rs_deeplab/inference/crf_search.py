@@ -155,7 +155,7 @@ def score_settings(
     Returns:
         ``{setting key: confusion matrix}`` and how many settings were computed now.
     """
-    from rs_deeplab.tiling.executor import open_executor
+    from rs_deeplab.cluster import open_cluster
 
     done: dict[str, list[list[int]]] = {}
     if done_file.is_file():
@@ -168,7 +168,7 @@ def score_settings(
     pending = [s for s in todo if s.key not in done]
     if pending:
         paths = [str(f.resolve()) for f in files]  # absolute: a scheduler's workers run elsewhere
-        with open_executor(workers, scheduler) as executor:
+        with open_cluster(workers, scheduler) as executor:
             log.info("scoring %d CRF setting(s) on %d crops with %s", len(pending), len(files), executor.description)
             results = _pending(pending, paths, num_classes, executor)
             for setting, cm in progress(results, total=len(pending), desc="CRF grid", unit="setting", quiet=quiet):

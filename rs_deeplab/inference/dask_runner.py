@@ -4,6 +4,10 @@ Before anything is submitted the workers are asked what they have (:func:`gpu_re
 decides, as a pure function, the device and precision each worker will use, refuses a ``--device``/``--amp`` a
 worker cannot honour, and whether tasks request a ``GPU`` resource (one model per GPU, when every worker
 advertises one; see :mod:`rs_deeplab.inference.gpu_workers`).
+
+Tasks change nothing process-wide on the workers: :func:`dask_workers` registers the
+:class:`rs_deeplab.worker_tuning.TuneWorker` plugin on the scheduler, so each worker process tunes malloc and
+matches torch's threads to its own thread count once, explicitly, when the client is opened.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from typing import Any
 import torch
 
 from rs_deeplab.cli import progress
+from rs_deeplab.cluster import scheduler_client
 from rs_deeplab.devices import precision_name, resolve_amp, resolve_device
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.blending import FinishedRows
 from rs_deeplab.inference.predictor import Predictor
 from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
-from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.inference.trained import TrainedModel, worker_model
 from rs_deeplab.inference.writer import BLOCK, RowSink
-from rs_deeplab.tuning import tune_malloc
 
 GPU_RESOURCE = "GPU"
 """The worker resource a GPU worker advertises (``dask worker --resources GPU=1``)."""
@@ -46,15 +50,6 @@ def gpu_report() -> WorkerGPU:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     capability = tuple(torch.cuda.get_device_capability(0)) if count else None
     return WorkerGPU(count, capability)  # type: ignore[arg-type]
-
-
-def worker_device(choice: str, cuda_count: int) -> torch.device:
-    """The device of one worker process from ``--device`` and its visible GPU count (its first GPU for ``auto``).
-
-    Raises:
-        InputError: CUDA asked for on a worker without a visible GPU (or a ``cuda:N`` it does not see).
-    """
-    return resolve_device(choice, local_rank=0, cuda_count=cuda_count, option="--device")
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ def plan_workers(
     types, precisions = set(), set()
     for name, report in sorted(reports.items()):
         try:
-            dev = worker_device(device, report.count)
+            dev = resolve_device(device, local_rank=0, cuda_count=report.count)  # its first GPU for auto
             dtype = resolve_amp(amp, device_type=dev.type, capability=report.capability, option="--amp")
         except InputError as exc:
             raise InputError(f"Dask worker {name}: {exc}") from None
@@ -118,10 +113,12 @@ def plan_workers(
 
 @contextlib.contextmanager
 def dask_workers(address: str, device: str, amp: str) -> Iterator[tuple[Any, WorkerPlan]]:
-    """A client on the scheduler at ``address`` and the plan of its current workers; closed afterwards."""
-    from rs_deeplab.tiling.executor import scheduler_client
+    """A client on the scheduler at ``address`` and the plan of its current workers; closed afterwards.
 
-    with scheduler_client(address) as client:
+    The workers are tuned for torch through the :class:`~rs_deeplab.worker_tuning.TuneWorker` plugin (registered
+    on the scheduler: it stays for later workers too).
+    """
+    with scheduler_client(address, tune_workers=True) as client:
         reports = client.run(gpu_report)
         info = client.scheduler_info(n_workers=-1)["workers"]
         resources = {name: w.get("resources") or {} for name, w in info.items()}
@@ -144,7 +141,7 @@ def run_dask(
         plan: What :func:`plan_workers` decided (resources every task requests).
         model: A :class:`TrainedModel` (each worker loads it once) or a CPU ``torch.nn.Module``, scattered.
         job: The rows' settings.
-        device: ``--device``, resolved by each worker (see :func:`worker_device`).
+        device: ``--device``, resolved by each worker for its own GPUs (:func:`rs_deeplab.devices.resolve_device`).
         writer: Where finished rows go, in order (rows of ``job``'s grid: the working grid when the scene is
             resampled to another GSD, see :mod:`rs_deeplab.inference.regrid`).
         done: First row of ``job``'s grid still needed (the first task starts at the block holding it).
@@ -179,31 +176,12 @@ def predict_rows(model: torch.nn.Module | TrainedModel, job: RowJob, start: int,
     ``model`` is a CPU ``torch.nn.Module`` (scattered to the workers; moved to the worker's device once) or a
     :class:`~rs_deeplab.inference.trained.TrainedModel`; ``auto`` runs on the worker's GPU when it has one.
     """
-    _match_worker_threads()
-    tune_malloc()
-    dev = worker_device(device, gpu_report().count)
+    dev = resolve_device(device, local_rank=0, cuda_count=gpu_report().count)
     if isinstance(model, TrainedModel):
-        module = model.load(dev)[0]
+        module = worker_model(model, dev).module  # kept on this worker between tasks
         predictor = Predictor(module, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
     else:
         with _MOVE_LOCK:  # the scattered module is shared by the worker's threads: move it once
             predictor = Predictor(model, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
     parts = list(stream_rows(job, predictor, start, stop))
     return concat_rows(parts, job, start, stop)
-
-
-def _match_worker_threads() -> None:
-    """Give torch as many threads as this Dask worker has.
-
-    Two single-threaded worker processes on two cores would otherwise run two OpenMP threads each, and
-    oversubscribed OpenMP spin-waits slowed a CPU model down ~10× here.
-    """
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
-        return
-    n = int(getattr(getattr(worker, "state", worker), "nthreads", 0) or 0)
-    if n > 0 and torch.get_num_threads() != n:
-        torch.set_num_threads(n)

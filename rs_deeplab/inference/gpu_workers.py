@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from rs_deeplab.cli import ArgumentParser, cli_entry, setup_logging
+from rs_deeplab.cluster import check_cluster_options
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.dask_runner import GPU_RESOURCE
-from rs_deeplab.tiling.executor import check_executor_options
 
 log = logging.getLogger("rs_deeplab.inference")
 
@@ -74,7 +74,7 @@ def start_gpu_workers(
     Raises:
         InputError: A malformed scheduler address, or GPUs outside this process's ``CUDA_VISIBLE_DEVICES``.
     """
-    check_executor_options(None, address)
+    check_cluster_options(None, address)
     base = dict(os.environ if env is None else env)
     ids = visible_devices(gpus, base.get("CUDA_VISIBLE_DEVICES"))
     host = socket.gethostname()

@@ -20,6 +20,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme, get_scheme
+from rs_deeplab.cluster import check_cluster_options, default_workers
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.grid import check_size_stride, window_grid, window_rows
 from rs_deeplab.raster import absolute, atomic_output, open_raster
@@ -44,7 +45,7 @@ from rs_deeplab.tiling.crops import (
     window_blocks,
     window_split,
 )  # fmt: skip
-from rs_deeplab.tiling.executor import TaskSpec, check_executor_options, default_workers, open_executor
+from rs_deeplab.tiling.executor import TaskSpec, open_executor
 from rs_deeplab.tiling.index import build_index, merge_index, read_index, write_index
 from rs_deeplab.tiling.labels import (
     LabelSource,
@@ -573,7 +574,7 @@ def tile_scenes(
         stride = max(1, size // 2) if isinstance(size, int) and size > 0 else size
     compress = None if compress in (None, "none") else compress
     _check_options(size, stride, min_valid, compress)
-    check_executor_options(workers, scheduler)
+    check_cluster_options(workers, scheduler)
     check_positive(block=block)
     check_label_fill_seed(label_fill, seed)
     if scheme and classes:

@@ -477,14 +477,14 @@ def search_checkpoint_crf(
     then uses), the split (its ``data.root`` must be reachable) and the crop count. See
     :func:`rs_deeplab.inference.crf_search.run_search`.
     """
+    from rs_deeplab.cluster import check_cluster_options
     from rs_deeplab.inference.crf_grid import choose_images
     from rs_deeplab.inference.crf_search import record_path, run_search
     from rs_deeplab.inference.trained import load_trained_model
     from rs_deeplab.outputs import check_output_file
-    from rs_deeplab.tiling.executor import check_executor_options
     from rs_deeplab.training.transforms import normalize
 
-    check_executor_options(workers, scheduler)
+    check_cluster_options(workers, scheduler)
     check_output_dir(out_dir, "--out")
     dev = pick_device(device, option="--device")
     model, state = load_trained_model(path, dev)

@@ -1,4 +1,8 @@
-"""What a training run writes besides checkpoints: ``metrics.csv``, TensorBoard events and PNG plots."""
+"""What a training run writes besides checkpoints: ``metrics.csv``, TensorBoard events and PNG plots.
+
+The plots are drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas: no pyplot, no backend switch,
+so a caller's matplotlib (a notebook's interactive backend) is left as it was.
+"""
 
 from __future__ import annotations
 
@@ -88,16 +92,12 @@ class RunLog:
 
 def plot_curves(metrics_csv: Path, out: Path) -> Path:
     """Loss, learning rate and validation mIoU against iteration, as three panels in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with metrics_csv.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = _figure((13, 3.6))
+    axes = fig.subplots(1, 3)
     panels = [(train, "loss", "training loss"), (train, "lr", "learning rate"), (val, "mIoU", "validation mIoU")]
     for ax, (data, key, title) in zip(axes, panels, strict=True):
         ax.plot([int(r["iteration"]) for r in data], [float(r[key]) for r in data], marker="." if data is val else "")
@@ -106,20 +106,15 @@ def plot_curves(metrics_csv: Path, out: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], out: Path) -> Path:
     """Row-normalised confusion matrix (truth rows, prediction columns) as a PNG heat map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.45 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure((size, size))
+    ax = fig.subplots()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -130,5 +125,14 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], out: Path) -> Pat
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
-    plt.close(fig)
     return out
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    """A figure drawn by its own Agg canvas (not registered with pyplot; freed with its last reference)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig

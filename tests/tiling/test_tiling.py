@@ -237,7 +237,7 @@ def test_colour_labels_without_scheme_and_duplicate_names_are_refused(
 
 
 def test_default_workers_only_start_when_the_job_pays_for_them() -> None:
-    from rs_deeplab.tiling.executor import default_workers
+    from rs_deeplab.cluster import default_workers
     from rs_deeplab.tiling.tiler import PARALLEL_MIN_BYTES, choose_workers
 
     assert choose_workers(None, None, PARALLEL_MIN_BYTES - 1) == 1
