@@ -138,13 +138,24 @@ def module_exists(dotted: str) -> bool:
 # --- the doc cannot rot -----------------------------------------------------------------------------------------
 
 
+def named_paths() -> set[str]:
+    """Every ``rs_deeplab/...`` and ``pipelines/...`` file or folder path the doc names (tables, text, diagram)."""
+    return set(re.findall(r"\b(?:rs_deeplab|pipelines)(?:/\w+)*(?:/\w+\.py|/)", doc_text()))
+
+
 def test_every_path_the_doc_names_exists() -> None:
-    text = doc_text()
-    paths = set(re.findall(r"\b(?:rs_deeplab|pipelines)(?:/\w+)*(?:/\w+\.py|/)", text))
+    paths = named_paths()
     assert len(paths) > 30, sorted(paths)  # the diagram and the stage table name the modules
     assert "rs_deeplab/tiling/tiler.py" in paths and "rs_deeplab/vectorize/core.py" in paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"{DOC.name} names paths that do not exist: {missing}"
+
+
+def test_every_shared_module_and_script_is_named() -> None:
+    files = [*PACKAGE.glob("*.py"), *(ROOT / "pipelines").glob("*.py")]
+    paths = {str(p.relative_to(ROOT)) for p in files if p.name != "__init__.py"}
+    unnamed = sorted(paths - named_paths())
+    assert not unnamed, f"{DOC.name} does not name {unnamed}"
 
 
 def test_the_diagram_is_one_mermaid_flowchart_naming_modules() -> None:
