@@ -3,7 +3,7 @@
 The exported graph takes float32 ``(B, bands, H, W)`` (batch, height and width dynamic) and returns the main
 logits ``(B, classes, H, W)`` (no auxiliary head) at the output stride chosen here, which is then fixed; a model
 trained with multi-scale inputs (``model.msc``) exports its fused output, every scale's pass in the graph. The card
-(:func:`rs_deeplab.inference.exported.info_to_metadata`) carries what inference needs besides the weights. The
+(:func:`rs_deeplab.modelcard.card_to_metadata`) carries what inference needs besides the weights. The
 file is checked against the PyTorch model at two window sizes other than the export's, then renamed into place:
 a failed export leaves nothing under the final name.
 """
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import errno
 import inspect
-import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,12 @@ from rs_deeplab.inference.exported import (
     ONNX_SUFFIXES,
     TORCHSCRIPT_EXTRA,
     TORCHSCRIPT_SUFFIXES,
-    info_to_metadata,
+    card_text,
     load_exported,
 )
 from rs_deeplab.inference.predictor import model_outputs
-from rs_deeplab.inference.trained import checkpoint_info, load_trained_model, model_kind
+from rs_deeplab.inference.trained import load_trained_model, model_kind
+from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.models import set_output_stride
 from rs_deeplab.raster import atomic_output, temporary_sibling
 
@@ -129,25 +129,30 @@ def export_model(
     if fmt == "onnx":
         _require("onnx")
         _require("onnxruntime")
-    model, state = load_trained_model(checkpoint, torch.device("cpu"))
-    info = checkpoint_info(checkpoint, state)
-    stride = output_stride or info.infer.get("output_stride") or info.model.get("output_stride")
+    model, card = load_trained_model(checkpoint, torch.device("cpu"))
+    stride = output_stride or card.infer.output_stride or card.architecture.output_stride
     if stride is not None and int(stride) != getattr(model, "output_stride", stride):
         set_output_stride(model, int(stride))
     stride = int(getattr(model, "output_stride", stride or 0))
     wrapper = MainLogits(model).eval()
-    example = torch.zeros(1, info.in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE)
-    card = json.dumps(info_to_metadata(info, stride), default=str)
+    example = torch.zeros(1, card.in_channels, EXAMPLE_SIZE, EXAMPLE_SIZE)
+    text = card_text(exported_card(card, stride), checkpoint)
     with atomic_output(out) as tmp:
         if fmt == "onnx":
-            write_onnx(wrapper, example, tmp, opset, card)
+            write_onnx(wrapper, example, tmp, opset, text)
         else:
-            write_torchscript(wrapper, example, tmp, card)
-        difference = check_export(wrapper, tmp, info.in_channels)
+            write_torchscript(wrapper, example, tmp, text)
+        difference = check_export(wrapper, tmp, card.in_channels)
     seconds = time.perf_counter() - start
     log.info("%s: %s export at output stride %d, max logit difference %.2g, %.1f s", out, fmt, stride, difference,
              seconds)  # fmt: skip
     return ExportResult(out, fmt, stride, difference, seconds)
+
+
+def exported_card(card: ModelCard, output_stride: int) -> ModelCard:
+    """The card of a checkpoint exported at ``output_stride``: the stride is the architecture's, baked in."""
+    infer = card.infer.model_copy(update={"output_stride": None})
+    return replace(card, architecture=replace(card.architecture, output_stride=output_stride), infer=infer)
 
 
 def _require(module: str) -> None:

@@ -3,9 +3,9 @@
 ``pipelines/export.py`` writes a model with a JSON card (:data:`METADATA_KEY`): band indices and names, mean/std,
 class names and colours, GSD, the ``infer`` settings (window size and stride), the architecture and its baked
 output stride. Here an exported file becomes a ``torch.nn.Module`` (:class:`OnnxModule` runs an ONNX Runtime
-session; :class:`ScriptedModule` a ``torch.jit`` module) plus a :class:`CheckpointInfo`, so it runs through the
-same streaming, blending, resuming and vectorizing path as a checkpoint. Neither needs the training stack; ONNX
-Runtime is the optional extra ``rs_deeplab[onnx]``.
+session; :class:`ScriptedModule` a ``torch.jit`` module) plus its :class:`~rs_deeplab.modelcard.ModelCard`, so it
+runs through the same streaming, blending, resuming and vectorizing path as a checkpoint. Neither needs the training
+stack; ONNX Runtime is the optional extra ``rs_deeplab[onnx]``.
 """
 
 from __future__ import annotations
@@ -20,86 +20,31 @@ import numpy as np
 import torch
 
 from rs_deeplab.errors import CheckpointError, InputError
-from rs_deeplab.inference.trained import CheckpointInfo
+from rs_deeplab.modelcard import ModelCard, card_from_metadata, card_to_metadata
 from rs_deeplab.raster import short_message
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "rs_deeplab"
 """Key of the JSON card in ONNX ``metadata_props`` (and ``rs_deeplab.json`` among TorchScript extra files)."""
-METADATA_FORMAT = 1
-"""Version of the card's layout; a newer one is refused with a message to update rs_deeplab."""
 TORCHSCRIPT_EXTRA = f"{METADATA_KEY}.json"
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".ts",)
 EXTRA_HINT = "pip install 'rs_deeplab[onnx]'"
 
 
-def info_to_metadata(info: CheckpointInfo, output_stride: int) -> dict[str, Any]:
-    """The JSON card of an exported model: everything :class:`CheckpointInfo` holds, the stride it was baked at."""
-    return {
-        "format": METADATA_FORMAT,
-        "class_names": list(info.class_names),
-        "class_colours": None if info.colormap is None else [[k, *v] for k, v in sorted(info.colormap.items())],
-        "mean": list(info.mean),
-        "std": list(info.std),
-        "bands": None if info.bands is None else list(info.bands),
-        "band_names": None if info.band_names is None else list(info.band_names),
-        "in_channels": info.in_channels,
-        "gsd": info.gsd,
-        "window": {"size": info.infer.get("size"), "stride": info.infer.get("stride")},
-        "output_stride": output_stride,
-        "infer": {k: v for k, v in info.infer.items() if k != "output_stride"},
-        "model": {**info.model, "output_stride": output_stride},
-        "scheme": info.scheme,
-        "source": str(info.path),
-    }
+def card_text(card: ModelCard, source: Path | str | None = None) -> str:
+    """The JSON card stored in an exported model (see :func:`rs_deeplab.modelcard.card_to_metadata`)."""
+    return json.dumps(card_to_metadata(card, source), default=str)
 
 
-def info_from_metadata(path: Path, text: str | None) -> CheckpointInfo:
-    """A :class:`CheckpointInfo` from an exported model's card.
+def read_card(path: Path, text: str | None) -> ModelCard:
+    """The :class:`ModelCard` stored in an exported model's metadata.
 
     Raises:
         CheckpointError: No card (not written by ``pipelines/export.py``), unreadable, or of a newer format.
     """
-    if not text:
-        raise CheckpointError(f"{path}: has no {METADATA_KEY} metadata (bands, statistics, classes), so it was not "
-                              "exported by this project; export a checkpoint with python pipelines/export.py "
-                              "CHECKPOINT --out MODEL.onnx")  # fmt: skip
-    try:
-        card = json.loads(text)
-        if int(card["format"]) > METADATA_FORMAT:
-            raise CheckpointError(f"{path}: metadata format {card['format']} is newer than this rs_deeplab reads "
-                                  f"({METADATA_FORMAT}); update rs_deeplab")  # fmt: skip
-        colours = card.get("class_colours")
-        return CheckpointInfo(
-            path=path,
-            class_names=tuple(str(n) for n in card["class_names"]),
-            colormap=None if colours is None else {int(c[0]): _rgba(c[1:]) for c in colours},
-            mean=tuple(float(m) for m in card["mean"]),
-            std=tuple(float(s) for s in card["std"]),
-            bands=None if card.get("bands") is None else tuple(int(b) for b in card["bands"]),
-            in_channels=int(card["in_channels"]),
-            infer=dict(card.get("infer") or {}),
-            model=dict(card.get("model") or {}),
-            scheme=str(card.get("scheme", "")),
-            gsd=None if card.get("gsd") is None else float(card["gsd"]),
-            band_names=None if not card.get("band_names") else tuple(str(b) for b in card["band_names"]),
-        )
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: its {METADATA_KEY} metadata is damaged ({type(exc).__name__}: {exc}); "
-                              "export the checkpoint again with pipelines/export.py") from None  # fmt: skip
-
-
-def _rgba(values: list[Any]) -> tuple[int, int, int, int]:
-    r, g, b, a = (int(v) for v in values)
-    return r, g, b, a
-
-
-def baked_output_stride(info: CheckpointInfo) -> int | None:
-    """The output stride an exported model was traced at (recorded in its card)."""
-    value = info.model.get("output_stride")
-    return None if value is None else int(value)
+    return card_from_metadata(path, text, METADATA_KEY)
 
 
 def import_onnxruntime() -> Any:
@@ -167,7 +112,7 @@ class ScriptedModule(torch.nn.Module):
         return self.scripted(x.float())
 
 
-def load_exported(path: Path, device: torch.device) -> tuple[torch.nn.Module, CheckpointInfo]:
+def load_exported(path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
     """An exported model (``.onnx`` or ``.ts``) in eval mode on ``device`` and its card.
 
     Raises:
@@ -176,7 +121,7 @@ def load_exported(path: Path, device: torch.device) -> tuple[torch.nn.Module, Ch
     """
     if path.suffix.lower() in ONNX_SUFFIXES:
         onnx_module = OnnxModule(path, device)
-        return onnx_module.eval(), info_from_metadata(path, onnx_module.metadata())
+        return onnx_module.eval(), read_card(path, onnx_module.metadata())
     extra = {TORCHSCRIPT_EXTRA: ""}
     try:
         with warnings.catch_warnings():
@@ -186,5 +131,5 @@ def load_exported(path: Path, device: torch.device) -> tuple[torch.nn.Module, Ch
         raise CheckpointError(f"{path}: not a readable TorchScript model ({short_message(str(exc))}); "
                               "export it again with pipelines/export.py --format torchscript") from None  # fmt: skip
     text = extra[TORCHSCRIPT_EXTRA]
-    info = info_from_metadata(path, text.decode() if isinstance(text, bytes) else text)
-    return ScriptedModule(scripted).eval(), info
+    card = read_card(path, text.decode() if isinstance(text, bytes) else text)
+    return ScriptedModule(scripted).eval(), card

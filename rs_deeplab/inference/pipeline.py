@@ -23,8 +23,9 @@ from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, predict_scene
-from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, newest_checkpoint
+from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
 from rs_deeplab.inference.writer import partial_path, sidecar_path
+from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import source_path, temporary_sibling
 from rs_deeplab.remote import is_remote, scene_source, scene_stem
@@ -179,31 +180,30 @@ def infer_scenes(
     check_options(opts)
     ckpt = checkpoint if checkpoint is not None else newest_checkpoint()
     _check_out(out, [*(s for s in scenes if isinstance(s, Path) or not is_remote(s)), ckpt])
-    trained = TrainedModel(ckpt.resolve(), opts.output_stride)  # absolute: Dask workers run elsewhere
     # device and precision checked before any scene (a scheduler's workers are asked by predict_scene)
     here = torch.device("cpu") if opts.scheduler else pick_device(opts.device, option="--device")
     pick_amp(opts.amp, here, option="--amp")
-    _, info = trained.load(here)  # its settings; loaded where this process runs it
-    recorded_stride = info.infer.get("output_stride")
-    if opts.output_stride is None and recorded_stride:  # trained at one output stride, set to infer at another
-        trained = TrainedModel(ckpt.resolve(), int(recorded_stride))
-        _, info = trained.load(here)
-    todo = resolve_scenes(list(scenes) or list(info.infer.get("scenes", [])), opts.assets, info.band_names)
+    # read once, where this process runs it (absolute path: Dask workers run elsewhere and read it themselves)
+    loaded = TrainedModel(ckpt.resolve(), opts.output_stride).load(here)
+    card = loaded.card
+    if opts.output_stride is None and card.infer.output_stride:  # trained at one output stride, to infer at another
+        loaded = loaded.at_output_stride(card.infer.output_stride)
+    todo = resolve_scenes(list(scenes) or [str(s) for s in card.infer.scenes], opts.assets, card.band_names)
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
-    crf = _crf_settings(opts, info) if opts.crf else None
+    crf = _crf_settings(opts, card, ckpt.resolve()) if opts.crf else None
     gsds = []
     for scene in todo:
         header = scene_info(scene)
-        select_bands(header, info.bands, info.in_channels)
+        select_bands(header, card.bands, card.in_channels)
         _check_crf_bands(crf, header)
-        gsds.append(_scene_gsd(header.path, opts.gsd, info.gsd, header))
-    size = opts.size if opts.size is not None else int(info.infer.get("size", 512))
-    stride = opts.stride if opts.stride is not None else int(info.infer.get("stride", size // 2))
+        gsds.append(_scene_gsd(header.path, opts.gsd, card.gsd, header))
+    size = opts.size if opts.size is not None else card.infer.size
+    stride = opts.stride if opts.stride is not None else card.infer.stride
     check_size_stride(size, stride)
-    batch_size = opts.batch_size if opts.batch_size is not None else int(info.infer.get("batch_size", 8))
+    batch_size = opts.batch_size if opts.batch_size is not None else card.infer.batch_size
     _positive("infer.batch_size", batch_size)
-    tta = _tta(opts, info.infer, info.scheme)
+    tta = _tta(opts, card)
     result = InferResult(ckpt)
     rasters = raster_paths(out, todo)
     inputs = [s.resolve() for s in todo if isinstance(s, Path)]
@@ -216,13 +216,13 @@ def infer_scenes(
         log.info("predicting %s → %s", scene, raster)
         result.rasters.append(
             predict_scene(
-                trained,
+                loaded,
                 scene,
                 raster,
                 size=size,
                 stride=stride,
                 batch_size=batch_size,
-                window=info.infer.get("window", "hann"),
+                window=card.infer.window,
                 tta=tta,
                 crf=crf,
                 probs_path=probs,
@@ -250,15 +250,15 @@ def _scene_gsd(name: str, choice: str | float, model_gsd: float | None, header: 
         raise InputError(str(exc)) from None
 
 
-def _crf_settings(opts: InferOptions, info: CheckpointInfo) -> CRFSettings:
+def _crf_settings(opts: InferOptions, card: ModelCard, model_path: Path) -> CRFSettings:
     """CRF bands (default: the model's first three), kernels, and 16-bit stretch ranges from the band statistics."""
-    model_bands = list(info.bands) if info.bands is not None else list(range(1, info.in_channels + 1))
+    model_bands = list(card.bands) if card.bands is not None else list(range(1, card.in_channels + 1))
     bands = tuple(opts.crf_bands or model_bands[:3])
-    params = _crf_params(opts, info.path)
+    params = _crf_params(opts, model_path)
     ranges = None
     if all(b in model_bands for b in bands):  # mean ± 2.5 std of the training tiles: one stretch for every window
         idx = [model_bands.index(b) for b in bands]
-        ranges = tuple((info.mean[i] - 2.5 * info.std[i], info.mean[i] + 2.5 * info.std[i]) for i in idx)
+        ranges = tuple((card.mean[i] - 2.5 * card.std[i], card.mean[i] + 2.5 * card.std[i]) for i in idx)
     return CRFSettings(bands=bands, params=params, band_ranges=ranges)
 
 
@@ -288,10 +288,10 @@ def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:
                      bilateral_compat=b[2], iterations=iterations)  # fmt: skip
 
 
-def _tta(opts: InferOptions, infer: dict[str, Any], scheme: str) -> TTA:
-    scales = opts.scales or tuple(float(s) for s in infer.get("scales", [1.0]))
-    if opts.tta or infer.get("tta", False):
-        return TTA(scales=scales, hflip=True, vflip=scheme not in GROUND_SCHEMES)
+def _tta(opts: InferOptions, card: ModelCard) -> TTA:
+    scales = opts.scales or tuple(float(s) for s in card.infer.scales)
+    if opts.tta or card.infer.tta:
+        return TTA(scales=scales, hflip=True, vflip=card.scheme not in GROUND_SCHEMES)
     return TTA(scales=scales)
 
 

@@ -29,8 +29,9 @@ from rs_deeplab.inference.reader import SceneInfo, WindowReader, scene_info, sel
 from rs_deeplab.inference.regrid import RowResampler, first_working_row, working_info
 from rs_deeplab.inference.rows import CRFSettings, RowJob, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
-from rs_deeplab.inference.trained import CheckpointInfo, TrainedModel, module_fingerprint
+from rs_deeplab.inference.trained import LoadedModel, TrainedModel, module_fingerprint
 from rs_deeplab.inference.writer import OutputSpec, RowSink, RowWriter, partial_path, sidecar_path
+from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.raster import PathLike, RasterReadError, source_path
 from rs_deeplab.remote import is_remote, reads_remote, remote_env, stat_remote
 
@@ -108,7 +109,7 @@ def _num_classes(module: torch.nn.Module, bands: int, size: int, device: torch.d
 
 
 def predict_scene(
-    model: torch.nn.Module | TrainedModel,
+    model: torch.nn.Module | TrainedModel | LoadedModel,
     scene_path: PathLike,
     out_path: PathLike,
     *,
@@ -142,9 +143,10 @@ def predict_scene(
     or switched to eval mode: a copy runs where it would be.
 
     Args:
-        model: Any module mapping ``(B, bands, h, w)`` to ``(B, classes, h, w)`` logits, or a checkpoint
-            (:class:`~rs_deeplab.inference.trained.TrainedModel`), which also supplies ``mean``, ``std``,
-            ``bands``, class names and colours unless given.
+        model: Any module mapping ``(B, bands, h, w)`` to ``(B, classes, h, w)`` logits, or a checkpoint or
+            exported model: a :class:`~rs_deeplab.inference.trained.TrainedModel` (read for this call) or a
+            :class:`~rs_deeplab.inference.trained.LoadedModel` (read by the caller, reused for many scenes), whose
+            card also supplies ``mean``, ``std``, ``bands``, class names and colours unless given.
         scene_path: Any raster GDAL reads.
         out_path: The uint8 label GeoTIFF (tiled, compressed, colour table, ``CLASS_NAMES`` tag).
         size: Window side in pixels.
@@ -193,14 +195,14 @@ def predict_scene(
         else:
             here, compute = _local_compute(choice, amp)
         stack.enter_context(kept_modes(model))
-        module, ck, fingerprint_model = _resolve_model(model, here, channels_last and not scheduler)
-        if ck is not None:
-            mean = ck.mean if mean is None else mean
-            std = ck.std if std is None else std
-            bands = ck.bands if bands is None else bands
-            class_names = ck.class_names if class_names is None else class_names
-            colormap = ck.colormap if colormap is None else colormap
-        chosen = select_bands(info, bands, None if ck is None else ck.in_channels)
+        module, card, source, fingerprint_model = _resolve_model(model, here, channels_last and not scheduler)
+        if card is not None:
+            mean = card.mean if mean is None else mean
+            std = card.std if std is None else std
+            bands = card.bands if bands is None else bands
+            class_names = card.class_names if class_names is None else class_names
+            colormap = card.colormap if colormap is None else colormap
+        chosen = select_bands(info, bands, None if card is None else card.in_channels)
         if class_names is None:
             class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
         job = RowJob(work, size, stride, batch_size, tuple(chosen), len(class_names),
@@ -209,7 +211,8 @@ def predict_scene(
                      probs_out is not None or work is not info, amp, channels_last)  # fmt: skip
         reader = job.reader()  # checks the statistics against the bands before anything is written
         if scheduler:
-            run: Runner = functools.partial(run_dask, client, plan, model if ck is not None else module, job, choice)
+            shipped = source if source is not None else module  # workers read a checkpoint themselves
+            run: Runner = functools.partial(run_dask, client, plan, shipped, job, choice)
         else:
             run = functools.partial(_run_local, module, here, job)
         spec = OutputSpec(out, tuple(class_names), colormap, probs_out, cog)
@@ -303,18 +306,19 @@ class keep_interrupt(contextlib.AbstractContextManager[Any]):  # noqa: N801 (use
 
 
 def _resolve_model(
-    model: torch.nn.Module | TrainedModel, device: torch.device, channels_last: bool
-) -> tuple[torch.nn.Module, CheckpointInfo | None, str]:
-    """The module to run on ``device`` (a copy where the caller's would change), its checkpoint, its fingerprint."""
+    model: torch.nn.Module | TrainedModel | LoadedModel, device: torch.device, channels_last: bool
+) -> tuple[torch.nn.Module, ModelCard | None, TrainedModel | None, str]:
+    """The module to run on ``device`` (a copy where the caller's would change), its card, its file, fingerprint."""
     if isinstance(model, TrainedModel):
-        module, ck = model.load(device)
-        return module, ck, model.fingerprint()
+        model = model.load(device)  # for this call only
+    if isinstance(model, LoadedModel):
+        return model.module, model.card, model.source, model.fingerprint()
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module or a TrainedModel, got {type(model).__name__}")
+        raise TypeError(f"model must be a torch.nn.Module, a TrainedModel or a LoadedModel, got {type(model).__name__}")
     fingerprint = module_fingerprint(model)
     if needs_copy(model, device, channels_last=channels_last):
-        return moved_copy(model, device), None, fingerprint
-    return model, None, fingerprint
+        return moved_copy(model, device), None, None, fingerprint
+    return model, None, None, fingerprint
 
 
 def _local_compute(choice: str, amp: str) -> tuple[torch.device, dict[str, str]]:

@@ -1,8 +1,12 @@
-"""Trained checkpoints as inference models: what they need (bands, statistics, classes) and a per-process cache.
+"""Trained checkpoints and exported models as inference models: a picklable description and the loaded model.
 
 :class:`TrainedModel` is a small picklable description of a checkpoint (``.pt``) or an exported model (``.onnx``,
-``.ts``; see :mod:`rs_deeplab.inference.exported`), so a Dask worker can be sent it and load the model once
-(cached per process and device), instead of receiving the weights with every task.
+``.ts``; see :mod:`rs_deeplab.inference.exported`), so a Dask worker can be sent it instead of the weights.
+:meth:`TrainedModel.load` reads the file once and returns a :class:`LoadedModel` (the module and its
+:class:`~rs_deeplab.modelcard.ModelCard`), owned by whoever called it: there is no process-wide cache. A Dask worker
+keeps its model in a holder on the worker object (:func:`worker_model`), one model per worker at a time.
+
+The model is built from the card with :func:`rs_deeplab.models.build_model`; nothing here imports the training stack.
 """
 
 from __future__ import annotations
@@ -10,46 +14,16 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rs_deeplab.classes import SCHEMES, colour_table
 from rs_deeplab.cli import one_line
 from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.modelcard import ModelCard, read_checkpoint
 from rs_deeplab.models import build_model, set_output_stride
-from rs_deeplab.training.checkpoint import load_checkpoint
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What inference reads from a checkpoint besides the weights."""
-
-    path: Path
-    class_names: tuple[str, ...]
-    colormap: dict[int, tuple[int, int, int, int]] | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    bands: tuple[int, ...] | None
-    """1-based scene bands the model was trained on (None: all bands, ``in_channels`` of them)."""
-    in_channels: int
-    infer: dict[str, Any]
-    """The ``infer`` section of the training config (window size, stride, held-out scenes, ...)."""
-    model: dict[str, Any]
-    scheme: str
-    """The class scheme of the training data (``potsdam``, ``voc``, ...)."""
-    gsd: float | None = None
-    """Ground sampling distance (metres per pixel) of the training scenes (their median, ``state["gsd"]``); None
-    for pixel-only data and checkpoints written before it was recorded."""
-    band_names: tuple[str, ...] | None = None
-    """Names of the bands the model sees (the training crops' band descriptions, ``state["band_names"]``); None
-    when the crops' bands were unnamed."""
-
-
-_CACHE: dict[tuple[str, int, str, int | None], tuple[torch.nn.Module, CheckpointInfo]] = {}
-_LOCK = threading.Lock()
 
 
 def newest_checkpoint(root: Path = Path("runs")) -> Path:
@@ -88,7 +62,7 @@ def model_kind(path: Path) -> str:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A checkpoint or exported model to run.
+    """A checkpoint or exported model to run (a picklable description; :meth:`load` reads it).
 
     A checkpoint can run at another output stride (e.g. trained at 16, inferred at 8); an exported model's stride
     is baked in.
@@ -99,7 +73,7 @@ class TrainedModel:
 
     @property
     def key(self) -> tuple[str, int]:
-        """The file and its modification time: a changed checkpoint is loaded again."""
+        """The file and its modification time: a changed checkpoint is another model."""
         try:
             return str(self.path.resolve()), self.path.stat().st_mtime_ns
         except OSError:
@@ -110,75 +84,101 @@ class TrainedModel:
         path, mtime = self.key
         return f"{path}:{mtime}:{self.path.stat().st_size}:os{self.output_stride}"
 
-    def load(self, device: torch.device) -> tuple[torch.nn.Module, CheckpointInfo]:
-        """The model in eval mode on ``device`` and the checkpoint's info (the model is cached per process)."""
-        path, mtime = self.key
-        cache_key = (path, mtime, str(device), self.output_stride)
-        with _LOCK:
-            cached = _CACHE.get(cache_key)
-            if cached is None:
-                cached = self._load(device)
-                _CACHE.clear()  # one model per process at a time
-                _CACHE[cache_key] = cached
-        return cached
+    def load(self, device: torch.device) -> LoadedModel:
+        """Read the file (once) and return the model in eval mode on ``device`` with its card.
 
-    def _load(self, device: torch.device) -> tuple[torch.nn.Module, CheckpointInfo]:
+        Raises:
+            CheckpointError: Missing, unreadable or unsafe file, an invalid card, weights unlike the architecture.
+            InputError: An output stride for an exported model baked at another one.
+        """
         if model_kind(self.path) == "exported":
-            from rs_deeplab.inference.exported import baked_output_stride, load_exported
+            from rs_deeplab.inference.exported import load_exported
 
-            module, info = load_exported(self.path, device)
-            baked = baked_output_stride(info)
+            module, card = load_exported(self.path, device)
+            baked = card.architecture.output_stride
             if self.output_stride is not None and self.output_stride != baked:
                 raise InputError(
                     f"--output-stride {self.output_stride}: {self.path} is an exported model whose "
                     f"output stride ({baked}) is baked in; drop --output-stride or export the "
                     f"checkpoint again with pipelines/export.py --output-stride {self.output_stride}"
                 )
-            return module, info
-        model, state = load_trained_model(self.path, device)
+            return LoadedModel(self, module, card)
+        model, card = load_trained_model(self.path, device)
         if self.output_stride is not None:
             set_output_stride(model, self.output_stride)
-        return model, checkpoint_info(self.path, state)
+        return LoadedModel(self, model, card)
 
 
-def checkpoint_info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
-    """Collect :class:`CheckpointInfo` from a loaded checkpoint dictionary."""
-    cfg = state["config"]
-    scheme_name = str(cfg.get("data", {}).get("scheme", ""))
-    scheme = SCHEMES.get(scheme_name)
-    names = tuple(state["class_names"])
-    colours = state.get("class_colours")
-    if colours is not None and len(colours) == len(names):  # recorded at training (generated for own classes)
-        colormap: dict[int, tuple[int, int, int, int]] | None = colour_table([tuple(c) for c in colours])
-    elif scheme is not None and scheme.num_classes == len(names):
-        colormap = dict(scheme.colormap())
-    else:
-        colormap = None
-    stats = state["band_stats"]
-    bands = cfg.get("data", {}).get("bands")
-    return CheckpointInfo(
-        path=path,
-        class_names=names,
-        colormap=colormap,
-        mean=tuple(stats["mean"]),
-        std=tuple(stats["std"]),
-        bands=None if bands is None else tuple(bands),
-        in_channels=int(state["in_channels"]),
-        infer=dict(cfg.get("infer", {})),
-        model=dict(cfg.get("model", {})),
-        scheme=scheme_name,
-        gsd=_gsd(state.get("gsd")),
-        band_names=None if not state.get("band_names") else tuple(str(b) for b in state["band_names"]),
-    )
+@dataclass
+class LoadedModel:
+    """A model read from a file: the module (eval mode) and its card; owned by whoever loaded it.
+
+    Inference may move its module to the device it runs on (it is nobody else's).
+    """
+
+    source: TrainedModel
+    """The file (and output stride) it was read from; what Dask workers are sent, and the resume fingerprint."""
+    module: torch.nn.Module
+    card: ModelCard
+
+    def at_output_stride(self, output_stride: int) -> LoadedModel:
+        """This model run at another output stride (a checkpoint's module is changed in place, not read again).
+
+        Raises:
+            InputError: An exported model, whose stride is baked in at another one.
+        """
+        if output_stride == self.source.output_stride:
+            return self
+        if model_kind(self.source.path) == "exported":
+            if output_stride == self.card.architecture.output_stride:
+                return self
+            raise InputError(f"output stride {output_stride}: {self.source.path} is an exported model whose "
+                             f"output stride ({self.card.architecture.output_stride}) is baked in")  # fmt: skip
+        set_output_stride(self.module, output_stride)
+        return replace(self, source=replace(self.source, output_stride=output_stride))
+
+    def fingerprint(self) -> str:
+        """The source's fingerprint (see :meth:`TrainedModel.fingerprint`)."""
+        return self.source.fingerprint()
 
 
-def _gsd(value: Any) -> float | None:
-    """A checkpoint's recorded GSD, if it is a positive number."""
+class ModelHolder:
+    """One loaded model at a time, for a long-lived process that runs many tasks (a Dask worker).
+
+    Asking for another file, output stride or device replaces the model; the holder's owner decides its lifetime.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: tuple[tuple[Any, ...], LoadedModel] | None = None
+
+    def get(self, trained: TrainedModel, device: torch.device) -> LoadedModel:
+        """The model of ``trained`` on ``device``, read on the first call (and after the file changed)."""
+        want = (*trained.key, trained.output_stride, str(device))
+        with self._lock:
+            if self._held is None or self._held[0] != want:
+                self._held = None  # the previous model is released before the next one is read
+                self._held = (want, trained.load(device))
+            return self._held[1]
+
+
+HOLDER_ATTRIBUTE = "rs_deeplab_model"
+"""Attribute of a Dask worker holding its :class:`ModelHolder`."""
+
+
+def worker_model(trained: TrainedModel, device: torch.device) -> LoadedModel:
+    """The model of ``trained`` for the Dask worker running this task, kept on that worker between tasks.
+
+    Outside a Dask worker the model is read for this call only.
+    """
     try:
-        gsd = float(value)
-    except (TypeError, ValueError):
-        return None
-    return gsd if gsd > 0 and gsd != float("inf") else None
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return trained.load(device)
+    holder = vars(worker).setdefault(HOLDER_ATTRIBUTE, ModelHolder())  # atomic: one holder per worker
+    return holder.get(trained, device)
 
 
 def module_fingerprint(model: torch.nn.Module) -> str:
@@ -190,30 +190,48 @@ def module_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained with and load its weights (eval mode)."""
-    state = load_checkpoint(path, map_location="cpu")
-    m = state["config"]["model"]
-    model = build_model(
-        m["name"],
-        num_classes=len(state["class_names"]),
-        in_channels=int(state["in_channels"]),
-        backbone=m["backbone"],
-        output_stride=m["output_stride"],
-        head=m["head"],
-        aux_weight=m["aux_weight"],
-        msc=m.get("msc"),  # multi-scale inputs; checkpoints from before MSC have no key: one scale
-    )
-    problem = weights_mismatch(model.state_dict(), state["model"])
-    if problem:
-        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({m['name']}, "
-                              f"{m['backbone']}): {problem}; pass the checkpoint this run wrote, unedited")  # fmt: skip
+def build_from_card(card: ModelCard) -> torch.nn.Module:
+    """The network a card describes, with random weights (see :func:`rs_deeplab.models.build_model`)."""
+    arch = card.architecture
+    return build_model(arch.name, num_classes=card.num_classes, in_channels=card.in_channels, **arch.build_kwargs())
+
+
+def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
+    """Rebuild the model a checkpoint was trained with and load its weights (eval mode on ``device``).
+
+    Raises:
+        CheckpointError: See :func:`rs_deeplab.modelcard.read_checkpoint`; or weights unlike the architecture
+            (another class or band count, another backbone).
+    """
+    card, weights = read_checkpoint(path, map_location="cpu")
+    return model_from_weights(path, card, weights, device), card
+
+
+def model_from_weights(
+    path: Path, card: ModelCard, weights: Mapping[str, torch.Tensor], device: torch.device
+) -> torch.nn.Module:
+    """The network ``card`` describes with the checkpoint ``path``'s ``weights``, in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: An architecture this version cannot build, or weights unlike it; one line.
+    """
+    arch = card.architecture
     try:
-        model.load_state_dict(state["model"])
+        model = build_from_card(card)
+    except InputError as exc:
+        raise CheckpointError(f"{path}: records an architecture this rs_deeplab cannot build ({exc}); "
+                              "retrain it with this version") from None  # fmt: skip
+    problem = weights_mismatch(model.state_dict(), weights)
+    if problem:
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({arch.describe()}, "
+                              f"{card.num_classes} classes, {card.in_channels} bands): {problem}; "
+                              "pass the checkpoint this run wrote, unedited")  # fmt: skip
+    try:
+        model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({m['name']}, "
-                              f"{m['backbone']}): {one_line(exc)[:200]}") from None  # fmt: skip
-    return model.to(device).eval(), state
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({arch.describe()}): "
+                              f"{one_line(exc)[:200]}") from None  # fmt: skip
+    return model.to(device).eval()
 
 
 def weights_mismatch(expected: Mapping[str, Any], given: Any) -> str | None:

@@ -24,6 +24,7 @@ from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.gsd import rasters_gsd
+from rs_deeplab.modelcard import ModelCard, card_from_state
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rs_deeplab.training.datasets import CityscapesSource, SegmentationSource, VOCSource
@@ -305,7 +306,7 @@ def runtime_record(
         "compile": cfg.train.compile,
         "world_size": env.world_size,
         "sync_bn": bool(env.distributed and cfg.train.sync_bn),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass, which checkpoints (weights_only) do not take
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }
 
@@ -429,20 +430,57 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)
 
 
+@dataclass(frozen=True)
+class ScoredCheckpoint:
+    """A checkpoint read once for scoring on its data: the model (eval mode), its card and training config."""
+
+    path: Path
+    model: torch.nn.Module
+    card: ModelCard
+    config: ExperimentConfig
+    iteration: int
+
+    @classmethod
+    def read(cls, path: Path, device: torch.device) -> ScoredCheckpoint:
+        """Read ``path`` (once) and rebuild its model on ``device``.
+
+        Raises:
+            CheckpointError: Missing, unreadable, or weights unlike the architecture it records.
+        """
+        from rs_deeplab.inference.trained import model_from_weights
+
+        state = load_checkpoint(path)
+        card = card_from_state(path, state)
+        model = model_from_weights(path, card, state["model"], device)
+        return cls(path, model, card, ExperimentConfig.model_validate(state["config"]), int(state["iteration"]))
+
+    @property
+    def stats(self) -> BandStats:
+        """The band statistics the model was trained with."""
+        return BandStats(self.card.mean, self.card.std)
+
+    def split(self, name: str) -> SegmentationSource:
+        """Split ``name`` of the data the model was trained on, checked: labelled, same bands and classes.
+
+        Raises:
+            InputError: Missing or unlabelled split, other bands or classes than the checkpoint's.
+        """
+        data = self.config.data
+        source = build_source(data, name)
+        check_labelled(source, name)
+        check_bands([source], data.bands)
+        if source.class_names != self.card.class_names:
+            raise InputError(f"{data.root}: classes {source.class_names} differ from the checkpoint's")
+        return source
+
+
 def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
     """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
-    from rs_deeplab.inference.trained import load_trained_model
-
     dev = pick_device(device, option="--device")
     check_output_dir(out_dir, "--out")
-    model, state = load_trained_model(path, dev)
-    cfg = ExperimentConfig.model_validate(state["config"])
-    source = build_source(cfg.data, split)
-    check_labelled(source, split)
-    check_bands([source], cfg.data.bands)
-    if source.class_names != tuple(state["class_names"]):
-        raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
-    dataset = SegmentationDataset(source, EvalTransform(BandStats.from_dict(state["band_stats"])))
+    ck = ScoredCheckpoint.read(path, dev)
+    model, cfg, source = ck.model, ck.config, ck.split(split)
+    dataset = SegmentationDataset(source, EvalTransform(ck.stats))
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=pad_collate)
     from rs_deeplab.training.engine import evaluate
 
@@ -456,7 +494,7 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
     report = {
         "checkpoint": str(path),
         "split": split,
-        "iteration": state["iteration"],
+        "iteration": ck.iteration,
         **result.as_dict(source.class_names),
         "confusion_matrix": cm.tolist(),
     }
@@ -480,23 +518,16 @@ def search_checkpoint_crf(
     from rs_deeplab.cluster import check_cluster_options
     from rs_deeplab.inference.crf_grid import choose_images
     from rs_deeplab.inference.crf_search import record_path, run_search
-    from rs_deeplab.inference.trained import load_trained_model
     from rs_deeplab.outputs import check_output_file
     from rs_deeplab.training.transforms import normalize
 
     check_cluster_options(workers, scheduler)
     check_output_dir(out_dir, "--out")
     dev = pick_device(device, option="--device")
-    model, state = load_trained_model(path, dev)
+    ck = ScoredCheckpoint.read(path, dev)
     check_output_file(record_path(path), what=f"the CRF record beside {path}", inputs=[path])
-    cfg = ExperimentConfig.model_validate(state["config"])
-    source = build_source(cfg.data, split)
-    check_labelled(source, split)
-    check_bands([source], cfg.data.bands)
-    if source.class_names != tuple(state["class_names"]):
-        raise InputError(f"{cfg.data.root}: classes {source.class_names} differ from the checkpoint's")
+    model, cfg, source, stats = ck.model, ck.config, ck.split(split), ck.stats
     chosen = choose_images(len(source), images)
-    stats = BandStats.from_dict(state["band_stats"])
     ranges = [(m - 2.5 * s, m + 2.5 * s) for m, s in zip(stats.mean, stats.std, strict=True)]
 
     def normalise(image: np.ndarray) -> torch.Tensor:

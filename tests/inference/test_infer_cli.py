@@ -117,7 +117,7 @@ def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None
             rasters[name] = ds.read(1)
     assert not np.array_equal(rasters["plain"], rasters["tta"])  # the augmented passes changed something
     assert not np.array_equal(rasters["plain"], rasters["os8"])
-    model, _ = TrainedModel(workspace / "runs" / "tiny" / "best.pt", 8).load(torch.device("cpu"))
+    model = TrainedModel(workspace / "runs" / "tiny" / "best.pt", 8).load(torch.device("cpu")).module
     dilations = [m.dilation for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert (4, 4) in dilations  # layer4 re-dilated for output stride 8
 

@@ -227,13 +227,13 @@ def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        infer={"size": 64, "stride": 32, "batch_size": 4})  # fmt: skip
     best = train_experiment(load_config(cfg)).best
     assert best is not None
-    assert torch.load(best, map_location="cpu", weights_only=False)["gsd"] == pytest.approx(0.1)
+    assert torch.load(best, map_location="cpu", weights_only=True)["gsd"] == pytest.approx(0.1)
     return best
 
 
 def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    assert TrainedModel(checkpoint_at_gsd).load(torch.device("cpu"))[1].gsd == 0.1
+    assert TrainedModel(checkpoint_at_gsd).load(torch.device("cpu")).card.gsd == 0.1
     image, _ = blob_scene(3, 96)
     scene = write_geotiff(tmp_path / "coarse.tif", image[:4, :90, :70], crs="EPSG:32633",
                           transform=rasterio.Affine(0.2, 0, 368_000, 0, -0.2, 5_808_000))  # fmt: skip

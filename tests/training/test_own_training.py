@@ -16,7 +16,7 @@ from rs_deeplab.errors import ConfigError, InputError
 from rs_deeplab.evaluation.metrics import collapse_warning
 from rs_deeplab.gsd import rasters_gsd
 from rs_deeplab.inference.pipeline import InferOptions, _tta
-from rs_deeplab.inference.trained import checkpoint_info
+from rs_deeplab.modelcard import read_checkpoint
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from rs_deeplab.training.checkpoint import load_checkpoint
@@ -169,9 +169,10 @@ def test_own_data_trains_end_to_end(tiles: Path, tmp_path: Path) -> None:
     assert state["gsd"] == pytest.approx(0.5)  # the crops' pixel size in EPSG:2953 metres
     assert state["band_names"] is None  # the generated scene's bands have no descriptions
     assert 0.0 <= result.best_miou <= 1.0
-    info = checkpoint_info(result.last, state)  # inference colours own classes as training did, flips both ways
-    assert info.colormap == colour_table(distinct_colours(4)) and info.gsd == pytest.approx(0.5)
-    assert _tta(InferOptions(tta=True), info.infer, info.scheme).vflip
+    card, _ = read_checkpoint(result.last)  # inference colours own classes as training did, flips both ways
+    assert card.colormap == colour_table(distinct_colours(4)) and card.gsd == pytest.approx(0.5)
+    assert card.in_channels == 5 and card.class_names == ("class_0", "1", "2", "3") and card.scheme == ""
+    assert _tta(InferOptions(tta=True), card).vflip
 
 
 def test_training_gsd_is_the_median_of_the_scenes_and_none_without_crs(tmp_path: Path) -> None:
