@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,11 +20,21 @@ from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, reads_
 
 PathLike = str | os.PathLike[str]
 
+WARNINGS_LOCK = threading.RLock()
+"""Held around every ``warnings.catch_warnings()`` block that may run in several threads at once.
+
+``catch_warnings`` saves the process-wide filter list on entry and puts it back on exit: two threads whose blocks
+interleave would put back each other's filters, leaving an ``ignore`` in the caller's process for good (Dask
+worker threads writing crops did). One block at a time keeps every block's changes scoped to itself."""
+
 
 @contextlib.contextmanager
 def quiet_georeferencing() -> Iterator[None]:
-    """Silence rasterio's ``NotGeoreferencedWarning`` for PNG/JPEG inputs that carry pixel coordinates only."""
-    with warnings.catch_warnings():
+    """Silence rasterio's ``NotGeoreferencedWarning`` for PNG/JPEG inputs that carry pixel coordinates only.
+
+    The filter is scoped to the block (and the block to one thread at a time, see :data:`WARNINGS_LOCK`).
+    """
+    with WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         yield
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,6 +50,29 @@ def test_explicit_gpu_index() -> None:
         resolve_device("cuda:x", local_rank=0, cuda_count=2)
     with pytest.raises(InputError, match="unknown device"):
         resolve_device("tpu", local_rank=0, cuda_count=2)
+
+
+def test_a_dask_workers_device_is_its_own_gpu_or_its_cpu() -> None:
+    """Dask workers decide with the same function, as rank 0 of their own visible GPUs."""
+    assert resolve_device("auto", local_rank=0, cuda_count=0) == torch.device("cpu")
+    assert resolve_device("auto", local_rank=0, cuda_count=1) == torch.device("cuda", 0)  # a GPU worker: cuda:0
+    assert resolve_device("cpu", local_rank=0, cuda_count=4) == torch.device("cpu")
+    with pytest.raises(InputError, match="--device=cuda but no CUDA GPU"):
+        resolve_device("cuda", local_rank=0, cuda_count=0)
+    with pytest.raises(InputError, match="only 1 GPU"):
+        resolve_device("cuda:1", local_rank=0, cuda_count=1)
+
+
+def test_only_devices_decides_a_device() -> None:
+    """One decision: no other module of the package defines its own device function."""
+    package = Path(__file__).resolve().parents[1] / "rs_deeplab"
+    found = [
+        f"{path.relative_to(package)}:{node.name}"
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and re.fullmatch(r"(pick|resolve|worker|choose|select)_device", node.name)
+    ]
+    assert sorted(found) == ["devices.py:pick_device", "devices.py:resolve_device"]
 
 
 def test_pick_device_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.dask_runner import WorkerGPU, plan_workers, worker_device
+from rs_deeplab.inference.dask_runner import WorkerGPU, plan_workers
 from rs_deeplab.inference.gpu_workers import main as launcher_main
 from rs_deeplab.inference.gpu_workers import parse_gpus, visible_devices
 from rs_deeplab.inference.scene import moved_copy, needs_copy
@@ -34,16 +34,6 @@ def small_model() -> torch.nn.Sequential:
     return torch.nn.Sequential(
         torch.nn.Conv2d(2, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(), torch.nn.Conv2d(6, 3, 1)
     )
-
-
-def test_worker_device_is_the_workers_own_gpu_or_its_cpu() -> None:
-    assert worker_device("auto", 0) == torch.device("cpu")
-    assert worker_device("auto", 1) == torch.device("cuda", 0)  # a GPU worker sees only its GPU, as cuda:0
-    assert worker_device("cpu", 4) == torch.device("cpu")
-    with pytest.raises(InputError, match="--device=cuda but no CUDA GPU"):
-        worker_device("cuda", 0)
-    with pytest.raises(InputError, match="only 1 GPU"):
-        worker_device("cuda:1", 1)
 
 
 def test_plan_of_cpu_and_gpu_workers() -> None:

@@ -1,0 +1,198 @@
+"""Library calls leave the caller's process as they found it: malloc, torch threads, warnings, loggers, matplotlib.
+
+Each probe runs in a fresh Python process that first sets its own state (matplotlib's ``svg`` backend, three torch
+threads, Dask imported), records it, calls the library (a tiling run on a local Dask cluster, a Dask prediction
+on workers that are threads of the caller, the run-log plots), and records it again. The pytest process is shared
+by every test, so a library call that changed these behind the caller's back would change them for all later
+tests too (a torch thread-count change in a Dask worker thread while another thread computes is one suspect of an
+aborted test process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rs_deeplab.classes import SCHEMES
+from rs_deeplab.raster import write_geotiff
+from tests.conftest import DEFAULT_TRANSFORM, UTM33
+
+REPO = Path(__file__).resolve().parents[1]
+
+HEAD = """
+import json, logging, sys, warnings
+import matplotlib
+matplotlib.use("svg")
+import torch
+torch.set_num_threads(3)
+import urllib3  # noqa: F401 - its import adds a filter of its own
+import dask, distributed  # a caller that uses Dask: the state after their imports is its own
+from rs_deeplab import tuning
+
+LOGGERS = ("distributed", "dask", "tornado", "asyncio")
+
+
+def state():
+    return {
+        "malloc": tuning.malloc_tuned(),
+        "threads": torch.get_num_threads(),
+        "filters": [repr(f) for f in warnings.filters],
+        "levels": {n: logging.getLogger(n).level for n in LOGGERS},
+        "handlers": {n: [h.level for h in logging.getLogger(n).handlers] for n in LOGGERS},
+        "backend": matplotlib.get_backend(),
+        "pyplot": "matplotlib.pyplot" in sys.modules,
+    }
+"""
+
+
+def probe(tmp_path: Path, body: str, *args: str) -> dict[str, Any]:
+    """Run HEAD + body (which prints one JSON line) as a script; return what it printed."""
+    script = tmp_path / "probe.py"
+    script.write_text(HEAD + body)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RS_DEEPLAB_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def assert_unchanged(result: dict[str, Any]) -> None:
+    before, after = result["before"], result["after"]
+    assert before["malloc"] is False and before["threads"] == 3 and before["backend"] == "svg"  # the probe's own
+    for key in before:
+        assert after[key] == before[key], key
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(5)
+    height, width = 200, 150
+    image = write_geotiff(tmp_path / "scene.tif", rng.integers(0, 255, (2, height, width), dtype=np.uint8),
+                          crs=UTM33, transform=DEFAULT_TRANSFORM, compress=None)  # fmt: skip
+    ids = rng.integers(0, 6, (height, width)).astype(np.uint8)
+    label = write_geotiff(tmp_path / "scene_label.tif", SCHEMES["potsdam"].encode_colours(ids), crs=UTM33,
+                          transform=DEFAULT_TRANSFORM, compress=None)  # fmt: skip
+    return image, label
+
+
+TILE = """
+from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
+import pyogrio, geopandas  # the index writer's imports (their import-time filters are theirs, not the tiler's)
+
+if __name__ == "__main__":
+    image, label, processes = sys.argv[1], sys.argv[2], sys.argv[3] == "processes"
+    before = state()
+    summary = tile_scenes([SceneSpec(image, label, "train")], "tiles", size=64, stride=48, scheme="potsdam",
+                          workers=2, processes=processes)
+    after = state()
+    print(json.dumps({"before": before, "after": after, "cluster": summary.cluster, "crops": summary.crops}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_a_tiling_run_on_a_local_cluster_leaves_the_process_alone(
+    kind: str, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    result = probe(tmp_path, TILE, str(scene[0]), str(scene[1]), kind)
+    assert result["cluster"] == f"Dask local cluster (2 {kind})" and result["crops"] > 0
+    assert_unchanged(result)
+
+
+PREDICT = """
+from distributed import Client, LocalCluster
+from rs_deeplab.inference import predict_scene
+from rs_deeplab.inference.scene import SceneResult
+
+
+def worker_state():
+    from rs_deeplab import tuning
+    import torch
+    return [tuning.malloc_tuned(), torch.get_num_threads()]
+
+
+if __name__ == "__main__":
+    processes = sys.argv[2] == "processes"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 3, 1))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=processes, dashboard_address=None) as cluster, \\
+            Client(cluster, set_as_default=False) as client:
+        before = state()
+        result = predict_scene(model, sys.argv[1], "out.tif", size=64, stride=40, batch_size=2, mean=[120.0] * 2,
+                               std=[60.0] * 2, device="cpu", scheduler=cluster.scheduler_address)
+        after = state()
+        workers = list(client.run(worker_state).values())
+    print(json.dumps({"before": before, "after": after, "runner": result.runner, "workers": workers}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_dask_prediction_tunes_worker_processes_but_never_the_callers(
+    kind: str, scene: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Workers in another process are tuned by the plugin (malloc, torch threads = their own 2); the caller never."""
+    result = probe(tmp_path, PREDICT, str(scene[0]), kind)
+    assert result["runner"].startswith("Dask scheduler ") and result["runner"].endswith("(1 workers, cpu)")
+    assert_unchanged(result)
+    linux = sys.platform.startswith("linux")
+    if kind == "processes":
+        assert result["workers"] == [[linux, 2]]
+    else:  # the worker is a thread of the caller: the caller's own settings, untouched
+        assert result["workers"] == [[False, 3]]
+
+
+PLOTS = """
+import numpy as np
+from pathlib import Path
+from rs_deeplab.training.runlog import plot_confusion, plot_curves
+
+Path("metrics.csv").write_text(
+    "iteration,split,loss,lr,mIoU,mF1,OA\\n1,train,1.0,0.01,,,\\n2,train,0.8,0.009,,,\\n2,val,,,0.4,0.5,0.6\\n"
+)
+before = state()
+plot_curves(Path("metrics.csv"), Path("curves.png"))
+plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"], Path("confusion.png"))
+after = state()
+sizes = [Path(p).read_bytes()[:8].hex() for p in ("curves.png", "confusion.png")]
+print(json.dumps({"before": before, "after": after, "png": sizes}))
+"""
+
+
+def test_run_log_plots_keep_the_callers_matplotlib_backend(tmp_path: Path) -> None:
+    result = probe(tmp_path, PLOTS)
+    assert result["png"] == [b"\x89PNG\r\n\x1a\n".hex()] * 2  # PNGs even though the caller's backend is svg
+    assert_unchanged(result)
+    assert result["after"]["pyplot"] is False  # no pyplot state (figure manager, backend choice) was created
+
+
+def test_concurrent_scoped_warning_filters_leave_the_filters_as_they_were() -> None:
+    """Threads silencing rasterio's warning at once (crop writers, scene readers) put back the caller's filters."""
+    import threading
+    import time
+    import warnings
+
+    from rs_deeplab.raster import quiet_georeferencing
+
+    before = list(warnings.filters)
+    start = threading.Barrier(4)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(50):
+            with quiet_georeferencing():
+                time.sleep(0.0005)  # let another thread enter and leave meanwhile
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
