@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from rs_deeplab.devices import pick_amp, precision_name  # noqa: E402
 from rs_deeplab.models import build_model  # noqa: E402
 from rs_deeplab.raster import write_geotiff  # noqa: E402
-from rs_deeplab.training.engine import StepContext, build_optimizer, build_scheduler, train_step  # noqa: E402
+from rs_deeplab.training.engine import StepContext, build_lr_schedule, build_optimizer, train_step  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ def train_throughput(s: Sizes, amp: str, channels_last: bool, compile: bool) -> 
     optimizer = build_optimizer(model, lr=0.01)
     dtype = pick_amp(amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    scheduler = build_scheduler(optimizer, iterations=10_000)
+    lr_schedule = build_lr_schedule(optimizer, iterations=10_000)
     aux = getattr(model, "aux_weight", 0.0)
     ctx = StepContext(
-        optimizer, scheduler, device, scaler, dtype, channels_last and device.type == "cuda", aux_weight=aux
+        optimizer, lr_schedule, device, scaler, dtype, channels_last and device.type == "cuda", aux_weight=aux
     )
     images = torch.randn(s.batch, 3, s.crop, s.crop).pin_memory() if device.type == "cuda" else None
     batch = (images if images is not None else torch.randn(s.batch, 3, s.crop, s.crop),

@@ -109,7 +109,7 @@ def crop_transform(scene_transform: Affine, window: CropWindow | Window) -> Affi
 
 
 def window_rows(windows: Iterable[CropWindow]) -> dict[int, tuple[CropWindow, ...]]:
-    """Group windows by ``row_off`` (one row of windows shares the same band of scene rows)."""
+    """Group windows by ``row_off`` (one row of windows shares the same strip of scene rows)."""
     rows: dict[int, list[CropWindow]] = {}
     for w in sorted(windows):
         rows.setdefault(w.row_off, []).append(w)

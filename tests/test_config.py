@@ -125,3 +125,13 @@ def test_dump_round_trip(tmp_path: Path) -> None:
 
 def test_section_models_validate_alone() -> None:
     assert InferConfig(size=64, stride=64).stride == 64
+
+
+def test_an_unknown_optimizer_is_one_line_naming_the_allowed_ones(tmp_path: Path) -> None:
+    """A misspelt optimiser is refused at load time (it used to train with AdamW instead)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "optimizer: {name: adam}\n"))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.endswith("exp.yaml: optimizer.name: Input should be 'sgd' or 'adamw' (given 'adam')")
+    assert load_config(write(tmp_path, "optimizer: {name: adamw}\n", "ok.yaml")).optimizer.name == "adamw"

@@ -1,4 +1,4 @@
-"""Blending weights of overlapping windows and the band accumulator that turns them into finished rows.
+"""Blending weights of overlapping windows and the strip accumulator that turns them into finished rows.
 
 A window's weight is the outer product of two 1-D profiles (Hann or Gaussian) that fall toward the window's
 edges, except on a side where the window touches the scene border: there the profile stays flat at 1, so the
@@ -92,12 +92,12 @@ def quantise_probs_torch(probs: torch.Tensor) -> torch.Tensor:
     return torch.round(probs * 255).to(torch.uint8)
 
 
-class BandAccumulator:
-    """Weighted probability sums for one band of ``size`` scene rows, on the model's device.
+class StripAccumulator:
+    """Weighted probability sums for one strip of ``size`` scene rows, on the model's device.
 
     Windows must arrive in row-major order (by ``row_off``). When a window of a lower row arrives, every row
-    above it is complete: :meth:`add` yields those rows (classes, optionally probabilities) and the band moves
-    down. The band is a ring buffer of rows, so moving it copies nothing, and finished rows are turned into
+    above it is complete: :meth:`add` yields those rows (classes, optionally probabilities) and the strip moves
+    down. The strip is a ring buffer of rows, so moving it copies nothing, and finished rows are turned into
     classes a block of columns at a time. Memory is ``(classes + 1) × size × width`` floats plus a few column
     blocks, independent of the scene's height. With ``quantise``, kept probabilities are turned into uint8
     (:func:`quantise_probs_torch`) on the device before they are copied to the host: a quarter of the bytes.
@@ -141,7 +141,7 @@ class BandAccumulator:
         return cached
 
     def _segments(self, first: int, count: int) -> list[tuple[int, int, int]]:
-        """Band rows ``first .. first + count`` (relative to :attr:`top`) as ``(buffer start, stop, offset)``."""
+        """Strip rows ``first .. first + count`` (relative to :attr:`top`) as ``(buffer start, stop, offset)``."""
         start = (self.head + first) % self.rows
         before_wrap = min(count, self.rows - start)
         parts = [(start, start + before_wrap, 0)]
@@ -192,7 +192,7 @@ class BandAccumulator:
         self.top = until
 
     def _rows(self, n: int) -> FinishedRows:
-        """Classes (and probabilities) of the band's first ``n`` rows, computed block by block."""
+        """Classes (and probabilities) of the strip's first ``n`` rows, computed block by block."""
         labels = np.empty((n, self.width), np.uint8)
         kept = np.empty((self.num_classes, n, self.width), self.probs_dtype) if self.keep_probs else None
         for a, b, k in self._segments(0, n):

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
-from rs_deeplab.inference.band_reader import BandReader, default_read_threads
+from rs_deeplab.inference.strip_reader import StripReader, default_read_threads
 from rs_deeplab.raster import PathLike, absolute, check_complete, open_raster
 
 
@@ -93,7 +93,7 @@ class WindowBatch:
     extent: tuple[int, int]
     """Rows and columns of each window that lie inside the scene (the rest is padding)."""
     raw: np.ndarray | None = None
-    """The band of raw rows the windows came from (kept only when asked)."""
+    """The strip of raw rows the windows came from (kept only when asked)."""
 
 
 def transport_dtype(dtype: np.dtype[Any] | str) -> np.dtype[Any]:
@@ -121,7 +121,7 @@ def _torch_has(dt: np.dtype[Any]) -> bool:
 class WindowReader:
     """Iterate a scene's windows row by row as :class:`WindowBatch` objects.
 
-    A :class:`~rs_deeplab.inference.band_reader.BandReader` reads each scene row once (``read_threads`` threads),
+    A :class:`~rs_deeplab.inference.strip_reader.StripReader` reads each scene row once (``read_threads`` threads),
     keeping the overlap of consecutive window rows. Windows with no valid pixel are skipped without reaching the
     model. Batches never span two window rows, so the windows a model sees together do not depend on where a run
     starts (resume, Dask chunks). ``mean``/``std`` are checked here and applied by the normaliser.
@@ -163,28 +163,28 @@ class WindowReader:
 
     def batches(self, row_offs: Sequence[int] | None = None) -> Iterator[WindowBatch]:
         """Batches of the given window rows (all of them by default), in row-major order."""
-        with BandReader(self.info, self.bands, self.size, self.read_threads) as source:
+        with StripReader(self.info, self.bands, self.size, self.read_threads) as source:
             offs = list(self.row_offs if row_offs is None else row_offs)
             try:
                 for i, row_off in enumerate(offs):
                     ahead = offs[i + 1] if i + 1 < len(offs) else None
-                    yield from self._row_batches(source.band(row_off, ahead), row_off)
+                    yield from self._row_batches(source.strip(row_off, ahead), row_off)
             finally:
                 self.rows_read += source.rows_read
 
     def _row_batches(self, read: tuple[np.ndarray, np.ndarray | None], row_off: int) -> Iterator[WindowBatch]:
-        band, valid = read
+        strip, valid = read
         todo = [c for c in self.col_offs if valid is None or valid[:, c : c + self.size].any()]
-        h, w = band.shape[1], min(self.size, self.info.width)
+        h, w = strip.shape[1], min(self.size, self.info.width)
         padded = h < self.size or w < self.size
-        raw = band.copy() if self.keep_raw else None
+        raw = strip.copy() if self.keep_raw else None
         for i in range(0, len(todo), self.batch_size):
             cols = tuple(todo[i : i + self.batch_size])
             pixels = self._empty((len(cols), len(self.bands), self.size, self.size), self.dtype, padded)
             masks = None if valid is None else self._empty((len(cols), self.size, self.size), np.dtype(bool), padded)
             out, out_masks = pixels.numpy(), None if masks is None else masks.numpy()
             for j, c in enumerate(cols):
-                out[j, :, :h, :w] = band[:, :, c : c + w]
+                out[j, :, :h, :w] = strip[:, :, c : c + w]
                 if out_masks is not None and valid is not None:
                     out_masks[j, :h, :w] = valid[:, c : c + w]
             yield WindowBatch(row_off, cols, pixels, masks, (h, w), raw)

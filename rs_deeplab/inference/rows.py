@@ -19,12 +19,12 @@ from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
-from rs_deeplab.inference.band_reader import default_read_threads
-from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, WindowKind
+from rs_deeplab.inference.blending import FinishedRows, StripAccumulator, WindowKind
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA, Normaliser, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowBatch, WindowReader
 from rs_deeplab.inference.streams import OrderedWorker, prefetch
+from rs_deeplab.inference.strip_reader import default_read_threads
 from rs_deeplab.raster import open_raster, read_error
 
 
@@ -108,7 +108,7 @@ def stream_rows(
     if not rows:
         return
     device = predictor.device
-    acc = BandAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
+    acc = StripAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
                           device=device, keep_probs=job.keep_probs or job.crf is not None, start_row=rows[0],
                           quantise=job.keep_probs and job.crf is None)  # fmt: skip
     normalise = Normaliser(job.mean, job.std, device)

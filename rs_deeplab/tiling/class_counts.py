@@ -1,7 +1,7 @@
-"""Per-crop pixel statistics of a band of rows in one pass: class counts and valid pixels of overlapping crops.
+"""Per-crop pixel statistics of a strip of window rows in one pass: class counts and valid pixels of overlapping crops.
 
 Overlapping crops share pixels (a 512/256 grid covers each pixel four times), so instead of counting every crop
-the band is cut into cells at every crop edge, each cell is counted once, and a crop's totals are read from 2-D
+the strip is cut into cells at every crop edge, each cell is counted once, and a crop's totals are read from 2-D
 prefix sums over the cells in four lookups.
 """
 
@@ -25,14 +25,14 @@ def _prefix(cells: np.ndarray) -> np.ndarray:
     return out
 
 
-class BandStats:
-    """Class counts and valid-pixel counts of crops whose windows lie in one band of rows starting at ``top``.
+class StripCounts:
+    """Class counts and valid-pixel counts of crops whose windows lie in one strip of rows starting at ``top``.
 
     Args:
-        windows: The crop windows of the band (their scene parts must lie inside the arrays).
-        top: Scene row of the band's first row.
-        label: ``(H, W)`` uint8 class ids of the band, or None.
-        mask: ``(H, W)`` bool validity of the band, or None (every pixel valid).
+        windows: The crop windows of the strip (their scene parts must lie inside the arrays).
+        top: Scene row of the strip's first row.
+        label: ``(H, W)`` uint8 class ids of the strip, or None.
+        mask: ``(H, W)`` bool validity of the strip, or None (every pixel valid).
     """
 
     def __init__(

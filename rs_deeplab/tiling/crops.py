@@ -1,4 +1,4 @@
-"""The tiler's unit of work: read one band of window rows of a scene once and write its crops (runs on workers)."""
+"""The tiler's unit of work: read one strip of window rows of a scene once and write its crops (runs on workers)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from rs_deeplab.errors import RsDeeplabError
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
 from rs_deeplab.tiling.checks import reading, writing
-from rs_deeplab.tiling.class_counts import BandStats
+from rs_deeplab.tiling.class_counts import StripCounts
 from rs_deeplab.tiling.labels import LabelSource, custom_scheme, read_labels
 
 IMAGES, LABELS, PARTS = "images", "labels", ".parts"
@@ -189,7 +189,7 @@ class _Writer:
         self.colormap = scheme.colormap() if scheme else None
         self.val = frozenset(job.val_blocks)
 
-    def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, stats: BandStats) -> Record:
+    def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, stats: StripCounts) -> Record:
         """Write one crop (skipping files already complete) and return its index record."""
         size = self.settings.size
         name = window.name(self.job.key)
@@ -268,7 +268,7 @@ def _read_label(job: SceneJob, settings: CropSettings, src: Any, window: Window)
 def tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:
     """Dask task: write every crop of the given rows of windows of one scene and return their index records.
 
-    The band of scene rows the windows span is read once (image and labels). Each crop file is written under a
+    The strip of scene rows the windows span is read once (image and labels). Each crop file is written under a
     temporary name and renamed, files already complete are kept, and a row's records are saved only once all its
     crops exist, so a killed run resumes where it stopped.
     """
@@ -294,7 +294,7 @@ def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -
         with reading(job.label.path if job.label else job.image):
             label = _read_label(job, settings, src, window)
         writer = _Writer(src, job, settings)
-    stats = BandStats([w for r in row_offs for w in rows[r]], top, label, mask)
+    stats = StripCounts([w for r in row_offs for w in rows[r]], top, label, mask)
     records: list[Record] = []
     with writing(settings.out):
         for r in row_offs:

@@ -1,4 +1,4 @@
-"""Label sources for the tiler: colour-coded or class-index rasters, and vector polygons rasterized per band."""
+"""Label sources for the tiler: colour-coded or class-index rasters, and vector polygons rasterized strip by strip."""
 
 from __future__ import annotations
 
@@ -414,8 +414,8 @@ def check_label_coverage(source: LabelSource, src: Any, scheme: ClassScheme | No
     labelled = bool((read_labels(source, src, whole, scheme, small) != IGNORE_INDEX).any())
     if not labelled and source.kind != "vector" and small != (h, w):
         for top in range(0, h, SCAN_ROWS):
-            band = Window(0, top, w, min(SCAN_ROWS, h - top))
-            if (read_labels(source, src, band, scheme) != IGNORE_INDEX).any():
+            strip = Window(0, top, w, min(SCAN_ROWS, h - top))
+            if (read_labels(source, src, strip, scheme) != IGNORE_INDEX).any():
                 labelled = True
                 break
     if not labelled:

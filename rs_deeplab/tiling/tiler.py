@@ -64,8 +64,8 @@ DEFAULT_COMPRESS: str | None = None
 """Crop codec: uncompressed writes fastest here (see bench/RESULTS.md, Tiler)."""
 COMPRESS_CHOICES = ("none", "deflate", "lzw", "zstd")
 INDEX_NAME, MANIFEST_NAME = "index.gpkg", "tiling.json"
-TASK_BAND_BYTES = 1 << 30
-"""Most bytes one task holds for its band of rows (pixels, labels and decoding temporaries)."""
+TASK_STRIP_BYTES = 1 << 30
+"""Most bytes one task holds for its strip of rows (pixels, labels and decoding temporaries)."""
 LOCAL_PROCESSES = True
 """Local workers are processes by default (see ``tile_scenes(processes=...)`` and bench/RESULTS.md, Tiler)."""
 PARALLEL_MIN_BYTES = 256 << 20
@@ -137,7 +137,7 @@ class _Scene:
     width: int
     transform: Any
     crs: Any
-    banded: bool
+    in_strips: bool
     pixel_bytes: int
     bands: tuple[int, str]
 
@@ -176,11 +176,13 @@ def _open_scenes(specs: Sequence[SceneSpec]) -> list[_Scene]:
             if len(set(src.dtypes)) > 1:
                 raise InputError(f"{spec.image}: bands of different data types {src.dtypes}; convert to one type")
             pixel_bytes = src.count * np.dtype(src.dtypes[0]).itemsize + (spec.label is not None)
-            banded = src.driver in ("GTiff", "VRT")
+            in_strips = src.driver in ("GTiff", "VRT")
             bands = (src.count, str(src.dtypes[0]))
             check_readable(src)
             drivers.append((str(spec.image), src.crs, src.driver))
-            scenes.append(_Scene(spec, key, src.height, src.width, src.transform, src.crs, banded, pixel_bytes, bands))
+            scenes.append(
+                _Scene(spec, key, src.height, src.width, src.transform, src.crs, in_strips, pixel_bytes, bands)
+            )
     if len({s.crs is None for s in scenes}) > 1:
         raise InputError("some scenes are georeferenced and some are not; tile them into separate --out folders")
     warn_no_crs(drivers)
@@ -213,7 +215,7 @@ def _vector_mapping(
 
 @dataclass(frozen=True)
 class Prepared:
-    """Checked scenes: jobs sorted by key; per key the transform, CRS, whether the scene can be read in bands of
+    """Checked scenes: jobs sorted by key; per key the transform, CRS, whether the scene can be read in strips of
     rows (GeoTIFF; PNG/JPEG decode from the top and are read whole) and ``(band count, dtype)``; and the class
     names of ids 0..n-1 (``--classes``, or those named by vector values), empty when a scheme or plain ids name
     them.
@@ -222,7 +224,7 @@ class Prepared:
     jobs: list[SceneJob]
     transforms: dict[str, Any]
     crss: dict[str, Any]
-    banded: dict[str, bool]
+    in_strips: dict[str, bool]
     bands: dict[str, tuple[int, str]]
     classes: tuple[str, ...]
     mapping: tuple[tuple[str, int], ...] = ()
@@ -265,7 +267,7 @@ def prepare_jobs(
     info = {s.key: s for s in opened}
     return Prepared(
         jobs, {j.key: info[j.key].transform for j in jobs}, {j.key: info[j.key].crs for j in jobs},
-        {j.key: info[j.key].banded for j in jobs}, {j.key: info[j.key].bands for j in jobs}, names, entries,
+        {j.key: info[j.key].in_strips for j in jobs}, {j.key: info[j.key].bands for j in jobs}, names, entries,
     )  # fmt: skip
 
 
@@ -365,15 +367,15 @@ def choose_workers(workers: int | None, scheduler: str | None, pending_bytes: in
 
 
 def plan_tasks(
-    jobs: Sequence[SceneJob], todo: Mapping[str, Sequence[int]], banded: Mapping[str, bool], settings: CropSettings,
+    jobs: Sequence[SceneJob], todo: Mapping[str, Sequence[int]], in_strips: Mapping[str, bool], settings: CropSettings,
     workers: int,
 ) -> list[TaskSpec]:  # fmt: skip
-    """Group the unfinished rows of windows into tasks: about two per worker, each a consecutive band of rows.
+    """Group the unfinished rows of windows into tasks: about two per worker, each a consecutive strip of rows.
 
-    Few large tasks keep the rows read twice (where two tasks' bands overlap) rare; two per worker still lets a
+    Few large tasks keep the rows read twice (where two tasks' strips overlap) rare; two per worker still lets a
     fast worker take over the work of a slow one.
 
-    PNG/JPEG scenes are one task each (their decoders restart from the top for every band).
+    PNG/JPEG scenes are one task each (their decoders restart from the top for every strip).
     """
     total_rows = sum(len(rows) for rows in todo.values())
     per_task = max(1, math.ceil(total_rows / (2 * max(1, workers))))
@@ -383,7 +385,7 @@ def plan_tasks(
         if not rows:
             continue
         row_bytes = settings.stride * job.width * (job.pixel_bytes + 8)  # + colour labels and decoding temporaries
-        step = len(rows) if not banded[job.key] else max(1, min(per_task, TASK_BAND_BYTES // row_bytes))
+        step = len(rows) if not in_strips[job.key] else max(1, min(per_task, TASK_STRIP_BYTES // row_bytes))
         for i in range(0, len(rows), step):
             chunk = tuple(rows[i : i + step])
             crops = len(window_grid(1, job.width, settings.size, settings.stride)) * len(chunk)
@@ -588,7 +590,7 @@ def tile_scenes(
     prepared = prepare_jobs(
         specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
     )
-    jobs, transforms, crss, banded = prepared.jobs, prepared.transforms, prepared.crss, prepared.banded
+    jobs, transforms, crss, in_strips = prepared.jobs, prepared.transforms, prepared.crss, prepared.in_strips
     if val_fraction is not None:
         block = 4 * size if block is None else block
         jobs = assign_val_blocks(
@@ -617,7 +619,7 @@ def tile_scenes(
                 remote_env() if remote else contextlib.nullcontext(),
             ):
                 cluster = executor.description
-                tasks = plan_tasks(jobs, todo, banded, settings, executor.workers)
+                tasks = plan_tasks(jobs, todo, in_strips, settings, executor.workers)
                 records.extend(executor.run(tasks, quiet=quiet))
         except BaseException:
             if not scheduler:  # local workers are gone: their half-written files go now, not at the re-run

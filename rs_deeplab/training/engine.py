@@ -1,4 +1,4 @@
-"""A plain training loop: optimiser and poly schedule, ``train_one_epoch``, ``evaluate`` and ``fit``.
+"""A plain training loop: optimiser and learning-rate schedule, ``train_one_epoch``, ``evaluate`` and ``fit``.
 
 ``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them (one "epoch" here is the span
 between two evaluations), writes ``last.pt``/``best.pt`` on rank 0 and resumes from a checkpoint's state.
@@ -26,6 +26,13 @@ from rs_deeplab.training.losses import LossFn, build_loss
 log = logging.getLogger("rs_deeplab.training.engine")
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+OPTIMIZERS = ("sgd", "adamw")
+"""The optimisers :func:`build_optimizer` builds (``optimizer.name`` of the config)."""
+LR_POLICIES = ("poly", "step")
+"""The learning-rate policies :func:`build_lr_schedule` builds (``schedule.policy`` of the config)."""
+LR_SCHEDULE_KEY = "scheduler"
+"""Where a checkpoint holds the learning-rate schedule's state (the key older checkpoints were written with)."""
+
 
 def build_optimizer(
     model: nn.Module,
@@ -37,7 +44,13 @@ def build_optimizer(
     head_lr_mult: float = 10.0,
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """SGD (or AdamW) with two groups: backbone at ``lr``, new head layers at ``lr * head_lr_mult``."""
+    """SGD or AdamW with two groups: backbone at ``lr``, new head layers at ``lr * head_lr_mult``.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`OPTIMIZERS`.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
     backbone, head = param_groups(model)
     groups = [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
     if name == "sgd":
@@ -68,7 +81,7 @@ def warmup_factor(iteration: int, warmup_iters: int, warmup_ratio: float) -> flo
     return 1.0
 
 
-def build_scheduler(
+def build_lr_schedule(
     optimizer: torch.optim.Optimizer,
     *,
     iterations: int,
@@ -80,7 +93,13 @@ def build_scheduler(
     warmup_iters: int = 0,
     warmup_ratio: float = 0.1,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Iteration-based poly or step schedule (one ``step()`` per optimiser step) applied to every parameter group."""
+    """Iteration-based poly or step schedule (one ``step()`` per optimiser step) applied to every parameter group.
+
+    Raises:
+        ValueError: ``policy`` is not one of :data:`LR_POLICIES`.
+    """
+    if policy not in LR_POLICIES:
+        raise ValueError(f"unknown learning-rate policy {policy!r}; use one of {', '.join(LR_POLICIES)}")
     base = optimizer.param_groups[0]["lr"]
     min_ratio = min(min_lr / base, 1.0)
 
@@ -135,7 +154,7 @@ class StepContext:
     """What each optimisation step needs besides the model and the data."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    lr_schedule: torch.optim.lr_scheduler.LambdaLR
     device: torch.device
     scaler: torch.amp.GradScaler | None = None
     amp_dtype: torch.dtype | None = None
@@ -202,7 +221,7 @@ def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContex
         ctx.scaler.update()
     else:
         ctx.optimizer.step()
-    ctx.scheduler.step()
+    ctx.lr_schedule.step()
     return total
 
 

@@ -46,11 +46,11 @@ from rs_deeplab.training.distributed import (
     rank_fingerprints,
     shutdown_distributed,
 )
-from rs_deeplab.training.engine import Cadence, StepContext, build_optimizer, build_scheduler, fit
+from rs_deeplab.training.engine import LR_SCHEDULE_KEY, Cadence, StepContext, build_lr_schedule, build_optimizer, fit
 from rs_deeplab.training.losses import build_loss
 from rs_deeplab.training.preflight import check_bands, check_labelled, check_output_dir, removed_on_failure
 from rs_deeplab.training.runlog import RunLog, plot_confusion, plot_curves
-from rs_deeplab.training.transforms import BandStats, EvalTransform, TrainTransform, compute_band_stats
+from rs_deeplab.training.transforms import ChannelStats, EvalTransform, TrainTransform, compute_band_stats
 
 if TYPE_CHECKING:
     from rs_deeplab.inference.crf_grid import GridPoint
@@ -108,7 +108,7 @@ def _loaders(
     env: DistEnv,
     train: SegmentationSource,
     val: SegmentationSource | None,
-    stats: BandStats,
+    stats: ChannelStats,
     start: int,
     device: torch.device,
 ) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
@@ -321,7 +321,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     state = resume_state(last, cfg.resume, env)
     if state is not None:
         check_resume(state, cfg, len(names), in_ch, last)
-        stats = BandStats.from_dict(state["band_stats"])
+        stats = ChannelStats.from_dict(state["band_stats"])
         gsd, band_names = state.get("gsd"), state.get("band_names")
     else:
         stats = compute_band_stats(train_src.images, bands=cfg.data.bands)
@@ -330,7 +330,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
-    scheduler = build_scheduler(optimizer, **cfg.schedule.model_dump())
+    lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump())
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     runtime = runtime_record(cfg, env, device, amp)
     log.info("training on %s, precision %s, %d process(es)", runtime["device"], runtime["precision"], env.world_size)
@@ -340,7 +340,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        lr_schedule.load_state_dict(state[LR_SCHEDULE_KEY])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, best_miou = int(state["iteration"]), float(state.get("best_miou", -1.0))
@@ -355,7 +355,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
     weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
         optimizer,
-        scheduler,
+        lr_schedule,
         device,
         scaler,
         amp,
@@ -375,7 +375,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         return {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            LR_SCHEDULE_KEY: lr_schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
             "iteration": it,
             "rng": rng_state(),
@@ -455,9 +455,9 @@ class ScoredCheckpoint:
         return cls(path, model, card, ExperimentConfig.model_validate(state["config"]), int(state["iteration"]))
 
     @property
-    def stats(self) -> BandStats:
+    def stats(self) -> ChannelStats:
         """The band statistics the model was trained with."""
-        return BandStats(self.card.mean, self.card.std)
+        return ChannelStats(self.card.mean, self.card.std)
 
     def split(self, name: str) -> SegmentationSource:
         """Split ``name`` of the data the model was trained on, checked: labelled, same bands and classes.

@@ -29,7 +29,7 @@ PhotometricMode = Literal["bands", "rgb", "none"]
 
 
 @dataclass(frozen=True)
-class BandStats:
+class ChannelStats:
     """Per-band mean and standard deviation of the training imagery, in raw pixel units."""
 
     mean: tuple[float, ...]
@@ -40,14 +40,14 @@ class BandStats:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Sequence[float]]) -> BandStats:
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> ChannelStats:
         """Inverse of :meth:`as_dict`."""
         return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
 
 
 def compute_band_stats(
     paths: Sequence[str | os.PathLike[str]], *, bands: Sequence[int] | None = None, max_side: int = 128
-) -> BandStats:
+) -> ChannelStats:
     """Mean and std of each band over ``paths``, read decimated to at most ``max_side`` pixels a side.
 
     Nodata pixels (by the file's nodata value or mask) are left out. 1-based ``bands`` select bands.
@@ -76,10 +76,10 @@ def compute_band_stats(
         )
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return BandStats(tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))
+    return ChannelStats(tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))
 
 
-def normalize(image: np.ndarray, stats: BandStats | None) -> np.ndarray:
+def normalize(image: np.ndarray, stats: ChannelStats | None) -> np.ndarray:
     """``(H, W, C)`` raw values → float32 ``(x - mean) / std`` (raw float32 when ``stats`` is None)."""
     out = image.astype(np.float32)
     if stats is not None:
@@ -179,7 +179,7 @@ class TrainTransform:
         self,
         *,
         crop_size: int | tuple[int, int],
-        stats: BandStats | None,
+        stats: ChannelStats | None,
         scale_range: tuple[float, float] = (0.5, 2.0),
         flips: FlipMode = "aerial",
         max_class_ratio: float = 0.75,
@@ -230,7 +230,7 @@ class TrainTransform:
 class EvalTransform:
     """Normalisation only: evaluation sees whole tiles/images at their own size."""
 
-    def __init__(self, stats: BandStats | None) -> None:
+    def __init__(self, stats: ChannelStats | None) -> None:
         self.stats = stats
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.blending import BandAccumulator, axis_profile, first_argmax, window_weight
+from rs_deeplab.inference.blending import StripAccumulator, axis_profile, first_argmax, window_weight
 from rs_deeplab.inference.predictor import TTA, Predictor
 from rs_deeplab.inference.writer import FINGERPRINT_TAG
 from rs_deeplab.vectorize import read_class_names
@@ -214,14 +214,14 @@ def test_blending_weights_are_flat_at_the_scene_border() -> None:
 
 def test_hann_blending_is_smooth_across_window_seams() -> None:
     """Two overlapping windows that disagree: the blend moves gradually from one to the other, no step."""
-    acc = BandAccumulator(2, 32, 96, 64, kind="hann")
+    acc = StripAccumulator(2, 32, 96, 64, kind="hann")
     left = torch.zeros(2, 64, 64)
     left[0] = 1
     right = torch.zeros(2, 64, 64)
     right[1] = 1
     parts = list(acc.add(0, 0, left, None)) + list(acc.add(0, 32, right, None)) + list(acc.finish(32))
     assert len(parts) == 0 or all(p.labels.size == 0 for p in parts[:-1])
-    acc2 = BandAccumulator(2, 32, 96, 64, kind="hann", keep_probs=True)
+    acc2 = StripAccumulator(2, 32, 96, 64, kind="hann", keep_probs=True)
     for col, probs in ((0, left), (32, right)):
         list(acc2.add(0, col, probs, None))
     (rows,) = list(acc2.finish(32))
@@ -239,10 +239,10 @@ def test_accumulator_matches_a_whole_scene_blend(
 ) -> None:
     """Random window probabilities and nodata holes, blended band by band (ring buffer wrapping, finished rows
     arg-maxed in column blocks) equal the whole-scene weighted mean and its first arg-max."""
-    monkeypatch.setattr(BandAccumulator, "COLUMN_BLOCK", block)
+    monkeypatch.setattr(StripAccumulator, "COLUMN_BLOCK", block)
     rng = np.random.default_rng(height)
     classes = 4
-    acc = BandAccumulator(classes, height, width, size, keep_probs=True)
+    acc = StripAccumulator(classes, height, width, size, keep_probs=True)
     sums = np.zeros((classes, height, width), np.float64)
     weights = np.zeros((height, width), np.float64)
     parts = []
@@ -275,7 +275,7 @@ def test_first_argmax_matches_torch_argmax_with_ties() -> None:
 
 
 def test_accumulator_holds_one_band_of_rows() -> None:
-    acc = BandAccumulator(6, 100_000, 3_000, 256)
+    acc = StripAccumulator(6, 100_000, 3_000, 256)
     assert tuple(acc.sums.shape) == (6, 256, 3_000) and tuple(acc.weights.shape) == (256, 3_000)
 
 

@@ -21,13 +21,13 @@ from rasterio.windows import Window
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference import CRFSettings, predict_scene
-from rs_deeplab.inference.band_reader import BandReader
-from rs_deeplab.inference.blending import BandAccumulator, FinishedRows, quantise_probs, quantise_probs_torch
+from rs_deeplab.inference.blending import FinishedRows, StripAccumulator, quantise_probs, quantise_probs_torch
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import Normaliser, Predictor
 from rs_deeplab.inference.reader import WindowReader, scene_info, transport_dtype
 from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
 from rs_deeplab.inference.streams import OrderedWorker
+from rs_deeplab.inference.strip_reader import StripReader
 from rs_deeplab.raster import open_raster, quiet_georeferencing
 from tests.conftest import DEFAULT_TRANSFORM
 from tests.inference.test_inference import NAMES, Oracle, blobs, labelled_scene
@@ -213,9 +213,9 @@ def test_bands_in_any_order_equal_direct_reads(tmp_path: Path, threads: int) -> 
     info = scene_info(path)
     rng = np.random.default_rng(threads)
     offs = [int(o) for o in rng.integers(0, info.height - 10, 25)] + [0, 20, 40, 40, 60, 10, 130]
-    with BandReader(info, [3, 1], 64, threads) as source, rasterio.open(path) as src:
+    with StripReader(info, [3, 1], 64, threads) as source, rasterio.open(path) as src:
         for i, off in enumerate(offs):
-            data, valid = source.band(off, offs[i + 1] if i + 1 < len(offs) else None)
+            data, valid = source.strip(off, offs[i + 1] if i + 1 < len(offs) else None)
             rows = min(64, info.height - off)
             direct = src.read([3, 1], window=Window(0, off, info.width, rows))
             ok = np.isfinite(direct).all(0) & (~np.isnan(direct)).any(0)
@@ -296,7 +296,7 @@ def test_quantised_probabilities_equal_the_writers_old_quantisation(device: str)
 
 def test_accumulator_quantises_on_the_device_like_the_host() -> None:
     rng = torch.Generator().manual_seed(0)
-    kept, quant = (BandAccumulator(4, 90, 70, 32, keep_probs=True, quantise=q) for q in (False, True))
+    kept, quant = (StripAccumulator(4, 90, 70, 32, keep_probs=True, quantise=q) for q in (False, True))
     rows: dict[bool, list[FinishedRows]] = {False: [], True: []}
     for r in axis_offsets(90, 32, 20):
         for c in axis_offsets(70, 32, 20):

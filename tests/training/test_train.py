@@ -15,7 +15,7 @@ from pipelines import train as train_cli
 from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.training.checkpoint import load_checkpoint
-from rs_deeplab.training.engine import build_optimizer, build_scheduler, poly_factor, step_factor
+from rs_deeplab.training.engine import build_lr_schedule, build_optimizer, poly_factor, step_factor
 from tests.killkit import kill_after_checkpoint
 from tests.trainkit import REPO, make_tiles, write_config
 
@@ -47,7 +47,7 @@ def test_step_schedule_of_deeplab_v1() -> None:
     )
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.001}, {"params": [model.bias], "lr": 0.01}], lr=0.001)
-    sched = build_scheduler(opt, iterations=6000, policy="step", step_size=2000, gamma=0.1)
+    sched = build_lr_schedule(opt, iterations=6000, policy="step", step_size=2000, gamma=0.1)
     lrs = []
     for _ in range(4500):
         lrs.append([g["lr"] for g in opt.param_groups])

@@ -6,7 +6,7 @@ import torch
 
 from rs_deeplab.training.datasets.sampling import IterationBatchSampler, pad_collate
 from rs_deeplab.training.transforms import (
-    BandStats,
+    ChannelStats,
     EvalTransform,
     TrainTransform,
     compute_band_stats,
@@ -30,7 +30,7 @@ def scene(rng: np.random.Generator, bands: int = 4, dtype: type = np.uint8, size
 @pytest.mark.parametrize(("bands", "dtype"), [(3, np.uint8), (4, np.uint8), (5, np.uint16), (1, np.uint16)])
 def test_train_transform_any_band_count_and_dtype(rng: np.random.Generator, bands: int, dtype: type) -> None:
     image, mask = scene(rng, bands, dtype)
-    stats = BandStats(tuple(image.reshape(bands, -1).mean(1)), tuple(image.reshape(bands, -1).std(1)))
+    stats = ChannelStats(tuple(image.reshape(bands, -1).mean(1)), tuple(image.reshape(bands, -1).std(1)))
     tf = TrainTransform(crop_size=64, stats=stats, scale_range=(0.5, 2.0), flips="aerial")
     img, msk = tf(image, mask, seed=7)
     assert img.shape == (bands, 64, 64) and img.dtype == torch.float32
@@ -92,14 +92,14 @@ def test_random_crop_prefers_mixed_crops() -> None:
 
 def test_eval_transform_keeps_size(rng: np.random.Generator) -> None:
     image, mask = scene(rng)
-    img, _ = EvalTransform(BandStats((1.0,) * 4, (2.0,) * 4))(image, mask)
+    img, _ = EvalTransform(ChannelStats((1.0,) * 4, (2.0,) * 4))(image, mask)
     assert img.shape == (4, 96, 120)
     assert torch.allclose(img[:, 5, 5], (torch.from_numpy(image[:, 5, 5]).float() - 1) / 2)
 
 
 def test_normalize_band_mismatch(rng: np.random.Generator) -> None:
     with pytest.raises(ValueError, match="for 3 bands, the image has 4"):
-        normalize(np.zeros((2, 2, 4)), BandStats((0.0,) * 3, (1.0,) * 3))
+        normalize(np.zeros((2, 2, 4)), ChannelStats((0.0,) * 3, (1.0,) * 3))
 
 
 def test_band_stats_skip_nodata(make_raster: RasterFactory, rng: np.random.Generator) -> None:
@@ -181,6 +181,6 @@ def test_train_transform_photometric_modes(rng: np.random.Generator, mode: str) 
         assert torch.equal(plain(image, mask, seed)[1], jittered(image, mask, seed)[1])
 
 
-def compute_band_stats_from(image: np.ndarray) -> BandStats:
+def compute_band_stats_from(image: np.ndarray) -> ChannelStats:
     flat = image.reshape(image.shape[0], -1).astype(np.float64)
-    return BandStats(mean=tuple(flat.mean(1)), std=tuple(flat.std(1) + 1e-6))
+    return ChannelStats(mean=tuple(flat.mean(1)), std=tuple(flat.std(1) + 1e-6))

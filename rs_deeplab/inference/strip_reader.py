@@ -1,11 +1,11 @@
-"""Read a sliding band of scene rows: each row is read and decoded once, in chunks on a small thread pool.
+"""Read a sliding strip of scene rows: each row is read and decoded once, in chunks on a small thread pool.
 
-Consecutive window rows overlap by ``size - stride`` scene rows. :class:`BandReader` keeps the previous band and
-reads only the rows the next one adds (any order of window rows works: a band that does not overlap the previous
+Consecutive window rows overlap by ``size - stride`` scene rows. :class:`StripReader` keeps the previous strip
+and reads only the rows the next one adds (any order of window rows works: a strip that does not overlap the previous
 one is read whole). The new rows are split into chunks along GeoTIFF block boundaries (columns of a tiled file,
 rows of a striped one) and read by up to ``threads`` threads; GDAL releases the GIL while it decodes, and each
 thread opens its own dataset (a GDAL dataset must never be used by two threads at once). With more than one
-thread, the next band is read in the background while the caller cuts windows from the current one. Formats
+thread, the next strip is read in the background while the caller cuts windows from the current one. Formats
 that decode from the top (PNG, JPEG) are read whole-row by one thread, in order.
 """
 
@@ -35,8 +35,8 @@ def default_read_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-class BandReader:
-    """Bands of ``size`` scene rows (all columns, the chosen bands) in the scene's dtype, plus their valid mask.
+class StripReader:
+    """Strips of ``size`` scene rows (all columns, the chosen raster bands) in the scene's dtype, plus their valid mask.
 
     Non-finite values of a float scene are set to 0 and counted as invalid, as are nodata pixels (every band equal
     to the nodata value, NaN included) and pixels outside an internal dataset mask. Use as a context manager (it
@@ -66,7 +66,7 @@ class BandReader:
         self._random_access = first.driver == "GTiff" or self._block[1] < info.width
         """Whether rows can be read in any order cheaply (not PNG or JPEG: those decode from the top)."""
 
-    def __enter__(self) -> BandReader:
+    def __enter__(self) -> StripReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -93,19 +93,19 @@ class BandReader:
                 self._opened.append(ds)
         return ds
 
-    def band(self, row_off: int, next_off: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def strip(self, row_off: int, next_off: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(bands, rows, width)`` raw rows ``row_off ..`` (at most ``size``) and their valid mask (None: all valid).
 
-        With more than one thread, ``next_off`` (the band asked for next) is read in the background while the
+        With more than one thread, ``next_off`` (the strip asked for next) is read in the background while the
         caller works on this one. The arrays are buffers reused by the next call: copy what must live longer.
         """
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] != row_off:
-            ahead[1].result()  # a different band came next: finish the read in flight, then read this one
+            ahead[1].result()  # a different strip came next: finish the read in flight, then read this one
             ahead = None
         if ahead is not None:
             got = ahead[1].result()
-        elif self._pool is not None:  # bands are assembled on one thread: a PNG is decoded by one dataset, in order
+        elif self._pool is not None:  # strips are assembled on one thread: a PNG is decoded by one dataset, in order
             got = self._pool.submit(self._assemble, row_off).result()
         else:
             got = self._assemble(row_off)
@@ -114,7 +114,7 @@ class BandReader:
         return got
 
     def _assemble(self, row_off: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Build band ``row_off`` in the spare buffer from the overlap of the current one and the new rows."""
+        """Build strip ``row_off`` in the spare buffer from the overlap of the current one and the new rows."""
         rows = min(self.size, self.info.height - row_off)
         keep = 0
         if self._current >= 0 and self._off <= row_off < self._off + self._held:
