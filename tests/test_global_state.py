@@ -196,3 +196,22 @@ def test_concurrent_scoped_warning_filters_leave_the_filters_as_they_were() -> N
     for t in threads:
         t.join()
     assert warnings.filters == before
+
+
+ALBUMENTATIONS = """
+import json, os, urllib.request
+
+asked = []
+urllib.request.OpenerDirector.open = lambda self, *a, **k: asked.append(str(a[:1])) or (_ for _ in ()).throw(OSError())
+import rs_deeplab.training.transforms  # noqa: F401 - imports albumentations
+print(json.dumps({"env": os.environ.get("NO_ALBUMENTATIONS_UPDATE"), "asked": asked}))
+"""
+
+
+def test_importing_the_transforms_neither_phones_home_nor_leaves_an_environment_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-c", ALBUMENTATIONS], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"env": None, "asked": []}  # no PyPI request at import, and the variable was only set for it

@@ -6,14 +6,12 @@ workers or processes, and a resumed run sees exactly the samples the interrupted
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks PyPI for updates at import otherwise
-
-import albumentations as A
 import cv2
 import numpy as np
 import rasterio
@@ -23,6 +21,26 @@ from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.errors import InputError
 from rs_deeplab.raster import open_raster
 from rs_deeplab.training.datasets.base import read_failure
+
+NO_UPDATE_CHECK = "NO_ALBUMENTATIONS_UPDATE"
+"""albumentations asks PyPI for a newer version when it is imported unless this variable is ``1``."""
+
+
+@contextlib.contextmanager
+def _no_update_check() -> Iterator[None]:
+    """Set :data:`NO_UPDATE_CHECK` for the import only (a value the caller set stays), then restore the environment."""
+    previous = os.environ.get(NO_UPDATE_CHECK)
+    if previous is None:
+        os.environ[NO_UPDATE_CHECK] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(NO_UPDATE_CHECK, None)
+
+
+with _no_update_check():
+    import albumentations as A
 
 FlipMode = Literal["aerial", "horizontal", "none"]
 PhotometricMode = Literal["bands", "rgb", "none"]

@@ -132,7 +132,9 @@ def limit_worker_threads(worker_id: int) -> None:
     """``worker_init_fn`` of the training loaders: one OpenCV and one torch thread per DataLoader worker.
 
     Each worker process otherwise starts a thread pool as wide as the machine, so ``num_workers`` workers on a
-    GPU host run ``num_workers × cores`` threads that fight over the cores the GPU's feed needs.
+    GPU host run ``num_workers × cores`` threads that fight over the cores the GPU's feed needs. It changes the
+    worker process's own settings only (the loader runs it there, see :func:`loader_options`); the trainer's process
+    keeps its own.
     """
     import cv2
 
