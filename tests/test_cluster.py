@@ -1,0 +1,39 @@
+"""The shared Dask plumbing: option checks, scoped quieting, in-process runs (the tuning plugin: test_global_state)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rs_deeplab.cluster import DASK_LOGGERS, check_cluster_options, default_workers, open_cluster, quiet_dask
+from rs_deeplab.errors import InputError
+
+
+def test_options_are_checked_before_anything_starts() -> None:
+    check_cluster_options(2, "tcp://10.0.0.5:8786")
+    check_cluster_options(None, None)
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(InputError, match="--workers must be a whole number of at least 1"):
+            check_cluster_options(bad, None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"scheduler address '10.0.0.5:8786' is not like tcp://host:8786"):
+        check_cluster_options(None, "10.0.0.5:8786")
+
+
+def test_quieting_is_scoped_and_restored_after_an_error() -> None:
+    loggers = [logging.getLogger(n) for n in DASK_LOGGERS]
+    before = [lg.level for lg in loggers]
+    loggers[0].setLevel(logging.INFO)  # a caller's own choice
+    try:
+        with pytest.raises(RuntimeError), quiet_dask():
+            assert all(lg.level == logging.CRITICAL for lg in loggers)
+            raise RuntimeError("a task failed")
+        assert loggers[0].level == logging.INFO and [lg.level for lg in loggers[1:]] == before[1:]
+    finally:
+        loggers[0].setLevel(before[0])
+
+
+def test_one_worker_runs_in_this_process_without_dask() -> None:
+    with open_cluster(1) as cluster:
+        assert (cluster.client, cluster.workers, cluster.description) == (None, 1, "this process (1 worker)")
+    assert default_workers() >= 1
