@@ -138,7 +138,7 @@ def predict_scene(
 
     Softmax probabilities of windows ``size`` pixels wide, every ``stride`` pixels, are blended with a smooth
     window (flat at the scene border) and arg-maxed; pixels where the scene is nodata get 255. Memory holds one
-    band of ``size`` rows, whatever the scene's height; rows are written as they are finished. Reading and
+    strip of ``size`` rows, whatever the scene's height; rows are written as they are finished. Reading and
     writing run in background threads while the model works. A module given as an object is never moved, reset
     or switched to eval mode: a copy runs where it would be.
 
@@ -163,7 +163,7 @@ def predict_scene(
         probs_path: Also write per-class probabilities (uint8, 0-255) there.
         cog: Write Cloud-Optimized GeoTIFFs.
         device: ``auto`` (a GPU when one is visible), ``cpu``, ``cuda`` or ``cuda:N``; with ``scheduler`` every
-            worker decides for itself (see :func:`~rs_deeplab.inference.dask_runner.worker_device`).
+            worker decides for itself (:func:`rs_deeplab.devices.resolve_device` for its own GPUs).
         amp: ``auto`` (bf16 where the GPU has it, else fp16), ``bf16``, ``fp16`` or ``none``; the CPU runs float32.
         channels_last: channels_last memory format on CUDA.
         resume: Continue an interrupted run of the same settings from its last finished rows, and skip an output
