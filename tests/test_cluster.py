@@ -37,3 +37,20 @@ def test_one_worker_runs_in_this_process_without_dask() -> None:
     with open_cluster(1) as cluster:
         assert (cluster.client, cluster.workers, cluster.description) == (None, 1, "this process (1 worker)")
     assert default_workers() >= 1
+
+
+def test_inference_and_training_reach_dask_through_cluster_not_through_the_tiler() -> None:
+    """The generic Dask part is shared: inference and training import nothing of rs_deeplab.tiling."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "rs_deeplab"
+    found = []
+    for stage in ("inference", "training"):
+        for path in sorted((package / stage).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                found += [f"{path.relative_to(package)}: {n}" for n in names if n.startswith("rs_deeplab.tiling")]
+    assert found == []
