@@ -1,5 +1,6 @@
 """docs/architecture.md against the code: the paths it names exist, its import table covers every package and the
-code keeps to it (checked statically with ``ast``), and the torch-free stages load no torch in a real run."""
+code keeps to it (checked statically with ``ast``), and the torch-free stages (tiling, vectorizing, scoring,
+the sample generator) load no torch in a real run."""
 
 from __future__ import annotations
 
@@ -286,4 +287,12 @@ def test_scene_scoring_loads_no_torch(make_raster: RasterFactory, tmp_path: Path
     names, run = loaded_modules([*args, "--scheme", "potsdam", "--out", str(tmp_path / "report")], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "mIoU" in run.stdout and "rs_deeplab.evaluation.scenes" in names
+    assert not torch_stack(names)
+
+
+def test_sample_generator_loads_no_torch(tmp_path: Path) -> None:
+    args = ["-m", "rs_deeplab.sample", "potsdam", str(tmp_path / "potsdam"), "--ids", "2_13", "--size", "96"]
+    names, run = loaded_modules(args, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list((tmp_path / "potsdam" / "5_Labels_all").glob("*.tif")) and "rs_deeplab.sample.isprs" in names
     assert not torch_stack(names)
