@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ CHECKPOINT_FIX = "pass a checkpoint written by pipelines/train.py (runs/<name>/b
 EXPORT_FIX = "export the checkpoint again with pipelines/export.py"
 CARD_KEYS = ("config", "class_names", "band_stats")
 """What a checkpoint must hold to describe its model (besides the optional colours, GSD, band names)."""
+
+UNSAFE = "Unsupported global: GLOBAL "
+"""How ``torch.load(weights_only=True)`` names a pickled object it refuses."""
 
 Colour = tuple[int, int, int, int]
 
@@ -288,8 +292,10 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch
     try:
         state = _safe_load(p, map_location)
     except pickle.UnpicklingError as exc:
-        found = str(exc).split("Unsupported global: GLOBAL ", 1)[-1].split(" ", 1)[0] if "GLOBAL" in str(exc) else ""
-        raise CheckpointError(f"{p}: holds objects other than tensors and plain data{f' ({found})' if found else ''}, "
+        if UNSAFE not in str(exc):  # a damaged pickle stream
+            raise CheckpointError(f"{p}: not a readable checkpoint (UnpicklingError); it may be truncated") from None
+        found = str(exc).split(UNSAFE, 1)[1].split(" ", 1)[0]
+        raise CheckpointError(f"{p}: holds objects other than tensors and plain data ({found}), "
                               "which are not loaded (they could run code); retrain, or re-save it with torch.save "
                               "holding only tensors, numbers, strings, lists and dicts") from None  # fmt: skip
     except Exception as exc:  # torch raises many types for truncated or foreign files
@@ -300,11 +306,15 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch
 
 
 def _safe_load(path: Path, map_location: str | torch.device) -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        with torch.serialization.safe_globals(_legacy_globals()):  # a checkpoint of an earlier version
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign file: our own error follows
+        try:
             return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if UNSAFE not in str(exc):
+                raise
+            with torch.serialization.safe_globals(_legacy_globals()):  # a checkpoint of an earlier version
+                return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def card_from_state(path: Path, state: Mapping[str, Any]) -> ModelCard:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 from affine import Affine
 
@@ -64,3 +65,24 @@ def write_config(path: Path, tiles: Path, work_dir: Path, **sections: dict[str, 
         cfg.setdefault(key, {}).update(values)
     path.write_text(yaml.safe_dump({"work_dir": str(work_dir), **cfg}))
     return path
+
+
+def train_tiny(folder: Path) -> Path:
+    """A real checkpoint trained for 4 iterations on :func:`make_tiles` (9 validation crops of 64 px); its config
+    names ``folder/val.tif`` as the held-out scene and infers with 64-pixel windows every 32 pixels."""
+    from rs_deeplab.config import load_config
+    from rs_deeplab.training.experiment import train_experiment
+
+    tiles = make_tiles(folder)
+    infer = {"size": 64, "stride": 32, "batch_size": 4, "scenes": [str(folder / "val.tif")]}
+    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4},
+                       train={"eval_every": 4, "checkpoint_every": 4, "log_every": 2}, infer=infer)  # fmt: skip
+    result = train_experiment(load_config(cfg))
+    assert result.best is not None
+    return result.best
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`train_tiny`'s ``best.pt``, once per test module (import this fixture into the module)."""
+    return train_tiny(tmp_path_factory.mktemp("trained"))

@@ -1,7 +1,9 @@
 """Sliding-window inference over whole scenes: window batches, blended probabilities, streamed writes, CRF.
 
-Public API: :func:`predict_scene` (any ``torch.nn.Module`` or a :class:`TrainedModel` checkpoint), with
-:class:`TTA` and :class:`CRFSettings`; :func:`infer_scenes` is what ``pipelines/infer.py`` calls.
+Public API: :func:`predict_scene` (any ``torch.nn.Module``, a :class:`TrainedModel` checkpoint or exported model, or
+a :class:`LoadedModel` read once for many scenes), with :class:`TTA` and :class:`CRFSettings`; :func:`infer_scenes`
+is what ``pipelines/infer.py`` calls. What a trained model needs besides its weights is its
+:class:`~rs_deeplab.modelcard.ModelCard`. This package never imports :mod:`rs_deeplab.training`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from rs_deeplab.inference.pipeline import InferOptions, InferResult, infer_scene
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, predict_scene
-from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
+from rs_deeplab.inference.trained import LoadedModel, TrainedModel, newest_checkpoint
 
 __all__ = [
     "TTA",
     "CRFSettings",
     "InferOptions",
     "InferResult",
+    "LoadedModel",
     "SceneResult",
     "TrainedModel",
     "infer_scenes",

@@ -14,17 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from rs_deeplab.config import load_config
 from rs_deeplab.errors import InputError
 from rs_deeplab.evaluation.metrics import scores
 from rs_deeplab.inference import crf_grid as grid
 from rs_deeplab.inference import crf_search as cs
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.pipeline import InferOptions, _crf_params
-from rs_deeplab.training.experiment import train_experiment
+from tests import trainkit
 from tests.badkit import ENV, check_one_line, listing, run_in, run_table
 from tests.daskkit import dask_cluster
-from tests.trainkit import BASE, REPO, blob_scene, make_tiles, write_config
+from tests.trainkit import BASE, REPO, blob_scene
+
+trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture)
 
 SEARCH = [sys.executable, str(REPO / "pipelines" / "crf_search.py")]
 INFER = [sys.executable, str(REPO / "pipelines" / "infer.py")]
@@ -145,19 +146,6 @@ def test_the_default_kernels_are_kept_where_they_beat_the_grid(
     assert "Widen the grid" in caplog.text and "without --crf may do better" in caplog.text
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny checkpoint (4 iterations) with 9 validation crops of 64 px."""
-    folder = tmp_path_factory.mktemp("trained")
-    tiles = make_tiles(folder)
-    infer = {"size": 64, "stride": 32, "batch_size": 4, "scenes": [str(folder / "val.tif")]}
-    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4},
-                       train={"eval_every": 4, "checkpoint_every": 4, "log_every": 2}, infer=infer)  # fmt: skip
-    result = train_experiment(load_config(cfg))
-    assert result.best is not None
-    return result.best
-
-
 GRID = ["--w1", "3:4", "--sxy", "30:40:10", "--srgb", "3", "--iterations", "2", "--images", "3", "--workers", "1"]
 
 
@@ -205,7 +193,7 @@ def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path:
 
 
 def _missing_root(world: dict[str, Path], folder: Path) -> list[str]:
-    state = torch.load(world["ckpt"], map_location="cpu", weights_only=False)
+    state = torch.load(world["ckpt"], map_location="cpu", weights_only=True)
     state["config"]["data"]["root"] = str(folder / "gone" / "tiles")
     torch.save(state, folder / "moved.pt")
     return [str(folder / "moved.pt"), *GRID]

@@ -19,32 +19,20 @@ import rasterio
 import torch
 
 from pipelines.infer import main
-from rs_deeplab.config import load_config
 from rs_deeplab.inference.scene import predict_scene
 from rs_deeplab.inference.trained import TrainedModel
 from rs_deeplab.inference.writer import sidecar_path
 from rs_deeplab.raster import write_geotiff
-from rs_deeplab.training.experiment import train_experiment
 from rs_deeplab.vectorize import read_class_names
+from tests import trainkit
 from tests.daskkit import ROOT, subprocess_env
 from tests.daskkit import dask_cluster as start_dask_cluster
-from tests.trainkit import blob_scene, make_tiles, write_config
+from tests.trainkit import blob_scene
+
+trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture)
 
 TRANSFORM = rasterio.Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
 INFER = [sys.executable, str(ROOT / "pipelines" / "infer.py")]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint trained for a few iterations; its config names ``val.tif`` as the held-out scene."""
-    folder = tmp_path_factory.mktemp("trained")
-    tiles = make_tiles(folder)
-    infer = {"size": 64, "stride": 32, "batch_size": 4, "scenes": [str(folder / "val.tif")]}
-    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4},
-                       train={"eval_every": 4, "checkpoint_every": 4, "log_every": 2}, infer=infer)  # fmt: skip
-    result = train_experiment(load_config(cfg))
-    assert result.best is not None
-    return result.best
 
 
 @pytest.fixture
@@ -128,7 +116,7 @@ def test_config_infer_output_stride_is_the_default(workspace: Path, tmp_path: Pa
     assert main([str(a), "--out", "os8.tif", "--output-stride", "8"]) == 0
     assert main([str(a), "--out", "os16.tif"]) == 0
     best = workspace / "runs" / "tiny" / "best.pt"
-    state = torch.load(best, map_location="cpu", weights_only=False)
+    state = torch.load(best, map_location="cpu", weights_only=True)
     assert state["config"]["model"]["output_stride"] == 16
     state["config"]["infer"]["output_stride"] = 8
     torch.save(state, best)
