@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -101,10 +105,20 @@ def test_library_never_imports_pipelines() -> None:
         assert not re.search(r"^\s*(from|import)\s+pipelines", path.read_text(), flags=re.M), path
 
 
-def test_pipelines_expose_main() -> None:
-    scripts = sorted((REPO / "pipelines").glob("*.py"))
-    assert scripts
-    for script in scripts:
-        text = script.read_text()
-        assert re.search(r"^def main\(argv: Sequence\[str\] \| None = None\) -> int:", text, flags=re.M), script
-        assert 'if __name__ == "__main__":' in text, script
+SCRIPTS = sorted(p.stem for p in (REPO / "pipelines").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_has_main_and_runs_as_a_script(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each script's ``main(argv)`` answers --help in-process, and ``python pipelines/<name>.py --help`` runs it."""
+    module = importlib.import_module(f"pipelines.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    in_process = capsys.readouterr().out
+    assert in_process.startswith("usage:") and f"{name}.py" in in_process.splitlines()[0], in_process
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = REPO / "pipelines" / f"{name}.py"
+    done = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == in_process
