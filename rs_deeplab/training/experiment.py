@@ -253,6 +253,7 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
     device = pick_device(cfg.train.device, option="train.device")  # cuda:LOCAL_RANK, checked against the GPUs
     amp = pick_amp(cfg.train.amp, device, option="train.amp")
     init_distributed(env, device)  # binds the GPU first, then joins the group on it
+    cudnn_benchmark = torch.backends.cudnn.benchmark  # a GPU run turns it on; the caller gets its own value back
     try:
         _resolve_weights_first(cfg, env)
         if not env.is_main:
@@ -261,6 +262,7 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
         with removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"):
             return _train(cfg, env, device, amp)
     finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         shutdown_distributed()
 
 
