@@ -32,9 +32,9 @@ from rasterio.windows import Window
 from rs_deeplab.classes import SCHEMES
 from rs_deeplab.cluster import default_workers
 from rs_deeplab.grid import window_grid
+from rs_deeplab.label_decoding import decode_label
 from rs_deeplab.raster import geotiff_profile
 from rs_deeplab.tiling.crops import crop_profiles
-from rs_deeplab.tiling.labels import decode_label
 from rs_deeplab.tiling.tiler import DEFAULT_COMPRESS, SceneSpec, tile_scenes
 
 SCHEME = SCHEMES["potsdam"]

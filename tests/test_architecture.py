@@ -221,8 +221,10 @@ def test_the_static_check_sees_lazy_relative_and_forbidden_imports() -> None:
     assert found == ["rs_deeplab.tiling.crops", "rs_deeplab.raster", *forbidden]
     problems = file_violations(probe, import_table(), source)
     assert [p.split(" imports ")[1].split(":")[0] for p in problems] == forbidden
-    clean = "from rs_deeplab.raster import open_raster\nfrom rs_deeplab.tiling.labels import decode_label\n"
+    clean = "from rs_deeplab.raster import open_raster\nfrom rs_deeplab.label_decoding import decode_label\n"
     assert file_violations(PACKAGE / "evaluation" / "probe.py", import_table(), clean) == []
+    other_stage = "from rs_deeplab.tiling.labels import read_labels\n"  # evaluation needs no tiler
+    assert len(file_violations(PACKAGE / "evaluation" / "probe.py", import_table(), other_stage)) == 1
 
 
 # --- boundaries in real processes -------------------------------------------------------------------------------

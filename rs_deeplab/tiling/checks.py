@@ -121,7 +121,7 @@ def outside_scheme(raw: np.ndarray, scheme: ClassScheme | None) -> np.ndarray:
     Known ignore values: 255; black in colour schemes (ISPRS boundaries) unless it is a class colour; 0 in LoveDA
     (no-data); Cityscapes ids without a train id.
     """
-    from rs_deeplab.tiling.labels import decode_label
+    from rs_deeplab.label_decoding import decode_label
 
     ids = decode_label(raw, scheme)
     if raw.shape[0] >= 3:
