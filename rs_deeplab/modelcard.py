@@ -14,6 +14,7 @@ albumentations.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -369,8 +370,6 @@ def card_from_metadata(path: Path, text: str | None, what: str = "rs_deeplab") -
     Raises:
         CheckpointError: No card (not written by ``pipelines/export.py``), damaged, or of a newer format.
     """
-    import json
-
     if not text:
         raise CheckpointError(f"{path}: has no {what} metadata (bands, statistics, classes), so it was not "
                               "exported by this project; export a checkpoint with python pipelines/export.py "
