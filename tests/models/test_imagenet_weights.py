@@ -230,7 +230,7 @@ def test_train_cli_reads_the_cached_file(tmp_path: Path, tiles: Path, hub: Path,
     cache(hub, R18_FILE, r18_state)
     proc = train(imagenet_config(tmp_path, tiles))
     assert proc.returncode == 0, proc.stderr
-    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["model"]
     torch.testing.assert_close(state["encoder.layer3.0.conv1.weight"], r18_state["layer3.0.conv1.weight"])
     conv1 = state["encoder.conv1.weight"]  # the tiles have 4 bands
     torch.testing.assert_close(conv1[:, 3], r18_state["conv1.weight"].mean(dim=1))

@@ -85,7 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["text_pt"] = inputs / "notes.pt"
     w["text_pt"].write_text("this is not a checkpoint\n")
     w["cut_pt"] = truncated(result.best, inputs / "cut.pt", 0.3)
-    state = torch.load(result.best, map_location="cpu", weights_only=False)
+    state = torch.load(result.best, map_location="cpu", weights_only=True)
     state["config"]["model"]["backbone"] = "resnet34"  # another architecture than the weights
     w["arch_pt"] = inputs / "arch.pt"
     torch.save(state, w["arch_pt"])

@@ -61,7 +61,7 @@ def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
     }
     names = [n for n in classes.sort_values("class_id").name if n != "ignore"]
     assert "building" in names
-    state = torch.load(tmp_path / "runs" / "own_data" / "best.pt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "runs" / "own_data" / "best.pt", map_location="cpu", weights_only=True)
     assert state["class_names"] == names and state["gsd"] == pytest.approx(0.15)
     assert state["band_names"] == ["red", "green", "blue", "nir"]  # the scenes' band descriptions
     assert (tmp_path / "my_eval" / "val_scores.json").is_file()

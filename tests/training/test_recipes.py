@@ -158,7 +158,7 @@ def test_potsdam_recipe_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
              "train.log_every=1", f"work_dir={tmp_path / 'run'}"]  # fmt: skip
     cfg = load_config(CONFIGS / "potsdam_r18.yaml", small)
     result = train_experiment(cfg)
-    state = torch.load(result.last, map_location="cpu", weights_only=False)
+    state = torch.load(result.last, map_location="cpu", weights_only=True)
     recipe = BY_CONFIG["potsdam_r18.yaml"]
     saved = ExperimentConfig.model_validate(state["config"])
     differing = {m.split(":")[0] for m in mismatches(recipe, saved)}

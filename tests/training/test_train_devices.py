@@ -197,7 +197,7 @@ def test_checkpoint_saved_on_gpu_works_on_a_cpu_machine(
     for name in ("last.pt", "best.pt"):
         _as_saved_on_gpu(tmp_path / "run" / name, gpu_tagged_saves)
     with pytest.raises(RuntimeError, match="CUDA"):  # the files really are GPU checkpoints
-        torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+        torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     model, _ = load_trained_model(tmp_path / "run" / "best.pt", torch.device("cpu"))  # inference's loader
     assert next(model.parameters()).device.type == "cpu"
     assert evaluate_cli.main([str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "eval")]) == 0
