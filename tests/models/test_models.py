@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import math
 import typing
 from typing import Any
@@ -15,11 +14,15 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
-from rs_deeplab.config import ModelConfig
+from rs_deeplab.config import ExperimentConfig, ModelConfig, config_to_dict
 from rs_deeplab.errors import InputError
+from rs_deeplab.inference.trained import build_from_card
+from rs_deeplab.modelcard import card_from_training
 from rs_deeplab.models import MODELS, DeepLabBase, SegOutput, build_model, param_groups, set_output_stride
 from rs_deeplab.models.deeplab_v3 import MULTI_GRID
 from rs_deeplab.models.stride import dilate_resnet
+from rs_deeplab.training.distributed import DistEnv
+from rs_deeplab.training.experiment import _build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -244,10 +247,29 @@ class TestContract:
 # ---- builder: names, defaults, bad combinations ---------------------------------------------------------------
 
 
-def test_build_model_takes_every_architecture_key_of_the_config() -> None:
-    # every caller (training, checkpoint loading, export, benchmarks) rebuilds the same model from these keys
-    keys = set(ModelConfig.model_fields) - {"dropout", "msc_weight"}  # applied after building / a loss weight
-    assert keys <= set(inspect.signature(build_model).parameters)
+ARCHITECTURE_AWAY_FROM_DEFAULTS = {"name": "deeplabv3", "backbone": "resnet18", "output_stride": 16, "head": "mmseg",
+                                   "aux_weight": 0.25, "msc": [1.0, 0.5]}  # fmt: skip
+"""Every key of the config's ``model`` section that shapes the network, each set away from its default."""
+
+
+def test_training_and_a_model_card_build_the_same_network_from_every_architecture_key() -> None:
+    # training builds from the config; inference, export and Dask workers build from the checkpoint's card
+    not_architecture = {"dropout", "weights", "msc_weight"}  # set after building, initial weights, a loss weight
+    assert set(ModelConfig.model_fields) - not_architecture == set(ARCHITECTURE_AWAY_FROM_DEFAULTS)
+    default = ModelConfig()
+    assert all(getattr(default, k) != v for k, v in ARCHITECTURE_AWAY_FROM_DEFAULTS.items())
+    cfg = ExperimentConfig(model=ModelConfig(**ARCHITECTURE_AWAY_FROM_DEFAULTS))
+    torch.manual_seed(0)
+    trained, _ = _build_model(cfg, 5, 4, torch.device("cpu"), DistEnv())
+    card = card_from_training(config_to_dict(cfg), [f"c{i}" for i in range(5)], {"mean": [0.0] * 4, "std": [1.0] * 4})
+    rebuilt = build_from_card(card)
+    assert isinstance(trained, DeepLabBase) and isinstance(rebuilt, DeepLabBase)
+    assert (rebuilt.output_stride, rebuilt.has_aux, rebuilt.aux_weight) == (16, True, 0.25)
+    assert tuple(rebuilt.msc_scales or ()) == tuple(trained.msc_scales or ()) == (1.0, 0.5)
+    rebuilt.load_state_dict(trained.state_dict(), strict=True)  # the same parameters and buffers, shape by shape
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), trained.eval()(x))
 
 
 def test_config_choices_match_models() -> None:
