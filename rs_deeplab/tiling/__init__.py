@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.presets import find_scenes, tile_preset
-from rs_deeplab.tiling.tiler import SceneSpec, TileSummary, tile_scenes
+from rs_deeplab.tiling.scenes import SceneSpec
+from rs_deeplab.tiling.tiler import TileSummary, tile_scenes
 
 __all__ = ["SceneSpec", "TileSummary", "find_scenes", "read_index", "tile_preset", "tile_scenes"]

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.tiling.archives import Entry, list_entries
-from rs_deeplab.tiling.tiler import SceneSpec, TileSummary, tile_scenes
+from rs_deeplab.tiling.scenes import SceneSpec
+from rs_deeplab.tiling.tiler import TileSummary, tile_scenes
 
 log = logging.getLogger("rs_deeplab.tiling.tiler")
 

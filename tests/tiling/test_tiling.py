@@ -236,31 +236,6 @@ def test_colour_labels_without_scheme_and_duplicate_names_are_refused(
     assert not (tmp_path / "out").exists()
 
 
-def test_default_workers_only_start_when_the_job_pays_for_them() -> None:
-    from rs_deeplab.cluster import default_workers
-    from rs_deeplab.tiling.tiler import PARALLEL_MIN_BYTES, choose_workers
-
-    assert choose_workers(None, None, PARALLEL_MIN_BYTES - 1) == 1
-    assert choose_workers(None, None, PARALLEL_MIN_BYTES) == default_workers()
-    assert choose_workers(3, None, 10) == 3  # asked for: always honoured
-    assert choose_workers(None, "tcp://127.0.0.1:8786", 10) is None  # an existing cluster decides
-
-
-def test_tasks_are_bands_of_rows_for_geotiff_and_whole_scenes_for_png(make_raster: RasterFactory) -> None:
-    from rs_deeplab.tiling.crops import CropSettings, SceneJob
-    from rs_deeplab.tiling.tiler import plan_tasks
-
-    settings = CropSettings("out", 64, 32, 0.0, None, None)
-    jobs = [SceneJob("tif", "a.tif", None, "train", 640, 100), SceneJob("png", "b.png", None, "train", 640, 100)]
-    rows = {j.key: [r for r in range(0, 577, 32)] for j in jobs}
-    tasks = plan_tasks(jobs, rows, {"tif": True, "png": False}, settings, workers=2)
-    tif = [t.rows for t in tasks if t.job.key == "tif"]
-    png = [t.rows for t in tasks if t.job.key == "png"]
-    assert png == [tuple(rows["png"])]
-    assert len(tif) > 1 and [r for chunk in tif for r in chunk] == rows["tif"]
-    assert all(t.crops == len(t.rows) * 3 for t in tasks)
-
-
 def test_scenes_in_different_crs_share_one_index_layer(make_raster: RasterFactory, tmp_path: Path) -> None:
     from rasterio.warp import transform_geom
 
