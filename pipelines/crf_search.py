@@ -45,7 +45,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the grid, search, print the ranked table and where the best setting was recorded."""
     from rs_deeplab.inference.crf_grid import make_grid, parse_range
-    from rs_deeplab.training.experiment import search_checkpoint_crf
+    from rs_deeplab.training.checkpoint_eval import search_checkpoint_crf
 
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)

@@ -89,7 +89,7 @@ def _score_scenes(args: argparse.Namespace) -> int:
 
 
 def _score_checkpoint(args: argparse.Namespace) -> int:
-    from rs_deeplab.training.experiment import evaluate_checkpoint
+    from rs_deeplab.training.checkpoint_eval import evaluate_checkpoint
 
     split = args.split or "val"
     out = args.out or args.checkpoint.parent

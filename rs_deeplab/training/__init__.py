@@ -6,6 +6,7 @@ Public API: :func:`train_experiment` (what ``pipelines/train.py`` calls) and its
 
 from __future__ import annotations
 
-from rs_deeplab.training.experiment import TrainResult, evaluate_checkpoint, train_experiment
+from rs_deeplab.training.checkpoint_eval import evaluate_checkpoint
+from rs_deeplab.training.experiment import TrainResult, train_experiment
 
 __all__ = ["TrainResult", "evaluate_checkpoint", "train_experiment"]

@@ -24,7 +24,6 @@ from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.gsd import rasters_gsd
-from rs_deeplab.modelcard import ModelCard, card_from_state
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rs_deeplab.training.datasets import CityscapesSource, SegmentationSource, VOCSource
@@ -53,8 +52,7 @@ from rs_deeplab.training.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.training.transforms import ChannelStats, EvalTransform, TrainTransform, compute_band_stats
 
 if TYPE_CHECKING:
-    from rs_deeplab.inference.crf_grid import GridPoint
-    from rs_deeplab.inference.crf_search import SearchResult
+    pass
 
 log = logging.getLogger("rs_deeplab.train")
 ARCH_KEYS = ("name", "backbone", "output_stride", "head")
@@ -430,115 +428,3 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
             plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
             (run_dir / "val_scores.md").write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
     return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)
-
-
-@dataclass(frozen=True)
-class ScoredCheckpoint:
-    """A checkpoint read once for scoring on its data: the model (eval mode), its card and training config."""
-
-    path: Path
-    model: torch.nn.Module
-    card: ModelCard
-    config: ExperimentConfig
-    iteration: int
-
-    @classmethod
-    def read(cls, path: Path, device: torch.device) -> ScoredCheckpoint:
-        """Read ``path`` (once) and rebuild its model on ``device``.
-
-        Raises:
-            CheckpointError: Missing, unreadable, or weights unlike the architecture it records.
-        """
-        from rs_deeplab.inference.trained import model_from_weights
-
-        state = load_checkpoint(path)
-        card = card_from_state(path, state)
-        model = model_from_weights(path, card, state["model"], device)
-        return cls(path, model, card, ExperimentConfig.model_validate(state["config"]), int(state["iteration"]))
-
-    @property
-    def stats(self) -> ChannelStats:
-        """The band statistics the model was trained with."""
-        return ChannelStats(self.card.mean, self.card.std)
-
-    def split(self, name: str) -> SegmentationSource:
-        """Split ``name`` of the data the model was trained on, checked: labelled, same bands and classes.
-
-        Raises:
-            InputError: Missing or unlabelled split, other bands or classes than the checkpoint's.
-        """
-        data = self.config.data
-        source = build_source(data, name)
-        check_labelled(source, name)
-        check_bands([source], data.bands)
-        if source.class_names != self.card.class_names:
-            raise InputError(f"{data.root}: classes {source.class_names} differ from the checkpoint's")
-        return source
-
-
-def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
-    """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
-    dev = pick_device(device, option="--device")
-    check_output_dir(out_dir, "--out")
-    ck = ScoredCheckpoint.read(path, dev)
-    model, cfg, source = ck.model, ck.config, ck.split(split)
-    dataset = SegmentationDataset(source, EvalTransform(ck.stats))
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, collate_fn=pad_collate)
-    from rs_deeplab.training.engine import evaluate
-
-    cm = evaluate(model, loader, len(source.class_names), device=dev)
-    if not cm.sum():
-        raise InputError(
-            f"{cfg.data.root}: split {split!r} has no labelled pixel to score (every label is 255, ignore); "
-            "check its labels or choose another --split"
-        )
-    result = scores(cm)
-    report = {
-        "checkpoint": str(path),
-        "split": split,
-        "iteration": ck.iteration,
-        **result.as_dict(source.class_names),
-        "confusion_matrix": cm.tolist(),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{split}_scores.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / f"{split}_scores.md").write_text(markdown_table(result, source.class_names) + "\n")
-    return report
-
-
-def search_checkpoint_crf(
-    path: Path, split: str, out_dir: Path, points: Sequence[GridPoint], *, images: int = 100, device: str = "auto",
-    workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
-) -> SearchResult:  # fmt: skip
-    """Cross-validate DenseCRF kernels for a checkpoint on ``images`` crops of ``split`` of its data.
-
-    Every input and output is checked before the first probability is computed: the report folder, the
-    checkpoint's folder (the best setting is recorded beside it as ``<stem>.crf.json``, which ``infer.py --crf``
-    then uses), the split (its ``data.root`` must be reachable) and the crop count. See
-    :func:`rs_deeplab.inference.crf_search.run_search`.
-    """
-    from rs_deeplab.cluster import check_cluster_options
-    from rs_deeplab.inference.crf_grid import choose_images
-    from rs_deeplab.inference.crf_search import record_path, run_search
-    from rs_deeplab.outputs import check_output_file
-    from rs_deeplab.training.transforms import normalize
-
-    check_cluster_options(workers, scheduler)
-    check_output_dir(out_dir, "--out")
-    dev = pick_device(device, option="--device")
-    ck = ScoredCheckpoint.read(path, dev)
-    check_output_file(record_path(path), what=f"the CRF record beside {path}", inputs=[path])
-    model, cfg, source, stats = ck.model, ck.config, ck.split(split), ck.stats
-    chosen = choose_images(len(source), images)
-    ranges = [(m - 2.5 * s, m + 2.5 * s) for m, s in zip(stats.mean, stats.std, strict=True)]
-
-    def normalise(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalize(np.moveaxis(image, 0, -1), stats), -1, 0),
-                                                     dtype=np.float32))  # fmt: skip
-
-    st = path.stat()
-    about = {"checkpoint": str(path.resolve()), "split": split, "data_root": str(cfg.data.root)}
-    return run_search(model, source.read, chosen, out_dir, num_classes=len(source.class_names), points=points,
-                      normalise=normalise, band_ranges=ranges, fingerprint=f"{path.resolve()}:{st.st_size}:"
-                      f"{st.st_mtime_ns}:{split}", device=dev, record_for=path, about=about, workers=workers,
-                      scheduler=scheduler, quiet=quiet)  # fmt: skip

@@ -1,0 +1,46 @@
+"""A checkpoint scored on a split of its own data: what training measured, read back once from the card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import evaluate as evaluate_cli
+from rs_deeplab.errors import InputError
+from rs_deeplab.training.checkpoint import load_checkpoint
+from rs_deeplab.training.checkpoint_eval import evaluate_checkpoint
+from tests import trainkit
+
+trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture)
+
+
+@pytest.mark.slow
+def test_scores_on_val_equal_what_training_measured_for_the_best_checkpoint(trained: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(trained)
+    report = evaluate_checkpoint(trained, "val", tmp_path / "eval", device="cpu")
+    assert report["iteration"] == state["iteration"] and report["split"] == "val"
+    assert report["mIoU"] == pytest.approx(state["best_miou"], abs=1e-6)  # the same model on the same crops
+    cm = np.array(report["confusion_matrix"])
+    assert cm.sum() > 0 and cm.shape == (len(state["class_names"]),) * 2
+    saved = json.loads((tmp_path / "eval" / "val_scores.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert (tmp_path / "eval" / "val_scores.md").read_text().startswith("| class |")
+
+
+@pytest.mark.slow
+def test_an_unknown_split_is_one_line(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="split"):
+        evaluate_checkpoint(trained, "nosuchsplit", tmp_path / "eval", device="cpu")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_cli.main([str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.arange(10).tobytes())
+    assert evaluate_cli.main([str(junk)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
