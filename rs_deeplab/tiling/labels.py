@@ -198,26 +198,6 @@ def vector_values(path: str | Path, *, field: str | None, scene_crs: Any) -> lis
     return list(table[field])
 
 
-def vector_source(
-    path: str | Path,
-    *,
-    field: str | None,
-    mapping: Mapping[str, int] | None,
-    scheme: ClassScheme | None,
-    fill: int,
-    scene_crs: Any,
-) -> LabelSource:
-    """Check a vector label file and resolve its class mapping (reads the attribute column only).
-
-    Raises:
-        InputError: The file is unreadable, ``field`` is not given, not in the file or empty in some features,
-            values cannot be mapped, or the scene has no CRS to place georeferenced polygons on.
-    """
-    values = vector_values(path, field=field, scene_crs=scene_crs)
-    entries = resolve_mapping(values, mapping, scheme, where=f"{path} attribute {field!r}")
-    return LabelSource(str(path) if str(path).startswith("/vsi") else str(Path(path)), "vector", field, entries, fill)
-
-
 def rasterize_vector(
     source: LabelSource, crs: Any, transform: Affine, shape: tuple[int, int], *, all_touched: bool = False
 ) -> np.ndarray:
