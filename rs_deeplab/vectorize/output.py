@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyproj
 import shapely
 
 from rs_deeplab.errors import InputError
-from rs_deeplab.raster import temporary_sibling
+from rs_deeplab.raster import WARNINGS_LOCK, temporary_sibling
 from rs_deeplab.vectorize.clean import Rows
 from rs_deeplab.vectorize.metadata import ClassSelection
 
@@ -28,6 +29,17 @@ BASE_FIELDS = ("class_id", "class_name", "area_m2", "perimeter_m")
 BATCH_ROWS = 50_000
 BATCH_VERTICES = 2_000_000
 """Queued rows are written once either limit is reached, so the queue stays small whatever the output size."""
+
+
+@contextlib.contextmanager
+def no_crs_warning() -> Iterator[None]:
+    """Silence pyogrio's "'crs' was not provided" warning for a raster without a CRS (said once, as an info line).
+
+    Scoped to the block, one thread at a time (see :data:`rs_deeplab.raster.WARNINGS_LOCK`).
+    """
+    with WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        yield
 
 
 def output_format(path: Path, mode: str) -> str:
@@ -143,17 +155,18 @@ class LayerWriter:
     def _write(self, wkb: np.ndarray, base: list[np.ndarray]) -> None:
         n = len(wkb)
         extra = [np.full(n, v, dtype=object if isinstance(v, str) else None) for v in self._extra.values()]
-        pyogrio.raw.write(
-            self._gpkg,
-            wkb,
-            base + extra,
-            fields=[*BASE_FIELDS, *self._extra],
-            layer=self.layer,
-            driver="GPKG",
-            crs=self.crs,
-            geometry_type="Polygon",
-            append=self._layer_exists,
-        )
+        with no_crs_warning():
+            pyogrio.raw.write(
+                self._gpkg,
+                wkb,
+                base + extra,
+                fields=[*BASE_FIELDS, *self._extra],
+                layer=self.layer,
+                driver="GPKG",
+                crs=self.crs,
+                geometry_type="Polygon",
+                append=self._layer_exists,
+            )
         self._layer_exists = True
 
     def _to_target(self, rows: Rows) -> np.ndarray:
@@ -191,20 +204,22 @@ class LayerWriter:
     def _convert(self) -> None:
         if self.fmt == "GeoJSON":
             meta, _, geometry, field_data = pyogrio.raw.read(self._gpkg, layer=self.layer)
-            pyogrio.raw.write(
-                self.path,
-                geometry,
-                field_data,
-                fields=list(meta["fields"]),
-                layer=self.layer,
-                driver="GeoJSON",
-                crs=meta["crs"],
-                geometry_type="Polygon",
-            )
+            with no_crs_warning():
+                pyogrio.raw.write(
+                    self.path,
+                    geometry,
+                    field_data,
+                    fields=list(meta["fields"]),
+                    layer=self.layer,
+                    driver="GeoJSON",
+                    crs=meta["crs"],
+                    geometry_type="Polygon",
+                )
         else:
             import geopandas
 
-            geopandas.read_file(self._gpkg, layer=self.layer).to_parquet(self.path)
+            with no_crs_warning():
+                geopandas.read_file(self._gpkg, layer=self.layer).to_parquet(self.path)
 
 
 def _largest_polygon(geom: shapely.Geometry) -> shapely.Geometry:

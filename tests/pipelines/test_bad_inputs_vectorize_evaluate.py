@@ -168,3 +168,15 @@ def test_the_good_inputs_work(world: dict[str, Path], tmp_path: Path) -> None:
                         timeout=300)  # fmt: skip
     assert ev.returncode == 0, ev.stderr
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["scene_scores.json", "scene_scores.md"]
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".geojson"])
+def test_a_raster_without_crs_is_one_info_line_and_no_foreign_warning(tmp_path: Path, suffix: str) -> None:
+    """pyogrio warns that no CRS was given; the user is told once, in this project's own words."""
+    _, classes = blob_scene(3, 96)
+    nocrs = write_geotiff(tmp_path / "nocrs.tif", classes, nodata=255)
+    proc = subprocess.run([*VECTORIZE, str(nocrs), "--out", str(tmp_path / f"out{suffix}")], env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    line = check_one_line(proc, code=0, start="the raster has no CRS")
+    assert "pixel-grid units" in line and "UserWarning" not in proc.stderr
+    assert (tmp_path / f"out{suffix}").stat().st_size > 0
