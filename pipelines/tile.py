@@ -54,7 +54,8 @@ def build_parser() -> ArgumentParser:
                         help="hold out about F of the area as split val, in whole square blocks (rest train); "
                              "crops on a train/val border are dropped so no pixel is in both")  # fmt: skip
     parser.add_argument("--block", type=int, metavar="N",
-                        help="side of the held-out blocks in pixels (4 x --size: most crops stay whole)")  # fmt: skip
+                        help="side of the held-out blocks in pixels (4 x --size, so most crops stay whole; smaller "
+                             "for scenes too small for two such blocks)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed choosing the validation blocks (0)")
     parser.add_argument("--append", action="store_true",
                         help="add these scenes to the crops and index in --out (same settings, classes)")  # fmt: skip

@@ -59,15 +59,25 @@ def remote_versions(jobs: Sequence[SceneJob]) -> dict[str, Any]:
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
-    """The settings an earlier run recorded in ``out`` (None: no run yet; ``{}``: an unreadable record)."""
+    """The settings an earlier run recorded in ``out`` (None: no run yet).
+
+    Raises:
+        InputError: The record is damaged (not JSON, not an object of settings, unreadable): the crops beside
+            it cannot be trusted to match any settings, so the user is told to start that folder over.
+    """
     path = out / MANIFEST_NAME
     if not path.exists():
         return None
     try:
-        old: dict[str, Any] = json.loads(path.read_text())
-    except ValueError:
-        old = {}
-    return old
+        old = json.loads(path.read_text())
+        problem = None if isinstance(old, dict) and "size" in old and "scenes" in old else "not a tiling record"
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or f"not valid JSON: {str(exc).split(':')[0]}"
+    if problem is not None:
+        raise InputError(f"{path}: is damaged ({problem}); it records how the crops in {out} were cut, so "
+                         "delete that folder and tile again, or choose another --out")  # fmt: skip
+    result: dict[str, Any] = old
+    return result
 
 
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -116,6 +126,8 @@ def check_append(out: Path, manifest: dict[str, Any], prepared: Prepared) -> dic
         if len(tiles):
             with open_raster(out / tiles["image"].iloc[0]) as crop:
                 have = (crop.count, str(crop.dtypes[0]))
+                georeferenced = crop.crs is not None
+            _check_append_crs(out, georeferenced, prepared)
             for key, bands in prepared.bands.items():
                 if bands != have:
                     raise InputError(
@@ -128,6 +140,15 @@ def check_append(out: Path, manifest: dict[str, Any], prepared: Prepared) -> dic
     if remote:
         result["remote"] = remote
     return result
+
+
+def _check_append_crs(out: Path, georeferenced: bool, prepared: Prepared) -> None:
+    """Refuse scenes without a CRS onto georeferenced crops, or the other way round (one run refuses the mix too)."""
+    odd = sorted(key for key, crs in prepared.crss.items() if (crs is not None) != georeferenced)
+    if odd:
+        have, new = ("georeferenced", "no CRS") if georeferenced else ("without a CRS", "one")
+        raise InputError(f"cannot append to {out}: its crops are {have} and scene {odd[0]} has {new}; "
+                         "tile it into another --out (or give the scene a CRS)")  # fmt: skip
 
 
 def _merged_remote(out: Path, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

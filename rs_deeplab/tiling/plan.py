@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from rs_deeplab.tiling.crops import (
     window_split,
 )  # fmt: skip
 from rs_deeplab.tiling.executor import TaskSpec
+
+log = logging.getLogger("rs_deeplab.tiling")
 
 TASK_STRIP_BYTES = 1 << 30
 """Most bytes one task holds for its strip of rows (pixels, labels and decoding temporaries)."""
@@ -97,6 +100,49 @@ def _block_areas(frame: Affine, width: int, height: int, span: set[tuple[int, in
     return {(c, r): max(0.0, min(x1, c + 1) - max(x0, c)) * max(0.0, min(y1, r + 1) - max(y0, r)) for c, r in span}
 
 
+def check_val_fraction(fraction: float) -> None:
+    """Refuse a held-out fraction outside (0, 1)."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--val-fraction must be a fraction strictly between 0 and 1, got {fraction}")
+
+
+DEFAULT_BLOCK_SIDES = (4, 3, 2, 1)
+"""Held-out block sides tried without ``--block``, in crop sizes: the largest that leaves crops in both splits."""
+
+
+def hold_out_blocks(
+    jobs: Sequence[SceneJob], transforms: Mapping[str, Any], crss: Mapping[str, Any], *, size: int, stride: int,
+    fraction: float, block: int | None, seed: int,
+) -> list[SceneJob]:  # fmt: skip
+    """:func:`assign_val_blocks` with ``block``; without one, blocks of 4 crop sizes, shrunk to fit small scenes.
+
+    Large blocks keep most crops whole (a crop on a train/val border is dropped); scenes smaller than two such
+    blocks get the largest side of :data:`DEFAULT_BLOCK_SIDES` that leaves crops in both splits.
+
+    Raises:
+        InputError: As :func:`assign_val_blocks`; without ``block``, when no side down to the crop size works.
+    """
+    if block is not None:
+        return assign_val_blocks(jobs, transforms, crss, size=size, stride=stride, fraction=fraction, block=block,
+                                 seed=seed)  # fmt: skip
+    check_val_fraction(fraction)
+    for factor in DEFAULT_BLOCK_SIDES:
+        try:
+            held = assign_val_blocks(jobs, transforms, crss, size=size, stride=stride, fraction=fraction,
+                                     block=factor * size, seed=seed)  # fmt: skip
+        except InputError:
+            continue
+        if factor != DEFAULT_BLOCK_SIDES[0]:
+            side = factor * size
+            log.info("--val-fraction: the scenes are too small for blocks of %d pixels (4 x --size); held-out "
+                     "blocks are %d pixels (--block %d)", DEFAULT_BLOCK_SIDES[0] * size, side, side)  # fmt: skip
+        return held
+    raise InputError(
+        f"--val-fraction {fraction}: no block side from {DEFAULT_BLOCK_SIDES[0] * size} down to {size} pixels (the "
+        "crop size) leaves crops in both splits of these scenes; give a smaller --size or more scenes"
+    )
+
+
 def assign_val_blocks(
     jobs: Sequence[SceneJob], transforms: Mapping[str, Any], crss: Mapping[str, Any], *, size: int, stride: int,
     fraction: float, block: int, seed: int,
@@ -114,8 +160,7 @@ def assign_val_blocks(
         InputError: ``fraction`` not strictly between 0 and 1, ``block`` smaller than ``size``, fewer than two
             blocks, or a split left without crops.
     """
-    if not 0.0 < fraction < 1.0:
-        raise InputError(f"--val-fraction must be a fraction strictly between 0 and 1, got {fraction}")
+    check_val_fraction(fraction)
     if block < size:
         raise InputError(f"--block {block} is smaller than the crop size {size}; give a block of at least {size}")
     origin: dict[str, Any] = {}

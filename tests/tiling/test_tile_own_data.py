@@ -338,3 +338,21 @@ def test_val_fraction_is_a_fraction_of_the_area(make_raster: RasterFactory, tmp_
     area = tiles.geometry.area.groupby(tiles.split).sum()
     assert abs(area["val"] / area.sum() - fraction) < 0.04
     assert area.sum() / (60 * 50) > 0.9  # blocks on the crop grid: only edge crops straddle a border
+
+
+@needs_data
+def test_default_block_shrinks_to_fit_a_small_scene(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """341 x 280 pixels fit in one default block (4 x 96 = 384): a smaller block holds out val instead of stopping."""
+    one = [SCENES[0], "--labels", GPKG, "--label-field", "Quatreclasses", "--workers", "1"]
+    assert _tile(*one, "--size", "96", "--stride", "48", "--val-fraction", "0.3", out=tmp_path / "a") == 0
+    assert "held-out blocks are 192 pixels (--block 192)" in capsys.readouterr().err
+    tiles, splits = _splits(tmp_path / "a")
+    assert set(tiles.split) == {"train", "val"}
+    # the same as asking for that block explicitly
+    assert _tile(*one, "--size", "96", "--stride", "48", "--val-fraction", "0.3", "--block", "192", "-q",
+                 out=tmp_path / "b") == 0  # fmt: skip
+    assert _splits(tmp_path / "b")[1] == splits
+    # no block down to the crop size leaves both splits crops: the error names the sides tried
+    assert _tile(*one, "--size", "256", "--stride", "128", "--val-fraction", "0.5", out=tmp_path / "c") == 2
+    _one_error(capsys, "no block side from 1024 down to 256 pixels (the crop size) leaves crops in both splits")
+    assert not (tmp_path / "c").exists()
