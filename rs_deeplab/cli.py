@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -45,6 +46,48 @@ def setup_logging(*, quiet: bool = False, verbose: bool = False, rank: int = 0) 
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+class _Held(logging.Handler):
+    """Keeps the records it is given (see :func:`held_logs`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_logs(name: str = "rs_deeplab") -> Iterator[None]:
+    """Hold the log lines of a run's checks until they have all passed.
+
+    Inside the block, records of logger ``name`` (and its children) are kept instead of printed. When the block
+    ends normally (or with a bug) they are printed, in order, through the logger's own handlers; when it ends
+    with a user error (:class:`~rs_deeplab.errors.RsDeeplabError`) or Ctrl-C they are dropped, so that error's
+    one line is all the user sees. A logger without handlers (the library called from a program that set up no
+    logging for it) is left alone.
+    """
+    logger = logging.getLogger(name)
+    handlers = logger.handlers[:]
+    if not handlers:
+        yield
+        return
+    held = _Held()
+    logger.handlers[:] = [held]
+    replay = True
+    try:
+        yield
+    except BaseException as exc:
+        replay = not (interrupted(exc) or isinstance(exc, RsDeeplabError))
+        raise
+    finally:
+        logger.handlers[:] = handlers
+        for record in held.records if replay else ():
+            for handler in handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
 
 
 def progress_enabled(quiet: bool = False) -> bool:

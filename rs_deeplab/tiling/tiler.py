@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.cli import held_logs
 from rs_deeplab.cluster import check_cluster_options
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
@@ -38,7 +39,7 @@ from rs_deeplab.tiling.manifest import (
     prepare_output,
     read_manifest,
 )
-from rs_deeplab.tiling.plan import assign_val_blocks, choose_workers, pending_work, plan_tasks, row_bytes
+from rs_deeplab.tiling.plan import choose_workers, hold_out_blocks, pending_work, plan_tasks, row_bytes
 from rs_deeplab.tiling.scenes import SceneSpec, prepare_jobs
 
 log = logging.getLogger("rs_deeplab.tiling.tiler")
@@ -131,7 +132,8 @@ def tile_scenes(
         label_fill: Class id of pixels no polygon covers (vector labels).
         val_fraction: Hold out about this fraction of square blocks as split ``val`` (the rest ``train``, crops on
             the border between them dropped); the scenes' own splits are then not used.
-        block: Side of those blocks in pixels; ``4 * size`` when None.
+        block: Side of those blocks in pixels; when None, ``4 * size`` shrunk to fit small scenes (see
+            :func:`rs_deeplab.tiling.plan.hold_out_blocks`).
         seed: Seed of the random choice of validation blocks.
         append: Add these scenes to the crops and index already in ``out`` (same settings, classes, bands and
             dtype); without it a folder of another run is refused.
@@ -161,24 +163,24 @@ def tile_scenes(
     out = Path(out)
     if append and not classes and not scheme:
         classes = (read_manifest(out) or {}).get("classes")
-    specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
-    check_output(out, [p for s in specs for p in (s.image, s.label) if p is not None])
-    vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
-    prepared = prepare_jobs(
-        specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
-    )
-    jobs, transforms, crss, in_strips = prepared.jobs, prepared.transforms, prepared.crss, prepared.in_strips
-    if val_fraction is not None:
-        block = 4 * size if block is None else block
-        jobs = assign_val_blocks(
-            jobs, transforms, crss, size=size, stride=stride, fraction=val_fraction, block=block, seed=seed
+    with held_logs():  # warnings about the inputs only once every check has passed
+        specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
+        check_output(out, [p for s in specs for p in (s.image, s.label) if p is not None])
+        vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
+        prepared = prepare_jobs(
+            specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
         )
-    settings = CropSettings(str(out.resolve()), size, stride, float(min_valid), compress, scheme, prepared.classes)
-    manifest = build_manifest(settings, jobs)
-    if append:
-        manifest = check_append(out, manifest, prepared)
-    else:
-        check_manifest(out, manifest)
+        jobs, transforms, crss, in_strips = prepared.jobs, prepared.transforms, prepared.crss, prepared.in_strips
+        if val_fraction is not None:
+            jobs = hold_out_blocks(
+                jobs, transforms, crss, size=size, stride=stride, fraction=val_fraction, block=block, seed=seed
+            )
+        settings = CropSettings(str(out.resolve()), size, stride, float(min_valid), compress, scheme, prepared.classes)
+        manifest = build_manifest(settings, jobs)
+        if append:
+            manifest = check_append(out, manifest, prepared)
+        else:
+            check_manifest(out, manifest)
 
     labelled = any(j.label is not None for j in jobs)
     with writing(out):

@@ -95,6 +95,14 @@ def odd_out(folder: Path) -> Path:
     return folder / "odd_out"
 
 
+def tiled(w: dict[str, Path], folder: Path, manifest: str | None = None) -> str:
+    """``folder/out`` holding the good scene's crops (its ``tiling.json`` replaced by ``manifest`` if given)."""
+    tile_scenes([w["scene"]], folder / "out", size=32, workers=1, quiet=True)
+    if manifest is not None:
+        (folder / "out" / "tiling.json").write_text(manifest)
+    return str(folder / "out")
+
+
 def PRESET(w: dict[str, Path]) -> list[str]:  # noqa: N802
     """The empty Potsdam dataset folder as a preset."""
     return [str(w["empty_dataset"]), "--preset", "potsdam"]
@@ -145,6 +153,21 @@ CASES: list[tuple[str, Args, str]] = [
     ("empty-preset-folder", lambda w, t: [str(w["empty_dataset"]), "--preset", "potsdam"], "no Potsdam files"),
     ("georeferenced-and-not", lambda w, t: [str(w["scene"]), str(w["nocrs"])], "some scenes are georeferenced"),
     ("labels-count", scene("--labels", "{label}", "{label}"), "got 1 scenes but 2 --labels"),
+    (
+        "append-no-crs-to-georeferenced",
+        lambda w, t: [str(w["nocrs"]), "--size", "32", "--append", "--out", tiled(w, t)],
+        "its crops are georeferenced and scene nocrs",
+    ),
+    (
+        "damaged-tiling-json",
+        lambda w, t: [str(w["scene"]), "--size", "32", "--out", tiled(w, t, '{"size": 3')],
+        "tiling.json: is damaged (not valid JSON",
+    ),
+    (
+        "tiling-json-not-a-record",
+        lambda w, t: [str(w["scene"]), "--size", "32", "--append", "--out", tiled(w, t, "[1, 2]")],
+        "is damaged (not a tiling record)",
+    ),
 ]
 
 
