@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from rs_deeplab.classes import class_colours
+from rs_deeplab.cli import held_logs
 from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.errors import CheckpointError, InputError
@@ -47,7 +48,13 @@ from rs_deeplab.training.distributed import (
 )
 from rs_deeplab.training.engine import LR_SCHEDULE_KEY, Cadence, StepContext, build_lr_schedule, build_optimizer, fit
 from rs_deeplab.training.losses import build_loss
-from rs_deeplab.training.preflight import check_bands, check_labelled, check_output_dir, removed_on_failure
+from rs_deeplab.training.preflight import (
+    check_bands,
+    check_labelled,
+    check_output_dir,
+    check_scheme,
+    removed_on_failure,
+)
 from rs_deeplab.training.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.training.transforms import ChannelStats, EvalTransform, TrainTransform, compute_band_stats
 
@@ -253,12 +260,13 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
     init_distributed(env, device)  # binds the GPU first, then joins the group on it
     cudnn_benchmark = torch.backends.cudnn.benchmark  # a GPU run turns it on; the caller gets its own value back
     try:
-        _resolve_weights_first(cfg, env)
-        if not env.is_main:
-            return _train(cfg, env, device, amp)
-        # a run that fails (or is interrupted) before its first checkpoint leaves no run folder behind
-        with removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"):
-            return _train(cfg, env, device, amp)
+        with held_logs() as checked:  # what the checks log prints once they all passed: an error is its one line
+            _resolve_weights_first(cfg, env)
+            if not env.is_main:
+                return _train(cfg, env, device, amp, checked)
+            # a run that fails (or is interrupted) before its first checkpoint leaves no run folder behind
+            with removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"):
+                return _train(cfg, env, device, amp, checked)
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         shutdown_distributed()
@@ -280,6 +288,7 @@ def _check_inputs(cfg: ExperimentConfig, env: DistEnv, train: SegmentationSource
     check_bands([train, val], cfg.data.bands)
     check_labelled(train, cfg.data.train_split)
     check_labelled(val, cfg.data.val_split)
+    check_scheme([train, val], cfg.data.scheme)
     weights, n = cfg.train.class_weights, len(train.class_names)
     if isinstance(weights, list) and len(weights) != n:
         raise InputError(f"train.class_weights has {len(weights)} values but the data has {n} classes")
@@ -311,7 +320,9 @@ def runtime_record(
     }
 
 
-def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None) -> TrainResult:
+def _train(
+    cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None, checked: Callable[[], None]
+) -> TrainResult:
     seed_everything(cfg.seed)
     train_src = build_source(cfg.data, cfg.data.train_split)
     val_src = build_source(cfg.data, cfg.data.val_split)
@@ -367,6 +378,7 @@ def _train(cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch
         cfg.model.msc_weight,
     )
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
+    checked()  # every check passed: the lines held so far print now
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
     tracker: dict[str, Any] = {"best": best_miou, "cm": None}
     colours = class_colours(names, cfg.data.scheme)

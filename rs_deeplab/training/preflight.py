@@ -10,6 +10,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from rs_deeplab.errors import InputError
 from rs_deeplab.outputs import check_output_folder
 from rs_deeplab.raster import open_raster
@@ -100,3 +102,33 @@ def check_labelled(source: SegmentationSource, split: str) -> None:
             f"tiles: every label pixel of split {split!r} is ignore (255), so there is nothing to learn; check the "
             "labels' encoding (--scheme, --labels) and tile again"
         )
+
+
+def check_scheme(sources: Sequence[SegmentationSource], scheme: str | None) -> None:
+    """Refuse tiles with class ids beyond ``data.scheme``'s classes (they would silently widen the model).
+
+    Crops cut without ``--scheme`` keep every value as a class id: a label value of 200 under ``data.scheme:
+    potsdam`` would make a 201-class model whose ids 6..199 never occur.
+
+    Raises:
+        InputError: Class ids beyond the scheme, with their pixel counts where the index has them.
+    """
+    from rs_deeplab.classes import SCHEMES
+
+    known = SCHEMES.get(scheme or "")
+    names = sources[0].class_names if sources else []
+    if known is None or len(names) <= known.num_classes:
+        return
+    counts = np.zeros(len(names), np.int64)
+    for source in sources:
+        table = getattr(source, "class_counts", None)
+        if table is not None and table.shape[1] == len(names):
+            counts += table.sum(axis=0)
+    beyond = [i for i in range(known.num_classes, len(names)) if counts[i] or not names[i].startswith("class_")]
+    shown = ", ".join(f"{i} ({counts[i]:,} px)" if counts[i] else str(i) for i in beyond[:5])
+    more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
+    raise InputError(
+        f"data.scheme {scheme} has {known.num_classes} classes (ids 0-{known.num_classes - 1}) but the crops' labels "
+        f"hold ids {shown}{more}; tile again with --scheme {scheme} (other values become ignore, 255), or remove "
+        "data.scheme to train on every id"
+    )

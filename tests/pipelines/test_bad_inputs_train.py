@@ -50,6 +50,23 @@ def mixed_band_tiles(folder: Path) -> Path:
     return folder / "tiles"
 
 
+def wide_id_tiles(folder: Path) -> Path:
+    """Crops cut without ``--scheme`` from labels holding ids 0-5 and also 17 and 200 (plain ids, kept as classes)."""
+    from affine import Affine
+
+    folder.mkdir(parents=True)
+    transform = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
+    specs = []
+    for name, split, seed in (("a", "train", 1), ("c", "val", 3)):
+        image, classes = blob_scene(seed, 96)
+        classes[:6, :10], classes[90:, 40:50] = 17, 200
+        img = write_geotiff(folder / f"{name}.tif", image, crs="EPSG:32633", transform=transform)
+        lbl = write_geotiff(folder / f"{name}_label.tif", classes, crs="EPSG:32633", transform=transform)
+        specs.append(SceneSpec(img, lbl, split))
+    tile_scenes(specs, folder / "tiles", size=48, stride=48, workers=1, quiet=True)
+    return folder / "tiles"
+
+
 def all_ignore_copy(tiles: Path, dest: Path, *, index_counts: bool) -> Path:
     """A copy of ``tiles`` whose label crops are all 255; with ``index_counts`` the index says so too."""
     shutil.copytree(tiles, dest)
@@ -82,6 +99,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tiles = make_tiles(base / "data", size=96, crop=48)
     paths = {"base": base, "tiles": tiles}
     paths["mixed"] = mixed_band_tiles(base / "mixed")
+    paths["wide_ids"] = wide_id_tiles(base / "wide_ids")
     paths["ignore"] = all_ignore_copy(tiles, base / "ignore", index_counts=True)
     paths["truncated"] = truncated_copy(tiles, base / "truncated")
     paths["binary"] = base / "binary.yaml"
@@ -134,6 +152,7 @@ CASES: list[tuple[str, Args, str]] = [
     ("all-ignore", lambda w, t: [str(config_for(w, t, "ignore"))], "ignore (255)"),
     ("truncated-crops", lambda w, t: [str(config_for(w, t, "truncated"))], "truncated"),
     ("rgb-photometric-4-bands", lambda w, t: [str(config_for(w, t, data={"photometric": "rgb"}))], "rgb"),
+    ("ids-beyond-the-scheme", lambda w, t: [str(config_for(w, t, "wide_ids"))], "hold ids 17 (120 px), 200 (120 px)"),
     ("class-weights-count", lambda w, t: [str(config_for(w, t, train={"class_weights": [1, 2]}))], "class_weights"),
 ]
 
