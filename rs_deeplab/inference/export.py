@@ -72,11 +72,34 @@ class MainLogits(torch.nn.Module):
         return model_outputs(self.model(x))
 
 
-def export_format(out: Path, fmt: str | None) -> str:
+def is_exported_model(path: Path, fmt: str) -> bool:
+    """Whether ``path`` holds a model of ``fmt`` (ONNX that parses; TorchScript: a zip archive), any project's."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if fmt == "torchscript":
+        return head == b"PK\x03\x04"
+    try:
+        import onnx
+    except ImportError:  # the ONNX protobuf starts with its ir_version field
+        return head[:1] == b"\x08"
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: not an ONNX model
+        return False
+    return True
+
+
+def export_format(out: Path, fmt: str | None, *, force: bool = False) -> str:
     """The format to write: ``fmt``, or the one ``out``'s suffix names; checks ``out`` is writable.
 
+    An existing file at ``out`` is replaced only when it is a model of that format, or with ``force``.
+
     Raises:
-        InputError: Unknown format, a suffix unlike the format's, a missing or read-only folder.
+        InputError: Unknown format, a suffix unlike the format's, a missing or read-only folder, an existing
+            file that is not a model (without ``force``).
     """
     suffix = out.suffix.lower()
     if fmt is None:
@@ -99,12 +122,16 @@ def export_format(out: Path, fmt: str | None) -> str:
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder and "
                          "a file name") from None  # fmt: skip
+    if not force and out.is_file() and out.stat().st_size > 0 and not is_exported_model(out, fmt):
+        raise InputError(f"--out {out}: exists and is not {'an ONNX' if fmt == 'onnx' else 'a TorchScript'} model; "
+                         "remove it, choose another name, or pass --force to replace it")  # fmt: skip
     return fmt
 
 
 def export_model(
-    checkpoint: Path, out: Path, *, fmt: str | None = None, output_stride: int | None = None, opset: int = MIN_OPSET
-) -> ExportResult:
+    checkpoint: Path, out: Path, *, fmt: str | None = None, output_stride: int | None = None, opset: int = MIN_OPSET,
+    force: bool = False,
+) -> ExportResult:  # fmt: skip
     """Export ``checkpoint`` (a training ``.pt``) to ``out`` with its card, checked against PyTorch.
 
     Args:
@@ -113,13 +140,14 @@ def export_model(
         fmt: ``onnx`` or ``torchscript``; None: from ``out``'s suffix.
         output_stride: The stride to bake in; None: the checkpoint's ``infer.output_stride``, else as trained.
         opset: ONNX opset (17 or newer).
+        force: Replace an existing ``out`` even when it is not a model.
 
     Raises:
         InputError: Bad ``out``/``fmt``/``opset``/``output_stride``, or a missing optional dependency.
         CheckpointError: ``checkpoint`` is missing, unreadable or not a ``.pt`` training checkpoint.
     """
     start = time.perf_counter()
-    fmt = export_format(out, fmt)
+    fmt = export_format(out, fmt, force=force)
     if opset < MIN_OPSET:
         raise InputError(f"--opset {opset}: the export needs opset {MIN_OPSET} or newer")
     if model_kind(checkpoint) != "checkpoint":

@@ -20,7 +20,7 @@ import torch
 from pipelines import demo
 from pipelines.export import main as export_main
 from pipelines.infer import main as infer_main
-from rs_deeplab.inference.export import MainLogits, write_onnx, write_torchscript
+from rs_deeplab.inference.export import MainLogits, is_exported_model, write_onnx, write_torchscript
 from rs_deeplab.inference.exported import METADATA_KEY, load_exported
 from rs_deeplab.inference.trained import TrainedModel
 from rs_deeplab.models import MODELS, build_model
@@ -186,6 +186,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
                   transform=rasterio.Affine(0.25, 0, 368_000, 0, -0.25, 5_808_000))  # fmt: skip
     (tmp_path / "model.h5").write_bytes(b"weights")
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    (tmp_path / "notes.onnx").write_text("my notes, not a model\n")
+    (tmp_path / "notes.ts").write_text("const x = 1;\n")  # a TypeScript file
     onnx_model = str(demo_run["onnx"])
     (tmp_path / "dir.onnx").mkdir()
     infer_cases = [
@@ -205,6 +207,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
         ([onnx_model, "--out", str(tmp_path / "m.ts")], "is already an exported model"),
         ([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")], "checkpoint not found"),
         ([ck, "--out", str(tmp_path / "m.onnx"), "--opset", "13"], "opset 17 or newer"),
+        ([ck, "--out", str(tmp_path / "notes.onnx")], "exists and is not an ONNX model; remove it"),
+        ([ck, "--out", str(tmp_path / "broken.onnx")], "exists and is not an ONNX model"),
+        ([ck, "--out", str(tmp_path / "notes.ts")], "exists and is not a TorchScript model"),
     ]
     monkeypatch.chdir(tmp_path)
     for main, cases in ((infer_main, infer_cases), (export_main, export_cases)):
@@ -214,7 +219,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and message in err, (args, err)
     names = sorted(p.name for p in tmp_path.rglob("*"))
-    assert names == ["broken.onnx", "dir.onnx", "foreign.onnx", "model.h5", "rgb.tif"], names
+    assert names == ["broken.onnx", "dir.onnx", "foreign.onnx", "model.h5", "notes.onnx", "notes.ts", "rgb.tif"]
+    assert (tmp_path / "notes.onnx").read_text() == "my notes, not a model\n"
+    # a model (any project's) is replaced as before; anything else with --force
+    assert export_main([ck, "--out", str(foreign), "-q"]) == 0 and is_exported_model(foreign, "onnx")
+    assert export_main([ck, "--out", str(tmp_path / "notes.ts"), "--force", "-q"]) == 0
+    assert is_exported_model(tmp_path / "notes.ts", "torchscript")
 
 
 @pytest.mark.slow
