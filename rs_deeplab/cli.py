@@ -130,12 +130,17 @@ _OS_ADVICE: dict[type[OSError], str] = {
 
 
 def user_error_message(exc: BaseException) -> str | None:
-    """The one line for a user mistake (the error tree, or an OS error naming its path); None for a bug."""
+    """The one line for a user mistake (the error tree, an OS error naming its path, a full disk); None: a bug."""
+    from rs_deeplab.diskspace import os_space_error  # only an error needs it
+
     if isinstance(exc, RsDeeplabError):
         return one_line(exc)
     for kind, advice in _OS_ADVICE.items():
         if type(exc) is kind and isinstance(exc, OSError) and exc.filename is not None:
             return one_line(f"{exc.filename}: {advice}")
+    full = os_space_error(exc)  # no space left, file too large, quota: also under a library's RuntimeError
+    if full is not None:
+        return one_line(full)
     if isinstance(exc, pickle.UnpicklingError):
         return one_line(f"not a readable file ({exc}); it may be truncated or of another kind")
     return None

@@ -22,6 +22,21 @@ class RasterError(RsDeeplabError, OSError):
     """A raster cannot be read or written, or does not match what was expected."""
 
 
+class DiskFullError(RsDeeplabError, OSError):
+    """A write failed, or would fail, for lack of space: a full disk, a used-up quota or a file-size limit.
+
+    Attributes:
+        path: The output that could not be written (None where a folder of several was being written).
+        errno_code: ``errno.ENOSPC``, ``errno.EDQUOT`` or ``errno.EFBIG`` (None for a refusal before writing).
+        needed: Bytes the output still needs, where known (None otherwise).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, errno_code: int | None = None,
+                 needed: int | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.path, self.errno_code, self.needed = path, errno_code, needed
+
+
 class CheckpointError(RsDeeplabError, OSError):
     """A checkpoint is missing, corrupt or does not match the model or data."""
 

@@ -15,7 +15,8 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.diskspace import out_of_space, space_checked, space_errno
+from rs_deeplab.errors import DiskFullError, InputError, RasterError
 from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, reads_remote, remote_env
 
 PathLike = str | os.PathLike[str]
@@ -129,9 +130,15 @@ def read_error(path: PathLike, exc: BaseException, where: str = "") -> RasterRea
                        "copy or export it again")  # fmt: skip
 
 
-def write_error(path: PathLike, exc: BaseException) -> RasterError:
-    """A one-line :class:`RasterError` for a failed write of ``path`` (disk full, folder gone, no permission)."""
-    return RasterError(f"{path}: cannot be written ({gdal_reason(exc)}); check the disk space and the folder")
+def write_error(path: PathLike, exc: BaseException, needed: int | None = None) -> RasterError | DiskFullError:
+    """A one-line error for a failed write of ``path``: :class:`DiskFullError` for lack of space (naming the
+    ``needed`` bytes where known, see :func:`rs_deeplab.diskspace.out_of_space`), else :class:`RasterError`
+    (folder gone, no permission, ...).
+    """  # noqa: D205
+    code = space_errno(exc)
+    if code is not None:
+        return out_of_space(path, code, needed)
+    return RasterError(f"{path}: cannot be written ({gdal_reason(exc)}); check the folder and the disk")
 
 
 def check_complete(src: Any, path: PathLike) -> None:
@@ -165,21 +172,25 @@ def temporary_sibling(path: PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
+def atomic_output(path: PathLike, *, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     Nothing is ever left half-written under the final name: on error the temporary file (and any GDAL
-    side-car such as ``.aux.xml``) is removed and the exception propagates.
+    side-car such as ``.aux.xml``) is removed and the exception propagates. A write that fails for lack of space
+    (also one GDAL reports only to libtiff, as a GeoTIFF closes) is one :class:`DiskFullError` naming ``path``
+    and the ``needed`` bytes, where known (:func:`rs_deeplab.diskspace.space_checked`).
 
     Raises:
         InputError: The output folder does not exist.
+        DiskFullError: The disk, the quota or the file-size limit stopped the write.
     """
     final = Path(path)
     if not final.parent.exists():
         raise InputError(f"{final}: output folder {final.parent} does not exist; create it first")
     tmp = temporary_sibling(final)
     try:
-        yield tmp
+        with space_checked(final, needed=needed, written=tmp):
+            yield tmp
         os.replace(tmp, final)
         aux = tmp.with_name(tmp.name + ".aux.xml")
         if aux.exists():

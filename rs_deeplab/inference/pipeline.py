@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from rs_deeplab.devices import pick_amp, pick_device
-from rs_deeplab.errors import InputError
+from rs_deeplab.diskspace import out_of_space
+from rs_deeplab.errors import DiskFullError, InputError
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.gsd import raster_gsd, working_gsd
 from rs_deeplab.inference.crf import CRFParams
@@ -307,6 +308,10 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
                                 mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
             count += summary.polygons
         os.replace(staging, out)
+    except DiskFullError as exc:  # named by the staging file: name the output the user asked for
+        if exc.errno_code is None:
+            raise
+        raise out_of_space(out, exc.errno_code, exc.needed) from None
     finally:
         staging.unlink(missing_ok=True)
     return out, count

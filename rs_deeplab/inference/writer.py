@@ -26,10 +26,12 @@ from rasterio._err import CPLE_BaseError
 
 from rs_deeplab.class_names import class_names_tag
 from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.diskspace import check_free_space, space_checked
 from rs_deeplab.errors import InputError, RsDeeplabError
 from rs_deeplab.inference.blending import FinishedRows, quantise_probs
 from rs_deeplab.inference.reader import SceneInfo
 from rs_deeplab.raster import geotiff_profile, quiet_georeferencing, write_error
+from rs_deeplab.tiff_writes import tiff_truncated
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,17 @@ FINGERPRINT_TAG = "RS_DEEPLAB_INFERENCE"
 """Tag holding the JSON fingerprint of the run that wrote a raster (a re-run with the same one skips it)."""
 BLOCK = 256
 """Block side of the output GeoTIFFs; rows are committed in multiples of it."""
+LABEL_BYTES_PER_PIXEL = 1 / 8
+"""Disk space a label raster is taken to need per pixel, for the free-space check before writing.
+
+Deflate packs class maps 10-40× (a coarse model's noisy 512² map: 17×); the raw byte per pixel would refuse runs
+that fit by far, so 8× is assumed, leaving headroom for maps noisier than that. A run that still overflows stops
+with the same one line mid-way and resumes once space is freed."""
+PROBS_BYTES_PER_PIXEL = 1 / 2
+"""The same per class for the 0-255 probability raster: smoother than noise but far from flat (the coarse model's:
+5×), so 2× is assumed."""
+COG_OVERVIEWS = 4 / 3
+"""A Cloud-Optimized copy is its partial file again, plus overviews (each level a quarter of the one before)."""
 
 
 class RowSink(Protocol):
@@ -99,9 +112,27 @@ class RowWriter:
             return False
         return True
 
+    def disk_bytes(self) -> int:
+        """About the disk space the rows not yet written take, plus the Cloud-Optimized copies of the whole
+        rasters if asked (see :data:`LABEL_BYTES_PER_PIXEL`).
+        """  # noqa: D205
+        start = self.committed
+        per_pixel = LABEL_BYTES_PER_PIXEL if self.spec.compress.lower() != "none" else 1.0
+        if self.spec.probs_path is not None:
+            ratio = PROBS_BYTES_PER_PIXEL if self.spec.compress.lower() != "none" else 1.0
+            per_pixel += ratio * len(self.spec.class_names)
+        rows = self.info.height - start + (self.info.height * COG_OVERVIEWS if self.spec.cog else 0)
+        return int(per_pixel * self.info.width * rows)
+
     def open(self) -> int:
-        """Create the partial rasters, or reopen those of an interrupted identical run; return its rows done."""
+        """Create the partial rasters, or reopen those of an interrupted identical run; return its rows done.
+
+        Raises:
+            DiskFullError: The output's file system has less free space than the rows left need, about.
+        """
         self.committed = self._resumable_rows()
+        check_free_space(self.spec.path, self.disk_bytes(), "the label raster" + (
+            " and probabilities" if self.spec.probs_path is not None else ""))  # fmt: skip
         with self._translated():
             if self.committed == 0:
                 self._create()
@@ -125,14 +156,25 @@ class RowWriter:
             return 0
         if state.get("fingerprint") != self.fingerprint or not all(partial_path(p).exists() for p in self.targets):
             return 0
+        rows = int(state.get("rows", 0))
+        blocks = self._blocks(rows)
         try:
             for p in self.targets:
                 with rasterio.open(partial_path(p)) as ds:
                     if (ds.height, ds.width) != (self.info.height, self.info.width):
                         return 0
+                if tiff_truncated(partial_path(p), blocks):  # a crash or a full disk cut committed blocks short
+                    return 0
         except rasterio.errors.RasterioError:
             return 0
-        return int(state.get("rows", 0))
+        return rows
+
+    def _partials(self) -> list[Path]:
+        return [partial_path(p) for p in self.targets]
+
+    def _blocks(self, rows: int) -> int:
+        """How many blocks hold the first ``rows`` rows: they come first in the (pixel-interleaved) partial file."""
+        return -(-self.info.width // BLOCK) * -(-rows // BLOCK)
 
     def _create(self) -> None:
         names = list(self.spec.class_names)
@@ -147,6 +189,7 @@ class RowWriter:
             profiles.append(profile(len(names), None))
         for target, prof in zip(self.targets, profiles, strict=True):
             prof.pop("predictor", None)  # class ids are not a smooth signal
+            partial_path(target).unlink(missing_ok=True)  # an earlier run's, damaged or of another fingerprint
             with quiet_georeferencing(), rasterio.open(partial_path(target), "w", **prof) as dst:
                 dst.update_tags(**class_names_tag(names), **{FINGERPRINT_TAG: json.dumps(self.fingerprint)})
                 if target == self.spec.path:
@@ -182,9 +225,16 @@ class RowWriter:
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
-        """GDAL and OS failures while writing (disk full, folder removed) as one-line errors naming the file."""
+        """GDAL and OS failures while writing (disk full, folder removed) as one-line errors naming the file.
+
+        Lack of space names the output and the space its rows left still need; it is caught also where GDAL only
+        tells libtiff, as the partial file closes after each block row (:func:`rs_deeplab.diskspace.space_checked`),
+        so no row is committed that is not on disk.
+        """
         try:
-            yield
+            with space_checked(self.spec.path, needed=self.disk_bytes(), written=self._partials(),
+                               blocks=self._blocks(self.committed)):  # fmt: skip
+                yield
         except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as exc:
             if isinstance(exc, RsDeeplabError):
                 raise
@@ -208,8 +258,10 @@ class RowWriter:
             self._pending[0] = FinishedRows(
                 until, head.labels[cut:], None if head.probs is None else head.probs[:, cut:]
             )
-        for ds in self._datasets:
-            ds.close()  # GDAL writes the blocks and the TIFF directory: what the sidecar promises is on disk
+        with space_checked(self.spec.path, needed=self.disk_bytes(), written=self._partials(),
+                           blocks=self._blocks(until)):  # fmt: skip
+            for ds in self._datasets:
+                ds.close()  # GDAL writes the blocks and the TIFF directory: what the sidecar promises is on disk
         self._commit(until)
         if until < self.info.height:
             self._reopen()
@@ -225,10 +277,13 @@ class RowWriter:
                 part = partial_path(target)
                 if self.spec.cog:
                     tmp = target.with_name(f".{target.stem}.cog.tif")
+                    needed = int(part.stat().st_size * COG_OVERVIEWS)
+                    check_free_space(target, needed, "its Cloud-Optimized copy")
                     try:
-                        rasterio.shutil.copy(part, tmp, driver="COG", COMPRESS=self.spec.compress.upper(),
-                                             OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path else "AVERAGE",
-                                             BLOCKSIZE=512)  # fmt: skip
+                        with space_checked(target, needed=needed, written=tmp):
+                            rasterio.shutil.copy(part, tmp, driver="COG", COMPRESS=self.spec.compress.upper(),
+                                                 OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path
+                                                 else "AVERAGE", BLOCKSIZE=512)  # fmt: skip
                         os.replace(tmp, target)
                     finally:
                         tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 from rasterio.errors import RasterioError
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
-from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.errors import InputError, RasterError, RsDeeplabError
 from rs_deeplab.outputs import check_output_folder, same_path
 from rs_deeplab.raster import is_vsi, read_error, write_error
 from rs_deeplab.remote import is_url
@@ -36,10 +36,12 @@ def reading(path: str | Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def writing(folder: str | Path) -> Iterator[None]:
-    """Turn an OS or GDAL error while writing into ``folder`` into a one-line :class:`RasterError`."""
+    """Turn an OS or GDAL error while writing into ``folder`` into a one-line :class:`RasterError` (or
+    :class:`~rs_deeplab.errors.DiskFullError` for lack of space); the library's own errors pass unchanged.
+    """  # noqa: D205
     try:
         yield
-    except RasterError:
+    except RsDeeplabError:
         raise
     except (RasterioError, OSError) as exc:
         raise write_error(folder, exc) from exc

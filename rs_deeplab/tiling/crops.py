@@ -20,6 +20,7 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, ClassScheme
+from rs_deeplab.diskspace import space_checked
 from rs_deeplab.errors import RsDeeplabError
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
@@ -217,7 +218,9 @@ class _Writer:
         options = dict(profile if profile is not None else self.label_profile, transform=transform)
         tmp = _temporary(path)
         try:
-            with _quiet_if(transform.is_identity), rasterio.open(tmp, "w", **options) as dst:
+            # lack of space as one line, also when GDAL only tells libtiff (blocks flushed as the file closes)
+            with space_checked(path, written=tmp), _quiet_if(transform.is_identity), \
+                    rasterio.open(tmp, "w", **options) as dst:  # fmt: skip
                 dst.write(data)
                 if profile is not None:
                     dst.colorinterp = self.colorinterp

@@ -32,6 +32,10 @@ TASK_STRIP_BYTES = 1 << 30
 """Most bytes one task holds for its strip of rows (pixels, labels and decoding temporaries)."""
 
 
+COMPRESSED_RATIO = 2
+"""How much smaller a crop written with a codec is taken to be, for the free-space check (:func:`disk_bytes`)."""
+FILE_OVERHEAD = 4096
+"""Bytes a crop file takes beyond its pixels, about: TIFF header and directory, file system block rounding."""
 PARALLEL_MIN_BYTES = 256 << 20
 """Below this many bytes of crops to write, the default runs in this process: starting worker processes costs
 more than it saves (see bench/RESULTS.md, Tiler)."""
@@ -55,6 +59,22 @@ def row_bytes(job: SceneJob, settings: CropSettings) -> int:
     """Bytes of crops one row of windows of ``job`` writes."""
     crops = len(window_grid(1, job.width, settings.size, settings.stride))
     return crops * settings.size**2 * job.pixel_bytes
+
+
+def disk_bytes(jobs: Sequence[SceneJob], todo: Mapping[str, Sequence[int]], settings: CropSettings) -> int:
+    """About the disk space the crops still to cut take (checked against the free space before any is written).
+
+    Uncompressed crops (the default) take their pixels plus a file system block of header and rounding each;
+    with a codec they are taken as half that: aerial imagery deflates about 1.5-2.5×, label crops far more. Crops
+    left out later (below ``--min-valid``, on a train/val border) make it an upper bound.
+    """
+    total = 0
+    for job in jobs:
+        rows = len(todo.get(job.key, ()))
+        files = rows * len(window_grid(1, job.width, settings.size, settings.stride)) * (2 if job.label else 1)
+        total += rows * row_bytes(job, settings) // (1 if settings.compress is None else COMPRESSED_RATIO)
+        total += files * FILE_OVERHEAD
+    return total
 
 
 def choose_workers(workers: int | None, scheduler: str | None, pending_bytes: int) -> int | None:

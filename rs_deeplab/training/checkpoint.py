@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rs_deeplab.diskspace import check_free_space, size_text
 from rs_deeplab.errors import CheckpointError
 from rs_deeplab.modelcard import load_checkpoint_file
 from rs_deeplab.raster import atomic_output
 
 FORMAT_VERSION = 1
+CHECKPOINT_COPIES = 3
+"""Checkpoint files a run holds at most at once: ``last.pt``, ``best.pt`` and the temporary copy of a new one."""
 REQUIRED_KEYS = ("format_version", "model", "config", "class_names", "band_stats", "iteration")
 PLAIN = (str, int, float, bool, bytes, type(None))
 
@@ -29,15 +32,53 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     """Write ``state`` (plus the format version) to ``path`` via a temporary file and an atomic rename.
 
     NumPy scalars become Python numbers and ``str``/``int``/``float`` subclasses (``torch.__version__``) their
-    base type, so the file loads with ``weights_only=True``.
+    base type, so the file loads with ``weights_only=True``. The file is written through a Python file object, so
+    a full disk is an ``OSError`` with its ``errno`` (torch's own writer only says ``iostream error``).
 
     Raises:
         TypeError: ``state`` holds something else than tensors and plain data (nothing is written).
+        DiskFullError: Less free space than the checkpoint's tensors take, or the disk filled while writing
+            (the previous file at ``path`` stays as it was).
     """
     plain = plain_data({"format_version": FORMAT_VERSION, **state})
-    with atomic_output(path) as tmp:
-        torch.save(plain, tmp)
+    needed = tensor_bytes(plain) + (1 << 20)
+    check_free_space(path, needed, "the checkpoint")
+    with atomic_output(path, needed=needed) as tmp, tmp.open("wb") as fh:
+        torch.save(plain, fh)
     return Path(path)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested state (dicts, lists, tuples): about a checkpoint's size on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About the size of one checkpoint before the first is written: the model's state, the optimiser's buffers
+    per trained parameter (SGD's momentum; AdamW's two moments) and 1 MB for the rest.
+    """  # noqa: D205
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    slots = 2 if "betas" in optimizer.defaults else int(optimizer.defaults.get("momentum", 0) > 0)
+    return state + slots * trained + (1 << 20)
+
+
+def check_checkpoint_space(run_dir: Path, size: int) -> None:
+    """Refuse to start a run whose checkpoints cannot fit in ``run_dir``: ``last.pt``, ``best.pt`` and the
+    temporary copy written before it replaces one of them, ``size`` bytes each (less what those files take now).
+
+    Raises:
+        DiskFullError: Less free space than that.
+    """  # noqa: D205
+    existing = sum(p.stat().st_size for p in (run_dir / "last.pt", run_dir / "best.pt") if p.is_file())
+    what = f"the run's checkpoints (last.pt, best.pt and a temporary copy, about {size_text(size)} each)"
+    check_free_space(run_dir, CHECKPOINT_COPIES * size - existing, what)
 
 
 def plain_data(value: Any, where: str = "state") -> Any:

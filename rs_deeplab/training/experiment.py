@@ -26,7 +26,15 @@ from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.gsd import rasters_gsd
 from rs_deeplab.models import MODELS, build_model, resolve_weights
-from rs_deeplab.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rs_deeplab.raster import atomic_output
+from rs_deeplab.training.checkpoint import (
+    check_checkpoint_space,
+    checkpoint_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rs_deeplab.training.datasets import CityscapesSource, SegmentationSource, VOCSource
 from rs_deeplab.training.datasets.sampling import (
     IterationBatchSampler,
@@ -358,11 +366,13 @@ def _train(
         set_rng_state(state["rng"])
         log.info("resuming from %s at iteration %d", last, start)
     if env.is_main:
+        check_checkpoint_space(run_dir, checkpoint_bytes(model, optimizer))  # before the run folder's first file
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
             stale.unlink()
         dump_config(cfg, run_dir / "config.yaml")
-        (run_dir / "runtime.json").write_text(json.dumps(runtime, indent=2) + "\n")
+        with atomic_output(run_dir / "runtime.json") as tmp:
+            tmp.write_text(json.dumps(runtime, indent=2) + "\n")
     weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
         optimizer,
@@ -438,5 +448,6 @@ def _train(
         plot_curves(runlog.path, run_dir / "curves.png")
         if tracker["cm"] is not None:
             plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
-            (run_dir / "val_scores.md").write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
+            with atomic_output(run_dir / "val_scores.md") as tmp:
+                tmp.write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
     return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from rs_deeplab.diskspace import space_checked
 from rs_deeplab.evaluation.metrics import Scores
+from rs_deeplab.raster import atomic_output
 
 log = logging.getLogger("rs_deeplab.train")
 
@@ -42,7 +44,7 @@ class RunLog:
     def _truncate(self, start_iteration: int) -> None:
         rows = self.rows() if self.path.exists() else []
         kept = [r for r in rows if int(r["iteration"]) <= start_iteration]
-        with self.path.open("w", newline="") as fh:
+        with atomic_output(self.path) as tmp, tmp.open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(kept)
@@ -53,8 +55,14 @@ class RunLog:
             return list(csv.DictReader(fh))
 
     def _append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as fh:
+        with space_checked(self.path), self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=self.columns).writerow(row)
+
+    def _scalars(self, values: dict[str, float], iteration: int) -> None:
+        """Add TensorBoard scalars (the event writer's thread reports a full disk at the next call)."""
+        with space_checked(self.path.parent / "tensorboard"):
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, iteration)
 
     def train(self, iteration: int, loss: float, lr: float) -> None:
         """Record the mean training loss since the last log and the current learning rate."""
@@ -62,8 +70,7 @@ class RunLog:
         if not self.enabled:
             return
         self._append({"iteration": iteration, "split": "train", "loss": f"{loss:.6f}", "lr": f"{lr:.6e}"})
-        self.writer.add_scalar("train/loss", loss, iteration)
-        self.writer.add_scalar("train/lr", lr, iteration)
+        self._scalars({"train/loss": loss, "train/lr": lr}, iteration)
 
     def evaluation(self, iteration: int, result: Scores) -> None:
         """Record validation scores."""
@@ -81,13 +88,13 @@ class RunLog:
         }
         row.update({f"IoU/{c}": f"{v:.6f}" for c, v in zip(self.class_names, result.iou, strict=True)})
         self._append(row)
-        for key, value in result.as_dict(self.class_names).items():
-            self.writer.add_scalar(f"val/{key}", value, iteration)
+        self._scalars({f"val/{key}": value for key, value in result.as_dict(self.class_names).items()}, iteration)
 
     def close(self) -> None:
         """Flush TensorBoard events."""
         if self.writer is not None:
-            self.writer.close()
+            with space_checked(self.path.parent / "tensorboard"):
+                self.writer.close()
 
 
 def plot_curves(metrics_csv: Path, out: Path) -> Path:
@@ -105,7 +112,8 @@ def plot_curves(metrics_csv: Path, out: Path) -> Path:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return out
 
 
@@ -124,7 +132,8 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], out: Path) -> Pat
         for (i, j), v in np.ndenumerate(norm):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     return out
 
 

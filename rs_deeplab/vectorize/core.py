@@ -145,7 +145,7 @@ def vectorize(
         meter = AreaMeter(src.crs, tuple(src.bounds))
         cleaner = Cleaner(meter, float(min_area), float(fill_holes))
         regions = RegionStream(src, selection, block_size=int(block_size), simplify=float(simplify), quiet=quiet)
-        with atomic_output(out) as tmp, _write_errors(out):
+        with _write_errors(out), atomic_output(out) as tmp:  # lack of space: atomic_output's one line
             writer = LayerWriter(
                 tmp, fmt, layer, selection, source_crs=source, target_crs=target, extra_columns=extra_columns,
                 append_to=out if mode == "a" else None,
@@ -173,14 +173,14 @@ def vectorize(
 
 @contextlib.contextmanager
 def _write_errors(out: Path) -> Iterator[None]:
-    """A file the output driver cannot create or write (disk full, folder removed) as one line naming ``out``."""
+    """A file the output driver cannot create or write (folder removed, ...) as one line naming ``out``."""
     try:
         yield
     except (pyogrio.errors.DataSourceError, OSError) as exc:
         if isinstance(exc, RsDeeplabError):
             raise
-        raise RasterError(f"{out}: cannot be written ({short_message(str(exc))}); check the disk space and the "
-                          "folder") from None  # fmt: skip
+        raise RasterError(f"{out}: cannot be written ({short_message(str(exc))}); check the folder and the "
+                          "disk") from None  # fmt: skip
 
 
 def _small_block_cache() -> contextlib.AbstractContextManager[Any]:

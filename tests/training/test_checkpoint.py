@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from rs_deeplab.errors import CheckpointError
+from rs_deeplab.errors import CheckpointError, DiskFullError
 from rs_deeplab.training import checkpoint
 from rs_deeplab.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -75,7 +75,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp
     before = path.read_bytes()
     state = training_state(seed=2)
     state["model"] = {**state["model"], "zz_last": torch.zeros(3).as_subclass(FailsHalfWay)}
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match=r"last\.pt: cannot be written: no space left on the device"):
         save_checkpoint(path, state)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pt"]
