@@ -17,7 +17,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from rs_deeplab.diskspace import out_of_space, space_checked, space_errno
 from rs_deeplab.errors import DiskFullError, InputError, RasterError
-from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, reads_remote, remote_env
+from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, reads_remote, remote_env, retry_or_raise
 
 PathLike = str | os.PathLike[str]
 
@@ -69,7 +69,9 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
 
     Raises:
         RasterError: The file does not exist or GDAL cannot read it as a raster; for a remote one, the server's
-            problem (not found, access denied, no credentials) in one line.
+            problem (not found, access denied, no credentials, no answer: see
+            :func:`rs_deeplab.remote.retry_or_raise`) in one line. A remote open that fails while the server
+            answers (a transfer cut short) is tried again after a pause.
     """
     if is_url(path):
         path = gdal_path(path)
@@ -82,15 +84,20 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
     if not is_vsi(p) and p.is_dir():
         raise RasterError(f"{p}: is a directory, expected a raster file (GeoTIFF, PNG, ...)")
     remote = is_remote(p)
-    try:
-        with quiet_georeferencing(), remote_env(opening=True) if reads_remote(p) else contextlib.nullcontext():
-            return rasterio.open(p)
-    except RasterioIOError as exc:
-        problem = gdal_problem(p, str(exc)) if remote else None
-        if problem:
-            raise RasterError(problem) from None
-        reason = gdal_reason(exc)
-        raise RasterError(f"{p}: not a raster GDAL can read ({reason}); pass a GeoTIFF, PNG or JPEG") from None
+    attempt = 0
+    while True:
+        try:
+            with quiet_georeferencing(), remote_env(opening=True) if reads_remote(p) else contextlib.nullcontext():
+                return rasterio.open(p)
+        except RasterioIOError as exc:
+            problem = gdal_problem(p, str(exc)) if remote else None
+            if problem:
+                raise RasterError(problem) from None
+            error = RasterError(f"{p}: not a raster GDAL can read ({gdal_reason(exc)}); pass a GeoTIFF, PNG or JPEG")
+        if not remote:
+            raise error
+        retry_or_raise(p, error, attempt)  # a remote file: the server's problem, or a cut transfer opened again
+        attempt += 1
 
 
 def gdal_reason(exc: BaseException, limit: int = 300) -> str:

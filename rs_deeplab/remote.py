@@ -4,26 +4,29 @@ A scene argument may be a local path, a GDAL path (``/vsicurl/``, ``/vsis3/``, `
 URL or an ``s3://``/``gs://`` URL. Remote scenes are read window by window through GDAL (never downloaded whole);
 :func:`stat_remote` asks the server once for the object's size and version (ETag, Last-Modified), which both checks
 that the windows can be read (found, allowed, Range requests honoured) and fingerprints the scene for resuming.
+
+Timeouts and retries (``RS_DEEPLAB_HTTP_*``) and the probe live in :mod:`rs_deeplab.remote_http`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import urlsplit
 
 import rasterio
 
 from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.remote_http import RemoteStat, http_problem, http_settings, http_stat, read_options
+
+log = logging.getLogger("rs_deeplab.remote")
 
 URL_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 """URL scheme → GDAL virtual file system it is read through."""
@@ -38,14 +41,6 @@ side-car overviews. ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` is not set: ``EMPTY_DIR
 requests, and an allow-list would refuse URLs without a file extension (signed URLs, API endpoints).
 ``GDAL_INGESTED_BYTES_AT_OPEN`` stays GDAL's (16 KiB): 64 KiB took a 200×200 window of the 298 KB sample COG from
 23% to 40% of the file."""
-READ_OPTIONS = {
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # adjacent tiles of a window in one request
-    "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2 multiplexing where the server offers it
-    "GDAL_HTTP_MAX_RETRY": "3",  # transient 429/502/503/504 answers are retried ...
-    "GDAL_HTTP_RETRY_DELAY": "1",  # ... after 1 s, doubling
-}
-"""GDAL settings while windows of remote scenes are read (harmless for local files)."""
-PROBE_TIMEOUT_S = 30.0
 FALSE_WORDS = ("NO", "FALSE", "OFF", "0")
 
 
@@ -124,22 +119,8 @@ def remote_env(opening: bool = False) -> Iterator[None]:
     ``os.environ``. Credentials and endpoints (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``, ``AWS_VIRTUAL_HOSTING``,
     ``AWS_ACCESS_KEY_ID``...) come from the environment, where GDAL reads them itself.
     """
-    with rasterio.Env(**READ_OPTIONS, **(OPEN_OPTIONS if opening else {})):
+    with rasterio.Env(**read_options(), **(OPEN_OPTIONS if opening else {})):
         yield
-
-
-@dataclass(frozen=True)
-class RemoteStat:
-    """What the server reports about a remote object."""
-
-    url: str
-    size: int | None
-    etag: str | None
-    modified: str | None
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The scene's identity for resume records: its URL, size and version as the server reports them."""
-        return {"scene": self.url, "scene_size": self.size, "scene_etag": self.etag, "scene_modified": self.modified}
 
 
 def stat_remote(path: str) -> RemoteStat:
@@ -151,54 +132,57 @@ def stat_remote(path: str) -> RemoteStat:
             public HTTPS endpoint; other GDAL file systems are left to GDAL (no size or version).
 
     Raises:
-        RasterError: Not found, access denied, no credentials, no Range support or no answer: one line naming the
-            problem and the fix.
+        RasterError: Not found, access denied, no credentials, no Range support: one line naming the problem and
+            the fix. :class:`RemoteUnavailableError` for no answer within the timeout, a refused connection, or 429/5xx
+            answers after every retry.
     """
     url = source_url(gdal_path(path))
     scheme = urlsplit(url).scheme.lower() if is_url(url) else ""
     if scheme in ("http", "https"):
-        return _http_stat(url)
+        return http_stat(url)
     if scheme == "s3":
         from rs_deeplab.remote_s3 import s3_stat
 
         return s3_stat(url)
     if scheme == "gs":
         parts = urlsplit(url)
-        return _http_stat(f"https://storage.googleapis.com/{parts.netloc}{parts.path}", name=url)
+        return http_stat(f"https://storage.googleapis.com/{parts.netloc}{parts.path}", name=url)
     return RemoteStat(path, None, None, None)
 
 
-def _http_stat(url: str, name: str | None = None) -> RemoteStat:
-    """A one-byte Range request: 206 gives the size; 200 means the server would send the whole file every time."""
-    shown = name or url
-    request = urllib.request.Request(url, headers={"Range": "bytes=0-0", "User-Agent": "rs_deeplab"})
+def retry_or_raise(path: str, error: RasterError, attempt: int) -> None:
+    """After a failed open or read of remote ``path`` (the ``attempt``-th, from 0): return after a pause when it is
+    worth trying again (the server answers), else raise.
+
+    Raises:
+        RasterError: The server's problem (:func:`server_problem`: no answer, refused, 404...), or ``error`` when
+            ``RS_DEEPLAB_HTTP_RETRIES`` retries are used up (a file that is damaged on the server).
+    """  # noqa: D205
+    problem = server_problem(path)
+    if problem is not None:
+        raise problem from None
+    settings = http_settings()
+    if attempt >= settings.retries:
+        raise error
+    delay = settings.retry_delay * 2**attempt
+    log.warning("%s: a transfer broke off (the server still answers); reading again in %g s", source_url(path), delay)
+    log.debug("%s", error)
+    time.sleep(delay)
+
+
+def server_problem(path: str) -> RasterError | None:
+    """Ask the server of ``path`` (after a read failed): the error to raise when it does not answer, answers 4xx or
+    keeps failing, None when it answers (the failure was the transfer's: worth reading again).
+
+    Local paths, and remote ones without a probe (``/vsiaz/``...), give None.
+    """  # noqa: D205
+    if not is_remote(path):
+        return None
     try:
-        # an opener of this call: urlopen's global one keeps the proxy settings of the process's first request
-        with urllib.request.build_opener().open(request, timeout=PROBE_TIMEOUT_S) as response:
-            status, headers = response.status, response.headers
-    except urllib.error.HTTPError as exc:
-        raise RasterError(http_problem(shown, exc.code)) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RasterError(f"{shown}: no answer from the server ({reason}); check the URL and the network") from None
-    if status != 206:
-        raise RasterError(
-            f"{shown}: the server ignores HTTP Range requests (answered {status} to one), so every window would "
-            "download the whole file; download it and pass the local path, or serve it from a server with Range support"
-        )
-    total = headers.get("Content-Range", "").rpartition("/")[2]
-    size = int(total) if total.isdigit() else None
-    return RemoteStat(url, size, headers.get("ETag"), headers.get("Last-Modified"))
-
-
-def http_problem(name: str, code: int) -> str:
-    """One line for an HTTP error status of a remote scene."""
-    if code == 404:
-        return f"{name}: not found on the server (HTTP 404); check the URL"
-    if code in (401, 403):
-        return (f"{name}: access denied (HTTP {code}); check the URL, its signature or expiry, or the credentials "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GDAL_HTTP_AUTH, GDAL_HTTP_HEADERS)")  # fmt: skip
-    return f"{name}: the server answered HTTP {code}; check the URL, or retry later"
+        stat_remote(path)
+    except RasterError as exc:
+        return exc
+    return None
 
 
 GDAL_PROBLEMS: Sequence[tuple[str, str]] = (

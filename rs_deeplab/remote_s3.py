@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from rs_deeplab.errors import RasterError
 from rs_deeplab.remote import S3_CREDENTIALS_FIX, RemoteStat, env_flag, http_problem
+from rs_deeplab.remote_http import RESUME, RemoteUnavailableError, http_settings
 
 
 def s3_client() -> Any:
@@ -22,11 +23,12 @@ def s3_client() -> Any:
     url = None
     if endpoint:
         url = endpoint if "://" in endpoint else f"{'https' if env_flag('AWS_HTTPS', True) else 'http'}://{endpoint}"
+    settings = http_settings()  # the timeout and retries of GDAL's reads (RS_DEEPLAB_HTTP_*)
     config: dict[str, Any] = {
         "s3": {"addressing_style": "auto" if env_flag("AWS_VIRTUAL_HOSTING", True) else "path"},
-        "retries": {"max_attempts": 2},
-        "connect_timeout": 10,
-        "read_timeout": 30,
+        "retries": {"max_attempts": settings.retries + 1, "mode": "standard"},
+        "connect_timeout": settings.timeout,
+        "read_timeout": settings.timeout,
     }
     if env_flag("AWS_NO_SIGN_REQUEST", False):
         config["signature_version"] = botocore.UNSIGNED
@@ -39,7 +41,8 @@ def s3_stat(url: str) -> RemoteStat:
     """HeadObject of ``s3://bucket/key``: its size, ETag and Last-Modified.
 
     Raises:
-        RasterError: No credentials, access denied, no such bucket or key, or no answer from the endpoint.
+        RasterError: No credentials, access denied, no such bucket or key.
+        RemoteUnavailableError: No answer from the endpoint (within ``RS_DEEPLAB_HTTP_TIMEOUT``, after the retries).
     """
     import botocore.exceptions as bex
 
@@ -54,8 +57,8 @@ def s3_stat(url: str) -> RemoteStat:
         code = int(meta.get("HTTPStatusCode") or 0) or 400
         raise RasterError(http_problem(url, code)) from None
     except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError) as exc:
-        raise RasterError(
-            f"{url}: no answer from the S3 endpoint ({exc}); check AWS_S3_ENDPOINT and the network"
+        raise RemoteUnavailableError(
+            f"{url}: no answer from the S3 endpoint ({exc}); check AWS_S3_ENDPOINT and the network, then {RESUME}"
         ) from None
     modified = head.get("LastModified")
     return RemoteStat(

@@ -1,5 +1,6 @@
 """Real servers on loopback for remote-scene tests: an HTTP file server that honours Range requests and counts the
-bytes it sends, and an S3-compatible server (moto in server mode) holding the same files."""
+bytes it sends (and misbehaves on request: error answers, reset connections, silence, see :class:`Faults`), and an
+S3-compatible server (moto in server mode) holding the same files."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import hashlib
 import http.server
 import re
 import socket
+import struct
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,74 @@ class Traffic:
             self.requests.clear()
 
 
+Fault = int | str | None
+"""What a misbehaving server does to one request: an HTTP status (500, 503...), ``reset`` (the connection is reset
+before any answer), ``cut`` (the headers and half the body, then a reset), or None (a proper answer)."""
+
+
+@dataclass
+class Faults:
+    """Scripted misbehaviour of :func:`http_server`.
+
+    Hiccups: the first ``after`` Range GETs of a file (never the one-byte probe) are answered; each later one takes
+    the next entry of ``queue`` until it is empty. Outage: from the first request (of any kind) for which
+    ``outage_when(range_header)`` holds, until :meth:`clear`, the server ``stall``s (reads each request and sends
+    nothing, the connection left open) or is ``gone`` (stops listening: connections are refused, open ones reset).
+    ``delivered`` lists what was done instead of answering, in order.
+    """
+
+    after: int = 0
+    queue: list[Fault] = field(default_factory=list)
+    outage_when: Callable[[str], bool] | None = None
+    outage: str = "stall"
+    delivered: list[Fault] = field(default_factory=list)
+    answered: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    calm: threading.Event = field(default_factory=threading.Event)
+    out: bool = False
+
+    def pick(self, method: str, range_header: str) -> Fault:
+        """What to do with this request (None: answer it)."""
+        with self.lock:
+            if not self.out and self.outage_when is not None and self.outage_when(range_header):
+                self.out = True
+            if self.out:
+                self.delivered.append(self.outage)
+                return self.outage
+            if method != "GET" or not range_header or range_header == "bytes=0-0":
+                return None
+            if self.answered < self.after or not self.queue:
+                self.answered += 1
+                return None
+            fault = self.queue.pop(0)
+            if fault is not None:
+                self.delivered.append(fault)
+            return fault
+
+    def clear(self) -> None:
+        """Behave from now on; stalled requests get their connection closed (still no answer)."""
+        with self.lock:
+            self.queue.clear()
+            self.outage_when, self.out = None, False
+        self.calm.set()
+
+
+def range_start(range_header: str) -> int:
+    """The first byte a ``Range`` header asks for (-1 without one)."""
+    m = RANGE.match(range_header.removeprefix("bytes="))
+    return int(m.group(1)) if m and m.group(1) else -1
+
+
+def _go_away(server: http.server.ThreadingHTTPServer) -> None:
+    """Stop listening: later connections to the port are refused."""
+    server.shutdown()
+    server.socket.close()
+
+
 class RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.root``; honours single and multiple byte ranges unless ``server.ranges`` is False.
 
-    Paths under ``/forbidden/`` answer 403.
+    Paths under ``/forbidden/`` answer 403. ``server.faults`` (:class:`Faults`) makes it misbehave on purpose.
     """
 
     server: Any
@@ -61,6 +127,10 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
     def _answer(self, body: bool) -> None:
         rel = self.path.split("?", 1)[0].lstrip("/")
         target = self.server.root / rel
+        header = self.headers.get("Range", "")
+        fault = self.server.faults.pick(self.command, header)
+        if fault is not None:
+            return self._misbehave(fault, target.read_bytes() if target.is_file() else b"", header)
         if rel.startswith("forbidden/"):
             return self._status(403)
         if not rel or not target.is_file():
@@ -68,7 +138,6 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         data = target.read_bytes()
         stamp = email.utils.formatdate(target.stat().st_mtime, usegmt=True)
         etag = '"' + hashlib.md5(data).hexdigest() + '"'
-        header = self.headers.get("Range", "")
         ranges = self._ranges(header, len(data)) if header and self.server.ranges else None
         if ranges is None:
             self._send(200, data, {"Content-Type": "image/tiff"}, etag, stamp, body)
@@ -118,6 +187,29 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.server.traffic.add(self.command, self.path, self.headers.get("Range", ""), 0)
         self.end_headers()
 
+    def _misbehave(self, fault: Fault, data: bytes, header: str) -> None:
+        """Answer ``fault`` instead of the data (see :data:`Fault`)."""
+        self.close_connection = True
+        if isinstance(fault, int):
+            return self._status(fault)
+        if fault == "stall":
+            self.server.faults.calm.wait(600)  # the client gives up long before (its timeout); then the socket closes
+            return None
+        if fault == "gone":
+            threading.Thread(target=_go_away, args=(self.server,), daemon=True).start()
+        if fault == "cut":
+            a, b = (self._ranges(header, len(data)) or [(0, len(data) - 1)])[0]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+            self.send_header("Content-Length", str(b + 1 - a))
+            self.end_headers()
+            self.wfile.write(data[a : a + (b + 1 - a) // 2])
+            self.wfile.flush()
+        # an RST instead of a FIN: the client sees "connection reset by peer"
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        return None
+
 
 @dataclass
 class HttpServer:
@@ -126,19 +218,27 @@ class HttpServer:
     url: str
     root: Path
     traffic: Traffic
+    faults: Faults = field(default_factory=Faults)
 
 
 @contextlib.contextmanager
-def http_server(root: Path, *, ranges: bool = True) -> Iterator[HttpServer]:
-    """Serve ``root`` on ``http://127.0.0.1:<free port>`` from a thread; ``ranges=False`` ignores Range headers."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+def http_server(
+    root: Path, *, ranges: bool = True, faults: Faults | None = None, port: int = 0
+) -> Iterator[HttpServer]:
+    """Serve ``root`` on ``http://127.0.0.1:<port>`` (a free one by default) from a thread.
+
+    ``ranges=False`` ignores Range headers; ``faults`` makes it misbehave as scripted (none by default).
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), RangeHandler)
     server.daemon_threads = True
-    server.root, server.ranges, server.traffic = root, ranges, Traffic()  # type: ignore[attr-defined]
+    faults = faults if faults is not None else Faults()
+    server.root, server.ranges, server.traffic, server.faults = root, ranges, Traffic(), faults  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield HttpServer(f"http://127.0.0.1:{server.server_address[1]}", root, server.traffic)  # type: ignore[attr-defined]
+        yield HttpServer(f"http://127.0.0.1:{server.server_address[1]}", root, server.traffic, faults)  # type: ignore[attr-defined]
     finally:
+        faults.clear()  # stalled handler threads end
         server.shutdown()
         server.server_close()
 

@@ -25,6 +25,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from rs_deeplab.raster import open_raster, read_error
+from rs_deeplab.remote_reads import read_retrying
 
 if TYPE_CHECKING:
     from rs_deeplab.inference.reader import SceneInfo
@@ -159,6 +160,21 @@ class StripReader:
         return [(a - first, b - first, 0, width) for a, b in _split(first, stop, block_h, self.threads)]
 
     def _read_chunk(
+        self, first: int, chunk: tuple[int, int, int, int], data: np.ndarray, valid: np.ndarray | None
+    ) -> None:
+        """Read one chunk; a remote scene's server that hiccups is read again, from a freshly opened file."""
+        read_retrying(self.info.path, lambda: self._read_chunk_once(first, chunk, data, valid), self._drop_dataset)
+
+    def _drop_dataset(self) -> None:
+        """Close this thread's dataset, so that the next read opens the file again."""
+        ds = getattr(self._local, "ds", None)
+        self._local.ds = None
+        if ds is not None:
+            with self._lock:
+                self._opened = [d for d in self._opened if d is not ds]
+            ds.close()
+
+    def _read_chunk_once(
         self, first: int, chunk: tuple[int, int, int, int], data: np.ndarray, valid: np.ndarray | None
     ) -> None:
         r0, r1, c0, c1 = chunk

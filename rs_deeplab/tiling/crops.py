@@ -24,6 +24,8 @@ from rs_deeplab.diskspace import space_checked
 from rs_deeplab.errors import RsDeeplabError
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
+from rs_deeplab.remote import is_remote
+from rs_deeplab.remote_reads import read_retrying
 from rs_deeplab.tiling.checks import reading, writing
 from rs_deeplab.tiling.class_counts import StripCounts
 from rs_deeplab.tiling.labels import LabelSource, custom_scheme, read_labels
@@ -286,17 +288,26 @@ def tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) ->
     raise error
 
 
-def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:
-    rows = window_rows(window_grid(job.height, job.width, settings.size, settings.stride))
-    top = min(row_offs)
-    window = Window(0, top, job.width, min(job.height, max(row_offs) + settings.size) - top)
+def _read_strip(
+    job: SceneJob, settings: CropSettings, window: Window
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, _Writer]:
+    """The image, valid mask and labels of ``window``, and the crop writer of the scene (opened here, closed)."""
     with open_raster(job.image) as src:
         with reading(job.image):
             image = src.read(window=window)
             mask = _valid_mask(src, image, window)
         with reading(job.label.path if job.label else job.image):
             label = _read_label(job, settings, src, window)
-        writer = _Writer(src, job, settings)
+        return image, mask, label, _Writer(src, job, settings)
+
+
+def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -> list[Record]:
+    rows = window_rows(window_grid(job.height, job.width, settings.size, settings.stride))
+    top = min(row_offs)
+    window = Window(0, top, job.width, min(job.height, max(row_offs) + settings.size) - top)
+    # a remote scene's server that hiccups is read again; one that stopped answering is named (resumable)
+    remote = job.image if is_remote(job.image) or job.label is None else job.label.path
+    image, mask, label, writer = read_retrying(remote, lambda: _read_strip(job, settings, window))
     stats = StripCounts([w for r in row_offs for w in rows[r]], top, label, mask)
     records: list[Record] = []
     with writing(settings.out):
