@@ -22,6 +22,7 @@ from rs_deeplab.tuning import tune_process
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/crf_search.py``."""
+    from rs_deeplab.cluster import SCHEDULER_HELP
     from rs_deeplab.remote import local_output
 
     p = ArgumentParser(prog="crf_search.py", description=__doc__.splitlines()[0])
@@ -34,7 +35,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (10)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs (auto)")
     p.add_argument("--workers", type=int, default=None, help="local Dask worker processes (one per core)")
-    p.add_argument("--scheduler", help="Dask scheduler address; its workers must see --out (a shared file system)")
+    p.add_argument("--scheduler", help="Dask scheduler address; its workers must see --out (a shared file system); "
+                   f"reached before any probability is computed ({SCHEDULER_HELP})")  # fmt: skip
     p.add_argument("--out", type=local_output, default=None,
                    help="cache and report folder (default: <checkpoint folder>/crf_search)")  # fmt: skip
     add_common_arguments(p)

@@ -29,6 +29,7 @@ def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[A
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/infer.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    from rs_deeplab.cluster import SCHEDULER_HELP
     from rs_deeplab.devices import AMP_CHOICES
     from rs_deeplab.remote import local_output
 
@@ -79,7 +80,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--scheduler",
                    help="Dask scheduler address: spread row ranges of each scene over its workers. One model per "
                    "GPU: on each GPU machine run `python -m rs_deeplab.inference.gpu_workers ADDRESS` (one "
-                   "single-threaded worker per GPU, resource GPU=1)")  # fmt: skip
+                   f"single-threaded worker per GPU, resource GPU=1); {SCHEDULER_HELP} from the rows "
+                   "written")  # fmt: skip
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
     p.add_argument("--restart", action="store_true",

@@ -21,6 +21,7 @@ log = logging.getLogger("rs_deeplab.tile")
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/tile.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while GDAL, pandas and Dask load is one line too
+    from rs_deeplab.cluster import SCHEDULER_HELP
     from rs_deeplab.remote import local_output
     from rs_deeplab.tiling.presets import PRESETS
     from rs_deeplab.tiling.tiler import COMPRESS_CHOICES
@@ -62,7 +63,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--compress", choices=COMPRESS_CHOICES, default="none", help="crop codec (none: fastest)")
     parser.add_argument("--workers", type=int, help="local workers (one per core; 1 = this process only)")
     parser.add_argument("--threads", action="store_true", help="local workers as threads of one process")
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, tcp://host:8786")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help=f"run on an existing Dask scheduler, tcp://host:8786 ({SCHEDULER_HELP})")  # fmt: skip
     add_common_arguments(parser)
     return parser
 

@@ -6,6 +6,13 @@ while a cluster or client is open and get their levels back afterwards (:func:`q
 a local cluster's start is ignored inside a ``warnings.catch_warnings()`` block, and Ctrl-C's handler is swapped
 only while the local workers are forked. Worker processes are tuned only through a plugin the caller registers
 explicitly (:class:`rs_deeplab.worker_tuning.TuneWorker`, see :func:`scheduler_client`).
+
+On an existing scheduler a job never waits forever: the scheduler must answer within :data:`CONNECT_SECONDS`
+before anything is written, and while the job runs (:class:`~rs_deeplab.cluster_watch.Watch`) it stops with one
+line (:class:`~rs_deeplab.errors.ClusterError`, exit 2) when no worker has been connected for 30 s
+(:data:`~rs_deeplab.cluster_watch.WORKERS_GONE_SECONDS`; ``RS_DEEPLAB_WORKERS_GONE_SECONDS`` changes it), when the
+scheduler is lost, or when workers die again and again on one task. Finished work is kept, so the same command
+resumes once the cluster is back.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cluster_watch import WORKERS_GONE_ENV, WORKERS_GONE_SECONDS, Watch, workers_gone_seconds
+from rs_deeplab.errors import ClusterError, InputError
 
 log = logging.getLogger("rs_deeplab.cluster")
 
@@ -35,14 +43,36 @@ DASK_LOGGERS = ("distributed", "tornado", "asyncio")
 STOP_SECONDS = 0.5
 """How long a local worker process may take to stop after Ctrl-C or a failed task before it is killed."""
 
+CONNECT_SECONDS = 5.0
+"""Longest wait for an existing Dask scheduler to answer (at the start and for each later call to it); an address
+that does not answer is one line after this long, before anything is written. Dask's
+``distributed.comm.timeouts.connect`` setting shortens it."""
+
+SCHEDULER_HELP = (
+    f"it must answer within {CONNECT_SECONDS:g} s; a worker killed mid-task is survived, and the run stops with "
+    f"one line when no worker is left for {WORKERS_GONE_SECONDS:g} s ({WORKERS_GONE_ENV}) or the scheduler is "
+    "lost: the same command resumes"
+)
+"""What ``--scheduler`` of every script adds to its help: the stated timeouts."""
+
 
 @dataclass
 class Cluster:
-    """What runs tasks: ``client`` (None: this process, one task at a time) and how many run at once."""
+    """What runs tasks: ``client`` (None: this process, one task at a time) and how many run at once.
+
+    ``address`` is the scheduler's (None in this process) and ``local`` whether this process started the cluster.
+    """
 
     description: str
     workers: int
     client: Any = None
+    address: str | None = None
+    local: bool = True
+
+    def watch(self) -> Watch:
+        """A :class:`Watch` over this cluster's client (which must exist)."""
+        assert self.client is not None and self.address is not None
+        return Watch(self.client, self.address, local=self.local)
 
 
 def default_workers() -> int:
@@ -63,15 +93,24 @@ def check_cluster_options(workers: int | None, scheduler: str | None) -> None:
         raise InputError(f"--workers must be a whole number of at least 1, got {workers!r}")
     if scheduler is not None and not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://\S+", scheduler):
         raise InputError(f"scheduler address {scheduler!r} is not like tcp://host:8786")
+    if scheduler is not None:
+        workers_gone_seconds()  # a bad RS_DEEPLAB_WORKERS_GONE_SECONDS is refused before any work
 
 
 @contextlib.contextmanager
 def quiet_dask() -> Iterator[None]:
     """Keep distributed's INFO/WARNING chatter (ports, scratch folders, closing comms) off the user's terminal.
 
-    The levels of :data:`DASK_LOGGERS` are raised for the block only and restored on exit.
+    The levels of :data:`DASK_LOGGERS` (and of their children that have levels of their own) are raised for the
+    block only and restored on exit.
     """
+    import distributed  # noqa: F401  (its loggers exist, with the levels Dask's config gives them)
+
     loggers = [logging.getLogger(n) for n in DASK_LOGGERS]
+    known = list(logging.root.manager.loggerDict.items())
+    # children with a level of their own (``distributed.client``, ``tornado.application``) would still print
+    loggers += [lg for name, lg in known if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET
+                and name.startswith(tuple(f"{n}." for n in DASK_LOGGERS))]  # fmt: skip
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -85,15 +124,22 @@ def quiet_dask() -> Iterator[None]:
 def connect(address: str) -> Any:
     """A client on an existing scheduler, or a one-line error saying how to get one.
 
+    The scheduler must answer within :data:`CONNECT_SECONDS`; a refused TCP connection (nothing listens there)
+    fails at once instead of being retried for that long, and so does an address that is no scheduler's
+    (:func:`_probe`).
+
     Raises:
         InputError: The scheduler cannot be reached.
     """
     import dask
+    from dask.utils import parse_timedelta
     from distributed import Client
 
-    timeout = dask.config.get("distributed.comm.timeouts.connect")
-    log.info("connecting to the Dask scheduler at %s (timeout %s)", address, timeout)
+    configured = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
+    timeout = min(CONNECT_SECONDS, configured or CONNECT_SECONDS)
+    log.debug("connecting to the Dask scheduler at %s (timeout %g s)", address, timeout)
     try:
+        _probe(address, timeout)
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
@@ -101,6 +147,39 @@ def connect(address: str) -> Any:
             f"cannot reach the Dask scheduler at {address} ({reason}); start one with `dask scheduler` "
             "and `dask worker ADDRESS`, or leave out --scheduler"
         ) from None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast where a ``tcp://`` address cannot be a Dask scheduler (the client would retry or misread it).
+
+    A Dask server greets every connection with its handshake (8 bytes of message length first): a refused
+    connection (nothing listens there) fails at once, and a server that sends no such greeting within ``timeout``
+    (an HTTP port, the dashboard's) is named as not a scheduler. Other failures are left to the Dask client.
+
+    Raises:
+        ConnectionError: Refused, or not a Dask scheduler.
+    """
+    import socket
+    import struct
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+        return
+    try:
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise ConnectionRefusedError(f"connection refused by {parts.hostname}:{parts.port}") from None
+    except OSError:
+        return  # unreachable, no such host, timed out...: the Dask client says it in its own words
+    with sock:
+        greeting = b""
+        with contextlib.suppress(OSError):
+            while len(greeting) < 8 and (chunk := sock.recv(8 - len(greeting))):
+                greeting += chunk
+    if len(greeting) < 8 or struct.unpack("<Q", greeting)[0] > 1 << 24:
+        raise ConnectionError(f"{parts.hostname}:{parts.port} answers, but not as a Dask scheduler (its port is "
+                              "8786 by default; 8787 is the dashboard's)")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -120,10 +199,13 @@ def open_cluster(
         if scheduler:
             client = connect(scheduler)
             try:
-                count = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-                yield Cluster(f"Dask scheduler {scheduler} ({count} worker threads)", max(1, count), client)
+                count = sum(client.nthreads().values())
+                if not count:
+                    raise ClusterError(f"the Dask scheduler at {scheduler} has no workers; start `dask worker "
+                                       f"{scheduler}` first")  # fmt: skip
+                yield Cluster(f"Dask scheduler {scheduler} ({count} worker threads)", count, client, scheduler, False)
             finally:
-                client.close()
+                close_client(client)
             return
         n = workers or default_workers()
         if n == 1:
@@ -152,7 +234,16 @@ def scheduler_client(address: str, *, tune_workers: bool = False) -> Iterator[An
                 client.register_plugin(TuneWorker())
             yield client
         finally:
-            client.close()
+            close_client(client)
+
+
+def close_client(client: Any) -> None:
+    """Close a client; one that lost its scheduler is closed without waiting to reconnect."""
+    if client.status != "running":  # lost its scheduler: closing must not wait out a reconnection
+        with contextlib.suppress(Exception):
+            client.close(timeout=CONNECT_SECONDS)
+        return
+    client.close()
 
 
 @contextlib.contextmanager
@@ -204,7 +295,7 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Cluster]:
         if ctrl_c:
             raise KeyboardInterrupt  # pressed while the workers started
         with Client(cluster, set_as_default=False) as client:
-            yield Cluster(f"Dask local cluster ({n} {kind})", n, client)
+            yield Cluster(f"Dask local cluster ({n} {kind})", n, client, cluster.scheduler_address)
     except BaseException:
         if processes:  # Ctrl-C or a failed task: stop the workers now, not after their current task
             with contextlib.suppress(Exception):

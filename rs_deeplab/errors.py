@@ -43,3 +43,10 @@ class CheckpointError(RsDeeplabError, OSError):
 
 class TrainingError(RsDeeplabError, FloatingPointError):
     """Training diverged (a NaN or infinite loss): a learning rate too high or labels the loss cannot use."""
+
+
+class ClusterError(RsDeeplabError, ConnectionError):
+    """The Dask cluster running a job failed it: the scheduler was lost, no worker was left, or workers kept dying.
+
+    Finished work is kept; the message says how to get the cluster back and that the same command resumes.
+    """

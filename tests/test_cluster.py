@@ -21,7 +21,10 @@ def test_options_are_checked_before_anything_starts() -> None:
 
 
 def test_quieting_is_scoped_and_restored_after_an_error() -> None:
-    loggers = [logging.getLogger(n) for n in DASK_LOGGERS]
+    import distributed  # noqa: F401  (importing it sets its loggers' levels, as quiet_dask does first)
+
+    # distributed.client has a level and a handler of its own: it logs the client's reconnection tracebacks
+    loggers = [logging.getLogger(n) for n in (*DASK_LOGGERS, "distributed.client")]
     before = [lg.level for lg in loggers]
     loggers[0].setLevel(logging.INFO)  # a caller's own choice
     try:
