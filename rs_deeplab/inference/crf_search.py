@@ -10,6 +10,7 @@ stays fixed (``w2`` = 3, ``σγ`` = 3, as in the paper); the appearance kernel's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from rs_deeplab.cli import progress
+from rs_deeplab.cluster import Cluster, open_cluster
 from rs_deeplab.errors import InputError
 from rs_deeplab.evaluation.metrics import confusion_matrix
 from rs_deeplab.inference.crf import CRFParams, colour_image
@@ -134,29 +136,29 @@ def _pending(todo: Sequence[Setting], files: Sequence[str], num_classes: int, ex
         for s, params in args:
             yield s, score_setting(files, params, num_classes)
         return
-    from distributed import as_completed
-
+    watch = executor.watch()  # a worker killed mid-task is survived; none left, or the scheduler lost: one line
     run = uuid.uuid4().hex[:8]
     futures = {executor.client.submit(score_setting, list(files), params, num_classes, key=f"crf-{run}-{i}",
                                       pure=False): s for i, (s, params) in enumerate(args)}  # fmt: skip
     try:
-        for future in as_completed(list(futures), loop=executor.client.loop):
-            yield futures[future], future.result()
+        for future in watch.as_completed(list(futures)):
+            yield futures[future], watch.result(future)
     finally:
-        executor.client.cancel([f for f in futures if not f.done()])
+        watch.cancel(list(futures))
 
 
 def score_settings(
     todo: Sequence[Setting], files: Sequence[Path], num_classes: int, done_file: Path, fingerprint: str, *,
-    workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
+    workers: int | None = None, scheduler: str | None = None, quiet: bool = False, cluster: Cluster | None = None,
 ) -> tuple[dict[str, list[list[int]]], int]:  # fmt: skip
     """Confusion matrices of every setting; finished ones are read from (and new ones added to) ``done_file``.
+
+    ``cluster`` (already open) runs the settings; without it one is opened from ``workers`` and ``scheduler``
+    when a setting is left to score.
 
     Returns:
         ``{setting key: confusion matrix}`` and how many settings were computed now.
     """
-    from rs_deeplab.cluster import open_cluster
-
     done: dict[str, list[list[int]]] = {}
     if done_file.is_file():
         try:
@@ -168,7 +170,8 @@ def score_settings(
     pending = [s for s in todo if s.key not in done]
     if pending:
         paths = [str(f.resolve()) for f in files]  # absolute: a scheduler's workers run elsewhere
-        with open_cluster(workers, scheduler) as executor:
+        opened = contextlib.nullcontext(cluster) if cluster is not None else open_cluster(workers, scheduler)
+        with opened as executor:
             log.info("scoring %d CRF setting(s) on %d crops with %s", len(pending), len(files), executor.description)
             results = _pending(pending, paths, num_classes, executor)
             for setting, cm in progress(results, total=len(pending), desc="CRF grid", unit="setting", quiet=quiet):
@@ -274,18 +277,23 @@ def run_search(
         record_for: A model file: its best setting is recorded beside it (:func:`record_path`).
         about: Extra fields for the JSON table and the record (checkpoint, split, ...).
         workers: Local Dask worker processes (1: this process; None: one per core).
-        scheduler: Address of a Dask scheduler whose workers score the settings (they must see ``out``).
+        scheduler: Address of a Dask scheduler whose workers score the settings (they must see ``out``); it is
+            reached before anything is computed (:func:`rs_deeplab.cluster.open_cluster`), and the search stops
+            with one line when no worker is left for 30 s or the scheduler is lost (finished settings are kept).
         quiet: No progress bars.
     """
     import hashlib
 
     digest = hashlib.sha1(f"{fingerprint}|{list(indices)}".encode(), usedforsecurity=False).hexdigest()[:12]
-    out.mkdir(parents=True, exist_ok=True)
-    files, computed = cache_probabilities(model, read, indices, out / CACHE_DIR / digest, normalise=normalise,
-                                          band_ranges=band_ranges, device=device, quiet=quiet)  # fmt: skip
-    todo = settings(points)
-    done, scored = score_settings(todo, files, num_classes, out / DONE_FILE, f"{digest}:{num_classes}",
-                                  workers=workers, scheduler=scheduler, quiet=quiet)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        # a scheduler is reached (and has workers) before any probability is computed or anything is written
+        cluster = stack.enter_context(open_cluster(None, scheduler)) if scheduler else None
+        out.mkdir(parents=True, exist_ok=True)
+        files, computed = cache_probabilities(model, read, indices, out / CACHE_DIR / digest, normalise=normalise,
+                                              band_ranges=band_ranges, device=device, quiet=quiet)  # fmt: skip
+        todo = settings(points)
+        done, scored = score_settings(todo, files, num_classes, out / DONE_FILE, f"{digest}:{num_classes}",
+                                      workers=workers, scheduler=scheduler, quiet=quiet, cluster=cluster)  # fmt: skip
     rows = ranked_rows(todo, done)
     best = best_setting(rows)
     table = {**(about or {}), "images": list(indices), "computed": {"probabilities": computed, "settings": scored},

@@ -5,6 +5,11 @@ decides, as a pure function, the device and precision each worker will use, refu
 worker cannot honour, and whether tasks request a ``GPU`` resource (one model per GPU, when every worker
 advertises one; see :mod:`rs_deeplab.inference.gpu_workers`).
 
+Results are waited for through a :class:`rs_deeplab.cluster_watch.Watch`: a worker killed mid-task is survived
+(its rows are computed again elsewhere, the same rows), while no worker left for 30 s or a lost scheduler stops
+the run with one line; the rows already written stay in the partial file and the same command resumes from them
+(:mod:`rs_deeplab.inference.writer`).
+
 Tasks change nothing process-wide on the workers: :func:`dask_workers` registers the
 :class:`rs_deeplab.worker_tuning.TuneWorker` plugin on the scheduler, so each worker process tunes malloc and
 matches torch's threads to its own thread count once, explicitly, when the client is opened.
@@ -15,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +30,7 @@ import torch
 
 from rs_deeplab.cli import progress
 from rs_deeplab.cluster import scheduler_client
+from rs_deeplab.cluster_watch import Watch
 from rs_deeplab.devices import precision_name, resolve_amp, resolve_device
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.blending import FinishedRows
@@ -139,7 +147,8 @@ def run_dask(
     Args:
         client: A client on the scheduler.
         plan: What :func:`plan_workers` decided (resources every task requests).
-        model: A :class:`TrainedModel` (each worker loads it once) or a CPU ``torch.nn.Module``, scattered.
+        model: A :class:`TrainedModel` (each worker loads it once) or a CPU ``torch.nn.Module`` (sent as a task
+            result, :func:`module_task`).
         job: The rows' settings.
         device: ``--device``, resolved by each worker for its own GPUs (:func:`rs_deeplab.devices.resolve_device`).
         writer: Where finished rows go, in order (rows of ``job``'s grid: the working grid when the scene is
@@ -150,30 +159,46 @@ def run_dask(
     """
     step = task_rows(job)
     ranges = [(a, min(a + step, job.info.height)) for a in range(done - done % step, job.info.height, step)]
-    ref = model if isinstance(model, TrainedModel) else client.scatter(model, broadcast=True, hash=False)
+    watch = Watch(client, plan.address)
+    ref = model if isinstance(model, TrainedModel) else module_task(client, model)
     pending: dict[int, Any] = {}
     ahead = max(2, 2 * plan.workers)
     bar = progress(iter(range(len(ranges))), total=len(ranges), desc="inference", unit="task", quiet=quiet)
-    for i, (a, b) in enumerate(ranges):
-        pending[i] = client.submit(predict_rows, ref, job, a, b, device, pure=False, resources=plan.resources)
-        if i >= ahead - 1:
-            _write_next(pending, i - ahead + 1, writer)
+    try:
+        for i, (a, b) in enumerate(ranges):
+            pending[i] = client.submit(predict_rows, ref, job, a, b, device, pure=False, resources=plan.resources)
+            if i >= ahead - 1:
+                writer.write(watch.wait(pending.pop(i - ahead + 1)))
+                next(bar, None)
+        for k in sorted(pending):
+            writer.write(watch.wait(pending.pop(k)))
             next(bar, None)
-    for k in sorted(pending):
-        _write_next(pending, k, writer)
-        next(bar, None)
+    finally:
+        watch.cancel(list(pending.values()))
     return plan.description, total
 
 
-def _write_next(pending: dict[int, Any], key: int, writer: RowSink) -> None:
-    writer.write(pending.pop(key).result())
+def module_task(client: Any, module: torch.nn.Module) -> Any:
+    """A future of ``module`` computed by a task that carries it, for the row tasks to depend on.
+
+    Not scattered: Dask keeps one copy of scattered data (its memory manager drops the others), which is lost for
+    good with the worker holding it, and every task that needs it fails. A task's result is computed again
+    elsewhere, so a killed worker costs only its own tasks.
+    """
+    with warnings.catch_warnings():  # the module travels once, in this task: no "large graph" advice to print
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+        return client.submit(_same, module, pure=False, key=f"model-{uuid.uuid4().hex[:8]}")
+
+
+def _same(module: torch.nn.Module) -> torch.nn.Module:
+    return module
 
 
 def predict_rows(model: torch.nn.Module | TrainedModel, job: RowJob, start: int, stop: int,
                  device: str = "auto") -> FinishedRows:  # fmt: skip
     """Dask task: rows ``[start, stop)`` as one :class:`FinishedRows` (the model is loaded once per worker).
 
-    ``model`` is a CPU ``torch.nn.Module`` (scattered to the workers; moved to the worker's device once) or a
+    ``model`` is a CPU ``torch.nn.Module`` (the result of :func:`module_task`; moved to the worker's device once) or a
     :class:`~rs_deeplab.inference.trained.TrainedModel`; ``auto`` runs on the worker's GPU when it has one.
     """
     dev = resolve_device(device, local_rank=0, cuda_count=gpu_report().count)
@@ -181,7 +206,7 @@ def predict_rows(model: torch.nn.Module | TrainedModel, job: RowJob, start: int,
         module = worker_model(model, dev).module  # kept on this worker between tasks
         predictor = Predictor(module, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
     else:
-        with _MOVE_LOCK:  # the scattered module is shared by the worker's threads: move it once
+        with _MOVE_LOCK:  # the module is shared by the worker's threads: move it once
             predictor = Predictor(model, dev, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
     parts = list(stream_rows(job, predictor, start, stop))
     return concat_rows(parts, job, start, stop)
