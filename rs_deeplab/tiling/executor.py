@@ -1,4 +1,9 @@
-"""Where tiling tasks run: a :class:`rs_deeplab.cluster.Cluster` (local Dask cluster, scheduler, or this process)."""
+"""Where tiling tasks run: a :class:`rs_deeplab.cluster.Cluster` (local Dask cluster, scheduler, or this process).
+
+On Dask the tasks are waited for through a :class:`rs_deeplab.cluster_watch.Watch`: a worker killed mid-task is
+survived (its tasks run again elsewhere and write the same files), while no worker left for 30 s or a lost
+scheduler ends the run with one line; finished rows are kept for the re-run.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 from rs_deeplab.cli import progress
 from rs_deeplab.cluster import Cluster, open_cluster
 from rs_deeplab.tiling.crops import CropSettings, Record, SceneJob, tile_rows
+from rs_deeplab.tiling.verify import read_every_block
 
 log = logging.getLogger("rs_deeplab.tiling.tiler")
 
@@ -47,6 +53,21 @@ class Executor:
         """The Dask client, or None to run in this process."""
         return self.cluster.client
 
+    def read_through(self, paths: Sequence[str]) -> int:
+        """Decode every block of the compressed rasters among ``paths`` (:mod:`rs_deeplab.tiling.verify`) on the
+        workers; returns how many were read. The first that cannot be decoded raises its one-line error.
+        """  # noqa: D205
+        if self.client is None:
+            return sum(read_every_block(p) for p in paths)
+        watch = self.cluster.watch()
+        run_id = uuid.uuid4().hex[:8]
+        futures = [self.client.submit(read_every_block, p, key=f"read-through-{run_id}-{i}", pure=False)
+                   for i, p in enumerate(paths)]  # fmt: skip
+        try:
+            return sum(watch.result(f) for f in watch.as_completed(futures))
+        finally:
+            watch.cancel(futures)
+
     def run(self, tasks: Sequence[TaskSpec], *, quiet: bool = False) -> list[Record]:
         """Run every task, showing crops done / total, and return all records (in no particular order)."""
         records: list[Record] = []
@@ -63,8 +84,7 @@ class Executor:
             yield from (None for _ in range(t.crops))
 
     def _dask_ticks(self, tasks: Sequence[TaskSpec], records: list[Record]) -> Iterator[None]:
-        from distributed import as_completed
-
+        watch = self.cluster.watch()
         run_id = uuid.uuid4().hex[:8]
         futures = [
             self.client.submit(tile_rows, t.job, t.rows, t.settings, key=f"tile-{run_id}-{i}", pure=False)
@@ -72,11 +92,11 @@ class Executor:
         ]
         crops = {f.key: t.crops for f, t in zip(futures, tasks, strict=True)}
         try:
-            for future in as_completed(futures, loop=self.client.loop):
-                records.extend(future.result())
+            for future in watch.as_completed(futures):
+                records.extend(watch.result(future))
                 yield from (None for _ in range(crops[future.key]))
         finally:
-            self.client.cancel([f for f in futures if not f.done()])
+            watch.cancel(futures)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ from typing import Any
 from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.cli import held_logs
 from rs_deeplab.cluster import check_cluster_options
-from rs_deeplab.errors import InputError
+from rs_deeplab.diskspace import check_free_space, out_of_space
+from rs_deeplab.errors import DiskFullError, InputError
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.remote import reads_remote, remote_env
 from rs_deeplab.tiling.checks import (
@@ -39,8 +40,16 @@ from rs_deeplab.tiling.manifest import (
     prepare_output,
     read_manifest,
 )
-from rs_deeplab.tiling.plan import choose_workers, hold_out_blocks, pending_work, plan_tasks, row_bytes
+from rs_deeplab.tiling.plan import (
+    choose_workers,
+    disk_bytes,
+    hold_out_blocks,
+    pending_work,
+    plan_tasks,
+    row_bytes,
+)
 from rs_deeplab.tiling.scenes import SceneSpec, prepare_jobs
+from rs_deeplab.tiling.verify import paths_to_read
 
 log = logging.getLogger("rs_deeplab.tiling.tiler")
 
@@ -114,8 +123,9 @@ def tile_scenes(
     """Cut scenes (and their labels) into ``size × size`` GeoTIFF crops every ``stride`` pixels, with an index.
 
     Writes ``out/images/<key>_<row>_<col>.tif``, ``out/labels/...`` (uint8 class ids, 255 ignore) and
-    ``out/index.gpkg`` (layers ``tiles`` and ``classes``). Everything is checked before anything is written; each
-    file is written under a temporary name and renamed, and re-running the same call skips finished work.
+    ``out/index.gpkg`` (layers ``tiles`` and ``classes``). Everything is checked before anything is written (block
+    compressed scenes are decoded through, :mod:`rs_deeplab.tiling.verify`); each file is written under a
+    temporary name and renamed, and re-running the same call skips finished work.
 
     Args:
         scenes: Scenes as :class:`SceneSpec` or bare image paths (no labels, split ``train``). A label file given
@@ -144,7 +154,10 @@ def tile_scenes(
             small to pay for starting them. Ignored with ``scheduler``.
         processes: Local workers as (forked) processes; threads of this process when False. Threads start at
             once but share the GIL, which rasterio holds for a good part of each crop (bench/RESULTS.md, Tiler).
-        scheduler: Address of a running Dask scheduler (``tcp://host:8786``) to run the tasks on instead.
+        scheduler: Address of a running Dask scheduler (``tcp://host:8786``) to run the tasks on instead. It must
+            answer within 5 s (:data:`rs_deeplab.cluster.CONNECT_SECONDS`) before anything is written; a worker
+            killed mid-task is survived, and with no worker left for 30 s or the scheduler lost the run stops with
+            a :class:`~rs_deeplab.errors.ClusterError` (finished rows are kept: the same call resumes).
         quiet: No progress bar.
 
     Raises:
@@ -183,27 +196,35 @@ def tile_scenes(
             check_manifest(out, manifest)
 
     labelled = any(j.label is not None for j in jobs)
-    with writing(out):
-        prepare_output(out, manifest, labelled)
     records, todo = pending_work(jobs, settings)
+    needed = disk_bytes(jobs, todo, settings)
+    check_free_space(out, needed, "the crops")  # before the first file: a run that cannot fit writes nothing
     resumed = len(records)
     cluster = "nothing to do"
-    if todo:
-        pending_bytes = sum(len(todo.get(j.key, ())) * row_bytes(j, settings) for j in jobs)
-        n = choose_workers(workers, scheduler, pending_bytes)
-        remote = any(reads_remote(j.image) or (j.label is not None and reads_remote(j.label.path)) for j in jobs)
-        try:
-            with (
-                open_executor(n, scheduler, processes=processes) as executor,
-                remote_env() if remote else contextlib.nullcontext(),
-            ):
+    remote = any(reads_remote(j.image) or (j.label is not None and reads_remote(j.label.path)) for j in jobs)
+    try:
+        with contextlib.ExitStack() as stack:
+            executor = None
+            if todo:  # the scheduler answers and every pending scene decodes before anything is written
+                pending_bytes = sum(len(todo.get(j.key, ())) * row_bytes(j, settings) for j in jobs)
+                n = choose_workers(workers, scheduler, pending_bytes)
+                executor = stack.enter_context(open_executor(n, scheduler, processes=processes))
+                stack.enter_context(remote_env() if remote else contextlib.nullcontext())
+                executor.read_through(paths_to_read([j for j in jobs if j.key in todo]))
+            with writing(out):
+                prepare_output(out, manifest, labelled)
+            if executor is not None:
                 cluster = executor.description
                 tasks = plan_tasks(jobs, todo, in_strips, settings, executor.workers)
                 records.extend(executor.run(tasks, quiet=quiet))
-        except BaseException:
-            if not scheduler:  # local workers are gone: their half-written files go now, not at the re-run
-                remove_stale_temporaries(out)
-            raise
+                if scheduler:  # every task has finished: what remains was left by workers killed mid-write
+                    remove_stale_temporaries(out)
+    except BaseException as exc:
+        if not scheduler:  # local workers are gone: their half-written files go now, not at the re-run
+            remove_stale_temporaries(out)
+        if isinstance(exc, DiskFullError) and exc.errno_code is not None and exc.path is not None:
+            raise out_of_space(exc.path, exc.errno_code, needed, "the crops left") from None
+        raise
 
     kept = [r for r in records if r["written"]]
     dropped = sum(1 for r in records if not r["split"])
