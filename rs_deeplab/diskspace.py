@@ -48,12 +48,17 @@ def space_errno(exc: BaseException) -> int | None:
             return current.errno_code
         if isinstance(current, OSError) and current.errno in SPACE_ERRNOS:
             return int(current.errno)
-        text = str(current).lower()
-        for phrase, code in SPACE_MESSAGES.items():
-            if phrase in text:
-                return code
+        code = message_errno(str(current))
+        if code is not None:
+            return code
         current = current.__cause__ or current.__context__
     return None
+
+
+def message_errno(text: str) -> int | None:
+    """The ``errno`` a GDAL, SQLite or libc message of lack of space stands for (:data:`SPACE_MESSAGES`), or None."""
+    lower = text.lower()
+    return next((code for phrase, code in SPACE_MESSAGES.items() if phrase in lower), None)
 
 
 def os_space_error(exc: BaseException) -> DiskFullError | None:
@@ -208,26 +213,26 @@ def check_written(
     needed: int | None = None,
     blocks: int | None = None,
 ) -> None:
-    """Raise for a write that reported no error but failed: libtiff ``tiff`` errors, or a GeoTIFF cut short.
+    """Raise for a write that raised nothing but failed: errors only printed (``tiff``, see
+    :func:`rs_deeplab.tiff_writes.listen`), or a GeoTIFF cut short.
 
     A written GeoTIFF is cut short when its directory, or one of its first ``blocks`` blocks (all when None),
     lies beyond its end (:func:`rs_deeplab.tiff_writes.tiff_truncated`).
 
     Raises:
-        DiskFullError: For lack of space (libtiff's ``errno``, or :func:`probe_errno` for a truncated file).
-        OSError: Another failure (``EIO`` for a truncated file nothing explains), naming ``path``.
-    """
+        DiskFullError: For lack of space (libtiff's ``errno``, GDAL's words, or :func:`probe_errno`).
+        OSError: Another failure (``EIO`` where nothing explains it), naming ``path``.
+    """  # noqa: D205
     code, text = next(((c, t) for c, t in tiff if c in SPACE_ERRNOS), tiff[0] if tiff else (0, ""))
-    if not code:
-        for file in files:
-            if os.path.isfile(file) and tiff_writes.tiff_truncated(file, blocks):
-                code = probe_errno(path) or errno.EIO
-                text = text or f"{file} is shorter than its blocks say"
-                break
+    if code not in SPACE_ERRNOS:
+        short = [f for f in files if os.path.isfile(f) and tiff_writes.tiff_truncated(f, blocks)]
+        if text or short:  # a failure without a reason (GDAL's own words, or none): ask the file system
+            code = message_errno(text) or probe_errno(path) or code or errno.EIO
+            text = text or f"{short[0]} is shorter than its blocks say"
     if code in SPACE_ERRNOS:
         raise out_of_space(path, code, needed)
-    if code or text:
-        raise OSError(code or errno.EIO, f"cannot be written ({text})", str(path))
+    if text:
+        raise OSError(code, f"cannot be written ({text})", str(path))
 
 
 def _from_io_library(exc: BaseException) -> bool:

@@ -1,11 +1,13 @@
-"""What GDAL does not say about a GeoTIFF it wrote: libtiff's own error lines, and a file cut short on disk.
+"""What GDAL does not say about a GeoTIFF it wrote: errors it only prints, and a file cut short on disk.
 
-Two gaps let a GeoTIFF be left truncated while every rasterio call succeeds. A block that GDAL flushes as a dataset
-closes and that cannot be written is reported only to libtiff's process-wide error handler, whose default prints
-``_tiffWriteProc: File too large.`` to stderr (rasterio does not check what closing returns). And the last bytes,
-held in a C stdio buffer, can be lost when the file is closed without any report at all. :func:`listen` catches
-the first (and keeps those lines off the terminal); :func:`tiff_truncated` finds the second by reading the file's
-first directory and the blocks it points to, which every complete GeoTIFF holds within its size.
+Three gaps let a GeoTIFF be left truncated while every rasterio call succeeds (rasterio does not check what closing
+a dataset returns). A block that GDAL flushes as a dataset closes and that cannot be written is reported to
+libtiff's process-wide error handler, whose default prints ``_tiffWriteProc: File too large.`` to stderr; the TIFF
+directory that then cannot be rewritten is reported to GDAL's error handler, whose default prints ``ERROR 1:
+TIFFRewriteDirectory:...`` (rasterio's own handler is in place only during the calls it checks). And the last
+bytes, held in a C stdio buffer, can be lost when the file is closed without any report at all. :func:`listen`
+catches the first two (and keeps those lines off the terminal); :func:`tiff_truncated` finds the third by reading
+the file's first directory and the blocks it points to, which every complete GeoTIFF holds within its size.
 """
 
 from __future__ import annotations
@@ -21,69 +23,97 @@ from pathlib import Path
 from typing import BinaryIO
 
 TiffError = tuple[int, str]
-"""One libtiff error: ``(errno at the time, text)``."""
+"""One error reported while writing: ``(errno at the time or 0, text)``."""
+CE_FAILURE = 3
+"""GDAL's ``CPLErr`` of a failure (``CE_Warning`` is 2)."""
 
 
 class _Listener:
-    """Listens to libtiff's process-wide error handler while at least one thread is inside :func:`listen`.
+    """Listens to libtiff's and GDAL's error handlers while a thread is inside :func:`listen`.
 
-    While anyone listens, the errors of a listening thread are kept for it (with ``errno``, which ctypes hands the
-    callback as it was when libtiff called); other threads' errors are printed as libtiff would. The first
-    listener installs the handler and the last puts the previous one back, so nothing stays changed in the
-    process once every block has ended.
+    libtiff's handler is process-wide: the first listener installs it and the last puts the previous one back;
+    while it is installed, the errors of a listening thread are kept for it (with ``errno``, which ctypes hands the
+    callback as it was when libtiff called) and other threads' errors are printed as libtiff would. GDAL's is
+    pushed on the listening thread's own handler stack (``CPLPushErrorHandler``) and popped again; it keeps
+    failures and prints warnings as GDAL would. Nothing stays changed once every block has ended.
     """
 
-    _PROTO = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, use_errno=True)
+    _TIFF_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, use_errno=True)
+    _GDAL_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_char_p)
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
         self.saved: list[tuple[ctypes.CDLL, int | None]] = []
         self.active: dict[int, list[list[TiffError]]] = {}
-        self.handler = self._PROTO(self._on_error)
-        self.libraries: list[ctypes.CDLL] | None = None
+        self.tiff_handler = self._TIFF_PROTO(self._on_tiff_error)
+        self.gdal_handler = self._GDAL_PROTO(self._on_gdal_error)
+        self.libraries: tuple[list[ctypes.CDLL], list[ctypes.CDLL]] | None = None
 
-    def _on_error(self, module: bytes | None, fmt: bytes | None, _args: int | None) -> None:
+    def _keep(self, code: int, text: str, unheard: str) -> None:
+        stacks = self.active.get(threading.get_ident())
+        if stacks:
+            for found in stacks:
+                found.append((code, text))
+        else:
+            sys.stderr.write(unheard)
+
+    def _on_tiff_error(self, module: bytes | None, fmt: bytes | None, _args: int | None) -> None:
         try:
             code = ctypes.get_errno()
             name = (module or b"libtiff").decode(errors="replace")
             text = f"{name}: {os.strerror(code) if code else (fmt or b'').decode(errors='replace')}"
-            stacks = self.active.get(threading.get_ident())
-            if stacks:
-                for found in stacks:
-                    found.append((code, text))
-            else:
-                sys.stderr.write(f"{text}.\n")
+            self._keep(code, text, f"{text}.\n")
         except Exception:  # an exception must not cross back into C
             pass
 
-    def _find(self) -> list[ctypes.CDLL]:
+    def _on_gdal_error(self, kind: int, number: int, message: bytes | None) -> None:
+        try:
+            text = (message or b"").decode(errors="replace")
+            if kind >= CE_FAILURE:
+                self._keep(0, text, f"ERROR {number}: {text}\n")
+            elif kind > 1:  # warnings as GDAL prints them; debug messages as GDAL drops them (without CPL_DEBUG)
+                sys.stderr.write(f"Warning {number}: {text}\n")
+        except Exception:  # an exception must not cross back into C
+            pass
+
+    def _find(self) -> tuple[list[ctypes.CDLL], list[ctypes.CDLL]]:
         if self.libraries is not None:
             return self.libraries
-        found = []
-        for path in _loaded_libtiffs():
+        tiffs, gdals = [], []
+        for path in _loaded_libraries():
             with contextlib.suppress(OSError, AttributeError):
                 lib = ctypes.CDLL(path)
-                lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
-                lib.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
-                found.append(lib)
-        if found or "rasterio" in sys.modules:  # GDAL is loaded: what is there now is all there will be
-            self.libraries = found
-        return found
+                if os.path.basename(path).startswith("libtiff"):
+                    lib.TIFFSetErrorHandler.restype = ctypes.c_void_p
+                    lib.TIFFSetErrorHandler.argtypes = [ctypes.c_void_p]
+                    tiffs.append(lib)
+                else:
+                    lib.CPLPushErrorHandler.argtypes = [ctypes.c_void_p]
+                    lib.CPLPopErrorHandler.argtypes = []
+                    gdals.append(lib)
+        if (tiffs and gdals) or "rasterio" in sys.modules:  # GDAL is loaded: what is there now is all there will be
+            self.libraries = tiffs, gdals
+        return tiffs, gdals
 
     @contextlib.contextmanager
     def listen(self) -> Iterator[list[TiffError]]:
         found: list[TiffError] = []
         ident = threading.get_ident()
         with self.lock:
+            tiffs, gdals = self._find()
             if self.users == 0:
-                pointer = ctypes.cast(self.handler, ctypes.c_void_p)
-                self.saved = [(lib, lib.TIFFSetErrorHandler(pointer)) for lib in self._find()]
+                pointer = ctypes.cast(self.tiff_handler, ctypes.c_void_p)
+                self.saved = [(lib, lib.TIFFSetErrorHandler(pointer)) for lib in tiffs]
             self.users += 1
             self.active.setdefault(ident, []).append(found)
+        for lib in gdals:
+            lib.CPLPushErrorHandler(ctypes.cast(self.gdal_handler, ctypes.c_void_p))
         try:
             yield found
         finally:
+            for lib in gdals:
+                lib.CPLPopErrorHandler()
             with self.lock:
                 stack = self.active[ident]
                 stack.remove(found)
@@ -96,26 +126,32 @@ class _Listener:
                     self.saved = []
 
 
-def _loaded_libtiffs() -> list[str]:
-    """Paths of the libtiff libraries loaded in this process (Linux), else those bundled with rasterio."""
+def _loaded_libraries() -> list[str]:
+    """The libtiff and GDAL libraries rasterio writes with: loaded ones (Linux), else those bundled with rasterio.
+
+    pyogrio's own copy of GDAL (its wheels bundle one) is left alone: it raises its errors itself.
+    """
     try:
         with open("/proc/self/maps") as fh:
-            paths = {line.split(maxsplit=5)[-1].strip() for line in fh if "libtiff" in line}
-        return sorted(p for p in paths if os.path.basename(p).startswith("libtiff"))
+            paths = {line.split(maxsplit=5)[-1].strip() for line in fh if "/lib" in line}
+        return sorted(p for p in paths if os.path.basename(p).startswith(("libtiff", "libgdal")) and "pyogrio" not in p)
     except OSError:
         pass
     rasterio = sys.modules.get("rasterio")
     if rasterio is None or rasterio.__file__ is None:
         return []
     base = Path(rasterio.__file__).parent
-    return [str(p) for folder in (base / ".dylibs", base.parent / "rasterio.libs") for p in folder.glob("libtiff*")]
+    return [str(p) for folder in (base / ".dylibs", base.parent / "rasterio.libs") for name in ("libtiff*", "libgdal*")
+            for p in folder.glob(name)]  # fmt: skip
 
 
 _LISTENER = _Listener()
 
 
 def listen() -> contextlib.AbstractContextManager[list[TiffError]]:
-    """Collect this thread's libtiff errors as ``(errno, text)`` pairs while the block runs (none are printed)."""
+    """Collect this thread's libtiff errors (``(errno, text)``) and GDAL failures (``(0, text)``) while the block
+    runs; none is printed.
+    """  # noqa: D205
     return _LISTENER.listen()
 
 
