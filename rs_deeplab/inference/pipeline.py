@@ -26,6 +26,7 @@ from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, predict_scene
 from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
 from rs_deeplab.inference.writer import partial_path, sidecar_path
+from rs_deeplab.locks import output_lock
 from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import source_path, temporary_sibling
@@ -174,7 +175,8 @@ def infer_scenes(
     Scenes may be local files, URLs (``https://``, ``s3://``, ``gs://``), GDAL paths or STAC Items (see
     :func:`resolve_scenes`). Every scene is checked (readable, band count) before any is predicted. With a
     ``.gpkg`` output the label rasters are vectorized into its ``labels`` layer with a ``scene`` column, written
-    atomically at the end.
+    atomically at the end. While it predicts, the run holds ``out``'s lock (:func:`rs_deeplab.locks.output_lock`):
+    a second run on the same ``out`` stops with :class:`~rs_deeplab.locks.OutputBusyError`.
     """
     start = time.perf_counter()
     opts = options or InferOptions()
@@ -212,32 +214,34 @@ def infer_scenes(
         if r.resolve() in inputs:
             raise InputError(f"--out {out}: the label raster {r} would overwrite the scene; choose another name")
     _check_rasters(rasters, opts, out, [*inputs, ckpt])
-    for scene, raster, gsd in zip(todo, rasters, gsds, strict=True):
-        probs = probs_path(raster) if opts.probs else None
-        log.info("predicting %s → %s", scene, raster)
-        result.rasters.append(
-            predict_scene(
-                loaded,
-                scene,
-                raster,
-                size=size,
-                stride=stride,
-                batch_size=batch_size,
-                window=card.infer.window,
-                tta=tta,
-                crf=crf,
-                probs_path=probs,
-                cog=opts.cog,
-                device=opts.device,
-                amp=opts.amp,
-                resume=opts.resume,
-                scheduler=opts.scheduler,
-                gsd=gsd,
-                quiet=quiet,
+    # one run per --out (x.gpkg and x.tif write the same raster): a second one stops here, before any prediction
+    with output_lock(out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out, shown=out):
+        for scene, raster, gsd in zip(todo, rasters, gsds, strict=True):
+            probs = probs_path(raster) if opts.probs else None
+            log.info("predicting %s → %s", scene, raster)
+            result.rasters.append(
+                predict_scene(
+                    loaded,
+                    scene,
+                    raster,
+                    size=size,
+                    stride=stride,
+                    batch_size=batch_size,
+                    window=card.infer.window,
+                    tta=tta,
+                    crf=crf,
+                    probs_path=probs,
+                    cog=opts.cog,
+                    device=opts.device,
+                    amp=opts.amp,
+                    resume=opts.resume,
+                    scheduler=opts.scheduler,
+                    gsd=gsd,
+                    quiet=quiet,
+                )
             )
-        )
-    if out.suffix.lower() == ".gpkg":
-        result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
+        if out.suffix.lower() == ".gpkg":
+            result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
     result.seconds = time.perf_counter() - start
     return result
 

@@ -17,6 +17,7 @@ from rs_deeplab.cluster import check_cluster_options
 from rs_deeplab.diskspace import check_free_space, out_of_space
 from rs_deeplab.errors import DiskFullError, InputError
 from rs_deeplab.grid import check_size_stride
+from rs_deeplab.locks import output_lock
 from rs_deeplab.remote import reads_remote, remote_env
 from rs_deeplab.tiling.checks import (
     check_label_fill_seed,
@@ -162,6 +163,8 @@ def tile_scenes(
 
     Raises:
         InputError, RasterError: Bad arguments or inputs (nothing is written).
+        OutputBusyError: Another run is writing ``out`` (:func:`rs_deeplab.locks.output_lock`; nothing is read or
+            written).
     """
     start = time.perf_counter()
     if stride is None:
@@ -174,67 +177,70 @@ def tile_scenes(
     if scheme and classes:
         raise InputError("--classes names the classes of labels without a --scheme; give one of them")
     out = Path(out)
-    if append and not classes and not scheme:
-        classes = (read_manifest(out) or {}).get("classes")
-    with held_logs():  # warnings about the inputs only once every check has passed
-        specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
-        check_output(out, [p for s in specs for p in (s.image, s.label) if p is not None])
-        vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
-        prepared = prepare_jobs(
-            specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
-        )
-        jobs, transforms, crss, in_strips = prepared.jobs, prepared.transforms, prepared.crss, prepared.in_strips
-        if val_fraction is not None:
-            jobs = hold_out_blocks(
-                jobs, transforms, crss, size=size, stride=stride, fraction=val_fraction, block=block, seed=seed
+    specs = [s if isinstance(s, SceneSpec) else SceneSpec(s) for s in scenes]
+    check_output(out, [p for s in specs for p in (s.image, s.label) if p is not None])
+    with output_lock(out):  # one run per folder: a second one stops here, before it reads or writes anything
+        if append and not classes and not scheme:
+            classes = (read_manifest(out) or {}).get("classes")
+        with held_logs():  # warnings about the inputs only once every check has passed
+            vector = {"field": label_field, "mapping": label_map, "fill": label_fill}
+            prepared = prepare_jobs(
+                specs, scheme=scheme, vector=vector, classes=tuple(classes or ()), check_labels=check_labels
             )
-        settings = CropSettings(str(out.resolve()), size, stride, float(min_valid), compress, scheme, prepared.classes)
-        manifest = build_manifest(settings, jobs)
-        if append:
-            manifest = check_append(out, manifest, prepared)
-        else:
-            check_manifest(out, manifest)
+            jobs, transforms, crss, in_strips = prepared.jobs, prepared.transforms, prepared.crss, prepared.in_strips
+            if val_fraction is not None:
+                jobs = hold_out_blocks(
+                    jobs, transforms, crss, size=size, stride=stride, fraction=val_fraction, block=block, seed=seed
+                )
+            settings = CropSettings(
+                str(out.resolve()), size, stride, float(min_valid), compress, scheme, prepared.classes
+            )
+            manifest = build_manifest(settings, jobs)
+            if append:
+                manifest = check_append(out, manifest, prepared)
+            else:
+                check_manifest(out, manifest)
 
-    labelled = any(j.label is not None for j in jobs)
-    records, todo = pending_work(jobs, settings)
-    needed = disk_bytes(jobs, todo, settings)
-    check_free_space(out, needed, "the crops")  # before the first file: a run that cannot fit writes nothing
-    resumed = len(records)
-    cluster = "nothing to do"
-    remote = any(reads_remote(j.image) or (j.label is not None and reads_remote(j.label.path)) for j in jobs)
-    try:
-        with contextlib.ExitStack() as stack:
-            executor = None
-            if todo:  # the scheduler answers and every pending scene decodes before anything is written
-                pending_bytes = sum(len(todo.get(j.key, ())) * row_bytes(j, settings) for j in jobs)
-                n = choose_workers(workers, scheduler, pending_bytes)
-                executor = stack.enter_context(open_executor(n, scheduler, processes=processes))
-                stack.enter_context(remote_env() if remote else contextlib.nullcontext())
-                executor.read_through(paths_to_read([j for j in jobs if j.key in todo]))
-            with writing(out):
-                prepare_output(out, manifest, labelled)
-            if executor is not None:
-                cluster = executor.description
-                tasks = plan_tasks(jobs, todo, in_strips, settings, executor.workers)
-                records.extend(executor.run(tasks, quiet=quiet))
-                if scheduler:  # every task has finished: what remains was left by workers killed mid-write
-                    remove_stale_temporaries(out)
-    except BaseException as exc:
-        if not scheduler:  # local workers are gone: their half-written files go now, not at the re-run
-            remove_stale_temporaries(out)
-        if isinstance(exc, DiskFullError) and exc.errno_code is not None and exc.path is not None:
-            raise out_of_space(exc.path, exc.errno_code, needed, "the crops left") from None
-        raise
+        labelled = any(j.label is not None for j in jobs)
+        records, todo = pending_work(jobs, settings)
+        needed = disk_bytes(jobs, todo, settings)
+        check_free_space(out, needed, "the crops")  # before the first file: a run that cannot fit writes nothing
+        resumed = len(records)
+        cluster = "nothing to do"
+        remote = any(reads_remote(j.image) or (j.label is not None and reads_remote(j.label.path)) for j in jobs)
+        try:
+            with contextlib.ExitStack() as stack:
+                executor = None
+                if todo:  # the scheduler answers and every pending scene decodes before anything is written
+                    pending_bytes = sum(len(todo.get(j.key, ())) * row_bytes(j, settings) for j in jobs)
+                    n = choose_workers(workers, scheduler, pending_bytes)
+                    executor = stack.enter_context(open_executor(n, scheduler, processes=processes))
+                    stack.enter_context(remote_env() if remote else contextlib.nullcontext())
+                    executor.read_through(paths_to_read([j for j in jobs if j.key in todo]))
+                with writing(out):
+                    prepare_output(out, manifest, labelled)
+                if executor is not None:
+                    cluster = executor.description
+                    tasks = plan_tasks(jobs, todo, in_strips, settings, executor.workers)
+                    records.extend(executor.run(tasks, quiet=quiet))
+                    if scheduler:  # every task has finished: what remains was left by workers killed mid-write
+                        remove_stale_temporaries(out)
+        except BaseException as exc:
+            if not scheduler:  # local workers are gone: their half-written files go now, not at the re-run
+                remove_stale_temporaries(out)
+            if isinstance(exc, DiskFullError) and exc.errno_code is not None and exc.path is not None:
+                raise out_of_space(exc.path, exc.errno_code, needed, "the crops left") from None
+            raise
 
-    kept = [r for r in records if r["written"]]
-    dropped = sum(1 for r in records if not r["split"])
-    scheme_of = settings.class_scheme()
-    tiles, table = build_index(kept, transforms=transforms, crss=crss, scheme=scheme_of, mapping=prepared.mapping)
-    if append and (out / INDEX_NAME).exists():
-        tiles, table = merge_index(*read_index(out / INDEX_NAME), tiles, table, replace=[j.key for j in jobs])
-    with writing(out):
-        index = write_index(out / INDEX_NAME, tiles, table)
-    return TileSummary(
-        out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept),
-        len(records) - len(kept) - dropped, resumed, time.perf_counter() - start, cluster, dropped,
-    )  # fmt: skip
+        kept = [r for r in records if r["written"]]
+        dropped = sum(1 for r in records if not r["split"])
+        scheme_of = settings.class_scheme()
+        tiles, table = build_index(kept, transforms=transforms, crss=crss, scheme=scheme_of, mapping=prepared.mapping)
+        if append and (out / INDEX_NAME).exists():
+            tiles, table = merge_index(*read_index(out / INDEX_NAME), tiles, table, replace=[j.key for j in jobs])
+        with writing(out):
+            index = write_index(out / INDEX_NAME, tiles, table)
+        return TileSummary(
+            out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept),
+            len(records) - len(kept) - dropped, resumed, time.perf_counter() - start, cluster, dropped,
+        )  # fmt: skip

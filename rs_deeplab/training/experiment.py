@@ -25,6 +25,7 @@ from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.gsd import rasters_gsd
+from rs_deeplab.locks import output_lock
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.raster import atomic_output
 from rs_deeplab.training.checkpoint import (
@@ -260,6 +261,8 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
 
     Raises:
         InputError: Missing data, empty split, bad labels or bands.
+        OutputBusyError: Another run is writing the run folder (its lock, :func:`rs_deeplab.locks.output_lock`,
+            taken by rank 0).
         CheckpointError: Resuming from a checkpoint of another architecture.
     """
     env = env_from_torchrun()
@@ -272,8 +275,14 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
             _resolve_weights_first(cfg, env)
             if not env.is_main:
                 return _train(cfg, env, device, amp, checked)
-            # a run that fails (or is interrupted) before its first checkpoint leaves no run folder behind
-            with removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"):
+            # one run per run folder, locked by rank 0 only (outside removed_on_failure: a run refused here must
+            # not remove the folder the running one just created); a run that fails (or is interrupted) before its
+            # first checkpoint leaves no run folder behind
+            option = "work_dir" if cfg.work_dir is not None else "name"
+            with (
+                output_lock(cfg.run_dir, option=option),
+                removed_on_failure(cfg.run_dir, keep=cfg.run_dir / "last.pt"),
+            ):
                 return _train(cfg, env, device, amp, checked)
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark

@@ -17,6 +17,7 @@ import pyogrio.errors
 import rasterio
 
 from rs_deeplab.errors import InputError, RasterError, RsDeeplabError
+from rs_deeplab.locks import output_lock
 from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, short_message
 from rs_deeplab.vectorize.blocks import RegionStream
@@ -125,7 +126,8 @@ def vectorize(
         quiet: No progress bar.
 
     Raises:
-        InputError: Bad argument, unknown class name, unwritable output format or missing output folder.
+        InputError: Bad argument, unknown class name, unwritable output format or missing output folder;
+            :class:`~rs_deeplab.locks.OutputBusyError` when another run writes ``out_path``.
         RasterError: The input is not a single-band integer raster.
     """
     start = time.perf_counter()
@@ -136,7 +138,8 @@ def vectorize(
     fmt = output_format(out, mode)
     check_output_file(out, what=f"output {out}", kind=fmt if mode == "w" else None, inputs=[raster_path])
     target = None if to_crs is None else parse_crs(to_crs)
-    with _small_block_cache(), open_raster(raster_path) as src:
+    # one run per output (its lock, rs_deeplab.locks): a second one stops here, before it reads the raster
+    with output_lock(out), _small_block_cache(), open_raster(raster_path) as src:
         _check_raster(src, raster_path)
         check_complete(src, raster_path)
         names = list(class_names) if class_names is not None else read_class_names(src) or []
