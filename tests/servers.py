@@ -53,14 +53,15 @@ class Faults:
     Hiccups: the first ``after`` Range GETs of a file (never the one-byte probe) are answered; each later one takes
     the next entry of ``queue`` until it is empty. Outage: from the first request (of any kind) for which
     ``outage_when(range_header)`` holds, until :meth:`clear`, the server ``stall``s (reads each request and sends
-    nothing, the connection left open) or is ``gone`` (stops listening: connections are refused, open ones reset).
+    nothing, the connection left open), is ``gone`` (stops listening: connections are refused, open ones reset) or
+    answers every request with the HTTP status ``outage`` (an int, e.g. 503).
     ``delivered`` lists what was done instead of answering, in order.
     """
 
     after: int = 0
     queue: list[Fault] = field(default_factory=list)
     outage_when: Callable[[str], bool] | None = None
-    outage: str = "stall"
+    outage: str | int = "stall"
     delivered: list[Fault] = field(default_factory=list)
     answered: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)

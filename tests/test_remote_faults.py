@@ -3,8 +3,9 @@
 The server is a real HTTP server on loopback (:func:`tests.servers.http_server`) told to misbehave
 (:class:`tests.servers.Faults`): HTTP 500/502/503/504 and connections reset (before an answer, or halfway through
 the body) after some answered Range requests are retried and give the undisturbed result; a server that stalls
-(reads the request and sends nothing) or goes away after the first rows are finished is one line naming the URL and
-the timeout, exit 2, and the re-run resumes from those rows to the identical result. Timeouts and pauses are
+(reads the request and sends nothing), goes away or answers 503 to everything after the first rows are finished is
+one line naming the URL and the timeout (or the refusal, or the status), exit 2, and the re-run resumes from those
+rows to the identical result. Timeouts and pauses are
 lowered for the tests (``RS_DEEPLAB_HTTP_TIMEOUT=1``).
 """
 
@@ -36,6 +37,12 @@ INFER = ["--size", "128", "--stride", "128", "--batch-size", "4"]
 WINDOWS = 16 * 4
 """Windows of the whole scene at ``INFER``'s size and stride."""
 TILE = ["--size", "128", "--stride", "128", "--workers", "1"]
+EXPECTED = {
+    "stall": "did not answer within 1 s (RS_DEEPLAB_HTTP_TIMEOUT)",
+    "gone": "refused or dropped the connection",
+    503: "answered HTTP 503 (also to 3 retries)",
+}
+"""What the one error line says for each outage of the server."""
 HICCUPS: list[int | str | None] = ["cut", 500, None, 502, "reset", 503, None, "cut", 504, None, "reset"]
 
 
@@ -151,8 +158,7 @@ def test_infer_stops_in_one_line_when_the_server_stops_answering_and_resumes(
         assert infer_main([*args, "-q"]) == 2
         err = one_line_error(capsys)
         port = int(web.url.rsplit(":", 1)[1])
-    expected = "did not answer within 1 s" if outage == "stall" else "refused or dropped the connection"
-    assert err.startswith(f"error: {url}: the server ") and expected in err, err
+    assert err.startswith(f"error: {url}: the server ") and EXPECTED[outage] in err, err
     assert err.endswith("re-run the same command to resume"), err
     assert faults.delivered and not out.exists()
     done = committed_rows(out)  # the finished rows stay for the re-run
@@ -166,9 +172,13 @@ def test_infer_stops_in_one_line_when_the_server_stops_answering_and_resumes(
     np.testing.assert_array_equal(read(out), local_labels)
 
 
-@pytest.mark.parametrize("outage", ["stall", "gone"])
+@pytest.mark.parametrize("outage", ["stall", "gone", 503])
 def test_tile_stops_in_one_line_when_the_server_stops_answering_and_resumes(
-    served: Path, local_crops: dict[str, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str], outage: str
+    served: Path,
+    local_crops: dict[str, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    outage: str | int,
 ) -> None:
     out = tmp_path / "tiles"
     faults = Faults(outage_when=lambda _: finished_parts(out), outage=outage)
@@ -178,8 +188,7 @@ def test_tile_stops_in_one_line_when_the_server_stops_answering_and_resumes(
         assert tile_main([*args, "-q"]) == 2
         err = one_line_error(capsys)
         port = int(web.url.rsplit(":", 1)[1])
-    expected = "did not answer within 1 s" if outage == "stall" else "refused or dropped the connection"
-    assert err.startswith(f"error: {url}: the server ") and expected in err, err
+    assert err.startswith(f"error: {url}: the server ") and EXPECTED[outage] in err, err
     assert err.endswith("re-run the same command to resume"), err
     done = len(crops(out))
     assert 0 < done < len(local_crops)
