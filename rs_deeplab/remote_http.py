@@ -24,13 +24,13 @@ HTTP_TIMEOUT_S = 30
 HTTP_RETRIES = 3
 """Retries of a request the server answered 429/500/502/503/504 or reset (``RS_DEEPLAB_HTTP_RETRIES``)."""
 HTTP_RETRY_DELAY_S = 1.0
-"""Pause before the first retry, doubled (with jitter) for each next one (``RS_DEEPLAB_HTTP_RETRY_DELAY``)."""
+"""Pause before the first retry, doubled for each next one (GDAL adds jitter) (``RS_DEEPLAB_HTTP_RETRY_DELAY``)."""
 NON_CACHED = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/")
 """GDAL file systems whose downloaded ranges are forgotten when the file is closed (``CPL_VSIL_CURL_NON_CACHED``).
 
 GDAL keeps a range for the life of the process, and a transfer cut short after its headers (a reset mid-body,
 which GDAL does not retry) would be read back truncated on every retry; closing and reopening the file
-(:func:`rs_deeplab.raster.read_retrying`) then downloads it again. The cost is one header request per open."""
+(:func:`rs_deeplab.remote_reads.read_retrying`) then downloads it again. The cost is one header request per open."""
 RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 """HTTP answers that mean "try again shortly" (GDAL retries the same ones)."""
 RESUME = "re-run the same command to resume"
