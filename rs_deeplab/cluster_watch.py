@@ -67,19 +67,29 @@ class Watch:
             yield future
 
     def result(self, future: Any) -> Any:
-        """The result of one finished future; the cluster's failures as a :class:`ClusterError`."""
+        """The result of a finished future; the cluster's failures as a :class:`ClusterError`.
+
+        A finished result can still be lost with the worker holding it (the future is pending again while Dask
+        computes it once more): it is waited for with the cluster watched, as in :meth:`as_completed`.
+        """
         from concurrent.futures import CancelledError
 
         from distributed import KilledWorker
 
         try:
-            return future.result()
+            while True:
+                try:
+                    return future.result(timeout=POLL_SECONDS)
+                except TimeoutError:
+                    if future.status == "error":  # the task's own TimeoutError
+                        raise
+                    self.check()
         except KilledWorker as exc:
             task, worker = exc.args[0], getattr(exc.args[1], "address", exc.args[1])
             raise ClusterError(
-                f"Dask workers at {self.address} died {exc.args[2] + 1} times while running task {task} (last "
-                f"{worker}; out of memory, or killed); give them more memory or fewer threads and re-run the same "
-                "command to resume"
+                f"Dask workers at {self.address} died while running task {task}, {exc.args[2] + 1} time(s) (the "
+                f"last: {worker}; out of memory, or killed); give them more memory or fewer threads and re-run the "
+                "same command to resume"
             ) from None
         except CancelledError as exc:
             if getattr(exc, "reason", "") == "scheduler-connection-lost" or self.client.status != "running":
