@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,14 @@ def processes(folder: Path) -> Iterator[tuple[list[subprocess.Popen[bytes]], dic
     try:
         yield procs, common
     finally:  # each started in its own session: stop its whole process group (the worker's nanny children too)
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # workers before their scheduler: one whose scheduler is gone waits to close
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
 
@@ -75,3 +75,56 @@ def dask_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
         with Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(workers, timeout=60)
         yield address
+
+
+def start_workers(
+    address: str, folder: Path, procs: list[subprocess.Popen[bytes]], common: dict[str, Any], count: int = 2
+) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` single-threaded workers, each its own ``dask worker --no-nanny`` process (appended to
+    ``procs``), and return them once the scheduler counts ``count`` workers.
+
+    Without a nanny the worker runs in the very process started here: a SIGKILL to it kills the process that holds
+    its tasks, and nothing starts it again.
+    """
+    from distributed import Client
+
+    command = [str(DASK), "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+               "--local-directory", str(folder), "--no-dashboard"]  # fmt: skip
+    started = [subprocess.Popen(command, **common) for _ in range(count)]
+    procs.extend(started)
+    with Client(address, timeout=30, set_as_default=False) as client:
+        client.wait_for_workers(count, timeout=120)
+    return started
+
+
+def busy_workers(client: Any, prefix: str) -> list[str]:
+    """Workers the scheduler lists as processing a task whose key starts with ``prefix``."""
+    return [str(w) for w, keys in client.processing().items() if any(str(k).startswith(prefix) for k in keys)]
+
+
+def wait_for(condition: Callable[[], bool], ended: Callable[[], bool], timeout: float = 120) -> None:
+    """Poll ``condition`` until it holds; fail when ``ended()`` first (the job finished: give it more work)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert not ended(), "the job ended before the fault could be made; give it more work"
+        assert time.monotonic() < deadline, f"no evidence of work within {timeout} s"
+        time.sleep(0.02)
+
+
+def kill_busy_worker(client: Any, prefix: str, evidence: Callable[[], bool], ended: Callable[[], bool]) -> str:
+    """SIGKILL the process of a worker as soon as the scheduler lists a task whose key starts with ``prefix`` as
+    processing on it and ``evidence()`` holds (the job has written something); return that worker's address.
+
+    Workers must run without a nanny (:func:`start_workers`), so that the killed process is the one holding the
+    tasks.
+    """
+    pids = client.run(os.getpid)
+    busy: list[str] = []
+
+    def ready() -> bool:
+        busy[:] = busy_workers(client, prefix)
+        return bool(busy) and evidence()
+
+    wait_for(ready, ended)
+    os.kill(pids[busy[0]], signal.SIGKILL)
+    return busy[0]
