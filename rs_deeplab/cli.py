@@ -60,34 +60,44 @@ class _Held(logging.Handler):
 
 
 @contextlib.contextmanager
-def held_logs(name: str = "rs_deeplab") -> Iterator[None]:
+def held_logs(name: str = "rs_deeplab") -> Iterator[Callable[[], None]]:
     """Hold the log lines of a run's checks until they have all passed.
 
-    Inside the block, records of logger ``name`` (and its children) are kept instead of printed. When the block
-    ends normally (or with a bug) they are printed, in order, through the logger's own handlers; when it ends
-    with a user error (:class:`~rs_deeplab.errors.RsDeeplabError`) or Ctrl-C they are dropped, so that error's
-    one line is all the user sees. A logger without handlers (the library called from a program that set up no
-    logging for it) is left alone.
+    Inside the block, records of logger ``name`` (and its children) are kept instead of printed. The block gets a
+    ``release`` callable: calling it (once every check passed) prints the records kept so far, in order, through
+    the logger's own handlers, and lets later ones print as they come. When the block ends normally (or with a
+    bug) before ``release`` was called, the records are printed then; when it ends with a user error
+    (:class:`~rs_deeplab.errors.RsDeeplabError`) or Ctrl-C they are dropped, so that error's one line is all the
+    user sees. A logger without handlers (the library called from a program that set up no logging for it) is
+    left alone.
     """
     logger = logging.getLogger(name)
     handlers = logger.handlers[:]
-    if not handlers:
-        yield
-        return
     held = _Held()
-    logger.handlers[:] = [held]
-    replay = True
-    try:
-        yield
-    except BaseException as exc:
-        replay = not (interrupted(exc) or isinstance(exc, RsDeeplabError))
-        raise
-    finally:
+    released = not handlers
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
         logger.handlers[:] = handlers
-        for record in held.records if replay else ():
+        for record in held.records:
             for handler in handlers:
                 if record.levelno >= handler.level:
                     handler.handle(record)
+        held.records.clear()
+
+    if not released:
+        logger.handlers[:] = [held]
+    try:
+        yield release
+    except BaseException as exc:
+        if interrupted(exc) or isinstance(exc, RsDeeplabError):
+            held.records.clear()  # the error's one line is all the user sees
+        release()
+        raise
+    release()
 
 
 def progress_enabled(quiet: bool = False) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, one_line
+from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, held_logs, one_line
 from rs_deeplab.errors import CheckpointError, ConfigError, InputError, RasterError
 
 
@@ -86,3 +87,44 @@ def test_usage_errors_and_help_still_exit_through_argparse(capsys: pytest.Captur
 def test_one_line_collapses_blanks_and_lines() -> None:
     assert one_line("a\n\n  b   c\n") == "a; b c"
     assert one_line("") == "unknown error"
+
+
+@pytest.fixture
+def logger_lines() -> Iterator[tuple[logging.Logger, list[str]]]:
+    """A logger with one handler that records the messages it prints."""
+    logger, lines = logging.getLogger("rs_deeplab.test_held"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, lines
+    logger.removeHandler(handler)
+
+
+def test_held_logs_print_once_released_and_drop_before_a_user_error(
+    logger_lines: tuple[logging.Logger, list[str]],
+) -> None:
+    logger, lines = logger_lines
+    before = logger.handlers[:]
+    with held_logs(logger.name) as release:
+        logger.info("checks: a")
+        assert lines == []
+        release()
+        assert lines == ["checks: a"]
+        logger.info("training")
+        assert lines == ["checks: a", "training"]
+    with pytest.raises(ConfigError), held_logs(logger.name):
+        logger.info("checks: b")
+        raise ConfigError("c.yaml: bad")
+    with pytest.raises(ZeroDivisionError), held_logs(logger.name):
+        logger.info("checks: c")  # a bug keeps what led to it
+        raise ZeroDivisionError
+    with held_logs(logger.name):
+        logger.info("checks: d")  # never released: printed when the block ends
+    assert lines == ["checks: a", "training", "checks: c", "checks: d"]
+    with pytest.raises(ConfigError), held_logs(logger.name) as release:
+        logger.info("checks: e")
+        release()
+        raise ConfigError("late")  # after the release, what printed stays printed
+    assert lines[-1] == "checks: e" and logger.handlers == before
