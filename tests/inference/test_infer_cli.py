@@ -211,16 +211,21 @@ def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, das
     a = scene(tmp_path / "a.tif", 600, 100, 10)
     assert main([str(a), "--out", "local.tif", "--probs"]) == 0
     assert main([str(a), "--out", "dask.tif", "--probs", "--scheduler", dask_address]) == 0
-    assert main([str(a), "--out", "local_crf.tif", "--crf", "--crf-bilateral", "40,5,4"]) == 0
-    assert main([str(a), "--out", "dask_crf.tif", "--crf", "--crf-bilateral", "40,5,4", "--scheduler",
+    assert main([str(a), "--out", "local_crf.tif", "--probs", "--crf", "--crf-bilateral", "40,5,4"]) == 0
+    assert main([str(a), "--out", "dask_crf.tif", "--probs", "--crf", "--crf-bilateral", "40,5,4", "--scheduler",
                  dask_address]) == 0  # fmt: skip
-    with rasterio.open(workspace / "local_probs.tif") as x, rasterio.open(workspace / "dask_probs.tif") as y:
-        px, py = x.read().astype(int), y.read().astype(int)
     # a worker runs torch with its own thread count (1 here, 2 locally): float sums may differ in the last bit,
-    # which can move a probability across a rounding edge of the uint8 scale (never more), or flip an exact tie
-    assert np.abs(px - py).max() <= 1 and (px == py).mean() > 0.999
-    top2 = np.sort(px, axis=0)[-2:]
+    # which can move a probability across a rounding edge of the uint8 scale (never more), or flip an exact tie;
+    # the CRF's mean field carries such a difference on to its own marginals, so a refined label may differ only
+    # where the refined probabilities (written by --probs) tie
     for name in ("", "_crf"):
+        with (
+            rasterio.open(workspace / f"local{name}_probs.tif") as x,
+            rasterio.open(workspace / f"dask{name}_probs.tif") as y,
+        ):
+            px, py = x.read().astype(int), y.read().astype(int)
+        assert np.abs(px - py).max() <= 1 and (px == py).mean() > 0.999, name
+        top2 = np.sort(px, axis=0)[-2:]
         with rasterio.open(workspace / f"local{name}.tif") as x, rasterio.open(workspace / f"dask{name}.tif") as y:
             lx, ly = x.read(1), y.read(1)
         differ = lx != ly
