@@ -21,7 +21,7 @@ import rasterio
 
 from rs_deeplab.locks import OutputBusyError, lock_path, output_lock
 from rs_deeplab.raster import write_geotiff
-from tests.pipelines.test_interrupts import TIMEOUT, TRANSFORM, script, start, wait_for
+from tests.pipelines.test_interrupts import TIMEOUT, TRANSFORM, finish, script, start, wait_for
 from tests.trainkit import blob_scene, make_tiles, write_config
 
 BUSY = re.compile(
@@ -40,15 +40,6 @@ def holds_lock(proc: subprocess.Popen[str], output: Path) -> Callable[[], bool]:
             return False
 
     return check
-
-
-def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, err
 
 
 def refused_while_running(

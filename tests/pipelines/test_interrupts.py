@@ -63,15 +63,20 @@ def heavy_import_started(proc: subprocess.Popen[str]) -> Callable[[], bool]:
     return lambda: any(lib in maps.read_text() for lib in HEAVY_LIBRARIES)
 
 
-def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """Send Ctrl-C (SIGINT) and wait for the exit; returns the exit code and stderr."""
-    proc.send_signal(signal.SIGINT)
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Wait for the exit (killing the process after ``TIMEOUT``); returns the exit code and stderr."""
     try:
         _, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
     return proc.returncode, err
+
+
+def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Send Ctrl-C (SIGINT) and wait for the exit; returns the exit code and stderr."""
+    proc.send_signal(signal.SIGINT)
+    return finish(proc)
 
 
 def assert_one_interrupted_line(code: int, err: str) -> None:
