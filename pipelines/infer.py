@@ -62,8 +62,9 @@ def build_parser() -> ArgumentParser:
                    help="inference output stride (default: infer.output_stride, else as trained)")  # fmt: skip
     p.add_argument("--gsd", default="auto",
                    help="scale to predict at: auto (default: the model's ground sampling distance when a scene's "
-                   "differs by more than 1%%; scenes are read resampled and labels written on their own grid), "
-                   "native (each scene's own pixels) or metres per pixel, e.g. 0.5")  # fmt: skip
+                   "differs by more than 1%%, up to 4× the pixels either way; scenes are read resampled and "
+                   "labels written on their own grid), native (each scene's own pixels) or metres per pixel, "
+                   "e.g. 0.5")  # fmt: skip
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
     p.add_argument(

@@ -23,6 +23,10 @@ GSD_TOLERANCE = 0.01
 EARTH_RADIUS = 6_371_008.8
 """Mean Earth radius in metres (IUGG): degrees of a geographic CRS become metres on this sphere."""
 GSD_CHOICES = ("auto", "native")
+AUTO_PIXEL_LIMIT = 4.0
+"""``--gsd auto`` reads a scene at the model's GSD only while that changes its pixel count by at most this factor
+either way (a 2× finer or coarser GSD); beyond it the run stops and asks for ``--gsd native`` or a number, instead
+of silently multiplying (or discarding) the work: a 0.6 m scene at a 0.05 m model's scale is 144× the pixels."""
 
 
 def raster_gsd(transform: Any, crs: Any, shape: tuple[int, int] | None = None) -> float | None:
@@ -149,7 +153,17 @@ def working_gsd(
             log.warning("%s: %.3g m/pixel, the model was trained at %.3g m/pixel (%.2g× off); predicted at the "
                         "scene's scale as --gsd native asks", scene, scene_gsd, model_gsd, off)  # fmt: skip
         return None
-    return None if _close(scene_gsd, model_gsd) else model_gsd
+    if _close(scene_gsd, model_gsd):
+        return None
+    pixels = (scene_gsd / model_gsd) ** 2  # the working grid's pixels per scene pixel
+    limit = AUTO_PIXEL_LIMIT * (1 + GSD_TOLERANCE)  # a GSD measured a hair off an exact 2× is still 2×
+    if not 1 / limit <= pixels <= limit:
+        more = f"{pixels:.3g}× the pixels" if pixels > 1 else f"1/{1 / pixels:.3g} of the pixels"
+        raise ValueError(f"{scene}: {scene_gsd:.3g} m/pixel, the model was trained at {model_gsd:.3g} m/pixel: "
+                         f"--gsd auto would predict it at {more} (beyond {AUTO_PIXEL_LIMIT:g}× either way); use "
+                         f"--gsd native for its own pixels, or --gsd <metres> (e.g. --gsd {model_gsd:.3g}) to accept "
+                         "the cost")  # fmt: skip
+    return model_gsd
 
 
 def _close(a: float, b: float) -> bool:

@@ -81,6 +81,28 @@ def test_working_gsd_decision(caplog: pytest.LogCaptureFixture) -> None:
         working_gsd(0.5, 0.5, None, "c.png")
 
 
+@pytest.mark.parametrize(
+    "model, scene, words",
+    [
+        (0.05, 0.6, "d.tif: 0.6 m/pixel, the model was trained at 0.05 m/pixel: --gsd auto would predict it at 144× "
+                    "the pixels (beyond 4× either way); use --gsd native for its own pixels, or --gsd <metres> (e.g. "
+                    "--gsd 0.05) to accept the cost"),
+        (0.5, 0.2, "at 1/6.25 of the pixels"),
+        (0.1, 0.2 * 1.02, "at 4.16× the pixels"),
+    ],
+)  # fmt: skip
+def test_auto_stops_beyond_four_times_the_pixels(model: float, scene: float, words: str) -> None:
+    with pytest.raises(ValueError) as info:
+        working_gsd("auto", model, scene, "d.tif")
+    assert words in str(info.value)
+    assert working_gsd("native", model, scene, "d.tif") is None and working_gsd(model, model, scene) == model
+
+
+def test_auto_resamples_up_to_four_times_the_pixels_either_way() -> None:
+    for model, scene in ((0.05, 0.1), (0.1, 0.05), (0.15, 0.3 * 1.004), (0.5, 0.3)):
+        assert working_gsd("auto", model, scene) == model
+
+
 def test_rasters_gsd_reads_headers(tmp_path: Path) -> None:
     import numpy as np
 

@@ -242,8 +242,9 @@ def _working_grid(info: SceneInfo, gsd: float | None) -> SceneInfo:
                          "cannot be resampled to another one; predict it at its own scale (--gsd native)")  # fmt: skip
     work = working_info(info, own / gsd)
     if work is not info:
-        log.info("%s: %.3g m/pixel read at %.3g m/pixel (%d×%d working grid for %d×%d pixels)", info.path, own, gsd,
-                 work.width, work.height, info.width, info.height)  # fmt: skip
+        factor = (work.width * work.height) / (info.width * info.height)
+        log.warning("%s: %.3g m/pixel read at %.3g m/pixel (%d×%d working grid for %d×%d pixels: %.2g× the pixels)",
+                    info.path, own, gsd, work.width, work.height, info.width, info.height, factor)  # fmt: skip
     return work
 
 

@@ -231,8 +231,8 @@ def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return best
 
 
-def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     assert TrainedModel(checkpoint_at_gsd).load(torch.device("cpu")).card.gsd == 0.1
     image, _ = blob_scene(3, 96)
     scene = write_geotiff(tmp_path / "coarse.tif", image[:4, :90, :70], crs="EPSG:32633",
@@ -249,13 +249,27 @@ def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: 
 
     monkeypatch.setattr(scene_module, "RowJob", spy)
     ck = str(checkpoint_at_gsd)
+    capsys.readouterr()
     assert main([str(scene), "--checkpoint", ck, "--out", "auto.tif", "--probs", "-q"]) == 0
+    # the cost of reading at another scale is said even under -q
+    assert capsys.readouterr().err == (f"{scene}: 0.2 m/pixel read at 0.1 m/pixel (140×180 working grid for 70×90 "
+                                       "pixels: 4× the pixels)\n")  # fmt: skip
     assert main([str(scene), "--checkpoint", ck, "--out", "native.tif", "--gsd", "native", "-q"]) == 0
     assert main([str(scene), "--checkpoint", ck, "--out", "forced.tif", "--gsd", "0.4", "-q"]) == 0
     assert seen == [(180, 140, (90, 70)), (90, 70, None), (45, 35, (90, 70))]
     for name in ("auto", "auto_probs", "native", "forced"):
         with rasterio.open(scene) as src, rasterio.open(tmp_path / f"{name}.tif") as ds:
             assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
+    # beyond 4× the pixels, auto stops before any work and names the choices; a number takes the cost
+    far = write_geotiff(tmp_path / "far.tif", image[:4, :40, :30], crs="EPSG:32633",
+                        transform=rasterio.Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000))  # fmt: skip
+    capsys.readouterr()
+    assert main([str(far), "--checkpoint", ck, "--out", "far_labels.tif", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "0.5 m/pixel" in err and "25× the pixels" in err and "--gsd native" in err, err
+    assert not (tmp_path / "far_labels.tif").exists()
+    assert main([str(far), "--checkpoint", ck, "--out", "far_labels.tif", "--gsd", "0.1", "-q"]) == 0
+    assert "25× the pixels" in capsys.readouterr().err
     # the working GSD is part of the run's fingerprint: a re-run at another GSD is computed again
     with rasterio.open(tmp_path / "auto.tif") as a, rasterio.open(tmp_path / "forced.tif") as f:
         assert a.tags()["RS_DEEPLAB_INFERENCE"] != f.tags()["RS_DEEPLAB_INFERENCE"]
