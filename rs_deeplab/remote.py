@@ -88,6 +88,43 @@ def scene_stem(path: str | os.PathLike[str]) -> str:
     return PurePosixPath(text).stem if "/" in text else os.path.splitext(os.path.basename(text))[0]
 
 
+def scene_names(scenes: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Distinct, stable names for the outputs of several scenes.
+
+    Each scene's file stem, with as many of its parent folders in front (joined by ``_``) as it takes to tell it
+    from the job's other scenes with the same file name: ``north/scene.tif`` and ``south/scene.tif`` →
+    ``north_scene`` and ``south_scene``; scenes whose file names differ keep their stems. The same command always
+    gives the same names (a re-run resumes them).
+
+    Raises:
+        InputError: A scene listed twice, or names that stay equal (``a/b_c.tif`` beside ``a_b/c.tif``).
+    """
+    parts = [_name_parts(s) for s in scenes]
+    names = []
+    for own in parts:
+        depth = 1
+        while depth < len(own) and any(other[-depth:] == own[-depth:] for other in parts if other != own):
+            depth += 1
+        names.append("_".join(own[-depth:]))
+    for i, name in enumerate(names):
+        first = names.index(name)
+        if first != i:
+            what = "is listed twice" if parts[first] == parts[i] else f"and {scenes[first]} get the same output name"
+            raise InputError(f"{scenes[i]} {what} ({name}); give each scene once, or run them with different --out")
+    return names
+
+
+def _name_parts(path: str | os.PathLike[str]) -> list[str]:
+    """A scene's folders and file stem, outermost first (a URL's path; a local path made absolute)."""
+    text = str(path)
+    if is_remote(text):
+        text = urlsplit(source_url(text)).path if is_url(source_url(text)) else text.split("?", 1)[0]
+    else:
+        text = os.path.abspath(text)
+    folders = [p for p in PurePosixPath(text.replace(os.sep, "/")).parent.parts if p not in ("/", "")]
+    return [*folders, scene_stem(path)]
+
+
 def reads_remote(path: str | os.PathLike[str]) -> bool:
     """Whether opening ``path`` reads over the network.
 

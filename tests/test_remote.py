@@ -17,9 +17,10 @@ from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
 from pipelines.vectorize import main as vectorize_main
 from rs_deeplab.config import load_config
+from rs_deeplab.errors import InputError
 from rs_deeplab.evaluation.scenes import REPORT_JSON
 from rs_deeplab.raster import open_raster, write_geotiff
-from rs_deeplab.remote import gdal_path, is_remote, remote_env, scene_stem, source_url, stat_remote
+from rs_deeplab.remote import gdal_path, is_remote, remote_env, scene_names, scene_stem, source_url, stat_remote
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from rs_deeplab.training.experiment import train_experiment
 from tests.conftest import REAL_DATA
@@ -111,6 +112,17 @@ def test_urls_map_to_gdal_file_systems() -> None:
     assert scene_stem("/vsicurl/https://h/x/scene.tif?sig=abc") == "scene"
     assert scene_stem("s3://b/k/scene.tif") == scene_stem("scenes/scene.tif") == "scene"
     assert is_remote("/vsizip//vsicurl/https://h/a.zip/x.tif") and not is_remote("/vsizip//data/a.zip/x.tif")
+
+
+def test_scene_names_tell_equal_file_names_apart_by_their_folders() -> None:
+    assert scene_names(["a/x.tif", "b/y.tif"]) == ["x", "y"]
+    assert scene_names(["d/north/t.tif", "d/south/t.tif", "o.tif"]) == ["north_t", "south_t", "o"]
+    assert scene_names(["z/a/t.tif", "y/a/t.tif", "a/u.tif"]) == ["z_a_t", "y_a_t", "u"]
+    assert scene_names(["https://h/2024/t.tif?sig=1", "s3://b/2023/t.tif"]) == ["2024_t", "2023_t"]
+    with pytest.raises(InputError, match=r"t\.tif is listed twice \(t\)"):
+        scene_names(["d/t.tif", "d/./t.tif"])
+    with pytest.raises(InputError, match="get the same output name"):
+        scene_names(["a/b_c.tif", "a_b/c.tif", "x/c.tif", "y/b_c.tif"])
 
 
 def test_a_window_reads_a_fraction_of_the_file(web: HttpServer) -> None:

@@ -30,7 +30,7 @@ from rs_deeplab.locks import output_lock
 from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import source_path, temporary_sibling
-from rs_deeplab.remote import is_remote, scene_source, scene_stem
+from rs_deeplab.remote import is_remote, scene_names, scene_source
 from rs_deeplab.stac import is_stac_item
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -88,14 +88,15 @@ class InferResult:
 
 
 def raster_paths(out: Path, scenes: Sequence[Path | str]) -> list[Path]:
-    """Label raster per scene: ``x.tif`` for one scene, ``x_<scene>.tif`` for several (a URL's file stem)."""
+    """Label raster per scene: ``x.tif`` for one scene, ``x_<scene>.tif`` for several.
+
+    ``<scene>`` is :func:`~rs_deeplab.remote.scene_names`: the file stem, with parent folders in front where
+    scenes share a file name.
+    """
     base = out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out
     if len(scenes) == 1:
         return [base]
-    stems = [scene_stem(s) for s in scenes]
-    if len(set(stems)) != len(stems):
-        raise InputError(f"scenes share file names {stems}; run them one at a time with different --out")
-    return [base.with_name(f"{base.stem}_{stem}{base.suffix}") for stem in stems]
+    return [base.with_name(f"{base.stem}_{name}{base.suffix}") for name in scene_names(scenes)]
 
 
 def _check_out(out: Path, inputs: Sequence[Path | str | None]) -> None:
@@ -305,10 +306,11 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
 
     staging = temporary_sibling(out)
     count = 0
+    names = scene_names([r.scene for r in rasters])  # as in the rasters' names
     try:
         for i, r in enumerate(rasters):
             summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
-                                simplify=opts.simplify, layer="labels", extra_columns={"scene": scene_stem(r.scene)},
+                                simplify=opts.simplify, layer="labels", extra_columns={"scene": names[i]},
                                 mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
             count += summary.polygons
         os.replace(staging, out)

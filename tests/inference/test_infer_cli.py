@@ -94,6 +94,31 @@ def test_several_scenes_into_one_geopackage_and_raster_only(workspace: Path, tmp
     assert (workspace / "only.tif").exists() and not (workspace / "only.gpkg").exists()
 
 
+def test_scenes_with_equal_file_names_get_distinct_stable_names(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, _ = blob_scene(7, 90)
+    paths = []
+    for folder, rows in (("city/north", slice(0, 64)), ("city/south", slice(20, 84)), ("other", slice(10, 74))):
+        (tmp_path / folder).mkdir(parents=True)
+        name = "other.tif" if folder == "other" else "tile.tif"
+        paths.append(write_geotiff(tmp_path / folder / name, image[:4, rows, :80], crs="EPSG:32633",
+                                   transform=TRANSFORM))  # fmt: skip
+    assert main([*map(str, paths), "--out", "region.gpkg", "-q"]) == 0
+    names = ["north_tile", "south_tile", "other"]
+    assert set(gpd.read_file(workspace / "region.gpkg", layer="labels")["scene"]) == set(names)
+    for path, name in zip(paths, names, strict=True):  # each the same as the scene run alone
+        assert main([str(path), "--out", f"alone_{name}.tif", "-q"]) == 0
+        with rasterio.open(workspace / f"region_{name}.tif") as x, rasterio.open(workspace / f"alone_{name}.tif") as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+    capsys.readouterr()
+    again = tmp_path / "city" / ".." / "city" / "north" / "tile.tif"
+    assert main([str(paths[0]), str(again), "--out", "twice.tif"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tile.tif is listed twice" in err, err
+    assert not list(workspace.glob("twice*"))
+
+
 def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None:
     a = scene(tmp_path / "a.tif", 64, 90, 7)
     assert main([str(a), "--out", "plain.tif", "--size", "64", "--stride", "32"]) == 0
