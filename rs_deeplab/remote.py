@@ -82,10 +82,15 @@ def source_url(path: str) -> str:
 
 def scene_stem(path: str | os.PathLike[str]) -> str:
     """The file stem naming outputs of a scene: ``https://h/x/scene.tif?sig=..`` → ``scene``."""
-    text = str(path)
-    if is_remote(text):
-        text = urlsplit(source_url(text)).path if is_url(source_url(text)) else text.split("?", 1)[0]
+    text = _remote_path(str(path))
     return PurePosixPath(text).stem if "/" in text else os.path.splitext(os.path.basename(text))[0]
+
+
+def _remote_path(text: str) -> str:
+    """A remote scene's path without host or query (a URL's path); a local path as it is."""
+    if is_remote(text):
+        return urlsplit(source_url(text)).path if is_url(source_url(text)) else text.split("?", 1)[0]
+    return text
 
 
 def scene_names(scenes: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -116,11 +121,7 @@ def scene_names(scenes: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 def _name_parts(path: str | os.PathLike[str]) -> list[str]:
     """A scene's folders and file stem, outermost first (a URL's path; a local path made absolute)."""
-    text = str(path)
-    if is_remote(text):
-        text = urlsplit(source_url(text)).path if is_url(source_url(text)) else text.split("?", 1)[0]
-    else:
-        text = os.path.abspath(text)
+    text = _remote_path(str(path)) if is_remote(path) else os.path.abspath(path)
     folders = [p for p in PurePosixPath(text.replace(os.sep, "/")).parent.parts if p not in ("/", "")]
     return [*folders, scene_stem(path)]
 
