@@ -117,6 +117,49 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
+class JobProgress:
+    """One progress bar for a job of several parts (scenes): units done, their rate and ETA, parts done.
+
+    Does nothing where :func:`progress_enabled` is false. ``total`` may shrink while the job runs (work found
+    done by an earlier run is taken out, so the rate and ETA count only what this run computes).
+    """
+
+    def __init__(self, total: int, *, desc: str, unit: str, parts: int, part_name: str, quiet: bool = False) -> None:
+        self.parts, self.part_name, self.parts_done = parts, part_name, 0
+        self._bar: Any = None
+        if progress_enabled(quiet):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+            self._note()
+
+    def update(self, n: int) -> None:
+        """``n`` more units done."""
+        if self._bar is not None and n:
+            self._bar.update(n)
+
+    def drop(self, n: int) -> None:
+        """``n`` units of the total need no computing (done by an earlier run)."""
+        if self._bar is not None and n:
+            self._bar.total = max(self._bar.n, self._bar.total - n)
+            self._bar.refresh()
+
+    def part_done(self) -> None:
+        """One more part finished."""
+        self.parts_done += 1
+        self._note()
+
+    def _note(self) -> None:
+        if self._bar is not None and self.parts > 1:
+            self._bar.set_postfix_str(f"{self.parts_done}/{self.parts} {self.part_name}")
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def one_line(message: object) -> str:
     """``message`` as one line: lines joined with ``; ``, runs of blanks collapsed.
 

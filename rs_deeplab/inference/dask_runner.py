@@ -28,16 +28,14 @@ from typing import Any
 
 import torch
 
-from rs_deeplab.cli import progress
 from rs_deeplab.cluster import scheduler_client
-from rs_deeplab.cluster_watch import Watch
 from rs_deeplab.devices import precision_name, resolve_amp, resolve_device
 from rs_deeplab.errors import InputError
 from rs_deeplab.inference.blending import FinishedRows
 from rs_deeplab.inference.predictor import Predictor
 from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
 from rs_deeplab.inference.trained import TrainedModel, worker_model
-from rs_deeplab.inference.writer import BLOCK, RowSink
+from rs_deeplab.inference.writer import BLOCK
 
 GPU_RESOURCE = "GPU"
 """The worker resource a GPU worker advertises (``dask worker --resources GPU=1``)."""
@@ -136,46 +134,6 @@ def dask_workers(address: str, device: str, amp: str) -> Iterator[tuple[Any, Wor
 def task_rows(job: RowJob) -> int:
     """Scene rows per Dask task: whole output blocks, about four window rows."""
     return max(BLOCK, math.ceil(4 * job.stride / BLOCK) * BLOCK)
-
-
-def run_dask(
-    client: Any, plan: WorkerPlan, model: Any, job: RowJob, device: str, writer: RowSink, done: int, total: int,
-    quiet: bool,
-) -> tuple[str, int]:  # fmt: skip
-    """Submit rows ``[done, height)`` as tasks, a few ahead of the writer, and write their results in order.
-
-    Args:
-        client: A client on the scheduler.
-        plan: What :func:`plan_workers` decided (resources every task requests).
-        model: A :class:`TrainedModel` (each worker loads it once) or a CPU ``torch.nn.Module`` (sent as a task
-            result, :func:`module_task`).
-        job: The rows' settings.
-        device: ``--device``, resolved by each worker for its own GPUs (:func:`rs_deeplab.devices.resolve_device`).
-        writer: Where finished rows go, in order (rows of ``job``'s grid: the working grid when the scene is
-            resampled to another GSD, see :mod:`rs_deeplab.inference.regrid`).
-        done: First row of ``job``'s grid still needed (the first task starts at the block holding it).
-        total: Windows of the remaining rows (returned as the windows run).
-        quiet: No progress bar.
-    """
-    step = task_rows(job)
-    ranges = [(a, min(a + step, job.info.height)) for a in range(done - done % step, job.info.height, step)]
-    watch = Watch(client, plan.address)
-    ref = model if isinstance(model, TrainedModel) else module_task(client, model)
-    pending: dict[int, Any] = {}
-    ahead = max(2, 2 * plan.workers)
-    bar = progress(iter(range(len(ranges))), total=len(ranges), desc="inference", unit="task", quiet=quiet)
-    try:
-        for i, (a, b) in enumerate(ranges):
-            pending[i] = client.submit(predict_rows, ref, job, a, b, device, pure=False, resources=plan.resources)
-            if i >= ahead - 1:
-                writer.write(watch.wait(pending.pop(i - ahead + 1)))
-                next(bar, None)
-        for k in sorted(pending):
-            writer.write(watch.wait(pending.pop(k)))
-            next(bar, None)
-    finally:
-        watch.cancel(list(pending.values()))
-    return plan.description, total
 
 
 def module_task(client: Any, module: torch.nn.Module) -> Any:

@@ -23,7 +23,7 @@ from rs_deeplab.inference.crf_search import recorded_crf
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.rows import CRFSettings
-from rs_deeplab.inference.scene import SceneResult, predict_scene
+from rs_deeplab.inference.scene import SceneResult, SceneTask, predict_scenes
 from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
 from rs_deeplab.inference.writer import partial_path, sidecar_path
 from rs_deeplab.locks import output_lock
@@ -217,30 +217,14 @@ def infer_scenes(
     _check_rasters(rasters, opts, out, [*inputs, ckpt])
     # one run per --out (x.gpkg and x.tif write the same raster): a second one stops here, before any prediction
     with output_lock(out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out, shown=out):
-        for scene, raster, gsd in zip(todo, rasters, gsds, strict=True):
-            probs = probs_path(raster) if opts.probs else None
-            log.info("predicting %s → %s", scene, raster)
-            result.rasters.append(
-                predict_scene(
-                    loaded,
-                    scene,
-                    raster,
-                    size=size,
-                    stride=stride,
-                    batch_size=batch_size,
-                    window=card.infer.window,
-                    tta=tta,
-                    crf=crf,
-                    probs_path=probs,
-                    cog=opts.cog,
-                    device=opts.device,
-                    amp=opts.amp,
-                    resume=opts.resume,
-                    scheduler=opts.scheduler,
-                    gsd=gsd,
-                    quiet=quiet,
-                )
-            )
+        tasks = [SceneTask(scene, raster, probs_path(raster) if opts.probs else None, gsd)
+                 for scene, raster, gsd in zip(todo, rasters, gsds, strict=True)]  # fmt: skip
+        log.info("predicting %d scene(s) → %s", len(tasks), ", ".join(str(r) for r in rasters[:3])
+                 + (", ..." if len(rasters) > 3 else ""))  # fmt: skip
+        result.rasters = predict_scenes(loaded, tasks, size=size, stride=stride, batch_size=batch_size,
+                                        window=card.infer.window, tta=tta, crf=crf, cog=opts.cog, device=opts.device,
+                                        amp=opts.amp, resume=opts.resume, scheduler=opts.scheduler,
+                                        quiet=quiet)  # fmt: skip
         if out.suffix.lower() == ".gpkg":
             result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
     result.seconds = time.perf_counter() - start

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import itertools
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,22 +15,21 @@ from typing import Any
 import rasterio
 import torch
 
-from rs_deeplab.cli import progress
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.gsd import raster_gsd
-from rs_deeplab.inference.blending import FinishedRows, WindowKind
-from rs_deeplab.inference.dask_runner import dask_workers, run_dask
+from rs_deeplab.inference.blending import WindowKind
+from rs_deeplab.inference.dask_runner import dask_workers
 from rs_deeplab.inference.predictor import TTA, Predictor
-from rs_deeplab.inference.reader import SceneInfo, WindowReader, scene_info, select_bands
-from rs_deeplab.inference.regrid import RowResampler, first_working_row, working_info
-from rs_deeplab.inference.rows import CRFSettings, RowJob, stream_rows
-from rs_deeplab.inference.streams import BackgroundSink
+from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
+from rs_deeplab.inference.regrid import working_info
+from rs_deeplab.inference.rows import CRFSettings, RowJob
+from rs_deeplab.inference.scene_runs import SceneRun, job_progress, run_dask_stream, run_local
 from rs_deeplab.inference.trained import LoadedModel, TrainedModel, module_fingerprint
-from rs_deeplab.inference.writer import OutputSpec, RowSink, RowWriter, partial_path, sidecar_path
+from rs_deeplab.inference.writer import OutputSpec
 from rs_deeplab.modelcard import ModelCard
-from rs_deeplab.raster import PathLike, RasterReadError, source_path
+from rs_deeplab.raster import PathLike, source_path
 from rs_deeplab.remote import is_remote, reads_remote, remote_env, stat_remote
 
 log = logging.getLogger("rs_deeplab.inference")
@@ -181,19 +178,69 @@ def predict_scene(
         RasterError: The scene is missing or not a raster GDAL can read.
         CheckpointError: A checkpoint that is missing, corrupt or of another architecture.
     """
-    start_time = time.perf_counter()
+    one = SceneTask(scene_path, out_path, probs_path, gsd)
+    return predict_scenes(model, [one], size=size, stride=stride, batch_size=batch_size, mean=mean, std=std,
+                          bands=bands, class_names=class_names, colormap=colormap, window=window, tta=tta, crf=crf,
+                          cog=cog, device=device, amp=amp, channels_last=channels_last, resume=resume,
+                          scheduler=scheduler, quiet=quiet)[0]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    """One scene of a :func:`predict_scenes` job: where it is read, where its outputs go, the GSD to read it at."""
+
+    scene: PathLike
+    out: PathLike
+    probs: PathLike | None = None
+    gsd: float | None = None
+
+
+def predict_scenes(
+    model: torch.nn.Module | TrainedModel | LoadedModel,
+    scenes: Sequence[SceneTask],
+    *,
+    size: int,
+    stride: int,
+    batch_size: int = 8,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    bands: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    colormap: Mapping[int, Sequence[int]] | None = None,
+    window: WindowKind = "hann",
+    tta: TTA | None = None,
+    crf: CRFSettings | None = None,
+    cog: bool = False,
+    device: str | torch.device | None = "auto",
+    amp: str = "auto",
+    channels_last: bool = True,
+    resume: bool = True,
+    scheduler: str | None = None,
+    quiet: bool = True,
+) -> list[SceneResult]:
+    """Predict many scenes as one job: :func:`predict_scene` for each, with one model, one progress bar and, on a
+    Dask cluster, one stream of tasks across scene boundaries (:mod:`rs_deeplab.inference.scene_runs`).
+
+    Every scene's header is read, and its bands checked against the model, before any output is opened. Each
+    scene's outputs are written, resumed and finished on their own: a killed job re-run recomputes only the rows
+    not yet written, and skips scenes that are complete. The arguments are :func:`predict_scene`'s, given once
+    for all scenes; the output of each scene is exactly what :func:`predict_scene` writes for it alone.
+    """  # noqa: D205
     check_size_stride(size, stride)
-    out, probs_out = Path(out_path), None if probs_path is None else Path(probs_path)
-    info = scene_info(scene_path)
-    work = _working_grid(info, gsd)
+    if not scenes:
+        raise InputError("no scenes to predict")
+    infos = [scene_info(t.scene) for t in scenes]
+    works = [_working_grid(info, t.gsd) for info, t in zip(infos, scenes, strict=True)]
     choice = "auto" if device is None else str(device)
     with contextlib.ExitStack() as stack:
         if scheduler:
             client, plan = stack.enter_context(dask_workers(scheduler, choice, amp))
             here, compute = torch.device("cpu"), plan.fingerprint()
             log.info("inference on %s in %s", plan.description, compute["precision"])
+            runner = plan.description
         else:
             here, compute = _local_compute(choice, amp)
+            runner = f"this process ({describe(here)})"
         stack.enter_context(kept_modes(model))
         module, card, source, fingerprint_model = _resolve_model(model, here, channels_last and not scheduler)
         if card is not None:
@@ -202,32 +249,38 @@ def predict_scene(
             bands = card.bands if bands is None else bands
             class_names = card.class_names if class_names is None else class_names
             colormap = card.colormap if colormap is None else colormap
-        chosen = select_bands(info, bands, None if card is None else card.in_channels)
-        if class_names is None:
-            class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
-        job = RowJob(work, size, stride, batch_size, tuple(chosen), len(class_names),
-                     None if mean is None else tuple(float(m) for m in mean),
-                     None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
-                     probs_out is not None or work is not info, amp, channels_last)  # fmt: skip
-        reader = job.reader()  # checks the statistics against the bands before anything is written
+        runs = []
+        for task, info, work in zip(scenes, infos, works, strict=True):
+            chosen = select_bands(info, bands, None if card is None else card.in_channels)
+            if class_names is None:
+                class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
+            probs_out = None if task.probs is None else Path(task.probs)
+            job = RowJob(work, size, stride, batch_size, tuple(chosen), len(class_names),
+                         None if mean is None else tuple(float(m) for m in mean),
+                         None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
+                         probs_out is not None or work is not info, amp, channels_last)  # fmt: skip
+            job.reader()  # checks the statistics against the bands before anything is written
+            spec = OutputSpec(Path(task.out), tuple(class_names), colormap, probs_out, cog)
+            fingerprint = _fingerprint(info, job, fingerprint_model, compute, None if work is info else task.gsd)
+            runs.append(SceneRun(info, job, spec, fingerprint, resume))
+        bar = stack.enter_context(job_progress(runs, quiet))
+        remote = any(reads_remote(info.path) for info in infos)
+        stack.enter_context(keep_interrupt(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)))
+        stack.enter_context(keep_interrupt(remote_env() if remote else contextlib.nullcontext()))  # reader threads too
         if scheduler:
             shipped = source if source is not None else module  # workers read a checkpoint themselves
-            run: Runner = functools.partial(run_dask, client, plan, shipped, job, choice)
+            run_dask_stream(client, plan, shipped, runs, choice, bar)
         else:
-            run = functools.partial(_run_local, module, here, job)
-        spec = OutputSpec(out, tuple(class_names), colormap, probs_out, cog)
-        fingerprint = _fingerprint(info, job, fingerprint_model, compute, None if work is info else gsd)
-        ran, total, done, runner = _write_scene(spec, job, reader, fingerprint, run, resume, quiet, info)
-    seconds = time.perf_counter() - start_time
-    log.info("%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s", out, ran, total, total - ran,
-             seconds, runner)  # fmt: skip
-    return SceneResult(source_path(scene_path), out, probs_out, ran, total, done, seconds, runner, tuple(class_names),
-                       None if work is info else gsd)  # fmt: skip
-
-
-Runner = Callable[[RowSink, int, int, bool], tuple[str, int]]
-"""Computes rows ``[done, height)`` of the job's grid into a sink: ``(sink, done, total windows, quiet) → (runner,
-windows)``."""
+            run_local(module, here, runs, bar)
+    results = []
+    for task, run, work, info in zip(scenes, runs, works, infos, strict=True):
+        label = "earlier run" if run.earlier else runner
+        log.info("%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s", run.spec.path, run.ran,
+                 run.total, run.total - run.ran, run.seconds, label)  # fmt: skip
+        results.append(SceneResult(source_path(task.scene), run.spec.path, run.spec.probs_path, run.ran, run.total,
+                                   run.done, run.seconds, label, tuple(run.spec.class_names),
+                                   None if work is info else task.gsd))  # fmt: skip
+    return results
 
 
 def _working_grid(info: SceneInfo, gsd: float | None) -> SceneInfo:
@@ -246,44 +299,6 @@ def _working_grid(info: SceneInfo, gsd: float | None) -> SceneInfo:
         log.warning("%s: %.3g m/pixel read at %.3g m/pixel (%d×%d working grid for %d×%d pixels: %.2g× the pixels)",
                     info.path, own, gsd, work.width, work.height, info.width, info.height, factor)  # fmt: skip
     return work
-
-
-def _write_scene(
-    spec: OutputSpec, job: RowJob, reader: WindowReader, fingerprint: dict[str, Any], run: Runner, resume: bool,
-    quiet: bool, info: SceneInfo,
-) -> tuple[int, int, int, str]:  # fmt: skip
-    """Open (or resume) the outputs on the scene's grid ``info``, run, and finish them.
-
-    Returns ``(windows run, windows, resumed row, runner)``. When the job runs on a resampled working grid, its
-    rows pass through a :class:`RowResampler` on their way to the writer.
-    """
-    if not resume:
-        for p in (spec.path, spec.probs_path):
-            if p is not None:
-                partial_path(p).unlink(missing_ok=True)
-        sidecar_path(spec.path).unlink(missing_ok=True)
-    writer = RowWriter(spec, info, fingerprint)
-    if resume and writer.complete():
-        log.info("%s: already complete from an earlier run with the same settings", spec.path)
-        return 0, 0, info.height, "earlier run"
-    remote = remote_env() if reads_remote(info.path) else contextlib.nullcontext()  # COG reads, reader threads too
-    with keep_interrupt(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)), keep_interrupt(remote):
-        done = writer.open()
-        sink: RowSink = writer
-        start = done
-        if job.info is not info:
-            start = first_working_row(done, info, job.info)
-            sink = RowResampler(writer, info, job.info, done, keep_probs=spec.probs_path is not None)
-        try:
-            total = reader.windows_in(job.window_rows(start, job.info.height))
-            runner, ran = run(sink, start, total, quiet)
-        except RasterReadError:
-            writer.discard()  # the scene must be fixed first, which changes its fingerprint: nothing to resume
-            raise
-        finally:
-            writer.close()
-        writer.finish()
-    return ran, total, done, runner
 
 
 class keep_interrupt(contextlib.AbstractContextManager[Any]):  # noqa: N801 (used as a context manager)
@@ -351,23 +366,3 @@ def _fingerprint(
         "gsd": gsd,
         "job": repr(job),
     }
-
-
-def _run_local(
-    module: torch.nn.Module, device: torch.device, job: RowJob, writer: RowSink, done: int, total: int, quiet: bool
-) -> tuple[str, int]:
-    predictor = Predictor(module, device, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
-    counter = _Counter()
-    with BackgroundSink[FinishedRows](writer.write) as sink:
-        rows = stream_rows(job, predictor, done, job.info.height, on_batch=counter.add)
-        for part in progress(rows, desc="inference", unit="strip", quiet=quiet):
-            sink.put(part)
-    return f"this process ({describe(device)})", counter.n
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, k: int) -> None:
-        self.n += k
