@@ -36,7 +36,9 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="infer.py", description=__doc__)
     p.add_argument("scenes", nargs="*", type=str,
                    help="scenes to predict: files, URLs (https://, s3://, gs://; read window by window), GDAL "
-                   "paths (/vsicurl/...) or STAC Items (.json file or URL); default: the checkpoint's infer.scenes",
+                   "paths (/vsicurl/...), STAC Items (.json file or URL), quoted glob patterns ('tiles/**/*.tif', "
+                   "sorted) or text files listing scenes one per line (@list, or a .txt/.lst file; # comments; "
+                   "relative paths from the list's folder); default: the checkpoint's infer.scenes",
                    )  # fmt: skip
     p.add_argument("--assets", help="STAC Items: assets stacked as bands, e.g. red,green,blue,nir "
                    "(default: the band names the checkpoint recorded)")  # fmt: skip
@@ -97,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rs_deeplab.gsd import parse_gsd
     from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
     from rs_deeplab.remote import scene_name
+    from rs_deeplab.scene_lists import expand_scenes
 
     args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
+    args.scenes = expand_scenes(args.scenes)  # globs and lists of scenes, checked before the checkpoint is loaded
     try:
         gsd = parse_gsd(args.gsd)
     except ValueError as exc:

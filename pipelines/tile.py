@@ -29,7 +29,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="tile.py", description=__doc__)
     parser.add_argument("scenes", nargs="+", type=str, metavar="SCENE",
                         help="rasters to cut: files, URLs (https://, s3://, gs://; read window by window), GDAL "
-                             "paths or STAC Items (.json, with --assets); with --preset, the dataset's root folder",
+                             "paths, STAC Items (.json, with --assets), quoted glob patterns ('ortho/**/*.tif', "
+                             "sorted) or text files listing scenes one per line (@list, or a .txt/.lst file); "
+                             "with --preset, the dataset's root folder",
                         )  # fmt: skip
     parser.add_argument("--assets", metavar="NAME,...",
                         help="STAC Items: the assets stacked as bands, in order (e.g. red,green,blue,nir)")  # fmt: skip
@@ -90,6 +92,7 @@ def run(argv: Sequence[str] | None) -> TileSummary:
     """Parse ``argv`` and make the one library call it asks for."""
     from rs_deeplab.raster import source_path
     from rs_deeplab.remote import scene_source
+    from rs_deeplab.scene_lists import expand_scenes
     from rs_deeplab.tiling.presets import tile_preset
     from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 
@@ -111,6 +114,7 @@ def run(argv: Sequence[str] | None) -> TileSummary:
     if args.bands != "rgbir" or args.eroded:
         raise InputError("--bands and --eroded apply with --preset only")
     assets = None if args.assets is None else [a.strip() for a in args.assets.split(",") if a.strip()]
+    args.scenes = expand_scenes(args.scenes)  # globs and lists of scenes; --labels/--split count these
     labels, splits = per_scene(args)
     scenes = [
         SceneSpec(source_path(scene_source(s, assets)), None if lab is None else source_path(scene_source(lab)), split)
