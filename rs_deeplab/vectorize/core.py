@@ -7,7 +7,7 @@ import logging
 import numbers
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +98,7 @@ def vectorize(
     block_size: int = 2048,
     layer: str = "labels",
     extra_columns: Mapping[str, Any] | None = None,
+    computed_columns: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     mode: Literal["w", "a"] = "w",
     quiet: bool = True,
 ) -> VectorizeSummary:
@@ -121,6 +122,8 @@ def vectorize(
         block_size: Block edge in pixels; a multiple of the raster's tile size reads fastest.
         layer: Output layer name (GeoPackage).
         extra_columns: Constant columns for every row, e.g. ``{"scene": "top_potsdam_2_13"}``.
+        computed_columns: Text columns computed for each batch of finished polygons: ``name → f(geometries)``,
+            the geometries (shapely, in the raster's CRS) as a numpy array, one value per polygon back.
         mode: ``w`` replaces ``out_path``; ``a`` appends rows to the layer of an existing GeoPackage (or creates
             it), e.g. one scene after another.
         quiet: No progress bar.
@@ -151,7 +154,7 @@ def vectorize(
         with _write_errors(out), atomic_output(out) as tmp:  # lack of space: atomic_output's one line
             writer = LayerWriter(
                 tmp, fmt, layer, selection, source_crs=source, target_crs=target, extra_columns=extra_columns,
-                append_to=out if mode == "a" else None,
+                computed_columns=computed_columns, append_to=out if mode == "a" else None,
             )  # fmt: skip
             counts, areas = _write_all(regions, cleaner, writer)
     summary = VectorizeSummary(

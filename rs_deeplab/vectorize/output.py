@@ -6,7 +6,7 @@ import contextlib
 import importlib.util
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class LayerWriter:
         source_crs: CRS of the incoming geometries, or None.
         target_crs: CRS to reproject to, or None to keep the source CRS.
         extra_columns: Constant columns added to every row (e.g. ``{"scene": "top_potsdam_2_13"}``).
+        computed_columns: Text columns computed per row from the geometries (source CRS), after the constant ones.
         append_to: An existing GeoPackage whose content is copied first, then appended to.
     """
 
@@ -97,11 +98,16 @@ class LayerWriter:
         source_crs: pyproj.CRS | None,
         target_crs: pyproj.CRS | None = None,
         extra_columns: Mapping[str, Any] | None = None,
+        computed_columns: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
         append_to: Path | None = None,
     ) -> None:
         self.path, self.fmt, self.layer, self._names = path, fmt, layer, selection
         self._gpkg = path if fmt == "GPKG" else temporary_sibling(path.with_suffix(".gpkg"))
         self._extra = _check_extra(extra_columns or {})
+        self._computed = dict(computed_columns or {})
+        _check_extra(dict.fromkeys(self._computed, ""))
+        if set(self._computed) & set(self._extra):
+            raise InputError(f"columns {sorted(set(self._computed) & set(self._extra))} given twice")
         out_crs = target_crs or source_crs
         self.crs = crs_string(out_crs) if out_crs is not None else None
         """Output CRS as ``AUTHORITY:CODE`` or WKT (None without a CRS)."""
@@ -135,7 +141,8 @@ class LayerWriter:
         geoms = self._to_target(rows)
         ids, inverse = np.unique(rows.values, return_inverse=True)
         names = np.array([self._names.name(int(v)) for v in ids], dtype=object)[inverse]
-        self._write(shapely.to_wkb(geoms), [rows.values.astype(np.int32), names, rows.area, rows.perimeter])
+        computed = [np.asarray(fn(rows.geoms), dtype=object) for fn in self._computed.values()]
+        self._write(shapely.to_wkb(geoms), [rows.values.astype(np.int32), names, rows.area, rows.perimeter], computed)
         self.written += len(rows)
 
     def close(self) -> int:
@@ -143,7 +150,7 @@ class LayerWriter:
         self.flush()
         if not self._layer_exists:
             empty = [np.empty(0, np.int32), np.empty(0, object), np.empty(0), np.empty(0)]
-            self._write(np.empty(0, dtype=object), empty)
+            self._write(np.empty(0, dtype=object), empty, [np.empty(0, object) for _ in self._computed])
         if self.fmt != "GPKG":
             try:
                 self._convert()
@@ -152,15 +159,16 @@ class LayerWriter:
                     self._gpkg.unlink()
         return self.written
 
-    def _write(self, wkb: np.ndarray, base: list[np.ndarray]) -> None:
+    def _write(self, wkb: np.ndarray, base: list[np.ndarray], computed: list[np.ndarray]) -> None:
         n = len(wkb)
         extra = [np.full(n, v, dtype=object if isinstance(v, str) else None) for v in self._extra.values()]
+        extra += computed
         with no_crs_warning():
             pyogrio.raw.write(
                 self._gpkg,
                 wkb,
                 base + extra,
-                fields=[*BASE_FIELDS, *self._extra],
+                fields=[*BASE_FIELDS, *self._extra, *self._computed],
                 layer=self.layer,
                 driver="GPKG",
                 crs=self.crs,

@@ -186,6 +186,29 @@ def test_append_scenes_into_one_geopackage(make_raster, tmp_path):
         vectorize(make_raster(blocks_of_classes(8), name="c.tif"), tmp_path / "notes.gpkg", mode="a")
 
 
+def test_computed_columns_get_a_value_per_polygon(make_raster, tmp_path):
+    path = make_raster(blocks_of_classes(3))
+    with rasterio.open(path) as src:
+        mid_x = (src.bounds.left + src.bounds.right) / 2
+
+    def side(geoms: np.ndarray) -> np.ndarray:  # which half of the raster a polygon's centroid lies in
+        x = shapely.get_x(shapely.centroid(geoms))
+        return np.where(x < mid_x, "west", "east")
+
+    summary = vectorize(path, tmp_path / "out.gpkg", extra_columns={"scene": "s"}, computed_columns={"half": side},
+                        block_size=16, to_crs="EPSG:4326")  # fmt: skip
+    df = gpd.read_file(tmp_path / "out.gpkg")
+    assert list(df.columns[:6]) == ["class_id", "class_name", "area_m2", "perimeter_m", "scene", "half"]
+    west = df.to_crs(32633).geometry.centroid.x < mid_x  # computed in the raster's CRS, before reprojection
+    assert len(df) == summary.polygons and set(df.half) == {"west", "east"}
+    assert (df.half == np.where(west, "west", "east")).all()
+    empty = make_raster(np.full((10, 10), 255, dtype=np.uint8), nodata=255, name="empty.tif")
+    vectorize(empty, tmp_path / "empty.gpkg", computed_columns={"half": side})
+    assert list(pyogrio.read_info(tmp_path / "empty.gpkg", layer="labels")["fields"])[-1] == "half"
+    with pytest.raises(InputError, match="given twice"):
+        vectorize(path, tmp_path / "x.gpkg", extra_columns={"half": "a"}, computed_columns={"half": side})
+
+
 def test_failed_run_leaves_previous_output_untouched(make_raster, tmp_path):
     out = tmp_path / "out.gpkg"
     vectorize(make_raster(blocks_of_classes(9), name="good.tif"), out)
