@@ -17,6 +17,7 @@ import os
 import re
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -104,17 +105,26 @@ def scene_names(scenes: Sequence[str | os.PathLike[str]]) -> list[str]:
     Raises:
         InputError: A scene listed twice, or names that stay equal (``a/b_c.tif`` beside ``a_b/c.tif``).
     """
-    parts = [_name_parts(s) for s in scenes]
+    parts = [tuple(_name_parts(s)) for s in scenes]
+    distinct = set(parts)
+    suffixes: dict[int, Counter[tuple[str, ...]]] = {}  # per depth: how many distinct scenes end that way
+
+    def shared(own: tuple[str, ...], depth: int) -> bool:
+        if depth not in suffixes:
+            suffixes[depth] = Counter(p[-depth:] for p in distinct)
+        return suffixes[depth][own[-depth:]] > 1
+
     names = []
     for own in parts:
         depth = 1
-        while depth < len(own) and any(other[-depth:] == own[-depth:] for other in parts if other != own):
+        while depth < len(own) and shared(own, depth):
             depth += 1
         names.append("_".join(own[-depth:]))
+    first: dict[str, int] = {}
     for i, name in enumerate(names):
-        first = names.index(name)
-        if first != i:
-            what = "is listed twice" if parts[first] == parts[i] else f"and {scenes[first]} get the same output name"
+        j = first.setdefault(name, i)
+        if j != i:
+            what = "is listed twice" if parts[j] == parts[i] else f"and {scenes[j]} get the same output name"
             raise InputError(f"{scenes[i]} {what} ({name}); give each scene once, or run them with different --out")
     return names
 
