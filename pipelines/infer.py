@@ -15,6 +15,9 @@ from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, desc
 from rs_deeplab.errors import InputError
 from rs_deeplab.tuning import tune_process
 
+LISTED_SCENES = 8
+"""Up to this many scenes, the summary lists each scene's rasters; beyond, one pattern per kind."""
+
 
 def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[Any, ...]:
     try:
@@ -85,6 +88,15 @@ def build_parser() -> ArgumentParser:
                    "GPU: on each GPU machine run `python -m rs_deeplab.inference.gpu_workers ADDRESS` (one "
                    f"single-threaded worker per GPU, resource GPU=1); {SCHEDULER_HELP} from the rows "
                    "written")  # fmt: skip
+    p.add_argument("--separate", action="store_true",
+                   help="several scenes are separate maps (e.g. dates of one place): no mosaic; polygons per "
+                   "scene, with its name in the scene column")  # fmt: skip
+    p.add_argument("--to-crs", help="CRS of the mosaic and the polygons, e.g. EPSG:32633 (default: the first "
+                   "scene's)")  # fmt: skip
+    p.add_argument("--res", type=float, help="pixel size of the mosaic, in the units of its CRS (default: the "
+                   "first scene's)")  # fmt: skip
+    p.add_argument("--stac", action="store_true",
+                   help="also write a STAC Collection with one Item per scene (x.stac/collection.json)")  # fmt: skip
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
     p.add_argument("--restart", action="store_true",
@@ -98,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run :func:`~rs_deeplab.inference.pipeline.infer_scenes`, list the outputs."""
     from rs_deeplab.gsd import parse_gsd
     from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
-    from rs_deeplab.remote import scene_name
+    from rs_deeplab.remote import scene_name, scene_names
     from rs_deeplab.scene_lists import expand_scenes
 
     args = build_parser().parse_intermixed_args(argv)
@@ -130,12 +142,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume=not args.restart,
         gsd=gsd,
         assets=None if args.assets is None else tuple(a.strip() for a in args.assets.split(",") if a.strip()),
+        separate=args.separate,
+        to_crs=args.to_crs,
+        res=args.res,
+        stac=args.stac,
     )
     result = infer_scenes(args.scenes, args.out, checkpoint=args.checkpoint, options=options, quiet=args.quiet)
-    outputs = {f"labels ({scene_name(r.scene)})": str(r.labels) for r in result.rasters}
-    outputs.update({f"probabilities ({scene_name(r.scene)})": str(r.probs) for r in result.rasters if r.probs})
+    outputs: dict[str, str] = {}
+    if len(result.rasters) > LISTED_SCENES:  # a region's scene rasters, in one line each kind
+        first = result.rasters[0]
+        outputs[f"labels ({len(result.rasters)} scenes)"] = str(first.labels.with_name(f"{args.out.stem}_*.tif"))
+        if first.probs:
+            outputs[f"probabilities ({len(result.rasters)} scenes)"] = str(first.probs.with_name(
+                f"{args.out.stem}_*_probs.tif"))  # fmt: skip
+    else:
+        names = [scene_name(r.scene) for r in result.rasters]
+        if len(set(names)) < len(names):  # equal file names: the names the outputs carry
+            names = scene_names([r.scene for r in result.rasters])
+        outputs.update({f"labels ({n})": str(r.labels) for n, r in zip(names, result.rasters, strict=True)})
+        outputs.update({f"probabilities ({n})": str(r.probs) for n, r in zip(names, result.rasters, strict=True)
+                        if r.probs})  # fmt: skip
+    if result.region is not None:
+        grid = result.region.grid
+        outputs[f"mosaic ({grid.width}×{grid.height}, {len(result.rasters)} scenes)"] = str(result.region.vrt)
+        if result.region.cog is not None:
+            outputs["mosaic (Cloud-Optimized GeoTIFF)"] = str(result.region.cog)
+        if result.region.probs_vrt is not None:
+            outputs["mosaic probabilities"] = str(result.region.probs_vrt)
     if result.polygons is not None:
         outputs[f"polygons ({result.polygon_count})"] = str(result.polygons)
+    if result.catalog is not None:
+        outputs["STAC collection"] = str(result.catalog)
     print(f"inference with {result.checkpoint} finished in {result.seconds:.0f} s; outputs:")
     print(describe_outputs(outputs))
     return 0

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyproj
 import rasterio
 import rasterio.shutil
 from affine import Affine
@@ -175,9 +176,9 @@ def target_crs(to_crs: str | None) -> CRS | None:
     """
     if to_crs is None:
         return None
-    try:
-        crs = CRS.from_user_input(to_crs)
-    except (CRSError, ValueError, TypeError):
+    try:  # pyproj first: GDAL would print its own PROJ error line before refusing
+        crs = CRS.from_wkt(pyproj.CRS.from_user_input(to_crs).to_wkt())
+    except (pyproj.exceptions.CRSError, CRSError, ValueError, TypeError):
         crs = None
     if crs is None:
         raise InputError(f"--to-crs {to_crs}: not a coordinate reference system; use e.g. EPSG:32633 or a WKT/PROJ "

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -239,16 +240,25 @@ def _region_assets(region: RegionAssets, folder: Path, classes: list[dict[str, A
     return assets
 
 
-def _check(folder: Path, scenes: Sequence[SceneAssets], region: RegionAssets | None, collection_id: str) -> None:
+def check_catalog(folder: Path) -> None:
+    """Refuse a catalog folder that cannot be written (before a run's work): missing parent, or not a catalog.
+
+    Raises:
+        InputError: The folder's parent is missing, or ``folder`` exists and is no earlier catalog.
+    """
     if not folder.parent.is_dir():
         raise InputError(f"{folder}: output folder {folder.parent} does not exist; create it first")
     if folder.exists() and not (folder / COLLECTION_FILE).is_file():
         raise InputError(f"{folder}: exists and holds no {COLLECTION_FILE}; remove it or choose another output")
+
+
+def _check(folder: Path, scenes: Sequence[SceneAssets], region: RegionAssets | None, collection_id: str) -> None:
+    check_catalog(folder)
     if not collection_id.strip() or not scenes:
         raise InputError(f"{folder}: a STAC collection needs an id and at least one scene")
-    ids = [s.name for s in scenes]
+    ids = Counter(s.name for s in scenes)
     for name in ids:
-        if not name or name.startswith(".") or re.search(r"[/\\]", name) or ids.count(name) > 1:
+        if not name or name.startswith(".") or re.search(r"[/\\]", name) or ids[name] > 1:
             raise InputError(f"{folder}: scene name {name!r} cannot be an Item id (empty, hidden, a path or a "
                              "repeat); give each scene a unique file-name-like name")  # fmt: skip
     paths = [p for s in scenes for p in (s.labels, s.probabilities) if p is not None]

@@ -22,16 +22,19 @@ from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.crf_search import recorded_crf
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
+from rs_deeplab.inference.region import check_region, vectorize_region
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, SceneTask, predict_scenes
 from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
 from rs_deeplab.inference.writer import partial_path, sidecar_path
 from rs_deeplab.locks import output_lock
 from rs_deeplab.modelcard import ModelCard
+from rs_deeplab.mosaic import RegionOutput, checked_res, target_crs, write_region
 from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import source_path, temporary_sibling
 from rs_deeplab.remote import is_remote, scene_names, scene_source
 from rs_deeplab.stac import is_stac_item
+from rs_deeplab.stac_outputs import RegionAssets, SceneAssets, check_catalog, stac_folder, write_stac
 
 log = logging.getLogger("rs_deeplab.inference")
 
@@ -74,6 +77,14 @@ class InferOptions:
     ``native`` (each scene's own pixels) or metres per pixel (see :func:`rs_deeplab.gsd.working_gsd`)."""
     assets: tuple[str, ...] | None = None
     """STAC Item scenes: the assets stacked as bands, in order (None: the checkpoint's band names)."""
+    separate: bool = False
+    """Several scenes as separate maps (e.g. dates of one place): no mosaic, polygons per scene."""
+    to_crs: str | None = None
+    """CRS of the mosaic and the polygons (None: the first scene's)."""
+    res: float | None = None
+    """Pixel size of the mosaic in its CRS's units (None: the first scene's)."""
+    stac: bool = False
+    """Also write a STAC Collection with one Item per scene (``x.stac/``)."""
 
 
 @dataclass
@@ -85,6 +96,10 @@ class InferResult:
     polygons: Path | None = None
     polygon_count: int = 0
     seconds: float = 0.0
+    region: RegionOutput | None = None
+    """The mosaic of several scenes (VRT, COG under ``--cog``, probabilities VRT), with its grid and shares."""
+    catalog: Path | None = None
+    """The STAC Collection (``x.stac/collection.json``) under ``--stac``."""
 
 
 def raster_paths(out: Path, scenes: Sequence[Path | str]) -> list[Path]:
@@ -116,7 +131,8 @@ def check_options(opts: InferOptions) -> None:
 
     Raises:
         InputError: A size, stride, batch size or CRF iteration count below 1, a negative or non-finite
-            ``min_area``/``simplify``, a CRF band below 1 or more than three of them.
+            ``min_area``/``simplify``, a CRF band below 1 or more than three of them, a ``to_crs`` that is no CRS,
+            a ``res`` that is no positive number.
     """
     _positive("--size", opts.size)
     _positive("--stride", opts.stride)
@@ -131,6 +147,8 @@ def check_options(opts: InferOptions) -> None:
         raise InputError(f"--crf-bands {','.join(map(str, bands))}: name 1 to 3 bands, counted from 1")
     if opts.scales is not None and not all(math.isfinite(s) and s > 0 for s in opts.scales):
         raise InputError(f"--scales {','.join(map(str, opts.scales))}: scales must be positive numbers")
+    target_crs(opts.to_crs)
+    checked_res(opts.res)
 
 
 def _check_crf_bands(crf: CRFSettings | None, header: SceneInfo) -> None:
@@ -197,8 +215,14 @@ def infer_scenes(
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
     crf = _crf_settings(opts, card, ckpt.resolve()) if opts.crf else None
     gsds = []
+    first: SceneInfo | None = None
     for scene in todo:
         header = scene_info(scene)
+        first = first or header
+        if (header.count, header.dtype) != (first.count, first.dtype):
+            raise InputError(f"{header.path} has {header.count} band(s) of {header.dtype} but {first.path} has "
+                             f"{first.count} of {first.dtype}: one job predicts scenes of one kind (the model's "
+                             "statistics are for one); run them separately")  # fmt: skip
         select_bands(header, card.bands, card.in_channels)
         _check_crf_bands(crf, header)
         gsds.append(_scene_gsd(header.path, opts.gsd, card.gsd, header))
@@ -215,6 +239,14 @@ def infer_scenes(
         if r.resolve() in inputs:
             raise InputError(f"--out {out}: the label raster {r} would overwrite the scene; choose another name")
     _check_rasters(rasters, opts, out, [*inputs, ckpt])
+    region = len(todo) > 1 and not opts.separate
+    if region:
+        check_region(todo, rasters, out, to_crs=opts.to_crs, res=opts.res, cog=opts.cog,
+                     classes=card.num_classes if opts.probs else None)  # fmt: skip
+    elif opts.res is not None:
+        raise InputError("--res sets the mosaic's pixel size: it needs several scenes (and no --separate)")
+    if opts.stac:
+        check_catalog(stac_folder(out))
     # one run per --out (x.gpkg and x.tif write the same raster): a second one stops here, before any prediction
     with output_lock(out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out, shown=out):
         tasks = [SceneTask(scene, raster, probs_path(raster) if opts.probs else None, gsd)
@@ -225,8 +257,20 @@ def infer_scenes(
                                         window=card.infer.window, tta=tta, crf=crf, cog=opts.cog, device=opts.device,
                                         amp=opts.amp, resume=opts.resume, scheduler=opts.scheduler,
                                         quiet=quiet)  # fmt: skip
-        if out.suffix.lower() == ".gpkg":
+        names = scene_names([r.scene for r in result.rasters]) if len(result.rasters) > 1 else [out.stem]
+        if region:
+            result.region = write_region([r.labels for r in result.rasters], out.with_suffix(".vrt"),
+                                         to_crs=opts.to_crs, res=opts.res, cog=opts.cog,
+                                         probs=[r.probs for r in result.rasters if r.probs] or None)  # fmt: skip
+        if out.suffix.lower() == ".gpkg" and result.region is not None:
+            result.polygons = out
+            result.polygon_count = vectorize_region(result.region, names, out, class_names=card.class_names,
+                                                    min_area=opts.min_area, simplify=opts.simplify,
+                                                    quiet=quiet)  # fmt: skip
+        elif out.suffix.lower() == ".gpkg":
             result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
+        if opts.stac:
+            result.catalog = _catalog(result, names, out, card, ckpt)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -295,6 +339,7 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
         for i, r in enumerate(rasters):
             summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
                                 simplify=opts.simplify, layer="labels", extra_columns={"scene": names[i]},
+                                to_crs=opts.to_crs,
                                 mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
             count += summary.polygons
         os.replace(staging, out)
@@ -305,3 +350,14 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
     finally:
         staging.unlink(missing_ok=True)
     return out, count
+
+
+def _catalog(result: InferResult, names: Sequence[str], out: Path, card: ModelCard, ckpt: Path) -> Path:
+    """The run's STAC Collection and Items (:mod:`rs_deeplab.stac_outputs`)."""
+    scenes = [SceneAssets(name, r.labels, r.probs, r.scene) for name, r in zip(names, result.rasters, strict=True)]
+    region = result.region
+    assets = RegionAssets(None if region is None else region.vrt, None if region is None else region.cog,
+                          result.polygons)  # fmt: skip
+    model = f"{card.architecture.describe()} ({ckpt.parent.name}/{ckpt.name})"
+    return write_stac(stac_folder(out), scenes, assets, class_names=card.class_names, colours=card.colormap,
+                      model=model, collection_id=out.stem)  # fmt: skip

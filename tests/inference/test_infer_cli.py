@@ -75,7 +75,8 @@ def test_defaults_after_training_write_raster_and_polygons(workspace: Path, trai
 
 def test_several_scenes_into_one_geopackage_and_raster_only(workspace: Path, tmp_path: Path) -> None:
     a, b = scene(tmp_path / "north.tif", 96, 130, 5), scene(tmp_path / "south.tif", 70, 90, 6)
-    assert main([str(a), str(b), "--out", "out.gpkg", "--probs", "--cog"]) == 0
+    assert main([str(a), str(b), "--out", "out.gpkg", "--probs", "--cog", "--separate"]) == 0  # one place, two maps
+    assert not (workspace / "out.vrt").exists()
     polygons = gpd.read_file(workspace / "out.gpkg", layer="labels")
     assert set(polygons["scene"]) == {"north", "south"}
     for name, shape in (("north", (96, 130)), ("south", (70, 90))):
@@ -104,7 +105,7 @@ def test_scenes_with_equal_file_names_get_distinct_stable_names(
         name = "other.tif" if folder == "other" else "tile.tif"
         paths.append(write_geotiff(tmp_path / folder / name, image[:4, rows, :80], crs="EPSG:32633",
                                    transform=TRANSFORM))  # fmt: skip
-    assert main([*map(str, paths), "--out", "region.gpkg", "-q"]) == 0
+    assert main([*map(str, paths), "--out", "region.gpkg", "-q", "--separate"]) == 0
     names = ["north_tile", "south_tile", "other"]
     assert set(gpd.read_file(workspace / "region.gpkg", layer="labels")["scene"]) == set(names)
     for path, name in zip(paths, names, strict=True):  # each the same as the scene run alone
@@ -117,6 +118,131 @@ def test_scenes_with_equal_file_names_get_distinct_stable_names(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tile.tif is listed twice" in err, err
     assert not list(workspace.glob("twice*"))
+
+
+def tiles(folder: Path, windows: list[tuple[int, int, int, int]], seed: int = 11) -> list[Path]:
+    """Tiles cut from one 4-band scene at the given ``(row0, row1, col0, col1)`` windows, in folders of their own,
+    all named ``tile.tif`` (as an orthophoto's tiles often are)."""
+    image, _ = blob_scene(seed, 192)
+    out = []
+    for i, (r0, r1, c0, c1) in enumerate(windows):
+        (folder / f"block_{i}").mkdir(parents=True, exist_ok=True)
+        out.append(write_geotiff(folder / f"block_{i}" / "tile.tif", image[:, r0:r1, c0:c1], crs="EPSG:32633",
+                                 transform=TRANSFORM @ rasterio.Affine.translation(c0, r0)))  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_overlapping_tiles_become_one_mosaic_polygons_and_catalog(workspace: Path, tmp_path: Path) -> None:
+    import pystac
+
+    from rs_deeplab.ownership import ownership
+
+    windows = [(0, 100, 0, 110), (0, 100, 80, 190), (70, 190, 0, 110), (70, 190, 80, 190)]  # 30-px overlaps
+    paths = tiles(tmp_path / "ortho", windows)
+    (tmp_path / "list.txt").write_text("".join(f"ortho/block_{i}/tile.tif\n" for i in range(4)))
+    assert main([f"@{tmp_path / 'list.txt'}", "--out", "city.gpkg", "--cog", "--stac", "--probs", "-q"]) == 0
+    names = [f"block_{i}_tile" for i in range(4)]
+    with rasterio.open(workspace / "city.vrt") as vrt, rasterio.open(workspace / "city.tif") as cog:
+        assert vrt.shape == (190, 190) and vrt.transform == TRANSFORM and vrt.crs.to_epsg() == 32633
+        assert read_class_names(vrt) is not None and vrt.colormap(1)[0][:3] == (255, 255, 255)
+        mosaic = vrt.read(1)
+        np.testing.assert_array_equal(cog.read(1), mosaic)
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    for name, rects in zip(names, ownership(windows), strict=True):  # each pixel from the tile farthest inside
+        labels = rasterio.open(workspace / f"city_{name}.tif").read(1)
+        r0, _, c0, _ = windows[names.index(name)]
+        for a, b, c, d in rects:
+            np.testing.assert_array_equal(mosaic[a:b, c:d], labels[a - r0 : b - r0, c - c0 : d - c0])
+    polygons = gpd.read_file(workspace / "city.gpkg", layer="labels")
+    assert polygons.crs.to_epsg() == 32633
+    assert np.isclose(polygons.area_m2.sum(), (mosaic != 255).sum() * 0.01)  # every pixel once, none twice
+    assert set(polygons.scene.str.split(",").explode()) == set(names) and polygons.scene.str.contains(",").any()
+    collection = pystac.Collection.from_file(str(workspace / "city.stac" / "collection.json"))
+    items = list(collection.get_items())
+    assert sorted(i.id for i in items) == names
+    assert {"mosaic_vrt", "mosaic_tif", "polygons"} <= set(collection.assets)
+    for item in items:
+        assert rasterio.open(item.assets["labels"].get_absolute_href()).count == 1
+    with rasterio.open(workspace / "city_probs.vrt") as probs:
+        assert probs.count == 6 and probs.shape == (190, 190)
+    del paths
+
+
+@pytest.mark.slow
+def test_two_crs_region_and_a_killed_job_resumed(workspace: Path, tmp_path: Path) -> None:
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    a, b = tiles(tmp_path / "t", [(0, 120, 0, 100), (0, 120, 90, 190)])
+    with rasterio.open(b) as src:  # the east tile delivered in UTM zone 32 (another CRS)
+        t, w, h = calculate_default_transform(src.crs, "EPSG:32632", src.width, src.height, *src.bounds)
+        data = np.zeros((4, h, w), np.uint8)
+        reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs, dst_transform=t,
+                  dst_crs="EPSG:32632", resampling=Resampling.nearest)  # fmt: skip
+    east = write_geotiff(tmp_path / "east32.tif", data, crs="EPSG:32632", transform=t)
+    assert main([str(a), str(east), "--out", "two.gpkg", "--to-crs", "EPSG:3857", "-q"]) == 0
+    with rasterio.open(workspace / "two.vrt") as vrt:
+        assert vrt.crs.to_epsg() == 3857 and (vrt.read(1) != 255).mean() > 0.8
+    assert gpd.read_file(workspace / "two.gpkg").crs.to_epsg() == 3857
+    assert (workspace / "two_warped").is_dir()
+    # a job killed after its first scene resumes: that scene is not computed again, the outputs are the same
+    big = tiles(tmp_path / "k", [(0, 192, 0, 100), (0, 192, 90, 192)], seed=12)
+    cmd = [*INFER, *map(str, big), "--out", "killed.gpkg", "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    first = workspace / "killed_block_0_tile.tif"
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and not first.exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert first.exists() and not (workspace / "killed.gpkg").exists()
+    rerun = subprocess.run([*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "killed_block_0_tile.tif: already complete" in rerun.stderr
+    assert main([*map(str, big), "--out", "fresh.gpkg", "--batch-size", "1", "-q"]) == 0
+    for name in ("", "_block_0_tile", "_block_1_tile"):
+        ext = ".vrt" if not name else ".tif"
+        with rasterio.open(workspace / f"killed{name}{ext}") as x, rasterio.open(workspace / f"fresh{name}{ext}") as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+    assert len(gpd.read_file(workspace / "killed.gpkg")) == len(gpd.read_file(workspace / "fresh.gpkg"))
+    assert leftovers(workspace) == []
+
+
+def test_region_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = tiles(tmp_path / "t", [(0, 64, 0, 64), (0, 64, 64, 128)])
+    wide = write_geotiff(tmp_path / "wide.tif", (np.ones((4, 32, 32)) * 300).astype(np.uint16), crs="EPSG:32633",
+                         transform=TRANSFORM)  # fmt: skip
+    (workspace / "file").write_text("a file")
+    (tmp_path / "missing.txt").write_text("t/block_0/tile.tif\nt/block_9/tile.tif\n")
+    cases = [
+        ([str(a), str(wide), "--out", "x.gpkg"], "has 4 band(s) of uint16 but"),
+        ([str(tmp_path / "t" / "*.tif"), "--out", "x.gpkg"], "no file matches"),
+        ([f"@{tmp_path / 'missing.txt'}", "--out", "x.gpkg"], "missing.txt line 2: t/block_9/tile.tif does not exist"),
+        ([str(a), str(b), "--out", "x.gpkg", "--to-crs", "EPSG:99999"], "--to-crs EPSG:99999: not a coordinate"),
+        ([str(a), str(b), "--out", "x.gpkg", "--res", "0"], "--res 0"),
+        ([str(a), str(b), "--out", "x.gpkg", "--res", "-1"], "--res -1"),
+        ([str(a), "--out", "x.gpkg", "--res", "1"], "--res sets the mosaic's pixel size"),
+        ([str(a), str(b), "--out", "file/x.gpkg"], "is a file"),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (args, err)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=4096))  # a region too big
+    capsys.readouterr()
+    assert main([str(a), str(b), "--out", "x.gpkg"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not enough free space for the label rasters of 2 scenes" in err, err
+    assert not list(workspace.glob("x*")) and leftovers(workspace) == []
 
 
 def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None:

@@ -99,6 +99,25 @@ def test_one_job_resumes_only_what_was_not_written(tmp_path: Path) -> None:
         np.testing.assert_array_equal(read(Path(task.out)), read(tmp_path / "alone.tif"))
 
 
+def test_one_progress_bar_counts_windows_and_scenes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rs_deeplab import cli
+
+    monkeypatch.setattr(cli, "progress_enabled", lambda quiet=False: not quiet)  # as on a terminal
+    paths = scenes(tmp_path, [(60, 60), (100, 70), (50, 80)])
+    tasks = [SceneTask(p, tmp_path / f"bar_{p.stem}.tif") for p in paths]
+    predict_scenes(SlowOracle(), tasks, quiet=False, **KW)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    # 1 + 2×2 + 1×2 windows of 64 every 48; one bar for the job, ending at every window and every scene done
+    assert err.count("inference:") >= 1 and "7/7" in err and "3/3 scenes" in err and "window/s" in err, err
+    predict_scenes(SlowOracle(), tasks, quiet=False, **KW)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert "3/3 scenes" in err and "inference: 0window" in err, err  # all done by the first run: nothing to count
+    predict_scenes(SlowOracle(), tasks, quiet=True, **{**KW, "resume": False})  # type: ignore[arg-type]
+    assert "inference" not in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with dask_cluster(tmp_path_factory.mktemp("dask"), workers=2) as address:
