@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,15 +13,14 @@ from typing import Any
 import torch
 
 from rs_deeplab.devices import pick_amp, pick_device
-from rs_deeplab.diskspace import out_of_space
-from rs_deeplab.errors import DiskFullError, InputError
+from rs_deeplab.errors import InputError
 from rs_deeplab.grid import check_size_stride
 from rs_deeplab.gsd import raster_gsd, working_gsd
 from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.crf_search import recorded_crf
 from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
-from rs_deeplab.inference.region import check_region, vectorize_region
+from rs_deeplab.inference.region import check_region, staged, vectorize_region
 from rs_deeplab.inference.rows import CRFSettings
 from rs_deeplab.inference.scene import SceneResult, SceneTask, predict_scenes
 from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
@@ -31,7 +29,7 @@ from rs_deeplab.locks import output_lock
 from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.mosaic import RegionOutput, checked_res, target_crs, write_region
 from rs_deeplab.outputs import check_output_file
-from rs_deeplab.raster import source_path, temporary_sibling
+from rs_deeplab.raster import source_path
 from rs_deeplab.remote import is_remote, scene_names, scene_source
 from rs_deeplab.stac import is_stac_item
 from rs_deeplab.stac_outputs import RegionAssets, SceneAssets, check_catalog, stac_folder, write_stac
@@ -330,25 +328,17 @@ def _tta(opts: InferOptions, card: ModelCard) -> TTA:
 
 
 def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions, quiet: bool) -> tuple[Path, int]:
+    """Each scene's polygons on its own into one GeoPackage, with the scene's name (one scene, or ``--separate``)."""
     from rs_deeplab.vectorize import vectorize
 
-    staging = temporary_sibling(out)
     count = 0
     names = scene_names([r.scene for r in rasters])  # as in the rasters' names
-    try:
+    with staged(out) as staging:
         for i, r in enumerate(rasters):
             summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
                                 simplify=opts.simplify, layer="labels", extra_columns={"scene": names[i]},
-                                to_crs=opts.to_crs,
-                                mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
+                                to_crs=opts.to_crs, mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
             count += summary.polygons
-        os.replace(staging, out)
-    except DiskFullError as exc:  # named by the staging file: name the output the user asked for
-        if exc.errno_code is None:
-            raise
-        raise out_of_space(out, exc.errno_code, exc.needed) from None
-    finally:
-        staging.unlink(missing_ok=True)
     return out, count
 
 

@@ -10,8 +10,9 @@ when it spans several. :func:`write_catalog` writes the STAC Collection and Item
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +110,26 @@ def vectorize_region(region: RegionOutput, names: Sequence[str], out: Path, *, c
     """Polygons of the mosaic into ``out`` (layer ``labels``, in the region's CRS), written atomically."""
     from rs_deeplab.vectorize import vectorize
 
-    staging = temporary_sibling(out)
-    try:
+    with staged(out) as staging:
         summary = vectorize(region.vrt, staging, class_names=list(class_names), min_area=min_area, simplify=simplify,
                             layer="labels", computed_columns={"scene": scene_column(region, names)},
                             quiet=quiet)  # fmt: skip
+    return summary.polygons
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary name beside ``out`` to write it under; renamed to ``out`` when the block succeeds, else removed.
+
+    Lack of space while writing names ``out`` (the file the user asked for), not the temporary name.
+    """
+    staging = temporary_sibling(out)
+    try:
+        yield staging
         os.replace(staging, out)
-    except DiskFullError as exc:  # named by the staging file: name the output the user asked for
+    except DiskFullError as exc:
         if exc.errno_code is None:
             raise
         raise out_of_space(out, exc.errno_code, exc.needed) from None
     finally:
         staging.unlink(missing_ok=True)
-    return summary.polygons

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,13 +120,9 @@ def run_local(module: torch.nn.Module, device: torch.device, runs: Iterable[Scen
     """Predict every scene of ``runs`` in this process, one after another, with one :class:`Predictor`."""
     predictor: Predictor | None = None
     for run in runs:
-        before = run.windows()
-        start = run.open()
+        start = _open(run, bar, lambda row: row)
         if start is None:
-            bar.drop(before)
-            bar.part_done()
             continue
-        bar.drop(before - run.windows(start))
         if predictor is None:
             job = run.job
             predictor = Predictor(module, device, tta=job.tta, amp=job.amp, channels_last=job.channels_last)
@@ -143,6 +140,22 @@ def run_local(module: torch.nn.Module, device: torch.device, runs: Iterable[Scen
         run.ran = counted.n
         bar.update(run.windows(start) - counted.n)  # all-nodata windows, skipped: done all the same
         bar.part_done()
+
+
+def _open(run: SceneRun, bar: JobProgress, first_row: Callable[[int], int]) -> int | None:
+    """Open a scene's outputs; take what an earlier run finished out of the bar (``first_row``: where work starts)."""
+    before = run.windows()
+    start = run.open()
+    if start is None:
+        bar.drop(before)
+        bar.part_done()
+        return None
+    bar.drop(before - run.windows(first_row(start)))
+    return start
+
+
+def _step_start(row: int, step: int) -> int:
+    return row - row % step
 
 
 class _Count:
@@ -168,16 +181,11 @@ class _Task:
 def _tasks(runs: Iterable[SceneRun], submit: Any, bar: JobProgress) -> Iterator[_Task]:
     """Every scene's row ranges as tasks, in order; a scene's outputs are opened when its first task is due."""
     for run in runs:
-        before = run.windows()
-        start = run.open()
-        if start is None:
-            bar.drop(before)
-            bar.part_done()
-            continue
         step = task_rows(run.job)
-        height = run.job.info.height
-        first = start - start % step
-        bar.drop(before - run.windows(first))
+        start = _open(run, bar, functools.partial(_step_start, step=step))  # tasks start on whole steps
+        if start is None:
+            continue
+        first, height = start - start % step, run.job.info.height
         ranges = [(a, min(a + step, height)) for a in range(first, height, step)]
         if not ranges:
             yield _Task(run, None, True, 0)

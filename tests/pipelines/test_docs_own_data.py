@@ -41,18 +41,24 @@ def test_every_picture_the_page_shows_is_in_the_repository() -> None:
         assert (DOC.parent / name).is_file(), name
 
 
+def run_page(doc: Path, folder: Path, *, at_least: int, timeout: int = 900) -> None:
+    """Run every command of ``doc`` in ``folder`` as from a checkout's root (this interpreter's scripts on PATH)."""
+    for name in ("pipelines", "configs"):
+        (folder / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    steps = commands(doc.read_text())
+    assert len(steps) >= at_least
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], cwd=folder, env=env, capture_output=True, text=True,
+                              timeout=timeout)  # fmt: skip
+        assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~6 min on a quiet 2-core machine, 9-15 min when it is shared
 def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
-    for name in ("pipelines", "configs"):  # the commands run from a checkout's root
-        (tmp_path / name).symlink_to(ROOT / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("PYTHONPATH", None)
-    steps = commands(DOC.read_text())
-    assert len(steps) >= 6
-    for step in steps:
-        done = subprocess.run(["bash", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    run_page(DOC, tmp_path, at_least=6)
     # what the page says the commands produce
     tiles, classes = read_index(tmp_path / "my_tiles" / "index.gpkg")
     assert set(tiles.split) == {"train", "val"} and set(tiles.scene) == {

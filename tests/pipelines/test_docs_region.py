@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,7 +13,7 @@ import rasterio
 import torch
 
 from tests import trainkit
-from tests.pipelines.test_docs_own_data import commands
+from tests.pipelines.test_docs_own_data import run_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "region.md"
@@ -26,19 +23,11 @@ trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture)
 
 @pytest.mark.slow
 def test_region_page_runs_end_to_end(trained: Path, tmp_path: Path) -> None:
-    for name in ("pipelines", "configs"):  # the commands run from a checkout's root
-        (tmp_path / name).symlink_to(ROOT / name)
     # the page's model is the quick start's runs/demo/best.pt, trained at 0.25 m: the tiny one, said to be as well
     state = torch.load(trained, map_location="cpu", weights_only=True)
     (tmp_path / "runs" / "demo").mkdir(parents=True)
     torch.save({**state, "gsd": 0.25}, tmp_path / "runs" / "demo" / "best.pt")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("PYTHONPATH", None)
-    steps = commands(DOC.read_text())
-    assert len(steps) >= 5
-    for step in steps:
-        done = subprocess.run(["bash", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    run_page(DOC, tmp_path, at_least=5, timeout=600)
     maps = tmp_path / "maps"
     tiles = sorted(maps.glob("city_top_potsdam_*.tif"))
     assert len(tiles) == 9  # what the page says: 3 × 3 tiles
