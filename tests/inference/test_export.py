@@ -231,15 +231,18 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
 def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_path: Path) -> None:
     scene, model = str(demo_run["scene"]), str(demo_run["onnx"])
     (tmp_path / "dask").mkdir()
+    twin = str(shutil.copy(scene, tmp_path / "twin.tif"))  # a second scene: one job, one stream of tasks for both
     with dask_cluster(tmp_path / "dask", workers=1) as address:
-        assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "d.tif"), "--probs", "-q",
-                           "--scheduler", address]) == 0  # fmt: skip
+        assert infer_main([scene, twin, "--checkpoint", model, "--out", str(tmp_path / "d.tif"), "--probs", "-q",
+                           "--separate", "--scheduler", address]) == 0  # fmt: skip
     assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "l.tif"), "--probs", "-q"]) == 0
-    local, remote = read(tmp_path / "l_probs.tif").astype(int), read(tmp_path / "d_probs.tif").astype(int)
-    assert np.abs(local - remote).max() <= 1  # one thread there, two here: float sums may differ in the last bit
-    differ = read(tmp_path / "l.tif")[0] != read(tmp_path / "d.tif")[0]
-    top2 = np.sort(local, axis=0)[-2:]
-    assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
+    local = read(tmp_path / "l_probs.tif").astype(int)
+    for name in (Path(scene).stem, "twin"):
+        remote = read(tmp_path / f"d_{name}_probs.tif").astype(int)
+        assert np.abs(local - remote).max() <= 1  # one thread there, two here: float sums may differ in the last bit
+        differ = read(tmp_path / "l.tif")[0] != read(tmp_path / f"d_{name}.tif")[0]
+        top2 = np.sort(local, axis=0)[-2:]
+        assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
 
 
 def test_output_stride_is_baked_in_at_export(demo_run: dict[str, Path], tmp_path: Path) -> None:
