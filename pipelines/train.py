@@ -21,6 +21,10 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="train.py", description=__doc__)
     parser.add_argument("config", help="experiment YAML, e.g. configs/potsdam_r50.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optimizer.lr=0.02 resume=false")
+    parser.add_argument("--budget", metavar="DURATION",
+                        help="train for this long instead of schedule.iterations, e.g. 15m or 1h30m: the run measures "
+                        "its speed and plans iterations, learning-rate decay and evaluations to end in time "
+                        "(schedule.budget; plan.json in the run folder says what it chose and why)")  # fmt: skip
     add_common_arguments(parser)
     return parser
 
@@ -33,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rs_deeplab.training.distributed import env_from_torchrun
 
     args = build_parser().parse_intermixed_args(argv)
-    cfg: ExperimentConfig = load_config(args.config, args.overrides)
+    budget = [] if args.budget is None else [f"schedule.budget={args.budget}"]
+    cfg: ExperimentConfig = load_config(args.config, [*args.overrides, *budget])
     env = env_from_torchrun()
     setup_logging(quiet=args.quiet, verbose=args.verbose, rank=env.rank)
     from rs_deeplab.training.experiment import train_experiment

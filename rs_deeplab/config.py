@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rs_deeplab.durations import parse_duration
 from rs_deeplab.errors import ConfigError
 from rs_deeplab.loss_spec import parse_loss
 
@@ -125,6 +126,17 @@ class ScheduleConfig(StrictModel):
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
     warmup_iters: NonNegInt = 0
     warmup_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
+    budget: str | float | None = None
+    """Wall-clock time to train for, e.g. ``15m`` or ``1h30m``, instead of an iteration count: the run measures
+    its speed and plans iterations, decay, warm-up and evaluations to end in time (:mod:`rs_deeplab.training.budget`);
+    ``iterations`` set as well caps the plan."""
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            parse_duration(value)
+        return value
 
 
 class TrainConfig(StrictModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,8 +93,12 @@ def build_lr_schedule(
     gamma: float = 0.1,
     warmup_iters: int = 0,
     warmup_ratio: float = 0.1,
+    length: Callable[[], tuple[int, int]] | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Iteration-based poly or step schedule (one ``step()`` per optimiser step) applied to every parameter group.
+
+    ``length``, when given, is asked at every step for ``(iterations, warmup_iters)``: a time budget re-plans them
+    while the run goes (:mod:`rs_deeplab.training.budget`).
 
     Raises:
         ValueError: ``policy`` is not one of :data:`LR_POLICIES`.
@@ -104,18 +109,13 @@ def build_lr_schedule(
     min_ratio = min(min_lr / base, 1.0)
 
     def factor(it: int) -> float:
+        total, warmup = (iterations, warmup_iters) if length is None else length()
         if policy == "step":
-            return step_factor(
-                it, step_size=step_size, gamma=gamma, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio
-            )
+            return step_factor(it, step_size=step_size, gamma=gamma, warmup_iters=warmup, warmup_ratio=warmup_ratio)
         return poly_factor(
-            it,
-            iterations=iterations,
-            power=power,
-            min_ratio=min_ratio,
-            warmup_iters=warmup_iters,
+            it, iterations=max(total, 1), power=power, min_ratio=min_ratio, warmup_iters=warmup,
             warmup_ratio=warmup_ratio,
-        )
+        )  # fmt: skip
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -335,13 +335,15 @@ def fit(
     on_eval: Callable[[int, np.ndarray], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
     eval_model: nn.Module | None = None,
+    replan: Callable[[int, float], Cadence] | None = None,
 ) -> int:
     """Train from ``start_iteration`` to ``cadence.iterations``, evaluating and checkpointing on the way.
 
     Callbacks receive the number of completed iterations: ``on_log(it, loss, lr)`` every ``log_every``,
     ``on_eval(it, confusion_matrix)`` after each evaluation (every rank; the matrix is all-reduced) and
     ``on_checkpoint(it)`` every ``checkpoint_every`` and at the end. ``eval_model`` is the unwrapped model that
-    evaluation runs (``model`` may be a DDP or compiled wrapper).
+    evaluation runs (``model`` may be a DDP or compiled wrapper). ``replan(it, seconds)``, called after each
+    evaluation and its checkpoint with the seconds they took, returns the cadence from there on (a time budget).
     """
     losses = LossMeter()
     evaluated = model if eval_model is None else eval_model
@@ -361,6 +363,7 @@ def fit(
         stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
         it = train_one_epoch(model, batches, ctx, start=it, stop=stop, on_step=step_done)
         losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
+        stopped = time.perf_counter()
         if val_loader is not None and on_eval is not None:
             cm = evaluate(
                 evaluated,
@@ -373,4 +376,6 @@ def fit(
             on_eval(it, cm)
         if on_checkpoint is not None:
             on_checkpoint(it)
+        if replan is not None:
+            cadence = replan(it, time.perf_counter() - stopped)
     return it

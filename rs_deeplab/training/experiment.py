@@ -6,9 +6,12 @@ call it); everything it calls takes plain arguments.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +25,14 @@ from rs_deeplab.classes import class_colours
 from rs_deeplab.cli import held_logs
 from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
+from rs_deeplab.durations import parse_duration
 from rs_deeplab.errors import CheckpointError, InputError
 from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
 from rs_deeplab.gsd import rasters_gsd
 from rs_deeplab.locks import output_lock
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.raster import atomic_output
+from rs_deeplab.training.budget import BudgetPlan, BudgetRun
 from rs_deeplab.training.checkpoint import (
     check_checkpoint_space,
     checkpoint_bytes,
@@ -125,12 +130,14 @@ def _loaders(
     stats: ChannelStats,
     start: int,
     device: torch.device,
+    budgeted: bool = False,
 ) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
     data = cfg.data
+    capped = not budgeted or "iterations" in cfg.schedule.model_fields_set  # a budget plans the count as it goes
     sampler = IterationBatchSampler(
         len(train),
         batch_size=data.batch_size,
-        iterations=cfg.schedule.iterations,
+        iterations=cfg.schedule.iterations if capped else 1 << 40,
         seed=cfg.seed,
         rank=env.rank,
         world_size=env.world_size,
@@ -340,6 +347,7 @@ def runtime_record(
 def _train(
     cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None, checked: Callable[[], None]
 ) -> TrainResult:
+    started = time.perf_counter()
     seed_everything(cfg.seed)
     train_src = build_source(cfg.data, cfg.data.train_split)
     val_src = build_source(cfg.data, cfg.data.val_split)
@@ -358,7 +366,9 @@ def _train(
         log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
-    lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump())
+    budget = _budget(cfg, state, started)
+    lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
+                                    length=None if budget is None else budget.length)  # fmt: skip
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     runtime = runtime_record(cfg, env, device, amp)
     log.info("training on %s, precision %s, %d process(es)", runtime["device"], runtime["precision"], env.world_size)
@@ -374,6 +384,7 @@ def _train(
         start, best_miou = int(state["iteration"]), float(state.get("best_miou", -1.0))
         set_rng_state(state["rng"])
         log.info("resuming from %s at iteration %d", last, start)
+    fresh = not run_dir.exists()  # a budget found too short removes a run folder it made (nothing half-written)
     if env.is_main:
         check_checkpoint_space(run_dir, checkpoint_bytes(model, optimizer))  # before the run folder's first file
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -396,7 +407,7 @@ def _train(
         build_loss(cfg.train.loss, weights),
         cfg.model.msc_weight,
     )
-    train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device)
+    train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device, budget is not None)
     checked()  # every check passed: the lines held so far print now
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
     tracker: dict[str, Any] = {"best": best_miou, "cm": None}
@@ -419,6 +430,7 @@ def _train(
             "in_channels": in_ch,
             "best_miou": tracker["best"],
             "runtime": runtime,
+            "budget": None if budget is None else budget.record(it),
         }
 
     def on_eval(it: int, cm: np.ndarray) -> None:
@@ -438,20 +450,29 @@ def _train(
         if env.is_main:
             save_checkpoint(last, {**snapshot(it), "rank_fingerprints": fingerprints})
 
-    cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every, cfg.train.log_every)
-    fit(
-        runner,
-        iter(train_loader),
-        val_loader,
-        ctx,
-        cadence=cadence,
-        num_classes=len(names),
-        start_iteration=start,
-        on_log=runlog.train,
-        on_eval=on_eval,
-        on_checkpoint=on_checkpoint,
-        eval_model=model,
-    )
+    batches = iter(train_loader)
+
+    def fit_call(cadence: Cadence, first: int, replan: Any, evaluate: bool = True) -> int:
+        return fit(runner, batches, val_loader if evaluate else None, ctx, cadence=cadence, num_classes=len(names),
+                   start_iteration=first, on_log=runlog.train, on_eval=on_eval,
+                   on_checkpoint=on_checkpoint if evaluate else None, eval_model=model, replan=replan)  # fmt: skip
+
+    if budget is None:
+        cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every,
+                          cfg.train.log_every)  # fmt: skip
+        iterations = fit_call(cadence, start, None)
+    else:
+        budget.val_batches = len(val_loader) if val_loader is not None else 0
+        budget.on_plan = functools.partial(_show_plan, run_dir if env.is_main else None)
+        try:
+            iterations = budget.run(fit_call, start)
+            if budget.cut:
+                on_checkpoint(iterations)  # now recording that the budget is spent
+        except InputError:
+            runlog.close()
+            if fresh and env.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     runlog.close()
     if env.is_main:
         plot_curves(runlog.path, run_dir / "curves.png")
@@ -459,4 +480,30 @@ def _train(
             plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
             with atomic_output(run_dir / "val_scores.md") as tmp:
                 tmp.write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
-    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], cfg.schedule.iterations)
+    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], iterations)
+
+
+def _budget(cfg: ExperimentConfig, state: dict[str, Any] | None, started: float) -> BudgetRun | None:
+    """The run's time budget (``schedule.budget``), resumed with the seconds an earlier run spent; None without."""
+    if cfg.schedule.budget is None:
+        return None
+    record = (state or {}).get("budget") or {}
+    spent = float(record.get("spent", 0.0))
+    fixed: dict[str, int] = {k: int(getattr(cfg.train, k)) for k in ("eval_every", "checkpoint_every")
+                             if k in cfg.train.model_fields_set}  # fmt: skip
+    if "warmup_iters" in cfg.schedule.model_fields_set:
+        fixed["warmup_iters"] = cfg.schedule.warmup_iters
+    cap = cfg.schedule.iterations if "iterations" in cfg.schedule.model_fields_set else None
+    run = BudgetRun(parse_duration(cfg.schedule.budget), spent=spent, started=started, val_batches=0,
+                    log_every=cfg.train.log_every, cap=cap, fixed=fixed, on_plan=lambda plan: None)  # fmt: skip
+    run.finished = bool(record.get("finished"))
+    return run
+
+
+def _show_plan(run_dir: Path | None, plan: BudgetPlan) -> None:
+    """Log a budget plan and write it to ``plan.json`` (main rank: ``run_dir`` given)."""
+    if run_dir is None:
+        return
+    log.info("%s", plan.summary())
+    with atomic_output(run_dir / "plan.json") as tmp:
+        tmp.write_text(json.dumps(plan.as_dict(), indent=2) + "\n")

@@ -129,7 +129,7 @@ def test_dask_job_keeps_both_workers_busy_across_scenes(tmp_path: Path, cluster:
     from distributed import Client, get_task_stream
 
     paths = scenes(tmp_path, [(64, 64)] * 6)  # one task each: run one after another, one worker would idle
-    model = SlowOracle(pause=0.02)
+    model = SlowOracle(pause=0.25)  # each task lasts long enough for the other worker to start one meanwhile
     tasks = [SceneTask(p, tmp_path / f"dask_{p.stem}.tif") for p in paths]
     with Client(cluster, set_as_default=False) as client, get_task_stream(client) as stream:
         results = predict_scenes(model, tasks, scheduler=cluster, **{**KW, "batch_size": 1})  # type: ignore[arg-type]
