@@ -226,7 +226,8 @@ class BudgetRun:
         timed = time.perf_counter()
         it = fit_call(Cadence(start + PROBE_ITERATIONS, never, never, self.log_every), it, None, False)
         step = (time.perf_counter() - timed) / max(it - start - PROBE_WARMUP, 1)
-        spent, step = agree([self.spent(), step])
+        spent, step, batches = agree([self.spent(), step, float(self.val_batches)])  # ranks hold shards of val
+        self.val_batches = int(batches)
         self._set(plan_budget(self.budget, Measured(spent, step), done=it, val_batches=self.val_batches,
                               cap=self.cap, fixed=self.fixed))  # fmt: skip
         assert self.plan is not None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from rs_deeplab.durations import duration_text, parse_duration
 from rs_deeplab.errors import ConfigError, InputError
 from rs_deeplab.training.budget import EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
 from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import make_tiles
+from tests.trainkit import REPO, make_tiles
 
 
 def test_durations() -> None:
@@ -98,3 +101,18 @@ def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err.count("\n") == 1 and "'soon' is not a duration" in err, err
     with pytest.raises(ConfigError, match="not a duration"):
         load_config(path, ["schedule.budget=-3m"])
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_follow_one_plan(tmp_path: Path) -> None:
+    path = config(tmp_path, "40s", device="cpu")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "pipelines" / "train.py"), str(path), "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "budget"
+    plan = json.loads((run / "plan.json").read_text())
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == plan["iterations"] > PROBE_ITERATIONS and state["budget"]["finished"]
+    assert f"for {plan['iterations']} iterations" in proc.stdout
