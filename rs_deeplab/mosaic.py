@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyproj
 import rasterio
 import rasterio.shutil
 from affine import Affine
@@ -176,6 +175,8 @@ def target_crs(to_crs: str | None) -> CRS | None:
     """
     if to_crs is None:
         return None
+    import pyproj  # here: the GPU path imports this module and carries no pyproj
+
     try:  # pyproj first: GDAL would print its own PROJ error line before refusing
         crs = CRS.from_wkt(pyproj.CRS.from_user_input(to_crs).to_wkt())
     except (pyproj.exceptions.CRSError, CRSError, ValueError, TypeError):

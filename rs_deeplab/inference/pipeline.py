@@ -32,7 +32,6 @@ from rs_deeplab.outputs import check_output_file
 from rs_deeplab.raster import source_path
 from rs_deeplab.remote import is_remote, scene_names, scene_source
 from rs_deeplab.stac import is_stac_item
-from rs_deeplab.stac_outputs import RegionAssets, SceneAssets, check_catalog, stac_folder, write_stac
 
 log = logging.getLogger("rs_deeplab.inference")
 
@@ -244,6 +243,8 @@ def infer_scenes(
     elif opts.res is not None:
         raise InputError("--res sets the mosaic's pixel size: it needs several scenes (and no --separate)")
     if opts.stac:
+        from rs_deeplab.stac_outputs import check_catalog, stac_folder  # pystac: only where a catalog is asked for
+
         check_catalog(stac_folder(out))
     # one run per --out (x.gpkg and x.tif write the same raster): a second one stops here, before any prediction
     with output_lock(out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out, shown=out):
@@ -344,6 +345,8 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
 
 def _catalog(result: InferResult, names: Sequence[str], out: Path, card: ModelCard, ckpt: Path) -> Path:
     """The run's STAC Collection and Items (:mod:`rs_deeplab.stac_outputs`)."""
+    from rs_deeplab.stac_outputs import RegionAssets, SceneAssets, stac_folder, write_stac
+
     scenes = [SceneAssets(name, r.labels, r.probs, r.scene) for name, r in zip(names, result.rasters, strict=True)]
     region = result.region
     assets = RegionAssets(None if region is None else region.vrt, None if region is None else region.cog,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import shapely
 from affine import Affine
 
 from rs_deeplab.diskspace import check_free_space, out_of_space
@@ -73,6 +72,8 @@ def check_region(scenes: Sequence[Path | str], rasters: Sequence[Path], out: Pat
 
 def owner_boxes(region: RegionOutput) -> tuple[np.ndarray, np.ndarray]:
     """Every scene's owned rectangles as boxes in the region's CRS, and the scene index of each."""
+    import shapely  # here: the inference package is imported where no shapely is installed (a GPU box)
+
     t: Affine = region.grid.transform
     boxes, index = [], []
     for i, rects in enumerate(region.owned):
@@ -86,6 +87,8 @@ def owner_boxes(region: RegionOutput) -> tuple[np.ndarray, np.ndarray]:
 
 def scene_column(region: RegionOutput, names: Sequence[str]) -> Any:
     """``geoms → names``: the scene whose share of the mosaic each polygon lies in (``a,b`` across a seam)."""
+    import shapely
+
     boxes, index = owner_boxes(region)
     tree = shapely.STRtree(boxes)
 

@@ -70,8 +70,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["junk"].write_bytes(bytes(range(256)) * 8)
     w["junk_vector"] = base / "junk.gpkg"
     w["junk_vector"].write_bytes(bytes(range(256)) * 8)
-    w["text"] = base / "notes.txt"
+    w["text"] = base / "notes.tif"
     w["text"].write_text("this is not a raster\n")
+    w["notes"] = base / "notes.txt"  # a .txt argument is a list of scenes
+    w["notes"].write_text("this is not a raster\n")
     w["afile"] = base / "afile"
     w["afile"].write_text("x")
     w["empty_dataset"] = base / "empty_dataset"
@@ -113,6 +115,7 @@ def PRESET(w: dict[str, Path]) -> list[str]:  # noqa: N802
 CASES: list[tuple[str, Args, str]] = [
     ("missing-scene", lambda w, t: [str(t / "none.tif")], "file not found"),
     ("text-scene", lambda w, t: [str(w["text"])], "not a raster GDAL can read"),
+    ("text-list", lambda w, t: [str(w["notes"])], "notes.txt line 1: this is not a raster does not exist"),
     ("binary-junk-scene", lambda w, t: [str(w["junk"])], "not a raster GDAL can read"),
     ("truncated-scene", lambda w, t: [str(w["truncated"])], "truncated or corrupt"),
     ("truncated-label", scene("--labels", "{truncated_label}", "--scheme", "potsdam"), "truncated_label.tif"),

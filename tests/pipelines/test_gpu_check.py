@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("geopandas", "pyogrio", "shapely", "fiona")
+HEAVY = ("geopandas", "pyogrio", "shapely", "fiona", "pyproj", "pystac")
+"""Not on the GPU box, nor carried there (bench/gpu_wheels.sh)."""
 
 
 @pytest.mark.slow
@@ -30,7 +31,8 @@ def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
 
 
 def test_gpu_path_imports_no_geopackage_stack() -> None:
-    """The GPU box carries rasterio but not pyogrio/geopandas: training and inference must import without them."""
+    """The GPU box carries rasterio but not pyogrio/geopandas/shapely/pyproj/pystac: training and inference import
+    without them."""
     code = (
         "import sys, runpy; sys.argv = ['gpu_check']; "
         "import rs_deeplab.training.experiment, rs_deeplab.inference.scene, rs_deeplab.inference.dask_runner; "
