@@ -221,6 +221,11 @@ class BudgetRun:
             log.info("budget %s was used up by the run resumed at iteration %d: nothing left to train",
                      duration_text(self.budget), start)  # fmt: skip
             return start
+        if self.cap is not None and self.cap - start <= PROBE_ITERATIONS:  # the config's cap ends it before a plan
+            self.plan = plan_budget(self.budget, Measured(self.spent(), 1e-6), done=start, val_batches=0, cap=self.cap,
+                                    fixed=self.fixed)  # fmt: skip
+            self.on_plan(self.plan)
+            return fit_call(self.cadence(), start, None, True)
         never = 1 << 40
         it = fit_call(Cadence(start + PROBE_WARMUP, never, never, self.log_every), start, None, False)
         timed = time.perf_counter()
