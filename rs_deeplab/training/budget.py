@@ -126,6 +126,14 @@ def plan_budget(
     # evaluations take at most EVALUATION_SHARE of what is left: fewer of them when they got expensive
     stops = min(max(EVALUATIONS - evaluations_done, 1), max(math.floor(EVALUATION_SHARE * left / per_stop), 1))
     more = math.floor((left - stops * per_stop) / step)
+    if "eval_every" in fixed:  # the config's cadence decides how many evaluations the iterations bring
+        every = fixed["eval_every"]
+        more = math.floor(left / (step + per_stop / every))
+        if cap is not None:
+            more = min(more, cap - done)
+        while more > 0 and more * step + math.ceil(more / every) * per_stop > left:
+            more -= 1
+        stops = max(math.ceil(more / every), 1)
     if more < 1:
         need = measured.spent + step + per_stop
         raise InputError(f"schedule.budget {duration_text(budget)} is too short: {duration_text(measured.spent)} "

@@ -70,6 +70,10 @@ def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "runs" / "own_data" / "best.pt", map_location="cpu", weights_only=True)
     assert state["class_names"] == names and state["gsd"] == pytest.approx(0.15)
     assert state["band_names"] == ["red", "green", "blue", "nir"]  # the scenes' band descriptions
+    plan = json.loads((tmp_path / "runs" / "own_data" / "plan.json").read_text())  # trained to a budget
+    assert plan["budget"] == 150 and plan["eval_every"] == 100 and plan["reasons"]["eval_every"] == "set in the config"
+    last = torch.load(tmp_path / "runs" / "own_data" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["budget"]["finished"] and last["iteration"] == plan["iterations"] <= 600
     assert (tmp_path / "my_eval" / "val_scores.json").is_file()
     predictions = {
         "my_landcover.tif": "my_data/4_Ortho_RGBIR/top_potsdam_3_10_RGBIR.tif",

@@ -47,6 +47,10 @@ def test_plan_spends_what_is_left_on_iterations_and_evaluations() -> None:
     # the config's values win; schedule.iterations caps
     fixed = plan_budget(600, Measured(30, 0.5), done=12, val_batches=50, cap=100, fixed={"eval_every": 7})
     assert (fixed.iterations, fixed.eval_every, fixed.reasons["eval_every"]) == (100, 7, "set in the config")
+    frequent = plan_budget(600, Measured(30, 0.5, evaluation=9, checkpoint=1), done=12, val_batches=50,
+                           fixed={"eval_every": 100})  # fmt: skip
+    stops = -(-(frequent.iterations - 12) // 100)  # the evaluations the config's cadence brings are paid for
+    assert (frequent.iterations - 12) * 0.5 + stops * 10 <= 570
     # evaluations that no longer fit are dropped before the run gives up; then one line says what it needs
     tight = plan_budget(60, Measured(spent=40, step=0.5, evaluation=6, checkpoint=0), done=12, val_batches=50)
     assert tight.iterations == 12 + 28 and tight.reasons["eval_every"].startswith("1 evaluation(s)")
