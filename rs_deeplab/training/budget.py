@@ -70,16 +70,24 @@ class BudgetPlan:
     """How a budgeted run trains from here on, and why (``plan.json``)."""
 
     budget: float
+    """Seconds in all."""
     iterations: int
+    """Iterations in all (the learning rate decays over them)."""
     eval_every: int
     checkpoint_every: int
     warmup_iters: int
     step_seconds: float
+    """Measured per iteration (in the probe, then since the last plan)."""
     evaluation_seconds: float
+    """Per evaluation: estimated, then measured (with its checkpoint, once one has run)."""
     checkpoint_seconds: float
+    """Per checkpoint until an evaluation was timed with its checkpoint (then 0: counted in the evaluation)."""
     spent: float
+    """Seconds of the budget spent when this plan was made."""
     done: int
+    """Iterations trained when this plan was made."""
     reasons: dict[str, str]
+    """Why each value: ``iterations``, ``eval_every``, ``checkpoint_every``, ``warmup_iters``."""
 
     def as_dict(self) -> dict[str, object]:
         """For ``plan.json`` and checkpoints."""
