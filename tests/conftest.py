@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ RasterFactory = Callable[..., Path]
 @pytest.fixture(autouse=True)
 def _no_progress_bars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RS_DEEPLAB_NO_PROGRESS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored() -> Iterator[None]:
+    """A script's ``main()`` sets the package logger's handler on this test's captured stderr: take it away after.
+
+    Left behind, the handler writes to a closed stream in a later test, which prints "--- Logging error ---".
+    """
+    logger = logging.getLogger("rs_deeplab")
+    state = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
 
 
 @pytest.fixture
