@@ -211,10 +211,11 @@ def infer_scenes(
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
     crf = _crf_settings(opts, card, ckpt.resolve()) if opts.crf else None
-    gsds = []
+    gsds, headers = [], []
     first: SceneInfo | None = None
     for scene in todo:
         header = scene_info(scene)
+        headers.append(header)
         first = first or header
         if (header.count, header.dtype) != (first.count, first.dtype):
             raise InputError(f"{header.path} has {header.count} band(s) of {header.dtype} but {first.path} has "
@@ -238,7 +239,7 @@ def infer_scenes(
     _check_rasters(rasters, opts, out, [*inputs, ckpt])
     region = len(todo) > 1 and not opts.separate
     if region:
-        check_region(todo, rasters, out, to_crs=opts.to_crs, res=opts.res, cog=opts.cog,
+        check_region(todo, headers, rasters, out, to_crs=opts.to_crs, res=opts.res, cog=opts.cog,
                      classes=card.num_classes if opts.probs else None)  # fmt: skip
     elif opts.res is not None:
         raise InputError("--res sets the mosaic's pixel size: it needs several scenes (and no --separate)")

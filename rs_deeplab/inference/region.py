@@ -21,6 +21,7 @@ from affine import Affine
 
 from rs_deeplab.diskspace import check_free_space, out_of_space
 from rs_deeplab.errors import DiskFullError
+from rs_deeplab.inference.reader import SceneInfo
 from rs_deeplab.mosaic import (
     COG_OVERVIEWS,
     LABEL_BYTES_PER_PIXEL,
@@ -36,13 +37,14 @@ from rs_deeplab.outputs import check_output_file, check_output_folder
 from rs_deeplab.raster import temporary_sibling
 
 
-def check_region(scenes: Sequence[Path | str], rasters: Sequence[Path], out: Path, *, to_crs: str | None,
-                 res: float | None, cog: bool, classes: int | None) -> RegionGrid:  # fmt: skip
+def check_region(scenes: Sequence[Path | str], headers: Sequence[SceneInfo], rasters: Sequence[Path], out: Path, *,
+                 to_crs: str | None, res: float | None, cog: bool, classes: int | None) -> RegionGrid:  # fmt: skip
     """Before any prediction: the mosaic's options, its outputs, and room on the disk for the whole job.
 
-    The grid comes from the scenes themselves (each label raster lies on its scene's grid). The space needed is the
-    label rasters not yet written (and their probabilities when ``classes`` is given), their Cloud-Optimized copies
-    under ``cog``, the warped copies of scenes off the region grid and the mosaic's COG, estimated per pixel as the
+    The grid comes from the scenes' ``headers``, already read (each label raster lies on its scene's grid). The
+    space needed is the label rasters not yet written (and their probabilities when ``classes`` is given), their
+    Cloud-Optimized copies under ``cog``, the warped copies of scenes off the region grid and the mosaic's COG,
+    estimated per pixel as the
     writers do (:data:`rs_deeplab.mosaic.LABEL_BYTES_PER_PIXEL`).
 
     Raises:
@@ -50,14 +52,13 @@ def check_region(scenes: Sequence[Path | str], rasters: Sequence[Path], out: Pat
         DiskFullError: The job needs more space than the output's file system has.
     """
     crs, step = target_crs(to_crs), checked_res(res)
-    headers = [Scene.read(s) for s in scenes]
-    grid = grid_of(headers, crs, step)
+    grid = grid_of([_scene(h) for h in headers], crs, step)
     vrt = out.with_suffix(".vrt")
     local = [Path(s) for s in scenes if isinstance(s, Path)]
     check_output_file(vrt, what=f"the mosaic of --out {out}", inputs=local)
     if cog:
         check_output_file(vrt.with_suffix(".tif"), what=f"the mosaic of --out {out}", kind="GeoTIFF", inputs=local)
-    off_grid = [h for h in headers if grid.footprint(h) is None]
+    off_grid = [h for h in headers if grid.footprint(_scene(h)) is None]
     if off_grid:
         check_output_folder(vrt.with_name(f"{vrt.stem}_warped"), what="the mosaic's warped copies")
     per_pixel = LABEL_BYTES_PER_PIXEL + (classes * PROBS_BYTES_PER_PIXEL if classes else 0)
@@ -68,6 +69,14 @@ def check_region(scenes: Sequence[Path | str], rasters: Sequence[Path], out: Pat
     needed += 1 << 16  # the VRTs
     check_free_space(vrt, int(needed), f"the label rasters of {len(scenes)} scenes and their mosaic")
     return grid
+
+
+def _scene(header: SceneInfo) -> Scene:
+    """A scene's header as the mosaic describes a raster (no second read of the file)."""
+    t = header.transform
+    assert isinstance(t, Affine), "a scene header holds rasterio's Affine"
+    return Scene(Path(header.path), header.crs, t, header.width, header.height, header.count,
+                 (header.dtype,) * header.count, (0, 0))  # fmt: skip
 
 
 def owner_boxes(region: RegionOutput) -> tuple[np.ndarray, np.ndarray]:
