@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rs_deeplab.durations import parse_duration
+from rs_deeplab.durations import parse_duration, parse_size
 from rs_deeplab.errors import ConfigError
 from rs_deeplab.loss_spec import parse_loss
 
@@ -197,6 +197,25 @@ class InferConfig(StrictModel):
         return self
 
 
+class AutoConfig(StrictModel):
+    """Settings derived from a fingerprint of the data and the machine (:mod:`rs_deeplab.training.autoconfig`)."""
+
+    enabled: bool = False
+    """Derive crop size, batch, class weights, loss, sampling, augmentation and learning rate; values set in the
+    config or on the command line win."""
+    memory: str | None = None
+    """Memory training may use, e.g. ``8GB`` (per GPU on CUDA); null: what is free when the run starts."""
+    lr_test: bool = True
+    """Pick ``optimizer.lr`` with a short range test where it pays for itself (:mod:`rs_deeplab.training.lr_range`)."""
+
+    @field_validator("memory")
+    @classmethod
+    def _check_memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+
 class ExperimentConfig(StrictModel):
     """One experiment: everything ``pipelines/train.py`` and ``pipelines/infer.py`` need."""
 
@@ -212,6 +231,8 @@ class ExperimentConfig(StrictModel):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
+    auto: AutoConfig = AutoConfig()
+    """Derived settings (own data); off unless ``auto: true``."""
 
     @model_validator(mode="after")
     def _check_msc_crop(self) -> ExperimentConfig:

@@ -39,3 +39,21 @@ def duration_text(seconds: float) -> str:
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)
     return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40,
+               "tb": 2**40, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(value: str | float | int) -> int:
+    """Bytes of a memory size as users write it: ``8GB``, ``512MB``, ``1.5g``, or a plain number of bytes.
+
+    Raises:
+        ValueError: Not a size, or not larger than zero.
+    """
+    match = None if isinstance(value, bool) else _SIZE.fullmatch(str(value))
+    unit = match[2].lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS or float(match[1]) <= 0:
+        raise ValueError(f"{value!r} is not a memory size; write e.g. 8GB, 512MB or 2.5GiB")
+    return int(float(match[1]) * _SIZE_UNITS[unit])

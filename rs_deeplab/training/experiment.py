@@ -32,6 +32,7 @@ from rs_deeplab.gsd import rasters_gsd
 from rs_deeplab.locks import output_lock
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.raster import atomic_output
+from rs_deeplab.training import autoconfig
 from rs_deeplab.training.budget import BudgetPlan, BudgetRun
 from rs_deeplab.training.checkpoint import (
     check_checkpoint_space,
@@ -364,6 +365,7 @@ def _train(
         gsd, band_names = rasters_gsd(train_src.scene_images()), train_src.band_names()
     if env.is_main:
         log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
+    cfg, auto_record = autoconfig.configure(cfg, env, train_src, val_src, stats, state, device)
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
     budget = _budget(cfg, state, started)
@@ -409,6 +411,16 @@ def _train(
     )
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device, budget is not None)
     checked()  # every check passed: the lines held so far print now
+    seconds = None if budget is None else budget.budget
+    lr = autoconfig.pick_rate(cfg, env, auto_record, runner, train_loader, ctx, seconds)
+    if lr is not None:  # the range test's rate: the optimiser and its schedule start again from it
+        cfg = autoconfig.apply(cfg, {"optimizer.lr": lr})
+        ctx.optimizer = optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
+        ctx.lr_schedule = lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
+                                                          length=None if budget is None else budget.length)  # fmt: skip
+    if env.is_main and auto_record is not None:
+        dump_config(cfg, run_dir / "config.yaml")
+        autoconfig.write_record(run_dir, auto_record)
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
     tracker: dict[str, Any] = {"best": best_miou, "cm": None}
     colours = class_colours(names, cfg.data.scheme)
@@ -431,6 +443,7 @@ def _train(
             "best_miou": tracker["best"],
             "runtime": runtime,
             "budget": None if budget is None else budget.record(it),
+            "auto": auto_record,
         }
 
     def on_eval(it: int, cm: np.ndarray) -> None:

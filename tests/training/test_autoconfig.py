@@ -1,0 +1,209 @@
+"""Settings from a fingerprint of the data (issue 24.2): the decisions, the range test, and real auto runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from affine import Affine
+
+from pipelines import train as train_cli
+from rs_deeplab.classes import SCHEMES
+from rs_deeplab.config import load_config
+from rs_deeplab.durations import parse_size
+from rs_deeplab.errors import ConfigError, InputError
+from rs_deeplab.raster import write_geotiff
+from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
+from rs_deeplab.training import autoconfig, lr_range
+from rs_deeplab.training.autoconfig import ClassFacts, Fingerprint, area_percentile, derive
+from rs_deeplab.training.engine import StepContext
+from rs_deeplab.training.experiment import train_experiment
+from tests.trainkit import make_tiles
+
+GB = 2**30
+
+
+def facts(name: str, share: float, size: float | None, pixels: int = 100_000) -> ClassFacts:
+    return ClassFacts(name, share, pixels, crops=10, objects=5, size_median=size, size_p90=size)
+
+
+def fp(classes: list[ClassFacts], **changes: object) -> Fingerprint:
+    base = Fingerprint(crops=200, val_crops=50, scenes=2, crop_shape=(512, 512), bands=4, dtype="uint16",
+                       band_mean=(1.0,) * 4, band_std=(1.0,) * 4, gsd=(0.3, 0.3), classes=tuple(classes),
+                       device="cpu", cores=2, memory=16 * GB, memory_source="available now")  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_balanced_classes_train_plainly() -> None:
+    d = derive(fp([facts("a", 0.4, 600), facts("b", 0.35, 600), facts("c", 0.25, 40)]))  # a, b span the tiles
+    v = d.values
+    assert (v["train.loss"], v["train.class_weights"], v["data.sampling"]) == ("ce", None, "uniform")
+    assert v["data.crop_size"] == 128 and "objects up to 40 px" in d.reasons["data.crop_size"]  # 3 x 40 -> 128
+    assert v["data.batch_size"] == 8 and v["data.flips"] == "aerial" and v["data.scale_range"] == [0.8, 1.25]
+    assert v["optimizer.lr"] == 1e-3 and set(d.reasons) == set(v) == set(autoconfig.DERIVED) and not d.notes
+
+
+def test_imbalance_and_object_size_choose_weights_loss_and_sampling() -> None:
+    imbalanced = derive(fp([facts("bg", 0.8, 500), facts("field", 0.15, 200), facts("house", 0.05, 60)]))
+    assert imbalanced.values["train.loss"] == "ce+dice" and imbalanced.values["train.class_weights"] == "auto"
+    assert imbalanced.values["data.sampling"] == "balanced" and "16x" in imbalanced.reasons["train.loss"]
+    small = derive(fp([facts("bg", 0.9, 500), facts("car", 0.1, 9)]))
+    assert small.values["train.loss"] == "ce+lovasz" and "car (9 px)" in small.reasons["train.loss"]
+    rare = derive(fp([facts("bg", 0.999, 500), facts("well", 0.001, 12, pixels=300)]))
+    assert rare.values["train.loss"] == "focal+dice" and "well is nearly absent" in rare.reasons["train.loss"]
+    assert any("well has only 300 labelled pixels" in n for n in rare.notes)  # it works and says so
+
+
+def test_crop_fits_objects_with_context_within_tiles_and_device() -> None:
+    two = [facts("bg", 0.7, 2000), facts("building", 0.3, 100)]
+    assert derive(fp(two)).values["data.crop_size"] == 256  # 3 x 100 = 300 px wanted, the CPU cap
+    assert derive(fp(two, device="cuda")).values["data.crop_size"] == 320
+    small_tiles = derive(fp(two, crop_shape=(128, 160)))
+    assert small_tiles.values["data.crop_size"] == 128 and "the tiles' size" in small_tiles.reasons["data.crop_size"]
+    few = derive(fp(two, crops=9, crop_shape=(128, 128)))
+    assert few.values["data.batch_size"] == 2 and "9 training crops allow 2" in few.reasons["data.batch_size"]
+    pixel_only = derive(fp(two, gsd=()))
+    assert pixel_only.values["data.flips"] == "horizontal" and pixel_only.values["data.scale_range"] == [0.5, 2.0]
+    mixed = derive(fp(two, gsd=(0.3, 0.6))).values["data.scale_range"]
+    assert mixed[0] <= 0.5 and mixed[1] >= 2.0  # scenes at two pixel sizes: the rescaling covers the ratio
+
+
+def test_memory_shrinks_the_batch_or_refuses_in_one_line() -> None:
+    two = [facts("bg", 0.7, 2000), facts("building", 0.3, 30)]
+    full = derive(fp(two)).values["data.batch_size"]  # 8 crops of 96 px
+    tight = derive(fp(two, memory=GB // 2, memory_source="auto.memory"))
+    assert tight.values["data.batch_size"] < full and any("memory: batch" in n for n in tight.notes)
+    with pytest.raises(InputError, match=r"auto: training needs about 94 MB .* more than the 10 MB auto.memory"):
+        derive(fp(two, memory=10 * 2**20, memory_source="auto.memory"))
+
+
+def test_user_values_win_and_one_class_is_refused() -> None:
+    two = [facts("bg", 0.9, 500), facts("car", 0.1, 9)]
+    user = {"train.loss", "data.crop_size"}
+    d = derive(fp(two), user, {"train.loss": "ce", "data.crop_size": 96})
+    assert "train.loss" not in d.values and d.kept == {"data.crop_size": 96, "train.loss": "ce"}
+    assert d.values["data.batch_size"] == round(8 * 128 * 128 / 96**2)  # the user's crop decides the batch
+    with pytest.raises(InputError, match=r"labelled pixels of one class only \(bg\).*--label-fill 0"):
+        derive(fp([facts("bg", 1.0, 500), facts("car", 0.0, None, pixels=0)]))
+
+
+def test_object_sizes_are_weighted_by_area() -> None:
+    label = np.zeros((64, 64), np.uint8)
+    label[10:40, 10:40] = 1  # one 30 x 30 object
+    label[50, ::4] = 1  # and 16 one-pixel slivers
+    sizes = autoconfig.object_sizes([label], 2)[1]
+    assert len(sizes) == 17 and np.median(sizes) < 2  # by count the class looks tiny
+    assert area_percentile(sizes, 50) == pytest.approx(2 * math.sqrt(900 / math.pi))  # by area it is the object
+    assert area_percentile(np.array([]), 50) is None
+
+
+def test_pick_lr_takes_a_tenth_of_the_best_rate() -> None:
+    lrs = [lr_range.rate(i) for i in range(lr_range.STEPS)]
+    losses = [2.0 - 0.3 * math.log10(lr / 1e-5) if lr < 1e-2 else 1.1 + 100 * (lr - 1e-2) for lr in lrs]  # falls, rises
+    lr, reason = lr_range.pick_lr(lrs, losses)
+    assert lr is not None and 5e-4 < lr < 3e-3 and "a tenth of it" in reason
+    assert lr_range.pick_lr(lrs, [2.0 + i for i in range(len(lrs))]) == (None, "the loss never fell below its start")
+    assert lr_range.pick_lr(lrs, [float("nan")] * 5)[0] is None
+    flat_to_huge = lr_range.pick_lr(lrs, [1.0 / (1 + i) for i in range(len(lrs))])[0]
+    assert flat_to_huge == lr_range.BOUNDS[1]  # the minimum at the end: clamped
+    assert lr_range.pays(budget=600, iterations=0, step_seconds=0.5)
+    assert not lr_range.pays(budget=60, iterations=0, step_seconds=0.5)
+    assert lr_range.pays(budget=None, iterations=1000) and not lr_range.pays(budget=None, iterations=100)
+
+
+def test_range_test_puts_the_model_and_optimiser_back() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 3, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    ctx = StepContext(opt, sched, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = ([(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16), dtype=torch.uint8))] for _ in range(60))
+    result = lr_range.range_test(model, batches, ctx)
+    assert 6 <= len(result.losses) <= lr_range.STEPS and result.lrs[0] == lr_range.START
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights and BN statistics
+    assert opt.param_groups[0]["lr"] == 1e-3 and not opt.state and sched.last_epoch == 0
+
+
+def test_memory_sizes_parse() -> None:
+    assert parse_size("8GB") == 8 * GB and parse_size("512mb") == 512 * 2**20 and parse_size("1.5GiB") == 1.5 * GB
+    for bad in ("lots", "-1GB", "0", "8 parsecs"):
+        with pytest.raises(ValueError, match="not a memory size"):
+            parse_size(bad)
+
+
+def auto_config(folder: Path, tiles: Path, **sections: dict[str, object]) -> Path:
+    cfg: dict[str, object] = {
+        "work_dir": str(folder / "runs" / "auto"), "auto": {"enabled": True},
+        "data": {"source": "tiles", "root": str(tiles), "scheme": "potsdam", "num_workers": 0, "batch_size": 2},
+        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
+        "optimizer": {"name": "adamw"},
+        "schedule": {"iterations": 6, "min_lr": 0.0},
+        "train": {"eval_every": 3, "checkpoint_every": 3, "log_every": 1},
+    }  # fmt: skip
+    for key, values in sections.items():
+        cfg[key] = {**cfg[key], **values}  # type: ignore[dict-item]
+    path = folder / "auto.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_an_auto_run_derives_records_and_resumes_with_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lr_range, "STEPS", 5)  # a range test that fits a 6-iteration smoke run
+    monkeypatch.setattr(lr_range, "ITERATION_SHARE", 1.0)
+    path = auto_config(tmp_path, make_tiles(tmp_path, crop=64))
+    result = train_experiment(load_config(path))
+    record = json.loads((result.run_dir / "auto.json").read_text())
+    values, fingerprint = record["values"], record["fingerprint"]
+    assert fingerprint["crops"] == 9 and fingerprint["crop_shape"] == [64, 64] and fingerprint["bands"] == 4
+    assert fingerprint["gsd"] == [0.1] and len(fingerprint["classes"]) == 6 and fingerprint["sampled"] == 9
+    assert sum(c["share"] for c in fingerprint["classes"]) == pytest.approx(1.0)
+    assert values["data.crop_size"] == 64 and "data.batch_size" not in values  # the config's batch wins
+    assert record["kept"] == {"data.batch_size": 2} and set(values) | {"data.batch_size"} == set(autoconfig.DERIVED)
+    assert len(record["range_test"]["lrs"]) <= 5 and record["reasons"]["optimizer.lr"]
+    written = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert written["data"]["crop_size"] == 64 and written["train"]["loss"] == values["train.loss"]
+    assert written["optimizer"]["lr"] == pytest.approx(values["optimizer.lr"])
+    state = torch.load(result.last, map_location="cpu", weights_only=True)
+    assert state["auto"]["values"] == values and state["optimizer"]["param_groups"][0]["lr"] <= values["optimizer.lr"]
+    # resumed with more iterations: the settings it started with, no second fingerprint or range test
+    monkeypatch.setattr(autoconfig, "fingerprint", lambda *a, **k: pytest.fail("fingerprinted again"))
+    again = train_experiment(load_config(path, ["schedule.iterations=9"]))
+    assert again.iterations == 9
+    assert json.loads((again.run_dir / "auto.json").read_text())["values"] == values
+
+
+def one_class_tiles(folder: Path) -> Path:
+    transform = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
+    specs = []
+    for split in ("train", "val"):
+        image = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
+        colours = SCHEMES["potsdam"].encode_colours(np.full((64, 64), 2, np.uint8))
+        specs.append(SceneSpec(write_geotiff(folder / f"{split}.tif", image, crs="EPSG:32633", transform=transform),
+                               write_geotiff(folder / f"{split}_l.tif", colours, crs="EPSG:32633",
+                                             transform=transform), split))  # fmt: skip
+    tile_scenes(specs, folder / "tiles", size=64, stride=64, scheme="potsdam", workers=1, quiet=True)
+    return folder / "tiles"
+
+
+def test_auto_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = auto_config(tmp_path, one_class_tiles(tmp_path))
+    assert train_cli.main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "labelled pixels of one class only (low_vegetation)" in err, err
+    assert not (tmp_path / "runs" / "auto").exists()
+    path = auto_config(tmp_path / "two", make_tiles(tmp_path / "two"))
+    assert train_cli.main([str(path), "--quiet", "auto.memory=4MB"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than the 4 MB auto.memory; raise auto.memory" in err, err
+    with pytest.raises(ConfigError, match="not a memory size"):
+        load_config(path, ["auto.memory=plenty"])
