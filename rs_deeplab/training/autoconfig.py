@@ -7,13 +7,15 @@ pixels and the size of its objects (connected components), and the machine: core
 
 - ``data.crop_size``: about three times the larger objects' diameter (an object with its surroundings), within the
   tiles and a device cap;
-- ``data.batch_size``: a number of pixels per step suited to the device, at most a quarter of the crops, halved
-  until the estimated training memory fits (``auto.memory`` or the memory free now);
+- ``data.batch_size``: a number of pixels per step suited to the device, at most half the crops, halved
+  until the estimated training memory fits (``auto.memory`` or the memory free now); ``data.num_workers`` from the
+  cores (half of them feed a CPU run, all but one per GPU feed a GPU);
 - ``train.class_weights``, ``train.loss`` and ``data.sampling``: from the imbalance between classes and the size of
   the rarest objects (CE when balanced, CE + Dice when imbalanced, CE + Lovász for small objects, focal + Dice when a
   class is nearly absent);
 - ``data.scale_range``, ``data.flips``, ``data.photometric``: overhead imagery at one pixel size gets flips and 90°
   rotations, mild rescaling and per-band jitter;
+- ``optimizer.weight_decay``: stronger for few crops (AdamW);
 - ``optimizer.lr``: a short learning-rate range test (:mod:`rs_deeplab.training.lr_range`) where it pays for
   itself.
 
@@ -55,15 +57,18 @@ MEMORY_SHARE = 0.5
 """Share of the memory a batch may take (the rest: model, optimiser, loader workers, the system)."""
 BALANCED_RATIO = 4.0
 """Classes whose pixel shares differ less than this are balanced: plain cross-entropy, uniform sampling."""
-SMALL_OBJECTS = 16.0
-"""A class whose median object is narrower than this (pixels) has small objects."""
+SMALL_OBJECTS = 8.0
+"""A class whose median object is narrower than this (pixels: half a feature cell at output stride 16) has small
+objects, which cross-entropy on a coarse score map barely sees."""
 NEARLY_ABSENT = 0.002
 """A class under this share of the labelled pixels is nearly absent."""
+FEW_CROPS = 1000
+"""Fewer training crops than this are memorised within minutes: stronger weight decay."""
 FEW_PIXELS = 500
 """A class with fewer labelled pixels than this is warned about (it is kept)."""
 DERIVED = (
-    "data.crop_size", "data.batch_size", "data.sampling", "data.scale_range", "data.flips", "data.photometric",
-    "train.class_weights", "train.loss", "optimizer.lr",
+    "data.crop_size", "data.batch_size", "data.num_workers", "data.sampling", "data.scale_range", "data.flips",
+    "data.photometric", "train.class_weights", "train.loss", "optimizer.lr", "optimizer.weight_decay",
 )  # fmt: skip
 """Every key :func:`derive` may set."""
 
@@ -209,7 +214,7 @@ def fingerprint(
     counts = getattr(train, "class_counts", None)
     if counts is None:
         raise InputError(f"auto: reads the per-class pixel counts of a tile index (data.source: tiles); "
-                         f"{type(train).__name__} has none: set auto: false and give the settings")  # fmt: skip
+                         f"{type(train).__name__} has none: set auto.enabled: false and give the settings")  # fmt: skip
     counts = np.asarray(counts, dtype=np.int64)
     total = max(int(counts.sum()), 1)
     step = max(1, len(train) // SAMPLE_CROPS)
@@ -306,9 +311,9 @@ def derive(
     crop = decide("data.crop_size", crop, f"{why}; {crop} px ({limit}; tiles are {tile} px)")
     side = crop if isinstance(crop, int) else int(min(crop))
 
-    # batch: pixels per step for the device, a quarter of the crops at most, halved until it fits the memory
+    # batch: pixels per step for the device, half the crops at most, halved until it fits the memory
     aim = max(2, round(BATCH_PIXELS.get(fp.device, BATCH_PIXELS["cpu"]) / (side * side)))
-    batch = min(aim, 16, max(2, fp.crops // 4))
+    batch = min(aim, 16, max(2, fp.crops // 2))  # a step never sees more than half the crops
     why = f"{aim} crops of {side} px per step suit the {fp.device}" + (
         f", {fp.crops} training crops allow {batch}" if batch < min(aim, 16) else "")  # fmt: skip
     per_sample = TRAIN_BYTES_PER_PIXEL * side * side
@@ -337,6 +342,12 @@ def derive(
         values["data.crop_size"], side = shrunk, shrunk
         reasons["data.crop_size"] += f"; shrunk to {shrunk} px to fit the memory"
     batch = decide("data.batch_size", batch, why)
+
+    # loader workers: the cores a process has, less the one that trains (at least one; four feed any GPU)
+    per_process = max(fp.cores // max(fp.gpus, 1), 1)
+    workers = min(max(per_process - 1, 1), 4) if fp.device == "cuda" else min(max(per_process // 2, 1), 4)
+    decide("data.num_workers", workers, f"{fp.cores} core(s) for {max(fp.gpus, 1)} process(es) on the {fp.device}: "
+           f"{workers} loader worker(s) leave the rest to the model")  # fmt: skip
 
     # imbalance: weights, loss and sampling
     shares = [c.share for c in present]
@@ -384,6 +395,13 @@ def derive(
     decide("data.photometric", "bands", jitter)
     usual = {"adamw": 1e-3, "sgd": 1e-2}.get(optimizer, 1e-3)
     decide("optimizer.lr", usual, f"{optimizer}'s usual rate from random weights (no range test yet)")
+    if optimizer == "adamw":
+        decay = 0.05 if fp.crops < FEW_CROPS else 0.01
+        why = (f"{fp.crops} training crops, fewer than {FEW_CROPS}: AdamW's stronger decay against memorising them"
+               if fp.crops < FEW_CROPS else "AdamW's usual decoupled weight decay")  # fmt: skip
+    else:
+        decay, why = 5e-4, "SGD's usual weight decay (the DeepLab papers')"
+    decide("optimizer.weight_decay", decay, why)
     return Derived(values=values, reasons=reasons, kept={k: current.get(k) for k in sorted(user)}, notes=notes)
 
 
@@ -503,14 +521,17 @@ def pick_rate(
         why = "auto.lr_test is off"
     elif env.world_size > 1:
         why = "several processes (the test runs on one: run it once alone, or set optimizer.lr)"
-    elif budget is None and not lr_range.pays(budget=None, iterations=cfg.schedule.iterations):
+    elif (budget is None or "iterations" in cfg.schedule.model_fields_set) and not lr_range.pays(
+        budget=None, iterations=cfg.schedule.iterations
+    ):
         why = f"{lr_range.STEPS} test steps are more than {lr_range.ITERATION_SHARE:.0%} of the iterations"
     else:
         import itertools
 
         batches = iter(loader)
         steps = iter(lambda: list(itertools.islice(batches, ctx.grad_accum)), [])
-        result = lr_range.range_test(runner, steps, ctx, budget=budget)
+        bounds = lr_range.BOUNDS.get(cfg.optimizer.name, lr_range.BOUNDS["adamw"])
+        result = lr_range.range_test(runner, steps, ctx, budget=budget, bounds=bounds)
         del batches
         record["range_test"] = {"lrs": result.lrs, "losses": result.losses, "seconds": round(result.seconds, 2),
                                 "reason": result.reason}  # fmt: skip

@@ -2,9 +2,10 @@
 
 :func:`range_test` trains :data:`STEPS` steps from :data:`START` to :data:`END` (the optimiser's parameter groups
 keep their ratios), then puts the weights, buffers and optimiser back as they were; :func:`pick_lr` (pure) smooths
-the losses and takes the rate at their minimum divided by :data:`DIVISOR`, within :data:`BOUNDS`. It runs only where
-it pays for itself: under a time budget when its steps cost at most :data:`BUDGET_SHARE` of the budget (timed on its
-first steps, stopped otherwise), without one when they are at most :data:`ITERATION_SHARE` of the iterations.
+the losses and takes the rate at their minimum divided by :data:`DIVISOR`, within the optimiser's :data:`BOUNDS`.
+It runs only where it pays for itself: under a time budget when its steps cost at most :data:`BUDGET_SHARE` of the
+budget (timed on its first steps, stopped otherwise), without one when they are at most :data:`ITERATION_SHARE` of
+the iterations.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from rs_deeplab.training.engine import StepContext, train_step
 STEPS = 40
 START, END = 1e-5, 1.0
 DIVISOR = 10.0
-BOUNDS = (1e-4, 1e-2)
+BOUNDS = {"adamw": (1e-4, 3e-3), "sgd": (1e-3, 0.1)}
+"""The rates a pick is clamped to, per optimiser: a short, noisy test must not pick a rate the optimiser is known to
+diverge at over a whole run (AdamW from random weights: above a few 1e-3)."""
 SMOOTHING = 0.8
 """Exponential smoothing of the losses (bias-corrected)."""
 DIVERGED = 4.0
@@ -53,8 +56,10 @@ def rate(step: int, steps: int = STEPS, start: float = START, end: float = END) 
     return start * (end / start) ** (step / max(steps - 1, 1))
 
 
-def pick_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float | None, str]:
-    """The rate at the smoothed losses' minimum over :data:`DIVISOR`, clamped to :data:`BOUNDS` (pure).
+def pick_lr(
+    lrs: Sequence[float], losses: Sequence[float], bounds: tuple[float, float] = BOUNDS["adamw"]
+) -> tuple[float | None, str]:
+    """The rate at the smoothed losses' minimum over :data:`DIVISOR`, clamped to ``bounds`` (pure).
 
     Returns None (with the reason) when the losses never fell below their start.
     """
@@ -71,7 +76,7 @@ def pick_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float | None
     if best == 0 or smoothed[best] >= smoothed[0]:
         return None, "the loss never fell below its start"
     raw = lrs[best] / DIVISOR
-    lr = min(max(raw, BOUNDS[0]), BOUNDS[1])
+    lr = min(max(raw, bounds[0]), bounds[1])
     clamp = "" if lr == raw else f", clamped to {lr:.2g}"
     return lr, (f"range test: smoothed loss lowest ({smoothed[best]:.3f}, from {smoothed[0]:.3f}) at lr "
                 f"{lrs[best]:.2g}; a tenth of it, {raw:.2g}{clamp}")  # fmt: skip
@@ -85,7 +90,12 @@ def pays(*, budget: float | None, iterations: int, step_seconds: float | None = 
 
 
 def range_test(
-    model: torch.nn.Module, batches: Iterable[Any], ctx: StepContext, *, budget: float | None = None
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    ctx: StepContext,
+    *,
+    budget: float | None = None,
+    bounds: tuple[float, float] = BOUNDS["adamw"],
 ) -> RangeResult:
     """Train up to :data:`STEPS` steps of ``batches`` at growing rates; the model and optimiser come back unchanged.
 
@@ -95,6 +105,7 @@ def range_test(
         ctx: The run's step context; its optimiser's state is restored afterwards, its schedule untouched.
         budget: Seconds of the run's time budget: the test stops after its first timed steps when all of them
             would take more than :data:`BUDGET_SHARE` of it.
+        bounds: The picked rate's range (:data:`BOUNDS` of the optimiser).
     """
     module = getattr(model, "module", model)
     saved_model = copy.deepcopy(module.state_dict())
@@ -136,5 +147,5 @@ def range_test(
     seconds = time.perf_counter() - began
     if stopped is not None:
         return RangeResult(None, stopped, lrs, losses, seconds)
-    picked, reason = pick_lr(lrs, losses)
+    picked, reason = pick_lr(lrs, losses, bounds)
     return RangeResult(picked, reason, lrs, losses, seconds)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from rs_deeplab.training import autoconfig, lr_range
 from rs_deeplab.training.autoconfig import ClassFacts, Fingerprint, area_percentile, derive
 from rs_deeplab.training.engine import StepContext
 from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import make_tiles
+from tests.trainkit import REPO, make_tiles
 
 GB = 2**30
 
@@ -47,14 +50,18 @@ def test_balanced_classes_train_plainly() -> None:
     assert v["data.crop_size"] == 128 and "objects up to 40 px" in d.reasons["data.crop_size"]  # 3 x 40 -> 128
     assert v["data.batch_size"] == 8 and v["data.flips"] == "aerial" and v["data.scale_range"] == [0.8, 1.25]
     assert v["optimizer.lr"] == 1e-3 and set(d.reasons) == set(v) == set(autoconfig.DERIVED) and not d.notes
+    assert v["data.num_workers"] == 1  # two cores: one loads, one trains
+    gpus = derive(fp([facts("a", 0.5, 600), facts("b", 0.5, 600)], device="cuda", cores=16, gpus=2,
+                  memory=80 * GB)).values  # fmt: skip
+    assert gpus["data.num_workers"] == 4 and gpus["data.batch_size"] == 16
 
 
 def test_imbalance_and_object_size_choose_weights_loss_and_sampling() -> None:
     imbalanced = derive(fp([facts("bg", 0.8, 500), facts("field", 0.15, 200), facts("house", 0.05, 60)]))
     assert imbalanced.values["train.loss"] == "ce+dice" and imbalanced.values["train.class_weights"] == "auto"
     assert imbalanced.values["data.sampling"] == "balanced" and "16x" in imbalanced.reasons["train.loss"]
-    small = derive(fp([facts("bg", 0.9, 500), facts("car", 0.1, 9)]))
-    assert small.values["train.loss"] == "ce+lovasz" and "car (9 px)" in small.reasons["train.loss"]
+    small = derive(fp([facts("bg", 0.9, 500), facts("car", 0.1, 6)]))
+    assert small.values["train.loss"] == "ce+lovasz" and "car (6 px)" in small.reasons["train.loss"]
     rare = derive(fp([facts("bg", 0.999, 500), facts("well", 0.001, 12, pixels=300)]))
     assert rare.values["train.loss"] == "focal+dice" and "well is nearly absent" in rare.reasons["train.loss"]
     assert any("well has only 300 labelled pixels" in n for n in rare.notes)  # it works and says so
@@ -67,7 +74,7 @@ def test_crop_fits_objects_with_context_within_tiles_and_device() -> None:
     small_tiles = derive(fp(two, crop_shape=(128, 160)))
     assert small_tiles.values["data.crop_size"] == 128 and "the tiles' size" in small_tiles.reasons["data.crop_size"]
     few = derive(fp(two, crops=9, crop_shape=(128, 128)))
-    assert few.values["data.batch_size"] == 2 and "9 training crops allow 2" in few.reasons["data.batch_size"]
+    assert few.values["data.batch_size"] == 4 and "9 training crops allow 4" in few.reasons["data.batch_size"]
     pixel_only = derive(fp(two, gsd=()))
     assert pixel_only.values["data.flips"] == "horizontal" and pixel_only.values["data.scale_range"] == [0.5, 2.0]
     mixed = derive(fp(two, gsd=(0.3, 0.6))).values["data.scale_range"]
@@ -84,7 +91,7 @@ def test_memory_shrinks_the_batch_or_refuses_in_one_line() -> None:
 
 
 def test_user_values_win_and_one_class_is_refused() -> None:
-    two = [facts("bg", 0.9, 500), facts("car", 0.1, 9)]
+    two = [facts("bg", 0.9, 500), facts("car", 0.1, 6)]
     user = {"train.loss", "data.crop_size"}
     d = derive(fp(two), user, {"train.loss": "ce", "data.crop_size": 96})
     assert "train.loss" not in d.values and d.kept == {"data.crop_size": 96, "train.loss": "ce"}
@@ -110,8 +117,9 @@ def test_pick_lr_takes_a_tenth_of_the_best_rate() -> None:
     assert lr is not None and 5e-4 < lr < 3e-3 and "a tenth of it" in reason
     assert lr_range.pick_lr(lrs, [2.0 + i for i in range(len(lrs))]) == (None, "the loss never fell below its start")
     assert lr_range.pick_lr(lrs, [float("nan")] * 5)[0] is None
-    flat_to_huge = lr_range.pick_lr(lrs, [1.0 / (1 + i) for i in range(len(lrs))])[0]
-    assert flat_to_huge == lr_range.BOUNDS[1]  # the minimum at the end: clamped
+    falling = [1.0 / (1 + i) for i in range(len(lrs))]
+    assert lr_range.pick_lr(lrs, falling)[0] == lr_range.BOUNDS["adamw"][1]  # the minimum at the end: clamped
+    assert lr_range.pick_lr(lrs, falling, lr_range.BOUNDS["sgd"])[0] == pytest.approx(0.1)
     assert lr_range.pays(budget=600, iterations=0, step_seconds=0.5)
     assert not lr_range.pays(budget=60, iterations=0, step_seconds=0.5)
     assert lr_range.pays(budget=None, iterations=1000) and not lr_range.pays(budget=None, iterations=100)
@@ -167,8 +175,9 @@ def test_an_auto_run_derives_records_and_resumes_with_its_settings(
     assert fingerprint["crops"] == 9 and fingerprint["crop_shape"] == [64, 64] and fingerprint["bands"] == 4
     assert fingerprint["gsd"] == [0.1] and len(fingerprint["classes"]) == 6 and fingerprint["sampled"] == 9
     assert sum(c["share"] for c in fingerprint["classes"]) == pytest.approx(1.0)
-    assert values["data.crop_size"] == 64 and "data.batch_size" not in values  # the config's batch wins
-    assert record["kept"] == {"data.batch_size": 2} and set(values) | {"data.batch_size"} == set(autoconfig.DERIVED)
+    assert values["data.crop_size"] == 64 and "data.batch_size" not in values  # the config's batch and workers win
+    assert record["kept"] == {"data.batch_size": 2, "data.num_workers": 0}
+    assert set(values) | set(record["kept"]) == set(autoconfig.DERIVED)
     assert len(record["range_test"]["lrs"]) <= 5 and record["reasons"]["optimizer.lr"]
     written = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert written["data"]["crop_size"] == 64 and written["train"]["loss"] == values["train.loss"]
@@ -207,3 +216,28 @@ def test_auto_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert err.count("\n") == 1 and "more than the 4 MB auto.memory; raise auto.memory" in err, err
     with pytest.raises(ConfigError, match="not a memory size"):
         load_config(path, ["auto.memory=plenty"])
+
+
+def test_auto_needs_a_tile_index(tmp_path: Path) -> None:
+    from rs_deeplab.sample import write_voc
+    from rs_deeplab.training.datasets import VOCSource
+
+    write_voc(tmp_path, n_train=1, n_val=1)
+    source = VOCSource(tmp_path, "train")
+    with pytest.raises(InputError, match=r"auto: reads the per-class pixel counts of a tile index.*enabled: false"):
+        autoconfig.fingerprint(source, source, None, device="cpu")
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_train_with_rank_zeros_settings(tmp_path: Path) -> None:
+    path = auto_config(tmp_path, make_tiles(tmp_path), train={"device": "cpu"})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "pipelines" / "train.py"), str(path), "schedule.iterations=4"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "runs" / "auto" / "auto.json").read_text())
+    assert record["range_test"]["reason"].startswith("several processes")  # one process's test, not two
+    state = torch.load(tmp_path / "runs" / "auto" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 4 and state["auto"]["values"] == record["values"]  # the ranks stayed in step
+    assert proc.stderr.count("auto data.crop_size") == 1, proc.stderr  # rank 0 derives and says so once

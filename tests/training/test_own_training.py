@@ -19,6 +19,7 @@ from rs_deeplab.inference.pipeline import InferOptions, _tta
 from rs_deeplab.modelcard import read_checkpoint
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
+from rs_deeplab.training import autoconfig
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.datasets.sampling import IterationBatchSampler, balanced_weights
 from rs_deeplab.training.datasets.tiles import TileIndexSource, auto_class_weights
@@ -149,8 +150,10 @@ def test_distinct_colours_are_deterministic_and_distinct() -> None:
 
 def test_own_template_loads() -> None:
     cfg = load_config(REPO / "configs" / "own_data.yaml")
-    assert cfg.data.scheme == "own" and cfg.data.sampling == "balanced"
-    assert cfg.train.class_weights == "auto" and cfg.train.loss == "ce+dice" and cfg.model.weights is None
+    assert cfg.data.scheme == "own" and cfg.auto.enabled and cfg.model.weights is None
+    assert cfg.schedule.budget == "10m" and "iterations" not in cfg.schedule.model_fields_set
+    derived = {k for k in autoconfig.DERIVED if k.split(".")[1] in getattr(cfg, k.split(".")[0]).model_fields_set}
+    assert not derived  # the recipe leaves every derived key to the fingerprint
 
 
 def test_own_data_trains_end_to_end(tiles: Path, tmp_path: Path) -> None:
