@@ -340,8 +340,9 @@ RECIPES: tuple[Recipe, ...] = (
 OWN_RECIPES: dict[str, str] = {
     "demo.yaml": "CPU demo on the generated sample scenes (make demo): small crops, AdamW, from random weights",
     "own_data.yaml": (
-        "Template for your own tiles (any bands, dtype and classes from the tile index): DeepLab v3+ ResNet-18 on "
-        "128 px crops with AdamW for a small dataset on a CPU, auto class weights, ce+dice loss, balanced sampling"
+        "Your own tiles (any bands, dtype and classes from the tile index): DeepLab v3+ ResNet-18 with AdamW; "
+        "crop, batch, class weights, loss, sampling, augmentation and learning rate derived from the data and the "
+        "machine (auto.enabled), trained to a time budget (10m unless --budget)"
     ),
     "own/potsdam_rgbir_r50.yaml": (
         "Potsdam with all four bands (RGBIR), the paper's v3+ head at output stride 16 and inference at 8 "

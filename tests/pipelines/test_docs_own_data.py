@@ -73,7 +73,11 @@ def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
     plan = json.loads((tmp_path / "runs" / "own_data" / "plan.json").read_text())  # trained to a budget
     assert plan["budget"] == 150 and plan["eval_every"] == 100 and plan["reasons"]["eval_every"] == "set in the config"
     last = torch.load(tmp_path / "runs" / "own_data" / "last.pt", map_location="cpu", weights_only=True)
-    assert last["budget"]["finished"] and last["iteration"] == plan["iterations"] <= 600
+    assert last["budget"]["finished"] and last["iteration"] == plan["iterations"]
+    auto = json.loads((tmp_path / "runs" / "own_data" / "auto.json").read_text())  # settings from the data
+    assert auto["values"]["data.crop_size"] == 128 and auto["fingerprint"]["crops"] == 98  # the page's numbers
+    assert set(auto["values"]) == set(auto["reasons"]) and auto["kept"] == {} and "range_test" in auto
+    assert last["auto"]["values"] == auto["values"]
     assert (tmp_path / "my_eval" / "val_scores.json").is_file()
     predictions = {
         "my_landcover.tif": "my_data/4_Ortho_RGBIR/top_potsdam_3_10_RGBIR.tif",
