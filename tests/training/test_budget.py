@@ -16,7 +16,7 @@ from pipelines import train as train_cli
 from rs_deeplab.config import load_config
 from rs_deeplab.durations import duration_text, parse_duration
 from rs_deeplab.errors import ConfigError, InputError
-from rs_deeplab.training.budget import EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
+from rs_deeplab.training.budget import CHECKPOINT_SECONDS, EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
 from rs_deeplab.training.experiment import train_experiment
 from tests.trainkit import REPO, make_tiles
 
@@ -85,8 +85,11 @@ def test_a_budgeted_run_plans_from_its_own_speed_and_resumes_with_its_plan(tmp_p
     state = torch.load(result.last, map_location="cpu", weights_only=True)
     record = state["budget"]
     assert state["iteration"] == result.iterations and record["finished"] and record["plan"] == plan
-    # the run kept to its budget by its own measurements: what it spent, less the last stretch's overrun margin
-    assert record["spent"] <= 45 + plan["evaluation_seconds"] + plan["step_seconds"] * 3
+    # the run kept to its budget by its own measurements: what it spent, less the last stretch's overrun margin and
+    # the checkpoint that records the spent budget after the last evaluation's (CI once measured 45.38 s against
+    # 45.33 s without it)
+    margin = plan["evaluation_seconds"] + plan["step_seconds"] * 3 + CHECKPOINT_SECONDS
+    assert record["spent"] <= 45 + margin
     rows = (result.run_dir / "metrics.csv").read_text().splitlines()
     assert any(row.startswith(f"{result.iterations},") for row in rows)
     again = train_experiment(cfg)  # resumed: the budget is spent, nothing more is trained
