@@ -232,7 +232,7 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
     auto: AutoConfig = AutoConfig()
-    """Derived settings (own data); off unless ``auto: true``."""
+    """Derived settings (own data); off unless ``auto.enabled: true``."""
 
     @model_validator(mode="after")
     def _check_msc_crop(self) -> ExperimentConfig:

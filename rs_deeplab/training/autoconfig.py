@@ -1,4 +1,4 @@
-"""Settings from a fingerprint of the data and the machine: ``auto: true`` (``configs/own_data.yaml``).
+"""Settings from a fingerprint of the data and the machine: ``auto.enabled`` (``configs/own_data.yaml``).
 
 Before training, :func:`fingerprint` reads the tile index and a sample of label crops: the number of crops and
 scenes, the crops' size, bands and dtype, the pixel size (GSD) of each scene, each class's share of the labelled

@@ -419,7 +419,8 @@ def _train(
         ctx.lr_schedule = lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
                                                           length=None if budget is None else budget.length)  # fmt: skip
     if env.is_main and auto_record is not None:
-        dump_config(cfg, run_dir / "config.yaml")
+        if lr is not None:  # the config written above has the rate the test replaced
+            dump_config(cfg, run_dir / "config.yaml")
         autoconfig.write_record(run_dir, auto_record)
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
     tracker: dict[str, Any] = {"best": best_miou, "cm": None}
