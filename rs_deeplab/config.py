@@ -150,13 +150,17 @@ class TrainConfig(StrictModel):
     compile: bool = False
     grad_accum: PositiveInt = 1
     sync_bn: bool = True
-    class_weights: list[NonNegFloat] | Literal["auto"] | None = None
-    """One loss weight per class, or ``auto`` (tiles only): inverse square root of each class's pixel frequency in
-    the training split, normalised to mean 1 over the classes present and capped at 10
-    (:func:`rs_deeplab.training.datasets.tiles.auto_class_weights`)."""
+    class_weights: list[NonNegFloat] | Literal["auto", "balanced"] | None = None
+    """One loss weight per class, or from each class's pixel frequency in the training split (tiles only), normalised
+    to mean 1 over the classes present and capped at 10: ``auto`` its inverse square root, ``balanced`` its inverse
+    (every class counts alike) (:func:`rs_deeplab.training.datasets.tiles.auto_class_weights`)."""
     loss: str = "ce"
     """Sum of terms ``[weight*]name`` with names ``ce``, ``dice``, ``lovasz`` (Lovász-softmax), ``focal`` (γ=2):
     ``ce``, ``ce+dice``, ``ce+0.5*lovasz``; each term ignores 255 and uses the class weights."""
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
+    """Decay per iteration of a moving average of the weights that evaluation, ``best.pt``, ``last.pt``'s ``model``
+    and inference use (e.g. 0.999; warmed up over the first iterations,
+    :mod:`rs_deeplab.training.averaging`); 0: the last iterate's weights."""
     eval_every: PositiveInt = 4000
     checkpoint_every: PositiveInt = 1000
     log_every: PositiveInt = 50
@@ -170,8 +174,8 @@ class TrainConfig(StrictModel):
     @field_validator("class_weights", mode="before")
     @classmethod
     def _check_class_weights(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "auto":
-            raise ValueError("expected 'auto', a list of one weight per class or null")
+        if isinstance(value, str) and value not in ("auto", "balanced"):
+            raise ValueError("expected 'auto', 'balanced', a list of one weight per class or null")
         return value
 
 

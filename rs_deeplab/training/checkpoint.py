@@ -59,11 +59,12 @@ def tensor_bytes(value: Any) -> int:
     return 0
 
 
-def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """About the size of one checkpoint before the first is written: the model's state, the optimiser's buffers
-    per trained parameter (SGD's momentum; AdamW's two moments) and 1 MB for the rest.
+def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, copies: int = 1) -> int:
+    """About the size of one checkpoint before the first is written: the model's state (``copies`` of it: 2 with a
+    moving average of the weights), the optimiser's buffers per trained parameter (SGD's momentum; AdamW's two
+    moments) and 1 MB for the rest.
     """  # noqa: D205
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    state = copies * sum(t.numel() * t.element_size() for t in model.state_dict().values())
     trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     slots = 2 if "betas" in optimizer.defaults else int(optimizer.defaults.get("momentum", 0) > 0)
     return state + slots * trained + (1 << 20)

@@ -1,7 +1,8 @@
 """A plain training loop: optimiser and learning-rate schedule, ``train_one_epoch``, ``evaluate`` and ``fit``.
 
 ``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them (one "epoch" here is the span
-between two evaluations), writes ``last.pt``/``best.pt`` on rank 0 and resumes from a checkpoint's state.
+between two evaluations) and calling back after each evaluation and checkpoint step; the caller
+(:mod:`rs_deeplab.training.experiment`) writes ``last.pt``/``best.pt`` on rank 0 and resumes from a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from rs_deeplab.errors import TrainingError
 from rs_deeplab.models import MSCOutput, SegOutput, param_groups
+from rs_deeplab.training.averaging import WeightAverage
 from rs_deeplab.training.distributed import all_reduce_sum
 from rs_deeplab.training.losses import LossFn, build_loss
 
@@ -167,6 +169,8 @@ class StepContext:
     msc_weight: float = 1.0
     """Weight of each scale's loss of a multi-scale (MSC) model; the fused output's weighs 1."""
     history: list[dict[str, float]] = field(default_factory=list)
+    average: WeightAverage | None = None
+    """The moving average of the weights that follows each step (``train.ema``); None: off."""
 
 
 def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> Batch:
@@ -222,6 +226,8 @@ def train_step(model: nn.Module, micro_batches: Sequence[Batch], ctx: StepContex
     else:
         ctx.optimizer.step()
     ctx.lr_schedule.step()
+    if ctx.average is not None:
+        ctx.average.update()
     return total
 
 

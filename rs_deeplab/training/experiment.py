@@ -33,6 +33,7 @@ from rs_deeplab.locks import output_lock
 from rs_deeplab.models import MODELS, build_model, resolve_weights
 from rs_deeplab.raster import atomic_output
 from rs_deeplab.training import autoconfig
+from rs_deeplab.training.averaging import TRAIN_WEIGHTS_KEY, UPDATES_KEY, WeightAverage
 from rs_deeplab.training.budget import BudgetPlan, BudgetRun
 from rs_deeplab.training.checkpoint import (
     check_checkpoint_space,
@@ -181,15 +182,18 @@ def split_class_counts(source: SegmentationSource, option: str) -> np.ndarray:
 
 
 def class_weights(cfg: ExperimentConfig, source: SegmentationSource, device: torch.device) -> torch.Tensor | None:
-    """``train.class_weights`` as a tensor: None, the explicit list, or ``auto`` from the training split's counts."""
+    """``train.class_weights`` as a tensor: None, the explicit list, or ``auto``/``balanced`` from the training
+    split's counts (``1/sqrt(frequency)`` or ``1/frequency``).
+    """  # noqa: D205
     chosen = cfg.train.class_weights
     n = len(source.class_names)
     if chosen is None:
         return None
-    if chosen == "auto":
-        values = auto_class_weights(split_class_counts(source, "train.class_weights: auto").sum(0))
+    if chosen in ("auto", "balanced"):
+        counts = split_class_counts(source, f"train.class_weights: {chosen}").sum(0)
+        values = auto_class_weights(counts, power=0.5 if chosen == "auto" else 1.0)
         log.info(
-            "class weights (auto): %s",
+            f"class weights ({chosen}): %s",
             ", ".join(f"{c} {w:.3g}" for c, w in zip(source.class_names, values, strict=True)),
         )
         return torch.tensor(values, dtype=torch.float32, device=device)
@@ -378,7 +382,7 @@ def _train(
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels once
     start, best_miou = 0, -1.0
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get(TRAIN_WEIGHTS_KEY, state["model"]))  # "model" is the average under train.ema
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state[LR_SCHEDULE_KEY])
         if scaler is not None and state.get("scaler"):
@@ -388,7 +392,8 @@ def _train(
         log.info("resuming from %s at iteration %d", last, start)
     fresh = not run_dir.exists()  # a budget found too short removes a run folder it made (nothing half-written)
     if env.is_main:
-        check_checkpoint_space(run_dir, checkpoint_bytes(model, optimizer))  # before the run folder's first file
+        size = checkpoint_bytes(model, optimizer, copies=2 if cfg.train.ema else 1)
+        check_checkpoint_space(run_dir, size)  # before the run folder's first file
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
             stale.unlink()
@@ -422,13 +427,18 @@ def _train(
         if lr is not None:  # the config written above has the rate the test replaced
             dump_config(cfg, run_dir / "config.yaml")
         autoconfig.write_record(run_dir, auto_record)
+    average = _weight_average(cfg, model, state)  # after the range test, whose steps it must not follow
+    ctx.average = average
+    averaged = model if average is None else average.model  # what is evaluated and saved as "model"
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
     tracker: dict[str, Any] = {"best": best_miou, "cm": None}
     colours = class_colours(names, cfg.data.scheme)
 
     def snapshot(it: int) -> dict[str, Any]:
+        weights = {} if average is None else {TRAIN_WEIGHTS_KEY: model.state_dict(), UPDATES_KEY: average.updates}
         return {
-            "model": model.state_dict(),
+            "model": averaged.state_dict(),
+            **weights,
             "optimizer": optimizer.state_dict(),
             LR_SCHEDULE_KEY: lr_schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
@@ -469,7 +479,7 @@ def _train(
     def fit_call(cadence: Cadence, first: int, replan: Any, evaluate: bool = True) -> int:
         return fit(runner, batches, val_loader if evaluate else None, ctx, cadence=cadence, num_classes=len(names),
                    start_iteration=first, on_log=runlog.train, on_eval=on_eval,
-                   on_checkpoint=on_checkpoint if evaluate else None, eval_model=model, replan=replan)  # fmt: skip
+                   on_checkpoint=on_checkpoint if evaluate else None, eval_model=averaged, replan=replan)  # fmt: skip
 
     if budget is None:
         cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every,
@@ -495,6 +505,19 @@ def _train(
             with atomic_output(run_dir / "val_scores.md") as tmp:
                 tmp.write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
     return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], iterations)
+
+
+def _weight_average(
+    cfg: ExperimentConfig, model: torch.nn.Module, state: dict[str, Any] | None
+) -> WeightAverage | None:
+    """The moving average of ``model``'s weights under ``train.ema`` (continued from a checkpoint's), else None."""
+    if not cfg.train.ema:
+        return None
+    average = WeightAverage(model, cfg.train.ema)
+    if state is not None and TRAIN_WEIGHTS_KEY in state:
+        average.load(state["model"], int(state[UPDATES_KEY]))
+    log.info("evaluating and saving a moving average of the weights (train.ema %g)", cfg.train.ema)
+    return average
 
 
 def _budget(cfg: ExperimentConfig, state: dict[str, Any] | None, started: float) -> BudgetRun | None:

@@ -59,6 +59,9 @@ def test_auto_class_weights_are_inverse_sqrt_frequency() -> None:
     weights = auto_class_weights(np.array([900, 100, 0]))
     assert weights == pytest.approx([0.5, 1.5, 0.0])  # 1/sqrt(0.9), 1/sqrt(0.1), normalised to mean 1
     assert auto_class_weights(np.array([10**8] * 10 + [1]))[10] == 10.0  # capped
+    balanced = auto_class_weights(np.array([900, 100, 0]), power=1.0)  # train.class_weights: balanced
+    assert balanced == pytest.approx([0.2, 1.8, 0.0])  # 1/0.9 and 1/0.1, normalised to mean 1
+    assert balanced[0] * 900 == pytest.approx(balanced[1] * 100)  # each class weighs alike in the loss
     with pytest.raises(InputError):
         auto_class_weights(np.zeros(3))
 
@@ -78,13 +81,19 @@ def test_auto_class_weights_favour_the_rare_class(tiles: Path) -> None:
     plain = torch.nn.functional.cross_entropy(logits, target)
     weighted = torch.nn.functional.cross_entropy(logits, target, weight=weights)
     assert weighted > plain
+    balanced = class_weights(validate_config({"train": {"class_weights": "balanced"}}, ExperimentConfig), source,
+                             torch.device("cpu"))  # fmt: skip
+    assert balanced is not None and balanced[rare] / balanced[common] > weights[rare] / weights[common]
+    present = counts > 0
+    share = (balanced.numpy() * counts)[present]  # each class's weighted share of the loss: alike (up to the cap)
+    assert share.max() / share.min() == pytest.approx(1.0) or balanced.max() == 10.0
     explicit = validate_config({"train": {"class_weights": [1, 2]}}, ExperimentConfig)
     with pytest.raises(InputError, match="2 values but the data has 4 classes"):
         class_weights(explicit, source, torch.device("cpu"))
 
 
 def test_class_weights_bad_value_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"train.class_weights: .*'auto', a list"):
+    with pytest.raises(ConfigError, match=r"train.class_weights: .*'auto', 'balanced', a list"):
         validate_config(apply_overrides({}, ["train.class_weights=median"]), ExperimentConfig)
     with pytest.raises(ConfigError, match=r"data.sampling: .*'uniform' or 'balanced'"):
         validate_config(apply_overrides({}, ["data.sampling=rare"]), ExperimentConfig)

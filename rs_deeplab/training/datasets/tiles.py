@@ -52,12 +52,17 @@ def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[s
     return tiles.to_dict("records"), names, columns
 
 
-def auto_class_weights(counts: np.ndarray, *, cap: float = 10.0) -> np.ndarray:
-    """Class weights from per-class pixel counts: ``1 / sqrt(frequency)``, normalised to mean 1, capped.
+def auto_class_weights(counts: np.ndarray, *, cap: float = 10.0, power: float = 0.5) -> np.ndarray:
+    """Class weights from per-class pixel counts: ``1 / frequency**power``, normalised to mean 1, capped.
+
+    ``power`` 0.5 (``train.class_weights: auto``) softens the imbalance; 1 (``balanced``) removes it: every class
+    weighs as much in the loss as any other, as if the classes were equally frequent, which is what a map of a
+    region whose class mix differs from the training tiles' needs (and what mIoU, a mean over classes, rewards).
 
     Args:
         counts: ``(C,)`` pixel counts of each class in the training split.
         cap: Largest weight (after normalising); keeps a class of a few pixels from dominating the loss.
+        power: Exponent of the inverse frequency.
 
     Returns:
         ``(C,)`` float32 weights; the mean over classes with pixels is 1 (before capping), absent classes get 0.
@@ -65,9 +70,11 @@ def auto_class_weights(counts: np.ndarray, *, cap: float = 10.0) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     present = counts > 0
     if not present.any():
-        raise InputError("tiles: the training split has no labelled pixels; train.class_weights: auto needs some")
+        raise InputError(
+            "tiles: the training split has no labelled pixels; train.class_weights: auto or balanced needs some"
+        )
     weights = np.zeros_like(counts)
-    weights[present] = 1.0 / np.sqrt(counts[present] / counts.sum())
+    weights[present] = (counts[present] / counts.sum()) ** -power
     weights[present] /= weights[present].mean()
     return np.minimum(weights, cap).astype(np.float32)
 
