@@ -191,7 +191,7 @@ def class_weights(cfg: ExperimentConfig, source: SegmentationSource, device: tor
         return None
     if chosen in ("auto", "balanced"):
         counts = split_class_counts(source, f"train.class_weights: {chosen}").sum(0)
-        values = auto_class_weights(counts, power=0.5 if chosen == "auto" else 1.0)
+        values = auto_class_weights(counts) if chosen == "auto" else auto_class_weights(counts, power=1.0, spread=10.0)
         log.info(
             f"class weights ({chosen}): %s",
             ", ".join(f"{c} {w:.3g}" for c, w in zip(source.class_names, values, strict=True)),

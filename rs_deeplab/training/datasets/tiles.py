@@ -52,17 +52,22 @@ def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[s
     return tiles.to_dict("records"), names, columns
 
 
-def auto_class_weights(counts: np.ndarray, *, cap: float = 10.0, power: float = 0.5) -> np.ndarray:
+def auto_class_weights(
+    counts: np.ndarray, *, cap: float = 10.0, power: float = 0.5, spread: float | None = None
+) -> np.ndarray:
     """Class weights from per-class pixel counts: ``1 / frequency**power``, normalised to mean 1, capped.
 
-    ``power`` 0.5 (``train.class_weights: auto``) softens the imbalance; 1 (``balanced``) removes it: every class
-    weighs as much in the loss as any other, as if the classes were equally frequent, which is what a map of a
-    region whose class mix differs from the training tiles' needs (and what mIoU, a mean over classes, rewards).
+    ``power`` 0.5 (``train.class_weights: auto``) softens the imbalance; 1 (``balanced``, with ``spread`` 10) removes
+    it up to a tenfold imbalance: every class weighs as much in the loss as any other, as if the classes were equally
+    frequent, which is what a map of a region whose class mix differs from the training tiles' needs (and what mIoU,
+    a mean over classes, rewards); beyond that, the rarer classes weigh ten times the most frequent, so that a class
+    of 0.3 % of the pixels does not leave the large classes a few hundredths of the loss.
 
     Args:
         counts: ``(C,)`` pixel counts of each class in the training split.
         cap: Largest weight (after normalising); keeps a class of a few pixels from dominating the loss.
         power: Exponent of the inverse frequency.
+        spread: Largest ratio between two classes' weights (before normalising); None: no limit.
 
     Returns:
         ``(C,)`` float32 weights; the mean over classes with pixels is 1 (before capping), absent classes get 0.
@@ -75,6 +80,8 @@ def auto_class_weights(counts: np.ndarray, *, cap: float = 10.0, power: float = 
         )
     weights = np.zeros_like(counts)
     weights[present] = (counts[present] / counts.sum()) ** -power
+    if spread is not None:
+        weights[present] = np.minimum(weights[present], spread * weights[present].min())
     weights[present] /= weights[present].mean()
     return np.minimum(weights, cap).astype(np.float32)
 
