@@ -38,25 +38,26 @@ class WeightAverage:
     ``model`` is the plain module (not a DDP or compiled wrapper): the average reads its tensors in place.
     """
 
-    def __init__(self, model: nn.Module, decay: float, *, updates: int = 0) -> None:
+    def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"train.ema must be in (0, 1), got {decay}")
-        self.decay, self.updates = decay, updates
+        self.decay, self.updates = decay, 0
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         source, target = model.state_dict(keep_vars=True), self.model.state_dict(keep_vars=True)
-        pairs = [(target[key], source[key]) for key in source]
-        self._floats = [(t.detach(), s.detach()) for t, s in pairs if t.is_floating_point()]
-        self._others = [(t.detach(), s.detach()) for t, s in pairs if not t.is_floating_point()]
+        floats = [key for key in source if target[key].is_floating_point()]
+        others = [key for key in source if not target[key].is_floating_point()]
+        self._averaged = [target[key].detach() for key in floats]  # the lists one foreach call takes, built once
+        self._current = [source[key].detach() for key in floats]
+        self._others = [(target[key].detach(), source[key].detach()) for key in others]
 
     @torch.no_grad()
     def update(self) -> None:
         """Move the average towards the model's current weights (after an optimiser step)."""
         self.updates += 1
         weight = 1.0 - warm_decay(self.decay, self.updates)
-        if self._floats:
-            averaged, current = zip(*self._floats, strict=True)
-            torch._foreach_lerp_(list(averaged), list(current), weight)
+        if self._averaged:
+            torch._foreach_lerp_(self._averaged, self._current, weight)
         for target, source in self._others:
             target.copy_(source)
 

@@ -51,7 +51,7 @@ from rs_deeplab.training.datasets.sampling import (
     loader_options,
     pad_collate,
 )
-from rs_deeplab.training.datasets.tiles import TileIndexSource, auto_class_weights
+from rs_deeplab.training.datasets.tiles import WEIGHTINGS, TileIndexSource, auto_class_weights
 from rs_deeplab.training.distributed import (
     DistEnv,
     broadcast_from_main,
@@ -189,9 +189,9 @@ def class_weights(cfg: ExperimentConfig, source: SegmentationSource, device: tor
     n = len(source.class_names)
     if chosen is None:
         return None
-    if chosen in ("auto", "balanced"):
+    if isinstance(chosen, str):  # a rule of WEIGHTINGS (the config allows no other string)
         counts = split_class_counts(source, f"train.class_weights: {chosen}").sum(0)
-        values = auto_class_weights(counts) if chosen == "auto" else auto_class_weights(counts, power=1.0, spread=10.0)
+        values = auto_class_weights(counts, **WEIGHTINGS[chosen])
         log.info(
             f"class weights ({chosen}): %s",
             ", ".join(f"{c} {w:.3g}" for c, w in zip(source.class_names, values, strict=True)),

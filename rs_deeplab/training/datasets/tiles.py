@@ -52,6 +52,10 @@ def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[s
     return tiles.to_dict("records"), names, columns
 
 
+WEIGHTINGS: dict[str, dict[str, float]] = {"auto": {"power": 0.5}, "balanced": {"power": 1.0, "spread": 10.0}}
+"""``train.class_weights`` rules computed from pixel counts: :func:`auto_class_weights`'s arguments for each."""
+
+
 def auto_class_weights(
     counts: np.ndarray, *, cap: float = 10.0, power: float = 0.5, spread: float | None = None
 ) -> np.ndarray:
