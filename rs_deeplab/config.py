@@ -153,7 +153,7 @@ class TrainConfig(StrictModel):
     class_weights: list[NonNegFloat] | Literal["auto", "balanced"] | None = None
     """One loss weight per class, or from each class's pixel frequency in the training split (tiles only), normalised
     to mean 1 over the classes present and capped at 10: ``auto`` its inverse square root, ``balanced`` its inverse
-    (every class counts alike), the rarer classes at most ten times the most frequent
+    (every class counts alike), the rarer classes at most 30 times the most frequent
     (:func:`rs_deeplab.training.datasets.tiles.auto_class_weights`)."""
     loss: str = "ce"
     """Sum of terms ``[weight*]name`` with names ``ce``, ``dice``, ``lovasz`` (Lovász-softmax), ``focal`` (γ=2):

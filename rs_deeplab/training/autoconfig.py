@@ -12,9 +12,14 @@ pixels and the size of its objects (connected components), and the machine: core
   cores (half of them feed a CPU run, all but one per GPU feed a GPU);
 - ``train.class_weights``, ``train.loss`` and ``data.sampling``: from the imbalance between classes and the size of
   the rarest objects (CE when balanced, CE + Dice when imbalanced, CE + Lovász for small objects, focal + Dice when a
-  class is nearly absent);
+  class is nearly absent); ``1/frequency`` weights when one scene trains (its class mix says little about the
+  region's), ``1/sqrt(frequency)`` when several do;
 - ``data.scale_range``, ``data.flips``, ``data.photometric``: overhead imagery at one pixel size gets flips and 90°
-  rotations, mild rescaling and per-band jitter;
+  rotations, mild rescaling and per-band jitter; the rescaling widens to 0.5-2 once the schedule is known
+  (:func:`adapt_to_plan`) if it gives the crops hundreds of passes, which a few crops would otherwise be memorised
+  in;
+- ``train.ema``: in the same many-passes regime, evaluate and keep a moving average of the weights, which is
+  steadier than a last iterate that over-fits the crops;
 - ``optimizer.weight_decay``: stronger for few crops (AdamW);
 - ``optimizer.lr``: a short learning-rate range test (:mod:`rs_deeplab.training.lr_range`) where it pays for
   itself.
@@ -64,11 +69,20 @@ NEARLY_ABSENT = 0.002
 """A class under this share of the labelled pixels is nearly absent."""
 FEW_CROPS = 1000
 """Fewer training crops than this are memorised within minutes: stronger weight decay."""
+WIDE_PASSES = 200
+"""Passes over the training crops from which the rescaling widens to :data:`WIDE_SCALE`. New Brunswick's 10-minute
+run gives ~900 (20 crops), where 0.5-2 raised the held-out mIoU by ~0.03; the generated scenes' 3 minutes give ~50
+(98 crops), where it cost ~0.07: harder crops need iterations a short run does not have (bench/RESULTS.md)."""
+WIDE_SCALE = [0.5, 2.0]
+EMA_DECAY = 0.999
+"""``train.ema`` when the schedule gives :data:`WIDE_PASSES` passes: an average over the last ~1,000 iterations
+(fewer early on: the decay warms up). A short run's poly decay already ends on small steps, and an average lags
+it (the generated scenes in 3 minutes: 0.666 with it, 0.698 without, one run each)."""
 FEW_PIXELS = 500
 """A class with fewer labelled pixels than this is warned about (it is kept)."""
 DERIVED = (
     "data.crop_size", "data.batch_size", "data.num_workers", "data.sampling", "data.scale_range", "data.flips",
-    "data.photometric", "train.class_weights", "train.loss", "optimizer.lr", "optimizer.weight_decay",
+    "data.photometric", "train.class_weights", "train.loss", "train.ema", "optimizer.lr", "optimizer.weight_decay",
 )  # fmt: skip
 """Every key :func:`derive` may set."""
 
@@ -133,6 +147,9 @@ class Derived:
     """Keys the user set (config or command line), with their values: not derived."""
     notes: list[str] = field(default_factory=list)
     """Warnings and adaptations (a class of a handful of pixels, a batch halved for memory)."""
+    by_plan: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Values decided once the schedule is known (:func:`adapt_to_plan`): key → ``min_passes``, ``value`` and, once
+    decided, ``passes``."""
 
     def as_dict(self) -> dict[str, Any]:
         """For ``auto.json`` and checkpoints."""
@@ -360,8 +377,13 @@ def derive(
         decide("train.class_weights", None, f"classes balanced ({imbalance}, under {BALANCED_RATIO:.0f}x)")
         decide("train.loss", "ce", f"classes balanced ({imbalance}): cross-entropy")
         decide("data.sampling", "uniform", "classes balanced: every crop equally often")
+    elif fp.scenes == 1:
+        decide("train.class_weights", "balanced", f"{imbalance}; one training scene: its class mix is one place's, "
+               "not a region's, so every class counts alike (1/frequency weights, at most 30x apart)")  # fmt: skip
     else:
-        decide("train.class_weights", "auto", f"{imbalance}: 1/sqrt(frequency) weights, capped at 10")
+        decide("train.class_weights", "auto", f"{imbalance}; {fp.scenes} training scenes: 1/sqrt(frequency) weights, "
+               "capped at 10")  # fmt: skip
+    if not balanced:
         if rarest.share < NEARLY_ABSENT:
             loss = (
                 "focal+dice",
@@ -381,6 +403,7 @@ def derive(
         decide("data.sampling", "balanced", f"{imbalance}: crops holding rare classes drawn more often")
 
     # augmentation: overhead imagery has no up; one pixel size keeps objects' sizes
+    by_plan: dict[str, dict[str, Any]] = {}
     if fp.gsd:
         spread = max(fp.gsd) / min(fp.gsd)
         low, high = min(0.8, 1 / spread), max(1.25, spread)
@@ -388,11 +411,19 @@ def derive(
         how = "one pixel size" if spread < 1.05 else f"pixel sizes {min(fp.gsd):.3g}-{max(fp.gsd):.3g} m"
         decide("data.scale_range", [round(low, 3), round(high, 3)],
                f"{how}: objects keep their size, rescaled {low:.2f}-{high:.2f}")  # fmt: skip
+        if "data.scale_range" not in user and low > WIDE_SCALE[0] and high < WIDE_SCALE[1]:
+            by_plan["data.scale_range"] = {"min_passes": WIDE_PASSES, "value": WIDE_SCALE,
+                                           "why": "more views of crops seen this often"}  # fmt: skip
     else:
         decide("data.flips", "horizontal", "pixel-only data (no CRS): may have an up, horizontal flips only")
         decide("data.scale_range", [0.5, 2.0], "pixel-only data: unknown pixel size, rescaled 0.5-2")
     jitter = f"{fp.bands} band(s) of {fp.dtype}: brightness and contrast jitter per band on normalised values"
     decide("data.photometric", "bands", jitter)
+    decide("train.ema", 0.0, "the last iterate's weights, unless the schedule gives many passes")
+    if "train.ema" not in user:
+        by_plan["train.ema"] = {"min_passes": WIDE_PASSES, "value": EMA_DECAY,
+                                "why": "a moving average of the weights is steadier than a last iterate that "
+                                       "over-fits crops seen this often"}  # fmt: skip
     usual = {"adamw": 1e-3, "sgd": 1e-2}.get(optimizer, 1e-3)
     decide("optimizer.lr", usual, f"{optimizer}'s usual rate from random weights (no range test yet)")
     if optimizer == "adamw":
@@ -402,7 +433,34 @@ def derive(
     else:
         decay, why = 5e-4, "SGD's usual weight decay (the DeepLab papers')"
     decide("optimizer.weight_decay", decay, why)
-    return Derived(values=values, reasons=reasons, kept={k: current.get(k) for k in sorted(user)}, notes=notes)
+    return Derived(values=values, reasons=reasons, kept={k: current.get(k) for k in sorted(user)}, notes=notes,
+                   by_plan=by_plan)  # fmt: skip
+
+
+def adapt_to_plan(record: dict[str, Any] | None, iterations: int, samples_per_iteration: int) -> dict[str, Any]:
+    """Decide the values that wait for the schedule (:attr:`Derived.by_plan`), once; the values that change.
+
+    ``iterations`` (planned, in all) times ``samples_per_iteration`` (batch x processes x accumulation) over the
+    training crops is the number of passes over them. Updates ``record``'s values, reasons and ``by_plan`` (a
+    resumed run finds them decided and changes nothing).
+    """
+    if record is None:
+        return {}
+    crops = max(int(record["fingerprint"]["crops"]), 1)
+    passes = iterations * samples_per_iteration / crops
+    changed: dict[str, Any] = {}
+    for key, rule in record.get("by_plan", {}).items():
+        if "passes" in rule:
+            continue
+        rule["passes"] = round(passes, 1)
+        seen = f"the schedule gives {passes:.0f} passes over the {crops} training crops"
+        if passes >= rule["min_passes"]:
+            changed[key] = record["values"][key] = rule["value"]
+            record["reasons"][key] += f"; {rule['value']}: {seen} (at least {rule['min_passes']}): {rule['why']}"
+        else:
+            record["reasons"][key] += f"; kept: {seen} (under the {rule['min_passes']} that widen it)"
+        log.info("auto %s = %s: %s", key, record["values"][key], record["reasons"][key])
+    return changed
 
 
 def user_keys(cfg: ExperimentConfig) -> set[str]:

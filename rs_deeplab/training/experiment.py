@@ -6,7 +6,6 @@ call it); everything it calls takes plain arguments.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
@@ -134,6 +133,27 @@ def _loaders(
     device: torch.device,
     budgeted: bool = False,
 ) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
+    train_loader = _train_loader(cfg, env, train, stats, start, device, budgeted)
+    if val is None:
+        return train_loader, None
+    common = loader_options(cfg.data.num_workers, pin_memory=device.type == "cuda")
+    shard = Subset(SegmentationDataset(val, EvalTransform(stats)), range(env.rank, len(val), env.world_size))
+    # validation runs every eval_every iterations: keep its workers instead of starting them again each time
+    val_common = {**common, "persistent_workers": True} if cfg.data.num_workers and len(shard) else common
+    val_loader = DataLoader(shard, batch_size=cfg.data.batch_size, collate_fn=pad_collate, **val_common)
+    return train_loader, val_loader
+
+
+def _train_loader(
+    cfg: ExperimentConfig,
+    env: DistEnv,
+    train: SegmentationSource,
+    stats: ChannelStats,
+    start: int,
+    device: torch.device,
+    budgeted: bool,
+) -> DataLoader[Any]:
+    """Training batches from iteration ``start`` on (each sample's augmentation is seeded by its position)."""
     data = cfg.data
     capped = not budgeted or "iterations" in cfg.schedule.model_fields_set  # a budget plans the count as it goes
     sampler = IterationBatchSampler(
@@ -158,16 +178,9 @@ def _loaders(
         photometric=data.photometric,
     )
     common = loader_options(data.num_workers, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(
+    return DataLoader(
         SegmentationDataset(train, transform), batch_sampler=sampler, generator=torch.Generator(), **common
     )
-    if val is None:
-        return train_loader, None
-    shard = Subset(SegmentationDataset(val, EvalTransform(stats)), range(env.rank, len(val), env.world_size))
-    # validation runs every eval_every iterations: keep its workers instead of starting them again each time
-    val_common = {**common, "persistent_workers": True} if data.num_workers and len(shard) else common
-    val_loader = DataLoader(shard, batch_size=data.batch_size, collate_fn=pad_collate, **val_common)
-    return train_loader, val_loader
 
 
 def split_class_counts(source: SegmentationSource, option: str) -> np.ndarray:
@@ -370,6 +383,10 @@ def _train(
     if env.is_main:
         log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
     cfg, auto_record = autoconfig.configure(cfg, env, train_src, val_src, stats, state, device)
+    per_iteration = cfg.data.batch_size * env.world_size * cfg.train.grad_accum
+    if cfg.schedule.budget is None:  # the schedule is known now (a budget's, after its probe: on_plan below)
+        changed = autoconfig.adapt_to_plan(auto_record, cfg.schedule.iterations, per_iteration)
+        cfg = autoconfig.apply(cfg, changed) if changed else cfg
     model, runner = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
     budget = _budget(cfg, state, started)
@@ -487,7 +504,26 @@ def _train(
         iterations = fit_call(cadence, start, None)
     else:
         budget.val_batches = len(val_loader) if val_loader is not None else 0
-        budget.on_plan = functools.partial(_show_plan, run_dir if env.is_main else None)
+
+        def on_plan(plan: BudgetPlan) -> None:
+            nonlocal cfg, batches, average, averaged
+            _show_plan(run_dir if env.is_main else None, plan)
+            changed = autoconfig.adapt_to_plan(auto_record, plan.iterations, per_iteration)
+            if changed:  # the rest of the run draws its crops and averages with the new settings
+                cfg = autoconfig.apply(cfg, changed)
+                if "data.scale_range" in changed:  # from where the probe ended
+                    batches = iter(_train_loader(cfg, env, train_src, stats, plan.done, device, True))
+                if "train.ema" in changed:  # from the weights the probe reached
+                    if env.is_main:
+                        check_checkpoint_space(run_dir, checkpoint_bytes(model, optimizer, copies=2))
+                    ctx.average = average = _weight_average(cfg, model, None)
+                    averaged = model if average is None else average.model
+                if env.is_main:
+                    dump_config(cfg, run_dir / "config.yaml")
+            if env.is_main and auto_record is not None:
+                autoconfig.write_record(run_dir, auto_record)
+
+        budget.on_plan = on_plan
         try:
             iterations = budget.run(fit_call, start)
             if budget.cut:

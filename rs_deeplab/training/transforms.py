@@ -208,6 +208,7 @@ class TrainTransform:
         self.max_class_ratio = max_class_ratio
         self.photometric = photometric
         low, high = scale_range
+        self.scale_range = (float(low), float(high))
         self.scale = A.Compose(
             [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0)]
         )

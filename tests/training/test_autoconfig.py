@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -23,10 +24,11 @@ from rs_deeplab.durations import parse_size
 from rs_deeplab.errors import ConfigError, InputError
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
-from rs_deeplab.training import autoconfig, lr_range
+from rs_deeplab.training import autoconfig, experiment, lr_range
 from rs_deeplab.training.autoconfig import ClassFacts, Fingerprint, area_percentile, derive
 from rs_deeplab.training.engine import StepContext
 from rs_deeplab.training.experiment import train_experiment
+from rs_deeplab.training.transforms import TrainTransform
 from tests.trainkit import REPO, make_tiles
 
 GB = 2**30
@@ -65,6 +67,44 @@ def test_imbalance_and_object_size_choose_weights_loss_and_sampling() -> None:
     rare = derive(fp([facts("bg", 0.999, 500), facts("well", 0.001, 12, pixels=300)]))
     assert rare.values["train.loss"] == "focal+dice" and "well is nearly absent" in rare.reasons["train.loss"]
     assert any("well has only 300 labelled pixels" in n for n in rare.notes)  # it works and says so
+
+
+def test_one_training_scene_weighs_classes_alike() -> None:
+    classes = [facts("bg", 0.7, 500), facts("water", 0.25, 200), facts("house", 0.05, 60)]
+    one, several = derive(fp(classes, scenes=1)), derive(fp(classes, scenes=3))
+    weights = "train.class_weights"
+    assert one.values[weights] == "balanced" and "one training scene" in one.reasons[weights]
+    assert several.values[weights] == "auto" and "3 training scenes" in several.reasons[weights]
+    assert one.values["train.ema"] == 0.0 and one.by_plan["train.ema"]["value"] == autoconfig.EMA_DECAY
+    kept = derive(fp(classes, scenes=1), {"train.ema"}, {"train.ema": 0.5})
+    assert kept.kept == {"train.ema": 0.5} and "train.ema" not in kept.by_plan  # the user's, even with many passes
+
+
+def test_rescaling_widens_only_when_the_schedule_gives_many_passes() -> None:
+    classes = [facts("bg", 0.7, 500), facts("house", 0.3, 60)]
+    derived = derive(fp(classes, crops=20))
+    assert derived.values["data.scale_range"] == [0.8, 1.25] and derived.values["train.ema"] == 0.0
+    rule = derived.by_plan["data.scale_range"]
+    assert rule["min_passes"] == autoconfig.WIDE_PASSES and rule["value"] == [0.5, 2.0]
+    assert set(derived.by_plan) == {"data.scale_range", "train.ema"}
+    user = derive(fp(classes), {"data.scale_range"}, {"data.scale_range": [0.9, 1.1]})
+    assert "data.scale_range" not in user.by_plan  # the user's
+    assert "data.scale_range" not in derive(fp(classes, gsd=())).by_plan  # pixel-only data: 0.5-2 from the start
+
+    def record() -> dict[str, object]:
+        return {"fingerprint": fp(classes, crops=20).as_dict(), **derive(fp(classes, crops=20)).as_dict()}
+
+    many, few = record(), record()
+    wide = {"data.scale_range": [0.5, 2.0], "train.ema": autoconfig.EMA_DECAY}
+    assert autoconfig.adapt_to_plan(many, 2250, 8) == wide  # 900 passes over 20 crops
+    assert many["values"]["data.scale_range"] == [0.5, 2.0] and many["by_plan"]["data.scale_range"]["passes"] == 900
+    assert "[0.5, 2.0]: the schedule gives 900 passes" in many["reasons"]["data.scale_range"]
+    assert many["values"]["train.ema"] == 0.999 and "steadier" in many["reasons"]["train.ema"]
+    assert autoconfig.adapt_to_plan(many, 10, 8) == {}  # decided once: a re-plan or a resumed run keeps it
+    assert autoconfig.adapt_to_plan(few, 100, 8) == {} and few["values"]["data.scale_range"] == [0.8, 1.25]
+    assert "kept: the schedule gives 40 passes" in few["reasons"]["data.scale_range"]
+    assert few["values"]["train.ema"] == 0.0 and "kept: the schedule gives 40 passes" in few["reasons"]["train.ema"]
+    assert autoconfig.adapt_to_plan(None, 100, 8) == {}
 
 
 def test_crop_fits_objects_with_context_within_tiles_and_device() -> None:
@@ -189,6 +229,53 @@ def test_an_auto_run_derives_records_and_resumes_with_its_settings(
     again = train_experiment(load_config(path, ["schedule.iterations=9"]))
     assert again.iterations == 9
     assert json.loads((again.run_dir / "auto.json").read_text())["values"] == values
+
+
+class RangeSpy(TrainTransform):
+    """A training transform that notes the scale range each sample was drawn with."""
+
+    drawn: ClassVar[list[tuple[float, float]]] = []
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        RangeSpy.drawn.append(self.scale_range)
+        return super().__call__(image, mask, seed)
+
+
+@pytest.mark.slow
+def test_a_budgeted_auto_run_widens_the_rescaling_after_its_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(experiment, "TrainTransform", RangeSpy)
+    monkeypatch.setattr(autoconfig, "WIDE_PASSES", 4)  # 20 iterations of 2 over 9 crops are 4.4 passes
+    monkeypatch.setattr(RangeSpy, "drawn", [])
+    path = auto_config(tmp_path, make_tiles(tmp_path, crop=64), schedule={"budget": "10m", "iterations": 20},
+                       auto={"enabled": True, "lr_test": False})  # fmt: skip
+    result = train_experiment(load_config(path))
+    record = json.loads((result.run_dir / "auto.json").read_text())
+    assert record["values"]["data.scale_range"] == [0.5, 2.0] and record["by_plan"]["data.scale_range"]["passes"] == 4.4
+    assert "[0.5, 2.0]: the schedule gives 4 passes" in record["reasons"]["data.scale_range"]
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["data"]["scale_range"] == [0.5, 2.0]
+    # the probe's 12 iterations drew mild rescaling; the 8 after the plan the wide one, two crops each
+    assert result.iterations == 20 and RangeSpy.drawn == [(0.8, 1.25)] * 24 + [(0.5, 2.0)] * 16
+    state = torch.load(result.last, map_location="cpu", weights_only=True)
+    assert state["auto"]["values"]["data.scale_range"] == [0.5, 2.0] and state["config"]["train"]["ema"] == 0.999
+
+
+@pytest.mark.slow
+def test_a_fixed_schedule_decides_before_training_and_resumes_with_the_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(experiment, "TrainTransform", RangeSpy)
+    monkeypatch.setattr(autoconfig, "WIDE_PASSES", 1)  # 6 iterations of 2 over 9 crops are 1.3 passes
+    monkeypatch.setattr(RangeSpy, "drawn", [])
+    path = auto_config(tmp_path, make_tiles(tmp_path, crop=64), auto={"enabled": True, "lr_test": False})
+    first = train_experiment(load_config(path))
+    assert RangeSpy.drawn == [(0.5, 2.0)] * 12
+    monkeypatch.setattr(autoconfig, "WIDE_PASSES", 1000)  # a resumed run does not decide again
+    again = train_experiment(load_config(path, ["schedule.iterations=9"]))
+    assert again.iterations == 9 and RangeSpy.drawn == [(0.5, 2.0)] * 18
+    record = json.loads((first.run_dir / "auto.json").read_text())
+    assert record["by_plan"]["data.scale_range"]["passes"] == 1.3
 
 
 def one_class_tiles(folder: Path) -> Path:

@@ -88,9 +88,9 @@ def test_auto_class_weights_favour_the_rare_class(tiles: Path) -> None:
                              torch.device("cpu"))  # fmt: skip
     assert balanced is not None and balanced[rare] / balanced[common] > weights[rare] / weights[common]
     present = counts > 0
-    share = (balanced.numpy() * counts)[present]  # each class's weighted share of the loss: alike (up to 10x apart)
+    share = (balanced.numpy() * counts)[present]  # each class's weighted share of the loss: alike (up to 30x apart)
     kept = balanced.numpy()[present]
-    assert share.max() / share.min() == pytest.approx(1.0) or kept.max() / kept.min() == pytest.approx(10.0)
+    assert share.max() / share.min() == pytest.approx(1.0) or kept.max() / kept.min() == pytest.approx(30.0)
     explicit = validate_config({"train": {"class_weights": [1, 2]}}, ExperimentConfig)
     with pytest.raises(InputError, match="2 values but the data has 4 classes"):
         class_weights(explicit, source, torch.device("cpu"))

@@ -52,7 +52,14 @@ def read_index_tables(index_path: Path) -> tuple[list[dict[str, object]], list[s
     return tiles.to_dict("records"), names, columns
 
 
-WEIGHTINGS: dict[str, dict[str, float]] = {"auto": {"power": 0.5}, "balanced": {"power": 1.0, "spread": 10.0}}
+BALANCED_SPREAD = 30.0
+"""``balanced``'s largest ratio between two classes' weights. New Brunswick's 20x imbalance needed full
+``1/frequency`` (limited to 10x, its held-out mIoU fell from 0.511 to 0.471); unlimited, the generated scenes' 120x
+imbalance collapsed (a class of 0.3 % of the pixels took the loss; bench/RESULTS.md)."""
+WEIGHTINGS: dict[str, dict[str, float]] = {
+    "auto": {"power": 0.5},
+    "balanced": {"power": 1.0, "spread": BALANCED_SPREAD},
+}
 """``train.class_weights`` rules computed from pixel counts: :func:`auto_class_weights`'s arguments for each."""
 
 
@@ -61,11 +68,12 @@ def auto_class_weights(
 ) -> np.ndarray:
     """Class weights from per-class pixel counts: ``1 / frequency**power``, normalised to mean 1, capped.
 
-    ``power`` 0.5 (``train.class_weights: auto``) softens the imbalance; 1 (``balanced``, with ``spread`` 10) removes
-    it up to a tenfold imbalance: every class weighs as much in the loss as any other, as if the classes were equally
-    frequent, which is what a map of a region whose class mix differs from the training tiles' needs (and what mIoU,
-    a mean over classes, rewards); beyond that, the rarer classes weigh ten times the most frequent, so that a class
-    of 0.3 % of the pixels does not leave the large classes a few hundredths of the loss.
+    ``power`` 0.5 (``train.class_weights: auto``) softens the imbalance; 1 (``balanced``, with ``spread``
+    :data:`BALANCED_SPREAD`) removes it up to a 30-fold imbalance: every class weighs as much in the loss as any
+    other, as if the classes were equally frequent, which is what a map of a region whose class mix differs from the
+    training tiles' needs (and what mIoU, a mean over classes, rewards); beyond that, the rarer classes weigh 30
+    times the most frequent, so that a class of 0.3 % of the pixels does not leave the large classes a few
+    hundredths of the loss.
 
     Args:
         counts: ``(C,)`` pixel counts of each class in the training split.
