@@ -241,13 +241,18 @@ class RangeSpy(TrainTransform):
         return super().__call__(image, mask, seed)
 
 
+def spy_on_ranges(monkeypatch: pytest.MonkeyPatch, wide_passes: float) -> None:
+    """Training transforms note their scale range in ``RangeSpy.drawn``; ``wide_passes`` passes widen it."""
+    monkeypatch.setattr(experiment, "TrainTransform", RangeSpy)
+    monkeypatch.setattr(autoconfig, "WIDE_PASSES", wide_passes)
+    monkeypatch.setattr(RangeSpy, "drawn", [])
+
+
 @pytest.mark.slow
 def test_a_budgeted_auto_run_widens_the_rescaling_after_its_probe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(experiment, "TrainTransform", RangeSpy)
-    monkeypatch.setattr(autoconfig, "WIDE_PASSES", 4)  # 20 iterations of 2 over 9 crops are 4.4 passes
-    monkeypatch.setattr(RangeSpy, "drawn", [])
+    spy_on_ranges(monkeypatch, 4)  # 20 iterations of 2 over 9 crops are 4.4 passes
     path = auto_config(tmp_path, make_tiles(tmp_path, crop=64), schedule={"budget": "10m", "iterations": 20},
                        auto={"enabled": True, "lr_test": False})  # fmt: skip
     result = train_experiment(load_config(path))
@@ -259,15 +264,14 @@ def test_a_budgeted_auto_run_widens_the_rescaling_after_its_probe(
     assert result.iterations == 20 and RangeSpy.drawn == [(0.8, 1.25)] * 24 + [(0.5, 2.0)] * 16
     state = torch.load(result.last, map_location="cpu", weights_only=True)
     assert state["auto"]["values"]["data.scale_range"] == [0.5, 2.0] and state["config"]["train"]["ema"] == 0.999
+    assert state["ema_updates"] == 8 and "train_weights" in state  # the average followed the 8 steps after the plan
 
 
 @pytest.mark.slow
 def test_a_fixed_schedule_decides_before_training_and_resumes_with_the_decision(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(experiment, "TrainTransform", RangeSpy)
-    monkeypatch.setattr(autoconfig, "WIDE_PASSES", 1)  # 6 iterations of 2 over 9 crops are 1.3 passes
-    monkeypatch.setattr(RangeSpy, "drawn", [])
+    spy_on_ranges(monkeypatch, 1)  # 6 iterations of 2 over 9 crops are 1.3 passes
     path = auto_config(tmp_path, make_tiles(tmp_path, crop=64), auto={"enabled": True, "lr_test": False})
     first = train_experiment(load_config(path))
     assert RangeSpy.drawn == [(0.5, 2.0)] * 12
