@@ -437,6 +437,11 @@ def derive(
                    by_plan=by_plan)  # fmt: skip
 
 
+def undecided(record: dict[str, Any] | None) -> bool:
+    """Whether ``record`` holds values that wait for the schedule (:func:`adapt_to_plan` has not run on it)."""
+    return record is not None and any("passes" not in rule for rule in record.get("by_plan", {}).values())
+
+
 def adapt_to_plan(record: dict[str, Any] | None, iterations: int, samples_per_iteration: int) -> dict[str, Any]:
     """Decide the values that wait for the schedule (:attr:`Derived.by_plan`), once; the values that change.
 
@@ -444,14 +449,12 @@ def adapt_to_plan(record: dict[str, Any] | None, iterations: int, samples_per_it
     training crops is the number of passes over them. Updates ``record``'s values, reasons and ``by_plan`` (a
     resumed run finds them decided and changes nothing).
     """
-    if record is None:
+    if record is None or not undecided(record):
         return {}
     crops = max(int(record["fingerprint"]["crops"]), 1)
     passes = iterations * samples_per_iteration / crops
     changed: dict[str, Any] = {}
     for key, rule in record.get("by_plan", {}).items():
-        if "passes" in rule:
-            continue
         rule["passes"] = round(passes, 1)
         seen = f"the schedule gives {passes:.0f} passes over the {crops} training crops"
         if passes >= rule["min_passes"]:

@@ -508,6 +508,8 @@ def _train(
         def on_plan(plan: BudgetPlan) -> None:
             nonlocal cfg, batches, average, averaged
             _show_plan(run_dir if env.is_main else None, plan)
+            if not autoconfig.undecided(auto_record):  # decided at the first plan (or by the run resumed)
+                return
             changed = autoconfig.adapt_to_plan(auto_record, plan.iterations, per_iteration)
             if changed:  # the rest of the run draws its crops and averages with the new settings
                 cfg = autoconfig.apply(cfg, changed)
@@ -520,7 +522,7 @@ def _train(
                     averaged = model if average is None else average.model
                 if env.is_main:
                     dump_config(cfg, run_dir / "config.yaml")
-            if env.is_main and auto_record is not None:
+            if env.is_main and auto_record is not None:  # the decisions and their reasons
                 autoconfig.write_record(run_dir, auto_record)
 
         budget.on_plan = on_plan
