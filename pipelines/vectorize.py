@@ -2,6 +2,7 @@
 
 python pipelines/vectorize.py labels.tif --out labels.gpkg [--min-area 2.0] [--simplify 1.0]
     [--fill-holes 1.0] [--classes building,tree] [--exclude clutter] [--to-crs EPSG:4326] [--block-size 2048]
+    [--workers N]
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--to-crs", default=None, help="reproject the output, e.g. EPSG:4326")
     parser.add_argument("--block-size", type=int, default=2048, help="block edge in pixels (memory bound)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes polygonizing blocks (default: the usable cores, 1 for rasters under ~8 Mpx; "
+                        "1 = this process only); the polygons are the same for any number")  # fmt: skip
     parser.add_argument("--layer", default="labels", help="output layer name")
     parser.add_argument("--append", action="store_true", help="append to the layer of an existing GeoPackage")
     parser.add_argument("--scene", default=None, help="add a 'scene' column with this value to every polygon")
@@ -56,6 +60,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise InputError(f"{name} {value:g}: must be a number >= 0")
     if args.block_size < 1:
         raise InputError(f"--block-size {args.block_size}: must be a positive whole number of pixels")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers}: must be a whole number of at least 1 (1 = this process only)")
 
 
 @cli_entry
@@ -83,10 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_columns=None if args.scene is None else {"scene": args.scene},
         mode="a" if args.append else "w",
         quiet=args.quiet,
+        workers=args.workers,
     )
     if not args.quiet:
         counts = ", ".join(f"{name} {n}" for name, n in summary.counts.items()) or "none"
-        print(f"{summary.polygons} polygons ({counts}) in {summary.seconds:.1f} s")
+        workers = f", {summary.workers} worker processes" if summary.workers > 1 else ""
+        print(f"{summary.polygons} polygons ({counts}) in {summary.seconds:.1f} s{workers}")
         print(describe_outputs({f"layer {summary.layer!r}": summary.path}))
     return 0
 

@@ -25,6 +25,7 @@ from rs_deeplab.vectorize.clean import Cleaner, Rows
 from rs_deeplab.vectorize.measure import AreaMeter
 from rs_deeplab.vectorize.metadata import read_class_names, select_classes
 from rs_deeplab.vectorize.output import LayerWriter, output_format, parse_crs
+from rs_deeplab.vectorize.parallel import check_workers, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class VectorizeSummary:
         dropped_small: Polygons dropped by ``min_area``.
         area_method: ``native`` (measured in the raster CRS) or ``equal-area`` (projected first).
         seconds: Wall time.
+        workers: Processes that polygonized blocks (1: this process alone).
     """
 
     path: Path
@@ -62,6 +64,7 @@ class VectorizeSummary:
     dropped_small: int = 0
     area_method: str = "native"
     seconds: float = 0.0
+    workers: int = 1
 
 
 def _check_arguments(min_area: float, simplify: float, fill_holes: float, block_size: int, layer: str) -> None:
@@ -101,6 +104,7 @@ def vectorize(
     computed_columns: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     mode: Literal["w", "a"] = "w",
     quiet: bool = True,
+    workers: int | None = None,
 ) -> VectorizeSummary:
     """Turn a class-label raster into one polygon per connected region (4-connected, as ``shapes``).
 
@@ -127,14 +131,19 @@ def vectorize(
         mode: ``w`` replaces ``out_path``; ``a`` appends rows to the layer of an existing GeoPackage (or creates
             it), e.g. one scene after another.
         quiet: No progress bar.
+        workers: Processes that read and polygonize blocks while this one merges seams and writes; 1 runs in
+            this process; None: the cores this process may use (affinity-aware), one for rasters under ~8 Mpx.
+            The output is byte for byte the same for any number.
 
     Raises:
-        InputError: Bad argument, unknown class name, unwritable output format or missing output folder;
+        InputError: Bad argument (``workers`` below 1 too), unknown class name, unwritable output format or
+            missing output folder;
             :class:`~rs_deeplab.locks.OutputBusyError` when another run writes ``out_path``.
-        RasterError: The input is not a single-band integer raster.
+        RasterError: The input is not a single-band integer raster, or a worker process died.
     """
     start = time.perf_counter()
     _check_arguments(min_area, simplify, fill_holes, block_size, layer)
+    check_workers(workers)
     if mode not in ("w", "a"):
         raise InputError(f"mode must be 'w' or 'a', got {mode!r}")
     out = Path(out_path)
@@ -150,7 +159,10 @@ def vectorize(
         source = None if src.crs is None else parse_crs(src.crs, "raster CRS")
         meter = AreaMeter(src.crs, tuple(src.bounds))
         cleaner = Cleaner(meter, float(min_area), float(fill_holes))
-        regions = RegionStream(src, selection, block_size=int(block_size), simplify=float(simplify), quiet=quiet)
+        n_blocks = -(-src.height // int(block_size)) * -(-src.width // int(block_size))
+        procs = resolve_workers(workers, pixels=src.height * src.width, blocks=n_blocks)
+        regions = RegionStream(src, selection, block_size=int(block_size), simplify=float(simplify), quiet=quiet,
+                               workers=procs)  # fmt: skip
         with _write_errors(out), atomic_output(out) as tmp:  # lack of space: atomic_output's one line
             writer = LayerWriter(
                 tmp, fmt, layer, selection, source_crs=source, target_crs=target, extra_columns=extra_columns,
@@ -171,6 +183,7 @@ def vectorize(
         dropped_small=cleaner.dropped_small,
         area_method=meter.method,
         seconds=time.perf_counter() - start,
+        workers=procs,
     )
     log.debug("%s: %d polygons in layer %r (%d blocks, %d merged across seams)", out, summary.polygons, layer,
              summary.blocks, summary.merged)  # fmt: skip

@@ -58,6 +58,18 @@ class FlatPolygons:
         xy = np.fromiter(_chain(_chain(rings)), dtype=np.float64, count=2 * n).reshape(n, 2)
         return cls(np.asarray(values, dtype=np.int64), np.asarray(ring_counts, dtype=np.int64), sizes, xy)
 
+    def take(self, select: np.ndarray) -> FlatPolygons:
+        """The polygons where ``select`` (boolean per polygon) is True."""
+        if select.all():
+            return self
+        ring_mask = np.repeat(select, self.ring_counts)
+        xy = self.xy[np.repeat(ring_mask, self.ring_sizes)]
+        return FlatPolygons(self.values[select], self.ring_counts[select], self.ring_sizes[ring_mask], xy)
+
+    def mapped(self, transform: Affine) -> FlatPolygons:
+        """The same polygons with their vertices mapped through ``transform``."""
+        return FlatPolygons(self.values, self.ring_counts, self.ring_sizes, apply_affine(transform, self.xy))
+
     def polygons(self, select: np.ndarray | None = None, transform: Affine | None = None) -> np.ndarray:
         """Build shapely polygons, optionally only ``select`` (boolean per polygon) and mapped by ``transform``."""
         ring_counts, ring_sizes, xy = self.ring_counts, self.ring_sizes, self.xy

@@ -50,6 +50,8 @@ def test_cli_writes_selected_classes(labels, tmp_path, capsys):
         (["--exclude", "house"], "unknown class 'house' in exclude"),
         (["--min-area", "-1"], "--min-area -1: must be a number >= 0"),
         (["--block-size", "0"], "--block-size 0: must be a positive whole number"),
+        (["--workers", "0"], "--workers 0: must be a whole number of at least 1 (1 = this process only)"),
+        (["--workers", "-3"], "--workers -3: must be a whole number of at least 1"),
         (["--to-crs", "EPSG:0"], "cannot understand CRS"),
     ],
 )

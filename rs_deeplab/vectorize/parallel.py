@@ -1,0 +1,136 @@
+"""Blocks read and polygonized in worker processes, handed back in block order.
+
+GDAL's polygonizer (``rasterio.features.shapes``) holds the GIL while it traces a block (measured: a Python
+thread beside it ran at ~5% of its speed), so threads would take turns; processes run side by side. Each worker
+opens the raster itself (a path crosses the process boundary, never an open dataset) and returns plain arrays
+(:class:`~rs_deeplab.vectorize.blocks.BlockPieces`); the calling process merges seams and writes, taking the
+blocks in the same row-major order whatever the number of workers, so the output is byte for byte the same. At
+most a few blocks per worker are in flight, so memory stays bounded by blocks, not by the raster.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import multiprocessing
+import numbers
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import rasterio
+import rasterio.env
+from rasterio.windows import Window
+
+from rs_deeplab.cluster import default_workers
+from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.raster import open_raster
+from rs_deeplab.vectorize.blocks import BlockPieces, polygonize_window, read_block
+from rs_deeplab.vectorize.metadata import ClassSelection
+
+START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
+"""How worker processes start: a fork is immediate and shares the loaded libraries; elsewhere a fresh interpreter."""
+
+AHEAD_PER_WORKER = 2
+"""Blocks submitted ahead of the one being merged, per worker: enough to keep workers busy, little memory."""
+
+AUTO_MIN_PIXELS = 2048 * 2048 * 2
+"""``workers=None`` uses one process below this many pixels: starting workers would cost more than they save."""
+
+
+def check_workers(workers: Any) -> None:
+    """Refuse a worker count that is not a whole number of at least 1 (None means automatic).
+
+    Raises:
+        InputError: ``workers`` is 0, negative, fractional or not a number.
+    """
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise InputError(f"workers must be a whole number of at least 1 (processes polygonizing blocks), got "
+                         f"{workers!r}; 1 runs in this process")  # fmt: skip
+
+
+def resolve_workers(workers: int | None, *, pixels: int, blocks: int) -> int:
+    """How many processes polygonize: ``workers``, or for None the cores this process may use.
+
+    None gives one process for a raster under :data:`AUTO_MIN_PIXELS`; never more processes than blocks.
+    """
+    check_workers(workers)
+    if workers is None:
+        workers = default_workers() if pixels >= AUTO_MIN_PIXELS else 1
+    return max(1, min(int(workers), blocks))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(path: str, selection: ClassSelection, grid: tuple[int, int], simplify: float,
+                  options: dict[str, Any]) -> None:  # fmt: skip
+    """Start a worker process: open the raster once, under the caller's GDAL settings.
+
+    Ctrl-C is the parent's to handle: it stops the pool, so a worker ignores it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    env = rasterio.Env(**options)
+    env.__enter__()  # for the life of the worker process
+    src = open_raster(path)
+    _WORKER.update(env=env, src=src, selection=selection, grid=grid, simplify=simplify, transform=src.transform)
+
+
+def _polygonize(bi: int, bj: int, window: Window) -> BlockPieces:
+    w = _WORKER
+    data = read_block(w["src"], window)
+    return polygonize_window(data, window, w["grid"], (bi, bj), w["selection"], w["simplify"], w["transform"])
+
+
+class BlockPool:
+    """Worker processes that read and polygonize the blocks of one raster; a context manager.
+
+    Args:
+        path: The raster (any path :func:`rs_deeplab.raster.open_raster` takes).
+        selection: Which values become polygons.
+        grid: Number of block rows and columns.
+        simplify: Coverage simplification tolerance in pixels (0: none).
+        workers: Number of processes.
+    """
+
+    def __init__(self, path: str, selection: ClassSelection, grid: tuple[int, int], simplify: float, *,
+                 workers: int) -> None:  # fmt: skip
+        self.path, self.workers = path, workers
+        options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context(START_METHOD), initializer=_start_worker,
+            initargs=(path, selection, grid, simplify, options),
+        )  # fmt: skip
+
+    def __enter__(self) -> BlockPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, tasks: Sequence[tuple[int, int, Window]]) -> Iterator[BlockPieces]:
+        """Polygonize ``(block_row, block_col, window)`` tasks; yield the results in the order of ``tasks``.
+
+        Raises:
+            RasterError: A block cannot be read (as in one process), or a worker process died.
+        """
+        ahead: collections.deque[concurrent.futures.Future[BlockPieces]] = collections.deque()
+        todo = iter(tasks)
+        limit = AHEAD_PER_WORKER * self.workers
+        try:
+            while True:
+                while len(ahead) < limit and (task := next(todo, None)) is not None:
+                    ahead.append(self._pool.submit(_polygonize, *task))
+                if not ahead:
+                    return
+                yield ahead.popleft().result()
+        except BrokenProcessPool:
+            raise RasterError(f"{self.path}: a vectorizing worker process died (killed, or out of memory); run "
+                              "again with fewer workers (--workers 1 uses none)") from None  # fmt: skip
+        finally:
+            for future in ahead:
+                future.cancel()

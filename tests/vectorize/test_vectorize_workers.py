@@ -1,0 +1,104 @@
+"""Vectorizing with worker processes: the same polygons, row for row and byte for byte, as one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio.raw
+import pytest
+from affine import Affine
+
+from pipelines.vectorize import main
+from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.vectorize import class_names_tag, parallel, vectorize
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ["ground", "building", "tree", "water"]
+
+
+def rows(path: Path) -> tuple[Any, ...]:
+    """Geometries (WKB bytes) and every attribute column of the layer, in file order."""
+    meta, _, geometry, fields = pyogrio.raw.read(path)
+    return (list(meta["fields"]), list(geometry), *(list(f) for f in fields))
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 210 x 250 label raster of blobs of 4 classes (many cut by 64-pixel block seams), a nodata corner and a
+    class that spans the whole raster (regions merged across many blocks)."""
+    from rs_deeplab.raster import write_geotiff
+
+    rng = np.random.default_rng(25)
+    cells = rng.integers(0, 4, (30, 36), dtype=np.uint8)
+    array = np.kron(cells, np.ones((7, 7), np.uint8))[:210, :250]
+    array[::23, :] = 3  # stripes of one class joining regions across every seam
+    array[:40, :30] = 255
+    path = tmp_path_factory.mktemp("workers") / "labels.tif"
+    transform = Affine(0.5, 0.0, 368_000.0, 0.0, -0.5, 5_808_000.0)
+    return write_geotiff(path, array, crs="EPSG:32633", transform=transform, nodata=255, tags=class_names_tag(NAMES))
+
+
+CLEANED = {"simplify": 1.5, "fill_holes": 0.6, "min_area": 0.3}
+
+
+@pytest.mark.parametrize("options", [{}, CLEANED], ids=["exact", "cleaned"])
+def test_two_and_three_workers_write_the_rows_of_one(labels: Path, tmp_path: Path, options: dict[str, Any]) -> None:
+    one = vectorize(labels, tmp_path / "one.gpkg", block_size=64, workers=1, **options)
+    assert one.workers == 1 and one.blocks == 16 and one.merged > 10 and one.polygons > 100
+    expected = rows(tmp_path / "one.gpkg")
+    for workers in (2, 3):
+        many = vectorize(labels, tmp_path / f"w{workers}.gpkg", block_size=64, workers=workers, **options)
+        assert many.workers == workers
+        assert (many.polygons, many.counts, many.merged) == (one.polygons, one.counts, one.merged)
+        assert rows(tmp_path / f"w{workers}.gpkg") == expected
+
+
+def test_the_cli_with_two_workers_writes_the_rows_of_one(labels: Path, tmp_path: Path) -> None:
+    assert main([str(labels), "--out", str(tmp_path / "one.gpkg"), "--block-size", "50", "--workers", "1", "-q"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "pipelines" / "vectorize.py"), str(labels), "--out", str(tmp_path / "two.gpkg")]
+    done = subprocess.run([*cmd, "--block-size", "50", "--workers", "2"], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ", 2 worker processes" in done.stdout and done.stderr == ""
+    assert rows(tmp_path / "two.gpkg") == rows(tmp_path / "one.gpkg")
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_a_worker_count_below_one_is_refused_before_anything_is_written(labels: Path, tmp_path: Path,
+                                                                        workers: Any) -> None:  # fmt: skip
+    with pytest.raises(InputError, match=r"workers must be a whole number of at least 1"):
+        vectorize(labels, tmp_path / "out.gpkg", workers=workers)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_automatic_workers_follow_the_usable_cores_and_the_raster_size() -> None:
+    cores = len(os.sched_getaffinity(0))
+    big = parallel.AUTO_MIN_PIXELS
+    assert parallel.resolve_workers(None, pixels=big, blocks=64) == cores
+    assert parallel.resolve_workers(None, pixels=big - 1, blocks=64) == 1
+    assert parallel.resolve_workers(8, pixels=10, blocks=3) == 3  # never more processes than blocks
+    assert parallel.resolve_workers(2, pixels=10, blocks=1) == 1
+
+
+def _die_on_the_third_block(bi: int, bj: int, window: Any) -> Any:
+    if (bi, bj) == (0, 2):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _POLYGONIZE(bi, bj, window)
+
+
+_POLYGONIZE = parallel._polygonize
+
+
+def test_a_killed_worker_is_one_line_and_leaves_no_output(labels: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(parallel, "_polygonize", _die_on_the_third_block)  # forked workers inherit it
+    out = tmp_path / "out.gpkg"
+    with pytest.raises(RasterError, match=r"labels.tif: a vectorizing worker process died .*; run again with fewer"):
+        vectorize(labels, out, block_size=64, workers=2)
+    assert list(tmp_path.iterdir()) == []
