@@ -1,21 +1,26 @@
 """Benchmark the vectorizer against raw ``rasterio.features.shapes`` (time) and whole-array mode (memory).
 
 Part 1 (always): a generated ``--size``² label raster (default 6000², ~7,000 regions of 6 classes with blobby,
-staircase outlines). Times, in one run, ``list(shapes(array))`` on the whole in-memory array against
-``vectorize()`` from the GeoTIFF to a GeoPackage (block-wise, default 2048² blocks; reading, polygonizing,
-seam merging, areas, writing with its spatial index all included), and against ``vectorize()`` as one block.
-CPU time is the headline (the machine is shared); wall time is printed too. Best of ``--repeats``.
+staircase outlines). Times, in one run, ``list(shapes(array))`` on the whole in-memory array (single thread)
+against ``vectorize()`` from the GeoTIFF to a GeoPackage (block-wise, default 2048² blocks; reading,
+polygonizing, seam merging, areas, writing with its spatial index all included) with 1 and 2 worker processes
+(``--workers``), and as one block. Wall time is the headline for workers (their point is to use more cores);
+CPU time (this process plus its worker processes) shows what the parallel run costs in all. Best of
+``--repeats``, interleaved; the polygons of every worker count are checked to be the same rows.
 
 Part 2 (``--big``): a ``--big-size``² raster (default 20,000²) vectorized in child processes, block-wise and as
 one whole array (plus raw ``shapes`` on the whole array); each child reports its peak RSS (``ru_maxrss``).
 
-    PYTHONPATH=$PWD python bench/vectorize_bench.py [--size 6000] [--repeats 3] [--big] [--workdir DIR]
+    PYTHONPATH=$PWD python bench/vectorize_bench.py [--size 6000] [--repeats 3] [--workers 1,2] [--big]
+        [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyogrio.raw
 import rasterio
 from affine import Affine
 from rasterio.features import shapes
@@ -69,24 +75,39 @@ def write_labels(path: Path, size: int, cells: int, strip: int = 1000) -> Path:
     return path
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (the vectorizer's workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """Run ``fn``; return (CPU seconds, wall seconds, result)."""
-    cpu, wall = time.process_time(), time.perf_counter()
+    """Run ``fn``; return (CPU seconds, workers included; wall seconds; result)."""
+    cpu, wall = cpu_seconds(), time.perf_counter()
     result = fn()
-    return time.process_time() - cpu, time.perf_counter() - wall, result
+    return cpu_seconds() - cpu, time.perf_counter() - wall, result
 
 
-def time_part(workdir: Path, size: int, repeats: int, block: int) -> None:
+def layer_rows(path: Path) -> tuple[Any, ...]:
+    """Geometries (WKB) and attributes of the written layer, in file order."""
+    _, _, geometry, fields = pyogrio.raw.read(path)
+    return (list(geometry), *(list(f) for f in fields))
+
+
+def time_part(workdir: Path, size: int, repeats: int, block: int, workers: list[int]) -> None:
     path = write_labels(workdir / f"labels_{size}.tif", size, cells=max(size // 50, 4))
     with rasterio.open(path) as src:
         array = src.read(1)
-    out = workdir / "labels.gpkg"
     best: dict[str, tuple[float, float]] = {}
     runs: dict[str, Callable[[], Any]] = {
         "raw shapes (whole array)": lambda: list(shapes(array, mask=array != 255, transform=TRANSFORM)),
-        f"vectorize, {block}² blocks": lambda: vectorize(path, out, block_size=block),
-        "vectorize, one block": lambda: vectorize(path, out, block_size=size),
     }
+    for n in workers:
+        out = workdir / f"labels_w{n}.gpkg"
+        runs[f"vectorize, {block}² blocks, {n} worker{'s' if n > 1 else ''}"] = functools.partial(
+            vectorize, path, out, block_size=block, workers=n
+        )
+    runs["vectorize, one block"] = lambda: vectorize(path, workdir / "one.gpkg", block_size=size, workers=1)
     info: dict[str, Any] = {}
     for _ in range(repeats):  # interleaved, so load from other users hits every variant alike
         for name, fn in runs.items():
@@ -94,12 +115,16 @@ def time_part(workdir: Path, size: int, repeats: int, block: int) -> None:
             old = best.get(name, (np.inf, np.inf))
             best[name] = (min(old[0], cpu), min(old[1], wall))
             info[name] = len(result) if isinstance(result, list) else result
+    reference = layer_rows(workdir / f"labels_w{workers[0]}.gpkg")
+    same = all(layer_rows(workdir / f"labels_w{n}.gpkg") == reference for n in workers[1:])
     raw_cpu, raw_wall = best["raw shapes (whole array)"]
-    summary = info[f"vectorize, {block}² blocks"]
-    print(f"## time: {size}x{size} uint8 labels, {summary.polygons} polygons, {summary.merged} merged across seams")
+    summary = next(v for k, v in info.items() if k.startswith("vectorize"))
+    print(f"## time: {size}x{size} uint8 labels, {summary.polygons} polygons, {summary.merged} merged across seams; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
     for name, (cpu, wall) in best.items():
-        ratios = f"ratio cpu {cpu / raw_cpu:5.2f}  wall {wall / raw_wall:5.2f}"
-        print(f"{name:32s} cpu {cpu:7.2f} s  wall {wall:7.2f} s  {ratios}")
+        ratios = f"ratio wall {wall / raw_wall:5.2f}  cpu {cpu / raw_cpu:5.2f}"
+        print(f"{name:40s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  {ratios}")
+    print(f"same rows (geometries and attributes, in order) for workers {', '.join(map(str, workers))}: {same}")
 
 
 def child(mode: str, path: str, out: str, block: int) -> None:
@@ -112,7 +137,7 @@ def child(mode: str, path: str, out: str, block: int) -> None:
     else:
         with rasterio.open(path) as src:
             size = max(src.width, src.height)
-        n = vectorize(path, out, block_size=block if mode == "blocks" else size).polygons
+        n = vectorize(path, out, block_size=block if mode == "blocks" else size, workers=1).polygons
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"mode": mode, "polygons": n, "peak_rss_mib": peak_mib, "seconds": time.perf_counter() - start}))
 
@@ -137,6 +162,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=6000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--block-size", type=int, default=2048)
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to time")
     parser.add_argument("--big", action="store_true", help="also measure peak memory on a --big-size² raster")
     parser.add_argument("--big-size", type=int, default=20_000)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -147,7 +173,8 @@ def main() -> None:
         child(mode, path, out, int(block))
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        time_part(Path(tmp), args.size, args.repeats, args.block_size)
+        workers = [int(n) for n in args.workers.split(",")]
+        time_part(Path(tmp), args.size, args.repeats, args.block_size, workers)
         if args.big:
             memory_part(Path(tmp), args.big_size, args.block_size)
 

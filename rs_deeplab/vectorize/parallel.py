@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import gc
 import multiprocessing
 import numbers
 import signal
@@ -74,6 +75,7 @@ def _start_worker(path: str, selection: ClassSelection, grid: tuple[int, int], s
     Ctrl-C is the parent's to handle: it stops the pool, so a worker ignores it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()  # objects inherited through fork: the worker's collections never walk (and copy) them
     env = rasterio.Env(**options)
     env.__enter__()  # for the life of the worker process
     src = open_raster(path)

@@ -7,8 +7,10 @@ share bit-identical seam vertices, and which piece owns which pixel along a seam
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,4 +143,21 @@ def polygonize_block(data: np.ndarray, row_off: int, col_off: int, mask: np.ndar
         mask: Pixels to polygonize (True), or None for all.
     """
     transform = Affine.translation(col_off, row_off)
-    return FlatPolygons.from_shapes(shapes(data, mask=mask, connectivity=4, transform=transform))
+    with no_collection():
+        return FlatPolygons.from_shapes(shapes(data, mask=mask, connectivity=4, transform=transform))
+
+
+@contextlib.contextmanager
+def no_collection() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector inside the block (restored after, if it was on).
+
+    ``shapes`` returns millions of coordinate tuples, which cannot form cycles, yet every 700 new objects start
+    a collection that walks them: pausing it saves ~10% of polygonizing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
