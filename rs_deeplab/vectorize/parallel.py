@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import gc
+import logging
 import multiprocessing
 import numbers
 import signal
@@ -30,6 +31,8 @@ from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import open_raster
 from rs_deeplab.vectorize.blocks import BlockPieces, polygonize_window, read_block
 from rs_deeplab.vectorize.metadata import ClassSelection
+
+log = logging.getLogger(__name__)
 
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 """How worker processes start: a fork is immediate and shares the loaded libraries; elsewhere a fresh interpreter."""
@@ -57,12 +60,18 @@ def check_workers(workers: Any) -> None:
 def resolve_workers(workers: int | None, *, pixels: int, blocks: int) -> int:
     """How many processes polygonize: ``workers``, or for None the cores this process may use.
 
-    None gives one process for a raster under :data:`AUTO_MIN_PIXELS`; never more processes than blocks.
+    None gives one process for a raster under :data:`AUTO_MIN_PIXELS`; never more processes than blocks. A
+    daemonic process (a Dask or multiprocessing worker) may not start processes: it polygonizes itself, and says so.
     """
     check_workers(workers)
     if workers is None:
         workers = default_workers() if pixels >= AUTO_MIN_PIXELS else 1
-    return max(1, min(int(workers), blocks))
+    workers = max(1, min(int(workers), blocks))
+    if workers > 1 and multiprocessing.current_process().daemon:
+        log.info("vectorizing in this process: a daemonic process (a Dask or multiprocessing worker) cannot start "
+                 "%d worker processes", workers)  # fmt: skip
+        return 1
+    return workers
 
 
 _WORKER: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -85,6 +86,20 @@ def test_automatic_workers_follow_the_usable_cores_and_the_raster_size() -> None
     assert parallel.resolve_workers(None, pixels=big - 1, blocks=64) == 1
     assert parallel.resolve_workers(8, pixels=10, blocks=3) == 3  # never more processes than blocks
     assert parallel.resolve_workers(2, pixels=10, blocks=1) == 1
+
+
+def _resolve_in_a_daemon(results: Any) -> None:
+    results.put(parallel.resolve_workers(2, pixels=parallel.AUTO_MIN_PIXELS, blocks=9))
+
+
+def test_a_daemonic_process_polygonizes_itself() -> None:
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    daemon = context.Process(target=_resolve_in_a_daemon, args=(results,), daemon=True)
+    daemon.start()
+    assert results.get(timeout=60) == 1  # it may not start children; outside a daemon the same call gives 2
+    daemon.join(timeout=60)
+    assert parallel.resolve_workers(2, pixels=parallel.AUTO_MIN_PIXELS, blocks=9) == 2
 
 
 def _die_on_the_third_block(bi: int, bj: int, window: Any) -> Any:
