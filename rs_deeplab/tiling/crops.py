@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, ClassScheme
-from rs_deeplab.diskspace import space_checked
+from rs_deeplab.diskspace import out_of_space, space_checked, space_errno
 from rs_deeplab.errors import RsDeeplabError
 from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
 from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
@@ -29,8 +30,14 @@ from rs_deeplab.remote_reads import read_retrying
 from rs_deeplab.tiling.checks import reading, writing
 from rs_deeplab.tiling.class_counts import StripCounts
 from rs_deeplab.tiling.labels import LabelSource, custom_scheme, read_labels
+from rs_deeplab.tiling.tiff_template import TemplateLearner
+
+log = logging.getLogger("rs_deeplab.tiling.tiler")
 
 IMAGES, LABELS, PARTS = "images", "labels", ".parts"
+TEMPLATE_WRITES = True
+"""Uncompressed crops are written from a proved template of GDAL's bytes, without GDAL (see
+:mod:`rs_deeplab.tiling.tiff_template`); False writes every crop through GDAL (the same bytes, slower)."""
 Record = dict[str, Any]
 
 
@@ -191,6 +198,9 @@ class _Writer:
         scheme = settings.class_scheme()
         self.colormap = scheme.colormap() if scheme else None
         self.val = frozenset(job.val_blocks)
+        fast = TEMPLATE_WRITES and settings.compress is None  # compressed crops vary in layout: GDAL writes them
+        self.templates = {IMAGES: TemplateLearner(src.nodata, fast), LABELS: TemplateLearner(IGNORE_INDEX, fast)}
+        self.from_template = self.by_gdal = 0
 
     def write(self, window: CropWindow, image: np.ndarray, label: np.ndarray | None, stats: StripCounts) -> Record:
         """Write one crop (skipping files already complete) and return its index record."""
@@ -214,30 +224,84 @@ class _Writer:
         return rec
 
     def _write(self, path: Path, data: np.ndarray, profile: dict[str, Any] | None, transform: Affine) -> None:
-        """Write one crop file under a temporary name and rename it; a file already there is complete: kept."""
+        """Write one crop file under a temporary name and rename it; a file already there is complete: kept.
+
+        Once the crops' template has proved itself (:mod:`rs_deeplab.tiling.tiff_template`), a crop is written from
+        it without GDAL (the same bytes); before that, and for crops it cannot write, GDAL writes it.
+        """
         if path.exists():
             return
-        options = dict(profile if profile is not None else self.label_profile, transform=transform)
+        learner = self.templates[IMAGES if profile is not None else LABELS]
+        origin = (transform.c, transform.f)
+        pieces = None
+        if learner.template is not None and not transform.is_identity:
+            pieces = learner.template.render(data, origin)
         tmp = _temporary(path)
         try:
-            # lack of space as one line, also when GDAL only tells libtiff (blocks flushed as the file closes)
-            with space_checked(path, written=tmp), _quiet_if(transform.is_identity), \
-                    rasterio.open(tmp, "w", **options) as dst:  # fmt: skip
-                dst.write(data)
-                if profile is not None:
-                    dst.colorinterp = self.colorinterp
-                    for i, desc in enumerate(self.descriptions or (), start=1):
-                        if desc:
-                            dst.set_band_description(i, desc)
-                elif self.colormap is not None:
-                    dst.write_colormap(1, self.colormap)
+            if pieces is not None:
+                _write_pieces(path, tmp, pieces)
+                self.from_template += 1
+            else:
+                self._write_gdal(path, tmp, data, profile, transform)
+                self.by_gdal += 1
+                if not transform.is_identity and learner.wants(origin):
+                    learner.learn(Path(tmp).read_bytes(), data, origin, self._check(path, data, profile, transform))
             os.replace(tmp, path)
-            if os.path.exists(f"{tmp}.aux.xml"):  # GDAL side-car (nothing we write needs one; kept just in case)
+            if pieces is None and os.path.exists(f"{tmp}.aux.xml"):  # GDAL side-car (nothing we write needs one)
                 os.replace(f"{tmp}.aux.xml", f"{path}.aux.xml")
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def _check(
+        self, path: Path, data: np.ndarray, profile: dict[str, Any] | None, transform: Affine
+    ) -> tuple[tuple[float, float], Callable[[], bytes]]:
+        """Another origin (the next crop down and right) and what writes ``data`` there with GDAL, returning the
+        bytes (a template is checked on them).
+        """  # noqa: D205
+        size = self.settings.size
+        other = transform @ Affine.translation(size, size)
+
+        def write() -> bytes:
+            tmp = _temporary(path)
+            try:
+                self._write_gdal(path, tmp, data, profile, other)
+                return Path(tmp).read_bytes()
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+        return (other.c, other.f), write
+
+    def _write_gdal(
+        self, path: Path, tmp: str, data: np.ndarray, profile: dict[str, Any] | None, transform: Affine
+    ) -> None:
+        options = dict(profile if profile is not None else self.label_profile, transform=transform)
+        # lack of space as one line, also when GDAL only tells libtiff (blocks flushed as the file closes)
+        with space_checked(path, written=tmp), _quiet_if(transform.is_identity), \
+                rasterio.open(tmp, "w", **options) as dst:  # fmt: skip
+            dst.write(data)
+            if profile is not None:
+                dst.colorinterp = self.colorinterp
+                for i, desc in enumerate(self.descriptions or (), start=1):
+                    if desc:
+                        dst.set_band_description(i, desc)
+            elif self.colormap is not None:
+                dst.write_colormap(1, self.colormap)
+
+
+def _write_pieces(path: Path, tmp: str, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+    """Write a crop's bytes to ``tmp``; lack of space is one :class:`DiskFullError` naming ``path``."""
+    try:
+        with open(tmp, "wb") as fh:
+            for piece in pieces:
+                fh.write(piece)
+    except OSError as exc:
+        code = space_errno(exc)
+        if code is None:
+            raise
+        raise out_of_space(path, code) from None
 
 
 _TAGS: dict[int, str] = {}
@@ -319,6 +383,8 @@ def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -
                 row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, stats))
             _save_part(settings.out, job, r, row_records)
             records.extend(row_records)
+    log.debug("%s rows %d-%d: %d crop files written from a template, %d by GDAL", job.key, top, max(row_offs),
+              writer.from_template, writer.by_gdal)  # fmt: skip
     return records
 
 
