@@ -67,12 +67,14 @@ class FinishedRows:
 
     ``labels`` is ``(rows, width)`` uint8 (255 where no valid window covered the pixel); ``probs`` is the blended
     ``(classes, rows, width)`` probabilities when the accumulator keeps them, else None: float32, or uint8 0..255
-    when quantised (:func:`quantise_probs`).
+    when quantised (:func:`quantise_probs`). Rows of a column panel (wide scenes) start at scene column
+    ``col_start`` and are as wide as ``labels``; otherwise they span the scene's width.
     """
 
     row_start: int
     labels: np.ndarray
     probs: np.ndarray | None
+    col_start: int = 0
 
     @property
     def row_stop(self) -> int:
@@ -101,6 +103,11 @@ class StripAccumulator:
     classes a block of columns at a time. Memory is ``(classes + 1) × size × width`` floats plus a few column
     blocks, independent of the scene's height. With ``quantise``, kept probabilities are turned into uint8
     (:func:`quantise_probs_torch`) on the device before they are copied to the host: a quarter of the bytes.
+
+    With ``cols`` (scene columns ``[first, stop)``), the strip holds only those columns (every window added must lie
+    within them; weights still follow the scene's borders), and ``out`` (scene columns, within ``cols``) are the
+    columns handed out: a column panel of a wide scene. Each value is summed from the same windows in the same
+    order as in a strip of the whole width, so the panel's pixels are bit for bit those of the whole strip.
     """
 
     COLUMN_BLOCK = 2048
@@ -118,14 +125,21 @@ class StripAccumulator:
         keep_probs: bool = False,
         start_row: int = 0,
         quantise: bool = False,
+        cols: tuple[int, int] | None = None,
+        out: tuple[int, int] | None = None,
     ) -> None:
         self.num_classes, self.height, self.width, self.size = num_classes, height, width, size
         self.kind, self.keep_probs, self.quantise = kind, keep_probs, quantise
         self.probs_dtype = np.dtype(np.uint8 if quantise else np.float32)
         self.device = torch.device(device)
         self.rows = min(size, height)
-        self.sums = torch.zeros((num_classes, self.rows, width), dtype=torch.float32, device=self.device)
-        self.weights = torch.zeros((self.rows, width), dtype=torch.float32, device=self.device)
+        self.cols = (0, width) if cols is None else cols
+        self.out = self.cols if out is None else out
+        if not 0 <= self.cols[0] <= self.out[0] < self.out[1] <= self.cols[1] <= width:
+            raise ValueError(f"columns {self.out} handed out must lie within the strip's {self.cols} and the scene")
+        held = self.cols[1] - self.cols[0]
+        self.sums = torch.zeros((num_classes, self.rows, held), dtype=torch.float32, device=self.device)
+        self.weights = torch.zeros((self.rows, held), dtype=torch.float32, device=self.device)
         self.top = start_row
         """Scene row held at buffer row :attr:`head`; rows above it were handed out already."""
         self.head = 0
@@ -165,10 +179,12 @@ class StripAccumulator:
         yield from self.finish(row_off)
         h = min(self.size, self.height - row_off)
         w = min(self.size, self.width - col_off)
+        if col_off < self.cols[0] or col_off + w > self.cols[1]:
+            raise ValueError(f"window at column {col_off} reaches outside the strip's columns {self.cols}")
         weight = self._weight(row_off, col_off)[:h, :w]
         if valid is not None:
             weight = weight * valid[:h, :w].to(weight.dtype)
-        cols = slice(col_off, col_off + w)
+        cols = slice(col_off - self.cols[0], col_off - self.cols[0] + w)
         for a, b, k in self._segments(row_off - self.top, h):
             win = weight[k : k + b - a]
             self.sums[:, a:b, cols].addcmul_(probs[:, k : k + b - a, :w], win)
@@ -186,27 +202,29 @@ class StripAccumulator:
             self.weights[a:b].zero_()
         self.head = (self.head + n) % self.rows
         if until - self.top > self.rows:  # rows no window reached (skipped nodata): all 255
-            empty = np.full((until - self.top - self.rows, self.width), IGNORE_INDEX, np.uint8)
+            empty = np.full((until - self.top - self.rows, self.out[1] - self.out[0]), IGNORE_INDEX, np.uint8)
             probs = np.zeros((self.num_classes, *empty.shape), self.probs_dtype) if self.keep_probs else None
-            yield FinishedRows(self.top + self.rows, empty, probs)
+            yield FinishedRows(self.top + self.rows, empty, probs, self.out[0])
         self.top = until
 
     def _rows(self, n: int) -> FinishedRows:
         """Classes (and probabilities) of the strip's first ``n`` rows, computed block by block."""
-        labels = np.empty((n, self.width), np.uint8)
-        kept = np.empty((self.num_classes, n, self.width), self.probs_dtype) if self.keep_probs else None
+        first, stop = self.out[0] - self.cols[0], self.out[1] - self.cols[0]  # in the strip's columns
+        labels = np.empty((n, stop - first), np.uint8)
+        kept = np.empty((self.num_classes, n, stop - first), self.probs_dtype) if self.keep_probs else None
         for a, b, k in self._segments(0, n):
-            for c0 in range(0, self.width, self.COLUMN_BLOCK):
-                cols = slice(c0, min(c0 + self.COLUMN_BLOCK, self.width))
+            for c0 in range(first, stop, self.COLUMN_BLOCK):
+                cols = slice(c0, min(c0 + self.COLUMN_BLOCK, stop))
+                into = slice(cols.start - first, cols.stop - first)
                 weights = self.weights[a:b, cols]
                 covered = weights > 0
                 probs = self.sums[:, a:b, cols] / torch.where(covered, weights, torch.ones_like(weights))
                 classes = first_argmax(probs).masked_fill_(~covered, IGNORE_INDEX)
-                labels[k : k + b - a, cols] = classes.cpu().numpy()
+                labels[k : k + b - a, into] = classes.cpu().numpy()
                 if kept is not None:
                     out = quantise_probs_torch(probs) if self.quantise else probs
-                    kept[:, k : k + b - a, cols] = out.cpu().numpy()
-        return FinishedRows(self.top, labels, kept)
+                    kept[:, k : k + b - a, into] = out.cpu().numpy()
+        return FinishedRows(self.top, labels, kept, self.out[0])
 
 
 def first_argmax(probs: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,10 @@ class WindowReader:
     keeping the overlap of consecutive window rows. Windows with no valid pixel are skipped without reaching the
     model. Batches never span two window rows, so the windows a model sees together do not depend on where a run
     starts (resume, Dask chunks). ``mean``/``std`` are checked here and applied by the normaliser.
+
+    With ``cols`` (a column panel ``[first, stop)`` of the scene), only the windows that overlap those columns are
+    read and handed out, at their scene positions, and only the columns those windows span are read
+    (:meth:`read_span`): memory then depends on the panel's width, not the scene's.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class WindowReader:
         keep_raw: bool = False,
         pin_memory: bool = False,
         read_threads: int | None = None,
+        cols: tuple[int, int] | None = None,
     ) -> None:
         if batch_size <= 0:
             raise InputError(f"batch size must be a positive whole number, got {batch_size}")
@@ -147,6 +152,10 @@ class WindowReader:
         self.bands = list(bands)
         self.row_offs = axis_offsets(info.height, size, stride)
         self.col_offs = axis_offsets(info.width, size, stride)
+        if cols is not None:
+            self.col_offs = tuple(c for c in self.col_offs if c < cols[1] and c + size > cols[0])
+        self.span = (self.col_offs[0], min(info.width, self.col_offs[-1] + size))
+        """Scene columns ``[first, stop)`` the windows span: what is read."""
         self.keep_raw, self.pin_memory = keep_raw, pin_memory
         self.read_threads = default_read_threads() if read_threads is None else read_threads
         self.dtype = transport_dtype(info.dtype)
@@ -163,7 +172,8 @@ class WindowReader:
 
     def batches(self, row_offs: Sequence[int] | None = None) -> Iterator[WindowBatch]:
         """Batches of the given window rows (all of them by default), in row-major order."""
-        with StripReader(self.info, self.bands, self.size, self.read_threads) as source:
+        span = None if self.span == (0, self.info.width) else self.span
+        with StripReader(self.info, self.bands, self.size, self.read_threads, span) as source:
             offs = list(self.row_offs if row_offs is None else row_offs)
             try:
                 for i, row_off in enumerate(offs):
@@ -174,7 +184,8 @@ class WindowReader:
 
     def _row_batches(self, read: tuple[np.ndarray, np.ndarray | None], row_off: int) -> Iterator[WindowBatch]:
         strip, valid = read
-        todo = [c for c in self.col_offs if valid is None or valid[:, c : c + self.size].any()]
+        lo = self.span[0]  # scene column of the strip's first column
+        todo = [c for c in self.col_offs if valid is None or valid[:, c - lo : c - lo + self.size].any()]
         h, w = strip.shape[1], min(self.size, self.info.width)
         padded = h < self.size or w < self.size
         raw = strip.copy() if self.keep_raw else None
@@ -184,9 +195,9 @@ class WindowReader:
             masks = None if valid is None else self._empty((len(cols), self.size, self.size), np.dtype(bool), padded)
             out, out_masks = pixels.numpy(), None if masks is None else masks.numpy()
             for j, c in enumerate(cols):
-                out[j, :, :h, :w] = strip[:, :, c : c + w]
+                out[j, :, :h, :w] = strip[:, :, c - lo : c - lo + w]
                 if out_masks is not None and valid is not None:
-                    out_masks[j, :h, :w] = valid[:, c : c + w]
+                    out_masks[j, :h, :w] = valid[:, c - lo : c - lo + w]
             yield WindowBatch(row_off, cols, pixels, masks, (h, w), raw)
 
     def _empty(self, shape: tuple[int, ...], dtype: np.dtype[Any], zero: bool) -> torch.Tensor:

@@ -7,6 +7,8 @@ those. Because windows arrive in the same order and batches never span window ro
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -26,6 +28,11 @@ from rs_deeplab.inference.reader import SceneInfo, WindowBatch, WindowReader
 from rs_deeplab.inference.streams import OrderedWorker, prefetch
 from rs_deeplab.inference.strip_reader import default_read_threads
 from rs_deeplab.raster import open_raster, read_error
+
+PANEL_COLUMNS = 8192
+"""Default width of the column panels of a wide scene (see :meth:`RowJob.panels`)."""
+PANEL_ALIGN = 256
+"""Panels and bands start on output blocks (:data:`rs_deeplab.inference.writer.BLOCK`)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class RowJob:
     channels_last: bool = True
     read_threads: int = field(default_factory=default_read_threads, repr=False, compare=False)
     """Threads reading the scene (output does not depend on it, so it is left out of the run's fingerprint)."""
+    panel_cols: int = field(default=PANEL_COLUMNS, repr=False, compare=False)
+    """Columns predicted at a time on a wider scene (:func:`panels`); the output does not depend on it either."""
 
     @property
     def row_offs(self) -> tuple[int, ...]:
@@ -79,11 +88,32 @@ class RowJob:
         b = min([r for r in offs if r >= stop] + [self.info.height])
         return a, b
 
-    def reader(self, pin_memory: bool = False) -> WindowReader:
-        """The window reader of this job."""
+    def reader(self, pin_memory: bool = False, cols: tuple[int, int] | None = None) -> WindowReader:
+        """The window reader of this job (of the windows overlapping scene columns ``cols``, when given)."""
         return WindowReader(self.info, size=self.size, stride=self.stride, batch_size=self.batch_size,
                             bands=self.bands, mean=self.mean, std=self.std, pin_memory=pin_memory,
-                            read_threads=self.read_threads)  # fmt: skip
+                            read_threads=self.read_threads, cols=cols)  # fmt: skip
+
+    def panels(self) -> list[tuple[int, int]]:
+        """Column panels ``[first, stop)`` predicted one after another, or one panel of the whole width.
+
+        A scene wider than ``panel_cols`` (plus a window) is cut into panels of ``panel_cols`` columns (rounded to
+        whole output blocks), so that memory no longer grows with the width; windows that cross a panel's edge are
+        run for both panels (a window's share more model work per panel). CRF refines whole-width rows: one panel.
+        """
+        width = self.info.width
+        step = max(PANEL_ALIGN, self.panel_cols // PANEL_ALIGN * PANEL_ALIGN)
+        if self.crf is not None or width <= step + self.size:
+            return [(0, width)]
+        edges = [*range(0, width - self.size, step), width]  # no sliver of a panel at the right edge
+        return list(itertools.pairwise(edges))
+
+    def band_rows(self) -> int:
+        """Scene rows of a band whose panels are predicted before the next band's (whole output blocks).
+
+        A band re-runs the window row that crosses its top edge: with 16 window rows per band, 1/16 more work.
+        """
+        return max(PANEL_ALIGN, math.ceil(16 * self.stride / PANEL_ALIGN) * PANEL_ALIGN)
 
 
 def stream_rows(
@@ -93,8 +123,16 @@ def stream_rows(
     stop: int,
     *,
     on_batch: Callable[[int], None] | None = None,
+    cols: tuple[int, int] | None = None,
+    counted_from: int = 0,
 ) -> Iterator[FinishedRows]:
     """Predict scene rows ``[start, stop)``; yield them in order as they are finished (CRF-refined if asked).
+
+    With ``cols``, only the scene columns ``[first, stop)`` of those rows (a panel of :meth:`RowJob.panels`; not
+    with CRF): the windows overlapping them are run and the rows yielded start at column ``first``. Their values
+    are those of the whole-width run. ``on_batch`` gets the count of windows run that start in the panel (the
+    others are counted by the panel to the left) and not above the scene row ``counted_from`` (those were counted
+    by the band above).
 
     Reading runs one batch ahead in a background thread and hands over raw windows (pinned for a CUDA copy);
     they are normalised on the model's device (:class:`Normaliser`; on a CPU in the reading thread, so that it
@@ -107,12 +145,16 @@ def stream_rows(
     rows = job.window_rows(a, b)
     if not rows:
         return
+    if cols is not None and job.crf is not None:
+        raise ValueError("CRF refines whole rows: predict them without column panels")
     device = predictor.device
+    reader = job.reader(pin_memory=device.type == "cuda", cols=cols)
     acc = StripAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
                           device=device, keep_probs=job.keep_probs or job.crf is not None, start_row=rows[0],
-                          quantise=job.keep_probs and job.crf is None)  # fmt: skip
+                          quantise=job.keep_probs and job.crf is None, cols=reader.span, out=cols)  # fmt: skip
+    first = 0 if cols is None else cols[0]
     normalise = Normaliser(job.mean, job.std, device)
-    batches = job.reader(pin_memory=device.type == "cuda").batches(rows)
+    batches = reader.batches(rows)
     if device.type == "cpu":  # the device is this CPU: normalise in the reader thread, overlapped with the model
         inputs = prefetch(_model_inputs(batches, normalise))
     else:  # hand raw pixels over: the copies and the normalisation queue on the device behind the model
@@ -123,7 +165,7 @@ def stream_rows(
             for j, col in enumerate(batch.col_offs):
                 yield from finished.put(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]))
             if on_batch is not None:
-                on_batch(len(batch.col_offs))
+                on_batch(sum(c >= first for c in batch.col_offs) if batch.row_off >= counted_from else 0)
         yield from finished.put(acc.finish(b))
         yield from finished.drain()
 
@@ -188,7 +230,7 @@ def _clip(part: FinishedRows, start: int, stop: int) -> FinishedRows | None:
         return None
     i, j = a - part.row_start, b - part.row_start
     probs = None if part.probs is None else part.probs[:, i:j]
-    return FinishedRows(a, part.labels[i:j], probs)
+    return FinishedRows(a, part.labels[i:j], probs, part.col_start)
 
 
 def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: int) -> FinishedRows:

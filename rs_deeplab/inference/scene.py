@@ -24,7 +24,7 @@ from rs_deeplab.inference.dask_runner import dask_workers
 from rs_deeplab.inference.predictor import TTA, Predictor
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.regrid import working_info
-from rs_deeplab.inference.rows import CRFSettings, RowJob
+from rs_deeplab.inference.rows import PANEL_COLUMNS, CRFSettings, RowJob
 from rs_deeplab.inference.scene_runs import SceneRun, job_progress, run_dask_stream, run_local
 from rs_deeplab.inference.trained import LoadedModel, TrainedModel, module_fingerprint
 from rs_deeplab.inference.writer import OutputSpec
@@ -130,12 +130,16 @@ def predict_scene(
     scheduler: str | None = None,
     gsd: float | None = None,
     quiet: bool = True,
+    panel_columns: int = PANEL_COLUMNS,
 ) -> SceneResult:
     """Predict every pixel of a scene with overlapping windows and write a label raster on the scene's grid.
 
     Softmax probabilities of windows ``size`` pixels wide, every ``stride`` pixels, are blended with a smooth
     window (flat at the scene border) and arg-maxed; pixels where the scene is nodata get 255. Memory holds one
-    strip of ``size`` rows, whatever the scene's height; rows are written as they are finished. Reading and
+    strip of ``size`` rows, whatever the scene's height, and at most ``panel_columns`` columns of it, whatever the
+    scene's width (a wider scene is predicted in column panels, bands of rows at a time: the same output for a
+    few % more model work, see :meth:`~rs_deeplab.inference.rows.RowJob.panels`; not with CRF, a resampled
+    ``gsd`` or a Dask ``scheduler``, which take whole rows); rows are written as they are finished. Reading and
     writing run in background threads while the model works. A module given as an object is never moved, reset
     or switched to eval mode: a copy runs where it would be.
 
@@ -171,6 +175,7 @@ def predict_scene(
             (:mod:`rs_deeplab.inference.regrid`); ``size`` and ``stride`` count pixels at this GSD. None: the
             scene's own pixels.
         quiet: No progress bar.
+        panel_columns: Columns of a panel of a wide scene (memory; the output does not depend on it).
 
     Raises:
         InputError: Bad size/stride/batch size, band count unlike the model's, missing output folder, a device or
@@ -182,7 +187,7 @@ def predict_scene(
     return predict_scenes(model, [one], size=size, stride=stride, batch_size=batch_size, mean=mean, std=std,
                           bands=bands, class_names=class_names, colormap=colormap, window=window, tta=tta, crf=crf,
                           cog=cog, device=device, amp=amp, channels_last=channels_last, resume=resume,
-                          scheduler=scheduler, quiet=quiet)[0]  # fmt: skip
+                          scheduler=scheduler, quiet=quiet, panel_columns=panel_columns)[0]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,7 @@ def predict_scenes(
     resume: bool = True,
     scheduler: str | None = None,
     quiet: bool = True,
+    panel_columns: int = PANEL_COLUMNS,
 ) -> list[SceneResult]:
     """Predict many scenes as one job: :func:`predict_scene` for each, with one model, one progress bar and, on a
     Dask cluster, one stream of tasks across scene boundaries (:mod:`rs_deeplab.inference.scene_runs`).
@@ -258,7 +264,8 @@ def predict_scenes(
             job = RowJob(work, size, stride, batch_size, tuple(chosen), len(class_names),
                          None if mean is None else tuple(float(m) for m in mean),
                          None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
-                         probs_out is not None or work is not info, amp, channels_last)  # fmt: skip
+                         probs_out is not None or work is not info, amp, channels_last,
+                         panel_cols=panel_columns)  # fmt: skip
             job.reader()  # checks the statistics against the bands before anything is written
             spec = OutputSpec(Path(task.out), tuple(class_names), colormap, probs_out, cog)
             fingerprint = _fingerprint(info, job, fingerprint_model, compute, None if work is info else task.gsd)

@@ -129,7 +129,7 @@ def run_local(module: torch.nn.Module, device: torch.device, runs: Iterable[Scen
         counted = _Count(bar)
         try:
             with BackgroundSink[FinishedRows](run.write) as sink:
-                for part in stream_rows(run.job, predictor, start, run.job.info.height, on_batch=counted.add):
+                for part in _local_rows(run, predictor, start, counted.add):
                     sink.put(part)
         except RasterReadError:
             run.discard()
@@ -140,6 +140,27 @@ def run_local(module: torch.nn.Module, device: torch.device, runs: Iterable[Scen
         run.ran = counted.n
         bar.update(run.windows(start) - counted.n)  # all-nodata windows, skipped: done all the same
         bar.part_done()
+
+
+def _local_rows(run: SceneRun, predictor: Predictor, start: int, on_batch: Callable[[int], None]
+                ) -> Iterator[FinishedRows]:  # fmt: skip
+    """Rows ``start ..`` of a scene: streamed whole, or on a wide scene band by band, each band panel by panel.
+
+    Panels keep memory independent of the scene's width (:meth:`~rs_deeplab.inference.rows.RowJob.panels`); the
+    writer commits a band once all its panels are written. A scene predicted on a resampled grid, or refined by
+    CRF, is streamed whole: both take whole rows.
+    """
+    job, height = run.job, run.job.info.height
+    panels = job.panels() if job.info is run.info else [(0, job.info.width)]
+    if len(panels) == 1:
+        yield from stream_rows(job, predictor, start, height, on_batch=on_batch)
+        return
+    step = job.band_rows()
+    for a in range(start, height, step):
+        b = min(a + step, height)
+        for cols in panels:
+            yield from stream_rows(job, predictor, a, b, on_batch=on_batch, cols=cols,
+                                   counted_from=0 if a == start else a)  # fmt: skip
 
 
 def _open(run: SceneRun, bar: JobProgress, first_row: Callable[[int], int]) -> int | None:

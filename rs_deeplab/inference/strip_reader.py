@@ -37,17 +37,22 @@ def default_read_threads() -> int:
 
 
 class StripReader:
-    """Strips of ``size`` scene rows (all columns, the chosen raster bands) in the scene's dtype, plus their valid mask.
+    """Strips of ``size`` scene rows (the columns ``cols``, all by default; the chosen raster bands) in the scene's
+    dtype, plus their valid mask.
 
     Non-finite values of a float scene are set to 0 and counted as invalid, as are nodata pixels (every band equal
     to the nodata value, NaN included) and pixels outside an internal dataset mask. Use as a context manager (it
     owns the thread pool and the open datasets).
-    """
+    """  # noqa: D205
 
-    def __init__(self, info: SceneInfo, bands: Sequence[int], size: int, threads: int = 1) -> None:
+    def __init__(
+        self, info: SceneInfo, bands: Sequence[int], size: int, threads: int = 1, cols: tuple[int, int] | None = None
+    ) -> None:
         if threads < 1:
             raise ValueError(f"read_threads must be >= 1, got {threads}")
         self.info, self.bands, self.size, self.threads = info, list(bands), size, threads
+        self.cols = (0, info.width) if cols is None else cols
+        """Scene columns ``[first, stop)`` of the strips (column 0 of a strip is scene column ``first``)."""
         self.rows = min(size, info.height)
         self._local = threading.local()
         self._opened: list[Any] = []
@@ -55,7 +60,7 @@ class StripReader:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rs-deeplab-read-ahead") if threads > 1 else None
         self._chunk_pool = ThreadPoolExecutor(threads, thread_name_prefix="rs-deeplab-read") if threads > 1 else None
         self._ahead: tuple[int, Future[tuple[np.ndarray, np.ndarray | None]]] | None = None
-        shape = (len(self.bands), self.rows, info.width)
+        shape = (len(self.bands), self.rows, self.cols[1] - self.cols[0])
         self._data = [np.empty(shape, np.dtype(info.dtype)) for _ in range(2)]
         self._masked = info.mask_kind != "none" or np.dtype(info.dtype).kind == "f"
         self._valid = [np.empty(shape[1:], bool) for _ in range(2)] if self._masked else None
@@ -95,7 +100,7 @@ class StripReader:
         return ds
 
     def strip(self, row_off: int, next_off: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(bands, rows, width)`` raw rows ``row_off ..`` (at most ``size``) and their valid mask (None: all valid).
+        """``(bands, rows, columns)`` raw rows ``row_off ..`` (at most ``size``) and their valid mask (None: all valid).
 
         With more than one thread, ``next_off`` (the strip asked for next) is read in the background while the
         caller works on this one. The arrays are buffers reused by the next call: copy what must live longer.
@@ -146,18 +151,19 @@ class StripReader:
             future.result()
 
     def _chunks(self, first: int, stop: int) -> list[tuple[int, int, int, int]]:
-        """``(row0, row1, col0, col1)`` pieces of rows ``[first, stop)``, rows relative to ``first``.
+        """``(row0, row1, col0, col1)`` pieces of rows ``[first, stop)``, rows relative to ``first``, columns to
+        :attr:`cols`.
 
         Cut along block edges over the threads: the columns of a tiled file (each thread decodes its own tiles),
         else the rows.
-        """
-        width = self.info.width
+        """  # noqa: D205
+        lo, hi = self.cols
         block_h, block_w = self._block
         if not self._random_access:
-            return [(0, stop - first, 0, width)]
-        if block_w < width:
-            return [(0, stop - first, a, b) for a, b in _split(0, width, block_w, self.threads)]
-        return [(a - first, b - first, 0, width) for a, b in _split(first, stop, block_h, self.threads)]
+            return [(0, stop - first, 0, hi - lo)]
+        if block_w < hi - lo:
+            return [(0, stop - first, a - lo, b - lo) for a, b in _split(lo, hi, block_w, self.threads)]
+        return [(a - first, b - first, 0, hi - lo) for a, b in _split(first, stop, block_h, self.threads)]
 
     def _read_chunk(
         self, first: int, chunk: tuple[int, int, int, int], data: np.ndarray, valid: np.ndarray | None
@@ -180,7 +186,7 @@ class StripReader:
         r0, r1, c0, c1 = chunk
         src = self._dataset()
         info = self.info
-        window = info.file_window(Window(c0, first + r0, c1 - c0, r1 - r0))  # fractional on a resampled grid
+        window = info.file_window(Window(self.cols[0] + c0, first + r0, c1 - c0, r1 - r0))  # fractional if resampled
         out = data[:, r0:r1, c0:c1]
         resampling = Resampling.nearest if info.source_shape is None else Resampling.bilinear  # GDAL skips nodata
         try:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,6 +81,15 @@ def sidecar_path(final: Path) -> Path:
     return final.with_name(f".{final.stem}.partial.json")
 
 
+@dataclass
+class _Panel:
+    """A column panel's rows in :class:`RowWriter`: its width, the rows it has written, those still pending."""
+
+    width: int
+    written: int
+    pending: list[FinishedRows] = field(default_factory=list)
+
+
 class RowWriter:
     """Write :class:`FinishedRows` in order; resume from the last committed block row.
 
@@ -99,6 +108,8 @@ class RowWriter:
         self.targets = [spec.path] + ([spec.probs_path] if spec.probs_path is not None else [])
         self.committed = 0
         self._pending: list[FinishedRows] = []
+        self._panels: dict[int, _Panel] = {}
+        """Rows of each column panel not written yet, by its first column."""
         self._datasets: list[Any] = []
 
     def complete(self) -> bool:
@@ -213,15 +224,41 @@ class RowWriter:
         self.committed = rows
 
     def write(self, rows: FinishedRows) -> None:
-        """Queue rows (in order); write and commit whole block rows as they fill up."""
+        """Queue rows (in order); write and commit whole block rows as they fill up.
+
+        Rows of a column panel (narrower than the scene; see :meth:`~rs_deeplab.inference.rows.RowJob.panels`)
+        come in order within their panel: whole block rows of a panel are written as they fill up, and rows are
+        committed once every panel has written them.
+        """
         if rows.row_stop <= self.committed:
             return
+        if rows.col_start != 0 or rows.labels.shape[1] != self.info.width:
+            self._write_panel(rows)
+            return
         self._pending.append(rows)
-        end = self._pending[-1].row_stop
-        ready = end if end >= self.info.height else self.committed + (end - self.committed) // BLOCK * BLOCK
+        ready = self._ready(self.committed, self._pending[-1].row_stop)
         if ready > self.committed:
             with self._translated():
                 self._flush(ready)
+
+    def _ready(self, done: int, end: int) -> int:
+        """Rows up to which whole block rows (or the scene's last rows) are pending, from ``done`` to ``end``."""
+        return end if end >= self.info.height else done + (end - done) // BLOCK * BLOCK
+
+    def _write_panel(self, rows: FinishedRows) -> None:
+        panel = self._panels.setdefault(rows.col_start, _Panel(rows.labels.shape[1], self.committed))
+        panel.pending.append(rows)
+        ready = self._ready(panel.written, rows.row_stop)
+        if ready <= panel.written:
+            return
+        with self._translated():
+            panel.pending = self._write_rows(panel.pending, panel.written, ready, rows.col_start)
+            panel.written = ready
+            if sum(p.width for p in self._panels.values()) != self.info.width:
+                return  # not every panel has come yet
+            done = min(p.written for p in self._panels.values())
+            if done > self.committed:
+                self._close_commit(done)
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -241,23 +278,28 @@ class RowWriter:
             raise write_error(partial_path(self.spec.path), exc) from None
 
     def _flush(self, until: int) -> None:
-        start = self.committed
-        labels = np.concatenate([r.labels for r in self._pending], axis=0)
-        first = self._pending[0].row_start
+        self._pending = self._write_rows(self._pending, self.committed, until, 0)
+        self._close_commit(until)
+
+    def _write_rows(self, pending: list[FinishedRows], start: int, until: int, col: int) -> list[FinishedRows]:
+        """Write rows ``[start, until)`` of ``pending`` (starting at scene column ``col``); return what is left."""
+        labels = np.concatenate([r.labels for r in pending], axis=0)
+        first = pending[0].row_start
         a, b = start - first, until - first
-        window = rasterio.windows.Window(0, start, self.info.width, until - start)
+        window = rasterio.windows.Window(col, start, labels.shape[1], until - start)
         self._datasets[0].write(labels[a:b], 1, window=window)
         if self.spec.probs_path is not None:
-            probs = np.concatenate([quantise_probs(r.probs) for r in self._pending if r.probs is not None], axis=1)
+            probs = np.concatenate([quantise_probs(r.probs) for r in pending if r.probs is not None], axis=1)
             self._datasets[1].write(probs[:, a:b], window=window)
-        keep = [r for r in self._pending if r.row_stop > until]
-        self._pending = keep
+        keep = [r for r in pending if r.row_stop > until]
         if keep and keep[0].row_start < until:
             cut = until - keep[0].row_start
             head = keep[0]
-            self._pending[0] = FinishedRows(
-                until, head.labels[cut:], None if head.probs is None else head.probs[:, cut:]
-            )
+            keep[0] = FinishedRows(until, head.labels[cut:], None if head.probs is None else head.probs[:, cut:], col)
+        return keep
+
+    def _close_commit(self, until: int) -> None:
+        """Close the partial files (so that GDAL writes their blocks), record ``until`` rows as done, reopen."""
         with space_checked(self.spec.path, needed=self.disk_bytes(), written=self._partials(),
                            blocks=self._blocks(until)):  # fmt: skip
             for ds in self._datasets:
