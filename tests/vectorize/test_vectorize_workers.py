@@ -117,3 +117,28 @@ def test_a_killed_worker_is_one_line_and_leaves_no_output(labels: Path, tmp_path
     with pytest.raises(RasterError, match=r"labels.tif: a vectorizing worker process died .*; run again with fewer"):
         vectorize(labels, out, block_size=64, workers=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_block_read_by_a_worker_is_the_line_of_one_process(labels: Path, tmp_path: Path) -> None:
+    import rasterio
+
+    with rasterio.open(labels) as src:
+        array, profile = src.read(1), src.profile
+    broken = tmp_path / "broken.tif"
+    profile.update(tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(broken, "w", **profile) as dst:
+        dst.write(array, 1)
+    with rasterio.open(broken) as src:  # zero the compressed bytes of the tile at block row 1, column 0
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_1", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_1", "TIFF", bidx=1))
+    data = bytearray(broken.read_bytes())
+    data[offset : offset + size] = bytes(size)
+    broken.write_bytes(bytes(data))
+    (tmp_path / "out").mkdir()
+    messages = []
+    for workers in (1, 2):
+        with pytest.raises(RasterError, match=r"broken.tif: cannot be read at rows 64\.\.128") as info:
+            vectorize(broken, tmp_path / "out" / "polygons.gpkg", block_size=64, workers=workers)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert list((tmp_path / "out").iterdir()) == []
