@@ -7,7 +7,8 @@ like the originals, then times, crops 512 stride 256, every output written to a 
   with the same codec and profile: the least work that produces the same files;
 - ``serial``: a per-window loop of the kind mmsegmentation's converter uses (read window, decode, write);
 - ``cli``: ``pipelines/tile.py``'s ``main`` with the scenes, ``--labels`` and ``--scheme`` (argument parsing,
-  logging, the library call: what a user runs, less the interpreter's start and imports);
+  logging, the library call: what a user runs, less the interpreter's start and imports); ``cli-gdal`` the same
+  with every crop written through GDAL (``crops.TEMPLATE_WRITES = False``: the tiler before issue 25.4);
 - ``tiler``: ``tile_scenes`` with its defaults, ``tiler-1`` with one worker, ``tiler-2`` with two (on 2 cores the
   default is two workers, so it is not timed twice), ``threads-2`` (``--threads``) two worker threads.
 
@@ -38,6 +39,7 @@ from rs_deeplab.cluster import default_workers
 from rs_deeplab.grid import window_grid
 from rs_deeplab.label_decoding import decode_label
 from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.tiling import crops
 from rs_deeplab.tiling.crops import crop_profiles
 from rs_deeplab.tiling.tiler import DEFAULT_COMPRESS, SceneSpec, tile_scenes
 
@@ -115,14 +117,20 @@ def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
                        SCHEME.colormap())  # fmt: skip
 
 
-def cli(pairs: list[tuple[Path, Path]], out: Path) -> None:
-    """``pipelines/tile.py`` with its defaults, in this process (the interpreter's start and imports paid once)."""
+def cli(pairs: list[tuple[Path, Path]], out: Path, templates: bool = True) -> None:
+    """``pipelines/tile.py`` with its defaults, in this process (the interpreter's start and imports paid once);
+    ``templates=False`` writes every crop through GDAL (the tiler before issue 25.4; the same files).
+    """  # noqa: D205
     from pipelines.tile import main as tile_main
 
     argv = [*(str(i) for i, _ in pairs), "--labels", *(str(lab) for _, lab in pairs), "--scheme", "potsdam",
             "--size", str(SIZE), "--stride", str(STRIDE), "--out", str(out), "-q"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):  # where the crops went: not the bench's output
-        code = tile_main(argv)
+        crops.TEMPLATE_WRITES = templates  # forked workers inherit it
+        try:
+            code = tile_main(argv)
+        finally:
+            crops.TEMPLATE_WRITES = True
     if code != 0:
         raise RuntimeError(f"tile.py {' '.join(argv)} failed")
 
@@ -160,17 +168,25 @@ def codecs(image_path: Path, count: int = 60) -> None:
               f"{size / 2**20:5.2f} MiB/crop")  # fmt: skip
 
 
-def timed(name: str, func: Callable[[Path], None], scratch: Path) -> float:
-    """Wall time of one run into a fresh folder, deleted afterwards."""
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (worker processes, once closed)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(name: str, func: Callable[[Path], None], scratch: Path) -> tuple[float, float]:
+    """Wall time and CPU seconds (this process and its worker processes) of one run into a fresh folder, deleted
+    afterwards. CPU time is what to compare on a machine others load: wall time then says little.
+    """  # noqa: D205
     out = scratch / name
     shutil.rmtree(out, ignore_errors=True)
     os.sync()
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     func(out)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu() - cpu
     shutil.rmtree(out, ignore_errors=True)
-    return seconds
+    return seconds, cpu
 
 
 def main() -> None:
@@ -194,6 +210,7 @@ def main() -> None:
         "floor": lambda o: floor(pairs, o),
         "serial": lambda o: serial(pairs, o),
         "cli": lambda o: cli(pairs, o),
+        "cli-gdal": lambda o: cli(pairs, o, templates=False),
         "tiler": lambda o: tiler(pairs, o, None),
         "tiler-1": lambda o: tiler(pairs, o, 1),
     }
@@ -202,12 +219,15 @@ def main() -> None:
     if args.threads:
         variants["threads-2"] = lambda o: tiler(pairs, o, 2, processes=False)
     runs: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         names = list(variants)
         for r in range(args.repeat):  # rotate the order: a run is slower right after some others (page cache state)
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                runs[name].append(timed(name, variants[name], scratch))
+                wall, cpu = timed(name, variants[name], scratch)
+                runs[name].append(wall)
+                cpus[name].append(cpu)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     best = {name: min(times) for name, times in runs.items()}
@@ -217,13 +237,18 @@ def main() -> None:
     two = best.get("tiler-2", best["tiler"])
     print(f"tile.py (default: {default_workers()} workers) / floor: {best['cli'] / best['floor']:.2f}  (target <= 0.6)")
     print(f"tiler (default) / floor          : {best['tiler'] / best['floor']:.2f}")
+    print(f"tile.py, crops through GDAL / floor: {best['cli-gdal'] / best['floor']:.2f}  (before issue 25.4)")
     print(f"tiler --workers 1 / floor        : {best['tiler-1'] / best['floor']:.2f}  (target <= 1.2)")
     print(f"tiler (default) / serial window  : {best['tiler'] / best['serial']:.2f}  (target < 1)")
     print(f"speed-up 1 -> 2 workers           : {best['tiler-1'] / two:.2f}x")
     print(f"floor / serial window            : {best['floor'] / best['serial']:.2f}")
-    print("seconds, fastest (all runs):")
+    print("seconds, fastest (all runs); CPU seconds of this process and its workers, least (all runs):")
     for name, times in runs.items():
-        print(f"  {name:9} {best[name]:6.2f}  ({' '.join(f'{t:.2f}' for t in times)})")
+        print(f"  {name:9} {best[name]:6.2f}  ({' '.join(f'{t:.2f}' for t in times)})   CPU {min(cpus[name]):6.2f}  "
+              f"({' '.join(f'{t:.2f}' for t in cpus[name])})")  # fmt: skip
+    least = {name: min(times) for name, times in cpus.items()}
+    print(f"CPU seconds / floor's: tile.py {least['cli'] / least['floor']:.2f}, tile.py through GDAL "
+          f"{least['cli-gdal'] / least['floor']:.2f}, tiler-1 {least['tiler-1'] / least['floor']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
