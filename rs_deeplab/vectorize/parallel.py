@@ -18,6 +18,7 @@ import multiprocessing
 import numbers
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -34,8 +35,16 @@ from rs_deeplab.vectorize.metadata import ClassSelection
 
 log = logging.getLogger(__name__)
 
-START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
-"""How worker processes start: a fork is immediate and shares the loaded libraries; elsewhere a fresh interpreter."""
+
+def start_method() -> str:
+    """How worker processes start: ``fork`` on Linux while this process runs a single thread, else ``spawn``.
+
+    A fork is immediate and shares the loaded libraries. Forked beside other threads (inference's readers and
+    writers, a Dask client), a worker could inherit a lock one of them held (GDAL's, the allocator's) and hang:
+    then a fresh interpreter starts instead (about a second of imports per worker).
+    """
+    return "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
+
 
 AHEAD_PER_WORKER = 2
 """Blocks submitted ahead of the one being merged, per worker: enough to keep workers busy, little memory."""
@@ -113,7 +122,7 @@ class BlockPool:
         self.path, self.workers = path, workers
         options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(START_METHOD), initializer=_start_worker,
+            workers, mp_context=multiprocessing.get_context(start_method()), initializer=_start_worker,
             initargs=(path, selection, grid, simplify, options),
         )  # fmt: skip
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ def rows(path: Path) -> tuple[Any, ...]:
     """Geometries (WKB bytes) and every attribute column of the layer, in file order."""
     meta, _, geometry, fields = pyogrio.raw.read(path)
     return (list(meta["fields"]), list(geometry), *(list(f) for f in fields))
+
+
+@pytest.fixture(autouse=True)
+def forked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers start by fork here even when earlier tests left threads running (spawn is tested on its own)."""
+    monkeypatch.setattr(parallel, "start_method", lambda: "fork")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +65,24 @@ def test_two_and_three_workers_write_the_rows_of_one(labels: Path, tmp_path: Pat
         assert many.workers == workers
         assert (many.polygons, many.counts, many.merged) == (one.polygons, one.counts, one.merged)
         assert rows(tmp_path / f"w{workers}.gpkg") == expected
+
+
+def test_workers_started_beside_other_threads_are_fresh_interpreters_with_the_same_rows(
+    labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.undo()  # the real choice of start method
+    assert parallel.start_method() == ("fork" if threading.active_count() == 1 else "spawn")
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert parallel.start_method() == "spawn"
+        vectorize(labels, tmp_path / "spawned.gpkg", block_size=64, workers=2)
+    finally:
+        stop.set()
+        other.join()
+    vectorize(labels, tmp_path / "one.gpkg", block_size=64, workers=1)
+    assert rows(tmp_path / "spawned.gpkg") == rows(tmp_path / "one.gpkg")
 
 
 def test_the_cli_with_two_workers_writes_the_rows_of_one(labels: Path, tmp_path: Path) -> None:
