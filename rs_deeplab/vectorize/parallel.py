@@ -121,8 +121,10 @@ class BlockPool:
                  workers: int) -> None:  # fmt: skip
         self.path, self.workers = path, workers
         options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
+        method = start_method()
+        log.debug("polygonizing in %d worker processes (%s)", workers, method)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(start_method()), initializer=_start_worker,
+            workers, mp_context=multiprocessing.get_context(method), initializer=_start_worker,
             initargs=(path, selection, grid, simplify, options),
         )  # fmt: skip
 
