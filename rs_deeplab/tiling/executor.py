@@ -99,6 +99,12 @@ class Executor:
             watch.cancel(futures)
 
 
+LOCAL_DASK_SETTINGS = {"distributed.worker.profile.enabled": False}
+"""Dask settings of the local workers this process starts (forked inside the block, they keep them): no
+statistical profiler sampling each task's stack every 10 ms, which cost ~10 % of a tiling task's CPU
+(bench/RESULTS.md, tiling near the floor). Workers of an existing scheduler keep their own settings."""
+
+
 @contextlib.contextmanager
 def open_executor(
     workers: int | None = None, scheduler: str | None = None, *, processes: bool = True
@@ -111,5 +117,8 @@ def open_executor(
         scheduler: Address of an existing Dask scheduler; its workers run the tasks (must share the file system).
         processes: Local workers as processes instead of threads of this process.
     """
-    with open_cluster(workers, scheduler, processes=processes) as cluster:
+    import dask
+    import distributed  # noqa: F401  (its defaults first: the block's end restores the settings as they were)
+
+    with dask.config.set(LOCAL_DASK_SETTINGS), open_cluster(workers, scheduler, processes=processes) as cluster:
         yield Executor(cluster)
