@@ -170,17 +170,29 @@ class WindowReader:
         """How many windows (before nodata skipping) the given window rows hold."""
         return len(row_offs) * len(self.col_offs)
 
-    def batches(self, row_offs: Sequence[int] | None = None) -> Iterator[WindowBatch]:
-        """Batches of the given window rows (all of them by default), in row-major order."""
+    def batches(
+        self, row_offs: Sequence[int] | None = None, source: StripReader | None = None
+    ) -> Iterator[WindowBatch]:
+        """Batches of the given window rows (all of them by default), in row-major order.
+
+        ``source``: a strip reader to reuse (retargeted to this reader's columns), e.g. one for every column panel.
+        """
+        offs = list(self.row_offs if row_offs is None else row_offs)
+        if source is not None:
+            source.retarget(self.span)
+            yield from self._batches(offs, source)
+            return
         span = None if self.span == (0, self.info.width) else self.span
-        with StripReader(self.info, self.bands, self.size, self.read_threads, span) as source:
-            offs = list(self.row_offs if row_offs is None else row_offs)
+        with StripReader(self.info, self.bands, self.size, self.read_threads, span) as own:
             try:
-                for i, row_off in enumerate(offs):
-                    ahead = offs[i + 1] if i + 1 < len(offs) else None
-                    yield from self._row_batches(source.strip(row_off, ahead), row_off)
+                yield from self._batches(offs, own)
             finally:
-                self.rows_read += source.rows_read
+                self.rows_read += own.rows_read
+
+    def _batches(self, offs: Sequence[int], source: StripReader) -> Iterator[WindowBatch]:
+        for i, row_off in enumerate(offs):
+            ahead = offs[i + 1] if i + 1 < len(offs) else None
+            yield from self._row_batches(source.strip(row_off, ahead), row_off)
 
     def _row_batches(self, read: tuple[np.ndarray, np.ndarray | None], row_off: int) -> Iterator[WindowBatch]:
         strip, valid = read

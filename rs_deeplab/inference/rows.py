@@ -26,7 +26,7 @@ from rs_deeplab.inference.crf import CRFParams
 from rs_deeplab.inference.predictor import TTA, Normaliser, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowBatch, WindowReader
 from rs_deeplab.inference.streams import OrderedWorker, prefetch
-from rs_deeplab.inference.strip_reader import default_read_threads
+from rs_deeplab.inference.strip_reader import StripReader, default_read_threads
 from rs_deeplab.raster import open_raster, read_error
 
 PANEL_COLUMNS = 8192
@@ -123,16 +123,8 @@ def stream_rows(
     stop: int,
     *,
     on_batch: Callable[[int], None] | None = None,
-    cols: tuple[int, int] | None = None,
-    counted_from: int = 0,
 ) -> Iterator[FinishedRows]:
     """Predict scene rows ``[start, stop)``; yield them in order as they are finished (CRF-refined if asked).
-
-    With ``cols``, only the scene columns ``[first, stop)`` of those rows (a panel of :meth:`RowJob.panels`; not
-    with CRF): the windows overlapping them are run and the rows yielded start at column ``first``. Their values
-    are those of the whole-width run. ``on_batch`` gets the count of windows run that start in the panel (the
-    others are counted by the panel to the left) and not above the scene row ``counted_from`` (those were counted
-    by the band above).
 
     Reading runs one batch ahead in a background thread and hands over raw windows (pinned for a CUDA copy);
     they are normalised on the model's device (:class:`Normaliser`; on a CPU in the reading thread, so that it
@@ -145,16 +137,12 @@ def stream_rows(
     rows = job.window_rows(a, b)
     if not rows:
         return
-    if cols is not None and job.crf is not None:
-        raise ValueError("CRF refines whole rows: predict them without column panels")
     device = predictor.device
-    reader = job.reader(pin_memory=device.type == "cuda", cols=cols)
     acc = StripAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
                           device=device, keep_probs=job.keep_probs or job.crf is not None, start_row=rows[0],
-                          quantise=job.keep_probs and job.crf is None, cols=reader.span, out=cols)  # fmt: skip
-    first = 0 if cols is None else cols[0]
+                          quantise=job.keep_probs and job.crf is None)  # fmt: skip
     normalise = Normaliser(job.mean, job.std, device)
-    batches = reader.batches(rows)
+    batches = job.reader(pin_memory=device.type == "cuda").batches(rows)
     if device.type == "cpu":  # the device is this CPU: normalise in the reader thread, overlapped with the model
         inputs = prefetch(_model_inputs(batches, normalise))
     else:  # hand raw pixels over: the copies and the normalisation queue on the device behind the model
@@ -165,9 +153,94 @@ def stream_rows(
             for j, col in enumerate(batch.col_offs):
                 yield from finished.put(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]))
             if on_batch is not None:
-                on_batch(sum(c >= first for c in batch.col_offs) if batch.row_off >= counted_from else 0)
+                on_batch(len(batch.col_offs))
         yield from finished.put(acc.finish(b))
         yield from finished.drain()
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Scene rows ``[start, stop)`` of the columns ``cols``: one piece of :func:`stream_panels`."""
+
+    start: int
+    stop: int
+    cols: tuple[int, int]
+    counted_from: int = 0
+    """Windows of window rows above this row are not counted (the band above counted them)."""
+
+
+def stream_panels(
+    job: RowJob, predictor: Predictor, panels: Sequence[Panel], *, on_batch: Callable[[int], None] | None = None
+) -> Iterator[FinishedRows]:
+    """:func:`stream_rows` of each panel in turn (no CRF), read by one strip reader on one thread.
+
+    Reusing the reader's buffers, threads and open datasets, and one accumulator's memory, keeps memory from
+    growing panel after panel (buffers allocated by new threads would land in new malloc arenas).
+    """
+    if job.crf is not None:
+        raise ValueError("CRF refines whole rows: predict them without column panels")
+    device = predictor.device
+    readers = [job.reader(pin_memory=device.type == "cuda", cols=p.cols) for p in panels]
+    rows = [job.window_rows(p.start, p.stop) for p in panels]
+    widest = max(r.span[1] - r.span[0] for r in readers)
+
+    def batches() -> Iterator[tuple[int, WindowBatch]]:
+        with StripReader(job.info, job.bands, job.size, job.read_threads, (0, widest)) as source:
+            for k, (reader, offs) in enumerate(zip(readers, rows, strict=True)):
+                for batch in reader.batches(offs, source):
+                    yield k, batch
+
+    normalise = Normaliser(job.mean, job.std, device)
+    keyed = batches()
+    if device.type == "cpu":  # as in stream_rows
+        inputs = prefetch(_keyed_inputs(keyed, normalise))
+    else:
+        inputs = _keyed_inputs(prefetch(keyed), normalise)
+    acc: StripAccumulator | None = None
+    current = -1
+    for k, batch, x, valid in inputs:
+        while current < k:  # panels before this batch's (all-nodata ones included) are complete
+            if acc is not None:
+                yield from _clipped(acc.finish(panels[current].stop), panels[current])
+                acc = None  # released before the next one is made, so that its memory is reused
+            current += 1
+            acc = _panel_accumulator(job, device, readers[current], panels[current], rows[current][0])
+        assert acc is not None
+        probs = predictor(x)
+        for j, col in enumerate(batch.col_offs):
+            yield from _clipped(acc.add(batch.row_off, col, probs[j], None if valid is None else valid[j]), panels[k])
+        if on_batch is not None and batch.row_off >= panels[k].counted_from:
+            on_batch(sum(c >= panels[k].cols[0] for c in batch.col_offs))
+    for k in range(max(current, 0), len(panels)):  # the last one with windows, then those all nodata
+        if k > current or acc is None:
+            acc = None
+            acc = _panel_accumulator(job, device, readers[k], panels[k], rows[k][0])
+        yield from _clipped(acc.finish(panels[k].stop), panels[k])
+        acc = None
+
+
+def _panel_accumulator(
+    job: RowJob, device: torch.device, reader: WindowReader, panel: Panel, first_row: int
+) -> StripAccumulator:
+    return StripAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
+                            device=device, keep_probs=job.keep_probs, start_row=first_row,
+                            quantise=job.keep_probs, cols=reader.span, out=panel.cols)  # fmt: skip
+
+
+def _clipped(parts: Iterable[FinishedRows], panel: Panel) -> Iterator[FinishedRows]:
+    """``parts`` clipped to the panel's rows."""
+    for part in parts:
+        clipped = _clip(part, panel.start, panel.stop)
+        if clipped is not None:
+            yield clipped
+
+
+def _keyed_inputs(
+    batches: Iterable[tuple[int, WindowBatch]], normalise: Normaliser
+) -> Iterator[tuple[int, WindowBatch, torch.Tensor, torch.Tensor | None]]:
+    for k, batch in batches:
+        valid = None if batch.valid is None else batch.valid.to(normalise.device, non_blocking=True)
+        yield k, batch, normalise(batch.pixels, valid, batch.extent), valid
 
 
 def _model_inputs(

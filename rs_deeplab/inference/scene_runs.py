@@ -28,7 +28,7 @@ from rs_deeplab.inference.dask_runner import WorkerPlan, module_task, predict_ro
 from rs_deeplab.inference.predictor import Predictor
 from rs_deeplab.inference.reader import SceneInfo
 from rs_deeplab.inference.regrid import RowResampler, first_working_row
-from rs_deeplab.inference.rows import RowJob, stream_rows
+from rs_deeplab.inference.rows import Panel, RowJob, stream_panels, stream_rows
 from rs_deeplab.inference.streams import BackgroundSink
 from rs_deeplab.inference.trained import TrainedModel
 from rs_deeplab.inference.writer import OutputSpec, RowSink, RowWriter, partial_path, sidecar_path
@@ -156,11 +156,9 @@ def _local_rows(run: SceneRun, predictor: Predictor, start: int, on_batch: Calla
         yield from stream_rows(job, predictor, start, height, on_batch=on_batch)
         return
     step = job.band_rows()
-    for a in range(start, height, step):
-        b = min(a + step, height)
-        for cols in panels:
-            yield from stream_rows(job, predictor, a, b, on_batch=on_batch, cols=cols,
-                                   counted_from=0 if a == start else a)  # fmt: skip
+    pieces = [Panel(a, min(a + step, height), cols, 0 if a == start else a)
+              for a in range(start, height, step) for cols in panels]  # fmt: skip
+    yield from stream_panels(job, predictor, pieces, on_batch=on_batch)
 
 
 def _open(run: SceneRun, bar: JobProgress, first_row: Callable[[int], int]) -> int | None:

@@ -89,6 +89,19 @@ class StripReader:
                 ds.close()
             self._opened = []
 
+    def retarget(self, cols: tuple[int, int]) -> None:
+        """Read the columns ``cols`` from now on (no wider than those the reader was made for).
+
+        The next column panel of a wide scene reuses the buffers, threads and open datasets: memory and threads do
+        not pile up panel after panel.
+        """
+        if cols[1] - cols[0] > self._data[0].shape[2]:
+            raise ValueError(f"columns {cols} are wider than this reader's {self._data[0].shape[2]}")
+        if self._ahead is not None:
+            self._ahead[1].result()
+            self._ahead = None
+        self.cols, self._current, self._off, self._held = cols, -1, -1, 0
+
     def _dataset(self) -> Any:
         """This thread's own open dataset."""
         ds = getattr(self._local, "ds", None)
@@ -126,13 +139,14 @@ class StripReader:
         if self._current >= 0 and self._off <= row_off < self._off + self._held:
             keep = min(rows, self._off + self._held - row_off)
         target = 1 - self._current if self._current >= 0 else 0
-        data = self._data[target][:, :rows]
-        valid = None if self._valid is None else self._valid[target][:rows]
+        width = self.cols[1] - self.cols[0]
+        data = self._data[target][:, :rows, :width]
+        valid = None if self._valid is None else self._valid[target][:rows, :width]
         if keep:
             skip = row_off - self._off
-            data[:, :keep] = self._data[self._current][:, skip : skip + keep]
+            data[:, :keep] = self._data[self._current][:, skip : skip + keep, :width]
             if valid is not None and self._valid is not None:
-                valid[:keep] = self._valid[self._current][skip : skip + keep]
+                valid[:keep] = self._valid[self._current][skip : skip + keep, :width]
         self._read(row_off + keep, row_off + rows, data[:, keep:], None if valid is None else valid[keep:])
         self._current, self._off, self._held = target, row_off, rows
         return data, None if valid is None or valid.all() else valid

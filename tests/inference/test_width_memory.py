@@ -105,8 +105,9 @@ def peak_mib(scene: Path, out: Path, panels: int) -> float:
 
 
 def test_peak_memory_does_not_grow_with_the_width(tmp_path: Path) -> None:
-    """Peak RSS of a 4× wider scene: flat with panels, while whole-width rows grow (by up to 230 MiB: part of it
-    fits in heap the imports freed). Each run in a fresh process."""
+    """Peak RSS of a 4× wider scene: flat with panels, while whole-width rows grow (by ~230 MiB of strips, part of
+    which may fit in heap the imports freed). Each run in a fresh process; ``bench/width_memory_bench.py``
+    measures scenes up to 200,000 columns."""
     scenes = {}
     for width in (4096, 16384):
         image = np.random.default_rng(width).integers(0, 255, (4, 512, width)).astype(np.uint8)
@@ -115,6 +116,6 @@ def test_peak_memory_does_not_grow_with_the_width(tmp_path: Path) -> None:
     panelled = {w: peak_mib(s, tmp_path / f"p{w}.tif", 1024) for w, s in scenes.items()}
     whole = {w: peak_mib(s, tmp_path / f"w{w}.tif", WHOLE) for w, s in scenes.items()}
     grown_whole, grown_panels = whole[16384] - whole[4096], panelled[16384] - panelled[4096]
-    assert grown_whole > 80, whole  # the measurement sees the strips of whole-width rows
-    assert grown_panels < 20, (panelled, whole)
+    assert grown_whole > 150, whole  # the measurement sees the strips of whole-width rows (~230 MiB)
+    assert grown_panels < grown_whole / 3, (panelled, whole)  # runs differ by ±30 MiB (threads' timing)
     np.testing.assert_array_equal(read_all(tmp_path / "p16384.tif"), read_all(tmp_path / "w16384.tif"))
