@@ -14,7 +14,8 @@ like the originals, then times, crops 512 stride 256, every output written to a 
 
 All variants run in this one process (imports paid once), in a rotated order, ``--repeat`` times; the fastest
 run of each is kept. It first times the crop codecs on real crops. Run on a quiet machine:
-``PYTHONPATH=$PWD python bench/tile_bench.py`` (``--scene-size 2000`` for a quick look).
+``PYTHONPATH=$PWD python bench/tile_bench.py`` (``--scene-size 2000`` for a quick look; ``--paired 8`` for
+floor/tile.py pairs back to back, when others load the machine).
 """
 
 from __future__ import annotations
@@ -189,6 +190,29 @@ def timed(name: str, func: Callable[[Path], None], scratch: Path) -> tuple[float
     return seconds, cpu
 
 
+def paired(pairs: list[tuple[Path, Path]], scratch: Path, count: int) -> None:
+    """Time ``count`` pairs of floor and tile.py back to back (which goes first alternates); print each pair's
+    wall and CPU ratios and their medians.
+    """  # noqa: D205
+    cli(pairs[:1], scratch / "warm-up")  # imports and first-use costs, as the other variants have them paid
+    shutil.rmtree(scratch / "warm-up", ignore_errors=True)
+    walls, cpus = [], []
+    try:
+        for i in range(count):
+            order = ["floor", "cli"] if i % 2 == 0 else ["cli", "floor"]
+            runs = {name: timed(name, (lambda o: floor(pairs, o)) if name == "floor" else (lambda o: cli(pairs, o)),
+                                scratch) for name in order}  # fmt: skip
+            walls.append(runs["cli"][0] / runs["floor"][0])
+            cpus.append(runs["cli"][1] / runs["floor"][1])
+            print(f"pair {i + 1} ({' then '.join(order)}): floor {runs['floor'][0]:.2f} s, tile.py "
+                  f"{runs['cli'][0]:.2f} s: wall ratio {walls[-1]:.2f}, CPU ratio {cpus[-1]:.2f}, load "
+                  f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"tile.py / floor over {count} pairs: wall median {np.median(walls):.2f} (min {min(walls):.2f}, max "
+          f"{max(walls):.2f}), CPU median {np.median(cpus):.2f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/rs_deeplab_tile_bench"), help="scenes (kept)")
@@ -201,11 +225,17 @@ def main() -> None:
     parser.add_argument("--scene-size", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
     parser.add_argument("--threads", action="store_true", help="also time 2 local workers as threads")
+    parser.add_argument("--paired", type=int, default=0, metavar="N",
+                        help="only time N pairs of floor and tile.py back to back (order alternating) and "
+                             "print the median of their ratios: steadier than fastest runs on a loaded machine")  # fmt: skip
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
-    codecs(pairs[0][0])
     scratch = args.out_dir or args.dir / "out"
+    if args.paired:
+        paired(pairs, scratch, args.paired)
+        return
+    codecs(pairs[0][0])
     variants: dict[str, Callable[[Path], None]] = {
         "floor": lambda o: floor(pairs, o),
         "serial": lambda o: serial(pairs, o),
