@@ -226,8 +226,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
     parser.add_argument("--threads", action="store_true", help="also time 2 local workers as threads")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
-                        help="only time N pairs of floor and tile.py back to back (order alternating) and "
-                             "print the median of their ratios: steadier than fastest runs on a loaded machine")  # fmt: skip
+                        help="only time N pairs of floor and tile.py back to back (order alternating), print "
+                             "the median of their ratios (steadier than fastest runs on a loaded machine)")  # fmt: skip
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
