@@ -34,6 +34,7 @@ def build_parser() -> ArgumentParser:
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
     from rs_deeplab.cluster import SCHEDULER_HELP
     from rs_deeplab.devices import AMP_CHOICES
+    from rs_deeplab.inference.runtime import PRECISIONS, RUNTIMES
     from rs_deeplab.remote import local_output
 
     p = ArgumentParser(prog="infer.py", description=__doc__)
@@ -83,6 +84,15 @@ def build_parser() -> ArgumentParser:
         choices=AMP_CHOICES,
         help="GPU precision: auto (bf16 where the GPU has it, else fp16), bf16, fp16 or none (float32)",
     )
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs a checkpoint on the CPU: auto (default: ONNX Runtime when installed and the model "
+                   "exports, about 2-3x PyTorch's speed here, else PyTorch; the export is cached in "
+                   ".rs_deeplab_cache/ beside the checkpoint), torch or onnx; on a GPU auto is PyTorch")  # fmt: skip
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="int8: quantize the checkpoint for ONNX Runtime on the CPU (static, calibrated on windows of "
+                   "the first scene; its agreement with fp32 is printed and recorded in the rasters); fp32 "
+                   "(default)")  # fmt: skip
+    p.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
     p.add_argument("--scheduler",
                    help="Dask scheduler address: spread row ranges of each scene over its workers. One model per "
                    "GPU: on each GPU machine run `python -m rs_deeplab.inference.gpu_workers ADDRESS` (one "
@@ -146,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         to_crs=args.to_crs,
         res=args.res,
         stac=args.stac,
+        runtime=args.runtime,
+        precision=args.precision,
     )
     result = infer_scenes(args.scenes, args.out, checkpoint=args.checkpoint, options=options, quiet=args.quiet)
     outputs: dict[str, str] = {}

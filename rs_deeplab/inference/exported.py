@@ -5,13 +5,17 @@ class names and colours, GSD, the ``infer`` settings (window size and stride), t
 output stride. Here an exported file becomes a ``torch.nn.Module`` (:class:`OnnxModule` runs an ONNX Runtime
 session; :class:`ScriptedModule` a ``torch.jit`` module) plus its :class:`~rs_deeplab.modelcard.ModelCard`, so it
 runs through the same streaming, blending, resuming and vectorizing path as a checkpoint. Neither needs the training
-stack; ONNX Runtime is the optional extra ``rs_deeplab[onnx]``.
+stack. A checkpoint runs through :class:`OnnxModule` too, exported on the fly (:mod:`rs_deeplab.inference.runtime`).
+
+ONNX Runtime's intra-op threads are the cores the process may use (CPU affinity and cgroup quota, see
+:func:`rs_deeplab.devices.usable_cores`), divided among the tasks a Dask worker runs at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ METADATA_KEY = "rs_deeplab"
 TORCHSCRIPT_EXTRA = f"{METADATA_KEY}.json"
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".ts",)
-EXTRA_HINT = "pip install 'rs_deeplab[onnx]'"
+EXTRA_HINT = "pip install onnxruntime onnx"
 
 
 def card_text(card: ModelCard, source: Path | str | None = None) -> str:
@@ -56,11 +60,35 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def dask_worker_tasks() -> int:
+    """How many tasks the Dask worker running this code runs at once (1 outside a worker)."""
+    if "distributed" not in sys.modules:  # a worker process has imported it; no need to import it here
+        return 1
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return 1
+    return max(1, int(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1))
+
+
+def session_threads() -> tuple[int, int]:
+    """ONNX Runtime intra-op threads for one session here, and the tasks sharing the cores (threads × tasks <=
+    cores this process may use).
+    """  # noqa: D205
+    from rs_deeplab.devices import intra_op_threads, usable_cores
+
+    tasks = dask_worker_tasks()
+    return intra_op_threads(usable_cores(), tasks), tasks
+
+
 class OnnxModule(torch.nn.Module):
     """An ONNX Runtime session as a module: float32 ``(B, bands, h, w)`` in, logits out, on the input's device.
 
-    The session runs on the CUDA provider when ``device`` is a GPU and ONNX Runtime has it, else on the CPU (with
-    as many threads as torch uses). It always computes in float32: the predictor applies no AMP or channels_last.
+    The session runs on the CUDA provider when ``device`` is a GPU and ONNX Runtime has it, else on the CPU with
+    :func:`session_threads` threads (no spin-waiting where several tasks share the cores). It always computes in
+    float32 at its inputs and outputs: the predictor applies no AMP or channels_last.
     """
 
     fixed_precision = True
@@ -70,7 +98,10 @@ class OnnxModule(torch.nn.Module):
         super().__init__()
         ort = import_onnxruntime()
         options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
+        self.threads, tasks = session_threads()
+        options.intra_op_num_threads = self.threads
+        if tasks > 1:  # spinning threads of concurrent sessions would take each other's cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():

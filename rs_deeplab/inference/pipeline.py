@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from rs_deeplab.inference.predictor import TTA
 from rs_deeplab.inference.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.region import check_region, staged, vectorize_region
 from rs_deeplab.inference.rows import CRFSettings
+from rs_deeplab.inference.runtime import check_choice
 from rs_deeplab.inference.scene import SceneResult, SceneTask, predict_scenes
-from rs_deeplab.inference.trained import TrainedModel, newest_checkpoint
+from rs_deeplab.inference.trained import TrainedModel, model_kind, newest_checkpoint
 from rs_deeplab.inference.writer import partial_path, sidecar_path
 from rs_deeplab.locks import output_lock
 from rs_deeplab.modelcard import ModelCard
@@ -82,6 +83,11 @@ class InferOptions:
     """Pixel size of the mosaic in its CRS's units (None: the first scene's)."""
     stac: bool = False
     """Also write a STAC Collection with one Item per scene (``x.stac/``)."""
+    runtime: str = "auto"
+    """What runs a checkpoint: ``auto`` (ONNX Runtime on a CPU where it is installed and the model exports, else
+    PyTorch), ``torch`` or ``onnx`` (see :mod:`rs_deeplab.inference.runtime`)."""
+    precision: str = "fp32"
+    """``int8``: quantize the checkpoint for ONNX Runtime on the CPU, calibrated on the first scene."""
 
 
 @dataclass
@@ -146,6 +152,7 @@ def check_options(opts: InferOptions) -> None:
         raise InputError(f"--scales {','.join(map(str, opts.scales))}: scales must be positive numbers")
     target_crs(opts.to_crs)
     checked_res(opts.res)
+    check_choice(opts.runtime, opts.precision)
 
 
 def _check_crf_bands(crf: CRFSettings | None, header: SceneInfo) -> None:
@@ -202,14 +209,23 @@ def infer_scenes(
     # device and precision checked before any scene (a scheduler's workers are asked by predict_scene)
     here = torch.device("cpu") if opts.scheduler else pick_device(opts.device, option="--device")
     pick_amp(opts.amp, here, option="--amp")
+    if opts.runtime == "torch" and model_kind(ckpt) == "exported":
+        raise InputError(f"--runtime torch: {ckpt} is an exported model, which runs as it was exported; pass the "
+                         "training checkpoint (.pt) or drop the option")  # fmt: skip
     # read once, where this process runs it (absolute path: Dask workers run elsewhere and read it themselves)
-    loaded = TrainedModel(ckpt.resolve(), opts.output_stride).load(here)
+    trained = TrainedModel(ckpt.resolve(), opts.output_stride, runtime=opts.runtime)
+    if opts.scheduler and model_kind(ckpt) == "checkpoint":  # each worker chooses its runtime; here: the card
+        loaded = replace(replace(trained, runtime="torch").load(here), source=trained)
+    else:
+        loaded = trained.load(here)
     card = loaded.card
     if opts.output_stride is None and card.infer.output_stride:  # trained at one output stride, to infer at another
         loaded = loaded.at_output_stride(card.infer.output_stride)
     todo = resolve_scenes(list(scenes) or [str(s) for s in card.infer.scenes], opts.assets, card.band_names)
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
+    if opts.precision == "int8":  # calibrated on the first scene
+        loaded = loaded.quantized([str(todo[0])])
     crf = _crf_settings(opts, card, ckpt.resolve()) if opts.crf else None
     gsds, headers = [], []
     first: SceneInfo | None = None

@@ -7,13 +7,15 @@
 keeps its model in a holder on the worker object (:func:`worker_model`), one model per worker at a time.
 
 The model is built from the card with :func:`rs_deeplab.models.build_model`; nothing here imports the training stack.
+A checkpoint may run through ONNX Runtime instead of PyTorch (``runtime``; :mod:`rs_deeplab.inference.runtime`): the
+description carries the choice, so each Dask worker decides for its own device.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,11 +67,16 @@ class TrainedModel:
     """A checkpoint or exported model to run (a picklable description; :meth:`load` reads it).
 
     A checkpoint can run at another output stride (e.g. trained at 16, inferred at 8); an exported model's stride
-    is baked in.
+    is baked in. ``runtime`` is ``torch`` (the library's default: the module as trained), ``onnx`` or ``auto`` (ONNX
+    Runtime on a CPU where it is installed and the model exports, else PyTorch; the command line's default);
+    ``precision="int8"`` quantizes for ONNX Runtime, calibrated on the first of ``calibration``'s scenes.
     """
 
     path: Path
     output_stride: int | None = None
+    runtime: str = "torch"
+    precision: str = "fp32"
+    calibration: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
@@ -88,10 +95,18 @@ class TrainedModel:
         """Read the file (once) and return the model in eval mode on ``device`` with its card.
 
         Raises:
-            CheckpointError: Missing, unreadable or unsafe file, an invalid card, weights unlike the architecture.
-            InputError: An output stride for an exported model baked at another one.
+            CheckpointError: Missing, unreadable or unsafe file, an invalid card, weights unlike the architecture;
+                with ``runtime="onnx"`` or int8, a model that does not export.
+            InputError: An output stride for an exported model baked at another one; a runtime or precision that
+                cannot run here (see :func:`rs_deeplab.inference.runtime.resolve_runtime`).
         """
+        from rs_deeplab.inference.runtime import check_choice, checkpoint_on_onnx, missing_packages, resolve_runtime
+
+        check_choice(self.runtime, self.precision)
         if model_kind(self.path) == "exported":
+            if self.precision != "fp32":
+                raise InputError(f"--int8: {self.path} is an exported model, which runs as it was exported; pass "
+                                 "the training checkpoint (.pt) or drop the option")  # fmt: skip
             from rs_deeplab.inference.exported import load_exported
 
             module, card = load_exported(self.path, device)
@@ -103,10 +118,25 @@ class TrainedModel:
                     f"checkpoint again with pipelines/export.py --output-stride {self.output_stride}"
                 )
             return LoadedModel(self, module, card)
-        model, card = load_trained_model(self.path, device)
-        if self.output_stride is not None:
-            set_output_stride(model, self.output_stride)
-        return LoadedModel(self, model, card)
+        ort_missing = missing_packages() if self.runtime != "torch" and device.type == "cpu" else None
+        runtime = resolve_runtime(self.runtime, self.precision, device, ort_missing)
+        card, weights = read_checkpoint(self.path, map_location="cpu")
+        built: list[torch.nn.Module] = []
+
+        def model() -> torch.nn.Module:  # built when needed (a cached export runs without it)
+            if not built:
+                built.append(model_from_weights(self.path, card, weights, device))
+                if self.output_stride is not None:
+                    set_output_stride(built[0], self.output_stride)
+            return built[0]
+
+        if runtime == "onnx":
+            onnx_module, note = checkpoint_on_onnx(self.path, model, card, device, runtime=self.runtime,
+                                                   output_stride=self.output_stride, precision=self.precision,
+                                                   calibration=self.calibration)  # fmt: skip
+            if onnx_module is not None:
+                return LoadedModel(self, onnx_module, card, note)
+        return LoadedModel(self, model(), card)
 
 
 @dataclass
@@ -120,6 +150,14 @@ class LoadedModel:
     """The file (and output stride) it was read from; what Dask workers are sent, and the resume fingerprint."""
     module: torch.nn.Module
     card: ModelCard
+    runtime: str = "torch"
+    """What runs a checkpoint: ``torch``, or ``onnx-fp32``/``onnx-int8`` (with ``:agreement=`` the int8 model's
+    share of pixels equal to float32's); part of the fingerprint, so it is recorded in every output raster."""
+
+    @property
+    def on_onnx(self) -> bool:
+        """Whether a checkpoint runs through ONNX Runtime (an export of it, baked at its output stride)."""
+        return self.runtime.startswith("onnx")
 
     def at_output_stride(self, output_stride: int) -> LoadedModel:
         """This model run at another output stride (a checkpoint's module is changed in place, not read again).
@@ -129,6 +167,13 @@ class LoadedModel:
         """
         if output_stride == self.source.output_stride:
             return self
+        if self.on_onnx:  # the export bakes in the stride it was asked for, else infer.output_stride: maybe this one
+            from rs_deeplab.inference.runtime import baked_stride
+
+            moved = replace(self.source, output_stride=output_stride)
+            if baked_stride(self.card, self.source.output_stride) == output_stride:
+                return replace(self, source=moved)
+            return moved.load(torch.device("cpu"))
         if model_kind(self.source.path) == "exported":
             if output_stride == self.card.architecture.output_stride:
                 return self
@@ -138,8 +183,19 @@ class LoadedModel:
         return replace(self, source=replace(self.source, output_stride=output_stride))
 
     def fingerprint(self) -> str:
-        """The source's fingerprint (see :meth:`TrainedModel.fingerprint`)."""
-        return self.source.fingerprint()
+        """The source's fingerprint (see :meth:`TrainedModel.fingerprint`), and the runtime when not PyTorch."""
+        base = self.source.fingerprint()
+        return base if not self.on_onnx else f"{base}:{self.runtime}"
+
+    def quantized(self, scenes: Sequence[str]) -> LoadedModel:
+        """This checkpoint as an int8 model for ONNX Runtime on the CPU, calibrated on the first of ``scenes``.
+
+        Raises:
+            InputError: See :meth:`TrainedModel.load` (int8 with PyTorch, on a GPU, without onnxruntime).
+            CheckpointError: The model does not export.
+        """
+        source = replace(self.source, precision="int8", calibration=tuple(str(s) for s in scenes[:1]))
+        return source.load(torch.device("cpu"))
 
 
 class ModelHolder:

@@ -1,0 +1,31 @@
+"""Fixtures shared by the inference tests: the demo's data and a quickly trained checkpoint, exported both ways."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import demo
+from pipelines.export import main as export_main
+from rs_deeplab.training.experiment import train_experiment
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's data at 256 px, a few training iterations, and the best checkpoint exported both ways.
+
+    Session-wide: the export tests and the CPU-runtime tests share one training (it takes about a minute here).
+    """
+    out = tmp_path_factory.mktemp("demo")
+    files, _, _ = demo.prepare_data(out, size=256, quiet=True)
+    overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
+                 "train.eval_every=2", "train.checkpoint_every=2", "infer.size=128", "infer.stride=64",
+                 "infer.batch_size=4"]  # fmt: skip
+    result = train_experiment(demo.demo_config(out, overrides, run_dir=out / "run"))
+    assert result.best is not None
+    paths = {"out": out, "checkpoint": result.best, "scene": files[-1].rgbir}
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts")):
+        paths[fmt] = out / f"model{suffix}"
+        assert export_main([str(result.best), "--out", str(paths[fmt]), "-q"]) == 0
+    return paths
