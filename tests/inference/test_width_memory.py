@@ -98,10 +98,17 @@ CHILD = textwrap.dedent(
 )
 
 
-def peak_mib(scene: Path, out: Path, panels: int) -> float:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(scene), str(out), str(panels)], check=True,
-                          capture_output=True, text=True, cwd=Path(__file__).parents[2])  # fmt: skip
-    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+def peak_mib(runs: dict[str, tuple[Path, Path, int]]) -> dict[str, float]:
+    """Peak RSS (MiB) of each ``(scene, output, panel columns)`` run, each in its own process, run side by side."""
+    root = Path(__file__).parents[2]
+    children = {name: subprocess.Popen([sys.executable, "-c", CHILD, *map(str, run)], stdout=subprocess.PIPE,
+                                       text=True, cwd=root) for name, run in runs.items()}  # fmt: skip
+    peaks = {}
+    for name, child in children.items():
+        out, _ = child.communicate()
+        assert child.returncode == 0, name
+        peaks[name] = float(json.loads(out.strip().splitlines()[-1]))
+    return peaks
 
 
 def test_peak_memory_does_not_grow_with_the_width(tmp_path: Path) -> None:
@@ -113,9 +120,10 @@ def test_peak_memory_does_not_grow_with_the_width(tmp_path: Path) -> None:
         image = np.random.default_rng(width).integers(0, 255, (4, 512, width)).astype(np.uint8)
         scenes[width] = write_geotiff(tmp_path / f"s{width}.tif", image, crs=UTM33, transform=DEFAULT_TRANSFORM)
         del image
-    panelled = {w: peak_mib(s, tmp_path / f"p{w}.tif", 1024) for w, s in scenes.items()}
-    whole = {w: peak_mib(s, tmp_path / f"w{w}.tif", WHOLE) for w, s in scenes.items()}
-    grown_whole, grown_panels = whole[16384] - whole[4096], panelled[16384] - panelled[4096]
-    assert grown_whole > 150, whole  # the measurement sees the strips of whole-width rows (~230 MiB)
-    assert grown_panels < grown_whole / 3, (panelled, whole)  # runs differ by ±30 MiB (threads' timing)
-    np.testing.assert_array_equal(read_all(tmp_path / "p16384.tif"), read_all(tmp_path / "w16384.tif"))
+    peaks = peak_mib({"narrow": (scenes[4096], tmp_path / "n.tif", 1024),
+                      "wide": (scenes[16384], tmp_path / "w.tif", 1024),
+                      "wide, whole rows": (scenes[16384], tmp_path / "r.tif", WHOLE)})  # fmt: skip
+    grown_whole, grown_panels = peaks["wide, whole rows"] - peaks["narrow"], peaks["wide"] - peaks["narrow"]
+    assert grown_whole > 150, peaks  # the measurement sees the strips of whole-width rows (~300 MiB)
+    assert grown_panels < grown_whole / 3, peaks  # runs differ by ±30 MiB (threads' timing)
+    np.testing.assert_array_equal(read_all(tmp_path / "w.tif"), read_all(tmp_path / "r.tif"))
