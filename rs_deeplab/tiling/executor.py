@@ -57,7 +57,7 @@ class Executor:
         """Decode every block of the compressed rasters among ``paths`` (:mod:`rs_deeplab.tiling.verify`) on the
         workers; returns how many were read. The first that cannot be decoded raises its one-line error.
         """  # noqa: D205
-        if self.client is None:
+        if self.client is None or not paths:
             return sum(read_every_block(p) for p in paths)
         watch = self.cluster.watch()
         run_id = uuid.uuid4().hex[:8]
