@@ -43,11 +43,13 @@ class Counted(torch.nn.Module):
 
 
 def holed_scene(path: Path, height: int = 700, width: int = 1300) -> Path:
-    """Noise with nodata (0) holes that cross panel seams, and a nodata edge: windows skipped inside panels too."""
+    """Noise with nodata (0) holes that cross panel seams, a nodata strip that leaves a panel (of 256 columns) with
+    no window, and a nodata right edge that leaves the last panel with none."""
     image = np.random.default_rng(3).integers(1, 255, (3, height, width)).astype(np.uint8)
     image[:, 100:300, 200:800] = 0
     image[:, 420:470, :] = 0
-    image[:, :, width - 90 :] = 0
+    image[:, :, 440:840] = 0
+    image[:, :, width - 320 :] = 0
     return write_geotiff(path, image, crs=UTM33, transform=DEFAULT_TRANSFORM, nodata=0)
 
 
@@ -68,7 +70,8 @@ def test_panels_and_bands_give_the_whole_width_output_bit_for_bit_and_resume(tmp
     np.testing.assert_array_equal(read_all(tmp_path / "b.tif"), read_all(tmp_path / "a.tif"))
     np.testing.assert_array_equal(read_all(tmp_path / "bp.tif"), read_all(tmp_path / "ap.tif"))
     labels = read_all(tmp_path / "a.tif")[0]
-    assert (labels[150, 300:700] == 255).all() and len(np.unique(labels)) == 6  # holes are nodata; 5 classes seen
+    assert (labels[:, 440:840] == 255).all() and (labels[:, -320:] == 255).all()
+    assert (labels[150, 300:440] == 255).all() and len(np.unique(labels)) == 6  # holes are nodata; 5 classes seen
 
     # interrupted in the second band (its last ~200 batches), the same command resumes there, to the same rasters
     resumable = {**KW, "resume": True, "probs_path": tmp_path / "cp.tif", "panel_columns": 256}
