@@ -213,11 +213,11 @@ def infer_scenes(
         raise InputError(f"--runtime torch: {ckpt} is an exported model, which runs as it was exported; pass the "
                          "training checkpoint (.pt) or drop the option")  # fmt: skip
     # read once, where this process runs it (absolute path: Dask workers run elsewhere and read it themselves)
-    trained = TrainedModel(ckpt.resolve(), opts.output_stride, runtime=opts.runtime)
-    if opts.scheduler and model_kind(ckpt) == "checkpoint":  # each worker chooses its runtime; here: the card
-        loaded = replace(replace(trained, runtime="torch").load(here), source=trained)
-    else:
-        loaded = trained.load(here)
+    # with PyTorch first: the checks need the card, the ONNX export (or int8 model) is made after them
+    trained = TrainedModel(ckpt.resolve(), opts.output_stride, runtime=opts.runtime, precision=opts.precision)
+    loaded = replace(trained, runtime="torch", precision="fp32").load(here) if model_kind(ckpt) == "checkpoint" \
+        else trained.load(here)  # fmt: skip
+    loaded = replace(loaded, source=trained)
     card = loaded.card
     if opts.output_stride is None and card.infer.output_stride:  # trained at one output stride, to infer at another
         loaded = loaded.at_output_stride(card.infer.output_stride)
@@ -225,7 +225,7 @@ def infer_scenes(
     if not todo:
         raise InputError(f"no scenes given and {ckpt} records no held-out scenes (infer.scenes); pass SCENE paths")
     if opts.precision == "int8":  # calibrated on the first scene
-        loaded = loaded.quantized([str(todo[0])])
+        loaded = replace(loaded, source=replace(loaded.source, calibration=(str(todo[0]),)))
     crf = _crf_settings(opts, card, ckpt.resolve()) if opts.crf else None
     gsds, headers = [], []
     first: SceneInfo | None = None
@@ -265,6 +265,8 @@ def infer_scenes(
         check_catalog(stac_folder(out))
     # one run per --out (x.gpkg and x.tif write the same raster): a second one stops here, before any prediction
     with output_lock(out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out, shown=out):
+        if not opts.scheduler:  # a scheduler's workers choose the runtime for their own device
+            loaded = loaded.on_runtime(here)
         tasks = [SceneTask(scene, raster, probs_path(raster) if opts.probs else None, gsd)
                  for scene, raster, gsd in zip(todo, rasters, gsds, strict=True)]  # fmt: skip
         log.info("predicting %d scene(s) → %s", len(tasks), ", ".join(str(r) for r in rasters[:3])

@@ -7,8 +7,8 @@ it). Min/max, percentile and entropy ranges, and quantizing every operator or ke
 convolutions in float32, were compared on the demo model: the same agreement within 0.3 points, min/max and
 convolutions only the fastest. Dynamic
 quantization (weights only, activation ranges computed per call) was measured too and is far slower for these
-convolutional models on this CPU (``bench/cpu_runtime_bench.py``: 0.4x float32's windows/s against 2-3x for
-static), so ``--int8`` means static; :func:`quantize_dynamic_model` is kept for the benchmark.
+convolutional models on this CPU (``bench/cpu_runtime_bench.py``: 0.2-0.4x float32's windows/s against 2.4-2.8x
+for static), so ``--int8`` means static; :func:`quantize_dynamic_model` is kept for the benchmark.
 
 The int8 model is checked against the float32 one on other windows of the same scene: the share of pixels whose
 arg-max class is the same is recorded with the cached file (and in each output raster's inference tag) and said.

@@ -78,7 +78,7 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device, missing:
             raise InputError(f"{option} needs {missing}, which is not installed; {ORT_HINT} (or pass --runtime "
                              "torch)")  # fmt: skip
         say_once("%s is not installed: running the checkpoint with PyTorch on the CPU (%s for ONNX Runtime, about "
-                 "2-3x faster here)", missing, ORT_HINT)  # fmt: skip
+                 "2x faster here)", missing, ORT_HINT)  # fmt: skip
         return "torch"
     return "onnx"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -185,17 +185,31 @@ class LoadedModel:
     def fingerprint(self) -> str:
         """The source's fingerprint (see :meth:`TrainedModel.fingerprint`), and the runtime when not PyTorch."""
         base = self.source.fingerprint()
-        return base if not self.on_onnx else f"{base}:{self.runtime}"
+        if self.on_onnx:
+            return f"{base}:{self.runtime}"
+        return base if self.source.precision == "fp32" else f"{base}:{self.source.precision}"  # Dask workers
 
-    def quantized(self, scenes: Sequence[str]) -> LoadedModel:
-        """This checkpoint as an int8 model for ONNX Runtime on the CPU, calibrated on the first of ``scenes``.
+    def on_runtime(self, device: torch.device) -> LoadedModel:
+        """This model run the way its source asks (``runtime``, ``precision``): a checkpoint read with PyTorch
+        switches to its (cached) ONNX export where that applies; anything else is returned as it is.
+
+        Lets a script check its inputs with the PyTorch model's card first and export only then.
 
         Raises:
-            InputError: See :meth:`TrainedModel.load` (int8 with PyTorch, on a GPU, without onnxruntime).
-            CheckpointError: The model does not export.
-        """
-        source = replace(self.source, precision="int8", calibration=tuple(str(s) for s in scenes[:1]))
-        return source.load(torch.device("cpu"))
+            InputError, CheckpointError: As :meth:`TrainedModel.load`.
+        """  # noqa: D205
+        from rs_deeplab.inference.runtime import checkpoint_on_onnx, missing_packages, resolve_runtime
+
+        src = self.source
+        if self.on_onnx or model_kind(src.path) != "checkpoint":
+            return self
+        missing = missing_packages() if src.runtime != "torch" and device.type == "cpu" else None
+        if resolve_runtime(src.runtime, src.precision, device, missing) == "torch":
+            return self
+        module, note = checkpoint_on_onnx(src.path, lambda: self.module, self.card, device, runtime=src.runtime,
+                                          output_stride=src.output_stride, precision=src.precision,
+                                          calibration=src.calibration)  # fmt: skip
+        return self if module is None else replace(self, module=module, runtime=note)
 
 
 class ModelHolder:
