@@ -215,7 +215,8 @@ class LoadedModel:
 class ModelHolder:
     """One loaded model at a time, for a long-lived process that runs many tasks (a Dask worker).
 
-    Asking for another file, output stride or device replaces the model; the holder's owner decides its lifetime.
+    Asking for another file, output stride, runtime, precision or device replaces the model; the holder's owner
+    decides its lifetime.
     """
 
     def __init__(self) -> None:
@@ -224,7 +225,8 @@ class ModelHolder:
 
     def get(self, trained: TrainedModel, device: torch.device) -> LoadedModel:
         """The model of ``trained`` on ``device``, read on the first call (and after the file changed)."""
-        want = (*trained.key, trained.output_stride, str(device))
+        want = (*trained.key, trained.output_stride, trained.runtime, trained.precision, trained.calibration,
+                str(device))  # fmt: skip
         with self._lock:
             if self._held is None or self._held[0] != want:
                 self._held = None  # the previous model is released before the next one is read

@@ -23,7 +23,7 @@ from rs_deeplab.devices import cgroup_cpu_limit, intra_op_threads, parse_cpu_quo
 from rs_deeplab.inference import onnx_cache
 from rs_deeplab.inference.exported import OnnxModule, session_threads
 from rs_deeplab.inference.onnx_cache import CACHE_FOLDER, USER_CACHE_ENV, is_intact, sidecar
-from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.inference.trained import ModelHolder, TrainedModel
 from rs_deeplab.models import MODELS
 from rs_deeplab.models.deeplab_v3 import DeepLabV3Plus
 from tests.daskkit import subprocess_env
@@ -102,6 +102,9 @@ def test_the_export_is_built_once_by_processes_starting_at_once_and_rebuilt_when
     (path,) = cached(folder)
     assert is_intact(path) and json.loads(sidecar(path).read_text())["output_stride"] == 16
     assert "exported to ONNX" not in caplog.text
+    holder = ModelHolder()  # a Dask worker's: another runtime is another model
+    assert not isinstance(holder.get(TrainedModel(checkpoint), CPU).module, OnnxModule)
+    assert isinstance(holder.get(TrainedModel(checkpoint, runtime="onnx"), CPU).module, OnnxModule)
     with path.open("r+b") as f:  # damaged: a truncated file
         f.truncate(path.stat().st_size // 2)
     assert not is_intact(path)
