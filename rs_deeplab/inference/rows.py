@@ -176,7 +176,7 @@ def stream_panels(
     """:func:`stream_rows` of each panel in turn (no CRF), read by one strip reader on one thread.
 
     Reusing the reader's buffers, threads and open datasets, and one accumulator's memory, keeps memory from
-    growing panel after panel (buffers allocated by new threads would land in new malloc arenas).
+    growing panel after panel (a reader per panel grew it again at 200,000 columns).
     """
     if job.crf is not None:
         raise ValueError("CRF refines whole rows: predict them without column panels")
