@@ -86,7 +86,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs a checkpoint on the CPU: auto (default: ONNX Runtime when installed and the model "
-                   "exports, about 2-3x PyTorch's speed here, else PyTorch; the export is cached in "
+                   "exports, about 2x PyTorch's speed here, else PyTorch; the export is cached in "
                    ".rs_deeplab_cache/ beside the checkpoint), torch or onnx; on a GPU auto is PyTorch")  # fmt: skip
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="int8: quantize the checkpoint for ONNX Runtime on the CPU (static, calibrated on windows of "
