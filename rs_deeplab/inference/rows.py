@@ -32,7 +32,7 @@ from rs_deeplab.raster import open_raster, read_error
 PANEL_COLUMNS = 8192
 """Default width of the column panels of a wide scene (see :meth:`RowJob.panels`)."""
 PANEL_ALIGN = 256
-"""Panels and bands start on output blocks (:data:`rs_deeplab.inference.writer.BLOCK`)."""
+"""Panels and tiers start on output blocks (:data:`rs_deeplab.inference.writer.BLOCK`)."""
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,10 @@ class RowJob:
         edges = [*range(0, width - self.size, step), width]  # no sliver of a panel at the right edge
         return list(itertools.pairwise(edges))
 
-    def band_rows(self) -> int:
-        """Scene rows of a band whose panels are predicted before the next band's (whole output blocks).
+    def tier_rows(self) -> int:
+        """Scene rows of a tier whose panels are predicted before the next tier's (whole output blocks).
 
-        A band re-runs the window row that crosses its top edge: with 16 window rows per band, 1/16 more work.
+        A tier re-runs the window row that crosses its top edge: with 16 window rows per tier, 1/16 more work.
         """
         return max(PANEL_ALIGN, math.ceil(16 * self.stride / PANEL_ALIGN) * PANEL_ALIGN)
 
@@ -167,7 +167,7 @@ class Panel:
     stop: int
     cols: tuple[int, int]
     counted_from: int = 0
-    """Windows of window rows above this row are not counted (the band above counted them)."""
+    """Windows of window rows above this row are not counted (the tier above counted them)."""
 
 
 def stream_panels(

@@ -137,7 +137,7 @@ def predict_scene(
     Softmax probabilities of windows ``size`` pixels wide, every ``stride`` pixels, are blended with a smooth
     window (flat at the scene border) and arg-maxed; pixels where the scene is nodata get 255. Memory holds one
     strip of ``size`` rows, whatever the scene's height, and at most ``panel_columns`` columns of it, whatever the
-    scene's width (a wider scene is predicted in column panels, bands of rows at a time: the same output for a
+    scene's width (a wider scene is predicted in column panels, tiers of rows at a time: the same output for a
     few % more model work, see :meth:`~rs_deeplab.inference.rows.RowJob.panels`; not with CRF, a resampled
     ``gsd`` or a Dask ``scheduler``, which take whole rows); rows are written as they are finished. Reading and
     writing run in background threads while the model works. A module given as an object is never moved, reset

@@ -144,10 +144,10 @@ def run_local(module: torch.nn.Module, device: torch.device, runs: Iterable[Scen
 
 def _local_rows(run: SceneRun, predictor: Predictor, start: int, on_batch: Callable[[int], None]
                 ) -> Iterator[FinishedRows]:  # fmt: skip
-    """Rows ``start ..`` of a scene: streamed whole, or on a wide scene band by band, each band panel by panel.
+    """Rows ``start ..`` of a scene: streamed whole, or on a wide scene tier by tier, each tier panel by panel.
 
     Panels keep memory independent of the scene's width (:meth:`~rs_deeplab.inference.rows.RowJob.panels`); the
-    writer commits a band once all its panels are written. A scene predicted on a resampled grid, or refined by
+    writer commits a tier once all its panels are written. A scene predicted on a resampled grid, or refined by
     CRF, is streamed whole: both take whole rows.
     """
     job, height = run.job, run.job.info.height
@@ -155,7 +155,7 @@ def _local_rows(run: SceneRun, predictor: Predictor, start: int, on_batch: Calla
     if len(panels) == 1:
         yield from stream_rows(job, predictor, start, height, on_batch=on_batch)
         return
-    step = job.band_rows()
+    step = job.tier_rows()
     pieces = [Panel(a, min(a + step, height), cols, 0 if a == start else a)
               for a in range(start, height, step) for cols in panels]  # fmt: skip
     yield from stream_panels(job, predictor, pieces, on_batch=on_batch)

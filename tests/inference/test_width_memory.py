@@ -58,14 +58,14 @@ def read_all(path: Path) -> np.ndarray:
         return ds.read()
 
 
-def test_panels_and_bands_give_the_whole_width_output_bit_for_bit_and_resume(tmp_path: Path) -> None:
+def test_panels_and_tiers_give_the_whole_width_output_bit_for_bit_and_resume(tmp_path: Path) -> None:
     scene = holed_scene(tmp_path / "scene.tif")
     whole, panelled = Counted(), Counted()
     a = predict_scene(whole, scene, tmp_path / "a.tif", probs_path=tmp_path / "ap.tif", panel_columns=WHOLE, **KW)
     b = predict_scene(panelled, scene, tmp_path / "b.tif", probs_path=tmp_path / "bp.tif", panel_columns=256, **KW)
     job = RowJob(scene_info(scene), 64, 24, 3, (1, 2, 3), 5, panel_cols=256)
-    assert len(job.panels()) == 5 and job.band_rows() < 700  # panels, and two bands: both seams are crossed
-    assert panelled.windows > whole.windows  # windows across seams ran once per panel (and the band's top row)
+    assert len(job.panels()) == 5 and job.tier_rows() < 700  # panels, and two tiers of rows: both seams are crossed
+    assert panelled.windows > whole.windows  # windows across seams ran once per panel (and the tier's top row)
     assert (b.windows, b.total_windows) == (a.windows, a.total_windows) and a.windows == whole.windows
     np.testing.assert_array_equal(read_all(tmp_path / "b.tif"), read_all(tmp_path / "a.tif"))
     np.testing.assert_array_equal(read_all(tmp_path / "bp.tif"), read_all(tmp_path / "ap.tif"))
@@ -73,7 +73,7 @@ def test_panels_and_bands_give_the_whole_width_output_bit_for_bit_and_resume(tmp
     assert (labels[:, 440:840] == 255).all() and (labels[:, -320:] == 255).all()
     assert (labels[150, 300:440] == 255).all() and len(np.unique(labels)) == 6  # holes are nodata; 5 classes seen
 
-    # interrupted in the second band (its last ~200 batches), the same command resumes there, to the same rasters
+    # interrupted in the second tier (its last ~200 batches), the same command resumes there, to the same rasters
     resumable = {**KW, "resume": True, "probs_path": tmp_path / "cp.tif", "panel_columns": 256}
     panelled.batches, panelled.stop = 0, panelled.batches - 60
     with pytest.raises(KeyboardInterrupt):
