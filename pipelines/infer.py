@@ -109,6 +109,9 @@ def build_parser() -> ArgumentParser:
                    help="also write a STAC Collection with one Item per scene (x.stac/collection.json)")  # fmt: skip
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
+    p.add_argument("--workers", type=int,
+                   help="processes that polygonize blocks of the labels (default: the usable cores for rasters "
+                   "over ~8 Mpx, else 1; the polygons are the same for any number)")  # fmt: skip
     p.add_argument("--restart", action="store_true",
                    help="start over: drop an interrupted run's partial output, recompute a finished one")  # fmt: skip
     add_common_arguments(p)
@@ -149,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler=args.scheduler,
         min_area=args.min_area,
         simplify=args.simplify,
+        workers=args.workers,
         resume=not args.restart,
         gsd=gsd,
         assets=None if args.assets is None else tuple(a.strip() for a in args.assets.split(",") if a.strip()),

@@ -69,6 +69,9 @@ class InferOptions:
     scheduler: str | None = None
     min_area: float = 0.0
     simplify: float = 0.0
+    workers: int | None = None
+    """Processes that polygonize blocks (None: the usable cores for large rasters; see
+    :func:`rs_deeplab.vectorize.parallel.resolve_workers`)."""
     resume: bool = True
     gsd: str | float = "auto"
     """Scale the model sees scenes at: ``auto`` (the checkpoint's GSD, when a scene is more than 1% off it),
@@ -145,6 +148,9 @@ def check_options(opts: InferOptions) -> None:
     for name, value in (("--min-area", opts.min_area), ("--simplify", opts.simplify)):
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{name} {value}: must be a number >= 0")
+    if opts.workers is not None and opts.workers < 1:
+        raise InputError(f"--workers {opts.workers}: must be a whole number of at least 1 (processes polygonizing "
+                         "the labels; 1 = this process only)")  # fmt: skip
     bands = opts.crf_bands
     if bands is not None and (not 1 <= len(bands) <= 3 or any(b < 1 for b in bands)):
         raise InputError(f"--crf-bands {','.join(map(str, bands))}: name 1 to 3 bands, counted from 1")
@@ -284,7 +290,7 @@ def infer_scenes(
             result.polygons = out
             result.polygon_count = vectorize_region(result.region, names, out, class_names=card.class_names,
                                                     min_area=opts.min_area, simplify=opts.simplify,
-                                                    quiet=quiet)  # fmt: skip
+                                                    workers=opts.workers, quiet=quiet)  # fmt: skip
         elif out.suffix.lower() == ".gpkg":
             result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
         if opts.stac:
@@ -357,7 +363,8 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
         for i, r in enumerate(rasters):
             summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
                                 simplify=opts.simplify, layer="labels", extra_columns={"scene": names[i]},
-                                to_crs=opts.to_crs, mode="w" if i == 0 else "a", quiet=quiet)  # fmt: skip
+                                to_crs=opts.to_crs, mode="w" if i == 0 else "a", workers=opts.workers,
+                                quiet=quiet)  # fmt: skip
             count += summary.polygons
     return out, count
 

@@ -118,14 +118,14 @@ def scene_column(region: RegionOutput, names: Sequence[str]) -> Any:
 
 
 def vectorize_region(region: RegionOutput, names: Sequence[str], out: Path, *, class_names: Sequence[str],
-                     min_area: float, simplify: float, quiet: bool) -> int:  # fmt: skip
+                     min_area: float, simplify: float, quiet: bool, workers: int | None = None) -> int:  # fmt: skip
     """Polygons of the mosaic into ``out`` (layer ``labels``, in the region's CRS), written atomically."""
     from rs_deeplab.vectorize import vectorize
 
     with staged(out) as staging:
         summary = vectorize(region.vrt, staging, class_names=list(class_names), min_area=min_area, simplify=simplify,
                             layer="labels", computed_columns={"scene": scene_column(region, names)},
-                            quiet=quiet)  # fmt: skip
+                            workers=workers, quiet=quiet)  # fmt: skip
     return summary.polygons
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -390,3 +391,37 @@ def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, das
     predict_scene(model, a, tmp_path / "m_dask.tif", scheduler=dask_address, **kwargs)  # type: ignore[arg-type]
     with rasterio.open(tmp_path / "m_local.tif") as x, rasterio.open(tmp_path / "m_dask.tif") as y:
         np.testing.assert_array_equal(x.read(), y.read())
+
+
+def test_workers_polygonize_the_labels_in_processes_with_the_rows_of_one(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--workers 2``: the polygons of a raster wider than one vectorizing block come from two worker processes,
+    and their rows are those of one process vectorizing the same labels."""
+    import rs_deeplab.vectorize as vectorize_module
+
+    runs: list[Any] = []
+    real = vectorize_module.vectorize
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(vectorize_module, "vectorize", recorded)
+    wide = scene(tmp_path / "wide.tif", 40, 2_100, 7)
+    assert main([str(wide), "--out", "wide.gpkg", "--workers", "2", "-q"]) == 0
+    assert [(r.blocks, r.workers) for r in runs] == [(2, 2)]
+    one = real(workspace / "wide.tif", tmp_path / "one.gpkg", class_names=read_names(workspace / "wide.tif"),
+               layer="labels", extra_columns={"scene": "wide"}, workers=1, quiet=True)  # fmt: skip
+    assert one.workers == 1 and one.polygons == runs[0].polygons > 0
+    ours, theirs = (gpd.read_file(p, layer="labels") for p in (workspace / "wide.gpkg", tmp_path / "one.gpkg"))
+    assert list(ours.columns) == list(theirs.columns)
+    assert ours.geometry.to_wkb().tolist() == theirs.geometry.to_wkb().tolist()
+    assert ours.drop(columns="geometry").equals(theirs.drop(columns="geometry"))
+
+
+def read_names(path: Path) -> list[str]:
+    with rasterio.open(path) as ds:
+        names = read_class_names(ds)
+    assert names is not None
+    return list(names)

@@ -172,6 +172,7 @@ CASES: list[tuple[str, Args, str]] = [
     ("crf-kernel-0", good("--crf", "--crf-gaussian", "0,3"), "gaussian_sxy"),
     ("min-area-negative", good("--min-area", "-1", out="out.gpkg"), "--min-area -1"),
     ("simplify-negative", good("--simplify", "-0.5", out="out.gpkg"), "--simplify -0.5"),
+    ("workers-0", good("--workers", "0", out="out.gpkg"), "--workers 0"),
     ("scale-0", good("--scales", "0,1"), "positive"),
     ("checkpoint-missing", with_checkpoint("nope"), "checkpoint not found"),
     ("checkpoint-truncated", with_checkpoint("cut_pt"), "not a readable checkpoint"),
