@@ -1,12 +1,14 @@
 """Exports of a checkpoint cached beside it: keyed by content and settings, built once, checked on every use.
 
 A checkpoint ``runs/x/best.pt`` run through ONNX Runtime is exported to ``runs/x/.rs_deeplab_cache/best.<key>.onnx``,
-where ``<key>`` hashes the checkpoint's bytes, the export settings (output stride, opset, precision, calibration)
-and the versions of torch, onnx and onnxruntime: a retrained checkpoint or another setting is another file, and the
-files of earlier contents of the same checkpoint are removed when a new one is written. A file is written under a
-temporary name and renamed into place, with a JSON sidecar holding its SHA-256: a truncated or damaged file (or a
-missing sidecar) is found on the next use and built again. Several processes starting at once take an advisory
-lock (``fcntl.flock``) on the cache folder: the first builds, the others wait and use its file.
+where ``<key>`` hashes the checkpoint's bytes, the export settings (output stride, opset, precision, calibration),
+the versions of torch, onnx, onnxruntime and segmentation-models-pytorch, and the source of the code that builds
+and exports the model (:func:`code_digest`): a retrained checkpoint, another setting or an rs_deeplab whose networks
+changed is another file, and the files of earlier contents of the same checkpoint are removed when a new one is
+written. A file is written under a temporary name and renamed into place, with a JSON sidecar holding its SHA-256:
+a truncated or damaged file (or a missing sidecar) is found on the next use and built again. Several processes
+starting at once take an advisory lock (``fcntl.flock``) on the cache folder: the first builds, the others wait and
+use its file.
 
 A checkpoint folder that cannot be written (read-only media, another user's run) falls back to the user cache
 folder (``$XDG_CACHE_HOME/rs_deeplab`` or ``~/.cache/rs_deeplab``), said once per process.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -93,10 +96,26 @@ def _version(package: str) -> str:
         return "none"
 
 
+PACKAGE = Path(__file__).resolve().parents[1]
+LIBRARIES = ("torch", "onnx", "onnxruntime", "segmentation-models-pytorch")
+CODE_SOURCES = ("models/*.py", "inference/export.py", "inference/quantize.py")
+"""The package's files (relative to ``rs_deeplab/``) that build, export or quantize a model."""
+
+
+@functools.cache
+def code_digest(root: Path = PACKAGE) -> str:
+    """SHA-256 of the sources in :data:`CODE_SOURCES` under ``root`` (the package; read once per process)."""
+    h = hashlib.sha256()
+    for path in sorted(p for pattern in CODE_SOURCES for p in root.glob(pattern)):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(checkpoint_digest: str, settings: ExportSettings) -> str:
-    """16 hex digits naming an export of a checkpoint with ``settings`` under this torch/onnx/onnxruntime."""
-    record = {"checkpoint": checkpoint_digest, **asdict(settings), "format": CACHE_FORMAT,
-              "versions": [_version(p) for p in ("torch", "onnx", "onnxruntime")]}  # fmt: skip
+    """16 hex digits naming an export of a checkpoint with ``settings`` under these libraries and this code."""
+    record = {"checkpoint": checkpoint_digest, **asdict(settings), "format": CACHE_FORMAT, "code": code_digest(),
+              "versions": [_version(p) for p in LIBRARIES]}  # fmt: skip
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -211,3 +211,20 @@ def test_int8_is_quantized_on_the_scene_and_records_its_agreement(
     whole = float(np.mean(labels == fp32))
     print(f"int8 vs fp32: {100 * whole:.2f}% of the scene's labels equal, {100 * share:.2f}% on the check windows")
     assert whole >= 0.95 and abs(whole - share) < 0.05  # the windows' share speaks for the scene
+
+
+def test_an_export_is_keyed_by_the_code_that_builds_the_network(tmp_path: Path) -> None:
+    """Changing a network's source (an rs_deeplab upgrade) names another cached export; other files do not."""
+    package = Path(onnx_cache.__file__).resolve().parents[1]
+    copy = tmp_path / "rs_deeplab"
+    shutil.copytree(package / "models", copy / "models")
+    (copy / "inference").mkdir()
+    for name in ("export.py", "quantize.py", "onnx_cache.py"):
+        shutil.copy(package / "inference" / name, copy / "inference" / name)
+    before = onnx_cache.code_digest.__wrapped__(copy)
+    assert before == onnx_cache.code_digest.__wrapped__(package)
+    (copy / "inference" / "onnx_cache.py").write_text("# not part of the network\n")
+    assert onnx_cache.code_digest.__wrapped__(copy) == before
+    heads = copy / "models" / "heads.py"
+    heads.write_text(heads.read_text().replace("def ", "def  ", 1))
+    assert onnx_cache.code_digest.__wrapped__(copy) != before
