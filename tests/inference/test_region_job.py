@@ -141,7 +141,9 @@ def test_dask_job_keeps_both_workers_busy_across_scenes(tmp_path: Path, cluster:
             spans.append((compute[0]["start"], compute[0]["stop"], record["worker"]))
     assert len(spans) == len(paths)
     overlapping = sum(1 for a in spans for b in spans if a[2] != b[2] and a[0] < b[1] and b[0] < a[1]) // 2
-    assert overlapping >= 2, spans  # scenes' tasks ran side by side on the two workers
+    # scenes' tasks ran side by side on the two workers (one scene after another would never overlap); how many
+    # pairs overlap depends on when the second worker takes its first task (1 in a full suite run, 2-3 alone)
+    assert overlapping >= 1, spans
     assert all(r.runner.startswith("Dask scheduler") for r in results)
     for task in tasks:
         predict_scene(model, task.scene, tmp_path / "local.tif", resume=False, **KW)  # type: ignore[arg-type]

@@ -30,6 +30,9 @@ def rows(path: Path) -> tuple[Any, ...]:
     return (list(meta["fields"]), list(geometry), *(list(f) for f in fields))
 
 
+REAL_START_METHOD = parallel.start_method
+
+
 @pytest.fixture(autouse=True)
 def forked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers start by fork here even when earlier tests left threads running (spawn is tested on its own)."""
@@ -144,8 +147,14 @@ def test_a_killed_worker_is_one_line_and_leaves_no_output(labels: Path, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_corrupt_block_read_by_a_worker_is_the_line_of_one_process(labels: Path, tmp_path: Path) -> None:
+def test_a_corrupt_block_read_by_a_worker_is_the_line_of_one_process(
+    labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import rasterio
+
+    # the start method the vectorizer picks: a fork beside the threads earlier tests left running killed a worker
+    # reading this block in a full suite run (GDAL state inherited mid-use), which is why it spawns then
+    monkeypatch.setattr(parallel, "start_method", REAL_START_METHOD)
 
     with rasterio.open(labels) as src:
         array, profile = src.read(1), src.profile
