@@ -174,11 +174,17 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
 
 
 def parameter_fingerprint(model: nn.Module) -> torch.Tensor:
-    """Two float64 numbers summarising a model's parameters: their sum and their sum of squares."""
+    """Two float64 numbers summarising a model's parameters: their sum and their sum of squares.
+
+    Each parameter's two sums are taken on its own device (float64) and the ``(parameters, 2)`` table reaches the
+    host in one copy; the rows are added there in parameter order, as one host copy per parameter added them.
+    """
+    sums = [torch.stack([d.sum(), (d * d).sum()]) for d in (p.detach().double() for p in model.parameters())]
     total = torch.zeros(2, dtype=torch.float64)
-    for p in model.parameters():
-        data = p.detach().to("cpu", torch.float64)
-        total += torch.stack([data.sum(), (data * data).sum()])
+    if not sums:
+        return total
+    for row in torch.stack(sums).cpu():  # the one host copy
+        total += row
     return total
 
 

@@ -20,13 +20,24 @@ FOCAL_GAMMA = 2.0
 DICE_SMOOTH = 1.0
 
 
-def _valid(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P, C)`` float32 logits and ``(P,)`` targets of the pixels whose label is not 255."""
+def _flat(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(P, C)`` float32 logits, ``(P,)`` targets with 255 replaced by 0, and the ``(P,)`` bool mask of the pixels
+    whose label is not 255.
+
+    Every pixel stays (ignored ones are masked out of the sums): selecting the kept pixels by a boolean mask would
+    make the host wait for the device to count them, at every step.
+    """  # noqa: D205
     c = logits.shape[1]
     flat = logits.float().permute(0, 2, 3, 1).reshape(-1, c)
     t = target.reshape(-1)
     keep = t != IGNORE_INDEX
-    return flat[keep], t[keep]
+    return flat, torch.where(keep, t, torch.zeros_like(t)), keep
+
+
+def _one_hot(t: torch.Tensor, keep: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(P, C)`` one-hot targets, all zero on ignored pixels (no device-side range check, so no host sync)."""
+    classes = torch.arange(num_classes, device=t.device)
+    return ((t[:, None] == classes) & keep[:, None]).to(dtype)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,9 +51,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     ``p`` are softmax probabilities, ``y`` the one-hot targets, sums over non-ignored pixels; class weights make
     the average a weighted one.
     """
-    probs, t = _valid(logits, target)
-    probs = probs.softmax(1)
-    onehot = F.one_hot(t, probs.shape[1]).to(probs.dtype)
+    flat, t, keep = _flat(logits, target)
+    probs = flat.softmax(1) * keep[:, None].to(flat.dtype)
+    onehot = _one_hot(t, keep, probs.shape[1], probs.dtype)
     inter = (probs * onehot).sum(0)
     denom = probs.sum(0) + onehot.sum(0)
     per_class = 1.0 - (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
@@ -53,52 +64,45 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Focal loss ``-(1 - p_t)^γ log p_t`` (γ = 2), class-weighted mean over non-ignored pixels."""
-    flat, t = _valid(logits, target)
-    if t.numel() == 0:
-        return logits.float().sum() * 0.0
+    """Focal loss ``-(1 - p_t)^γ log p_t`` (γ = 2), class-weighted mean over non-ignored pixels (0 if none)."""
+    flat, t, keep = _flat(logits, target)
     logp = flat.log_softmax(1).gather(1, t[:, None])[:, 0]
-    loss = -((1.0 - logp.exp()) ** FOCAL_GAMMA) * logp
+    loss = torch.where(keep, -((1.0 - logp.exp()) ** FOCAL_GAMMA) * logp, 0.0)
     if weight is None:
-        return loss.mean()
-    w = weight.to(loss)[t]
+        return loss.sum() / keep.sum().clamp_min(1).to(loss)
+    w = torch.where(keep, weight.to(loss)[t], 0.0)
     return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et al. 2018, Alg. 1)."""
-    gts = gt_sorted.sum()
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et al. 2018, Alg. 1).
+
+    ``gt_sorted`` is ``(P,)``, or ``(P, C)`` for ``C`` classes at once (each column sorted by its own errors).
+    """
+    gts = gt_sorted.sum(0)
     intersection = gts - gt_sorted.cumsum(0)
     union = gts + (1.0 - gt_sorted).cumsum(0)
     jaccard = 1.0 - intersection / union
-    if gt_sorted.numel() > 1:
-        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    if gt_sorted.shape[0] > 1:
+        jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
     return jaccard
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Lovász-softmax over the batch's non-ignored pixels, averaged over the classes present in the targets.
 
-    Class weights make the average a weighted one.
+    Class weights make the average a weighted one; no pixel to learn from gives 0. All classes are sorted at
+    once; ignored pixels get error -1, so they sort after every real error (0..1) and are masked out of the sum.
     """
-    flat, t = _valid(logits, target)
-    if t.numel() == 0:
-        return logits.float().sum() * 0.0
+    flat, t, keep = _flat(logits, target)
     probs = flat.softmax(1)
-    losses, present = [], []
-    for c in range(probs.shape[1]):
-        fg = (t == c).to(probs.dtype)
-        if fg.sum() == 0:
-            continue
-        errors = (fg - probs[:, c]).abs()
-        errors_sorted, perm = torch.sort(errors, descending=True)
-        losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
-        present.append(c)
-    stacked = torch.stack(losses)
-    if weight is None:
-        return stacked.mean()
-    w = weight.to(stacked)[torch.tensor(present, device=stacked.device)]
-    return (stacked * w).sum() / w.sum().clamp_min(1e-12)
+    fg = _one_hot(t, keep, probs.shape[1], probs.dtype)
+    errors = torch.where(keep[:, None], (fg - probs).abs(), -1.0)
+    errors_sorted, perm = torch.sort(errors, dim=0, descending=True)
+    per_class = (errors_sorted.clamp_min(0.0) * lovasz_grad(fg.gather(0, perm))).sum(0)
+    present = (fg.sum(0) > 0).to(per_class.dtype)
+    w = present if weight is None else weight.to(per_class) * present
+    return (per_class * w).sum() / w.sum().clamp_min(1e-12)
 
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
