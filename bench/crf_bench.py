@@ -8,7 +8,12 @@ colours (the permutohedral lattice's worst case), and once with a narrower, weak
 srgb 5, compat 4) for comparison; prints ratios to the 5-iteration uint8 run and the boundary
 accuracy (pixels within 4 px of a class edge) and mIoU before and after.
 
-    PYTHONPATH=$PWD python bench/crf_bench.py [--size 512] [--repeats 3]
+Then windows/s of ``--windows`` windows refined in this process (as a thread did before issue 26) and by
+:class:`~rs_deeplab.inference.crf_pool.CRFPool` with 1 and 2 worker processes (started before the clock runs),
+and the 2-process speed-up (target >= 1.7x on a quiet machine with 2 free cores); the pool's labels are checked
+against this process's.
+
+    PYTHONPATH=$PWD python bench/crf_bench.py [--size 512] [--repeats 3] [--windows 8] [--pool-only]
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from rs_deeplab.inference.crf import dense_crf
+from rs_deeplab.inference.crf import CRFParams, dense_crf
+from rs_deeplab.inference.crf_pool import CRFPool
 from rs_deeplab.sample.scene import generate_scene
 
 CLASSES = 6
@@ -57,11 +63,32 @@ def best_of(repeats: int, run: Callable[[], np.ndarray]) -> tuple[float, float, 
     return cpu, wall, out
 
 
+def pool_rates(probs: np.ndarray, rgb: np.ndarray, windows: int) -> None:
+    """Windows/s refined here and by 1 and 2 worker processes (the pool warmed up first); same labels checked."""
+    params, valid = CRFParams(), np.ones(probs.shape[1:], bool)
+    blocks = [(probs, rgb, valid)] * windows
+    start = time.perf_counter()
+    here = [params.refine(p, i, valid=v) for p, i, v in blocks]
+    rates = {"this process (a thread before)": windows / (time.perf_counter() - start)}
+    for n in (1, 2):
+        with CRFPool(n) as pool:
+            pool.warm_up()
+            start = time.perf_counter()
+            out = list(pool.map(params, blocks, None))
+            rates[f"{n} process{'es' if n > 1 else ''}"] = windows / (time.perf_counter() - start)
+        assert all(np.array_equal(a.argmax(0), b.argmax(0)) for a, b in zip(out, here, strict=True)), "labels differ"
+    for name, rate in rates.items():
+        print(f"{name:32s} {rate:6.2f} windows/s")
+    print(f"2 processes / 1 process: {rates['2 processes'] / rates['1 process']:.2f}x (target >= 1.7x)")
+
+
 def main() -> None:
     """Run the benchmark and print one line per case."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=8, help="windows refined per process-pool measurement")
+    parser.add_argument("--pool-only", action="store_true", help="only the 1 vs 2 processes measurement")
     args = parser.parse_args()
     scene = generate_scene(args.size, seed=1, gsd=0.1)
     label, rgb = scene.classes, scene.image[:3]
@@ -77,6 +104,9 @@ def main() -> None:
             probs, rgb, bilateral_sxy=40.0, bilateral_srgb=5.0, bilateral_compat=4.0
         ),
     }
+    if args.pool_only:
+        pool_rates(probs, rgb, args.windows)
+        return
     before = quality(probs, label)
     print(f"{args.size}² window, {CLASSES} classes; before CRF: boundary acc {before[0]:.3f}, mIoU {before[1]:.3f}")
     base = None
@@ -88,6 +118,7 @@ def main() -> None:
             f"{name:28s} cpu {cpu:6.3f} s  wall {wall:6.3f} s  ×{cpu / base:4.2f}  "
             f"boundary acc {edge:.3f}  mIoU {miou:.3f}"
         )
+    pool_rates(probs, rgb, args.windows)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,7 @@ class ClusterError(RsDeeplabError, ConnectionError):
 
     Finished work is kept; the message says how to get the cluster back and that the same command resumes.
     """
+
+
+class WorkerDiedError(RsDeeplabError, ChildProcessError):
+    """A worker process of this run died (killed, or out of memory): the message says how to run with fewer."""

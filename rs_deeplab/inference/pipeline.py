@@ -317,7 +317,7 @@ def _crf_settings(opts: InferOptions, card: ModelCard, model_path: Path) -> CRFS
     if all(b in model_bands for b in bands):  # mean ± 2.5 std of the training tiles: one stretch for every window
         idx = [model_bands.index(b) for b in bands]
         ranges = tuple((card.mean[i] - 2.5 * card.std[i], card.mean[i] + 2.5 * card.std[i]) for i in idx)
-    return CRFSettings(bands=bands, params=params, band_ranges=ranges)
+    return CRFSettings(bands=bands, params=params, band_ranges=ranges, processes=None)  # the cores where it runs
 
 
 def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:

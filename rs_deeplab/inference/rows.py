@@ -11,6 +11,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from rs_deeplab.classes import IGNORE_INDEX
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference.blending import FinishedRows, StripAccumulator, WindowKind
 from rs_deeplab.inference.crf import CRFParams
+from rs_deeplab.inference.crf_pool import CRFPool, crf_processes, strips_in_flight
 from rs_deeplab.inference.predictor import TTA, Normaliser, Predictor
 from rs_deeplab.inference.reader import SceneInfo, WindowBatch, WindowReader
 from rs_deeplab.inference.streams import OrderedWorker, prefetch
@@ -47,6 +49,9 @@ class CRFSettings:
     """Value range of each band stretched to 0..255 for non-8-bit scenes (the same in every window)."""
     margin: int = 64
     """Context columns on each side of a refined block."""
+    processes: int | None = field(default=1, repr=False, compare=False)
+    """Processes refining blocks (:mod:`rs_deeplab.inference.crf_pool`); 1: a thread; None: the cores usable where
+    it runs (or ``RS_DEEPLAB_CRF_PROCESSES``). The labels do not depend on it (not in the run's fingerprint)."""
 
 
 @dataclass(frozen=True)
@@ -254,11 +259,25 @@ def _model_inputs(
 
 
 class _Finisher:
-    """Clip finished rows to ``[start, stop)``; with CRF, cut them into strips refined on a background thread."""
+    """Clip finished rows to ``[start, stop)``; with CRF, cut them into strips refined in the background (a thread,
+    or worker processes: :func:`refine_strip`).
+    """  # noqa: D205
 
     def __init__(self, job: RowJob, start: int, stop: int) -> None:
         self.start, self.stop, self.cuts = start, stop, job.row_offs
-        self.worker = None if job.crf is None else OrderedWorker(_crf_refiner(job), depth=2, name="rs-deeplab-crf")
+        self.worker: OrderedWorker[FinishedRows, FinishedRows] | None = None
+        self.pool: CRFPool | None = None
+        if job.crf is None:
+            return
+        processes = crf_processes(job.crf.processes)
+        if processes == 1:  # a thread (pydensecrf holds the GIL while it refines)
+            self.worker = OrderedWorker(partial(refine_strip, job, None), depth=2, name="rs-deeplab-crf")
+            return
+        self.pool = CRFPool(processes)
+        # a thread per strip in flight reads its colour bands and waits for its blocks; the processes refine them
+        depth = strips_in_flight(processes, math.ceil(job.info.width / job.size))
+        self.worker = OrderedWorker(partial(refine_strip, job, self.pool), depth=depth, threads=depth,
+                                    name="rs-deeplab-crf")  # fmt: skip
 
     def __enter__(self) -> _Finisher:
         return self
@@ -266,6 +285,8 @@ class _Finisher:
     def __exit__(self, *exc: object) -> None:
         if self.worker is not None:
             self.worker.__exit__(*exc)
+        if self.pool is not None:
+            self.pool.__exit__(*exc)
 
     def put(self, parts: Iterable[FinishedRows]) -> Iterator[FinishedRows]:
         """The rows of ``parts`` that are ready (refined ones may come later, always in order)."""
@@ -323,35 +344,41 @@ def concat_rows(parts: Sequence[FinishedRows], job: RowJob, start: int, stop: in
     return FinishedRows(start, labels, probs)
 
 
-def _crf_refiner(job: RowJob) -> Callable[[FinishedRows], FinishedRows]:
-    """Refine finished rows with DenseCRF in blocks of ``size`` columns (plus context margins)."""
+def _strip_image(job: RowJob, part: FinishedRows) -> np.ndarray:
+    """The CRF's colour bands of ``part``'s rows, whole width, on the working grid (resampled when not the file's)."""
     assert job.crf is not None
+    width, rows = job.info.width, part.row_stop - part.row_start
+    with open_raster(job.info.path) as src:
+        window = job.info.file_window(Window(0, part.row_start, width, rows))
+        try:
+            return src.read(list(job.crf.bands), window=window, out_shape=(len(job.crf.bands), rows, width),
+                            resampling=Resampling.bilinear)  # fmt: skip
+        except (RasterioError, CPLE_BaseError) as exc:
+            raise read_error(job.info.path, exc, f"rows {part.row_start}..{part.row_stop}") from None
+
+
+def refine_strip(job: RowJob, pool: CRFPool | None, part: FinishedRows) -> FinishedRows:
+    """Refine finished rows with DenseCRF in blocks of ``size`` columns (plus context margins).
+
+    Blocks are refined here one after the other, or all at once by ``pool``'s processes: the same calls either way.
+    """
+    assert job.crf is not None and part.probs is not None
     crf = job.crf
     width, size = job.info.width, job.size
-
-    def refine(part: FinishedRows) -> FinishedRows:
-        assert part.probs is not None
-        valid = part.labels != IGNORE_INDEX
-        if not valid.any():
-            return part if job.keep_probs else replace(part, probs=None)
-        rows = part.row_stop - part.row_start
-        with open_raster(job.info.path) as src:  # the working grid's pixels (resampled when it is not the file's)
-            window = job.info.file_window(Window(0, part.row_start, width, rows))
-            try:
-                image = src.read(list(crf.bands), window=window, out_shape=(len(crf.bands), rows, width),
-                                 resampling=Resampling.bilinear)  # fmt: skip
-            except (RasterioError, CPLE_BaseError) as exc:
-                raise read_error(job.info.path, exc, f"rows {part.row_start}..{part.row_stop}") from None
-        probs = part.probs.copy()
-        for c in range(0, width, size):
-            x0, x1 = max(0, c - crf.margin), min(width, c + size + crf.margin)
-            if not valid[:, c : c + size].any():
-                continue
-            ranges = None if image.dtype == np.uint8 else crf.band_ranges
-            out = crf.params.refine(part.probs[:, :, x0:x1], image[:, :, x0:x1], valid=valid[:, x0:x1],
-                                    band_ranges=ranges)  # fmt: skip
-            probs[:, :, c : min(c + size, width)] = out[:, :, c - x0 : c - x0 + min(size, width - c)]
-        labels = np.where(valid, probs.argmax(0), IGNORE_INDEX).astype(np.uint8)
-        return FinishedRows(part.row_start, labels, probs if job.keep_probs else None)
-
-    return refine
+    valid = part.labels != IGNORE_INDEX
+    if not valid.any():
+        return part if job.keep_probs else replace(part, probs=None)
+    image = _strip_image(job, part)
+    ranges = None if image.dtype == np.uint8 else crf.band_ranges
+    spans = [(c, max(0, c - crf.margin), min(width, c + size + crf.margin)) for c in range(0, width, size)]
+    spans = [(c, x0, x1) for c, x0, x1 in spans if valid[:, c : c + size].any()]
+    blocks = [(part.probs[:, :, x0:x1], image[:, :, x0:x1], valid[:, x0:x1]) for _, x0, x1 in spans]
+    if pool is None:
+        refined: Iterable[np.ndarray] = (crf.params.refine(p, i, valid=v, band_ranges=ranges) for p, i, v in blocks)
+    else:
+        refined = pool.map(crf.params, blocks, ranges)
+    probs = part.probs.copy()
+    for (c, x0, _), out in zip(spans, refined, strict=True):
+        probs[:, :, c : min(c + size, width)] = out[:, :, c - x0 : c - x0 + min(size, width - c)]
+    labels = np.where(valid, probs.argmax(0), IGNORE_INDEX).astype(np.uint8)
+    return FinishedRows(part.row_start, labels, probs if job.keep_probs else None)

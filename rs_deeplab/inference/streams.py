@@ -102,15 +102,16 @@ class BackgroundSink(Generic[T]):
 
 
 class OrderedWorker(Generic[T, R]):
-    """Apply ``fn`` to items on one background thread; hand the results back in the order the items came.
+    """Apply ``fn`` to items on background threads (one by default); hand the results back in the order the items
+    came.
 
     At most ``depth`` items are in flight: :meth:`submit` blocks on the oldest one beyond that. An error in ``fn``
-    is raised where its result is collected. Use as a context manager (the thread stops on exit).
-    """
+    is raised where its result is collected. Use as a context manager (the threads stop on exit).
+    """  # noqa: D205
 
-    def __init__(self, fn: Callable[[T], R], depth: int = 2, name: str = "rs-deeplab-worker") -> None:
+    def __init__(self, fn: Callable[[T], R], depth: int = 2, name: str = "rs-deeplab-worker", threads: int = 1) -> None:
         self._fn, self._depth = fn, max(1, depth)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix=name)
         self._pending: deque[Future[R]] = deque()
 
     def __enter__(self) -> OrderedWorker[T, R]:
