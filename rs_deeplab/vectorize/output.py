@@ -115,7 +115,7 @@ class LayerWriter:
         if target_crs is not None and source_crs is not None and not target_crs.equals(source_crs):
             self._reproject = pyproj.Transformer.from_crs(source_crs, target_crs, always_xy=True)
         self._layer_exists = False
-        self._buffer: list[Rows] = []
+        self._buffer: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]] = []
         self._buffered = 0
         self._vertices = 0
         self.written = 0
@@ -124,9 +124,13 @@ class LayerWriter:
             self._layer_exists = self._check_existing(append_to)
 
     def write(self, rows: Rows) -> None:
-        """Queue rows (geometries in the source CRS); flushes every few tens of thousands of rows."""
+        """Queue rows (geometries in the source CRS); flushes every few tens of thousands of rows.
+
+        The rows are made ready to write here (reprojected, WKB, columns), so a flush only writes: a caller
+        that waits for more rows (worker processes) has done this work by the time the last rows come.
+        """
         if len(rows):
-            self._buffer.append(rows)
+            self._buffer.append(self._prepare(rows))
             self._buffered += len(rows)
             self._vertices += int(shapely.get_num_coordinates(rows.geoms).sum())
         if self._buffered >= BATCH_ROWS or self._vertices >= BATCH_VERTICES:
@@ -136,14 +140,20 @@ class LayerWriter:
         """Write the queued rows."""
         if not self._buffer:
             return
-        rows = Rows.concat(self._buffer)
-        self._buffer, self._buffered, self._vertices = [], 0, 0
+        batches, self._buffer, self._buffered, self._vertices = self._buffer, [], 0, 0
+        wkb = np.concatenate([b[0] for b in batches])
+        base = [np.concatenate([b[1][k] for b in batches]) for k in range(len(BASE_FIELDS))]
+        computed = [np.concatenate([b[2][k] for b in batches]) for k in range(len(self._computed))]
+        self._write(wkb, base, computed)
+        self.written += len(wkb)
+
+    def _prepare(self, rows: Rows) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """WKB, base columns and computed columns of ``rows``."""
         geoms = self._to_target(rows)
         ids, inverse = np.unique(rows.values, return_inverse=True)
         names = np.array([self._names.name(int(v)) for v in ids], dtype=object)[inverse]
         computed = [np.asarray(fn(rows.geoms), dtype=object) for fn in self._computed.values()]
-        self._write(shapely.to_wkb(geoms), [rows.values.astype(np.int32), names, rows.area, rows.perimeter], computed)
-        self.written += len(rows)
+        return shapely.to_wkb(geoms), [rows.values.astype(np.int32), names, rows.area, rows.perimeter], computed
 
     def close(self) -> int:
         """Flush, create the layer even when empty, convert to the final format; return the rows written."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from rs_deeplab.vectorize.stitch import stitch
+from rs_deeplab.vectorize.stitch import stitch_many
 
 SEAM_SIDES = ("left", "right", "top", "bottom")
 
@@ -26,7 +26,8 @@ class SeamMerger:
 
     Args:
         block_size: Block edge in pixels (seams lie on its multiples).
-        validate: Check stitched regions for validity (after simplification), see :func:`stitch`.
+        validate: Check stitched regions for validity (after simplification), see
+            :func:`~rs_deeplab.vectorize.stitch.stitch`.
     """
 
     def __init__(self, block_size: int, *, validate: bool = False) -> None:
@@ -140,12 +141,14 @@ class SeamMerger:
     def _dissolve(self, groups: list[list[shapely.Geometry]]) -> np.ndarray:
         """One geometry per group: the piece itself, or the pieces stitched together along their seams."""
         out = np.empty(len(groups), dtype=object)
+        several = [k for k, parts in enumerate(groups) if len(parts) > 1]
         for k, parts in enumerate(groups):
             if len(parts) == 1:
                 out[k] = parts[0]
-            else:
-                self.merged += 1
-                out[k] = stitch(np.asarray(parts, dtype=object), self._grid, validate=self._validate)
+        if several:
+            self.merged += len(several)
+            pieces = [np.asarray(groups[k], dtype=object) for k in several]
+            out[several] = stitch_many(pieces, self._grid, validate=self._validate)
         return out
 
 

@@ -11,6 +11,7 @@ unexpected falls back to ``shapely.union_all``, which gives the same result.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import shapely
@@ -21,7 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class _FallbackError(Exception):
-    """The fast path met a configuration it does not handle."""
+    """The fast path met a configuration it does not handle, in the groups marked in ``groups``."""
+
+    def __init__(self, why: str, groups: np.ndarray) -> None:
+        super().__init__(why)
+        self.groups = groups
 
 
 def stitch(pieces: np.ndarray, grid: int, *, validate: bool = False) -> shapely.Geometry:
@@ -34,15 +39,35 @@ def stitch(pieces: np.ndarray, grid: int, *, validate: bool = False) -> shapely.
             simplification, where two pieces may touch at a point lying inside an edge (exact pixel outlines
             only ever touch at shared vertices, which the splice handles).
     """
-    try:
-        polygon = _stitch(pieces, grid)
-    except _FallbackError as why:
-        log.debug("seam splice fell back to an overlay union: %s", why)
-        return _overlay(pieces)
-    if validate and not polygon.is_valid:
-        log.debug("seam splice gave an invalid polygon; using an overlay union")
-        return _overlay(pieces)
-    return polygon
+    return stitch_many([pieces], grid, validate=validate)[0]
+
+
+def stitch_many(groups: Sequence[np.ndarray], grid: int, *, validate: bool = False) -> np.ndarray:
+    """:func:`stitch` for several regions at once: one geometry per group of pieces, in order.
+
+    The splice runs on the vertices of all the groups together: a few dozen NumPy calls for the lot instead of
+    for each region (one block's seams close tens of regions). A group the splice does not handle is done alone
+    with an overlay union and the others are spliced again without it, so every geometry is the one
+    :func:`stitch` gives for its group.
+    """
+    out = np.empty(len(groups), dtype=object)
+    todo = np.arange(len(groups))
+    while len(todo):
+        try:
+            polygons = _splice([groups[k] for k in todo], grid)
+        except _FallbackError as why:
+            for k in todo[why.groups]:
+                log.debug("seam splice fell back to an overlay union: %s", why)
+                out[k] = _overlay(groups[k])
+            todo = todo[~why.groups]
+            continue
+        if validate:
+            for i in np.flatnonzero(~shapely.is_valid(polygons)):
+                log.debug("seam splice gave an invalid polygon; using an overlay union")
+                polygons[i] = _overlay(groups[todo[i]])
+        out[todo] = polygons
+        break
+    return out
 
 
 def _overlay(pieces: np.ndarray) -> shapely.Geometry:
@@ -50,43 +75,67 @@ def _overlay(pieces: np.ndarray) -> shapely.Geometry:
     return parts[0] if len(parts) == 1 else shapely.MultiPolygon(list(parts))
 
 
-def _stitch(pieces: np.ndarray, grid: int) -> shapely.Geometry:
+def _check(bad: np.ndarray, why: str) -> None:
+    """Stop the splice for the groups marked in ``bad`` (a boolean per group), if any."""
+    if bad.any():
+        raise _FallbackError(why, bad)
+
+
+def _mark(groups: np.ndarray, n_groups: int) -> np.ndarray:
+    bad = np.zeros(n_groups, dtype=bool)
+    bad[groups] = True
+    return bad
+
+
+def _splice(groups: list[np.ndarray], grid: int) -> np.ndarray:
+    """Splice each group's pieces along the seam edges they share; one polygon per group.
+
+    Raises:
+        _FallbackError: Marking the groups the splice does not handle.
+    """
+    n_groups = len(groups)
+    pieces = np.concatenate(groups)
+    piece_group = np.repeat(np.arange(n_groups), [len(g) for g in groups])
     rings, owner = shapely.get_rings(pieces, return_index=True)
     shell_mask, _ = ring_ends(owner)
+    shell_group = piece_group[owner[shell_mask]]
+    _check(np.bincount(shell_group, minlength=n_groups) == 0, "a region without an outline")
     xy, ring = shapely.get_coordinates(rings[shell_mask], return_index=True)
-    xy, sign = _same_orientation(xy, ring)
+    _check(_mark(shell_group[np.bincount(ring, minlength=len(shell_group)) == 0], n_groups), "an empty outline")
+    xy, sign = _same_orientation(xy, ring, shell_group)
     xy, ring = densify_coords(xy, ring, grid)
-    xy, ring, cut = _rotate_to_cut(xy, ring, _shared_seam_edges(xy, ring, grid))
+    group = shell_group[ring]  # of each vertex
+    xy, cut = _rotate_to_cut(xy, ring, _shared_seam_edges(xy, ring, group, grid, n_groups), shell_group, n_groups)
     _, last = ring_ends(ring)
     kept = ~cut & ~last
     starts = np.flatnonzero(kept & ~np.concatenate(([False], kept[:-1])))
     ends = np.flatnonzero(kept & ~np.concatenate((kept[1:], [False]))) + 1  # each chain's last vertex
-    shells: list[np.ndarray] = []
-    new_holes: list[np.ndarray] = []
-    for cycle in _cycles(xy, starts, ends):
-        joined = np.concatenate([xy[starts[c] : ends[c]] for c in cycle])
-        for loop in _split_touching(joined):
-            closed = np.concatenate((loop, loop[:1]))
-            loop = loop[collinear_free(closed, np.zeros(len(closed), np.int64))[:-1]]
-            (shells if _signed_area(loop) * sign > 0 else new_holes).append(loop)
-    if len(shells) != 1:
-        raise _FallbackError(f"{len(shells)} outer rings")
-    holes = [*(shapely.LinearRing(h) for h in new_holes), *rings[~shell_mask]]
-    return shapely.polygons(shapely.linearrings(shells[0]), holes=np.array(holes, dtype=object) if holes else None)
+    chain_group = group[starts]
+    loop_xy, loop_of, loop_group = _loops(xy, starts, ends, chain_group, n_groups)
+    is_shell = _signed_areas(loop_xy, loop_of) * sign[loop_group] > 0
+    shells = np.bincount(loop_group[is_shell], minlength=n_groups)
+    _check(shells != 1, "not one outer ring")
+    holes = ~shell_mask
+    all_rings = np.concatenate((shapely.linearrings(loop_xy, indices=loop_of), rings[holes]))
+    all_groups = np.concatenate((loop_group, piece_group[owner[holes]]))
+    kind = np.concatenate((np.where(is_shell, 0, 1), np.full(int(holes.sum()), 2)))  # shell, new holes, old holes
+    order = np.lexsort((np.arange(len(all_rings)), kind, all_groups))
+    return shapely.polygons(all_rings[order], indices=all_groups[order])
 
 
-def _same_orientation(xy: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, float]:
-    """Reverse the closed rings turning against the first one; return the vertices and that turning sign.
+def _same_orientation(xy: np.ndarray, ring: np.ndarray, ring_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reverse the closed rings turning against their group's first; return the vertices and each group's sign.
 
-    GDAL writes every outline the same way round, so nothing is usually reversed; shells of the result then turn
-    with the returned sign (+1 counter-clockwise), holes against it.
+    GDAL writes every outline the same way round, so nothing is usually reversed; shells of a group's result then
+    turn with its sign (+1 counter-clockwise), holes against it.
     """
     same = np.concatenate((ring[1:] == ring[:-1], [False]))
     nxt = np.concatenate((xy[1:], xy[:1]))
     cross = np.where(same, xy[:, 0] * nxt[:, 1] - nxt[:, 0] * xy[:, 1], 0.0)
-    area = np.bincount(ring, weights=cross)
-    sign = 1.0 if area[0] > 0 else -1.0
-    flip = (area * sign < 0)[ring]
+    area = np.bincount(ring, weights=cross, minlength=len(ring_group))
+    first_of_group, _ = ring_ends(ring_group)
+    sign = np.where(area[first_of_group] > 0, 1.0, -1.0)
+    flip = (area * sign[ring_group] < 0)[ring]
     if flip.any():
         first, last = ring_ends(ring)
         rank = np.cumsum(first) - 1
@@ -96,71 +145,147 @@ def _same_orientation(xy: np.ndarray, ring: np.ndarray) -> tuple[np.ndarray, flo
     return xy, sign
 
 
-def _shared_seam_edges(xy: np.ndarray, ring: np.ndarray, grid: int) -> np.ndarray:
-    """Boolean per vertex: the edge starting there is a unit seam edge also present in another piece."""
+def _shared_seam_edges(xy: np.ndarray, ring: np.ndarray, group: np.ndarray, grid: int, n_groups: int) -> np.ndarray:
+    """Boolean per vertex: the edge starting there is a unit seam edge also present in another piece of its group."""
     d = np.concatenate((xy[1:] - xy[:-1], [[0.0, 0.0]]))
     valid = np.concatenate((ring[1:] == ring[:-1], [False]))
     vertical = valid & (d[:, 0] == 0) & (np.abs(d[:, 1]) == 1) & (xy[:, 0] % grid == 0)
     horizontal = valid & (d[:, 1] == 0) & (np.abs(d[:, 0]) == 1) & (xy[:, 1] % grid == 0)
     seam = vertical | horizontal
-    if not seam.any():
-        raise _FallbackError("no seam edges")
+    _check(np.bincount(group[seam], minlength=n_groups) == 0, "no seam edges")
     index = np.flatnonzero(seam)
     low = np.minimum(xy[seam], xy[seam] + d[seam]).astype(np.int64)
     key = (((low[:, 0] << 31) + low[:, 1]) << 1) + vertical[seam]
-    order = np.argsort(key, kind="stable")
-    twin = key[order][1:] == key[order][:-1]  # the same unit edge in two pieces
-    if (twin[1:] & twin[:-1]).any():
-        raise _FallbackError("overlapping pieces")
+    order = np.lexsort((key, group[seam]))
+    key, edge_group = key[order], group[seam][order]
+    twin = (key[1:] == key[:-1]) & (edge_group[1:] == edge_group[:-1])  # the same unit edge in two pieces
+    _check(_mark(edge_group[1:-1][twin[1:] & twin[:-1]], n_groups), "overlapping pieces")
     cut = np.zeros(len(xy), dtype=bool)
     cut[index[order[1:][twin]]] = True
     cut[index[order[:-1][twin]]] = True
     return cut
 
 
-def _rotate_to_cut(xy: np.ndarray, ring: np.ndarray, cut: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rotate_to_cut(
+    xy: np.ndarray, ring: np.ndarray, cut: np.ndarray, ring_group: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rotate each closed ring so its first edge is a removed seam edge (chains then never wrap around)."""
     first_vertex, _ = ring_ends(ring)
     starts = np.flatnonzero(first_vertex)
     sizes = np.diff(np.append(starts, len(ring))) - 1  # vertices without the closing one
     hit = np.flatnonzero(cut)
-    first = np.flatnonzero(np.concatenate(([True], ring[hit][1:] != ring[hit][:-1])))
-    if len(first) != len(starts):
-        raise _FallbackError("a piece shares no seam edge")
-    first_cut = hit[first] - starts
+    first = hit[np.concatenate(([True], ring[hit][1:] != ring[hit][:-1]))] if len(hit) else hit
+    has_cut = np.zeros(len(starts), dtype=bool)
+    has_cut[ring[first]] = True
+    _check(_mark(ring_group[~has_cut], n_groups), "a piece shares no seam edge")
+    first_cut = first - starts
     n = sizes[ring]
     pos = np.arange(len(ring)) - starts[ring]
     src = starts[ring] + (first_cut[ring] + np.minimum(pos, n)) % n
-    return xy[src], ring, cut[src] & (pos < n)
+    return xy[src], cut[src] & (pos < n)
 
 
-def _cycles(xy: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[list[int]]:
-    """Link chains end to start into closed outlines.
+def _loops(
+    xy: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Link chains end to start into closed loops; return their vertices (open), the loop of each, each loop's group.
 
-    Pixel regions are 4-connected, so where outlines touch at a seam vertex they pass through it inside a
-    chain, and each chain end meets exactly one chain start; anything else falls back to an overlay.
+    Loops passing a vertex twice are split and straight-line vertices dropped. Pixel regions are 4-connected, so
+    where outlines touch at a seam vertex they pass through it inside a chain, and each chain end meets exactly one
+    chain start of its group; anything else falls back to an overlay. Loops come in the order of their first
+    chain, each starting with it.
     """
-    by_start: dict[tuple[float, float], list[int]] = {}
-    for c, s in enumerate(starts.tolist()):
-        by_start.setdefault((xy[s, 0], xy[s, 1]), []).append(c)
-    nxt = np.full(len(starts), -1)
-    taken = np.zeros(len(starts), dtype=bool)
-    for c, e in enumerate(ends.tolist()):
-        options = by_start.get((xy[e, 0], xy[e, 1]), [])
-        if len(options) != 1 or taken[options[0]]:
-            raise _FallbackError("several chains meet at one seam vertex")
-        nxt[c], taken[options[0]] = options[0], True
-    cycles: list[list[int]] = []
-    seen = np.zeros(len(starts), dtype=bool)
+    nxt = _link(xy, starts, ends, chain_group, n_groups)
+    seen = bytearray(len(starts))
+    seq: list[int] = []
+    heads: list[int] = []
     for c0 in range(len(starts)):
-        cycle, c = [], c0
+        if seen[c0]:
+            continue
+        heads.append(len(seq))
+        c = c0
         while not seen[c]:
-            seen[c] = True
-            cycle.append(c)
-            c = int(nxt[c])
-        if cycle:
-            cycles.append(cycle)
-    return cycles
+            seen[c] = 1
+            seq.append(c)
+            c = nxt[c]
+    chains = np.asarray(seq, dtype=np.int64)
+    lengths = (ends - starts)[chains]
+    vertex = np.repeat(starts[chains] - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    cycle_head = np.zeros(len(chains), dtype=np.int64)
+    cycle_head[heads] = 1
+    loop_of = np.repeat(np.cumsum(cycle_head) - 1, lengths)
+    loop_group = chain_group[chains[heads]]
+    loop_xy, loop_of, loop_group = _split_touching_loops(xy[vertex], loop_of, loop_group)
+    closed_xy, closed_of = _close(loop_xy, loop_of)
+    keep = collinear_free(closed_xy, closed_of)
+    loop_xy, loop_of = closed_xy[keep], closed_of[keep]
+    _check(_mark(loop_group[np.bincount(loop_of, minlength=len(loop_group)) < 3], n_groups), "a degenerate loop")
+    return loop_xy, loop_of, loop_group
+
+
+def _link(xy: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.ndarray, n_groups: int) -> list[int]:
+    """The chain each chain's end leads to: the one chain of its group starting at that vertex."""
+    by_start = np.lexsort((xy[starts, 1], xy[starts, 0], chain_group))
+    by_end = np.lexsort((xy[ends, 1], xy[ends, 0], chain_group))
+    s_xy, e_xy, g = xy[starts][by_start], xy[ends][by_end], chain_group[by_start]
+    # each group has as many starts as ends: matched in sorted order, every end meets one start iff they agree
+    unmatched = (s_xy != e_xy).any(axis=1) | (g != chain_group[by_end])
+    repeated = (s_xy[1:] == s_xy[:-1]).all(axis=1) & (g[1:] == g[:-1])
+    _check(_mark(np.concatenate((g[unmatched], g[1:][repeated])), n_groups), "several chains meet at one seam vertex")
+    nxt = np.empty(len(starts), dtype=np.int64)
+    nxt[by_end] = by_start
+    return nxt.tolist()
+
+
+def _split_touching_loops(
+    xy: np.ndarray, loop_of: np.ndarray, loop_group: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split every loop that passes through a vertex twice into simple loops (see :func:`_split_touching`)."""
+    if not len(xy):
+        return xy, loop_of, loop_group
+    x, y = xy[:, 0].astype(np.int64), xy[:, 1].astype(np.int64)
+    bits_x, bits_y = int(x.max()).bit_length(), int(y.max()).bit_length()
+    if int(loop_of[-1]).bit_length() + bits_x + bits_y < 63 and x.min() >= 0 and y.min() >= 0:
+        keys = np.sort((((loop_of << bits_x) + x) << bits_y) + y)  # one integer per (loop, vertex): a fast sort
+        twice = keys[1:] == keys[:-1]
+        loops_twice = keys[1:][twice] >> (bits_x + bits_y)
+    else:
+        order = np.lexsort((y, x, loop_of))
+        twice = (x[order][1:] == x[order][:-1]) & (y[order][1:] == y[order][:-1])
+        twice &= loop_of[order][1:] == loop_of[order][:-1]
+        loops_twice = loop_of[order][1:][twice]
+    if not twice.any():
+        return xy, loop_of, loop_group
+    touching = np.zeros(len(loop_group), dtype=bool)
+    touching[loops_twice] = True
+    first, _ = ring_ends(loop_of)
+    bounds = np.append(np.flatnonzero(first), len(loop_of))
+    parts: list[np.ndarray] = []
+    groups: list[int] = []
+    for k in range(len(loop_group)):
+        loop = xy[bounds[k] : bounds[k + 1]]
+        split = _split_touching(loop) if touching[k] else [loop]
+        parts.extend(split)
+        groups.extend([int(loop_group[k])] * len(split))
+    sizes = [len(p) for p in parts]
+    return np.concatenate(parts), np.repeat(np.arange(len(parts)), sizes), np.asarray(groups, dtype=np.int64)
+
+
+def _close(xy: np.ndarray, loop_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat each open loop's first vertex at its end."""
+    first, _ = ring_ends(loop_of)
+    heads = np.flatnonzero(first)
+    at = np.append(heads[1:], len(loop_of))
+    return np.insert(xy, at, xy[heads], axis=0), np.insert(loop_of, at, loop_of[heads])
+
+
+def _signed_areas(xy: np.ndarray, loop_of: np.ndarray) -> np.ndarray:
+    """Twice the signed area of each open loop (exact: integer vertices)."""
+    first, last = ring_ends(loop_of)
+    nxt = np.arange(1, len(xy) + 1)
+    nxt[last] = np.flatnonzero(first)
+    cross = xy[:, 0] * xy[nxt, 1] - xy[nxt, 0] * xy[:, 1]
+    return np.bincount(loop_of, weights=cross, minlength=int(loop_of[-1]) + 1 if len(loop_of) else 0)
 
 
 def _split_touching(loop: np.ndarray) -> list[np.ndarray]:
@@ -184,8 +309,3 @@ def _split_touching(loop: np.ndarray) -> list[np.ndarray]:
             stack.append(i)
     out.append(loop[stack])
     return [r for r in out if len(r) >= 3]
-
-
-def _signed_area(loop: np.ndarray) -> float:
-    x, y = loop[:, 0], loop[:, 1]
-    return float((x * np.roll(y, -1) - np.roll(x, -1) * y).sum() / 2)
