@@ -54,7 +54,7 @@ def stitch_many(groups: Sequence[np.ndarray], grid: int, *, validate: bool = Fal
     todo = np.arange(len(groups))
     while len(todo):
         try:
-            polygons = _splice([groups[k] for k in todo], grid)
+            polygons = _splice([groups[k] for k in todo.tolist()], grid)
         except _FallbackError as why:
             for k in todo[why.groups]:
                 log.debug("seam splice fell back to an overlay union: %s", why)

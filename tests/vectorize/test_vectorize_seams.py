@@ -17,7 +17,7 @@ from rs_deeplab.vectorize import RegionStream
 from rs_deeplab.vectorize.metadata import select_classes
 from rs_deeplab.vectorize.polygonize import FlatPolygons, paint, polygonize_block
 from rs_deeplab.vectorize.rings import densify_pixel_polygons, drop_collinear
-from rs_deeplab.vectorize.stitch import stitch
+from rs_deeplab.vectorize.stitch import stitch, stitch_many
 
 TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_800_000.0)
 
@@ -193,6 +193,27 @@ def test_stitch_falls_back_to_an_overlay_when_pieces_share_no_seam_edge(caplog):
         result = stitch(corner, 4)
     assert "fell back" in caplog.text
     assert result.equals(shapely.union_all(corner))
+
+
+def test_stitch_many_splices_each_group_as_alone_and_falls_back_only_where_needed(caplog):
+    # Pieces of several regions cut by the seams x = 4 and y = 4, spliced in one call: a ring around a hole
+    # whose pieces come from four blocks, an L across a corner, a bar, and a pair meeting at a point only
+    # (no shared seam edge: that group alone falls back to an overlay union).
+    ring = np.array([shapely.box(1, 1, 4, 4).difference(shapely.box(2, 2, 4, 4)), shapely.box(4, 1, 7, 4).difference(
+        shapely.box(4, 2, 6, 4)), shapely.box(1, 4, 4, 7).difference(shapely.box(2, 4, 4, 6)),
+        shapely.box(4, 4, 7, 7).difference(shapely.box(4, 4, 6, 6))])  # fmt: skip
+    ell = np.array([shapely.box(10, 0, 12, 4), shapely.box(10, 4, 12, 8), shapely.box(12, 6, 14, 8)])
+    bar = np.array([shapely.box(0, 9, 4, 10), shapely.box(4, 9, 8, 10)])
+    corner = np.array([shapely.box(0, 12, 4, 16), shapely.box(4, 16, 8, 20)])
+    groups = [ring, ell, corner, bar]
+    with caplog.at_level("DEBUG", logger="rs_deeplab.vectorize.stitch"):
+        together = stitch_many(groups, 4)
+    assert caplog.text.count("fell back") == 1
+    for got, pieces in zip(together, groups, strict=True):
+        assert got.equals(shapely.union_all(pieces)) and got.is_valid
+        assert shapely.to_wkb(got) == shapely.to_wkb(stitch(pieces, 4))  # the same vertices, in the same order
+    assert len(together[0].interiors) == 1  # the hole in the middle survives the splice
+    assert shapely.get_num_coordinates(together[3]) == 5  # a bar: no seam vertex left on its straight edges
 
 
 def test_simplified_pieces_touching_inside_an_edge_are_repaired(caplog):
