@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ TORCHSCRIPT_EXTRA = f"{METADATA_KEY}.json"
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".ts",)
 EXTRA_HINT = "pip install onnxruntime onnx"
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 def card_text(card: ModelCard, source: Path | str | None = None) -> str:
@@ -77,24 +79,53 @@ def session_threads() -> tuple[int, int]:
     """ONNX Runtime intra-op threads for one session here, and the tasks sharing the cores (threads × tasks <=
     cores this process may use).
     """  # noqa: D205
-    from rs_deeplab.devices import intra_op_threads, usable_cores
+    from rs_deeplab.cores import usable_cores
+    from rs_deeplab.devices import intra_op_threads
 
     tasks = dask_worker_tasks()
     return intra_op_threads(usable_cores(), tasks), tasks
+
+
+def check_cuda_session(path: Path, got: Sequence[str], available: Sequence[str], *, strict: bool) -> None:
+    """Make a session asked to run on CUDA that runs on the CPU known: a warning once, or an error when ``strict``.
+
+    Args:
+        path: The model.
+        got: ``session.get_providers()``: what the session runs on.
+        available: ``onnxruntime.get_available_providers()``: what this ONNX Runtime was built with.
+        strict: ``--device cuda`` was asked for explicitly (not ``auto``).
+
+    Raises:
+        InputError: ``strict`` and the session has no CUDA provider.
+    """
+    if CUDA_PROVIDER in got:
+        return
+    if CUDA_PROVIDER in available:
+        why = "its CUDA provider did not load (CUDA or cuDNN libraries missing, or not the ones onnxruntime-gpu needs)"
+    else:
+        why = "this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)"
+    if strict:
+        raise InputError(f"--device cuda: ONNX Runtime would run {path} on the CPU: {why}; fix that, or pass "
+                         "--runtime torch (for a checkpoint) or --device auto to accept the CPU")  # fmt: skip
+    from rs_deeplab.inference.onnx_cache import say_once
+
+    say_once("%s runs on the CPU, not the GPU: %s (--device cuda makes this an error)", path, why,
+             level=logging.WARNING)  # fmt: skip
 
 
 class OnnxModule(torch.nn.Module):
     """An ONNX Runtime session as a module: float32 ``(B, bands, h, w)`` in, logits out, on the input's device.
 
     The session runs on the CUDA provider when ``device`` is a GPU and ONNX Runtime has it, else on the CPU with
-    :func:`session_threads` threads that do not spin-wait between calls. It always computes in
+    :func:`session_threads` threads that do not spin-wait between calls; a GPU asked for and not had is said once,
+    or with ``strict`` (``--device cuda``) an error (:func:`check_cuda_session`). It always computes in
     float32 at its inputs and outputs: the predictor applies no AMP or channels_last.
     """
 
     fixed_precision = True
     """Tells :class:`~rs_deeplab.inference.predictor.Predictor` to feed float32 and not to autocast."""
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+    def __init__(self, path: Path, device: torch.device, *, strict: bool = False) -> None:
         super().__init__()
         ort = import_onnxruntime()
         options = ort.SessionOptions()
@@ -104,17 +135,16 @@ class OnnxModule(torch.nn.Module):
         # need those cores; on predict_scene it took ONNX Runtime from 1.6x to 2.0x PyTorch's windows/s here
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-            else:
-                log.warning("%s: this ONNX Runtime has no CUDA provider; running on the CPU (for the GPU: pip "
-                            "install onnxruntime-gpu; or pass --device cpu)", path)  # fmt: skip
+        available = ort.get_available_providers()
+        if device.type == "cuda" and CUDA_PROVIDER in available:
+            providers.insert(0, (CUDA_PROVIDER, {"device_id": device.index or 0}))
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise CheckpointError(f"{path}: not a readable ONNX model ({short_message(str(exc))}); "
                                   "export it again with pipelines/export.py") from None  # fmt: skip
+        if device.type == "cuda":  # a CUDA provider that fails to load falls back to the CPU without an error
+            check_cuda_session(path, self.session.get_providers(), available, strict=strict)
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
 
@@ -144,15 +174,16 @@ class ScriptedModule(torch.nn.Module):
         return self.scripted(x.float())
 
 
-def load_exported(path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
+def load_exported(path: Path, device: torch.device, *, strict: bool = False) -> tuple[torch.nn.Module, ModelCard]:
     """An exported model (``.onnx`` or ``.ts``) in eval mode on ``device`` and its card.
 
     Raises:
         CheckpointError: Unreadable file, or no/damaged metadata.
-        InputError: ONNX Runtime is not installed (names the extra).
+        InputError: ONNX Runtime is not installed (names the extra); ``strict`` and an ONNX session asked for the
+            GPU that runs on the CPU.
     """
     if path.suffix.lower() in ONNX_SUFFIXES:
-        onnx_module = OnnxModule(path, device)
+        onnx_module = OnnxModule(path, device, strict=strict)
         return onnx_module.eval(), read_card(path, onnx_module.metadata())
     extra = {TORCHSCRIPT_EXTRA: ""}
     try:

@@ -220,7 +220,8 @@ def infer_scenes(
                          "training checkpoint (.pt) or drop the option")  # fmt: skip
     # read once, where this process runs it (absolute path: Dask workers run elsewhere and read it themselves)
     # with PyTorch first: the checks need the card, the ONNX export (or int8 model) is made after them
-    trained = TrainedModel(ckpt.resolve(), opts.output_stride, runtime=opts.runtime, precision=opts.precision)
+    trained = TrainedModel(ckpt.resolve(), opts.output_stride, runtime=opts.runtime, precision=opts.precision,
+                           strict_device=str(opts.device).strip().lower().startswith("cuda"))  # fmt: skip
     loaded = replace(trained, runtime="torch", precision="fp32").load(here) if model_kind(ckpt) == "checkpoint" \
         else trained.load(here)  # fmt: skip
     loaded = replace(loaded, source=trained)

@@ -162,7 +162,7 @@ def onnx_checkpoint(
 
 def checkpoint_on_onnx(
     checkpoint: Path, model: Callable[[], torch.nn.Module], card: ModelCard, device: torch.device, *, runtime: str,
-    output_stride: int | None, precision: str, calibration: Sequence[str] = (),
+    output_stride: int | None, precision: str, calibration: Sequence[str] = (), strict: bool = False,
 ) -> tuple[torch.nn.Module | None, str]:  # fmt: skip
     """An :class:`~rs_deeplab.inference.exported.OnnxModule` running ``checkpoint``, and a note for the run's
     fingerprint; None (and the reason, said once) where ``auto`` falls back to PyTorch.
@@ -187,7 +187,7 @@ def checkpoint_on_onnx(
         say_once("%s; running it with PyTorch (pass --runtime torch to skip the attempt)", exc,
                  level=logging.WARNING)  # fmt: skip
         return None, "torch"
-    module = OnnxModule(path, device)
+    module = OnnxModule(path, device, strict=strict)  # strict: --device cuda, and the session would run on the CPU
     note = f"onnx-{precision}"
     if precision == "int8":
         agreement, windows = facts.get("agreement"), facts.get("check_windows")

@@ -77,6 +77,9 @@ class TrainedModel:
     runtime: str = "torch"
     precision: str = "fp32"
     calibration: tuple[str, ...] = ()
+    strict_device: bool = False
+    """``--device cuda`` was asked for explicitly: an ONNX session that would run on the CPU is an error (else a
+    warning, once)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -109,7 +112,7 @@ class TrainedModel:
                                  "the training checkpoint (.pt) or drop the option")  # fmt: skip
             from rs_deeplab.inference.exported import load_exported
 
-            module, card = load_exported(self.path, device)
+            module, card = load_exported(self.path, device, strict=self.strict_device)
             baked = card.architecture.output_stride
             if self.output_stride is not None and self.output_stride != baked:
                 raise InputError(
@@ -133,7 +136,7 @@ class TrainedModel:
         if runtime == "onnx":
             onnx_module, note = checkpoint_on_onnx(self.path, model, card, device, runtime=self.runtime,
                                                    output_stride=self.output_stride, precision=self.precision,
-                                                   calibration=self.calibration)  # fmt: skip
+                                                   calibration=self.calibration, strict=self.strict_device)  # fmt: skip
             if onnx_module is not None:
                 return LoadedModel(self, onnx_module, card, note)
         return LoadedModel(self, model(), card)
@@ -208,7 +211,7 @@ class LoadedModel:
             return self
         module, note = checkpoint_on_onnx(src.path, lambda: self.module, self.card, device, runtime=src.runtime,
                                           output_stride=src.output_stride, precision=src.precision,
-                                          calibration=src.calibration)  # fmt: skip
+                                          calibration=src.calibration, strict=src.strict_device)  # fmt: skip
         return self if module is None else replace(self, module=module, runtime=note)
 
 
@@ -226,7 +229,7 @@ class ModelHolder:
     def get(self, trained: TrainedModel, device: torch.device) -> LoadedModel:
         """The model of ``trained`` on ``device``, read on the first call (and after the file changed)."""
         want = (*trained.key, trained.output_stride, trained.runtime, trained.precision, trained.calibration,
-                str(device))  # fmt: skip
+                trained.strict_device, str(device))  # fmt: skip
         with self._lock:
             if self._held is None or self._held[0] != want:
                 self._held = None  # the previous model is released before the next one is read
