@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 import torch
 
-from rs_deeplab.devices import usable_cores
+from rs_deeplab.cores import usable_cores
 from rs_deeplab.inference import predict_scene
 from rs_deeplab.inference.exported import OnnxModule
 from rs_deeplab.inference.onnx_cache import CACHE_FOLDER

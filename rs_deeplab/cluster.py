@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import signal
 import sys
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rs_deeplab.cluster_watch import WORKERS_GONE_ENV, WORKERS_GONE_SECONDS, Watch, workers_gone_seconds
+from rs_deeplab.cores import usable_cores
 from rs_deeplab.errors import ClusterError, InputError
 
 log = logging.getLogger("rs_deeplab.cluster")
@@ -76,11 +76,8 @@ class Cluster:
 
 
 def default_workers() -> int:
-    """One worker per core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    """One worker per core this process can keep busy (affinity and cgroup quota: :mod:`rs_deeplab.cores`)."""
+    return usable_cores()
 
 
 def check_cluster_options(workers: int | None, scheduler: str | None) -> None:

@@ -74,7 +74,7 @@ def resolve_processes(choice: int | None, *, cores: int, env: str | None, daemon
 
 def crf_processes(choice: int | None) -> int:
     """:func:`resolve_processes` for this process (its usable cores, its environment; said once if daemonic)."""
-    from rs_deeplab.devices import usable_cores
+    from rs_deeplab.cores import usable_cores
 
     wanted = resolve_processes(choice, cores=usable_cores(), env=os.environ.get(PROCESSES_ENV), daemonic=False)
     if wanted > 1 and multiprocessing.current_process().daemon:

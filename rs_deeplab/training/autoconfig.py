@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from rs_deeplab.config import ExperimentConfig
+from rs_deeplab.cores import usable_cores
 from rs_deeplab.errors import InputError
 
 log = logging.getLogger("rs_deeplab.training.autoconfig")
@@ -171,14 +171,6 @@ def memory_limit(stated: int | None) -> tuple[int, str]:
     except (OSError, ValueError):
         pass
     return available, "available now"
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
 
 
 def object_sizes(labels: Sequence[np.ndarray], num_classes: int) -> list[np.ndarray]:

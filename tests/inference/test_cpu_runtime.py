@@ -19,7 +19,8 @@ import rasterio
 import torch
 
 from pipelines.infer import main as infer_main
-from rs_deeplab.devices import cgroup_cpu_limit, intra_op_threads, parse_cpu_quota, usable_cores
+from rs_deeplab.cores import cgroup_cpu_limit, parse_cpu_quota, usable_cores
+from rs_deeplab.devices import intra_op_threads
 from rs_deeplab.inference import onnx_cache
 from rs_deeplab.inference.exported import OnnxModule, session_threads
 from rs_deeplab.inference.onnx_cache import CACHE_FOLDER, USER_CACHE_ENV, is_intact, sidecar
