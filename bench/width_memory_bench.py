@@ -3,7 +3,7 @@
 Generated 4-band uint8 scenes ``--rows`` high (default 2,048) and ``--widths`` wide, DEFLATE-compressed in 256²
 tiles (written strip by strip, so generating them holds one strip), are predicted on the CPU by DeepLab v3+ R18
 (4 bands, 6 classes, random weights: memory does not depend on them), windows 512 every 256, batch 2 (the demo's
-``infer`` settings), each width in a fresh child process that reports its own peak RSS (``ru_maxrss``). ``--model
+``infer`` settings), each width in a fresh child process that reports its own peak RSS (``VmHWM``). ``--model
 cnn`` runs a 3-layer CNN instead (quicker; the model's own working set is then smaller). It prints each width's peak
 and its ratio to the narrowest one's: flat in width means ratios near 1.
 
@@ -24,7 +24,6 @@ import argparse
 import inspect
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -96,8 +95,16 @@ def child(scene: str, out: str, kind: str, panel_columns: int, probs: bool, batc
     result = predict_scene(model, scene, out, size=SIZE, stride=STRIDE, batch_size=batch, mean=MEAN, std=STD,
                            device="cpu", resume=False, probs_path=probs_path, **panels)  # fmt: skip
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = vm_hwm_mib()
     print(json.dumps({"peak_mib": peak, "seconds": seconds, "windows": result.windows}))
+
+
+def vm_hwm_mib() -> float:
+    """This process's peak RSS in MiB, from ``VmHWM``: ``ru_maxrss`` survives exec, so a child started by a big
+    process would report its parent's peak.
+    """  # noqa: D205
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(status["VmHWM"].split()[0]) / 1024
 
 
 def main() -> None:
