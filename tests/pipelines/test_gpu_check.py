@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,17 +17,20 @@ HEAVY = ("geopandas", "pyogrio", "shapely", "fiona", "pyproj", "pystac")
 
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
-    results = tmp_path / "RESULTS.md"
-    results.write_text("# earlier results\n")
+    out = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--results", str(results)],
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = results.read_text()
-    assert text.startswith("# earlier results\n## GPU check: CPU (--smoke)") or "## GPU check: CPU (--smoke)" in text
-    assert "FAILED" not in text
-    for expected in ("| fp32 | fp32 |", "| amp + channels_last | fp32 |", "torchrun, 1 process (gloo group)",
-                     "× model-only", "label raster identical"):  # fmt: skip
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [(c["name"], c["status"]) for c in report["checks"]] == [
+        (name, "ok") for name in ("training", "fake_ddp", "loader", "inference", "dask", "torchrun")
+    ]
+    text = (out / "gpu_check.md").read_text()
+    assert text.startswith("## GPU check: CPU (--smoke)") and "FAILED" not in text
+    for expected in ("| fp32 | fp32 |", "| amp + channels_last | fp32 |", "| fp16 + GradScaler + channels_last |",
+                     "| no | fp32 |", "| eager | fp32 |", "loader/model", "× model-only",
+                     "label raster against this process: identical", "torchrun, 1 process (gloo group)"):  # fmt: skip
         assert expected in text, expected
 
 
