@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import shapely
 
-from rs_deeplab.vectorize.rings import collinear_free, densify_coords, drop_collinear, ring_ends
+from rs_deeplab.vectorize.rings import densify_coords, drop_collinear, ring_ends
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,19 @@ def _splice(groups: list[np.ndarray], grid: int) -> np.ndarray:
     _check(np.bincount(shell_group, minlength=n_groups) == 0, "a region without an outline")
     xy, ring = shapely.get_coordinates(rings[shell_mask], return_index=True)
     _check(_mark(shell_group[np.bincount(ring, minlength=len(shell_group)) == 0], n_groups), "an empty outline")
+    crowded = _crowded(xy, ring, shell_group, grid)
     xy, sign = _same_orientation(xy, ring, shell_group)
     xy, ring = densify_coords(xy, ring, grid)
     group = shell_group[ring]  # of each vertex
-    xy, cut = _rotate_to_cut(xy, ring, _shared_seam_edges(xy, ring, group, grid, n_groups), shell_group, n_groups)
+    cut, on_seam = _shared_seam_edges(xy, ring, group, grid, n_groups)
+    src, cut = _rotate_to_cut(ring, cut, shell_group, n_groups)
+    xy, may_touch = xy[src], on_seam[src] | crowded[ring]
     _, last = ring_ends(ring)
     kept = ~cut & ~last
     starts = np.flatnonzero(kept & ~np.concatenate(([False], kept[:-1])))
     ends = np.flatnonzero(kept & ~np.concatenate((kept[1:], [False]))) + 1  # each chain's last vertex
     chain_group = group[starts]
-    loop_xy, loop_of, loop_group = _loops(xy, starts, ends, chain_group, n_groups)
+    loop_xy, loop_of, loop_group = _loops(xy, may_touch, starts, ends, chain_group, n_groups)
     is_shell = _signed_areas(loop_xy, loop_of) * sign[loop_group] > 0
     shells = np.bincount(loop_group[is_shell], minlength=n_groups)
     _check(shells != 1, "not one outer ring")
@@ -121,6 +124,22 @@ def _splice(groups: list[np.ndarray], grid: int) -> np.ndarray:
     kind = np.concatenate((np.where(is_shell, 0, 1), np.full(int(holes.sum()), 2)))  # shell, new holes, old holes
     order = np.lexsort((np.arange(len(all_rings)), kind, all_groups))
     return shapely.polygons(all_rings[order], indices=all_groups[order])
+
+
+def _crowded(xy: np.ndarray, ring: np.ndarray, ring_group: np.ndarray, grid: int) -> np.ndarray:
+    """Per outline: another piece of its group lies in the same block (the two may touch at a corner anywhere).
+
+    Pieces from different blocks can only meet on seam lines, and GDAL's outlines never pass a vertex twice, so
+    a spliced loop can pass a vertex twice only on a seam line or in such a block.
+    """
+    first, _ = ring_ends(ring)
+    corner = (np.minimum.reduceat(xy, np.flatnonzero(first), axis=0) // grid).astype(np.int64)  # the block's
+    order = np.lexsort((corner[:, 1], corner[:, 0], ring_group))
+    same = (corner[order][1:] == corner[order][:-1]).all(axis=1) & (ring_group[order][1:] == ring_group[order][:-1])
+    crowded = np.zeros(len(ring_group), dtype=bool)
+    crowded[order[1:][same]] = True
+    crowded[order[:-1][same]] = True
+    return crowded
 
 
 def _same_orientation(xy: np.ndarray, ring: np.ndarray, ring_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,12 +164,17 @@ def _same_orientation(xy: np.ndarray, ring: np.ndarray, ring_group: np.ndarray) 
     return xy, sign
 
 
-def _shared_seam_edges(xy: np.ndarray, ring: np.ndarray, group: np.ndarray, grid: int, n_groups: int) -> np.ndarray:
-    """Boolean per vertex: the edge starting there is a unit seam edge also present in another piece of its group."""
+def _shared_seam_edges(
+    xy: np.ndarray, ring: np.ndarray, group: np.ndarray, grid: int, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Booleans per vertex: the edge starting there is a unit seam edge also present in another piece of its
+    group; the vertex lies on a seam line.
+    """  # noqa: D205
     d = np.concatenate((xy[1:] - xy[:-1], [[0.0, 0.0]]))
     valid = np.concatenate((ring[1:] == ring[:-1], [False]))
-    vertical = valid & (d[:, 0] == 0) & (np.abs(d[:, 1]) == 1) & (xy[:, 0] % grid == 0)
-    horizontal = valid & (d[:, 1] == 0) & (np.abs(d[:, 0]) == 1) & (xy[:, 1] % grid == 0)
+    on_x, on_y = xy[:, 0] % grid == 0, xy[:, 1] % grid == 0
+    vertical = valid & (d[:, 0] == 0) & (np.abs(d[:, 1]) == 1) & on_x
+    horizontal = valid & (d[:, 1] == 0) & (np.abs(d[:, 0]) == 1) & on_y
     seam = vertical | horizontal
     _check(np.bincount(group[seam], minlength=n_groups) == 0, "no seam edges")
     index = np.flatnonzero(seam)
@@ -163,13 +187,17 @@ def _shared_seam_edges(xy: np.ndarray, ring: np.ndarray, group: np.ndarray, grid
     cut = np.zeros(len(xy), dtype=bool)
     cut[index[order[1:][twin]]] = True
     cut[index[order[:-1][twin]]] = True
-    return cut
+    return cut, on_x | on_y
 
 
 def _rotate_to_cut(
-    xy: np.ndarray, ring: np.ndarray, cut: np.ndarray, ring_group: np.ndarray, n_groups: int
+    ring: np.ndarray, cut: np.ndarray, ring_group: np.ndarray, n_groups: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate each closed ring so its first edge is a removed seam edge (chains then never wrap around)."""
+    """Rotate each closed ring so its first edge is a removed seam edge (chains then never wrap around).
+
+    Returns:
+        The vertex order (indices into the vertices) and the cut edges in that order.
+    """
     first_vertex, _ = ring_ends(ring)
     starts = np.flatnonzero(first_vertex)
     sizes = np.diff(np.append(starts, len(ring))) - 1  # vertices without the closing one
@@ -182,18 +210,19 @@ def _rotate_to_cut(
     n = sizes[ring]
     pos = np.arange(len(ring)) - starts[ring]
     src = starts[ring] + (first_cut[ring] + np.minimum(pos, n)) % n
-    return xy[src], cut[src] & (pos < n)
+    return src, cut[src] & (pos < n)
 
 
 def _loops(
-    xy: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xy: np.ndarray, may_touch: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.ndarray,
+    n_groups: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Link chains end to start into closed loops; return their vertices (open), the loop of each, each loop's group.
 
-    Loops passing a vertex twice are split and straight-line vertices dropped. Pixel regions are 4-connected, so
-    where outlines touch at a seam vertex they pass through it inside a chain, and each chain end meets exactly one
-    chain start of its group; anything else falls back to an overlay. Loops come in the order of their first
-    chain, each starting with it.
+    Loops passing a vertex twice (only ever at ``may_touch`` vertices) are split and straight-line vertices
+    dropped. Pixel regions are 4-connected, so where outlines touch at a seam vertex they pass through it inside a
+    chain, and each chain end meets exactly one chain start of its group; anything else falls back to an overlay.
+    Loops come in the order of their first chain, each starting with it.
     """
     nxt = _link(xy, starts, ends, chain_group, n_groups)
     seen = bytearray(len(starts))
@@ -215,10 +244,9 @@ def _loops(
     cycle_head[heads] = 1
     loop_of = np.repeat(np.cumsum(cycle_head) - 1, lengths)
     loop_group = chain_group[chains[heads]]
-    loop_xy, loop_of, loop_group = _split_touching_loops(xy[vertex], loop_of, loop_group)
-    closed_xy, closed_of = _close(loop_xy, loop_of)
-    keep = collinear_free(closed_xy, closed_of)
-    loop_xy, loop_of = closed_xy[keep], closed_of[keep]
+    loop_xy, loop_of, loop_group = _split_touching_loops(xy[vertex], loop_of, loop_group, may_touch[vertex])
+    keep = ~_straight(loop_xy, loop_of)
+    loop_xy, loop_of = loop_xy[keep], loop_of[keep]
     _check(_mark(loop_group[np.bincount(loop_of, minlength=len(loop_group)) < 3], n_groups), "a degenerate loop")
     return loop_xy, loop_of, loop_group
 
@@ -238,22 +266,25 @@ def _link(xy: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.
 
 
 def _split_touching_loops(
-    xy: np.ndarray, loop_of: np.ndarray, loop_group: np.ndarray
+    xy: np.ndarray, loop_of: np.ndarray, loop_group: np.ndarray, may_touch: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split every loop that passes through a vertex twice into simple loops (see :func:`_split_touching`)."""
-    if not len(xy):
+    """Split every loop that passes through a vertex twice into simple loops (see :func:`_split_touching`).
+
+    Only the ``may_touch`` vertices are compared (a few per cent of them: those on seam lines).
+    """
+    which = np.flatnonzero(may_touch)
+    if not len(which):
         return xy, loop_of, loop_group
-    x, y = xy[:, 0].astype(np.int64), xy[:, 1].astype(np.int64)
+    x, y, of = xy[which, 0].astype(np.int64), xy[which, 1].astype(np.int64), loop_of[which]
     bits_x, bits_y = int(x.max()).bit_length(), int(y.max()).bit_length()
-    if int(loop_of[-1]).bit_length() + bits_x + bits_y < 63 and x.min() >= 0 and y.min() >= 0:
-        keys = np.sort((((loop_of << bits_x) + x) << bits_y) + y)  # one integer per (loop, vertex): a fast sort
+    if int(of[-1]).bit_length() + bits_x + bits_y < 63 and x.min() >= 0 and y.min() >= 0:
+        keys = np.sort((((of << bits_x) + x) << bits_y) + y)  # one integer per (loop, vertex): a fast sort
         twice = keys[1:] == keys[:-1]
         loops_twice = keys[1:][twice] >> (bits_x + bits_y)
     else:
-        order = np.lexsort((y, x, loop_of))
-        twice = (x[order][1:] == x[order][:-1]) & (y[order][1:] == y[order][:-1])
-        twice &= loop_of[order][1:] == loop_of[order][:-1]
-        loops_twice = loop_of[order][1:][twice]
+        order = np.lexsort((y, x, of))
+        twice = (x[order][1:] == x[order][:-1]) & (y[order][1:] == y[order][:-1]) & (of[order][1:] == of[order][:-1])
+        loops_twice = of[order][1:][twice]
     if not twice.any():
         return xy, loop_of, loop_group
     touching = np.zeros(len(loop_group), dtype=bool)
@@ -271,12 +302,14 @@ def _split_touching_loops(
     return np.concatenate(parts), np.repeat(np.arange(len(parts)), sizes), np.asarray(groups, dtype=np.int64)
 
 
-def _close(xy: np.ndarray, loop_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Repeat each open loop's first vertex at its end."""
-    first, _ = ring_ends(loop_of)
-    heads = np.flatnonzero(first)
-    at = np.append(heads[1:], len(loop_of))
-    return np.insert(xy, at, xy[heads], axis=0), np.insert(loop_of, at, loop_of[heads])
+def _straight(xy: np.ndarray, loop_of: np.ndarray) -> np.ndarray:
+    """Per vertex of open loops: it lies on the straight line from its predecessor to its successor (exact)."""
+    first, last = ring_ends(loop_of)
+    idx = np.arange(len(xy))
+    prev, nxt = idx - 1, idx + 1
+    prev[first], nxt[last] = np.flatnonzero(last), np.flatnonzero(first)
+    d_in, d_out = xy - xy[prev], xy[nxt] - xy
+    return (d_in[:, 0] * d_out[:, 1] == d_in[:, 1] * d_out[:, 0]) & ((d_in * d_out).sum(axis=1) > 0)
 
 
 def _signed_areas(xy: np.ndarray, loop_of: np.ndarray) -> np.ndarray:
