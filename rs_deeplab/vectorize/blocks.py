@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,8 @@ class RegionStream:
         self.transform = src.transform
         self.n_rows, self.n_cols = -(-src.height // block_size), -(-src.width // block_size)
         self.merger = SeamMerger(block_size, validate=simplify > 0)
+        self.on_drain: Callable[[], None] | None = None
+        """With workers: called once when the last blocks are being polygonized and a worker is free."""
 
     @property
     def blocks(self) -> int:
@@ -145,7 +147,8 @@ class RegionStream:
 
             with BlockPool(self.src.name, self.selection, (self.n_rows, self.n_cols), self.simplify,
                            workers=min(self.workers, len(tasks))) as pool:  # fmt: skip
-                pieces = progress(pool.map(tasks), total=self.blocks, desc="vectorize", quiet=self.quiet)
+                results = pool.map(tasks, on_drain=self.on_drain)
+                pieces = progress(results, total=self.blocks, desc="vectorize", quiet=self.quiet)
                 for (_, bj, _), piece in zip(tasks, pieces, strict=True):
                     yield self.assemble(bj, piece)
             return

@@ -217,6 +217,7 @@ def _write_all(regions: RegionStream, cleaner: Cleaner, writer: LayerWriter) -> 
     """Clean and write every region; return polygon counts and areas per class id."""
     counts: dict[int, int] = {}
     areas: dict[int, float] = {}
+    regions.on_drain = writer.flush  # the rows so far go to disk while workers polygonize the last blocks
     for values, geoms in regions:
         rows = cleaner.clean(values, geoms)
         _tally(rows, counts, areas)

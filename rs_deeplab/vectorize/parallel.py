@@ -19,7 +19,7 @@ import numbers
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -134,8 +134,15 @@ class BlockPool:
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def map(self, tasks: Sequence[tuple[int, int, Window]]) -> Iterator[BlockPieces]:
+    def map(
+        self, tasks: Sequence[tuple[int, int, Window]], on_drain: Callable[[], None] | None = None
+    ) -> Iterator[BlockPieces]:
         """Polygonize ``(block_row, block_col, window)`` tasks; yield the results in the order of ``tasks``.
+
+        Args:
+            tasks: The blocks.
+            on_drain: Called once, between two results, when every block is handed out and a worker is free
+                (the caller can then write what it holds while the last blocks are polygonized).
 
         Raises:
             RasterError: A block cannot be read (as in one process), or a worker process died.
@@ -143,12 +150,17 @@ class BlockPool:
         ahead: collections.deque[concurrent.futures.Future[BlockPieces]] = collections.deque()
         todo = iter(tasks)
         limit = AHEAD_PER_WORKER * self.workers
+        submitted = 0
         try:
             while True:
                 while len(ahead) < limit and (task := next(todo, None)) is not None:
                     ahead.append(self._pool.submit(_polygonize, *task))
+                    submitted += 1
                 if not ahead:
                     return
+                if on_drain is not None and submitted == len(tasks) and len(ahead) < self.workers:
+                    on_drain()
+                    on_drain = None
                 yield ahead.popleft().result()
         except BrokenProcessPool:
             raise RasterError(f"{self.path}: a vectorizing worker process died (killed, or out of memory); run "

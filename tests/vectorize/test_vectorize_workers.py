@@ -70,6 +70,28 @@ def test_two_and_three_workers_write_the_rows_of_one(labels: Path, tmp_path: Pat
         assert rows(tmp_path / f"w{workers}.gpkg") == expected
 
 
+def test_rows_so_far_are_written_while_workers_polygonize_the_last_blocks(
+    labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rs_deeplab.vectorize.output import LayerWriter
+
+    writes: list[int] = []
+    real_write = LayerWriter._write
+
+    def counted(self: LayerWriter, wkb: np.ndarray, *args: Any) -> None:
+        writes.append(len(wkb))
+        real_write(self, wkb, *args)
+
+    monkeypatch.setattr(LayerWriter, "_write", counted)
+    one = vectorize(labels, tmp_path / "one.gpkg", block_size=64, workers=1)
+    assert writes == [one.polygons]  # one process: one write at the end
+    writes.clear()
+    two = vectorize(labels, tmp_path / "two.gpkg", block_size=64, workers=2)
+    # with workers, the rows of the blocks merged so far are written as the last blocks are handed out
+    assert len(writes) == 2 and 0 < writes[1] < writes[0] and sum(writes) == two.polygons
+    assert rows(tmp_path / "two.gpkg") == rows(tmp_path / "one.gpkg")
+
+
 def test_workers_started_beside_other_threads_are_fresh_interpreters_with_the_same_rows(
     labels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
