@@ -285,11 +285,31 @@ def device_confusion(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) 
 
     Same rule as :func:`rs_deeplab.evaluation.metrics.confusion_matrix`: truth outside ``[0, C)`` (255 = ignore) and
     predictions outside ``[0, C)`` are skipped.
+    Skipped pairs are counted in a spare bin that is dropped, and the counts are added with ``index_add_``: neither
+    selecting by a mask nor ``bincount`` (which reads the largest value first), so the host never waits.
     """
+    cells = num_classes * num_classes
     t, p = truth.reshape(-1).long(), pred.reshape(-1).long()
     keep = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
-    pairs = t[keep] * num_classes + p[keep]
-    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    pairs = torch.where(keep, t * num_classes + p, cells)
+    counts = torch.zeros(cells + 1, dtype=torch.int64, device=pairs.device)
+    counts.index_add_(0, pairs, torch.ones_like(pairs))
+    return counts[:cells].reshape(num_classes, num_classes)
+
+
+TUNED_SHAPES = 2
+"""Distinct input shapes cuDNN may benchmark in one evaluation (see :func:`keep_benchmark`)."""
+
+
+def keep_benchmark(seen: set[tuple[int, ...]], shape: tuple[int, ...], limit: int = TUNED_SHAPES) -> bool:
+    """Whether ``cudnn.benchmark`` may stay on for a validation batch of ``shape``; pure apart from ``seen``.
+
+    Batches padded to their largest image (VOC-style validation) come in many shapes, and cuDNN would try every
+    algorithm again for each new one (seconds per shape on a large model). Up to ``limit`` distinct shapes are
+    tuned (a fixed crop size is one); from the next one on, the rest of the evaluation uses cuDNN's heuristics.
+    """
+    seen.add(shape)
+    return len(seen) <= limit
 
 
 @torch.inference_mode()
@@ -306,15 +326,23 @@ def evaluate(
 
     Pass the plain model, not its DDP wrapper: ranks may hold different numbers of validation batches (or none),
     and a wrapper's forward would then wait on collectives the other ranks never join. The matrix is counted and
-    all-reduced on the device; it reaches the host once, at the end.
+    all-reduced on the device; it reaches the host once, at the end. Batches of more than :data:`TUNED_SHAPES`
+    shapes turn ``cudnn.benchmark`` off for the rest of the evaluation (:func:`keep_benchmark`); it is restored at
+    the end. The counts do not depend on it.
     """
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for batch in loader:
-        images, masks = to_device(batch, device, channels_last)
-        with autocast(device, amp_dtype):
-            logits = model(images)
-        cm += device_confusion(logits.argmax(1), masks, num_classes)
+    benchmark, seen = torch.backends.cudnn.benchmark, set[tuple[int, ...]]()
+    try:
+        for batch in loader:
+            images, masks = to_device(batch, device, channels_last)
+            if benchmark:
+                torch.backends.cudnn.benchmark = keep_benchmark(seen, tuple(images.shape))
+            with autocast(device, amp_dtype):
+                logits = model(images)
+            cm += device_confusion(logits.argmax(1), masks, num_classes)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     return all_reduce_sum(cm).cpu().numpy()
 
 
