@@ -124,8 +124,11 @@ def test_local_run_leaves_the_callers_module_alone(scene: Path, tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def gpu_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real scheduler and the launcher's two 'GPU' workers (``--gpus 0,1``; no GPU here, so they run on CPU)."""
+    """A real scheduler and the launcher's two 'GPU' workers (``--gpus 0,1``; without a GPU they run on the CPU)."""
     from distributed import Client
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two GPUs for --gpus 0,1 (this machine has {torch.cuda.device_count()}) or none (CPU)")
 
     folder = tmp_path_factory.mktemp("gpu_workers")
     with processes(folder) as (procs, common):

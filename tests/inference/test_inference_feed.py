@@ -18,6 +18,7 @@ import rasterio.io
 import torch
 from rasterio.windows import Window
 
+from bench.gpukit import fp32_exact
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
 from rs_deeplab.inference import CRFSettings, predict_scene
@@ -34,8 +35,9 @@ from tests.inference.test_inference import NAMES, Oracle, blobs, labelled_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (100.0, 50.0, 7.5), (30.0, 0.7, 3.0)
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-"""Where the device-side steps are checked against the host (CUDA too, on a machine that has it)."""
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+"""Where the device-side steps are checked against the host; the CUDA cases are marked ``gpu`` (skipped, with the
+reason, where there is no GPU; selected by ``pytest -m gpu`` where there is one)."""
 
 
 def write_tiled(path: Path, data: np.ndarray, block: int | None = 32, nodata: float | None = None) -> Path:
@@ -269,14 +271,16 @@ def test_thread_count_does_not_change_output(tmp_path: Path, block: int | None) 
     assert repr(job_for(path, 1)) == repr(job_for(path, 4))  # the thread count is not in the resume fingerprint
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_a_cuda_run_equals_the_cpu_run(tmp_path: Path) -> None:
     label = blobs(233, 190, 4)
     data = np.stack([label, label]).astype(np.uint16) * 1000  # uint16 shipped raw, normalised on the GPU
     data[:, 100:140, 20:80] = 9
     path = write_tiled(tmp_path / "u16.tif", data, nodata=9)
     job = job_for(path, 2, keep_probs=True, mean=(0.0, 0.0), std=(1000.0, 1000.0))
-    cpu, gpu = run_rows(job), run_rows(job, device="cuda")
+    cpu = run_rows(job)
+    with fp32_exact():  # fp32 means fp32: no TF32 convolutions on the GPU (the caller's settings come back)
+        gpu = run_rows(job, device="cuda")
     np.testing.assert_array_equal(gpu.labels, cpu.labels)
     np.testing.assert_array_equal(cpu.labels, np.where(data[0] == 9, 255, label))
     assert gpu.probs is not None and cpu.probs is not None and gpu.probs.dtype == np.uint8
