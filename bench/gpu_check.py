@@ -238,7 +238,7 @@ def fake_ddp_steps(s: Sizes, compile: bool, steps: int = 3) -> dict[str, Any]:
     from rs_deeplab.training.distributed import convert_sync_batchnorm
     from rs_deeplab.training.experiment import wrap_model
 
-    device = torch.device(s.device)
+    device = torch.device(s.device, 0) if s.device == "cuda" else torch.device(s.device)  # as a rank binds cuda:N
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
     try:
         torch.manual_seed(0)

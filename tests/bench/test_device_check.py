@@ -164,6 +164,16 @@ def test_missing_and_too_old_packages_are_one_line_each() -> None:
     assert device_check.missing_lines(["typing_extensions>=4.14"], {"typing_extensions": "4.15.0"}, Path(".whl")) == []
 
 
+def test_test_files_needing_uncarried_modules_are_left_out_with_one_line() -> None:
+    feed = "tests/inference/test_inference_feed.py"
+    files = ["tests/test_gpu.py", feed]
+    run, left_out = device_check.runnable_tests(files, {"shapely": "2.1", "pyogrio": None})
+    assert run == ["tests/test_gpu.py"] and left_out == [
+        f"{feed}: not run (needs pyogrio, not on this machine nor carried)"
+    ]
+    assert device_check.runnable_tests(files, {"shapely": "2.1", "pyogrio": "0.11"}) == (files, [])
+
+
 def test_pytest_lines_keep_failures_and_the_summary() -> None:
     log = "....F\nFAILED tests/a.py::t - assert 1\nERROR tests/b.py - ModuleNotFoundError: pyogrio\n" \
           "=== 1 failed, 4 passed, 2 skipped, 1 error in 3.2s ===\n"  # fmt: skip
