@@ -211,7 +211,7 @@ def check_training(s: Sizes, report: Report) -> None:
     report.add("")
 
 
-def _bucket_unchanged(state, bucket):  # type: ignore[no-untyped-def]
+def _bucket_unchanged(state, bucket):
     """DDP comm hook for the fake group: each gradient bucket comes back as it is.
 
     The fake group's all-reduce futures hold no tensor (DDP asserts on that), and it moves no data anyway. No

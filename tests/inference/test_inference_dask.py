@@ -160,7 +160,10 @@ def test_predict_scene_through_gpu_workers_matches_the_local_run(gpu_workers: st
     dask = predict_scene(model, scene, tmp_path / "dask.tif", scheduler=gpu_workers, **KWARGS)  # type: ignore[arg-type]
     assert "one task per GPU" in dask.runner and "2 workers" in dask.runner and local.runner.startswith("this")
     with rasterio.open(tmp_path / "local.tif") as x, rasterio.open(tmp_path / "dask.tif") as y:
-        np.testing.assert_array_equal(x.read(), y.read())
+        if torch.cuda.is_available():  # two processes in bf16, cuDNN choosing per process: near-ties fall either way
+            assert (x.read() != y.read()).mean() <= 1e-3
+        else:  # the CPU's kernels are the same in every process
+            np.testing.assert_array_equal(x.read(), y.read())
         local_fp, dask_fp = json.loads(x.tags()[FINGERPRINT_TAG]), json.loads(y.tags()[FINGERPRINT_TAG])
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert (dask_fp["device"], dask_fp["runner"]) == (expected, "dask workers")
