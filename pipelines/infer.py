@@ -112,10 +112,46 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="processes that polygonize blocks of the labels (default: the usable cores for rasters "
                    "over ~8 Mpx, else 1; the polygons are the same for any number)")  # fmt: skip
+    p.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write the prediction page x.html (a map of the scene, the classes and the "
+                   "polygons, with legend and model card; opens offline from file://)")  # fmt: skip
     p.add_argument("--restart", action="store_true",
                    help="start over: drop an interrupted run's partial output, recompute a finished one")  # fmt: skip
     add_common_arguments(p)
     return p
+
+
+def _write_page(page: Path, result: Any, options: Any, out: Path) -> Any:
+    """Write the prediction page of ``result`` (see :mod:`rs_deeplab.report.prediction`)."""
+    from rs_deeplab.errors import RsDeeplabError
+    from rs_deeplab.modelcard import card_to_metadata, read_checkpoint
+    from rs_deeplab.report.prediction import PredictionInputs, card_colours, model_rows, write_prediction_page
+
+    try:
+        card: dict[str, Any] | None = card_to_metadata(read_checkpoint(result.checkpoint)[0])
+    except RsDeeplabError:  # an exported model: its card is inside the file, the page shows the run's details
+        card = None
+    first = result.rasters[0]
+    single = result.region is None and len(result.rasters) == 1
+    details = {
+        "checkpoint": str(result.checkpoint),
+        "runtime": first.runner,
+        "prediction GSD": None if first.gsd is None else f"{first.gsd:g} m",
+        "TTA": ("flips" + (f", scales {options.scales}" if options.scales else "")) if options.tta else "off",
+        "CRF": "DenseCRF" if options.crf else "off",
+        "seconds": f"{result.seconds:.1f}",
+        "scenes": str(len(result.rasters)),
+    }
+    inputs = PredictionInputs(
+        labels=result.region.vrt if result.region is not None else first.labels,  # --separate: the first scene
+        scene=first.scene if single else None,
+        polygons=result.polygons,
+        model=model_rows(card, details),
+        class_names=first.class_names,
+        colours=card_colours(card),
+        title=out.stem,
+    )
+    return write_prediction_page(page, inputs)
 
 
 @cli_entry
@@ -163,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime=args.runtime,
         precision=args.precision,
     )
+    page = args.out.with_suffix(".html") if args.report else None
+    if page is not None:
+        from rs_deeplab.report.page import check_page_path
+
+        check_page_path(page)  # before the model runs: a page that cannot be written is one line, not a lost run
     result = infer_scenes(args.scenes, args.out, checkpoint=args.checkpoint, options=options, quiet=args.quiet)
     outputs: dict[str, str] = {}
     if len(result.rasters) > LISTED_SCENES:  # a region's scene rasters, in one line each kind
@@ -189,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs[f"polygons ({result.polygon_count})"] = str(result.polygons)
     if result.catalog is not None:
         outputs["STAC collection"] = str(result.catalog)
+    if page is not None:
+        written = _write_page(page, result, options, args.out)
+        outputs[f"prediction page ({written.size_text()}; open in a browser)"] = str(page)
     print(f"inference with {result.checkpoint} finished in {result.seconds:.0f} s; outputs:")
     print(describe_outputs(outputs))
     return 0

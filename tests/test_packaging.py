@@ -97,7 +97,11 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert commands == ["make demo", "make test"]
     ci = [ln.strip() for ln in (REPO / ".ci/run").read_text().splitlines()]
     run_lines = [ln for ln in ci if ln and not ln.startswith("#") and not ln.startswith(("set ", "cd "))]
-    assert run_lines == ["make test"]
+    assert run_lines[-1] == "make test"
+    setup = run_lines[:-1]  # only the browser of tests/report is installed before it, and required
+    assert any("apt-get install -y -qq chromium" in ln for ln in setup), setup
+    assert "export RS_DEEPLAB_REQUIRE_BROWSER=1" in setup
+    assert all("chromium" in ln or "SUDO" in ln or "RS_DEEPLAB_REQUIRE_BROWSER" in ln for ln in setup), setup
 
 
 def test_library_never_imports_pipelines() -> None:

@@ -1,0 +1,164 @@
+"""A pyramid of 256-pixel PNG tiles of a raster (scene composite or class layer), written once, tile by tile.
+
+Level ``z`` of a pyramid with ``zmax`` levels shows the raster decimated by ``2 ** (zmax - z)``; level ``zmax`` is
+full resolution and level 0 fits the whole raster in one tile. Tile ``(x, y)`` of level ``z`` is the raster window
+whose top-left pixel is ``(x, y) * 256 * 2 ** (zmax - z)``, read through rasterio with ``out_shape`` (GDAL uses the
+raster's overviews where it has them), so memory stays at one tile's window whatever the raster's size. Tiles are
+anchored at the raster's top-left corner: the page's map maps that corner to pixel (0, 0) (see
+``static/rs_deeplab/map.js``), so the tiles' corners are the raster's bounds exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.windows import Window
+
+TILE = 256
+"""Side of a tile in pixels."""
+LABEL_PAD = 255
+"""Value of class-layer pixels outside the raster or without a prediction (the page draws them transparent)."""
+STRETCH_SAMPLE = 1024
+"""Longest side of the decimated read that sets the composite's contrast stretch."""
+
+
+def max_zoom(width: int, height: int) -> int:
+    """The pyramid's full-resolution level: the smallest ``z`` with the whole raster in one tile at level 0."""
+    side = max(width, height)
+    return math.ceil(math.log2(side / TILE)) if side > TILE else 0
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One tile: its level, column, row and the raster window it shows (clipped to the raster)."""
+
+    z: int
+    x: int
+    y: int
+    window: Window
+    out_width: int
+    out_height: int
+
+
+def tiles(width: int, height: int) -> Iterator[TileSpec]:
+    """Every tile of the pyramid of a ``width`` × ``height`` raster, coarsest level first."""
+    zmax = max_zoom(width, height)
+    for z in range(zmax + 1):
+        factor = 2 ** (zmax - z)
+        span = TILE * factor
+        for y in range(math.ceil(height / span)):
+            for x in range(math.ceil(width / span)):
+                col0, row0 = x * span, y * span
+                cols, rows = min(width, col0 + span) - col0, min(height, row0 + span) - row0
+                yield TileSpec(z, x, y, Window(col0, row0, cols, rows),
+                               math.ceil(cols / factor), math.ceil(rows / factor))  # fmt: skip
+
+
+def tile_path(root: Path, spec: TileSpec) -> Path:
+    """Where a tile goes: ``root/z/x/y.png`` (Leaflet's ``{z}/{x}/{y}.png``)."""
+    return root / str(spec.z) / str(spec.x) / f"{spec.y}.png"
+
+
+def _save(image: Image.Image, path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG", optimize=False, compress_level=6)
+    return path.stat().st_size
+
+
+def composite_bands(ds: rasterio.io.DatasetReader, bands: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The bands of the composite: ``bands`` as given, else red/green/blue by colour interpretation, else 1, 2, 3.
+
+    A one- or two-band raster shows its first band in grey.
+    """
+    if bands:
+        return tuple(bands)
+    interp = list(ds.colorinterp)
+    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    if all(c in interp for c in wanted):
+        return tuple(interp.index(c) + 1 for c in wanted)
+    return (1, 2, 3) if ds.count >= 3 else (1,)
+
+
+def stretch_limits(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> list[tuple[float, float]]:
+    """Per band, the 2nd and 98th percentiles of its valid pixels (a decimated read); 8-bit bands keep 0-255."""
+    if all(ds.dtypes[b - 1] == "uint8" for b in bands):
+        return [(0.0, 255.0)] * len(bands)
+    scale = max(1.0, max(ds.width, ds.height) / STRETCH_SAMPLE)
+    shape = (len(bands), max(1, int(ds.height / scale)), max(1, int(ds.width / scale)))
+    data = ds.read(list(bands), out_shape=shape, resampling=Resampling.nearest, masked=True)
+    limits = []
+    for band in data:
+        valid = band.compressed().astype("float64")
+        valid = valid[np.isfinite(valid)]
+        lo, hi = np.percentile(valid, (2, 98)) if valid.size else (0.0, 1.0)
+        limits.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return limits
+
+
+@dataclass
+class PyramidStats:
+    """What a pyramid writer wrote: files, bytes, levels and (class layers) the pixel count of each class."""
+
+    files: int = 0
+    bytes: int = 0
+    max_zoom: int = 0
+    counts: np.ndarray | None = None
+
+
+def write_scene_pyramid(scene: str | Path, root: Path, bands: Sequence[int] | None = None) -> PyramidStats:
+    """Write the RGBA PNG pyramid of a scene's composite under ``root`` (nodata and padding transparent)."""
+    stats = PyramidStats()
+    with rasterio.open(scene) as ds:
+        chosen = composite_bands(ds, bands)
+        limits = stretch_limits(ds, chosen)
+        stats.max_zoom = max_zoom(ds.width, ds.height)
+        for spec in tiles(ds.width, ds.height):
+            shape = (spec.out_height, spec.out_width)
+            data = ds.read(list(chosen), window=spec.window, out_shape=(len(chosen), *shape),
+                           resampling=Resampling.nearest)  # fmt: skip
+            mask = ds.dataset_mask(window=spec.window, out_shape=shape, resampling=Resampling.nearest)
+            rgba = np.zeros((TILE, TILE, 4), np.uint8)
+            for i, (band, (lo, hi)) in enumerate(zip(data, limits, strict=True)):
+                scaled = np.clip((band.astype("float32") - lo) * (255.0 / (hi - lo)), 0, 255)
+                rgba[: shape[0], : shape[1], i] = np.nan_to_num(scaled).astype(np.uint8)
+            if len(chosen) == 1:
+                rgba[..., 1] = rgba[..., 2] = rgba[..., 0]
+            rgba[: shape[0], : shape[1], 3] = np.where(mask > 0, 255, 0)
+            stats.bytes += _save(Image.fromarray(rgba, "RGBA"), tile_path(root, spec))
+            stats.files += 1
+    return stats
+
+
+def write_label_pyramid(labels: str | Path, root: Path, classes: int) -> PyramidStats:
+    """Write the pyramid of a class raster under ``root`` as 8-bit grey PNGs whose value is the class id.
+
+    The page colours them with an SVG filter (one colour per class, hidden classes transparent), so toggling a class
+    never rewrites a tile; 255 (no prediction, outside the raster) stays transparent. The full-resolution level
+    reads every pixel once, so it also counts the pixels of each class (``stats.counts``).
+    """
+    counts = np.zeros(256, np.int64)
+    stats = PyramidStats(counts=counts)
+    with rasterio.open(labels) as ds:
+        stats.max_zoom = max_zoom(ds.width, ds.height)
+        nodata = ds.nodata
+        for spec in tiles(ds.width, ds.height):
+            shape = (spec.out_height, spec.out_width)
+            data = ds.read(1, window=spec.window, out_shape=shape, resampling=Resampling.nearest)
+            values = data.astype(np.int64)
+            values[(values < 0) | (values >= classes) | (values > 254)] = LABEL_PAD
+            if nodata is not None:
+                values[data == nodata] = LABEL_PAD
+            if spec.z == stats.max_zoom:
+                counts += np.bincount(values.ravel(), minlength=256)
+            grey = np.full((TILE, TILE), LABEL_PAD, np.uint8)
+            grey[: shape[0], : shape[1]] = values.astype(np.uint8)
+            stats.bytes += _save(Image.fromarray(grey, "L"), tile_path(root, spec))
+            stats.files += 1
+    return stats
