@@ -263,7 +263,28 @@ def _build_model(
     model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return model, wrap_model(model, device, distributed=env.distributed, compile=cfg.train.compile)
+    compiled, why = compile_decision(cfg.train.compile, sync_bn=bool(env.distributed and cfg.train.sync_bn),
+                                     world_size=env.world_size)  # fmt: skip
+    if why is not None and env.is_main:
+        log.warning("%s", why)
+    return model, wrap_model(model, device, distributed=env.distributed, compile=compiled)
+
+
+def compile_decision(compile: bool, *, sync_bn: bool, world_size: int) -> tuple[bool, str | None]:
+    """Whether ``train.compile`` compiles this run, and the warning to log (once, rank 0) where it does not; pure.
+
+    SyncBN's forward is a collective torch.compile cannot trace: with more than one rank it graph-breaks at every
+    SyncBN layer (and fails outright on some torch versions). A DeepLab has a SyncBN after nearly every
+    convolution, so the pieces left between the breaks are single layers that compiling would not speed up: the
+    run trains without compile and says so.
+    """
+    if not compile or not (sync_bn and world_size > 1):
+        return compile, None
+    return False, (
+        f"train.compile is skipped: with SyncBN on {world_size} ranks torch.compile breaks its graph at every SyncBN "
+        "layer (and fails on some torch versions); set train.sync_bn=false to compile, or train.compile=false to "
+        "silence this"
+    )
 
 
 def wrap_model(model: torch.nn.Module, device: torch.device, *, distributed: bool, compile: bool) -> torch.nn.Module:
@@ -349,14 +370,15 @@ def runtime_record(
     cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None
 ) -> dict[str, Any]:
     """Where and how a run computes (written to ``runtime.json`` in the run folder and into checkpoints)."""
+    sync_bn = bool(env.distributed and cfg.train.sync_bn)
     return {
         "device": describe(device),
         "precision": precision_name(amp),
         "grad_scaler": amp == torch.float16,
         "channels_last": bool(cfg.train.channels_last and device.type == "cuda"),
-        "compile": cfg.train.compile,
+        "compile": compile_decision(cfg.train.compile, sync_bn=sync_bn, world_size=env.world_size)[0],
         "world_size": env.world_size,
-        "sync_bn": bool(env.distributed and cfg.train.sync_bn),
+        "sync_bn": sync_bn,
         "torch": str(torch.__version__),  # a str subclass, which checkpoints (weights_only) do not take
         "cuda": torch.version.cuda if device.type == "cuda" else None,
     }

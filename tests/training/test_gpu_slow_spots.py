@@ -1,5 +1,6 @@
 """Issue 26's slow spots of training, checked on the CPU: the checkpoint fingerprint in one host copy, validation
-that stops re-tuning cuDNN for every padded shape, a confusion matrix counted without host syncs.
+that stops re-tuning cuDNN for every padded shape, a confusion matrix counted without host syncs, compile skipped
+(with one warning line) where SyncBN on several ranks would break its graph at every layer.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from rs_deeplab.config import ExperimentConfig, apply_overrides, validate_config
 from rs_deeplab.evaluation.metrics import confusion_matrix
 from rs_deeplab.models import build_model
 from rs_deeplab.training.datasets.sampling import pad_collate
-from rs_deeplab.training.distributed import parameter_fingerprint
+from rs_deeplab.training.distributed import DistEnv, parameter_fingerprint
 from rs_deeplab.training.engine import device_confusion, evaluate, keep_benchmark
+from rs_deeplab.training.experiment import compile_decision, runtime_record
 from tests.training.test_losses_sync import _HostSyncs
 
 
@@ -101,3 +104,17 @@ def test_device_confusion_skips_what_it_must_without_waiting_for_the_device() ->
     assert mode.seen == [] and got.dtype == torch.int64
     keep = (truth < 6) & (pred >= 0) & (pred < 6)
     np.testing.assert_array_equal(got.numpy(), confusion_matrix(pred[keep], truth[keep], 6))
+
+
+def test_compile_with_syncbn_on_several_ranks_is_skipped_with_one_warning_line() -> None:
+    assert compile_decision(True, sync_bn=False, world_size=4) == (True, None)  # compiled as before
+    assert compile_decision(True, sync_bn=True, world_size=1) == (True, None)
+    assert compile_decision(False, sync_bn=True, world_size=2) == (False, None)
+    compiled, why = compile_decision(True, sync_bn=True, world_size=2)
+    assert not compiled and why is not None and "\n" not in why
+    assert "2 ranks" in why and "train.sync_bn=false" in why and "train.compile=false" in why
+    overrides = ["train.compile=true", "train.sync_bn=true"]
+    cfg = validate_config(apply_overrides({}, overrides), ExperimentConfig)
+    cpu = torch.device("cpu")
+    assert runtime_record(cfg, DistEnv(0, 0, 2, True), cpu, None)["compile"] is False  # what ran is recorded
+    assert runtime_record(cfg, DistEnv(0, 0, 1, True), cpu, None)["compile"] is True
