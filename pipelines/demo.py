@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rs_deeplab.classes import SCHEMES
     from rs_deeplab.evaluation.scenes import evaluate_scenes
     from rs_deeplab.inference.pipeline import infer_scenes
+    from rs_deeplab.inference.report_page import write_result_page
     from rs_deeplab.raster import open_raster
     from rs_deeplab.sample import preview_png
     from rs_deeplab.training.experiment import train_experiment
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prediction = maps.rasters[0].labels
     outputs["label raster (held-out scene)"] = prediction
     outputs[f"polygons ({maps.polygon_count})"] = out / "labels.gpkg"
+    page = write_result_page(out / "labels.html", maps, title="demo: held-out scene")
+    outputs[f"prediction page ({page.size_text()}; open in a browser)"] = page.page
     report = evaluate_scenes([(prediction, files[-1].label_noboundary)], out / "scores", scheme=SCHEMES["potsdam"],
                              quiet=True)  # fmt: skip
     outputs["scene scores"] = out / "scores" / "scene_scores.md"

@@ -121,39 +121,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _write_page(page: Path, result: Any, options: Any, out: Path) -> Any:
-    """Write the prediction page of ``result`` (see :mod:`rs_deeplab.report.prediction`)."""
-    from rs_deeplab.errors import RsDeeplabError
-    from rs_deeplab.modelcard import card_to_metadata, read_checkpoint
-    from rs_deeplab.report.prediction import PredictionInputs, card_colours, model_rows, write_prediction_page
-
-    try:
-        card: dict[str, Any] | None = card_to_metadata(read_checkpoint(result.checkpoint)[0])
-    except RsDeeplabError:  # an exported model: its card is inside the file, the page shows the run's details
-        card = None
-    first = result.rasters[0]
-    single = result.region is None and len(result.rasters) == 1
-    details = {
-        "checkpoint": str(result.checkpoint),
-        "runtime": first.runner,
-        "prediction GSD": None if first.gsd is None else f"{first.gsd:g} m",
-        "TTA": ("flips" + (f", scales {options.scales}" if options.scales else "")) if options.tta else "off",
-        "CRF": "DenseCRF" if options.crf else "off",
-        "seconds": f"{result.seconds:.1f}",
-        "scenes": str(len(result.rasters)),
-    }
-    inputs = PredictionInputs(
-        labels=result.region.vrt if result.region is not None else first.labels,  # --separate: the first scene
-        scene=first.scene if single else None,
-        polygons=result.polygons,
-        model=model_rows(card, details),
-        class_names=first.class_names,
-        colours=card_colours(card),
-        title=out.stem,
-    )
-    return write_prediction_page(page, inputs)
-
-
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run :func:`~rs_deeplab.inference.pipeline.infer_scenes`, list the outputs."""
@@ -231,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.catalog is not None:
         outputs["STAC collection"] = str(result.catalog)
     if page is not None:
-        written = _write_page(page, result, options, args.out)
+        from rs_deeplab.inference.report_page import write_result_page
+
+        written = write_result_page(page, result, options, title=args.out.stem)
         outputs[f"prediction page ({written.size_text()}; open in a browser)"] = str(page)
     print(f"inference with {result.checkpoint} finished in {result.seconds:.0f} s; outputs:")
     print(describe_outputs(outputs))
