@@ -164,6 +164,8 @@ def timed_steps(runner: torch.nn.Module, batches: Sequence[Any], ctx: StepContex
     for i in range(warm):
         train_step(runner, [batches[i % len(batches)]], ctx)
     sync(ctx.device)
+    if ctx.device.type == "cuda":  # the peak of the timed steps, not of cuDNN's autotuning workspaces
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     start = time.perf_counter()
     loss = torch.zeros((), device=ctx.device)
     for batch in batches:
@@ -184,8 +186,6 @@ def train_throughput(s: Sizes, amp: str, channels_last: bool, compile: bool) -> 
         model = model.to(memory_format=torch.channels_last)
     runner = torch.compile(model) if compile else model
     ctx = step_context(model, device, amp, channels_last)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     speed = timed_steps(runner, [random_batch(s, s.crop, s.batch)] * s.steps, ctx)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     scaler = " + GradScaler" if ctx.scaler is not None else ""
@@ -222,13 +222,13 @@ def _bucket_unchanged(state, bucket):
     return fut
 
 
-def fake_ddp_steps(s: Sizes, compile: bool, steps: int = 3) -> dict[str, Any]:
+def fake_ddp_steps(s: Sizes, backend: str | None, steps: int = 3) -> dict[str, Any]:
     """A few steps of the SyncBN + DDP model as rank 0 of a fake world of 2 in this process.
 
     The model is built as a distributed run builds it (``convert_sync_batchnorm``, then ``wrap_model``'s DDP);
-    ``torch.compile`` wraps the DDP module as ``wrap_model`` does, with ``s.compile_backend``. Returns the graph
-    breaks dynamo counted, their reasons, and whether the loss stayed finite (the fake group's collectives return
-    made-up data, so that is information, not a verdict).
+    ``torch.compile`` wraps the DDP module as ``wrap_model`` does, with ``backend`` (None: no compile). Returns
+    the graph breaks dynamo counted, their reasons, and whether the loss stayed finite (the fake group's
+    collectives return made-up data, so that is information, not a verdict).
     """
     import torch._dynamo
     import torch.distributed as dist
@@ -250,7 +250,7 @@ def fake_ddp_steps(s: Sizes, compile: bool, steps: int = 3) -> dict[str, Any]:
         ddp.register_comm_hook(None, _bucket_unchanged)  # type: ignore[operator]
         torch._dynamo.reset()
         counters.clear()
-        runner = torch.compile(ddp, backend=s.compile_backend) if compile else ddp
+        runner = torch.compile(ddp, backend=backend) if backend else ddp
         ctx = step_context(model, device, "auto", True)
         batch = random_batch(s, s.ddp_crop, max(2, s.batch // 2))
         loss = torch.zeros((), device=device)
@@ -273,18 +273,24 @@ def check_fake_ddp(s: Sizes, report: Report) -> None:
                "3 steps; crashes and graph breaks, not numbers):\n")  # fmt: skip
     report.add("| compile | precision | SyncBN layers | graph breaks | graphs | loss finite | first break reasons |")
     report.add("|---|---|---:|---:|---:|---|---|")
+    # eager first: dynamo's graph breaks are known before inductor spends its time (and maybe its limit) compiling
+    backends = list(dict.fromkeys([None, "eager", s.compile_backend]))
+    crashed = []
     with torch_flags(cudnn_benchmark=True):
-        for compile in (False, True):
-            label = f"{s.compile_backend}" if compile else "no"
+        for backend in backends:
+            label = f"{backend} backend" if backend else "no"
             try:
-                r = fake_ddp_steps(s, compile)
+                r = fake_ddp_steps(s, backend)
             except Exception as exc:
-                report.add(f"| {label} | | | | | | **crashed**: {type(exc).__name__}: {first_line(exc)} |")
-                raise
-            reasons = "; ".join(r["reasons"][:3]).replace("|", "/") or "none"
+                crashed.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
+                report.add(f"| {label} | | | | | | **crashed**: {crashed[-1].split(': ', 1)[1].replace('|', '/')} |")
+                continue
+            reasons = "; ".join(reason[:100] for reason in r["reasons"][:3]).replace("|", "/") or "none"
             report.add(f"| {label} | {r['precision']} | {r['sync_bn']} | {r['breaks']} | {r['graphs']} | "
                        f"{'yes' if r['finite'] else 'no'} | {reasons} |")  # fmt: skip
     report.add("")
+    if crashed:
+        raise RuntimeError("SyncBN + DDP crashed with compile " + "; ".join(crashed))
 
 
 def check_loader(s: Sizes, report: Report, work: Path) -> None:

@@ -247,7 +247,7 @@ def test_graph_breaks_are_counted_from_dynamo() -> None:
 @pytest.mark.usefixtures("one_torch_thread")
 def test_fake_world_of_two_runs_syncbn_ddp_steps_on_one_device(gpu_check: ModuleType) -> None:
     """The fake process group (torch's ``fake`` backend) in this process; the CPU SyncBN + DDP path, no compile."""
-    r = gpu_check.fake_ddp_steps(gpu_check.SMOKE, compile=False, steps=2)
+    r = gpu_check.fake_ddp_steps(gpu_check.SMOKE, None, steps=2)
     assert r["sync_bn"] > 10 and r["breaks"] == 0 and r["finite"]
     import torch.distributed as dist
 

@@ -29,7 +29,7 @@ def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
     text = (out / "gpu_check.md").read_text()
     assert text.startswith("## GPU check: CPU (--smoke)") and "FAILED" not in text
     for expected in ("| fp32 | fp32 |", "| amp + channels_last | fp32 |", "| fp16 + GradScaler + channels_last |",
-                     "| no | fp32 |", "| eager | fp32 |", "loader/model", "× model-only",
+                     "| no | fp32 |", "| eager backend | fp32 |", "loader/model", "× model-only",
                      "label raster against this process: identical", "torchrun, 1 process (gloo group)"):  # fmt: skip
         assert expected in text, expected
 
