@@ -26,7 +26,7 @@ from rs_deeplab.class_names import read_class_names
 from rs_deeplab.errors import InputError
 from rs_deeplab.report.page import PageOutput, esc, files_folder, html_page, js_global, write_page
 from rs_deeplab.report.polygons import outline_levels
-from rs_deeplab.report.tiles import write_label_pyramid, write_scene_pyramid
+from rs_deeplab.report.tiles import scene_format, write_label_pyramid, write_scene_pyramid
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,10 @@ def _body(inputs: PredictionInputs, grid: Grid, legend: str, notes: Sequence[str
 </aside>"""
 
 
-def _scene_tiles(inputs: PredictionInputs, grid: Grid, root: Path, notes: list[str]) -> bool:
-    """Write the scene composite's pyramid when the scene is on the label raster's grid; whether it was."""
+def _scene_tiles(inputs: PredictionInputs, grid: Grid, root: Path, notes: list[str]) -> str | None:
+    """Write the scene composite's pyramid when the scene is on the label raster's grid; its tiles' format."""
     if inputs.scene is None:
-        return False
+        return None
     try:
         with rasterio.open(inputs.scene) as scene:
             same = (scene.width, scene.height) == (grid.width, grid.height)
@@ -212,9 +212,10 @@ def _scene_tiles(inputs: PredictionInputs, grid: Grid, root: Path, notes: list[s
         raise InputError(f"{inputs.scene}: cannot read the scene for the page ({exc})") from None
     if not same:
         notes.append("The scene is not on the label raster's grid: only the classes are shown.")
-        return False
-    write_scene_pyramid(inputs.scene, root, inputs.bands)
-    return True
+        return None
+    suffix = scene_format()
+    write_scene_pyramid(inputs.scene, root, inputs.bands, suffix)
+    return suffix
 
 
 def _areas_and_outlines(
@@ -257,7 +258,7 @@ def write_prediction_page(page: Path, inputs: PredictionInputs) -> PageOutput:
     def build(folder: Path) -> str:
         labels = write_label_pyramid(inputs.labels, folder / "tiles" / "classes", len(names))
         assert labels.counts is not None
-        has_scene = _scene_tiles(inputs, grid, folder / "tiles" / "scene", notes)
+        scene_tiles = _scene_tiles(inputs, grid, folder / "tiles" / "scene", notes)
         pixels = labels.counts[: len(names)].astype(float)
         areas, unit, count, levels = _areas_and_outlines(inputs.polygons, grid, pixels, labels.max_zoom, notes)
         (folder / "polygons.js").write_text(js_global("RS_POLYGONS", levels), encoding="utf-8")
@@ -267,7 +268,7 @@ def write_prediction_page(page: Path, inputs: PredictionInputs) -> PageOutput:
             "folder": files_folder(page).name,
             "maxNativeZoom": labels.max_zoom,
             "maxZoom": labels.max_zoom + EXTRA_ZOOM,
-            "scene": has_scene,
+            "scene": scene_tiles,
             "classes": [{"id": i, "name": n, "colour": list(c), "pixels": int(pixels[i]), "area": areas[i]}
                         for i, (n, c) in enumerate(zip(names, colours, strict=True))],
             "polygons": count,

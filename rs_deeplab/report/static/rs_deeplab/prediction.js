@@ -38,7 +38,7 @@
 
   const base = folder + "/tiles/";
   const sceneLayer = page.scene
-    ? RS.pyramidLayer(base + "scene/{z}/{x}/{y}.png", grid, page.maxNativeZoom, page.maxZoom, { className: "rs-scene" })
+    ? RS.pyramidLayer(base + "scene/{z}/{x}/{y}." + page.scene, grid, page.maxNativeZoom, page.maxZoom, { className: "rs-scene" })
     : null;
   const classLayer = RS.pyramidLayer(base + "classes/{z}/{x}/{y}.png", grid, page.maxNativeZoom, page.maxZoom,
     { className: "rs-classes", opacity: 0.7 });
