@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if env.is_main:
         print(f"trained {cfg.name} for {result.iterations} iterations; best val mIoU {result.best_miou:.4f}")
         outputs = {"run folder": result.run_dir, "last checkpoint": result.last, "best checkpoint": result.best}
+        page = result.run_dir / "report.html"
+        outputs["training page (open in a browser)"] = page if page.exists() else None
         print(describe_outputs({k: str(v) for k, v in outputs.items() if v is not None}))
     return 0
 

@@ -6,6 +6,7 @@ call it); everything it calls takes plain arguments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -70,6 +71,7 @@ from rs_deeplab.training.preflight import (
     check_scheme,
     removed_on_failure,
 )
+from rs_deeplab.training.run_page import RunPage
 from rs_deeplab.training.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.training.transforms import ChannelStats, EvalTransform, TrainTransform, compute_band_stats
 
@@ -439,6 +441,11 @@ def _train(
         dump_config(cfg, run_dir / "config.yaml")
         with atomic_output(run_dir / "runtime.json") as tmp:
             tmp.write_text(json.dumps(runtime, indent=2) + "\n")
+    page = None  # report.html (rank 0), its path checked before the first expensive step
+    if env.is_main:
+        page = RunPage(run_dir, class_names=names, colours=class_colours(names, cfg.data.scheme), val_source=val_src,
+                       stats=stats, device=device, amp=amp, images_per_iteration=per_iteration,
+                       eval_every=cfg.train.eval_every)  # fmt: skip
     weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
         optimizer,
@@ -502,6 +509,8 @@ def _train(
         runlog.evaluation(it, result)
         if env.is_main:
             warn_if_collapsed(it, cm, names)
+        if page is not None:  # report.html: rewritten at each evaluation (rank 0)
+            page.evaluated(it, cm, averaged)
         if result.miou > tracker["best"]:
             tracker["best"] = result.miou
             if env.is_main:
@@ -515,10 +524,17 @@ def _train(
 
     batches = iter(train_loader)
 
+    def on_log(it: int, loss: float, lr: float) -> None:
+        runlog.train(it, loss, lr)
+        if page is not None:
+            page.logged(it)
+
     def fit_call(cadence: Cadence, first: int, replan: Any, evaluate: bool = True) -> int:
-        return fit(runner, batches, val_loader if evaluate else None, ctx, cadence=cadence, num_classes=len(names),
-                   start_iteration=first, on_log=runlog.train, on_eval=on_eval,
-                   on_checkpoint=on_checkpoint if evaluate else None, eval_model=averaged, replan=replan)  # fmt: skip
+        with page.watching() if page is not None else contextlib.nullcontext():  # a NaN stop, Ctrl-C: on the page
+            return fit(runner, batches, val_loader if evaluate else None, ctx, cadence=cadence,
+                       num_classes=len(names), start_iteration=first, on_log=on_log, on_eval=on_eval,
+                       on_checkpoint=on_checkpoint if evaluate else None, eval_model=averaged,
+                       replan=replan)  # fmt: skip
 
     if budget is None:
         cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every,
@@ -564,6 +580,8 @@ def _train(
             plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
             with atomic_output(run_dir / "val_scores.md") as tmp:
                 tmp.write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
+    if page is not None:
+        page.ended()
     return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], iterations)
 
 
