@@ -1,13 +1,16 @@
-"""How many cores a process can keep busy: its CPU affinity, capped by its cgroup's CPU quota (containers).
+"""How many cores a process can keep busy (its CPU affinity, capped by its cgroup's CPU quota) and how its worker
+processes start.
 
 Torch-free, so the GIS stages (tiling, vectorizing) size their worker pools with it as inference sizes its
 threads: in a container given 2 CPUs on a 64-core host, every stage starts 2 workers, not 64.
-"""
+"""  # noqa: D205
 
 from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -82,3 +85,13 @@ def usable_cores(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> i
     if limit is not None:
         cores = min(cores, max(1, math.ceil(limit - 1e-9)))
     return cores
+
+
+def start_method() -> str:
+    """How worker processes start: ``fork`` on Linux while this process runs a single thread, else ``spawn``.
+
+    A fork is immediate and shares the loaded libraries. Forked beside other threads (inference's readers and
+    writers, a Dask client), a worker could inherit a lock one of them held (GDAL's, the allocator's) and hang:
+    then a fresh interpreter starts instead (a second or more of imports per worker, once per pool).
+    """
+    return "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"

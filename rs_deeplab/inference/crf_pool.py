@@ -5,7 +5,7 @@ pydensecrf never releases the GIL: refined on a thread, each block stalled the t
 (a block's probabilities, colour bands and valid mask) and returns the refined probabilities, computed by the same
 :meth:`~rs_deeplab.inference.crf.CRFParams.refine` as on a thread, so the labels are the same whatever the number
 of processes. Workers start by ``fork`` while this process runs a single thread, else by ``spawn`` (see
-:func:`start_method`).
+:func:`rs_deeplab.cores.start_method`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import math
 import multiprocessing
 import os
 import signal
-import sys
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 
+from rs_deeplab.cores import start_method
 from rs_deeplab.errors import InputError, WorkerDiedError
 from rs_deeplab.inference.crf import CRFParams
 
@@ -38,16 +37,6 @@ AHEAD_PER_PROCESS = 2
 
 Block = tuple[np.ndarray, np.ndarray, np.ndarray]
 """One block's ``(probabilities, image, valid mask)``."""
-
-
-def start_method() -> str:
-    """``fork`` on Linux while this process runs a single thread, else ``spawn``.
-
-    Forked beside other threads (inference's readers and writers, a Dask client), a worker could inherit a lock one
-    of them held (GDAL's, the allocator's) and hang; a spawned one starts a fresh interpreter instead (its imports
-    take a few seconds, once per pool).
-    """
-    return "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
 
 
 def resolve_processes(choice: int | None, *, cores: int, env: str | None, daemonic: bool) -> int:

@@ -17,8 +17,6 @@ import logging
 import multiprocessing
 import numbers
 import signal
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -28,22 +26,13 @@ import rasterio.env
 from rasterio.windows import Window
 
 from rs_deeplab.cluster import default_workers
+from rs_deeplab.cores import start_method
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import open_raster
 from rs_deeplab.vectorize.blocks import BlockPieces, polygonize_window, read_block
 from rs_deeplab.vectorize.metadata import ClassSelection
 
 log = logging.getLogger(__name__)
-
-
-def start_method() -> str:
-    """How worker processes start: ``fork`` on Linux while this process runs a single thread, else ``spawn``.
-
-    A fork is immediate and shares the loaded libraries. Forked beside other threads (inference's readers and
-    writers, a Dask client), a worker could inherit a lock one of them held (GDAL's, the allocator's) and hang:
-    then a fresh interpreter starts instead (about a second of imports per worker).
-    """
-    return "fork" if sys.platform.startswith("linux") and threading.active_count() == 1 else "spawn"
 
 
 AHEAD_PER_WORKER = 2

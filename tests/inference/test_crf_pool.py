@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rs_deeplab.cores import start_method
 from rs_deeplab.errors import InputError, RsDeeplabError, WorkerDiedError
 from rs_deeplab.inference.blending import quantise_probs
 from rs_deeplab.inference.crf import CRFParams
@@ -18,7 +19,6 @@ from rs_deeplab.inference.crf_pool import (
     PROCESSES_ENV,
     CRFPool,
     resolve_processes,
-    start_method,
     strips_in_flight,
 )
 from rs_deeplab.inference.rows import CRFSettings, RowJob, _Finisher
