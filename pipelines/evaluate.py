@@ -2,6 +2,9 @@
 
 python pipelines/evaluate.py CHECKPOINT [--split val] [--out DIR]
 python pipelines/evaluate.py --pred labels.tif [...] --truth label.tif [...] [--scheme potsdam] [--out DIR]
+
+Scene mode also writes DIR.html beside the report folder: the scores, the confusion matrix and a map of where the
+prediction is right and wrong, to open in a browser (--no-report: none).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setu
 from rs_deeplab.errors import InputError
 from rs_deeplab.tuning import tune_process
 
-SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
+SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size", "no_report")
 CHECKPOINT_OPTIONS = ("split", "device")
 
 
@@ -44,6 +47,8 @@ def build_parser() -> ArgumentParser:
         "--class-names", type=_names, default=None, help="comma-separated class names (default: raster tag, scheme)"
     )
     scene.add_argument("--block-size", type=int, default=None, help="block edge in pixels (default 2048)")
+    scene.add_argument("--no-report", action="store_const", const=True, default=None,
+                       help="do not write the page DIR.html (scores and a map of right and wrong pixels)")  # fmt: skip
     parser.add_argument("--out", type=local_output, default=None,
                         help="report folder (default: beside the first prediction; for a URL, the current folder)",
                         )  # fmt: skip
@@ -68,12 +73,14 @@ def _score_scenes(args: argparse.Namespace) -> int:
     from rs_deeplab.classes import get_scheme
     from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
     from rs_deeplab.remote import scene_source
+    from rs_deeplab.report.evaluation import check_evaluation_page, write_evaluation_page
 
     if args.block_size is not None and args.block_size < 1:
         raise InputError(f"--block-size {args.block_size}: must be a positive whole number of pixels")
     pairs = scene_pairs([scene_source(p) for p in args.pred], [scene_source(t) for t in args.truth])
     first = pairs[0][0]
     out = args.out or (first.parent if isinstance(first, Path) else Path("."))
+    page = None if args.no_report else check_evaluation_page(out)  # before anything is scored
     report = evaluate_scenes(
         pairs,
         out,
@@ -85,7 +92,18 @@ def _score_scenes(args: argparse.Namespace) -> int:
     print((out / REPORT_MD).read_text(), end="")
     miou = report["total"]["scores"]["mIoU"]
     print(f"mIoU {'n/a' if miou is None else f'{miou:.4f}'} over {len(pairs)} scene(s); reports in {out}")
+    if page is not None:
+        scheme = None if args.scheme is None else get_scheme(args.scheme)
+        written = write_evaluation_page(page, report, scheme=scheme, block_size=report_block(args.block_size))
+        print(f"evaluation page: {written.page} ({written.size_text()}; open in a browser)")
     return 0
+
+
+def report_block(block_size: int | None) -> int:
+    """The block edge the page's error raster is built with (the scoring's)."""
+    from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE
+
+    return DEFAULT_BLOCK_SIZE if block_size is None else block_size
 
 
 def _score_checkpoint(args: argparse.Namespace) -> int:

@@ -1,0 +1,186 @@
+"""The evaluation page: ``<out>.html`` beside ``evaluate.py``'s report folder ``<out>`` (no torch).
+
+It shows the per-class IoU, F1, precision and recall and the confusion matrix of the whole evaluation, and a map
+of each scene where the prediction is right and wrong. The map's layer is an error raster built block by block
+(memory flat: one block of prediction and truth at a time) with the truth's class id in band 1 and the
+prediction's in band 2, masked where the pixel is not scored (truth ignore, prediction nodata: the rule of
+:mod:`rs_deeplab.evaluation.scenes`). It is cut into a lossless PNG pyramid
+(:func:`rs_deeplab.report.tiles.write_scene_pyramid`) and removed; the page colours the tiles in the browser with
+an SVG filter (``static/rs_deeplab/evaluation.js``): for all classes, right (green) or wrong (red); for one class,
+true positives (green), false positives (red) and false negatives (blue). Choosing a class never rewrites a tile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+
+from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
+from rs_deeplab.errors import InputError
+from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE, block_windows
+from rs_deeplab.label_decoding import decode_label
+from rs_deeplab.raster import PathLike, open_raster
+from rs_deeplab.remote import scene_name
+from rs_deeplab.report.charts import confusion_table
+from rs_deeplab.report.page import PageOutput, check_page_path, esc, files_folder, html_page, js_global, write_page
+from rs_deeplab.report.prediction import class_colours, raster_grid
+from rs_deeplab.report.tiles import write_scene_pyramid
+
+EXTRA_ZOOM = 3
+"""Levels the map zooms in beyond full resolution."""
+
+
+def evaluation_page_path(out: Path) -> Path:
+    """The page of report folder ``out``: ``<out>.html`` beside it."""
+    return out.resolve().parent / f"{out.resolve().name}.html"
+
+
+def check_evaluation_page(out: Path) -> Path:
+    """Check (before scoring) that the page of report folder ``out`` can be written; return its path.
+
+    Raises:
+        InputError: One line naming the path and the fix.
+    """
+    page = evaluation_page_path(out)
+    if page.parent.is_dir():  # else evaluate_scenes creates it with the report folder
+        check_page_path(page)
+    return page
+
+
+def write_error_raster(pred_path: PathLike, truth_path: PathLike, out: Path, *, num_classes: int,
+                       scheme: ClassScheme | None, block_size: int = DEFAULT_BLOCK_SIZE) -> None:  # fmt: skip
+    """Write the 3-band uint8 error raster of one scene (truth id, prediction id, 0), masked where not scored."""
+    with open_raster(pred_path) as pred, open_raster(truth_path) as truth:
+        nodata = pred.nodata if pred.nodata is not None and float(pred.nodata).is_integer() else None
+        profile = {"driver": "GTiff", "width": pred.width, "height": pred.height, "count": 3, "dtype": "uint8",
+                   "crs": pred.crs, "transform": pred.transform, "tiled": True, "blockxsize": 256,
+                   "blockysize": 256, "compress": "deflate"}  # fmt: skip
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(out, "w", **profile) as dst:
+            for window in block_windows(pred.height, pred.width, block_size):
+                p = pred.read(1, window=window).astype(np.int64)
+                t = decode_label(truth.read(window=window), scheme).astype(np.int64)
+                if truth.count == 1 and truth.nodata is not None and not math.isnan(truth.nodata):
+                    t[truth.read(1, window=window) == truth.nodata] = IGNORE_INDEX
+                valid = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+                if nodata is not None:
+                    valid &= p != int(nodata)
+                bands = np.stack([np.where(valid, t, 255), np.where(valid, p, 255), np.zeros_like(p)])
+                dst.write(bands.astype(np.uint8), window=window)
+                dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+
+
+def class_rows(cm: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per class: TP, FP, FN, IoU, F1, precision and recall (None where undefined)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    rows = []
+    for i, name in enumerate(names):
+        tp, fp, fn = int(cm[i, i]), int(cm[:, i].sum() - cm[i, i]), int(cm[i, :].sum() - cm[i, i])
+
+        def ratio(num: int, den: int) -> float | None:
+            return num / den if den else None
+
+        rows.append({"class": name, "tp": tp, "fp": fp, "fn": fn, "iou": ratio(tp, tp + fp + fn),
+                     "f1": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp),
+                     "recall": ratio(tp, tp + fn)})  # fmt: skip
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _scores_table(rows: Sequence[dict[str, Any]], total: Mapping[str, Any]) -> str:
+    keys = ("iou", "f1", "precision", "recall")
+    body = []
+    for i, r in enumerate(rows):
+        cells = "".join(f'<td data-key="{k}" data-value="{"" if r[k] is None else repr(r[k])}">{_pct(r[k])}</td>'
+                        for k in keys)  # fmt: skip
+        counts = "".join(f'<td data-key="{k}">{r[k]:,}</td>' for k in ("tp", "fp", "fn"))
+        body.append(f'<tr data-class="{i}"><th>{esc(r["class"])}</th>{cells}{counts}</tr>')
+    s = total["scores"]
+    means = "".join(f'<td data-key="{k}" data-value="{s[k]!r}">{_pct(s[k])}</td>' for k in ("mIoU", "mF1"))
+    foot = f'<tr class="mean"><th>mean</th>{means}<td colspan="5"></td></tr>'
+    return ('<table id="scores" class="scores"><thead><tr><th>class</th><th>IoU %</th><th>F1 %</th>'
+            "<th>precision %</th><th>recall %</th><th>TP px</th><th>FP px</th><th>FN px</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>")  # fmt: skip
+
+
+def _body(report: Mapping[str, Any], names: Sequence[str], scenes: Sequence[dict[str, Any]], title: str) -> str:
+    total = report["total"]
+    s = total["scores"]
+    cm = np.asarray(s["confusion_matrix"], dtype=np.int64)
+    options = "".join(f'<option value="{i}">{esc(n)}</option>' for i, n in enumerate(names))
+    scene_options = "".join(f'<option value="{i}">{esc(sc["name"])}</option>' for i, sc in enumerate(scenes))
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for sc in scenes for n in sc["notes"])
+    return f"""<main class="report">
+<h1>{esc(title)}</h1>
+<p id="summary">mIoU <b id="miou">{_pct(s["mIoU"])} %</b>, mean F1 {_pct(s["mF1"])} %, overall accuracy
+<span id="oa">{_pct(s["OA"])}</span> % over <span id="pixels">{s["pixels"]:,}</span> scored pixels of {len(scenes)}
+scene(s); {total["ignored_truth_pixels"]:,} ignored truth pixels, {total["unpredicted_pixels"]:,} unpredicted.</p>
+<h2>per class</h2>
+{_scores_table(class_rows(cm, names), total)}
+<h2>confusion matrix <small>(rows: truth, normalised per row; pixel counts in the tooltips)</small></h2>
+{confusion_table(cm, names)}
+<h2>where the prediction is right and wrong</h2>
+{notes}
+<div class="controls">
+<label>scene <select id="scene">{scene_options}</select></label>
+<label>show <select id="error-class"><option value="-1">all classes: right / wrong</option>{options}</select></label>
+<label>opacity <input id="opacity" type="range" min="0" max="100" value="85"></label>
+<span id="error-legend"></span>
+</div>
+<div class="mapbox"><div id="map"></div></div>
+</main>"""
+
+
+def write_evaluation_page(
+    page: Path,
+    report: Mapping[str, Any],
+    *,
+    scheme: ClassScheme | None = None,
+    colours: Mapping[int, Sequence[int]] | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    title: str | None = None,
+) -> PageOutput:
+    """Write the evaluation page of an ``evaluate_scenes`` report (its ``scenes`` name prediction and truth).
+
+    Raises:
+        InputError: The page cannot be written, or a raster cannot be read again; one line.
+    """
+    names = list(report["classes"])
+    rgb = class_colours(len(names), colours)
+
+    def build(folder: Path) -> str:
+        scenes = []
+        for i, entry in enumerate(report["scenes"]):
+            errors = folder / f"errors_{i}.tif"
+            write_error_raster(entry["prediction"], entry["truth"], errors, num_classes=len(names), scheme=scheme,
+                               block_size=block_size)  # fmt: skip
+            with rasterio.open(errors) as ds:
+                grid = raster_grid(ds)
+            stats = write_scene_pyramid(errors, folder / "tiles" / str(i), bands=(1, 2, 3), suffix="png")
+            errors.unlink()
+            for sidecar in folder.glob(f"errors_{i}.tif.*"):
+                sidecar.unlink()
+            scenes.append({"name": scene_name(entry["prediction"]), "tiles": f"tiles/{i}", "notes": grid.notes,
+                           "grid": {**{k: getattr(grid, k) for k in ("x0", "y0", "a", "e", "width", "height", "crs")},
+                                    "geographic": grid.geographic, "bounds": grid.bounds()},
+                           "maxNativeZoom": stats.max_zoom, "maxZoom": stats.max_zoom + EXTRA_ZOOM})  # fmt: skip
+        classes = [{"id": i, "name": n, "colour": list(c)} for i, (n, c) in enumerate(zip(names, rgb, strict=True))]
+        data = {"folder": files_folder(page).name, "scenes": scenes, "classes": classes}
+        (folder / "evaluation.js").write_text(js_global("RS_EVAL", data), encoding="utf-8")
+        name = title or f"evaluation: {page.stem}"
+        return html_page(name, files_folder(page).name, _body(report, names, scenes, name),
+                         styles=("lib/leaflet/leaflet.css", "lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
+                         scripts=("lib/leaflet/leaflet.js", "evaluation.js", "lib/rs_deeplab/map.js",
+                                  "lib/rs_deeplab/evaluation.js"))  # fmt: skip
+
+    try:
+        return write_page(page, build, libraries=("leaflet", "rs_deeplab"))
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{page}: cannot read a raster for the page ({exc})") from None

@@ -1,0 +1,132 @@
+"""The evaluation page evaluate.py writes, in headless chromium: offline, its numbers are evaluate.py's, the map's
+right/wrong and TP/FP/FN pixels are the confusion matrix's counts, and a page path that cannot be written stops
+evaluate.py with one line before anything is scored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+
+from pipelines import evaluate as evaluate_cli
+from rs_deeplab.raster import write_geotiff
+from tests.report.conftest import Visit
+
+pytestmark = pytest.mark.slow
+WIDTH, HEIGHT = 240, 160
+NAMES = "ground,building,tree"
+
+
+def _scene(folder: Path) -> tuple[Path, Path]:
+    truth = np.zeros((HEIGHT, WIDTH), np.uint8)
+    truth[20:90, 30:130] = 1
+    rows, cols = np.mgrid[:HEIGHT, :WIDTH]
+    truth[(rows - 110) ** 2 + (cols - 170) ** 2 < 35**2] = 2
+    truth[:, 230:] = 255  # ignored
+    pred = np.roll(truth, (6, 9), axis=(0, 1))  # shifted: right and wrong pixels of every class
+    pred[pred == 255] = 0
+    pred[140:, :40] = 255  # not predicted
+    pred[100:120, 60:90] = 2
+    transform = from_origin(366_000.0, 5_811_000.0, 0.5, 0.5)
+    p = write_geotiff(folder / "pred.tif", pred[None], crs="EPSG:32633", transform=transform, nodata=255)
+    t = write_geotiff(folder / "truth.tif", truth[None], crs="EPSG:32633", transform=transform, nodata=255)
+    return p, t
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("evalpage")
+    pred, truth = _scene(folder)
+    code = evaluate_cli.main(["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out",
+                              str(folder / "reports"), "--block-size", "64", "-q"])  # fmt: skip
+    assert code == 0
+    report = json.loads((folder / "reports" / "scene_scores.json").read_text())
+    return folder / "reports.html", report
+
+
+@pytest.fixture(scope="module")
+def visit(evaluated: tuple[Path, dict], open_page: Callable[[Path], Visit]) -> Visit:
+    result = open_page(evaluated[0])
+    result.page.evaluate("document.getElementById('opacity').value = 100; "
+                         "document.getElementById('opacity').dispatchEvent(new Event('input'))")  # fmt: skip
+    result.page.evaluate("() => { const b = RS.scene.grid.bounds; "
+                         "RS.map.setView([(b[1] + b[3]) / 2, (b[0] + b[2]) / 2], RS.scene.maxNativeZoom, "
+                         "{animate: false}); }")  # fmt: skip
+    result.wait_for_tiles()
+    return result
+
+
+def test_opens_offline_without_errors(visit: Visit, evaluated: tuple[Path, dict]) -> None:
+    assert visit.errors == []
+    assert visit.outside() == []
+    assert any(u.endswith(".png") for u in visit.requests)
+    assert sorted(p.name for p in (evaluated[0].parent / "reports").iterdir()) == ["scene_scores.json",
+                                                                                   "scene_scores.md"]  # fmt: skip
+
+
+def test_numbers_are_evaluate_outputs(visit: Visit, evaluated: tuple[Path, dict]) -> None:
+    scores = evaluated[1]["total"]["scores"]
+    cm = np.array(scores["confusion_matrix"])
+    names = NAMES.split(",")
+    shown = visit.page.evaluate("Array.from(document.querySelectorAll('#scores tbody tr'), tr => Object.fromEntries("
+                                "Array.from(tr.querySelectorAll('td[data-value]'), td => [td.dataset.key, "
+                                "+td.dataset.value])))")  # fmt: skip
+    assert len(shown) == len(names)
+    for i, (name, row) in enumerate(zip(names, shown, strict=True)):
+        assert row["iou"] == pytest.approx(scores["IoU"][name], abs=1e-12)
+        assert row["f1"] == pytest.approx(scores["F1"][name], abs=1e-12)
+        assert row["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum(), abs=1e-12)
+        assert row["recall"] == pytest.approx(cm[i, i] / cm[i, :].sum(), abs=1e-12)
+    assert float(visit.page.get_attribute("#scores td[data-key=mIoU]", "data-value") or 0) == pytest.approx(
+        scores["mIoU"], abs=1e-12)  # fmt: skip
+    counts = visit.page.evaluate("Array.from(document.querySelectorAll('#confusion td[data-count]'), "
+                                 "td => +td.dataset.count)")  # fmt: skip
+    assert counts == cm.ravel().tolist()
+    assert visit.page.locator("#confusion th.truth").all_inner_texts() == names
+
+
+def _colour_counts(visit: Visit) -> dict[str, int]:
+    image = visit.screenshot().astype(int)
+    colours = visit.page.evaluate("RS.colours")
+    out = {}
+    for key, rgb in colours.items():
+        out[key] = int((np.abs(image - np.array(rgb)).max(axis=2) <= 3).sum())
+    return out
+
+
+def test_map_shows_right_and_wrong_pixels(visit: Visit, evaluated: tuple[Path, dict]) -> None:
+    cm = np.array(evaluated[1]["total"]["scores"]["confusion_matrix"])
+    visit.page.select_option("#error-class", "-1")
+    visit.page.wait_for_timeout(100)
+    counts = _colour_counts(visit)
+    assert counts["right"] == np.trace(cm) and counts["wrong"] == cm.sum() - np.trace(cm)
+
+
+@pytest.mark.parametrize("klass", [1, 2])
+def test_map_shows_one_class_true_false_positives_and_negatives(visit: Visit, evaluated: tuple[Path, dict],
+                                                               klass: int) -> None:  # fmt: skip
+    cm = np.array(evaluated[1]["total"]["scores"]["confusion_matrix"])
+    visit.page.select_option("#error-class", str(klass))
+    visit.page.wait_for_timeout(100)
+    counts = _colour_counts(visit)
+    tp = cm[klass, klass]
+    assert (counts["tp"], counts["fp"], counts["fn"]) == (tp, cm[:, klass].sum() - tp, cm[klass].sum() - tp)
+    assert "false negative" in visit.page.locator("#error-legend").inner_text()
+
+
+def test_unwritable_page_is_one_line_before_scoring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred, truth = _scene(tmp_path)
+    (tmp_path / "reports.html").mkdir()
+    code = evaluate_cli.main(["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out",
+                              str(tmp_path / "reports"), "-q"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "reports.html" in err[0] and "--no-report" in err[0]
+    assert not (tmp_path / "reports").exists()  # nothing scored, nothing written
+    code = evaluate_cli.main(["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out",
+                              str(tmp_path / "reports"), "-q", "--no-report"])  # fmt: skip
+    assert code == 0 and (tmp_path / "reports" / "scene_scores.json").exists()
+    assert not list(tmp_path.glob("reports_files*")) and not list(tmp_path.glob(".reports*"))
