@@ -50,10 +50,10 @@ REQUIRED = ("rasterio", "affine", "segmentation_models_pytorch", "albumentations
 """What the GPU path imports beyond a GPU image's torch/numpy/opencv/timm/pytest (bench/gpu_wheels.sh carries it)."""
 DEFAULT_TESTS = ("tests/test_gpu.py", "tests/inference/test_inference_feed.py")
 """The files holding ``gpu``-marked tests."""
-TEST_NEEDS = {"tests/inference/test_inference_feed.py": ("shapely", "pyogrio")}
-"""Test files that import more than the carried wheels give (here: ``rs_deeplab.vectorize`` through
-``tests/inference/test_inference.py``; pyogrio is 24 MB, too big to carry): left out, one line each, where their
-modules are missing, rather than reported as collection errors."""
+TEST_NEEDS: dict[str, tuple[str, ...]] = {}
+"""Test files that import more than the carried wheels give, with those modules: left out, one line each, where
+the modules are missing, rather than reported as collection errors. Empty: the gpu test files import with the
+carried wheels alone (tests/bench/test_device_check.py checks it)."""
 
 
 @dataclass

@@ -164,14 +164,34 @@ def test_missing_and_too_old_packages_are_one_line_each() -> None:
     assert device_check.missing_lines(["typing_extensions>=4.14"], {"typing_extensions": "4.15.0"}, Path(".whl")) == []
 
 
-def test_test_files_needing_uncarried_modules_are_left_out_with_one_line() -> None:
+def test_test_files_needing_uncarried_modules_are_left_out_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     feed = "tests/inference/test_inference_feed.py"
     files = ["tests/test_gpu.py", feed]
+    monkeypatch.setattr(device_check, "TEST_NEEDS", {feed: ("shapely", "pyogrio")})
     run, left_out = device_check.runnable_tests(files, {"shapely": "2.1", "pyogrio": None})
     assert run == ["tests/test_gpu.py"] and left_out == [
         f"{feed}: not run (needs pyogrio, not on this machine nor carried)"
     ]
     assert device_check.runnable_tests(files, {"shapely": "2.1", "pyogrio": "0.11"}) == (files, [])
+
+
+LEAN_IMPORT = """
+import sys
+for name in ("shapely", "pyogrio", "geopandas", "pyproj", "pydensecrf", "hypothesis", "onnx", "onnxruntime"):
+    sys.modules[name] = None  # as on a GPU machine with only the carried wheels: importing them fails
+for module in sys.argv[1:]:
+    __import__(module)
+"""
+
+
+def test_the_gpu_test_files_import_without_the_gis_stack() -> None:
+    # A GPU machine gets rasterio, smp, albumentations, pydantic and dask carried, not shapely, pyogrio or the dev
+    # tools: the files holding gpu tests (and their conftests) must import without them, or their tests never run.
+    modules = [p.removesuffix(".py").replace("/", ".") for p in device_check.DEFAULT_TESTS]
+    assert not device_check.TEST_NEEDS
+    done = subprocess.run([sys.executable, "-c", LEAN_IMPORT, "tests.conftest", "tests.inference.conftest", *modules],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_pytest_lines_keep_failures_and_the_summary() -> None:

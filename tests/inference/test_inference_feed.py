@@ -31,7 +31,7 @@ from rs_deeplab.inference.streams import OrderedWorker
 from rs_deeplab.inference.strip_reader import StripReader
 from rs_deeplab.raster import open_raster, quiet_georeferencing
 from tests.conftest import DEFAULT_TRANSFORM
-from tests.inference.test_inference import NAMES, Oracle, blobs, labelled_scene
+from tests.inference.scenes import NAMES, Oracle, blobs, labelled_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (100.0, 50.0, 7.5), (30.0, 0.7, 3.0)
