@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rs_deeplab.inference.pipeline import infer_scenes
     from rs_deeplab.inference.report_page import write_result_page
     from rs_deeplab.raster import open_raster
+    from rs_deeplab.report.evaluation import evaluation_page_path, write_evaluation_page
     from rs_deeplab.sample import preview_png
     from rs_deeplab.training.experiment import train_experiment
 
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = train_experiment(cfg)
     outputs["training run"] = result.run_dir
     outputs["best checkpoint"] = result.best or result.last
+    outputs["training page (open in a browser)"] = result.run_dir / "report.html"
     log.info("trained %d iterations, best val mIoU %.3f", result.iterations, result.best_miou)
 
     held_out = files[-1].rgbir
@@ -125,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = evaluate_scenes([(prediction, files[-1].label_noboundary)], out / "scores", scheme=SCHEMES["potsdam"],
                              quiet=True)  # fmt: skip
     outputs["scene scores"] = out / "scores" / "scene_scores.md"
+    scored = write_evaluation_page(evaluation_page_path(out / "scores"), report, scheme=SCHEMES["potsdam"],
+                                   title="demo: held-out scene scores")  # fmt: skip
+    outputs[f"evaluation page ({scored.size_text()}; open in a browser)"] = scored.page
     with open_raster(held_out) as img, open_raster(prediction) as pred, open_raster(files[-1].label) as lbl:
         truth = SCHEMES["potsdam"].decode(lbl.read())
         outputs["prediction preview"] = preview_png(out / "prediction_preview.png", img.read(), pred.read(1),
