@@ -74,7 +74,8 @@ class RunPage:
         self.run_dir, self.page = run_dir, run_dir / PAGE_NAME
         if run_dir.exists():
             check_page_path(self.page)
-        self.names, self.colours = list(class_names), [tuple(int(v) for v in c[:3]) for c in colours]
+        self.names = list(class_names)
+        self.colours = [(int(c[0]), int(c[1]), int(c[2])) for c in colours]
         self.device, self.amp, self.per_iteration = device, amp, images_per_iteration
         self.transform = EvalTransform(stats)
         self.samples = pick_crops(val_source)
