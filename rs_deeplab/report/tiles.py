@@ -10,10 +10,13 @@ anchored at the raster's top-left corner: the page's map maps that corner to pix
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -113,6 +116,18 @@ def stretch_limits(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> list[
     return limits
 
 
+def small_block_cache() -> contextlib.AbstractContextManager[Any]:
+    """Cap GDAL's block cache at 64 MB while a pyramid is written, unless the user set ``GDAL_CACHEMAX``.
+
+    Each level reads the whole raster once; the default cache (5% of RAM) keeps the blocks of every level: the
+    8,192² benchmark's peak went from 507 MB to 189 MB with the cap (2,048²: 149 MB). The size is in bytes:
+    ``rasterio.Env(GDAL_CACHEMAX=64)`` would be a 64-byte cache (each multi-band read 45x slower).
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=64 * 2**20)  # bytes: rasterio passes the integer to GDALSetCacheMax64
+
+
 @dataclass
 class PyramidStats:
     """What a pyramid writer wrote: files, bytes, levels and (class layers) the pixel count of each class."""
@@ -131,7 +146,7 @@ def write_scene_pyramid(
     ``suffix`` is the tiles' format: ``png`` or ``webp`` (see :func:`scene_format`).
     """
     stats = PyramidStats()
-    with rasterio.open(scene) as ds:
+    with small_block_cache(), rasterio.open(scene) as ds:
         chosen = composite_bands(ds, bands)
         limits = stretch_limits(ds, chosen)
         stats.max_zoom = max_zoom(ds.width, ds.height)
@@ -161,7 +176,7 @@ def write_label_pyramid(labels: str | Path, root: Path, classes: int) -> Pyramid
     """
     counts = np.zeros(256, np.int64)
     stats = PyramidStats(counts=counts)
-    with rasterio.open(labels) as ds:
+    with small_block_cache(), rasterio.open(labels) as ds:
         stats.max_zoom = max_zoom(ds.width, ds.height)
         nodata = ds.nodata
         for spec in tiles(ds.width, ds.height):

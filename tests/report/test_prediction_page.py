@@ -243,3 +243,23 @@ def test_report_loads_no_torch() -> None:
 
     code = "import sys, rs_deeplab.report.prediction; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_geographic_scene(tmp_path: Path, open_page: Callable[[Path], Visit]) -> None:
+    """An EPSG:4326 raster: the map is in degrees, lon/lat under the cursor are its own coordinates."""
+    labels = write_geotiff(tmp_path / "geo.tif", _labels()[None], crs="EPSG:4326", nodata=255,
+                           transform=from_origin(13.4, 52.52, 1e-5, 1e-5), tags=class_names_tag(NAMES))  # fmt: skip
+    page = tmp_path / "geo.html"
+    write_prediction_page(page, PredictionInputs(labels=labels))
+    visit = open_page(page)
+    visit.wait_for_tiles()
+    x, y = 13.4 + 250.5e-5, 52.52 - 100.5e-5
+    visit.page.evaluate("([lat, lng]) => RS.map.setView([lat, lng], RS_PAGE.maxNativeZoom, {animate: false})", [y, x])
+    box = visit.page.locator("#map").bounding_box()
+    point = visit.page.evaluate("([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); "
+                                "return [p.x, p.y]; }", [y, x])  # fmt: skip
+    visit.page.mouse.move(box["x"] + point[0], box["y"] + point[1])
+    text = visit.page.locator("#cursor-lonlat").inner_text()
+    assert [float(v) for v in re.findall(r"-?\d+\.\d+", text)] == pytest.approx([x, y], abs=1e-5)
+    assert "pixels" in visit.page.locator("table.legend").inner_text()  # no polygons: pixel counts, not degrees²
+    assert visit.errors == [] and visit.outside() == []
