@@ -159,7 +159,7 @@ written {esc(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.written)))}<
 <h2>runtime</h2>
 <table id="runtime" class="card">{runtime}</table>
 <h2>config</h2>
-<pre id="config">{esc(view.config_text)}</pre>
+<details><summary>the resolved config (config.yaml)</summary><pre id="config">{esc(view.config_text)}</pre></details>
 </main>"""
 
 
