@@ -26,10 +26,12 @@ def write_result_page(
     the run's details only).
     """
     options = options or InferOptions()
-    try:
-        card: dict[str, Any] | None = card_to_metadata(read_checkpoint(result.checkpoint)[0])
-    except RsDeeplabError:  # an exported model: its card is inside the file, the page shows the run's details
-        card = None
+    card: dict[str, Any] | None = None
+    if result.checkpoint.suffix in (".pt", ".pth"):  # an exported model: the page shows the run's details only
+        try:
+            card = card_to_metadata(read_checkpoint(result.checkpoint)[0])
+        except RsDeeplabError:
+            card = None
     first = result.rasters[0]
     single = result.region is None and len(result.rasters) == 1
     details = {
@@ -49,6 +51,9 @@ def write_result_page(
         class_names=first.class_names,
         colours=card_colours(card),
         title=title,
+        notes=()
+        if single or result.region is not None
+        else (f"{len(result.rasters)} separate scenes: the map shows the first; the legend's areas are all scenes'.",),
     )
     return write_prediction_page(page, inputs)
 

@@ -129,6 +129,7 @@ class PredictionInputs:
         colours: Class colours by id when the raster has no colour table.
         bands: 1-based scene bands of the composite (default: red, green, blue).
         title: The page's title.
+        notes: Lines the page shows above the map's controls.
     """
 
     labels: Path
@@ -139,6 +140,7 @@ class PredictionInputs:
     colours: Mapping[int, Sequence[int]] | None = None
     bands: Sequence[int] | None = None
     title: str | None = None
+    notes: Sequence[str] = ()
 
 
 def _classes(ds: Any, inputs: PredictionInputs) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -253,7 +255,7 @@ def write_prediction_page(page: Path, inputs: PredictionInputs) -> PageOutput:
         grid = raster_grid(ds)
         names, colours = _classes(ds, inputs)
         record = read_run_record(ds)
-    notes = list(grid.notes)
+    notes = [*inputs.notes, *grid.notes]
 
     def build(folder: Path) -> str:
         labels = write_label_pyramid(inputs.labels, folder / "tiles" / "classes", len(names))
