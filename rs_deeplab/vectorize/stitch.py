@@ -244,9 +244,14 @@ def _loops(
     cycle_head[heads] = 1
     loop_of = np.repeat(np.cumsum(cycle_head) - 1, lengths)
     loop_group = chain_group[chains[heads]]
-    loop_xy, loop_of, loop_group = _split_touching_loops(xy[vertex], loop_of, loop_group, may_touch[vertex])
-    keep = ~_straight(loop_xy, loop_of)
-    loop_xy, loop_of = loop_xy[keep], loop_of[keep]
+    touching = _touching(xy[vertex[may_touch[vertex]]], loop_of[may_touch[vertex]], len(loop_group))
+    if touching.any():  # the general way: split the loops, then find straight vertices on them
+        loop_xy, loop_of, loop_group = _split_touching_loops(xy[vertex], loop_of, loop_group, touching)
+        keep = ~_straight(loop_xy, loop_of)
+        loop_xy, loop_of = loop_xy[keep], loop_of[keep]
+    else:  # straight vertices found in the rings, the loops gathered once
+        keep = ~_straight_in_chains(xy, starts, ends, nxt)[vertex]
+        loop_xy, loop_of = xy[vertex[keep]], loop_of[keep]
     _check(_mark(loop_group[np.bincount(loop_of, minlength=len(loop_group)) < 3], n_groups), "a degenerate loop")
     return loop_xy, loop_of, loop_group
 
@@ -265,30 +270,27 @@ def _link(xy: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.
     return nxt.tolist()
 
 
-def _split_touching_loops(
-    xy: np.ndarray, loop_of: np.ndarray, loop_group: np.ndarray, may_touch: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split every loop that passes through a vertex twice into simple loops (see :func:`_split_touching`).
-
-    Only the ``may_touch`` vertices are compared (a few per cent of them: those on seam lines).
-    """
-    which = np.flatnonzero(may_touch)
-    if not len(which):
-        return xy, loop_of, loop_group
-    x, y, of = xy[which, 0].astype(np.int64), xy[which, 1].astype(np.int64), loop_of[which]
+def _touching(xy: np.ndarray, loop_of: np.ndarray, n_loops: int) -> np.ndarray:
+    """Per loop: it passes a vertex twice (``xy``, ``loop_of``: the vertices that may repeat, in loop order)."""
+    touching = np.zeros(n_loops, dtype=bool)
+    if not len(xy):
+        return touching
+    x, y = xy[:, 0].astype(np.int64), xy[:, 1].astype(np.int64)
     bits_x, bits_y = int(x.max()).bit_length(), int(y.max()).bit_length()
-    if int(of[-1]).bit_length() + bits_x + bits_y < 63 and x.min() >= 0 and y.min() >= 0:
-        keys = np.sort((((of << bits_x) + x) << bits_y) + y)  # one integer per (loop, vertex): a fast sort
-        twice = keys[1:] == keys[:-1]
-        loops_twice = keys[1:][twice] >> (bits_x + bits_y)
+    if int(loop_of[-1]).bit_length() + bits_x + bits_y < 63 and x.min() >= 0 and y.min() >= 0:
+        keys = np.sort((((loop_of << bits_x) + x) << bits_y) + y)  # one integer per (loop, vertex): a fast sort
+        touching[keys[1:][keys[1:] == keys[:-1]] >> (bits_x + bits_y)] = True
     else:
-        order = np.lexsort((y, x, of))
-        twice = (x[order][1:] == x[order][:-1]) & (y[order][1:] == y[order][:-1]) & (of[order][1:] == of[order][:-1])
-        loops_twice = of[order][1:][twice]
-    if not twice.any():
-        return xy, loop_of, loop_group
-    touching = np.zeros(len(loop_group), dtype=bool)
-    touching[loops_twice] = True
+        order = np.lexsort((y, x, loop_of))
+        x, y, of = x[order], y[order], loop_of[order]
+        touching[of[1:][(x[1:] == x[:-1]) & (y[1:] == y[:-1]) & (of[1:] == of[:-1])]] = True
+    return touching
+
+
+def _split_touching_loops(
+    xy: np.ndarray, loop_of: np.ndarray, loop_group: np.ndarray, touching: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split the ``touching`` loops (passing through a vertex twice) into simple loops (:func:`_split_touching`)."""
     first, _ = ring_ends(loop_of)
     bounds = np.append(np.flatnonzero(first), len(loop_of))
     parts: list[np.ndarray] = []
@@ -302,14 +304,32 @@ def _split_touching_loops(
     return np.concatenate(parts), np.repeat(np.arange(len(parts)), sizes), np.asarray(groups, dtype=np.int64)
 
 
+def _straight_in_chains(xy: np.ndarray, starts: np.ndarray, ends: np.ndarray, nxt: list[int]) -> np.ndarray:
+    """:func:`_straight` of the loops the chains form, computed in the rings the chains lie in.
+
+    Inside a chain a vertex's neighbours in its loop are its neighbours in its ring, the next chain starting where
+    the ring's next vertex is; only a chain's first vertex follows another vertex (the previous chain's last).
+    """
+    straight = np.zeros(len(xy), dtype=bool)
+    straight[1:-1] = _turns_not(xy[1:-1] - xy[:-2], xy[2:] - xy[1:-1])
+    previous = np.empty(len(starts), dtype=np.int64)
+    previous[np.asarray(nxt, dtype=np.int64)] = np.arange(len(starts))
+    straight[starts] = _turns_not(xy[starts] - xy[ends[previous] - 1], xy[starts + 1] - xy[starts])
+    return straight
+
+
+def _turns_not(d_in: np.ndarray, d_out: np.ndarray) -> np.ndarray:
+    """Per vertex, from the edges into and out of it: they are collinear and the same way (exact)."""
+    return (d_in[:, 0] * d_out[:, 1] == d_in[:, 1] * d_out[:, 0]) & ((d_in * d_out).sum(axis=1) > 0)
+
+
 def _straight(xy: np.ndarray, loop_of: np.ndarray) -> np.ndarray:
     """Per vertex of open loops: it lies on the straight line from its predecessor to its successor (exact)."""
     first, last = ring_ends(loop_of)
     idx = np.arange(len(xy))
     prev, nxt = idx - 1, idx + 1
     prev[first], nxt[last] = np.flatnonzero(last), np.flatnonzero(first)
-    d_in, d_out = xy - xy[prev], xy[nxt] - xy
-    return (d_in[:, 0] * d_out[:, 1] == d_in[:, 1] * d_out[:, 0]) & ((d_in * d_out).sum(axis=1) > 0)
+    return _turns_not(xy - xy[prev], xy[nxt] - xy)
 
 
 def _signed_areas(xy: np.ndarray, loop_of: np.ndarray) -> np.ndarray:

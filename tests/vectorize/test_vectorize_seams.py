@@ -14,6 +14,7 @@ from rasterio.io import MemoryFile
 
 from rs_deeplab.raster import geotiff_profile
 from rs_deeplab.vectorize import RegionStream
+from rs_deeplab.vectorize import stitch as stitch_module
 from rs_deeplab.vectorize.metadata import select_classes
 from rs_deeplab.vectorize.polygonize import FlatPolygons, paint, polygonize_block
 from rs_deeplab.vectorize.rings import densify_pixel_polygons, drop_collinear
@@ -150,6 +151,18 @@ def test_pinch_at_a_seam_gives_a_valid_hole():
     array[5, 5] = 0
     array[4:6, 4] = 0
     assert_same_polygons(array, 4)
+
+
+def test_a_region_whose_spliced_outline_passes_a_seam_vertex_twice(monkeypatch: pytest.MonkeyPatch):
+    # The zeros here are one region whose outline, spliced across the seams x = 3 and y = 3, passes a seam
+    # vertex twice: the splice takes its general way (split the loop, then drop straight vertices).
+    array = np.array([[1, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 1],
+                      [1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 1]], dtype=np.uint8)  # fmt: skip
+    split = []
+    real = stitch_module._split_touching_loops
+    monkeypatch.setattr(stitch_module, "_split_touching_loops", lambda *a: split.append(1) or real(*a))
+    assert_same_polygons(array, 3)
+    assert split
 
 
 def test_stitch_joins_pieces_cut_by_a_seam():
