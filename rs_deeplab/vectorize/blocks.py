@@ -131,7 +131,7 @@ class RegionStream:
         self.simplify, self.quiet, self.workers = simplify, quiet, workers
         self.transform = src.transform
         self.n_rows, self.n_cols = -(-src.height // block_size), -(-src.width // block_size)
-        self.merger = SeamMerger(block_size, validate=simplify > 0)
+        self.merger = SeamMerger(block_size, validate=simplify > 0, to_crs=self._to_crs)
         self.on_drain: Callable[[], None] | None = None
         """With workers: called once when the last blocks are being polygonized and a worker is free."""
 
@@ -168,9 +168,7 @@ class RegionStream:
             open_geoms = pieces.simplified[1]
         else:
             closed_geoms, open_geoms = pieces.closed.polygons(), pieces.open.polygons()
-        values, merged = self.merger.add_block(bj, open_geoms, pieces.open.values, pieces.owners)
-        if len(merged):
-            merged = shapely.transform(merged, self._to_crs)
+        values, merged = self.merger.add_block(bj, open_geoms, pieces.open.values, pieces.owners)  # in the CRS
         return np.concatenate([pieces.closed.values, values]), np.concatenate([closed_geoms, merged])
 
     def _to_crs(self, xy: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ therefore holds the current block plus the open pieces, never the whole raster.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import shapely
 
@@ -28,11 +30,15 @@ class SeamMerger:
         block_size: Block edge in pixels (seams lie on its multiples).
         validate: Check stitched regions for validity (after simplification), see
             :func:`~rs_deeplab.vectorize.stitch.stitch`.
+        to_crs: Maps ``(n, 2)`` pixel coordinates to the output's: regions are emitted mapped.
     """
 
-    def __init__(self, block_size: int, *, validate: bool = False) -> None:
+    def __init__(
+        self, block_size: int, *, validate: bool = False, to_crs: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> None:
         self._grid = block_size
         self._validate = validate
+        self._to_crs = to_crs
         self._geom: dict[int, shapely.Geometry] = {}
         self._value: dict[int, int] = {}
         self._parent: dict[int, int] = {}
@@ -62,7 +68,8 @@ class SeamMerger:
                 ``geoms`` of the piece owning each pixel along that side, -1 where none.
 
         Returns:
-            Class ids and geometries (pixel coordinates) of the regions completed by this block.
+            Class ids and geometries (pixel coordinates, or mapped by ``to_crs``) of the regions completed by
+            this block.
         """
         base = self._next_id
         ids = np.arange(base, base + len(geoms), dtype=np.int64)
@@ -142,13 +149,14 @@ class SeamMerger:
         """One geometry per group: the piece itself, or the pieces stitched together along their seams."""
         out = np.empty(len(groups), dtype=object)
         several = [k for k, parts in enumerate(groups) if len(parts) > 1]
-        for k, parts in enumerate(groups):
-            if len(parts) == 1:
-                out[k] = parts[0]
+        single = [k for k, parts in enumerate(groups) if len(parts) == 1]
+        if single:
+            alone = np.array([groups[k][0] for k in single], dtype=object)
+            out[single] = alone if self._to_crs is None else shapely.transform(alone, self._to_crs)
         if several:
             self.merged += len(several)
             pieces = [np.asarray(groups[k], dtype=object) for k in several]
-            out[several] = stitch_many(pieces, self._grid, validate=self._validate)
+            out[several] = stitch_many(pieces, self._grid, validate=self._validate, to_crs=self._to_crs)
         return out
 
 

@@ -11,7 +11,7 @@ unexpected falls back to ``shapely.union_all``, which gives the same result.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import shapely
@@ -42,23 +42,34 @@ def stitch(pieces: np.ndarray, grid: int, *, validate: bool = False) -> shapely.
     return stitch_many([pieces], grid, validate=validate)[0]
 
 
-def stitch_many(groups: Sequence[np.ndarray], grid: int, *, validate: bool = False) -> np.ndarray:
+def stitch_many(
+    groups: Sequence[np.ndarray], grid: int, *, validate: bool = False,
+    to_crs: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:  # fmt: skip
     """:func:`stitch` for several regions at once: one geometry per group of pieces, in order.
 
     The splice runs on the vertices of all the groups together: a few dozen NumPy calls for the lot instead of
     for each region (one block's seams close tens of regions). A group the splice does not handle is done alone
     with an overlay union and the others are spliced again without it, so every geometry is the one
     :func:`stitch` gives for its group.
+
+    Args:
+        groups: Each region's pieces (pixel coordinates).
+        grid: Block size; seam lines are the multiples of it.
+        validate: As in :func:`stitch`.
+        to_crs: Maps ``(n, 2)`` pixel coordinates to the output's; the geometries come back mapped (the same
+            coordinates as ``shapely.transform`` of the pixel ones, without building those first).
     """
     out = np.empty(len(groups), dtype=object)
     todo = np.arange(len(groups))
+    early = None if validate else to_crs  # validity is checked in pixel coordinates, then mapped
     while len(todo):
         try:
-            polygons = _splice([groups[k] for k in todo.tolist()], grid)
+            polygons = _splice([groups[k] for k in todo.tolist()], grid, early)
         except _FallbackError as why:
             for k in todo[why.groups]:
                 log.debug("seam splice fell back to an overlay union: %s", why)
-                out[k] = _overlay(groups[k])
+                out[k] = _overlay(groups[k]) if early is None else shapely.transform(_overlay(groups[k]), early)
             todo = todo[~why.groups]
             continue
         if validate:
@@ -67,6 +78,8 @@ def stitch_many(groups: Sequence[np.ndarray], grid: int, *, validate: bool = Fal
                 polygons[i] = _overlay(groups[todo[i]])
         out[todo] = polygons
         break
+    if to_crs is not None and early is None and len(out):
+        out = shapely.transform(out, to_crs)
     return out
 
 
@@ -87,7 +100,9 @@ def _mark(groups: np.ndarray, n_groups: int) -> np.ndarray:
     return bad
 
 
-def _splice(groups: list[np.ndarray], grid: int) -> np.ndarray:
+def _splice(
+    groups: list[np.ndarray], grid: int, to_crs: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
     """Splice each group's pieces along the seam edges they share; one polygon per group.
 
     Raises:
@@ -119,7 +134,9 @@ def _splice(groups: list[np.ndarray], grid: int) -> np.ndarray:
     shells = np.bincount(loop_group[is_shell], minlength=n_groups)
     _check(shells != 1, "not one outer ring")
     holes = ~shell_mask
-    all_rings = np.concatenate((shapely.linearrings(loop_xy, indices=loop_of), rings[holes]))
+    old_holes = rings[holes] if to_crs is None or not holes.any() else shapely.transform(rings[holes], to_crs)
+    new_rings = shapely.linearrings(loop_xy if to_crs is None else to_crs(loop_xy), indices=loop_of)
+    all_rings = np.concatenate((new_rings, old_holes))
     all_groups = np.concatenate((loop_group, piece_group[owner[holes]]))
     kind = np.concatenate((np.where(is_shell, 0, 1), np.full(int(holes.sum()), 2)))  # shell, new holes, old holes
     order = np.lexsort((np.arange(len(all_rings)), kind, all_groups))
