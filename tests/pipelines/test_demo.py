@@ -33,7 +33,8 @@ def test_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(gpd.read_file(out / "labels.gpkg", layer="labels")) > 0
     scores = json.loads((out / "scores" / "scene_scores.json").read_text())
     assert 0 <= scores["total"]["scores"]["OA"] <= 1
-    for label, page in (("training page", run / "report.html"), ("evaluation page", out / "scores.html")):
+    for label, page in (("prediction page", out / "labels.html"), ("training page", run / "report.html"),
+                        ("evaluation page", out / "scores.html")):  # fmt: skip
         assert label in printed and str(page) in printed and page.is_file()  # the pages the demo made, printed
     preview = cv2.imread(str(out / "prediction_preview.png"))
     assert preview.shape[1] == 3 * preview.shape[0] + 16  # scene | prediction | truth
