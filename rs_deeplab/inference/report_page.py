@@ -51,9 +51,7 @@ def write_result_page(
         class_names=first.class_names,
         colours=card_colours(card),
         title=title,
-        notes=()
-        if single or result.region is not None
-        else (f"{len(result.rasters)} separate scenes: the map shows the first; the legend's areas are all scenes'.",),
+        notes=_notes(result, single),
     )
     return write_prediction_page(page, inputs)
 
@@ -64,3 +62,13 @@ def _tta_text(options: InferOptions, card: dict[str, Any] | None) -> str:
     scales = [float(s) for s in (options.scales or infer.get("scales") or (1.0,))]
     parts = (["flips"] if options.tta or infer.get("tta") else []) + ([f"scales {scales}"] if scales != [1.0] else [])
     return ", ".join(parts) or "off"
+
+
+def _notes(result: InferResult, single: bool) -> tuple[str, ...]:
+    """What the page says about a run of several scenes."""
+    if single:
+        return ()
+    if result.region is not None:
+        return (f"A mosaic of {len(result.rasters)} scenes: the map shows its classes (the scene composite is drawn "
+                "for a single scene only).",)  # fmt: skip
+    return (f"{len(result.rasters)} separate scenes: the map shows the first; the legend's areas are all scenes'.",)
