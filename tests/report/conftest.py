@@ -32,9 +32,18 @@ def chromium_path() -> str | None:
     return None
 
 
+_RUNNING: dict[str, Any] = {}
+"""The browser of this session: a test module outside tests/report that imports these fixtures (e.g.
+``tests/inference/test_infer_page.py``) gets its own fixture instance, which must reuse it (Playwright's sync API
+cannot start twice in one thread)."""
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     """A headless chromium (Playwright ``Browser``), shared by the session."""
+    if "browser" in _RUNNING:
+        yield _RUNNING["browser"]
+        return
     executable = chromium_path()
     if executable is None:
         message = "no chromium browser: apt-get install chromium (or set RS_DEEPLAB_CHROMIUM)"
@@ -46,8 +55,12 @@ def browser() -> Iterator[Any]:
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
-        yield launched
-        launched.close()
+        _RUNNING["browser"] = launched
+        try:
+            yield launched
+        finally:
+            _RUNNING.clear()
+            launched.close()
 
 
 @dataclass
