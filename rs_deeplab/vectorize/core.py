@@ -202,6 +202,11 @@ def _write_errors(out: Path) -> Iterator[None]:
                           "disk") from None  # fmt: skip
 
 
+SMALL_BLOCK_CACHE = 64 * 2**20
+"""GDAL block cache of a vectorizing run, in bytes: rasterio hands an integer ``GDAL_CACHEMAX`` to GDAL as bytes
+(``GDAL_CACHEMAX=64`` would be a 64-byte cache, re-reading a tile for every window that crosses it)."""
+
+
 def _small_block_cache() -> contextlib.AbstractContextManager[Any]:
     """Cap GDAL's block cache at 64 MB for this run, unless the user set ``GDAL_CACHEMAX``.
 
@@ -210,7 +215,7 @@ def _small_block_cache() -> contextlib.AbstractContextManager[Any]:
     """
     if "GDAL_CACHEMAX" in os.environ:
         return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=64)
+    return rasterio.Env(GDAL_CACHEMAX=SMALL_BLOCK_CACHE)
 
 
 def _write_all(regions: RegionStream, cleaner: Cleaner, writer: LayerWriter) -> tuple[dict[int, int], dict[int, float]]:
