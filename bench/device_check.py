@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gpukit import prepend_pythonpath  # noqa: E402
+from bench.gpukit import prepend_pythonpath, writable_folder  # noqa: E402
 
 BUDGET_S = 540
 """The steps' limits together: a device call may run 600 s, which must also hold two grace periods and start-up."""
@@ -254,18 +254,6 @@ def write_summary(out: Path, steps: Sequence[Step], plan: str) -> str:
     (out / "device_check.json").write_text(json.dumps([asdict(s) for s in steps], indent=1) + "\n")
     (out / "device_check.md").write_text(text)
     return text
-
-
-def writable_folder(folder: Path) -> str | None:
-    """None where ``folder`` can hold the results (created if missing), else why not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".device_check_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,7 +49,13 @@ from affine import Affine
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gpukit import count_graph_breaks, near_tie_agreement, prepend_pythonpath, torch_flags  # noqa: E402
+from bench.gpukit import (  # noqa: E402
+    count_graph_breaks,
+    near_tie_agreement,
+    prepend_pythonpath,
+    torch_flags,
+    writable_folder,
+)
 from rs_deeplab.devices import pick_amp, precision_name  # noqa: E402
 from rs_deeplab.models import build_model  # noqa: E402
 from rs_deeplab.raster import write_geotiff  # noqa: E402
@@ -536,18 +542,6 @@ def parse_limits(items: Sequence[str]) -> dict[str, float]:
             raise ValueError(f"--limit {item!r}: expected NAME=SECONDS with NAME one of {', '.join(CHECKS)}")
         limits[name] = seconds
     return limits
-
-
-def writable_folder(folder: Path) -> str | None:
-    """None where ``folder`` can hold the results (created if missing), else why not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".gpu_check_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,3 +148,15 @@ def count_graph_breaks(counters: Mapping[str, Mapping[str, int]]) -> tuple[int, 
         text = lines[0] if lines else "?"
         reasons.append((f"{text}: {explained[0]}" if explained else text)[:200])
     return sum(breaks.values()), reasons
+
+
+def writable_folder(folder: Path) -> str | None:
+    """None where ``folder`` can hold results (created if missing), else why not (a probe file is written)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".rs_deeplab_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rs_deeplab.errors import InputError
+from rs_deeplab.outputs import nearest_existing
 from rs_deeplab.report.assets import copy_assets
 
 
@@ -36,6 +37,9 @@ def check_page_path(page: Path) -> None:
     """
     parent = page.parent if str(page.parent) else Path(".")
     if not parent.is_dir():
+        existing = nearest_existing(parent)
+        if not existing.is_dir():
+            raise InputError(f"{page}: cannot write the page: {existing} is a file, not a folder; fix the path")
         raise InputError(f"{page}: cannot write the page: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{page}: cannot write the page: folder {parent} is not writable; choose another --out "

@@ -8,7 +8,6 @@ each come back as one line.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import torch
 
 from bench import device_check
 from bench.gpukit import count_graph_breaks, fp32_exact, near_tie_agreement, prepend_pythonpath, torch_flags
+from tests.bench.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "device_check.py"
@@ -30,12 +30,7 @@ SCRIPT = REPO / "bench" / "device_check.py"
 
 @pytest.fixture(scope="module")
 def gpu_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "gpu_check.py")
 
 
 def probe_wheel(folder: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import torch
 
 from rs_deeplab.config import load_config
 from rs_deeplab.evaluation.metrics import confusion_matrix, scores
+from tests.bench.scripts import load_script
 from tests.conftest import REAL_DATA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,12 +24,7 @@ SCRIPT = REPO / "bench" / "own_data_bench.py"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("own_data_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_iou_from_confusion_matches_the_project_scores(bench: ModuleType) -> None:

@@ -261,4 +261,5 @@ def test_ctrl_c_exits_130_in_one_line_and_the_rerun_gives_the_same_raster(
     assert whole.returncode == 0, whole.stderr
     with rasterio.open(out) as r, rasterio.open(fresh) as f:
         np.testing.assert_array_equal(r.read(1), f.read(1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big_labels.tif", "fresh.tif"]
+    pages = ["big_labels.html", "big_labels_files", "fresh.html", "fresh_files"]  # each finished run's page
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big.tif", "big_labels.tif", "fresh.tif", *pages])
