@@ -26,7 +26,7 @@ from rs_deeplab.class_names import read_class_names
 from rs_deeplab.errors import InputError
 from rs_deeplab.report.page import PageOutput, esc, files_folder, html_page, js_global, write_page
 from rs_deeplab.report.polygons import outline_levels
-from rs_deeplab.report.tiles import scene_format, write_label_pyramid, write_scene_pyramid
+from rs_deeplab.report.tiles import reading, scene_format, write_label_pyramid, write_scene_pyramid
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,8 @@ def _scene_tiles(inputs: PredictionInputs, grid: Grid, root: Path, notes: list[s
     """Write the scene composite's pyramid when the scene is on the label raster's grid; its tiles' format."""
     if inputs.scene is None:
         return None
-    try:
-        with rasterio.open(inputs.scene) as scene:
-            same = (scene.width, scene.height) == (grid.width, grid.height)
-    except rasterio.errors.RasterioIOError as exc:
-        raise InputError(f"{inputs.scene}: cannot read the scene for the page ({exc})") from None
+    with reading(inputs.scene) as scene:  # a remote scene with the project's GDAL settings (rs_deeplab.remote)
+        same = (scene.width, scene.height) == (grid.width, grid.height)
     if not same:
         notes.append("The scene is not on the label raster's grid: only the classes are shown.")
         return None

@@ -24,6 +24,9 @@ from PIL import Image, features
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
+from rs_deeplab.raster import open_raster
+from rs_deeplab.remote import reads_remote, remote_env
+
 TILE = 256
 """Side of a tile in pixels."""
 LABEL_PAD = 255
@@ -116,6 +119,16 @@ def stretch_limits(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> list[
     return limits
 
 
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[Any]:
+    """An open raster and, for a remote one (URL, or a VRT of remote sources), the project's GDAL settings for
+    reading it (:func:`rs_deeplab.remote.remote_env`), as inference reads scenes: a page of a remote scene reads
+    it like the run did.
+    """  # noqa: D205
+    with remote_env() if reads_remote(path) else contextlib.nullcontext(), open_raster(path) as ds:
+        yield ds
+
+
 def small_block_cache() -> contextlib.AbstractContextManager[Any]:
     """Cap GDAL's block cache at 64 MB while a pyramid is written, unless the user set ``GDAL_CACHEMAX``.
 
@@ -146,7 +159,7 @@ def write_scene_pyramid(
     ``suffix`` is the tiles' format: ``png`` or ``webp`` (see :func:`scene_format`).
     """
     stats = PyramidStats()
-    with small_block_cache(), rasterio.open(scene) as ds:
+    with small_block_cache(), reading(scene) as ds:
         chosen = composite_bands(ds, bands)
         limits = stretch_limits(ds, chosen)
         stats.max_zoom = max_zoom(ds.width, ds.height)
@@ -176,7 +189,7 @@ def write_label_pyramid(labels: str | Path, root: Path, classes: int) -> Pyramid
     """
     counts = np.zeros(256, np.int64)
     stats = PyramidStats(counts=counts)
-    with small_block_cache(), rasterio.open(labels) as ds:
+    with small_block_cache(), reading(labels) as ds:
         stats.max_zoom = max_zoom(ds.width, ds.height)
         nodata = ds.nodata
         for spec in tiles(ds.width, ds.height):
