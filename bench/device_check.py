@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.gpukit import prepend_pythonpath, writable_folder  # noqa: E402
+from bench.gpukit import prepend_pythonpath, unwritable_results  # noqa: E402
 
 BUDGET_S = 540
 """The steps' limits together: a device call may run 600 s, which must also hold two grace periods and start-up."""
@@ -281,10 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"together <= {BUDGET_S} s (a device call runs 600 s); lower --check-timeout or --tests-timeout",
               file=sys.stderr)  # fmt: skip
         return 2
-    why = writable_folder(args.out)
-    if why:
-        print(f"error: results folder {args.out} is not writable ({why}); pass --out a folder you can write",
-              file=sys.stderr)  # fmt: skip
+    problem = unwritable_results(args.out)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     args.out = args.out.resolve()
     env = {**prepend_pythonpath(os.environ, REPO, args.site), "RS_DEEPLAB_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}

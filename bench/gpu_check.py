@@ -54,7 +54,7 @@ from bench.gpukit import (  # noqa: E402
     near_tie_agreement,
     prepend_pythonpath,
     torch_flags,
-    writable_folder,
+    unwritable_results,
 )
 from rs_deeplab.devices import pick_amp, precision_name  # noqa: E402
 from rs_deeplab.models import build_model  # noqa: E402
@@ -562,10 +562,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    why = writable_folder(args.out)
-    if why:
-        print(f"error: results folder {args.out} is not writable ({why}); pass --out a folder you can write",
-              file=sys.stderr)  # fmt: skip
+    problem = unwritable_results(args.out)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     if s.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA GPU is visible to torch; run on a GPU machine, or --smoke on the CPU", file=sys.stderr)

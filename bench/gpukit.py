@@ -150,13 +150,14 @@ def count_graph_breaks(counters: Mapping[str, Mapping[str, int]]) -> tuple[int, 
     return sum(breaks.values()), reasons
 
 
-def writable_folder(folder: Path) -> str | None:
-    """None where ``folder`` can hold results (created if missing), else why not (a probe file is written)."""
+def unwritable_results(folder: Path) -> str | None:
+    """None where ``folder`` can hold results (created if missing, a probe file written), else the one error line."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".rs_deeplab_probe"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        return exc.strerror or type(exc).__name__
+        why = exc.strerror or type(exc).__name__
+        return f"error: results folder {folder} is not writable ({why}); pass --out a folder you can write"
     return None
