@@ -19,6 +19,7 @@ import pytest
 from rs_deeplab.class_names import class_names_tag
 from rs_deeplab.classes import SCHEMES
 from tests.conftest import RasterFactory
+from tests.sources import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rs_deeplab"
@@ -101,7 +102,7 @@ def imports(path: Path, source: str | None = None) -> Iterator[tuple[int, str]]:
     module = module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     text = path.read_text(encoding="utf-8") if source is None else source
-    for node in ast.walk(ast.parse(text, str(path))):
+    for node in ast.walk(parse(text, str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name

@@ -47,11 +47,13 @@ def test_inference_and_training_reach_dask_through_cluster_not_through_the_tiler
     import ast
     from pathlib import Path
 
+    from tests.sources import parse
+
     package = Path(__file__).resolve().parents[1] / "rs_deeplab"
     found = []
     for stage in ("inference", "training"):
         for path in sorted((package / stage).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
+            for node in ast.walk(parse(path)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
                 if isinstance(node, ast.ImportFrom) and node.module:
                     names = [node.module]

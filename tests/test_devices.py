@@ -11,6 +11,7 @@ import torch
 
 from rs_deeplab.devices import pick_amp, pick_device, precision_name, resolve_amp, resolve_device
 from rs_deeplab.errors import InputError
+from tests.sources import parse
 
 
 @pytest.mark.parametrize("rank", [0, 1, 2, 3])
@@ -69,7 +70,7 @@ def test_only_devices_decides_a_device() -> None:
     found = [
         f"{path.relative_to(package)}:{node.name}"
         for path in package.rglob("*.py")
-        for node in ast.walk(ast.parse(path.read_text()))
+        for node in ast.walk(parse(path))
         if isinstance(node, ast.FunctionDef) and re.fullmatch(r"(pick|resolve|worker|choose|select)_device", node.name)
     ]
     assert sorted(found) == ["devices.py:pick_device", "devices.py:resolve_device"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rs_deeplab.cluster_watch import WORKERS_GONE_SECONDS
 from rs_deeplab.remote_http import HTTP_RETRIES, HTTP_RETRY_DELAY_S, HTTP_TIMEOUT_S
+from tests.sources import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "faults.md"
@@ -19,7 +20,7 @@ def test_the_faults_page_names_real_tests_cases_and_settings() -> None:
     refs = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text)
     assert len(refs) >= 30, refs
     for path, name in refs:
-        tree = ast.parse((ROOT / path).read_text())
+        tree = parse(ROOT / path)
         defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
         assert name in defined, f"{path}::{name} named in docs/faults.md does not exist"
     cases = re.findall(r"case `([\w-]+)` in `(tests/[\w/]+\.py)::", text)
