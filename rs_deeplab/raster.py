@@ -40,6 +40,23 @@ def quiet_georeferencing() -> Iterator[None]:
         yield
 
 
+SMALL_BLOCK_CACHE = 64 * 2**20
+"""GDAL block cache of a run that reads or writes each block once (inference, vectorizing, a page's pyramid), in
+bytes: rasterio hands an integer ``GDAL_CACHEMAX`` to GDAL as bytes (``GDAL_CACHEMAX=64`` is a 64-byte cache, which
+re-reads a tile for every window that crosses it)."""
+
+
+def small_block_cache() -> contextlib.AbstractContextManager[Any]:
+    """Cap GDAL's block cache at :data:`SMALL_BLOCK_CACHE` for a run, unless the user set ``GDAL_CACHEMAX``.
+
+    Each block is read once, so the default cache (5% of RAM) would only pile up dead blocks: on a 20,000² raster
+    it added ~350 MB to a vectorizing run's peak memory.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return contextlib.nullcontext()
+    return rasterio.Env(GDAL_CACHEMAX=SMALL_BLOCK_CACHE)
+
+
 def is_vsi(path: PathLike) -> bool:
     """Whether ``path`` is a GDAL virtual file system path (``/vsizip/...``), kept as a string, never resolved."""
     return str(path).startswith("/vsi")

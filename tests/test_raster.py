@@ -80,3 +80,16 @@ def test_atomic_output_missing_folder(tmp_path: Path) -> None:
 def test_write_geotiff_rejects_bad_shape(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected a"):
         write_geotiff(tmp_path / "x.tif", np.zeros((1, 2, 3, 4), dtype=np.uint8))
+
+
+def test_the_block_cache_of_a_run_is_64_mib_unless_the_user_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rasterio.env import get_gdal_config
+
+    from rs_deeplab.raster import small_block_cache
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    with small_block_cache():
+        assert int(get_gdal_config("GDAL_CACHEMAX")) == 64 * 2**20  # bytes: not a 64-byte cache
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    with small_block_cache():
+        assert get_gdal_config("GDAL_CACHEMAX") != 64 * 2**20

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import rasterio
 import torch
 
 from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
@@ -29,13 +28,10 @@ from rs_deeplab.inference.scene_runs import SceneRun, job_progress, run_dask_str
 from rs_deeplab.inference.trained import LoadedModel, TrainedModel, module_fingerprint
 from rs_deeplab.inference.writer import OutputSpec
 from rs_deeplab.modelcard import ModelCard
-from rs_deeplab.raster import PathLike, source_path
+from rs_deeplab.raster import PathLike, small_block_cache, source_path
 from rs_deeplab.remote import is_remote, reads_remote, remote_env, stat_remote
 
 log = logging.getLogger("rs_deeplab.inference")
-
-GDAL_CACHE_MB = 64
-"""GDAL block cache during inference: each block is read or written once, a bigger cache only piles them up."""
 
 
 @dataclass(frozen=True)
@@ -272,7 +268,7 @@ def predict_scenes(
             runs.append(SceneRun(info, job, spec, fingerprint, resume))
         bar = stack.enter_context(job_progress(runs, quiet))
         remote = any(reads_remote(info.path) for info in infos)
-        stack.enter_context(keep_interrupt(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)))
+        stack.enter_context(keep_interrupt(small_block_cache()))  # each block is read or written once
         stack.enter_context(keep_interrupt(remote_env() if remote else contextlib.nullcontext()))  # reader threads too
         if scheduler:
             shipped = source if source is not None else module  # workers read a checkpoint themselves

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import numbers
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,12 +13,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyogrio.errors
-import rasterio
 
 from rs_deeplab.errors import InputError, RasterError, RsDeeplabError
 from rs_deeplab.locks import output_lock
 from rs_deeplab.outputs import check_output_file
-from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, short_message
+from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, short_message, small_block_cache
 from rs_deeplab.vectorize.blocks import RegionStream
 from rs_deeplab.vectorize.clean import Cleaner, Rows
 from rs_deeplab.vectorize.measure import AreaMeter
@@ -151,7 +149,7 @@ def vectorize(
     check_output_file(out, what=f"output {out}", kind=fmt if mode == "w" else None, inputs=[raster_path])
     target = None if to_crs is None else parse_crs(to_crs)
     # one run per output (its lock, rs_deeplab.locks): a second one stops here, before it reads the raster
-    with output_lock(out), _small_block_cache(), open_raster(raster_path) as src:
+    with output_lock(out), small_block_cache(), open_raster(raster_path) as src:
         _check_raster(src, raster_path)
         check_complete(src, raster_path)
         names = list(class_names) if class_names is not None else read_class_names(src) or []
@@ -200,22 +198,6 @@ def _write_errors(out: Path) -> Iterator[None]:
             raise
         raise RasterError(f"{out}: cannot be written ({short_message(str(exc))}); check the folder and the "
                           "disk") from None  # fmt: skip
-
-
-SMALL_BLOCK_CACHE = 64 * 2**20
-"""GDAL block cache of a vectorizing run, in bytes: rasterio hands an integer ``GDAL_CACHEMAX`` to GDAL as bytes
-(``GDAL_CACHEMAX=64`` would be a 64-byte cache, re-reading a tile for every window that crosses it)."""
-
-
-def _small_block_cache() -> contextlib.AbstractContextManager[Any]:
-    """Cap GDAL's block cache at 64 MB for this run, unless the user set ``GDAL_CACHEMAX``.
-
-    Each block is read once, so the default cache (5% of RAM) would only pile up dead blocks: on a 20,000²
-    raster it added ~350 MB to the peak memory.
-    """
-    if "GDAL_CACHEMAX" in os.environ:
-        return contextlib.nullcontext()
-    return rasterio.Env(GDAL_CACHEMAX=SMALL_BLOCK_CACHE)
 
 
 def _write_all(regions: RegionStream, cleaner: Cleaner, writer: LayerWriter) -> tuple[dict[int, int], dict[int, float]]:

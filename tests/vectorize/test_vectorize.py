@@ -322,16 +322,3 @@ def test_real_landsat_nodata_stays_out(tmp_path):
     burnt = rasterize(zip(df.geometry, df.class_id, strict=True), out_shape=labels.shape, transform=transform,
                       fill=255, dtype="uint8")  # fmt: skip
     assert np.array_equal(burnt, labels)  # every polygon where its class is, none over nodata
-
-
-def test_the_block_cache_of_a_run_is_64_mib_unless_the_user_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rasterio.env import get_gdal_config
-
-    from rs_deeplab.vectorize.core import _small_block_cache
-
-    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
-    with _small_block_cache():
-        assert int(get_gdal_config("GDAL_CACHEMAX")) == 64 * 2**20  # bytes: not a 64-byte cache
-    monkeypatch.setenv("GDAL_CACHEMAX", "512")
-    with _small_block_cache():
-        assert get_gdal_config("GDAL_CACHEMAX") != 64 * 2**20
