@@ -3,8 +3,11 @@
 python pipelines/evaluate.py CHECKPOINT [--split val] [--out DIR]
 python pipelines/evaluate.py --pred labels.tif [...] --truth label.tif [...] [--scheme potsdam] [--out DIR]
 
-Scene mode also writes DIR.html beside the report folder: the scores, the confusion matrix and a map of where the
-prediction is right and wrong, to open in a browser (--no-report: none).
+Both modes also write the page DIR.html beside the report folder DIR, to open in a browser (--no-report: none):
+the per-class IoU, F1, precision and recall, mIoU and the normalised confusion matrix; in scene mode a map of where
+the prediction is right and wrong, in checkpoint mode the model's details (architecture, classes, checkpoint, split,
+number of images) and a grid of a few fixed crops of the split (image, truth, prediction, right / wrong). The page's
+path is checked before anything is scored.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setu
 from rs_deeplab.errors import InputError
 from rs_deeplab.tuning import tune_process
 
-SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size", "no_report")
+SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
 CHECKPOINT_OPTIONS = ("split", "device")
 
 
@@ -47,11 +50,12 @@ def build_parser() -> ArgumentParser:
         "--class-names", type=_names, default=None, help="comma-separated class names (default: raster tag, scheme)"
     )
     scene.add_argument("--block-size", type=int, default=None, help="block edge in pixels (default 2048)")
-    scene.add_argument("--no-report", action="store_const", const=True, default=None,
-                       help="do not write the page DIR.html (scores and a map of right and wrong pixels)")  # fmt: skip
     parser.add_argument("--out", type=local_output, default=None,
-                        help="report folder (default: beside the first prediction; for a URL, the current folder)",
-                        )  # fmt: skip
+                        help="report folder (default: the checkpoint's folder; in scene mode beside the first "
+                        "prediction, for a URL the current folder)")  # fmt: skip
+    parser.add_argument("--no-report", action="store_const", const=True, default=None,
+                        help="do not write the page DIR.html beside the report folder (scores, confusion matrix, "
+                        "right and wrong pixels)")  # fmt: skip
     add_common_arguments(parser)
     return parser
 
@@ -107,13 +111,17 @@ def report_block(block_size: int | None) -> int:
 
 
 def _score_checkpoint(args: argparse.Namespace) -> int:
-    from rs_deeplab.training.checkpoint_eval import evaluate_checkpoint
+    from rs_deeplab.report.evaluation import check_evaluation_page
+    from rs_deeplab.training.checkpoint_eval import score_checkpoint
 
     split = args.split or "val"
     out = args.out or args.checkpoint.parent
-    report = evaluate_checkpoint(args.checkpoint, split, out, device=args.device or "auto")
+    page = None if args.no_report else check_evaluation_page(out)  # before anything is scored
+    report, written = score_checkpoint(args.checkpoint, split, out, device=args.device or "auto", page=page)
     print((out / f"{split}_scores.md").read_text(), end="")
     print(f"mIoU {report['mIoU']:.4f}; reports in {out}")
+    if written is not None:
+        print(f"evaluation page: {written.page} ({written.size_text()}; open in a browser)")
     return 0
 
 

@@ -8,6 +8,10 @@ prediction's in band 2, masked where the pixel is not scored (truth ignore, pred
 (:func:`rs_deeplab.report.tiles.write_scene_pyramid`) and removed; the page colours the tiles in the browser with
 an SVG filter (``static/rs_deeplab/evaluation.js``): for all classes, right (green) or wrong (red); for one class,
 true positives (green), false positives (red) and false negatives (blue). Choosing a class never rewrites a tile.
+
+A checkpoint scored on a data split (``evaluate.py CHECKPOINT``) has no scene to map: its page
+(:func:`write_checkpoint_page`) shows the same scores and matrix, the model's details, and a grid of a few fixed
+crops of the split (image, truth, prediction, right / wrong) drawn by the training page's crop renderer.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from PIL import Image
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
 from rs_deeplab.errors import InputError
@@ -26,10 +31,14 @@ from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE, block_windows
 from rs_deeplab.label_decoding import decode_label
 from rs_deeplab.raster import PathLike, open_raster
 from rs_deeplab.remote import scene_name
-from rs_deeplab.report.charts import confusion_table
+from rs_deeplab.report.charts import confusion_table, hex_colour
 from rs_deeplab.report.page import PageOutput, check_page_path, esc, files_folder, html_page, js_global, write_page
 from rs_deeplab.report.prediction import class_colours, raster_grid
 from rs_deeplab.report.tiles import write_scene_pyramid
+from rs_deeplab.report.training import Crop, TrainingView, _colour_labels, _crop_grid
+
+RIGHT_WRONG = ((0, 170, 0), (230, 0, 0))
+"""Colours of right and wrong pixels in a crop (those of ``static/rs_deeplab/evaluation.js``'s map)."""
 
 EXTRA_ZOOM = 3
 """Levels the map zooms in beyond full resolution."""
@@ -91,23 +100,35 @@ def class_rows(cm: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _scores_table(rows: Sequence[dict[str, Any]], total: Mapping[str, Any]) -> str:
+def _value(value: float | None) -> str:
+    """A score for a ``data-value`` attribute: its exact ``repr``, empty where undefined."""
+    return "" if value is None or math.isnan(value) else repr(value)
+
+
+def _scores_table(rows: Sequence[dict[str, Any]], means: Mapping[str, float | None]) -> str:
     keys = ("iou", "f1", "precision", "recall")
     body = []
     for i, r in enumerate(rows):
-        cells = "".join(f'<td data-key="{k}" data-value="{"" if r[k] is None else repr(r[k])}">{_pct(r[k])}</td>'
-                        for k in keys)  # fmt: skip
+        cells = "".join(f'<td data-key="{k}" data-value="{_value(r[k])}">{_pct(r[k])}</td>' for k in keys)
         counts = "".join(f'<td data-key="{k}">{r[k]:,}</td>' for k in ("tp", "fp", "fn"))
         body.append(f'<tr data-class="{i}"><th>{esc(r["class"])}</th>{cells}{counts}</tr>')
-    s = total["scores"]
-    means = "".join(f'<td data-key="{k}" data-value="{s[k]!r}">{_pct(s[k])}</td>' for k in ("mIoU", "mF1"))
-    foot = f'<tr class="mean"><th>mean</th>{means}<td colspan="5"></td></tr>'
+    cells = "".join(f'<td data-key="{k}" data-value="{_value(means[k])}">{_pct(means[k])}</td>'
+                    for k in ("mIoU", "mF1"))  # fmt: skip
+    foot = f'<tr class="mean"><th>mean</th>{cells}<td colspan="5"></td></tr>'
     return ('<table id="scores" class="scores"><thead><tr><th>class</th><th>IoU %</th><th>F1 %</th>'
             "<th>precision %</th><th>recall %</th><th>TP px</th><th>FP px</th><th>FN px</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>")  # fmt: skip
+
+
+def _scores_section(cm: np.ndarray, names: Sequence[str], means: Mapping[str, float | None]) -> str:
+    """The per-class table and the normalised confusion matrix: what every evaluation page shows."""
+    return f"""<h2>per class</h2>
+{_scores_table(class_rows(cm, names), means)}
+<h2>confusion matrix <small>(rows: truth, normalised per row; pixel counts in the tooltips)</small></h2>
+{confusion_table(cm, names)}"""
 
 
 def _body(report: Mapping[str, Any], names: Sequence[str], scenes: Sequence[dict[str, Any]], title: str) -> str:
@@ -122,10 +143,7 @@ def _body(report: Mapping[str, Any], names: Sequence[str], scenes: Sequence[dict
 <p id="summary">mIoU <b id="miou">{_pct(s["mIoU"])} %</b>, mean F1 {_pct(s["mF1"])} %, overall accuracy
 <span id="oa">{_pct(s["OA"])}</span> % over <span id="pixels">{s["pixels"]:,}</span> scored pixels of {len(scenes)}
 scene(s); {total["ignored_truth_pixels"]:,} ignored truth pixels, {total["unpredicted_pixels"]:,} unpredicted.</p>
-<h2>per class</h2>
-{_scores_table(class_rows(cm, names), total)}
-<h2>confusion matrix <small>(rows: truth, normalised per row; pixel counts in the tooltips)</small></h2>
-{confusion_table(cm, names)}
+{_scores_section(cm, names, s)}
 <h2>where the prediction is right and wrong</h2>
 {notes}
 <div class="controls">
@@ -184,3 +202,90 @@ def write_evaluation_page(
         return write_page(page, build, libraries=("leaflet", "rs_deeplab"))
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"{page}: cannot read a raster for the page ({exc})") from None
+
+
+def right_wrong(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """0 where ``prediction`` equals ``truth``, 1 where not, 255 where the pixel is not scored (truth ignore)."""
+    t, p = truth.astype(np.int64), prediction.astype(np.int64)
+    scored = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    return np.where(scored, (t != p).astype(np.uint8), 255).astype(np.uint8)
+
+
+def _crops_grid(crops: Sequence[Crop], names: Sequence[str], colours: Sequence[tuple[int, int, int]], folder: Path,
+                url: str) -> str:  # fmt: skip
+    """The training page's crop table (image, truth, prediction) with a right / wrong column added."""
+    table = _crop_grid(TrainingView("", "finished", (), names, colours, crops=crops), folder, url)
+    head, tbody, rest = table.partition("<tbody>")
+    rows = rest.split("</tr>")  # one per crop, then "</tbody></table>"
+    if not crops or len(rows) != len(crops) + 1 or head.count("<th>prediction</th>") != 1:
+        return table  # no crops (the renderer says so), or a table this function does not know: left as it is
+    cells = []
+    for i, crop in enumerate(crops):
+        if crop.prediction is None:
+            cells.append('<td class="none">not evaluated</td>')
+            continue
+        name = f"crops/{i}_right_wrong.png"
+        errors = right_wrong(crop.truth, crop.prediction, len(names))
+        Image.fromarray(_colour_labels(errors, RIGHT_WRONG), "RGB").save(folder / name, format="PNG")
+        cells.append(f'<td><img class="crop" alt="right / wrong {i}" src="{esc(url)}/{name}"></td>')
+    head = head.replace("<th>prediction</th>", "<th>prediction</th><th>right / wrong</th>")
+    body = "".join(f"{row}{cell}</tr>" for row, cell in zip(rows, cells, strict=False))
+    return f"{head}{tbody}{body}{rows[-1]}"
+
+
+def _checkpoint_body(report: Mapping[str, Any], names: Sequence[str], details: Sequence[tuple[str, str]],
+                     crops: str, title: str) -> str:  # fmt: skip
+    cm = np.asarray(report["confusion_matrix"], dtype=np.int64)
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in details)
+    key = " ".join(f'<span class="key"><span class="swatch" style="background:{hex_colour(c)}"></span>{text}</span>'
+                  for c, text in zip(RIGHT_WRONG, ("right", "wrong"), strict=True))  # fmt: skip
+    return f"""<main class="report">
+<h1>{esc(title)}</h1>
+<p id="summary">mIoU <b id="miou">{_pct(report["mIoU"])} %</b>, mean F1 {_pct(report["mF1"])} %, overall accuracy
+<span id="oa">{_pct(report["OA"])}</span> % over <span id="pixels">{int(cm.sum()):,}</span> scored pixels of split
+<b id="split">{esc(report["split"])}</b>.</p>
+<h2>model</h2>
+<table id="model" class="card">{rows}</table>
+{_scores_section(cm, names, report)}
+<h2>fixed crops of the split <small>(their centres; right / wrong: {key}, black: not scored)</small></h2>
+<p class="note">A checkpoint scored on a data split has no scene to map: the map of right and wrong pixels needs
+scene mode (<code>evaluate.py --pred ... --truth ...</code>).</p>
+{crops}
+</main>"""
+
+
+def write_checkpoint_page(
+    page: Path,
+    report: Mapping[str, Any],
+    *,
+    class_names: Sequence[str],
+    colours: Sequence[tuple[int, int, int]],
+    details: Sequence[tuple[str, str]],
+    crops: Sequence[Crop] = (),
+    title: str | None = None,
+) -> PageOutput:
+    """Write the evaluation page of a checkpoint scored on a data split (``evaluate_checkpoint``'s report).
+
+    Args:
+        page: The ``.html`` path (:func:`evaluation_page_path` of the report folder).
+        report: ``<split>_scores.json``'s content: ``mIoU``, ``mF1``, ``OA``, ``split`` and ``confusion_matrix``.
+        class_names: The classes in index order.
+        colours: One RGB colour per class (truth and prediction crops).
+        details: The model's facts as (label, value) rows: architecture, classes, checkpoint, split, images.
+        crops: Fixed crops of the split with the checkpoint's predictions.
+        title: The page's title (default ``evaluation: <page stem>``).
+
+    Raises:
+        InputError: The page cannot be written; one line.
+    """
+    names = list(class_names)
+
+    def build(folder: Path) -> str:
+        url = files_folder(page).name
+        grid = _crops_grid(crops, names, colours, folder, url)
+        name = title or f"evaluation: {page.stem}"
+        return html_page(name, url, _checkpoint_body(report, names, details, grid, name),
+                         styles=("lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
+                         scripts=("lib/rs_deeplab/training.js",))  # fmt: skip
+
+    return write_page(page, build, libraries=("rs_deeplab",))

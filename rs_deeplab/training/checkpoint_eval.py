@@ -29,6 +29,8 @@ from rs_deeplab.training.transforms import ChannelStats, EvalTransform
 if TYPE_CHECKING:
     from rs_deeplab.inference.crf_grid import GridPoint
     from rs_deeplab.inference.crf_search import SearchResult
+    from rs_deeplab.report.page import PageOutput
+    from rs_deeplab.report.training import Crop
 from rs_deeplab.training.experiment import build_source
 
 
@@ -78,6 +80,19 @@ class ScoredCheckpoint:
 
 def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto") -> dict[str, Any]:
     """Score a checkpoint on ``split`` of the data it was trained on; write ``<split>_scores.json`` and ``.md``."""
+    return score_checkpoint(path, split, out_dir, device=device)[0]
+
+
+def score_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto",
+                     page: Path | None = None) -> tuple[dict[str, Any], PageOutput | None]:  # fmt: skip
+    """:func:`evaluate_checkpoint`, and with ``page`` its evaluation page (checked by the caller before this call).
+
+    The page shows the scores, the model's details and :data:`~rs_deeplab.training.run_page.CROPS` fixed crops of
+    the split (those the training page would pick) predicted by the model: a few small forward passes more.
+
+    Returns:
+        The report (``<split>_scores.json``'s content) and the written page (None without ``page``).
+    """
     dev = pick_device(device, option="--device")
     check_output_dir(out_dir, "--out")
     ck = ScoredCheckpoint.read(path, dev)
@@ -103,7 +118,40 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{split}_scores.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / f"{split}_scores.md").write_text(markdown_table(result, source.class_names) + "\n")
-    return report
+    return report, None if page is None else _write_page(page, report, ck, source, dev)
+
+
+def _write_page(page: Path, report: dict[str, Any], ck: ScoredCheckpoint, source: SegmentationSource,
+                device: torch.device) -> PageOutput:  # fmt: skip
+    from rs_deeplab.classes import class_colours
+    from rs_deeplab.report.evaluation import write_checkpoint_page
+
+    names = list(source.class_names)
+    arch = ck.card.architecture
+    details = [("architecture", " ".join(str(v) for v in (arch.name, arch.backbone) if v)
+                + ("" if arch.output_stride is None else f", output stride {arch.output_stride}")),
+               ("classes", f"{len(names)}: {', '.join(names)}"), ("bands", str(ck.card.in_channels)),
+               ("checkpoint", str(ck.path.resolve())), ("iteration", str(ck.iteration)), ("split", report["split"]),
+               ("images", str(len(source))), ("data", str(ck.config.data.root))]  # fmt: skip
+    return write_checkpoint_page(page, report, class_names=names, colours=class_colours(names, ck.config.data.scheme),
+                                 details=details, crops=predict_crops(ck, source, device))  # fmt: skip
+
+
+@torch.inference_mode()
+def predict_crops(ck: ScoredCheckpoint, source: SegmentationSource, device: torch.device) -> list[Crop]:
+    """The training page's fixed crops of ``source``, each with its display image, truth and the model's prediction.
+
+    The crops are :func:`~rs_deeplab.training.run_page.pick_crops`'s (the centres of a few evenly spread images).
+    """
+    from rs_deeplab.report.training import Crop
+    from rs_deeplab.training.run_page import display_image, pick_crops
+
+    transform, crops = EvalTransform(ck.stats), []
+    for name, image, label in pick_crops(source):
+        logits = ck.model(transform(image, label)[0][None].to(device))
+        pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
+        crops.append(Crop(name, display_image(image), label.astype(np.uint8), pred))
+    return crops
 
 
 def search_checkpoint_crf(

@@ -1,6 +1,8 @@
 """The evaluation page evaluate.py writes, in headless chromium: offline, its numbers are evaluate.py's, the map's
 right/wrong and TP/FP/FN pixels are the confusion matrix's counts, and a page path that cannot be written stops
-evaluate.py with one line before anything is scored."""
+evaluate.py with one line before anything is scored. The same for checkpoint mode's page (a tiny trained checkpoint
+scored on its validation split): its table is ``val_scores.json``/``.md``'s, and its crop grid's right / wrong
+pixels are where its truth and prediction crops differ."""
 
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from rasterio.transform import from_origin
 
 from pipelines import evaluate as evaluate_cli
 from rs_deeplab.raster import write_geotiff
+from tests import trainkit
 from tests.report.conftest import Visit
 
 pytestmark = pytest.mark.slow
 WIDTH, HEIGHT = 240, 160
 NAMES = "ground,building,tree"
+trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture): 4 iterations, 9 validation crops
 
 
 def _scene(folder: Path) -> tuple[Path, Path]:
@@ -130,3 +135,107 @@ def test_unwritable_page_is_one_line_before_scoring(tmp_path: Path, capsys: pyte
                               str(tmp_path / "reports"), "-q", "--no-report"])  # fmt: skip
     assert code == 0 and (tmp_path / "reports" / "scene_scores.json").exists()
     assert not list(tmp_path.glob("reports_files*")) and not list(tmp_path.glob(".reports*"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_evaluated(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """``evaluate.py best.pt --out <folder>/ckeval``: the page ``ckeval.html``, ``val_scores.json`` and ``.md``."""
+    folder = tmp_path_factory.mktemp("ckpage")
+    assert evaluate_cli.main([str(trained), "--out", str(folder / "ckeval"), "--device", "cpu", "-q"]) == 0
+    report = json.loads((folder / "ckeval" / "val_scores.json").read_text())
+    return folder / "ckeval.html", report, (folder / "ckeval" / "val_scores.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_visit(checkpoint_evaluated: tuple[Path, dict, str], open_page: Callable[[Path], Visit]) -> Visit:
+    result = open_page(checkpoint_evaluated[0])
+    result.page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    return result
+
+
+Evaluated = tuple[Path, dict, str]
+
+
+def test_checkpoint_page_opens_offline_without_errors(checkpoint_visit: Visit, checkpoint_evaluated: Evaluated) -> None:
+    page = checkpoint_evaluated[0]
+    assert checkpoint_visit.errors == []
+    assert checkpoint_visit.outside() == []
+    assert sorted(p.name for p in (page.parent / "ckeval").iterdir()) == ["val_scores.json", "val_scores.md"]
+    widths = checkpoint_visit.page.evaluate("Array.from(document.querySelectorAll('#crops img'), i => i.naturalWidth)")
+    assert widths and all(w > 0 for w in widths)
+    assert sum(u.endswith(".png") for u in checkpoint_visit.requests) == len(widths)
+
+
+def test_checkpoint_page_numbers_are_the_scores_evaluate_wrote(checkpoint_visit: Visit,
+                                                               checkpoint_evaluated: Evaluated) -> None:  # fmt: skip
+    _, report, md = checkpoint_evaluated
+    cm = np.array(report["confusion_matrix"])
+    names = [k.removeprefix("IoU/") for k in report if k.startswith("IoU/")]
+    assert len(names) == cm.shape[0] == 6
+    shown = checkpoint_visit.page.evaluate(
+        "Array.from(document.querySelectorAll('#scores tbody tr'), tr => [tr.querySelector('th').textContent, "
+        "tr.querySelector('td[data-key=iou]').dataset.value, tr.querySelector('td[data-key=iou]').textContent])"
+    )
+    md_iou = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in md.splitlines()[2 : 2 + len(names)]}
+    assert [name for name, _, _ in shown] == names
+    for name, value, text in shown:
+        iou = report[f"IoU/{name}"]
+        if np.isnan(iou):  # a class absent from the split and never predicted: no IoU
+            assert (value, text, md_iou[name]) == ("", "n/a", "nan")
+        else:
+            assert float(value) == pytest.approx(iou, abs=1e-12) and text == md_iou[name]
+    miou = checkpoint_visit.page.get_attribute("#scores td[data-key=mIoU]", "data-value")
+    assert float(miou or "nan") == pytest.approx(report["mIoU"], abs=1e-12)
+    counts = checkpoint_visit.page.evaluate("Array.from(document.querySelectorAll('#confusion td[data-count]'), "
+                                            "td => +td.dataset.count)")  # fmt: skip
+    assert counts == cm.ravel().tolist()
+    assert checkpoint_visit.page.locator("#confusion th.truth").all_inner_texts() == names
+    assert checkpoint_visit.page.locator("#confusion th.pred").all_inner_texts() == names
+
+
+def test_checkpoint_page_shows_the_model(checkpoint_visit: Visit, trained: Path) -> None:
+    script = "Array.from(document.querySelectorAll('#model tr'), tr => [tr.cells[0].innerText, tr.cells[1].innerText])"
+    rows = dict(checkpoint_visit.page.evaluate(script))
+    assert rows["architecture"] == "deeplabv3plus resnet18, output stride 16"
+    assert rows["classes"] == "6: impervious_surface, building, low_vegetation, tree, car, clutter"
+    assert rows["checkpoint"] == str(trained.resolve()) and rows["split"] == "val"
+    assert rows["images"] == "9"  # train_tiny's 9 validation crops
+    assert checkpoint_visit.page.inner_text("#split") == "val"
+
+
+def test_checkpoint_page_crops_show_right_and_wrong(checkpoint_visit: Visit) -> None:
+    heads = checkpoint_visit.page.locator("#crops thead th").all_inner_texts()
+    assert heads == ["crop", "image", "truth", "prediction", "right / wrong"]
+    sources = checkpoint_visit.page.evaluate("Array.from(document.querySelectorAll('#crops tbody tr'), "
+                                             "tr => Array.from(tr.querySelectorAll('img'), i => i.src))")  # fmt: skip
+    assert len(sources) == 6 and all(len(row) == 4 for row in sources)  # 6 fixed crops of the 9 validation images
+    wrong_somewhere = False
+    for row in sources:
+        truth, pred, errors = (np.asarray(Image.open(Path(url.removeprefix("file://")))).astype(int)
+                               for url in row[1:])  # fmt: skip
+        scored = truth.any(axis=2)  # ignore (255) is black; no class of the scheme is black
+        differ = (truth != pred).any(axis=2)
+        assert (errors[scored & ~differ] == [0, 170, 0]).all() and (errors[scored & differ] == [230, 0, 0]).all()
+        assert (errors[~scored] == 0).all()
+        wrong_somewhere |= bool((scored & differ).any())
+    assert wrong_somewhere  # a 4-iteration model is wrong somewhere: the column is not all green
+
+
+def test_checkpoint_unwritable_page_is_one_line_before_scoring(trained: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    (tmp_path / "ev.html").mkdir()
+    code = evaluate_cli.main([str(trained), "--out", str(tmp_path / "ev"), "--device", "cpu", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "ev.html" in err[0] and "--no-report" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.html"]  # nothing scored, nothing written
+    code = evaluate_cli.main([str(trained), "--out", str(tmp_path / "plain"), "--device", "cpu", "-q", "--no-report"])
+    assert code == 0 and "evaluation page" not in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["val_scores.json", "val_scores.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.html", "plain"]  # no plain.html, no plain_files
+
+
+def test_checkpoint_options_still_refuse_scene_options(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate_cli.main([str(trained), "--scheme", "potsdam", "--no-report"])
+    assert exc.value.code == 2
+    assert f"pass either CHECKPOINT or scene options, not both (got {trained} and --scheme)" in capsys.readouterr().err
