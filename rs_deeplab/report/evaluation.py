@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from PIL import Image
 
 from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
 from rs_deeplab.errors import InputError
@@ -35,10 +34,7 @@ from rs_deeplab.report.charts import confusion_table, hex_colour
 from rs_deeplab.report.page import PageOutput, check_page_path, esc, files_folder, html_page, js_global, write_page
 from rs_deeplab.report.prediction import class_colours, raster_grid
 from rs_deeplab.report.tiles import write_scene_pyramid
-from rs_deeplab.report.training import Crop, TrainingView, _colour_labels, _crop_grid
-
-RIGHT_WRONG = ((0, 170, 0), (230, 0, 0))
-"""Colours of right and wrong pixels in a crop (those of ``static/rs_deeplab/evaluation.js``'s map)."""
+from rs_deeplab.report.training import RIGHT_WRONG, Crop, TrainingView, crop_grid
 
 EXTRA_ZOOM = 3
 """Levels the map zooms in beyond full resolution."""
@@ -204,35 +200,6 @@ def write_evaluation_page(
         raise InputError(f"{page}: cannot read a raster for the page ({exc})") from None
 
 
-def right_wrong(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
-    """0 where ``prediction`` equals ``truth``, 1 where not, 255 where the pixel is not scored (truth ignore)."""
-    t, p = truth.astype(np.int64), prediction.astype(np.int64)
-    scored = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
-    return np.where(scored, (t != p).astype(np.uint8), 255).astype(np.uint8)
-
-
-def _crops_grid(crops: Sequence[Crop], names: Sequence[str], colours: Sequence[tuple[int, int, int]], folder: Path,
-                url: str) -> str:  # fmt: skip
-    """The training page's crop table (image, truth, prediction) with a right / wrong column added."""
-    table = _crop_grid(TrainingView("", "finished", (), names, colours, crops=crops), folder, url)
-    head, tbody, rest = table.partition("<tbody>")
-    rows = rest.split("</tr>")  # one per crop, then "</tbody></table>"
-    if not crops or len(rows) != len(crops) + 1 or head.count("<th>prediction</th>") != 1:
-        return table  # no crops (the renderer says so), or a table this function does not know: left as it is
-    cells = []
-    for i, crop in enumerate(crops):
-        if crop.prediction is None:
-            cells.append('<td class="none">not evaluated</td>')
-            continue
-        name = f"crops/{i}_right_wrong.png"
-        errors = right_wrong(crop.truth, crop.prediction, len(names))
-        Image.fromarray(_colour_labels(errors, RIGHT_WRONG), "RGB").save(folder / name, format="PNG")
-        cells.append(f'<td><img class="crop" alt="right / wrong {i}" src="{esc(url)}/{name}"></td>')
-    head = head.replace("<th>prediction</th>", "<th>prediction</th><th>right / wrong</th>")
-    body = "".join(f"{row}{cell}</tr>" for row, cell in zip(rows, cells, strict=False))
-    return f"{head}{tbody}{body}{rows[-1]}"
-
-
 def _checkpoint_body(report: Mapping[str, Any], names: Sequence[str], details: Sequence[tuple[str, str]],
                      crops: str, title: str) -> str:  # fmt: skip
     cm = np.asarray(report["confusion_matrix"], dtype=np.int64)
@@ -282,7 +249,8 @@ def write_checkpoint_page(
 
     def build(folder: Path) -> str:
         url = files_folder(page).name
-        grid = _crops_grid(crops, names, colours, folder, url)
+        grid = crop_grid(TrainingView("", "finished", (), names, colours, crops=crops), folder, url,
+                         scored_classes=len(names))  # fmt: skip
         name = title or f"evaluation: {page.stem}"
         return html_page(name, url, _checkpoint_body(report, names, details, grid, name),
                          styles=("lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),

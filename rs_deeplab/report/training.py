@@ -111,25 +111,52 @@ def _colour_labels(labels: np.ndarray, colours: Sequence[tuple[int, int, int]]) 
     return palette[labels.astype(np.uint8)]
 
 
-def _crop_grid(view: TrainingView, folder: Path, url: str) -> str:
-    """Write the crops' PNGs into ``folder/crops`` and return their table (``url``: the folder's name in the page)."""
+def crop_grid(view: TrainingView, folder: Path, url: str, *, scored_classes: int | None = None) -> str:
+    """Write the crops' PNGs into ``folder/crops`` and return their table (``url``: the folder's name in the page).
+
+    Columns: image, truth, prediction and, with ``right_wrong`` (the number of scored classes), where the prediction
+    is right (green) or wrong (red) with ``scored_classes`` classes scored; pixels whose truth is not one are black.
+    """
     if not view.crops:
         return "<p>No validation crops.</p>"
     (folder / "crops").mkdir()
+    kinds = ("image", "truth", "prediction") + (("right / wrong",) if scored_classes is not None else ())
     rows = []
     for i, crop in enumerate(view.crops):
         cells = []
-        for kind, data in (("image", crop.image), ("truth", crop.truth), ("prediction", crop.prediction)):
-            if data is None:
+        for kind in kinds:
+            rgb = _crop_picture(crop, kind, view.colours, scored_classes)
+            if rgb is None:
                 cells.append('<td class="none">not evaluated yet</td>')
                 continue
-            rgb = data if data.ndim == 3 else _colour_labels(data, view.colours)
-            name = f"crops/{i}_{kind}.png"
+            name = f"crops/{i}_{kind.replace(' / ', '_')}.png"
             Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(folder / name, format="PNG")
             cells.append(f'<td><img class="crop" alt="{kind} {i}" src="{esc(url)}/{name}"></td>')
         rows.append(f"<tr><th>{esc(crop.name)}</th>{''.join(cells)}</tr>")
-    return ('<table id="crops" class="crops"><thead><tr><th>crop</th><th>image</th><th>truth</th>'
-            f'<th>prediction</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')  # fmt: skip
+    head = "".join(f"<th>{esc(kind)}</th>" for kind in ("crop", *kinds))
+    return f'<table id="crops" class="crops"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+RIGHT_WRONG = ((0, 170, 0), (230, 0, 0))
+"""Colours of right and wrong pixels in a crop (those of ``static/rs_deeplab/evaluation.js``'s map)."""
+
+
+def right_wrong(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """0 where ``prediction`` equals ``truth``, 1 where not, 255 where the pixel is not scored (truth ignore)."""
+    t, p = truth.astype(np.int64), prediction.astype(np.int64)
+    scored = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    return np.where(scored, (t != p).astype(np.uint8), 255).astype(np.uint8)
+
+
+def _crop_picture(crop: Crop, kind: str, colours: Sequence[tuple[int, int, int]],
+                  num_classes: int | None) -> np.ndarray | None:  # fmt: skip
+    """The RGB picture of one column of a crop, or None where there is nothing to show yet."""
+    data = {"image": crop.image, "truth": crop.truth, "prediction": crop.prediction}.get(kind)
+    if data is not None:
+        return data if data.ndim == 3 else _colour_labels(data, colours)
+    if crop.prediction is None or num_classes is None:
+        return None
+    return _colour_labels(right_wrong(crop.truth, crop.prediction, num_classes), RIGHT_WRONG)
 
 
 def _body(view: TrainingView, crops: str) -> str:
@@ -174,7 +201,7 @@ def write_training_page(page: Path, view: TrainingView) -> PageOutput:
         raise ValueError(f"status {view.status!r}: expected one of {', '.join(STATUSES)}")
 
     def build(folder: Path) -> str:
-        crops = _crop_grid(view, folder, files_folder(page).name)
+        crops = crop_grid(view, folder, files_folder(page).name)
         evaluations = sum(1 for r in view.rows if r.get("split") == "val")
         run = {"status": view.status, "written": view.written, "staleAfter": view.stale_after,
                "refresh": view.refresh, "evaluations": evaluations}  # fmt: skip

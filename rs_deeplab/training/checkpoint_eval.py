@@ -144,14 +144,12 @@ def predict_crops(ck: ScoredCheckpoint, source: SegmentationSource, device: torc
     The crops are :func:`~rs_deeplab.training.run_page.pick_crops`'s (the centres of a few evenly spread images).
     """
     from rs_deeplab.report.training import Crop
-    from rs_deeplab.training.run_page import display_image, pick_crops
+    from rs_deeplab.training.run_page import display_image, pick_crops, predict_labels
 
-    transform, crops = EvalTransform(ck.stats), []
-    for name, image, label in pick_crops(source):
-        logits = ck.model(transform(image, label)[0][None].to(device))
-        pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
-        crops.append(Crop(name, display_image(image), label.astype(np.uint8), pred))
-    return crops
+    transform = EvalTransform(ck.stats)
+    return [Crop(name, display_image(image), label.astype(np.uint8), predict_labels(ck.model, transform, image, label,
+                                                                                      device))
+            for name, image, label in pick_crops(source)]  # fmt: skip
 
 
 def search_checkpoint_crf(

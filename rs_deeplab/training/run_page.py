@@ -60,6 +60,15 @@ def pick_crops(source: SegmentationSource, count: int = CROPS, size: int = CROP_
     return crops
 
 
+def predict_labels(model: torch.nn.Module, transform: EvalTransform, image: np.ndarray, label: np.ndarray,
+                   device: torch.device, amp: torch.dtype | None = None) -> np.ndarray:  # fmt: skip
+    """The class ids ``model`` (in eval mode) predicts for one crop, as the evaluation prepares it."""
+    tensor = transform(image, label)[0][None].to(device)
+    with torch.inference_mode(), autocast(device, amp):
+        logits = model(tensor)
+    return logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
+
+
 class RunPage:
     """The training page of one run folder (see the module's description); rank 0 makes one, the others none."""
 
@@ -105,10 +114,7 @@ class RunPage:
         crops = []
         try:
             for crop, (_, image, label) in zip(self.crops, self.samples, strict=True):
-                tensor = self.transform(image, label)[0][None].to(self.device)
-                with autocast(self.device, self.amp):
-                    logits = model(tensor)
-                pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
+                pred = predict_labels(model, self.transform, image, label, self.device, self.amp)
                 crops.append(Crop(crop.name, crop.image, crop.truth, pred))
         finally:
             model.train(was_training)

@@ -166,13 +166,13 @@ def test_run_folder_deleted_while_the_page_is_written(
     run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     page = _run_page(run, tmp_path)
-    real = training_page._crop_grid
+    real = training_page.crop_grid
 
     def deleting(view: TrainingView, folder: Path, url: str) -> str:
         shutil.rmtree(page.run_dir)  # the user removes the run folder half-way through the write
         return real(view, folder, url)
 
-    monkeypatch.setattr(training_page, "_crop_grid", deleting)
+    monkeypatch.setattr(training_page, "crop_grid", deleting)
     with caplog.at_level(logging.WARNING, logger="rs_deeplab.train"):
         assert page.write("running") is False
         assert page.write("running") is False  # still gone: no second line
