@@ -3,15 +3,19 @@
 Writes a generated ``--size``² 3-band uint8 scene and its label raster (blocks of 6 classes, tiled GeoTIFFs,
 written block by block), then the page (tile pyramids of both, no polygons) in a child process that reports its
 peak RSS (VmHWM), then opens the page in headless chromium (``--chromium``) and times ``window.RS.ready`` and the
-first screen of tiles. Repeat with two sizes to see that memory stays flat as the scene grows.
+first screen of tiles. Repeat with two sizes to see that memory stays flat as the scene grows. ``--baseline DIR``
+also writes each page with the code of another checkout (e.g. ``git worktree add /tmp/old HEAD~1``) just before
+this one's, from the same rasters: a before/after in one run (``"code"`` says which).
 
     PYTHONPATH=$PWD python bench/report_bench.py [--size 8192] [--workdir DIR] [--chromium /usr/bin/chromium]
+        [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,7 +83,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--baseline", type=Path, help="a checkout whose code also writes each page, first")
     args = parser.parse_args()
+    here = Path(__file__).resolve().parents[1]
+    codes = [("baseline", args.baseline.resolve())] if args.baseline else []
+    codes.append(("current", here))
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for size in args.size:
             folder = Path(tmp) / str(size)
@@ -87,11 +95,15 @@ def main() -> None:
             t = time.perf_counter()
             scene, labels = make_rasters(folder, size)
             made = time.perf_counter() - t
-            run = subprocess.run([sys.executable, "-c", CHILD, str(folder / "page.html"), str(labels), str(scene)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-            result = {"size": size, "rasters_s": made, **json.loads(run.stdout.strip().splitlines()[-1])}
-            result.update(open_page(folder / "page.html", args.chromium))
-            print(json.dumps(result), flush=True)
+            for code, root in codes:
+                page = folder / f"{code}.html"
+                env = {**os.environ, "PYTHONPATH": str(root)}
+                run = subprocess.run([sys.executable, "-c", CHILD, str(page), str(labels), str(scene)], cwd=root,
+                                     env=env, capture_output=True, text=True, check=True)  # fmt: skip
+                result = {"size": size, "code": code, "rasters_s": made,
+                          **json.loads(run.stdout.strip().splitlines()[-1])}  # fmt: skip
+                result.update(open_page(page, args.chromium))
+                print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

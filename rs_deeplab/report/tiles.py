@@ -1,11 +1,18 @@
 """A pyramid of 256-pixel PNG tiles of a raster (scene composite or class layer), written once, tile by tile.
 
-Level ``z`` of a pyramid with ``zmax`` levels shows the raster decimated by ``2 ** (zmax - z)``; level ``zmax`` is
-full resolution and level 0 fits the whole raster in one tile. Tile ``(x, y)`` of level ``z`` is the raster window
-whose top-left pixel is ``(x, y) * 256 * 2 ** (zmax - z)``, read through rasterio with ``out_shape`` (GDAL uses the
-raster's overviews where it has them), so memory stays at one tile's window whatever the raster's size. Tiles are
-anchored at the raster's top-left corner: the page's map maps that corner to pixel (0, 0) (see
-``static/rs_deeplab/map.js``), so the tiles' corners are the raster's bounds exactly.
+Level ``z`` of a pyramid with ``zmax`` levels shows the raster decimated by ``2 ** (zmax - z)`` (nearest: every
+``2 ** (zmax - z)``-th pixel of every such row, from the top-left one); level ``zmax`` is full resolution and level 0
+fits the whole raster in one tile. Tile ``(x, y)`` of level ``z`` covers the raster window whose top-left pixel is
+``(x, y) * 256 * 2 ** (zmax - z)`` (:func:`tiles`). Tiles are anchored at the raster's top-left corner: the page's map
+maps that corner to pixel (0, 0) (see ``static/rs_deeplab/map.js``), so the tiles' corners are the raster's bounds
+exactly.
+
+The raster is read once, at full resolution, one 256² window per full-resolution tile; each coarser tile is built
+from its four children (tiles ``(2x..2x+1, 2y..2y+1)`` of level ``z + 1``), already rendered, by taking every
+second pixel of their 2 × 2 mosaic (:func:`walk`). The walk is depth-first (a quadtree): memory holds the tile
+being built and one child per level, whatever the raster's size. It visits the full-resolution tiles in Z order:
+a tiled raster's blocks are each read once; a striped (untiled) one may have strips read again once GDAL's block
+cache (:func:`small_block_cache`) no longer holds them.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,18 +60,62 @@ class TileSpec:
     out_height: int
 
 
+def tile_spec(width: int, height: int, z: int, x: int, y: int) -> TileSpec | None:
+    """Tile ``(x, y)`` of level ``z`` of the pyramid of a ``width`` × ``height`` raster; None past the raster."""
+    factor = 2 ** (max_zoom(width, height) - z)
+    span = TILE * factor
+    col0, row0 = x * span, y * span
+    if not (0 <= col0 < width and 0 <= row0 < height):
+        return None
+    cols, rows = min(width, col0 + span) - col0, min(height, row0 + span) - row0
+    return TileSpec(z, x, y, Window(col0, row0, cols, rows), math.ceil(cols / factor), math.ceil(rows / factor))
+
+
 def tiles(width: int, height: int) -> Iterator[TileSpec]:
     """Every tile of the pyramid of a ``width`` × ``height`` raster, coarsest level first."""
     zmax = max_zoom(width, height)
     for z in range(zmax + 1):
-        factor = 2 ** (zmax - z)
-        span = TILE * factor
+        span = TILE * 2 ** (zmax - z)
         for y in range(math.ceil(height / span)):
             for x in range(math.ceil(width / span)):
-                col0, row0 = x * span, y * span
-                cols, rows = min(width, col0 + span) - col0, min(height, row0 + span) - row0
-                yield TileSpec(z, x, y, Window(col0, row0, cols, rows),
-                               math.ceil(cols / factor), math.ceil(rows / factor))  # fmt: skip
+                spec = tile_spec(width, height, z, x, y)
+                assert spec is not None
+                yield spec
+
+
+def walk(
+    width: int,
+    height: int,
+    leaf: Callable[[TileSpec], np.ndarray],
+    save: Callable[[TileSpec, np.ndarray], None],
+) -> None:
+    """Build every tile of the pyramid of a ``width`` × ``height`` raster, depth-first from level 0.
+
+    ``leaf`` renders a full-resolution tile (an array of ``out_height`` × ``out_width`` pixels, any trailing axes);
+    a coarser tile is every second pixel of the 2 × 2 mosaic of its children. ``save`` gets each tile once, children
+    before their parent. Memory: the tile being built and one child, per level.
+    """
+    zmax = max_zoom(width, height)
+
+    def build(spec: TileSpec) -> np.ndarray:
+        data = leaf(spec) if spec.z == zmax else None
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)) if data is None else ():
+            child = tile_spec(width, height, spec.z + 1, 2 * spec.x + dx, 2 * spec.y + dy)
+            if child is None:  # past the raster's right or bottom edge
+                continue
+            half = build(child)[::2, ::2]
+            if data is None:  # the top-left child: there is always one
+                data = np.empty((spec.out_height, spec.out_width, *half.shape[2:]), half.dtype)
+            top, left = dy * TILE // 2, dx * TILE // 2
+            data[top : top + half.shape[0], left : left + half.shape[1]] = half
+        assert data is not None
+        assert data.shape[:2] == (spec.out_height, spec.out_width), (spec, data.shape)
+        save(spec, data)
+        return data
+
+    root = tile_spec(width, height, 0, 0, 0)
+    assert root is not None
+    build(root)
 
 
 def tile_path(root: Path, spec: TileSpec, suffix: str = "png") -> Path:
@@ -132,8 +183,8 @@ def reading(path: str | Path) -> Iterator[Any]:
 def small_block_cache() -> contextlib.AbstractContextManager[Any]:
     """Cap GDAL's block cache at 64 MB while a pyramid is written, unless the user set ``GDAL_CACHEMAX``.
 
-    Each level reads the whole raster once; the default cache (5% of RAM) keeps the blocks of every level: the
-    8,192² benchmark's peak went from 507 MB to 189 MB with the cap (2,048²: 149 MB). The size is in bytes:
+    The default cache (5% of RAM) keeps every block read: the 8,192² benchmark's peak went from 507 MB to 189 MB
+    with the cap (2,048²: 149 MB) when each level read the whole raster. The size is in bytes:
     ``rasterio.Env(GDAL_CACHEMAX=64)`` would be a 64-byte cache (each multi-band read 45x slower).
     """
     if "GDAL_CACHEMAX" in os.environ:
@@ -156,27 +207,34 @@ def write_scene_pyramid(
 ) -> PyramidStats:
     """Write the RGBA pyramid of a scene's composite under ``root`` (nodata and padding transparent).
 
-    ``suffix`` is the tiles' format: ``png`` or ``webp`` (see :func:`scene_format`).
+    ``suffix`` is the tiles' format: ``png`` or ``webp`` (see :func:`scene_format`). Coarser tiles take every
+    second pixel of their children's RGBA (nearest, as the class layer; no averaging), before any lossy encoding.
     """
     stats = PyramidStats()
     with small_block_cache(), reading(scene) as ds:
         chosen = composite_bands(ds, bands)
         limits = stretch_limits(ds, chosen)
         stats.max_zoom = max_zoom(ds.width, ds.height)
-        for spec in tiles(ds.width, ds.height):
-            shape = (spec.out_height, spec.out_width)
-            data = ds.read(list(chosen), window=spec.window, out_shape=(len(chosen), *shape),
-                           resampling=Resampling.nearest)  # fmt: skip
-            mask = ds.dataset_mask(window=spec.window, out_shape=shape, resampling=Resampling.nearest)
-            rgba = np.zeros((TILE, TILE, 4), np.uint8)
+
+        def leaf(spec: TileSpec) -> np.ndarray:
+            data = ds.read(list(chosen), window=spec.window)
+            mask = ds.dataset_mask(window=spec.window)
+            rgba = np.empty((*data.shape[1:], 4), np.uint8)
             for i, (band, (lo, hi)) in enumerate(zip(data, limits, strict=True)):
                 scaled = np.clip((band.astype("float32") - lo) * (255.0 / (hi - lo)), 0, 255)
-                rgba[: shape[0], : shape[1], i] = np.nan_to_num(scaled).astype(np.uint8)
+                rgba[..., i] = np.nan_to_num(scaled).astype(np.uint8)
             if len(chosen) == 1:
                 rgba[..., 1] = rgba[..., 2] = rgba[..., 0]
-            rgba[: shape[0], : shape[1], 3] = np.where(mask > 0, 255, 0)
-            stats.bytes += _save(Image.fromarray(rgba, "RGBA"), tile_path(root, spec, suffix))
+            rgba[..., 3] = np.where(mask > 0, 255, 0)
+            return rgba
+
+        def save(spec: TileSpec, rgba: np.ndarray) -> None:
+            padded = np.zeros((TILE, TILE, 4), np.uint8)
+            padded[: rgba.shape[0], : rgba.shape[1]] = rgba
+            stats.bytes += _save(Image.fromarray(padded, "RGBA"), tile_path(root, spec, suffix))
             stats.files += 1
+
+        walk(ds.width, ds.height, leaf, save)
     return stats
 
 
@@ -185,24 +243,29 @@ def write_label_pyramid(labels: str | Path, root: Path, classes: int) -> Pyramid
 
     The page colours them with an SVG filter (one colour per class, hidden classes transparent), so toggling a class
     never rewrites a tile; 255 (no prediction, outside the raster) stays transparent. The full-resolution level
-    reads every pixel once, so it also counts the pixels of each class (``stats.counts``).
+    reads every pixel once, so it also counts the pixels of each class (``stats.counts``); coarser tiles take every
+    second pixel of their children (nearest: class ids are never mixed).
     """
     counts = np.zeros(256, np.int64)
     stats = PyramidStats(counts=counts)
     with small_block_cache(), reading(labels) as ds:
         stats.max_zoom = max_zoom(ds.width, ds.height)
         nodata = ds.nodata
-        for spec in tiles(ds.width, ds.height):
-            shape = (spec.out_height, spec.out_width)
-            data = ds.read(1, window=spec.window, out_shape=shape, resampling=Resampling.nearest)
+
+        def leaf(spec: TileSpec) -> np.ndarray:
+            data = ds.read(1, window=spec.window)
             values = data.astype(np.int64)
             values[(values < 0) | (values >= classes) | (values > 254)] = LABEL_PAD
             if nodata is not None:
                 values[data == nodata] = LABEL_PAD
-            if spec.z == stats.max_zoom:
-                counts += np.bincount(values.ravel(), minlength=256)
-            grey = np.full((TILE, TILE), LABEL_PAD, np.uint8)
-            grey[: shape[0], : shape[1]] = values.astype(np.uint8)
-            stats.bytes += _save(Image.fromarray(grey, "L"), tile_path(root, spec))
+            counts[:] += np.bincount(values.ravel(), minlength=256)
+            return values.astype(np.uint8)
+
+        def save(spec: TileSpec, grey: np.ndarray) -> None:
+            padded = np.full((TILE, TILE), LABEL_PAD, np.uint8)
+            padded[: grey.shape[0], : grey.shape[1]] = grey
+            stats.bytes += _save(Image.fromarray(padded, "L"), tile_path(root, spec))
             stats.files += 1
+
+        walk(ds.width, ds.height, leaf, save)
     return stats
