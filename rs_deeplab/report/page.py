@@ -3,8 +3,10 @@
 A page ``x.html`` keeps everything it loads in ``x_files/`` beside it (libraries, tiles, data scripts) and refers to
 it by relative URLs only, so it opens from ``file://`` with no network and no request leaves that folder. Data goes
 into ``<script>`` files that set a global (browsers refuse ``fetch`` of ``file://`` URLs). :func:`write_page`
-builds the folder under a temporary name and renames it, then writes the page the same way: a reader sees the old
-page or the new one, never half of one, and a failed write leaves the old page as it was.
+builds the folder and the page under temporary names, then renames the folder and the page: a reader sees the old
+page or the new one, never half of one, and a failed write leaves the old page as it was and no temporary behind. A
+write that fails for lack of space (full disk, quota, ``ulimit -f``; also inside GDAL or libtiff) is the project's
+one line naming the page (:func:`rs_deeplab.diskspace.space_checked`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rs_deeplab.diskspace import space_checked
 from rs_deeplab.errors import InputError
 from rs_deeplab.outputs import nearest_existing
 from rs_deeplab.report.assets import copy_assets
@@ -82,25 +85,30 @@ def write_page(
         build: Called with the temporary folder (libraries already copied into ``lib/``); writes its data there and
             returns the page's HTML, which refers to the folder as ``<stem>_files/``.
         libraries: Folders of ``static/`` the page loads.
+
+    Raises:
+        DiskFullError: The folder or the page did not fit (disk, quota or file-size limit); one line naming the
+            page. Nothing is left: the old page and folder stay as they were.
     """
     check_page_path(page)
     folder = files_folder(page)
     temporary = page.with_name(f".{folder.name}.partial-{os.getpid()}")
+    partial = page.with_name(f".{page.name}.partial-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     try:
-        temporary.mkdir()
-        copy_assets(temporary / "lib", libraries)
-        text = build(temporary)
+        with space_checked(page):  # everything that takes space; the renames below take none
+            temporary.mkdir()
+            copy_assets(temporary / "lib", libraries)
+            partial.write_text(build(temporary), encoding="utf-8")
         old = page.with_name(f".{folder.name}.old-{os.getpid()}")
         if folder.exists():
             folder.rename(old)
         temporary.rename(folder)
         shutil.rmtree(old, ignore_errors=True)
-        partial = page.with_name(f".{page.name}.partial-{os.getpid()}")
-        partial.write_text(text, encoding="utf-8")
         os.replace(partial, page)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+        partial.unlink(missing_ok=True)
     files, size = folder_size(folder)
     return PageOutput(page, folder, files, size + page.stat().st_size)
 
