@@ -122,7 +122,8 @@ class PredictionInputs:
 
     Attributes:
         labels: The label raster (one scene's, or the mosaic VRT).
-        scene: The scene it was predicted from, for the composite (None: class layer only).
+        scene: The scene it was predicted from, for the composite (None: class layer only); for a mosaic, a VRT
+            of its scenes on its grid (:func:`rs_deeplab.report.composite.write_composite`).
         polygons: The GeoPackage (layer ``labels`` with ``class_id`` and ``area_m2``), or None.
         model: The model card and run details as (label, value) rows, in order.
         class_names: Names when the raster records none.

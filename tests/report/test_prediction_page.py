@@ -10,15 +10,22 @@ from typing import Any
 import numpy as np
 import pyogrio
 import pytest
+import rasterio
+from affine import Affine
 from pyproj import Transformer
-from rasterio.transform import from_origin
+from rasterio.crs import CRS
+from rasterio.transform import array_bounds, from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from rs_deeplab.class_names import class_names_tag
 from rs_deeplab.errors import InputError
+from rs_deeplab.mosaic import RegionGrid
 from rs_deeplab.raster import write_geotiff
+from rs_deeplab.remote import reads_remote
+from rs_deeplab.report.composite import write_composite
 from rs_deeplab.report.page import check_page_path, files_folder, write_page
 from rs_deeplab.report.prediction import PredictionInputs, class_colours, write_prediction_page
-from rs_deeplab.report.tiles import max_zoom
+from rs_deeplab.report.tiles import max_zoom, reading
 from rs_deeplab.vectorize import vectorize
 from tests.report.conftest import Visit
 
@@ -263,3 +270,88 @@ def test_geographic_scene(tmp_path: Path, open_page: Callable[[Path], Visit]) ->
     assert [float(v) for v in re.findall(r"-?\d+\.\d+", text)] == pytest.approx([x, y], abs=1e-5)
     assert "pixels" in visit.page.locator("table.legend").inner_text()  # no polygons: pixel counts, not degrees²
     assert visit.errors == [] and visit.outside() == []
+
+
+def _composite_scenes(folder: Path) -> tuple[RegionGrid, Path, Path, np.ndarray, np.ndarray]:
+    """A region grid (EPSG:32633, 120 × 80 px) and two uint16 scenes with nodata 0: the west one on the grid
+    (columns 0-70, value 1000 + column, a hole at rows 10-20, columns 52-58), the east one (3000) covering columns
+    50-120 (a hole at rows 30-40, columns 62-68) but delivered in EPSG:32632. Also where each is valid on the grid.
+    """
+    folder.mkdir()
+    transform = from_origin(*ORIGIN, PIXEL, PIXEL)
+    grid = RegionGrid(CRS.from_epsg(32633), transform, 120, 80)
+    west = np.broadcast_to(1000 + np.arange(70, dtype=np.uint16), (3, 80, 70)).copy()
+    west[:, 10:20, 52:58] = 0
+    west_path = write_geotiff(folder / "west.tif", west, crs="EPSG:32633", transform=transform, nodata=0)
+    east_transform = transform @ Affine.translation(50, 0)
+    bounds = array_bounds(80, 70, east_transform)
+    t, w, h = calculate_default_transform("EPSG:32633", "EPSG:32632", 70, 80, *bounds)
+    east = np.zeros((3, h, w), np.uint16)
+    source = np.full((3, 80, 70), 3000, np.uint16)
+    source[:, 30:40, 12:18] = 0  # a hole at rows 30-40, columns 62-68 of the grid
+    reproject(source, east, src_transform=east_transform, src_crs="EPSG:32633", src_nodata=0, dst_transform=t,
+              dst_crs="EPSG:32632", dst_nodata=0, resampling=Resampling.nearest)  # fmt: skip
+    east_path = write_geotiff(folder / "east32.tif", east, crs="EPSG:32632", transform=t, nodata=0)
+    east_valid = np.zeros((80, 120), np.uint8)
+    reproject((east[0] > 0).astype(np.uint8), east_valid, src_transform=t, src_crs="EPSG:32632", dst_nodata=0,
+              dst_transform=transform, dst_crs="EPSG:32633", resampling=Resampling.nearest)  # fmt: skip
+    west_valid = np.zeros((80, 120), bool)
+    west_valid[:, :70] = west[0] > 0
+    return grid, west_path, east_path, west_valid, east_valid > 0
+
+
+def test_region_composite_draws_each_pixel_from_its_owner_on_the_grid(tmp_path: Path) -> None:
+    """The composite VRT is the mosaic's grid; a pixel is its owner's, or (nodata there) the scene below it; what no
+    scene covers is masked; a scene in another CRS is warped onto the grid; nothing is written beside the scenes.
+    """
+    grid, west, east, west_valid, east_valid = _composite_scenes(tmp_path / "scenes")
+    owned = [[(0, 80, 0, 60)], [(0, 80, 60, 120)]]  # rows, then columns
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    vrt = write_composite([west, east], grid, owned, staging)
+    assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == ["east32.tif", "west.tif"]
+    with rasterio.open(vrt) as ds:
+        assert (ds.crs, ds.transform, ds.width, ds.height) == (grid.crs, grid.transform, grid.width, grid.height)
+        assert ds.count == 3 and ds.dtypes[0] == "uint16"
+        data, mask = ds.read(1), ds.dataset_mask() > 0
+    np.testing.assert_array_equal(mask, west_valid | east_valid)
+    cols = np.broadcast_to(1000 + np.arange(120), (80, 120))
+    expected = np.where(east_valid, 3000, 0)  # the east scene is drawn last: where it has data, unless owned
+    expected[:, :60] = np.where(west_valid, cols, expected)[:, :60]  # the west's share, its hole showing the east
+    expected[:, 60:] = np.where(east_valid, 3000, np.where(west_valid, cols, 0))[:, 60:]
+    np.testing.assert_array_equal(np.where(mask, data, 0), expected)
+    assert (data[10:20, 52:58] == 3000).all() and east_valid[10:20, 52:58].all()  # the hole shows the east scene
+    assert (data[30:40, 62:68] == cols[30:40, 62:68]).mean() > 0.8  # the east's hole in its share shows the west
+
+    with pytest.raises(InputError, match="band"):
+        three = write_geotiff(tmp_path / "one_band.tif", np.ones((1, 80, 70), np.uint16), crs="EPSG:32633",
+                              transform=grid.transform)  # fmt: skip
+        write_composite([west, three], grid, owned, staging)
+
+
+def test_region_composite_of_remote_scenes(tmp_path: Path, open_page: Callable[[Path], Visit]) -> None:
+    """Scenes served over http: the composite names them by their GDAL paths, reads as remote (the project's
+    remote settings), equals the composite of the same files on disk, and is the page's scene layer.
+    """
+    from tests.servers import http_server
+
+    grid, west, east, _, _ = _composite_scenes(tmp_path / "scenes")
+    owned = [[(0, 80, 0, 60)], [(0, 80, 60, 120)]]
+    (tmp_path / "local").mkdir()
+    (tmp_path / "remote").mkdir()
+    local = write_composite([west, east], grid, owned, tmp_path / "local")
+    with http_server(tmp_path / "scenes") as server:
+        urls = [f"{server.url}/west.tif", f"{server.url}/east32.tif"]
+        remote = write_composite(urls, grid, owned, tmp_path / "remote")
+        assert reads_remote(remote) and f"/vsicurl/{server.url}/west.tif" in remote.read_text()
+        with reading(local) as a, reading(remote) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+            np.testing.assert_array_equal(a.dataset_mask(), b.dataset_mask())
+        labels = write_geotiff(tmp_path / "labels.tif", np.zeros((1, 80, 120), np.uint8), crs="EPSG:32633",
+                               transform=grid.transform, nodata=255, tags=class_names_tag(NAMES))  # fmt: skip
+        page = tmp_path / "remote.html"
+        write_prediction_page(page, PredictionInputs(labels=labels, scene=remote))
+    visit = open_page(page)
+    visit.wait_for_tiles()
+    assert visit.errors == [] and visit.outside() == []
+    assert any("/tiles/scene/" in u for u in visit.requests)
