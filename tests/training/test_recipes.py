@@ -1,4 +1,8 @@
-"""Every shipped config against the published row it claims, and the README's table against both."""
+"""Every shipped config against the published row it claims, and docs/recipes.md's table against both.
+
+The recipes are documentation data outside the installed package (``docs/recipes_data.py``); the tests import them
+with the repository root on ``sys.path``.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from docs import recipes_data as recipes
 from pipelines import tile as tile_cli
 from rs_deeplab.config import ExperimentConfig, load_config
 from rs_deeplab.models.weights import IMAGENET_WEIGHTS
 from rs_deeplab.tiling.presets import PRESETS
-from rs_deeplab.training import recipes
 from rs_deeplab.training.experiment import train_experiment
 from tests.trainkit import make_tiles
 
@@ -110,16 +114,23 @@ def test_mmseg_rows_share_mmsegs_model_and_schedule() -> None:
             assert f"{recipe.settings['schedule.iterations'] // 1000}k" in name
 
 
-def test_readme_section_is_the_generated_one() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert readme.count(recipes.README_START) == 1
-    assert recipes.render_readme_section() in readme
-    assert recipes.update_readme(readme) == readme
+def test_recipes_page_is_the_generated_one() -> None:
+    page = (ROOT / recipes.PAGE).read_text()
+    assert page.count(recipes.START) == 1 and page.count(recipes.END) == 1
+    assert recipes.render_section() in page
+    assert recipes.update_page(page) == page
     for recipe in recipes.RECIPES:  # every row: config, published mIoU and command
-        row = next(line for line in readme.splitlines() if line.startswith(f"| `{recipe.config}` |"))
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{recipe.config}` |"))
         assert f"| {recipe.miou:.2f} |" in row and recipe.command in row
     for path in recipes.OWN_RECIPES:
-        assert not any(line.startswith(f"| `{path}`") for line in readme.splitlines())  # not in the table
+        assert not any(line.startswith(f"| `{path}`") for line in page.splitlines())  # not in the table
+
+
+def test_recipes_live_outside_the_installed_package() -> None:
+    assert Path(recipes.__file__).resolve() == ROOT / "docs" / "recipes_data.py"
+    assert not (ROOT / "rs_deeplab" / "training" / "recipes.py").exists()
+    readme = (ROOT / "README.md").read_text()
+    assert "](docs/recipes.md)" in readme  # the front door links the page
 
 
 def test_gpu_hours_follow_images_and_flops() -> None:
