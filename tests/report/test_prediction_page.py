@@ -12,6 +12,7 @@ import pyogrio
 import pytest
 import rasterio
 from affine import Affine
+from PIL import Image
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds, from_origin
@@ -27,7 +28,10 @@ from rs_deeplab.report.page import check_page_path, files_folder, write_page
 from rs_deeplab.report.prediction import PredictionInputs, class_colours, write_prediction_page
 from rs_deeplab.report.tiles import max_zoom, reading
 from rs_deeplab.vectorize import vectorize
+from tests.bench.scripts import load_script
 from tests.report.conftest import Visit
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -355,3 +359,18 @@ def test_region_composite_of_remote_scenes(tmp_path: Path, open_page: Callable[[
     visit.wait_for_tiles()
     assert visit.errors == [] and visit.outside() == []
     assert any("/tiles/scene/" in u for u in visit.requests)
+
+
+def test_the_docs_screenshot_script_draws_the_page(written: tuple[Path, PredictionInputs], browser: Any,
+                                                   tmp_path: Path) -> None:  # fmt: skip
+    """``docs/page_screenshots.py`` (the pictures of the demo's pages) saves a page as drawn, classes included."""
+    script = load_script(ROOT / "docs" / "page_screenshots.py")
+    out = tmp_path / "shot.png"
+    script.shoot(browser, written[0], out)
+    image = np.asarray(Image.open(out).convert("RGB"))
+    assert image.shape[:2] == (script.VIEWPORT["height"], script.VIEWPORT["width"])
+    rgb = image.astype(int)
+    blue = (rgb[..., 2] > rgb[..., 0] + 60) & (rgb[..., 2] > rgb[..., 1] + 60)  # class 1's colour, over the scene
+    assert blue.mean() > 0.01  # the class tiles drawn (the legend's swatch alone is 0.02 %)
+    with pytest.raises(SystemExit, match="no such page"):
+        script.shoot(browser, tmp_path / "missing.html", out)
