@@ -36,12 +36,12 @@ def rgb(path: Path) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     return np.moveaxis(shown, 0, -1), (b.left, b.right, b.bottom, b.top)
 
 
-def class_colours(path: Path) -> tuple[list[str], dict[str, tuple[float, ...]]]:
+def class_colours(path: Path) -> tuple[list[str], dict[str, tuple[float, float, float]]]:
     """Class names (``CLASS_NAMES`` tag) and their colours (the raster's colour table) of a label raster."""
     with rasterio.open(path) as src:
         names = json.loads(src.tags()["CLASS_NAMES"])
         table = src.colormap(1)
-    return names, {n: tuple(c / 255 for c in table[i][:3]) for i, n in enumerate(names)}
+    return names, {n: (table[i][0] / 255, table[i][1] / 255, table[i][2] / 255) for i, n in enumerate(names)}
 
 
 def main() -> None:
