@@ -17,7 +17,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from rs_deeplab.diskspace import out_of_space, space_checked, space_errno
 from rs_deeplab.errors import DiskFullError, InputError, RasterError
-from rs_deeplab.remote import gdal_path, gdal_problem, is_remote, is_url, reads_remote, remote_env, retry_or_raise
+from rs_deeplab.remote_paths import gdal_path, gdal_problem, is_remote, is_url, reads_remote, remote_env, retry_or_raise
 
 PathLike = str | os.PathLike[str]
 

@@ -34,6 +34,9 @@ which GDAL does not retry) would be read back truncated on every retry; closing 
 RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 """HTTP answers that mean "try again shortly" (GDAL retries the same ones)."""
 RESUME = "re-run the same command to resume"
+FALSE_WORDS = ("NO", "FALSE", "OFF", "0")
+S3_CREDENTIALS_FIX = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or AWS_NO_SIGN_REQUEST=YES "
+                      "for a public bucket")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -193,3 +196,9 @@ def http_problem(name: str, code: int) -> str:
         return (f"{name}: access denied (HTTP {code}); check the URL, its signature or expiry, or the credentials "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GDAL_HTTP_AUTH, GDAL_HTTP_HEADERS)")  # fmt: skip
     return f"{name}: the server answered HTTP {code}; check the URL, or retry later"
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A GDAL-style yes/no environment variable (``AWS_HTTPS=NO``)."""
+    value = os.environ.get(name)
+    return default if value is None else value.strip().upper() not in FALSE_WORDS

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from rs_deeplab.raster import PathLike, RasterReadError
-from rs_deeplab.remote import is_remote, retry_or_raise
+from rs_deeplab.remote_paths import is_remote, retry_or_raise
 
 T = TypeVar("T")
 

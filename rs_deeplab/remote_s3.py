@@ -7,8 +7,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rs_deeplab.errors import RasterError
-from rs_deeplab.remote import S3_CREDENTIALS_FIX, RemoteStat, env_flag, http_problem
-from rs_deeplab.remote_http import RESUME, RemoteUnavailableError, http_settings
+from rs_deeplab.remote_http import (
+    RESUME,
+    S3_CREDENTIALS_FIX,
+    RemoteStat,
+    RemoteUnavailableError,
+    env_flag,
+    http_problem,
+    http_settings,
+)
 
 
 def s3_client() -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import atomic_output, open_raster
-from rs_deeplab.remote import gdal_path, is_remote, is_url, stat_remote
+from rs_deeplab.remote_paths import gdal_path, is_remote, is_url, stat_remote
 
 CACHE_ENV = "RS_DEEPLAB_STAC_CACHE"
 """Folder for the VRTs of STAC Items (default: ``<temp>/rs_deeplab-stac``)."""

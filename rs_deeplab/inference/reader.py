@@ -9,38 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 from rasterio.enums import MaskFlags
-from rasterio.windows import Window
 
 from rs_deeplab.errors import InputError
 from rs_deeplab.grid import axis_offsets
-from rs_deeplab.inference.strip_reader import StripReader, default_read_threads
+from rs_deeplab.inference.strip_reader import SceneInfo, StripReader, default_read_threads
 from rs_deeplab.raster import PathLike, absolute, check_complete, open_raster
-
-
-@dataclass(frozen=True)
-class SceneInfo:
-    """What inference needs to know about a scene, read once from its header."""
-
-    path: str
-    height: int
-    width: int
-    count: int
-    dtype: str
-    crs: object
-    transform: object
-    nodata: float | None
-    mask_kind: str
-    """``nodata`` (a nodata value), ``mask`` (an internal per-dataset mask) or ``none``."""
-    source_shape: tuple[int, int] | None = None
-    """The file's ``(height, width)`` when this describes a resampled working grid of the same footprint
-    (:func:`~rs_deeplab.inference.regrid.working_info`); reads are then resampled bilinearly. None: the file's grid."""
-
-    def file_window(self, window: Window) -> Window:
-        """The window of the file (fractional where resampled) that covers ``window`` of this grid."""
-        if self.source_shape is None:
-            return window
-        sy, sx = self.source_shape[0] / self.height, self.source_shape[1] / self.width
-        return Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
 
 
 def scene_info(path: PathLike) -> SceneInfo:

@@ -16,7 +16,8 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rasterio._err import CPLE_BaseError
@@ -27,8 +28,35 @@ from rasterio.windows import Window
 from rs_deeplab.raster import open_raster, read_error
 from rs_deeplab.remote_reads import read_retrying
 
-if TYPE_CHECKING:
-    from rs_deeplab.inference.reader import SceneInfo
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What inference needs to know about a scene, read once from its header.
+
+    Defined here, below :mod:`rs_deeplab.inference.reader` (whose ``scene_info`` makes it, and which re-exports it),
+    because the strip reader reads with it too.
+    """
+
+    path: str
+    height: int
+    width: int
+    count: int
+    dtype: str
+    crs: object
+    transform: object
+    nodata: float | None
+    mask_kind: str
+    """``nodata`` (a nodata value), ``mask`` (an internal per-dataset mask) or ``none``."""
+    source_shape: tuple[int, int] | None = None
+    """The file's ``(height, width)`` when this describes a resampled working grid of the same footprint
+    (:func:`~rs_deeplab.inference.regrid.working_info`); reads are then resampled bilinearly. None: the file's grid."""
+
+    def file_window(self, window: Window) -> Window:
+        """The window of the file (fractional where resampled) that covers ``window`` of this grid."""
+        if self.source_shape is None:
+            return window
+        sy, sx = self.source_shape[0] / self.height, self.source_shape[1] / self.width
+        return Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
 
 
 def default_read_threads() -> int:
