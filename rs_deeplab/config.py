@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rs_deeplab.durations import parse_duration, parse_size
 from rs_deeplab.errors import ConfigError
 from rs_deeplab.loss_spec import parse_loss
+from rs_deeplab.model_choices import DEFAULT_OUTPUT_STRIDES, msc_problem
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -95,8 +96,6 @@ class ModelConfig(StrictModel):
     @classmethod
     def _check_msc(cls, value: list[float] | None) -> list[float] | None:
         if value is not None:
-            from rs_deeplab.models.base import msc_problem
-
             problem = msc_problem(value)
             if problem is not None:
                 raise ValueError(problem)
@@ -256,9 +255,7 @@ def msc_crop_problem(model: ModelConfig, crop_size: int | tuple[int, int]) -> st
     """Why a scale of ``model.msc`` shrinks the training crop below the network's output stride, or None."""
     if not model.msc:
         return None
-    from rs_deeplab.models import MODELS
-
-    stride = model.output_stride or MODELS[model.name].default_output_stride.get(model.head, 8)
+    stride = model.output_stride or DEFAULT_OUTPUT_STRIDES[model.name].get(model.head, 8)
     side = min(crop_size) if isinstance(crop_size, tuple) else crop_size
     for scale in sorted(model.msc):
         if int(side * scale) < stride:

@@ -442,6 +442,35 @@ def test_scene_scoring_loads_no_torch(make_raster: RasterFactory, tmp_path: Path
     assert not torch_stack(names)
 
 
+def test_validating_configs_loads_no_torch(tmp_path: Path) -> None:
+    """The bottom layer is torch-free: every config in ``configs/`` loads, and the checks that need the models (MSC
+    scales; a scale's crop against the model's default output stride) run on :mod:`rs_deeplab.model_choices`."""
+    code = (
+        "import glob\n"
+        "from typing import get_args\n"
+        "from rs_deeplab.config import ConfigError, ModelConfig, load_config\n"
+        "from rs_deeplab.model_choices import DEFAULT_OUTPUT_STRIDES\n"
+        "assert set(get_args(ModelConfig.model_fields['name'].annotation)) == set(DEFAULT_OUTPUT_STRIDES)\n"
+        f"paths = sorted(glob.glob({str(ROOT / 'configs' / '**' / '*.yaml')!r}, recursive=True))\n"
+        "print('loaded', sum(1 for p in paths if load_config(p)))\n"
+        "msc = ['model.msc=[1.0,0.75,0.5]', 'model.name=deeplabv3', 'model.head=mmseg']\n"
+        "print('msc', load_config(paths[0], msc).model.msc)\n"
+        "for bad in (['model.msc=[0.5]'], ['model.msc=[1.0,0.01]', 'data.crop_size=512']):\n"
+        "    try:\n"
+        "        load_config(paths[0], bad)\n"
+        "    except ConfigError as exc:\n"
+        "        print('refused', str(exc).splitlines()[-1])\n"
+    )
+    names, run = loaded_modules(["-c", code], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split("loaded ")[1].split()[0]) >= 5 and "msc [1.0, 0.75, 0.5]" in run.stdout, run.stdout
+    refused = [line for line in run.stdout.splitlines() if line.startswith("refused")]
+    assert len(refused) == 2 and "at least two scales" in refused[0] and "output stride" in refused[1], run.stdout
+    assert "rs_deeplab.model_choices" in names and "pydantic" in names  # the import log works
+    assert not [n for n in names if within(n, "rs_deeplab.models")], sorted(names)
+    assert not torch_stack(names)
+
+
 def test_sample_generator_loads_no_torch(tmp_path: Path) -> None:
     args = ["-m", "rs_deeplab.sample", "potsdam", str(tmp_path / "potsdam"), "--ids", "2_13", "--size", "96"]
     names, run = loaded_modules(args, tmp_path)

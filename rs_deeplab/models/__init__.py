@@ -26,8 +26,9 @@ from typing import Any
 from torch import nn
 
 from rs_deeplab.errors import InputError
+from rs_deeplab.model_choices import DEFAULT_OUTPUT_STRIDES, msc_problem
 from rs_deeplab.models import deeplab_v3
-from rs_deeplab.models.base import DeepLabBase, MSCOutput, SegOutput, msc_problem
+from rs_deeplab.models.base import DeepLabBase, MSCOutput, SegOutput
 from rs_deeplab.models.deeplab_v1 import DeepLabV1
 from rs_deeplab.models.deeplab_v2 import RESNETS, DeepLabV2
 from rs_deeplab.models.deeplab_v3 import DeepLabV3, DeepLabV3Plus
@@ -83,11 +84,13 @@ _V2_BACKBONES = ("resnet101", "resnet50", *(b for b in RESNETS if b not in ("res
 _V3_BACKBONES = ("resnet101", *(b for b in deeplab_v3.BACKBONES if b != "resnet101"))
 
 MODELS: dict[str, ModelSpec] = {
-    "deeplabv1": ModelSpec(_v1, ("vgg16",), (8,), {"paper": 8}),
-    "deeplabv2": ModelSpec(_v2, _V2_BACKBONES, (8,), {"paper": 8}),
-    "deeplabv3": ModelSpec(DeepLabV3, _V3_BACKBONES, (8, 16), {"paper": 16, "mmseg": 8}),
-    "deeplabv3plus": ModelSpec(DeepLabV3Plus, _V3_BACKBONES, (8, 16), {"paper": 16, "mmseg": 8}),
+    "deeplabv1": ModelSpec(_v1, ("vgg16",), (8,), dict(DEFAULT_OUTPUT_STRIDES["deeplabv1"])),
+    "deeplabv2": ModelSpec(_v2, _V2_BACKBONES, (8,), dict(DEFAULT_OUTPUT_STRIDES["deeplabv2"])),
+    "deeplabv3": ModelSpec(DeepLabV3, _V3_BACKBONES, (8, 16), dict(DEFAULT_OUTPUT_STRIDES["deeplabv3"])),
+    "deeplabv3plus": ModelSpec(DeepLabV3Plus, _V3_BACKBONES, (8, 16), dict(DEFAULT_OUTPUT_STRIDES["deeplabv3plus"])),
 }
+"""The heads and default strides come from :mod:`rs_deeplab.model_choices`, which the config checks read without
+torch."""
 
 
 def _choose(what: str, value: Any, choices: tuple[Any, ...], model: str) -> None:

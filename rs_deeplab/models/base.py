@@ -59,21 +59,6 @@ class MSCOutput(NamedTuple):
     aux: torch.Tensor | None
 
 
-def msc_problem(scales: Sequence[float]) -> str | None:
-    """What is wrong with a list of MSC scales (positive, distinct, 1.0 among them, at least two), or None."""
-    values = [float(s) for s in scales]
-    if len(values) < 2:
-        return f"give at least two scales, 1.0 among them, e.g. [1.0, 0.75, 0.5] (null turns MSC off), got {values}"
-    bad = [s for s in values if not s > 0 or s == float("inf")]
-    if bad:
-        return f"scales must be positive finite numbers, got {bad[0]}; e.g. [1.0, 0.75, 0.5]"
-    if len(set(values)) != len(values):
-        return f"scales must be distinct, got {values}"
-    if 1.0 not in values:
-        return f"scales must include 1.0 (the scale of the output), got {values}; e.g. [1.0, 0.75, 0.5]"
-    return None
-
-
 class DeepLabBase(nn.Module):
     """Base of the DeepLab models: holds the attributes of the forward contract described in the module docstring.
 
