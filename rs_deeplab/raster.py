@@ -82,12 +82,12 @@ def open_raster(path: PathLike) -> rasterio.io.DatasetReader:
     Args:
         path: Any file GDAL can read (GeoTIFF, PNG, JPEG, VRT, ...), a GDAL virtual path, or a URL (``https://``,
             ``s3://``, ``gs://``), opened through GDAL's network file systems with the COG settings of
-            :func:`rs_deeplab.remote.remote_env`.
+            :func:`rs_deeplab.remote_paths.remote_env`.
 
     Raises:
         RasterError: The file does not exist or GDAL cannot read it as a raster; for a remote one, the server's
             problem (not found, access denied, no credentials, no answer: see
-            :func:`rs_deeplab.remote.retry_or_raise`) in one line. A remote open that fails while the server
+            :func:`rs_deeplab.remote_paths.retry_or_raise`) in one line. A remote open that fails while the server
             answers (a transfer cut short) is tried again after a pause.
     """
     if is_url(path):

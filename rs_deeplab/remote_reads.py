@@ -2,7 +2,7 @@
 
 GDAL retries HTTP 429/5xx answers and resets itself (:func:`rs_deeplab.remote_http.read_options`); what it does not
 retry (a transfer cut off after its headers) fails the read. Then the server is asked once
-(:func:`rs_deeplab.remote.retry_or_raise`): when it does not answer, the job stops with that one line
+(:func:`rs_deeplab.remote_paths.retry_or_raise`): when it does not answer, the job stops with that one line
 (:class:`~rs_deeplab.remote_http.RemoteUnavailableError`, resumable), else the read runs again after a pause, from a
 freshly opened file (GDAL forgets the cut transfer when the old one closes). Opening retries the same way
 (:func:`rs_deeplab.raster.open_raster`).
