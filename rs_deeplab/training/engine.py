@@ -1,8 +1,8 @@
-"""A plain training loop: optimiser and learning-rate schedule, ``train_one_epoch``, ``evaluate`` and ``fit``.
+"""A plain training loop: optimiser and learning-rate schedule, ``train_steps``, ``evaluate`` and ``fit``.
 
-``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them (one "epoch" here is the span
-between two evaluations) and calling back after each evaluation and checkpoint step; the caller
-(:mod:`rs_deeplab.training.experiment`) writes ``last.pt``/``best.pt`` on rank 0 and resumes from a checkpoint.
+``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them and calling back after each
+log, evaluation and checkpoint step; it writes no file. The caller (:mod:`rs_deeplab.training.experiment`) keeps
+the best score, writes ``last.pt`` and ``best.pt`` on rank 0 and resumes from a checkpoint.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ class LossMeter:
         return value
 
 
-def train_one_epoch(
+def train_steps(
     model: nn.Module,
     batches: Iterator[Batch],
     ctx: StepContext,
@@ -270,7 +270,10 @@ def train_one_epoch(
     stop: int,
     on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> int:
-    """Run iterations ``start .. stop-1``; call ``on_step(iteration, loss on device, lr)`` after each."""
+    """Train iterations ``start .. stop-1``; call ``on_step(iterations done, loss on device, lr)`` after each.
+
+    Returns ``stop``, the number of iterations done.
+    """
     for it in range(start, stop):
         lr = ctx.optimizer.param_groups[0]["lr"]
         micro = [next(batches) for _ in range(ctx.grad_accum)]
@@ -395,7 +398,7 @@ def fit(
     it = start_iteration
     while it < cadence.iterations:
         stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
-        it = train_one_epoch(model, batches, ctx, start=it, stop=stop, on_step=step_done)
+        it = train_steps(model, batches, ctx, start=it, stop=stop, on_step=step_done)
         losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
         stopped = time.perf_counter()
         if val_loader is not None and on_eval is not None:

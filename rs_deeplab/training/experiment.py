@@ -448,17 +448,17 @@ def _train(
                        eval_every=cfg.train.eval_every)  # fmt: skip
     weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
-        optimizer,
-        lr_schedule,
-        device,
-        scaler,
-        amp,
-        cfg.train.channels_last and device.type == "cuda",
-        cfg.train.grad_accum,
-        weights,
-        getattr(model, "aux_weight", 0.0),
-        build_loss(cfg.train.loss, weights),
-        cfg.model.msc_weight,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        device=device,
+        scaler=scaler,
+        amp_dtype=amp,
+        channels_last=cfg.train.channels_last and device.type == "cuda",
+        grad_accum=cfg.train.grad_accum,
+        class_weights=weights,
+        aux_weight=getattr(model, "aux_weight", 0.0),
+        loss_fn=build_loss(cfg.train.loss, weights),
+        msc_weight=cfg.model.msc_weight,
     )
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device, budget is not None)
     checked()  # every check passed: the lines held so far print now
