@@ -1,8 +1,9 @@
-"""A plain training loop: optimiser and learning-rate schedule, ``train_steps``, ``evaluate`` and ``fit``.
+"""The pieces of the training loop: optimiser, learning-rate schedule, loss, one step, the loss meter, evaluation.
 
-``fit`` trains for a number of iterations, evaluating every ``eval_every`` of them and calling back after each
-log, evaluation and checkpoint step; it writes no file. The caller (:mod:`rs_deeplab.training.experiment`) keeps
-the best score, writes ``last.pt`` and ``best.pt`` on rank 0 and resumes from a checkpoint.
+:func:`train_step` is one optimiser step (over ``grad_accum`` micro-batches), :class:`LossMeter` sums its losses on
+the device, :func:`evaluate` counts the confusion matrix, and :class:`Cadence` says when to log, evaluate and
+checkpoint. The loop that calls them (step, log, evaluate, keep ``best.pt``, save ``last.pt``) is
+:func:`rs_deeplab.training.experiment.fit`; nothing here writes a file.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,28 +261,6 @@ class LossMeter:
         return value
 
 
-def train_steps(
-    model: nn.Module,
-    batches: Iterator[Batch],
-    ctx: StepContext,
-    *,
-    start: int,
-    stop: int,
-    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
-) -> int:
-    """Train iterations ``start .. stop-1``; call ``on_step(iterations done, loss on device, lr)`` after each.
-
-    Returns ``stop``, the number of iterations done.
-    """
-    for it in range(start, stop):
-        lr = ctx.optimizer.param_groups[0]["lr"]
-        micro = [next(batches) for _ in range(ctx.grad_accum)]
-        loss = train_step(model, micro, ctx)
-        if on_step is not None:
-            on_step(it + 1, loss, lr)
-    return stop
-
-
 def device_confusion(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(C, C)`` int64 counts of ``(truth, pred)`` pairs on the tensors' device (``torch.bincount``).
 
@@ -351,68 +329,9 @@ def evaluate(
 
 @dataclass(frozen=True)
 class Cadence:
-    """When ``fit`` logs, evaluates and checkpoints, in iterations."""
+    """When the loop (:func:`rs_deeplab.training.experiment.fit`) logs, evaluates and checkpoints, in iterations."""
 
     iterations: int
     eval_every: int
     checkpoint_every: int
     log_every: int
-
-
-def fit(
-    model: nn.Module,
-    batches: Iterator[Batch],
-    val_loader: DataLoader[Batch] | None,
-    ctx: StepContext,
-    *,
-    cadence: Cadence,
-    num_classes: int,
-    start_iteration: int = 0,
-    on_log: Callable[[int, float, float], None] | None = None,
-    on_eval: Callable[[int, np.ndarray], None] | None = None,
-    on_checkpoint: Callable[[int], None] | None = None,
-    eval_model: nn.Module | None = None,
-    replan: Callable[[int, float], Cadence] | None = None,
-) -> int:
-    """Train from ``start_iteration`` to ``cadence.iterations``, evaluating and checkpointing on the way.
-
-    Callbacks receive the number of completed iterations: ``on_log(it, loss, lr)`` every ``log_every``,
-    ``on_eval(it, confusion_matrix)`` after each evaluation (every rank; the matrix is all-reduced) and
-    ``on_checkpoint(it)`` every ``checkpoint_every`` and at the end. ``eval_model`` is the unwrapped model that
-    evaluation runs (``model`` may be a DDP or compiled wrapper). ``replan(it, seconds)``, called after each
-    evaluation and its checkpoint with the seconds they took, returns the cadence from there on (a time budget).
-    """
-    losses = LossMeter()
-    evaluated = model if eval_model is None else eval_model
-
-    def step_done(it: int, loss: torch.Tensor, lr: float) -> None:
-        losses.add(loss)
-        if it % cadence.log_every == 0 or it == cadence.iterations:
-            mean = losses.mean()  # the step's only host sync; raises on a NaN/inf loss
-            if on_log is not None:
-                on_log(it, mean, lr)
-        if on_checkpoint is not None and it % cadence.checkpoint_every == 0 and it % cadence.eval_every != 0:
-            losses.check()  # never checkpoint weights a NaN loss has reached
-            on_checkpoint(it)
-
-    it = start_iteration
-    while it < cadence.iterations:
-        stop = min((it // cadence.eval_every + 1) * cadence.eval_every, cadence.iterations)
-        it = train_steps(model, batches, ctx, start=it, stop=stop, on_step=step_done)
-        losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
-        stopped = time.perf_counter()
-        if val_loader is not None and on_eval is not None:
-            cm = evaluate(
-                evaluated,
-                val_loader,
-                num_classes,
-                device=ctx.device,
-                amp_dtype=ctx.amp_dtype,
-                channels_last=ctx.channels_last,
-            )
-            on_eval(it, cm)
-        if on_checkpoint is not None:
-            on_checkpoint(it)
-        if replan is not None:
-            cadence = replan(it, time.perf_counter() - stopped)
-    return it

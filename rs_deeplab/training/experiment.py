@@ -1,4 +1,10 @@
-"""Turn a validated :class:`ExperimentConfig` into datasets, model, optimiser and a ``fit`` run.
+"""Turn a validated :class:`ExperimentConfig` into a training run, and the training loop itself.
+
+Read :func:`train_experiment` top to bottom: :func:`prepare_run` builds data, model, optimiser and run folder and
+resumes from ``last.pt`` (a :class:`PreparedRun` and a :class:`TrainState`); :func:`fit` is the loop (step, log,
+evaluate, keep ``best.pt``, save ``last.pt``), called once, or by a time budget (:mod:`rs_deeplab.training.budget`)
+for its probe and its plan; :func:`finish_run` writes the summary files. The step and the evaluation themselves
+are :mod:`rs_deeplab.training.engine`'s.
 
 This is the one library module that reads config objects (``pipelines/train.py`` and ``pipelines/evaluate.py``
 call it); everything it calls takes plain arguments.
@@ -7,15 +13,16 @@ call it); everything it calls takes plain arguments.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +69,16 @@ from rs_deeplab.training.distributed import (
     rank_fingerprints,
     shutdown_distributed,
 )
-from rs_deeplab.training.engine import LR_SCHEDULE_KEY, Cadence, StepContext, build_lr_schedule, build_optimizer, fit
+from rs_deeplab.training.engine import (
+    LR_SCHEDULE_KEY,
+    Cadence,
+    LossMeter,
+    StepContext,
+    build_lr_schedule,
+    build_optimizer,
+    train_step,
+)
+from rs_deeplab.training.engine import evaluate as evaluate_model
 from rs_deeplab.training.losses import build_loss
 from rs_deeplab.training.preflight import (
     check_bands,
@@ -74,9 +90,6 @@ from rs_deeplab.training.preflight import (
 from rs_deeplab.training.run_page import RunPage
 from rs_deeplab.training.runlog import RunLog, plot_confusion, plot_curves
 from rs_deeplab.training.transforms import ChannelStats, EvalTransform, TrainTransform, compute_band_stats
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("rs_deeplab.train")
 ARCH_KEYS = ("name", "backbone", "output_stride", "head")
@@ -135,6 +148,7 @@ def _loaders(
     device: torch.device,
     budgeted: bool = False,
 ) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
+    """The training loader from iteration ``start`` on and this rank's share of the validation split (None: none)."""
     train_loader = _train_loader(cfg, env, train, stats, start, device, budgeted)
     if val is None:
         return train_loader, None
@@ -243,7 +257,7 @@ def resume_state(last: Path, resume: bool, env: DistEnv) -> dict[str, Any] | Non
 def _build_model(
     cfg: ExperimentConfig, num_classes: int, in_channels: int, device: torch.device, env: DistEnv
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The model (for checkpoints) and what to call in the loop (DDP/compile wrapped)."""
+    """The model (for the optimiser and checkpoints) and what each training step calls (DDP/compile wrapped)."""
     m = cfg.model
     model: torch.nn.Module = build_model(
         m.name,
@@ -295,13 +309,13 @@ def wrap_model(model: torch.nn.Module, device: torch.device, *, distributed: boo
     The optimiser, checkpoints and evaluation keep using ``model`` itself (its parameters are the wrappers'),
     so state-dict keys carry no ``module.``/``_orig_mod.`` prefixes and a checkpoint loads into a plain model.
     """
-    runner: torch.nn.Module = model
+    wrapped: torch.nn.Module = model
     if distributed:
         ids = [device.index] if device.type == "cuda" else None
-        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile:
-        runner = torch.compile(runner)  # type: ignore[assignment]
-    return runner
+        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+    return wrapped
 
 
 def train_experiment(cfg: ExperimentConfig) -> TrainResult:
@@ -386,16 +400,259 @@ def runtime_record(
     }
 
 
+@dataclass
+class PreparedRun:
+    """What one run trains with, built once by :func:`prepare_run`; :func:`_follow_plan` may change a budgeted run's
+    ``cfg``, ``batches`` and ``average`` after its first plan.
+    """  # noqa: D205
+
+    cfg: ExperimentConfig
+    env: DistEnv
+    device: torch.device
+    run_dir: Path
+    class_names: list[str]
+    colours: list[tuple[int, int, int]]
+    stats: ChannelStats
+    gsd: float | None
+    band_names: list[str] | None
+    in_channels: int
+    runtime: dict[str, Any]
+    """Where and how the run computes (:func:`runtime_record`)."""
+    auto_record: dict[str, Any] | None
+    """The values ``auto`` derived and why (:mod:`rs_deeplab.training.autoconfig`); None without ``auto``."""
+    model: torch.nn.Module
+    """The model itself: what the optimiser updates and checkpoints keep as train weights."""
+    wrapped_model: torch.nn.Module
+    """What each training step calls: ``model`` in DDP and/or ``torch.compile`` (:func:`wrap_model`)."""
+    step: StepContext
+    """Optimiser, schedule, scaler, loss and weight average of each step."""
+    average: WeightAverage | None
+    """The moving average of the weights (``train.ema``); None: off."""
+    train_source: SegmentationSource
+    batches: Iterator[Any]
+    val_loader: DataLoader[Any] | None
+    runlog: RunLog
+    page: RunPage | None
+    """``report.html``, rank 0 only."""
+    budget: BudgetRun | None
+    """The time budget (``schedule.budget``); None: ``schedule.iterations`` decides."""
+    images_per_iteration: int
+    fresh: bool
+    """The run folder did not exist before this run (a budget found too short removes it)."""
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """What is evaluated, shown on the page and saved as ``model``: the weight average, else the model."""
+        return self.model if self.average is None else self.average.model
+
+    @property
+    def last(self) -> Path:
+        """``last.pt``: the latest checkpoint, resumed from."""
+        return self.run_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """``best.pt``: the checkpoint of the best validation mIoU."""
+        return self.run_dir / "best.pt"
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what :func:`fit` updates, checkpoints record and a resumed run starts from."""
+
+    iteration: int
+    """Iterations done."""
+    best_miou: float
+    """The best validation mIoU so far (-1: none yet)."""
+    confusion: np.ndarray | None = None
+    """The latest evaluation's confusion matrix (this process), for the plots at the end."""
+
+
 def _train(
     cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None, checked: Callable[[], None]
 ) -> TrainResult:
+    """Prepare the run, train it to its iterations (or within its time budget) and write the run's summary files."""
+    run, state = prepare_run(cfg, env, device, amp, checked)
+    if run.budget is None:
+        cadence = Cadence(iterations=cfg.schedule.iterations, eval_every=cfg.train.eval_every,
+                          checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every)  # fmt: skip
+        iterations = fit(run, state, cadence, state.iteration)
+    else:
+        iterations = _fit_within_budget(run, state, run.budget)
+    return finish_run(run, state, iterations)
+
+
+def fit(
+    run: PreparedRun,
+    state: TrainState,
+    cadence: Cadence,
+    start: int,
+    replan: Callable[[int, float], Cadence] | None = None,
+    evaluate: bool = True,
+) -> int:
+    """Train from iteration ``start`` to ``cadence.iterations``; the number of iterations done.
+
+    Each iteration: one optimiser step; every ``log_every`` (and at the end) the mean loss is logged (the only host
+    sync of a step; a NaN or infinite loss stops here); every ``checkpoint_every`` between evaluations ``last.pt`` is
+    saved. Every ``eval_every`` (and at the end): evaluate (when ``evaluate``), keep ``best.pt`` when the mIoU is
+    the best so far, save ``last.pt``, then ask ``replan(iteration, seconds the evaluation and checkpoint took)``
+    for the cadence from there on (a time budget). ``evaluate=False`` (a budget's probe) evaluates and saves
+    nothing. Every rank runs this; only rank 0 writes files. A NaN stop or Ctrl-C marks the page stopped.
+    """
+    losses = LossMeter()
+    ctx = run.step
+    state.iteration = start
+    with run.page.watching() if run.page is not None else contextlib.nullcontext():
+        while state.iteration < cadence.iterations:
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            micro_batches = [next(run.batches) for _ in range(ctx.grad_accum)]
+            losses.add(train_step(run.wrapped_model, micro_batches, ctx))
+            state.iteration += 1
+            it = state.iteration
+            if it % cadence.log_every == 0 or it == cadence.iterations:
+                mean = losses.mean()  # the step's only host sync; raises on a NaN/inf loss
+                run.runlog.train(it, mean, lr)
+                if run.page is not None:
+                    run.page.logged(it)
+            if evaluate and it % cadence.checkpoint_every == 0 and it % cadence.eval_every != 0:
+                losses.check()  # never checkpoint weights a NaN loss has reached
+                save_last(run, state)
+            if it % cadence.eval_every != 0 and it != cadence.iterations:
+                continue
+            losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
+            stopped = time.perf_counter()
+            if evaluate and run.val_loader is not None:
+                cm = evaluate_model(run.evaluated_model, run.val_loader, len(run.class_names), device=ctx.device,
+                                    amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last)  # fmt: skip
+                record_evaluation(run, state, cm)
+            if evaluate:
+                save_last(run, state)
+            if replan is not None:
+                cadence = replan(it, time.perf_counter() - stopped)
+    return state.iteration
+
+
+def record_evaluation(run: PreparedRun, state: TrainState, cm: np.ndarray) -> None:
+    """Log an evaluation (``metrics.csv``, a collapse warning, the page) and save ``best.pt`` when it is the best."""
+    it, result = state.iteration, scores(cm)
+    state.confusion = cm
+    run.runlog.evaluation(it, result)
+    if run.env.is_main:
+        warn_if_collapsed(it, cm, run.class_names)
+    if run.page is not None:  # report.html: rewritten at each evaluation (rank 0)
+        run.page.evaluated(it, cm, run.evaluated_model)
+    if result.miou > state.best_miou:
+        state.best_miou = result.miou
+        if run.env.is_main:
+            save_checkpoint(run.best, {**checkpoint_contents(run, state), "val_miou": result.miou})
+
+
+def save_last(run: PreparedRun, state: TrainState) -> None:
+    """Check that every rank holds the same weights (a collective), then save ``last.pt`` on rank 0."""
+    fingerprints = rank_fingerprints(run.model, run.device)  # a collective: every rank takes part
+    check_in_sync(fingerprints)
+    if run.env.is_main:
+        save_checkpoint(run.last, {**checkpoint_contents(run, state), "rank_fingerprints": fingerprints})
+
+
+def checkpoint_contents(run: PreparedRun, state: TrainState) -> dict[str, Any]:
+    """What a checkpoint at ``state.iteration`` holds: weights, optimiser, schedule, RNG, config and data facts."""
+    ctx, average = run.step, run.average
+    weights = {} if average is None else {TRAIN_WEIGHTS_KEY: run.model.state_dict(), UPDATES_KEY: average.updates}
+    return {
+        "model": run.evaluated_model.state_dict(),
+        **weights,
+        "optimizer": ctx.optimizer.state_dict(),
+        LR_SCHEDULE_KEY: ctx.lr_schedule.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler else None,
+        "iteration": state.iteration,
+        "rng": rng_state(),
+        "config": config_to_dict(run.cfg),
+        "class_names": list(run.class_names),
+        "class_colours": [list(c) for c in run.colours],
+        "band_stats": run.stats.as_dict(),
+        "gsd": run.gsd,
+        "band_names": run.band_names,
+        "in_channels": run.in_channels,
+        "best_miou": state.best_miou,
+        "runtime": run.runtime,
+        "budget": None if run.budget is None else run.budget.record(state.iteration),
+        "auto": run.auto_record,
+    }
+
+
+def _fit_within_budget(run: PreparedRun, state: TrainState, budget: BudgetRun) -> int:
+    """Train within ``schedule.budget``: the budget probes, plans and calls :func:`fit`; the iterations done.
+
+    A budget that cannot pay for the run is one line (:class:`InputError`), and a run folder this run made goes.
+    """
+    budget.val_batches = len(run.val_loader) if run.val_loader is not None else 0
+    budget.on_plan = functools.partial(_follow_plan, run)
+    try:
+        iterations = budget.run(functools.partial(fit, run, state), state.iteration)
+        if budget.cut:
+            save_last(run, state)  # now recording that the budget is spent
+    except InputError:
+        run.runlog.close()
+        if run.fresh and run.env.is_main:
+            shutil.rmtree(run.run_dir, ignore_errors=True)
+        raise
+    return iterations
+
+
+def _follow_plan(run: PreparedRun, plan: BudgetPlan) -> None:
+    """Log and write a budget's plan; at the first, apply what ``auto`` decides from its iterations to ``run``."""
+    env, run_dir = run.env, run.run_dir
+    _show_plan(run_dir if env.is_main else None, plan)
+    if not autoconfig.undecided(run.auto_record):  # decided at the first plan (or by the run resumed)
+        return
+    changed = autoconfig.adapt_to_plan(run.auto_record, plan.iterations, run.images_per_iteration)
+    if changed:  # the rest of the run draws its crops and averages with the new settings
+        run.cfg = autoconfig.apply(run.cfg, changed)
+        if "data.scale_range" in changed:  # from where the probe ended
+            run.batches = iter(_train_loader(run.cfg, env, run.train_source, run.stats, plan.done, run.device, True))
+        if "train.ema" in changed:  # from the weights the probe reached
+            if env.is_main:
+                check_checkpoint_space(run_dir, checkpoint_bytes(run.model, run.step.optimizer, copies=2))
+            run.step.average = run.average = _weight_average(run.cfg, run.model, None)
+        if env.is_main:
+            dump_config(run.cfg, run_dir / "config.yaml")
+    if env.is_main and run.auto_record is not None:  # the decisions and their reasons
+        autoconfig.write_record(run_dir, run.auto_record)
+
+
+def finish_run(run: PreparedRun, state: TrainState, iterations: int) -> TrainResult:
+    """Close the log and write what a finished run leaves (curves, confusion matrix, scores, the page's last state)."""
+    run.runlog.close()
+    run_dir, names = run.run_dir, run.class_names
+    if run.env.is_main:
+        plot_curves(run.runlog.path, run_dir / "curves.png")
+        if state.confusion is not None:
+            plot_confusion(state.confusion, names, run_dir / "confusion_matrix.png")
+            with atomic_output(run_dir / "val_scores.md") as tmp:
+                tmp.write_text(markdown_table(scores(state.confusion), names) + "\n")
+    if run.page is not None:
+        run.page.ended()
+    return TrainResult(run_dir, run.last, run.best if run.best.exists() else None, state.best_miou, iterations)
+
+
+def prepare_run(
+    cfg: ExperimentConfig, env: DistEnv, device: torch.device, amp: torch.dtype | None, checked: Callable[[], None]
+) -> tuple[PreparedRun, TrainState]:
+    """Everything before the first step: data and its checks, resume state, ``auto``, model, optimiser, run folder.
+
+    Reads the sources and checks them, loads ``last.pt`` when resuming (rank 0 decides), derives ``auto`` values,
+    builds the model (DDP/compile wrapped), optimiser, schedule and scaler and restores them from the checkpoint,
+    writes ``config.yaml`` and ``runtime.json``, calls ``checked`` (the held log lines print) once every check
+    passed, runs the learning-rate range test when ``auto`` asks for it, and opens the loaders, log and page.
+    """
     started = time.perf_counter()
     seed_everything(cfg.seed)
     train_src = build_source(cfg.data, cfg.data.train_split)
     val_src = build_source(cfg.data, cfg.data.val_split)
     names, in_ch = train_src.class_names, _check_inputs(cfg, env, train_src, val_src)
     run_dir = cfg.run_dir
-    last, best = run_dir / "last.pt", run_dir / "best.pt"
+    last = run_dir / "last.pt"
     state = resume_state(last, cfg.resume, env)
     if state is not None:
         check_resume(state, cfg, len(names), in_ch, last)
@@ -408,10 +665,10 @@ def _train(
         log.info("training ground sampling distance: %s", "none (pixel-only data)" if gsd is None else f"{gsd:.3g} m")
     cfg, auto_record = autoconfig.configure(cfg, env, train_src, val_src, stats, state, device)
     per_iteration = cfg.data.batch_size * env.world_size * cfg.train.grad_accum
-    if cfg.schedule.budget is None:  # the schedule is known now (a budget's, after its probe: on_plan below)
+    if cfg.schedule.budget is None:  # the schedule is known now (a budget's, after its probe: _follow_plan)
         changed = autoconfig.adapt_to_plan(auto_record, cfg.schedule.iterations, per_iteration)
         cfg = autoconfig.apply(cfg, changed) if changed else cfg
-    model, runner = _build_model(cfg, len(names), in_ch, device, env)
+    model, wrapped_model = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
     budget = _budget(cfg, state, started)
     lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
@@ -441,11 +698,11 @@ def _train(
         dump_config(cfg, run_dir / "config.yaml")
         with atomic_output(run_dir / "runtime.json") as tmp:
             tmp.write_text(json.dumps(runtime, indent=2) + "\n")
+    colours = class_colours(names, cfg.data.scheme)
     page = None  # report.html (rank 0), its path checked before the first expensive step
     if env.is_main:
-        page = RunPage(run_dir, class_names=names, colours=class_colours(names, cfg.data.scheme), val_source=val_src,
-                       stats=stats, device=device, amp=amp, images_per_iteration=per_iteration,
-                       eval_every=cfg.train.eval_every)  # fmt: skip
+        page = RunPage(run_dir, class_names=names, colours=colours, val_source=val_src, stats=stats, device=device,
+                       amp=amp, images_per_iteration=per_iteration, eval_every=cfg.train.eval_every)  # fmt: skip
     weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
         optimizer=optimizer,
@@ -463,126 +720,47 @@ def _train(
     train_loader, val_loader = _loaders(cfg, env, train_src, val_src, stats, start, device, budget is not None)
     checked()  # every check passed: the lines held so far print now
     seconds = None if budget is None else budget.budget
-    lr = autoconfig.pick_rate(cfg, env, auto_record, runner, train_loader, ctx, seconds)
+    lr = autoconfig.pick_rate(cfg, env, auto_record, wrapped_model, train_loader, ctx, seconds)
     if lr is not None:  # the range test's rate: the optimiser and its schedule start again from it
         cfg = autoconfig.apply(cfg, {"optimizer.lr": lr})
         ctx.optimizer = optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
-        ctx.lr_schedule = lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
-                                                          length=None if budget is None else budget.length)  # fmt: skip
+        ctx.lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
+                                            length=None if budget is None else budget.length)  # fmt: skip
     if env.is_main and auto_record is not None:
         if lr is not None:  # the config written above has the rate the test replaced
             dump_config(cfg, run_dir / "config.yaml")
         autoconfig.write_record(run_dir, auto_record)
     average = _weight_average(cfg, model, state)  # after the range test, whose steps it must not follow
     ctx.average = average
-    averaged = model if average is None else average.model  # what is evaluated and saved as "model"
     runlog = RunLog(run_dir, names, start_iteration=start, enabled=env.is_main)
-    tracker: dict[str, Any] = {"best": best_miou, "cm": None}
-    colours = class_colours(names, cfg.data.scheme)
-
-    def snapshot(it: int) -> dict[str, Any]:
-        weights = {} if average is None else {TRAIN_WEIGHTS_KEY: model.state_dict(), UPDATES_KEY: average.updates}
-        return {
-            "model": averaged.state_dict(),
-            **weights,
-            "optimizer": optimizer.state_dict(),
-            LR_SCHEDULE_KEY: lr_schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None,
-            "iteration": it,
-            "rng": rng_state(),
-            "config": config_to_dict(cfg),
-            "class_names": list(names),
-            "class_colours": [list(c) for c in colours],
-            "band_stats": stats.as_dict(),
-            "gsd": gsd,
-            "band_names": band_names,
-            "in_channels": in_ch,
-            "best_miou": tracker["best"],
-            "runtime": runtime,
-            "budget": None if budget is None else budget.record(it),
-            "auto": auto_record,
-        }
-
-    def on_eval(it: int, cm: np.ndarray) -> None:
-        result = scores(cm)
-        tracker["cm"] = cm
-        runlog.evaluation(it, result)
-        if env.is_main:
-            warn_if_collapsed(it, cm, names)
-        if page is not None:  # report.html: rewritten at each evaluation (rank 0)
-            page.evaluated(it, cm, averaged)
-        if result.miou > tracker["best"]:
-            tracker["best"] = result.miou
-            if env.is_main:
-                save_checkpoint(best, {**snapshot(it), "val_miou": result.miou})
-
-    def on_checkpoint(it: int) -> None:
-        fingerprints = rank_fingerprints(model, device)  # a collective: every rank takes part
-        check_in_sync(fingerprints)
-        if env.is_main:
-            save_checkpoint(last, {**snapshot(it), "rank_fingerprints": fingerprints})
-
     batches = iter(train_loader)
-
-    def on_log(it: int, loss: float, lr: float) -> None:
-        runlog.train(it, loss, lr)
-        if page is not None:
-            page.logged(it)
-
-    def fit_call(cadence: Cadence, first: int, replan: Any, evaluate: bool = True) -> int:
-        with page.watching() if page is not None else contextlib.nullcontext():  # a NaN stop, Ctrl-C: on the page
-            return fit(runner, batches, val_loader if evaluate else None, ctx, cadence=cadence,
-                       num_classes=len(names), start_iteration=first, on_log=on_log, on_eval=on_eval,
-                       on_checkpoint=on_checkpoint if evaluate else None, eval_model=averaged,
-                       replan=replan)  # fmt: skip
-
-    if budget is None:
-        cadence = Cadence(cfg.schedule.iterations, cfg.train.eval_every, cfg.train.checkpoint_every,
-                          cfg.train.log_every)  # fmt: skip
-        iterations = fit_call(cadence, start, None)
-    else:
-        budget.val_batches = len(val_loader) if val_loader is not None else 0
-
-        def on_plan(plan: BudgetPlan) -> None:
-            nonlocal cfg, batches, average, averaged
-            _show_plan(run_dir if env.is_main else None, plan)
-            if not autoconfig.undecided(auto_record):  # decided at the first plan (or by the run resumed)
-                return
-            changed = autoconfig.adapt_to_plan(auto_record, plan.iterations, per_iteration)
-            if changed:  # the rest of the run draws its crops and averages with the new settings
-                cfg = autoconfig.apply(cfg, changed)
-                if "data.scale_range" in changed:  # from where the probe ended
-                    batches = iter(_train_loader(cfg, env, train_src, stats, plan.done, device, True))
-                if "train.ema" in changed:  # from the weights the probe reached
-                    if env.is_main:
-                        check_checkpoint_space(run_dir, checkpoint_bytes(model, optimizer, copies=2))
-                    ctx.average = average = _weight_average(cfg, model, None)
-                    averaged = model if average is None else average.model
-                if env.is_main:
-                    dump_config(cfg, run_dir / "config.yaml")
-            if env.is_main and auto_record is not None:  # the decisions and their reasons
-                autoconfig.write_record(run_dir, auto_record)
-
-        budget.on_plan = on_plan
-        try:
-            iterations = budget.run(fit_call, start)
-            if budget.cut:
-                on_checkpoint(iterations)  # now recording that the budget is spent
-        except InputError:
-            runlog.close()
-            if fresh and env.is_main:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-    runlog.close()
-    if env.is_main:
-        plot_curves(runlog.path, run_dir / "curves.png")
-        if tracker["cm"] is not None:
-            plot_confusion(tracker["cm"], names, run_dir / "confusion_matrix.png")
-            with atomic_output(run_dir / "val_scores.md") as tmp:
-                tmp.write_text(markdown_table(scores(tracker["cm"]), names) + "\n")
-    if page is not None:
-        page.ended()
-    return TrainResult(run_dir, last, best if best.exists() else None, tracker["best"], iterations)
+    run = PreparedRun(
+        cfg=cfg,
+        env=env,
+        device=device,
+        run_dir=run_dir,
+        class_names=list(names),
+        colours=colours,
+        stats=stats,
+        gsd=gsd,
+        band_names=band_names,
+        in_channels=in_ch,
+        runtime=runtime,
+        auto_record=auto_record,
+        model=model,
+        wrapped_model=wrapped_model,
+        step=ctx,
+        average=average,
+        train_source=train_src,
+        batches=batches,
+        val_loader=val_loader,
+        runlog=runlog,
+        page=page,
+        budget=budget,
+        images_per_iteration=per_iteration,
+        fresh=fresh,
+    )
+    return run, TrainState(iteration=start, best_miou=best_miou)
 
 
 def _weight_average(
