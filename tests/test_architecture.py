@@ -242,16 +242,6 @@ def test_the_static_check_sees_lazy_relative_and_forbidden_imports() -> None:
 # module. A module gets no edge to its own enclosing packages: Python runs a package's ``__init__`` before its
 # modules, and an ``__init__`` that re-exports its modules would otherwise be a cycle with each of them.
 
-CYCLES_AWAITING_A_FIX = {
-    # export.py imports trained.py at the top, trained.py imports runtime.py and runtime.py export.py inside functions
-    "rs_deeplab.inference.export → rs_deeplab.inference.trained → rs_deeplab.inference.runtime → "
-    "rs_deeplab.inference.export",
-    # parallel.py imports blocks.py at the top, blocks.py imports parallel.BlockPool inside RegionStream.__iter__
-    "rs_deeplab.vectorize.blocks → rs_deeplab.vectorize.parallel → rs_deeplab.vectorize.blocks",
-}
-"""Cycles found in modules that another change owns, each as :func:`import_cycles` names it; the test fails on any
-other cycle and on an entry here that is gone (so the entry is removed with the fix)."""
-
 
 def import_graph(sources: dict[Path, str | None]) -> dict[str, set[str]]:
     """Module → the ``rs_deeplab`` modules it imports, for the files ``sources`` (text None: read the file)."""
@@ -343,10 +333,8 @@ def test_no_import_cycles() -> None:
     graph = import_graph(dict.fromkeys(files))
     assert len(graph) > 100 and "rs_deeplab.remote_paths" in graph["rs_deeplab.raster"]  # the graph has the edges
     cycles = set(import_cycles(graph))
-    new = sorted(cycles - CYCLES_AWAITING_A_FIX)
-    assert not new, "import cycles in rs_deeplab (move the piece both sides need down):\n" + "\n".join(new)
-    gone = sorted(CYCLES_AWAITING_A_FIX - cycles)
-    assert not gone, f"cycles fixed: drop them from CYCLES_AWAITING_A_FIX: {gone}"
+    found = "\n".join(sorted(cycles))
+    assert not cycles, f"import cycles in rs_deeplab (move the piece both sides need down):\n{found}"
 
 
 def test_the_cycle_check_sees_lazy_and_type_only_cycles() -> None:

@@ -11,29 +11,30 @@ a failed export leaves nothing under the final name.
 from __future__ import annotations
 
 import errno
-import inspect
 import logging
 import time
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.inference.export_write import (
+    EXAMPLE_SIZE,
+    MainLogits,
+    check_export,
+    exported_card,
+    write_onnx,
+    write_torchscript,
+)
 from rs_deeplab.inference.exported import (
     EXTRA_HINT,
-    METADATA_KEY,
     ONNX_SUFFIXES,
-    TORCHSCRIPT_EXTRA,
     TORCHSCRIPT_SUFFIXES,
     card_text,
-    load_exported,
 )
-from rs_deeplab.inference.predictor import model_outputs
 from rs_deeplab.inference.trained import load_trained_model, model_kind
-from rs_deeplab.modelcard import ModelCard
 from rs_deeplab.models import set_output_stride
 from rs_deeplab.raster import atomic_output, temporary_sibling
 
@@ -42,10 +43,6 @@ log = logging.getLogger(__name__)
 FORMATS = {"onnx": ONNX_SUFFIXES[0], "torchscript": TORCHSCRIPT_SUFFIXES[0]}
 """Export formats and the suffix each one's file must have."""
 MIN_OPSET = 17
-EXAMPLE_SIZE = 64
-"""Side of the example window the graph is traced with (any size runs afterwards)."""
-CHECK_SIZES = ((2, 96, 80), (1, 72, 120))
-"""Batch, height and width of the windows the export is compared on (all unlike the example's)."""
 
 
 @dataclass(frozen=True)
@@ -58,18 +55,6 @@ class ExportResult:
     max_difference: float
     """Largest absolute logit difference between the exported and the PyTorch model on the check windows."""
     seconds: float
-
-
-class MainLogits(torch.nn.Module):
-    """The main logits of a segmentation model (an auxiliary output dropped), for tracing."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, bands, H, W)`` → ``(B, classes, H, W)`` logits."""
-        return model_outputs(self.model(x))
 
 
 def is_exported_model(path: Path, fmt: str) -> bool:
@@ -177,71 +162,11 @@ def export_model(
     return ExportResult(out, fmt, stride, difference, seconds)
 
 
-def exported_card(card: ModelCard, output_stride: int) -> ModelCard:
-    """The card of a checkpoint exported at ``output_stride``: the stride is the architecture's, baked in."""
-    infer = card.infer.model_copy(update={"output_stride": None})
-    return replace(card, architecture=replace(card.architecture, output_stride=output_stride), infer=infer)
-
-
 def _require(module: str) -> None:
     try:
         __import__(module)
     except ImportError:
         raise InputError(f"exporting to ONNX needs {module}, which is not installed; {EXTRA_HINT}") from None
-
-
-def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, card: str) -> None:
-    """Trace ``model`` to ONNX at ``path`` (dynamic batch, height, width) and store the card in its metadata."""
-    import onnx
-
-    axes = {0: "batch", 2: "height", 3: "width"}
-    # the TorchScript-based exporter: dynamic_axes as asked, no onnxscript; torch < 2.5 has no dynamo switch
-    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # its deprecation and tracer notes
-        torch.onnx.export(model, (example,), str(path), opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes}, **legacy)  # fmt: skip
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, card
-    proto.producer_name = "rs_deeplab"
-    onnx.save(proto, str(path))
-
-
-def write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, card: str) -> None:
-    """Trace ``model`` to TorchScript at ``path`` with the card as an extra file."""
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: card})
-
-
-def check_export(model: torch.nn.Module, path: Path, in_channels: int) -> float:
-    """Load the written file as inference does and compare it with ``model`` on :data:`CHECK_SIZES` windows.
-
-    Returns:
-        The largest absolute logit difference.
-
-    Raises:
-        CheckpointError: The shapes differ or the logits differ beyond float32 rounding (an export bug).
-    """
-    exported, _ = load_exported(path, torch.device("cpu"))
-    generator = torch.Generator().manual_seed(0)
-    worst = 0.0
-    for batch, height, width in CHECK_SIZES:
-        x = torch.randn(batch, in_channels, height, width, generator=generator)
-        with torch.no_grad():
-            want, got = model(x), exported(x)
-        if got.shape != want.shape:
-            raise CheckpointError(f"{path}: the export returns {tuple(got.shape)} for {tuple(x.shape)}, PyTorch "
-                                  f"{tuple(want.shape)}; report this bug")  # fmt: skip
-        diff = float((got - want).abs().max())
-        scale = float(want.abs().max())
-        if diff > 1e-3 * max(1.0, scale):
-            raise CheckpointError(f"{path}: the export's logits differ from PyTorch's by {diff:.3g} (of {scale:.3g}); "
-                                  "report this bug")  # fmt: skip
-        worst = max(worst, diff)
-    return worst
 
 
 def describe(result: ExportResult) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def export_for_cache(model: torch.nn.Module, card: ModelCard, checkpoint: Path, 
     Raises:
         ExportFailedError: The tracer refuses the model, or the export's logits differ from PyTorch's.
     """
-    from rs_deeplab.inference.export import EXAMPLE_SIZE, MainLogits, check_export, exported_card, write_onnx
+    from rs_deeplab.inference.export_write import EXAMPLE_SIZE, MainLogits, check_export, exported_card, write_onnx
     from rs_deeplab.inference.exported import card_text
     from rs_deeplab.models import set_output_stride
 

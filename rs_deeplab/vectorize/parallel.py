@@ -29,7 +29,7 @@ from rs_deeplab.cluster import default_workers
 from rs_deeplab.cores import start_method
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import open_raster
-from rs_deeplab.vectorize.blocks import BlockPieces, polygonize_window, read_block
+from rs_deeplab.vectorize.block_work import BlockPieces, polygonize_window, read_block
 from rs_deeplab.vectorize.metadata import ClassSelection
 
 log = logging.getLogger(__name__)
