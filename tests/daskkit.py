@@ -56,9 +56,20 @@ def start_scheduler(folder: Path, procs: list[subprocess.Popen[bytes]], common: 
     procs.append(subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
                                    str(info), "--no-dashboard"], **common))  # fmt: skip
     deadline = time.monotonic() + 60
-    while not info.exists() and procs[-1].poll() is None and time.monotonic() < deadline:
+    while procs[-1].poll() is None and time.monotonic() < deadline:
+        address = _address(info)  # the scheduler writes the file in steps: wait for a whole one, not for the name
+        if address is not None:
+            return address
         time.sleep(0.1)
-    return str(json.loads(info.read_text())["address"])
+    raise AssertionError(f"dask scheduler gave no address in {info} (exit {procs[-1].poll()}; see {folder}/dask.log)")
+
+
+def _address(info: Path) -> str | None:
+    """The address in a scheduler file, or None while it is missing or half-written."""
+    try:
+        return str(json.loads(info.read_text())["address"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
 
 
 @contextlib.contextmanager
