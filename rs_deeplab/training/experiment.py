@@ -680,24 +680,11 @@ def prepare_run(
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels once
     start, best_miou = 0, -1.0
     if state is not None:
-        model.load_state_dict(state.get(TRAIN_WEIGHTS_KEY, state["model"]))  # "model" is the average under train.ema
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state[LR_SCHEDULE_KEY])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, best_miou = int(state["iteration"]), float(state.get("best_miou", -1.0))
-        set_rng_state(state["rng"])
+        start, best_miou = _restore(state, model, optimizer, lr_schedule, scaler)
         log.info("resuming from %s at iteration %d", last, start)
     fresh = not run_dir.exists()  # a budget found too short removes a run folder it made (nothing half-written)
     if env.is_main:
-        size = checkpoint_bytes(model, optimizer, copies=2 if cfg.train.ema else 1)
-        check_checkpoint_space(run_dir, size)  # before the run folder's first file
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
-            stale.unlink()
-        dump_config(cfg, run_dir / "config.yaml")
-        with atomic_output(run_dir / "runtime.json") as tmp:
-            tmp.write_text(json.dumps(runtime, indent=2) + "\n")
+        _start_run_folder(cfg, run_dir, runtime, checkpoint_bytes(model, optimizer, copies=2 if cfg.train.ema else 1))
     colours = class_colours(names, cfg.data.scheme)
     page = None  # report.html (rank 0), its path checked before the first expensive step
     if env.is_main:
@@ -761,6 +748,35 @@ def prepare_run(
         fresh=fresh,
     )
     return run, TrainState(iteration=start, best_miou=best_miou)
+
+
+def _restore(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[int, float]:
+    """Load a checkpoint's train weights, optimiser, schedule, scaler and RNG; its iteration and best mIoU."""
+    model.load_state_dict(state.get(TRAIN_WEIGHTS_KEY, state["model"]))  # "model" is the average under train.ema
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state[LR_SCHEDULE_KEY])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    start, best_miou = int(state["iteration"]), float(state.get("best_miou", -1.0))
+    set_rng_state(state["rng"])
+    return start, best_miou
+
+
+def _start_run_folder(cfg: ExperimentConfig, run_dir: Path, runtime: dict[str, Any], checkpoint_size: int) -> None:
+    """Rank 0: check the checkpoints fit, make the run folder, drop stale temporaries, write the config and runtime."""
+    check_checkpoint_space(run_dir, checkpoint_size)  # before the run folder's first file
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp-*"):  # left by a run killed while writing
+        stale.unlink()
+    dump_config(cfg, run_dir / "config.yaml")
+    with atomic_output(run_dir / "runtime.json") as tmp:
+        tmp.write_text(json.dumps(runtime, indent=2) + "\n")
 
 
 def _weight_average(
