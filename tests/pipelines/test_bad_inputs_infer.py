@@ -198,7 +198,7 @@ def snapshot(folder: Path) -> list[tuple[str, int, int]]:
 def infer_runs(world: dict[str, Path]) -> dict[str, Run]:
     """Every case of :data:`CASES`, two subprocesses at a time; the inputs' folder must come out unchanged."""
     inputs_before = snapshot(world["inputs"])
-    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2)
+    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2, server=True)
     assert snapshot(world["inputs"]) == inputs_before  # no case wrote (or left a temporary file) beside the inputs
     return runs
 

@@ -196,7 +196,7 @@ Runs = dict[str, Run]
 def tile_runs(world: dict[str, Path]) -> Runs:
     """Every case of :data:`CASES`, 3 subprocesses at a time; nothing may appear beside the inputs either."""
     world_files = sorted(p.name for p in world["base"].iterdir())
-    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3)
+    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True)
     assert sorted(p.name for p in world["base"].iterdir()) == sorted([*world_files, "cases"])
     assert world["afile"].read_text() == "x"
     return runs

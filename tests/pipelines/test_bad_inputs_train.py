@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import pytest
 from pipelines import train as train_cli
 from rs_deeplab.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
-from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
+from tests.badkit import ENV, Args, CaseServer, Run, check_one_line, listing, run_command, run_in, run_table, serving
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
 
 TRAIN = [sys.executable, str(REPO / "pipelines" / "train.py")]
@@ -172,7 +173,7 @@ def run_case(
 @pytest.fixture(scope="module")
 def train_runs(world: dict[str, Path]) -> dict[str, Run]:
     """Every case of :data:`CASES`, 3 subprocesses at a time."""
-    return run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3)
+    return run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True)
 
 
 @pytest.mark.parametrize("name, words", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
@@ -252,15 +253,26 @@ def truncated_file(source: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def evaluate_server() -> Iterator[CaseServer | None]:
+    """``evaluate.py``'s imports paid once for :data:`EVAL_CASES` (each case still a process of its own)."""
+    with serving(EVALUATE[1]) as server:
+        yield server
+
+
 @pytest.mark.parametrize("make_args, words", [c[1:] for c in EVAL_CASES], ids=[c[0] for c in EVAL_CASES])
 def test_evaluate_bad_input_is_one_line_and_leaves_nothing(
-    world: dict[str, Path], checkpoint: Path, tmp_path: Path, make_args: object, words: str
+    world: dict[str, Path],
+    checkpoint: Path,
+    evaluate_server: CaseServer | None,
+    tmp_path: Path,
+    make_args: object,
+    words: str,
 ) -> None:
     args = make_args(world, checkpoint, tmp_path)  # type: ignore[operator]
     before = sorted(p.name for p in tmp_path.iterdir())
     reports = sorted(p.name for p in checkpoint.parent.iterdir())
-    proc = subprocess.run([*EVALUATE, *args, "--device", "cpu"], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = run_command(evaluate_server, [*EVALUATE, *args, "--device", "cpu"], tmp_path)
     line = check_one_line(proc)
     assert words in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -140,7 +140,7 @@ def run_case(w: dict[str, Path], folder: Path, make_args: Args) -> tuple[subproc
 def runs(world: dict[str, Path]) -> dict[str, Run]:
     """Every case of :data:`CASES`, two subprocesses at a time; the inputs' folder must come out unchanged."""
     inputs_before = snapshot(world["inputs"])
-    result = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2)
+    result = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2, server=True)
     assert snapshot(world["inputs"]) == inputs_before  # no output, temporary file or report beside the inputs
     return result
 
