@@ -555,7 +555,7 @@ def pick_rate(
     cfg: ExperimentConfig,
     env: Any,
     record: dict[str, Any] | None,
-    runner: Any,
+    wrapped_model: Any,
     loader: Any,
     ctx: Any,
     budget: float | None,
@@ -584,7 +584,7 @@ def pick_rate(
         batches = iter(loader)
         steps = iter(lambda: list(itertools.islice(batches, ctx.grad_accum)), [])
         bounds = lr_range.BOUNDS.get(cfg.optimizer.name, lr_range.BOUNDS["adamw"])
-        result = lr_range.range_test(runner, steps, ctx, budget=budget, bounds=bounds)
+        result = lr_range.range_test(wrapped_model, steps, ctx, budget=budget, bounds=bounds)
         del batches
         record["range_test"] = {"lrs": result.lrs, "losses": result.losses, "seconds": round(result.seconds, 2),
                                 "reason": result.reason}  # fmt: skip

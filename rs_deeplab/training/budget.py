@@ -181,7 +181,7 @@ def agree(values: list[float]) -> list[float]:
 
 
 FitCall = Callable[[Cadence, int, "Callable[[int, float], Cadence] | None", bool], int]
-"""``(cadence, start iteration, replan, evaluate) → iteration reached``: :func:`~rs_deeplab.training.engine.fit`
+"""``(cadence, start iteration, replan, evaluate) → iteration reached``: :func:`~rs_deeplab.training.experiment.fit`
 with the run's model, data and callbacks bound."""
 
 

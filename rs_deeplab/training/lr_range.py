@@ -100,7 +100,7 @@ def range_test(
     """Train up to :data:`STEPS` steps of ``batches`` at growing rates; the model and optimiser come back unchanged.
 
     Args:
-        model: What trains (the DDP runner in a distributed run: every rank runs the same steps).
+        model: What trains (the DDP-wrapped model in a distributed run: every rank runs the same steps).
         batches: Micro-batch lists (``ctx.grad_accum`` batches each) for each step.
         ctx: The run's step context; its optimiser's state is restored afterwards, its schedule untouched.
         budget: Seconds of the run's time budget: the test stops after its first timed steps when all of them
