@@ -22,6 +22,7 @@ import numpy as np
 from rs_deeplab.errors import InputError, RasterError
 from rs_deeplab.raster import atomic_output, open_raster
 from rs_deeplab.remote_paths import gdal_path, is_remote, is_url, stat_remote
+from rs_deeplab.vrt import GDAL_TYPES
 
 CACHE_ENV = "RS_DEEPLAB_STAC_CACHE"
 """Folder for the VRTs of STAC Items (default: ``<temp>/rs_deeplab-stac``)."""
@@ -151,7 +152,7 @@ def vrt_xml(assets: Sequence[Asset]) -> str:
     width = round((max(b[2] for b in bounds) - left) / xres)
     height = round((top - min(b[1] for b in bounds)) / yres)
     dtype = np.result_type(*[np.dtype(a.dtype) for a in assets])
-    gdal_type = _GDAL_TYPES[dtype.name]
+    gdal_type = GDAL_TYPES[dtype.name]
     lines = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
     if assets[0].crs is not None:
         lines.append(f"  <SRS>{escape(assets[0].crs.to_wkt())}</SRS>")
@@ -174,7 +175,7 @@ def _band_xml(a: Asset, source_band: int, band: int, gdal_type: str, dst: tuple[
     """One VRT band reading band ``source_band`` of asset ``a`` into the destination rectangle ``dst``."""
     description = a.name if a.count == 1 else f"{a.name}_{source_band}"
     nodata = [] if a.nodata is None else [f"    <NoDataValue>{a.nodata!r}</NoDataValue>"]
-    props = (f'RasterXSize="{a.width}" RasterYSize="{a.height}" DataType="{_GDAL_TYPES[a.dtype]}" '
+    props = (f'RasterXSize="{a.width}" RasterYSize="{a.height}" DataType="{GDAL_TYPES[a.dtype]}" '
              f'BlockXSize="{a.block[1]}" BlockYSize="{a.block[0]}"')  # fmt: skip
     return [
         f'  <VRTRasterBand dataType="{gdal_type}" band="{band}">',
@@ -200,9 +201,3 @@ def _bounds(a: Asset) -> tuple[float, float, float, float]:
     x0, y0 = t.c, t.f
     x1, y1 = x0 + a.width * t.a, y0 + a.height * t.e
     return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
-
-
-_GDAL_TYPES = {
-    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-    "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
-}  # fmt: skip

@@ -10,6 +10,12 @@ from pathlib import Path
 
 from affine import Affine
 
+GDAL_TYPES = {
+    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
+    "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
+}  # fmt: skip
+"""numpy's data type names → GDAL's (a VRT's ``dataType``)."""
+
 Box = tuple[int, int, int, int]
 """``(x_off, y_off, x_size, y_size)`` in pixels."""
 
@@ -69,9 +75,7 @@ def vrt_text(
         bands: Its bands, in order.
         metadata: Dataset-level metadata (default domain), e.g. ``CLASS_NAMES``.
     """
-    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
-    ET.SubElement(root, "SRS").text = wkt
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    root = vrt_root(width, height, wkt, transform)
     _metadata(root, metadata or {})
     for number, band in enumerate(bands, start=1):
         node = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band=str(number))
@@ -90,6 +94,14 @@ def vrt_text(
             _source(node, source, folder)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def vrt_root(width: int, height: int, wkt: str, transform: Affine) -> ET.Element:
+    """A ``VRTDataset`` element of ``width`` × ``height`` pixels in CRS ``wkt`` on the north-up ``transform``."""
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    ET.SubElement(root, "SRS").text = wkt
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    return root
 
 
 def _metadata(parent: ET.Element, items: Mapping[str, str]) -> None:

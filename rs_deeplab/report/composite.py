@@ -32,11 +32,7 @@ from rs_deeplab.mosaic import RegionGrid, Scene
 from rs_deeplab.ownership import Rect
 from rs_deeplab.remote import gdal_path, is_remote
 from rs_deeplab.report.tiles import reading
-
-GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
-              "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32",
-              "float64": "Float64"}  # fmt: skip
-"""numpy's data type names → GDAL's (VRT ``dataType``)."""
+from rs_deeplab.vrt import GDAL_TYPES, vrt_root
 
 
 @dataclass(frozen=True)
@@ -75,9 +71,7 @@ def write_composite(scenes: Sequence[str | Path], grid: RegionGrid, owned: Seque
                 raise InputError(f"{scene}: {ds.count} band(s), but {scenes[0]} has {count}")
             dtype = np.promote_types(dtype, np.dtype(ds.dtypes[0]))
             layers.append(_layer(ds, source, grid, folder / f"{i:03d}_warped.vrt"))
-    root = ET.Element("VRTDataset", rasterXSize=str(grid.width), rasterYSize=str(grid.height))
-    ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in grid.transform.to_gdal())
+    root = vrt_root(grid.width, grid.height, grid.crs.to_wkt(), grid.transform)
     meta = ET.SubElement(root, "Metadata")
     for i, scene in enumerate(scenes, start=1):  # a remote scene's path here makes reads_remote() see it
         ET.SubElement(meta, "MDI", key=f"SCENE_{i}").text = gdal_path(scene) if is_remote(scene) else str(scene)
@@ -118,9 +112,7 @@ def _layer(ds: rasterio.io.DatasetReader, source: str, grid: RegionGrid, warped:
     # its alpha band (after the scene's bands) as its mask, whatever the band count
     size = (c1 - c0, r1 - r0)
     inner = _Layer(str(warped), size, size, ds.dtypes[0], (0, size[1], 0, size[0]))
-    root = ET.Element("VRTDataset", rasterXSize=str(size[0]), rasterYSize=str(size[1]))
-    ET.SubElement(root, "SRS").text = grid.crs.to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    root = vrt_root(size[0], size[1], grid.crs.to_wkt(), transform)
     for band in range(1, ds.count + 1):
         node = ET.SubElement(root, "VRTRasterBand", dataType=GDAL_TYPES.get(ds.dtypes[0], "Float64"), band=str(band))
         _source(node, inner, str(band), inner.footprint, masked=False)
