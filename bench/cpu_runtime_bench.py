@@ -25,12 +25,12 @@ import numpy as np
 import rasterio
 import torch
 
-from rs_deeplab.cores import usable_cores
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.exported import OnnxModule
-from rs_deeplab.inference.onnx_cache import CACHE_FOLDER
-from rs_deeplab.inference.quantize import quantize_dynamic_model
-from rs_deeplab.inference.trained import LoadedModel, TrainedModel
+from rs_deeplab.inference.runtimes.exported import OnnxModule
+from rs_deeplab.inference.runtimes.onnx_cache import CACHE_FOLDER
+from rs_deeplab.inference.runtimes.quantize import quantize_dynamic_model
+from rs_deeplab.inference.runtimes.trained import LoadedModel, TrainedModel
+from rs_deeplab.runtime.cores import usable_cores
 
 
 def read(path: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Benchmark DenseCRF refinement of one inference window (``rs_deeplab.inference.crf.dense_crf``).
+"""Benchmark DenseCRF refinement of one inference window (``rs_deeplab.inference.crf.dense.dense_crf``).
 
 A synthetic Potsdam-like window (``rs_deeplab.sample.generate_scene``, urban, 10 cm) with 6 classes; the
 "prediction" is its one-hot label shifted by (3, 4) px, blurred (sigma 4) and mixed with uniform, so edges are
@@ -9,7 +9,7 @@ srgb 5, compat 4) for comparison; prints ratios to the 5-iteration uint8 run and
 accuracy (pixels within 4 px of a class edge) and mIoU before and after.
 
 Then windows/s of ``--windows`` windows refined in this process (as a thread did before issue 26) and by
-:class:`~rs_deeplab.inference.crf_pool.CRFPool` with 1 and 2 worker processes (started before the clock runs),
+:class:`~rs_deeplab.inference.crf.pool.CRFPool` with 1 and 2 worker processes (started before the clock runs),
 and the 2-process speed-up (target >= 1.7x on a quiet machine with 2 free cores); the pool's labels are checked
 against this process's.
 
@@ -25,8 +25,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from rs_deeplab.inference.crf import CRFParams, dense_crf
-from rs_deeplab.inference.crf_pool import CRFPool
+from rs_deeplab.inference.crf.dense import CRFParams, dense_crf
+from rs_deeplab.inference.crf.pool import CRFPool
 from rs_deeplab.sample.scene import generate_scene
 
 CLASSES = 6

@@ -1,9 +1,11 @@
 """ONNX Runtime against PyTorch windows/s on the CPU, in one run, for the same exported model.
 
 The demo's architecture (DeepLab v3+ ResNet-18, 4 bands, 6 classes, output stride 16; random weights: speed does
-not depend on them) is exported with :func:`rs_deeplab.inference.export.write_onnx` and both run the inference path's
-modules: the model in ``torch.inference_mode`` float32 (what :class:`~rs_deeplab.inference.predictor.Predictor`
-runs on a CPU) and :class:`~rs_deeplab.inference.exported.OnnxModule`. Both use the same thread count; the two
+not depend on them) is exported with :func:`rs_deeplab.inference.runtimes.export.write_onnx` and both run the
+inference path's
+modules: the model in ``torch.inference_mode`` float32 (what
+:class:`~rs_deeplab.inference.predicting.predictor.Predictor`
+runs on a CPU) and :class:`~rs_deeplab.inference.runtimes.exported.OnnxModule`. Both use the same thread count; the two
 alternate per repeat, so load from other jobs hits both alike. Windows/s are medians over ``--repeats`` batches
 after a warm-up; the largest logit difference is printed too.
 
@@ -21,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from rs_deeplab.inference.export import MainLogits, write_onnx
-from rs_deeplab.inference.exported import OnnxModule
+from rs_deeplab.inference.runtimes.export import MainLogits, write_onnx
+from rs_deeplab.inference.runtimes.exported import OnnxModule
 from rs_deeplab.models import build_model
 
 

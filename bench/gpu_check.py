@@ -56,9 +56,9 @@ from bench.gpukit import (  # noqa: E402
     torch_flags,
     unwritable_results,
 )
-from rs_deeplab.devices import pick_amp, precision_name  # noqa: E402
+from rs_deeplab.geo.raster import write_geotiff  # noqa: E402
 from rs_deeplab.models import build_model  # noqa: E402
-from rs_deeplab.raster import write_geotiff  # noqa: E402
+from rs_deeplab.runtime.devices import pick_amp, precision_name  # noqa: E402
 from rs_deeplab.training.engine import StepContext, build_lr_schedule, build_optimizer, train_step  # noqa: E402
 
 
@@ -396,7 +396,7 @@ def inference_model(s: Sizes) -> torch.nn.Module:
 
 def model_only(model: torch.nn.Module, s: Sizes, windows: int, batch: int) -> float:
     """Windows/s of the model alone (device-resident input, softmax, no I/O) at ``predict_scene``'s settings."""
-    from rs_deeplab.inference.predictor import Predictor
+    from rs_deeplab.inference.predicting.predictor import Predictor
 
     device = torch.device(s.device)
     predictor = Predictor(model, device, amp="auto")
@@ -411,7 +411,7 @@ def model_only(model: torch.nn.Module, s: Sizes, windows: int, batch: int) -> fl
 
 
 def check_inference(s: Sizes, report: Report, work: Path) -> None:
-    from rs_deeplab.inference.scene import predict_scene
+    from rs_deeplab.inference.predicting.scene import predict_scene
 
     scene = make_scene(work / "scene.tif", s.scene, 1)
     model = inference_model(s)
@@ -440,7 +440,8 @@ def gpu_worker_cluster(work: Path, gpu: str) -> Iterator[str]:
     commands = [
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
          "--no-dashboard"],
-        [sys.executable, "-m", "rs_deeplab.inference.gpu_workers", address, "--gpus", gpu, "--host", "127.0.0.1",
+        [sys.executable, "-m", "rs_deeplab.inference.dask_jobs.gpu_workers", address, "--gpus", gpu, "--host",
+        "127.0.0.1",
          "--no-dashboard"],
     ]  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
@@ -466,7 +467,7 @@ def gpu_worker_cluster(work: Path, gpu: str) -> Iterator[str]:
 def check_dask(s: Sizes, report: Report, work: Path) -> None:
     import rasterio
 
-    from rs_deeplab.inference.scene import predict_scene
+    from rs_deeplab.inference.predicting.scene import predict_scene
 
     scene = make_scene(work / "dask_scene.tif", s.dask_scene, 3)
     model = inference_model(s)

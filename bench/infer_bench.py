@@ -45,18 +45,18 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
-from rs_deeplab.devices import pick_device
-from rs_deeplab.grid import axis_offsets
-from rs_deeplab.inference.blending import FinishedRows, window_weight
-from rs_deeplab.inference.predictor import Normaliser
-from rs_deeplab.inference.reader import scene_info
-from rs_deeplab.inference.rows import RowJob
-from rs_deeplab.inference.scene import predict_scene
-from rs_deeplab.inference.streams import BackgroundSink, prefetch
-from rs_deeplab.inference.writer import OutputSpec, RowWriter
+from rs_deeplab.geo.grid import axis_offsets
+from rs_deeplab.geo.raster import geotiff_profile
+from rs_deeplab.inference.predicting.blending import FinishedRows, window_weight
+from rs_deeplab.inference.predicting.predictor import Normaliser
+from rs_deeplab.inference.predicting.rows import RowJob
+from rs_deeplab.inference.predicting.scene import predict_scene
+from rs_deeplab.inference.predicting.streams import BackgroundSink, prefetch
+from rs_deeplab.inference.reading.reader import scene_info
+from rs_deeplab.inference.writing.writer import OutputSpec, RowWriter
 from rs_deeplab.models import build_model
-from rs_deeplab.raster import geotiff_profile
-from rs_deeplab.tuning import tune_malloc
+from rs_deeplab.runtime.devices import pick_device
+from rs_deeplab.runtime.tuning import tune_malloc
 
 TRANSFORM = Affine(0.1, 0.0, 368_000.0, 0.0, -0.1, 5_808_000.0)
 MEAN, STD = [110.0, 110.0, 100.0, 120.0], [50.0, 45.0, 45.0, 55.0]

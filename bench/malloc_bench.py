@@ -1,4 +1,4 @@
-"""Effect of the glibc malloc tuning (rs_deeplab.tuning) on CPU model speed, measured in one run.
+"""Effect of the glibc malloc tuning (rs_deeplab.runtime.tuning) on CPU model speed, measured in one run.
 
 Each case runs twice in fresh child processes, with ``RS_DEEPLAB_MALLOC_TUNING=0`` (glibc's defaults) and ``=1``,
 alternating, and prints the best time of each and the speed-up:
@@ -28,7 +28,7 @@ CASES = {"deeplab_infer": 3, "deeplab_train": 12, "small_cnn_infer": 8}
 def child(case: str, iterations: int) -> None:
     import torch
 
-    from rs_deeplab.tuning import tune_malloc
+    from rs_deeplab.runtime.tuning import tune_malloc
 
     applied = tune_malloc()
     sys.path.insert(0, str(REPO / "bench"))

@@ -17,7 +17,7 @@ tiles and train/val split, and are scored the same way on the held-out split:
     the training tiles, read with rasterio from the tile index (``split`` column). Its clock starts before it reads
     the tiles; it stops before a step that would end past the budget (a batch without any labelled pixel is
     skipped). torch threads are left at torch's default, as ``pipelines/train.py`` leaves them; this script calls
-    :func:`rs_deeplab.tuning.tune_process` at its entry point as train.py does.
+    :func:`rs_deeplab.runtime.tuning.tune_process` at its entry point as train.py does.
 
 Scoring: the LAST weights of each recipe (no checkpoint selection on the validation split), one confusion matrix
 over every crop of the ``val`` split. (a) and (b): ``pipelines/evaluate.py <run>/last.pt --split val``, which
@@ -411,7 +411,7 @@ def recipe_record(outcome: Outcome, names: Sequence[str], shares: np.ndarray) ->
 
 def bench_dataset(data: str, work: Path, args: argparse.Namespace, only: Sequence[str]) -> dict[str, Any]:
     """Tile ``data``, train and score each recipe in ``only``, print the table and checks; the JSON record."""
-    from rs_deeplab.durations import parse_duration
+    from rs_deeplab.cli.durations import parse_duration
     from rs_deeplab.tiling.index import read_index
 
     work.mkdir(parents=True, exist_ok=True)
@@ -477,7 +477,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="keep tiles and runs here (default: a temp folder)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of configs/own_data.yaml (auto run only)")
     args = parser.parse_intermixed_args(argv)
-    from rs_deeplab.durations import parse_duration
+    from rs_deeplab.cli.durations import parse_duration
 
     try:
         parse_duration(args.budget)
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from rs_deeplab.tuning import tune_process
+    from rs_deeplab.runtime.tuning import tune_process
 
     tune_process()  # as pipelines/train.py does: the plain run gets the same process settings
     sys.exit(main())

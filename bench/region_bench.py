@@ -3,8 +3,9 @@
 Part 1 (speed): ``--scenes`` generated 4-band uint8 scenes of ``--size``² (default 50 of 1024²), a small CNN
 (random weights: speed does not depend on them), windows 512 every 384, on a local Dask cluster of ``--workers``
 single-threaded worker processes (default 2). In one run, alternating, best of ``--repeats``:
-  * one job — :func:`~rs_deeplab.inference.scene.predict_scenes` with every scene: one stream of tasks;
-  * one at a time — :func:`~rs_deeplab.inference.scene.predict_scene` per scene, as ``infer.py`` did before: a
+  * one job — :func:`~rs_deeplab.inference.predicting.scene.predict_scenes` with every scene: one stream of tasks;
+  * one at a time — :func:`~rs_deeplab.inference.predicting.scene.predict_scene` per scene, as ``infer.py`` did
+  before: a
     client, a model shipped, and only that scene's tasks in flight, scene after scene.
 It prints windows per second of both and their ratio (target ≥ 1.5 with 2 workers on 50 scenes of 1024²).
 
@@ -31,8 +32,8 @@ import numpy as np
 import torch
 from affine import Affine
 
-from rs_deeplab.inference.scene import SceneTask, predict_scene, predict_scenes
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.predicting.scene import SceneTask, predict_scene, predict_scenes
 
 KW = {"size": 512, "stride": 384, "batch_size": 2, "mean": [110.0] * 4, "std": [50.0] * 4, "quiet": True}
 

@@ -24,11 +24,11 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from rs_deeplab.classes import SCHEMES
 from rs_deeplab.evaluation.metrics import confusion_matrix
 from rs_deeplab.evaluation.scenes import scene_confusion
-from rs_deeplab.label_decoding import decode_label
-from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.geo.raster import geotiff_profile
+from rs_deeplab.labels.classes import SCHEMES
+from rs_deeplab.labels.decoding import decode_label
 
 POTSDAM = SCHEMES["potsdam"]
 TRANSFORM = Affine(0.05, 0.0, 368_000.0, 0.0, -0.05, 5_808_000.0)

@@ -35,11 +35,11 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.cluster import default_workers
-from rs_deeplab.grid import window_grid
-from rs_deeplab.label_decoding import decode_label
-from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.geo.grid import window_grid
+from rs_deeplab.geo.raster import geotiff_profile
+from rs_deeplab.labels.classes import SCHEMES
+from rs_deeplab.labels.decoding import decode_label
+from rs_deeplab.runtime.cluster import default_workers
 from rs_deeplab.tiling import crops
 from rs_deeplab.tiling.crops import crop_profiles
 from rs_deeplab.tiling.tiler import DEFAULT_COMPRESS, SceneSpec, tile_scenes

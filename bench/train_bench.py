@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from pipelines.demo import GSD, SIZE, TRAIN_IDS, demo_config, prepare_data
-from rs_deeplab.cli import setup_logging
+from rs_deeplab.cli.console import setup_logging
+from rs_deeplab.runtime.tuning import tune_malloc
 from rs_deeplab.training.experiment import train_experiment
-from rs_deeplab.tuning import tune_malloc
 
 MIOU_TARGET = 0.70
 TIME_TARGET_S = 6 * 60.0

@@ -37,8 +37,8 @@ from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
 
-from rs_deeplab.classes import ISPRS_CLASSES
-from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.geo.raster import geotiff_profile
+from rs_deeplab.labels.classes import ISPRS_CLASSES
 from rs_deeplab.vectorize import class_names_tag, vectorize
 
 TRANSFORM = Affine(0.1, 0.0, 368_000.0, 0.0, -0.1, 5_808_000.0)

@@ -36,16 +36,17 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
+from rs_deeplab.geo.raster import geotiff_profile
 from rs_deeplab.inference import predict_scene
 from rs_deeplab.models import build_model
-from rs_deeplab.raster import geotiff_profile
-from rs_deeplab.tuning import tune_malloc
+from rs_deeplab.runtime.tuning import tune_malloc
 
 TRANSFORM = Affine(0.1, 0.0, 368_000.0, 0.0, -0.1, 5_808_000.0)
 MEAN, STD = [110.0, 110.0, 100.0, 120.0], [50.0, 45.0, 45.0, 55.0]
 SIZE, STRIDE, CLASSES = 512, 256, 6
 PANEL_COLUMNS = 8192
-"""The library's default (:data:`rs_deeplab.inference.rows.PANEL_COLUMNS`; not imported, so that this script also
+"""The library's default (:data:`rs_deeplab.inference.predicting.rows.PANEL_COLUMNS`; not imported, so that this
+script also
 measures the code before it, put first on ``PYTHONPATH``)."""
 
 

@@ -16,14 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.runtime.tuning import tune_process
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/crf_search.py``."""
-    from rs_deeplab.cluster import SCHEDULER_HELP
-    from rs_deeplab.remote import local_output
+    from rs_deeplab.remote.scenes import local_output
+    from rs_deeplab.runtime.cluster import SCHEDULER_HELP
 
     p = ArgumentParser(prog="crf_search.py", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="a best.pt or last.pt written by pipelines/train.py")
@@ -46,7 +46,7 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the grid, search, print the ranked table and where the best setting was recorded."""
-    from rs_deeplab.inference.crf_grid import make_grid, parse_range
+    from rs_deeplab.inference.crf.grid import make_grid, parse_range
     from rs_deeplab.training.checkpoint_eval import search_checkpoint_crf
 
     args = build_parser().parse_args(argv)
@@ -66,5 +66,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

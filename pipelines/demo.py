@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.runtime.tuning import tune_process
 
 if TYPE_CHECKING:
-    from rs_deeplab.config import ExperimentConfig
+    from rs_deeplab.config.schema import ExperimentConfig
     from rs_deeplab.sample import PotsdamFiles
     from rs_deeplab.tiling.tiler import TileSummary
 
@@ -38,7 +38,7 @@ def demo_config(out: Path, overrides: Sequence[str] = (), run_dir: Path | None =
     The held-out scene is recorded as an absolute path, so ``pipelines/infer.py --out x.gpkg`` finds it from
     anywhere; ``run_dir`` defaults to ``out/run``.
     """
-    from rs_deeplab.config import load_config
+    from rs_deeplab.config.schema import load_config
 
     run = out / "run" if run_dir is None else run_dir
     paths = [f"data.root={out / 'tiles'}", f"work_dir={run}",
@@ -54,8 +54,8 @@ def prepare_data(
     Returns:
         The scenes' files (held-out scene last), the tiling summary and the preview's path.
     """
-    from rs_deeplab.classes import SCHEMES
-    from rs_deeplab.raster import open_raster
+    from rs_deeplab.geo.raster import open_raster
+    from rs_deeplab.labels.classes import SCHEMES
     from rs_deeplab.sample import preview_png, write_potsdam
     from rs_deeplab.tiling.presets import tile_preset
 
@@ -85,11 +85,11 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the sample scenes and run the pipeline stages on them, printing where each output went."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.classes import SCHEMES
     from rs_deeplab.evaluation.scenes import evaluate_scenes
-    from rs_deeplab.inference.pipeline import infer_scenes
-    from rs_deeplab.inference.report_page import write_result_page
-    from rs_deeplab.raster import open_raster
+    from rs_deeplab.geo.raster import open_raster
+    from rs_deeplab.inference.infer import infer_scenes
+    from rs_deeplab.inference.writing.report_page import write_result_page
+    from rs_deeplab.labels.classes import SCHEMES
     from rs_deeplab.report.evaluation import evaluation_page_path, write_evaluation_page
     from rs_deeplab.sample import preview_png
     from rs_deeplab.training.experiment import train_experiment
@@ -143,5 +143,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

@@ -17,9 +17,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, setup_logging
-from rs_deeplab.errors import InputError
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, setup_logging
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.tuning import tune_process
 
 SCENE_OPTIONS = ("pred", "truth", "scheme", "class_names", "block_size")
 CHECKPOINT_OPTIONS = ("split", "device")
@@ -32,8 +32,8 @@ def _names(text: str) -> list[str]:
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/evaluate.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.classes import SCHEMES
-    from rs_deeplab.remote import local_output
+    from rs_deeplab.labels.classes import SCHEMES
+    from rs_deeplab.remote.scenes import local_output
 
     parser = ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, nargs="?", help="a best.pt or last.pt written by pipelines/train.py")
@@ -74,9 +74,9 @@ def _check_mode(parser: ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def _score_scenes(args: argparse.Namespace) -> int:
-    from rs_deeplab.classes import get_scheme
     from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE, REPORT_MD, evaluate_scenes, scene_pairs
-    from rs_deeplab.remote import scene_source
+    from rs_deeplab.labels.classes import get_scheme
+    from rs_deeplab.remote.scenes import scene_source
     from rs_deeplab.report.evaluation import check_evaluation_page, write_evaluation_page
 
     if args.block_size is not None and args.block_size < 1:
@@ -136,5 +136,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

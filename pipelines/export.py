@@ -12,14 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.runtime.tuning import tune_process
 
 
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/export.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.inference.export import FORMATS, MIN_OPSET
+    from rs_deeplab.inference.runtimes.export import FORMATS, MIN_OPSET
 
     p = ArgumentParser(prog="export.py", description=__doc__)
     p.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. runs/x/best.pt")
@@ -35,8 +35,8 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run :func:`~rs_deeplab.inference.export.export_model`, name the output."""
-    from rs_deeplab.inference.export import describe, export_model
+    """Parse arguments, run :func:`~rs_deeplab.inference.runtimes.export.export_model`, name the output."""
+    from rs_deeplab.inference.runtimes.export import describe, export_model
 
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
@@ -50,5 +50,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

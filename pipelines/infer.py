@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.errors import InputError
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.tuning import tune_process
 
 LISTED_SCENES = 8
 """Up to this many scenes, the summary lists each scene's rasters; beyond, one pattern per kind."""
@@ -32,10 +32,10 @@ def _numbers(text: str, kind: type = float, count: int | None = None) -> tuple[A
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/infer.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.cluster import SCHEDULER_HELP
-    from rs_deeplab.devices import AMP_CHOICES
-    from rs_deeplab.inference.runtime import PRECISIONS, RUNTIMES
-    from rs_deeplab.remote import local_output
+    from rs_deeplab.inference.runtimes.choice import PRECISIONS, RUNTIMES
+    from rs_deeplab.remote.scenes import local_output
+    from rs_deeplab.runtime.cluster import SCHEDULER_HELP
+    from rs_deeplab.runtime.devices import AMP_CHOICES
 
     p = ArgumentParser(prog="infer.py", description=__doc__)
     p.add_argument("scenes", nargs="*", type=str,
@@ -95,7 +95,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
     p.add_argument("--scheduler",
                    help="Dask scheduler address: spread row ranges of each scene over its workers. One model per "
-                   "GPU: on each GPU machine run `python -m rs_deeplab.inference.gpu_workers ADDRESS` (one "
+                   "GPU: on each GPU machine run `python -m rs_deeplab.inference.dask_jobs.gpu_workers ADDRESS` (one "
                    f"single-threaded worker per GPU, resource GPU=1); {SCHEDULER_HELP} from the rows "
                    "written")  # fmt: skip
     p.add_argument("--separate", action="store_true",
@@ -123,11 +123,11 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run :func:`~rs_deeplab.inference.pipeline.infer_scenes`, list the outputs."""
-    from rs_deeplab.gsd import parse_gsd
-    from rs_deeplab.inference.pipeline import InferOptions, infer_scenes
-    from rs_deeplab.remote import scene_name, scene_names
-    from rs_deeplab.scene_lists import expand_scenes
+    """Parse arguments, run :func:`~rs_deeplab.inference.infer.infer_scenes`, list the outputs."""
+    from rs_deeplab.geo.gsd import parse_gsd
+    from rs_deeplab.geo.scene_lists import expand_scenes
+    from rs_deeplab.inference.infer import InferOptions, infer_scenes
+    from rs_deeplab.remote.scenes import scene_name, scene_names
 
     args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.catalog is not None:
         outputs["STAC collection"] = str(result.catalog)
     if page is not None:
-        from rs_deeplab.inference.report_page import write_result_page
+        from rs_deeplab.inference.writing.report_page import write_result_page
 
         written = write_result_page(page, result, options, title=args.out.stem)
         outputs[f"prediction page ({written.size_text()}; open in a browser)"] = str(page)
@@ -208,5 +208,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

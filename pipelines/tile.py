@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.errors import InputError
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.tuning import tune_process
 
 if TYPE_CHECKING:
     from rs_deeplab.tiling.tiler import TileSummary
@@ -21,8 +21,8 @@ log = logging.getLogger("rs_deeplab.tile")
 def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/tile.py``."""
     # imported here, inside main's error boundary: a Ctrl-C while GDAL, pandas and Dask load is one line too
-    from rs_deeplab.cluster import SCHEDULER_HELP
-    from rs_deeplab.remote import local_output
+    from rs_deeplab.remote.scenes import local_output
+    from rs_deeplab.runtime.cluster import SCHEDULER_HELP
     from rs_deeplab.tiling.presets import PRESETS
     from rs_deeplab.tiling.tiler import COMPRESS_CHOICES
 
@@ -90,9 +90,9 @@ def parse_label_map(text: str | None) -> dict[str, int] | None:
 
 def run(argv: Sequence[str] | None) -> TileSummary:
     """Parse ``argv`` and make the one library call it asks for."""
-    from rs_deeplab.raster import source_path
-    from rs_deeplab.remote import scene_source
-    from rs_deeplab.scene_lists import expand_scenes
+    from rs_deeplab.geo.raster import source_path
+    from rs_deeplab.geo.scene_lists import expand_scenes
+    from rs_deeplab.remote.scenes import scene_source
     from rs_deeplab.tiling.presets import tile_preset
     from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 
@@ -177,5 +177,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.runtime.tuning import tune_process
 
 if TYPE_CHECKING:
-    from rs_deeplab.config import ExperimentConfig
+    from rs_deeplab.config.schema import ExperimentConfig
 
 
 def build_parser() -> ArgumentParser:
@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Load and validate the config (before any work), then train and print where the outputs went."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.config import load_config
+    from rs_deeplab.config.schema import load_config
     from rs_deeplab.training.distributed import env_from_torchrun
 
     args = build_parser().parse_intermixed_args(argv)
@@ -54,5 +54,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

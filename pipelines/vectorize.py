@@ -12,9 +12,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
-from rs_deeplab.errors import InputError
-from rs_deeplab.tuning import tune_process
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, describe_outputs, setup_logging
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.tuning import tune_process
 
 
 def _names(text: str) -> list[str]:
@@ -24,7 +24,7 @@ def _names(text: str) -> list[str]:
 def build_parser() -> ArgumentParser:
     """The command-line interface."""
     # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
-    from rs_deeplab.remote import local_output
+    from rs_deeplab.remote.scenes import local_output
     from rs_deeplab.vectorize import FORMATS
 
     parser = ArgumentParser(prog="vectorize.py", description=__doc__.splitlines()[0])
@@ -67,8 +67,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run :func:`rs_deeplab.vectorize.vectorize`."""
-    from rs_deeplab.raster import source_path
-    from rs_deeplab.remote import scene_source
+    from rs_deeplab.geo.raster import source_path
+    from rs_deeplab.remote.scenes import scene_source
     from rs_deeplab.vectorize import vectorize
 
     args = build_parser().parse_args(argv)
@@ -100,5 +100,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.tuning)
+    tune_process()  # process-wide settings belong to the script, not to the library (rs_deeplab.runtime.tuning)
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rs_deeplab.errors import CheckpointError, ConfigError, InputError, RasterError, RsDeeplabError
+from rs_deeplab.cli.errors import CheckpointError, ConfigError, InputError, RasterError, RsDeeplabError
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 """The real sample scenes and labels (``../shared/data/real`` beside the clone; its README says what each is)."""

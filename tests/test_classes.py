@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, decode_colours, get_scheme, voc_palette
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.classes import IGNORE_INDEX, SCHEMES, decode_colours, get_scheme, voc_palette
 
 
 def test_isprs_colour_round_trip(rng: np.random.Generator) -> None:

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from rs_deeplab.cluster import DASK_LOGGERS, check_cluster_options, default_workers, open_cluster, quiet_dask
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.cluster import DASK_LOGGERS, check_cluster_options, default_workers, open_cluster, quiet_dask
 
 
 def test_options_are_checked_before_anything_starts() -> None:

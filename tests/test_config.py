@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rs_deeplab.config import (
+from rs_deeplab.cli.errors import ConfigError
+from rs_deeplab.config.schema import (
     ExperimentConfig,
     InferConfig,
     apply_overrides,
@@ -13,7 +14,6 @@ from rs_deeplab.config import (
     dump_config,
     load_config,
 )
-from rs_deeplab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

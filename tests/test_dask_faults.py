@@ -30,14 +30,14 @@ import pytest
 import rasterio
 import torch
 
-from rs_deeplab.cluster import CONNECT_SECONDS, check_cluster_options, open_cluster
-from rs_deeplab.cluster_watch import WORKERS_GONE_ENV
-from rs_deeplab.errors import ClusterError, InputError, RasterError
-from rs_deeplab.inference import crf_grid as grid
-from rs_deeplab.inference import crf_search as cs
+from rs_deeplab.cli.errors import ClusterError, InputError, RasterError
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.writer import partial_path, sidecar_path
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.inference.crf.dense import grid as grid
+from rs_deeplab.inference.crf.dense import search as cs
+from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
+from rs_deeplab.runtime.cluster import CONNECT_SECONDS, check_cluster_options, open_cluster
+from rs_deeplab.runtime.cluster_watch import WORKERS_GONE_ENV
 from rs_deeplab.sample import write_vaihingen
 from rs_deeplab.tiling.presets import VAIHINGEN_GT, tile_preset
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rs_deeplab.devices import pick_amp, pick_device, precision_name, resolve_amp, resolve_device
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.devices import pick_amp, pick_device, precision_name, resolve_amp, resolve_device
 from tests.sources import parse
 
 
@@ -73,7 +73,7 @@ def test_only_devices_decides_a_device() -> None:
         for node in ast.walk(parse(path))
         if isinstance(node, ast.FunctionDef) and re.fullmatch(r"(pick|resolve|worker|choose|select)_device", node.name)
     ]
-    assert sorted(found) == ["devices.py:pick_device", "devices.py:resolve_device"]
+    assert sorted(found) == ["runtime/devices.py:pick_device", "runtime/devices.py:resolve_device"]
 
 
 def test_pick_device_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,13 +35,12 @@ import rasterio
 import torch
 from affine import Affine
 
-from rs_deeplab import diskspace
-from rs_deeplab.cli import user_error_message
-from rs_deeplab.config import load_config
-from rs_deeplab.diskspace import check_free_space, out_of_space, space_errno
-from rs_deeplab.errors import DiskFullError
-from rs_deeplab.raster import write_geotiff
-from rs_deeplab.tiff_writes import tiff_truncated
+from rs_deeplab.cli.console import diskspace, user_error_message
+from rs_deeplab.cli.diskspace import check_free_space, out_of_space, space_errno
+from rs_deeplab.cli.errors import DiskFullError
+from rs_deeplab.config.schema import load_config
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.geo.tiff_writes import tiff_truncated
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.training.experiment import train_experiment
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
@@ -180,7 +179,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("scenes")
     image, classes = blob_scene(7, 192)
     write_geotiff(folder / "scene.tif", image, crs="EPSG:32633", transform=TRANSFORM)
-    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.labels.classes import SCHEMES
 
     write_geotiff(folder / "label.tif", SCHEMES["potsdam"].encode_colours(classes), crs="EPSG:32633",
                   transform=TRANSFORM)  # fmt: skip

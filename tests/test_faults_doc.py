@@ -7,8 +7,8 @@ import ast
 import re
 from pathlib import Path
 
-from rs_deeplab.cluster_watch import WORKERS_GONE_SECONDS
-from rs_deeplab.remote_http import HTTP_RETRIES, HTTP_RETRY_DELAY_S, HTTP_TIMEOUT_S
+from rs_deeplab.remote.http import HTTP_RETRIES, HTTP_RETRY_DELAY_S, HTTP_TIMEOUT_S
+from rs_deeplab.runtime.cluster_watch import WORKERS_GONE_SECONDS
 from tests.sources import parse
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ import torch
 torch.set_num_threads(3)
 import urllib3  # noqa: F401 - its import adds a filter of its own
 import dask, distributed  # a caller that uses Dask: the state after their imports is its own
-from rs_deeplab import tuning
+from rs_deeplab.runtime import tuning
 
 LOGGERS = ("distributed", "dask", "tornado", "asyncio")
 
@@ -109,11 +109,11 @@ def test_a_tiling_run_on_a_local_cluster_leaves_the_process_alone(
 PREDICT = """
 from distributed import Client, LocalCluster
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.scene import SceneResult
+from rs_deeplab.inference.predicting.scene import SceneResult
 
 
 def worker_state():
-    from rs_deeplab import tuning
+    from rs_deeplab.runtime import tuning
     import torch
     return [tuning.malloc_tuned(), torch.get_num_threads()]
 
@@ -179,7 +179,7 @@ def test_concurrent_scoped_warning_filters_leave_the_filters_as_they_were() -> N
     import time
     import warnings
 
-    from rs_deeplab.raster import quiet_georeferencing
+    from rs_deeplab.geo.raster import quiet_georeferencing
 
     before = list(warnings.filters)
     start = threading.Barrier(4)

@@ -24,7 +24,7 @@ import yaml
 
 from bench.gpukit import fp32_exact, near_tie_agreement, prepend_pythonpath
 from pipelines import train as train_cli
-from rs_deeplab.inference.scene import predict_scene
+from rs_deeplab.inference.predicting.scene import predict_scene
 from rs_deeplab.models import build_model
 from rs_deeplab.sample import write_voc
 from rs_deeplab.training.checkpoint import load_checkpoint

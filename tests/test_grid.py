@@ -12,8 +12,8 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.grid import CropWindow, axis_offsets, chunk_rows, crop_transform, window_grid, window_rows
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.grid import CropWindow, axis_offsets, chunk_rows, crop_transform, window_grid, window_rows
 
 
 @st.composite

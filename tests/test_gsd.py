@@ -11,7 +11,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from rs_deeplab.gsd import parse_gsd, raster_gsd, rasters_gsd, training_gsd, working_gsd
+from rs_deeplab.geo.gsd import parse_gsd, raster_gsd, rasters_gsd, training_gsd, working_gsd
 
 UTM = CRS.from_epsg(32633)
 
@@ -40,7 +40,7 @@ def test_raster_gsd_is_none_without_a_crs_or_a_pixel_size() -> None:
 
 
 def test_training_gsd_is_the_median_and_warns_on_mixed_scales(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="rs_deeplab.gsd"):
+    with caplog.at_level(logging.WARNING, logger="rs_deeplab.geo.gsd"):
         assert training_gsd([0.05, 0.05, 0.051]) == pytest.approx(0.05)
         assert not caplog.records
         assert training_gsd(iter([None, None])) is None
@@ -63,7 +63,7 @@ def test_parse_gsd_choices() -> None:
 
 
 def test_working_gsd_decision(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="rs_deeplab.gsd"):
+    with caplog.at_level(logging.WARNING, logger="rs_deeplab.geo.gsd"):
         assert working_gsd("auto", 0.5, 1.0) == 0.5
         assert working_gsd("auto", 0.5, 0.504) is None  # within 1%: the scene's own pixels
         assert working_gsd("auto", None, 1.0) is None  # pixel-only model: native, silently
@@ -106,7 +106,7 @@ def test_auto_resamples_up_to_four_times_the_pixels_either_way() -> None:
 def test_rasters_gsd_reads_headers(tmp_path: Path) -> None:
     import numpy as np
 
-    from rs_deeplab.raster import write_geotiff
+    from rs_deeplab.geo.raster import write_geotiff
 
     a = write_geotiff(tmp_path / "a.tif", np.zeros((1, 8, 8), np.uint8), crs="EPSG:32633",
                       transform=Affine(0.3, 0, 368_000, 0, -0.3, 5_808_000))  # fmt: skip

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_deeplab import label_decoding
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, decode_colours
-from rs_deeplab.errors import InputError
-from rs_deeplab.label_decoding import decode_label, fast_decode_colours
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels import decoding as label_decoding
+from rs_deeplab.labels.classes import IGNORE_INDEX, SCHEMES, decode_colours
+from rs_deeplab.labels.decoding import decode_label, fast_decode_colours
 
 
 @pytest.mark.parametrize(("name", "chunk"), [("potsdam", 1 << 18), ("isaid", 1 << 18), ("loveda", 120)])

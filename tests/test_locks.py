@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from rs_deeplab.locks import OutputBusyError, lock_path, output_lock
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.locks import OutputBusyError, lock_path, output_lock
+from rs_deeplab.geo.raster import write_geotiff
 from tests.pipelines.test_interrupts import TIMEOUT, TRANSFORM, finish, script, start, wait_for
 from tests.trainkit import blob_scene, make_tiles, write_config
 

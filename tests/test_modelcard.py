@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from pipelines.export import main as export_main
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.config import InferConfig
-from rs_deeplab.errors import CheckpointError
-from rs_deeplab.inference.exported import load_exported
-from rs_deeplab.inference.trained import TrainedModel, load_trained_model
-from rs_deeplab.modelcard import Architecture, ModelCard, card_from_metadata, read_checkpoint
+from rs_deeplab.cli.errors import CheckpointError
+from rs_deeplab.config.modelcard import Architecture, ModelCard, card_from_metadata, read_checkpoint
+from rs_deeplab.config.schema import InferConfig
+from rs_deeplab.inference.runtimes.exported import load_exported
+from rs_deeplab.inference.runtimes.trained import TrainedModel, load_trained_model
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.training.checkpoint import load_checkpoint, set_rng_state
 from tests import trainkit
 

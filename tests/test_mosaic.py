@@ -14,12 +14,12 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from rs_deeplab import diskspace
-from rs_deeplab.class_names import class_names_tag, read_class_names
-from rs_deeplab.errors import DiskFullError, InputError
-from rs_deeplab.mosaic import RegionOutput, region_grid, write_region
-from rs_deeplab.ownership import ownership
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.console import diskspace
+from rs_deeplab.cli.errors import DiskFullError, InputError
+from rs_deeplab.geo.mosaic import RegionOutput, region_grid, write_region
+from rs_deeplab.geo.ownership import ownership
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.class_names import class_names_tag, read_class_names
 
 Rect = tuple[int, int, int, int]
 CRS_A = "EPSG:32633"

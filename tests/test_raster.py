@@ -7,8 +7,8 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
 
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import atomic_output, open_raster, write_geotiff
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.raster import atomic_output, open_raster, write_geotiff
 from tests.conftest import DEFAULT_TRANSFORM, RasterFactory
 
 
@@ -85,7 +85,7 @@ def test_write_geotiff_rejects_bad_shape(tmp_path: Path) -> None:
 def test_the_block_cache_of_a_run_is_64_mib_unless_the_user_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
     from rasterio.env import get_gdal_config
 
-    from rs_deeplab.raster import small_block_cache
+    from rs_deeplab.geo.raster import small_block_cache
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     with small_block_cache():

@@ -16,11 +16,11 @@ from rasterio.windows import Window
 from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
 from pipelines.vectorize import main as vectorize_main
-from rs_deeplab.config import load_config
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.config.schema import load_config
 from rs_deeplab.evaluation.scenes import REPORT_JSON
-from rs_deeplab.raster import open_raster, write_geotiff
-from rs_deeplab.remote import gdal_path, is_remote, remote_env, scene_names, scene_stem, source_url, stat_remote
+from rs_deeplab.geo.raster import open_raster, write_geotiff
+from rs_deeplab.remote.scenes import gdal_path, is_remote, remote_env, scene_names, scene_stem, source_url, stat_remote
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from rs_deeplab.training.experiment import train_experiment
 from tests.conftest import REAL_DATA
@@ -47,7 +47,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if done.exists():
         return done
     folder.mkdir(parents=True, exist_ok=True)
-    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.labels.classes import SCHEMES
 
     image_path = band_scene(folder / "train.tif", 1, 128)
     _, classes = blob_scene(1, 128)

@@ -21,9 +21,9 @@ import rasterio
 
 from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
-from rs_deeplab.inference.writer import partial_path, sidecar_path
-from rs_deeplab.raster import write_geotiff
-from rs_deeplab.remote_http import http_settings, read_options
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
+from rs_deeplab.remote.http import http_settings, read_options
 from rs_deeplab.tiling.crops import PARTS
 from tests.servers import Faults, http_server, range_start
 from tests.test_remote import BANDS, TRANSFORM, checkpoint, one_line_error  # noqa: F401 (the fixture)

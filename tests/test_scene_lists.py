@@ -1,4 +1,5 @@
-"""Scene arguments as glob patterns and text files (``rs_deeplab.scene_lists``), and through infer.py and tile.py."""
+"""Scene arguments as glob patterns and text files (``rs_deeplab.geo.scene_lists``), and through infer.py and
+tile.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
-from rs_deeplab.errors import InputError
-from rs_deeplab.scene_lists import expand_scenes
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.scene_lists import expand_scenes
 from rs_deeplab.tiling.index import read_index
 from tests.badkit import listing
 from tests.conftest import RasterFactory

@@ -14,8 +14,8 @@ import rasterio.shutil
 
 from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
-from rs_deeplab.raster import open_raster, write_geotiff
-from rs_deeplab.stac import item_vrt
+from rs_deeplab.geo.raster import open_raster, write_geotiff
+from rs_deeplab.remote.stac import item_vrt
 from tests.servers import HttpServer
 from tests.test_remote import BANDS, TRANSFORM, checkpoint, one_line_error, read, served, web  # noqa: F401
 

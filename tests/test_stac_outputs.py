@@ -1,4 +1,4 @@
-"""STAC catalog of a prediction run (rs_deeplab.stac_outputs) on real rasters, a GeoPackage and a VRT: pystac reads
+"""STAC catalog of a prediction run (rs_deeplab.geo.stac_outputs) on real rasters, a GeoPackage and a VRT: pystac reads
 it back, every href resolves (also after the folder is copied), and footprints, classes and extents are right."""
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from affine import Affine
 from pyproj import Transformer
 from shapely.geometry import box
 
-from rs_deeplab.class_names import class_names_tag, read_class_names
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import quiet_georeferencing, write_geotiff
-from rs_deeplab.stac_outputs import (
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import quiet_georeferencing, write_geotiff
+from rs_deeplab.geo.stac_outputs import (
     CLASSIFICATION_SCHEMA,
     COG,
     GEOPACKAGE,
@@ -36,6 +35,7 @@ from rs_deeplab.stac_outputs import (
     stac_folder,
     write_stac,
 )
+from rs_deeplab.labels.class_names import class_names_tag, read_class_names
 
 NAMES = ["impervious surface", "building", "tree"]
 COLOURS = {0: (255, 255, 255, 255), 1: (0, 0, 255, 255), 2: (0, 255, 0, 255), 255: (0, 0, 0, 0)}

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from rs_deeplab.tuning import ENV_SWITCH
+from rs_deeplab.runtime.tuning import ENV_SWITCH
 
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import json, resource, torch
-from rs_deeplab.tuning import tune_malloc
+from rs_deeplab.runtime.tuning import tune_malloc
 applied = tune_malloc()
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 6, 1)).eval()
@@ -65,7 +65,7 @@ PIPELINES = sorted(p.stem for p in (REPO / "pipelines").glob("*.py") if p.stem !
 
 ENTRY = """
 import runpy, sys
-import rs_deeplab.tuning as tuning
+import rs_deeplab.runtime.tuning as tuning
 from pipelines import {name} as script
 try:
     script.main(["--help"])  # a program calling the script's main: its process is left alone
@@ -95,7 +95,7 @@ def test_pipelines_tune_their_process_only_when_run_as_scripts(name: str) -> Non
 def test_tune_process_sets_torch_threads_and_refuses_none() -> None:
     code = (
         "import torch\n"
-        "from rs_deeplab.tuning import tune_process\n"
+        "from rs_deeplab.runtime.tuning import tune_process\n"
         "torch.set_num_threads(1)\n"
         "applied = tune_process(malloc=False, threads=3)\n"
         "print(applied, torch.get_num_threads())\n"

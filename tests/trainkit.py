@@ -10,8 +10,8 @@ import pytest
 import yaml
 from affine import Affine
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def write_config(path: Path, tiles: Path, work_dir: Path, **sections: dict[str, 
 def train_tiny(folder: Path) -> Path:
     """A real checkpoint trained for 4 iterations on :func:`make_tiles` (9 validation crops of 64 px); its config
     names ``folder/val.tif`` as the held-out scene and infers with 64-pixel windows every 32 pixels."""
-    from rs_deeplab.config import load_config
+    from rs_deeplab.config.schema import load_config
     from rs_deeplab.training.experiment import train_experiment
 
     tiles = make_tiles(folder)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.labels.classes import IGNORE_INDEX
 
 
 def confusion_matrix(

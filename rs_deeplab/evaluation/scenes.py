@@ -21,15 +21,15 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from rs_deeplab.class_names import read_class_names
-from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
-from rs_deeplab.cli import progress
-from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.cli.console import progress
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.cli.outputs import check_output_folder
 from rs_deeplab.evaluation.metrics import confusion_matrix, markdown_table, scores
-from rs_deeplab.label_decoding import decode_label
-from rs_deeplab.outputs import check_output_folder
-from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, read_error, source_path
-from rs_deeplab.remote import scene_name
+from rs_deeplab.geo.raster import PathLike, atomic_output, check_complete, open_raster, read_error, source_path
+from rs_deeplab.labels.class_names import read_class_names
+from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme
+from rs_deeplab.labels.decoding import decode_label
+from rs_deeplab.remote.scenes import scene_name
 
 log = logging.getLogger(__name__)
 

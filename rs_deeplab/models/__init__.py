@@ -25,8 +25,8 @@ from typing import Any
 
 from torch import nn
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.model_choices import DEFAULT_OUTPUT_STRIDES, msc_problem
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.config.model_choices import DEFAULT_OUTPUT_STRIDES, msc_problem
 from rs_deeplab.models import deeplab_v3
 from rs_deeplab.models.base import DeepLabBase, MSCOutput, SegOutput
 from rs_deeplab.models.deeplab_v1 import DeepLabV1
@@ -89,7 +89,7 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv3": ModelSpec(DeepLabV3, _V3_BACKBONES, (8, 16), dict(DEFAULT_OUTPUT_STRIDES["deeplabv3"])),
     "deeplabv3plus": ModelSpec(DeepLabV3Plus, _V3_BACKBONES, (8, 16), dict(DEFAULT_OUTPUT_STRIDES["deeplabv3plus"])),
 }
-"""The heads and default strides come from :mod:`rs_deeplab.model_choices`, which the config checks read without
+"""The heads and default strides come from :mod:`rs_deeplab.config.model_choices`, which the config checks read without
 torch."""
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torchvision.models import vgg
 
-from rs_deeplab.errors import CheckpointError
+from rs_deeplab.cli.errors import CheckpointError
 from rs_deeplab.models.base import DeepLabBase
 from rs_deeplab.models.weights import StateDict, load_encoder_state, widen_first_conv
 

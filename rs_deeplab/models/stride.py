@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.models.base import DeepLabBase
 
 # (stride, dilation) of layer3 and of layer4 for each output stride.

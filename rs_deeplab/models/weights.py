@@ -40,8 +40,8 @@ from torchvision.models import (
     WeightsEnum,
 )
 
-from rs_deeplab.cli import progress_enabled
-from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.cli.console import progress_enabled
+from rs_deeplab.cli.errors import CheckpointError, InputError
 
 StateDict = dict[str, torch.Tensor]
 log = logging.getLogger(__name__)

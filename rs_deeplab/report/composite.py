@@ -5,12 +5,12 @@ reads one raster). For a mosaic of several scenes that raster is :func:`write_co
 CRS, transform and size, and every scene band by band in the first scene's band order. A scene on the grid (same
 CRS and pixel size, origin on a whole pixel) is read as it is; any other (another CRS, or another pixel size) is
 warped (nearest neighbour) onto its bounding window of the grid through a warped VRT beside the composite. Pixels
-are drawn as the label mosaic draws them (:mod:`rs_deeplab.mosaic`): every scene whole in the order given, then each
+are drawn as the label mosaic draws them (:mod:`rs_deeplab.geo.mosaic`): every scene whole in the order given, then each
 scene's owned rectangles on top, each source's own mask (nodata, alpha, outside a warped scene) transparent, so a
 pixel shows the scene its class came from. The composite's mask band is the union of the scenes' masks: what no
 scene covers is transparent on the page. Everything written is small XML: sources are named by absolute path (a
 remote scene by its GDAL network path, also listed in the VRT's metadata, so
-:func:`rs_deeplab.remote.reads_remote` reads the composite with the project's remote settings).
+:func:`rs_deeplab.remote.scenes.reads_remote` reads the composite with the project's remote settings).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.mosaic import RegionGrid, Scene
-from rs_deeplab.ownership import Rect
-from rs_deeplab.remote import gdal_path, is_remote
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.mosaic import RegionGrid, Scene
+from rs_deeplab.geo.ownership import Rect
+from rs_deeplab.geo.vrt import GDAL_TYPES, vrt_root
+from rs_deeplab.remote.scenes import gdal_path, is_remote
 from rs_deeplab.report.tiles import reading
-from rs_deeplab.vrt import GDAL_TYPES, vrt_root
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.scenes import DEFAULT_BLOCK_SIZE, block_windows
-from rs_deeplab.label_decoding import decode_label
-from rs_deeplab.raster import PathLike, open_raster
-from rs_deeplab.remote import scene_name
+from rs_deeplab.geo.raster import PathLike, open_raster
+from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme
+from rs_deeplab.labels.decoding import decode_label
+from rs_deeplab.remote.scenes import scene_name
 from rs_deeplab.report.charts import confusion_table, hex_colour
 from rs_deeplab.report.page import PageOutput, check_page_path, esc, files_folder, html_page, js_global, write_page
 from rs_deeplab.report.prediction import class_colours, raster_grid

@@ -6,7 +6,7 @@ into ``<script>`` files that set a global (browsers refuse ``fetch`` of ``file:/
 builds the folder and the page under temporary names, then renames the folder and the page: a reader sees the old
 page or the new one, never half of one, and a failed write leaves the old page as it was and no temporary behind. A
 write that fails for lack of space (full disk, quota, ``ulimit -f``; also inside GDAL or libtiff) is the project's
-one line naming the page (:func:`rs_deeplab.diskspace.space_checked`).
+one line naming the page (:func:`rs_deeplab.cli.diskspace.space_checked`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rs_deeplab.diskspace import space_checked
-from rs_deeplab.errors import InputError
-from rs_deeplab.outputs import nearest_existing
+from rs_deeplab.cli.diskspace import space_checked
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.cli.outputs import nearest_existing
 from rs_deeplab.report.assets import copy_assets
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from rs_deeplab.class_names import read_class_names
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.class_names import read_class_names
 from rs_deeplab.report.page import PageOutput, esc, files_folder, html_page, js_global, write_page
 from rs_deeplab.report.polygons import outline_levels
 from rs_deeplab.report.tiles import reading, scene_format, write_label_pyramid, write_scene_pyramid
@@ -31,7 +31,7 @@ from rs_deeplab.report.tiles import reading, scene_format, write_label_pyramid, 
 log = logging.getLogger(__name__)
 
 INFERENCE_TAG = "RS_DEEPLAB_INFERENCE"
-"""The label raster's tag with the run's JSON record (``rs_deeplab.inference.writer.FINGERPRINT_TAG``)."""
+"""The label raster's tag with the run's JSON record (``rs_deeplab.inference.writing.writer.FINGERPRINT_TAG``)."""
 EXTRA_ZOOM = 3
 """Levels the map zooms in beyond full resolution (one raster pixel = 8 screen pixels)."""
 
@@ -208,7 +208,7 @@ def _scene_tiles(inputs: PredictionInputs, grid: Grid, root: Path, notes: list[s
     """Write the scene composite's pyramid when the scene is on the label raster's grid; its tiles' format."""
     if inputs.scene is None:
         return None
-    with reading(inputs.scene) as scene:  # a remote scene with the project's GDAL settings (rs_deeplab.remote)
+    with reading(inputs.scene) as scene:  # a remote scene with the project's GDAL settings (rs_deeplab.remote.scenes)
         same = (scene.width, scene.height) == (grid.width, grid.height)
     if not same:
         notes.append("The scene is not on the label raster's grid: only the classes are shown.")
@@ -290,7 +290,7 @@ def write_prediction_page(page: Path, inputs: PredictionInputs) -> PageOutput:
 def model_rows(card: Mapping[str, Any] | None, details: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The model card panel's rows, empty values left out.
 
-    First from a card as :func:`rs_deeplab.modelcard.card_to_metadata` writes it, then ``details`` (checkpoint,
+    First from a card as :func:`rs_deeplab.config.modelcard.card_to_metadata` writes it, then ``details`` (checkpoint,
     runtime, TTA, CRF, ...) as given.
     """
     rows: list[tuple[str, str]] = []

@@ -12,7 +12,7 @@ from its four children (tiles ``(2x..2x+1, 2y..2y+1)`` of level ``z + 1``), alre
 second pixel of their 2 × 2 mosaic (:func:`walk`). The walk is depth-first (a quadtree): memory holds the tile
 being built and one child per level, whatever the raster's size. It visits the full-resolution tiles in Z order:
 a tiled raster's blocks are each read once; a striped (untiled) one may have strips read again once GDAL's block
-cache (:func:`rs_deeplab.raster.small_block_cache`, 64 MB) no longer holds them.
+cache (:func:`rs_deeplab.geo.raster.small_block_cache`, 64 MB) no longer holds them.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from PIL import Image, features
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
-from rs_deeplab.raster import open_raster, small_block_cache
-from rs_deeplab.remote import reads_remote, remote_env
+from rs_deeplab.geo.raster import open_raster, small_block_cache
+from rs_deeplab.remote.scenes import reads_remote, remote_env
 
 TILE = 256
 """Side of a tile in pixels."""
@@ -172,7 +172,7 @@ def stretch_limits(ds: rasterio.io.DatasetReader, bands: Sequence[int]) -> list[
 @contextlib.contextmanager
 def reading(path: str | Path) -> Iterator[Any]:
     """An open raster and, for a remote one (URL, or a VRT of remote sources), the project's GDAL settings for
-    reading it (:func:`rs_deeplab.remote.remote_env`), as inference reads scenes: a page of a remote scene reads
+    reading it (:func:`rs_deeplab.remote.scenes.remote_env`), as inference reads scenes: a page of a remote scene reads
     it like the run did.
     """  # noqa: D205
     with remote_env() if reads_remote(path) else contextlib.nullcontext(), open_raster(path) as ds:

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rs_deeplab.classes import SCHEMES
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.sample.isaid import LAND_STAMPS, Canvas, harbour
 from rs_deeplab.sample.output import PathLike, Size, check_count, check_size, folder, save_image, sub_seed
 from rs_deeplab.sample.scene import generate_scene

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rs_deeplab.classes import get_scheme
-from rs_deeplab.cli import ArgumentParser, cli_entry
-from rs_deeplab.raster import open_raster
+from rs_deeplab.cli.console import ArgumentParser, cli_entry
+from rs_deeplab.geo.raster import open_raster
+from rs_deeplab.labels.classes import get_scheme
 from rs_deeplab.sample.aerial import write_isaid, write_loveda
 from rs_deeplab.sample.cityscapes import write_cityscapes
 from rs_deeplab.sample.isprs import write_potsdam, write_vaihingen
@@ -155,7 +155,7 @@ def write_label_polygons(path: Path, fmt: str, records: Sequence[Any]) -> Path:
     """
     import tempfile
 
-    from rs_deeplab.raster import write_geotiff
+    from rs_deeplab.geo.raster import write_geotiff
     from rs_deeplab.vectorize import vectorize
 
     scheme = get_scheme(fmt)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from rs_deeplab.classes import ISAID_CLASSES
+from rs_deeplab.labels.classes import ISAID_CLASSES
 
 K = {name: i for i, name in enumerate(ISAID_CLASSES)}
 """iSAID class name → index."""

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.sample.output import PathLike, Size, check_size, folder, sub_seed
 from rs_deeplab.sample.scene import Scene, boundary_mask, generate_scene
 

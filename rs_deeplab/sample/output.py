@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from rs_deeplab.classes import get_scheme
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import atomic_output
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import atomic_output
+from rs_deeplab.labels.classes import get_scheme
 
 PathLike = str | os.PathLike[str]
 Size = int | Sequence[int]

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from affine import Affine
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.sample.layout import Layout
 from rs_deeplab.sample.palette import class_lut
 from rs_deeplab.sample.render import render
@@ -28,7 +28,7 @@ class Scene:
     Attributes:
         image: ``(4, H, W)`` uint8 bands R, G, B, NIR.
         classes: ``(H, W)`` uint8 ISPRS class indices 0..5 (impervious, building, low vegetation, tree, car,
-            clutter; :data:`rs_deeplab.classes.ISPRS_CLASSES` order).
+            clutter; :data:`rs_deeplab.labels.classes.ISPRS_CLASSES` order).
         transform: Affine geotransform of the top-left corner, north up.
         crs: Coordinate reference system, e.g. ``EPSG:32633``.
         materials: ``(H, W)`` uint8 material ids (:data:`rs_deeplab.sample.palette.MATERIALS`), finer than

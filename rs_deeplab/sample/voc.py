@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rs_deeplab.classes import VOC_CLASSES, voc_palette
+from rs_deeplab.labels.classes import VOC_CLASSES, voc_palette
 from rs_deeplab.sample.output import PathLike, check_count, folder, save_image, sub_seed
 from rs_deeplab.sample.scene import boundary_mask
 
@@ -191,7 +191,7 @@ def write_voc(root: PathLike, *, n_train: int = 6, n_val: int = 3, seed: int = 0
 
 def _write_list(path: Path, ids: list[str]) -> None:
     """Write one id per line, atomically."""
-    from rs_deeplab.raster import atomic_output
+    from rs_deeplab.geo.raster import atomic_output
 
     with atomic_output(path) as tmp:
         tmp.write_text("".join(f"{i}\n" for i in ids))

@@ -6,7 +6,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 
 
 @dataclass(frozen=True)

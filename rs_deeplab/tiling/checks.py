@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from rasterio.errors import RasterioError
 
-from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
-from rs_deeplab.errors import InputError, RasterError, RsDeeplabError
-from rs_deeplab.outputs import check_output_folder, same_path
-from rs_deeplab.raster import is_vsi, read_error, write_error
-from rs_deeplab.remote import is_url
+from rs_deeplab.cli.errors import InputError, RasterError, RsDeeplabError
+from rs_deeplab.cli.outputs import check_output_folder, same_path
+from rs_deeplab.geo.raster import is_vsi, read_error, write_error
+from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme
+from rs_deeplab.remote.scenes import is_url
 
 log = logging.getLogger("rs_deeplab.tiling.tiler")
 
@@ -37,7 +37,7 @@ def reading(path: str | Path) -> Iterator[None]:
 @contextlib.contextmanager
 def writing(folder: str | Path) -> Iterator[None]:
     """Turn an OS or GDAL error while writing into ``folder`` into a one-line :class:`RasterError` (or
-    :class:`~rs_deeplab.errors.DiskFullError` for lack of space); the library's own errors pass unchanged.
+    :class:`~rs_deeplab.cli.errors.DiskFullError` for lack of space); the library's own errors pass unchanged.
     """  # noqa: D205
     try:
         yield
@@ -123,7 +123,7 @@ def outside_scheme(raw: np.ndarray, scheme: ClassScheme | None) -> np.ndarray:
     Known ignore values: 255; black in colour schemes (ISPRS boundaries) unless it is a class colour; 0 in LoveDA
     (no-data); Cityscapes ids without a train id.
     """
-    from rs_deeplab.label_decoding import decode_label
+    from rs_deeplab.labels.decoding import decode_label
 
     ids = decode_label(raw, scheme)
     if raw.shape[0] >= 3:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rs_deeplab.grid import CropWindow
+from rs_deeplab.geo.grid import CropWindow
 
 BINS = 256
 """Histogram bins: every uint8 class value."""

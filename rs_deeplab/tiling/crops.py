@@ -20,13 +20,13 @@ from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, ClassScheme
-from rs_deeplab.diskspace import out_of_space, space_checked, space_errno
-from rs_deeplab.errors import RsDeeplabError
-from rs_deeplab.grid import CropWindow, crop_transform, window_grid, window_rows
-from rs_deeplab.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
-from rs_deeplab.remote import is_remote
-from rs_deeplab.remote_reads import read_retrying
+from rs_deeplab.cli.diskspace import out_of_space, space_checked, space_errno
+from rs_deeplab.cli.errors import RsDeeplabError
+from rs_deeplab.geo.grid import CropWindow, crop_transform, window_grid, window_rows
+from rs_deeplab.geo.raster import atomic_output, geotiff_profile, open_raster, quiet_georeferencing
+from rs_deeplab.labels.classes import IGNORE_INDEX, SCHEMES, ClassScheme
+from rs_deeplab.remote.reads import read_retrying
+from rs_deeplab.remote.scenes import is_remote
 from rs_deeplab.tiling.checks import reading, writing
 from rs_deeplab.tiling.class_counts import StripCounts
 from rs_deeplab.tiling.labels import LabelSource, custom_scheme, read_labels

@@ -1,6 +1,6 @@
-"""Where tiling tasks run: a :class:`rs_deeplab.cluster.Cluster` (local Dask cluster, scheduler, or this process).
+"""Where tiling tasks run: a :class:`~rs_deeplab.runtime.cluster.Cluster` (local cluster, scheduler, or here).
 
-On Dask the tasks are waited for through a :class:`rs_deeplab.cluster_watch.Watch`: a worker killed mid-task is
+On Dask the tasks are waited for through a :class:`rs_deeplab.runtime.cluster_watch.Watch`: a worker killed mid-task is
 survived (its tasks run again elsewhere and write the same files), while no worker left for 30 s or a lost
 scheduler ends the run with one line; finished rows are kept for the re-run.
 """
@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rs_deeplab.cli import progress
-from rs_deeplab.cluster import Cluster, open_cluster
+from rs_deeplab.cli.console import progress
+from rs_deeplab.runtime.cluster import Cluster, open_cluster
 from rs_deeplab.tiling.crops import CropSettings, Record, SceneJob, tile_rows
 from rs_deeplab.tiling.verify import read_every_block
 
@@ -109,7 +109,7 @@ statistical profiler sampling each task's stack every 10 ms, which cost ~10 % of
 def open_executor(
     workers: int | None = None, scheduler: str | None = None, *, processes: bool = True
 ) -> Iterator[Executor]:
-    """Start (or connect to) what runs the tiling tasks (:func:`rs_deeplab.cluster.open_cluster`); close it afterwards.
+    """Start (or connect to) what runs the tiling tasks (:func:`~rs_deeplab.runtime.cluster.open_cluster`); close after.
 
     Args:
         workers: Local workers (processes, or threads without ``processes``); one per core when None. ``1`` runs the

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
-from rs_deeplab.raster import atomic_output
+from rs_deeplab.geo.raster import atomic_output
+from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme
 
 TILES_LAYER = "tiles"
 CLASSES_LAYER = "classes"

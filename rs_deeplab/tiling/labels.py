@@ -11,9 +11,9 @@ from typing import Any, Literal
 import numpy as np
 from affine import Affine
 
-from rs_deeplab.classes import IGNORE_INDEX, ClassScheme
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.label_decoding import decode_label
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme
+from rs_deeplab.labels.decoding import decode_label
 
 VECTOR_SUFFIXES = frozenset({".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite"})
 """File suffixes read as vector labels; anything else is opened as a raster."""
@@ -248,7 +248,7 @@ def read_labels(
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from rs_deeplab.raster import open_raster
+    from rs_deeplab.geo.raster import open_raster
 
     shape = out_shape or (int(window.height), int(window.width))
     scale = Affine.scale(window.width / shape[1], window.height / shape[0])
@@ -276,7 +276,7 @@ def _why_all_ignore(source: LabelSource, src: Any) -> str:
     from rasterio.coords import disjoint_bounds
     from rasterio.warp import transform_bounds
 
-    from rs_deeplab.raster import open_raster
+    from rs_deeplab.geo.raster import open_raster
 
     if source.kind == "vector":
         import pyogrio
@@ -313,7 +313,7 @@ def check_label_coverage(source: LabelSource, src: Any, scheme: ClassScheme | No
     """
     from rasterio.windows import Window
 
-    from rs_deeplab.raster import open_raster
+    from rs_deeplab.geo.raster import open_raster
 
     h, w = src.height, src.width
     whole = Window(0, 0, w, h)

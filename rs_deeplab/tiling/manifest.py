@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import atomic_output, open_raster
-from rs_deeplab.remote import is_remote, reads_remote, stat_remote
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import atomic_output, open_raster
+from rs_deeplab.remote.scenes import is_remote, reads_remote, stat_remote
 from rs_deeplab.tiling.crops import (
     IMAGES,
     LABELS,

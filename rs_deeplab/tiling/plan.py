@@ -13,9 +13,9 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from rs_deeplab.cluster import default_workers
-from rs_deeplab.errors import InputError
-from rs_deeplab.grid import window_grid, window_rows
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.grid import window_grid, window_rows
+from rs_deeplab.runtime.cluster import default_workers
 from rs_deeplab.tiling.crops import (
     CropSettings,
     Record,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.tiling.archives import Entry, list_entries
 from rs_deeplab.tiling.scenes import SceneSpec
 from rs_deeplab.tiling.tiler import TileSummary, tile_scenes

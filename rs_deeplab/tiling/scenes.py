@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from rs_deeplab.classes import IGNORE_INDEX, ClassScheme, get_scheme
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import absolute, open_raster
-from rs_deeplab.remote import scene_stem
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.raster import absolute, open_raster
+from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme, get_scheme
+from rs_deeplab.remote.scenes import scene_stem
 from rs_deeplab.tiling.checks import (
     check_readable,
     reading,

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.cli import held_logs
-from rs_deeplab.cluster import check_cluster_options
-from rs_deeplab.diskspace import check_free_space, out_of_space
-from rs_deeplab.errors import DiskFullError, InputError
-from rs_deeplab.grid import check_size_stride
-from rs_deeplab.locks import output_lock
-from rs_deeplab.remote import reads_remote, remote_env
+from rs_deeplab.cli.console import held_logs
+from rs_deeplab.cli.diskspace import check_free_space, out_of_space
+from rs_deeplab.cli.errors import DiskFullError, InputError
+from rs_deeplab.cli.locks import output_lock
+from rs_deeplab.geo.grid import check_size_stride
+from rs_deeplab.labels.classes import IGNORE_INDEX
+from rs_deeplab.remote.scenes import reads_remote, remote_env
+from rs_deeplab.runtime.cluster import check_cluster_options
 from rs_deeplab.tiling.checks import (
     check_label_fill_seed,
     check_output,
@@ -156,14 +156,14 @@ def tile_scenes(
         processes: Local workers as (forked) processes; threads of this process when False. Threads start at
             once but share the GIL, which rasterio holds for a good part of each crop (bench/RESULTS.md, Tiler).
         scheduler: Address of a running Dask scheduler (``tcp://host:8786``) to run the tasks on instead. It must
-            answer within 5 s (:data:`rs_deeplab.cluster.CONNECT_SECONDS`) before anything is written; a worker
+            answer within 5 s (:data:`rs_deeplab.runtime.cluster.CONNECT_SECONDS`) before anything is written; a worker
             killed mid-task is survived, and with no worker left for 30 s or the scheduler lost the run stops with
-            a :class:`~rs_deeplab.errors.ClusterError` (finished rows are kept: the same call resumes).
+            a :class:`~rs_deeplab.cli.errors.ClusterError` (finished rows are kept: the same call resumes).
         quiet: No progress bar.
 
     Raises:
         InputError, RasterError: Bad arguments or inputs (nothing is written).
-        OutputBusyError: Another run is writing ``out`` (:func:`rs_deeplab.locks.output_lock`; nothing is read or
+        OutputBusyError: Another run is writing ``out`` (:func:`rs_deeplab.cli.locks.output_lock`; nothing is read or
             written).
     """
     start = time.perf_counter()

@@ -16,9 +16,9 @@ import numpy as np
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from rs_deeplab.errors import RsDeeplabError
-from rs_deeplab.raster import open_raster, read_error
-from rs_deeplab.remote import reads_remote
+from rs_deeplab.cli.errors import RsDeeplabError
+from rs_deeplab.geo.raster import open_raster, read_error
+from rs_deeplab.remote.scenes import reads_remote
 from rs_deeplab.tiling.crops import SceneJob
 
 STRIP_BYTES = 64 << 20

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from rs_deeplab.config import ExperimentConfig
-from rs_deeplab.cores import usable_cores
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.config.schema import ExperimentConfig
+from rs_deeplab.runtime.cores import usable_cores
 
 log = logging.getLogger("rs_deeplab.training.autoconfig")
 
@@ -218,7 +218,7 @@ def fingerprint(
     Raises:
         InputError: The data is not a tile index (no per-class pixel counts).
     """
-    from rs_deeplab.raster import open_raster
+    from rs_deeplab.geo.raster import open_raster
 
     counts = getattr(train, "class_counts", None)
     if counts is None:
@@ -475,7 +475,7 @@ def current_values(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def apply(cfg: ExperimentConfig, values: dict[str, Any]) -> ExperimentConfig:
     """``cfg`` with ``values`` (dotted keys) set, validated again; the user's set fields stay marked as set."""
-    from rs_deeplab.config import validate_config
+    from rs_deeplab.config.schema import validate_config
 
     data = cfg.model_dump(mode="python")
     for key, value in values.items():
@@ -513,7 +513,7 @@ def configure(
     A resumed run takes the settings its checkpoint recorded; a fresh one fingerprints the data on rank 0, and
     every rank applies what rank 0 derived.
     """
-    from rs_deeplab.durations import parse_size
+    from rs_deeplab.cli.durations import parse_size
     from rs_deeplab.training.distributed import broadcast_from_main
 
     if not cfg.auto.enabled:
@@ -545,7 +545,7 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> None:
     """``auto.json``: the fingerprint, the derived values and their reasons, the user's values, the notes."""
     import json
 
-    from rs_deeplab.raster import atomic_output
+    from rs_deeplab.geo.raster import atomic_output
 
     with atomic_output(run_dir / "auto.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")

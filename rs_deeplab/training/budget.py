@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from rs_deeplab.durations import duration_text
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.durations import duration_text
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.training.engine import Cadence
 
 log = logging.getLogger("rs_deeplab.training.budget")

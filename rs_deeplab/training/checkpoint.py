@@ -1,7 +1,8 @@
 """Checkpoints: atomic save, validated load, and the RNG state needed for bit-exact resume.
 
 A checkpoint holds only tensors and plain data (dicts, lists, tuples, strings, numbers, booleans, None), so it loads
-with ``torch.load(weights_only=True)`` (see :func:`rs_deeplab.modelcard.load_checkpoint_file`) and reading one never
+with ``torch.load(weights_only=True)`` (see :func:`rs_deeplab.config.modelcard.load_checkpoint_file`) and reading one
+never
 runs code stored in it; :func:`save_checkpoint` refuses anything else.
 """
 
@@ -16,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rs_deeplab.diskspace import check_free_space, size_text
-from rs_deeplab.errors import CheckpointError
-from rs_deeplab.modelcard import load_checkpoint_file
-from rs_deeplab.raster import atomic_output
+from rs_deeplab.cli.diskspace import check_free_space, size_text
+from rs_deeplab.cli.errors import CheckpointError
+from rs_deeplab.config.modelcard import load_checkpoint_file
+from rs_deeplab.geo.raster import atomic_output
 
 FORMAT_VERSION = 1
 CHECKPOINT_COPIES = 3

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rs_deeplab.config import ExperimentConfig
-from rs_deeplab.devices import pick_device
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.config.modelcard import ModelCard, card_from_state
+from rs_deeplab.config.schema import ExperimentConfig
 from rs_deeplab.evaluation.metrics import markdown_table, scores
-from rs_deeplab.modelcard import ModelCard, card_from_state
+from rs_deeplab.runtime.devices import pick_device
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.datasets import SegmentationSource
 from rs_deeplab.training.datasets.sampling import (
@@ -27,8 +27,8 @@ from rs_deeplab.training.preflight import check_bands, check_labelled, check_out
 from rs_deeplab.training.transforms import ChannelStats, EvalTransform
 
 if TYPE_CHECKING:
-    from rs_deeplab.inference.crf_grid import GridPoint
-    from rs_deeplab.inference.crf_search import SearchResult
+    from rs_deeplab.inference.crf.grid import GridPoint
+    from rs_deeplab.inference.crf.search import SearchResult
     from rs_deeplab.report.page import PageOutput
     from rs_deeplab.report.training import Crop
 from rs_deeplab.training.experiment import build_source
@@ -51,7 +51,7 @@ class ScoredCheckpoint:
         Raises:
             CheckpointError: Missing, unreadable, or weights unlike the architecture it records.
         """
-        from rs_deeplab.inference.trained import model_from_weights
+        from rs_deeplab.inference.runtimes.trained import model_from_weights
 
         state = load_checkpoint(path)
         card = card_from_state(path, state)
@@ -123,7 +123,7 @@ def score_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "au
 
 def _write_page(page: Path, report: dict[str, Any], ck: ScoredCheckpoint, source: SegmentationSource,
                 device: torch.device) -> PageOutput:  # fmt: skip
-    from rs_deeplab.classes import class_colours
+    from rs_deeplab.labels.classes import class_colours
     from rs_deeplab.report.evaluation import write_checkpoint_page
 
     names = list(source.class_names)
@@ -161,12 +161,12 @@ def search_checkpoint_crf(
     Every input and output is checked before the first probability is computed: the report folder, the
     checkpoint's folder (the best setting is recorded beside it as ``<stem>.crf.json``, which ``infer.py --crf``
     then uses), the split (its ``data.root`` must be reachable) and the crop count. See
-    :func:`rs_deeplab.inference.crf_search.run_search`.
+    :func:`rs_deeplab.inference.crf.search.run_search`.
     """
-    from rs_deeplab.cluster import check_cluster_options
-    from rs_deeplab.inference.crf_grid import choose_images
-    from rs_deeplab.inference.crf_search import record_path, run_search
-    from rs_deeplab.outputs import check_output_file
+    from rs_deeplab.cli.outputs import check_output_file
+    from rs_deeplab.inference.crf.grid import choose_images
+    from rs_deeplab.inference.crf.search import record_path, run_search
+    from rs_deeplab.runtime.cluster import check_cluster_options
     from rs_deeplab.training.transforms import normalize
 
     check_cluster_options(workers, scheduler)

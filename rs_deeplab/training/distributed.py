@@ -48,7 +48,7 @@ def env_from_torchrun() -> DistEnv:
 def init_distributed(env: DistEnv, device: torch.device) -> None:
     """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); no-op for a single process.
 
-    A CUDA rank binds its GPU (``device``, from :func:`rs_deeplab.devices.pick_device`: ``cuda:LOCAL_RANK``)
+    A CUDA rank binds its GPU (``device``, from :func:`rs_deeplab.runtime.devices.pick_device`: ``cuda:LOCAL_RANK``)
     before it joins, so NCCL's communicator and every later allocation land on that GPU, not on GPU 0.
     """
     if device.type == "cuda":

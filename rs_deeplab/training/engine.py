@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rs_deeplab.errors import TrainingError
+from rs_deeplab.cli.errors import TrainingError
 from rs_deeplab.models import MSCOutput, SegOutput, param_groups
 from rs_deeplab.training.averaging import WeightAverage
 from rs_deeplab.training.distributed import all_reduce_sum

@@ -28,17 +28,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from rs_deeplab.classes import class_colours
-from rs_deeplab.cli import held_logs
-from rs_deeplab.config import DataConfig, ExperimentConfig, config_to_dict, dump_config
-from rs_deeplab.devices import describe, pick_amp, pick_device, precision_name
-from rs_deeplab.durations import parse_duration
-from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.cli.console import held_logs
+from rs_deeplab.cli.durations import parse_duration
+from rs_deeplab.cli.errors import CheckpointError, InputError
+from rs_deeplab.cli.locks import output_lock
+from rs_deeplab.config.schema import DataConfig, ExperimentConfig, config_to_dict, dump_config
 from rs_deeplab.evaluation.metrics import collapse_warning, markdown_table, scores
-from rs_deeplab.gsd import rasters_gsd
-from rs_deeplab.locks import output_lock
+from rs_deeplab.geo.gsd import rasters_gsd
+from rs_deeplab.geo.raster import atomic_output
+from rs_deeplab.labels.classes import class_colours
 from rs_deeplab.models import MODELS, build_model, resolve_weights
-from rs_deeplab.raster import atomic_output
+from rs_deeplab.runtime.devices import describe, pick_amp, pick_device, precision_name
 from rs_deeplab.training import autoconfig
 from rs_deeplab.training.averaging import TRAIN_WEIGHTS_KEY, UPDATES_KEY, WeightAverage
 from rs_deeplab.training.budget import BudgetPlan, BudgetRun
@@ -323,7 +323,7 @@ def train_experiment(cfg: ExperimentConfig) -> TrainResult:
 
     Raises:
         InputError: Missing data, empty split, bad labels or bands.
-        OutputBusyError: Another run is writing the run folder (its lock, :func:`rs_deeplab.locks.output_lock`,
+        OutputBusyError: Another run is writing the run folder (its lock, :func:`rs_deeplab.cli.locks.output_lock`,
             taken by rank 0).
         CheckpointError: Resuming from a checkpoint of another architecture.
     """

@@ -2,7 +2,8 @@
 
 Every loss takes ``(N, C, H, W)`` logits (any float dtype; computed in float32, so AMP/bf16 logits are fine) and
 ``(N, H, W)`` int64 targets, ignores label 255 and accepts optional per-class weights. A loss spec is a sum of
-terms ``[weight*]name``, e.g. ``ce``, ``ce+dice`` or ``ce+0.5*dice`` (:mod:`rs_deeplab.loss_spec`, :func:`build_loss`).
+terms ``[weight*]name``, e.g. ``ce``, ``ce+dice`` or ``ce+0.5*dice`` (:mod:`rs_deeplab.config.loss_spec`,
+:func:`build_loss`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.loss_spec import parse_loss
+from rs_deeplab.config.loss_spec import parse_loss
+from rs_deeplab.labels.classes import IGNORE_INDEX
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FOCAL_GAMMA = 2.0

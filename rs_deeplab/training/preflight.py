@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.outputs import check_output_folder
-from rs_deeplab.raster import open_raster
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.cli.outputs import check_output_folder
+from rs_deeplab.geo.raster import open_raster
 from rs_deeplab.training.datasets.base import SegmentationSource
 
 
@@ -113,7 +113,7 @@ def check_scheme(sources: Sequence[SegmentationSource], scheme: str | None) -> N
     Raises:
         InputError: Class ids beyond the scheme, with their pixel counts where the index has them.
     """
-    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.labels.classes import SCHEMES
 
     known = SCHEMES.get(scheme or "")
     names = sources[0].class_names if sources else []

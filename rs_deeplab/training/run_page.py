@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rs_deeplab.errors import InputError, TrainingError
+from rs_deeplab.cli.errors import InputError, TrainingError
 from rs_deeplab.evaluation.metrics import collapse_warning
 from rs_deeplab.report.page import check_page_path
 from rs_deeplab.report.training import PAGE_NAME, Crop, TrainingView, read_metrics, runtime_rows, write_training_page

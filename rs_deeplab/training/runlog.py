@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from rs_deeplab.diskspace import space_checked
+from rs_deeplab.cli.diskspace import space_checked
 from rs_deeplab.evaluation.metrics import Scores
-from rs_deeplab.raster import atomic_output
+from rs_deeplab.geo.raster import atomic_output
 
 log = logging.getLogger("rs_deeplab.train")
 

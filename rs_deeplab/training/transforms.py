@@ -17,9 +17,9 @@ import numpy as np
 import rasterio
 import torch
 
-from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import open_raster
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import open_raster
+from rs_deeplab.labels.classes import IGNORE_INDEX
 from rs_deeplab.training.datasets.base import read_failure
 
 NO_UPDATE_CHECK = "NO_ALBUMENTATIONS_UPDATE"

@@ -16,8 +16,8 @@ from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from rs_deeplab.errors import RasterError
-from rs_deeplab.raster import read_error
+from rs_deeplab.cli.errors import RasterError
+from rs_deeplab.geo.raster import read_error
 from rs_deeplab.vectorize.clean import simplify_block
 from rs_deeplab.vectorize.metadata import ClassSelection
 from rs_deeplab.vectorize.polygonize import FlatPolygons, polygonize_block

@@ -9,7 +9,7 @@ import numpy as np
 import shapely
 from rasterio.windows import Window
 
-from rs_deeplab.cli import progress
+from rs_deeplab.cli.console import progress
 from rs_deeplab.vectorize.block_work import BlockPieces, block_windows, polygonize_window, read_block
 from rs_deeplab.vectorize.metadata import ClassSelection
 from rs_deeplab.vectorize.polygonize import apply_affine

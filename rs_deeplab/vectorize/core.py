@@ -14,10 +14,10 @@ from typing import Any, Literal
 import numpy as np
 import pyogrio.errors
 
-from rs_deeplab.errors import InputError, RasterError, RsDeeplabError
-from rs_deeplab.locks import output_lock
-from rs_deeplab.outputs import check_output_file
-from rs_deeplab.raster import PathLike, atomic_output, check_complete, open_raster, short_message, small_block_cache
+from rs_deeplab.cli.errors import InputError, RasterError, RsDeeplabError
+from rs_deeplab.cli.locks import output_lock
+from rs_deeplab.cli.outputs import check_output_file
+from rs_deeplab.geo.raster import PathLike, atomic_output, check_complete, open_raster, short_message, small_block_cache
 from rs_deeplab.vectorize.blocks import RegionStream
 from rs_deeplab.vectorize.clean import Cleaner, Rows
 from rs_deeplab.vectorize.measure import AreaMeter
@@ -136,7 +136,7 @@ def vectorize(
     Raises:
         InputError: Bad argument (``workers`` below 1 too), unknown class name, unwritable output format or
             missing output folder;
-            :class:`~rs_deeplab.locks.OutputBusyError` when another run writes ``out_path``.
+            :class:`~rs_deeplab.cli.locks.OutputBusyError` when another run writes ``out_path``.
         RasterError: The input is not a single-band integer raster, or a worker process died.
     """
     start = time.perf_counter()
@@ -148,7 +148,7 @@ def vectorize(
     fmt = output_format(out, mode)
     check_output_file(out, what=f"output {out}", kind=fmt if mode == "w" else None, inputs=[raster_path])
     target = None if to_crs is None else parse_crs(to_crs)
-    # one run per output (its lock, rs_deeplab.locks): a second one stops here, before it reads the raster
+    # one run per output (its lock, rs_deeplab.cli.locks): a second one stops here, before it reads the raster
     with output_lock(out), small_block_cache(), open_raster(raster_path) as src:
         _check_raster(src, raster_path)
         check_complete(src, raster_path)

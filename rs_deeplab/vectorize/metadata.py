@@ -1,4 +1,4 @@
-"""The class selection of a vectorize run; the class-name tags of label rasters (from :mod:`rs_deeplab.class_names`)."""
+"""The class selection of a vectorize run; the class-name tags of label rasters."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rs_deeplab.class_names import CLASS_NAMES_TAG, class_name, class_names_tag, read_class_names
-from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.class_names import CLASS_NAMES_TAG, class_name, class_names_tag, read_class_names
+from rs_deeplab.labels.classes import IGNORE_INDEX
 
 __all__ = ["CLASS_NAMES_TAG", "ClassSelection", "class_name", "class_names_tag", "read_class_names"]
 

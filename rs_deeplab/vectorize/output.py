@@ -17,8 +17,8 @@ import pyogrio.raw
 import pyproj
 import shapely
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import WARNINGS_LOCK, temporary_sibling
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import WARNINGS_LOCK, temporary_sibling
 from rs_deeplab.vectorize.clean import Rows
 from rs_deeplab.vectorize.metadata import ClassSelection
 
@@ -35,7 +35,7 @@ BATCH_VERTICES = 2_000_000
 def no_crs_warning() -> Iterator[None]:
     """Silence pyogrio's "'crs' was not provided" warning for a raster without a CRS (said once, as an info line).
 
-    Scoped to the block, one thread at a time (see :data:`rs_deeplab.raster.WARNINGS_LOCK`).
+    Scoped to the block, one thread at a time (see :data:`rs_deeplab.geo.raster.WARNINGS_LOCK`).
     """
     with WARNINGS_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)

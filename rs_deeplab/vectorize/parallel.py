@@ -25,10 +25,10 @@ import rasterio
 import rasterio.env
 from rasterio.windows import Window
 
-from rs_deeplab.cluster import default_workers
-from rs_deeplab.cores import start_method
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import open_raster
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.raster import open_raster
+from rs_deeplab.runtime.cluster import default_workers
+from rs_deeplab.runtime.cores import start_method
 from rs_deeplab.vectorize.block_work import BlockPieces, polygonize_window, read_block
 from rs_deeplab.vectorize.metadata import ClassSelection
 
@@ -99,7 +99,7 @@ class BlockPool:
     """Worker processes that read and polygonize the blocks of one raster; a context manager.
 
     Args:
-        path: The raster (any path :func:`rs_deeplab.raster.open_raster` takes).
+        path: The raster (any path :func:`rs_deeplab.geo.raster.open_raster` takes).
         selection: Which values become polygons.
         grid: Number of block rows and columns.
         simplify: Coverage simplification tolerance in pixels (0: none).

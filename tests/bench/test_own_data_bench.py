@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rs_deeplab.config import load_config
+from rs_deeplab.config.schema import load_config
 from rs_deeplab.evaluation.metrics import confusion_matrix, scores
 from tests.bench.scripts import load_script
 from tests.conftest import REAL_DATA

@@ -12,11 +12,11 @@ import pytest
 from affine import Affine
 
 from pipelines import evaluate as evaluate_cli
-from rs_deeplab.classes import ISPRS_COLOURS, SCHEMES, decode_colours
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import confusion_matrix
 from rs_deeplab.evaluation.scenes import REPORT_JSON, REPORT_MD, evaluate_scenes, scene_confusion
-from rs_deeplab.raster import open_raster, write_geotiff
+from rs_deeplab.geo.raster import open_raster, write_geotiff
+from rs_deeplab.labels.classes import ISPRS_COLOURS, SCHEMES, decode_colours
 from rs_deeplab.sample.isprs import write_potsdam
 from rs_deeplab.vectorize import class_names_tag
 from tests.conftest import DEFAULT_TRANSFORM, RasterFactory

@@ -15,8 +15,8 @@ import numpy as np
 import rasterio
 import torch
 
-from rs_deeplab.inference.trained import HOLDER_ATTRIBUTE, ModelHolder, TrainedModel, worker_model
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.runtimes.trained import HOLDER_ATTRIBUTE, ModelHolder, TrainedModel, worker_model
 from tests import trainkit
 from tests.daskkit import dask_cluster, subprocess_env
 

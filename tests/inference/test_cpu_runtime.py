@@ -19,14 +19,14 @@ import rasterio
 import torch
 
 from pipelines.infer import main as infer_main
-from rs_deeplab.cores import cgroup_cpu_limit, parse_cpu_quota, usable_cores
-from rs_deeplab.devices import intra_op_threads
-from rs_deeplab.inference import onnx_cache
-from rs_deeplab.inference.exported import OnnxModule, session_threads
-from rs_deeplab.inference.onnx_cache import CACHE_FOLDER, USER_CACHE_ENV, is_intact, sidecar
-from rs_deeplab.inference.trained import ModelHolder, TrainedModel
+from rs_deeplab.inference.runtimes import onnx_cache
+from rs_deeplab.inference.runtimes.exported import OnnxModule, session_threads
+from rs_deeplab.inference.runtimes.onnx_cache import CACHE_FOLDER, USER_CACHE_ENV, is_intact, sidecar
+from rs_deeplab.inference.runtimes.trained import ModelHolder, TrainedModel
 from rs_deeplab.models import MODELS
 from rs_deeplab.models.deeplab_v3 import DeepLabV3Plus
+from rs_deeplab.runtime.cores import cgroup_cpu_limit, parse_cpu_quota, usable_cores
+from rs_deeplab.runtime.devices import intra_op_threads
 from tests.daskkit import subprocess_env
 
 CPU = torch.device("cpu")
@@ -86,8 +86,8 @@ def test_dask_worker_threads_share_the_cores() -> None:
 def test_the_export_is_built_once_by_processes_starting_at_once_and_rebuilt_when_damaged_or_stale(
     checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    code = ("import torch; from pathlib import Path; from rs_deeplab.cli import setup_logging\n"
-            "from rs_deeplab.inference.trained import TrainedModel\nsetup_logging()\n"
+    code = ("import torch; from pathlib import Path; from rs_deeplab.cli.console import setup_logging\n"
+            "from rs_deeplab.inference.runtimes.trained import TrainedModel\nsetup_logging()\n"
             f"model = TrainedModel(Path({str(checkpoint)!r}), runtime='onnx')\n"
             "print(model.load(torch.device('cpu')).runtime)")  # fmt: skip
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), text=True,
@@ -143,7 +143,8 @@ def test_without_onnxruntime_auto_runs_torch_and_onnx_is_one_line(demo_run: dict
     env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), env.get("PYTHONPATH", "")])
     scene, ck = str(demo_run["scene"]), str(demo_run["checkpoint"])
     code = ("import sys, torch\nfrom pathlib import Path\nfrom pipelines.infer import main\n"
-            "from rs_deeplab.cli import setup_logging\nfrom rs_deeplab.inference.trained import TrainedModel\n"
+            "from rs_deeplab.cli.console import setup_logging\nfrom rs_deeplab.inference.runtimes.trained import "
+            "TrainedModel\n"
             f"a = main([{scene!r}, '--checkpoint', {ck!r}, '--out', 'onnx.tif', '--runtime', 'onnx'])\n"
             "print('---', file=sys.stderr)\nsetup_logging()\n"
             f"b = [TrainedModel(Path({ck!r}), runtime='auto').load(torch.device('cpu')) for _ in range(2)]\n"
@@ -216,15 +217,15 @@ def test_int8_is_quantized_on_the_scene_and_records_its_agreement(
 
 def test_an_export_is_keyed_by_the_code_that_builds_the_network(tmp_path: Path) -> None:
     """Changing a network's source (an rs_deeplab upgrade) names another cached export; other files do not."""
-    package = Path(onnx_cache.__file__).resolve().parents[1]
+    package = Path(onnx_cache.__file__).resolve().parents[2]
     copy = tmp_path / "rs_deeplab"
     shutil.copytree(package / "models", copy / "models")
-    (copy / "inference").mkdir()
+    (copy / "inference" / "runtimes").mkdir(parents=True)
     for name in ("export.py", "quantize.py", "onnx_cache.py"):
-        shutil.copy(package / "inference" / name, copy / "inference" / name)
+        shutil.copy(package / "inference" / "runtimes" / name, copy / "inference" / "runtimes" / name)
     before = onnx_cache.code_digest.__wrapped__(copy)
     assert before == onnx_cache.code_digest.__wrapped__(package)
-    (copy / "inference" / "onnx_cache.py").write_text("# not part of the network\n")
+    (copy / "inference" / "runtimes" / "onnx_cache.py").write_text("# not part of the network\n")
     assert onnx_cache.code_digest.__wrapped__(copy) == before
     heads = copy / "models" / "heads.py"
     heads.write_text(heads.read_text().replace("def ", "def  ", 1))

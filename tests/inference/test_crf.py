@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.inference.crf import CRFParams, MissingDependencyError, colour_image, dense_crf, resolve_bands
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.inference.crf.dense import CRFParams, MissingDependencyError, colour_image, dense_crf, resolve_bands
 
 COLOURS = np.array([[90, 110, 80], [200, 60, 50], [50, 70, 190]], dtype=np.float32)
 

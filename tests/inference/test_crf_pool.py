@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rs_deeplab.cores import start_method
-from rs_deeplab.errors import InputError, RsDeeplabError, WorkerDiedError
-from rs_deeplab.inference.blending import quantise_probs
-from rs_deeplab.inference.crf import CRFParams
-from rs_deeplab.inference.crf_pool import (
+from rs_deeplab.cli.errors import InputError, RsDeeplabError, WorkerDiedError
+from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.pool import (
     AHEAD_PER_PROCESS,
     PROCESSES_ENV,
     CRFPool,
     resolve_processes,
     strips_in_flight,
 )
-from rs_deeplab.inference.rows import CRFSettings, RowJob, _Finisher
+from rs_deeplab.inference.predicting.blending import quantise_probs
+from rs_deeplab.inference.predicting.rows import CRFSettings, RowJob, _Finisher
+from rs_deeplab.runtime.cores import start_method
 from tests.inference.test_crf import blurred_prediction, synthetic_scene
 from tests.inference.test_inference_feed import SoftOracle, crf_scene, job_for, run_rows
 

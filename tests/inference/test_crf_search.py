@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import scores
-from rs_deeplab.inference import crf_grid as grid
-from rs_deeplab.inference import crf_search as cs
-from rs_deeplab.inference.crf import CRFParams
-from rs_deeplab.inference.pipeline import InferOptions, _crf_params
+from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import grid as grid
+from rs_deeplab.inference.crf.dense import search as cs
+from rs_deeplab.inference.infer import InferOptions, _crf_params
 from tests import trainkit
 from tests.badkit import ENV, check_one_line, listing, run_in, run_table
 from tests.daskkit import dask_cluster

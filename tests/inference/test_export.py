@@ -19,11 +19,11 @@ import torch
 
 from pipelines.export import main as export_main
 from pipelines.infer import main as infer_main
-from rs_deeplab.inference.export import MainLogits, is_exported_model, write_onnx, write_torchscript
-from rs_deeplab.inference.exported import METADATA_KEY, load_exported
-from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.runtimes.export import MainLogits, is_exported_model, write_onnx, write_torchscript
+from rs_deeplab.inference.runtimes.exported import METADATA_KEY, load_exported
+from rs_deeplab.inference.runtimes.trained import TrainedModel
 from rs_deeplab.models import MODELS, build_model
-from rs_deeplab.raster import write_geotiff
 from tests.daskkit import dask_cluster, subprocess_env
 
 CASES = [(name, head) for name, spec in MODELS.items() for head in spec.heads]

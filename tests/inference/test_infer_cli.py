@@ -20,10 +20,10 @@ import rasterio
 import torch
 
 from pipelines.infer import main
-from rs_deeplab.inference.scene import predict_scene
-from rs_deeplab.inference.trained import TrainedModel
-from rs_deeplab.inference.writer import sidecar_path
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.predicting.scene import predict_scene
+from rs_deeplab.inference.runtimes.trained import TrainedModel
+from rs_deeplab.inference.writing.writer import sidecar_path
 from rs_deeplab.vectorize import read_class_names
 from tests import trainkit
 from tests.daskkit import ROOT, subprocess_env
@@ -137,7 +137,7 @@ def tiles(folder: Path, windows: list[tuple[int, int, int, int]], seed: int = 11
 def test_overlapping_tiles_become_one_mosaic_polygons_and_catalog(workspace: Path, tmp_path: Path) -> None:
     import pystac
 
-    from rs_deeplab.ownership import ownership
+    from rs_deeplab.geo.ownership import ownership
 
     windows = [(0, 100, 0, 110), (0, 100, 80, 190), (70, 190, 0, 110), (70, 190, 80, 190)]  # 30-px overlaps
     paths = tiles(tmp_path / "ortho", windows)

@@ -20,13 +20,13 @@ import rasterio
 import torch
 
 from pipelines.infer import main
-from rs_deeplab.config import load_config
-from rs_deeplab.inference.blending import FinishedRows
-from rs_deeplab.inference.reader import SceneInfo, scene_info
-from rs_deeplab.inference.regrid import RowResampler, first_working_row, working_info
-from rs_deeplab.inference.scene import predict_scene
-from rs_deeplab.inference.trained import TrainedModel
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.config.schema import load_config
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.predicting.blending import FinishedRows
+from rs_deeplab.inference.predicting.regrid import RowResampler, first_working_row, working_info
+from rs_deeplab.inference.predicting.scene import predict_scene
+from rs_deeplab.inference.reading.reader import SceneInfo, scene_info
+from rs_deeplab.inference.runtimes.trained import TrainedModel
 from rs_deeplab.training.experiment import train_experiment
 from tests.trainkit import blob_scene, make_tiles, write_config
 
@@ -159,7 +159,7 @@ def test_nodata_stays_nodata_on_the_scene_grid(tmp_path: Path) -> None:
 
 
 def test_a_scene_without_crs_cannot_be_forced_to_a_gsd(tmp_path: Path) -> None:
-    from rs_deeplab.errors import InputError
+    from rs_deeplab.cli.errors import InputError
 
     png = tmp_path / "x.png"
     image, _, _ = ground(1.0)
@@ -239,7 +239,7 @@ def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: 
                           transform=rasterio.Affine(0.2, 0, 368_000, 0, -0.2, 5_808_000))  # fmt: skip
     monkeypatch.chdir(tmp_path)
     seen: list[tuple[int, int, tuple[int, int] | None]] = []
-    import rs_deeplab.inference.scene as scene_module
+    import rs_deeplab.inference.predicting.scene as scene_module
 
     original = scene_module.RowJob
 
@@ -291,7 +291,7 @@ def test_interrupted_resampled_run_resumes_to_the_same_rasters(tmp_path: Path, m
     kw = {**KW, "resume": True}
     fresh = predict_scene(stripe_oracle(), scene, tmp_path / "fresh.tif", gsd=MODEL_GSD, probs_path=tmp_path / "fp.tif",
                           **kw)  # type: ignore[arg-type]  # fmt: skip
-    from rs_deeplab.inference import writer as writer_module
+    from rs_deeplab.inference.writing import writer as writer_module
 
     original = writer_module.RowWriter._commit
 

@@ -17,9 +17,9 @@ from PIL import Image
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from pipelines.infer import main
-from rs_deeplab.inference.report_page import model_card
-from rs_deeplab.mosaic import RegionGrid, write_region
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.mosaic import RegionGrid, write_region
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.writing.report_page import model_card
 from rs_deeplab.report import prediction
 from rs_deeplab.report.prediction import model_rows
 from rs_deeplab.report.tiles import TILE

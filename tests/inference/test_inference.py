@@ -13,12 +13,12 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.grid import axis_offsets
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.grid import axis_offsets
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.blending import StripAccumulator, axis_profile, first_argmax, window_weight
-from rs_deeplab.inference.predictor import TTA, Predictor
-from rs_deeplab.inference.writer import FINGERPRINT_TAG
+from rs_deeplab.inference.predicting.blending import StripAccumulator, axis_profile, first_argmax, window_weight
+from rs_deeplab.inference.predicting.predictor import TTA, Predictor
+from rs_deeplab.inference.writing.writer import FINGERPRINT_TAG
 from rs_deeplab.vectorize import read_class_names
 from tests.conftest import DEFAULT_TRANSFORM, RasterFactory
 from tests.inference.scenes import NAMES, Oracle, blobs, labelled_scene
@@ -71,7 +71,7 @@ def test_oracle_model_stitches_the_label_exactly(
 def test_oracle_stitching_property(
     tmp_path_factory: pytest.TempPathFactory, height: int, width: int, size: int, stride_frac: float, seed: int
 ) -> None:
-    from rs_deeplab.raster import write_geotiff
+    from rs_deeplab.geo.raster import write_geotiff
 
     folder = tmp_path_factory.mktemp("prop")
     label = blobs(height, width, seed)
@@ -299,7 +299,7 @@ def test_bad_arguments_are_one_line_errors(make_raster: RasterFactory, tmp_path:
 
 
 def test_crf_sharpens_a_blurred_prediction_through_the_pipeline(make_raster: RasterFactory, tmp_path: Path) -> None:
-    from rs_deeplab.inference.rows import CRFSettings
+    from rs_deeplab.inference.predicting.rows import CRFSettings
 
     label = blobs(200, 260, 11, classes=3)
     colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)

@@ -14,14 +14,14 @@ import pytest
 import rasterio
 import torch
 
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.dask_runner import WorkerGPU, plan_workers
-from rs_deeplab.inference.gpu_workers import main as launcher_main
-from rs_deeplab.inference.gpu_workers import parse_gpus, visible_devices
-from rs_deeplab.inference.scene import moved_copy, needs_copy
-from rs_deeplab.inference.writer import FINGERPRINT_TAG
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.inference.dask_jobs.gpu_workers import main as launcher_main
+from rs_deeplab.inference.dask_jobs.gpu_workers import parse_gpus, visible_devices
+from rs_deeplab.inference.dask_jobs.runner import WorkerGPU, plan_workers
+from rs_deeplab.inference.predicting.scene import moved_copy, needs_copy
+from rs_deeplab.inference.writing.writer import FINGERPRINT_TAG
 from tests.conftest import DEFAULT_TRANSFORM
 from tests.daskkit import processes, start_scheduler
 
@@ -133,7 +133,7 @@ def gpu_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("gpu_workers")
     with processes(folder) as (procs, common):
         address = start_scheduler(folder, procs, common)
-        cmd = [sys.executable, "-m", "rs_deeplab.inference.gpu_workers", address, "--gpus", "0,1", "--host",
+        cmd = [sys.executable, "-m", "rs_deeplab.inference.dask_jobs.gpu_workers", address, "--gpus", "0,1", "--host",
                "127.0.0.1", "--local-directory", str(folder), "--no-dashboard"]  # fmt: skip
         procs.append(subprocess.Popen(cmd, **common))
         with Client(address, timeout=30, set_as_default=False) as client:

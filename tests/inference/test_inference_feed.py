@@ -19,17 +19,22 @@ import torch
 from rasterio.windows import Window
 
 from bench.gpukit import fp32_exact
-from rs_deeplab.errors import InputError
-from rs_deeplab.grid import axis_offsets
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.grid import axis_offsets
+from rs_deeplab.geo.raster import open_raster, quiet_georeferencing
 from rs_deeplab.inference import CRFSettings, predict_scene
-from rs_deeplab.inference.blending import FinishedRows, StripAccumulator, quantise_probs, quantise_probs_torch
-from rs_deeplab.inference.crf import CRFParams
-from rs_deeplab.inference.predictor import Normaliser, Predictor
-from rs_deeplab.inference.reader import WindowReader, scene_info, transport_dtype
-from rs_deeplab.inference.rows import RowJob, concat_rows, stream_rows
-from rs_deeplab.inference.streams import OrderedWorker
-from rs_deeplab.inference.strip_reader import StripReader
-from rs_deeplab.raster import open_raster, quiet_georeferencing
+from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.predicting.blending import (
+    FinishedRows,
+    StripAccumulator,
+    quantise_probs,
+    quantise_probs_torch,
+)
+from rs_deeplab.inference.predicting.predictor import Normaliser, Predictor
+from rs_deeplab.inference.predicting.rows import RowJob, concat_rows, stream_rows
+from rs_deeplab.inference.predicting.streams import OrderedWorker
+from rs_deeplab.inference.reading.reader import WindowReader, scene_info, transport_dtype
+from rs_deeplab.inference.reading.strip_reader import StripReader
 from tests.conftest import DEFAULT_TRANSFORM
 from tests.inference.scenes import NAMES, Oracle, blobs, labelled_scene
 
@@ -347,7 +352,7 @@ def test_crf_in_a_thread_gives_identical_rows(
     monkeypatch.setattr(CRFParams, "refine", recorded)
     background = run_rows(job, start, stop, SoftOracle())
     assert threads and not threads & {threading.current_thread().name}  # the CRF ran off this thread
-    monkeypatch.setattr("rs_deeplab.inference.rows.OrderedWorker", InlineWorker)
+    monkeypatch.setattr("rs_deeplab.inference.predicting.rows.OrderedWorker", InlineWorker)
     inline = run_rows(job, start, stop, SoftOracle())
     np.testing.assert_array_equal(background.labels, inline.labels)
     assert background.probs is not None and inline.probs is not None

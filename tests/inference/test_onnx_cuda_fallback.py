@@ -16,10 +16,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.inference.exported import CUDA_PROVIDER, OnnxModule, check_cuda_session
-from rs_deeplab.inference.onnx_cache import _said
-from rs_deeplab.inference.trained import TrainedModel
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.inference.runtimes.exported import CUDA_PROVIDER, OnnxModule, check_cuda_session
+from rs_deeplab.inference.runtimes.onnx_cache import _said
+from rs_deeplab.inference.runtimes.trained import TrainedModel
 
 
 def identity_model(path: Path) -> Path:

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 import torch
 
-from rs_deeplab.inference.scene import SceneTask, predict_scene, predict_scenes
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.predicting.scene import SceneTask, predict_scene, predict_scenes
 from tests.daskkit import dask_cluster
 
 TRANSFORM = rasterio.Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000)
@@ -102,7 +102,7 @@ def test_one_job_resumes_only_what_was_not_written(tmp_path: Path) -> None:
 def test_one_progress_bar_counts_windows_and_scenes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rs_deeplab import cli
+    from rs_deeplab.cli.console import console as cli
 
     monkeypatch.setattr(cli, "progress_enabled", lambda quiet=False: not quiet)  # as on a terminal
     paths = scenes(tmp_path, [(60, 60), (100, 70), (50, 80)])

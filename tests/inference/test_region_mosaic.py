@@ -10,10 +10,10 @@ import pytest
 import rasterio
 from affine import Affine
 
-from rs_deeplab.inference.region import vectorize_region
-from rs_deeplab.inference.scene import SceneTask, predict_scene, predict_scenes
-from rs_deeplab.mosaic import write_region
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.mosaic import write_region
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.predicting.scene import SceneTask, predict_scene, predict_scenes
+from rs_deeplab.inference.writing.region import vectorize_region
 from rs_deeplab.vectorize import vectorize
 from tests.inference.test_region_job import SlowOracle
 from tests.trainkit import blob_scene

@@ -14,8 +14,8 @@ import rasterio
 import torch
 
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.reader import scene_info
-from rs_deeplab.inference.rows import RowJob
+from rs_deeplab.inference.predicting.rows import RowJob
+from rs_deeplab.inference.reading.reader import scene_info
 from tests.conftest import DEFAULT_TRANSFORM, UTM33, write_geotiff
 
 NAMES = list("abcde")
@@ -89,7 +89,7 @@ CHILD = textwrap.dedent(
     """
     import json, sys, torch
     from rs_deeplab.inference import predict_scene
-    from rs_deeplab.tuning import tune_malloc
+    from rs_deeplab.runtime.tuning import tune_malloc
     tune_malloc()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 1))

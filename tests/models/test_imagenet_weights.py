@@ -25,8 +25,8 @@ import torch
 import yaml
 from torchvision.models import resnet18
 
-from rs_deeplab.config import config_to_dict, dump_config, load_config
-from rs_deeplab.errors import CheckpointError, InputError
+from rs_deeplab.cli.errors import CheckpointError, InputError
+from rs_deeplab.config.schema import config_to_dict, dump_config, load_config
 from rs_deeplab.models import MODELS, build_model
 from rs_deeplab.models.deeplab_v1 import DeepLabV1
 from rs_deeplab.models.weights import IMAGENET_WEIGHTS, download_weights, imagenet_source, resolve_weights

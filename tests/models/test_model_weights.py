@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models import resnet18, resnet34, vgg
 
-from rs_deeplab.errors import CheckpointError
+from rs_deeplab.cli.errors import CheckpointError
 from rs_deeplab.models import build_model
 from rs_deeplab.models.deeplab_v1 import DeepLabV1
 from rs_deeplab.models.weights import adapt_first_conv

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy
 
-from rs_deeplab.config import ExperimentConfig, ModelConfig, config_to_dict
-from rs_deeplab.errors import InputError
-from rs_deeplab.inference.trained import build_from_card
-from rs_deeplab.modelcard import card_from_training
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.config.modelcard import card_from_training
+from rs_deeplab.config.schema import ExperimentConfig, ModelConfig, config_to_dict
+from rs_deeplab.inference.runtimes.trained import build_from_card
 from rs_deeplab.models import MODELS, DeepLabBase, SegOutput, build_model, param_groups, set_output_stride
 from rs_deeplab.models.deeplab_v3 import MULTI_GRID
 from rs_deeplab.models.stride import dilate_resnet

@@ -15,9 +15,9 @@ from torch.nn.functional import interpolate
 
 from pipelines import export as export_cli
 from pipelines import train as train_cli
-from rs_deeplab.config import ExperimentConfig, validate_config
-from rs_deeplab.errors import ConfigError, InputError
-from rs_deeplab.inference.trained import load_trained_model
+from rs_deeplab.cli.errors import ConfigError, InputError
+from rs_deeplab.config.schema import ExperimentConfig, validate_config
+from rs_deeplab.inference.runtimes.trained import load_trained_model
 from rs_deeplab.models import MODELS, DeepLabBase, MSCOutput, SegOutput, build_model
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.engine import segmentation_loss

@@ -22,9 +22,9 @@ import rasterio
 import torch
 from affine import Affine
 
-from rs_deeplab.config import load_config
-from rs_deeplab.inference.writer import partial_path, sidecar_path
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.config.schema import load_config
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
 from rs_deeplab.training.experiment import train_experiment
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config

@@ -22,8 +22,8 @@ import pytest
 import shapely
 from affine import Affine
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.raster import quiet_georeferencing, write_geotiff
+from rs_deeplab.geo.raster import quiet_georeferencing, write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table

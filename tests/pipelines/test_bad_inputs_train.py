@@ -23,7 +23,7 @@ import pyogrio
 import pytest
 
 from pipelines import train as train_cli
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, Args, CaseServer, Run, check_one_line, listing, run_command, run_in, run_table, serving
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
@@ -36,7 +36,7 @@ def mixed_band_tiles(folder: Path) -> Path:
     """Two training scenes of 4 and 3 bands tiled into one index (plus a 4-band validation scene)."""
     from affine import Affine
 
-    from rs_deeplab.classes import SCHEMES
+    from rs_deeplab.labels.classes import SCHEMES
 
     folder.mkdir(parents=True)
     transform = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)

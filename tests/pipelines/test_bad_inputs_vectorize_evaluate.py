@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.pipelines.test_bad_inputs_infer import corrupt_middle_block, snapshot, truncated
 from tests.trainkit import REPO, blob_scene

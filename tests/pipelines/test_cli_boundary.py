@@ -1,4 +1,4 @@
-"""The error boundary of every script (:func:`rs_deeplab.cli.cli_entry`), exercised in-process."""
+"""The error boundary of every script (:func:`rs_deeplab.cli.console.cli_entry`), exercised in-process."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from rs_deeplab.cli import ArgumentParser, add_common_arguments, cli_entry, held_logs, one_line
-from rs_deeplab.errors import CheckpointError, ConfigError, InputError, RasterError
+from rs_deeplab.cli.console import ArgumentParser, add_common_arguments, cli_entry, held_logs, one_line
+from rs_deeplab.cli.errors import CheckpointError, ConfigError, InputError, RasterError
 
 
 def entry(exc: BaseException) -> object:
@@ -39,7 +39,7 @@ def entry(exc: BaseException) -> object:
         (FileExistsError(17, "File exists", "/tmp/a"), "error: /tmp/a: already exists"),
         (pickle.UnpicklingError("invalid load key, 'x'."), "error: not a readable file (invalid load key"),
         (InputError("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                    '  File "x.py", line 1, in f\nrs_deeplab.errors.InputError: x.tif: label value 9 is outside'),
+                    '  File "x.py", line 1, in f\nrs_deeplab.cli.errors.InputError: x.tif: label value 9 is outside'),
          "error: x.tif: label value 9 is outside"),
     ],
 )  # fmt: skip

@@ -39,8 +39,9 @@ def test_gpu_path_imports_no_geopackage_stack() -> None:
     without them."""
     code = (
         "import sys, runpy; sys.argv = ['gpu_check']; "
-        "import rs_deeplab.training.experiment, rs_deeplab.inference.scene, rs_deeplab.inference.dask_runner; "
-        "import rs_deeplab.inference.gpu_workers; "
+        "import rs_deeplab.training.experiment, rs_deeplab.inference.predicting.scene, "
+        "rs_deeplab.inference.dask_jobs.runner; "
+        "import rs_deeplab.inference.dask_jobs.gpu_workers; "
         f"runpy.run_path({str(REPO / 'bench' / 'gpu_check.py')!r}, run_name='not_main'); "
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     )

@@ -20,9 +20,9 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from rs_deeplab.cli import INTERRUPTED
-from rs_deeplab.config import load_config
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.console import INTERRUPTED
+from rs_deeplab.config.schema import load_config
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.training.experiment import train_experiment
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
 

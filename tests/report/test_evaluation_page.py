@@ -16,7 +16,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from pipelines import evaluate as evaluate_cli
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
 from tests import trainkit
 from tests.report.conftest import Visit
 

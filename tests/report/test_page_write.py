@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.transform import from_origin
 
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.report.assets import STATIC
 from tests.test_disk_full import assert_no_space, run
 

@@ -18,11 +18,11 @@ from rasterio.crs import CRS
 from rasterio.transform import array_bounds, from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from rs_deeplab.class_names import class_names_tag
-from rs_deeplab.errors import InputError
-from rs_deeplab.mosaic import RegionGrid
-from rs_deeplab.raster import write_geotiff
-from rs_deeplab.remote import reads_remote
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.mosaic import RegionGrid
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.class_names import class_names_tag
+from rs_deeplab.remote.scenes import reads_remote
 from rs_deeplab.report.composite import write_composite
 from rs_deeplab.report.page import check_page_path, files_folder, write_page
 from rs_deeplab.report.prediction import PredictionInputs, class_colours, write_prediction_page

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from rasterio.transform import from_origin
 
-from rs_deeplab.class_names import class_names_tag
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.class_names import class_names_tag
 from rs_deeplab.report import polygons
 from rs_deeplab.report import tiles as tiles_module
 from rs_deeplab.report.assets import LIBRARIES, STATIC

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipelines import train as train_cli
-from rs_deeplab.config import load_config
-from rs_deeplab.errors import InputError, TrainingError
+from rs_deeplab.cli.errors import InputError, TrainingError
+from rs_deeplab.config.schema import load_config
 from rs_deeplab.report import training as training_page
 from rs_deeplab.report.training import Crop, TrainingView, read_metrics, write_training_page
 from tests import trainkit

@@ -11,8 +11,8 @@ import pytest
 import rasterio
 from PIL import Image
 
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES, voc_palette
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.classes import IGNORE_INDEX, SCHEMES, voc_palette
 from rs_deeplab.sample import (
     Scene,
     boundary_mask,

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rs_deeplab.grid import window_grid, window_rows
+from rs_deeplab.geo.grid import window_grid, window_rows
 from rs_deeplab.tiling.class_counts import StripCounts
 
 

@@ -15,8 +15,8 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from rs_deeplab.grid import window_grid
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.grid import window_grid
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.tiling import crops
 from rs_deeplab.tiling.crops import CropSettings, SceneJob, load_part, remove_stale_temporaries
 from rs_deeplab.tiling.labels import LabelSource

@@ -13,7 +13,7 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 
-from rs_deeplab.classes import SCHEMES
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.index import build_index, merge_index, read_index, write_index
 
 T_A = Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000)  # EPSG:32633

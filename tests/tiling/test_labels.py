@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.labels import is_vector, resolve_mapping
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rs_deeplab.cluster import default_workers
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.runtime.cluster import default_workers
 from rs_deeplab.tiling.crops import CropSettings, SceneJob
 from rs_deeplab.tiling.manifest import MANIFEST_NAME, build_manifest, check_manifest, prepare_output, read_manifest
 from rs_deeplab.tiling.plan import PARALLEL_MIN_BYTES, choose_workers, plan_tasks

@@ -9,8 +9,8 @@ import pytest
 import rasterio
 
 from pipelines.tile import main
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES
-from rs_deeplab.raster import quiet_georeferencing
+from rs_deeplab.geo.raster import quiet_georeferencing
+from rs_deeplab.labels.classes import IGNORE_INDEX, SCHEMES
 from rs_deeplab.sample import write_isaid, write_loveda, write_potsdam, write_vaihingen
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.presets import PRESETS, find_scenes

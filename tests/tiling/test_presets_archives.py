@@ -11,9 +11,9 @@ import pytest
 import rasterio
 
 from pipelines.tile import main, run
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import quiet_georeferencing, write_geotiff
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import quiet_georeferencing, write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.sample import write_isaid, write_loveda, write_potsdam, write_vaihingen
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.presets import VAIHINGEN_GT, find_scenes, tile_preset

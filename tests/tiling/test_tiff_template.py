@@ -13,8 +13,8 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
-from rs_deeplab.errors import DiskFullError
-from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.cli.errors import DiskFullError
+from rs_deeplab.geo.raster import geotiff_profile
 from rs_deeplab.tiling import crops
 from rs_deeplab.tiling.tiff_template import TiffTemplate
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes

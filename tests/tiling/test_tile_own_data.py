@@ -21,7 +21,7 @@ from rasterio.features import rasterize
 from rasterio.warp import reproject
 
 from pipelines.tile import main
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.tiling.index import read_index
 from tests.conftest import REAL_DATA, RasterFactory
 

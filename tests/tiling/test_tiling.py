@@ -13,10 +13,10 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 
-from rs_deeplab.classes import IGNORE_INDEX, SCHEMES
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.grid import window_grid
-from rs_deeplab.raster import quiet_georeferencing
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.grid import window_grid
+from rs_deeplab.geo.raster import quiet_georeferencing
+from rs_deeplab.labels.classes import IGNORE_INDEX, SCHEMES
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.conftest import DEFAULT_TRANSFORM, RasterFactory

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import shapely
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.conftest import DEFAULT_TRANSFORM, UTM33

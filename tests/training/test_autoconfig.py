@@ -18,11 +18,11 @@ import yaml
 from affine import Affine
 
 from pipelines import train as train_cli
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.config import load_config
-from rs_deeplab.durations import parse_size
-from rs_deeplab.errors import ConfigError, InputError
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.durations import parse_size
+from rs_deeplab.cli.errors import ConfigError, InputError
+from rs_deeplab.config.schema import load_config
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from rs_deeplab.training import autoconfig, experiment, lr_range
 from rs_deeplab.training.autoconfig import ClassFacts, Fingerprint, area_percentile, derive

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from pipelines import train as train_cli
-from rs_deeplab.config import load_config
-from rs_deeplab.durations import duration_text, parse_duration
-from rs_deeplab.errors import ConfigError, InputError
+from rs_deeplab.cli.durations import duration_text, parse_duration
+from rs_deeplab.cli.errors import ConfigError, InputError
+from rs_deeplab.config.schema import load_config
 from rs_deeplab.training.budget import CHECKPOINT_SECONDS, EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
 from rs_deeplab.training.experiment import train_experiment
 from tests.trainkit import REPO, make_tiles

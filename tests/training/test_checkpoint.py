@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from rs_deeplab.errors import CheckpointError, DiskFullError
+from rs_deeplab.cli.errors import CheckpointError, DiskFullError
 from rs_deeplab.training import checkpoint
 from rs_deeplab.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines import evaluate as evaluate_cli
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.checkpoint_eval import evaluate_checkpoint
 from tests import trainkit
@@ -23,7 +23,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     same fp32 kernels). A GPU-trained checkpoint was validated in bf16, where near-tie pixels of a 4-iteration model
     fall either way: no tolerance would be both safe and tight, so the comparison keeps one device.
     """
-    from rs_deeplab.config import load_config
+    from rs_deeplab.config.schema import load_config
     from rs_deeplab.training.experiment import train_experiment
 
     folder = tmp_path_factory.mktemp("trained_cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rs_deeplab.config import ExperimentConfig, load_config
+from rs_deeplab.config.schema import ExperimentConfig, load_config
 from rs_deeplab.sample import write_cityscapes, write_isaid, write_loveda, write_potsdam, write_vaihingen, write_voc
 from rs_deeplab.tiling.presets import tile_preset
 from rs_deeplab.training.experiment import train_experiment

@@ -9,8 +9,8 @@ import pytest
 from affine import Affine
 from PIL import Image
 
-from rs_deeplab.errors import InputError
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.sample.cityscapes import write_cityscapes
 from rs_deeplab.sample.voc import write_voc
 from rs_deeplab.tiling import SceneSpec, read_index, tile_scenes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rs_deeplab.config import OptimizerConfig, ScheduleConfig
+from rs_deeplab.config.schema import OptimizerConfig, ScheduleConfig
 from rs_deeplab.models import build_model
 from rs_deeplab.training.engine import LR_POLICIES, OPTIMIZERS, build_lr_schedule, build_optimizer
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rs_deeplab.config import ExperimentConfig, apply_overrides, validate_config
+from rs_deeplab.config.schema import ExperimentConfig, apply_overrides, validate_config
 from rs_deeplab.evaluation.metrics import confusion_matrix
 from rs_deeplab.models import build_model
 from rs_deeplab.training.datasets.sampling import pad_collate

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from rs_deeplab.config import ExperimentConfig, apply_overrides, validate_config
-from rs_deeplab.errors import ConfigError
-from rs_deeplab.loss_spec import parse_loss
+from rs_deeplab.cli.errors import ConfigError
+from rs_deeplab.config.loss_spec import parse_loss
+from rs_deeplab.config.schema import ExperimentConfig, apply_overrides, validate_config
 from rs_deeplab.models import MSCOutput, SegOutput
 from rs_deeplab.training.engine import segmentation_loss
 from rs_deeplab.training.losses import LOSSES, build_loss

@@ -10,14 +10,14 @@ import pytest
 import torch
 from affine import Affine
 
-from rs_deeplab.classes import ISPRS_CLASSES, class_colours, colour_table, distinct_colours
-from rs_deeplab.config import ExperimentConfig, apply_overrides, load_config, validate_config
-from rs_deeplab.errors import ConfigError, InputError
+from rs_deeplab.cli.errors import ConfigError, InputError
+from rs_deeplab.config.modelcard import read_checkpoint
+from rs_deeplab.config.schema import ExperimentConfig, apply_overrides, load_config, validate_config
 from rs_deeplab.evaluation.metrics import collapse_warning
-from rs_deeplab.gsd import rasters_gsd
-from rs_deeplab.inference.pipeline import InferOptions, _tta
-from rs_deeplab.modelcard import read_checkpoint
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.geo.gsd import rasters_gsd
+from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.inference.infer import InferOptions, _tta
+from rs_deeplab.labels.classes import ISPRS_CLASSES, class_colours, colour_table, distinct_colours
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from rs_deeplab.training import autoconfig
 from rs_deeplab.training.checkpoint import load_checkpoint

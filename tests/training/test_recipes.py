@@ -16,7 +16,7 @@ from torchvision.models import resnet18
 
 from docs import recipes_data as recipes
 from pipelines import tile as tile_cli
-from rs_deeplab.config import ExperimentConfig, load_config
+from rs_deeplab.config.schema import ExperimentConfig, load_config
 from rs_deeplab.models.weights import IMAGENET_WEIGHTS
 from rs_deeplab.tiling.presets import PRESETS
 from rs_deeplab.training.experiment import train_experiment
@@ -183,7 +183,7 @@ def test_potsdam_recipe_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_rgb_jitter_on_four_bands_is_one_clear_error(tmp_path: Path) -> None:
-    from rs_deeplab.errors import InputError
+    from rs_deeplab.cli.errors import InputError
 
     tiles = make_tiles(tmp_path / "data")  # RGBIR tiles, as the own RGBIR recipe reads
     cfg = load_config(

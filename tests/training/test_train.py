@@ -11,8 +11,8 @@ import torch
 
 from pipelines import evaluate as evaluate_cli
 from pipelines import train as train_cli
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.models import build_model, param_groups
-from rs_deeplab.raster import write_geotiff
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.engine import build_lr_schedule, build_optimizer, poly_factor, step_factor
 from tests.killkit import kill_after_checkpoint

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipelines import evaluate as evaluate_cli
 from pipelines import train as train_cli
 from rs_deeplab.evaluation.metrics import confusion_matrix
-from rs_deeplab.inference.trained import load_trained_model
+from rs_deeplab.inference.runtimes.trained import load_trained_model
 from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
 from rs_deeplab.training.datasets.sampling import loader_options
 from rs_deeplab.training.engine import LossMeter, device_confusion

@@ -19,8 +19,8 @@ from affine import Affine
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import write_geotiff
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.vectorize import class_names_tag, read_class_names, vectorize
 from tests.conftest import REAL_DATA
 

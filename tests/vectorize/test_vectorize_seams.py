@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 from rasterio.features import shapes
 from rasterio.io import MemoryFile
 
-from rs_deeplab.raster import geotiff_profile
+from rs_deeplab.geo.raster import geotiff_profile
 from rs_deeplab.vectorize import RegionStream
 from rs_deeplab.vectorize import stitch as stitch_module
 from rs_deeplab.vectorize.metadata import select_classes

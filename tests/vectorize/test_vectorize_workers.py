@@ -17,7 +17,7 @@ import pytest
 from affine import Affine
 
 from pipelines.vectorize import main
-from rs_deeplab.errors import InputError, RasterError
+from rs_deeplab.cli.errors import InputError, RasterError
 from rs_deeplab.vectorize import class_names_tag, parallel, vectorize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def forked(monkeypatch: pytest.MonkeyPatch) -> None:
 def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 210 x 250 label raster of blobs of 4 classes (many cut by 64-pixel block seams), a nodata corner and a
     class that spans the whole raster (regions merged across many blocks)."""
-    from rs_deeplab.raster import write_geotiff
+    from rs_deeplab.geo.raster import write_geotiff
 
     rng = np.random.default_rng(25)
     cells = rng.integers(0, 4, (30, 36), dtype=np.uint8)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rs_deeplab.classes import IGNORE_INDEX
-from rs_deeplab.errors import InputError, RasterError
-from rs_deeplab.raster import open_raster
+from rs_deeplab.cli.errors import InputError, RasterError
+from rs_deeplab.geo.raster import open_raster
+from rs_deeplab.labels.classes import IGNORE_INDEX
 
 
 class SegmentationSource:
@@ -64,7 +64,7 @@ class SegmentationSource:
         return picked if picked and all(picked) else None
 
     def scene_images(self, limit: int = 64) -> list[Path]:
-        """One image per scene, for the training GSD (:func:`rs_deeplab.gsd.rasters_gsd`).
+        """One image per scene, for the training GSD (:func:`rs_deeplab.geo.gsd.rasters_gsd`).
 
         A plain source does not know its scenes: it gives up to ``limit`` images spread over the list (each
         benchmark image is a scene or a crop of one).

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rs_deeplab.classes import SCHEMES
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.training.datasets.base import SegmentationSource, require_dir
 
 SCHEME = SCHEMES["cityscapes"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rs_deeplab.classes import IGNORE_INDEX
+from rs_deeplab.labels.classes import IGNORE_INDEX
 from rs_deeplab.training.datasets.base import SegmentationSource, check_labels
 
 SampleKey = tuple[int, int]  # (dataset index, augmentation seed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rs_deeplab.classes import VOC_CLASSES
-from rs_deeplab.errors import InputError
+from rs_deeplab.cli.errors import InputError
+from rs_deeplab.labels.classes import VOC_CLASSES
 from rs_deeplab.training.datasets.base import SegmentationSource, require_dir
 
 

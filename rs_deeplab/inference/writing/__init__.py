@@ -1,0 +1,1 @@
+"""Writing a run's outputs: streamed label rasters, the region mosaic and polygons, the prediction page."""
