@@ -45,8 +45,11 @@ def loaders(checkpoint: Path, scene: str, dynamic: bool, work: Path) -> dict[str
 
     def dynamic_model() -> Any:
         fp32 = TrainedModel(checkpoint, runtime="onnx").load(cpu)
-        (path,) = [p for p in (checkpoint.parent / CACHE_FOLDER).glob(f"{checkpoint.stem}.*.onnx")
-                   if str(fp32.module.path) == str(p)]  # fmt: skip
+        (path,) = [
+            p
+            for p in (checkpoint.parent / CACHE_FOLDER).glob(f"{checkpoint.stem}.*.onnx")
+            if str(fp32.module.path) == str(p)
+        ]
         out = work / "dynamic.onnx"
         quantize_dynamic_model(path, out)
         return LoadedModel(fp32.source, OnnxModule(out, cpu), fp32.card, "onnx-int8-dynamic")
@@ -86,10 +89,17 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, model in models.items():
                 stem = name.replace(" ", "_")
-                result = predict_scene(model, scene, work / f"{stem}.tif", size=card.infer.size,
-                                       stride=card.infer.stride, batch_size=card.infer.batch_size, device="cpu",
-                                       resume=False, probs_path=work / f"{stem}_probs.tif" if name.startswith(
-                                           "pytorch") else None)  # fmt: skip
+                result = predict_scene(
+                    model,
+                    scene,
+                    work / f"{stem}.tif",
+                    size=card.infer.size,
+                    stride=card.infer.stride,
+                    batch_size=card.infer.batch_size,
+                    device="cpu",
+                    resume=False,
+                    probs_path=work / f"{stem}_probs.tif" if name.startswith("pytorch") else None,
+                )
                 rates[name].append(result.windows / result.seconds)
                 windows = result.windows
         labels = {name: read(work / f"{name.replace(' ', '_')}.tif")[0] for name in models}
@@ -97,18 +107,24 @@ def main() -> None:
     gap = probs[1] - probs[0]
     base, fp32 = statistics.median(rates["pytorch fp32"]), statistics.median(rates["onnx fp32"])
     height, width = labels["pytorch fp32"].shape
-    print(f"{scene}: {width}x{height} px, {windows} windows of {card.infer.size} (stride {card.infer.stride}, batch "
-          f"{card.infer.batch_size}), {card.architecture.describe()}, {usable_cores()} usable cores, torch "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats")  # fmt: skip
-    print("| runtime | load s (export/quantize when not cached) | windows/s | × PyTorch | × ONNX fp32 | labels = "
-          "PyTorch | labels = ONNX fp32 | differing, not near-ties |")  # fmt: skip
+    print(
+        f"{scene}: {width}x{height} px, {windows} windows of {card.infer.size} (stride {card.infer.stride}, batch "
+        f"{card.infer.batch_size}), {card.architecture.describe()}, {usable_cores()} usable cores, torch "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats"
+    )
+    print(
+        "| runtime | load s (export/quantize when not cached) | windows/s | × PyTorch | × ONNX fp32 | labels = "
+        "PyTorch | labels = ONNX fp32 | differing, not near-ties |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in models:
         rate = statistics.median(rates[name])
         differ = labels[name] != labels["pytorch fp32"]
-        print(f"| {name} | {load_s[name]:.1f} | {rate:.2f} | {rate / base:.2f} | {rate / fp32:.2f} | "
-              f"{100 * (1 - differ.mean()):.3f} % | {100 * np.mean(labels[name] == labels['onnx fp32']):.3f} % | "
-              f"{int((differ & (gap > 1)).sum())} |")  # fmt: skip
+        print(
+            f"| {name} | {load_s[name]:.1f} | {rate:.2f} | {rate / base:.2f} | {rate / fp32:.2f} | "
+            f"{100 * (1 - differ.mean()):.3f} % | {100 * np.mean(labels[name] == labels['onnx fp32']):.3f} % | "
+            f"{int((differ & (gap > 1)).sum())} |"
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,16 @@ BUDGET_S = 540
 """The steps' limits together: a device call may run 600 s, which must also hold two grace periods and start-up."""
 GRACE_S = 15
 """Seconds a step has between SIGTERM and SIGKILL to stop its own children."""
-REQUIRED = ("rasterio", "affine", "segmentation_models_pytorch", "albumentations", "pydantic",
-            "typing_extensions>=4.14", "dask", "distributed")  # fmt: skip
+REQUIRED = (
+    "rasterio",
+    "affine",
+    "segmentation_models_pytorch",
+    "albumentations",
+    "pydantic",
+    "typing_extensions>=4.14",
+    "dask",
+    "distributed",
+)
 """What the GPU path imports beyond a GPU image's torch/numpy/opencv/timm/pytest (bench/gpu_wheels.sh carries it)."""
 DEFAULT_TESTS = ("tests/test_gpu.py", "tests/inference/test_inference_feed.py")
 """The files holding ``gpu``-marked tests."""
@@ -85,8 +93,9 @@ def run_step(cmd: Sequence[str], timeout: float, log: Path, env: dict[str, str],
     """
     start = time.monotonic()
     with log.open("w") as fh:
-        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
         code: int | None
         try:
             code = proc.wait(timeout=timeout)
@@ -151,9 +160,22 @@ def install(args: argparse.Namespace, env: dict[str, str], step: Step) -> None:
     wheels = sorted(args.wheels.glob("*.whl")) if args.wheels.is_dir() else []
     if wheels:
         size = sum(w.stat().st_size for w in wheels) / 2**20
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--upgrade", "--disable-pip-version-check", "--target", str(args.site),
-               *map(str, wheels)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--disable-pip-version-check",
+            "--target",
+            str(args.site),
+            *map(str, wheels),
+        ]
         done = run_step(cmd, args.install_timeout, args.out / "install.log", env)
         if done.timed_out:
             step.lines.append(f"install: pip did not finish within {args.install_timeout:g} s (see install.log)")
@@ -231,8 +253,19 @@ def tests(args: argparse.Namespace, env: dict[str, str], step: Step) -> None:
         step.status = "failed"
         step.lines.append("tests: no test file left to run")
         return
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rfEs",
-           "--continue-on-collection-errors", *files]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "gpu",
+        "-p",
+        "no:cacheprovider",
+        "-rfEs",
+        "--continue-on-collection-errors",
+        *files,
+    ]
     done = run_step(cmd, args.tests_timeout, log, env)
     text = log.read_text(errors="replace")
     step.lines += pytest_lines(text)
@@ -248,9 +281,16 @@ def pytest_lines(text: str, most: int = 25) -> list[str]:
 
 
 def write_summary(out: Path, steps: Sequence[Step], plan: str) -> str:
-    text = "\n".join([f"## Device check ({plan})", ""] + [
-        f"- **{s.name}: {s.status}** ({s.seconds:.0f} s)" + "".join(f"\n  - {line}" for line in s.lines) for s in steps
-    ]) + "\n"  # fmt: skip
+    text = (
+        "\n".join(
+            [f"## Device check ({plan})", ""]
+            + [
+                f"- **{s.name}: {s.status}** ({s.seconds:.0f} s)" + "".join(f"\n  - {line}" for line in s.lines)
+                for s in steps
+            ]
+        )
+        + "\n"
+    )
     (out / "device_check.json").write_text(json.dumps([asdict(s) for s in steps], indent=1) + "\n")
     (out / "device_check.md").write_text(text)
     return text
@@ -277,9 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = (args.install_timeout, args.check_timeout, args.tests_timeout)
     total = sum(limits)
     if min(limits) <= 0 or total > BUDGET_S:
-        print(f"error: step limits {' + '.join(f'{v:g}' for v in limits)} = {total:g} s: each must be > 0 and "
-              f"together <= {BUDGET_S} s (a device call runs 600 s); lower --check-timeout or --tests-timeout",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: step limits {' + '.join(f'{v:g}' for v in limits)} = {total:g} s: each must be > 0 and "
+            f"together <= {BUDGET_S} s (a device call runs 600 s); lower --check-timeout or --tests-timeout",
+            file=sys.stderr,
+        )
         return 2
     problem = unwritable_results(args.out)
     if problem:

@@ -70,8 +70,10 @@ def main() -> None:
                 seconds, outputs[name] = timed(run, x)
                 times[name].append(seconds)
     diff = float((outputs["pytorch"] - outputs["onnxruntime"]).abs().max())
-    print(f"{args.model} {args.backbone}, {args.batch}x4x{args.size}x{args.size}, {torch.get_num_threads()} "
-          f"threads, export {export_s:.1f} s, max logit difference {diff:.2g}")  # fmt: skip
+    print(
+        f"{args.model} {args.backbone}, {args.batch}x4x{args.size}x{args.size}, {torch.get_num_threads()} "
+        f"threads, export {export_s:.1f} s, max logit difference {diff:.2g}"
+    )
     print("| runtime | median s/batch | windows/s |")
     print("|---|---:|---:|")
     rates = {}

@@ -85,8 +85,23 @@ class Sizes:
     """Seconds each check may take before it is reported as not finished (none: no limit)."""
 
 
-FULL = Sizes("cuda", "resnet50", 512, 8, 20, True, "inductor", "resnet18", 256, 12, 8192, 512, 2048, 10,
-             {"training": 140, "fake_ddp": 90, "loader": 45, "inference": 60, "dask": 60, "torchrun": 60})  # fmt: skip
+FULL = Sizes(
+    "cuda",
+    "resnet50",
+    512,
+    8,
+    20,
+    True,
+    "inductor",
+    "resnet18",
+    256,
+    12,
+    8192,
+    512,
+    2048,
+    10,
+    {"training": 140, "fake_ddp": 90, "loader": 45, "inference": 60, "dask": 60, "torchrun": 60},
+)
 SMOKE = Sizes("cpu", "resnet18", 64, 2, 2, False, "eager", "resnet18", 64, 3, 384, 128, 256, 2)
 
 CHECKS = ("training", "fake_ddp", "loader", "inference", "dask", "torchrun")
@@ -154,8 +169,9 @@ def step_context(model: torch.nn.Module, device: torch.device, amp: str, channel
     optimizer = build_optimizer(model, lr=0.01)
     aux = getattr(model, "aux_weight", 0.0)
     cl = channels_last and device.type == "cuda"
-    return StepContext(optimizer, build_lr_schedule(optimizer, iterations=10_000), device, scaler, dtype, cl,
-                       aux_weight=aux)  # fmt: skip
+    return StepContext(
+        optimizer, build_lr_schedule(optimizer, iterations=10_000), device, scaler, dtype, cl, aux_weight=aux
+    )
 
 
 def random_batch(s: Sizes, crop: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +215,11 @@ def train_throughput(s: Sizes, amp: str, channels_last: bool, compile: bool) -> 
 
 
 def check_training(s: Sizes, report: Report) -> None:
-    modes = [("fp32", "none", False, False), ("amp + channels_last", "auto", True, False),
-             ("fp16 + GradScaler + channels_last", "fp16", True, False)]  # fmt: skip
+    modes = [
+        ("fp32", "none", False, False),
+        ("amp + channels_last", "auto", True, False),
+        ("fp16 + GradScaler + channels_last", "fp16", True, False),
+    ]
     if s.compile:
         modes.append(("amp + channels_last + compile", "auto", True, True))
     report.add(f"Training, DeepLab v3+ {s.backbone}, {s.crop}², batch {s.batch}, cuDNN benchmark on:\n")
@@ -210,8 +229,10 @@ def check_training(s: Sizes, report: Report) -> None:
         for name, amp, cl, comp in modes:
             r = train_throughput(s, amp, cl, comp)
             base = base or r["images/s"]
-            report.add(f"| {name} | {r['precision']} | {r['images/s']:.1f} ({r['images/s'] / base:.2f}×) | "
-                       f"{r['peak GiB']:.2f} GiB |")  # fmt: skip
+            report.add(
+                f"| {name} | {r['precision']} | {r['images/s']:.1f} ({r['images/s'] / base:.2f}×) | "
+                f"{r['peak GiB']:.2f} GiB |"
+            )
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     report.add("")
@@ -265,18 +286,27 @@ def fake_ddp_steps(s: Sizes, backend: str | None, steps: int = 3) -> dict[str, A
         sync(device)
         breaks, reasons = count_graph_breaks(counters)
         graphs = int(counters["stats"].get("unique_graphs", 0))
-        sync_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) or "SyncBatchNorm" in type(m).__name__
-                      for m in model.modules())  # fmt: skip
-        return {"breaks": breaks, "reasons": reasons, "graphs": graphs, "finite": bool(torch.isfinite(loss)),
-                "sync_bn": sync_bn, "precision": precision_name(ctx.amp_dtype)}  # fmt: skip
+        sync_bn = sum(
+            isinstance(m, torch.nn.SyncBatchNorm) or "SyncBatchNorm" in type(m).__name__ for m in model.modules()
+        )
+        return {
+            "breaks": breaks,
+            "reasons": reasons,
+            "graphs": graphs,
+            "finite": bool(torch.isfinite(loss)),
+            "sync_bn": sync_bn,
+            "precision": precision_name(ctx.amp_dtype),
+        }
     finally:
         dist.destroy_process_group()
         torch._dynamo.reset()
 
 
 def check_fake_ddp(s: Sizes, report: Report) -> None:
-    report.add(f"One GPU as rank 0 of a fake world of 2 (SyncBN + DDP, DeepLab v3+ {s.ddp_backbone}, {s.ddp_crop}², "
-               "3 steps; crashes and graph breaks, not numbers):\n")  # fmt: skip
+    report.add(
+        f"One GPU as rank 0 of a fake world of 2 (SyncBN + DDP, DeepLab v3+ {s.ddp_backbone}, {s.ddp_crop}², "
+        "3 steps; crashes and graph breaks, not numbers):\n"
+    )
     report.add("| compile | precision | SyncBN layers | graph breaks | graphs | loss finite | first break reasons |")
     report.add("|---|---|---:|---:|---:|---|---|")
     # eager first: dynamo's graph breaks are known before inductor spends its time (and maybe its limit) compiling
@@ -292,8 +322,10 @@ def check_fake_ddp(s: Sizes, report: Report) -> None:
                 report.add(f"| {label} | | | | | | **crashed**: {crashed[-1].split(': ', 1)[1].replace('|', '/')} |")
                 continue
             reasons = "; ".join(reason[:100] for reason in r["reasons"][:3]).replace("|", "/") or "none"
-            report.add(f"| {label} | {r['precision']} | {r['sync_bn']} | {r['breaks']} | {r['graphs']} | "
-                       f"{'yes' if r['finite'] else 'no'} | {reasons} |")  # fmt: skip
+            report.add(
+                f"| {label} | {r['precision']} | {r['sync_bn']} | {r['breaks']} | {r['graphs']} | "
+                f"{'yes' if r['finite'] else 'no'} | {reasons} |"
+            )
     report.add("")
     if crashed:
         raise RuntimeError("SyncBN + DDP crashed with compile " + "; ".join(crashed))
@@ -317,8 +349,11 @@ def check_loader(s: Sizes, report: Report, work: Path) -> None:
     workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 1
     warm = 2
     sampler = IterationBatchSampler(len(source), batch_size=s.batch, iterations=warm + s.loader_batches, seed=0)
-    loader = DataLoader(SegmentationDataset(source, transform), batch_sampler=sampler,
-                        **loader_options(workers, pin_memory=device.type == "cuda"))  # fmt: skip
+    loader = DataLoader(
+        SegmentationDataset(source, transform),
+        batch_sampler=sampler,
+        **loader_options(workers, pin_memory=device.type == "cuda"),
+    )
     batches = []
     it = iter(loader)
     for _ in range(warm):  # workers start
@@ -328,16 +363,19 @@ def check_loader(s: Sizes, report: Report, work: Path) -> None:
         batches.append((images.to(device, non_blocking=True), masks.to(device, non_blocking=True)))
     sync(device)
     fed = len(batches) * s.batch / (time.perf_counter() - start)
-    model = build_model("deeplabv3plus", num_classes=len(source.class_names), in_channels=3, backbone=s.backbone,
-                        output_stride=16).to(device)  # fmt: skip
+    model = build_model(
+        "deeplabv3plus", num_classes=len(source.class_names), in_channels=3, backbone=s.backbone, output_stride=16
+    ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     with torch_flags(cudnn_benchmark=True):
         speed = timed_steps(model, batches, step_context(model, device, "auto", True))
     verdict = "keeps up" if fed >= speed else "**the loader is the bottleneck**"
-    report.add(f"- DataLoader from {len(source)} VOC-layout JPEG/PNG files, {workers} workers, {s.crop}² crops, "
-               f"batch {s.batch}: {fed:.0f} images/s delivered to {s.device}; the model trains {speed:.0f} images/s "
-               f"on the same batches: loader/model {fed / speed:.2f}× ({verdict})")  # fmt: skip
+    report.add(
+        f"- DataLoader from {len(source)} VOC-layout JPEG/PNG files, {workers} workers, {s.crop}² crops, "
+        f"batch {s.batch}: {fed:.0f} images/s delivered to {s.device}; the model trains {speed:.0f} images/s "
+        f"on the same batches: loader/model {fed / speed:.2f}× ({verdict})"
+    )
 
 
 def check_torchrun(s: Sizes, report: Report, work: Path) -> None:
@@ -345,17 +383,42 @@ def check_torchrun(s: Sizes, report: Report, work: Path) -> None:
 
     voc = write_voc(work / "voc", n_train=6, n_val=2)
     cfg = work / "voc.yaml"
-    cfg.write_text(json.dumps({
-        "work_dir": str(work / "run"),
-        "data": {"source": "voc", "root": str(voc), "scheme": "voc", "train_split": "train_aug", "val_split": "val",
-                 "crop_size": 128, "batch_size": 4, "num_workers": 2, "flips": "horizontal"},
-        "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
-        "schedule": {"iterations": s.train_iterations, "min_lr": 0.0},
-        "train": {"device": s.device, "eval_every": s.train_iterations, "checkpoint_every": s.train_iterations,
-                  "log_every": 1},
-    }))  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-           str(REPO / "pipelines" / "train.py"), str(cfg), "--quiet"]  # fmt: skip
+    cfg.write_text(
+        json.dumps(
+            {
+                "work_dir": str(work / "run"),
+                "data": {
+                    "source": "voc",
+                    "root": str(voc),
+                    "scheme": "voc",
+                    "train_split": "train_aug",
+                    "val_split": "val",
+                    "crop_size": 128,
+                    "batch_size": 4,
+                    "num_workers": 2,
+                    "flips": "horizontal",
+                },
+                "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
+                "schedule": {"iterations": s.train_iterations, "min_lr": 0.0},
+                "train": {
+                    "device": s.device,
+                    "eval_every": s.train_iterations,
+                    "checkpoint_every": s.train_iterations,
+                    "log_every": 1,
+                },
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=1",
+        str(REPO / "pipelines" / "train.py"),
+        str(cfg),
+        "--quiet",
+    ]
     start = time.perf_counter()
     code, stderr = run_group(cmd, work / "torchrun.log")
     seconds = time.perf_counter() - start
@@ -363,8 +426,10 @@ def check_torchrun(s: Sizes, report: Report, work: Path) -> None:
         raise RuntimeError(f"torchrun exited {code}: {stderr[-1500:]}")
     runtime = json.loads((work / "run" / "runtime.json").read_text())
     backend = "NCCL" if s.device == "cuda" else "gloo"
-    report.add(f"- torchrun, 1 process ({backend} group): {s.train_iterations} iterations in {seconds:.0f} s "
-               f"(start-up included) on {runtime['device']}, precision {runtime['precision']}: OK")  # fmt: skip
+    report.add(
+        f"- torchrun, 1 process ({backend} group): {s.train_iterations} iterations in {seconds:.0f} s "
+        f"(start-up included) on {runtime['device']}, precision {runtime['precision']}: OK"
+    )
 
 
 def run_group(cmd: list[str], log: Path) -> tuple[int, str]:
@@ -417,14 +482,22 @@ def check_inference(s: Sizes, report: Report, work: Path) -> None:
     model = inference_model(s)
     kw = {"size": s.window, "stride": s.window // 2, "batch_size": 16, "mean": [127.0] * 3, "std": [60.0] * 3}
     with torch_flags(cudnn_benchmark=False):  # infer.py leaves cuDNN's benchmark off
-        predict_scene(model, make_scene(work / "warm.tif", s.window * 2, 2), work / "warm_out.tif", device=s.device,
-                      amp="auto", **kw)  # fmt: skip
+        predict_scene(
+            model,
+            make_scene(work / "warm.tif", s.window * 2, 2),
+            work / "warm_out.tif",
+            device=s.device,
+            amp="auto",
+            **kw,
+        )
         result = predict_scene(model, scene, work / "labels.tif", device=s.device, amp="auto", **kw)
         pipeline = result.windows / result.seconds
         alone = model_only(model, s, result.windows, kw["batch_size"])
-    report.add(f"- inference, {s.scene}² scene, {result.windows} windows of {s.window}² every {s.window // 2}, "
-               f"batch 16, cuDNN benchmark off (as infer.py): model alone {alone:.0f} windows/s, predict_scene "
-               f"{pipeline:.0f} windows/s: **{pipeline / alone:.2f}× model-only** (target ≥ 0.9)")  # fmt: skip
+    report.add(
+        f"- inference, {s.scene}² scene, {result.windows} windows of {s.window}² every {s.window // 2}, "
+        f"batch 16, cuDNN benchmark off (as infer.py): model alone {alone:.0f} windows/s, predict_scene "
+        f"{pipeline:.0f} windows/s: **{pipeline / alone:.2f}× model-only** (target ≥ 0.9)"
+    )
 
 
 @contextlib.contextmanager
@@ -438,12 +511,28 @@ def gpu_worker_cluster(work: Path, gpu: str) -> Iterator[str]:
     address = f"tcp://127.0.0.1:{port}"
     log = (work / "dask.log").open("w")
     commands = [
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--no-dashboard"],
-        [sys.executable, "-m", "rs_deeplab.inference.dask_jobs.gpu_workers", address, "--gpus", gpu, "--host",
-        "127.0.0.1",
-         "--no-dashboard"],
-    ]  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        [
+            sys.executable,
+            "-m",
+            "rs_deeplab.inference.dask_jobs.gpu_workers",
+            address,
+            "--gpus",
+            gpu,
+            "--host",
+            "127.0.0.1",
+            "--no-dashboard",
+        ],
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for cmd in commands:
@@ -473,16 +562,23 @@ def check_dask(s: Sizes, report: Report, work: Path) -> None:
     model = inference_model(s)
     kw = {"size": s.window, "stride": s.window // 2, "batch_size": 8, "mean": [127.0] * 3, "std": [60.0] * 3}
     with torch_flags(cudnn_benchmark=False):
-        local = predict_scene(model, scene, work / "local.tif", device=s.device, amp="auto",
-                              probs_path=work / "local_probs.tif", **kw)  # fmt: skip
+        local = predict_scene(
+            model, scene, work / "local.tif", device=s.device, amp="auto", probs_path=work / "local_probs.tif", **kw
+        )
         with gpu_worker_cluster(work, "0") as address:
-            remote = predict_scene(model, scene, work / "dask.tif", device=s.device, amp="auto", scheduler=address,
-                                   **kw)  # fmt: skip
-    with rasterio.open(work / "local.tif") as a, rasterio.open(work / "dask.tif") as b, \
-            rasterio.open(work / "local_probs.tif") as p:  # fmt: skip
+            remote = predict_scene(
+                model, scene, work / "dask.tif", device=s.device, amp="auto", scheduler=address, **kw
+            )
+    with (
+        rasterio.open(work / "local.tif") as a,
+        rasterio.open(work / "dask.tif") as b,
+        rasterio.open(work / "local_probs.tif") as p,
+    ):
         agreement = near_tie_agreement(a.read(1), b.read(1), p.read())
-    report.add(f"- Dask, one GPU worker ({remote.runner}): {s.dask_scene}² scene in {remote.seconds:.1f} s "
-               f"(local {local.seconds:.1f} s); label raster against this process: {agreement.describe()}")  # fmt: skip
+    report.add(
+        f"- Dask, one GPU worker ({remote.runner}): {s.dask_scene}² scene in {remote.seconds:.1f} s "
+        f"(local {local.seconds:.1f} s); label raster against this process: {agreement.describe()}"
+    )
     if not agreement.ok:
         raise RuntimeError(f"the Dask raster differs from the local one beyond near-ties: {agreement.describe()}")
 
@@ -550,8 +646,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json/.md (written as it goes)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the script itself)")
     parser.add_argument("--only", default=",".join(CHECKS), help="comma-separated checks (default: all)")
-    parser.add_argument("--limit", action="append", default=[], metavar="NAME=SECONDS",
-                        help="a check's time limit (repeatable; 0: none)")  # fmt: skip
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=SECONDS",
+        help="a check's time limit (repeatable; 0: none)",
+    )
     args = parser.parse_args(argv)
     s = SMOKE if args.smoke else FULL
     only = [c.strip() for c in args.only.split(",") if c.strip()]
@@ -573,8 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(0) if s.device == "cuda" else "CPU (--smoke)"
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python bench/gpu_check.py" + (" --smoke" if args.smoke else "")
-    header = [f"## GPU check: {gpu}, {stamp}\n", f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
-              f"{os.cpu_count()} CPU cores; `{command}` (via bench/device_check.py)\n"]  # fmt: skip
+    header = [
+        f"## GPU check: {gpu}, {stamp}\n",
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"{os.cpu_count()} CPU cores; `{command}` (via bench/device_check.py)\n",
+    ]
     report = Report(args.out, header, {"gpu": gpu, "date": stamp, "torch": torch.__version__, "smoke": args.smoke})
     # a SIGTERM (device_check's step timeout) unwinds like an exception: clusters and child groups are stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

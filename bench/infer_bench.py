@@ -69,8 +69,16 @@ def write_scene(
     if path.exists():
         return path
     rng = np.random.default_rng(size)
-    profile = geotiff_profile(width=size, height=size, count=4, dtype=dtype, crs="EPSG:32633",
-                              transform=TRANSFORM, compress=compress, tiled=tiled)  # fmt: skip
+    profile = geotiff_profile(
+        width=size,
+        height=size,
+        count=4,
+        dtype=dtype,
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+        compress=compress,
+        tiled=tiled,
+    )
     if tiled:
         profile["interleave"] = "band"
     scale = 1 if dtype == "uint8" else 40  # uint16: 12-bit-like values
@@ -90,9 +98,13 @@ def write_scene(
 def small_cnn() -> torch.nn.Module:
     """Three convolutions, 6 classes: a stand-in for a model when memory, not speed, is measured."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(16, 6, 1)).eval()  # fmt: skip
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(4, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 6, 1),
+    ).eval()
 
 
 def deeplab() -> torch.nn.Module:
@@ -144,8 +156,9 @@ def child(mode: str, scene: str, out: str, win: int, stride: int, batch: int) ->
     model = small_cnn()
     start = time.perf_counter()
     if mode == "stream":
-        predict_scene(model, scene, out, size=win, stride=stride, batch_size=batch, mean=MEAN, std=STD,
-                      device="cpu", resume=False)  # fmt: skip
+        predict_scene(
+            model, scene, out, size=win, stride=stride, batch_size=batch, mean=MEAN, std=STD, device="cpu", resume=False
+        )
     else:
         full_array(model, Path(scene), Path(out), win, stride, batch)
     seconds = time.perf_counter() - start
@@ -162,8 +175,18 @@ def time_part(work: Path, size: int, repeats: int, device: str) -> None:
     for _ in range(repeats):
         runs["model"].append(model_only(model, size, win, stride, batch, device))
         start = time.perf_counter()
-        predict_scene(model, scene, work / "stream.tif", size=win, stride=stride, batch_size=batch, mean=MEAN,
-                      std=STD, device=device, resume=False)  # fmt: skip
+        predict_scene(
+            model,
+            scene,
+            work / "stream.tif",
+            size=win,
+            stride=stride,
+            batch_size=batch,
+            mean=MEAN,
+            std=STD,
+            device=device,
+            resume=False,
+        )
         runs["stream"].append(time.perf_counter() - start)
         if device == "cpu":
             start = time.perf_counter()
@@ -171,8 +194,10 @@ def time_part(work: Path, size: int, repeats: int, device: str) -> None:
             runs["full"].append(time.perf_counter() - start)
     best = {k: min(v) for k, v in runs.items() if v}
     n = len(axis_offsets(size, win, stride)) ** 2
-    print(f"# time: {size}² scene, DeepLab v3+ R18, {n} windows {win}/{stride}, batch {batch}, {device}, "
-          f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"# time: {size}² scene, DeepLab v3+ R18, {n} windows {win}/{stride}, batch {batch}, {device}, "
+        f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}"
+    )
     for k, v in runs.items():
         if v:
             print(f"  {k:7s} best {best[k]:7.2f} s   runs {' '.join(f'{x:.2f}' for x in v)}")
@@ -182,15 +207,28 @@ def time_part(work: Path, size: int, repeats: int, device: str) -> None:
     print(f"  windows per second: {n / best['stream']:.2f} (model only {n / best['model']:.2f})")
 
 
-FEED_SCENES = {"uint8 raw": ("uint8", None, False), "uint8 deflate": ("uint8", "deflate", True),
-               "uint16 deflate": ("uint16", "deflate", True)}  # fmt: skip
+FEED_SCENES = {
+    "uint8 raw": ("uint8", None, False),
+    "uint8 deflate": ("uint8", "deflate", True),
+    "uint16 deflate": ("uint16", "deflate", True),
+}
 
 
 def feed_once(scene: Path, out: Path, threads: int, probs: bool, device: torch.device) -> tuple[int, float]:
     """Windows handed over and seconds for one pass of the feed (stand-in model and blending, real writer)."""
     win, stride, classes = 512, 256, 6
-    job = RowJob(scene_info(scene), win, stride, 4, (1, 2, 3, 4), classes, tuple(MEAN), tuple(STD),
-                 keep_probs=probs, read_threads=threads)  # fmt: skip
+    job = RowJob(
+        scene_info(scene),
+        win,
+        stride,
+        4,
+        (1, 2, 3, 4),
+        classes,
+        tuple(MEAN),
+        tuple(STD),
+        keep_probs=probs,
+        read_threads=threads,
+    )
     info, cuda = job.info, device.type == "cuda"
     normalise = Normaliser(job.mean, job.std, device) if cuda else None  # on a CPU the device work is left out
     out_probs = torch.zeros((job.batch_size, classes, win, win), device=device)  # the model's stand-in
@@ -225,8 +263,10 @@ def feed_once(scene: Path, out: Path, threads: int, probs: bool, device: torch.d
 
 
 def feed_part(work: Path, size: int, repeats: int, device: torch.device, threads: list[int]) -> None:
-    print(f"# feed: {size}² 4-band scenes, windows 512/256, batch 4, stand-in model and blending, {device}, "
-          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"# feed: {size}² 4-band scenes, windows 512/256, batch 4, stand-in model and blending, {device}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     for case, (dtype, compress, tiled) in FEED_SCENES.items():
         name = f"feed_{size}_{case.replace(' ', '_')}.tif"
         scene = write_scene(work / name, size, dtype=dtype, compress=compress, tiled=tiled)
@@ -234,8 +274,10 @@ def feed_part(work: Path, size: int, repeats: int, device: torch.device, threads
             for t in threads:
                 runs = [feed_once(scene, work / "feed_out.tif", t, probs, device) for _ in range(repeats)]
                 n, best = runs[0][0], min(r[1] for r in runs)
-                print(f"  {case:15s} probs {'yes' if probs else 'no ':3s} threads {t}: {n} windows, best {best:6.2f} s"
-                      f" = {n / best:7.1f} windows/s   runs {' '.join(f'{r[1]:.2f}' for r in runs)}")  # fmt: skip
+                print(
+                    f"  {case:15s} probs {'yes' if probs else 'no ':3s} threads {t}: {n} windows, best {best:6.2f} s"
+                    f" = {n / best:7.1f} windows/s   runs {' '.join(f'{r[1]:.2f}' for r in runs)}"
+                )
 
 
 def memory_part(work: Path, sizes: list[int], stream_only: list[int]) -> None:

@@ -81,8 +81,10 @@ def main() -> None:
         return
     import torch
 
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     for case in CASES:
         runs: dict[str, list[dict[str, float]]] = {"0": [], "1": []}
         for _ in range(args.rounds):
@@ -91,8 +93,10 @@ def main() -> None:
         best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
         for switch, label in (("0", "glibc defaults"), ("1", "tuned")):
             r = best[switch]
-            print(f"  {case:16s} {label:14s} {r['seconds'] * 1000:8.1f} ms/iter  "
-                  f"{r['faults']:9.0f} page faults/iter  peak RSS {r['peak_mib']:6.0f} MiB")  # fmt: skip
+            print(
+                f"  {case:16s} {label:14s} {r['seconds'] * 1000:8.1f} ms/iter  "
+                f"{r['faults']:9.0f} page faults/iter  peak RSS {r['peak_mib']:6.0f} MiB"
+            )
         print(f"  {case:16s} speed-up {best['0']['seconds'] / best['1']['seconds']:.2f}x")
 
 

@@ -69,17 +69,23 @@ def main() -> None:
         times["single scale"].append(iteration_seconds(single, x, target))
         times["MSC 1, 0.75, 0.5"].append(iteration_seconds(msc, x, target))
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"DeepLab v3+ ResNet-18, batch {args.batch} x 4 x {args.size} x {args.size}, {args.threads} threads, "
-          f"{args.repeats} alternating repeats, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"DeepLab v3+ ResNet-18, batch {args.batch} x 4 x {args.size} x {args.size}, {args.threads} threads, "
+        f"{args.repeats} alternating repeats, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}"
+    )
     for name, values in times.items():
         print(f"  {name:18s} median {medians[name]:.3f} s/iteration (min {min(values):.3f}, max {max(values):.3f})")
     ratio = medians["MSC 1, 0.75, 0.5"] / medians["single scale"]
     pairs = statistics.median(m / s for s, m in zip(*times.values(), strict=True))
-    print(f"  MSC / single-scale cost per training iteration: {ratio:.2f}x (ratio of medians), {pairs:.2f}x (median "
-          f"of the per-repeat ratios), {min(times['MSC 1, 0.75, 0.5']) / min(times['single scale']):.2f}x (ratio "
-          f"of the minima)")  # fmt: skip
-    print(f"  FLOPs per iteration (forward + backward): {flops['single'] / 1e9:.1f} G vs {flops['msc'] / 1e9:.1f} G, "
-          f"{flops['msc'] / flops['single']:.2f}x; input pixels: {sum(s * s for s in SCALES):.2f}x")  # fmt: skip
+    print(
+        f"  MSC / single-scale cost per training iteration: {ratio:.2f}x (ratio of medians), {pairs:.2f}x (median "
+        f"of the per-repeat ratios), {min(times['MSC 1, 0.75, 0.5']) / min(times['single scale']):.2f}x (ratio "
+        f"of the minima)"
+    )
+    print(
+        f"  FLOPs per iteration (forward + backward): {flops['single'] / 1e9:.1f} G vs {flops['msc'] / 1e9:.1f} G, "
+        f"{flops['msc'] / flops['single']:.2f}x; input pixels: {sum(s * s for s in SCALES):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -239,24 +239,93 @@ def tile_nb(out: Path, work: Path, seed: int) -> None:
     0.08 % road. ``seed`` does not change a scene split (it seeds training).
     """
     del seed
-    checked(run([str(ROOT / "pipelines" / "tile.py"), *(str(NB / s) for s in NB_SCENES), "--split", "train", "val",
-                 "--labels", str(NB / "BakerLake_2017_clipped.gpkg"), "--label-field", "Quatreclasses",
-                 "--label-fill", "0", "--classes", NB_CLASSES,
-                 "--size", "128", "--stride", "64", "--out", str(out), "--workers", "1", "--quiet"], work),
-            "tiling New Brunswick")  # fmt: skip
+    checked(
+        run(
+            [
+                str(ROOT / "pipelines" / "tile.py"),
+                *(str(NB / s) for s in NB_SCENES),
+                "--split",
+                "train",
+                "val",
+                "--labels",
+                str(NB / "BakerLake_2017_clipped.gpkg"),
+                "--label-field",
+                "Quatreclasses",
+                "--label-fill",
+                "0",
+                "--classes",
+                NB_CLASSES,
+                "--size",
+                "128",
+                "--stride",
+                "64",
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--quiet",
+            ],
+            work,
+        ),
+        "tiling New Brunswick",
+    )
 
 
 def tile_generated(out: Path, work: Path, seed: int) -> None:
     """docs/own_data.md's data: three generated 0.15 m RGB+NIR scenes, two of them tiled with a 25 % hold-out."""
     data = work / "my_data"
-    checked(run(["-m", "rs_deeplab.sample", "potsdam", str(data), "--ids", "2_13", "2_14", "3_10",
-                 "--size", "640", "--gsd", "0.15", "--polygons", str(data / "landcover.gpkg")], work),
-            "generating the sample")  # fmt: skip
+    checked(
+        run(
+            [
+                "-m",
+                "rs_deeplab.sample",
+                "potsdam",
+                str(data),
+                "--ids",
+                "2_13",
+                "2_14",
+                "3_10",
+                "--size",
+                "640",
+                "--gsd",
+                "0.15",
+                "--polygons",
+                str(data / "landcover.gpkg"),
+            ],
+            work,
+        ),
+        "generating the sample",
+    )
     scenes = [str(data / "4_Ortho_RGBIR" / f"top_potsdam_{i}_RGBIR.tif") for i in ("2_13", "2_14")]
-    checked(run([str(ROOT / "pipelines" / "tile.py"), *scenes, "--labels", str(data / "landcover.gpkg"),
-                 "--label-field", "class_name", "--val-fraction", "0.25", "--block", "256", "--size", "128",
-                 "--stride", "64", "--seed", str(seed), "--out", str(out), "--workers", "1", "--quiet"], work),
-            "tiling the generated scenes")  # fmt: skip
+    checked(
+        run(
+            [
+                str(ROOT / "pipelines" / "tile.py"),
+                *scenes,
+                "--labels",
+                str(data / "landcover.gpkg"),
+                "--label-field",
+                "class_name",
+                "--val-fraction",
+                "0.25",
+                "--block",
+                "256",
+                "--size",
+                "128",
+                "--stride",
+                "64",
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--quiet",
+            ],
+            work,
+        ),
+        "tiling the generated scenes",
+    )
 
 
 def read_split(tiles: Path, split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -289,20 +358,42 @@ class Outcome:
     error: str | None = None
 
 
-def train_config(config: Path, tiles: Path, work: Path, name: str, seed: int, budget: str,
-                 overrides: Sequence[str] = ()) -> Outcome:  # fmt: skip
+def train_config(
+    config: Path, tiles: Path, work: Path, name: str, seed: int, budget: str, overrides: Sequence[str] = ()
+) -> Outcome:
     """Train ``config`` with train.py for ``budget``, then score its last.pt on val with evaluate.py."""
     run_dir = work / name
     start = time.perf_counter()
-    done = run([str(ROOT / "pipelines" / "train.py"), str(config), f"data.root={tiles}", f"work_dir={run_dir}",
-                f"seed={seed}", *overrides, "--budget", budget], work)  # fmt: skip
+    done = run(
+        [
+            str(ROOT / "pipelines" / "train.py"),
+            str(config),
+            f"data.root={tiles}",
+            f"work_dir={run_dir}",
+            f"seed={seed}",
+            *overrides,
+            "--budget",
+            budget,
+        ],
+        work,
+    )
     seconds = time.perf_counter() - start
     (work / f"{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         return Outcome(None, None, seconds, f"train.py exit {done.returncode}: {done.stderr[-2000:]}")
     out = work / f"{name}_eval"
-    scored = run([str(ROOT / "pipelines" / "evaluate.py"), str(run_dir / "last.pt"), "--split", "val",
-                  "--out", str(out), "--quiet"], work)  # fmt: skip
+    scored = run(
+        [
+            str(ROOT / "pipelines" / "evaluate.py"),
+            str(run_dir / "last.pt"),
+            "--split",
+            "val",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        work,
+    )
     if scored.returncode != 0:
         return Outcome(None, None, seconds, f"evaluate.py exit {scored.returncode}: {scored.stderr[-2000:]}")
     report = json.loads((out / "val_scores.json").read_text())
@@ -334,8 +425,9 @@ def train_plain(tiles: Path, num_classes: int, seed: int, budget_s: float) -> Ou
     norm = [((img - mean[:, None, None]) / std[:, None, None]).astype(np.float32) for img in images]
     crop = plain_crop(images)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = smp.DeepLabV3Plus(encoder_name="resnet18", encoder_weights=None, in_channels=len(mean),
-                              classes=num_classes).to(device)  # fmt: skip
+    model = smp.DeepLabV3Plus(
+        encoder_name="resnet18", encoder_weights=None, in_channels=len(mean), classes=num_classes
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=PLAIN_LR)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
     model.train()
@@ -356,8 +448,9 @@ def train_plain(tiles: Path, num_classes: int, seed: int, budget_s: float) -> Ou
     return Outcome(cm, iterations, seconds)
 
 
-def random_crops(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], crop: int, batch: int,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def random_crops(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], crop: int, batch: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """``batch`` crops of ``crop`` pixels, each from a uniformly drawn tile at a uniform offset."""
     xs, ys = [], []
     for i in rng.integers(len(images), size=batch):
@@ -369,8 +462,15 @@ def random_crops(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], cro
     return np.stack(xs), np.stack(ys)
 
 
-def score_plain(model: Any, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], mean: np.ndarray,
-                std: np.ndarray, num_classes: int, device: Any) -> np.ndarray:  # fmt: skip
+def score_plain(
+    model: Any,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    mean: np.ndarray,
+    std: np.ndarray,
+    num_classes: int,
+    device: Any,
+) -> np.ndarray:
     """Confusion matrix of whole val tiles, batched and counted as evaluate.py does (module docstring)."""
     import torch
     import torch.nn.functional as F
@@ -501,8 +601,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[data] = bench_dataset(data, work / data, args, args.recipes)
     ok = all(r["ok"] for r in results.values())
     if args.json is not None:
-        record = {"budget": args.budget, "seed": args.seed, "recipes": args.recipes, "overrides": args.overrides,
-                  "datasets": results, "ok": ok}  # fmt: skip
+        record = {
+            "budget": args.budget,
+            "seed": args.seed,
+            "recipes": args.recipes,
+            "overrides": args.overrides,
+            "datasets": results,
+            "ok": ok,
+        }
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nall checks hold on {', '.join(datasets)}: {'yes' if ok else 'NO'}")
     return 0 if ok else 1

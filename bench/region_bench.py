@@ -41,9 +41,12 @@ KW = {"size": 512, "stride": 384, "batch_size": 2, "mean": [110.0] * 4, "std": [
 def small_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
         torch.nn.Conv2d(8, 6, 1),
-    )  # fmt: skip
+    )
 
 
 def write_scenes(folder: Path, count: int, size: int) -> list[Path]:
@@ -53,8 +56,11 @@ def write_scenes(folder: Path, count: int, size: int) -> list[Path]:
     out = []
     for i in range(count):
         transform = Affine(0.5, 0, 368_000 + i * size * 0.5, 0, -0.5, 5_808_000)
-        out.append(write_geotiff(folder / f"tile_{i:04d}.tif", np.roll(image, i, axis=2), crs="EPSG:32633",
-                                 transform=transform))  # fmt: skip
+        out.append(
+            write_geotiff(
+                folder / f"tile_{i:04d}.tif", np.roll(image, i, axis=2), crs="EPSG:32633", transform=transform
+            )
+        )
     return out
 
 
@@ -84,8 +90,10 @@ def speed(args: argparse.Namespace, address: str, folder: Path) -> None:
             best[name] = max(best.get(name, 0.0), rate)
             print(f"  {name}: {windows} windows, {rate:.1f} windows/s", flush=True)
     ratio = best["one job"] / best["one at a time"]
-    print(f"{args.scenes} scenes of {args.size}², {args.workers} workers: one job {best['one job']:.1f} windows/s, "
-          f"one at a time {best['one at a time']:.1f} windows/s: ratio {ratio:.2f} (target >= 1.5)")  # fmt: skip
+    print(
+        f"{args.scenes} scenes of {args.size}², {args.workers} workers: one job {best['one job']:.1f} windows/s, "
+        f"one at a time {best['one at a time']:.1f} windows/s: ratio {ratio:.2f} (target >= 1.5)"
+    )
 
 
 def memory_child(address: str, count: int, folder: str) -> None:
@@ -100,8 +108,12 @@ def memory(args: argparse.Namespace, address: str) -> None:
     peaks = {}
     for count in (int(c) for c in args.memory_scenes.split(",")):
         with tempfile.TemporaryDirectory() as folder:
-            out = subprocess.run([sys.executable, __file__, "--child", address, str(count), folder], check=True,
-                                 capture_output=True, text=True).stdout  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", address, str(count), folder],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
         peaks[count] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
         print(f"  one job of {count} scenes of 256²: peak RSS of the client process {peaks[count]:.0f} MB", flush=True)
     lo, hi = min(peaks), max(peaks)

@@ -32,13 +32,23 @@ BLOCK = 1024
 
 def make_rasters(folder: Path, size: int) -> tuple[Path, Path]:
     """A ``size``² scene and labels, written block by block (never a whole array in memory)."""
-    profile = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32633", "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "deflate",
-               "transform": from_origin(366_000, 5_811_000, 0.25, 0.25)}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "crs": "EPSG:32633",
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "transform": from_origin(366_000, 5_811_000, 0.25, 0.25),
+    }
     scene, labels = folder / "scene.tif", folder / "labels.tif"
     rng = np.random.default_rng(0)
-    with rasterio.open(scene, "w", count=3, dtype="uint8", **profile) as s, \
-            rasterio.open(labels, "w", count=1, dtype="uint8", nodata=255, **profile) as lab:  # fmt: skip
+    with (
+        rasterio.open(scene, "w", count=3, dtype="uint8", **profile) as s,
+        rasterio.open(labels, "w", count=1, dtype="uint8", nodata=255, **profile) as lab,
+    ):
         for row in range(0, size, BLOCK):
             for col in range(0, size, BLOCK):
                 h, w = min(BLOCK, size - row), min(BLOCK, size - col)
@@ -98,10 +108,20 @@ def main() -> None:
             for code, root in codes:
                 page = folder / f"{code}.html"
                 env = {**os.environ, "PYTHONPATH": str(root)}
-                run = subprocess.run([sys.executable, "-c", CHILD, str(page), str(labels), str(scene)], cwd=root,
-                                     env=env, capture_output=True, text=True, check=True)  # fmt: skip
-                result = {"size": size, "code": code, "rasters_s": made,
-                          **json.loads(run.stdout.strip().splitlines()[-1])}  # fmt: skip
+                run = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(page), str(labels), str(scene)],
+                    cwd=root,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                result = {
+                    "size": size,
+                    "code": code,
+                    "rasters_s": made,
+                    **json.loads(run.stdout.strip().splitlines()[-1]),
+                }
                 result.update(open_page(page, args.chromium))
                 print(json.dumps(result), flush=True)
 

@@ -68,9 +68,15 @@ def make_scenes(folder: Path, count: int, side: int) -> list[tuple[Path, Path]]:
         transform = Affine(0.05, 0, 368_000.0 + i * side * 0.05, 0, -0.05, 5_808_000.0)
         for path, data in ((image, image_data), (label, SCHEME.encode_colours(classes))):
             profile = geotiff_profile(
-                width=side, height=side, count=data.shape[0], dtype="uint8", crs="EPSG:32633", transform=transform,
-                compress=None, tiled=False,
-            )  # fmt: skip
+                width=side,
+                height=side,
+                count=data.shape[0],
+                dtype="uint8",
+                crs="EPSG:32633",
+                transform=transform,
+                compress=None,
+                tiled=False,
+            )
             with rasterio.open(path, "w", **profile) as dst:
                 dst.write(data)
     return pairs
@@ -97,8 +103,12 @@ def floor(pairs: list[tuple[Path, Path]], out: Path) -> None:
             sl = np.s_[w.row_off : w.row_off + SIZE, w.col_off : w.col_off + SIZE]
             name = w.name(image_path.stem)
             _write(out / "images" / f"{name}.tif", image[(slice(None), *sl)], dict(image_profile, transform=t))
-            _write(out / "labels" / f"{name}.tif", label[np.newaxis][(slice(None), *sl)],
-                   dict(label_profile, transform=t), SCHEME.colormap())  # fmt: skip
+            _write(
+                out / "labels" / f"{name}.tif",
+                label[np.newaxis][(slice(None), *sl)],
+                dict(label_profile, transform=t),
+                SCHEME.colormap(),
+            )
 
 
 def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
@@ -114,8 +124,12 @@ def serial(pairs: list[tuple[Path, Path]], out: Path) -> None:
                 t = src.transform @ Affine.translation(w.col_off, w.row_off)
                 name = w.name(image_path.stem)
                 _write(out / "images" / f"{name}.tif", image, dict(image_profile, transform=t))
-                _write(out / "labels" / f"{name}.tif", label[np.newaxis], dict(label_profile, transform=t),
-                       SCHEME.colormap())  # fmt: skip
+                _write(
+                    out / "labels" / f"{name}.tif",
+                    label[np.newaxis],
+                    dict(label_profile, transform=t),
+                    SCHEME.colormap(),
+                )
 
 
 def cli(pairs: list[tuple[Path, Path]], out: Path, templates: bool = True) -> None:
@@ -124,8 +138,20 @@ def cli(pairs: list[tuple[Path, Path]], out: Path, templates: bool = True) -> No
     """  # noqa: D205
     from pipelines.tile import main as tile_main
 
-    argv = [*(str(i) for i, _ in pairs), "--labels", *(str(lab) for _, lab in pairs), "--scheme", "potsdam",
-            "--size", str(SIZE), "--stride", str(STRIDE), "--out", str(out), "-q"]  # fmt: skip
+    argv = [
+        *(str(i) for i, _ in pairs),
+        "--labels",
+        *(str(lab) for _, lab in pairs),
+        "--scheme",
+        "potsdam",
+        "--size",
+        str(SIZE),
+        "--stride",
+        str(STRIDE),
+        "--out",
+        str(out),
+        "-q",
+    ]
     with contextlib.redirect_stdout(io.StringIO()):  # where the crops went: not the bench's output
         crops.TEMPLATE_WRITES = templates  # forked workers inherit it
         try:
@@ -137,8 +163,16 @@ def cli(pairs: list[tuple[Path, Path]], out: Path, templates: bool = True) -> No
 
 
 def tiler(pairs: list[tuple[Path, Path]], out: Path, workers: int | None, processes: bool = True) -> None:
-    tile_scenes([SceneSpec(i, lab) for i, lab in pairs], out, size=SIZE, stride=STRIDE, scheme="potsdam",
-                workers=workers, processes=processes, quiet=True)  # fmt: skip
+    tile_scenes(
+        [SceneSpec(i, lab) for i, lab in pairs],
+        out,
+        size=SIZE,
+        stride=STRIDE,
+        scheme="potsdam",
+        workers=workers,
+        processes=processes,
+        quiet=True,
+    )
 
 
 def codecs(image_path: Path, count: int = 60) -> None:
@@ -165,8 +199,10 @@ def codecs(image_path: Path, count: int = 60) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     base = results["none"][0]
     for codec, (write, read, size) in results.items():
-        print(f"codec {codec:8} write {write * 1e3:6.2f} ms ({write / base:4.1f}x none)  read {read * 1e3:5.2f} ms  "
-              f"{size / 2**20:5.2f} MiB/crop")  # fmt: skip
+        print(
+            f"codec {codec:8} write {write * 1e3:6.2f} ms ({write / base:4.1f}x none)  read {read * 1e3:5.2f} ms  "
+            f"{size / 2**20:5.2f} MiB/crop"
+        )
 
 
 def _cpu() -> float:
@@ -200,34 +236,49 @@ def paired(pairs: list[tuple[Path, Path]], scratch: Path, count: int) -> None:
     try:
         for i in range(count):
             order = ["floor", "cli"] if i % 2 == 0 else ["cli", "floor"]
-            runs = {name: timed(name, (lambda o: floor(pairs, o)) if name == "floor" else (lambda o: cli(pairs, o)),
-                                scratch) for name in order}  # fmt: skip
+            runs = {
+                name: timed(
+                    name, (lambda o: floor(pairs, o)) if name == "floor" else (lambda o: cli(pairs, o)), scratch
+                )
+                for name in order
+            }
             walls.append(runs["cli"][0] / runs["floor"][0])
             cpus.append(runs["cli"][1] / runs["floor"][1])
-            print(f"pair {i + 1} ({' then '.join(order)}): floor {runs['floor'][0]:.2f} s, tile.py "
-                  f"{runs['cli'][0]:.2f} s: wall ratio {walls[-1]:.2f}, CPU ratio {cpus[-1]:.2f}, load "
-                  f"{os.getloadavg()[0]:.1f}")  # fmt: skip
+            print(
+                f"pair {i + 1} ({' then '.join(order)}): floor {runs['floor'][0]:.2f} s, tile.py "
+                f"{runs['cli'][0]:.2f} s: wall ratio {walls[-1]:.2f}, CPU ratio {cpus[-1]:.2f}, load "
+                f"{os.getloadavg()[0]:.1f}"
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"tile.py / floor over {count} pairs: wall median {np.median(walls):.2f} (min {min(walls):.2f}, max "
-          f"{max(walls):.2f}), CPU median {np.median(cpus):.2f}")  # fmt: skip
+    print(
+        f"tile.py / floor over {count} pairs: wall median {np.median(walls):.2f} (min {min(walls):.2f}, max "
+        f"{max(walls):.2f}), CPU median {np.median(cpus):.2f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/rs_deeplab_tile_bench"), help="scenes (kept)")
     parser.add_argument(
-        "--out-dir", type=Path, default=Path("/dev/shm/rs_deeplab_tile_bench") if Path("/dev/shm").is_dir() else None,
+        "--out-dir",
+        type=Path,
+        default=Path("/dev/shm/rs_deeplab_tile_bench") if Path("/dev/shm").is_dir() else None,
         help="crop outputs, deleted after each run; tmpfs by default: on this VM's ext4, creating files right after "
         "thousands were deleted is slow for minutes, which would penalise whichever variant runs next",
-    )  # fmt: skip
+    )
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--scene-size", type=int, default=6000)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant; the fastest is kept")
     parser.add_argument("--threads", action="store_true", help="also time 2 local workers as threads")
-    parser.add_argument("--paired", type=int, default=0, metavar="N",
-                        help="only time N pairs of floor and tile.py back to back (order alternating), print "
-                             "the median of their ratios (steadier than fastest runs on a loaded machine)")  # fmt: skip
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time N pairs of floor and tile.py back to back (order alternating), print "
+        "the median of their ratios (steadier than fastest runs on a loaded machine)",
+    )
     args = parser.parse_args()
     pairs = make_scenes(args.dir / "scenes", args.scenes, args.scene_size)
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
@@ -274,11 +325,15 @@ def main() -> None:
     print(f"floor / serial window            : {best['floor'] / best['serial']:.2f}")
     print("seconds, fastest (all runs); CPU seconds of this process and its workers, least (all runs):")
     for name, times in runs.items():
-        print(f"  {name:9} {best[name]:6.2f}  ({' '.join(f'{t:.2f}' for t in times)})   CPU {min(cpus[name]):6.2f}  "
-              f"({' '.join(f'{t:.2f}' for t in cpus[name])})")  # fmt: skip
+        print(
+            f"  {name:9} {best[name]:6.2f}  ({' '.join(f'{t:.2f}' for t in times)})   CPU {min(cpus[name]):6.2f}  "
+            f"({' '.join(f'{t:.2f}' for t in cpus[name])})"
+        )
     least = {name: min(times) for name, times in cpus.items()}
-    print(f"CPU seconds / floor's: tile.py {least['cli'] / least['floor']:.2f}, tile.py through GDAL "
-          f"{least['cli-gdal'] / least['floor']:.2f}, tiler-1 {least['tiler-1'] / least['floor']:.2f}")  # fmt: skip
+    print(
+        f"CPU seconds / floor's: tile.py {least['cli'] / least['floor']:.2f}, tile.py through GDAL "
+        f"{least['cli-gdal'] / least['floor']:.2f}, tiler-1 {least['tiler-1'] / least['floor']:.2f}"
+    )
 
 
 if __name__ == "__main__":

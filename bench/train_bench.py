@@ -114,27 +114,41 @@ def main(argv: list[str] | None = None) -> int:
     iterations = cfg.schedule.iterations
 
     m, d = cfg.model, cfg.data
-    print(f"machine: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable, torch {torch.get_num_threads()} "
-          f"threads; load average before training {load_before}, after {load()}")  # fmt: skip
-    print(f"data: {len(TRAIN_IDS)} training scenes and 1 held out, {args.size}² px at {args.gsd} m, "
-          f"{tiles.crops} crops, written and tiled in {prepared:.1f} s")  # fmt: skip
-    print(f"model: {m.name} {m.backbone} os{m.output_stride}; crop {d.crop_size}, batch {d.batch_size}, "
-          f"{cfg.optimizer.name} lr {cfg.optimizer.lr}, {iterations} iterations")  # fmt: skip
-    print(f"training: {seconds:.1f} s wall ({seconds / 60:.2f} min) for {iterations} iterations: "
-          f"{iterations / seconds:.3f} iterations/s, {seconds / iterations:.2f} s/iteration overall "
-          f"(set-up, {len(clock.evaluations)} evaluations and checkpoints included)")  # fmt: skip
+    print(
+        f"machine: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable, torch {torch.get_num_threads()} "
+        f"threads; load average before training {load_before}, after {load()}"
+    )
+    print(
+        f"data: {len(TRAIN_IDS)} training scenes and 1 held out, {args.size}² px at {args.gsd} m, "
+        f"{tiles.crops} crops, written and tiled in {prepared:.1f} s"
+    )
+    print(
+        f"model: {m.name} {m.backbone} os{m.output_stride}; crop {d.crop_size}, batch {d.batch_size}, "
+        f"{cfg.optimizer.name} lr {cfg.optimizer.lr}, {iterations} iterations"
+    )
+    print(
+        f"training: {seconds:.1f} s wall ({seconds / 60:.2f} min) for {iterations} iterations: "
+        f"{iterations / seconds:.3f} iterations/s, {seconds / iterations:.2f} s/iteration overall "
+        f"(set-up, {len(clock.evaluations)} evaluations and checkpoints included)"
+    )
     if rate is not None:
         evaluating = sum(end - begin for begin, end in clock.evaluations)
-        print(f"  while iterating: {rate:.3f} iterations/s, {1 / rate:.2f} s/iteration; "
-              f"evaluations took {evaluating:.1f} s in all")  # fmt: skip
-    print(f"held-out val mIoU {scores['mIoU']:.4f} at iteration {scores['iteration']:.0f}, "
-          f"OA {scores['OA']:.4f}; best {result.best_miou:.4f}")  # fmt: skip
+        print(
+            f"  while iterating: {rate:.3f} iterations/s, {1 / rate:.2f} s/iteration; "
+            f"evaluations took {evaluating:.1f} s in all"
+        )
+    print(
+        f"held-out val mIoU {scores['mIoU']:.4f} at iteration {scores['iteration']:.0f}, "
+        f"OA {scores['OA']:.4f}; best {result.best_miou:.4f}"
+    )
     for key, value in scores.items():
         if key.startswith("IoU/"):
             print(f"  IoU {key[4:]:<20} {value:.4f}")
     miou_ok, time_ok = scores["mIoU"] >= MIOU_TARGET, seconds <= TIME_TARGET_S
-    print(f"target mIoU >= {MIOU_TARGET:.2f}: {'met' if miou_ok else 'NOT met'}; "
-          f"training <= {TIME_TARGET_S / 60:.0f} min: {'met' if time_ok else 'NOT met'}")  # fmt: skip
+    print(
+        f"target mIoU >= {MIOU_TARGET:.2f}: {'met' if miou_ok else 'NOT met'}; "
+        f"training <= {TIME_TARGET_S / 60:.0f} min: {'met' if time_ok else 'NOT met'}"
+    )
     print(f"outputs: {args.out}")
     return 0
 

@@ -65,8 +65,16 @@ def label_rows(row0: int, rows: int, size: int, cells: int, seed: int = 0) -> np
 
 def write_labels(path: Path, size: int, cells: int, strip: int = 1000) -> Path:
     """Write the generated label raster as a tiled, deflate-compressed GeoTIFF with class names, in strips."""
-    profile = geotiff_profile(width=size, height=size, count=1, dtype="uint8", crs="EPSG:32633",
-                              transform=TRANSFORM, nodata=255, blocksize=512)  # fmt: skip
+    profile = geotiff_profile(
+        width=size,
+        height=size,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+        nodata=255,
+        blocksize=512,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.update_tags(**class_names_tag(ISPRS_CLASSES))
         for row in range(0, size, strip):
@@ -123,8 +131,10 @@ def time_part(workdir: Path, size: int, repeats: int, block: int, workers: list[
     same = all(rows[n] == rows[workers[0]] for n in workers[1:])
     raw_cpu, raw_wall = best["raw shapes (whole array)"]
     summary = next(v for k, v in info.items() if k.startswith("vectorize"))
-    print(f"## time: {size}x{size} uint8 labels, {summary.polygons} polygons, {summary.merged} merged across seams; "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
+    print(
+        f"## time: {size}x{size} uint8 labels, {summary.polygons} polygons, {summary.merged} merged across seams; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     for name, (cpu, wall) in best.items():
         ratios = f"ratio wall {wall / raw_wall:5.2f}  cpu {cpu / raw_cpu:5.2f}"
         print(f"{name:40s} wall {wall:7.2f} s  cpu {cpu:7.2f} s  {ratios}")

@@ -58,9 +58,18 @@ def write_scene(path: Path, height: int, width: int, valid_every: int = 0, strip
     if path.exists():
         return path
     rng = np.random.default_rng(width)
-    profile = geotiff_profile(width=width, height=height, count=4, dtype="uint8", crs="EPSG:32633",
-                              transform=TRANSFORM, compress="deflate", tiled=True, blocksize=256,
-                              nodata=0 if valid_every else None)  # fmt: skip
+    profile = geotiff_profile(
+        width=width,
+        height=height,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+        compress="deflate",
+        tiled=True,
+        blocksize=256,
+        nodata=0 if valid_every else None,
+    )
     base = rng.integers(40, 220, (4, 64, 64)).astype(np.uint8)
     xx = (np.arange(width) // 37) % 64
     nodata = (np.arange(width) % valid_every >= 512) if valid_every else None
@@ -80,10 +89,12 @@ def write_scene(path: Path, height: int, width: int, valid_every: int = 0, strip
 def model_of(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "cnn":
-        return torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(),
-                                   torch.nn.Conv2d(16, CLASSES, 1)).eval()  # fmt: skip
-    return build_model("deeplabv3plus", num_classes=CLASSES, in_channels=4, backbone="resnet18",
-                       output_stride=16).eval()  # fmt: skip
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, CLASSES, 1)
+        ).eval()
+    return build_model(
+        "deeplabv3plus", num_classes=CLASSES, in_channels=4, backbone="resnet18", output_stride=16
+    ).eval()
 
 
 def child(scene: str, out: str, kind: str, panel_columns: int, probs: bool, batch: int) -> None:
@@ -93,8 +104,20 @@ def child(scene: str, out: str, kind: str, panel_columns: int, probs: bool, batc
     probs_path = Path(out).with_suffix(".probs.tif") if probs else None
     known = inspect.signature(predict_scene).parameters
     panels = {"panel_columns": panel_columns or 10**9} if "panel_columns" in known else {}  # the code before: none
-    result = predict_scene(model, scene, out, size=SIZE, stride=STRIDE, batch_size=batch, mean=MEAN, std=STD,
-                           device="cpu", resume=False, probs_path=probs_path, **panels)  # fmt: skip
+    result = predict_scene(
+        model,
+        scene,
+        out,
+        size=SIZE,
+        stride=STRIDE,
+        batch_size=batch,
+        mean=MEAN,
+        std=STD,
+        device="cpu",
+        resume=False,
+        probs_path=probs_path,
+        **panels,
+    )
     seconds = time.perf_counter() - start
     peak = vm_hwm_mib()
     print(json.dumps({"peak_mib": peak, "seconds": seconds, "windows": result.windows}))
@@ -129,20 +152,36 @@ def main() -> None:
     panels = "one panel (whole width)" if args.panel_columns == 0 else f"panels of {args.panel_columns} columns"
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch {torch.__version__}, work {work}")
     sparse = f", valid 512 of every {args.valid_every} columns" if args.valid_every else ""
-    print(f"# {args.rows} rows{sparse}, {args.model}, {CLASSES} classes, windows {SIZE}/{STRIDE}, batch {args.batch}, "
-          f"cpu, {panels}{', --probs' if args.probs else ''}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"# {args.rows} rows{sparse}, {args.model}, {CLASSES} classes, windows {SIZE}/{STRIDE}, batch {args.batch}, "
+        f"cpu, {panels}{', --probs' if args.probs else ''}, load {os.getloadavg()[0]:.1f}"
+    )
     first = None
     for width in [int(w) for w in args.widths.split(",")]:
         name = f"scene_{args.rows}x{width}_{args.valid_every}.tif"
         scene = write_scene(work / name, args.rows, width, args.valid_every)
-        cmd = [sys.executable, __file__, "--child", str(scene), str(work / f"labels_{width}.tif"), "--model",
-               args.model, "--panel-columns", str(args.panel_columns), "--batch", str(args.batch),
-               *(["--probs"] if args.probs else [])]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(scene),
+            str(work / f"labels_{width}.tif"),
+            "--model",
+            args.model,
+            "--panel-columns",
+            str(args.panel_columns),
+            "--batch",
+            str(args.batch),
+            *(["--probs"] if args.probs else []),
+        ]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ))
         r = json.loads(done.stdout.strip().splitlines()[-1])
         first = first or r["peak_mib"]
-        print(f"  {width:7d} wide: peak RSS {r['peak_mib']:7.0f} MiB  ({r['peak_mib'] / first:.3f}× the first)  "
-              f"{r['windows']} windows in {r['seconds']:.0f} s, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        print(
+            f"  {width:7d} wide: peak RSS {r['peak_mib']:7.0f} MiB  ({r['peak_mib'] / first:.3f}× the first)  "
+            f"{r['windows']} windows in {r['seconds']:.0f} s, load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

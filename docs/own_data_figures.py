@@ -63,8 +63,13 @@ def main() -> None:
     axes[0].set_title("my_data/…/top_potsdam_2_13_RGBIR.tif")
     axes[1].imshow(image, extent=extent)
     inside = polygons.cx[extent[0] : extent[1], extent[2] : extent[3]]
-    inside.plot(ax=axes[1], color=[colours.get(c, (0, 0, 0)) for c in inside.class_name], alpha=0.55,
-                edgecolor="black", linewidth=0.4)  # fmt: skip
+    inside.plot(
+        ax=axes[1],
+        color=[colours.get(c, (0, 0, 0)) for c in inside.class_name],
+        alpha=0.55,
+        edgecolor="black",
+        linewidth=0.4,
+    )
     axes[1].set_xlim(extent[0], extent[1])
     axes[1].set_ylim(extent[2], extent[3])
     axes[1].set_title("my_data/landcover.gpkg (attribute class_name)")
@@ -80,8 +85,10 @@ def main() -> None:
     for split, colour in (("train", "tab:blue"), ("val", "tab:orange")):
         part = tiles[tiles.split == split]
         part.dissolve().plot(ax=ax, facecolor=colour, alpha=0.35, edgecolor=colour, linewidth=1.5)
-    handles = [Patch(color=c, alpha=0.5, label=f"{s}: {(tiles.split == s).sum()} crops")
-               for s, c in (("train", "tab:blue"), ("val", "tab:orange"))]  # fmt: skip
+    handles = [
+        Patch(color=c, alpha=0.5, label=f"{s}: {(tiles.split == s).sum()} crops")
+        for s, c in (("train", "tab:blue"), ("val", "tab:orange"))
+    ]
     ax.legend(handles=handles, loc="lower left")
     ax.set_title("my_tiles/index.gpkg: 128 px crops,\n25 % of the area held out in whole blocks")
     finish(fig, [ax], docs / "own_data_tiles.png")

@@ -52,8 +52,14 @@ def shoot(browser: Any, page_path: Path, out: Path) -> None:
         folder = page_path.resolve().with_name(f"{page_path.stem}_files").as_uri() + "/"
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("request", lambda r: None if r.url.startswith(folder) or r.url == page_path.resolve().as_uri()
-                else problems.append(f"outside the page's folder: {r.url}"))  # fmt: skip
+        page.on(
+            "request",
+            lambda r: (
+                None
+                if r.url.startswith(folder) or r.url == page_path.resolve().as_uri()
+                else problems.append(f"outside the page's folder: {r.url}")
+            ),
+        )
         page.goto(page_path.resolve().as_uri())
         page.wait_for_function("window.RS && window.RS.ready === true")
         page.wait_for_function(TILES_LOADED)
@@ -76,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])  # fmt: skip
+        browser = playwright.chromium.launch(
+            executable_path=chromium(), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
         try:
             for kind in PAGES:
                 out = args.out / f"demo_{kind}_page.png"

@@ -442,9 +442,13 @@ def gpu_hours(recipe: Recipe) -> float:
     reference = forward_flops("deeplabv3plus", "resnet50", "mmseg", 8, (512, 512))
     v100_flops_per_s = V100_FPS_REFERENCE * reference
     flops = forward_flops(
-        s["model.name"], s["model.backbone"], s.get("model.head", "paper"), s["model.output_stride"],
-        _crop(s["data.crop_size"]), s.get("model.msc"),
-    )  # fmt: skip
+        s["model.name"],
+        s["model.backbone"],
+        s.get("model.head", "paper"),
+        s["model.output_stride"],
+        _crop(s["data.crop_size"]),
+        s.get("model.msc"),
+    )
     return training_images(recipe) * 3 * flops / v100_flops_per_s / 3600
 
 

@@ -35,10 +35,17 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--iterations", type=int, default=10, help="mean-field iterations (10)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs (auto)")
     p.add_argument("--workers", type=int, default=None, help="local Dask worker processes (one per core)")
-    p.add_argument("--scheduler", help="Dask scheduler address; its workers must see --out (a shared file system); "
-                   f"reached before any probability is computed ({SCHEDULER_HELP})")  # fmt: skip
-    p.add_argument("--out", type=local_output, default=None,
-                   help="cache and report folder (default: <checkpoint folder>/crf_search)")  # fmt: skip
+    p.add_argument(
+        "--scheduler",
+        help="Dask scheduler address; its workers must see --out (a shared file system); "
+        f"reached before any probability is computed ({SCHEDULER_HELP})",
+    )
+    p.add_argument(
+        "--out",
+        type=local_output,
+        default=None,
+        help="cache and report folder (default: <checkpoint folder>/crf_search)",
+    )
     add_common_arguments(p)
     return p
 
@@ -51,16 +58,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
-    points = make_grid(parse_range(args.w1, "--w1"), parse_range(args.sxy, "--sxy"),
-                       parse_range(args.srgb, "--srgb"), args.iterations)  # fmt: skip
+    points = make_grid(
+        parse_range(args.w1, "--w1"), parse_range(args.sxy, "--sxy"), parse_range(args.srgb, "--srgb"), args.iterations
+    )
     out = args.out or args.checkpoint.parent / "crf_search"
-    result = search_checkpoint_crf(args.checkpoint, args.split, out, points, images=args.images, device=args.device,
-                                   workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)  # fmt: skip
+    result = search_checkpoint_crf(
+        args.checkpoint,
+        args.split,
+        out,
+        points,
+        images=args.images,
+        device=args.device,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        quiet=args.quiet,
+    )
     print(result.markdown.read_text(), end="")
     best = result.best
-    print(f"best ({best['setting']}): w1 {best['crf']['bilateral_compat']:g}, σα {best['crf']['bilateral_sxy']:g}, "
-          f"σβ {best['crf']['bilateral_srgb']:g} (mIoU {best['mIoU']:.4f}); computed now: "
-          f"{result.computed_probabilities} crop(s), {result.computed_settings} setting(s)")  # fmt: skip
+    print(
+        f"best ({best['setting']}): w1 {best['crf']['bilateral_compat']:g}, σα {best['crf']['bilateral_sxy']:g}, "
+        f"σβ {best['crf']['bilateral_srgb']:g} (mIoU {best['mIoU']:.4f}); computed now: "
+        f"{result.computed_probabilities} crop(s), {result.computed_settings} setting(s)"
+    )
     print(describe_outputs({"table": result.markdown, "json": result.json, "record": result.record}))
     return 0
 

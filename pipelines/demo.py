@@ -41,8 +41,11 @@ def demo_config(out: Path, overrides: Sequence[str] = (), run_dir: Path | None =
     from rs_deeplab.config.schema import load_config
 
     run = out / "run" if run_dir is None else run_dir
-    paths = [f"data.root={out / 'tiles'}", f"work_dir={run}",
-             f"infer.scenes={json.dumps([str(held_out_scene(out).resolve())])}"]  # fmt: skip
+    paths = [
+        f"data.root={out / 'tiles'}",
+        f"work_dir={run}",
+        f"infer.scenes={json.dumps([str(held_out_scene(out).resolve())])}",
+    ]
     return load_config(CONFIG, [*paths, *overrides])
 
 
@@ -71,8 +74,12 @@ def build_parser() -> ArgumentParser:
     """Arguments of ``pipelines/demo.py``."""
     parser = ArgumentParser(prog="demo.py", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="data, tiles and maps (demo_out/)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs") / "demo",
-                        help="training run folder (runs/demo/, where pipelines/infer.py looks first)")  # fmt: skip
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("runs") / "demo",
+        help="training run folder (runs/demo/, where pipelines/infer.py looks first)",
+    )
     parser.add_argument("--size", type=int, default=SIZE, help="side of each sample scene in pixels")
     parser.add_argument("--gsd", type=float, default=GSD, help="pixel size of the sample scenes in metres")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample scenes")
@@ -124,18 +131,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     outputs[f"polygons ({maps.polygon_count})"] = out / "labels.gpkg"
     page = write_result_page(out / "labels.html", maps, title="demo: held-out scene")
     outputs[f"prediction page ({page.size_text()}; open in a browser)"] = page.page
-    report = evaluate_scenes([(prediction, files[-1].label_noboundary)], out / "scores", scheme=SCHEMES["potsdam"],
-                             quiet=True)  # fmt: skip
+    report = evaluate_scenes(
+        [(prediction, files[-1].label_noboundary)], out / "scores", scheme=SCHEMES["potsdam"], quiet=True
+    )
     outputs["scene scores"] = out / "scores" / "scene_scores.md"
-    scored = write_evaluation_page(evaluation_page_path(out / "scores"), report, scheme=SCHEMES["potsdam"],
-                                   title="demo: held-out scene scores")  # fmt: skip
+    scored = write_evaluation_page(
+        evaluation_page_path(out / "scores"), report, scheme=SCHEMES["potsdam"], title="demo: held-out scene scores"
+    )
     outputs[f"evaluation page ({scored.size_text()}; open in a browser)"] = scored.page
     with open_raster(held_out) as img, open_raster(prediction) as pred, open_raster(files[-1].label) as lbl:
         truth = SCHEMES["potsdam"].decode(lbl.read())
-        outputs["prediction preview"] = preview_png(out / "prediction_preview.png", img.read(), pred.read(1),
-                                                    max_width=1800, also=[truth])  # fmt: skip
-    log.info("predicted the held-out scene in %.1f s: mIoU %.3f over the whole scene (eroded boundaries ignored)",
-             maps.seconds, report["total"]["scores"]["mIoU"])  # fmt: skip
+        outputs["prediction preview"] = preview_png(
+            out / "prediction_preview.png", img.read(), pred.read(1), max_width=1800, also=[truth]
+        )
+    log.info(
+        "predicted the held-out scene in %.1f s: mIoU %.3f over the whole scene (eroded boundaries ignored)",
+        maps.seconds,
+        report["total"]["scores"]["mIoU"],
+    )
 
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs:")
     print(describe_outputs({k: str(v) for k, v in outputs.items()}))

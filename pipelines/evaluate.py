@@ -40,22 +40,40 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--split", default=None, help="checkpoint mode: split to score (default: val)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="checkpoint mode (auto)")
     scene = parser.add_argument_group("scene mode (whole predicted scenes against their truth)")
-    scene.add_argument("--pred", type=str, nargs="+", default=None,
-                       help="prediction rasters (uint8, 255 = nodata): files, URLs (https://, s3://, gs://) or GDAL "
-                       "paths")  # fmt: skip
-    scene.add_argument("--truth", type=str, nargs="+", default=None,
-                       help="truth rasters, one per --pred, same order (files, URLs or GDAL paths)")  # fmt: skip
+    scene.add_argument(
+        "--pred",
+        type=str,
+        nargs="+",
+        default=None,
+        help="prediction rasters (uint8, 255 = nodata): files, URLs (https://, s3://, gs://) or GDAL paths",
+    )
+    scene.add_argument(
+        "--truth",
+        type=str,
+        nargs="+",
+        default=None,
+        help="truth rasters, one per --pred, same order (files, URLs or GDAL paths)",
+    )
     scene.add_argument("--scheme", choices=list(SCHEMES), default=None, help="dataset whose encoding the truth uses")
     scene.add_argument(
         "--class-names", type=_names, default=None, help="comma-separated class names (default: raster tag, scheme)"
     )
     scene.add_argument("--block-size", type=int, default=None, help="block edge in pixels (default 2048)")
-    parser.add_argument("--out", type=local_output, default=None,
-                        help="report folder (default: the checkpoint's folder; in scene mode beside the first "
-                        "prediction, for a URL the current folder)")  # fmt: skip
-    parser.add_argument("--no-report", action="store_const", const=True, default=None,
-                        help="do not write the page DIR.html beside the report folder (scores, confusion matrix, "
-                        "right and wrong pixels)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=local_output,
+        default=None,
+        help="report folder (default: the checkpoint's folder; in scene mode beside the first "
+        "prediction, for a URL the current folder)",
+    )
+    parser.add_argument(
+        "--no-report",
+        action="store_const",
+        const=True,
+        default=None,
+        help="do not write the page DIR.html beside the report folder (scores, confusion matrix, "
+        "right and wrong pixels)",
+    )
     add_common_arguments(parser)
     return parser
 

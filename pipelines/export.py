@@ -25,8 +25,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="training checkpoint, e.g. runs/x/best.pt")
     p.add_argument("--out", type=Path, required=True, help="model.onnx (ONNX) or model.ts (TorchScript)")
     p.add_argument("--format", choices=tuple(FORMATS), help="onnx or torchscript (default: from --out's suffix)")
-    p.add_argument("--output-stride", type=int, choices=(8, 16),
-                   help="output stride to bake in (default: infer.output_stride, else as trained)")  # fmt: skip
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(8, 16),
+        help="output stride to bake in (default: infer.output_stride, else as trained)",
+    )
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset ({MIN_OPSET} or newer)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file even if it is not a model")
     add_common_arguments(p)
@@ -40,8 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
-    result = export_model(args.checkpoint, args.out, fmt=args.format, output_stride=args.output_stride,
-                          opset=args.opset, force=args.force)  # fmt: skip
+    result = export_model(
+        args.checkpoint, args.out, fmt=args.format, output_stride=args.output_stride, opset=args.opset, force=args.force
+    )
     if not args.quiet:
         details = ", ".join(f"{k} {v}" for k, v in describe(result).items())
         print(f"exported {args.checkpoint} ({details})")

@@ -38,14 +38,20 @@ def build_parser() -> ArgumentParser:
     from rs_deeplab.runtime.devices import AMP_CHOICES
 
     p = ArgumentParser(prog="infer.py", description=__doc__)
-    p.add_argument("scenes", nargs="*", type=str,
-                   help="scenes to predict: files, URLs (https://, s3://, gs://; read window by window), GDAL "
-                   "paths (/vsicurl/...), STAC Items (.json file or URL), quoted glob patterns ('tiles/**/*.tif', "
-                   "sorted) or text files listing scenes one per line (@list, or a .txt/.lst file; # comments; "
-                   "relative paths from the list's folder); default: the checkpoint's infer.scenes",
-                   )  # fmt: skip
-    p.add_argument("--assets", help="STAC Items: assets stacked as bands, e.g. red,green,blue,nir "
-                   "(default: the band names the checkpoint recorded)")  # fmt: skip
+    p.add_argument(
+        "scenes",
+        nargs="*",
+        type=str,
+        help="scenes to predict: files, URLs (https://, s3://, gs://; read window by window), GDAL "
+        "paths (/vsicurl/...), STAC Items (.json file or URL), quoted glob patterns ('tiles/**/*.tif', "
+        "sorted) or text files listing scenes one per line (@list, or a .txt/.lst file; # comments; "
+        "relative paths from the list's folder); default: the checkpoint's infer.scenes",
+    )
+    p.add_argument(
+        "--assets",
+        help="STAC Items: assets stacked as bands, e.g. red,green,blue,nir "
+        "(default: the band names the checkpoint recorded)",
+    )
     p.add_argument(
         "--out", type=local_output, required=True, help="x.gpkg (raster x.tif + polygons) or x.tif (raster only)"
     )
@@ -57,20 +63,30 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--scales", help="multi-scale test-time augmentation, e.g. 0.75,1,1.25")
     p.add_argument("--crf", action="store_true", help="refine with DenseCRF (pydensecrf)")
     p.add_argument("--crf-bands", help="1-based bands the CRF uses as colour (default: the first three)")
-    p.add_argument("--crf-iterations", type=int,
-                   help="mean-field iterations of the CRF (default: the setting pipelines/crf_search.py recorded "
-                   "beside the checkpoint, else 5)")  # fmt: skip
+    p.add_argument(
+        "--crf-iterations",
+        type=int,
+        help="mean-field iterations of the CRF (default: the setting pipelines/crf_search.py recorded "
+        "beside the checkpoint, else 5)",
+    )
     p.add_argument("--crf-gaussian", help="smoothness kernel SXY,COMPAT (default: searched, else DeepLab's 3,3)")
     p.add_argument(
         "--crf-bilateral", help="appearance kernel SXY,SRGB,COMPAT (default: searched, else DeepLab's 80,13,10)"
     )
-    p.add_argument("--output-stride", type=int, choices=(8, 16, 32),
-                   help="inference output stride (default: infer.output_stride, else as trained)")  # fmt: skip
-    p.add_argument("--gsd", default="auto",
-                   help="scale to predict at: auto (default: the model's ground sampling distance when a scene's "
-                   "differs by more than 1%%, up to 4× the pixels either way; scenes are read resampled and "
-                   "labels written on their own grid), native (each scene's own pixels) or metres per pixel, "
-                   "e.g. 0.5")  # fmt: skip
+    p.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(8, 16, 32),
+        help="inference output stride (default: infer.output_stride, else as trained)",
+    )
+    p.add_argument(
+        "--gsd",
+        default="auto",
+        help="scale to predict at: auto (default: the model's ground sampling distance when a scene's "
+        "differs by more than 1%%, up to 4× the pixels either way; scenes are read resampled and "
+        "labels written on their own grid), native (each scene's own pixels) or metres per pixel, "
+        "e.g. 0.5",
+    )
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (x_probs.tif, 0-255)")
     p.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs")
     p.add_argument(
@@ -84,39 +100,65 @@ def build_parser() -> ArgumentParser:
         choices=AMP_CHOICES,
         help="GPU precision: auto (bf16 where the GPU has it, else fp16), bf16, fp16 or none (float32)",
     )
-    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                   help="what runs a checkpoint on the CPU: auto (default: ONNX Runtime when installed and the model "
-                   "exports, about 2x PyTorch's speed here, else PyTorch; the export is cached in "
-                   ".rs_deeplab_cache/ beside the checkpoint), torch or onnx; on a GPU auto is PyTorch")  # fmt: skip
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="int8: quantize the checkpoint for ONNX Runtime on the CPU (static, calibrated on windows of "
-                   "the first scene; its agreement with fp32 is printed and recorded in the rasters); fp32 "
-                   "(default)")  # fmt: skip
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=RUNTIMES,
+        help="what runs a checkpoint on the CPU: auto (default: ONNX Runtime when installed and the model "
+        "exports, about 2x PyTorch's speed here, else PyTorch; the export is cached in "
+        ".rs_deeplab_cache/ beside the checkpoint), torch or onnx; on a GPU auto is PyTorch",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISIONS,
+        help="int8: quantize the checkpoint for ONNX Runtime on the CPU (static, calibrated on windows of "
+        "the first scene; its agreement with fp32 is printed and recorded in the rasters); fp32 "
+        "(default)",
+    )
     p.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
-    p.add_argument("--scheduler",
-                   help="Dask scheduler address: spread row ranges of each scene over its workers. One model per "
-                   "GPU: on each GPU machine run `python -m rs_deeplab.inference.dask_jobs.gpu_workers ADDRESS` (one "
-                   f"single-threaded worker per GPU, resource GPU=1); {SCHEDULER_HELP} from the rows "
-                   "written")  # fmt: skip
-    p.add_argument("--separate", action="store_true",
-                   help="several scenes are separate maps (e.g. dates of one place): no mosaic; polygons per "
-                   "scene, with its name in the scene column")  # fmt: skip
-    p.add_argument("--to-crs", help="CRS of the mosaic and the polygons, e.g. EPSG:32633 (default: the first "
-                   "scene's)")  # fmt: skip
-    p.add_argument("--res", type=float, help="pixel size of the mosaic, in the units of its CRS (default: the "
-                   "first scene's)")  # fmt: skip
-    p.add_argument("--stac", action="store_true",
-                   help="also write a STAC Collection with one Item per scene (x.stac/collection.json)")  # fmt: skip
+    p.add_argument(
+        "--scheduler",
+        help="Dask scheduler address: spread row ranges of each scene over its workers. One model per "
+        "GPU: on each GPU machine run `python -m rs_deeplab.inference.dask_jobs.gpu_workers ADDRESS` (one "
+        f"single-threaded worker per GPU, resource GPU=1); {SCHEDULER_HELP} from the rows "
+        "written",
+    )
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="several scenes are separate maps (e.g. dates of one place): no mosaic; polygons per "
+        "scene, with its name in the scene column",
+    )
+    p.add_argument("--to-crs", help="CRS of the mosaic and the polygons, e.g. EPSG:32633 (default: the first scene's)")
+    p.add_argument(
+        "--res", type=float, help="pixel size of the mosaic, in the units of its CRS (default: the first scene's)"
+    )
+    p.add_argument(
+        "--stac",
+        action="store_true",
+        help="also write a STAC Collection with one Item per scene (x.stac/collection.json)",
+    )
     p.add_argument("--min-area", type=float, default=0.0, help="drop polygons under this many m² (0)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in pixels (0)")
-    p.add_argument("--workers", type=int,
-                   help="processes that polygonize blocks of the labels (default: the usable cores for rasters "
-                   "over ~8 Mpx, else 1; the polygons are the same for any number)")  # fmt: skip
-    p.add_argument("--no-report", dest="report", action="store_false",
-                   help="do not write the prediction page x.html (a map of the scene, the classes and the "
-                   "polygons, with legend and model card; opens offline from file://)")  # fmt: skip
-    p.add_argument("--restart", action="store_true",
-                   help="start over: drop an interrupted run's partial output, recompute a finished one")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes that polygonize blocks of the labels (default: the usable cores for rasters "
+        "over ~8 Mpx, else 1; the polygons are the same for any number)",
+    )
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write the prediction page x.html (a map of the scene, the classes and the "
+        "polygons, with legend and model card; opens offline from file://)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: drop an interrupted run's partial output, recompute a finished one",
+    )
     add_common_arguments(p)
     return p
 
@@ -177,15 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = result.rasters[0]
         outputs[f"labels ({len(result.rasters)} scenes)"] = str(first.labels.with_name(f"{args.out.stem}_*.tif"))
         if first.probs:
-            outputs[f"probabilities ({len(result.rasters)} scenes)"] = str(first.probs.with_name(
-                f"{args.out.stem}_*_probs.tif"))  # fmt: skip
+            outputs[f"probabilities ({len(result.rasters)} scenes)"] = str(
+                first.probs.with_name(f"{args.out.stem}_*_probs.tif")
+            )
     else:
         names = [scene_name(r.scene) for r in result.rasters]
         if len(set(names)) < len(names):  # equal file names: the names the outputs carry
             names = scene_names([r.scene for r in result.rasters])
         outputs.update({f"labels ({n})": str(r.labels) for n, r in zip(names, result.rasters, strict=True)})
-        outputs.update({f"probabilities ({n})": str(r.probs) for n, r in zip(names, result.rasters, strict=True)
-                        if r.probs})  # fmt: skip
+        outputs.update(
+            {f"probabilities ({n})": str(r.probs) for n, r in zip(names, result.rasters, strict=True) if r.probs}
+        )
     if result.region is not None:
         grid = result.region.grid
         outputs[f"mosaic ({grid.width}×{grid.height}, {len(result.rasters)} scenes)"] = str(result.region.vrt)

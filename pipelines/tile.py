@@ -27,17 +27,29 @@ def build_parser() -> ArgumentParser:
     from rs_deeplab.tiling.tiler import COMPRESS_CHOICES
 
     parser = ArgumentParser(prog="tile.py", description=__doc__)
-    parser.add_argument("scenes", nargs="+", type=str, metavar="SCENE",
-                        help="rasters to cut: files, URLs (https://, s3://, gs://; read window by window), GDAL "
-                             "paths, STAC Items (.json, with --assets), quoted glob patterns ('ortho/**/*.tif', "
-                             "sorted) or text files listing scenes one per line (@list, or a .txt/.lst file); "
-                             "with --preset, the dataset's root folder",
-                        )  # fmt: skip
-    parser.add_argument("--assets", metavar="NAME,...",
-                        help="STAC Items: the assets stacked as bands, in order (e.g. red,green,blue,nir)")  # fmt: skip
-    parser.add_argument("--labels", nargs="+", type=str, metavar="PATH",
-                        help="one label file per scene, or one for all: colour or class-index raster, or "
-                             "vector polygons (a shared class raster on another grid is warped, nearest)")  # fmt: skip
+    parser.add_argument(
+        "scenes",
+        nargs="+",
+        type=str,
+        metavar="SCENE",
+        help="rasters to cut: files, URLs (https://, s3://, gs://; read window by window), GDAL "
+        "paths, STAC Items (.json, with --assets), quoted glob patterns ('ortho/**/*.tif', "
+        "sorted) or text files listing scenes one per line (@list, or a .txt/.lst file); "
+        "with --preset, the dataset's root folder",
+    )
+    parser.add_argument(
+        "--assets",
+        metavar="NAME,...",
+        help="STAC Items: the assets stacked as bands, in order (e.g. red,green,blue,nir)",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        type=str,
+        metavar="PATH",
+        help="one label file per scene, or one for all: colour or class-index raster, or "
+        "vector polygons (a shared class raster on another grid is warped, nearest)",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="find scenes, labels and splits in a dataset folder")
     parser.add_argument("--bands", default="rgbir", help="potsdam preset: rgbir (default), rgb or irrg images")
     parser.add_argument("--eroded", action="store_true", help="ISPRS presets: eroded noBoundary labels")
@@ -49,24 +61,39 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--label-field", help="vector labels: attribute holding the class")
     parser.add_argument("--label-map", metavar="VALUE=ID[,...]", help="vector labels: attribute value to class id")
     parser.add_argument("--label-fill", type=int, default=255, help="vector labels: class of uncovered pixels (255)")
-    parser.add_argument("--classes", metavar="NAME,...",
-                        help="names of class ids 0,1,...; vector values may be names")  # fmt: skip
-    parser.add_argument("--split", nargs="+", metavar="NAME",
-                        help="split written to the index, one for all scenes or one per scene (train)")  # fmt: skip
-    parser.add_argument("--val-fraction", type=float, metavar="F",
-                        help="hold out about F of the area as split val, in whole square blocks (rest train); "
-                             "crops on a train/val border are dropped so no pixel is in both")  # fmt: skip
-    parser.add_argument("--block", type=int, metavar="N",
-                        help="side of the held-out blocks in pixels (4 x --size, so most crops stay whole; smaller "
-                             "for scenes too small for two such blocks)")  # fmt: skip
+    parser.add_argument("--classes", metavar="NAME,...", help="names of class ids 0,1,...; vector values may be names")
+    parser.add_argument(
+        "--split",
+        nargs="+",
+        metavar="NAME",
+        help="split written to the index, one for all scenes or one per scene (train)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help="hold out about F of the area as split val, in whole square blocks (rest train); "
+        "crops on a train/val border are dropped so no pixel is in both",
+    )
+    parser.add_argument(
+        "--block",
+        type=int,
+        metavar="N",
+        help="side of the held-out blocks in pixels (4 x --size, so most crops stay whole; smaller "
+        "for scenes too small for two such blocks)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed choosing the validation blocks (0)")
-    parser.add_argument("--append", action="store_true",
-                        help="add these scenes to the crops and index in --out (same settings, classes)")  # fmt: skip
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add these scenes to the crops and index in --out (same settings, classes)",
+    )
     parser.add_argument("--compress", choices=COMPRESS_CHOICES, default="none", help="crop codec (none: fastest)")
     parser.add_argument("--workers", type=int, help="local workers (one per core; 1 = this process only)")
     parser.add_argument("--threads", action="store_true", help="local workers as threads of one process")
-    parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help=f"run on an existing Dask scheduler, tcp://host:8786 ({SCHEDULER_HELP})")  # fmt: skip
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS", help=f"run on an existing Dask scheduler, tcp://host:8786 ({SCHEDULER_HELP})"
+    )
     add_common_arguments(parser)
     return parser
 
@@ -99,15 +126,23 @@ def run(argv: Sequence[str] | None) -> TileSummary:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     options = {
-        "out": args.out, "min_valid": args.min_valid, "compress": args.compress, "workers": args.workers,
-        "scheduler": args.scheduler, "quiet": args.quiet, "stride": args.stride, "processes": not args.threads,
-    }  # fmt: skip
+        "out": args.out,
+        "min_valid": args.min_valid,
+        "compress": args.compress,
+        "workers": args.workers,
+        "scheduler": args.scheduler,
+        "quiet": args.quiet,
+        "stride": args.stride,
+        "processes": not args.threads,
+    }
     if args.preset:
         if len(args.scenes) != 1 or args.labels:
             raise InputError("--preset takes exactly one dataset folder and no --labels")
         if args.split or args.val_fraction is not None or args.classes or args.append:
-            raise InputError("--preset uses the dataset's own splits and classes; drop --split, --val-fraction, "
-                             "--classes and --append")  # fmt: skip
+            raise InputError(
+                "--preset uses the dataset's own splits and classes; drop --split, --val-fraction, "
+                "--classes and --append"
+            )
         return tile_preset(
             args.preset, Path(args.scenes[0]), bands=args.bands, eroded=args.eroded, size=args.size, **options
         )
@@ -121,10 +156,19 @@ def run(argv: Sequence[str] | None) -> TileSummary:
         for s, lab, split in zip(args.scenes, labels, splits, strict=True)
     ]
     return tile_scenes(
-        scenes, size=512 if args.size is None else args.size, scheme=args.scheme, label_field=args.label_field,
-        label_map=parse_label_map(args.label_map), label_fill=args.label_fill, classes=parse_classes(args.classes),
-        val_fraction=args.val_fraction, block=args.block, seed=args.seed, append=args.append, **options,
-    )  # fmt: skip
+        scenes,
+        size=512 if args.size is None else args.size,
+        scheme=args.scheme,
+        label_field=args.label_field,
+        label_map=parse_label_map(args.label_map),
+        label_fill=args.label_fill,
+        classes=parse_classes(args.classes),
+        val_fraction=args.val_fraction,
+        block=args.block,
+        seed=args.seed,
+        append=args.append,
+        **options,
+    )
 
 
 def per_scene(args: Any) -> tuple[list[str | None], list[str]]:
@@ -168,9 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info(
         "%d crops from %d scenes (%d windows, %d below --min-valid, %d on a train/val border, %d already done) "
         "in %.1f s on %s",
-        summary.crops, summary.scenes, summary.windows, summary.skipped, summary.dropped, summary.resumed,
-        summary.seconds, summary.cluster,
-    )  # fmt: skip
+        summary.crops,
+        summary.scenes,
+        summary.windows,
+        summary.skipped,
+        summary.dropped,
+        summary.resumed,
+        summary.seconds,
+        summary.cluster,
+    )
     outputs = {"images": summary.images, "labels": summary.labels, "index": summary.index}
     print(describe_outputs({k: v for k, v in outputs.items() if v is not None}))
     return 0

@@ -21,10 +21,13 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="train.py", description=__doc__)
     parser.add_argument("config", help="experiment YAML, e.g. configs/potsdam_r50.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optimizer.lr=0.02 resume=false")
-    parser.add_argument("--budget", metavar="DURATION",
-                        help="train for this long instead of schedule.iterations, e.g. 15m or 1h30m: the run measures "
-                        "its speed and plans iterations, learning-rate decay and evaluations to end in time "
-                        "(schedule.budget; plan.json in the run folder says what it chose and why)")  # fmt: skip
+    parser.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="train for this long instead of schedule.iterations, e.g. 15m or 1h30m: the run measures "
+        "its speed and plans iterations, learning-rate decay and evaluations to end in time "
+        "(schedule.budget; plan.json in the run folder says what it chose and why)",
+    )
     add_common_arguments(parser)
     return parser
 

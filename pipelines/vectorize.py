@@ -28,9 +28,11 @@ def build_parser() -> ArgumentParser:
     from rs_deeplab.vectorize import FORMATS
 
     parser = ArgumentParser(prog="vectorize.py", description=__doc__.splitlines()[0])
-    parser.add_argument("raster", type=str,
-                        help="single-band integer label raster (255 = nodata): a file, URL (https://, s3://, gs://) "
-                        "or GDAL path")  # fmt: skip
+    parser.add_argument(
+        "raster",
+        type=str,
+        help="single-band integer label raster (255 = nodata): a file, URL (https://, s3://, gs://) or GDAL path",
+    )
     parser.add_argument("--out", type=local_output, required=True, help=f"output file: {', '.join(FORMATS)}")
     parser.add_argument("--min-area", type=float, default=0.0, help="drop polygons below this area (m²)")
     parser.add_argument("--simplify", type=float, default=0.0, help="shared-edge simplification tolerance (pixels)")
@@ -42,9 +44,13 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--to-crs", default=None, help="reproject the output, e.g. EPSG:4326")
     parser.add_argument("--block-size", type=int, default=2048, help="block edge in pixels (memory bound)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes polygonizing blocks (default: the usable cores, 1 for rasters under ~8 Mpx; "
-                        "1 = this process only); the polygons are the same for any number")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes polygonizing blocks (default: the usable cores, 1 for rasters under ~8 Mpx; "
+        "1 = this process only); the polygons are the same for any number",
+    )
     parser.add_argument("--layer", default="labels", help="output layer name")
     parser.add_argument("--append", action="store_true", help="append to the layer of an existing GeoPackage")
     parser.add_argument("--scene", default=None, help="add a 'scene' column with this value to every polygon")
@@ -54,8 +60,11 @@ def build_parser() -> ArgumentParser:
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Sizes and areas in the options' own names (0 and negative block sizes, negative areas are mistakes)."""
-    for name, value in (("--min-area", args.min_area), ("--simplify", args.simplify),
-                        ("--fill-holes", args.fill_holes)):  # fmt: skip
+    for name, value in (
+        ("--min-area", args.min_area),
+        ("--simplify", args.simplify),
+        ("--fill-holes", args.fill_holes),
+    ):
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{name} {value:g}: must be a number >= 0")
     if args.block_size < 1:

@@ -58,9 +58,14 @@ class CaseServer:
         self.script = script
         self._spool = tempfile.TemporaryDirectory(prefix="case_server_")
         self._log = open(Path(self._spool.name) / "server.log", "w+b")  # noqa: SIM115 - closed by close()
-        self._proc = subprocess.Popen([sys.executable, "-m", "tests.case_server", script, self._spool.name],
-                                      cwd=REPO, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._log)  # fmt: skip
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.case_server", script, self._spool.name],
+            cwd=REPO,
+            env=ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
         self._lock = threading.Lock()
         self._next = 0
         self._waiting: dict[int, Future[dict[str, Any]]] = {}

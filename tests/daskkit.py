@@ -53,8 +53,22 @@ def start_scheduler(folder: Path, procs: list[subprocess.Popen[bytes]], common: 
     """Start ``dask scheduler`` on loopback (appended to ``procs``); return its address once it is listening."""
     info = folder / "scheduler.json"
     info.unlink(missing_ok=True)
-    procs.append(subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                                   str(info), "--no-dashboard"], **common))  # fmt: skip
+    procs.append(
+        subprocess.Popen(
+            [
+                str(DASK),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--scheduler-file",
+                str(info),
+                "--no-dashboard",
+            ],
+            **common,
+        )
+    )
     deadline = time.monotonic() + 60
     while procs[-1].poll() is None and time.monotonic() < deadline:
         address = _address(info)  # the scheduler writes the file in steps: wait for a whole one, not for the name
@@ -79,10 +93,25 @@ def dask_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
 
     with processes(folder) as (procs, common):
         address = start_scheduler(folder, procs, common)
-        procs.append(subprocess.Popen(
-            [str(DASK), "worker", address, "--nworkers", str(workers), "--nthreads", "1", "--host", "127.0.0.1",
-             "--local-directory", str(folder), "--no-dashboard"], **common,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(DASK),
+                    "worker",
+                    address,
+                    "--nworkers",
+                    str(workers),
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--local-directory",
+                    str(folder),
+                    "--no-dashboard",
+                ],
+                **common,
+            )
+        )
         with Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(workers, timeout=60)
         yield address
@@ -99,8 +128,19 @@ def start_workers(
     """
     from distributed import Client
 
-    command = [str(DASK), "worker", address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
-               "--local-directory", str(folder), "--no-dashboard"]  # fmt: skip
+    command = [
+        str(DASK),
+        "worker",
+        address,
+        "--nthreads",
+        "1",
+        "--no-nanny",
+        "--host",
+        "127.0.0.1",
+        "--local-directory",
+        str(folder),
+        "--no-dashboard",
+    ]
     started = [subprocess.Popen(command, **common) for _ in range(count)]
     procs.extend(started)
     with Client(address, timeout=30, set_as_default=False) as client:

@@ -268,12 +268,21 @@ def s3_server(bucket: str, files: Mapping[str, Path]) -> Iterator[dict[str, str]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1", **{
-            "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})  # fmt: skip
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            **{"aws_access_key_id": "testing", "aws_secret_access_key": "testing"},
+        )
         client.create_bucket(Bucket=bucket)
         for key, path in files.items():
             client.upload_file(str(path), bucket, key)
-        yield {"AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
-               "AWS_REGION": "us-east-1", **S3_KEYS}  # fmt: skip
+        yield {
+            "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
+            "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+            "AWS_REGION": "us-east-1",
+            **S3_KEYS,
+        }
     finally:
         server.stop()

@@ -98,8 +98,22 @@ def reference(scene: SceneSpec, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def tile_command(scene: SceneSpec, out: Path, address: str) -> list[str]:
-    return [*TILE, str(scene.image), "--labels", str(scene.label), "--scheme", "potsdam", "--size", "32",
-            "--stride", "16", "--out", str(out), "--scheduler", address]  # fmt: skip
+    return [
+        *TILE,
+        str(scene.image),
+        "--labels",
+        str(scene.label),
+        "--scheme",
+        "potsdam",
+        "--size",
+        "32",
+        "--stride",
+        "16",
+        "--out",
+        str(out),
+        "--scheduler",
+        address,
+    ]
 
 
 def start_tiling(command: list[str], patience: str = PATIENCE) -> subprocess.Popen[str]:
@@ -168,8 +182,9 @@ def test_tiling_stops_with_one_line_when_the_cluster_is_gone_and_resumes(
             kill_all(first)
             gone = time.monotonic()
             line = check_one_line(finished(run))
-            assert f"all Dask workers at {address} are gone" in line and line.endswith("re-run the same command to "
-                                                                                         "resume"), line  # fmt: skip
+            assert f"all Dask workers at {address} are gone" in line and line.endswith(
+                "re-run the same command to resume"
+            ), line
             assert time.monotonic() - gone < float(PATIENCE) + 10
             complete_crops_only(out, reference)
             # no worker at all: one line at once
@@ -179,8 +194,10 @@ def test_tiling_stops_with_one_line_when_the_cluster_is_gone_and_resumes(
             second = start_workers(address, folder, procs, common)
             before = crops(out)
             run = start_tiling(command)
-            wait_for(lambda: bool(busy_workers(client, "tile-")) and crops(out) >= before + 20,
-                     lambda: run.poll() is not None)  # fmt: skip
+            wait_for(
+                lambda: bool(busy_workers(client, "tile-")) and crops(out) >= before + 20,
+                lambda: run.poll() is not None,
+            )
         procs[0].kill()  # the scheduler
         lost = time.monotonic()
         line = check_one_line(finished(run))
@@ -235,9 +252,20 @@ def test_unreachable_scheduler_is_one_line_and_writes_nothing(
         raise AssertionError("the model ran before the scheduler was reached")
 
     with pytest.raises(InputError, match="cannot reach the Dask scheduler"):
-        cs.run_search(no_model, lambda i: blob_scene(i, 32), [0], tmp_path / "search", num_classes=6,  # type: ignore[arg-type]
-                      points=grid.make_grid([3.0], [30.0], [3.0], 2), normalise=torch.from_numpy, band_ranges=None,
-                      fingerprint="x", device=torch.device("cpu"), scheduler=refused, quiet=True)  # fmt: skip
+        cs.run_search(
+            no_model,
+            lambda i: blob_scene(i, 32),
+            [0],
+            tmp_path / "search",
+            num_classes=6,  # type: ignore[arg-type]
+            points=grid.make_grid([3.0], [30.0], [3.0], 2),
+            normalise=torch.from_numpy,
+            band_ranges=None,
+            fingerprint="x",
+            device=torch.device("cpu"),
+            scheduler=refused,
+            quiet=True,
+        )
     assert not (tmp_path / "search").exists()
     with pytest.raises(InputError, match="cannot reach the Dask scheduler"):
         predict_scene(small_model(), scene.image, tmp_path / "labels.tif", scheduler=refused, **INFER)  # type: ignore[arg-type]
@@ -256,8 +284,11 @@ def test_a_task_that_kills_its_workers_is_one_line(tmp_path: Path) -> None:
         with open_cluster(None, address) as cluster:
             watch = cluster.watch()
             future = cluster.client.submit(os._exit, 1, pure=False, key="exit-1")  # the worker process dies
-            with pytest.raises(ClusterError, match=f"^Dask workers at {address} died while running task exit-1, "
-                                                   r"1 time\(s\) .*re-run the same command to resume$"):  # fmt: skip
+            with pytest.raises(
+                ClusterError,
+                match=f"^Dask workers at {address} died while running task exit-1, "
+                r"1 time\(s\) .*re-run the same command to resume$",
+            ):
                 watch.wait(future)
 
 
@@ -300,9 +331,10 @@ def test_a_corrupt_block_mid_scene_stops_the_run_before_anything_is_written(
     corrupt_middle_block(files[2].image)
     root, stem = tmp_path / "vaihingen", "top_mosaic_09cm_area{}.tif"
     root.mkdir()
-    for name, members in (("ISPRS_semantic_labeling_Vaihingen.zip", {f"top/{stem.format(n)}": f.image for n, f
-                                                                       in files.items()}),
-                          (VAIHINGEN_GT, {stem.format(n): f.label for n, f in files.items()})):  # fmt: skip
+    for name, members in (
+        ("ISPRS_semantic_labeling_Vaihingen.zip", {f"top/{stem.format(n)}": f.image for n, f in files.items()}),
+        (VAIHINGEN_GT, {stem.format(n): f.label for n, f in files.items()}),
+    ):
         with zipfile.ZipFile(root / name, "w", zipfile.ZIP_DEFLATED) as archive:
             for member, source in members.items():
                 archive.write(source, member)
@@ -317,9 +349,12 @@ INFER = {"size": 64, "stride": 32, "batch_size": 4, "mean": [120.0] * 2, "std": 
 def small_model() -> torch.nn.Sequential:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(2, 48, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(48, 48, 3, padding=1),
-        torch.nn.ReLU(), torch.nn.Conv2d(48, 3, 1),
-    )  # fmt: skip
+        torch.nn.Conv2d(2, 48, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(48, 48, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(48, 3, 1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -377,9 +412,12 @@ def test_inference_survives_a_killed_worker(
 
 @pytest.mark.slow
 def test_inference_without_workers_stops_keeping_its_rows_and_resumes(
-    infer_scene: tuple[Path, np.ndarray], scheduler: Scheduler, workers: list[Any], tmp_path: Path,
+    infer_scene: tuple[Path, np.ndarray],
+    scheduler: Scheduler,
+    workers: list[Any],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     from distributed import Client
 
     monkeypatch.setenv(WORKERS_GONE_ENV, PATIENCE)
@@ -425,10 +463,21 @@ def test_crf_search_survives_a_killed_worker(scheduler: Scheduler, workers: list
     shutil.copytree(tmp_path / "local", tmp_path / "dask")  # the same model file (size, time) in both places
 
     def search(folder: str, **where: Any) -> cs.SearchResult:
-        return cs.run_search(model, crops.__getitem__, list(range(8)), tmp_path / folder / "search", num_classes=6,
-                             points=points, normalise=lambda a: torch.from_numpy(a / np.float32(255)),
-                             band_ranges=None, fingerprint="conv", device=torch.device("cpu"),
-                             record_for=tmp_path / folder / "model.pt", quiet=True, **where)  # fmt: skip
+        return cs.run_search(
+            model,
+            crops.__getitem__,
+            list(range(8)),
+            tmp_path / folder / "search",
+            num_classes=6,
+            points=points,
+            normalise=lambda a: torch.from_numpy(a / np.float32(255)),
+            band_ranges=None,
+            fingerprint="conv",
+            device=torch.device("cpu"),
+            record_for=tmp_path / folder / "model.pt",
+            quiet=True,
+            **where,
+        )
 
     local = search("local", workers=1)
     cache = tmp_path / "dask" / "search" / cs.CACHE_DIR

@@ -50,8 +50,9 @@ TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
 TIMEOUT = 300
 INFER = ["--size", "64", "--stride", "64", "--batch-size", "8", "-q"]
 TRAIN: dict[str, dict[str, object]] = {
-    "schedule": {"iterations": 6}, "train": {"eval_every": 6, "checkpoint_every": 2, "log_every": 1}
-}  # fmt: skip
+    "schedule": {"iterations": 6},
+    "train": {"eval_every": 6, "checkpoint_every": 2, "log_every": 1},
+}
 """Checkpoints at iterations 2 and 4 before the only evaluation: a limit set once the first is on disk hits the
 second (no evaluation warning before the error line)."""
 
@@ -77,8 +78,15 @@ def capped(limit: int) -> Any:
 
 
 def run(name: str, args: Sequence[object], cwd: Path, limit: int | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*script(name), *map(str, args)], cwd=cwd, env=ENV, text=True, capture_output=True,
-                          timeout=TIMEOUT, preexec_fn=None if limit is None else capped(limit))  # fmt: skip
+    return subprocess.run(
+        [*script(name), *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        text=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+        preexec_fn=None if limit is None else capped(limit),
+    )
 
 
 def assert_no_space(proc: subprocess.CompletedProcess[str], path: Path, *, needs: bool = True) -> str:
@@ -121,8 +129,10 @@ def test_free_space_check_names_what_is_needed_and_what_is_free(
     check_free_space(tmp_path / "labels.tif", 900_000, "the label raster")  # fits: nothing said
     with pytest.raises(DiskFullError) as caught:
         check_free_space(tmp_path / "labels.tif", 2_500_000, "the label raster")
-    expected = (f"{tmp_path / 'labels.tif'}: not enough free space for the label raster: needs about 2.5 MB, "
-                f"1.0 MB free in {tmp_path}; free some space or write elsewhere")  # fmt: skip
+    expected = (
+        f"{tmp_path / 'labels.tif'}: not enough free space for the label raster: needs about 2.5 MB, "
+        f"1.0 MB free in {tmp_path}; free some space or write elsewhere"
+    )
     assert str(caught.value) == expected
     assert caught.value.needed == 2_500_000 and caught.value.errno_code is None
 
@@ -158,9 +168,22 @@ def test_the_cli_boundary_makes_a_stray_full_disk_one_line() -> None:
 def test_a_geotiff_cut_short_is_found_by_its_directory(tmp_path: Path, bigtiff: bool) -> None:
     data = np.random.default_rng(0).integers(0, 6, (2, 300, 300), dtype=np.uint8)
     whole = tmp_path / "whole.tif"
-    with rasterio.open(whole, "w", driver="GTiff", width=300, height=300, count=2, dtype="uint8", tiled=True,
-                       blockxsize=128, blockysize=128, compress="deflate", BIGTIFF="YES" if bigtiff else "NO",
-                       crs="EPSG:32633", transform=TRANSFORM) as dst:  # fmt: skip
+    with rasterio.open(
+        whole,
+        "w",
+        driver="GTiff",
+        width=300,
+        height=300,
+        count=2,
+        dtype="uint8",
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+        compress="deflate",
+        BIGTIFF="YES" if bigtiff else "NO",
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+    ) as dst:
         dst.write(data)
     assert not tiff_truncated(whole)
     blob = whole.read_bytes()
@@ -181,14 +204,29 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_geotiff(folder / "scene.tif", image, crs="EPSG:32633", transform=TRANSFORM)
     from rs_deeplab.labels.classes import SCHEMES
 
-    write_geotiff(folder / "label.tif", SCHEMES["potsdam"].encode_colours(classes), crs="EPSG:32633",
-                  transform=TRANSFORM)  # fmt: skip
+    write_geotiff(
+        folder / "label.tif", SCHEMES["potsdam"].encode_colours(classes), crs="EPSG:32633", transform=TRANSFORM
+    )
     return folder
 
 
 def tile_args(scenes: Path, out: Path) -> list[object]:
-    return [scenes / "scene.tif", "--labels", scenes / "label.tif", "--scheme", "potsdam", "--size", 64, "--stride",
-            32, "--compress", "deflate", "--out", out, "-q"]  # fmt: skip
+    return [
+        scenes / "scene.tif",
+        "--labels",
+        scenes / "label.tif",
+        "--scheme",
+        "potsdam",
+        "--size",
+        64,
+        "--stride",
+        32,
+        "--compress",
+        "deflate",
+        "--out",
+        out,
+        "-q",
+    ]
 
 
 def test_tile_stops_at_a_crop_then_at_the_index_and_resumes_to_the_same_tiles(scenes: Path, tmp_path: Path) -> None:
@@ -237,8 +275,11 @@ def test_tile_refuses_crops_that_cannot_fit_before_writing(
     out = tmp_path / "out"
     assert tile_main([str(a) for a in tile_args(scenes, out)]) == 2
     line = capsys.readouterr().err.strip()
-    assert re.fullmatch(rf"error: {re.escape(str(out))}: not enough free space for the crops: needs about "
-                        rf"[\d.]+ KB, 100 KB free in \S+; free some space or write elsewhere", line), line  # fmt: skip
+    assert re.fullmatch(
+        rf"error: {re.escape(str(out))}: not enough free space for the crops: needs about "
+        rf"[\d.]+ KB, 100 KB free in \S+; free some space or write elsewhere",
+        line,
+    ), line
     assert not out.exists()
 
 
@@ -249,16 +290,24 @@ def test_tile_refuses_on_a_real_small_file_system(scenes: Path, tmp_path: Path) 
     args = " ".join(f"'{a}'" for a in [*script("tile"), *tile_args(scenes, mount / "tiles")])
     shell = f"mount -t tmpfs -o size=64k tmpfs '{mount}' || exit 99; {args}; echo rc=$?; ls -A '{mount}'"
     try:
-        proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell], env=ENV,
-                              text=True, capture_output=True, timeout=TIMEOUT)  # fmt: skip
+        proc = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", shell],
+            env=ENV,
+            text=True,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
     except FileNotFoundError:
         pytest.skip("no unshare command")
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace here: {proc.stderr.strip()[:200]}")
     assert proc.stdout.split() == ["rc=2"], proc.stdout  # refused, and nothing written on that file system
     line = proc.stderr.strip()
-    assert re.fullmatch(r"error: \S+/small/tiles: not enough free space for the crops: needs about [\d.]+ KB, "
-                        r"[\d.]+ KB free in \S+/small; free some space or write elsewhere", line), line  # fmt: skip
+    assert re.fullmatch(
+        r"error: \S+/small/tiles: not enough free space for the crops: needs about [\d.]+ KB, "
+        r"[\d.]+ KB free in \S+/small; free some space or write elsewhere",
+        line,
+    ), line
 
 
 # --- train.py ---------------------------------------------------------------------------------------------------
@@ -282,8 +331,14 @@ def test_train_stops_at_a_checkpoint_and_resumes_from_the_last_good_one(
     tiles, ref = trained
     run_dir = tmp_path / "run"
     cfg = write_config(tmp_path / "exp.yaml", tiles, run_dir, **TRAIN)
-    proc = subprocess.Popen([*script("train"), str(cfg), "-q"], cwd=tmp_path, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [*script("train"), str(cfg), "-q"],
+        cwd=tmp_path,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + TIMEOUT
     while not (run_dir / "last.pt").exists():  # the first checkpoint is on disk: now the disk fills
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -361,8 +416,13 @@ def test_vectorize_stops_mid_way_and_the_same_command_writes_the_same_polygons(t
     from pipelines.vectorize import main as vectorize_main
 
     cells = np.random.default_rng(3).integers(0, 6, (32, 32), dtype=np.uint8)
-    labels = write_geotiff(tmp_path / "labels.tif", np.kron(cells, np.ones((16, 16), np.uint8)), nodata=255,
-                           crs="EPSG:32633", transform=TRANSFORM)  # fmt: skip
+    labels = write_geotiff(
+        tmp_path / "labels.tif",
+        np.kron(cells, np.ones((16, 16), np.uint8)),
+        nodata=255,
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+    )
     assert vectorize_main([str(labels), "--out", str(tmp_path / "ref.gpkg"), "-q"]) == 0
     size = (tmp_path / "ref.gpkg").stat().st_size
     out = tmp_path / "out" / "polygons.gpkg"

@@ -66,8 +66,18 @@ def test_readme_is_a_front_door_that_links_every_stage_manual() -> None:
     for stage in STAGE_PAGES:
         assert f"docs/{stage}.md" in targets, stage
         assert (ROOT / "docs" / f"{stage}.md").read_text(encoding="utf-8").startswith("# ")
-    for page in ["recipes", "configuration", "models", "datasets", "development", "usage", "own_data", "region",
-                 "faults", "architecture"]:  # fmt: skip
+    for page in [
+        "recipes",
+        "configuration",
+        "models",
+        "datasets",
+        "development",
+        "usage",
+        "own_data",
+        "region",
+        "faults",
+        "architecture",
+    ]:
         assert f"docs/{page}.md" in targets, page
     assert "docs/demo_prediction.png" in targets  # the README shows a picture
 

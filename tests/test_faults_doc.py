@@ -32,8 +32,11 @@ def test_the_faults_page_names_real_tests_cases_and_settings() -> None:
     assert {"RS_DEEPLAB_HTTP_TIMEOUT", "RS_DEEPLAB_WORKERS_GONE_SECONDS"} <= settings
     for name in settings:
         assert f'"{name}"' in source, f"{name} named in docs/faults.md is read nowhere"
-    defaults = {"RS_DEEPLAB_HTTP_RETRIES": HTTP_RETRIES, "RS_DEEPLAB_HTTP_RETRY_DELAY": HTTP_RETRY_DELAY_S,
-                "RS_DEEPLAB_HTTP_TIMEOUT": HTTP_TIMEOUT_S}  # fmt: skip
+    defaults = {
+        "RS_DEEPLAB_HTTP_RETRIES": HTTP_RETRIES,
+        "RS_DEEPLAB_HTTP_RETRY_DELAY": HTTP_RETRY_DELAY_S,
+        "RS_DEEPLAB_HTTP_TIMEOUT": HTTP_TIMEOUT_S,
+    }
     for name, value in defaults.items():
         assert re.search(rf"\| `{name}` \| {value:g} \|", text), f"docs/faults.md: the default of {name} is {value:g}"
     assert f"`RS_DEEPLAB_WORKERS_GONE_SECONDS` ({WORKERS_GONE_SECONDS:g} s)" in text

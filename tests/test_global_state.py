@@ -57,8 +57,9 @@ def probe(tmp_path: Path, body: str, *args: str) -> dict[str, Any]:
     script = tmp_path / "probe.py"
     script.write_text(HEAD + body)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RS_DEEPLAB_NO_PROGRESS": "1"}
-    done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
-                          cwd=tmp_path, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -75,11 +76,21 @@ def assert_unchanged(result: dict[str, Any]) -> None:
 def scene(tmp_path: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(5)
     height, width = 200, 150
-    image = write_geotiff(tmp_path / "scene.tif", rng.integers(0, 255, (2, height, width), dtype=np.uint8),
-                          crs=UTM33, transform=DEFAULT_TRANSFORM, compress=None)  # fmt: skip
+    image = write_geotiff(
+        tmp_path / "scene.tif",
+        rng.integers(0, 255, (2, height, width), dtype=np.uint8),
+        crs=UTM33,
+        transform=DEFAULT_TRANSFORM,
+        compress=None,
+    )
     ids = rng.integers(0, 6, (height, width)).astype(np.uint8)
-    label = write_geotiff(tmp_path / "scene_label.tif", SCHEMES["potsdam"].encode_colours(ids), crs=UTM33,
-                          transform=DEFAULT_TRANSFORM, compress=None)  # fmt: skip
+    label = write_geotiff(
+        tmp_path / "scene_label.tif",
+        SCHEMES["potsdam"].encode_colours(ids),
+        crs=UTM33,
+        transform=DEFAULT_TRANSFORM,
+        compress=None,
+    )
     return image, label
 
 

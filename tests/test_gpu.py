@@ -46,13 +46,22 @@ def write_config(path: Path, voc: Path, work_dir: Path, iterations: int, lr: flo
     """A small DeepLab v3+ R18 run on the VOC-layout sample."""
     cfg = {
         "work_dir": str(work_dir),
-        "data": {"source": "voc", "root": str(voc), "scheme": "voc", "train_split": "train_aug", "val_split": "val",
-                 "crop_size": 128, "batch_size": 4, "num_workers": 2, "flips": "horizontal"},
+        "data": {
+            "source": "voc",
+            "root": str(voc),
+            "scheme": "voc",
+            "train_split": "train_aug",
+            "val_split": "val",
+            "crop_size": 128,
+            "batch_size": 4,
+            "num_workers": 2,
+            "flips": "horizontal",
+        },
         "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16, "dropout": 0.0},
         "optimizer": {"lr": lr},
         "schedule": {"iterations": iterations, "min_lr": 0.0},
         "train": {**GPU_TRAIN, "log_every": 1, **train},
-    }  # fmt: skip
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -92,8 +101,13 @@ def test_killed_gpu_run_resumes_close_to_the_uninterrupted_one(voc: Path, tmp_pa
     kill_after_checkpoint(cfg, last, ENV)
     killed = load_checkpoint(last)
     assert killed["iteration"] < 16, "finished before the kill; the test proves nothing"
-    resumed = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg)], env=ENV,
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {last} at iteration {killed['iteration']}" in resumed.stderr
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
@@ -113,8 +127,11 @@ def test_gpu_inference_equals_cpu_inference_up_to_ties(make_raster: RasterFactor
     with fp32_exact():  # "fp32" on an Ampere+ GPU is TF32 by default: ~0.1-0.2 % of the labels would move
         predict_scene(model, scene, tmp_path / "gpu.tif", device="cuda", batch_size=5, **kw)
     assert next(model.parameters()).device.type == "cpu"  # the caller's module stays where it was
-    with rasterio.open(tmp_path / "cpu.tif") as a, rasterio.open(tmp_path / "gpu.tif") as b, \
-            rasterio.open(tmp_path / "p.tif") as p:  # fmt: skip
+    with (
+        rasterio.open(tmp_path / "cpu.tif") as a,
+        rasterio.open(tmp_path / "gpu.tif") as b,
+        rasterio.open(tmp_path / "p.tif") as p,
+    ):
         agreement = near_tie_agreement(a.read(1), b.read(1), p.read())
     # fp32 against fp32, summed in another order: only near-ties (top-two margin <= 2/255) may change, <= 0.1 %
     assert agreement.ok, agreement.describe()
@@ -124,8 +141,13 @@ def test_more_ranks_than_gpus_is_one_line(voc: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "r.yaml", voc, tmp_path / "run", 2)
     count = torch.cuda.device_count()
     env = {**ENV, "LOCAL_RANK": str(count), "RANK": "0", "WORLD_SIZE": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg), "train.device=auto"],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), str(cfg), "train.device=auto"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"LOCAL_RANK={count} but only {count} GPU(s) are visible" in lines[0]

@@ -84,13 +84,17 @@ def test_working_gsd_decision(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.parametrize(
     "model, scene, words",
     [
-        (0.05, 0.6, "d.tif: 0.6 m/pixel, the model was trained at 0.05 m/pixel: --gsd auto would predict it at 144× "
-                    "the pixels (beyond 4× either way); use --gsd native for its own pixels, or --gsd <metres> (e.g. "
-                    "--gsd 0.05) to accept the cost"),
+        (
+            0.05,
+            0.6,
+            "d.tif: 0.6 m/pixel, the model was trained at 0.05 m/pixel: --gsd auto would predict it at 144× "
+            "the pixels (beyond 4× either way); use --gsd native for its own pixels, or --gsd <metres> (e.g. "
+            "--gsd 0.05) to accept the cost",
+        ),
         (0.5, 0.2, "at 1/6.25 of the pixels"),
         (0.1, 0.2 * 1.02, "at 4.16× the pixels"),
     ],
-)  # fmt: skip
+)
 def test_auto_stops_beyond_four_times_the_pixels(model: float, scene: float, words: str) -> None:
     with pytest.raises(ValueError) as info:
         working_gsd("auto", model, scene, "d.tif")
@@ -108,8 +112,12 @@ def test_rasters_gsd_reads_headers(tmp_path: Path) -> None:
 
     from rs_deeplab.geo.raster import write_geotiff
 
-    a = write_geotiff(tmp_path / "a.tif", np.zeros((1, 8, 8), np.uint8), crs="EPSG:32633",
-                      transform=Affine(0.3, 0, 368_000, 0, -0.3, 5_808_000))  # fmt: skip
+    a = write_geotiff(
+        tmp_path / "a.tif",
+        np.zeros((1, 8, 8), np.uint8),
+        crs="EPSG:32633",
+        transform=Affine(0.3, 0, 368_000, 0, -0.3, 5_808_000),
+    )
     png = tmp_path / "b.png"
     with rasterio.open(png, "w", driver="PNG", width=8, height=8, count=1, dtype="uint8") as ds:
         ds.write(np.zeros((1, 8, 8), np.uint8))

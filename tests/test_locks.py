@@ -108,8 +108,13 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("train_lock")
     tiles = make_tiles(tmp / "data")
     run = tmp / "runs" / "x"
-    config = write_config(tmp / "exp.yaml", tiles, run, schedule={"iterations": 2},
-                          train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1})  # fmt: skip
+    config = write_config(
+        tmp / "exp.yaml",
+        tiles,
+        run,
+        schedule={"iterations": 2},
+        train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1},
+    )
     cmd = [*script("train"), str(config), "--quiet"]
     refused_while_running(cmd, cmd, run, tmp, "work_dir")
     return run

@@ -72,10 +72,19 @@ def test_exported_models_carry_an_equal_card(trained: Path, tmp_path: Path) -> N
 
 
 def test_the_card_survives_its_plain_form() -> None:
-    card = ModelCard(Architecture("deeplabv2", "resnet50", 8, "paper", 0.0, (1.0, 0.75)), ("road", "roof", "tree"),
-                     3, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), bands=(4, 3, 2), band_names=("nir", "red", "green"),
-                     colormap={0: (1, 2, 3, 255), 2: (7, 8, 9, 255), 255: (0, 0, 0, 0)}, scheme="", gsd=0.3,
-                     infer=InferConfig(size=256, stride=128, tta=True, output_stride=16))  # fmt: skip
+    card = ModelCard(
+        Architecture("deeplabv2", "resnet50", 8, "paper", 0.0, (1.0, 0.75)),
+        ("road", "roof", "tree"),
+        3,
+        (1.0, 2.0, 3.0),
+        (4.0, 5.0, 6.0),
+        bands=(4, 3, 2),
+        band_names=("nir", "red", "green"),
+        colormap={0: (1, 2, 3, 255), 2: (7, 8, 9, 255), 255: (0, 0, 0, 0)},
+        scheme="",
+        gsd=0.3,
+        infer=InferConfig(size=256, stride=128, tta=True, output_stride=16),
+    )
     text = json.dumps(card.to_dict())
     assert ModelCard.from_dict(json.loads(text)) == card
     assert card_from_metadata(Path("m.onnx"), text) == card
@@ -101,8 +110,11 @@ def test_a_broken_checkpoint_is_one_checkpoint_error(trained: Path, tmp_path: Pa
 
 
 def test_weights_of_another_class_count_are_one_line(trained: Path, tmp_path: Path) -> None:
-    bad = edited(trained, tmp_path / "five.pt", lambda s: s.update(class_names=s["class_names"][:5],
-                                                                   class_colours=s["class_colours"][:5]))  # fmt: skip
+    bad = edited(
+        trained,
+        tmp_path / "five.pt",
+        lambda s: s.update(class_names=s["class_names"][:5], class_colours=s["class_colours"][:5]),
+    )
     assert read_checkpoint(bad)[0].num_classes == 5  # the card alone is consistent; the weights are not
     with pytest.raises(CheckpointError) as failure:
         load_trained_model(bad, torch.device("cpu"))
@@ -177,8 +189,12 @@ def test_checkpoints_written_by_training_load_with_weights_only(trained: Path) -
 
 def test_damaged_or_missing_export_metadata_is_one_line() -> None:
     path = Path("model.onnx")
-    for text, words in ((None, "has no rs_deeplab metadata"), ("{not json", "metadata is damaged"),
-                        ('{"format": 1}', "metadata is damaged"), ('{"format": 99}', "newer than this")):  # fmt: skip
+    for text, words in (
+        (None, "has no rs_deeplab metadata"),
+        ("{not json", "metadata is damaged"),
+        ('{"format": 1}', "metadata is damaged"),
+        ('{"format": 99}', "newer than this"),
+    ):
         with pytest.raises(CheckpointError) as failure:
             card_from_metadata(path, text)
         message = str(failure.value)

@@ -163,8 +163,9 @@ def scene_arrays(rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]
 
 def write_scene(path: Path, array: np.ndarray, rect: Rect, crs: str = CRS_A, shift: float = 0.0) -> Path:
     transform = TRANSFORM @ Affine.translation(rect[2] + shift, rect[0])
-    return write_geotiff(path, array, crs=crs, transform=transform, nodata=255, colormap=COLOURS,
-                         tags=class_names_tag(NAMES))  # fmt: skip
+    return write_geotiff(
+        path, array, crs=crs, transform=transform, nodata=255, colormap=COLOURS, tags=class_names_tag(NAMES)
+    )
 
 
 def expected_mosaic(arrays: Sequence[np.ndarray], fps: Sequence[Rect], height: int, width: int) -> np.ndarray:
@@ -296,11 +297,21 @@ def test_two_crs_the_second_is_warped_onto_the_first_ones_grid(tmp_path: Path) -
     first = write_geotiff(tmp_path / "a.tif", truth[:, :180], crs=CRS_A, transform=t, nodata=255, colormap=COLOURS)
     src_t = t @ Affine.translation(140, 0)
     part = truth[:, 140:]
-    dst_t, w, h = calculate_default_transform(CRS_A, "EPSG:32632", part.shape[1], part.shape[0],
-                                              *rasterio.transform.array_bounds(*part.shape, src_t))  # fmt: skip
+    dst_t, w, h = calculate_default_transform(
+        CRS_A, "EPSG:32632", part.shape[1], part.shape[0], *rasterio.transform.array_bounds(*part.shape, src_t)
+    )
     other = np.full((h, w), 255, np.uint8)
-    reproject(part, other, src_transform=src_t, src_crs=CRS_A, dst_transform=dst_t, dst_crs="EPSG:32632",
-              src_nodata=255, dst_nodata=255, resampling=Resampling.nearest)  # fmt: skip
+    reproject(
+        part,
+        other,
+        src_transform=src_t,
+        src_crs=CRS_A,
+        dst_transform=dst_t,
+        dst_crs="EPSG:32632",
+        src_nodata=255,
+        dst_nodata=255,
+        resampling=Resampling.nearest,
+    )
     second = write_geotiff(tmp_path / "b.tif", other, crs="EPSG:32632", transform=dst_t, nodata=255)
     result = write_region([first, second], tmp_path / "region.vrt")
     grid = result.grid
@@ -326,8 +337,11 @@ def test_region_grid_takes_a_target_crs_and_resolution(scenes: tuple[Path, list[
     _, paths, _ = scenes
     grid = region_grid(paths, to_crs="EPSG:3857", res=2.0)
     assert grid.crs == rasterio.crs.CRS.from_epsg(3857) and (grid.transform.a, grid.transform.e) == (2.0, -2.0)
-    assert 0.9 * WIDTH * 0.5 / 2 / math.cos(math.radians(52)) < grid.width < 1.2 * WIDTH * 0.5 / 2 / math.cos(
-        math.radians(52))  # fmt: skip
+    assert (
+        0.9 * WIDTH * 0.5 / 2 / math.cos(math.radians(52))
+        < grid.width
+        < 1.2 * WIDTH * 0.5 / 2 / math.cos(math.radians(52))
+    )
     coarse = region_grid(paths, res=1.0)
     assert (coarse.width, coarse.height, coarse.transform.c) == (WIDTH // 2, HEIGHT // 2, TRANSFORM.c)
 
@@ -349,11 +363,13 @@ def test_bad_crs_and_resolution_are_refused_before_writing(scenes: tuple[Path, l
     out = folder / "region.vrt"
     with pytest.raises(InputError) as info:
         write_region(paths, out, to_crs="EPSG:99999")
-    assert str(info.value) == ("--to-crs EPSG:99999: not a coordinate reference system; use e.g. EPSG:32633 or a "
-                               "WKT/PROJ string")  # fmt: skip
+    assert str(info.value) == (
+        "--to-crs EPSG:99999: not a coordinate reference system; use e.g. EPSG:32633 or a WKT/PROJ string"
+    )
     for res in (0, -1.0, math.nan, math.inf):
-        refused(folder, InputError, r"^--res \S+: the pixel size must be a positive number.*--res 0\.5", paths, out,
-                res=res)  # fmt: skip
+        refused(
+            folder, InputError, r"^--res \S+: the pixel size must be a positive number.*--res 0\.5", paths, out, res=res
+        )
     refused(folder, InputError, "no rasters", [], out)
 
 
@@ -365,12 +381,16 @@ def test_rasters_that_are_no_labels_are_refused(scenes: tuple[Path, list[Path], 
     refused(folder, InputError, r"rgb\.tif: not a label raster \(3 band\(s\) of uint8\)", [paths[0], rgb], out)
     refused(folder, InputError, r"wide\.tif: not a label raster \(1 band\(s\) of uint16\)", [paths[0], wide], out)
     p3 = write_geotiff(folder / "p3.tif", np.zeros((3, 140, 200), np.uint8), crs=CRS_A, transform=TRANSFORM)
-    p2 = write_geotiff(folder / "p2.tif", np.zeros((2, 140, 200), np.uint8), crs=CRS_A,
-                       transform=TRANSFORM @ Affine.translation(160, 0))  # fmt: skip
-    refused(folder, InputError, r"p2\.tif: 2 band\(s\) of uint8, but \S+p3\.tif has 3", paths[:2], out,
-            probs=[p3, p2])  # fmt: skip
-    refused(folder, InputError, r"p3\.tif: not on the grid of its label raster \S+s1\.tif", paths[:2], out,
-            probs=[p3, p3])  # fmt: skip
+    p2 = write_geotiff(
+        folder / "p2.tif",
+        np.zeros((2, 140, 200), np.uint8),
+        crs=CRS_A,
+        transform=TRANSFORM @ Affine.translation(160, 0),
+    )
+    refused(folder, InputError, r"p2\.tif: 2 band\(s\) of uint8, but \S+p3\.tif has 3", paths[:2], out, probs=[p3, p2])
+    refused(
+        folder, InputError, r"p3\.tif: not on the grid of its label raster \S+s1\.tif", paths[:2], out, probs=[p3, p3]
+    )
     refused(folder, InputError, "1 probability rasters for 2 label rasters", paths[:2], out, probs=[p3])
 
 
@@ -383,12 +403,22 @@ def test_bad_output_locations_are_refused(scenes: tuple[Path, list[Path], list[n
     refused(folder, InputError, r"name it with \.vrt", paths, folder / "region.tif")
     refused(folder, InputError, r"notes\.vrt exists and is not a VRT", paths, folder / "notes.vrt")
     write_region(paths[:2], folder / "first.vrt")  # a mosaic joined again with another scene: not onto itself
-    refused(folder, InputError, r"first\.vrt is an input of this run", [folder / "first.vrt", paths[2]],
-            folder / "first.vrt")  # fmt: skip
+    refused(
+        folder,
+        InputError,
+        r"first\.vrt is an input of this run",
+        [folder / "first.vrt", paths[2]],
+        folder / "first.vrt",
+    )
     (folder / "region_warped").write_text("x")
     shifted = write_scene(folder / "shifted.tif", np.zeros((10, 10), np.uint8), (0, 10, 0, 10), shift=0.5)
-    refused(folder, InputError, r"region_warped is a file where a folder is expected", [paths[0], shifted],
-            folder / "region.vrt")  # fmt: skip
+    refused(
+        folder,
+        InputError,
+        r"region_warped is a file where a folder is expected",
+        [paths[0], shifted],
+        folder / "region.vrt",
+    )
 
 
 def test_a_region_too_big_for_the_disk_is_refused_before_writing(
@@ -397,8 +427,14 @@ def test_a_region_too_big_for_the_disk_is_refused_before_writing(
     folder, paths, _ = scenes
     usage = shutil.disk_usage(folder)
     monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda _: usage._replace(free=100_000))
-    refused(folder, DiskFullError, r"region\.vrt: not enough free space for the mosaic and its Cloud-Optimized "
-            r"GeoTIFF: needs about [\d.]+ KB, 100 KB free in \S+; free some space or write elsewhere", paths,
-            folder / "region.vrt", cog=True)  # fmt: skip
+    refused(
+        folder,
+        DiskFullError,
+        r"region\.vrt: not enough free space for the mosaic and its Cloud-Optimized "
+        r"GeoTIFF: needs about [\d.]+ KB, 100 KB free in \S+; free some space or write elsewhere",
+        paths,
+        folder / "region.vrt",
+        cog=True,
+    )
     result = write_region(paths, folder / "region.vrt")  # the VRT alone fits
     assert isinstance(result, RegionOutput) and result.vrt.is_file()

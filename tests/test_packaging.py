@@ -75,17 +75,41 @@ def test_every_dependency_pin_has_a_reason() -> None:
 
 def test_required_packages_declared() -> None:
     names = set(pyproject_requirements())
-    for needed in ["pytorch", "torchvision", "segmentation-models-pytorch", "rasterio", "geopandas", "shapely",
-                   "pyogrio", "albumentations", "pydensecrf2", "dask", "distributed", "pytest", "hypothesis", "ruff",
-                   "mypy"]:  # fmt: skip
+    for needed in [
+        "pytorch",
+        "torchvision",
+        "segmentation-models-pytorch",
+        "rasterio",
+        "geopandas",
+        "shapely",
+        "pyogrio",
+        "albumentations",
+        "pydensecrf2",
+        "dask",
+        "distributed",
+        "pytest",
+        "hypothesis",
+        "ruff",
+        "mypy",
+    ]:
         assert needed in names
 
 
 @pytest.mark.parametrize(
     "path",
-    ["rs_deeplab", "pipelines", "configs", "tests", "bench", "pyproject.toml", "environment.yml", "Makefile",
-     "README.md", ".ci/run"],
-)  # fmt: skip
+    [
+        "rs_deeplab",
+        "pipelines",
+        "configs",
+        "tests",
+        "bench",
+        "pyproject.toml",
+        "environment.yml",
+        "Makefile",
+        "README.md",
+        ".ci/run",
+    ],
+)
 def test_layout(path: str) -> None:
     assert (REPO / path).exists()
 

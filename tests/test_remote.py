@@ -51,13 +51,19 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     image_path = band_scene(folder / "train.tif", 1, 128)
     _, classes = blob_scene(1, 128)
-    label = write_geotiff(folder / "train_label.tif", SCHEMES["potsdam"].encode_colours(classes), crs="EPSG:32633",
-                          transform=TRANSFORM)  # fmt: skip
+    label = write_geotiff(
+        folder / "train_label.tif", SCHEMES["potsdam"].encode_colours(classes), crs="EPSG:32633", transform=TRANSFORM
+    )
     specs = [SceneSpec(image_path, label, "train"), SceneSpec(image_path, label, "val", key="val")]
     tile_scenes(specs, folder / "tiles", size=64, stride=64, scheme="potsdam", workers=1, quiet=True)
-    cfg = write_config(folder / "exp.yaml", folder / "tiles", folder / "runs", schedule={"iterations": 1},
-                       train={"eval_every": 1, "checkpoint_every": 1, "log_every": 1},
-                       infer={"size": 64, "stride": 32, "batch_size": 4})  # fmt: skip
+    cfg = write_config(
+        folder / "exp.yaml",
+        folder / "tiles",
+        folder / "runs",
+        schedule={"iterations": 1},
+        train={"eval_every": 1, "checkpoint_every": 1, "log_every": 1},
+        infer={"size": 64, "stride": 32, "batch_size": 4},
+    )
     best = train_experiment(load_config(cfg)).best
     assert best is not None
     shutil.copy(best, done)
@@ -197,8 +203,10 @@ def test_server_without_range_support_is_refused(
     checkpoint: Path, served: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with http_server(served, ranges=False) as plain:
-        assert infer_main([f"{plain.url}/scene.tif", "--out", str(tmp_path / "x.tif"), "--checkpoint",
-                           str(checkpoint)]) == 2  # fmt: skip
+        assert (
+            infer_main([f"{plain.url}/scene.tif", "--out", str(tmp_path / "x.tif"), "--checkpoint", str(checkpoint)])
+            == 2
+        )
         assert plain.traffic.requests == [("GET", "/scene.tif", "bytes=0-0")]  # refused after one probe, GDAL not asked
     assert "ignores HTTP Range requests" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -212,8 +220,9 @@ def test_s3_key_without_credentials_is_one_line_exit_2(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    assert infer_main(["s3://scenes/x/scene.tif", "--out", str(tmp_path / "x.tif"), "--checkpoint",
-                       str(checkpoint)]) == 2  # fmt: skip
+    assert (
+        infer_main(["s3://scenes/x/scene.tif", "--out", str(tmp_path / "x.tif"), "--checkpoint", str(checkpoint)]) == 2
+    )
     assert "no AWS credentials" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
 

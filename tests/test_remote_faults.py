@@ -122,8 +122,9 @@ def test_infer_rides_out_5xx_and_resets(
     faults = Faults(after=1, queue=list(HICCUPS))
     with http_server(served, faults=faults) as web:
         out = tmp_path / "labels.tif"
-        assert infer_main([f"{web.url}/scene.tif", "--out", str(out), "--checkpoint", str(checkpoint), "-q",
-                           *INFER]) == 0  # fmt: skip
+        assert (
+            infer_main([f"{web.url}/scene.tif", "--out", str(out), "--checkpoint", str(checkpoint), "-q", *INFER]) == 0
+        )
     assert faults.delivered == [f for f in HICCUPS if f is not None]  # every hiccup happened, mid-job
     np.testing.assert_array_equal(read(out), local_labels)
 

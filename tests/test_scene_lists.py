@@ -16,8 +16,14 @@ from rs_deeplab.tiling.index import read_index
 from tests.badkit import listing
 from tests.conftest import RasterFactory
 
-URLS = ["https://example.org/cogs/a*.tif?sig=x[1]", "s3://bucket/tiles/*.tif", "gs://b/k.tif", "/vsicurl/https://h/*.tif",
-        "/vsizip/archive.zip/*.tif", "https://example.org/item.json"]  # fmt: skip
+URLS = [
+    "https://example.org/cogs/a*.tif?sig=x[1]",
+    "s3://bucket/tiles/*.tif",
+    "gs://b/k.tif",
+    "/vsicurl/https://h/*.tif",
+    "/vsizip/archive.zip/*.tif",
+    "https://example.org/item.json",
+]
 
 
 def touch(*paths: Path) -> None:
@@ -29,8 +35,20 @@ def touch(*paths: Path) -> None:
 @pytest.fixture
 def region(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder with scenes at three depths (names out of creation order) and a folder that matches."""
-    touch(*(tmp_path / p for p in ("tiles/b.tif", "tiles/a.tif", "tiles/north/c.tif", "tiles/north/deep/a.tif",
-                                   "tiles/notes.md", "tiles/.hidden.tif", "other/z.tif")))  # fmt: skip
+    touch(
+        *(
+            tmp_path / p
+            for p in (
+                "tiles/b.tif",
+                "tiles/a.tif",
+                "tiles/north/c.tif",
+                "tiles/north/deep/a.tif",
+                "tiles/notes.md",
+                "tiles/.hidden.tif",
+                "other/z.tif",
+            )
+        )
+    )
     (tmp_path / "tiles" / "folder.tif").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -38,11 +56,18 @@ def region(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_globs_expand_sorted_recursive_and_in_argument_order(region: Path) -> None:
     assert expand_scenes(["tiles/*.tif"]) == ["tiles/a.tif", "tiles/b.tif"]  # no folder, no hidden file
-    assert expand_scenes(["tiles/**/*.tif"]) == ["tiles/a.tif", "tiles/b.tif", "tiles/north/c.tif",
-                                                 "tiles/north/deep/a.tif"]  # fmt: skip
+    assert expand_scenes(["tiles/**/*.tif"]) == [
+        "tiles/a.tif",
+        "tiles/b.tif",
+        "tiles/north/c.tif",
+        "tiles/north/deep/a.tif",
+    ]
     assert expand_scenes(["other/z.tif", "tiles/?.tif", "missing.tif"]) == [
-        "other/z.tif", "tiles/a.tif", "tiles/b.tif", "missing.tif"  # plain paths pass as they are (checked later)
-    ]  # fmt: skip
+        "other/z.tif",
+        "tiles/a.tif",
+        "tiles/b.tif",
+        "missing.tif",  # plain paths pass as they are (checked later)
+    ]
     names = [f"grid/s{(i * 17) % 40:02d}.tif" for i in range(40)]  # created out of order: listings are not sorted
     touch(*(region / n for n in names))
     assert expand_scenes(["grid/*.tif"]) == sorted(names)
@@ -66,13 +91,26 @@ def test_text_file_with_comments_blank_lines_relative_paths_urls_and_globs(regio
     lists = region / "lists"
     lists.mkdir()
     touch(lists / "local.tif")
-    text = ["# scenes of the northern district", "", "  ../tiles/b.tif  ", "local.tif", "\t",
-            str(region / "other/z.tif"), "   # an indented comment", "https://example.org/x.tif?sig=a#b",
-            "../tiles/north/**/*.tif"]  # fmt: skip
+    text = [
+        "# scenes of the northern district",
+        "",
+        "  ../tiles/b.tif  ",
+        "local.tif",
+        "\t",
+        str(region / "other/z.tif"),
+        "   # an indented comment",
+        "https://example.org/x.tif?sig=a#b",
+        "../tiles/north/**/*.tif",
+    ]
     (lists / "north.txt").write_text("\r\n".join(text) + "\r\n", encoding="utf-8-sig")  # Windows editors: BOM, CRLF
-    expected = ["lists/../tiles/b.tif", "lists/local.tif", str(region / "other/z.tif"),
-                "https://example.org/x.tif?sig=a#b", "lists/../tiles/north/c.tif",
-                "lists/../tiles/north/deep/a.tif"]  # fmt: skip
+    expected = [
+        "lists/../tiles/b.tif",
+        "lists/local.tif",
+        str(region / "other/z.tif"),
+        "https://example.org/x.tif?sig=a#b",
+        "lists/../tiles/north/c.tif",
+        "lists/../tiles/north/deep/a.tif",
+    ]
     assert expand_scenes(["@lists/north.txt"]) == expected
     assert expand_scenes(["lists/north.txt"]) == expected  # .txt without @
     (lists / "north.lst").write_text("local.tif\n")
@@ -90,8 +128,9 @@ def problem(args: list[str]) -> str:
 
 
 def test_bad_globs_and_lists_are_one_line_naming_the_fix(region: Path) -> None:
-    assert problem(["tiles/*.jp2"]) == ("no file matches 'tiles/*.jp2' (quote the pattern so the shell passes it "
-                                        "on; check the folder)")  # fmt: skip
+    assert problem(["tiles/*.jp2"]) == (
+        "no file matches 'tiles/*.jp2' (quote the pattern so the shell passes it on; check the folder)"
+    )
     assert problem(["nowhere/**/*.tif"]).startswith("no file matches 'nowhere/**/*.tif'")
     assert problem(["@scenes.txt"]) == "scene list scenes.txt: no such file; pass a text file with one scene per line"
     assert problem(["scenes.lst"]).startswith("scene list scenes.lst: no such file")
@@ -102,8 +141,9 @@ def test_bad_globs_and_lists_are_one_line_naming_the_fix(region: Path) -> None:
     assert problem(["@https://example.org/scenes.txt"]).endswith("download it and pass the local copy")
 
     (region / "empty.txt").write_text("# nothing yet\n\n   \n")
-    assert problem(["empty.txt"]) == ("scene list empty.txt lists no scene (only blank lines and # comments); add one "
-                                      "per line")  # fmt: skip
+    assert problem(["empty.txt"]) == (
+        "scene list empty.txt lists no scene (only blank lines and # comments); add one per line"
+    )
     lines = ["tiles/a.tif", "", "# next", "tiles/b.tif", "tiles/x.tif", "also/missing.tif"]
     (region / "scenes.txt").write_text("\n".join(lines))
     assert problem(["scenes.txt"]) == "scenes.txt line 5: tiles/x.tif does not exist; fix or remove the line"
@@ -114,8 +154,9 @@ def test_bad_globs_and_lists_are_one_line_naming_the_fix(region: Path) -> None:
         "read from the list's folder); fix or remove the line"
     )
     (region / "lists" / "globs.txt").write_text("../tiles/a.tif\n../tiles/*.jp2\n")
-    assert problem(["@lists/globs.txt"]) == ("lists/globs.txt line 2: no file matches '../tiles/*.jp2' (relative "
-                                             "patterns are read from the list's folder)")  # fmt: skip
+    assert problem(["@lists/globs.txt"]) == (
+        "lists/globs.txt line 2: no file matches '../tiles/*.jp2' (relative patterns are read from the list's folder)"
+    )
     (region / "lists" / "nested.txt").write_text("@globs.txt\n")
     assert problem(["lists/nested.txt"]).startswith("lists/nested.txt line 1: @globs.txt: lists do not nest")
 

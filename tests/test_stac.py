@@ -40,8 +40,13 @@ def write_cogs(folder: Path, scene: Path, *, coarse_nir: bool = False) -> dict[s
 
 def write_item(path: Path, hrefs: dict[str, str]) -> Path:
     """A STAC Item at ``path`` whose assets are ``hrefs`` (absolute URLs or paths relative to the Item)."""
-    item = pystac.Item(id="blob-scene", geometry={"type": "Point", "coordinates": [0.0, 0.0]}, bbox=[0, 0, 0, 0],
-                       datetime=datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC), properties={})  # fmt: skip
+    item = pystac.Item(
+        id="blob-scene",
+        geometry={"type": "Point", "coordinates": [0.0, 0.0]},
+        bbox=[0, 0, 0, 0],
+        datetime=datetime.datetime(2024, 6, 1, tzinfo=datetime.UTC),
+        properties={},
+    )
     for name, href in hrefs.items():
         item.add_asset(name, pystac.Asset(href, media_type=pystac.MediaType.COG, roles=["data"]))
     path.write_text(json.dumps(item.to_dict(include_self_link=False)))

@@ -50,8 +50,16 @@ def label_raster(path: Path, crs: str | None, transform: Affine, *, cog: bool = 
     data = np.arange(64 * 48, dtype=np.uint8).reshape(48, 64) % 3
     data[:4] = 255
     target = path.with_name(f"plain_{path.name}") if cog else path
-    write_geotiff(target, data, crs=crs, transform=transform, nodata=255, colormap=COLOURS,
-                  tags=class_names_tag(NAMES), descriptions=["class"])  # fmt: skip
+    write_geotiff(
+        target,
+        data,
+        crs=crs,
+        transform=transform,
+        nodata=255,
+        colormap=COLOURS,
+        tags=class_names_tag(NAMES),
+        descriptions=["class"],
+    )
     if cog:
         rasterio.shutil.copy(target, path, driver="COG")
         target.unlink()
@@ -64,18 +72,30 @@ def run(tmp_path: Path) -> dict[str, Any]:
     inputs, out = tmp_path / "inputs", tmp_path / "run"
     inputs.mkdir()
     out.mkdir()
-    scene_a = write_geotiff(inputs / "a.tif", np.zeros((3, 48, 64), np.uint8), crs="EPSG:32633", transform=UTM_GRID,
-                            tags={"TIFFTAG_DATETIME": ACQUIRED.strftime("%Y:%m:%d %H:%M:%S")})  # fmt: skip
+    scene_a = write_geotiff(
+        inputs / "a.tif",
+        np.zeros((3, 48, 64), np.uint8),
+        crs="EPSG:32633",
+        transform=UTM_GRID,
+        tags={"TIFFTAG_DATETIME": ACQUIRED.strftime("%Y:%m:%d %H:%M:%S")},
+    )
     a = label_raster(out / "x_a.tif", "EPSG:32633", UTM_GRID)
     b = label_raster(out / "x_b.tif", "EPSG:4326", GEO_GRID, cog=True)
-    probs = write_geotiff(out / "x_a_probs.tif", np.zeros((3, 48, 64), np.uint8), crs="EPSG:32633",
-                          transform=UTM_GRID, tags=class_names_tag(NAMES))  # fmt: skip
+    probs = write_geotiff(
+        out / "x_a_probs.tif",
+        np.zeros((3, 48, 64), np.uint8),
+        crs="EPSG:32633",
+        transform=UTM_GRID,
+        tags=class_names_tag(NAMES),
+    )
     vrt = out / "x.vrt"
     rasterio.shutil.copy(a, vrt, driver="VRT")
     gpkg = out / "x.gpkg"
-    frame = gpd.GeoDataFrame({"class_id": [1], "class_name": ["building"], "area_m2": [4.0], "perimeter_m": [8.0],
-                              "scene": ["a"]}, geometry=[box(368_001, 5_807_980, 368_003, 5_807_982)],
-                             crs="EPSG:32633")  # fmt: skip
+    frame = gpd.GeoDataFrame(
+        {"class_id": [1], "class_name": ["building"], "area_m2": [4.0], "perimeter_m": [8.0], "scene": ["a"]},
+        geometry=[box(368_001, 5_807_980, 368_003, 5_807_982)],
+        crs="EPSG:32633",
+    )
     frame.to_file(gpkg, layer="labels", driver="GPKG")
     scenes = [
         SceneAssets("a", a, probabilities=probs, source=scene_a),
@@ -86,8 +106,14 @@ def run(tmp_path: Path) -> dict[str, Any]:
 
 
 def write(run: dict[str, Any], **kwargs: Any) -> Path:
-    args: dict[str, Any] = {"class_names": NAMES, "colours": COLOURS, "model": "deeplabv3plus-potsdam",
-                            "collection_id": "run-x", "predicted": PREDICTED, **kwargs}  # fmt: skip
+    args: dict[str, Any] = {
+        "class_names": NAMES,
+        "colours": COLOURS,
+        "model": "deeplabv3plus-potsdam",
+        "collection_id": "run-x",
+        "predicted": PREDICTED,
+        **kwargs,
+    }
     scenes = args.pop("scenes", run["scenes"])
     return write_stac(stac_folder(run["out"] / "x.gpkg"), scenes, args.pop("region", run["region"]), **args)
 
@@ -117,7 +143,12 @@ def test_layout_and_round_trip(run: dict[str, Any]) -> None:
     collection_path = write(run)
     assert collection_path == run["out"] / "x.stac" / "collection.json"
     assert sorted(p.relative_to(run["out"]).as_posix() for p in (run["out"] / "x.stac").rglob("*")) == [
-        "x.stac/a", "x.stac/a/a.json", "x.stac/b", "x.stac/b/b.json", "x.stac/collection.json"]  # fmt: skip
+        "x.stac/a",
+        "x.stac/a/a.json",
+        "x.stac/b",
+        "x.stac/b/b.json",
+        "x.stac/collection.json",
+    ]
     assert not [p for p in run["out"].iterdir() if p.name.startswith(".")], "temporary folders left behind"
     collection = pystac.Collection.from_file(str(collection_path))
     items = {i.id: i for i in collection.get_items()}
@@ -208,8 +239,7 @@ def test_json_is_self_contained_and_complete(run: dict[str, Any]) -> None:
     assert collection["type"] == "Collection" and collection["stac_version"] and collection["id"] == "run-x"
     assert collection["description"] and collection["license"]
     assert collection["extent"]["spatial"]["bbox"] and collection["extent"]["temporal"]["interval"]
-    assert sorted(link["href"] for link in collection["links"] if link["rel"] == "item") == ["./a/a.json",
-                                                                                            "./b/b.json"]  # fmt: skip
+    assert sorted(link["href"] for link in collection["links"] if link["rel"] == "item") == ["./a/a.json", "./b/b.json"]
     for name in ("a", "b"):
         item = json.loads((folder / name / f"{name}.json").read_text())
         for key in ("type", "stac_version", "id", "geometry", "bbox", "properties", "links", "assets"):
@@ -258,8 +288,10 @@ def test_time_from_a_stac_item_source(run: dict[str, Any]) -> None:
     geometry = {"type": "Point", "coordinates": [13.4, 52.5]}
     pystac.Item("b", geometry, [13.4, 52.5, 13.4, 52.5], when, {}).save_object(dest_href=str(source))
     given = datetime(2020, 1, 2, 3, 4, 5)  # naive: taken as UTC
-    scenes = [SceneAssets("a", scene_a.labels, source=scene_a.source, acquired=given),
-              SceneAssets("b", scene_b.labels, source=source)]  # fmt: skip
+    scenes = [
+        SceneAssets("a", scene_a.labels, source=scene_a.source, acquired=given),
+        SceneAssets("b", scene_b.labels, source=source),
+    ]
     items = {i.id: i for i in pystac.Collection.from_file(str(write(run, scenes=scenes))).get_items()}
     assert items["a"].datetime == given.replace(tzinfo=UTC)
     assert items["b"].datetime == when and items["b"].properties["rs_deeplab:datetime_source"] == "acquired"

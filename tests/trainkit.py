@@ -16,8 +16,17 @@ from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 
 REPO = Path(__file__).resolve().parents[1]
 # class colours in R, G, B, NIR: separable enough to learn in a few iterations, noisy enough not to be trivial
-BASE = np.array([[200, 200, 200, 30], [180, 60, 60, 40], [90, 160, 70, 150], [40, 110, 40, 200],
-                 [230, 230, 50, 60], [220, 40, 40, 90]], dtype=np.float32)  # fmt: skip
+BASE = np.array(
+    [
+        [200, 200, 200, 30],
+        [180, 60, 60, 40],
+        [90, 160, 70, 150],
+        [40, 110, 40, 200],
+        [230, 230, 50, 60],
+        [220, 40, 40, 90],
+    ],
+    dtype=np.float32,
+)
 
 
 def blob_scene(seed: int, size: int = 192) -> tuple[np.ndarray, np.ndarray]:
@@ -54,13 +63,19 @@ def make_tiles(
 def write_config(path: Path, tiles: Path, work_dir: Path, **sections: dict[str, object]) -> Path:
     """A tiny DeepLab v3+ ResNet-18 experiment on ``tiles``; ``sections`` update the defaults."""
     cfg: dict[str, dict[str, object]] = {
-        "data": {"source": "tiles", "root": str(tiles), "scheme": "potsdam", "crop_size": 48, "batch_size": 2,
-                 "num_workers": 0},
+        "data": {
+            "source": "tiles",
+            "root": str(tiles),
+            "scheme": "potsdam",
+            "crop_size": 48,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
         "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
         "optimizer": {"lr": 0.01},
         "schedule": {"iterations": 6, "min_lr": 0.0},
         "train": {"eval_every": 3, "checkpoint_every": 2, "log_every": 1},
-    }  # fmt: skip
+    }
     for key, values in sections.items():
         cfg.setdefault(key, {}).update(values)
     path.write_text(yaml.safe_dump({"work_dir": str(work_dir), **cfg}))
@@ -75,8 +90,14 @@ def train_tiny(folder: Path) -> Path:
 
     tiles = make_tiles(folder)
     infer = {"size": 64, "stride": 32, "batch_size": 4, "scenes": [str(folder / "val.tif")]}
-    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4},
-                       train={"eval_every": 4, "checkpoint_every": 4, "log_every": 2}, infer=infer)  # fmt: skip
+    cfg = write_config(
+        folder / "exp.yaml",
+        tiles,
+        folder / "runs" / "tiny",
+        schedule={"iterations": 4},
+        train={"eval_every": 4, "checkpoint_every": 4, "log_every": 2},
+        infer=infer,
+    )
     result = train_experiment(load_config(cfg))
     assert result.best is not None
     return result.best

@@ -26,9 +26,13 @@ from rs_deeplab.geo import tiff_writes
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """``errno`` values of a write that failed for lack of space."""
 SPACE_MESSAGES = {
-    "no space left": errno.ENOSPC, "disk is full": errno.ENOSPC, "disk full": errno.ENOSPC,
-    "free disk space available": errno.ENOSPC, "quota exceeded": errno.EDQUOT, "file too large": errno.EFBIG,
-}  # fmt: skip
+    "no space left": errno.ENOSPC,
+    "disk is full": errno.ENOSPC,
+    "disk full": errno.ENOSPC,
+    "free disk space available": errno.ENOSPC,
+    "quota exceeded": errno.EDQUOT,
+    "file too large": errno.EFBIG,
+}
 """Lower-case phrases of GDAL, SQLite and libc messages that mean the same, and the ``errno`` they stand for."""
 NEARLY_FULL = 1 << 20
 """A file system with less free space than this (1 MiB) is taken as full when a writer failed without a reason."""
@@ -122,8 +126,11 @@ def size_text(n: float) -> str:
 def _reason(code: int) -> str:
     if code == errno.EFBIG:
         limit = file_size_limit()
-        where = f"this process may write files of at most {size_text(limit)}, see ulimit -f" if limit is not None else (
-            "the largest file this file system holds")  # fmt: skip
+        where = (
+            f"this process may write files of at most {size_text(limit)}, see ulimit -f"
+            if limit is not None
+            else ("the largest file this file system holds")
+        )
         return f"file too large ({where})"
     return "no space left in the disk quota" if code == errno.EDQUOT else "no space left on the device"
 
@@ -143,8 +150,10 @@ def out_of_space(
     if free is not None:
         amounts.append(f"{size_text(free)} free in {folder}")
     room = "raise the limit" if code == errno.EFBIG and file_size_limit() is not None else "free some space"
-    message = (f"{path}: cannot be written: {_reason(code)}{'; ' if amounts else ''}{', '.join(amounts)}; "
-               f"{room} (or write elsewhere) and run the same command again to resume")  # fmt: skip
+    message = (
+        f"{path}: cannot be written: {_reason(code)}{'; ' if amounts else ''}{', '.join(amounts)}; "
+        f"{room} (or write elsewhere) and run the same command again to resume"
+    )
     return DiskFullError(message, path=str(path), errno_code=code, needed=needed)
 
 
@@ -163,9 +172,12 @@ def check_free_space(path: str | os.PathLike[str], needed: int, what: str = "") 
     if free is None or free >= needed:
         return
     folder = nearest_folder(path)
-    raise DiskFullError(f"{path}: not enough free space for {what or 'this output'}: needs about {size_text(needed)}, "
-                        f"{size_text(free)} free in {folder}; free some space or write elsewhere",
-                        path=str(path), needed=needed)  # fmt: skip
+    raise DiskFullError(
+        f"{path}: not enough free space for {what or 'this output'}: needs about {size_text(needed)}, "
+        f"{size_text(free)} free in {folder}; free some space or write elsewhere",
+        path=str(path),
+        needed=needed,
+    )
 
 
 @contextlib.contextmanager

@@ -31,8 +31,9 @@ class DiskFullError(RsDeeplabError, OSError):
         needed: Bytes the output still needs, where known (None otherwise).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, errno_code: int | None = None,
-                 needed: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, message: str, *, path: str | None = None, errno_code: int | None = None, needed: int | None = None
+    ) -> None:
         super().__init__(message)
         self.path, self.errno_code, self.needed = path, errno_code, needed
 

@@ -43,8 +43,9 @@ def lock_path(output: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike[str], *, shown: str | os.PathLike[str] | None = None,
-                option: str = "--out") -> Iterator[Path]:  # fmt: skip
+def output_lock(
+    output: str | os.PathLike[str], *, shown: str | os.PathLike[str] | None = None, option: str = "--out"
+) -> Iterator[Path]:
     """Hold the lock of ``output`` for the block; yields the lock file.
 
     Args:
@@ -88,8 +89,9 @@ def _acquire(path: Path, shown: Path, option: str) -> int:
             if holder is None:  # no locking on this file system (some network mounts): go on unguarded
                 log.warning("%s: cannot be locked (%s); make sure no other run writes it", shown, exc.strerror)
                 return -1
-            raise OutputBusyError(f"{shown} is being written by another run ({holder}); wait for it or choose "
-                                  f"another {option}") from None  # fmt: skip
+            raise OutputBusyError(
+                f"{shown} is being written by another run ({holder}); wait for it or choose another {option}"
+            ) from None
         if _same_file(fd, path):
             break
         os.close(fd)  # locked a file its last holder had just removed: lock the one now there

@@ -52,8 +52,9 @@ def check_writable_folder(folder: Path, what: str) -> None:
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except OSError as exc:
-        raise InputError(f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you "
-                         "can write to") from None  # fmt: skip
+        raise InputError(
+            f"{what}: cannot write in {folder} ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
     finally:  # also when Ctrl-C lands between the create and the close
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)

@@ -79,8 +79,13 @@ class Architecture:
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keywords of :func:`rs_deeplab.models.build_model` (add ``num_classes`` and ``in_channels``)."""
-        return {"backbone": self.backbone, "output_stride": self.output_stride, "head": self.head,
-                "aux_weight": self.aux_weight, "msc": None if self.msc is None else list(self.msc)}  # fmt: skip
+        return {
+            "backbone": self.backbone,
+            "output_stride": self.output_stride,
+            "head": self.head,
+            "aux_weight": self.aux_weight,
+            "msc": None if self.msc is None else list(self.msc),
+        }
 
     def describe(self) -> str:
         """``deeplabv3plus, resnet18`` for messages."""
@@ -180,8 +185,9 @@ class ModelCard:
             ValueError, KeyError, TypeError: A damaged card; readers name the file (:func:`card_from_metadata`).
         """
         if int(data["format"]) > CARD_FORMAT:
-            raise ValueError(f"card format {data['format']} is newer than this rs_deeplab reads ({CARD_FORMAT}); "
-                             "update rs_deeplab")  # fmt: skip
+            raise ValueError(
+                f"card format {data['format']} is newer than this rs_deeplab reads ({CARD_FORMAT}); update rs_deeplab"
+            )
         colours = data.get("class_colours")
         return cls(
             architecture=Architecture.from_dict(data.get("model") or {}),
@@ -297,9 +303,11 @@ def load_checkpoint_file(path: str | os.PathLike[str], map_location: str | torch
         if UNSAFE not in str(exc):  # a damaged pickle stream
             raise CheckpointError(f"{p}: not a readable checkpoint (UnpicklingError); it may be truncated") from None
         found = str(exc).split(UNSAFE, 1)[1].split(" ", 1)[0]
-        raise CheckpointError(f"{p}: holds objects other than tensors and plain data ({found}), "
-                              "which are not loaded (they could run code); retrain, or re-save it with torch.save "
-                              "holding only tensors, numbers, strings, lists and dicts") from None  # fmt: skip
+        raise CheckpointError(
+            f"{p}: holds objects other than tensors and plain data ({found}), "
+            "which are not loaded (they could run code); retrain, or re-save it with torch.save "
+            "holding only tensors, numbers, strings, lists and dicts"
+        ) from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{p}: not a readable checkpoint ({type(exc).__name__}); it may be truncated") from None
     if not isinstance(state, dict):
@@ -327,15 +335,21 @@ def card_from_state(path: Path, state: Mapping[str, Any]) -> ModelCard:
     """
     missing = [k for k in CARD_KEYS if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: not an rs_deeplab checkpoint (missing {', '.join(missing)}); "
-                              f"{CHECKPOINT_FIX}")  # fmt: skip
+        raise CheckpointError(f"{path}: not an rs_deeplab checkpoint (missing {', '.join(missing)}); {CHECKPOINT_FIX}")
     try:
-        return card_from_training(state["config"], state["class_names"], state["band_stats"],
-                                  in_channels=state.get("in_channels"), class_colours=state.get("class_colours"),
-                                  gsd=state.get("gsd"), band_names=state.get("band_names"))  # fmt: skip
+        return card_from_training(
+            state["config"],
+            state["class_names"],
+            state["band_stats"],
+            in_channels=state.get("in_channels"),
+            class_colours=state.get("class_colours"),
+            gsd=state.get("gsd"),
+            band_names=state.get("band_names"),
+        )
     except ValidationError as exc:
-        raise CheckpointError(f"{path}: its recorded settings are invalid ({_first_error(exc)}); "
-                              f"{CHECKPOINT_FIX}") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: its recorded settings are invalid ({_first_error(exc)}); {CHECKPOINT_FIX}"
+        ) from None
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{path}: its model card is invalid ({_short(exc)}); {CHECKPOINT_FIX}") from None
 
@@ -355,8 +369,9 @@ def read_checkpoint(
     card = card_from_state(p, state)
     weights = state["model"]
     if not isinstance(weights, Mapping) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
-        raise CheckpointError(f"{p}: its weights are a {type(weights).__name__}, not a state dict of tensors; "
-                              f"{CHECKPOINT_FIX}")  # fmt: skip
+        raise CheckpointError(
+            f"{p}: its weights are a {type(weights).__name__}, not a state dict of tensors; {CHECKPOINT_FIX}"
+        )
     return card, dict(weights)
 
 
@@ -372,9 +387,11 @@ def card_from_metadata(path: Path, text: str | None, what: str = "rs_deeplab") -
         CheckpointError: No card (not written by ``pipelines/export.py``), damaged, or of a newer format.
     """
     if not text:
-        raise CheckpointError(f"{path}: has no {what} metadata (bands, statistics, classes), so it was not "
-                              "exported by this project; export a checkpoint with python pipelines/export.py "
-                              "CHECKPOINT --out MODEL.onnx")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: has no {what} metadata (bands, statistics, classes), so it was not "
+            "exported by this project; export a checkpoint with python pipelines/export.py "
+            "CHECKPOINT --out MODEL.onnx"
+        )
     try:
         data = json.loads(text)
         if not isinstance(data, dict):

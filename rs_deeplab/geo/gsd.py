@@ -78,11 +78,19 @@ def training_gsd(gsds: Iterable[float | None]) -> float | None:
         return None
     median = float(statistics.median(values))
     if max(values) > GSD_SPREAD * min(values):
-        log.warning("training scenes have different ground sampling distances (%.3g to %.3g m/pixel); the model "
-                    "is recorded at their median, %.3g m/pixel", min(values), max(values), median)  # fmt: skip
+        log.warning(
+            "training scenes have different ground sampling distances (%.3g to %.3g m/pixel); the model "
+            "is recorded at their median, %.3g m/pixel",
+            min(values),
+            max(values),
+            median,
+        )
     if missing:
-        log.warning("%d training scene(s) have no ground sampling distance; the model is recorded at %.3g m/pixel",
-                    missing, median)  # fmt: skip
+        log.warning(
+            "%d training scene(s) have no ground sampling distance; the model is recorded at %.3g m/pixel",
+            missing,
+            median,
+        )
     return median
 
 
@@ -136,22 +144,33 @@ def working_gsd(
     """
     if isinstance(choice, (int, float)):
         if scene_gsd is None:
-            raise ValueError(f"{scene}: has no georeferencing in metres, so --gsd {choice:g} cannot resample it; "
-                             "use --gsd native")  # fmt: skip
+            raise ValueError(
+                f"{scene}: has no georeferencing in metres, so --gsd {choice:g} cannot resample it; use --gsd native"
+            )
         return None if _close(scene_gsd, float(choice)) else float(choice)
     if choice not in GSD_CHOICES:
         raise ValueError(f"--gsd {choice!r}: expected auto, native or a positive number")
     if model_gsd is None:
         return None
     if scene_gsd is None:
-        log.warning("%s: no ground sampling distance (no CRS); predicted at its own scale, although the model was "
-                    "trained at %.3g m/pixel", scene, model_gsd)  # fmt: skip
+        log.warning(
+            "%s: no ground sampling distance (no CRS); predicted at its own scale, although the model was "
+            "trained at %.3g m/pixel",
+            scene,
+            model_gsd,
+        )
         return None
     off = max(scene_gsd, model_gsd) / min(scene_gsd, model_gsd)
     if choice == "native":
         if off > GSD_SPREAD:
-            log.warning("%s: %.3g m/pixel, the model was trained at %.3g m/pixel (%.2g× off); predicted at the "
-                        "scene's scale as --gsd native asks", scene, scene_gsd, model_gsd, off)  # fmt: skip
+            log.warning(
+                "%s: %.3g m/pixel, the model was trained at %.3g m/pixel (%.2g× off); predicted at the "
+                "scene's scale as --gsd native asks",
+                scene,
+                scene_gsd,
+                model_gsd,
+                off,
+            )
         return None
     if _close(scene_gsd, model_gsd):
         return None
@@ -159,10 +178,12 @@ def working_gsd(
     limit = AUTO_PIXEL_LIMIT * (1 + GSD_TOLERANCE)  # a GSD measured a hair off an exact 2× is still 2×
     if not 1 / limit <= pixels <= limit:
         more = f"{pixels:.3g}× the pixels" if pixels > 1 else f"1/{1 / pixels:.3g} of the pixels"
-        raise ValueError(f"{scene}: {scene_gsd:.3g} m/pixel, the model was trained at {model_gsd:.3g} m/pixel: "
-                         f"--gsd auto would predict it at {more} (beyond {AUTO_PIXEL_LIMIT:g}× either way); use "
-                         f"--gsd native for its own pixels, or --gsd <metres> (e.g. --gsd {model_gsd:.3g}) to accept "
-                         "the cost")  # fmt: skip
+        raise ValueError(
+            f"{scene}: {scene_gsd:.3g} m/pixel, the model was trained at {model_gsd:.3g} m/pixel: "
+            f"--gsd auto would predict it at {more} (beyond {AUTO_PIXEL_LIMIT:g}× either way); use "
+            f"--gsd native for its own pixels, or --gsd <metres> (e.g. --gsd {model_gsd:.3g}) to accept "
+            "the cost"
+        )
     return model_gsd
 
 

@@ -97,8 +97,16 @@ class Scene:
         """
         with open_raster(path) as src:
             rows, cols = src.block_shapes[0]
-            return cls(Path(path), src.crs, src.transform, src.width, src.height, src.count, tuple(src.dtypes),
-                       (int(cols), int(rows)))  # fmt: skip
+            return cls(
+                Path(path),
+                src.crs,
+                src.transform,
+                src.width,
+                src.height,
+                src.count,
+                tuple(src.dtypes),
+                (int(cols), int(rows)),
+            )
 
     def bounds(self, crs: CRS) -> tuple[float, float, float, float]:
         """``(left, bottom, right, top)`` of the raster's four corners, in ``crs`` (densified when it differs)."""
@@ -164,8 +172,10 @@ class RegionOutput:
 
     def owner(self, row: int, col: int) -> int | None:
         """Index of the scene owning region pixel ``(row, col)``, or None where no scene covers it."""
-        return next((i for i, rects in enumerate(self.owned)
-                     for r0, r1, c0, c1 in rects if r0 <= row < r1 and c0 <= col < c1), None)  # fmt: skip
+        return next(
+            (i for i, rects in enumerate(self.owned) for r0, r1, c0, c1 in rects if r0 <= row < r1 and c0 <= col < c1),
+            None,
+        )
 
 
 def target_crs(to_crs: str | None) -> CRS | None:
@@ -183,8 +193,9 @@ def target_crs(to_crs: str | None) -> CRS | None:
     except (pyproj.exceptions.CRSError, CRSError, ValueError, TypeError):
         crs = None
     if crs is None:
-        raise InputError(f"--to-crs {to_crs}: not a coordinate reference system; use e.g. EPSG:32633 or a WKT/PROJ "
-                         "string")  # fmt: skip
+        raise InputError(
+            f"--to-crs {to_crs}: not a coordinate reference system; use e.g. EPSG:32633 or a WKT/PROJ string"
+        )
     return crs
 
 
@@ -201,8 +212,10 @@ def checked_res(res: float | None) -> float | None:
     except (TypeError, ValueError):
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise InputError(f"--res {res}: the pixel size must be a positive number in target CRS units; use e.g. "
-                         "--res 0.5 (metres in a UTM CRS), or leave it out for the first raster's size")  # fmt: skip
+        raise InputError(
+            f"--res {res}: the pixel size must be a positive number in target CRS units; use e.g. "
+            "--res 0.5 (metres in a UTM CRS), or leave it out for the first raster's size"
+        )
     return value
 
 
@@ -228,8 +241,10 @@ def grid_of(scenes: Sequence[Scene], crs: CRS | None, res: float | None) -> Regi
     """:func:`region_grid` of scenes already read (``crs`` and ``res`` already checked)."""
     for scene in scenes:
         if scene.crs is None:
-            raise InputError(f"{scene.path}: has no coordinate reference system; a mosaic needs georeferenced "
-                             "rasters (write them with their scene's CRS)")  # fmt: skip
+            raise InputError(
+                f"{scene.path}: has no coordinate reference system; a mosaic needs georeferenced "
+                "rasters (write them with their scene's CRS)"
+            )
     first = scenes[0]
     assert first.crs is not None  # checked above
     target = crs or first.crs
@@ -239,8 +254,9 @@ def grid_of(scenes: Sequence[Scene], crs: CRS | None, res: float | None) -> Regi
     elif same:
         rx, ry = math.hypot(first.transform.a, first.transform.d), math.hypot(first.transform.b, first.transform.e)
     else:
-        suggested, _, _ = calculate_default_transform(first.crs, target, first.width, first.height,
-                                                      *first.bounds(first.crs))  # fmt: skip
+        suggested, _, _ = calculate_default_transform(
+            first.crs, target, first.width, first.height, *first.bounds(first.crs)
+        )
         rx, ry = abs(suggested.a), abs(suggested.e)
     boxes = [s.bounds(target) for s in scenes]
     left, bottom = min(b[0] for b in boxes), min(b[1] for b in boxes)
@@ -318,8 +334,16 @@ def write_region(
     if cog:
         _write_cog(out, names.cog, int(grid.width * grid.height * LABEL_BYTES_PER_PIXEL * COG_OVERVIEWS))
     warped = [sources[i] for i in warping] + [prob_sources[i] for i in warping if prob_scenes is not None]
-    return RegionOutput(out, names.cog if cog else None, names.probs if prob_scenes is not None else None, grid,
-                        tuple(sources), tuple(footprints), tuple(tuple(r) for r in owned), tuple(warped))  # fmt: skip
+    return RegionOutput(
+        out,
+        names.cog if cog else None,
+        names.probs if prob_scenes is not None else None,
+        grid,
+        tuple(sources),
+        tuple(footprints),
+        tuple(tuple(r) for r in owned),
+        tuple(warped),
+    )
 
 
 @dataclass(frozen=True)
@@ -348,40 +372,58 @@ def _area(rect: Rect) -> int:
 def _check_labels(scenes: Sequence[Scene]) -> None:
     for scene in scenes:
         if scene.count != 1 or scene.dtypes[0] != "uint8":
-            raise InputError(f"{scene.path}: not a label raster ({scene.count} band(s) of {scene.dtypes[0]}); a "
-                             "mosaic joins uint8 single-band label rasters as infer writes them (255 = nodata): pass "
-                             "those (probabilities go to probs)")  # fmt: skip
+            raise InputError(
+                f"{scene.path}: not a label raster ({scene.count} band(s) of {scene.dtypes[0]}); a "
+                "mosaic joins uint8 single-band label rasters as infer writes them (255 = nodata): pass "
+                "those (probabilities go to probs)"
+            )
 
 
 def _check_probs(scenes: Sequence[Scene], probs: Sequence[PathLike]) -> list[Scene]:
     if len(probs) != len(scenes):
-        raise InputError(f"{len(probs)} probability rasters for {len(scenes)} label rasters; pass one per label "
-                         "raster, in the same order (or none)")  # fmt: skip
+        raise InputError(
+            f"{len(probs)} probability rasters for {len(scenes)} label rasters; pass one per label "
+            "raster, in the same order (or none)"
+        )
     out = [Scene.read(p) for p in probs]
     for label, prob in zip(scenes, out, strict=True):
         if set(prob.dtypes) != {"uint8"} or prob.count != out[0].count:
-            raise InputError(f"{prob.path}: {prob.count} band(s) of {', '.join(sorted(set(prob.dtypes)))}, but "
-                             f"{out[0].path} has {out[0].count} of uint8; pass the uint8 probability rasters infer "
-                             "wrote with the same model")  # fmt: skip
-        if (prob.crs, prob.transform, prob.width, prob.height) != (label.crs, label.transform, label.width,
-                                                                   label.height):  # fmt: skip
-            raise InputError(f"{prob.path}: not on the grid of its label raster {label.path}; pass each scene's "
-                             "probabilities in the order of the label rasters")  # fmt: skip
+            raise InputError(
+                f"{prob.path}: {prob.count} band(s) of {', '.join(sorted(set(prob.dtypes)))}, but "
+                f"{out[0].path} has {out[0].count} of uint8; pass the uint8 probability rasters infer "
+                "wrote with the same model"
+            )
+        if (prob.crs, prob.transform, prob.width, prob.height) != (
+            label.crs,
+            label.transform,
+            label.width,
+            label.height,
+        ):
+            raise InputError(
+                f"{prob.path}: not on the grid of its label raster {label.path}; pass each scene's "
+                "probabilities in the order of the label rasters"
+            )
     return out
 
 
-def _check_outputs(names: _Names, scenes: Sequence[Scene], probs: Sequence[Scene] | None, cog: bool,
-                   *, warping: bool) -> None:  # fmt: skip
+def _check_outputs(
+    names: _Names, scenes: Sequence[Scene], probs: Sequence[Scene] | None, cog: bool, *, warping: bool
+) -> None:
     out = names.vrt
     if out.suffix.lower() != ".vrt":
-        raise InputError(f"{out}: the mosaic is a GDAL VRT; name it with .vrt, e.g. region.vrt (a Cloud-Optimized "
-                         "GeoTIFF is written beside it as region.tif when asked for)")  # fmt: skip
+        raise InputError(
+            f"{out}: the mosaic is a GDAL VRT; name it with .vrt, e.g. region.vrt (a Cloud-Optimized "
+            "GeoTIFF is written beside it as region.tif when asked for)"
+        )
     inputs = [s.path for s in [*scenes, *(probs or [])]]
     targets = [out] + ([names.probs] if probs is not None else [])
     for target in targets:
         check_output_file(target, what="the mosaic", inputs=inputs)
-        if target.is_file() and target.stat().st_size and not target.read_bytes()[:64].lstrip().startswith(
-                b"<VRTDataset"):  # fmt: skip
+        if (
+            target.is_file()
+            and target.stat().st_size
+            and not target.read_bytes()[:64].lstrip().startswith(b"<VRTDataset")
+        ):
             raise InputError(f"the mosaic: {target} exists and is not a VRT; remove it or choose another name")
     if cog:
         check_output_file(names.cog, what="the mosaic", kind="GeoTIFF", inputs=inputs)
@@ -406,15 +448,31 @@ def _warp(scene: Scene, grid: RegionGrid, window: Rect, dest: Path, *, labels: b
     """``scene`` resampled (nearest) onto its window of ``grid``, written atomically to ``dest``."""
     r0, r1, c0, c1 = window
     nodata = IGNORE_INDEX if labels else None
-    profile = geotiff_profile(width=c1 - c0, height=r1 - r0, count=scene.count, dtype="uint8", crs=grid.crs,
-                              transform=grid.transform @ Affine.translation(c0, r0), nodata=nodata)  # fmt: skip
+    profile = geotiff_profile(
+        width=c1 - c0,
+        height=r1 - r0,
+        count=scene.count,
+        dtype="uint8",
+        crs=grid.crs,
+        transform=grid.transform @ Affine.translation(c0, r0),
+        nodata=nodata,
+    )
     profile.pop("predictor", None)  # class ids are not a smooth signal
     needed = int(_area(window) * (LABEL_BYTES_PER_PIXEL if labels else PROBS_BYTES_PER_PIXEL * scene.count))
-    with _translated(dest), atomic_output(dest, needed=needed) as tmp, open_raster(scene.path) as src, \
-            rasterio.open(tmp, "w", **profile) as dst:  # fmt: skip
+    with (
+        _translated(dest),
+        atomic_output(dest, needed=needed) as tmp,
+        open_raster(scene.path) as src,
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
         for band in range(1, scene.count + 1):
-            reproject(rasterio.band(src, band), rasterio.band(dst, band), src_nodata=nodata, dst_nodata=nodata,
-                      resampling=Resampling.nearest)  # fmt: skip
+            reproject(
+                rasterio.band(src, band),
+                rasterio.band(dst, band),
+                src_nodata=nodata,
+                dst_nodata=nodata,
+                resampling=Resampling.nearest,
+            )
             dst.set_band_description(band, src.descriptions[band - 1] or "")
         dst.update_tags(**src.tags())
         if labels and (colormap := _colormap(src)):
@@ -444,34 +502,62 @@ def _layers(scene: Scene, band: int, footprint: Rect, rects: Sequence[Rect], nod
     """Sources of ``scene``'s ``rects`` (region pixels; its whole footprint when empty)."""
     r0, _, c0, _ = footprint
     boxes = [(c0, r0, scene.width, scene.height)] if not rects else [(a, b, d - a, e - b) for b, e, a, d in rects]
-    return [Source(scene.path, band, (scene.width, scene.height), scene.block, (x - c0, y - r0, w, h), (x, y, w, h),
-                   nodata) for x, y, w, h in boxes]  # fmt: skip
+    return [
+        Source(scene.path, band, (scene.width, scene.height), scene.block, (x - c0, y - r0, w, h), (x, y, w, h), nodata)
+        for x, y, w, h in boxes
+    ]
 
 
-def _label_band(first: Scene, scenes: Sequence[Scene], footprints: Sequence[Rect],
-                owned: Sequence[Sequence[Rect]]) -> list[Band]:  # fmt: skip
-    whole = [src for s, fp in zip(scenes, footprints, strict=True) if _area(fp)
-             for src in _layers(s, 1, fp, [], IGNORE_INDEX)]  # fmt: skip
-    tops = [src for s, fp, rects in zip(scenes, footprints, owned, strict=True) if rects
-            for src in _layers(s, 1, fp, rects, IGNORE_INDEX)]  # fmt: skip
+def _label_band(
+    first: Scene, scenes: Sequence[Scene], footprints: Sequence[Rect], owned: Sequence[Sequence[Rect]]
+) -> list[Band]:
+    whole = [
+        src
+        for s, fp in zip(scenes, footprints, strict=True)
+        if _area(fp)
+        for src in _layers(s, 1, fp, [], IGNORE_INDEX)
+    ]
+    tops = [
+        src
+        for s, fp, rects in zip(scenes, footprints, owned, strict=True)
+        if rects
+        for src in _layers(s, 1, fp, rects, IGNORE_INDEX)
+    ]
     with open_raster(first.path) as src:
         colormap = _colormap(src)
     return [Band([*whole, *tops], "class", IGNORE_INDEX, colormap)]
 
 
-def _prob_bands(scenes: Sequence[Scene], sources: Sequence[Path], footprints: Sequence[Rect],
-                owned: Sequence[Sequence[Rect]]) -> list[Band]:  # fmt: skip
+def _prob_bands(
+    scenes: Sequence[Scene], sources: Sequence[Path], footprints: Sequence[Rect], owned: Sequence[Sequence[Rect]]
+) -> list[Band]:
     read = [_as_warped(s, p) for s, p in zip(scenes, sources, strict=True)]
     with open_raster(scenes[0].path) as src:
         descriptions = list(src.descriptions)
-    return [Band([layer for s, fp, rects in zip(read, footprints, owned, strict=True) if rects
-                  for layer in _layers(s, band, fp, rects, None)], descriptions[band - 1] or "")
-            for band in range(1, scenes[0].count + 1)]  # fmt: skip
+    return [
+        Band(
+            [
+                layer
+                for s, fp, rects in zip(read, footprints, owned, strict=True)
+                if rects
+                for layer in _layers(s, band, fp, rects, None)
+            ],
+            descriptions[band - 1] or "",
+        )
+        for band in range(1, scenes[0].count + 1)
+    ]
 
 
 def _write_vrt(out: Path, grid: RegionGrid, bands: Sequence[Band], metadata: dict[str, str]) -> None:
-    text = vrt_text(out.parent, width=grid.width, height=grid.height, wkt=grid.crs.to_wkt(),
-                    transform=grid.transform, bands=bands, metadata=metadata)  # fmt: skip
+    text = vrt_text(
+        out.parent,
+        width=grid.width,
+        height=grid.height,
+        wkt=grid.crs.to_wkt(),
+        transform=grid.transform,
+        bands=bands,
+        metadata=metadata,
+    )
     with _translated(out), atomic_output(out, needed=len(text)) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -479,8 +565,15 @@ def _write_vrt(out: Path, grid: RegionGrid, bands: Sequence[Band], metadata: dic
 def _write_cog(vrt: Path, cog: Path, needed: int) -> None:
     """The VRT copied into one Cloud-Optimized GeoTIFF (deflate, nearest-neighbour overviews), atomically."""
     with _translated(cog), atomic_output(cog, needed=needed) as tmp:
-        rasterio.shutil.copy(vrt, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=COG_BLOCK,
-                             OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER")  # fmt: skip
+        rasterio.shutil.copy(
+            vrt,
+            tmp,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=COG_BLOCK,
+            OVERVIEW_RESAMPLING="NEAREST",
+            BIGTIFF="IF_SAFER",
+        )
 
 
 @contextlib.contextmanager

@@ -203,8 +203,9 @@ def _leaf(fps: Sequence[Rect], rect: Rect, alive: Sequence[int], owned: list[lis
     stops = np.empty_like(starts)
     stops[:-1] = np.where(rows[1:] == rows[:-1], starts[1:], winner.shape[1])
     stops[-1:] = winner.shape[1]
-    for who, r, c0, c1 in zip(winner[rows, starts].tolist(), (rows + ra).tolist(), (starts + ca).tolist(),
-                              (stops + ca).tolist(), strict=True):  # fmt: skip
+    for who, r, c0, c1 in zip(
+        winner[rows, starts].tolist(), (rows + ra).tolist(), (starts + ca).tolist(), (stops + ca).tolist(), strict=True
+    ):
         owned[who].append((r, r + 1, c0, c1))
 
 

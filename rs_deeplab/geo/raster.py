@@ -150,8 +150,10 @@ class RasterReadError(RasterError):
 def read_error(path: PathLike, exc: BaseException, where: str = "") -> RasterReadError:
     """A one-line :class:`RasterReadError` for a GDAL read failure of ``path`` after it opened."""
     at = f" at {where}" if where else ""
-    return RasterReadError(f"{path}: cannot be read{at} ({gdal_reason(exc)}); the file may be truncated or corrupt: "
-                       "copy or export it again")  # fmt: skip
+    return RasterReadError(
+        f"{path}: cannot be read{at} ({gdal_reason(exc)}); the file may be truncated or corrupt: "
+        "copy or export it again"
+    )
 
 
 def write_error(path: PathLike, exc: BaseException, needed: int | None = None) -> RasterError | DiskFullError:
@@ -185,8 +187,10 @@ def check_complete(src: Any, path: PathLike) -> None:
         offset = src.get_tag_item(last, "TIFF", bidx=bidx)
         length = src.get_tag_item(last.replace("OFFSET", "SIZE"), "TIFF", bidx=bidx)
         if offset and length and int(offset) + int(length) > size:
-            raise RasterError(f"{path}: is truncated ({size} bytes, its last block ends at byte "
-                              f"{int(offset) + int(length)}); copy or download it again")  # fmt: skip
+            raise RasterError(
+                f"{path}: is truncated ({size} bytes, its last block ends at byte "
+                f"{int(offset) + int(length)}); copy or download it again"
+            )
 
 
 def temporary_sibling(path: PathLike) -> Path:

@@ -110,8 +110,10 @@ def _read_list(path: str) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         text = "\0"
     if "\0" in text:
-        raise InputError(f"scene list {path} is not a text file (binary data); list one scene per line in plain text "
-                         "(UTF-8), or pass a raster without @ and not named .txt/.lst")  # fmt: skip
+        raise InputError(
+            f"scene list {path} is not a text file (binary data); list one scene per line in plain text "
+            "(UTF-8), or pass a raster without @ and not named .txt/.lst"
+        )
     folder = os.path.dirname(path)
     scenes: list[tuple[str, str]] = []
     for number, raw in enumerate(text.splitlines(), start=1):

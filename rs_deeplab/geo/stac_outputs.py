@@ -143,8 +143,9 @@ def _projection(src: Any) -> dict[str, Any]:
     return fields
 
 
-def classification_classes(class_names: Sequence[str], colours: Mapping[int, Sequence[int]] | None,
-                           nodata: int = IGNORE_INDEX) -> list[dict[str, Any]]:  # fmt: skip
+def classification_classes(
+    class_names: Sequence[str], colours: Mapping[int, Sequence[int]] | None, nodata: int = IGNORE_INDEX
+) -> list[dict[str, Any]]:
     """``classification:classes`` (extension v2): one entry per class, plus ``nodata`` flagged.
 
     ``name`` is the class name made machine-readable (v2 allows letters, digits, ``-`` and ``_``), ``title`` the
@@ -197,8 +198,14 @@ def _source_link(source: Path | str, start: Path) -> pystac.Link:
     return pystac.Link("derived_from", href, media_type=kind, title="input scene")
 
 
-def _item(scene: SceneAssets, folder: Path, names: Sequence[str], colours: Mapping[int, Sequence[int]] | None,
-          properties: dict[str, Any], predicted: datetime) -> pystac.Item:  # fmt: skip
+def _item(
+    scene: SceneAssets,
+    folder: Path,
+    names: Sequence[str],
+    colours: Mapping[int, Sequence[int]] | None,
+    properties: dict[str, Any],
+    predicted: datetime,
+) -> pystac.Item:
     """One scene's Item; asset hrefs relative to where it will lie (``folder/<id>/``)."""
     start = folder / scene.name
     with open_raster(scene.labels) as src:
@@ -211,16 +218,26 @@ def _item(scene: SceneAssets, folder: Path, names: Sequence[str], colours: Mappi
     polygon = {"type": "Polygon", "coordinates": [geometry]}
     item = pystac.Item(scene.name, polygon, bbox, acquired or predicted, props, stac_extensions=schemas)
     item.common_metadata.created = predicted
-    label_fields = {"data_type": "uint8", "nodata": nodata,
-                    "classification:classes": classification_classes(names, colours, nodata)}  # fmt: skip
+    label_fields = {
+        "data_type": "uint8",
+        "nodata": nodata,
+        "classification:classes": classification_classes(names, colours, nodata),
+    }
     item.add_asset("labels", _raster_asset(scene.labels, start, "class labels", label_fields))
     if scene.probabilities is not None:
         with open_raster(scene.probabilities) as src:
             count = src.count
-        bands = [{"name": class_name(names, i), "description": f"probability of {class_name(names, i)} (0-255)",
-                  "data_type": "uint8"} for i in range(count)]  # fmt: skip
-        item.add_asset("probabilities", _raster_asset(scene.probabilities, start, "class probabilities",
-                                                      {"bands": bands}))  # fmt: skip
+        bands = [
+            {
+                "name": class_name(names, i),
+                "description": f"probability of {class_name(names, i)} (0-255)",
+                "data_type": "uint8",
+            }
+            for i in range(count)
+        ]
+        item.add_asset(
+            "probabilities", _raster_asset(scene.probabilities, start, "class probabilities", {"bands": bands})
+        )
     if scene.source is not None:
         item.add_link(_source_link(scene.source, start))
     return item
@@ -235,8 +252,12 @@ def _region_assets(region: RegionAssets, folder: Path, classes: list[dict[str, A
             extra = {**proj, "data_type": "uint8", "nodata": IGNORE_INDEX, "classification:classes": classes}
             assets[key] = _raster_asset(path, folder, "mosaic of the class labels", extra)
     if region.polygons is not None:
-        assets["polygons"] = pystac.Asset(_relative(region.polygons, folder), title="class polygons (layer labels)",
-                                          media_type=GEOPACKAGE, roles=["data"])  # fmt: skip
+        assets["polygons"] = pystac.Asset(
+            _relative(region.polygons, folder),
+            title="class polygons (layer labels)",
+            media_type=GEOPACKAGE,
+            roles=["data"],
+        )
     return assets
 
 
@@ -259,8 +280,10 @@ def _check(folder: Path, scenes: Sequence[SceneAssets], region: RegionAssets | N
     ids = Counter(s.name for s in scenes)
     for name in ids:
         if not name or name.startswith(".") or re.search(r"[/\\]", name) or ids[name] > 1:
-            raise InputError(f"{folder}: scene name {name!r} cannot be an Item id (empty, hidden, a path or a "
-                             "repeat); give each scene a unique file-name-like name")  # fmt: skip
+            raise InputError(
+                f"{folder}: scene name {name!r} cannot be an Item id (empty, hidden, a path or a "
+                "repeat); give each scene a unique file-name-like name"
+            )
     paths = [p for s in scenes for p in (s.labels, s.probabilities) if p is not None]
     if region is not None:
         paths += [p for p in (region.mosaic_vrt, region.mosaic_tif, region.polygons) if p is not None]
@@ -334,8 +357,9 @@ def write_stac(
     bbox += [max(i.bbox[k] for i in items if i.bbox) for k in (2, 3)]
     extent = pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[min(times), max(times)]]))
     text = description or f"Predictions of {model} for {len(items)} scene(s), written by rs_deeplab."
-    collection = pystac.Collection(collection_id, text, extent, license="other",
-                                   stac_extensions=[CLASSIFICATION_SCHEMA, PROJECTION_SCHEMA])  # fmt: skip
+    collection = pystac.Collection(
+        collection_id, text, extent, license="other", stac_extensions=[CLASSIFICATION_SCHEMA, PROJECTION_SCHEMA]
+    )
     first = items[0].assets["labels"].to_dict()
     classes = first["classification:classes"]
     defs = {"labels": {k: v for k, v in first.items() if k != "href"}}

@@ -141,8 +141,12 @@ def _loaded_libraries() -> list[str]:
     if rasterio is None or rasterio.__file__ is None:
         return []
     base = Path(rasterio.__file__).parent
-    return [str(p) for folder in (base / ".dylibs", base.parent / "rasterio.libs") for name in ("libtiff*", "libgdal*")
-            for p in folder.glob(name)]  # fmt: skip
+    return [
+        str(p)
+        for folder in (base / ".dylibs", base.parent / "rasterio.libs")
+        for name in ("libtiff*", "libgdal*")
+        for p in folder.glob(name)
+    ]
 
 
 _LISTENER = _Listener()

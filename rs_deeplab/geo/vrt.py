@@ -11,9 +11,17 @@ from pathlib import Path
 from affine import Affine
 
 GDAL_TYPES = {
-    "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32",
-    "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
-}  # fmt: skip
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "uint64": "UInt64",
+    "int64": "Int64",
+    "float32": "Float32",
+    "float64": "Float64",
+}
 """numpy's data type names → GDAL's (a VRT's ``dataType``)."""
 
 Box = tuple[int, int, int, int]
@@ -117,8 +125,15 @@ def _source(parent: ET.Element, source: Source, folder: Path) -> None:
     ET.SubElement(node, "SourceFilename", relativeToVRT="1").text = Path(relative).as_posix()
     ET.SubElement(node, "SourceBand").text = str(source.band)
     width, height = source.size
-    ET.SubElement(node, "SourceProperties", RasterXSize=str(width), RasterYSize=str(height), DataType="Byte",
-                  BlockXSize=str(source.block[0]), BlockYSize=str(source.block[1]))  # fmt: skip
+    ET.SubElement(
+        node,
+        "SourceProperties",
+        RasterXSize=str(width),
+        RasterYSize=str(height),
+        DataType="Byte",
+        BlockXSize=str(source.block[0]),
+        BlockYSize=str(source.block[1]),
+    )
     for tag, (x, y, w, h) in (("SrcRect", source.src), ("DstRect", source.dst)):
         ET.SubElement(node, tag, xOff=str(x), yOff=str(y), xSize=str(w), ySize=str(h))
     if source.nodata is not None:

@@ -149,8 +149,10 @@ def check_options(opts: InferOptions) -> None:
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{name} {value}: must be a number >= 0")
     if opts.workers is not None and opts.workers < 1:
-        raise InputError(f"--workers {opts.workers}: must be a whole number of at least 1 (processes polygonizing "
-                         "the labels; 1 = this process only)")  # fmt: skip
+        raise InputError(
+            f"--workers {opts.workers}: must be a whole number of at least 1 (processes polygonizing "
+            "the labels; 1 = this process only)"
+        )
     bands = opts.crf_bands
     if bands is not None and (not 1 <= len(bands) <= 3 or any(b < 1 for b in bands)):
         raise InputError(f"--crf-bands {','.join(map(str, bands))}: name 1 to 3 bands, counted from 1")
@@ -163,8 +165,10 @@ def check_options(opts: InferOptions) -> None:
 
 def _check_crf_bands(crf: CRFSettings | None, header: SceneInfo) -> None:
     if crf is not None and any(not 1 <= b <= header.count for b in crf.bands):
-        raise InputError(f"--crf-bands {','.join(map(str, crf.bands))}: {header.path} has {header.count} band(s); "
-                         f"name bands 1..{header.count}")  # fmt: skip
+        raise InputError(
+            f"--crf-bands {','.join(map(str, crf.bands))}: {header.path} has {header.count} band(s); "
+            f"name bands 1..{header.count}"
+        )
 
 
 def _check_rasters(rasters: Sequence[Path], opts: InferOptions, out: Path, inputs: Sequence[Path | str]) -> None:
@@ -183,8 +187,9 @@ def probs_path(raster: Path) -> Path:
     return raster.with_name(f"{raster.stem}_probs.tif")
 
 
-def resolve_scenes(scenes: Sequence[str | Path], assets: Sequence[str] | None, band_names: Sequence[str] | None
-                   ) -> list[Path | str]:  # fmt: skip
+def resolve_scenes(
+    scenes: Sequence[str | Path], assets: Sequence[str] | None, band_names: Sequence[str] | None
+) -> list[Path | str]:
     """Scene arguments as the library reads them: local files as Paths; URLs and GDAL paths as GDAL path strings
     (checked with their server); STAC Items as local VRTs of their ``assets`` (default: ``band_names``).
     """  # noqa: D205
@@ -196,9 +201,13 @@ def resolve_scenes(scenes: Sequence[str | Path], assets: Sequence[str] | None, b
 
 
 def infer_scenes(
-    scenes: Sequence[Path | str], out: Path, *, checkpoint: Path | None = None, options: InferOptions | None = None,
+    scenes: Sequence[Path | str],
+    out: Path,
+    *,
+    checkpoint: Path | None = None,
+    options: InferOptions | None = None,
     quiet: bool = False,
-) -> InferResult:  # fmt: skip
+) -> InferResult:
     """Run a trained checkpoint over scenes (default: the held-out scenes in its config) and write the outputs.
 
     Scenes may be local files, URLs (``https://``, ``s3://``, ``gs://``), GDAL paths or STAC Items (see
@@ -216,14 +225,24 @@ def infer_scenes(
     here = torch.device("cpu") if opts.scheduler else pick_device(opts.device, option="--device")
     pick_amp(opts.amp, here, option="--amp")
     if opts.runtime == "torch" and model_kind(ckpt) == "exported":
-        raise InputError(f"--runtime torch: {ckpt} is an exported model, which runs as it was exported; pass the "
-                         "training checkpoint (.pt) or drop the option")  # fmt: skip
+        raise InputError(
+            f"--runtime torch: {ckpt} is an exported model, which runs as it was exported; pass the "
+            "training checkpoint (.pt) or drop the option"
+        )
     # read once, where this process runs it (absolute path: Dask workers run elsewhere and read it themselves)
     # with PyTorch first: the checks need the card, the ONNX export (or int8 model) is made after them
-    trained = TrainedModel(ckpt.resolve(), opts.output_stride, runtime=opts.runtime, precision=opts.precision,
-                           strict_device=str(opts.device).strip().lower().startswith("cuda"))  # fmt: skip
-    loaded = replace(trained, runtime="torch", precision="fp32").load(here) if model_kind(ckpt) == "checkpoint" \
-        else trained.load(here)  # fmt: skip
+    trained = TrainedModel(
+        ckpt.resolve(),
+        opts.output_stride,
+        runtime=opts.runtime,
+        precision=opts.precision,
+        strict_device=str(opts.device).strip().lower().startswith("cuda"),
+    )
+    loaded = (
+        replace(trained, runtime="torch", precision="fp32").load(here)
+        if model_kind(ckpt) == "checkpoint"
+        else trained.load(here)
+    )
     loaded = replace(loaded, source=trained)
     card = loaded.card
     if opts.output_stride is None and card.infer.output_stride:  # trained at one output stride, to infer at another
@@ -241,9 +260,11 @@ def infer_scenes(
         headers.append(header)
         first = first or header
         if (header.count, header.dtype) != (first.count, first.dtype):
-            raise InputError(f"{header.path} has {header.count} band(s) of {header.dtype} but {first.path} has "
-                             f"{first.count} of {first.dtype}: one job predicts scenes of one kind (the model's "
-                             "statistics are for one); run them separately")  # fmt: skip
+            raise InputError(
+                f"{header.path} has {header.count} band(s) of {header.dtype} but {first.path} has "
+                f"{first.count} of {first.dtype}: one job predicts scenes of one kind (the model's "
+                "statistics are for one); run them separately"
+            )
         select_bands(header, card.bands, card.in_channels)
         _check_crf_bands(crf, header)
         gsds.append(_scene_gsd(header.path, opts.gsd, card.gsd, header))
@@ -262,8 +283,16 @@ def infer_scenes(
     _check_rasters(rasters, opts, out, [*inputs, ckpt])
     region = len(todo) > 1 and not opts.separate
     if region:
-        check_region(todo, headers, rasters, out, to_crs=opts.to_crs, res=opts.res, cog=opts.cog,
-                     classes=card.num_classes if opts.probs else None)  # fmt: skip
+        check_region(
+            todo,
+            headers,
+            rasters,
+            out,
+            to_crs=opts.to_crs,
+            res=opts.res,
+            cog=opts.cog,
+            classes=card.num_classes if opts.probs else None,
+        )
     elif opts.res is not None:
         raise InputError("--res sets the mosaic's pixel size: it needs several scenes (and no --separate)")
     if opts.stac:
@@ -274,24 +303,53 @@ def infer_scenes(
     with output_lock(out.with_suffix(".tif") if out.suffix.lower() not in RASTER_SUFFIXES else out, shown=out):
         if not opts.scheduler:  # a scheduler's workers choose the runtime for their own device
             loaded = loaded.on_runtime(here)
-        tasks = [SceneTask(scene, raster, probs_path(raster) if opts.probs else None, gsd)
-                 for scene, raster, gsd in zip(todo, rasters, gsds, strict=True)]  # fmt: skip
-        log.info("predicting %d scene(s) → %s", len(tasks), ", ".join(str(r) for r in rasters[:3])
-                 + (", ..." if len(rasters) > 3 else ""))  # fmt: skip
-        result.rasters = predict_scenes(loaded, tasks, size=size, stride=stride, batch_size=batch_size,
-                                        window=card.infer.window, tta=tta, crf=crf, cog=opts.cog, device=opts.device,
-                                        amp=opts.amp, resume=opts.resume, scheduler=opts.scheduler,
-                                        quiet=quiet)  # fmt: skip
+        tasks = [
+            SceneTask(scene, raster, probs_path(raster) if opts.probs else None, gsd)
+            for scene, raster, gsd in zip(todo, rasters, gsds, strict=True)
+        ]
+        log.info(
+            "predicting %d scene(s) → %s",
+            len(tasks),
+            ", ".join(str(r) for r in rasters[:3]) + (", ..." if len(rasters) > 3 else ""),
+        )
+        result.rasters = predict_scenes(
+            loaded,
+            tasks,
+            size=size,
+            stride=stride,
+            batch_size=batch_size,
+            window=card.infer.window,
+            tta=tta,
+            crf=crf,
+            cog=opts.cog,
+            device=opts.device,
+            amp=opts.amp,
+            resume=opts.resume,
+            scheduler=opts.scheduler,
+            quiet=quiet,
+        )
         names = scene_names([r.scene for r in result.rasters]) if len(result.rasters) > 1 else [out.stem]
         if region:
-            result.region = write_region([r.labels for r in result.rasters], out.with_suffix(".vrt"),
-                                         to_crs=opts.to_crs, res=opts.res, cog=opts.cog,
-                                         probs=[r.probs for r in result.rasters if r.probs] or None)  # fmt: skip
+            result.region = write_region(
+                [r.labels for r in result.rasters],
+                out.with_suffix(".vrt"),
+                to_crs=opts.to_crs,
+                res=opts.res,
+                cog=opts.cog,
+                probs=[r.probs for r in result.rasters if r.probs] or None,
+            )
         if out.suffix.lower() == ".gpkg" and result.region is not None:
             result.polygons = out
-            result.polygon_count = vectorize_region(result.region, names, out, class_names=card.class_names,
-                                                    min_area=opts.min_area, simplify=opts.simplify,
-                                                    workers=opts.workers, quiet=quiet)  # fmt: skip
+            result.polygon_count = vectorize_region(
+                result.region,
+                names,
+                out,
+                class_names=card.class_names,
+                min_area=opts.min_area,
+                simplify=opts.simplify,
+                workers=opts.workers,
+                quiet=quiet,
+            )
         elif out.suffix.lower() == ".gpkg":
             result.polygons, result.polygon_count = _vectorize_all(result.rasters, out, opts, quiet)
         if opts.stac:
@@ -327,8 +385,15 @@ def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:
     found = recorded_crf(model_path)
     if found is not None:
         base, record = found
-        given = [o for o, v in (("--crf-gaussian", opts.crf_gaussian), ("--crf-bilateral", opts.crf_bilateral),
-                                ("--crf-iterations", opts.crf_iterations)) if v is not None]  # fmt: skip
+        given = [
+            o
+            for o, v in (
+                ("--crf-gaussian", opts.crf_gaussian),
+                ("--crf-bilateral", opts.crf_bilateral),
+                ("--crf-iterations", opts.crf_iterations),
+            )
+            if v is not None
+        ]
         log.info(
             "CRF kernels searched for this model (%s): bilateral %g,%g,%g, gaussian %g,%g, %d iterations%s",
             record,
@@ -343,8 +408,14 @@ def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:
     g = opts.crf_gaussian or (base.gaussian_sxy, base.gaussian_compat)
     b = opts.crf_bilateral or (base.bilateral_sxy, base.bilateral_srgb, base.bilateral_compat)
     iterations = opts.crf_iterations if opts.crf_iterations is not None else base.iterations
-    return CRFParams(gaussian_sxy=g[0], gaussian_compat=g[1], bilateral_sxy=b[0], bilateral_srgb=b[1],
-                     bilateral_compat=b[2], iterations=iterations)  # fmt: skip
+    return CRFParams(
+        gaussian_sxy=g[0],
+        gaussian_compat=g[1],
+        bilateral_sxy=b[0],
+        bilateral_srgb=b[1],
+        bilateral_compat=b[2],
+        iterations=iterations,
+    )
 
 
 def _tta(opts: InferOptions, card: ModelCard) -> TTA:
@@ -362,10 +433,19 @@ def _vectorize_all(rasters: Sequence[SceneResult], out: Path, opts: InferOptions
     names = scene_names([r.scene for r in rasters])  # as in the rasters' names
     with staged(out) as staging:
         for i, r in enumerate(rasters):
-            summary = vectorize(r.labels, staging, class_names=list(r.class_names), min_area=opts.min_area,
-                                simplify=opts.simplify, layer="labels", extra_columns={"scene": names[i]},
-                                to_crs=opts.to_crs, mode="w" if i == 0 else "a", workers=opts.workers,
-                                quiet=quiet)  # fmt: skip
+            summary = vectorize(
+                r.labels,
+                staging,
+                class_names=list(r.class_names),
+                min_area=opts.min_area,
+                simplify=opts.simplify,
+                layer="labels",
+                extra_columns={"scene": names[i]},
+                to_crs=opts.to_crs,
+                mode="w" if i == 0 else "a",
+                workers=opts.workers,
+                quiet=quiet,
+            )
             count += summary.polygons
     return out, count
 
@@ -376,8 +456,16 @@ def _catalog(result: InferResult, names: Sequence[str], out: Path, card: ModelCa
 
     scenes = [SceneAssets(name, r.labels, r.probs, r.scene) for name, r in zip(names, result.rasters, strict=True)]
     region = result.region
-    assets = RegionAssets(None if region is None else region.vrt, None if region is None else region.cog,
-                          result.polygons)  # fmt: skip
+    assets = RegionAssets(
+        None if region is None else region.vrt, None if region is None else region.cog, result.polygons
+    )
     model = f"{card.architecture.describe()} ({ckpt.parent.name}/{ckpt.name})"
-    return write_stac(stac_folder(out), scenes, assets, class_names=card.class_names, colours=card.colormap,
-                      model=model, collection_id=out.stem)  # fmt: skip
+    return write_stac(
+        stac_folder(out),
+        scenes,
+        assets,
+        class_names=card.class_names,
+        colours=card.colormap,
+        model=model,
+        collection_id=out.stem,
+    )

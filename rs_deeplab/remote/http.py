@@ -35,8 +35,9 @@ RETRY_CODES = frozenset({429, 500, 502, 503, 504})
 """HTTP answers that mean "try again shortly" (GDAL retries the same ones)."""
 RESUME = "re-run the same command to resume"
 FALSE_WORDS = ("NO", "FALSE", "OFF", "0")
-S3_CREDENTIALS_FIX = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or AWS_NO_SIGN_REQUEST=YES "
-                      "for a public bucket")  # fmt: skip
+S3_CREDENTIALS_FIX = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or AWS_NO_SIGN_REQUEST=YES for a public bucket"
+)
 
 
 @dataclass(frozen=True)
@@ -175,11 +176,13 @@ def no_answer(name: str, reason: object, timeout: float) -> RasterError:
     dropped connection (the job resumes later), a plain :class:`RasterError` for a host that does not resolve.
     """  # noqa: D205
     if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-        return RemoteUnavailableError(f"{name}: {did_not_answer(timeout)}; check the network and the server, then "
-                                      f"{RESUME}")  # fmt: skip
+        return RemoteUnavailableError(
+            f"{name}: {did_not_answer(timeout)}; check the network and the server, then {RESUME}"
+        )
     if isinstance(reason, ConnectionError):
-        return RemoteUnavailableError(f"{name}: the server refused or dropped the connection ({reason}); once it "
-                                      f"is back, {RESUME}")  # fmt: skip
+        return RemoteUnavailableError(
+            f"{name}: the server refused or dropped the connection ({reason}); once it is back, {RESUME}"
+        )
     return RasterError(f"{name}: no answer from the server ({reason}); check the URL and the network")
 
 
@@ -193,8 +196,10 @@ def http_problem(name: str, code: int) -> str:
     if code == 404:
         return f"{name}: not found on the server (HTTP 404); check the URL"
     if code in (401, 403):
-        return (f"{name}: access denied (HTTP {code}); check the URL, its signature or expiry, or the credentials "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GDAL_HTTP_AUTH, GDAL_HTTP_HEADERS)")  # fmt: skip
+        return (
+            f"{name}: access denied (HTTP {code}); check the URL, its signature or expiry, or the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GDAL_HTTP_AUTH, GDAL_HTTP_HEADERS)"
+        )
     return f"{name}: the server answered HTTP {code}; check the URL, or retry later"
 
 

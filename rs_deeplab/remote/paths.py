@@ -39,8 +39,18 @@ log = logging.getLogger("rs_deeplab.remote.scenes")
 
 URL_SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/"}
 """URL scheme → GDAL virtual file system it is read through."""
-REMOTE_VSI = ("/vsicurl/", "/vsicurl?", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/",
-              "/vsiwebhdfs/", "/vsihdfs/")  # fmt: skip
+REMOTE_VSI = (
+    "/vsicurl/",
+    "/vsicurl?",
+    "/vsis3/",
+    "/vsigs/",
+    "/vsiaz/",
+    "/vsiadls/",
+    "/vsioss/",
+    "/vsiswift/",
+    "/vsiwebhdfs/",
+    "/vsihdfs/",
+)
 """GDAL file systems that read over the network (also when nested, e.g. ``/vsizip//vsicurl/...``)."""
 OPEN_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing, no probing for .aux.xml/.ovr/.msk

@@ -84,8 +84,19 @@ def _asset(name: str, href: str) -> Asset:
     with open_raster(path) as src:
         if len(set(src.dtypes)) > 1:
             raise RasterError(f"{href}: bands of different data types {src.dtypes}; convert to one type")
-        return Asset(name, path, src.width, src.height, src.count, src.dtypes[0], src.crs, src.transform, src.nodata,
-                     tuple(src.block_shapes[0]), version)  # fmt: skip
+        return Asset(
+            name,
+            path,
+            src.width,
+            src.height,
+            src.count,
+            src.dtypes[0],
+            src.crs,
+            src.transform,
+            src.nodata,
+            tuple(src.block_shapes[0]),
+            version,
+        )
 
 
 def choose_assets(item: Any, href: str, assets: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -99,8 +110,10 @@ def choose_assets(item: Any, href: str, assets: Sequence[str] | None) -> list[tu
         raise InputError(f"{href}: is a STAC Item; choose its bands with --assets (it has: {', '.join(have)})")
     missing = [a for a in assets if a not in item.assets]
     if missing:
-        raise InputError(f"{href}: STAC Item {item.id!r} has no asset {', '.join(missing)} (it has: "
-                         f"{', '.join(have)}); pass --assets with names it has")  # fmt: skip
+        raise InputError(
+            f"{href}: STAC Item {item.id!r} has no asset {', '.join(missing)} (it has: "
+            f"{', '.join(have)}); pass --assets with names it has"
+        )
     return [(a, item.assets[a].get_absolute_href() or item.assets[a].href) for a in assets]
 
 
@@ -126,8 +139,9 @@ def item_vrt(href: str, assets: Sequence[str] | None, folder: str | os.PathLike[
     chosen = [_asset(name, asset_href) for name, asset_href in choose_assets(item, href, assets)]
     crss = {str(a.crs) for a in chosen}
     if len(crss) > 1:
-        raise InputError(f"{href}: assets {', '.join(a.name for a in chosen)} are in different CRSs; pick assets "
-                         "that share one")  # fmt: skip
+        raise InputError(
+            f"{href}: assets {', '.join(a.name for a in chosen)} are in different CRSs; pick assets that share one"
+        )
     text = vrt_xml(chosen)
     root = Path(folder or os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "rs_deeplab-stac")
     key = hashlib.sha1(f"{href}\n{','.join(a.name for a in chosen)}".encode()).hexdigest()[:16]
@@ -162,8 +176,12 @@ def vrt_xml(assets: Sequence[Asset]) -> str:
     lines.append("  </Metadata>")
     band = 0
     for a, (x0, _, _, y1) in zip(assets, bounds, strict=True):
-        dst = ((x0 - left) / xres, (top - y1) / yres, a.width * abs(a.transform.a) / xres,
-               a.height * abs(a.transform.e) / yres)  # fmt: skip
+        dst = (
+            (x0 - left) / xres,
+            (top - y1) / yres,
+            a.width * abs(a.transform.a) / xres,
+            a.height * abs(a.transform.e) / yres,
+        )
         for source_band in range(1, a.count + 1):
             band += 1
             lines.extend(_band_xml(a, source_band, band, gdal_type, dst))
@@ -175,8 +193,10 @@ def _band_xml(a: Asset, source_band: int, band: int, gdal_type: str, dst: tuple[
     """One VRT band reading band ``source_band`` of asset ``a`` into the destination rectangle ``dst``."""
     description = a.name if a.count == 1 else f"{a.name}_{source_band}"
     nodata = [] if a.nodata is None else [f"    <NoDataValue>{a.nodata!r}</NoDataValue>"]
-    props = (f'RasterXSize="{a.width}" RasterYSize="{a.height}" DataType="{GDAL_TYPES[a.dtype]}" '
-             f'BlockXSize="{a.block[1]}" BlockYSize="{a.block[0]}"')  # fmt: skip
+    props = (
+        f'RasterXSize="{a.width}" RasterYSize="{a.height}" DataType="{GDAL_TYPES[a.dtype]}" '
+        f'BlockXSize="{a.block[1]}" BlockYSize="{a.block[0]}"'
+    )
     return [
         f'  <VRTRasterBand dataType="{gdal_type}" band="{band}">',
         f"    <Description>{escape(description)}</Description>",

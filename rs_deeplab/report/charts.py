@@ -63,8 +63,14 @@ def _limits(values: list[float], fixed: tuple[float, float] | None) -> tuple[flo
     return lo, hi
 
 
-def line_chart(chart_id: str, title: str, series: Sequence[Series], *, ylim: tuple[float, float] | None = None,
-               xlabel: str = "iteration") -> str:  # fmt: skip
+def line_chart(
+    chart_id: str,
+    title: str,
+    series: Sequence[Series],
+    *,
+    ylim: tuple[float, float] | None = None,
+    xlabel: str = "iteration",
+) -> str:
     """An SVG line chart of ``series`` against a shared x axis; an empty chart says "no values yet"."""
     xs = [float(x) for s in series for x in s.xs]
     ys = [float(y) for s in series for y in s.ys]
@@ -78,12 +84,16 @@ def line_chart(chart_id: str, title: str, series: Sequence[Series], *, ylim: tup
     def py(y: float) -> float:
         return TOP + (1 - (y - y0) / (y1 - y0)) * ph
 
-    parts = [f'<svg id="{esc(chart_id)}" class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
-             f'height="{HEIGHT}" role="img" aria-label="{esc(title)}">',
-             f'<text x="{LEFT}" y="15" class="title">{esc(title)}</text>']  # fmt: skip
+    parts = [
+        f'<svg id="{esc(chart_id)}" class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
+        f'height="{HEIGHT}" role="img" aria-label="{esc(title)}">',
+        f'<text x="{LEFT}" y="15" class="title">{esc(title)}</text>',
+    ]
     for t in nice_ticks(y0, y1):
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
-                     f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" class="ytick">{_fmt(t)}</text>')  # fmt: skip
+        parts.append(
+            f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(t):.1f}" y2="{py(t):.1f}"/>'
+            f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" class="ytick">{_fmt(t)}</text>'
+        )
     for t in nice_ticks(x0, x1, 6):
         parts.append(f'<text x="{px(t):.1f}" y="{HEIGHT - BOTTOM + 14}" class="xtick">{_fmt(t)}</text>')
     parts.append(f'<text x="{LEFT + pw / 2}" y="{HEIGHT - 4}" class="xlabel">{esc(xlabel)}</text>')
@@ -106,18 +116,25 @@ def _series(s: Series, px: object, py: object) -> list[str]:
             continue
         runs[-1].append(f"{px(float(x)):.1f},{py(float(y)):.1f}")
         if s.points:
-            dots.append(f'<circle class="pt" data-series="{esc(s.name)}" data-x="{float(x)!r}" data-y="{float(y)!r}" '
-                        f'cx="{px(float(x)):.1f}" cy="{py(float(y)):.1f}" r="3" fill="{s.colour}">'
-                        f"<title>{esc(s.name)} {_fmt(float(y))} at {_fmt(float(x))}</title></circle>")  # fmt: skip
-    lines = [f'<polyline class="line" data-series="{esc(s.name)}" points="{" ".join(r)}" stroke="{s.colour}"/>'
-             for r in runs if r]  # fmt: skip
+            dots.append(
+                f'<circle class="pt" data-series="{esc(s.name)}" data-x="{float(x)!r}" data-y="{float(y)!r}" '
+                f'cx="{px(float(x)):.1f}" cy="{py(float(y)):.1f}" r="3" fill="{s.colour}">'
+                f"<title>{esc(s.name)} {_fmt(float(y))} at {_fmt(float(x))}</title></circle>"
+            )
+    lines = [
+        f'<polyline class="line" data-series="{esc(s.name)}" points="{" ".join(r)}" stroke="{s.colour}"/>'
+        for r in runs
+        if r
+    ]
     return lines + dots
 
 
 def legend(series: Sequence[Series]) -> str:
     """A one-line HTML legend of the series' colours and names."""
-    items = "".join(f'<span class="key"><span class="swatch" style="background:{s.colour}"></span>{esc(s.name)}</span>'
-                    for s in series)  # fmt: skip
+    items = "".join(
+        f'<span class="key"><span class="swatch" style="background:{s.colour}"></span>{esc(s.name)}</span>'
+        for s in series
+    )
     return f'<div class="chart-legend">{items}</div>'
 
 
@@ -135,9 +152,13 @@ def confusion_table(cm: np.ndarray, class_names: Sequence[str], table_id: str = 
         for j in range(len(class_names)):
             share = cm[i, j] / rows_sum[i] if rows_sum[i] else 0.0
             ink = "#fff" if share > 0.55 else "#222"
-            cells.append(f'<td data-count="{int(cm[i, j])}" data-share="{share!r}" title="truth {esc(name)}, '
-                         f'predicted {esc(class_names[j])}: {int(cm[i, j])} px" style="background:rgba(31,119,180,'
-                         f'{share:.3f});color:{ink}">{share:.2f}</td>')  # fmt: skip
+            cells.append(
+                f'<td data-count="{int(cm[i, j])}" data-share="{share!r}" title="truth {esc(name)}, '
+                f'predicted {esc(class_names[j])}: {int(cm[i, j])} px" style="background:rgba(31,119,180,'
+                f'{share:.3f});color:{ink}">{share:.2f}</td>'
+            )
         body.append(f'<tr><th class="truth">{esc(name)}</th>{"".join(cells)}<td class="n">{int(rows_sum[i])}</td></tr>')
-    return (f'<table id="{esc(table_id)}" class="confusion"><thead><tr><th>truth \\ predicted</th>{head}'
-            f'<th class="n">pixels</th></tr></thead><tbody>{"".join(body)}</tbody></table>')  # fmt: skip
+    return (
+        f'<table id="{esc(table_id)}" class="confusion"><thead><tr><th>truth \\ predicted</th>{head}'
+        f'<th class="n">pixels</th></tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )

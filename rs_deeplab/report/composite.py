@@ -46,8 +46,9 @@ class _Layer:
     footprint: Rect
 
 
-def write_composite(scenes: Sequence[str | Path], grid: RegionGrid, owned: Sequence[Sequence[Rect]],
-                    folder: Path) -> Path:  # fmt: skip
+def write_composite(
+    scenes: Sequence[str | Path], grid: RegionGrid, owned: Sequence[Sequence[Rect]], folder: Path
+) -> Path:
     """Write ``folder/composite.vrt``: the scenes on ``grid`` (module description) and return its path.
 
     Args:
@@ -96,8 +97,9 @@ def write_composite(scenes: Sequence[str | Path], grid: RegionGrid, owned: Seque
 def _layer(ds: rasterio.io.DatasetReader, source: str, grid: RegionGrid, warped: Path) -> _Layer | None:
     """The open scene ``ds`` on the grid: itself where it lies on it, else a warped VRT of its window (or None)."""
     rows, cols = ds.block_shapes[0]
-    scene = Scene(Path(source), ds.crs, ds.transform, ds.width, ds.height, ds.count, tuple(ds.dtypes),
-                  (int(cols), int(rows)))  # fmt: skip
+    scene = Scene(
+        Path(source), ds.crs, ds.transform, ds.width, ds.height, ds.count, tuple(ds.dtypes), (int(cols), int(rows))
+    )
     on_grid = grid.footprint(scene)
     if on_grid is not None:
         return _Layer(source, (ds.width, ds.height), scene.block, ds.dtypes[0], on_grid)
@@ -105,8 +107,15 @@ def _layer(ds: rasterio.io.DatasetReader, source: str, grid: RegionGrid, warped:
     if r1 <= r0 or c1 <= c0:
         return None
     transform = grid.transform @ Affine.translation(c0, r0)
-    with WarpedVRT(ds, crs=grid.crs, transform=transform, width=c1 - c0, height=r1 - r0,
-                   resampling=Resampling.nearest, add_alpha=True) as vrt:  # fmt: skip
+    with WarpedVRT(
+        ds,
+        crs=grid.crs,
+        transform=transform,
+        width=c1 - c0,
+        height=r1 - r0,
+        resampling=Resampling.nearest,
+        add_alpha=True,
+    ) as vrt:
         rasterio.shutil.copy(vrt, warped, driver="VRT")
     # GDAL takes an alpha band for the mask of a 2- or 4-band raster only: a plain VRT over the warped one names
     # its alpha band (after the scene's bands) as its mask, whatever the band count
@@ -124,8 +133,7 @@ def _layer(ds: rasterio.io.DatasetReader, source: str, grid: RegionGrid, warped:
     return _Layer(str(masked), size, size, ds.dtypes[0], window)
 
 
-def _drawing_order(layers: Sequence[_Layer | None],
-                   owned: Sequence[Sequence[Rect]]) -> list[tuple[_Layer, Rect]]:  # fmt: skip
+def _drawing_order(layers: Sequence[_Layer | None], owned: Sequence[Sequence[Rect]]) -> list[tuple[_Layer, Rect]]:
     """Each scene whole, in order, then its owned rectangles (clipped to its footprint) on top."""
     whole = [(layer, layer.footprint) for layer in layers if layer is not None]
     tops = []
@@ -148,9 +156,15 @@ def _source(parent: ET.Element, layer: _Layer, band: str, box: Rect, *, masked: 
     ET.SubElement(node, "SourceFilename", relativeToVRT="0").text = layer.path
     ET.SubElement(node, "SourceBand").text = band
     if masked and band != "mask,1":  # GDAL need not open the scene until it draws from it
-        ET.SubElement(node, "SourceProperties", RasterXSize=str(layer.size[0]), RasterYSize=str(layer.size[1]),
-                      DataType=GDAL_TYPES.get(layer.dtype, "Float64"), BlockXSize=str(layer.block[0]),
-                      BlockYSize=str(layer.block[1]))  # fmt: skip
+        ET.SubElement(
+            node,
+            "SourceProperties",
+            RasterXSize=str(layer.size[0]),
+            RasterYSize=str(layer.size[1]),
+            DataType=GDAL_TYPES.get(layer.dtype, "Float64"),
+            BlockXSize=str(layer.block[0]),
+            BlockYSize=str(layer.block[1]),
+        )
     r0, r1, c0, c1 = box
     f0, _, g0, _ = layer.footprint
     for tag, (x, y) in (("SrcRect", (c0 - g0, r0 - f0)), ("DstRect", (c0, r0))):

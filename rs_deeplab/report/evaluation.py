@@ -57,14 +57,31 @@ def check_evaluation_page(out: Path) -> Path:
     return page
 
 
-def write_error_raster(pred_path: PathLike, truth_path: PathLike, out: Path, *, num_classes: int,
-                       scheme: ClassScheme | None, block_size: int = DEFAULT_BLOCK_SIZE) -> None:  # fmt: skip
+def write_error_raster(
+    pred_path: PathLike,
+    truth_path: PathLike,
+    out: Path,
+    *,
+    num_classes: int,
+    scheme: ClassScheme | None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> None:
     """Write the 3-band uint8 error raster of one scene (truth id, prediction id, 0), masked where not scored."""
     with open_raster(pred_path) as pred, open_raster(truth_path) as truth:
         nodata = pred.nodata if pred.nodata is not None and float(pred.nodata).is_integer() else None
-        profile = {"driver": "GTiff", "width": pred.width, "height": pred.height, "count": 3, "dtype": "uint8",
-                   "crs": pred.crs, "transform": pred.transform, "tiled": True, "blockxsize": 256,
-                   "blockysize": 256, "compress": "deflate"}  # fmt: skip
+        profile = {
+            "driver": "GTiff",
+            "width": pred.width,
+            "height": pred.height,
+            "count": 3,
+            "dtype": "uint8",
+            "crs": pred.crs,
+            "transform": pred.transform,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+        }
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(out, "w", **profile) as dst:
             for window in block_windows(pred.height, pred.width, block_size):
                 p = pred.read(1, window=window).astype(np.int64)
@@ -89,9 +106,18 @@ def class_rows(cm: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
         def ratio(num: int, den: int) -> float | None:
             return num / den if den else None
 
-        rows.append({"class": name, "tp": tp, "fp": fp, "fn": fn, "iou": ratio(tp, tp + fp + fn),
-                     "f1": ratio(2 * tp, 2 * tp + fp + fn), "precision": ratio(tp, tp + fp),
-                     "recall": ratio(tp, tp + fn)})  # fmt: skip
+        rows.append(
+            {
+                "class": name,
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "iou": ratio(tp, tp + fp + fn),
+                "f1": ratio(2 * tp, 2 * tp + fp + fn),
+                "precision": ratio(tp, tp + fp),
+                "recall": ratio(tp, tp + fn),
+            }
+        )
     return rows
 
 
@@ -111,12 +137,15 @@ def _scores_table(rows: Sequence[dict[str, Any]], means: Mapping[str, float | No
         cells = "".join(f'<td data-key="{k}" data-value="{_value(r[k])}">{_pct(r[k])}</td>' for k in keys)
         counts = "".join(f'<td data-key="{k}">{r[k]:,}</td>' for k in ("tp", "fp", "fn"))
         body.append(f'<tr data-class="{i}"><th>{esc(r["class"])}</th>{cells}{counts}</tr>')
-    cells = "".join(f'<td data-key="{k}" data-value="{_value(means[k])}">{_pct(means[k])}</td>'
-                    for k in ("mIoU", "mF1"))  # fmt: skip
+    cells = "".join(
+        f'<td data-key="{k}" data-value="{_value(means[k])}">{_pct(means[k])}</td>' for k in ("mIoU", "mF1")
+    )
     foot = f'<tr class="mean"><th>mean</th>{cells}<td colspan="5"></td></tr>'
-    return ('<table id="scores" class="scores"><thead><tr><th>class</th><th>IoU %</th><th>F1 %</th>'
-            "<th>precision %</th><th>recall %</th><th>TP px</th><th>FP px</th><th>FN px</th></tr></thead>"
-            f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>")  # fmt: skip
+    return (
+        '<table id="scores" class="scores"><thead><tr><th>class</th><th>IoU %</th><th>F1 %</th>'
+        "<th>precision %</th><th>recall %</th><th>TP px</th><th>FP px</th><th>FN px</th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody><tfoot>{foot}</tfoot></table>"
+    )
 
 
 def _scores_section(cm: np.ndarray, names: Sequence[str], means: Mapping[str, float | None]) -> str:
@@ -173,26 +202,50 @@ def write_evaluation_page(
         scenes = []
         for i, entry in enumerate(report["scenes"]):
             errors = folder / f"errors_{i}.tif"
-            write_error_raster(entry["prediction"], entry["truth"], errors, num_classes=len(names), scheme=scheme,
-                               block_size=block_size)  # fmt: skip
+            write_error_raster(
+                entry["prediction"],
+                entry["truth"],
+                errors,
+                num_classes=len(names),
+                scheme=scheme,
+                block_size=block_size,
+            )
             with rasterio.open(errors) as ds:
                 grid = raster_grid(ds)
             stats = write_scene_pyramid(errors, folder / "tiles" / str(i), bands=(1, 2, 3), suffix="png")
             errors.unlink()
             for sidecar in folder.glob(f"errors_{i}.tif.*"):
                 sidecar.unlink()
-            scenes.append({"name": scene_name(entry["prediction"]), "tiles": f"tiles/{i}", "notes": grid.notes,
-                           "grid": {**{k: getattr(grid, k) for k in ("x0", "y0", "a", "e", "width", "height", "crs")},
-                                    "geographic": grid.geographic, "bounds": grid.bounds()},
-                           "maxNativeZoom": stats.max_zoom, "maxZoom": stats.max_zoom + EXTRA_ZOOM})  # fmt: skip
+            scenes.append(
+                {
+                    "name": scene_name(entry["prediction"]),
+                    "tiles": f"tiles/{i}",
+                    "notes": grid.notes,
+                    "grid": {
+                        **{k: getattr(grid, k) for k in ("x0", "y0", "a", "e", "width", "height", "crs")},
+                        "geographic": grid.geographic,
+                        "bounds": grid.bounds(),
+                    },
+                    "maxNativeZoom": stats.max_zoom,
+                    "maxZoom": stats.max_zoom + EXTRA_ZOOM,
+                }
+            )
         classes = [{"id": i, "name": n, "colour": list(c)} for i, (n, c) in enumerate(zip(names, rgb, strict=True))]
         data = {"folder": files_folder(page).name, "scenes": scenes, "classes": classes}
         (folder / "evaluation.js").write_text(js_global("RS_EVAL", data), encoding="utf-8")
         name = title or f"evaluation: {page.stem}"
-        return html_page(name, files_folder(page).name, _body(report, names, scenes, name),
-                         styles=("lib/leaflet/leaflet.css", "lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
-                         scripts=("lib/leaflet/leaflet.js", "evaluation.js", "lib/rs_deeplab/map.js",
-                                  "lib/rs_deeplab/evaluation.js"))  # fmt: skip
+        return html_page(
+            name,
+            files_folder(page).name,
+            _body(report, names, scenes, name),
+            styles=("lib/leaflet/leaflet.css", "lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
+            scripts=(
+                "lib/leaflet/leaflet.js",
+                "evaluation.js",
+                "lib/rs_deeplab/map.js",
+                "lib/rs_deeplab/evaluation.js",
+            ),
+        )
 
     try:
         return write_page(page, build, libraries=("leaflet", "rs_deeplab"))
@@ -200,12 +253,15 @@ def write_evaluation_page(
         raise InputError(f"{page}: cannot read a raster for the page ({exc})") from None
 
 
-def _checkpoint_body(report: Mapping[str, Any], names: Sequence[str], details: Sequence[tuple[str, str]],
-                     crops: str, title: str) -> str:  # fmt: skip
+def _checkpoint_body(
+    report: Mapping[str, Any], names: Sequence[str], details: Sequence[tuple[str, str]], crops: str, title: str
+) -> str:
     cm = np.asarray(report["confusion_matrix"], dtype=np.int64)
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in details)
-    key = " ".join(f'<span class="key"><span class="swatch" style="background:{hex_colour(c)}"></span>{text}</span>'
-                  for c, text in zip(RIGHT_WRONG, ("right", "wrong"), strict=True))  # fmt: skip
+    key = " ".join(
+        f'<span class="key"><span class="swatch" style="background:{hex_colour(c)}"></span>{text}</span>'
+        for c, text in zip(RIGHT_WRONG, ("right", "wrong"), strict=True)
+    )
     return f"""<main class="report">
 <h1>{esc(title)}</h1>
 <p id="summary">mIoU <b id="miou">{_pct(report["mIoU"])} %</b>, mean F1 {_pct(report["mF1"])} %, overall accuracy
@@ -249,11 +305,16 @@ def write_checkpoint_page(
 
     def build(folder: Path) -> str:
         url = files_folder(page).name
-        grid = crop_grid(TrainingView("", "finished", (), names, colours, crops=crops), folder, url,
-                         scored_classes=len(names))  # fmt: skip
+        grid = crop_grid(
+            TrainingView("", "finished", (), names, colours, crops=crops), folder, url, scored_classes=len(names)
+        )
         name = title or f"evaluation: {page.stem}"
-        return html_page(name, url, _checkpoint_body(report, names, details, grid, name),
-                         styles=("lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
-                         scripts=("lib/rs_deeplab/training.js",))  # fmt: skip
+        return html_page(
+            name,
+            url,
+            _checkpoint_body(report, names, details, grid, name),
+            styles=("lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
+            scripts=("lib/rs_deeplab/training.js",),
+        )
 
     return write_page(page, build, libraries=("rs_deeplab",))

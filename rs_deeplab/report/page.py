@@ -45,14 +45,14 @@ def check_page_path(page: Path) -> None:
             raise InputError(f"{page}: cannot write the page: {existing} is a file, not a folder; fix the path")
         raise InputError(f"{page}: cannot write the page: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{page}: cannot write the page: folder {parent} is not writable; choose another --out "
-                         "or pass --no-report")  # fmt: skip
+        raise InputError(
+            f"{page}: cannot write the page: folder {parent} is not writable; choose another --out or pass --no-report"
+        )
     if page.is_dir():
         raise InputError(f"{page}: cannot write the page: a folder has that name; move it or pass --no-report")
     folder = files_folder(page)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: cannot write the page's folder: a file has that name; move it or pass "
-                         "--no-report")  # fmt: skip
+        raise InputError(f"{folder}: cannot write the page's folder: a file has that name; move it or pass --no-report")
 
 
 @dataclass(frozen=True)

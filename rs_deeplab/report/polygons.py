@@ -67,8 +67,10 @@ def outline_levels(polygons: Path, grid: Any, max_zoom: int) -> Outlines:
     vertices = np.cumsum(shapely.get_num_coordinates(fine))
     keep = int(np.searchsorted(vertices, MAX_VERTICES, side="right"))
     if keep < len(geoms):
-        out.note = (f"Outlines of the {keep:,} largest of {len(geoms):,} polygons are drawn (at most "
-                    f"{MAX_VERTICES:,} vertices); the GeoPackage has them all.")  # fmt: skip
+        out.note = (
+            f"Outlines of the {keep:,} largest of {len(geoms):,} polygons are drawn (at most "
+            f"{MAX_VERTICES:,} vertices); the GeoPackage has them all."
+        )
         geoms, classes = geoms[:keep], classes[:keep]
     for level in range(LEVELS):
         zoom = max_zoom - level * LEVEL_STEP

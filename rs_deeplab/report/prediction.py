@@ -105,8 +105,7 @@ def polygon_areas(polygons: Path, classes: int) -> tuple[list[float], int]:
     import pyogrio
 
     try:
-        table = pyogrio.read_dataframe(polygons, layer="labels", columns=["class_id", "area_m2"],
-                                       read_geometry=False)  # fmt: skip
+        table = pyogrio.read_dataframe(polygons, layer="labels", columns=["class_id", "area_m2"], read_geometry=False)
     except Exception as exc:  # pyogrio's errors: not a GeoPackage, no such layer
         raise InputError(f"{polygons}: cannot read the polygons' areas ({exc}); pass the .gpkg infer wrote") from None
     areas = [0.0] * classes
@@ -160,8 +159,7 @@ def _classes(ds: Any, inputs: PredictionInputs) -> tuple[list[str], list[tuple[i
     return names, class_colours(len(names), known)
 
 
-def _legend(names: Sequence[str], colours: Sequence[tuple[int, int, int]], areas: Sequence[float],
-            unit: str) -> str:  # fmt: skip
+def _legend(names: Sequence[str], colours: Sequence[tuple[int, int, int]], areas: Sequence[float], unit: str) -> str:
     total = sum(areas) or 1.0
     rows = []
     for i, (name, rgb) in enumerate(zip(names, colours, strict=True)):
@@ -176,8 +174,10 @@ def _legend(names: Sequence[str], colours: Sequence[tuple[int, int, int]], areas
             f'style="background:rgb{rgb}"></span></td><td>{esc(name)}</td><td class="area">{size}</td>'
             f'<td class="share">{100 * area / total:.1f} %</td></tr>'
         )
-    return ('<table class="legend"><thead><tr><th></th><th></th><th>class</th><th>area</th><th>share</th></tr>'
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")  # fmt: skip
+    return (
+        '<table class="legend"><thead><tr><th></th><th></th><th>class</th><th>area</th><th>share</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _card(rows: Sequence[tuple[str, str]]) -> str:
@@ -263,24 +263,39 @@ def write_prediction_page(page: Path, inputs: PredictionInputs) -> PageOutput:
         areas, unit, count, levels = _areas_and_outlines(inputs.polygons, grid, pixels, labels.max_zoom, notes)
         (folder / "polygons.js").write_text(js_global("RS_POLYGONS", levels), encoding="utf-8")
         meta = {
-            "grid": {**{k: getattr(grid, k) for k in ("x0", "y0", "a", "e", "width", "height", "crs", "proj4")},
-                     "geographic": grid.geographic, "bounds": grid.bounds()},
+            "grid": {
+                **{k: getattr(grid, k) for k in ("x0", "y0", "a", "e", "width", "height", "crs", "proj4")},
+                "geographic": grid.geographic,
+                "bounds": grid.bounds(),
+            },
             "folder": files_folder(page).name,
             "maxNativeZoom": labels.max_zoom,
             "maxZoom": labels.max_zoom + EXTRA_ZOOM,
             "scene": scene_tiles,
-            "classes": [{"id": i, "name": n, "colour": list(c), "pixels": int(pixels[i]), "area": areas[i]}
-                        for i, (n, c) in enumerate(zip(names, colours, strict=True))],
+            "classes": [
+                {"id": i, "name": n, "colour": list(c), "pixels": int(pixels[i]), "area": areas[i]}
+                for i, (n, c) in enumerate(zip(names, colours, strict=True))
+            ],
             "polygons": count,
             "areaUnit": unit,
             "run": record,
-        }  # fmt: skip
+        }
         (folder / "page.js").write_text(js_global("RS_PAGE", meta), encoding="utf-8")
         body = _body(inputs, grid, _legend(names, colours, areas, unit), notes)
-        return html_page(inputs.title or inputs.labels.stem, files_folder(page).name, body,
-                         styles=("lib/leaflet/leaflet.css", "lib/rs_deeplab/report.css"),
-                         scripts=("lib/leaflet/leaflet.js", "lib/proj4/proj4.js", "page.js", "polygons.js",
-                                  "lib/rs_deeplab/map.js", "lib/rs_deeplab/prediction.js"))  # fmt: skip
+        return html_page(
+            inputs.title or inputs.labels.stem,
+            files_folder(page).name,
+            body,
+            styles=("lib/leaflet/leaflet.css", "lib/rs_deeplab/report.css"),
+            scripts=(
+                "lib/leaflet/leaflet.js",
+                "lib/proj4/proj4.js",
+                "page.js",
+                "polygons.js",
+                "lib/rs_deeplab/map.js",
+                "lib/rs_deeplab/prediction.js",
+            ),
+        )
 
     output = write_page(page, build)
     log.info("prediction page %s: %s", page, output.size_text())

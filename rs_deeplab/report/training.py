@@ -96,11 +96,16 @@ def _charts(view: TrainingView) -> str:
     vx = [float(r["iteration"]) for r in val]
     loss = line_chart("loss", "training loss", [Series("loss", tx, [_number(r.get("loss")) for r in train])])
     lr = line_chart("lr", "learning rate", [Series("lr", tx, [_number(r.get("lr")) for r in train], "#ff7f0e")])
-    miou = line_chart("miou", "validation mIoU",
-                      [Series("mIoU", vx, [_number(r.get("mIoU")) for r in val], "#2ca02c", points=True)],
-                      ylim=(0.0, 1.0))  # fmt: skip
-    per_class = [Series(n, vx, [_number(r.get(f"IoU/{n}")) for r in val], hex_colour(c), points=True)
-                 for n, c in zip(view.class_names, view.colours, strict=True)]  # fmt: skip
+    miou = line_chart(
+        "miou",
+        "validation mIoU",
+        [Series("mIoU", vx, [_number(r.get("mIoU")) for r in val], "#2ca02c", points=True)],
+        ylim=(0.0, 1.0),
+    )
+    per_class = [
+        Series(n, vx, [_number(r.get(f"IoU/{n}")) for r in val], hex_colour(c), points=True)
+        for n, c in zip(view.class_names, view.colours, strict=True)
+    ]
     iou = line_chart("iou", "validation IoU per class", per_class, ylim=(0.0, 1.0))
     return f'<div class="charts">{loss}{lr}{miou}<div>{iou}{legend(per_class)}</div></div>'
 
@@ -148,8 +153,9 @@ def right_wrong(truth: np.ndarray, prediction: np.ndarray, num_classes: int) -> 
     return np.where(scored, (t != p).astype(np.uint8), 255).astype(np.uint8)
 
 
-def _crop_picture(crop: Crop, kind: str, colours: Sequence[tuple[int, int, int]],
-                  num_classes: int | None) -> np.ndarray | None:  # fmt: skip
+def _crop_picture(
+    crop: Crop, kind: str, colours: Sequence[tuple[int, int, int]], num_classes: int | None
+) -> np.ndarray | None:
     """The RGB picture of one column of a crop, or None where there is nothing to show yet."""
     data = {"image": crop.image, "truth": crop.truth, "prediction": crop.prediction}.get(kind)
     if data is not None:
@@ -162,16 +168,20 @@ def _crop_picture(crop: Crop, kind: str, colours: Sequence[tuple[int, int, int]]
 def _body(view: TrainingView, crops: str) -> str:
     val = [r for r in view.rows if r.get("split") == "val"]
     last = val[-1] if val else None
-    headline = (f"iteration {esc(last['iteration'])}: mIoU {_number(last.get('mIoU')):.4f}" if last
-                else "no evaluation yet")  # fmt: skip
+    headline = (
+        f"iteration {esc(last['iteration'])}: mIoU {_number(last.get('mIoU')):.4f}" if last else "no evaluation yet"
+    )
     warnings = "".join(f"<li>{esc(w)}</li>" for w in view.warnings)
     panel = '<p id="warnings" class="ok">No warnings.</p>'
     if view.warnings:
-        panel = (f'<details id="warnings" class="warnings" open><summary>{len(view.warnings)} warning(s)</summary>'
-                 f"<ul>{warnings}</ul></details>")  # fmt: skip
+        panel = (
+            f'<details id="warnings" class="warnings" open><summary>{len(view.warnings)} warning(s)</summary>'
+            f"<ul>{warnings}</ul></details>"
+        )
     runtime = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in view.runtime)
-    matrix = ("<p>No evaluation yet.</p>" if view.confusion is None
-              else confusion_table(view.confusion, view.class_names))  # fmt: skip
+    matrix = (
+        "<p>No evaluation yet.</p>" if view.confusion is None else confusion_table(view.confusion, view.class_names)
+    )
     return f"""<main class="report">
 <h1>{esc(view.title)}</h1>
 <p id="status" class="status {esc(view.status)}" data-status="{esc(view.status)}">{esc(view.status)}; {headline};
@@ -203,20 +213,37 @@ def write_training_page(page: Path, view: TrainingView) -> PageOutput:
     def build(folder: Path) -> str:
         crops = crop_grid(view, folder, files_folder(page).name)
         evaluations = sum(1 for r in view.rows if r.get("split") == "val")
-        run = {"status": view.status, "written": view.written, "staleAfter": view.stale_after,
-               "refresh": view.refresh, "evaluations": evaluations}  # fmt: skip
+        run = {
+            "status": view.status,
+            "written": view.written,
+            "staleAfter": view.stale_after,
+            "refresh": view.refresh,
+            "evaluations": evaluations,
+        }
         (folder / "run.js").write_text(js_global("RS_RUN", run), encoding="utf-8")
-        return html_page(view.title, files_folder(page).name, _body(view, crops),
-                         styles=("lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
-                         scripts=("run.js", "lib/rs_deeplab/training.js"))  # fmt: skip
+        return html_page(
+            view.title,
+            files_folder(page).name,
+            _body(view, crops),
+            styles=("lib/rs_deeplab/report.css", "lib/rs_deeplab/training.css"),
+            scripts=("run.js", "lib/rs_deeplab/training.js"),
+        )
 
     return write_page(page, build, libraries=("rs_deeplab",))
 
 
 def runtime_rows(runtime: dict[str, Any], extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, str]]:
     """``runtime.json``'s facts as (label, value) rows, then ``extra``; empty values left out."""
-    labels = {"device": "device", "precision": "precision", "world_size": "GPUs / processes", "compile": "compiled",
-              "channels_last": "channels last", "sync_bn": "SyncBN", "grad_scaler": "grad scaler", "torch": "torch",
-              "cuda": "CUDA"}  # fmt: skip
+    labels = {
+        "device": "device",
+        "precision": "precision",
+        "world_size": "GPUs / processes",
+        "compile": "compiled",
+        "channels_last": "channels last",
+        "sync_bn": "SyncBN",
+        "grad_scaler": "grad scaler",
+        "torch": "torch",
+        "cuda": "CUDA",
+    }
     rows = [(labels.get(k, k), v) for k, v in runtime.items()] + list(extra)
     return [(k, str(v)) for k, v in rows if v not in (None, "")]

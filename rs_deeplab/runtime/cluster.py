@@ -107,8 +107,13 @@ def quiet_dask() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in DASK_LOGGERS]
     known = list(logging.root.manager.loggerDict.items())
     # children with a level of their own (``distributed.client``, ``tornado.application``) would still print
-    loggers += [lg for name, lg in known if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET
-                and name.startswith(tuple(f"{n}." for n in DASK_LOGGERS))]  # fmt: skip
+    loggers += [
+        lg
+        for name, lg in known
+        if isinstance(lg, logging.Logger)
+        and lg.level != logging.NOTSET
+        and name.startswith(tuple(f"{n}." for n in DASK_LOGGERS))
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -176,8 +181,10 @@ def _probe(address: str, timeout: float) -> None:
             while len(greeting) < 8 and (chunk := sock.recv(8 - len(greeting))):
                 greeting += chunk
     if len(greeting) < 8 or struct.unpack("<Q", greeting)[0] > 1 << 24:
-        raise ConnectionError(f"{parts.hostname}:{parts.port} answers, but not as a Dask scheduler (its port is "
-                              "8786 by default; 8787 is the dashboard's)")  # fmt: skip
+        raise ConnectionError(
+            f"{parts.hostname}:{parts.port} answers, but not as a Dask scheduler (its port is "
+            "8786 by default; 8787 is the dashboard's)"
+        )
 
 
 @contextlib.contextmanager
@@ -199,8 +206,9 @@ def open_cluster(
             try:
                 count = sum(client.nthreads().values())
                 if not count:
-                    raise ClusterError(f"the Dask scheduler at {scheduler} has no workers; start `dask worker "
-                                       f"{scheduler}` first")  # fmt: skip
+                    raise ClusterError(
+                        f"the Dask scheduler at {scheduler} has no workers; start `dask worker {scheduler}` first"
+                    )
                 yield Cluster(f"Dask scheduler {scheduler} ({count} worker threads)", count, client, scheduler, False)
             finally:
                 close_client(client)
@@ -306,5 +314,6 @@ def _local_cluster(n: int, processes: bool) -> Iterator[Cluster]:
 async def _stop_workers(nannies: Sequence[Any]) -> None:
     import asyncio
 
-    await asyncio.gather(*(w.close(timeout=STOP_SECONDS, reason="tasks stopped") for w in nannies),
-                         return_exceptions=True)  # fmt: skip
+    await asyncio.gather(
+        *(w.close(timeout=STOP_SECONDS, reason="tasks stopped") for w in nannies), return_exceptions=True
+    )

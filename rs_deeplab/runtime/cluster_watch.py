@@ -124,8 +124,10 @@ class Watch:
             log.debug("no Dask worker at %s; waiting up to %g s for one", self.address, self.patience)
         elif now - self._alone_since >= self.patience:
             if self.local:
-                raise ClusterError(f"all local Dask workers died (none for {self.patience:g} s); re-run the same "
-                                   "command to resume (with fewer --workers if they ran out of memory)")  # fmt: skip
+                raise ClusterError(
+                    f"all local Dask workers died (none for {self.patience:g} s); re-run the same "
+                    "command to resume (with fewer --workers if they ran out of memory)"
+                )
             raise ClusterError(
                 f"all Dask workers at {self.address} are gone (none for {self.patience:g} s; {WORKERS_GONE_ENV} "
                 f"sets how long to wait); start workers (`dask worker {self.address}`) and re-run the same "
@@ -155,6 +157,7 @@ def workers_gone_seconds() -> float:
     except ValueError:
         value = float("nan")
     if not value > 0 or value == float("inf"):
-        raise InputError(f"{WORKERS_GONE_ENV}={text!r} must be a positive number of seconds (default "
-                         f"{WORKERS_GONE_SECONDS:g})")  # fmt: skip
+        raise InputError(
+            f"{WORKERS_GONE_ENV}={text!r} must be a positive number of seconds (default {WORKERS_GONE_SECONDS:g})"
+        )
     return value

@@ -10,9 +10,20 @@ import numpy as np
 from rs_deeplab.sample.output import PathLike, Size, check_count, check_size, folder, save_image, sub_seed
 
 LABEL_IDS = {
-    "unlabeled": 0, "ego vehicle": 1, "static": 4, "road": 7, "sidewalk": 8, "building": 11, "pole": 17,
-    "traffic sign": 20, "vegetation": 21, "terrain": 22, "sky": 23, "person": 24, "car": 26,
-}  # fmt: skip
+    "unlabeled": 0,
+    "ego vehicle": 1,
+    "static": 4,
+    "road": 7,
+    "sidewalk": 8,
+    "building": 11,
+    "pole": 17,
+    "traffic sign": 20,
+    "vegetation": 21,
+    "terrain": 22,
+    "sky": 23,
+    "person": 24,
+    "car": 26,
+}
 """Cityscapes label ids used by the samples (``gtFine_labelIds``)."""
 CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}
 

@@ -122,9 +122,17 @@ def _plane_outline(length: float) -> np.ndarray:
     """Top view of an airliner of ``length`` metres, nose towards +x, as one polygon."""
     h, w, span = length / 2, length * 0.05, length * 0.48
     half = [
-        [h, 0.0], [h * 0.85, w], [h * 0.2, w], [-h * 0.15, span], [-h * 0.3, span], [-h * 0.1, w],
-        [-h * 0.75, w * 0.8], [-h * 0.92, span * 0.35], [-h, span * 0.35], [-h, 0.0],
-    ]  # fmt: skip
+        [h, 0.0],
+        [h * 0.85, w],
+        [h * 0.2, w],
+        [-h * 0.15, span],
+        [-h * 0.3, span],
+        [-h * 0.1, w],
+        [-h * 0.75, w * 0.8],
+        [-h * 0.92, span * 0.35],
+        [-h, span * 0.35],
+        [-h, 0.0],
+    ]
     pts = np.array(half)
     return np.concatenate([pts, pts[::-1][1:-1] * np.array([1.0, -1.0])])
 
@@ -196,6 +204,12 @@ def _ship(cv: Canvas, x: float, y: float, angle: float) -> None:
 
 
 LAND_STAMPS: tuple[Callable[[Canvas, float, float], None], ...] = (
-    storage_tanks, tennis_courts, swimming_pool, swimming_pool, planes, trucks, soccer_field,
-)  # fmt: skip
+    storage_tanks,
+    tennis_courts,
+    swimming_pool,
+    swimming_pool,
+    planes,
+    trucks,
+    soccer_field,
+)
 """Objects placed on land, one per free slot."""

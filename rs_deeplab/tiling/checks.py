@@ -113,8 +113,10 @@ def warn_no_crs(scenes: Sequence[tuple[str, Any, str]]) -> None:
         names = ", ".join(Path(p).name for p in bare[:3]) + (", ..." if len(bare) > 3 else "")
         log.warning(
             "%d of %d scenes have no CRS (%s); their crops and index footprints are in pixel coordinates only",
-            len(bare), len(scenes), names,
-        )  # fmt: skip
+            len(bare),
+            len(scenes),
+            names,
+        )
 
 
 def outside_scheme(raw: np.ndarray, scheme: ClassScheme | None) -> np.ndarray:
@@ -153,5 +155,9 @@ def warn_outside_scheme(path: str, raw: np.ndarray, scheme: ClassScheme | None, 
         what = "the classes of --classes"
     log.warning(
         "%s: %s%s label pixels (%.1f%%) have values outside %s; they are ignored (255)",
-        path, "" if sampled == total else "about ", f"{count:,}", 100.0 * bad / sampled, what,
-    )  # fmt: skip
+        path,
+        "" if sampled == total else "about ",
+        f"{count:,}",
+        100.0 * bad / sampled,
+        what,
+    )

@@ -173,9 +173,14 @@ def crop_profiles(src: Any, size: int, compress: str | None) -> tuple[dict[str, 
     Uncompressed crops are band-interleaved: GDAL then copies each band as is (faster to write and to read).
     """
     image = geotiff_profile(
-        width=size, height=size, count=src.count, dtype=src.dtypes[0], crs=src.crs, nodata=src.nodata,
+        width=size,
+        height=size,
+        count=src.count,
+        dtype=src.dtypes[0],
+        crs=src.crs,
+        nodata=src.nodata,
         compress=compress,
-    )  # fmt: skip
+    )
     label = geotiff_profile(
         width=size, height=size, count=1, dtype="uint8", crs=src.crs, nodata=IGNORE_INDEX, compress=compress
     )
@@ -208,12 +213,18 @@ class _Writer:
         name = window.name(self.job.key)
         valid = stats.valid_pixels(window)
         rec: Record = {
-            "scene": self.job.key, "scene_path": self.job.image, "split": window_split(self.job, window, self.val),
-            "row_off": window.row_off, "col_off": window.col_off, "width": window.width, "height": window.height,
-            "valid_fraction": valid / (size * size), "image": f"{IMAGES}/{name}.tif",
+            "scene": self.job.key,
+            "scene_path": self.job.image,
+            "split": window_split(self.job, window, self.val),
+            "row_off": window.row_off,
+            "col_off": window.col_off,
+            "width": window.width,
+            "height": window.height,
+            "valid_fraction": valid / (size * size),
+            "image": f"{IMAGES}/{name}.tif",
             "label": f"{LABELS}/{name}.tif" if label is not None else "",
             "counts": stats.class_counts(window, IGNORE_INDEX),
-        }  # fmt: skip
+        }
         rec["written"] = rec["valid_fraction"] >= self.settings.min_valid and rec["split"] != ""
         if not rec["written"]:
             return rec
@@ -279,8 +290,11 @@ class _Writer:
     ) -> None:
         options = dict(profile if profile is not None else self.label_profile, transform=transform)
         # lack of space as one line, also when GDAL only tells libtiff (blocks flushed as the file closes)
-        with space_checked(path, written=tmp), _quiet_if(transform.is_identity), \
-                rasterio.open(tmp, "w", **options) as dst:  # fmt: skip
+        with (
+            space_checked(path, written=tmp),
+            _quiet_if(transform.is_identity),
+            rasterio.open(tmp, "w", **options) as dst,
+        ):
             dst.write(data)
             if profile is not None:
                 dst.colorinterp = self.colorinterp
@@ -383,8 +397,14 @@ def _tile_rows(job: SceneJob, row_offs: Sequence[int], settings: CropSettings) -
                 row_records.append(writer.write(w, image[(slice(None), *sl)], crop_label, stats))
             _save_part(settings.out, job, r, row_records)
             records.extend(row_records)
-    log.debug("%s rows %d-%d: %d crop files written from a template, %d by GDAL", job.key, top, max(row_offs),
-              writer.from_template, writer.by_gdal)  # fmt: skip
+    log.debug(
+        "%s rows %d-%d: %d crop files written from a template, %d by GDAL",
+        job.key,
+        top,
+        max(row_offs),
+        writer.from_template,
+        writer.by_gdal,
+    )
     return records
 
 

@@ -61,8 +61,10 @@ class Executor:
             return sum(read_every_block(p) for p in paths)
         watch = self.cluster.watch()
         run_id = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(read_every_block, p, key=f"read-through-{run_id}-{i}", pure=False)
-                   for i, p in enumerate(paths)]  # fmt: skip
+        futures = [
+            self.client.submit(read_every_block, p, key=f"read-through-{run_id}-{i}", pure=False)
+            for i, p in enumerate(paths)
+        ]
         try:
             return sum(watch.result(f) for f in watch.as_completed(futures))
         finally:

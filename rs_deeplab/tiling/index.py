@@ -17,8 +17,17 @@ from rs_deeplab.labels.classes import IGNORE_INDEX, ClassScheme
 TILES_LAYER = "tiles"
 CLASSES_LAYER = "classes"
 BASE_COLUMNS = (
-    "scene", "split", "row_off", "col_off", "width", "height", "valid_fraction", "image", "label", "scene_path",
-)  # fmt: skip
+    "scene",
+    "split",
+    "row_off",
+    "col_off",
+    "width",
+    "height",
+    "valid_fraction",
+    "image",
+    "label",
+    "scene_path",
+)
 """Columns of every ``tiles`` row, before the per-class ``n_<class>`` pixel counts and the footprint."""
 
 

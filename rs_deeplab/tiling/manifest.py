@@ -18,7 +18,7 @@ from rs_deeplab.tiling.crops import (
     CropSettings,
     SceneJob,
     remove_stale_temporaries,
-)  # fmt: skip
+)
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.scenes import Prepared
 
@@ -28,10 +28,14 @@ INDEX_NAME, MANIFEST_NAME = "index.gpkg", "tiling.json"
 def build_manifest(settings: CropSettings, jobs: Sequence[SceneJob]) -> dict[str, Any]:
     """Everything that decides the output files, as plain JSON values (written to ``tiling.json``)."""
     manifest = {
-        "version": 1, "size": settings.size, "stride": settings.stride, "min_valid": settings.min_valid,
-        "compress": settings.compress or "none", "scheme": settings.scheme,
+        "version": 1,
+        "size": settings.size,
+        "stride": settings.stride,
+        "min_valid": settings.min_valid,
+        "compress": settings.compress or "none",
+        "scheme": settings.scheme,
         "scenes": [dataclasses.asdict(j) for j in jobs],
-    }  # fmt: skip
+    }
     if settings.classes:
         manifest["classes"] = list(settings.classes)
     remote = remote_versions(jobs)
@@ -74,8 +78,10 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         problem = getattr(exc, "strerror", None) or f"not valid JSON: {str(exc).split(':')[0]}"
     if problem is not None:
-        raise InputError(f"{path}: is damaged ({problem}); it records how the crops in {out} were cut, so "
-                         "delete that folder and tile again, or choose another --out")  # fmt: skip
+        raise InputError(
+            f"{path}: is damaged ({problem}); it records how the crops in {out} were cut, so "
+            "delete that folder and tile again, or choose another --out"
+        )
     result: dict[str, Any] = old
     return result
 
@@ -147,8 +153,10 @@ def _check_append_crs(out: Path, georeferenced: bool, prepared: Prepared) -> Non
     odd = sorted(key for key, crs in prepared.crss.items() if (crs is not None) != georeferenced)
     if odd:
         have, new = ("georeferenced", "no CRS") if georeferenced else ("without a CRS", "one")
-        raise InputError(f"cannot append to {out}: its crops are {have} and scene {odd[0]} has {new}; "
-                         "tile it into another --out (or give the scene a CRS)")  # fmt: skip
+        raise InputError(
+            f"cannot append to {out}: its crops are {have} and scene {odd[0]} has {new}; "
+            "tile it into another --out (or give the scene a CRS)"
+        )
 
 
 def _merged_remote(out: Path, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +165,7 @@ def _merged_remote(out: Path, old: dict[str, Any], new: dict[str, Any]) -> dict[
     """  # noqa: D205
     changed = [path for path in new if path in old and old[path] != new[path]]
     if changed:
-        raise InputError(f"cannot append to {out}: {changed[0]} changed on its server since its crops were cut; "
-                         "use another --out")  # fmt: skip
+        raise InputError(
+            f"cannot append to {out}: {changed[0]} changed on its server since its crops were cut; use another --out"
+        )
     return {**old, **new}

@@ -23,7 +23,7 @@ from rs_deeplab.tiling.crops import (
     load_part,
     window_blocks,
     window_split,
-)  # fmt: skip
+)
 from rs_deeplab.tiling.executor import TaskSpec
 
 log = logging.getLogger("rs_deeplab.tiling")
@@ -87,9 +87,12 @@ def choose_workers(workers: int | None, scheduler: str | None, pending_bytes: in
 
 
 def plan_tasks(
-    jobs: Sequence[SceneJob], todo: Mapping[str, Sequence[int]], in_strips: Mapping[str, bool], settings: CropSettings,
+    jobs: Sequence[SceneJob],
+    todo: Mapping[str, Sequence[int]],
+    in_strips: Mapping[str, bool],
+    settings: CropSettings,
     workers: int,
-) -> list[TaskSpec]:  # fmt: skip
+) -> list[TaskSpec]:
     """Group the unfinished rows of windows into tasks: about two per worker, each a consecutive strip of rows.
 
     Few large tasks keep the rows read twice (where two tasks' strips overlap) rare; two per worker still lets a
@@ -131,9 +134,16 @@ DEFAULT_BLOCK_SIDES = (4, 3, 2, 1)
 
 
 def hold_out_blocks(
-    jobs: Sequence[SceneJob], transforms: Mapping[str, Any], crss: Mapping[str, Any], *, size: int, stride: int,
-    fraction: float, block: int | None, seed: int,
-) -> list[SceneJob]:  # fmt: skip
+    jobs: Sequence[SceneJob],
+    transforms: Mapping[str, Any],
+    crss: Mapping[str, Any],
+    *,
+    size: int,
+    stride: int,
+    fraction: float,
+    block: int | None,
+    seed: int,
+) -> list[SceneJob]:
     """:func:`assign_val_blocks` with ``block``; without one, blocks of 4 crop sizes, shrunk to fit small scenes.
 
     Large blocks keep most crops whole (a crop on a train/val border is dropped); scenes smaller than two such
@@ -143,19 +153,26 @@ def hold_out_blocks(
         InputError: As :func:`assign_val_blocks`; without ``block``, when no side down to the crop size works.
     """
     if block is not None:
-        return assign_val_blocks(jobs, transforms, crss, size=size, stride=stride, fraction=fraction, block=block,
-                                 seed=seed)  # fmt: skip
+        return assign_val_blocks(
+            jobs, transforms, crss, size=size, stride=stride, fraction=fraction, block=block, seed=seed
+        )
     check_val_fraction(fraction)
     for factor in DEFAULT_BLOCK_SIDES:
         try:
-            held = assign_val_blocks(jobs, transforms, crss, size=size, stride=stride, fraction=fraction,
-                                     block=factor * size, seed=seed)  # fmt: skip
+            held = assign_val_blocks(
+                jobs, transforms, crss, size=size, stride=stride, fraction=fraction, block=factor * size, seed=seed
+            )
         except InputError:
             continue
         if factor != DEFAULT_BLOCK_SIDES[0]:
             side = factor * size
-            log.info("--val-fraction: the scenes are too small for blocks of %d pixels (4 x --size); held-out "
-                     "blocks are %d pixels (--block %d)", DEFAULT_BLOCK_SIDES[0] * size, side, side)  # fmt: skip
+            log.info(
+                "--val-fraction: the scenes are too small for blocks of %d pixels (4 x --size); held-out "
+                "blocks are %d pixels (--block %d)",
+                DEFAULT_BLOCK_SIDES[0] * size,
+                side,
+                side,
+            )
         return held
     raise InputError(
         f"--val-fraction {fraction}: no block side from {DEFAULT_BLOCK_SIDES[0] * size} down to {size} pixels (the "
@@ -164,9 +181,16 @@ def hold_out_blocks(
 
 
 def assign_val_blocks(
-    jobs: Sequence[SceneJob], transforms: Mapping[str, Any], crss: Mapping[str, Any], *, size: int, stride: int,
-    fraction: float, block: int, seed: int,
-) -> list[SceneJob]:  # fmt: skip
+    jobs: Sequence[SceneJob],
+    transforms: Mapping[str, Any],
+    crss: Mapping[str, Any],
+    *,
+    size: int,
+    stride: int,
+    fraction: float,
+    block: int,
+    seed: int,
+) -> list[SceneJob]:
     """Hold out about ``fraction`` of the scene area as ``val`` in seeded random square ``block``-pixel blocks.
 
     Blocks are taken in a random order until they hold ``fraction`` of the area (partial blocks at scene edges

@@ -17,9 +17,23 @@ from rs_deeplab.tiling.tiler import TileSummary, tile_scenes
 log = logging.getLogger("rs_deeplab.tiling.tiler")
 
 POTSDAM_VAL = frozenset(
-    {(2, 13), (2, 14), (3, 13), (3, 14), (4, 13), (4, 14), (4, 15), (5, 13), (5, 14), (5, 15), (6, 13), (6, 14),
-     (6, 15), (7, 13)}
-)  # fmt: skip
+    {
+        (2, 13),
+        (2, 14),
+        (3, 13),
+        (3, 14),
+        (4, 13),
+        (4, 14),
+        (4, 15),
+        (5, 13),
+        (5, 14),
+        (5, 15),
+        (6, 13),
+        (6, 14),
+        (6, 15),
+        (7, 13),
+    }
+)
 """Potsdam tiles of the official validation (test) split; the other 24 are training tiles."""
 VAIHINGEN_TRAIN = frozenset({1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37})
 VAIHINGEN_VAL = frozenset({2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38})

@@ -18,10 +18,10 @@ from rs_deeplab.tiling.checks import (
     check_readable,
     reading,
     warn_no_crs,
-)  # fmt: skip
+)
 from rs_deeplab.tiling.crops import (
     SceneJob,
-)  # fmt: skip
+)
 from rs_deeplab.tiling.labels import (
     LabelSource,
     auto_class_names,
@@ -31,7 +31,7 @@ from rs_deeplab.tiling.labels import (
     is_vector,
     resolve_mapping,
     vector_values,
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,11 @@ def prepare_jobs(
     jobs.sort(key=lambda j: j.key)
     info = {s.key: s for s in opened}
     return Prepared(
-        jobs, {j.key: info[j.key].transform for j in jobs}, {j.key: info[j.key].crs for j in jobs},
-        {j.key: info[j.key].in_strips for j in jobs}, {j.key: info[j.key].bands for j in jobs}, names, entries,
-    )  # fmt: skip
+        jobs,
+        {j.key: info[j.key].transform for j in jobs},
+        {j.key: info[j.key].crs for j in jobs},
+        {j.key: info[j.key].in_strips for j in jobs},
+        {j.key: info[j.key].bands for j in jobs},
+        names,
+        entries,
+    )

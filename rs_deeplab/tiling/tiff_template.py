@@ -25,8 +25,16 @@ from typing import Any
 
 import numpy as np
 
-_TILE_TAGS = {"width": 256, "height": 257, "compression": 259, "planar": 284, "tile_width": 322,
-              "tile_height": 323, "offsets": 324, "counts": 325}  # fmt: skip
+_TILE_TAGS = {
+    "width": 256,
+    "height": 257,
+    "compression": 259,
+    "planar": 284,
+    "tile_width": 322,
+    "tile_height": 323,
+    "offsets": 324,
+    "counts": 325,
+}
 _TYPES = {3: ("H", 2), 4: ("I", 4)}
 LEARN_TRIES = 6
 """GDAL writes a template may learn from (or be checked on) before a writer gives up and keeps GDAL for all."""
@@ -102,8 +110,13 @@ class TiffTemplate:
         bands, height, width = pixels.shape
         th, tw = value["tile_height"], value["tile_width"]
         planar_ok = value["planar"] == 2 or bands == 1
-        if (value["compression"] != 1 or not planar_ok or (value["height"], value["width"]) != (height, width)
-                or height % th or width % tw):  # fmt: skip
+        if (
+            value["compression"] != 1
+            or not planar_ok
+            or (value["height"], value["width"]) != (height, width)
+            or height % th
+            or width % tw
+        ):
             return None
         tile_bytes = th * tw * pixels.dtype.itemsize
         offsets, counts = tags[_TILE_TAGS["offsets"]], tags[_TILE_TAGS["counts"]]
@@ -122,8 +135,17 @@ class TiffTemplate:
         spots = [(at, k) for k, pattern in enumerate((x, y)) for at in _find(data, pattern, start, end)]
         if not any(k == 0 for _, k in spots) or not any(k == 1 for _, k in spots):
             return None
-        return cls(data[:start], data[end:], order, dtype, (bands, height, width), (th, tw), int(fill), origin,
-                   tuple(sorted(spots)))  # fmt: skip
+        return cls(
+            data[:start],
+            data[end:],
+            order,
+            dtype,
+            (bands, height, width),
+            (th, tw),
+            int(fill),
+            origin,
+            tuple(sorted(spots)),
+        )
 
     def render(
         self, pixels: np.ndarray, origin: tuple[float, float]
@@ -190,9 +212,12 @@ class TemplateLearner:
         return self.template is None and self.tries < LEARN_TRIES and x != y and x != 0 and y != 0
 
     def learn(
-        self, data: bytes, pixels: np.ndarray, origin: tuple[float, float],
+        self,
+        data: bytes,
+        pixels: np.ndarray,
+        origin: tuple[float, float],
         check: tuple[tuple[float, float], Callable[[], bytes]],
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Learn from GDAL's bytes ``data`` of ``pixels`` at ``origin``; ``check`` is another origin and what
         writes the same pixels there with GDAL and returns the file's bytes.
         """  # noqa: D205

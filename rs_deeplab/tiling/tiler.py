@@ -24,13 +24,13 @@ from rs_deeplab.tiling.checks import (
     check_output,
     check_positive,
     writing,
-)  # fmt: skip
+)
 from rs_deeplab.tiling.crops import (
     IMAGES,
     LABELS,
     CropSettings,
     remove_stale_temporaries,
-)  # fmt: skip
+)
 from rs_deeplab.tiling.executor import open_executor
 from rs_deeplab.tiling.index import build_index, merge_index, read_index, write_index
 from rs_deeplab.tiling.manifest import (
@@ -241,6 +241,16 @@ def tile_scenes(
         with writing(out):
             index = write_index(out / INDEX_NAME, tiles, table)
         return TileSummary(
-            out, index, out / IMAGES, out / LABELS if labelled else None, len(jobs), len(records), len(kept),
-            len(records) - len(kept) - dropped, resumed, time.perf_counter() - start, cluster, dropped,
-        )  # fmt: skip
+            out,
+            index,
+            out / IMAGES,
+            out / LABELS if labelled else None,
+            len(jobs),
+            len(records),
+            len(kept),
+            len(records) - len(kept) - dropped,
+            resumed,
+            time.perf_counter() - start,
+            cluster,
+            dropped,
+        )

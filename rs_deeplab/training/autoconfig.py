@@ -81,9 +81,19 @@ it (the generated scenes in 3 minutes: 0.666 with it, 0.698 without, one run eac
 FEW_PIXELS = 500
 """A class with fewer labelled pixels than this is warned about (it is kept)."""
 DERIVED = (
-    "data.crop_size", "data.batch_size", "data.num_workers", "data.sampling", "data.scale_range", "data.flips",
-    "data.photometric", "train.class_weights", "train.loss", "train.ema", "optimizer.lr", "optimizer.weight_decay",
-)  # fmt: skip
+    "data.crop_size",
+    "data.batch_size",
+    "data.num_workers",
+    "data.sampling",
+    "data.scale_range",
+    "data.flips",
+    "data.photometric",
+    "train.class_weights",
+    "train.loss",
+    "train.ema",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+)
 """Every key :func:`derive` may set."""
 
 
@@ -222,8 +232,10 @@ def fingerprint(
 
     counts = getattr(train, "class_counts", None)
     if counts is None:
-        raise InputError(f"auto: reads the per-class pixel counts of a tile index (data.source: tiles); "
-                         f"{type(train).__name__} has none: set auto.enabled: false and give the settings")  # fmt: skip
+        raise InputError(
+            f"auto: reads the per-class pixel counts of a tile index (data.source: tiles); "
+            f"{type(train).__name__} has none: set auto.enabled: false and give the settings"
+        )
     counts = np.asarray(counts, dtype=np.int64)
     total = max(int(counts.sum()), 1)
     step = max(1, len(train) // SAMPLE_CROPS)
@@ -240,23 +252,39 @@ def fingerprint(
                 gsd.append(float(abs(src.res[0])))
     classes = tuple(
         ClassFacts(
-            name=str(name), share=float(counts[:, c].sum()) / total, pixels=int(counts[:, c].sum()),
-            crops=int((counts[:, c] > 0).sum()), objects=len(sizes[c]),
-            size_median=area_percentile(sizes[c], 50), size_p90=area_percentile(sizes[c], 90),
+            name=str(name),
+            share=float(counts[:, c].sum()) / total,
+            pixels=int(counts[:, c].sum()),
+            crops=int((counts[:, c] > 0).sum()),
+            objects=len(sizes[c]),
+            size_median=area_percentile(sizes[c], 50),
+            size_p90=area_percentile(sizes[c], 90),
         )
         for c, name in enumerate(train.class_names)
-    )  # fmt: skip
+    )
     limit, source = memory_limit(memory)
     if device == "cuda" and memory is None:
         import torch
 
         limit, source = int(torch.cuda.mem_get_info()[0]), "free on the GPU now"
     return Fingerprint(
-        crops=len(train), val_crops=len(val) if val is not None else 0, scenes=len(set(getattr(train, "scenes", []))),
-        crop_shape=(min(s[0] for s in shapes), min(s[1] for s in shapes)), bands=len(stats.mean), dtype=dtype,
-        band_mean=tuple(stats.mean), band_std=tuple(stats.std), gsd=tuple(gsd), classes=classes, device=device,
-        cores=usable_cores(), memory=limit, memory_source=source, gpus=gpus, sampled=len(labels),
-    )  # fmt: skip
+        crops=len(train),
+        val_crops=len(val) if val is not None else 0,
+        scenes=len(set(getattr(train, "scenes", []))),
+        crop_shape=(min(s[0] for s in shapes), min(s[1] for s in shapes)),
+        bands=len(stats.mean),
+        dtype=dtype,
+        band_mean=tuple(stats.mean),
+        band_std=tuple(stats.std),
+        gsd=tuple(gsd),
+        classes=classes,
+        device=device,
+        cores=usable_cores(),
+        memory=limit,
+        memory_source=source,
+        gpus=gpus,
+        sampled=len(labels),
+    )
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -297,14 +325,18 @@ def derive(
     present = [c for c in fp.classes if c.pixels > 0]
     if len(present) < 2:
         only = present[0].name if present else "none"
-        raise InputError(f"auto: the training split has labelled pixels of one class only ({only}): a model has "
-                         "nothing to tell apart; label at least two classes (e.g. tile.py --label-fill 0 "
-                         "--classes background,<your classes>)")  # fmt: skip
+        raise InputError(
+            f"auto: the training split has labelled pixels of one class only ({only}): a model has "
+            "nothing to tell apart; label at least two classes (e.g. tile.py --label-fill 0 "
+            "--classes background,<your classes>)"
+        )
     for c in fp.classes:
         if 0 < c.pixels < FEW_PIXELS:
-            notes.append(f"class {c.name} has only {c.pixels} labelled pixels in {c.crops} training crop(s): kept, "
-                         "with the highest weight and its crops drawn more often; expect a low IoU until more of it "
-                         "is labelled")  # fmt: skip
+            notes.append(
+                f"class {c.name} has only {c.pixels} labelled pixels in {c.crops} training crop(s): kept, "
+                "with the highest weight and its crops drawn more often; expect a low IoU until more of it "
+                "is labelled"
+            )
         elif c.pixels == 0:
             notes.append(f"class {c.name} has no training pixels: the model cannot learn it (its weight is 0)")
 
@@ -314,8 +346,11 @@ def derive(
     need = _round_up(max(CONTEXT * max(things), MIN_CROP), 32) if things else tile
     cap = CROP_CAP.get(fp.device, 512)
     crop = max(min(need, tile, cap), min(MIN_CROP, tile))
-    why = (f"objects up to {max(things):.0f} px across (90th percentile) need ~{need} px with context"
-           if things else "every class spans whole crops")  # fmt: skip
+    why = (
+        f"objects up to {max(things):.0f} px across (90th percentile) need ~{need} px with context"
+        if things
+        else "every class spans whole crops"
+    )
     limit = "the tiles' size" if crop == tile else f"the {fp.device} cap" if crop == cap else "enough"
     crop = decide("data.crop_size", crop, f"{why}; {crop} px ({limit}; tiles are {tile} px)")
     side = crop if isinstance(crop, int) else int(min(crop))
@@ -324,17 +359,22 @@ def derive(
     aim = max(2, round(BATCH_PIXELS.get(fp.device, BATCH_PIXELS["cpu"]) / (side * side)))
     batch = min(aim, 16, max(2, fp.crops // 2))  # a step never sees more than half the crops
     why = f"{aim} crops of {side} px per step suit the {fp.device}" + (
-        f", {fp.crops} training crops allow {batch}" if batch < min(aim, 16) else "")  # fmt: skip
+        f", {fp.crops} training crops allow {batch}" if batch < min(aim, 16) else ""
+    )
     per_sample = TRAIN_BYTES_PER_PIXEL * side * side
     budget = MEMORY_SHARE * fp.memory
     smallest = TRAIN_BYTES_PER_PIXEL * MIN_CROP * MIN_CROP * 2
     if smallest > budget:
-        raise InputError(f"auto: training needs about {_gb(smallest / MEMORY_SHARE)} of memory even at batch 2 "
-                         f"of {MIN_CROP} px crops, more than the {_gb(fp.memory)} {fp.memory_source}; raise "
-                         "auto.memory or free memory")  # fmt: skip
+        raise InputError(
+            f"auto: training needs about {_gb(smallest / MEMORY_SHARE)} of memory even at batch 2 "
+            f"of {MIN_CROP} px crops, more than the {_gb(fp.memory)} {fp.memory_source}; raise "
+            "auto.memory or free memory"
+        )
     if "data.batch_size" in user and current.get("data.batch_size", 0) * per_sample > budget:
-        notes.append(f"memory: the config's batch {current['data.batch_size']} of {side} px crops may need more than "
-                     f"{_gb(fp.memory)} {fp.memory_source}: kept as set")  # fmt: skip
+        notes.append(
+            f"memory: the config's batch {current['data.batch_size']} of {side} px crops may need more than "
+            f"{_gb(fp.memory)} {fp.memory_source}: kept as set"
+        )
     fits = batch
     while fits > 2 and fits * per_sample > budget:
         fits //= 2
@@ -346,8 +386,10 @@ def derive(
         shrunk = side
         while shrunk > MIN_CROP and 2 * TRAIN_BYTES_PER_PIXEL * shrunk * shrunk > budget:
             shrunk -= 32
-        notes.append(f"memory: {_gb(fp.memory)} {fp.memory_source} fits batch 2 of {shrunk} px crops, not {side} px: "
-                     f"crops shrunk to {shrunk} px")  # fmt: skip
+        notes.append(
+            f"memory: {_gb(fp.memory)} {fp.memory_source} fits batch 2 of {shrunk} px crops, not {side} px: "
+            f"crops shrunk to {shrunk} px"
+        )
         values["data.crop_size"], side = shrunk, shrunk
         reasons["data.crop_size"] += f"; shrunk to {shrunk} px to fit the memory"
     batch = decide("data.batch_size", batch, why)
@@ -355,8 +397,12 @@ def derive(
     # loader workers: the cores a process has, less the one that trains (at least one; four feed any GPU)
     per_process = max(fp.cores // max(fp.gpus, 1), 1)
     workers = min(max(per_process - 1, 1), 4) if fp.device == "cuda" else min(max(per_process // 2, 1), 4)
-    decide("data.num_workers", workers, f"{fp.cores} core(s) for {max(fp.gpus, 1)} process(es) on the {fp.device}: "
-           f"{workers} loader worker(s) leave the rest to the model")  # fmt: skip
+    decide(
+        "data.num_workers",
+        workers,
+        f"{fp.cores} core(s) for {max(fp.gpus, 1)} process(es) on the {fp.device}: "
+        f"{workers} loader worker(s) leave the rest to the model",
+    )
 
     # imbalance: weights, loss and sampling
     shares = [c.share for c in present]
@@ -370,11 +416,18 @@ def derive(
         decide("train.loss", "ce", f"classes balanced ({imbalance}): cross-entropy")
         decide("data.sampling", "uniform", "classes balanced: every crop equally often")
     elif fp.scenes == 1:
-        decide("train.class_weights", "balanced", f"{imbalance}; one training scene: its class mix is one place's, "
-               "not a region's, so every class counts alike (1/frequency weights, at most 30x apart)")  # fmt: skip
+        decide(
+            "train.class_weights",
+            "balanced",
+            f"{imbalance}; one training scene: its class mix is one place's, "
+            "not a region's, so every class counts alike (1/frequency weights, at most 30x apart)",
+        )
     else:
-        decide("train.class_weights", "auto", f"{imbalance}; {fp.scenes} training scenes: 1/sqrt(frequency) weights, "
-               "capped at 10")  # fmt: skip
+        decide(
+            "train.class_weights",
+            "auto",
+            f"{imbalance}; {fp.scenes} training scenes: 1/sqrt(frequency) weights, capped at 10",
+        )
     if not balanced:
         if rarest.share < NEARLY_ABSENT:
             loss = (
@@ -401,11 +454,17 @@ def derive(
         low, high = min(0.8, 1 / spread), max(1.25, spread)
         decide("data.flips", "aerial", "georeferenced overhead imagery has no up: flips and 90° rotations")
         how = "one pixel size" if spread < 1.05 else f"pixel sizes {min(fp.gsd):.3g}-{max(fp.gsd):.3g} m"
-        decide("data.scale_range", [round(low, 3), round(high, 3)],
-               f"{how}: objects keep their size, rescaled {low:.2f}-{high:.2f}")  # fmt: skip
+        decide(
+            "data.scale_range",
+            [round(low, 3), round(high, 3)],
+            f"{how}: objects keep their size, rescaled {low:.2f}-{high:.2f}",
+        )
         if "data.scale_range" not in user and low > WIDE_SCALE[0] and high < WIDE_SCALE[1]:
-            by_plan["data.scale_range"] = {"min_passes": WIDE_PASSES, "value": WIDE_SCALE,
-                                           "why": "more views of crops seen this often"}  # fmt: skip
+            by_plan["data.scale_range"] = {
+                "min_passes": WIDE_PASSES,
+                "value": WIDE_SCALE,
+                "why": "more views of crops seen this often",
+            }
     else:
         decide("data.flips", "horizontal", "pixel-only data (no CRS): may have an up, horizontal flips only")
         decide("data.scale_range", [0.5, 2.0], "pixel-only data: unknown pixel size, rescaled 0.5-2")
@@ -413,20 +472,27 @@ def derive(
     decide("data.photometric", "bands", jitter)
     decide("train.ema", 0.0, "the last iterate's weights, unless the schedule gives many passes")
     if "train.ema" not in user:
-        by_plan["train.ema"] = {"min_passes": WIDE_PASSES, "value": EMA_DECAY,
-                                "why": "a moving average of the weights is steadier than a last iterate that "
-                                       "over-fits crops seen this often"}  # fmt: skip
+        by_plan["train.ema"] = {
+            "min_passes": WIDE_PASSES,
+            "value": EMA_DECAY,
+            "why": "a moving average of the weights is steadier than a last iterate that "
+            "over-fits crops seen this often",
+        }
     usual = {"adamw": 1e-3, "sgd": 1e-2}.get(optimizer, 1e-3)
     decide("optimizer.lr", usual, f"{optimizer}'s usual rate from random weights (no range test yet)")
     if optimizer == "adamw":
         decay = 0.05 if fp.crops < FEW_CROPS else 0.01
-        why = (f"{fp.crops} training crops, fewer than {FEW_CROPS}: AdamW's stronger decay against memorising them"
-               if fp.crops < FEW_CROPS else "AdamW's usual decoupled weight decay")  # fmt: skip
+        why = (
+            f"{fp.crops} training crops, fewer than {FEW_CROPS}: AdamW's stronger decay against memorising them"
+            if fp.crops < FEW_CROPS
+            else "AdamW's usual decoupled weight decay"
+        )
     else:
         decay, why = 5e-4, "SGD's usual weight decay (the DeepLab papers')"
     decide("optimizer.weight_decay", decay, why)
-    return Derived(values=values, reasons=reasons, kept={k: current.get(k) for k in sorted(user)}, notes=notes,
-                   by_plan=by_plan)  # fmt: skip
+    return Derived(
+        values=values, reasons=reasons, kept={k: current.get(k) for k in sorted(user)}, notes=notes, by_plan=by_plan
+    )
 
 
 def undecided(record: dict[str, Any] | None) -> bool:
@@ -523,8 +589,14 @@ def configure(
         if env.is_main:
             memory = parse_size(cfg.auto.memory) if cfg.auto.memory else None
             try:  # a problem becomes every rank's one line, not a rank left waiting
-                fp = fingerprint(train, val, stats, device=device.type, memory=memory,
-                                 gpus=env.world_size if device.type == "cuda" else 0)  # fmt: skip
+                fp = fingerprint(
+                    train,
+                    val,
+                    stats,
+                    device=device.type,
+                    memory=memory,
+                    gpus=env.world_size if device.type == "cuda" else 0,
+                )
                 derived = derive(fp, user_keys(cfg), current_values(cfg), optimizer=cfg.optimizer.name)
                 record = {"fingerprint": fp.as_dict(), **derived.as_dict()}
             except InputError as exc:
@@ -536,8 +608,10 @@ def configure(
         for line in describe(Derived(record["values"], record["reasons"], record["kept"], record["notes"])):
             log.info("%s", line)
     else:
-        log.info("auto: resuming with the settings derived at the start: %s",
-                 ", ".join(f"{k} = {v}" for k, v in record["values"].items()))  # fmt: skip
+        log.info(
+            "auto: resuming with the settings derived at the start: %s",
+            ", ".join(f"{k} = {v}" for k, v in record["values"].items()),
+        )
     return apply(cfg, record["values"]), record
 
 
@@ -586,8 +660,12 @@ def pick_rate(
         bounds = lr_range.BOUNDS.get(cfg.optimizer.name, lr_range.BOUNDS["adamw"])
         result = lr_range.range_test(wrapped_model, steps, ctx, budget=budget, bounds=bounds)
         del batches
-        record["range_test"] = {"lrs": result.lrs, "losses": result.losses, "seconds": round(result.seconds, 2),
-                                "reason": result.reason}  # fmt: skip
+        record["range_test"] = {
+            "lrs": result.lrs,
+            "losses": result.losses,
+            "seconds": round(result.seconds, 2),
+            "reason": result.reason,
+        }
         if result.lr is not None:
             values["optimizer.lr"], reasons["optimizer.lr"] = result.lr, f"{result.reason} ({result.seconds:.0f} s)"
             log.info("auto optimizer.lr = %.3g: %s", result.lr, reasons["optimizer.lr"])

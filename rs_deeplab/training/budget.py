@@ -95,10 +95,12 @@ class BudgetPlan:
 
     def summary(self) -> str:
         """One log line."""
-        return (f"budget {duration_text(self.budget)}: {self.iterations} iterations "
-                f"({self.step_seconds:.2f} s each measured here), evaluating every {self.eval_every} "
-                f"(~{self.evaluation_seconds:.0f} s each), warm-up {self.warmup_iters}; "
-                f"{duration_text(self.spent)} spent at iteration {self.done}")  # fmt: skip
+        return (
+            f"budget {duration_text(self.budget)}: {self.iterations} iterations "
+            f"({self.step_seconds:.2f} s each measured here), evaluating every {self.eval_every} "
+            f"(~{self.evaluation_seconds:.0f} s each), warm-up {self.warmup_iters}; "
+            f"{duration_text(self.spent)} spent at iteration {self.done}"
+        )
 
 
 def plan_budget(
@@ -144,12 +146,16 @@ def plan_budget(
         stops = max(math.ceil(more / every), 1)
     if more < 1:
         need = measured.spent + step + per_stop
-        raise InputError(f"schedule.budget {duration_text(budget)} is too short: {duration_text(measured.spent)} "
-                         f"spent, an iteration takes {step:.2f} s and an evaluation with its checkpoint about "
-                         f"{per_stop:.0f} s here; give at least {duration_text(math.ceil(need * 1.5))}")  # fmt: skip
+        raise InputError(
+            f"schedule.budget {duration_text(budget)} is too short: {duration_text(measured.spent)} "
+            f"spent, an iteration takes {step:.2f} s and an evaluation with its checkpoint about "
+            f"{per_stop:.0f} s here; give at least {duration_text(math.ceil(need * 1.5))}"
+        )
     total = done + more
-    reasons = {"iterations": f"{duration_text(max(left, 0))} left pays for {more} iterations of {step:.2f} s and "
-                             f"{stops} evaluation(s) with checkpoints of {per_stop:.1f} s"}  # fmt: skip
+    reasons = {
+        "iterations": f"{duration_text(max(left, 0))} left pays for {more} iterations of {step:.2f} s and "
+        f"{stops} evaluation(s) with checkpoints of {per_stop:.1f} s"
+    }
     if cap is not None and total > cap:
         total = max(cap, done)
         reasons["iterations"] = f"schedule.iterations {cap} set in the config caps the {done + more} the budget pays"
@@ -162,8 +168,19 @@ def plan_budget(
     for key, value in fixed.items():
         values[key] = value
         reasons[key] = "set in the config"
-    return BudgetPlan(budget, total, values["eval_every"], values["checkpoint_every"], values["warmup_iters"], step,
-                      evaluation, checkpoint, measured.spent, done, reasons)  # fmt: skip
+    return BudgetPlan(
+        budget,
+        total,
+        values["eval_every"],
+        values["checkpoint_every"],
+        values["warmup_iters"],
+        step,
+        evaluation,
+        checkpoint,
+        measured.spent,
+        done,
+        reasons,
+    )
 
 
 def agree(values: list[float]) -> list[float]:
@@ -199,8 +216,18 @@ class BudgetRun:
         on_plan: Called with each plan (to log it and write ``plan.json``).
     """
 
-    def __init__(self, budget: float, *, spent: float, started: float, val_batches: int, log_every: int,
-                 cap: int | None, fixed: dict[str, int], on_plan: Callable[[BudgetPlan], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        budget: float,
+        *,
+        spent: float,
+        started: float,
+        val_batches: int,
+        log_every: int,
+        cap: int | None,
+        fixed: dict[str, int],
+        on_plan: Callable[[BudgetPlan], None],
+    ) -> None:
         self.budget, self.prior, self.started = budget, spent, started
         self.val_batches, self.log_every, self.cap, self.fixed = val_batches, log_every, cap, fixed
         self.on_plan = on_plan
@@ -225,8 +252,12 @@ class BudgetRun:
     def record(self, it: int) -> dict[str, object]:
         """What a checkpoint at iteration ``it`` keeps: the budget, the seconds spent, the plan, whether it is done."""
         done = self.plan is not None and it >= self.plan.iterations
-        return {"budget": self.budget, "spent": self.spent(), "finished": done or self.finished,
-                "plan": None if self.plan is None else self.plan.as_dict()}  # fmt: skip
+        return {
+            "budget": self.budget,
+            "spent": self.spent(),
+            "finished": done or self.finished,
+            "plan": None if self.plan is None else self.plan.as_dict(),
+        }
 
     def run(self, fit_call: FitCall, start: int) -> int:
         """Train from ``start``: probe, plan, then the planned run, re-planning after each evaluation.
@@ -234,12 +265,16 @@ class BudgetRun:
         A resumed run whose budget was already used up (the checkpoint says it finished) trains no more.
         """
         if self.finished:
-            log.info("budget %s was used up by the run resumed at iteration %d: nothing left to train",
-                     duration_text(self.budget), start)  # fmt: skip
+            log.info(
+                "budget %s was used up by the run resumed at iteration %d: nothing left to train",
+                duration_text(self.budget),
+                start,
+            )
             return start
         if self.cap is not None and self.cap - start <= PROBE_ITERATIONS:  # the config's cap ends it before a plan
-            self.plan = plan_budget(self.budget, Measured(self.spent(), 1e-6), done=start, val_batches=0, cap=self.cap,
-                                    fixed=self.fixed)  # fmt: skip
+            self.plan = plan_budget(
+                self.budget, Measured(self.spent(), 1e-6), done=start, val_batches=0, cap=self.cap, fixed=self.fixed
+            )
             self.on_plan(self.plan)
             return fit_call(self.cadence(), start, None, True)
         never = 1 << 40
@@ -249,8 +284,16 @@ class BudgetRun:
         step = (time.perf_counter() - timed) / max(it - start - PROBE_WARMUP, 1)
         spent, step, batches = agree([self.spent(), step, float(self.val_batches)])  # ranks hold shards of val
         self.val_batches = int(batches)
-        self._set(plan_budget(self.budget, Measured(spent, step), done=it, val_batches=self.val_batches,
-                              cap=self.cap, fixed=self.fixed))  # fmt: skip
+        self._set(
+            plan_budget(
+                self.budget,
+                Measured(spent, step),
+                done=it,
+                val_batches=self.val_batches,
+                cap=self.cap,
+                fixed=self.fixed,
+            )
+        )
         assert self.plan is not None
         return fit_call(self.cadence(), it, self.replan, True)
 
@@ -271,14 +314,25 @@ class BudgetRun:
         if it >= self.plan.iterations:
             return self.cadence()
         try:
-            plan = plan_budget(self.budget, Measured(spent, step, evaluation=seconds, checkpoint=0.0), done=it,
-                               val_batches=self.val_batches, evaluations_done=self.evaluations, cap=self.cap,
-                               fixed=self.fixed)  # fmt: skip
+            plan = plan_budget(
+                self.budget,
+                Measured(spent, step, evaluation=seconds, checkpoint=0.0),
+                done=it,
+                val_batches=self.val_batches,
+                evaluations_done=self.evaluations,
+                cap=self.cap,
+                fixed=self.fixed,
+            )
         except InputError:  # the machine got slower than planned: what is left pays for no more
             log.warning("budget %s nearly spent at iteration %d: stopping here", duration_text(self.budget), it)
             self.cut = True  # the checkpoint just written did not know it was the last: write it again
-            plan = replace(self.plan, iterations=it, spent=spent, done=it,
-                           reasons={**self.plan.reasons, "iterations": "the budget ran out"})  # fmt: skip
+            plan = replace(
+                self.plan,
+                iterations=it,
+                spent=spent,
+                done=it,
+                reasons={**self.plan.reasons, "iterations": "the budget ran out"},
+            )
         self._set(plan)
         return self.cadence()
 

@@ -107,8 +107,10 @@ def plain_data(value: Any, where: str = "state") -> Any:
             return out
     if type(value) in (list, tuple):
         return type(value)(plain_data(v, f"{where}[{i}]") for i, v in enumerate(value))
-    raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold only tensors and plain data "
-                    "(dicts, lists, str, numbers, None), which load without running code")  # fmt: skip
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoints hold only tensors and plain data "
+        "(dicts, lists, str, numbers, None), which load without running code"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -83,8 +83,9 @@ def evaluate_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = 
     return score_checkpoint(path, split, out_dir, device=device)[0]
 
 
-def score_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "auto",
-                     page: Path | None = None) -> tuple[dict[str, Any], PageOutput | None]:  # fmt: skip
+def score_checkpoint(
+    path: Path, split: str, out_dir: Path, *, device: str = "auto", page: Path | None = None
+) -> tuple[dict[str, Any], PageOutput | None]:
     """:func:`evaluate_checkpoint`, and with ``page`` its evaluation page (checked by the caller before this call).
 
     The page shows the scores, the model's details and :data:`~rs_deeplab.training.run_page.CROPS` fixed crops of
@@ -121,20 +122,36 @@ def score_checkpoint(path: Path, split: str, out_dir: Path, *, device: str = "au
     return report, None if page is None else _write_page(page, report, ck, source, dev)
 
 
-def _write_page(page: Path, report: dict[str, Any], ck: ScoredCheckpoint, source: SegmentationSource,
-                device: torch.device) -> PageOutput:  # fmt: skip
+def _write_page(
+    page: Path, report: dict[str, Any], ck: ScoredCheckpoint, source: SegmentationSource, device: torch.device
+) -> PageOutput:
     from rs_deeplab.labels.classes import class_colours
     from rs_deeplab.report.evaluation import write_checkpoint_page
 
     names = list(source.class_names)
     arch = ck.card.architecture
-    details = [("architecture", " ".join(str(v) for v in (arch.name, arch.backbone) if v)
-                + ("" if arch.output_stride is None else f", output stride {arch.output_stride}")),
-               ("classes", f"{len(names)}: {', '.join(names)}"), ("bands", str(ck.card.in_channels)),
-               ("checkpoint", str(ck.path.resolve())), ("iteration", str(ck.iteration)), ("split", report["split"]),
-               ("images", str(len(source))), ("data", str(ck.config.data.root))]  # fmt: skip
-    return write_checkpoint_page(page, report, class_names=names, colours=class_colours(names, ck.config.data.scheme),
-                                 details=details, crops=predict_crops(ck, source, device))  # fmt: skip
+    details = [
+        (
+            "architecture",
+            " ".join(str(v) for v in (arch.name, arch.backbone) if v)
+            + ("" if arch.output_stride is None else f", output stride {arch.output_stride}"),
+        ),
+        ("classes", f"{len(names)}: {', '.join(names)}"),
+        ("bands", str(ck.card.in_channels)),
+        ("checkpoint", str(ck.path.resolve())),
+        ("iteration", str(ck.iteration)),
+        ("split", report["split"]),
+        ("images", str(len(source))),
+        ("data", str(ck.config.data.root)),
+    ]
+    return write_checkpoint_page(
+        page,
+        report,
+        class_names=names,
+        colours=class_colours(names, ck.config.data.scheme),
+        details=details,
+        crops=predict_crops(ck, source, device),
+    )
 
 
 @torch.inference_mode()
@@ -147,15 +164,29 @@ def predict_crops(ck: ScoredCheckpoint, source: SegmentationSource, device: torc
     from rs_deeplab.training.run_page import display_image, pick_crops, predict_labels
 
     transform = EvalTransform(ck.stats)
-    return [Crop(name, display_image(image), label.astype(np.uint8), predict_labels(ck.model, transform, image, label,
-                                                                                      device))
-            for name, image, label in pick_crops(source)]  # fmt: skip
+    return [
+        Crop(
+            name,
+            display_image(image),
+            label.astype(np.uint8),
+            predict_labels(ck.model, transform, image, label, device),
+        )
+        for name, image, label in pick_crops(source)
+    ]
 
 
 def search_checkpoint_crf(
-    path: Path, split: str, out_dir: Path, points: Sequence[GridPoint], *, images: int = 100, device: str = "auto",
-    workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
-) -> SearchResult:  # fmt: skip
+    path: Path,
+    split: str,
+    out_dir: Path,
+    points: Sequence[GridPoint],
+    *,
+    images: int = 100,
+    device: str = "auto",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    quiet: bool = False,
+) -> SearchResult:
     """Cross-validate DenseCRF kernels for a checkpoint on ``images`` crops of ``split`` of its data.
 
     Every input and output is checked before the first probability is computed: the report folder, the
@@ -179,12 +210,26 @@ def search_checkpoint_crf(
     ranges = [(m - 2.5 * s, m + 2.5 * s) for m, s in zip(stats.mean, stats.std, strict=True)]
 
     def normalise(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(normalize(np.moveaxis(image, 0, -1), stats), -1, 0),
-                                                     dtype=np.float32))  # fmt: skip
+        return torch.from_numpy(
+            np.ascontiguousarray(np.moveaxis(normalize(np.moveaxis(image, 0, -1), stats), -1, 0), dtype=np.float32)
+        )
 
     st = path.stat()
     about = {"checkpoint": str(path.resolve()), "split": split, "data_root": str(cfg.data.root)}
-    return run_search(model, source.read, chosen, out_dir, num_classes=len(source.class_names), points=points,
-                      normalise=normalise, band_ranges=ranges, fingerprint=f"{path.resolve()}:{st.st_size}:"
-                      f"{st.st_mtime_ns}:{split}", device=dev, record_for=path, about=about, workers=workers,
-                      scheduler=scheduler, quiet=quiet)  # fmt: skip
+    return run_search(
+        model,
+        source.read,
+        chosen,
+        out_dir,
+        num_classes=len(source.class_names),
+        points=points,
+        normalise=normalise,
+        band_ranges=ranges,
+        fingerprint=f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{split}",
+        device=dev,
+        record_for=path,
+        about=about,
+        workers=workers,
+        scheduler=scheduler,
+        quiet=quiet,
+    )

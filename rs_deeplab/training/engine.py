@@ -115,9 +115,13 @@ def build_lr_schedule(
         if policy == "step":
             return step_factor(it, step_size=step_size, gamma=gamma, warmup_iters=warmup, warmup_ratio=warmup_ratio)
         return poly_factor(
-            it, iterations=max(total, 1), power=power, min_ratio=min_ratio, warmup_iters=warmup,
+            it,
+            iterations=max(total, 1),
+            power=power,
+            min_ratio=min_ratio,
+            warmup_iters=warmup,
             warmup_ratio=warmup_ratio,
-        )  # fmt: skip
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

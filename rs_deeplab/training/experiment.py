@@ -279,8 +279,9 @@ def _build_model(
     model.to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    compiled, why = compile_decision(cfg.train.compile, sync_bn=bool(env.distributed and cfg.train.sync_bn),
-                                     world_size=env.world_size)  # fmt: skip
+    compiled, why = compile_decision(
+        cfg.train.compile, sync_bn=bool(env.distributed and cfg.train.sync_bn), world_size=env.world_size
+    )
     if why is not None and env.is_main:
         log.warning("%s", why)
     return model, wrap_model(model, device, distributed=env.distributed, compile=compiled)
@@ -474,8 +475,12 @@ def _train(
     """Prepare the run, train it to its iterations (or within its time budget) and write the run's summary files."""
     run, state = prepare_run(cfg, env, device, amp, checked)
     if run.budget is None:
-        cadence = Cadence(iterations=cfg.schedule.iterations, eval_every=cfg.train.eval_every,
-                          checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every)  # fmt: skip
+        cadence = Cadence(
+            iterations=cfg.schedule.iterations,
+            eval_every=cfg.train.eval_every,
+            checkpoint_every=cfg.train.checkpoint_every,
+            log_every=cfg.train.log_every,
+        )
         iterations = fit(run, state, cadence, state.iteration)
     else:
         iterations = _fit_within_budget(run, state, run.budget)
@@ -522,8 +527,14 @@ def fit(
             losses.check()  # never evaluate or checkpoint weights a NaN loss has reached
             stopped = time.perf_counter()
             if evaluate and run.val_loader is not None:
-                cm = evaluate_model(run.evaluated_model, run.val_loader, len(run.class_names), device=ctx.device,
-                                    amp_dtype=ctx.amp_dtype, channels_last=ctx.channels_last)  # fmt: skip
+                cm = evaluate_model(
+                    run.evaluated_model,
+                    run.val_loader,
+                    len(run.class_names),
+                    device=ctx.device,
+                    amp_dtype=ctx.amp_dtype,
+                    channels_last=ctx.channels_last,
+                )
                 record_evaluation(run, state, cm)
             if evaluate:
                 save_last(run, state)
@@ -671,8 +682,9 @@ def prepare_run(
     model, wrapped_model = _build_model(cfg, len(names), in_ch, device, env)
     optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
     budget = _budget(cfg, state, started)
-    lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
-                                    length=None if budget is None else budget.length)  # fmt: skip
+    lr_schedule = build_lr_schedule(
+        optimizer, **cfg.schedule.model_dump(exclude={"budget"}), length=None if budget is None else budget.length
+    )
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     runtime = runtime_record(cfg, env, device, amp)
     log.info("training on %s, precision %s, %d process(es)", runtime["device"], runtime["precision"], env.world_size)
@@ -688,8 +700,17 @@ def prepare_run(
     colours = class_colours(names, cfg.data.scheme)
     page = None  # report.html (rank 0), its path checked before the first expensive step
     if env.is_main:
-        page = RunPage(run_dir, class_names=names, colours=colours, val_source=val_src, stats=stats, device=device,
-                       amp=amp, images_per_iteration=per_iteration, eval_every=cfg.train.eval_every)  # fmt: skip
+        page = RunPage(
+            run_dir,
+            class_names=names,
+            colours=colours,
+            val_source=val_src,
+            stats=stats,
+            device=device,
+            amp=amp,
+            images_per_iteration=per_iteration,
+            eval_every=cfg.train.eval_every,
+        )
     weights = class_weights(cfg, train_src, device)
     ctx = StepContext(
         optimizer=optimizer,
@@ -711,8 +732,9 @@ def prepare_run(
     if lr is not None:  # the range test's rate: the optimiser and its schedule start again from it
         cfg = autoconfig.apply(cfg, {"optimizer.lr": lr})
         ctx.optimizer = optimizer = build_optimizer(model, **cfg.optimizer.model_dump())
-        ctx.lr_schedule = build_lr_schedule(optimizer, **cfg.schedule.model_dump(exclude={"budget"}),
-                                            length=None if budget is None else budget.length)  # fmt: skip
+        ctx.lr_schedule = build_lr_schedule(
+            optimizer, **cfg.schedule.model_dump(exclude={"budget"}), length=None if budget is None else budget.length
+        )
     if env.is_main and auto_record is not None:
         if lr is not None:  # the config written above has the rate the test replaced
             dump_config(cfg, run_dir / "config.yaml")
@@ -798,13 +820,22 @@ def _budget(cfg: ExperimentConfig, state: dict[str, Any] | None, started: float)
         return None
     record = (state or {}).get("budget") or {}
     spent = float(record.get("spent", 0.0))
-    fixed: dict[str, int] = {k: int(getattr(cfg.train, k)) for k in ("eval_every", "checkpoint_every")
-                             if k in cfg.train.model_fields_set}  # fmt: skip
+    fixed: dict[str, int] = {
+        k: int(getattr(cfg.train, k)) for k in ("eval_every", "checkpoint_every") if k in cfg.train.model_fields_set
+    }
     if "warmup_iters" in cfg.schedule.model_fields_set:
         fixed["warmup_iters"] = cfg.schedule.warmup_iters
     cap = cfg.schedule.iterations if "iterations" in cfg.schedule.model_fields_set else None
-    run = BudgetRun(parse_duration(cfg.schedule.budget), spent=spent, started=started, val_batches=0,
-                    log_every=cfg.train.log_every, cap=cap, fixed=fixed, on_plan=lambda plan: None)  # fmt: skip
+    run = BudgetRun(
+        parse_duration(cfg.schedule.budget),
+        spent=spent,
+        started=started,
+        val_batches=0,
+        log_every=cfg.train.log_every,
+        cap=cap,
+        fixed=fixed,
+        on_plan=lambda plan: None,
+    )
     run.finished = bool(record.get("finished"))
     return run
 

@@ -78,8 +78,10 @@ def pick_lr(
     raw = lrs[best] / DIVISOR
     lr = min(max(raw, bounds[0]), bounds[1])
     clamp = "" if lr == raw else f", clamped to {lr:.2g}"
-    return lr, (f"range test: smoothed loss lowest ({smoothed[best]:.3f}, from {smoothed[0]:.3f}) at lr "
-                f"{lrs[best]:.2g}; a tenth of it, {raw:.2g}{clamp}")  # fmt: skip
+    return lr, (
+        f"range test: smoothed loss lowest ({smoothed[best]:.3f}, from {smoothed[0]:.3f}) at lr "
+        f"{lrs[best]:.2g}; a tenth of it, {raw:.2g}{clamp}"
+    )
 
 
 def pays(*, budget: float | None, iterations: int, step_seconds: float | None = None) -> bool:
@@ -136,8 +138,10 @@ def range_test(
             if budget is not None and step + 1 == SETTLE_STEPS + TIMED_STEPS:
                 per_step = (time.perf_counter() - settled) / TIMED_STEPS
                 if not pays(budget=budget, iterations=0, step_seconds=per_step):
-                    stopped = (f"skipped: {STEPS} test steps of {per_step:.2f} s would take more than "
-                               f"{BUDGET_SHARE:.0%} of the budget")  # fmt: skip
+                    stopped = (
+                        f"skipped: {STEPS} test steps of {per_step:.2f} s would take more than "
+                        f"{BUDGET_SHARE:.0%} of the budget"
+                    )
                     break
     finally:
         module.load_state_dict(saved_model)

@@ -60,8 +60,14 @@ def pick_crops(source: SegmentationSource, count: int = CROPS, size: int = CROP_
     return crops
 
 
-def predict_labels(model: torch.nn.Module, transform: EvalTransform, image: np.ndarray, label: np.ndarray,
-                   device: torch.device, amp: torch.dtype | None = None) -> np.ndarray:  # fmt: skip
+def predict_labels(
+    model: torch.nn.Module,
+    transform: EvalTransform,
+    image: np.ndarray,
+    label: np.ndarray,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> np.ndarray:
     """The class ids ``model`` (in eval mode) predicts for one crop, as the evaluation prepares it."""
     tensor = transform(image, label)[0][None].to(device)
     with torch.inference_mode(), autocast(device, amp):
@@ -72,9 +78,19 @@ def predict_labels(model: torch.nn.Module, transform: EvalTransform, image: np.n
 class RunPage:
     """The training page of one run folder (see the module's description); rank 0 makes one, the others none."""
 
-    def __init__(self, run_dir: Path, *, class_names: Sequence[str], colours: Sequence[tuple[int, int, int]],
-                 val_source: SegmentationSource, stats: ChannelStats, device: torch.device,
-                 amp: torch.dtype | None, images_per_iteration: int, eval_every: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        class_names: Sequence[str],
+        colours: Sequence[tuple[int, int, int]],
+        val_source: SegmentationSource,
+        stats: ChannelStats,
+        device: torch.device,
+        amp: torch.dtype | None,
+        images_per_iteration: int,
+        eval_every: int,
+    ) -> None:
         """Check the page's path (one line, before training starts) and pick the crops.
 
         Raises:
@@ -165,10 +181,19 @@ class RunPage:
         elapsed = f"{time.time() - self.started:.0f} s"
         warnings = [w for w in (self.stop, self.collapse) if w]
         gap = max(600.0, 10 * (time.time() - self.last_write))  # far longer than an evaluation interval
-        return TrainingView(self.run_dir.name, status, read_metrics(self.run_dir / "metrics.csv"), self.names,
-                            self.colours, self.confusion, self.crops, config,
-                            runtime_rows(runtime, [("images/s (training steps)", rate), ("wall time", elapsed)]),
-                            warnings, stale_after=gap)  # fmt: skip
+        return TrainingView(
+            self.run_dir.name,
+            status,
+            read_metrics(self.run_dir / "metrics.csv"),
+            self.names,
+            self.colours,
+            self.confusion,
+            self.crops,
+            config,
+            runtime_rows(runtime, [("images/s (training steps)", rate), ("wall time", elapsed)]),
+            warnings,
+            stale_after=gap,
+        )
 
     def write(self, status: str) -> bool:
         """Write the page; on failure log one warning line (once until it works again) and return False."""
@@ -176,8 +201,11 @@ class RunPage:
             write_training_page(self.page, self.view(status))
         except (InputError, OSError) as exc:
             if not self.failing:
-                log.warning("training page %s not written (%s); training goes on without it", self.page,
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
+                log.warning(
+                    "training page %s not written (%s); training goes on without it",
+                    self.page,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
             self.failing = True
             return False
         self.failing = False

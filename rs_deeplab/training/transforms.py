@@ -79,8 +79,9 @@ def compute_band_stats(
             scale = max(src.width, src.height) / max_side
             shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
             try:
-                data = src.read(idx, out_shape=(len(idx), *shape), masked=True,
-                                resampling=rasterio.enums.Resampling.nearest)  # fmt: skip
+                data = src.read(
+                    idx, out_shape=(len(idx), *shape), masked=True, resampling=rasterio.enums.Resampling.nearest
+                )
             except rasterio.errors.RasterioError as exc:
                 raise read_failure(path, exc) from None
         values = np.ma.filled(data.astype(np.float64), np.nan).reshape(len(idx), -1)

@@ -67,9 +67,14 @@ class BlockPieces:
 
 
 def polygonize_window(
-    data: np.ndarray, window: Window, grid: tuple[int, int], block: tuple[int, int], selection: ClassSelection,
-    simplify: float, transform: Affine,
-) -> BlockPieces:  # fmt: skip
+    data: np.ndarray,
+    window: Window,
+    grid: tuple[int, int],
+    block: tuple[int, int],
+    selection: ClassSelection,
+    simplify: float,
+    transform: Affine,
+) -> BlockPieces:
     """Polygonize one block and find which polygons are complete and which wait for a neighbouring block.
 
     Args:

@@ -34,9 +34,15 @@ class RegionStream:
     """
 
     def __init__(
-        self, src: Any, selection: ClassSelection, *, block_size: int, simplify: float = 0.0, quiet: bool = True,
+        self,
+        src: Any,
+        selection: ClassSelection,
+        *,
+        block_size: int,
+        simplify: float = 0.0,
+        quiet: bool = True,
         workers: int = 1,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.src, self.selection, self.block_size = src, selection, block_size
         self.simplify, self.quiet, self.workers = simplify, quiet, workers
         self.transform = src.transform
@@ -55,8 +61,13 @@ class RegionStream:
         if self.workers > 1 and len(tasks) > 1:
             from rs_deeplab.vectorize.parallel import BlockPool  # worker processes only where asked for
 
-            with BlockPool(self.src.name, self.selection, (self.n_rows, self.n_cols), self.simplify,
-                           workers=min(self.workers, len(tasks))) as pool:  # fmt: skip
+            with BlockPool(
+                self.src.name,
+                self.selection,
+                (self.n_rows, self.n_cols),
+                self.simplify,
+                workers=min(self.workers, len(tasks)),
+            ) as pool:
                 results = pool.map(tasks, on_drain=self.on_drain)
                 pieces = progress(results, total=self.blocks, desc="vectorize", quiet=self.quiet)
                 for (_, bj, _), piece in zip(tasks, pieces, strict=True):

@@ -159,13 +159,21 @@ def vectorize(
         cleaner = Cleaner(meter, float(min_area), float(fill_holes))
         n_blocks = -(-src.height // int(block_size)) * -(-src.width // int(block_size))
         procs = resolve_workers(workers, pixels=src.height * src.width, blocks=n_blocks)
-        regions = RegionStream(src, selection, block_size=int(block_size), simplify=float(simplify), quiet=quiet,
-                               workers=procs)  # fmt: skip
+        regions = RegionStream(
+            src, selection, block_size=int(block_size), simplify=float(simplify), quiet=quiet, workers=procs
+        )
         with _write_errors(out), atomic_output(out) as tmp:  # lack of space: atomic_output's one line
             writer = LayerWriter(
-                tmp, fmt, layer, selection, source_crs=source, target_crs=target, extra_columns=extra_columns,
-                computed_columns=computed_columns, append_to=out if mode == "a" else None,
-            )  # fmt: skip
+                tmp,
+                fmt,
+                layer,
+                selection,
+                source_crs=source,
+                target_crs=target,
+                extra_columns=extra_columns,
+                computed_columns=computed_columns,
+                append_to=out if mode == "a" else None,
+            )
             counts, areas = _write_all(regions, cleaner, writer)
     summary = VectorizeSummary(
         path=out,
@@ -183,8 +191,14 @@ def vectorize(
         seconds=time.perf_counter() - start,
         workers=procs,
     )
-    log.debug("%s: %d polygons in layer %r (%d blocks, %d merged across seams)", out, summary.polygons, layer,
-             summary.blocks, summary.merged)  # fmt: skip
+    log.debug(
+        "%s: %d polygons in layer %r (%d blocks, %d merged across seams)",
+        out,
+        summary.polygons,
+        layer,
+        summary.blocks,
+        summary.merged,
+    )
     return summary
 
 
@@ -196,8 +210,9 @@ def _write_errors(out: Path) -> Iterator[None]:
     except (pyogrio.errors.DataSourceError, OSError) as exc:
         if isinstance(exc, RsDeeplabError):
             raise
-        raise RasterError(f"{out}: cannot be written ({short_message(str(exc))}); check the folder and the "
-                          "disk") from None  # fmt: skip
+        raise RasterError(
+            f"{out}: cannot be written ({short_message(str(exc))}); check the folder and the disk"
+        ) from None
 
 
 def _write_all(regions: RegionStream, cleaner: Cleaner, writer: LayerWriter) -> tuple[dict[int, int], dict[int, float]]:

@@ -51,8 +51,10 @@ def check_workers(workers: Any) -> None:
     if workers is None:
         return
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
-        raise InputError(f"workers must be a whole number of at least 1 (processes polygonizing blocks), got "
-                         f"{workers!r}; 1 runs in this process")  # fmt: skip
+        raise InputError(
+            f"workers must be a whole number of at least 1 (processes polygonizing blocks), got "
+            f"{workers!r}; 1 runs in this process"
+        )
 
 
 def resolve_workers(workers: int | None, *, pixels: int, blocks: int) -> int:
@@ -66,8 +68,11 @@ def resolve_workers(workers: int | None, *, pixels: int, blocks: int) -> int:
         workers = default_workers() if pixels >= AUTO_MIN_PIXELS else 1
     workers = max(1, min(int(workers), blocks))
     if workers > 1 and multiprocessing.current_process().daemon:
-        log.info("vectorizing in this process: a daemonic process (a Dask or multiprocessing worker) cannot start "
-                 "%d worker processes", workers)  # fmt: skip
+        log.info(
+            "vectorizing in this process: a daemonic process (a Dask or multiprocessing worker) cannot start "
+            "%d worker processes",
+            workers,
+        )
         return 1
     return workers
 
@@ -75,8 +80,9 @@ def resolve_workers(workers: int | None, *, pixels: int, blocks: int) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(path: str, selection: ClassSelection, grid: tuple[int, int], simplify: float,
-                  options: dict[str, Any]) -> None:  # fmt: skip
+def _start_worker(
+    path: str, selection: ClassSelection, grid: tuple[int, int], simplify: float, options: dict[str, Any]
+) -> None:
     """Start a worker process: open the raster once, under the caller's GDAL settings.
 
     Ctrl-C is the parent's to handle: it stops the pool, so a worker ignores it.
@@ -106,16 +112,19 @@ class BlockPool:
         workers: Number of processes.
     """
 
-    def __init__(self, path: str, selection: ClassSelection, grid: tuple[int, int], simplify: float, *,
-                 workers: int) -> None:  # fmt: skip
+    def __init__(
+        self, path: str, selection: ClassSelection, grid: tuple[int, int], simplify: float, *, workers: int
+    ) -> None:
         self.path, self.workers = path, workers
         options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
         method = start_method()
         log.debug("polygonizing in %d worker processes (%s)", workers, method)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(method), initializer=_start_worker,
+            workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_start_worker,
             initargs=(path, selection, grid, simplify, options),
-        )  # fmt: skip
+        )
 
     def __enter__(self) -> BlockPool:
         return self
@@ -152,8 +161,10 @@ class BlockPool:
                     on_drain = None
                 yield ahead.popleft().result()
         except BrokenProcessPool:
-            raise RasterError(f"{self.path}: a vectorizing worker process died (killed, or out of memory); run "
-                              "again with fewer workers (--workers 1 uses none)") from None  # fmt: skip
+            raise RasterError(
+                f"{self.path}: a vectorizing worker process died (killed, or out of memory); run "
+                "again with fewer workers (--workers 1 uses none)"
+            ) from None
         finally:
             for future in ahead:
                 future.cancel()

@@ -43,9 +43,12 @@ def stitch(pieces: np.ndarray, grid: int, *, validate: bool = False) -> shapely.
 
 
 def stitch_many(
-    groups: Sequence[np.ndarray], grid: int, *, validate: bool = False,
+    groups: Sequence[np.ndarray],
+    grid: int,
+    *,
+    validate: bool = False,
     to_crs: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """:func:`stitch` for several regions at once: one geometry per group of pieces, in order.
 
     The splice runs on the vertices of all the groups together: a few dozen NumPy calls for the lot instead of
@@ -231,9 +234,13 @@ def _rotate_to_cut(
 
 
 def _loops(
-    xy: np.ndarray, may_touch: np.ndarray, starts: np.ndarray, ends: np.ndarray, chain_group: np.ndarray,
+    xy: np.ndarray,
+    may_touch: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    chain_group: np.ndarray,
     n_groups: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Link chains end to start into closed loops; return their vertices (open), the loop of each, each loop's group.
 
     Loops passing a vertex twice (only ever at ``may_touch`` vertices) are split and straight-line vertices

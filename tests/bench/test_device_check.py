@@ -70,8 +70,18 @@ def run_command(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
     (tmp_path / "test_probe.py").write_text(PROBE_TEST.format(marker=marker))
     (tmp_path / "tmp").mkdir()
     env = {**os.environ, "PYTHONPATH": marker, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
-    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--smoke", "--site", str(tmp_path / "site"),
-           "--tests", str(tmp_path / "test_probe.py"), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--out",
+        str(out),
+        "--smoke",
+        "--site",
+        str(tmp_path / "site"),
+        "--tests",
+        str(tmp_path / "test_probe.py"),
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path), out
 
 
@@ -80,8 +90,17 @@ def test_one_command_installs_checks_and_tests_writing_results_per_check(tmp_pat
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     probe_wheel(wheels)
-    proc, out = run_command(tmp_path, "--wheels", str(wheels), "--require", "rs26probe", "--require", "no_such_mod",
-                            "--check-args", "--only training,torchrun --limit torchrun=2")  # fmt: skip
+    proc, out = run_command(
+        tmp_path,
+        "--wheels",
+        str(wheels),
+        "--require",
+        "rs26probe",
+        "--require",
+        "no_such_mod",
+        "--check-args",
+        "--only training,torchrun --limit torchrun=2",
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = {s["name"]: s for s in json.loads((out / "device_check.json").read_text())}
     assert steps["install"]["status"] == "failed"
@@ -110,8 +129,17 @@ def leftovers(tmp_path: Path) -> list[str]:
 
 
 def test_a_step_past_its_limit_is_named_and_the_next_step_still_runs(tmp_path: Path) -> None:
-    proc, out = run_command(tmp_path, "--wheels", str(tmp_path / "none"), "--require", "numpy", "--check-args",
-                            "--only torchrun", "--check-timeout", "2")  # fmt: skip
+    proc, out = run_command(
+        tmp_path,
+        "--wheels",
+        str(tmp_path / "none"),
+        "--require",
+        "numpy",
+        "--check-args",
+        "--only torchrun",
+        "--check-timeout",
+        "2",
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = {s["name"]: s for s in json.loads((out / "device_check.json").read_text())}
     assert steps["install"]["status"] == "ok" and steps["install"]["lines"][0].startswith("no carried wheels")
@@ -127,8 +155,9 @@ def test_run_step_stops_a_step_past_its_limit_and_keeps_what_it_wrote(tmp_path: 
     done = device_check.run_step([sys.executable, "-c", code], 3, tmp_path / "log", dict(os.environ), tmp_path)
     assert done.timed_out and done.code is None and 3 <= done.seconds < 3 + device_check.GRACE_S
     assert written.read_text() == "{}"
-    finished = device_check.run_step([sys.executable, "-c", "raise SystemExit(3)"], 30, tmp_path / "log2",
-                                     dict(os.environ), tmp_path)  # fmt: skip
+    finished = device_check.run_step(
+        [sys.executable, "-c", "raise SystemExit(3)"], 30, tmp_path / "log2", dict(os.environ), tmp_path
+    )
     assert finished.code == 3 and not finished.timed_out
 
 
@@ -144,9 +173,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> No
 
 def test_gpu_check_refuses_an_unwritable_results_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out",
-                           str(tmp_path / "file" / "out")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(tmp_path / "file" / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: results folder {tmp_path / 'file' / 'out'} is not writable")
 
@@ -184,17 +217,26 @@ def test_the_gpu_test_files_import_without_the_gis_stack() -> None:
     # tools: the files holding gpu tests (and their conftests) must import without them, or their tests never run.
     modules = [p.removesuffix(".py").replace("/", ".") for p in device_check.DEFAULT_TESTS]
     assert not device_check.TEST_NEEDS
-    done = subprocess.run([sys.executable, "-c", LEAN_IMPORT, "tests.conftest", "tests.inference.conftest", *modules],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LEAN_IMPORT, "tests.conftest", "tests.inference.conftest", *modules],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_pytest_lines_keep_failures_and_the_summary() -> None:
-    log = "....F\nFAILED tests/a.py::t - assert 1\nERROR tests/b.py - ModuleNotFoundError: pyogrio\n" \
-          "=== 1 failed, 4 passed, 2 skipped, 1 error in 3.2s ===\n"  # fmt: skip
-    assert device_check.pytest_lines(log) == ["FAILED tests/a.py::t - assert 1",
-                                              "ERROR tests/b.py - ModuleNotFoundError: pyogrio",
-                                              "1 failed, 4 passed, 2 skipped, 1 error in 3.2s"]  # fmt: skip
+    log = (
+        "....F\nFAILED tests/a.py::t - assert 1\nERROR tests/b.py - ModuleNotFoundError: pyogrio\n"
+        "=== 1 failed, 4 passed, 2 skipped, 1 error in 3.2s ===\n"
+    )
+    assert device_check.pytest_lines(log) == [
+        "FAILED tests/a.py::t - assert 1",
+        "ERROR tests/b.py - ModuleNotFoundError: pyogrio",
+        "1 failed, 4 passed, 2 skipped, 1 error in 3.2s",
+    ]
 
 
 def test_pythonpath_is_prepended_not_replaced() -> None:
@@ -210,8 +252,11 @@ def test_torch_flags_come_back_even_when_the_block_raises() -> None:
         raise RuntimeError
     with fp32_exact():
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-            torch.backends.cuda.matmul.allow_tf32) == before  # fmt: skip
+    assert (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    ) == before
     with pytest.raises(ValueError, match="unknown torch flag"), torch_flags(cudnn_benchmark_typo=True):
         pass
 

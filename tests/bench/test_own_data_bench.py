@@ -129,9 +129,26 @@ def test_plain_run_on_new_brunswick_writes_its_numbers(tmp_path: Path) -> None:
     """``--only plain`` with a 20 s budget: the JSON holds the plain run and the held-out majority (~30 s)."""
     out = tmp_path / "odb.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "nb", "--budget", "20s", "--only", "plain",
-                           "--json", str(out), "--work", str(tmp_path / "work")],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data",
+            "nb",
+            "--budget",
+            "20s",
+            "--only",
+            "plain",
+            "--json",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "majority (held-out split): vegetation" in proc.stdout  # the held-out scene is 58 % vegetation
     nb = json.loads(out.read_text())["datasets"]["nb"]

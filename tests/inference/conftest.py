@@ -19,9 +19,17 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """
     out = tmp_path_factory.mktemp("demo")
     files, _, _ = demo.prepare_data(out, size=256, quiet=True)
-    overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
-                 "train.eval_every=2", "train.checkpoint_every=2", "infer.size=128", "infer.stride=64",
-                 "infer.batch_size=4"]  # fmt: skip
+    overrides = [
+        "schedule.iterations=2",
+        "data.crop_size=96",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "infer.size=128",
+        "infer.stride=64",
+        "infer.batch_size=4",
+    ]
     result = train_experiment(demo.demo_config(out, overrides, run_dir=out / "run"))
     assert result.best is not None
     paths = {"out": out, "checkpoint": result.best, "scene": files[-1].rgbir}

@@ -27,8 +27,9 @@ FORBIDDEN = ("rs_deeplab.training", "albumentations")
 
 def small_scene(path: Path, seed: int = 9) -> Path:
     image, _ = trainkit.blob_scene(seed, 80)
-    return write_geotiff(path, image[:, :70, :80], crs="EPSG:32633",
-                         transform=rasterio.Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000))  # fmt: skip
+    return write_geotiff(
+        path, image[:, :70, :80], crs="EPSG:32633", transform=rasterio.Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
+    )
 
 
 def test_a_prediction_with_a_trained_checkpoint_imports_no_training_stack(trained: Path, tmp_path: Path) -> None:
@@ -44,8 +45,9 @@ single = inference.predict_scene(inference.TrainedModel(Path({str(trained)!r})),
 print(result.polygon_count, single.windows)
 print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     counts, loaded = proc.stdout.strip().split("\n")[-2:]
     polygons, windows = (int(v) for v in counts.split())
@@ -60,8 +62,9 @@ print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))
 def test_the_probe_sees_the_training_stack_where_it_is_imported(tmp_path: Path) -> None:
     # the check above can fail: importing training shows up under the names it looks for
     code = f"import sys, rs_deeplab.training\nprint(any(m.startswith({FORBIDDEN!r}) for m in sys.modules))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
 
 

@@ -86,12 +86,23 @@ def test_dask_worker_threads_share_the_cores() -> None:
 def test_the_export_is_built_once_by_processes_starting_at_once_and_rebuilt_when_damaged_or_stale(
     checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    code = ("import torch; from pathlib import Path; from rs_deeplab.cli.console import setup_logging\n"
-            "from rs_deeplab.inference.runtimes.trained import TrainedModel\nsetup_logging()\n"
-            f"model = TrainedModel(Path({str(checkpoint)!r}), runtime='onnx')\n"
-            "print(model.load(torch.device('cpu')).runtime)")  # fmt: skip
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    code = (
+        "import torch; from pathlib import Path; from rs_deeplab.cli.console import setup_logging\n"
+        "from rs_deeplab.inference.runtimes.trained import TrainedModel\nsetup_logging()\n"
+        f"model = TrainedModel(Path({str(checkpoint)!r}), runtime='onnx')\n"
+        "print(model.load(torch.device('cpu')).runtime)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=subprocess_env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [o[0].strip() for o in outs] == ["onnx-fp32", "onnx-fp32"]
@@ -142,15 +153,18 @@ def test_without_onnxruntime_auto_runs_torch_and_onnx_is_one_line(demo_run: dict
     env = subprocess_env()
     env["PYTHONPATH"] = os.pathsep.join([str(blocker.parent), env.get("PYTHONPATH", "")])
     scene, ck = str(demo_run["scene"]), str(demo_run["checkpoint"])
-    code = ("import sys, torch\nfrom pathlib import Path\nfrom pipelines.infer import main\n"
-            "from rs_deeplab.cli.console import setup_logging\nfrom rs_deeplab.inference.runtimes.trained import "
-            "TrainedModel\n"
-            f"a = main([{scene!r}, '--checkpoint', {ck!r}, '--out', 'onnx.tif', '--runtime', 'onnx'])\n"
-            "print('---', file=sys.stderr)\nsetup_logging()\n"
-            f"b = [TrainedModel(Path({ck!r}), runtime='auto').load(torch.device('cpu')) for _ in range(2)]\n"
-            "print(a, [type(m.module).__name__ for m in b])")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    code = (
+        "import sys, torch\nfrom pathlib import Path\nfrom pipelines.infer import main\n"
+        "from rs_deeplab.cli.console import setup_logging\nfrom rs_deeplab.inference.runtimes.trained import "
+        "TrainedModel\n"
+        f"a = main([{scene!r}, '--checkpoint', {ck!r}, '--out', 'onnx.tif', '--runtime', 'onnx'])\n"
+        "print('---', file=sys.stderr)\nsetup_logging()\n"
+        f"b = [TrainedModel(Path({ck!r}), runtime='auto').load(torch.device('cpu')) for _ in range(2)]\n"
+        "print(a, [type(m.module).__name__ for m in b])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "2 ['DeepLabV3Plus', 'DeepLabV3Plus']", proc.stderr
     refused, ran = proc.stderr.split("---\n")
     assert refused.count("\n") == 1 and "pip install onnxruntime" in refused, refused
@@ -168,13 +182,20 @@ class FourierV3Plus(DeepLabV3Plus):
 
 
 def test_a_model_that_does_not_export_runs_torch_under_auto_and_stops_under_onnx(
-    checkpoint: Path, demo_run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    checkpoint: Path,
+    demo_run: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setattr(onnx_cache, "_known", {})  # no copy of the demo checkpoint's export from an earlier test
     spec = MODELS["deeplabv3plus"]
-    monkeypatch.setitem(MODELS, "deeplabv3plus", type(spec)(FourierV3Plus, spec.backbones, spec.output_strides,
-                                                             spec.default_output_stride))  # fmt: skip
+    monkeypatch.setitem(
+        MODELS,
+        "deeplabv3plus",
+        type(spec)(FourierV3Plus, spec.backbones, spec.output_strides, spec.default_output_stride),
+    )
     caplog.set_level(logging.INFO, "rs_deeplab")
     for _ in range(2):  # the second run finds the recorded failure: no second attempt, the same reason
         loaded = TrainedModel(checkpoint, runtime="auto").load(CPU)

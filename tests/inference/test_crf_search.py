@@ -64,15 +64,30 @@ def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_t
     searched = grid.choose_images(len(crops), 8)
     held_out = [i for i in range(len(crops)) if i not in searched]
     model, cpu = BlurryClassifier(), torch.device("cpu")
-    points = grid.make_grid(grid.parse_range("3:8:5", "--w1"), grid.parse_range("10:60:50", "--sxy"),
-                            grid.parse_range("5:25:10", "--srgb"), 10)  # fmt: skip
+    points = grid.make_grid(
+        grid.parse_range("3:8:5", "--w1"),
+        grid.parse_range("10:60:50", "--sxy"),
+        grid.parse_range("5:25:10", "--srgb"),
+        10,
+    )
     assert len(points) == 12
     out = tmp_path / "search"
 
     def search() -> cs.SearchResult:
-        return cs.run_search(model, crops.__getitem__, searched, out, num_classes=len(BASE), points=points,
-                             normalise=normalise, band_ranges=None, fingerprint="blurry", device=cpu,
-                             workers=2, quiet=True)  # fmt: skip
+        return cs.run_search(
+            model,
+            crops.__getitem__,
+            searched,
+            out,
+            num_classes=len(BASE),
+            points=points,
+            normalise=normalise,
+            band_ranges=None,
+            fingerprint="blurry",
+            device=cpu,
+            workers=2,
+            quiet=True,
+        )
 
     first = search()
     assert (first.computed_probabilities, first.computed_settings) == (8, 14)  # 12 points + 2 reference rows
@@ -94,9 +109,20 @@ def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_t
 
     # a Dask scheduler's workers (separate processes reading the cache by its absolute paths) score the same
     with dask_cluster(tmp_path, workers=2) as address:
-        remote = cs.run_search(model, crops.__getitem__, searched, tmp_path / "remote", num_classes=len(BASE),
-                               points=points[:2], normalise=normalise, band_ranges=None, fingerprint="blurry",
-                               device=cpu, scheduler=address, quiet=True)  # fmt: skip
+        remote = cs.run_search(
+            model,
+            crops.__getitem__,
+            searched,
+            tmp_path / "remote",
+            num_classes=len(BASE),
+            points=points[:2],
+            normalise=normalise,
+            band_ranges=None,
+            fingerprint="blurry",
+            device=cpu,
+            scheduler=address,
+            quiet=True,
+        )
     assert remote.computed_settings == 4
     local = {json.dumps(r["crf"]): r["mIoU"] for r in first.rows}
     assert {json.dumps(r["crf"]): r["mIoU"] for r in remote.rows}.items() <= local.items()
@@ -110,8 +136,16 @@ def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_t
 
 
 def model_cache(model: torch.nn.Module, crops: list[Any], indices: list[int], folder: Path) -> list[Path]:
-    files, _ = cs.cache_probabilities(model, crops.__getitem__, indices, folder, normalise=normalise,
-                                      band_ranges=None, device=torch.device("cpu"), quiet=True)  # fmt: skip
+    files, _ = cs.cache_probabilities(
+        model,
+        crops.__getitem__,
+        indices,
+        folder,
+        normalise=normalise,
+        band_ranges=None,
+        device=torch.device("cpu"),
+        quiet=True,
+    )
     return files
 
 
@@ -121,8 +155,13 @@ def test_ranges_and_grids() -> None:
     assert grid.parse_range("0.5:1.5:0.5", "--srgb") == (0.5, 1.0, 1.5)
     assert grid.parse_range("5", "--srgb") == (5,)
     assert grid.parse_range("3:6:2", "--w1") == (3, 5)
-    for bad, words in [("6:3", "reversed"), ("3:6:0", "step must be positive"), ("", "no points"),
-                       ("a:b", "expected A, A:B"), ("1:2:3:4", "expected A, A:B")]:  # fmt: skip
+    for bad, words in [
+        ("6:3", "reversed"),
+        ("3:6:0", "step must be positive"),
+        ("", "no points"),
+        ("a:b", "expected A, A:B"),
+        ("1:2:3:4", "expected A, A:B"),
+    ]:
         with pytest.raises(InputError, match=words):
             grid.parse_range(bad, "--w1")
     with pytest.raises(InputError, match="no points"):
@@ -175,9 +214,22 @@ def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path:
     assert (explicit.bilateral_sxy, explicit.bilateral_srgb, explicit.bilateral_compat) == (50, 7, 2)
     assert explicit.iterations == best.iterations  # the options not given still come from the record
 
-    proc = subprocess.run([*INFER, str(trained.parents[2] / "val.tif"), "--checkpoint", str(ckpt), "--crf",
-                           "--out", str(tmp_path / "labels.tif")], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            *INFER,
+            str(trained.parents[2] / "val.tif"),
+            "--checkpoint",
+            str(ckpt),
+            "--crf",
+            "--out",
+            str(tmp_path / "labels.tif"),
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     c = record["crf"]
     assert (

@@ -75,9 +75,17 @@ def test_card_carries_what_inference_needs(demo_run: dict[str, Path]) -> None:
     pt_info = TrainedModel(demo_run["checkpoint"]).load(torch.device("cpu")).card
     for info in (ts_info, onnx_info):
         assert (info.class_names, info.colormap, info.mean, info.std) == (
-            pt_info.class_names, pt_info.colormap, pt_info.mean, pt_info.std)  # fmt: skip
+            pt_info.class_names,
+            pt_info.colormap,
+            pt_info.mean,
+            pt_info.std,
+        )
         assert (info.bands, info.band_names, info.gsd, info.in_channels) == (
-            pt_info.bands, pt_info.band_names, pt_info.gsd, pt_info.in_channels)  # fmt: skip
+            pt_info.bands,
+            pt_info.band_names,
+            pt_info.gsd,
+            pt_info.in_channels,
+        )
 
 
 def read(path: Path) -> np.ndarray:
@@ -90,9 +98,12 @@ def test_exported_models_give_the_checkpoints_labels_on_the_held_out_scene(
 ) -> None:
     scene = demo_run["scene"]
     labels = {}
-    runs = {"checkpoint": (demo_run["checkpoint"], ["--runtime", "torch"]), "onnx": (demo_run["onnx"], []),
-            "torchscript": (demo_run["torchscript"], []),
-            "auto": (demo_run["checkpoint"], [])}  # the default: the checkpoint through ONNX Runtime  # fmt: skip
+    runs = {
+        "checkpoint": (demo_run["checkpoint"], ["--runtime", "torch"]),
+        "onnx": (demo_run["onnx"], []),
+        "torchscript": (demo_run["torchscript"], []),
+        "auto": (demo_run["checkpoint"], []),
+    }  # the default: the checkpoint through ONNX Runtime
     for kind, (model, extra) in runs.items():
         out = tmp_path / f"{kind}.gpkg"
         args = [str(scene), "--checkpoint", str(model), "--out", str(out), "--probs", "-q", *extra]
@@ -128,17 +139,19 @@ def test_resume_fingerprint_names_the_exported_file(demo_run: dict[str, Path], t
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def test_inference_with_an_exported_model_imports_no_training_stack(demo_run: dict[str, Path], tmp_path: Path) -> None:
     stack = repr(TRAINING_STACK)
-    code = (f"import sys, rs_deeplab.inference\nbare = [m for m in sys.modules if m.startswith({stack})]\n"
-            "from pipelines.infer import main\n"
-            f"rc = main([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.gpkg', "
-            f"'-q'])\nprint(bare, rc, [m for m in sys.modules if m.startswith({stack})], 'onnxruntime' in sys.modules)"
-            )  # fmt: skip
+    code = (
+        f"import sys, rs_deeplab.inference\nbare = [m for m in sys.modules if m.startswith({stack})]\n"
+        "from pipelines.infer import main\n"
+        f"rc = main([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.gpkg', "
+        f"'-q'])\nprint(bare, rc, [m for m in sys.modules if m.startswith({stack})], 'onnxruntime' in sys.modules)"
+    )
     proc = run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[-2] == "[] 0 [] True", proc.stdout
@@ -146,11 +159,13 @@ def test_inference_with_an_exported_model_imports_no_training_stack(demo_run: di
 
 
 def test_missing_onnxruntime_is_one_line_naming_the_extra(demo_run: dict[str, Path], tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from pipelines.export import main as export\nfrom pipelines.infer import main as infer\n"
-            f"a = infer([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.tif'])\n"
-            "print('---', file=sys.stderr)\n"
-            f"b = export([{str(demo_run['checkpoint'])!r}, '--out', 'y.onnx'])\nprint(a, b)")  # fmt: skip
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from pipelines.export import main as export\nfrom pipelines.infer import main as infer\n"
+        f"a = infer([{str(demo_run['scene'])!r}, '--checkpoint', {str(demo_run['onnx'])!r}, '--out', 'x.tif'])\n"
+        "print('---', file=sys.stderr)\n"
+        f"b = export([{str(demo_run['checkpoint'])!r}, '--out', 'y.onnx'])\nprint(a, b)"
+    )
     proc = run_python(code, tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == "2 2", proc.stderr
     for err in proc.stderr.split("---\n"):  # each: one line naming the extra
@@ -168,8 +183,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     del proto.metadata_props[:]
     onnx.save(proto, str(foreign))
     rgb = tmp_path / "rgb.tif"
-    write_geotiff(rgb, np.zeros((3, 40, 40), np.uint8), crs="EPSG:32633",
-                  transform=rasterio.Affine(0.25, 0, 368_000, 0, -0.25, 5_808_000))  # fmt: skip
+    write_geotiff(
+        rgb,
+        np.zeros((3, 40, 40), np.uint8),
+        crs="EPSG:32633",
+        transform=rasterio.Affine(0.25, 0, 368_000, 0, -0.25, 5_808_000),
+    )
     (tmp_path / "model.h5").write_bytes(b"weights")
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     (tmp_path / "notes.onnx").write_text("my notes, not a model\n")
@@ -222,8 +241,24 @@ def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_pat
     (tmp_path / "dask").mkdir()
     twin = str(shutil.copy(scene, tmp_path / "twin.tif"))  # a second scene: one job, one stream of tasks for both
     with dask_cluster(tmp_path / "dask", workers=1) as address:
-        assert infer_main([scene, twin, "--checkpoint", model, "--out", str(tmp_path / "d.tif"), "--probs", "-q",
-                           "--separate", "--scheduler", address]) == 0  # fmt: skip
+        assert (
+            infer_main(
+                [
+                    scene,
+                    twin,
+                    "--checkpoint",
+                    model,
+                    "--out",
+                    str(tmp_path / "d.tif"),
+                    "--probs",
+                    "-q",
+                    "--separate",
+                    "--scheduler",
+                    address,
+                ]
+            )
+            == 0
+        )
     assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "l.tif"), "--probs", "-q"]) == 0
     local = read(tmp_path / "l_probs.tif").astype(int)
     for name in (Path(scene).stem, "twin"):

@@ -57,15 +57,20 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_defaults_after_training_write_raster_and_polygons(workspace: Path, trained: Path) -> None:
-    proc = subprocess.run([*INFER, "--out", "labels.gpkg"], cwd=workspace, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*INFER, "--out", "labels.gpkg"],
+        cwd=workspace,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "labels.tif" in proc.stdout and "labels.gpkg" in proc.stdout
     with rasterio.open(workspace / "labels.tif") as out, rasterio.open(trained.parents[2] / "val.tif") as src:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
         labels = out.read(1)
-        assert read_class_names(out) == ["impervious_surface", "building", "low_vegetation", "tree", "car",
-                                         "clutter"]  # fmt: skip
+        assert read_class_names(out) == ["impervious_surface", "building", "low_vegetation", "tree", "car", "clutter"]
         assert out.colormap(1)[1][:3] == (0, 0, 255)  # ISPRS building blue
     polygons = gpd.read_file(workspace / "labels.gpkg", layer="labels")
     assert set(polygons["scene"]) == {"val"} and len(polygons) > 0
@@ -104,8 +109,9 @@ def test_scenes_with_equal_file_names_get_distinct_stable_names(
     for folder, rows in (("city/north", slice(0, 64)), ("city/south", slice(20, 84)), ("other", slice(10, 74))):
         (tmp_path / folder).mkdir(parents=True)
         name = "other.tif" if folder == "other" else "tile.tif"
-        paths.append(write_geotiff(tmp_path / folder / name, image[:4, rows, :80], crs="EPSG:32633",
-                                   transform=TRANSFORM))  # fmt: skip
+        paths.append(
+            write_geotiff(tmp_path / folder / name, image[:4, rows, :80], crs="EPSG:32633", transform=TRANSFORM)
+        )
     assert main([*map(str, paths), "--out", "region.gpkg", "-q", "--separate"]) == 0
     names = ["north_tile", "south_tile", "other"]
     assert set(gpd.read_file(workspace / "region.gpkg", layer="labels")["scene"]) == set(names)
@@ -128,8 +134,14 @@ def tiles(folder: Path, windows: list[tuple[int, int, int, int]], seed: int = 11
     out = []
     for i, (r0, r1, c0, c1) in enumerate(windows):
         (folder / f"block_{i}").mkdir(parents=True, exist_ok=True)
-        out.append(write_geotiff(folder / f"block_{i}" / "tile.tif", image[:, r0:r1, c0:c1], crs="EPSG:32633",
-                                 transform=TRANSFORM @ rasterio.Affine.translation(c0, r0)))  # fmt: skip
+        out.append(
+            write_geotiff(
+                folder / f"block_{i}" / "tile.tif",
+                image[:, r0:r1, c0:c1],
+                crs="EPSG:32633",
+                transform=TRANSFORM @ rasterio.Affine.translation(c0, r0),
+            )
+        )
     return out
 
 
@@ -178,8 +190,15 @@ def test_two_crs_region_and_a_killed_job_resumed(workspace: Path, tmp_path: Path
     with rasterio.open(b) as src:  # the east tile delivered in UTM zone 32 (another CRS)
         t, w, h = calculate_default_transform(src.crs, "EPSG:32632", src.width, src.height, *src.bounds)
         data = np.zeros((4, h, w), np.uint8)
-        reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs, dst_transform=t,
-                  dst_crs="EPSG:32632", resampling=Resampling.nearest)  # fmt: skip
+        reproject(
+            src.read(),
+            data,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=t,
+            dst_crs="EPSG:32632",
+            resampling=Resampling.nearest,
+        )
     east = write_geotiff(tmp_path / "east32.tif", data, crs="EPSG:32632", transform=t)
     assert main([str(a), str(east), "--out", "two.gpkg", "--to-crs", "EPSG:3857", "-q"]) == 0
     with rasterio.open(workspace / "two.vrt") as vrt:
@@ -189,8 +208,7 @@ def test_two_crs_region_and_a_killed_job_resumed(workspace: Path, tmp_path: Path
     # a job killed after its first scene resumes: that scene is not computed again, the outputs are the same
     big = tiles(tmp_path / "k", [(0, 192, 0, 100), (0, 192, 90, 192)], seed=12)
     cmd = [*INFER, *map(str, big), "--out", "killed.gpkg", "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True, stderr=subprocess.DEVNULL)
     first = workspace / "killed_block_0_tile.tif"
     try:
         deadline = time.monotonic() + 240
@@ -201,8 +219,9 @@ def test_two_crs_region_and_a_killed_job_resumed(workspace: Path, tmp_path: Path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert first.exists() and not (workspace / "killed.gpkg").exists()
-    rerun = subprocess.run([*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    rerun = subprocess.run(
+        [*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "killed_block_0_tile.tif: already complete" in rerun.stderr
     assert main([*map(str, big), "--out", "fresh.gpkg", "--batch-size", "1", "-q"]) == 0
@@ -218,8 +237,9 @@ def test_region_bad_input_is_one_line_exit_2_and_leaves_nothing(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = tiles(tmp_path / "t", [(0, 64, 0, 64), (0, 64, 64, 128)])
-    wide = write_geotiff(tmp_path / "wide.tif", (np.ones((4, 32, 32)) * 300).astype(np.uint16), crs="EPSG:32633",
-                         transform=TRANSFORM)  # fmt: skip
+    wide = write_geotiff(
+        tmp_path / "wide.tif", (np.ones((4, 32, 32)) * 300).astype(np.uint16), crs="EPSG:32633", transform=TRANSFORM
+    )
     (workspace / "file").write_text("a file")
     (tmp_path / "missing.txt").write_text("t/block_0/tile.tif\nt/block_9/tile.tif\n")
     cases = [
@@ -318,8 +338,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "--amp: invalid choice: 'fp8'" in err
     os.remove(workspace / "runs" / "tiny" / "best.pt")
-    proc = subprocess.run([*INFER, "--out", "x.gpkg"], cwd=workspace, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [*INFER, "--out", "x.gpkg"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: no checkpoint found under runs/*/best.pt")
 
 
@@ -327,8 +348,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
 def test_killed_run_resumes_to_the_same_raster(workspace: Path, tmp_path: Path) -> None:
     big = scene(tmp_path / "big.tif", 1024, 96, 9)
     cmd = [*INFER, str(big), "--out", "big.tif", "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True, stderr=subprocess.DEVNULL)
     side = sidecar_path(workspace / "big.tif")
     rows = 0
     try:
@@ -342,8 +362,9 @@ def test_killed_run_resumes_to_the_same_raster(workspace: Path, tmp_path: Path) 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert 256 <= rows < 1024 and not (workspace / "big.tif").exists()
-    rerun = subprocess.run([*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    rerun = subprocess.run(
+        [*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming at row" in rerun.stderr
     assert main([str(big), "--out", "fresh.tif", "--batch-size", "1"]) == 0
@@ -364,8 +385,22 @@ def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, das
     assert main([str(a), "--out", "local.tif", "--probs"]) == 0
     assert main([str(a), "--out", "dask.tif", "--probs", "--scheduler", dask_address]) == 0
     assert main([str(a), "--out", "local_crf.tif", "--probs", "--crf", "--crf-bilateral", "40,5,4"]) == 0
-    assert main([str(a), "--out", "dask_crf.tif", "--probs", "--crf", "--crf-bilateral", "40,5,4", "--scheduler",
-                 dask_address]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(a),
+                "--out",
+                "dask_crf.tif",
+                "--probs",
+                "--crf",
+                "--crf-bilateral",
+                "40,5,4",
+                "--scheduler",
+                dask_address,
+            ]
+        )
+        == 0
+    )
     # a worker runs torch with its own thread count (1 here, 2 locally): float sums may differ in the last bit,
     # which can move a probability across a rounding edge of the uint8 scale (never more), or flip an exact tie;
     # the CRF's mean field carries such a difference on to its own marginals, so a refined label may differ only
@@ -411,8 +446,15 @@ def test_workers_polygonize_the_labels_in_processes_with_the_rows_of_one(
     wide = scene(tmp_path / "wide.tif", 40, 2_100, 7)
     assert main([str(wide), "--out", "wide.gpkg", "--workers", "2", "-q"]) == 0
     assert [(r.blocks, r.workers) for r in runs] == [(2, 2)]
-    one = real(workspace / "wide.tif", tmp_path / "one.gpkg", class_names=read_names(workspace / "wide.tif"),
-               layer="labels", extra_columns={"scene": "wide"}, workers=1, quiet=True)  # fmt: skip
+    one = real(
+        workspace / "wide.tif",
+        tmp_path / "one.gpkg",
+        class_names=read_names(workspace / "wide.tif"),
+        layer="labels",
+        extra_columns={"scene": "wide"},
+        workers=1,
+        quiet=True,
+    )
     assert one.workers == 1 and one.polygons == runs[0].polygons > 0
     ours, theirs = (gpd.read_file(p, layer="labels") for p in (workspace / "wide.gpkg", tmp_path / "one.gpkg"))
     assert list(ours.columns) == list(theirs.columns)

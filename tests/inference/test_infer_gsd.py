@@ -222,21 +222,31 @@ def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A really trained (tiny) checkpoint on 0.1 m tiles: training records ``state["gsd"] = 0.1`` from the crops."""
     folder = tmp_path_factory.mktemp("trained_gsd")
     tiles = make_tiles(folder)
-    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 2},
-                       train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1},
-                       infer={"size": 64, "stride": 32, "batch_size": 4})  # fmt: skip
+    cfg = write_config(
+        folder / "exp.yaml",
+        tiles,
+        folder / "runs" / "tiny",
+        schedule={"iterations": 2},
+        train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1},
+        infer={"size": 64, "stride": 32, "batch_size": 4},
+    )
     best = train_experiment(load_config(cfg)).best
     assert best is not None
     assert torch.load(best, map_location="cpu", weights_only=True)["gsd"] == pytest.approx(0.1)
     return best
 
 
-def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_cli_resamples_to_the_checkpoint_gsd(
+    checkpoint_at_gsd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert TrainedModel(checkpoint_at_gsd).load(torch.device("cpu")).card.gsd == 0.1
     image, _ = blob_scene(3, 96)
-    scene = write_geotiff(tmp_path / "coarse.tif", image[:4, :90, :70], crs="EPSG:32633",
-                          transform=rasterio.Affine(0.2, 0, 368_000, 0, -0.2, 5_808_000))  # fmt: skip
+    scene = write_geotiff(
+        tmp_path / "coarse.tif",
+        image[:4, :90, :70],
+        crs="EPSG:32633",
+        transform=rasterio.Affine(0.2, 0, 368_000, 0, -0.2, 5_808_000),
+    )
     monkeypatch.chdir(tmp_path)
     seen: list[tuple[int, int, tuple[int, int] | None]] = []
     import rs_deeplab.inference.predicting.scene as scene_module
@@ -252,8 +262,9 @@ def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: 
     capsys.readouterr()
     assert main([str(scene), "--checkpoint", ck, "--out", "auto.tif", "--probs", "-q"]) == 0
     # the cost of reading at another scale is said even under -q
-    assert capsys.readouterr().err == (f"{scene}: 0.2 m/pixel read at 0.1 m/pixel (140×180 working grid for 70×90 "
-                                       "pixels: 4× the pixels)\n")  # fmt: skip
+    assert capsys.readouterr().err == (
+        f"{scene}: 0.2 m/pixel read at 0.1 m/pixel (140×180 working grid for 70×90 pixels: 4× the pixels)\n"
+    )
     assert main([str(scene), "--checkpoint", ck, "--out", "native.tif", "--gsd", "native", "-q"]) == 0
     assert main([str(scene), "--checkpoint", ck, "--out", "forced.tif", "--gsd", "0.4", "-q"]) == 0
     assert seen == [(180, 140, (90, 70)), (90, 70, None), (45, 35, (90, 70))]
@@ -261,8 +272,12 @@ def test_cli_resamples_to_the_checkpoint_gsd(checkpoint_at_gsd: Path, tmp_path: 
         with rasterio.open(scene) as src, rasterio.open(tmp_path / f"{name}.tif") as ds:
             assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
     # beyond 4× the pixels, auto stops before any work and names the choices; a number takes the cost
-    far = write_geotiff(tmp_path / "far.tif", image[:4, :40, :30], crs="EPSG:32633",
-                        transform=rasterio.Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000))  # fmt: skip
+    far = write_geotiff(
+        tmp_path / "far.tif",
+        image[:4, :40, :30],
+        crs="EPSG:32633",
+        transform=rasterio.Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000),
+    )
     capsys.readouterr()
     assert main([str(far), "--checkpoint", ck, "--out", "far_labels.tif", "-q"]) == 2
     err = capsys.readouterr().err
@@ -289,8 +304,9 @@ def test_bad_gsd_is_one_line_exit_2(value: str, tmp_path: Path, capsys: pytest.C
 def test_interrupted_resampled_run_resumes_to_the_same_rasters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scene, _ = write_ground(tmp_path, 0.25)  # 512 scene rows: two output block rows
     kw = {**KW, "resume": True}
-    fresh = predict_scene(stripe_oracle(), scene, tmp_path / "fresh.tif", gsd=MODEL_GSD, probs_path=tmp_path / "fp.tif",
-                          **kw)  # type: ignore[arg-type]  # fmt: skip
+    fresh = predict_scene(
+        stripe_oracle(), scene, tmp_path / "fresh.tif", gsd=MODEL_GSD, probs_path=tmp_path / "fp.tif", **kw
+    )  # type: ignore[arg-type]
     from rs_deeplab.inference.writing import writer as writer_module
 
     original = writer_module.RowWriter._commit
@@ -320,12 +336,20 @@ def test_dask_workers_resample_like_the_local_run(tmp_path: Path) -> None:
     from tests.daskkit import dask_cluster
 
     scene, _ = write_ground(tmp_path, 0.25)
-    local = predict_scene(stripe_oracle(), scene, tmp_path / "local.tif", gsd=MODEL_GSD,
-                          probs_path=tmp_path / "lp.tif", **KW)  # type: ignore[arg-type]  # fmt: skip
+    local = predict_scene(
+        stripe_oracle(), scene, tmp_path / "local.tif", gsd=MODEL_GSD, probs_path=tmp_path / "lp.tif", **KW
+    )  # type: ignore[arg-type]
     (tmp_path / "dask").mkdir()
     with dask_cluster(tmp_path / "dask") as address:
-        dask = predict_scene(stripe_oracle(), scene, tmp_path / "dask.tif", gsd=MODEL_GSD, scheduler=address,
-                             probs_path=tmp_path / "dp.tif", **KW)  # type: ignore[arg-type]  # fmt: skip
+        dask = predict_scene(
+            stripe_oracle(),
+            scene,
+            tmp_path / "dask.tif",
+            gsd=MODEL_GSD,
+            scheduler=address,
+            probs_path=tmp_path / "dp.tif",
+            **KW,
+        )  # type: ignore[arg-type]
     assert dask.gsd == MODEL_GSD and dask.runner != local.runner
     for a, b in (("local.tif", "dask.tif"), ("lp.tif", "dp.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:

@@ -71,8 +71,14 @@ def _cut(scene: Path, folder: Path, columns: tuple[tuple[int, int], ...]) -> lis
     with rasterio.open(scene) as src:
         for i, (c0, c1) in enumerate(columns):
             window = rasterio.windows.Window(c0, 0, c1 - c0, src.height)
-            out.append(write_geotiff(folder / f"tile_{i}.tif", src.read(window=window), crs=src.crs,
-                                     transform=src.window_transform(window)))  # fmt: skip
+            out.append(
+                write_geotiff(
+                    folder / f"tile_{i}.tif",
+                    src.read(window=window),
+                    crs=src.crs,
+                    transform=src.window_transform(window),
+                )
+            )
     return out
 
 
@@ -81,8 +87,15 @@ def _to_crs(path: Path, crs: str) -> Path:
     with rasterio.open(path) as src:
         t, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
         data = np.zeros((src.count, h, w), np.uint8)
-        reproject(src.read(), data, src_transform=src.transform, src_crs=src.crs, dst_transform=t, dst_crs=crs,
-                  resampling=Resampling.nearest)  # fmt: skip
+        reproject(
+            src.read(),
+            data,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=t,
+            dst_crs=crs,
+            resampling=Resampling.nearest,
+        )
     return write_geotiff(path.with_name(f"{path.stem}_{crs.replace(':', '')}.tif"), data, crs=crs, transform=t)
 
 
@@ -91,8 +104,13 @@ def _on_grid(scene: Path, grid: RegionGrid) -> tuple[np.ndarray, np.ndarray]:
     with rasterio.open(scene) as src:
         data = np.zeros((3, grid.height, grid.width), np.uint8)
         valid = np.zeros((grid.height, grid.width), np.uint8)
-        kw = {"src_transform": src.transform, "src_crs": src.crs, "dst_transform": grid.transform,
-              "dst_crs": grid.crs, "resampling": Resampling.nearest}  # fmt: skip
+        kw = {
+            "src_transform": src.transform,
+            "src_crs": src.crs,
+            "dst_transform": grid.transform,
+            "dst_crs": grid.crs,
+            "resampling": Resampling.nearest,
+        }
         reproject(src.read([1, 2, 3]), data, **kw)
         reproject(np.ones((src.height, src.width), np.uint8), valid, dst_nodata=0, **kw)
     return data, valid > 0
@@ -129,8 +147,9 @@ def test_region_page_draws_the_composite_of_all_scenes_on_the_mosaic_grid(
         assert (vrt.crs, vrt.transform, vrt.shape) == (again.grid.crs, again.grid.transform, labels.shape)
     meta = json.loads((tmp_path / "region_files" / "page.js").read_text().split("=", 1)[1].strip().rstrip(";"))
     assert meta["scene"] == "png" and (meta["grid"]["width"], meta["grid"]["height"]) == labels.shape[::-1]
-    image = _tiles_image(tmp_path / "region_files" / "tiles" / "scene", meta["maxNativeZoom"], labels.shape[1],
-                         labels.shape[0])  # fmt: skip
+    image = _tiles_image(
+        tmp_path / "region_files" / "tiles" / "scene", meta["maxNativeZoom"], labels.shape[1], labels.shape[0]
+    )
     np.testing.assert_array_equal(image[..., 3] > 0, labels != 255)  # drawn exactly where the mosaic has scenes
     for i, scene in enumerate((west, east)):
         expected, valid = _on_grid(scene, again.grid)
@@ -165,7 +184,8 @@ def test_an_exported_models_page_shows_its_card(
         exported = model_card(demo_run[fmt])
         assert exported is not None, fmt
         assert {k: v for k, v in model_rows(exported, {}) if k in ("architecture", "classes", "bands")} == {
-            k: rows[k] for k in ("architecture", "classes", "bands")}, fmt  # fmt: skip
+            k: rows[k] for k in ("architecture", "classes", "bands")
+        }, fmt
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     (tmp_path / "broken.ts").write_bytes(b"not a model")
     assert model_card(tmp_path / "broken.onnx") is None and model_card(tmp_path / "broken.ts") is None
@@ -175,8 +195,10 @@ def test_an_exported_models_page_shows_its_card(
     visit = open_browser(tmp_path / "exported.html")
     visit.wait_for_tiles()
     assert visit.errors == [] and visit.outside() == []
-    shown = {row.locator("th").inner_text(): row.locator("td").inner_text()
-             for row in visit.page.locator("table.card tr").all()}  # fmt: skip
+    shown = {
+        row.locator("th").inner_text(): row.locator("td").inner_text()
+        for row in visit.page.locator("table.card tr").all()
+    }
     assert shown["architecture"] == rows["architecture"] and shown["classes"] == rows["classes"]
     assert shown["checkpoint"] == str(demo_run["onnx"])
 

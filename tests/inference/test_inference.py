@@ -159,8 +159,9 @@ def test_blended_probabilities_of_a_constant_model_are_that_model(make_raster: R
     scene = labelled_scene(make_raster, blobs(150, 170, 1))
     logits = [0.5, 2.0, -1.0]
     probs_path = tmp_path / "p.tif"
-    predict_scene(Constant(logits), scene, tmp_path / "o.tif", size=64, stride=24, window="gaussian",
-                  probs_path=probs_path)  # fmt: skip
+    predict_scene(
+        Constant(logits), scene, tmp_path / "o.tif", size=64, stride=24, window="gaussian", probs_path=probs_path
+    )
     expected = np.rint(torch.tensor(logits).softmax(0).numpy() * 255)
     with rasterio.open(probs_path) as ds:
         probs = ds.read()

@@ -133,8 +133,19 @@ def gpu_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("gpu_workers")
     with processes(folder) as (procs, common):
         address = start_scheduler(folder, procs, common)
-        cmd = [sys.executable, "-m", "rs_deeplab.inference.dask_jobs.gpu_workers", address, "--gpus", "0,1", "--host",
-               "127.0.0.1", "--local-directory", str(folder), "--no-dashboard"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "rs_deeplab.inference.dask_jobs.gpu_workers",
+            address,
+            "--gpus",
+            "0,1",
+            "--host",
+            "127.0.0.1",
+            "--local-directory",
+            str(folder),
+            "--no-dashboard",
+        ]
         procs.append(subprocess.Popen(cmd, **common))
         with Client(address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=120)

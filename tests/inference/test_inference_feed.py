@@ -48,9 +48,19 @@ reason, where there is no GPU; selected by ``pytest -m gpu`` where there is one)
 def write_tiled(path: Path, data: np.ndarray, block: int | None = 32, nodata: float | None = None) -> Path:
     """A GeoTIFF with ``block``-pixel tiles (None: GDAL's default strips), so reads split into several chunks."""
     tiling = {} if block is None else {"tiled": True, "blockxsize": block, "blockysize": block}
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32633", transform=DEFAULT_TRANSFORM, nodata=nodata,
-                       **tiling) as dst:  # fmt: skip
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs="EPSG:32633",
+        transform=DEFAULT_TRANSFORM,
+        nodata=nodata,
+        **tiling,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -110,8 +120,10 @@ def scenes(tmp_path: Path) -> dict[str, Path]:
         mask[90:130, 10:60] = 0
         ds.write_mask(mask)
     png = tmp_path / "scene.png"
-    with quiet_georeferencing(), rasterio.open(png, "w", driver="PNG", width=170, height=150, count=3,
-                                               dtype="uint8") as dst:  # fmt: skip
+    with (
+        quiet_georeferencing(),
+        rasterio.open(png, "w", driver="PNG", width=170, height=150, count=3, dtype="uint8") as dst,
+    ):
         dst.write(rng.integers(0, 256, (3, 150, 170)).astype(np.uint8))
     return {
         "png": png,  # decoded from the top: read by one thread, in order
@@ -124,8 +136,9 @@ def scenes(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("kind", ["uint8-nodata", "uint16", "float32-nan-nodata", "float32-striped", "mask",
-                                  "shorter-than-window", "png"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind", ["uint8-nodata", "uint16", "float32-nan-nodata", "float32-striped", "mask", "shorter-than-window", "png"]
+)
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("stats", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
@@ -135,8 +148,17 @@ def test_device_normalisation_equals_host_normalisation(
     path = scenes(tmp_path)[kind]
     info = scene_info(path)
     mean, std = (MEAN, STD) if stats else (None, None)
-    reader = WindowReader(info, size=64, stride=40, batch_size=3, bands=[1, 2, 3], mean=mean, std=std,
-                          read_threads=threads, pin_memory=device == "cuda")  # fmt: skip
+    reader = WindowReader(
+        info,
+        size=64,
+        stride=40,
+        batch_size=3,
+        bands=[1, 2, 3],
+        mean=mean,
+        std=std,
+        read_threads=threads,
+        pin_memory=device == "cuda",
+    )
     normalise = Normaliser(mean, std, device)
     new = list(reader.batches())
     old = list(old_batches(path, 64, 40, 3, mean, std))
@@ -393,8 +415,15 @@ def test_predictor_precision_auto_and_bad_choices() -> None:
 @pytest.mark.slow
 def test_feed_bench_runs(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "bench" / "infer_bench.py"), "--feed", "--smoke", "--workdir", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT),
-                          "PATH": "/usr/bin:/bin"}, timeout=300, check=False)  # fmt: skip
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if "windows/s" in line]
     assert len(lines) >= 6, done.stdout

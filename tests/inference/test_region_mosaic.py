@@ -79,8 +79,9 @@ def test_mosaic_of_tiles_equals_the_whole_scene(layout: str, whole: tuple[Path, 
     assert (mosaic[~covered] == 255).all() and (~covered).any() == (layout in ("holes", "mixed"))
     # polygons: objects cut by tile edges are whole again, as in the scene vectorized alone
     names = [t.stem for t in tiles]
-    count = vectorize_region(region, names, tmp_path / "region.gpkg", class_names=NAMES, min_area=0, simplify=0,
-                             quiet=True)  # fmt: skip
+    count = vectorize_region(
+        region, names, tmp_path / "region.gpkg", class_names=NAMES, min_area=0, simplify=0, quiet=True
+    )
     polygons = gpd.read_file(tmp_path / "region.gpkg")
     if layout in ("overlap", "touch"):
         vectorize(truth_path, tmp_path / "whole.gpkg")

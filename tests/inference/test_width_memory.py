@@ -30,8 +30,9 @@ class Counted(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(),
-                                       torch.nn.Conv2d(8, 5, 3, padding=1))  # fmt: skip
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3, padding=1)
+        )
         self.windows, self.batches, self.stop = 0, 0, -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,8 +107,12 @@ CHILD = textwrap.dedent(
 def peak_mib(runs: dict[str, tuple[Path, Path, int]]) -> dict[str, float]:
     """Peak RSS (MiB) of each ``(scene, output, panel columns)`` run, each in its own process, run side by side."""
     root = Path(__file__).parents[2]
-    children = {name: subprocess.Popen([sys.executable, "-c", CHILD, *map(str, run)], stdout=subprocess.PIPE,
-                                       text=True, cwd=root) for name, run in runs.items()}  # fmt: skip
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", CHILD, *map(str, run)], stdout=subprocess.PIPE, text=True, cwd=root
+        )
+        for name, run in runs.items()
+    }
     peaks = {}
     for name, child in children.items():
         out, _ = child.communicate()
@@ -125,9 +130,13 @@ def test_peak_memory_does_not_grow_with_the_width(tmp_path: Path) -> None:
         image = np.random.default_rng(width).integers(0, 255, (4, 512, width)).astype(np.uint8)
         scenes[width] = write_geotiff(tmp_path / f"s{width}.tif", image, crs=UTM33, transform=DEFAULT_TRANSFORM)
         del image
-    peaks = peak_mib({"narrow": (scenes[4096], tmp_path / "n.tif", 1024),
-                      "wide": (scenes[16384], tmp_path / "w.tif", 1024),
-                      "wide, whole rows": (scenes[16384], tmp_path / "r.tif", WHOLE)})  # fmt: skip
+    peaks = peak_mib(
+        {
+            "narrow": (scenes[4096], tmp_path / "n.tif", 1024),
+            "wide": (scenes[16384], tmp_path / "w.tif", 1024),
+            "wide, whole rows": (scenes[16384], tmp_path / "r.tif", WHOLE),
+        }
+    )
     grown_whole, grown_panels = peaks["wide, whole rows"] - peaks["narrow"], peaks["wide"] - peaks["narrow"]
     assert grown_whole > 150, peaks  # the measurement sees the strips of whole-width rows (~300 MiB)
     assert grown_panels < grown_whole / 3, peaks  # runs differ by ±30 MiB (threads' timing)

@@ -205,12 +205,22 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train(config: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1",
-           # albumentations asks PyPI for a newer version on import and warns when it cannot reach it (the
-           # proxy here is a closed port): not this test's subject
-           "NO_ALBUMENTATIONS_UPDATE": "1"}  # fmt: skip
-    return subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), str(config), "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "RS_DEEPLAB_NO_PROGRESS": "1",
+        # albumentations asks PyPI for a newer version on import and warns when it cannot reach it (the
+        # proxy here is a closed port): not this test's subject
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), str(config), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def imagenet_config(tmp_path: Path, tiles: Path) -> Path:
@@ -247,8 +257,13 @@ def test_train_cli_without_the_file_exits_2_with_one_line(tmp_path: Path, tiles:
 
 
 def test_missing_weights_are_reported_before_any_data_is_read(tmp_path: Path, hub: Path) -> None:
-    config = write_config(tmp_path / "exp.yaml", tmp_path / "no_data", tmp_path / "run",
-                          model={"weights": "imagenet"}, train={"device": "cpu"})  # fmt: skip
+    config = write_config(
+        tmp_path / "exp.yaml",
+        tmp_path / "no_data",
+        tmp_path / "run",
+        model={"weights": "imagenet"},
+        train={"device": "cpu"},
+    )
     # the weights are resolved before the data: the missing data folder would otherwise be reported first
     with pytest.raises(CheckpointError, match=r"resnet18-f37072fd\.pth: not in the torch hub cache"):
         train_experiment(load_config(config))

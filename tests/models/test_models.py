@@ -247,8 +247,14 @@ class TestContract:
 # ---- builder: names, defaults, bad combinations ---------------------------------------------------------------
 
 
-ARCHITECTURE_AWAY_FROM_DEFAULTS = {"name": "deeplabv3", "backbone": "resnet18", "output_stride": 16, "head": "mmseg",
-                                   "aux_weight": 0.25, "msc": [1.0, 0.5]}  # fmt: skip
+ARCHITECTURE_AWAY_FROM_DEFAULTS = {
+    "name": "deeplabv3",
+    "backbone": "resnet18",
+    "output_stride": 16,
+    "head": "mmseg",
+    "aux_weight": 0.25,
+    "msc": [1.0, 0.5],
+}
 """Every key of the config's ``model`` section that shapes the network, each set away from its default."""
 
 

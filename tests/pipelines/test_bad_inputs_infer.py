@@ -65,9 +65,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A checkpoint trained for 2 iterations (ResNet-18, 48-pixel crops), good scenes, broken variants."""
     base = tmp_path_factory.mktemp("bad_infer")
     tiles = make_tiles(base / "data", size=96, crop=48)
-    cfg = write_config(base / "exp.yaml", tiles, base / "run", schedule={"iterations": 2},
-                       train={"eval_every": 2, "checkpoint_every": 2},
-                       infer={"size": 64, "stride": 32, "batch_size": 4})  # fmt: skip
+    cfg = write_config(
+        base / "exp.yaml",
+        tiles,
+        base / "run",
+        schedule={"iterations": 2},
+        train={"eval_every": 2, "checkpoint_every": 2},
+        infer={"size": 64, "stride": 32, "batch_size": 4},
+    )
     result = train_experiment(load_config(cfg))
     assert result.best is not None
     w: dict[str, Path] = {"base": base, "ckpt": result.best}
@@ -256,8 +261,14 @@ def test_ctrl_c_exits_130_in_one_line_and_the_rerun_gives_the_same_raster(
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming at row" in rerun.stderr
     fresh = tmp_path / "fresh.tif"
-    whole = subprocess.run([*INFER, str(big), "--out", str(fresh), *options, "--quiet"], cwd=tmp_path, env=ENV,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    whole = subprocess.run(
+        [*INFER, str(big), "--out", str(fresh), *options, "--quiet"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr
     with rasterio.open(out) as r, rasterio.open(fresh) as f:
         np.testing.assert_array_equal(r.read(1), f.read(1))

@@ -62,8 +62,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["other_crs"] = _geotiff(base / "other_crs.tif", POTSDAM.encode_colours(ids), crs="EPSG:32632")
     with quiet_georeferencing():
         w["other_size"] = write_geotiff(base / "other_size.tif", ids[:50, :40], crs=None, transform=Affine.identity())
-        w["nocrs"] = write_geotiff(base / "nocrs.tif", np.zeros((3, 96, 80), np.uint8), crs=None,
-                                   transform=Affine.identity())  # fmt: skip
+        w["nocrs"] = write_geotiff(
+            base / "nocrs.tif", np.zeros((3, 96, 80), np.uint8), crs=None, transform=Affine.identity()
+        )
     w["truncated"] = _cut(w["scene"], base / "truncated.tif", 0.5)
     w["truncated_label"] = _cut(w["label"], base / "truncated_label.tif", 0.5)
     w["junk"] = base / "junk.tif"
@@ -217,8 +218,13 @@ def test_tile_bad_input_is_one_line_and_leaves_nothing(tile_runs: Runs, name: st
 
 
 def test_scene_without_crs_is_one_warning_line(world: dict[str, Path], tmp_path: Path) -> None:
-    proc = subprocess.run([*TILE, str(world["nocrs"]), "--size", "32", "--out", str(tmp_path / "out"), "--quiet"],
-                          env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*TILE, str(world["nocrs"]), "--size", "32", "--out", str(tmp_path / "out"), "--quiet"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = check_one_line(proc, code=0, start="1 of 1 scenes have no CRS (nocrs.tif)")
     assert "pixel coordinates" in line
     assert len(read_index(tmp_path / "out" / "index.gpkg")[0]) == 5 * 4
@@ -246,8 +252,17 @@ def test_damage_found_mid_run_on_dask_workers_is_one_line_naming_the_file(tmp_pa
 
     path = tmp_path / "damaged.tif"
     data = np.random.default_rng(3).integers(0, 255, (3, 400, 300), dtype=np.uint8)
-    profile = {"driver": "GTiff", "width": 300, "height": 400, "count": 3, "dtype": "uint8", "crs": UTM33,
-               "transform": DEFAULT_TRANSFORM, "compress": "deflate", "blockysize": 8}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": 300,
+        "height": 400,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": UTM33,
+        "transform": DEFAULT_TRANSFORM,
+        "compress": "deflate",
+        "blockysize": 8,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     damaged = bytearray(path.read_bytes())
@@ -255,8 +270,13 @@ def test_damage_found_mid_run_on_dask_workers_is_one_line_naming_the_file(tmp_pa
     damaged[middle : middle + 2000] = bytes(range(200)) * 10
     path.write_bytes(bytes(damaged))
     out = tmp_path / "out"
-    proc = subprocess.run([*TILE, str(path), "--size", "32", "--out", str(out), "--workers", "2"], env=ENV,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*TILE, str(path), "--size", "32", "--out", str(out), "--workers", "2"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = check_one_line(proc)
     assert f"{path}: cannot be read" in line and "truncated or corrupt" in line, line
     assert not (out / "index.gpkg").exists() and leftovers(out) == []
@@ -287,8 +307,9 @@ def big_reference(big_scene: SceneSpec, tmp_path_factory: pytest.TempPathFactory
 def same_index(a: Path, b: Path) -> None:
     tiles_a, classes_a = read_index(a)
     tiles_b, classes_b = read_index(b)
-    pd.testing.assert_frame_equal(pd.DataFrame(tiles_a.drop(columns="geometry")),
-                                  pd.DataFrame(tiles_b.drop(columns="geometry")))  # fmt: skip
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(tiles_a.drop(columns="geometry")), pd.DataFrame(tiles_b.drop(columns="geometry"))
+    )
     pd.testing.assert_frame_equal(classes_a, classes_b)
     assert [shapely.to_wkb(g) for g in tiles_a.geometry] == [shapely.to_wkb(g) for g in tiles_b.geometry]
 
@@ -299,8 +320,22 @@ def test_ctrl_c_during_tiling_is_one_line_130_and_the_rerun_gives_the_same_index
     big_scene: SceneSpec, big_reference: Path, tmp_path: Path, workers: str
 ) -> None:
     out = tmp_path / "tiles"
-    cmd = [*TILE, str(big_scene.image), "--labels", str(big_scene.label), "--scheme", "potsdam", "--size", "32",
-           "--stride", "16", "--out", str(out), "--workers", workers]  # fmt: skip
+    cmd = [
+        *TILE,
+        str(big_scene.image),
+        "--labels",
+        str(big_scene.label),
+        "--scheme",
+        "potsdam",
+        "--size",
+        "32",
+        "--stride",
+        "16",
+        "--out",
+        str(out),
+        "--workers",
+        workers,
+    ]
     # its own process group, as a terminal's: Ctrl-C reaches the tiler and every worker process it started
     proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     parts = out / ".parts" / "big"

@@ -44,8 +44,12 @@ def mixed_band_tiles(folder: Path) -> Path:
     for name, split, seed, bands in (("a", "train", 1, 4), ("b", "train", 2, 3), ("c", "val", 3, 4)):
         image, classes = blob_scene(seed, 96)
         img = write_geotiff(folder / f"{name}.tif", image[:bands], crs="EPSG:32633", transform=transform)
-        lbl = write_geotiff(folder / f"{name}_label.tif", SCHEMES["potsdam"].encode_colours(classes),
-                            crs="EPSG:32633", transform=transform)  # fmt: skip
+        lbl = write_geotiff(
+            folder / f"{name}_label.tif",
+            SCHEMES["potsdam"].encode_colours(classes),
+            crs="EPSG:32633",
+            transform=transform,
+        )
         specs.append(SceneSpec(img, lbl, split))
     tile_scenes(specs, folder / "tiles", size=48, stride=48, scheme="potsdam", workers=1, quiet=True)
     return folder / "tiles"
@@ -188,16 +192,23 @@ def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(world: d
     run = tmp_path / "run"
     run.mkdir()
     (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    proc = subprocess.run([*TRAIN, str(config_for(world, tmp_path))], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*TRAIN, str(config_for(world, tmp_path))], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
+    )
     line = check_one_line(proc)
     assert str(run / "last.pt") in line and "resume=false" in line
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
 
 
 def test_debug_shows_the_traceback(world: dict[str, Path], tmp_path: Path) -> None:
-    proc = subprocess.run([*TRAIN, str(tmp_path / "nope.yaml"), "--debug"], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*TRAIN, str(tmp_path / "nope.yaml"), "--debug"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "Traceback (most recent call last)" in proc.stderr and "ConfigError" in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: ") and "config file not found" in proc.stderr
@@ -225,8 +236,13 @@ def checkpoint(world: dict[str, Path]) -> Path:
     """A checkpoint trained for 2 iterations; afterwards its validation labels are all 255 (the index unchanged)."""
     base = world["base"] / "evaluated"
     tiles = shutil.copytree(world["tiles"], base / "tiles")
-    cfg = write_config(base / "cfg.yaml", tiles, base / "run", schedule={"iterations": 2},
-                       train={"eval_every": 2, "checkpoint_every": 2})  # fmt: skip
+    cfg = write_config(
+        base / "cfg.yaml",
+        tiles,
+        base / "run",
+        schedule={"iterations": 2},
+        train={"eval_every": 2, "checkpoint_every": 2},
+    )
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     import rasterio
 
@@ -323,8 +339,7 @@ def test_ctrl_c_during_training_exits_130_in_one_line_and_the_rerun_resumes(
     assert err.strip() == "interrupted; re-run the same command to resume"
     assert not list(last.parent.glob(".*.tmp-*"))  # no half-written checkpoint
 
-    rerun = subprocess.Popen([*TRAIN, str(cfg), "--verbose"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE,
-                             text=True)  # fmt: skip
+    rerun = subprocess.Popen([*TRAIN, str(cfg), "--verbose"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
     lines = StderrLines(rerun)
     try:
         lines.wait_for("resuming from")

@@ -126,9 +126,21 @@ CASES: list[tuple[str, Args, str]] = [
     ("eval-out-unwritable", ev("lab", "truth", out="/proc/rs_deeplab_reports"), "cannot write"),
     ("eval-block-size-0", ev("lab", "truth", "--block-size", "0"), "--block-size 0"),
     ("eval-block-size-negative", ev("lab", "truth", "--block-size", "-5"), "--block-size -5"),
-    ("eval-count-mismatch", lambda w, t: [*EVALUATE, "--pred", str(w["lab"]), str(w["lab"]), "--truth",
-                                          str(w["truth"]), "--out", str(t / "r")], "one --truth per --pred"),
-]  # fmt: skip
+    (
+        "eval-count-mismatch",
+        lambda w, t: [
+            *EVALUATE,
+            "--pred",
+            str(w["lab"]),
+            str(w["lab"]),
+            "--truth",
+            str(w["truth"]),
+            "--out",
+            str(t / "r"),
+        ],
+        "one --truth per --pred",
+    ),
+]
 
 
 def run_case(w: dict[str, Path], folder: Path, make_args: Args) -> tuple[subprocess.CompletedProcess[str], list[str]]:
@@ -159,13 +171,33 @@ def test_bad_input_is_one_line_and_leaves_nothing(runs: dict[str, Run], name: st
 
 def test_the_good_inputs_work(world: dict[str, Path], tmp_path: Path) -> None:
     """The cases' good rasters are fine: each failure above comes from the one thing a case breaks."""
-    vec = subprocess.run([*VECTORIZE, str(world["lab"]), "--out", str(tmp_path / "ok.gpkg")], env=ENV,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    vec = subprocess.run(
+        [*VECTORIZE, str(world["lab"]), "--out", str(tmp_path / "ok.gpkg")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert vec.returncode == 0, vec.stderr
     print({k: v[0].stderr.strip() for k, v in runs.items()}) if False else None
-    ev = subprocess.run([*EVALUATE, "--pred", str(world["lab"]), "--truth", str(world["truth"]), "--class-names",
-                         NAMES, "--out", str(tmp_path / "reports"), "-q"], env=ENV, capture_output=True, text=True,
-                        timeout=300)  # fmt: skip
+    ev = subprocess.run(
+        [
+            *EVALUATE,
+            "--pred",
+            str(world["lab"]),
+            "--truth",
+            str(world["truth"]),
+            "--class-names",
+            NAMES,
+            "--out",
+            str(tmp_path / "reports"),
+            "-q",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["scene_scores.json", "scene_scores.md"]
 
@@ -175,8 +207,13 @@ def test_a_raster_without_crs_is_one_info_line_and_no_foreign_warning(tmp_path: 
     """pyogrio warns that no CRS was given; the user is told once, in this project's own words."""
     _, classes = blob_scene(3, 96)
     nocrs = write_geotiff(tmp_path / "nocrs.tif", classes, nodata=255)
-    proc = subprocess.run([*VECTORIZE, str(nocrs), "--out", str(tmp_path / f"out{suffix}")], env=ENV,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*VECTORIZE, str(nocrs), "--out", str(tmp_path / f"out{suffix}")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = check_one_line(proc, code=0, start="the raster has no CRS")
     assert "pixel-grid units" in line and "UserWarning" not in proc.stderr
     assert (tmp_path / f"out{suffix}").stat().st_size > 0

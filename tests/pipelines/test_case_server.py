@@ -23,8 +23,12 @@ def test_a_case_server_run_is_a_real_run(tmp_path: Path) -> None:
         served = [server.run(tmp_path, args) for args in cases]
     finally:
         server.close()
-    plain = [subprocess.run([sys.executable, VECTORIZE, *args], cwd=tmp_path, env=ENV, capture_output=True,
-                            text=True, timeout=TIMEOUT) for args in cases]  # fmt: skip
+    plain = [
+        subprocess.run(
+            [sys.executable, VECTORIZE, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=TIMEOUT
+        )
+        for args in cases
+    ]
     for mine, real in zip(served, plain, strict=True):
         assert (mine.returncode, mine.stdout, mine.stderr) == (real.returncode, real.stdout, real.stderr)
         assert mine.args == real.args
@@ -74,8 +78,12 @@ def test_exit_codes_crashes_and_signals_are_those_of_a_real_run(tmp_path: Path) 
         served = [server.run(folder, args) for args in cases]
     finally:
         server.close()
-    plain = [subprocess.run([sys.executable, str(script), *args], cwd=folder, env=ENV, capture_output=True,
-                            text=True, timeout=TIMEOUT) for args in cases]  # fmt: skip
+    plain = [
+        subprocess.run(
+            [sys.executable, str(script), *args], cwd=folder, env=ENV, capture_output=True, text=True, timeout=TIMEOUT
+        )
+        for args in cases
+    ]
     for mine, real in zip(served, plain, strict=True):
         assert (mine.returncode, mine.stdout, mine.stderr) == (real.returncode, real.stdout, real.stderr)
     assert [p.returncode for p in served] == [0, 3, 1, 5, -9, 1]
@@ -85,8 +93,10 @@ def test_exit_codes_crashes_and_signals_are_those_of_a_real_run(tmp_path: Path) 
 def test_the_server_refuses_to_fork_beside_a_thread(tmp_path: Path) -> None:
     """A fork copies only the calling thread: a script whose import starts one is refused, loudly."""
     script = tmp_path / "threaded.py"
-    script.write_text("import threading\nimport time\n\nthreading.Thread(target=time.sleep, args=(60,), daemon=True)"
-                      ".start()\n\nif __name__ == '__main__':\n    pass\n")  # fmt: skip
+    script.write_text(
+        "import threading\nimport time\n\nthreading.Thread(target=time.sleep, args=(60,), daemon=True)"
+        ".start()\n\nif __name__ == '__main__':\n    pass\n"
+    )
     server = CaseServer(str(script))
     try:
         with pytest.raises(RuntimeError, match="cannot fork with 2 threads running"):

@@ -31,18 +31,24 @@ def entry(exc: BaseException) -> object:
         (InputError("bad size"), "error: bad size"),
         (ConfigError("a.yaml: data.x: unknown key"), "error: a.yaml: data.x: unknown key"),
         (RasterError("s.tif: cannot read"), "error: s.tif: cannot read"),
-        (CheckpointError("c.pt: checkpoint is of another architecture\n  model.name a → b\n\n"),
-         "error: c.pt: checkpoint is of another architecture; model.name a → b"),
+        (
+            CheckpointError("c.pt: checkpoint is of another architecture\n  model.name a → b\n\n"),
+            "error: c.pt: checkpoint is of another architecture; model.name a → b",
+        ),
         (PermissionError(13, "Permission denied", "/ro/out.tif"), "error: /ro/out.tif: permission denied"),
         (IsADirectoryError(21, "Is a directory", "/tmp/out"), "error: /tmp/out: is a folder where a file"),
         (NotADirectoryError(20, "Not a directory", "/f/x"), "error: /f/x: a part of this path is a file"),
         (FileExistsError(17, "File exists", "/tmp/a"), "error: /tmp/a: already exists"),
         (pickle.UnpicklingError("invalid load key, 'x'."), "error: not a readable file (invalid load key"),
-        (InputError("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                    '  File "x.py", line 1, in f\nrs_deeplab.cli.errors.InputError: x.tif: label value 9 is outside'),
-         "error: x.tif: label value 9 is outside"),
+        (
+            InputError(
+                "Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                '  File "x.py", line 1, in f\nrs_deeplab.cli.errors.InputError: x.tif: label value 9 is outside'
+            ),
+            "error: x.tif: label value 9 is outside",
+        ),
     ],
-)  # fmt: skip
+)
 def test_user_errors_are_one_line(exc: BaseException, words: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert entry(exc)([]) == 2  # type: ignore[operator]
     err = capsys.readouterr().err

@@ -15,26 +15,46 @@ from pipelines import demo
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    overrides = ["schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0",
-                 "train.eval_every=2", "train.checkpoint_every=2"]  # fmt: skip
+    overrides = [
+        "schedule.iterations=2",
+        "data.crop_size=96",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+    ]
     run = tmp_path / "runs" / "demo"
     assert demo.main(["--out", str(out), "--run-dir", str(run), "--size", "384", "--quiet", *overrides]) == 0
     printed = capsys.readouterr().out
-    for label in ("sample scenes", "held-out scene", "tiles + index", "training run", "best checkpoint",
-                  "label raster (held-out scene)", "polygons", "scene scores", "prediction preview"):  # fmt: skip
+    for label in (
+        "sample scenes",
+        "held-out scene",
+        "tiles + index",
+        "training run",
+        "best checkpoint",
+        "label raster (held-out scene)",
+        "polygons",
+        "scene scores",
+        "prediction preview",
+    ):
         assert label in printed
     assert (out / "potsdam" / "4_Ortho_RGBIR" / "top_potsdam_2_13_RGBIR.tif").is_file()
     assert (out / "tiles" / "index.gpkg").is_file()
     assert (run / "last.pt").is_file() and (run / "config.yaml").is_file()
     assert (out / "sample_preview.png").stat().st_size > 1000
-    with rasterio.open(out / "labels.tif") as pred, rasterio.open(out / "potsdam" / "4_Ortho_RGBIR" /
-                                                                  "top_potsdam_2_13_RGBIR.tif") as scene:  # fmt: skip
+    with (
+        rasterio.open(out / "labels.tif") as pred,
+        rasterio.open(out / "potsdam" / "4_Ortho_RGBIR" / "top_potsdam_2_13_RGBIR.tif") as scene,
+    ):
         assert (pred.shape, pred.transform, pred.crs) == (scene.shape, scene.transform, scene.crs)
     assert len(gpd.read_file(out / "labels.gpkg", layer="labels")) > 0
     scores = json.loads((out / "scores" / "scene_scores.json").read_text())
     assert 0 <= scores["total"]["scores"]["OA"] <= 1
-    for label, page in (("prediction page", out / "labels.html"), ("training page", run / "report.html"),
-                        ("evaluation page", out / "scores.html")):  # fmt: skip
+    for label, page in (
+        ("prediction page", out / "labels.html"),
+        ("training page", run / "report.html"),
+        ("evaluation page", out / "scores.html"),
+    ):
         assert label in printed and str(page) in printed and page.is_file()  # the pages the demo made, printed
     preview = cv2.imread(str(out / "prediction_preview.png"))
     assert preview.shape[1] == 3 * preview.shape[0] + 16  # scene | prediction | truth

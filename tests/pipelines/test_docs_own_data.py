@@ -50,8 +50,9 @@ def run_page(doc: Path, folder: Path, *, at_least: int, timeout: int = 900) -> N
     steps = commands(doc.read_text())
     assert len(steps) >= at_least
     for step in steps:
-        done = subprocess.run(["bash", "-c", step], cwd=folder, env=env, capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            ["bash", "-c", step], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
 
@@ -95,7 +96,11 @@ def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
     # the page's pictures are drawn from these outputs
     figures = tmp_path / "figures"
     figures.mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "docs" / "own_data_figures.py"), str(tmp_path), "--docs",
-                           str(figures)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "own_data_figures.py"), str(tmp_path), "--docs", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p.name for p in figures.glob("*.png")} == {p.name for p in ROOT.glob("docs/own_data_*.png")}

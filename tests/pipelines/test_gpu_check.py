@@ -19,8 +19,13 @@ HEAVY = ("geopandas", "pyogrio", "shapely", "fiona", "pyproj", "pystac")
 def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert [(c["name"], c["status"]) for c in report["checks"]] == [
@@ -28,9 +33,17 @@ def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
     ]
     text = (out / "gpu_check.md").read_text()
     assert text.startswith("## GPU check: CPU (--smoke)") and "FAILED" not in text
-    for expected in ("| fp32 | fp32 |", "| amp + channels_last | fp32 |", "| fp16 + GradScaler + channels_last |",
-                     "| no | fp32 |", "| eager backend | fp32 |", "loader/model", "× model-only",
-                     "label raster against this process: identical", "torchrun, 1 process (gloo group)"):  # fmt: skip
+    for expected in (
+        "| fp32 | fp32 |",
+        "| amp + channels_last | fp32 |",
+        "| fp16 + GradScaler + channels_last |",
+        "| no | fp32 |",
+        "| eager backend | fp32 |",
+        "loader/model",
+        "× model-only",
+        "label raster against this process: identical",
+        "torchrun, 1 process (gloo group)",
+    ):
         assert expected in text, expected
 
 
@@ -45,7 +58,12 @@ def test_gpu_path_imports_no_geopackage_stack() -> None:
         f"runpy.run_path({str(REPO / 'bench' / 'gpu_check.py')!r}, run_name='not_main'); "
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -90,9 +90,20 @@ def label_raster(path: Path, size: int, cell: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, 6, (size // cell, size // cell), dtype=np.uint8)
     data = np.kron(classes, np.ones((cell, cell), np.uint8))
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "nodata": 255,
-               "crs": "EPSG:32633", "transform": TRANSFORM, "tiled": True, "blockxsize": 512, "blockysize": 512,
-               "compress": "DEFLATE"}  # fmt: skip
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": 255,
+        "crs": "EPSG:32633",
+        "transform": TRANSFORM,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "DEFLATE",
+    }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data, 1)
     return path
@@ -103,8 +114,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny trained checkpoint (two iterations), for ``infer.py`` and ``export.py``."""
     folder = tmp_path_factory.mktemp("trained")
     tiles = make_tiles(folder)
-    cfg = write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 2},
-                       train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1})  # fmt: skip
+    cfg = write_config(
+        folder / "exp.yaml",
+        tiles,
+        folder / "runs" / "tiny",
+        schedule={"iterations": 2},
+        train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1},
+    )
     result = train_experiment(load_config(cfg))
     assert result.last is not None
     return result.last
@@ -181,8 +197,19 @@ def test_ctrl_c_while_vectorizing_leaves_no_output(tmp_path: Path) -> None:
 def test_ctrl_c_while_scoring_scenes_leaves_no_report(tmp_path: Path) -> None:
     pred, truth = label_raster(tmp_path / "pred.tif", 12000, 6, 1), label_raster(tmp_path / "truth.tif", 12000, 6, 2)
     out_dir = tmp_path / "scores"
-    cmd = [*script("evaluate"), "--pred", str(pred), "--truth", str(truth), "--class-names", "a,b,c,d,e,f",
-           "--block-size", "128", "--out", str(out_dir)]  # fmt: skip
+    cmd = [
+        *script("evaluate"),
+        "--pred",
+        str(pred),
+        "--truth",
+        str(truth),
+        "--class-names",
+        "a,b,c,d,e,f",
+        "--block-size",
+        "128",
+        "--out",
+        str(out_dir),
+    ]
     proc = start(cmd, tmp_path)
     fds = Path(f"/proc/{proc.pid}/fd")
 

@@ -46,8 +46,21 @@ def _scene(folder: Path) -> tuple[Path, Path]:
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("evalpage")
     pred, truth = _scene(folder)
-    code = evaluate_cli.main(["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out",
-                              str(folder / "reports"), "--block-size", "64", "-q"])  # fmt: skip
+    code = evaluate_cli.main(
+        [
+            "--pred",
+            str(pred),
+            "--truth",
+            str(truth),
+            "--class-names",
+            NAMES,
+            "--out",
+            str(folder / "reports"),
+            "--block-size",
+            "64",
+            "-q",
+        ]
+    )
     assert code == 0
     report = json.loads((folder / "reports" / "scene_scores.json").read_text())
     return folder / "reports.html", report
@@ -56,11 +69,15 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def visit(evaluated: tuple[Path, dict], open_page: Callable[[Path], Visit]) -> Visit:
     result = open_page(evaluated[0])
-    result.page.evaluate("document.getElementById('opacity').value = 100; "
-                         "document.getElementById('opacity').dispatchEvent(new Event('input'))")  # fmt: skip
-    result.page.evaluate("() => { const b = RS.scene.grid.bounds; "
-                         "RS.map.setView([(b[1] + b[3]) / 2, (b[0] + b[2]) / 2], RS.scene.maxNativeZoom, "
-                         "{animate: false}); }")  # fmt: skip
+    result.page.evaluate(
+        "document.getElementById('opacity').value = 100; "
+        "document.getElementById('opacity').dispatchEvent(new Event('input'))"
+    )
+    result.page.evaluate(
+        "() => { const b = RS.scene.grid.bounds; "
+        "RS.map.setView([(b[1] + b[3]) / 2, (b[0] + b[2]) / 2], RS.scene.maxNativeZoom, "
+        "{animate: false}); }"
+    )
     result.wait_for_tiles()
     return result
 
@@ -69,17 +86,21 @@ def test_opens_offline_without_errors(visit: Visit, evaluated: tuple[Path, dict]
     assert visit.errors == []
     assert visit.outside() == []
     assert any(u.endswith(".png") for u in visit.requests)
-    assert sorted(p.name for p in (evaluated[0].parent / "reports").iterdir()) == ["scene_scores.json",
-                                                                                   "scene_scores.md"]  # fmt: skip
+    assert sorted(p.name for p in (evaluated[0].parent / "reports").iterdir()) == [
+        "scene_scores.json",
+        "scene_scores.md",
+    ]
 
 
 def test_numbers_are_evaluate_outputs(visit: Visit, evaluated: tuple[Path, dict]) -> None:
     scores = evaluated[1]["total"]["scores"]
     cm = np.array(scores["confusion_matrix"])
     names = NAMES.split(",")
-    shown = visit.page.evaluate("Array.from(document.querySelectorAll('#scores tbody tr'), tr => Object.fromEntries("
-                                "Array.from(tr.querySelectorAll('td[data-value]'), td => [td.dataset.key, "
-                                "+td.dataset.value])))")  # fmt: skip
+    shown = visit.page.evaluate(
+        "Array.from(document.querySelectorAll('#scores tbody tr'), tr => Object.fromEntries("
+        "Array.from(tr.querySelectorAll('td[data-value]'), td => [td.dataset.key, "
+        "+td.dataset.value])))"
+    )
     assert len(shown) == len(names)
     for i, (name, row) in enumerate(zip(names, shown, strict=True)):
         assert row["iou"] == pytest.approx(scores["IoU"][name], abs=1e-12)
@@ -87,9 +108,11 @@ def test_numbers_are_evaluate_outputs(visit: Visit, evaluated: tuple[Path, dict]
         assert row["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum(), abs=1e-12)
         assert row["recall"] == pytest.approx(cm[i, i] / cm[i, :].sum(), abs=1e-12)
     assert float(visit.page.get_attribute("#scores td[data-key=mIoU]", "data-value") or 0) == pytest.approx(
-        scores["mIoU"], abs=1e-12)  # fmt: skip
-    counts = visit.page.evaluate("Array.from(document.querySelectorAll('#confusion td[data-count]'), "
-                                 "td => +td.dataset.count)")  # fmt: skip
+        scores["mIoU"], abs=1e-12
+    )
+    counts = visit.page.evaluate(
+        "Array.from(document.querySelectorAll('#confusion td[data-count]'), td => +td.dataset.count)"
+    )
     assert counts == cm.ravel().tolist()
     assert visit.page.locator("#confusion th.truth").all_inner_texts() == names
 
@@ -112,8 +135,9 @@ def test_map_shows_right_and_wrong_pixels(visit: Visit, evaluated: tuple[Path, d
 
 
 @pytest.mark.parametrize("klass", [1, 2])
-def test_map_shows_one_class_true_false_positives_and_negatives(visit: Visit, evaluated: tuple[Path, dict],
-                                                               klass: int) -> None:  # fmt: skip
+def test_map_shows_one_class_true_false_positives_and_negatives(
+    visit: Visit, evaluated: tuple[Path, dict], klass: int
+) -> None:
     cm = np.array(evaluated[1]["total"]["scores"]["confusion_matrix"])
     visit.page.select_option("#error-class", str(klass))
     visit.page.wait_for_timeout(100)
@@ -126,13 +150,26 @@ def test_map_shows_one_class_true_false_positives_and_negatives(visit: Visit, ev
 def test_unwritable_page_is_one_line_before_scoring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pred, truth = _scene(tmp_path)
     (tmp_path / "reports.html").mkdir()
-    code = evaluate_cli.main(["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out",
-                              str(tmp_path / "reports"), "-q"])  # fmt: skip
+    code = evaluate_cli.main(
+        ["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out", str(tmp_path / "reports"), "-q"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "reports.html" in err[0] and "--no-report" in err[0]
     assert not (tmp_path / "reports").exists()  # nothing scored, nothing written
-    code = evaluate_cli.main(["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out",
-                              str(tmp_path / "reports"), "-q", "--no-report"])  # fmt: skip
+    code = evaluate_cli.main(
+        [
+            "--pred",
+            str(pred),
+            "--truth",
+            str(truth),
+            "--class-names",
+            NAMES,
+            "--out",
+            str(tmp_path / "reports"),
+            "-q",
+            "--no-report",
+        ]
+    )
     assert code == 0 and (tmp_path / "reports" / "scene_scores.json").exists()
     assert not list(tmp_path.glob("reports_files*")) and not list(tmp_path.glob(".reports*"))
 
@@ -166,8 +203,9 @@ def test_checkpoint_page_opens_offline_without_errors(checkpoint_visit: Visit, c
     assert sum(u.endswith(".png") for u in checkpoint_visit.requests) == len(widths)
 
 
-def test_checkpoint_page_numbers_are_the_scores_evaluate_wrote(checkpoint_visit: Visit,
-                                                               checkpoint_evaluated: Evaluated) -> None:  # fmt: skip
+def test_checkpoint_page_numbers_are_the_scores_evaluate_wrote(
+    checkpoint_visit: Visit, checkpoint_evaluated: Evaluated
+) -> None:
     _, report, md = checkpoint_evaluated
     cm = np.array(report["confusion_matrix"])
     names = [k.removeprefix("IoU/") for k in report if k.startswith("IoU/")]
@@ -186,8 +224,9 @@ def test_checkpoint_page_numbers_are_the_scores_evaluate_wrote(checkpoint_visit:
             assert float(value) == pytest.approx(iou, abs=1e-12) and text == md_iou[name]
     miou = checkpoint_visit.page.get_attribute("#scores td[data-key=mIoU]", "data-value")
     assert float(miou or "nan") == pytest.approx(report["mIoU"], abs=1e-12)
-    counts = checkpoint_visit.page.evaluate("Array.from(document.querySelectorAll('#confusion td[data-count]'), "
-                                            "td => +td.dataset.count)")  # fmt: skip
+    counts = checkpoint_visit.page.evaluate(
+        "Array.from(document.querySelectorAll('#confusion td[data-count]'), td => +td.dataset.count)"
+    )
     assert counts == cm.ravel().tolist()
     assert checkpoint_visit.page.locator("#confusion th.truth").all_inner_texts() == names
     assert checkpoint_visit.page.locator("#confusion th.pred").all_inner_texts() == names
@@ -206,13 +245,14 @@ def test_checkpoint_page_shows_the_model(checkpoint_visit: Visit, trained: Path)
 def test_checkpoint_page_crops_show_right_and_wrong(checkpoint_visit: Visit) -> None:
     heads = checkpoint_visit.page.locator("#crops thead th").all_inner_texts()
     assert heads == ["crop", "image", "truth", "prediction", "right / wrong"]
-    sources = checkpoint_visit.page.evaluate("Array.from(document.querySelectorAll('#crops tbody tr'), "
-                                             "tr => Array.from(tr.querySelectorAll('img'), i => i.src))")  # fmt: skip
+    sources = checkpoint_visit.page.evaluate(
+        "Array.from(document.querySelectorAll('#crops tbody tr'), "
+        "tr => Array.from(tr.querySelectorAll('img'), i => i.src))"
+    )
     assert len(sources) == 6 and all(len(row) == 4 for row in sources)  # 6 fixed crops of the 9 validation images
     wrong_somewhere = False
     for row in sources:
-        truth, pred, errors = (np.asarray(Image.open(Path(url.removeprefix("file://")))).astype(int)
-                               for url in row[1:])  # fmt: skip
+        truth, pred, errors = (np.asarray(Image.open(Path(url.removeprefix("file://")))).astype(int) for url in row[1:])
         scored = truth.any(axis=2)  # ignore (255) is black; no class of the scheme is black
         differ = (truth != pred).any(axis=2)
         assert (errors[scored & ~differ] == [0, 170, 0]).all() and (errors[scored & differ] == [230, 0, 0]).all()
@@ -221,8 +261,9 @@ def test_checkpoint_page_crops_show_right_and_wrong(checkpoint_visit: Visit) -> 
     assert wrong_somewhere  # a 4-iteration model is wrong somewhere: the column is not all green
 
 
-def test_checkpoint_unwritable_page_is_one_line_before_scoring(trained: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_checkpoint_unwritable_page_is_one_line_before_scoring(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "ev.html").mkdir()
     code = evaluate_cli.main([str(trained), "--out", str(tmp_path / "ev"), "--device", "cpu", "-q"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -26,8 +26,13 @@ def page_files(folder: Path) -> dict[str, bytes]:
 def test_evaluate_page_over_the_limit_is_one_line_and_leaves_no_page(tmp_path: Path) -> None:
     rng = np.random.default_rng(27)
     for name in ("pred", "truth"):  # random classes: the error raster is far over 200 KB
-        write_geotiff(tmp_path / f"{name}.tif", rng.integers(0, 6, (1024, 1024), dtype=np.uint8), crs="EPSG:32633",
-                      nodata=255, transform=from_origin(0, 1024, 1, 1))  # fmt: skip
+        write_geotiff(
+            tmp_path / f"{name}.tif",
+            rng.integers(0, 6, (1024, 1024), dtype=np.uint8),
+            crs="EPSG:32633",
+            nodata=255,
+            transform=from_origin(0, 1024, 1, 1),
+        )
     args = ["--pred", "pred.tif", "--truth", "truth.tif", "--class-names", "a,b,c,d,e,f", "--out", "rep", "-q"]
     library = (STATIC / "leaflet" / "leaflet.js").stat().st_size
     inputs = sorted(p.name for p in tmp_path.iterdir())

@@ -54,12 +54,18 @@ def _write(folder: Path, crs: Any = "EPSG:32633", polygons: bool = True, name: s
     folder.mkdir(parents=True, exist_ok=True)
     transform = from_origin(*ORIGIN, PIXEL, PIXEL) if crs else from_origin(0, 0, 1, -1)
     labels = folder / f"{name}.tif"
-    write_geotiff(labels, _labels()[None], crs=crs, transform=transform, nodata=255, tags=class_names_tag(NAMES),
-                  colormap={i: (*c, 255) for i, c in COLOURS.items()})  # fmt: skip
+    write_geotiff(
+        labels,
+        _labels()[None],
+        crs=crs,
+        transform=transform,
+        nodata=255,
+        tags=class_names_tag(NAMES),
+        colormap={i: (*c, 255) for i, c in COLOURS.items()},
+    )
     rng = np.random.default_rng(0)
     scene = folder / f"{name}_scene.tif"
-    write_geotiff(scene, (rng.integers(800, 1200, (3, HEIGHT, WIDTH))).astype(np.uint16), crs=crs,
-                  transform=transform)  # fmt: skip
+    write_geotiff(scene, (rng.integers(800, 1200, (3, HEIGHT, WIDTH))).astype(np.uint16), crs=crs, transform=transform)
     gpkg = None
     if polygons:
         gpkg = folder / f"{name}.gpkg"
@@ -116,8 +122,9 @@ def test_overlay_corners_are_the_raster_bounds(visit: Visit, corner: str) -> Non
     y = ORIGIN[1] - (0 if corner == "top-left" else HEIGHT * PIXEL)
     zoom = max_zoom(WIDTH, HEIGHT) + 2
     _only_classes(visit, zoom, (y, x))
-    point = visit.page.evaluate("([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); "
-                                "return [p.x, p.y]; }", [y, x])  # fmt: skip
+    point = visit.page.evaluate(
+        "([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); return [p.x, p.y]; }", [y, x]
+    )
     image = visit.screenshot()
     px, py = round(point[0]), round(point[1])
     near = image[py - 60 : py + 60, px - 60 : px + 60]
@@ -173,8 +180,9 @@ def test_cursor_shows_scene_crs_and_lon_lat(visit: Visit) -> None:
     x, y = ORIGIN[0] + 100.25, ORIGIN[1] - 50.25
     visit.page.evaluate("([lat, lng]) => RS.map.setView([lat, lng], RS_PAGE.maxNativeZoom, {animate: false})", [y, x])
     box = visit.page.locator("#map").bounding_box()
-    point = visit.page.evaluate("([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); "
-                                "return [p.x, p.y]; }", [y, x])  # fmt: skip
+    point = visit.page.evaluate(
+        "([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); return [p.x, p.y]; }", [y, x]
+    )
     visit.page.mouse.move(box["x"] + point[0], box["y"] + point[1])
     shown = [float(v) for v in visit.page.locator("#cursor-crs").inner_text().split(",")]
     assert shown == pytest.approx([x, y], abs=PIXEL)
@@ -203,8 +211,9 @@ def test_no_crs_and_no_polygons(tmp_path: Path, open_page: Callable[[Path], Visi
     visit.wait_for_tiles()
     panel = visit.page.locator("#panel").inner_text()
     assert "no CRS" in panel and "no polygons" in panel
-    assert all(float(r.get_attribute("data-area") or "nan") == 0 for r in visit.page.locator("table.legend tbody tr")
-               .all())  # fmt: skip
+    assert all(
+        float(r.get_attribute("data-area") or "nan") == 0 for r in visit.page.locator("table.legend tbody tr").all()
+    )
     visit.page.mouse.move(300, 300)
     assert visit.page.locator("#cursor-crs").inner_text().startswith("column, row")
     assert visit.errors == [] and visit.outside() == []
@@ -240,8 +249,9 @@ def test_infer_checks_the_page_path_first(tmp_path: Path, capsys: pytest.Capture
     from pipelines.infer import main
 
     (tmp_path / "city.html").mkdir()
-    scene = write_geotiff(tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), crs="EPSG:32633",
-                          transform=from_origin(0, 8, 1, 1))  # fmt: skip
+    scene = write_geotiff(
+        tmp_path / "s.tif", np.zeros((3, 8, 8), np.uint8), crs="EPSG:32633", transform=from_origin(0, 8, 1, 1)
+    )
     code = main([str(scene), "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "city.gpkg"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "city.html" in err[0] and "--no-report" in err[0], err
@@ -258,8 +268,14 @@ def test_report_loads_no_torch() -> None:
 
 def test_geographic_scene(tmp_path: Path, open_page: Callable[[Path], Visit]) -> None:
     """An EPSG:4326 raster: the map is in degrees, lon/lat under the cursor are its own coordinates."""
-    labels = write_geotiff(tmp_path / "geo.tif", _labels()[None], crs="EPSG:4326", nodata=255,
-                           transform=from_origin(13.4, 52.52, 1e-5, 1e-5), tags=class_names_tag(NAMES))  # fmt: skip
+    labels = write_geotiff(
+        tmp_path / "geo.tif",
+        _labels()[None],
+        crs="EPSG:4326",
+        nodata=255,
+        transform=from_origin(13.4, 52.52, 1e-5, 1e-5),
+        tags=class_names_tag(NAMES),
+    )
     page = tmp_path / "geo.html"
     write_prediction_page(page, PredictionInputs(labels=labels))
     visit = open_page(page)
@@ -267,8 +283,9 @@ def test_geographic_scene(tmp_path: Path, open_page: Callable[[Path], Visit]) ->
     x, y = 13.4 + 250.5e-5, 52.52 - 100.5e-5
     visit.page.evaluate("([lat, lng]) => RS.map.setView([lat, lng], RS_PAGE.maxNativeZoom, {animate: false})", [y, x])
     box = visit.page.locator("#map").bounding_box()
-    point = visit.page.evaluate("([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); "
-                                "return [p.x, p.y]; }", [y, x])  # fmt: skip
+    point = visit.page.evaluate(
+        "([lat, lng]) => { const p = RS.map.latLngToContainerPoint([lat, lng]); return [p.x, p.y]; }", [y, x]
+    )
     visit.page.mouse.move(box["x"] + point[0], box["y"] + point[1])
     text = visit.page.locator("#cursor-lonlat").inner_text()
     assert [float(v) for v in re.findall(r"-?\d+\.\d+", text)] == pytest.approx([x, y], abs=1e-5)
@@ -293,12 +310,29 @@ def _composite_scenes(folder: Path) -> tuple[RegionGrid, Path, Path, np.ndarray,
     east = np.zeros((3, h, w), np.uint16)
     source = np.full((3, 80, 70), 3000, np.uint16)
     source[:, 30:40, 12:18] = 0  # a hole at rows 30-40, columns 62-68 of the grid
-    reproject(source, east, src_transform=east_transform, src_crs="EPSG:32633", src_nodata=0, dst_transform=t,
-              dst_crs="EPSG:32632", dst_nodata=0, resampling=Resampling.nearest)  # fmt: skip
+    reproject(
+        source,
+        east,
+        src_transform=east_transform,
+        src_crs="EPSG:32633",
+        src_nodata=0,
+        dst_transform=t,
+        dst_crs="EPSG:32632",
+        dst_nodata=0,
+        resampling=Resampling.nearest,
+    )
     east_path = write_geotiff(folder / "east32.tif", east, crs="EPSG:32632", transform=t, nodata=0)
     east_valid = np.zeros((80, 120), np.uint8)
-    reproject((east[0] > 0).astype(np.uint8), east_valid, src_transform=t, src_crs="EPSG:32632", dst_nodata=0,
-              dst_transform=transform, dst_crs="EPSG:32633", resampling=Resampling.nearest)  # fmt: skip
+    reproject(
+        (east[0] > 0).astype(np.uint8),
+        east_valid,
+        src_transform=t,
+        src_crs="EPSG:32632",
+        dst_nodata=0,
+        dst_transform=transform,
+        dst_crs="EPSG:32633",
+        resampling=Resampling.nearest,
+    )
     west_valid = np.zeros((80, 120), bool)
     west_valid[:, :70] = west[0] > 0
     return grid, west_path, east_path, west_valid, east_valid > 0
@@ -328,8 +362,9 @@ def test_region_composite_draws_each_pixel_from_its_owner_on_the_grid(tmp_path: 
     assert (data[30:40, 62:68] == cols[30:40, 62:68]).mean() > 0.8  # the east's hole in its share shows the west
 
     with pytest.raises(InputError, match="band"):
-        three = write_geotiff(tmp_path / "one_band.tif", np.ones((1, 80, 70), np.uint16), crs="EPSG:32633",
-                              transform=grid.transform)  # fmt: skip
+        three = write_geotiff(
+            tmp_path / "one_band.tif", np.ones((1, 80, 70), np.uint16), crs="EPSG:32633", transform=grid.transform
+        )
         write_composite([west, three], grid, owned, staging)
 
 
@@ -351,8 +386,14 @@ def test_region_composite_of_remote_scenes(tmp_path: Path, open_page: Callable[[
         with reading(local) as a, reading(remote) as b:
             np.testing.assert_array_equal(a.read(), b.read())
             np.testing.assert_array_equal(a.dataset_mask(), b.dataset_mask())
-        labels = write_geotiff(tmp_path / "labels.tif", np.zeros((1, 80, 120), np.uint8), crs="EPSG:32633",
-                               transform=grid.transform, nodata=255, tags=class_names_tag(NAMES))  # fmt: skip
+        labels = write_geotiff(
+            tmp_path / "labels.tif",
+            np.zeros((1, 80, 120), np.uint8),
+            crs="EPSG:32633",
+            transform=grid.transform,
+            nodata=255,
+            tags=class_names_tag(NAMES),
+        )
         page = tmp_path / "remote.html"
         write_prediction_page(page, PredictionInputs(labels=labels, scene=remote))
     visit = open_page(page)
@@ -361,8 +402,9 @@ def test_region_composite_of_remote_scenes(tmp_path: Path, open_page: Callable[[
     assert any("/tiles/scene/" in u for u in visit.requests)
 
 
-def test_the_docs_screenshot_script_draws_the_page(written: tuple[Path, PredictionInputs], browser: Any,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_the_docs_screenshot_script_draws_the_page(
+    written: tuple[Path, PredictionInputs], browser: Any, tmp_path: Path
+) -> None:
     """``docs/page_screenshots.py`` (the pictures of the demo's pages) saves a page as drawn, classes included."""
     script = load_script(ROOT / "docs" / "page_screenshots.py")
     out = tmp_path / "shot.png"

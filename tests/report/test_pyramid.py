@@ -52,8 +52,13 @@ def test_full_level_covers_every_pixel_once(width: int, height: int) -> None:
 def test_label_tiles_hold_class_ids_and_counts(tmp_path: Path) -> None:
     labels = np.arange(300 * 520, dtype=np.int64).reshape(300, 520) % 5
     labels[:10] = 255
-    path = write_geotiff(tmp_path / "l.tif", labels.astype(np.uint8)[None], crs="EPSG:32633", nodata=255,
-                         transform=from_origin(0, 300, 1, 1))  # fmt: skip
+    path = write_geotiff(
+        tmp_path / "l.tif",
+        labels.astype(np.uint8)[None],
+        crs="EPSG:32633",
+        nodata=255,
+        transform=from_origin(0, 300, 1, 1),
+    )
     stats = write_label_pyramid(path, tmp_path / "t", classes=4)  # class 4 is beyond the names: not drawn
     assert stats.max_zoom == 2 and stats.counts is not None
     assert stats.counts[:4].tolist() == [int((labels == k).sum()) for k in range(4)]
@@ -132,8 +137,13 @@ class CountingReads:
 
     def _record(self, name: str, kwargs: dict[str, Any]) -> None:
         w = kwargs["window"]
-        self.calls.append((name, (int(w.col_off), int(w.row_off), int(w.width), int(w.height)),
-                           tuple(sorted(k for k in kwargs if k != "window"))))  # fmt: skip
+        self.calls.append(
+            (
+                name,
+                (int(w.col_off), int(w.row_off), int(w.width), int(w.height)),
+                tuple(sorted(k for k in kwargs if k != "window")),
+            )
+        )
 
     def read(self, *args: Any, **kwargs: Any) -> Any:
         self._record("read", kwargs)
@@ -159,8 +169,9 @@ def test_the_raster_is_read_once_window_by_window(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(tiles_module, "reading", counting)
     write_label_pyramid(labels_path, tmp_path / "l", 7)
     write_scene_pyramid(scene_path, tmp_path / "s")
-    full = sorted((s.window.col_off, s.window.row_off, s.window.width, s.window.height)
-                  for s in tiles(*ODD) if s.z == 3)  # fmt: skip
+    full = sorted(
+        (s.window.col_off, s.window.row_off, s.window.width, s.window.height) for s in tiles(*ODD) if s.z == 3
+    )
     assert len(full) == 15 and len(opened) == 2
     for dataset, kinds in zip(opened, (["read"], ["read", "dataset_mask"]), strict=True):
         for kind in kinds:
@@ -172,8 +183,13 @@ def test_the_raster_is_read_once_window_by_window(tmp_path: Path, monkeypatch: p
 
 def test_outlines_capped_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     labels = ((np.indices((64, 64)) // 4).sum(axis=0) % 2).astype(np.uint8)  # 256 squares of 4×4 pixels
-    path = write_geotiff(tmp_path / "c.tif", labels[None], crs="EPSG:32633", transform=from_origin(0, 64, 1, 1),
-                         tags=class_names_tag(["a", "b"]))  # fmt: skip
+    path = write_geotiff(
+        tmp_path / "c.tif",
+        labels[None],
+        crs="EPSG:32633",
+        transform=from_origin(0, 64, 1, 1),
+        tags=class_names_tag(["a", "b"]),
+    )
     vectorize(path, tmp_path / "c.gpkg")
     monkeypatch.setattr(polygons, "MAX_VERTICES", 50 * 5)  # 50 squares of 4 vertices (+ closing point)
     page = tmp_path / "c.html"
@@ -190,8 +206,9 @@ def test_vendored_files_are_package_data() -> None:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = data["rs_deeplab.report"]
     files = [PurePosixPath(p.relative_to(STATIC.parent).as_posix()) for p in STATIC.rglob("*") if p.is_file()]
-    assert files and all(any(f.match(pat) and len(f.parts) == len(PurePosixPath(pat).parts) for pat in patterns)
-                         for f in files), [f for f in files if not any(f.match(p) for p in patterns)]  # fmt: skip
+    assert files and all(
+        any(f.match(pat) and len(f.parts) == len(PurePosixPath(pat).parts) for pat in patterns) for f in files
+    ), [f for f in files if not any(f.match(p) for p in patterns)]
     for name, needed in LIBRARIES.items():
         assert all((STATIC / name / entry).exists() for entry in needed), name
     versions = (STATIC / "VERSIONS.md").read_text()

@@ -33,8 +33,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("trainpage")
     tiles = trainkit.make_tiles(folder)
     train = {"eval_every": 2, "checkpoint_every": 2, "log_every": 1, "device": "cpu"}
-    cfg = trainkit.write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 6},
-                                train=train)  # fmt: skip
+    cfg = trainkit.write_config(
+        folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 6}, train=train
+    )
     result = train_experiment(load_config(cfg))
     return result.run_dir, cfg
 
@@ -53,8 +54,9 @@ def test_opens_offline_without_errors(visit: Visit) -> None:
 def test_one_point_per_evaluation(visit: Visit, run: tuple[Path, Path]) -> None:
     val = [r for r in read_metrics(run[0] / "metrics.csv") if r["split"] == "val"]
     assert len(val) == 3
-    points = visit.page.evaluate("Array.from(document.querySelectorAll('svg#miou circle.pt'), "
-                                 "c => [+c.dataset.x, +c.dataset.y])")  # fmt: skip
+    points = visit.page.evaluate(
+        "Array.from(document.querySelectorAll('svg#miou circle.pt'), c => [+c.dataset.x, +c.dataset.y])"
+    )
     assert points == [[float(r["iteration"]), pytest.approx(float(r["mIoU"]))] for r in val]
     for name in trainkit.SCHEMES["potsdam"].classes:
         expected = [float(r["iteration"]) for r in val if np.isfinite(float(r[f"IoU/{name}"]))]
@@ -142,9 +144,17 @@ def _run_page(run: tuple[Path, Path], tmp_path: Path, block: bool = False) -> An
     stats = ChannelStats((100.0,) * 4, (50.0,) * 4)
     import torch
 
-    return RunPage(copy, class_names=source.class_names, colours=[(i * 40, 0, 0) for i in range(6)],
-                   val_source=source, stats=stats, device=torch.device("cpu"), amp=None, images_per_iteration=2,
-                   eval_every=2)  # fmt: skip
+    return RunPage(
+        copy,
+        class_names=source.class_names,
+        colours=[(i * 40, 0, 0) for i in range(6)],
+        val_source=source,
+        stats=stats,
+        device=torch.device("cpu"),
+        amp=None,
+        images_per_iteration=2,
+        eval_every=2,
+    )
 
 
 def test_a_nan_stop_is_on_the_page(run: tuple[Path, Path], tmp_path: Path, open_page: Callable[[Path], Visit]) -> None:
@@ -152,8 +162,16 @@ def test_a_nan_stop_is_on_the_page(run: tuple[Path, Path], tmp_path: Path, open_
     from rs_deeplab.training.experiment import train_experiment
 
     work = tmp_path / "nan"
-    cfg = load_config(run[1], [f"work_dir={work}", "optimizer.lr=1e12", "schedule.iterations=8", "train.eval_every=1",
-                               "train.checkpoint_every=1"])  # fmt: skip
+    cfg = load_config(
+        run[1],
+        [
+            f"work_dir={work}",
+            "optimizer.lr=1e12",
+            "schedule.iterations=8",
+            "train.eval_every=1",
+            "train.checkpoint_every=1",
+        ],
+    )
     with pytest.raises(TrainingError, match="not finite"):
         train_experiment(cfg)
     visit = open_page(work / "report.html")

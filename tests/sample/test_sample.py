@@ -250,8 +250,13 @@ def test_cli_writes_labels_as_polygons_of_every_scene(tmp_path: Path) -> None:
         with rasterio.open(out / "5_Labels_all" / f"top_potsdam_{tile}_label.tif") as src:
             truth, shape, transform = SCHEMES["potsdam"].decode(src.read()), src.shape, src.transform
         mine = polygons[polygons.scene == f"top_potsdam_{tile}_RGBIR"]
-        burnt = rasterize(zip(mine.geometry, mine.class_id, strict=True), out_shape=shape, transform=transform,
-                          fill=255, dtype="uint8")  # fmt: skip
+        burnt = rasterize(
+            zip(mine.geometry, mine.class_id, strict=True),
+            out_shape=shape,
+            transform=transform,
+            fill=255,
+            dtype="uint8",
+        )
         np.testing.assert_array_equal(burnt, truth)
 
 

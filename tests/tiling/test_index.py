@@ -24,10 +24,18 @@ TRANSFORMS = {"a": T_A, "b": T_B}
 
 def record(scene: str, row: int, col: int, counts: dict[str, int], split: str = "train") -> dict[str, Any]:
     return {
-        "scene": scene, "split": split, "row_off": row, "col_off": col, "width": 64, "height": 64,
-        "valid_fraction": sum(counts.values()) / 64**2, "image": f"images/{scene}_{row}_{col}.tif",
-        "label": f"labels/{scene}_{row}_{col}.tif", "scene_path": f"/data/{scene}.tif", "counts": counts,
-    }  # fmt: skip
+        "scene": scene,
+        "split": split,
+        "row_off": row,
+        "col_off": col,
+        "width": 64,
+        "height": 64,
+        "valid_fraction": sum(counts.values()) / 64**2,
+        "image": f"images/{scene}_{row}_{col}.tif",
+        "label": f"labels/{scene}_{row}_{col}.tif",
+        "scene_path": f"/data/{scene}.tif",
+        "counts": counts,
+    }
 
 
 RECORDS = [
@@ -49,13 +57,17 @@ def test_write_and_read_back_a_geopackage(tmp_path: Path) -> None:
     assert {name for name, _ in pyogrio.list_layers(path)} == {"tiles", "classes"}
     with sqlite3.connect(path) as db:  # a real GeoPackage: what QGIS reads
         assert db.execute("select table_name, data_type from gpkg_contents order by 1").fetchall() == [
-            ("classes", "attributes"), ("tiles", "features"),
-        ]  # fmt: skip
+            ("classes", "attributes"),
+            ("tiles", "features"),
+        ]
     back, back_classes = read_index(path)
     assert back.crs.to_epsg() == 32633  # the first scene's CRS
     assert [(r.scene, r.row_off, r.col_off) for r in back.itertuples()] == [
-        ("a", 0, 0), ("a", 0, 32), ("a", 32, 0), ("b", 0, 0),
-    ]  # fmt: skip
+        ("a", 0, 0),
+        ("a", 0, 32),
+        ("a", 32, 0),
+        ("b", 0, 0),
+    ]
     for column in ("split", "image", "label", "scene_path", "row_off", "width", "valid_fraction"):
         assert list(back[column]) == list(tiles[column]), column
     assert list(back.scene_crs) == ["EPSG:32633"] * 3 + ["EPSG:32632"]
@@ -95,8 +107,12 @@ def test_append_replaces_a_scenes_rows_adds_new_ones_and_unions_the_classes(tmp_
     tiles, classes = read_index(path)
     assert tiles.crs.to_epsg() == 32633  # the existing index's CRS wins
     assert [(r.scene, r.row_off, r.col_off) for r in tiles.itertuples()] == [
-        ("a", 0, 0), ("a", 0, 32), ("a", 32, 0), ("b", 0, 64), ("c", 0, 0),
-    ]  # fmt: skip
+        ("a", 0, 0),
+        ("a", 0, 32),
+        ("a", 32, 0),
+        ("b", 0, 64),
+        ("c", 0, 0),
+    ]
     assert list(classes.class_id) == [0, 1, 4, 7, 255]
     column = dict(zip(classes.class_id, classes.column, strict=True))
     assert list(tiles[column[7]]) == [0, 0, 0, 100, 0]  # a class new in this run counts 0 in the old rows

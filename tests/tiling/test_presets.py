@@ -72,8 +72,10 @@ def test_vaihingen_preset(tmp_path: Path) -> None:
     files = write_vaihingen(root, areas=(1, 2, 9), size=(120, 90), seed=1)  # 1 train, 2 val, 9 in neither list
     scenes = {Path(s.image).stem: s for s in find_scenes("vaihingen", root)}
     assert {k: s.split for k, s in scenes.items()} == {
-        "top_mosaic_09cm_area1": "train", "top_mosaic_09cm_area2": "val", "top_mosaic_09cm_area9": "test",
-    }  # fmt: skip
+        "top_mosaic_09cm_area1": "train",
+        "top_mosaic_09cm_area2": "val",
+        "top_mosaic_09cm_area9": "test",
+    }
     assert [Path(str(s.label)) for s in scenes.values()] == [f.label for f in files]
     assert [Path(str(s.label)) for s in find_scenes("vaihingen", root, eroded=True)] == [
         f.label_noboundary for f in files
@@ -113,8 +115,11 @@ def test_isaid_preset_uses_896_stride_512_and_colour_masks(tmp_path: Path) -> No
     tiles, classes = read_index(out / "index.gpkg")
     assert (PRESETS["isaid"].size, PRESETS["isaid"].stride) == (896, 512) and len(classes) == 17
     assert sorted(zip(tiles.scene, tiles.row_off, tiles.split, strict=True)) == [
-        ("P0000", 0, "train"), ("P0000", 54, "train"), ("P1000", 0, "val"), ("P1000", 54, "val"),
-    ]  # fmt: skip
+        ("P0000", 0, "train"),
+        ("P0000", 54, "train"),
+        ("P1000", 0, "val"),
+        ("P1000", 54, "val"),
+    ]
     masks = {f.id: SCHEMES["isaid"].decode(_read(f.mask)) for f in files}
     for row in tiles.itertuples():
         np.testing.assert_array_equal(_crop_labels(out, row), _window(masks[row.scene], row))

@@ -51,10 +51,13 @@ def vaihingen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int,
     decoy = write_vaihingen(base / "decoy", areas=(1,), size=(96, 80), seed=99)[0].label
     archives = base / "archives"
     stem = "top_mosaic_09cm_area{}"
-    _zip(archives / MAIN, {
-        **{f"top/{stem.format(n)}.tif": f.image for n, f in files.items()},
-        f"gts_for_participants/{stem.format(1)}.tif": decoy,
-    })  # fmt: skip
+    _zip(
+        archives / MAIN,
+        {
+            **{f"top/{stem.format(n)}.tif": f.image for n, f in files.items()},
+            f"gts_for_participants/{stem.format(1)}.tif": decoy,
+        },
+    )
     _zip(archives / VAIHINGEN_GT, {f"{stem.format(n)}.tif": f.label for n, f in files.items()})
     _zip(archives / ERODED, {f"{stem.format(n)}_noBoundary.tif": f.label_noboundary for n, f in files.items()})
     return archives, files, decoy
@@ -79,9 +82,10 @@ def test_vaihingen_layouts_give_official_splits_and_complete_labels(
 ) -> None:
     _, files, _ = vaihingen
     root = _layout(vaihingen, tmp_path / "data", layout)
-    scenes = {int(Path(s.image).stem.removeprefix("top_mosaic_09cm_area")): s for s in find_scenes(
-        "vaihingen", root, eroded=eroded
-    )}  # fmt: skip
+    scenes = {
+        int(Path(s.image).stem.removeprefix("top_mosaic_09cm_area")): s
+        for s in find_scenes("vaihingen", root, eroded=eroded)
+    }
     assert {n: s.split for n, s in scenes.items()} == SPLITS
     for n, scene in scenes.items():
         assert str(scene.image).startswith("/vsizip/") == (layout in ("archives", "nested"))
@@ -268,11 +272,14 @@ def test_recipe_tile_command_on_archives_with_dask_worker_processes(potsdam: tup
     )
 
 
-@pytest.mark.parametrize(("present", "flags", "named"), [
-    (["4_Ortho_RGBIR"], [], "5_Labels_all.zip"),
-    (["2_Ortho_RGB", "5_Labels_all"], ["--bands", "irrg"], "3_Ortho_IRRG.zip"),
-    (["4_Ortho_RGBIR", "5_Labels_all"], ["--eroded"], "5_Labels_all_noBoundary.zip"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("present", "flags", "named"),
+    [
+        (["4_Ortho_RGBIR"], [], "5_Labels_all.zip"),
+        (["2_Ortho_RGB", "5_Labels_all"], ["--bands", "irrg"], "3_Ortho_IRRG.zip"),
+        (["4_Ortho_RGBIR", "5_Labels_all"], ["--eroded"], "5_Labels_all_noBoundary.zip"),
+    ],
+)
 def test_potsdam_missing_archive_is_named(
     potsdam: tuple[Path, dict],
     tmp_path: Path,
@@ -346,9 +353,13 @@ def isaid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, obj
     archives = base / "archives"
     for f in files.values():
         _zip(archives / f.split / "images" / "part1.zip", {f"images/{f.id}.png": f.image})
-        _zip(archives / f.split / "Semantic_masks" / "images.zip", {
-            f"images/{f.id}_instance_color_RGB.png": f.mask, f"images/{f.id}_instance_id_RGB.png": f.image,
-        })  # fmt: skip
+        _zip(
+            archives / f.split / "Semantic_masks" / "images.zip",
+            {
+                f"images/{f.id}_instance_color_RGB.png": f.mask,
+                f"images/{f.id}_instance_id_RGB.png": f.image,
+            },
+        )
     _zip(archives / "test" / "images" / "part1.zip", {"images/P9999.png": next(iter(files.values())).image})
     return archives, files
 

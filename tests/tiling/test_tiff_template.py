@@ -24,17 +24,26 @@ UTM = Affine(0.5, 0, 368_000.0, 0, -0.5, 5_808_000.0)
 
 
 def _scene(
-    folder: Path, name: str, shape: tuple[int, int, int], dtype: str, *, nodata: float | None = None,
-    crs: str | None = "EPSG:32633", transform: Affine = UTM, holes: bool = False, label: bool = True,
-) -> SceneSpec:  # fmt: skip
+    folder: Path,
+    name: str,
+    shape: tuple[int, int, int],
+    dtype: str,
+    *,
+    nodata: float | None = None,
+    crs: str | None = "EPSG:32633",
+    transform: Affine = UTM,
+    holes: bool = False,
+    label: bool = True,
+) -> SceneSpec:
     """A noisy scene (with a corner of nodata where ``holes``) and class ids with an ignored (255) corner."""
     rng = np.random.default_rng(len(name) + shape[1])
     count, height, width = shape
     data = rng.integers(1, 200, shape).astype(dtype)
     if holes:
         data[:, : height // 3, : width // 2] = 0 if nodata is None else nodata
-    profile = geotiff_profile(width=width, height=height, count=count, dtype=dtype, crs=crs, transform=transform,
-                              nodata=nodata, compress=None)  # fmt: skip
+    profile = geotiff_profile(
+        width=width, height=height, count=count, dtype=dtype, crs=crs, transform=transform, nodata=nodata, compress=None
+    )
     image = folder / f"{name}.tif"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the pixel-coordinate scene
@@ -63,15 +72,24 @@ def _files(folder: Path) -> dict[str, bytes]:
         ((3, 700, 900), "uint16", {"nodata": 0, "holes": True}, 256),
         ((1, 1000, 700), "int16", {"nodata": -5, "crs": None, "transform": Affine.identity(), "label": False}, 256),
         ((4, 600, 600), "uint8", {"transform": Affine(0.5, 0.1, 1000.0, 0.1, -0.5, 2000.0)}, 256),
-        ((2, 700, 640), "uint8", {"crs": "EPSG:4326", "transform": Affine(1e-4, 0, 10.0, 0, -1e-4, 50.0),
-                                  "holes": True}, 256),
+        (
+            (2, 700, 640),
+            "uint8",
+            {"crs": "EPSG:4326", "transform": Affine(1e-4, 0, 10.0, 0, -1e-4, 50.0), "holes": True},
+            256,
+        ),
     ],
     ids=["rgbir-512", "uint16-nodata-holes", "no-crs-identity", "rotated", "geographic-holes"],
-)  # fmt: skip
+)
 def test_crops_from_the_template_are_gdals_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-    shape: tuple[int, int, int], dtype: str, options: dict, size: int,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    shape: tuple[int, int, int],
+    dtype: str,
+    options: dict,
+    size: int,
+) -> None:
     """Every crop file, image and label, equals the one GDAL writes, and most were written from the template."""
     spec = _scene(tmp_path, "scene", shape, dtype, **options)
     classes = CLASSES if spec.label is not None else None
@@ -80,10 +98,13 @@ def test_crops_from_the_template_are_gdals_bytes(
         monkeypatch.setattr(crops, "TEMPLATE_WRITES", templates)
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="rs_deeplab.tiling.tiler"):
-            out = tile_scenes([spec], tmp_path / f"out{int(templates)}", size=size, classes=classes, workers=1,
-                              quiet=True)  # fmt: skip
-        counts = [re.search(r"(\d+) crop files written from a template, (\d+) by GDAL", r.getMessage())
-                  for r in caplog.records]  # fmt: skip
+            out = tile_scenes(
+                [spec], tmp_path / f"out{int(templates)}", size=size, classes=classes, workers=1, quiet=True
+            )
+        counts = [
+            re.search(r"(\d+) crop files written from a template, (\d+) by GDAL", r.getMessage())
+            for r in caplog.records
+        ]
         fast, slow = (sum(int(m.group(i)) for m in counts if m) for i in (1, 2))
         outputs[templates] = _files(out.out)
         if templates:
@@ -96,8 +117,15 @@ def test_crops_from_the_template_are_gdals_bytes(
 
 
 def _gdal_crop(path: Path, pixels: np.ndarray, **options: object) -> bytes:
-    profile = geotiff_profile(width=pixels.shape[2], height=pixels.shape[1], count=pixels.shape[0],
-                              dtype=pixels.dtype, crs="EPSG:32633", transform=UTM, compress=None)  # fmt: skip
+    profile = geotiff_profile(
+        width=pixels.shape[2],
+        height=pixels.shape[1],
+        count=pixels.shape[0],
+        dtype=pixels.dtype,
+        crs="EPSG:32633",
+        transform=UTM,
+        compress=None,
+    )
     with rasterio.open(path, "w", **{**profile, "interleave": "band", **options}) as dst:
         dst.write(pixels)
     return path.read_bytes()

@@ -51,8 +51,10 @@ def test_bad_input_through_a_real_subprocess(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, str(ROOT / "pipelines" / "tile.py"), str(tmp_path / "missing.tif"), "--out", str(out)],
-        env=_env(), capture_output=True, text=True,
-    )  # fmt: skip
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.tif'}: file not found; check the path"]
     assert not out.exists()
@@ -61,8 +63,9 @@ def test_bad_input_through_a_real_subprocess(tmp_path: Path) -> None:
 @pytest.fixture
 def files(make_raster: RasterFactory, tmp_path: Path) -> dict[str, str]:
     """A scene, labels that fit and labels that do not, vectors, a non-raster and an empty dataset folder."""
-    gpd.GeoDataFrame({"kind": ["building"]}, geometry=[shapely.box(368_000, 5_807_990, 368_005, 5_808_000)],
-                     crs="EPSG:32633").to_file(tmp_path / "polys.gpkg")  # fmt: skip
+    gpd.GeoDataFrame(
+        {"kind": ["building"]}, geometry=[shapely.box(368_000, 5_807_990, 368_005, 5_808_000)], crs="EPSG:32633"
+    ).to_file(tmp_path / "polys.gpkg")
     (tmp_path / "text.tif").write_text("not a raster")
     (tmp_path / "empty_dataset" / "2_Ortho_RGB").mkdir(parents=True)
     return {

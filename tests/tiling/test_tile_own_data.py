@@ -67,8 +67,13 @@ def test_one_geopackage_for_all_scenes_with_numeric_string_classes(
     assert set(tiles.scene) == {Path(s).stem for s in SCENES}
     # "1".."4" keep their ids (0 is named so ids and class count agree for training), "255" stays ignore
     assert list(zip(classes.class_id, classes.name, strict=True)) == [
-        (0, "0"), (1, "1"), (2, "2"), (3, "3"), (4, "4"), (255, "ignore"),
-    ]  # fmt: skip
+        (0, "0"),
+        (1, "1"),
+        (2, "2"),
+        (3, "3"),
+        (4, "4"),
+        (255, "ignore"),
+    ]
     assert list(classes["values"]) == ["", "1", "2", "3", "4", "255"]  # the attribute values of each class
     assert tiles[["n_1", "n_4"]].to_numpy().sum(axis=0).min() > 0
     ids = {str(i): i for i in (1, 2, 3, 4, 255)}
@@ -118,9 +123,10 @@ def test_shared_label_raster_on_another_grid_is_warped_with_nearest_neighbour(
     rng = np.random.default_rng(3)
     a = make_raster(rng.integers(0, 255, (3, 100, 130), dtype=np.uint8), "a.tif")
     b = make_raster(  # a second scene east of the first, on a grid shifted by a third of a pixel
-        rng.integers(0, 255, (3, 90, 80), dtype=np.uint8), "b.tif",
+        rng.integers(0, 255, (3, 90, 80), dtype=np.uint8),
+        "b.tif",
         transform=Affine(0.1, 0, 368_012.033, 0, -0.1, 5_807_996.0),
-    )  # fmt: skip
+    )
     # class ids on a coarser (0.3 m) grid in another CRS, covering most but not all of both scenes
     utm = Affine(0.3, 0, 368_001.0, 0, -0.3, 5_808_001.0)
     ids = rng.integers(0, 6, (40, 70), dtype=np.uint8)
@@ -136,9 +142,16 @@ def test_shared_label_raster_on_another_grid_is_warped_with_nearest_neighbour(
         with rasterio.open(out / row.image) as crop:
             expected = np.full((64, 64), 255, np.uint8)
             reproject(
-                merc, expected, src_transform=vrt.transform, src_crs="EPSG:3857", src_nodata=255,
-                dst_transform=crop.transform, dst_crs=crop.crs, dst_nodata=255, resampling=Resampling.nearest,
-            )  # fmt: skip
+                merc,
+                expected,
+                src_transform=vrt.transform,
+                src_crs="EPSG:3857",
+                src_nodata=255,
+                dst_transform=crop.transform,
+                dst_crs=crop.crs,
+                dst_nodata=255,
+                resampling=Resampling.nearest,
+            )
         got = _label(out, row.label)
         h, w = row.height, row.width
         assert (got[:h, :w] != expected[:h, :w]).mean() < 0.002, row.label
@@ -157,8 +170,9 @@ def test_split_takes_one_value_per_scene_or_one_for_all(tmp_path: Path, capsys: 
     assert _tile(*args, "--split", "train", "val", out=tmp_path / "two") == 0
     tiles, _ = read_index(tmp_path / "two" / "index.gpkg")
     assert dict(tiles.groupby("scene").split.unique().map(list)) == {
-        Path(SCENES[0]).stem: ["train"], Path(SCENES[1]).stem: ["val"],
-    }  # fmt: skip
+        Path(SCENES[0]).stem: ["train"],
+        Path(SCENES[1]).stem: ["val"],
+    }
     assert _tile(*args, "--split", "test", out=tmp_path / "one") == 0
     assert set(read_index(tmp_path / "one" / "index.gpkg")[0].split) == {"test"}
     assert _tile(*args, "--split", "a", "b", "c", out=tmp_path / "bad") == 2
@@ -285,13 +299,17 @@ def test_labels_that_come_out_all_ignore_stop_before_any_crop(
     bad = [
         (["--labels", tmp_path / "far.gpkg", "--label-field", "kind"], "they do not overlap the scene"),
         (["--labels", tmp_path / "holes.gpkg", "--label-field", "kind"], "1 of 2 features have no 'kind' value"),
-        (["--labels", make_raster(np.full((100, 90), 7, np.uint8), "l7.tif"), "--scheme", "potsdam"],
-         "no pixel holds a class of the scheme"),
+        (
+            ["--labels", make_raster(np.full((100, 90), 7, np.uint8), "l7.tif"), "--scheme", "potsdam"],
+            "no pixel holds a class of the scheme",
+        ),
         (["--labels", make_raster(np.full((100, 90), 0.3, np.float32), "f.tif")], "they hold float32 values"),
         (["--labels", make_raster(np.full((100, 90), 255, np.uint8), "i.tif")], "are all 255 (ignore)"),
-        (["--labels", make_raster(np.full((100, 90), 5, np.uint8), "c5.tif"), "--classes", "a,b"],
-         "label values [5] have no name in --classes"),
-    ]  # fmt: skip
+        (
+            ["--labels", make_raster(np.full((100, 90), 5, np.uint8), "c5.tif"), "--classes", "a,b"],
+            "label values [5] have no name in --classes",
+        ),
+    ]
     for args, message in bad:
         assert _tile(scene, *args, *FAST, out=tmp_path / "out") == 2
         _one_error(capsys, message)
@@ -349,8 +367,12 @@ def test_default_block_shrinks_to_fit_a_small_scene(tmp_path: Path, capsys: pyte
     tiles, splits = _splits(tmp_path / "a")
     assert set(tiles.split) == {"train", "val"}
     # the same as asking for that block explicitly
-    assert _tile(*one, "--size", "96", "--stride", "48", "--val-fraction", "0.3", "--block", "192", "-q",
-                 out=tmp_path / "b") == 0  # fmt: skip
+    assert (
+        _tile(
+            *one, "--size", "96", "--stride", "48", "--val-fraction", "0.3", "--block", "192", "-q", out=tmp_path / "b"
+        )
+        == 0
+    )
     assert _splits(tmp_path / "b")[1] == splits
     # no block down to the crop size leaves both splits crops: the error names the sides tried
     assert _tile(*one, "--size", "256", "--stride", "128", "--val-fraction", "0.5", out=tmp_path / "c") == 2

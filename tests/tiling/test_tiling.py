@@ -70,9 +70,16 @@ def _check_crops(out: Path, scene: Path, label_ids: np.ndarray | None, size: int
     ],
 )
 def test_crops_keep_georeferencing_and_pixels(
-    make_raster: RasterFactory, rng: np.random.Generator, tmp_path: Path, bands: int, dtype: str, crs: str,
-    nodata: float | None, shape: tuple[int, int], descriptions: tuple[str, ...] | None,
-) -> None:  # fmt: skip
+    make_raster: RasterFactory,
+    rng: np.random.Generator,
+    tmp_path: Path,
+    bands: int,
+    dtype: str,
+    crs: str,
+    nodata: float | None,
+    shape: tuple[int, int],
+    descriptions: tuple[str, ...] | None,
+) -> None:
     data = (rng.random((bands, *shape)) * 1000).astype(dtype)
     transform = Affine(1e-5, 0, 13.4, 0, -1e-5, 52.5) if crs == "EPSG:4326" else DEFAULT_TRANSFORM
     scene = make_raster(data, crs=crs, transform=transform, nodata=nodata, descriptions=descriptions)
@@ -131,8 +138,17 @@ def test_index_rows_footprints_counts_and_classes(
     assert tiles.crs == "EPSG:32633"
     assert list(classes["name"]) == [*POTSDAM.classes, "ignore"] and set(classes["scheme"]) == {"potsdam"}
     assert list(tiles.columns[:10]) == [
-        "scene", "split", "row_off", "col_off", "width", "height", "valid_fraction", "image", "label", "scene_path",
-    ]  # fmt: skip
+        "scene",
+        "split",
+        "row_off",
+        "col_off",
+        "width",
+        "height",
+        "valid_fraction",
+        "image",
+        "label",
+        "scene_path",
+    ]
     assert list(zip(tiles.row_off, tiles.col_off, strict=True)) == sorted(
         zip(tiles.row_off, tiles.col_off, strict=True)
     )
@@ -172,14 +188,23 @@ def test_vector_labels_are_reprojected_and_rasterized(make_raster: RasterFactory
     frame = gpd.GeoDataFrame({"kind": ["building", "tree"]}, geometry=polys_utm, crs="EPSG:32633")
     frame.to_crs("EPSG:4326").to_file(tmp_path / "polys.gpkg")
     summary = tile_scenes(
-        [SceneSpec(scene, tmp_path / "polys.gpkg")], tmp_path / "out", size=64, stride=32, scheme="potsdam",
-        label_field="kind", label_fill=0, workers=1,
-    )  # fmt: skip
+        [SceneSpec(scene, tmp_path / "polys.gpkg")],
+        tmp_path / "out",
+        size=64,
+        stride=32,
+        scheme="potsdam",
+        label_field="kind",
+        label_fill=0,
+        workers=1,
+    )
     assert summary.crops == 6
     expected = rasterize(
-        [(g, c) for g, c in zip(frame.geometry, [1, 3], strict=True)], out_shape=(90, 120),
-        transform=DEFAULT_TRANSFORM, fill=0, dtype=np.uint8,
-    )  # fmt: skip
+        [(g, c) for g, c in zip(frame.geometry, [1, 3], strict=True)],
+        out_shape=(90, 120),
+        transform=DEFAULT_TRANSFORM,
+        fill=0,
+        dtype=np.uint8,
+    )
     assert {1, 3} <= set(np.unique(expected))
     tiles, _ = read_index(tmp_path / "out" / "index.gpkg")
     for row in tiles.itertuples():
@@ -240,8 +265,12 @@ def test_scenes_in_different_crs_share_one_index_layer(make_raster: RasterFactor
     from rasterio.warp import transform_geom
 
     a = make_raster(np.zeros((1, 40, 40), np.uint8), "a.tif")
-    b = make_raster(np.zeros((1, 40, 40), np.uint8), "b.tif", crs="EPSG:32632",
-                    transform=Affine(0.1, 0, 800_000, 0, -0.1, 5_810_000))  # fmt: skip
+    b = make_raster(
+        np.zeros((1, 40, 40), np.uint8),
+        "b.tif",
+        crs="EPSG:32632",
+        transform=Affine(0.1, 0, 800_000, 0, -0.1, 5_810_000),
+    )
     tile_scenes([a, b], tmp_path / "out", size=40, workers=1)
     tiles, _ = read_index(tmp_path / "out" / "index.gpkg")
     assert tiles.crs == "EPSG:32633" and list(tiles.scene_crs) == ["EPSG:32633", "EPSG:32632"]

@@ -30,12 +30,22 @@ from tests.daskkit import subprocess_env as _env
 def _scene(folder: Path, name: str, height: int, width: int, seed: int) -> SceneSpec:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    image = write_geotiff(folder / f"{name}.tif", rng.integers(0, 255, (4, height, width), dtype=np.uint8),
-                          crs=UTM33, transform=DEFAULT_TRANSFORM, compress=None)  # fmt: skip
+    image = write_geotiff(
+        folder / f"{name}.tif",
+        rng.integers(0, 255, (4, height, width), dtype=np.uint8),
+        crs=UTM33,
+        transform=DEFAULT_TRANSFORM,
+        compress=None,
+    )
     cells = rng.integers(0, 6, (height // 16 + 1, width // 16 + 1)).astype(np.uint8)
     ids = np.repeat(np.repeat(cells, 16, axis=0), 16, axis=1)[:height, :width]
-    label = write_geotiff(folder / f"{name}_label.tif", SCHEMES["potsdam"].encode_colours(ids), crs=UTM33,
-                          transform=DEFAULT_TRANSFORM, compress=None)  # fmt: skip
+    label = write_geotiff(
+        folder / f"{name}_label.tif",
+        SCHEMES["potsdam"].encode_colours(ids),
+        crs=UTM33,
+        transform=DEFAULT_TRANSFORM,
+        compress=None,
+    )
     return SceneSpec(image, label, "train")
 
 
@@ -121,8 +131,23 @@ def test_unreachable_scheduler_is_one_line_exit_2(scenes: list[SceneSpec], tmp_p
 def test_sigkilled_run_resumes_to_identical_files_and_index(tmp_path: Path) -> None:
     scene = _scene(tmp_path / "scene", "big", 300, 310, 3)
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / "pipelines" / "tile.py"), str(scene.image), "--labels", str(scene.label),
-           "--scheme", "potsdam", "--size", "32", "--stride", "16", "--out", str(out), "--workers", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "pipelines" / "tile.py"),
+        str(scene.image),
+        "--labels",
+        str(scene.label),
+        "--scheme",
+        "potsdam",
+        "--size",
+        "32",
+        "--stride",
+        "16",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), start_new_session=True, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -39,9 +39,22 @@ def facts(name: str, share: float, size: float | None, pixels: int = 100_000) ->
 
 
 def fp(classes: list[ClassFacts], **changes: object) -> Fingerprint:
-    base = Fingerprint(crops=200, val_crops=50, scenes=2, crop_shape=(512, 512), bands=4, dtype="uint16",
-                       band_mean=(1.0,) * 4, band_std=(1.0,) * 4, gsd=(0.3, 0.3), classes=tuple(classes),
-                       device="cpu", cores=2, memory=16 * GB, memory_source="available now")  # fmt: skip
+    base = Fingerprint(
+        crops=200,
+        val_crops=50,
+        scenes=2,
+        crop_shape=(512, 512),
+        bands=4,
+        dtype="uint16",
+        band_mean=(1.0,) * 4,
+        band_std=(1.0,) * 4,
+        gsd=(0.3, 0.3),
+        classes=tuple(classes),
+        device="cpu",
+        cores=2,
+        memory=16 * GB,
+        memory_source="available now",
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -53,8 +66,9 @@ def test_balanced_classes_train_plainly() -> None:
     assert v["data.batch_size"] == 8 and v["data.flips"] == "aerial" and v["data.scale_range"] == [0.8, 1.25]
     assert v["optimizer.lr"] == 1e-3 and set(d.reasons) == set(v) == set(autoconfig.DERIVED) and not d.notes
     assert v["data.num_workers"] == 1  # two cores: one loads, one trains
-    gpus = derive(fp([facts("a", 0.5, 600), facts("b", 0.5, 600)], device="cuda", cores=16, gpus=2,
-                  memory=80 * GB)).values  # fmt: skip
+    gpus = derive(
+        fp([facts("a", 0.5, 600), facts("b", 0.5, 600)], device="cuda", cores=16, gpus=2, memory=80 * GB)
+    ).values
     assert gpus["data.num_workers"] == 4 and gpus["data.batch_size"] == 16
 
 
@@ -188,13 +202,14 @@ def test_memory_sizes_parse() -> None:
 
 def auto_config(folder: Path, tiles: Path, **sections: dict[str, object]) -> Path:
     cfg: dict[str, object] = {
-        "work_dir": str(folder / "runs" / "auto"), "auto": {"enabled": True},
+        "work_dir": str(folder / "runs" / "auto"),
+        "auto": {"enabled": True},
         "data": {"source": "tiles", "root": str(tiles), "scheme": "potsdam", "num_workers": 0, "batch_size": 2},
         "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
         "optimizer": {"name": "adamw"},
         "schedule": {"iterations": 6, "min_lr": 0.0},
         "train": {"eval_every": 3, "checkpoint_every": 3, "log_every": 1},
-    }  # fmt: skip
+    }
     for key, values in sections.items():
         cfg[key] = {**cfg[key], **values}  # type: ignore[dict-item]
     path = folder / "auto.yaml"
@@ -253,8 +268,12 @@ def test_a_budgeted_auto_run_widens_the_rescaling_after_its_probe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy_on_ranges(monkeypatch, 4)  # 20 iterations of 2 over 9 crops are 4.4 passes
-    path = auto_config(tmp_path, make_tiles(tmp_path, crop=64), schedule={"budget": "10m", "iterations": 20},
-                       auto={"enabled": True, "lr_test": False})  # fmt: skip
+    path = auto_config(
+        tmp_path,
+        make_tiles(tmp_path, crop=64),
+        schedule={"budget": "10m", "iterations": 20},
+        auto={"enabled": True, "lr_test": False},
+    )
     result = train_experiment(load_config(path))
     record = json.loads((result.run_dir / "auto.json").read_text())
     assert record["values"]["data.scale_range"] == [0.5, 2.0] and record["by_plan"]["data.scale_range"]["passes"] == 4.4
@@ -288,9 +307,13 @@ def one_class_tiles(folder: Path) -> Path:
     for split in ("train", "val"):
         image = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
         colours = SCHEMES["potsdam"].encode_colours(np.full((64, 64), 2, np.uint8))
-        specs.append(SceneSpec(write_geotiff(folder / f"{split}.tif", image, crs="EPSG:32633", transform=transform),
-                               write_geotiff(folder / f"{split}_l.tif", colours, crs="EPSG:32633",
-                                             transform=transform), split))  # fmt: skip
+        specs.append(
+            SceneSpec(
+                write_geotiff(folder / f"{split}.tif", image, crs="EPSG:32633", transform=transform),
+                write_geotiff(folder / f"{split}_l.tif", colours, crs="EPSG:32633", transform=transform),
+                split,
+            )
+        )
     tile_scenes(specs, folder / "tiles", size=64, stride=64, scheme="potsdam", workers=1, quiet=True)
     return folder / "tiles"
 
@@ -323,8 +346,16 @@ def test_auto_needs_a_tile_index(tmp_path: Path) -> None:
 def test_two_torchrun_ranks_train_with_rank_zeros_settings(tmp_path: Path) -> None:
     path = auto_config(tmp_path, make_tiles(tmp_path), train={"device": "cpu"})
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "pipelines" / "train.py"), str(path), "schedule.iterations=4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "pipelines" / "train.py"),
+        str(path),
+        "schedule.iterations=4",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "runs" / "auto" / "auto.json").read_text())

@@ -20,8 +20,10 @@ from tests.killkit import kill_after_checkpoint
 from tests.trainkit import REPO, make_tiles, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
-SECTIONS = {"schedule": {"iterations": 10},
-            "train": {"eval_every": 5, "checkpoint_every": 2, "log_every": 1, "device": "cpu", "ema": 0.9}}  # fmt: skip
+SECTIONS = {
+    "schedule": {"iterations": 10},
+    "train": {"eval_every": 5, "checkpoint_every": 2, "log_every": 1, "device": "cpu", "ema": 0.9},
+}
 
 
 def test_the_average_follows_the_closed_form_and_copies_integer_buffers() -> None:
@@ -55,8 +57,13 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), str(config)], env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), str(config)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow

@@ -41,14 +41,16 @@ def test_plan_spends_what_is_left_on_iterations_and_evaluations() -> None:
     assert plan.warmup_iters == max(round(plan.iterations * 0.03), PROBE_ITERATIONS)
     assert set(plan.reasons) == {"iterations", "eval_every", "checkpoint_every", "warmup_iters"}
     # a busier machine later: the re-plan from the measured costs shortens the run
-    slower = plan_budget(600, Measured(spent=300, step=1.5, evaluation=20, checkpoint=2), done=200, val_batches=50,
-                         evaluations_done=1)  # fmt: skip
+    slower = plan_budget(
+        600, Measured(spent=300, step=1.5, evaluation=20, checkpoint=2), done=200, val_batches=50, evaluations_done=1
+    )
     assert slower.iterations == 200 + int((300 - 3 * 22) // 1.5) < plan.iterations
     # the config's values win; schedule.iterations caps
     fixed = plan_budget(600, Measured(30, 0.5), done=12, val_batches=50, cap=100, fixed={"eval_every": 7})
     assert (fixed.iterations, fixed.eval_every, fixed.reasons["eval_every"]) == (100, 7, "set in the config")
-    frequent = plan_budget(600, Measured(30, 0.5, evaluation=9, checkpoint=1), done=12, val_batches=50,
-                           fixed={"eval_every": 100})  # fmt: skip
+    frequent = plan_budget(
+        600, Measured(30, 0.5, evaluation=9, checkpoint=1), done=12, val_batches=50, fixed={"eval_every": 100}
+    )
     stops = -(-(frequent.iterations - 12) // 100)  # the evaluations the config's cadence brings are paid for
     assert (frequent.iterations - 12) * 0.5 + stops * 10 <= 570
     # evaluations that no longer fit are dropped before the run gives up; then one line says what it needs
@@ -62,13 +64,19 @@ def config(folder: Path, budget: str, **train: object) -> Path:
     tiles = make_tiles(folder)
     cfg = {
         "work_dir": str(folder / "runs" / "budget"),
-        "data": {"source": "tiles", "root": str(tiles), "scheme": "potsdam", "crop_size": 48, "batch_size": 2,
-                 "num_workers": 0},
+        "data": {
+            "source": "tiles",
+            "root": str(tiles),
+            "scheme": "potsdam",
+            "crop_size": 48,
+            "batch_size": 2,
+            "num_workers": 0,
+        },
         "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
         "optimizer": {"lr": 0.01},
         "schedule": {"budget": budget, "min_lr": 0.0},
         "train": {"log_every": 5, **train},
-    }  # fmt: skip
+    }
     path = folder / "budget.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -123,8 +131,16 @@ def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_two_torchrun_ranks_follow_one_plan(tmp_path: Path) -> None:
     path = config(tmp_path, "40s", device="cpu")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "pipelines" / "train.py"), str(path), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "pipelines" / "train.py"),
+        str(path),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "budget"

@@ -30,8 +30,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiles = trainkit.make_tiles(folder)
     infer = {"size": 64, "stride": 32, "batch_size": 4, "scenes": [str(folder / "val.tif")]}
     train = {"eval_every": 4, "checkpoint_every": 4, "log_every": 2, "device": "cpu"}
-    cfg = trainkit.write_config(folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4},
-                                train=train, infer=infer)  # fmt: skip
+    cfg = trainkit.write_config(
+        folder / "exp.yaml", tiles, folder / "runs" / "tiny", schedule={"iterations": 4}, train=train, infer=infer
+    )
     result = train_experiment(load_config(cfg))
     assert result.best is not None
     return result.best

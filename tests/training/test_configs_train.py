@@ -70,10 +70,18 @@ def test_config_trains_two_iterations(path: Path, data_roots: dict[str, Path], t
     crop = [64, 96] if isinstance(recipe.data.crop_size, tuple) else 64
     cfg: ExperimentConfig = load_config(
         path,
-        [f"data.root={data_roots[layout(recipe, path)]}", f"work_dir={tmp_path / 'run'}", f"data.crop_size={crop}",
-         "data.batch_size=2", "data.num_workers=0", "schedule.iterations=2", "train.eval_every=2",
-         "train.checkpoint_every=2", "model.weights=null"],
-    )  # fmt: skip
+        [
+            f"data.root={data_roots[layout(recipe, path)]}",
+            f"work_dir={tmp_path / 'run'}",
+            f"data.crop_size={crop}",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "schedule.iterations=2",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+            "model.weights=null",
+        ],
+    )
     result = train_experiment(cfg)
     assert result.iterations == 2 and result.last.is_file()
     assert 0.0 <= result.best_miou <= 1.0

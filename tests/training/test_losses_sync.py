@@ -110,8 +110,7 @@ def test_same_values_and_gradients_as_before(name: str, seed: int, weighted: boo
 class _HostSyncs(TorchDispatchMode):
     """Records the operators that make the host wait for the device (``.item()``/``bool()``, mask selection)."""
 
-    SYNCING = ("aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
-               "aten::item")  # fmt: skip
+    SYNCING = ("aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select", "aten::item")
 
     def __init__(self) -> None:
         super().__init__()

@@ -84,8 +84,9 @@ def test_auto_class_weights_favour_the_rare_class(tiles: Path) -> None:
     plain = torch.nn.functional.cross_entropy(logits, target)
     weighted = torch.nn.functional.cross_entropy(logits, target, weight=weights)
     assert weighted > plain
-    balanced = class_weights(validate_config({"train": {"class_weights": "balanced"}}, ExperimentConfig), source,
-                             torch.device("cpu"))  # fmt: skip
+    balanced = class_weights(
+        validate_config({"train": {"class_weights": "balanced"}}, ExperimentConfig), source, torch.device("cpu")
+    )
     assert balanced is not None and balanced[rare] / balanced[common] > weights[rare] / weights[common]
     present = counts > 0
     share = (balanced.numpy() * counts)[present]  # each class's weighted share of the loss: alike (up to 30x apart)
@@ -200,8 +201,9 @@ def test_training_gsd_is_the_median_of_the_scenes_and_none_without_crs(tmp_path:
     paths = []
     for i, size in enumerate((0.5, 0.5, 2.0)):
         transform = Affine(size, 0, 2_500_000, 0, -size, 7_500_000)
-        paths.append(write_geotiff(tmp_path / f"s{i}.tif", np.zeros((1, 8, 8), np.uint8), crs="EPSG:2953",
-                                   transform=transform))  # fmt: skip
+        paths.append(
+            write_geotiff(tmp_path / f"s{i}.tif", np.zeros((1, 8, 8), np.uint8), crs="EPSG:2953", transform=transform)
+        )
     assert rasters_gsd(paths) == pytest.approx(0.5)
 
 

@@ -164,9 +164,18 @@ def test_potsdam_recipe_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     imagenet = resnet18(weights=None).state_dict()
     torch.save(imagenet, hub / Path(IMAGENET_WEIGHTS["resnet18"].url).name)
     tiles = make_tiles(tmp_path / "data")
-    small = [f"data.root={tiles}", "data.bands=[1,2,3]", "data.crop_size=64", "data.batch_size=2",
-             "data.num_workers=0", "schedule.iterations=2", "train.eval_every=2", "train.checkpoint_every=2",
-             "train.log_every=1", f"work_dir={tmp_path / 'run'}"]  # fmt: skip
+    small = [
+        f"data.root={tiles}",
+        "data.bands=[1,2,3]",
+        "data.crop_size=64",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "schedule.iterations=2",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        f"work_dir={tmp_path / 'run'}",
+    ]
     cfg = load_config(CONFIGS / "potsdam_r18.yaml", small)
     result = train_experiment(cfg)
     state = torch.load(result.last, map_location="cpu", weights_only=True)

@@ -27,8 +27,13 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), *args], env=ENV,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_poly_schedule_with_warmup() -> None:
@@ -72,8 +77,15 @@ def test_train_writes_every_output_and_evaluates(
     cfg = write_config(tmp_path / "exp.yaml", tiles, tmp_path / "run")
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     run = tmp_path / "run"
-    for name in ["last.pt", "best.pt", "config.yaml", "metrics.csv", "curves.png", "confusion_matrix.png",
-                 "val_scores.md"]:  # fmt: skip
+    for name in [
+        "last.pt",
+        "best.pt",
+        "config.yaml",
+        "metrics.csv",
+        "curves.png",
+        "confusion_matrix.png",
+        "val_scores.md",
+    ]:
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     state = load_checkpoint(run / "last.pt")
@@ -94,8 +106,10 @@ def test_train_writes_every_output_and_evaluates(
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiles: Path, tmp_path: Path) -> None:
     # bit-exact resume holds on the CPU; CUDA kernels (bilinear backward...) are not deterministic: see test_gpu.py
-    sections = {"schedule": {"iterations": 10},
-                "train": {"eval_every": 5, "checkpoint_every": 2, "log_every": 1, "device": "cpu"}}  # fmt: skip
+    sections = {
+        "schedule": {"iterations": 10},
+        "train": {"eval_every": 5, "checkpoint_every": 2, "log_every": 1, "device": "cpu"},
+    }
     full = write_config(tmp_path / "full.yaml", tiles, tmp_path / "full", **sections)
     assert run_train([str(full), "--quiet"]).returncode == 0
 
@@ -129,8 +143,12 @@ def relative_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 def test_two_ranks_stay_in_sync_and_match_one_process(tiles: Path, tmp_path: Path) -> None:
     # dropout masks cannot be split across ranks like samples can, so this comparison turns dropout off; no
     # rescaling keeps every crop free of padding, so per-rank mean losses average to the global mean loss
-    sections = {"schedule": {"iterations": 2}, "train": {"eval_every": 2, "checkpoint_every": 1, "device": "cpu"},
-                "model": {"dropout": 0.0}, "data": {"scale_range": [1.0, 1.0]}}  # fmt: skip
+    sections = {
+        "schedule": {"iterations": 2},
+        "train": {"eval_every": 2, "checkpoint_every": 1, "device": "cpu"},
+        "model": {"dropout": 0.0},
+        "data": {"scale_range": [1.0, 1.0]},
+    }
     single = write_config(tmp_path / "one.yaml", tiles, tmp_path / "one", **sections)
     single.write_text(single.read_text().replace("batch_size: 2", "batch_size: 4"))
     assert run_train([str(single), "--quiet"]).returncode == 0
@@ -140,8 +158,17 @@ def test_two_ranks_stay_in_sync_and_match_one_process(tiles: Path, tmp_path: Pat
     for sync in (True, False):
         cfg = write_config(tmp_path / f"two{sync}.yaml", tiles, tmp_path / f"two{sync}", **sections)
         script = str(REPO / "pipelines" / "train.py")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script,
-               str(cfg), "--quiet", f"train.sync_bn={str(sync).lower()}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            script,
+            str(cfg),
+            "--quiet",
+            f"train.sync_bn={str(sync).lower()}",
+        ]
         proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         two = load_checkpoint(tmp_path / f"two{sync}" / "last.pt")
@@ -185,16 +212,20 @@ def test_label_outside_classes(tiles: Path, tmp_path: Path, capsys: pytest.Captu
         data, profile = src.read(1), src.profile
     data[0, 0] = 9
     write_geotiff(label, data, crs=profile["crs"], transform=profile["transform"])
-    cfg = write_config(tmp_path / "c.yaml", bad, tmp_path / "run", data={"batch_size": 20},
-                       schedule={"iterations": 1})  # fmt: skip
+    cfg = write_config(tmp_path / "c.yaml", bad, tmp_path / "run", data={"batch_size": 20}, schedule={"iterations": 1})
     assert train_cli.main([str(cfg)]) == 2
     assert "label value 9 is outside the 6 classes and not 255" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_resume_refuses_another_architecture(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = write_config(tmp_path / "d.yaml", tiles, tmp_path / "run", schedule={"iterations": 2},
-                       train={"eval_every": 2, "checkpoint_every": 2})  # fmt: skip
+    cfg = write_config(
+        tmp_path / "d.yaml",
+        tiles,
+        tmp_path / "run",
+        schedule={"iterations": 2},
+        train={"eval_every": 2, "checkpoint_every": 2},
+    )
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     capsys.readouterr()  # a 2-iteration run may warn that classes have IoU 0
     assert train_cli.main([str(cfg), "model.name=deeplabv3", "schedule.iterations=4"]) == 2

@@ -95,8 +95,16 @@ def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> N
     """
     sections = {**SHORT, "train": {**SHORT["train"], "compile": True, "checkpoint_every": 1, "sync_bn": False}}
     cfg = write_config(tmp_path / "cd.yaml", tiles, tmp_path / "run", **sections)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, str(cfg),
-           "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        TRAIN,
+        str(cfg),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -110,8 +118,13 @@ def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> N
 def test_precision_is_recorded_in_the_run_folder(tiles: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "p.yaml", tiles, tmp_path / "run", **SHORT)
     # two loader workers (fork server, one thread each) and persistent validation workers, as a GPU run has them
-    proc = subprocess.run([sys.executable, TRAIN, str(cfg), "train.amp=auto", "data.num_workers=2"], env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, TRAIN, str(cfg), "train.amp=auto", "data.num_workers=2"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
     assert runtime["device"] == "cpu" and runtime["precision"] == "fp32" and runtime["grad_scaler"] is False
@@ -123,8 +136,9 @@ def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path, capsys: pyt
     if torch.cuda.is_available():
         pytest.skip("this host has a GPU: train.device=cuda is valid here")
     cfg = write_config(tmp_path / "g.yaml", tiles, tmp_path / "run", **SHORT)
-    proc = subprocess.run([sys.executable, TRAIN, str(cfg), "train.device=cuda"], env=ENV, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, TRAIN, str(cfg), "train.device=cuda"], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.device=cuda but no CUDA GPU" in lines[0] and "train.device=cpu" in lines[0]
@@ -138,13 +152,29 @@ def test_two_ranks_with_one_validation_crop_do_not_hang(tmp_path: Path) -> None:
     """Rank 1 holds no validation batch: evaluation must not wait on collectives it never joins."""
     tiles = make_tiles(tmp_path / "data", val_size=64)
     index_rows = subprocess.run(
-        [sys.executable, "-c", f"import geopandas as g; d=g.read_file({str(tiles / 'index.gpkg')!r}); "
-         "print((d['split'] == 'val').sum())"], capture_output=True, text=True, env=ENV, check=True)  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"import geopandas as g; d=g.read_file({str(tiles / 'index.gpkg')!r}); print((d['split'] == 'val').sum())",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    )
     assert index_rows.stdout.strip() == "1"
     sections = {"schedule": {"iterations": 4}, "train": {"eval_every": 2, "checkpoint_every": 2, "device": "cpu"}}
     cfg = write_config(tmp_path / "one_val.yaml", tiles, tmp_path / "run", **sections)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, str(cfg),
-           "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        TRAIN,
+        str(cfg),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -157,8 +187,15 @@ def test_rank_zero_decides_the_resume_for_every_rank(tmp_path: Path) -> None:
     for rank in (0, 1):
         (tmp_path / f"rank{rank}").mkdir()
     save_checkpoint(tmp_path / "rank0" / "last.pt", _fake_state(7))  # rank 1's work_dir holds nothing
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "workers" / "resume_worker.py"), str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "tests" / "workers" / "resume_worker.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"got{r}.json").read_text()) for r in (0, 1)]
@@ -166,8 +203,13 @@ def test_rank_zero_decides_the_resume_for_every_rank(tmp_path: Path) -> None:
 
 
 def _fake_state(iteration: int) -> dict[str, object]:
-    return {"model": {"w": torch.tensor([1.0, 2.0])}, "config": {}, "class_names": ["a"], "band_stats": {},
-            "iteration": iteration}  # fmt: skip
+    return {
+        "model": {"w": torch.tensor([1.0, 2.0])},
+        "config": {},
+        "class_names": ["a"],
+        "band_stats": {},
+        "iteration": iteration,
+    }
 
 
 @pytest.fixture()

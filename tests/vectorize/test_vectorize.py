@@ -195,8 +195,14 @@ def test_computed_columns_get_a_value_per_polygon(make_raster, tmp_path):
         x = shapely.get_x(shapely.centroid(geoms))
         return np.where(x < mid_x, "west", "east")
 
-    summary = vectorize(path, tmp_path / "out.gpkg", extra_columns={"scene": "s"}, computed_columns={"half": side},
-                        block_size=16, to_crs="EPSG:4326")  # fmt: skip
+    summary = vectorize(
+        path,
+        tmp_path / "out.gpkg",
+        extra_columns={"scene": "s"},
+        computed_columns={"half": side},
+        block_size=16,
+        to_crs="EPSG:4326",
+    )
     df = gpd.read_file(tmp_path / "out.gpkg")
     assert list(df.columns[:6]) == ["class_id", "class_name", "area_m2", "perimeter_m", "scene", "half"]
     west = df.to_crs(32633).geometry.centroid.x < mid_x  # computed in the raster's CRS, before reprojection
@@ -285,11 +291,22 @@ def test_real_polygons_round_trip(tmp_path):
     ids = truth.Quatreclasses.map(code).to_numpy()
     with rasterio.open(REAL / "new_brunswick" / "23322E759967N_clipped_1m_1of2.tif") as scene:
         profile, bounds = scene.profile, scene.bounds
-    labels = rasterize(zip(truth.geometry, ids, strict=True), out_shape=(profile["height"], profile["width"]),
-                       transform=profile["transform"], fill=255, dtype="uint8")  # fmt: skip
+    labels = rasterize(
+        zip(truth.geometry, ids, strict=True),
+        out_shape=(profile["height"], profile["width"]),
+        transform=profile["transform"],
+        fill=255,
+        dtype="uint8",
+    )
     raster = tmp_path / "labels.tif"
-    write_geotiff(raster, labels, crs=profile["crs"], transform=profile["transform"], nodata=255,
-                  tags=class_names_tag(["vegetation", "water", "road", "building"]))  # fmt: skip
+    write_geotiff(
+        raster,
+        labels,
+        crs=profile["crs"],
+        transform=profile["transform"],
+        nodata=255,
+        tags=class_names_tag(["vegetation", "water", "road", "building"]),
+    )
     vectorize(raster, tmp_path / "labels.gpkg", block_size=64)
     ours = gpd.read_file(tmp_path / "labels.gpkg")
     clipped = shapely.intersection(truth.geometry.values, shapely.box(*bounds))
@@ -319,6 +336,7 @@ def test_real_landsat_nodata_stays_out(tmp_path):
     pixel = abs(transform.a * transform.e)
     assert summary.merged > 0 and df.is_valid.all()
     assert df.area_m2.sum() == pytest.approx((labels != 255).sum() * pixel, rel=1e-9)
-    burnt = rasterize(zip(df.geometry, df.class_id, strict=True), out_shape=labels.shape, transform=transform,
-                      fill=255, dtype="uint8")  # fmt: skip
+    burnt = rasterize(
+        zip(df.geometry, df.class_id, strict=True), out_shape=labels.shape, transform=transform, fill=255, dtype="uint8"
+    )
     assert np.array_equal(burnt, labels)  # every polygon where its class is, none over nodata

@@ -38,8 +38,24 @@ def test_cli_writes_selected_classes(labels, tmp_path, capsys):
     df = gpd.read_file(out)
     assert set(df.class_name) == {"building", "tree"} and set(df.scene) == {"s1"} and df.crs.to_epsg() == 4326
     assert "polygons (building 1, tree 2)" in capsys.readouterr().out
-    assert main([str(labels), "--out", str(out), "--exclude", "tree", "--append", "--scene", "s2", "-q",
-                 "--to-crs", "EPSG:4326"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                str(labels),
+                "--out",
+                str(out),
+                "--exclude",
+                "tree",
+                "--append",
+                "--scene",
+                "s2",
+                "-q",
+                "--to-crs",
+                "EPSG:4326",
+            ]
+        )
+        == 0
+    )
     assert gpd.read_file(out).scene.value_counts().to_dict() == {"s1": 3, "s2": 3}
 
 

@@ -25,8 +25,15 @@ TRANSFORM = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_800_000.0)
 
 def regions(array: np.ndarray, block_size: int, *, simplify: float = 0.0, nodata: int | None = 255):
     """Run the block-wise polygonizer on a real in-memory GeoTIFF; return (values, geometries)."""
-    profile = geotiff_profile(width=array.shape[1], height=array.shape[0], count=1, dtype=array.dtype,
-                              crs="EPSG:32633", transform=TRANSFORM, nodata=nodata)  # fmt: skip
+    profile = geotiff_profile(
+        width=array.shape[1],
+        height=array.shape[0],
+        count=1,
+        dtype=array.dtype,
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+        nodata=nodata,
+    )
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
             dst.write(array, 1)
@@ -156,8 +163,17 @@ def test_pinch_at_a_seam_gives_a_valid_hole():
 def test_a_region_whose_spliced_outline_passes_a_seam_vertex_twice(monkeypatch: pytest.MonkeyPatch):
     # The zeros here are one region whose outline, spliced across the seams x = 3 and y = 3, passes a seam
     # vertex twice: the splice takes its general way (split the loop, then drop straight vertices).
-    array = np.array([[1, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 1],
-                      [1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 1]], dtype=np.uint8)  # fmt: skip
+    array = np.array(
+        [
+            [1, 0, 1, 1, 0, 0],
+            [0, 1, 0, 0, 0, 0],
+            [1, 0, 0, 0, 1, 0],
+            [1, 1, 0, 0, 0, 1],
+            [1, 1, 0, 0, 0, 1],
+            [1, 0, 0, 0, 1, 1],
+        ],
+        dtype=np.uint8,
+    )
     split = []
     real = stitch_module._split_touching_loops
     monkeypatch.setattr(stitch_module, "_split_touching_loops", lambda *a: split.append(1) or real(*a))
@@ -212,9 +228,14 @@ def test_stitch_many_splices_each_group_as_alone_and_falls_back_only_where_neede
     # Pieces of several regions cut by the seams x = 4 and y = 4, spliced in one call: a ring around a hole
     # whose pieces come from four blocks, an L across a corner, a bar, and a pair meeting at a point only
     # (no shared seam edge: that group alone falls back to an overlay union).
-    ring = np.array([shapely.box(1, 1, 4, 4).difference(shapely.box(2, 2, 4, 4)), shapely.box(4, 1, 7, 4).difference(
-        shapely.box(4, 2, 6, 4)), shapely.box(1, 4, 4, 7).difference(shapely.box(2, 4, 4, 6)),
-        shapely.box(4, 4, 7, 7).difference(shapely.box(4, 4, 6, 6))])  # fmt: skip
+    ring = np.array(
+        [
+            shapely.box(1, 1, 4, 4).difference(shapely.box(2, 2, 4, 4)),
+            shapely.box(4, 1, 7, 4).difference(shapely.box(4, 2, 6, 4)),
+            shapely.box(1, 4, 4, 7).difference(shapely.box(2, 4, 4, 6)),
+            shapely.box(4, 4, 7, 7).difference(shapely.box(4, 4, 6, 6)),
+        ]
+    )
     ell = np.array([shapely.box(10, 0, 12, 4), shapely.box(10, 4, 12, 8), shapely.box(12, 6, 14, 8)])
     bar = np.array([shapely.box(0, 9, 4, 10), shapely.box(4, 9, 8, 10)])
     corner = np.array([shapely.box(0, 12, 4, 16), shapely.box(4, 16, 8, 20)])

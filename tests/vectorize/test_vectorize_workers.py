@@ -114,16 +114,18 @@ def test_the_cli_with_two_workers_writes_the_rows_of_one(labels: Path, tmp_path:
     assert main([str(labels), "--out", str(tmp_path / "one.gpkg"), "--block-size", "50", "--workers", "1", "-q"]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "pipelines" / "vectorize.py"), str(labels), "--out", str(tmp_path / "two.gpkg")]
-    done = subprocess.run([*cmd, "--block-size", "50", "--workers", "2"], capture_output=True, text=True, env=env,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [*cmd, "--block-size", "50", "--workers", "2"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert ", 2 worker processes" in done.stdout and done.stderr == ""
     assert rows(tmp_path / "two.gpkg") == rows(tmp_path / "one.gpkg")
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
-def test_a_worker_count_below_one_is_refused_before_anything_is_written(labels: Path, tmp_path: Path,
-                                                                        workers: Any) -> None:  # fmt: skip
+def test_a_worker_count_below_one_is_refused_before_anything_is_written(
+    labels: Path, tmp_path: Path, workers: Any
+) -> None:
     with pytest.raises(InputError, match=r"workers must be a whole number of at least 1"):
         vectorize(labels, tmp_path / "out.gpkg", workers=workers)
     assert list(tmp_path.iterdir()) == []

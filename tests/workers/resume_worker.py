@@ -19,8 +19,10 @@ def main(folder: str) -> None:
         # each rank has its own work_dir; only rank 0's holds last.pt
         last = Path(folder) / f"rank{env.rank}" / "last.pt"
         state = resume_state(last, True, env)
-        got = {"iteration": None if state is None else state["iteration"],
-               "weight": None if state is None else state["model"]["w"].tolist()}  # fmt: skip
+        got = {
+            "iteration": None if state is None else state["iteration"],
+            "weight": None if state is None else state["model"]["w"].tolist(),
+        }
         (Path(folder) / f"got{env.rank}.json").write_text(json.dumps(got))
     finally:
         shutdown_distributed()

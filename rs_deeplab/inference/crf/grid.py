@@ -37,8 +37,14 @@ class GridPoint:
 
     def params(self) -> CRFParams:
         """The CRF settings: this appearance kernel, the paper's fixed smoothness kernel (w2 = 3, σγ = 3)."""
-        return CRFParams(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=self.sxy, bilateral_srgb=self.srgb,
-                         bilateral_compat=self.w1, iterations=self.iterations)  # fmt: skip
+        return CRFParams(
+            gaussian_sxy=3.0,
+            gaussian_compat=3.0,
+            bilateral_sxy=self.sxy,
+            bilateral_srgb=self.srgb,
+            bilateral_compat=self.w1,
+            iterations=self.iterations,
+        )
 
 
 def parse_range(text: str, option: str) -> tuple[float, ...]:
@@ -62,15 +68,14 @@ def parse_range(text: str, option: str) -> tuple[float, ...]:
     if step <= 0:
         raise InputError(f"{option} {text!r}: the step must be positive")
     if stop < start:
-        raise InputError(f"{option} {text!r}: the range is reversed ({stop:g} < {start:g}); write it as "
-                         f"{stop:g}:{start:g}")  # fmt: skip
+        raise InputError(
+            f"{option} {text!r}: the range is reversed ({stop:g} < {start:g}); write it as {stop:g}:{start:g}"
+        )
     count = int(np.floor((stop - start) / step + 1e-9)) + 1
     return tuple(round(start + i * step, 10) for i in range(count))
 
 
-def make_grid(
-    w1: Sequence[float], sxy: Sequence[float], srgb: Sequence[float], iterations: int
-) -> list[GridPoint]:  # fmt: skip
+def make_grid(w1: Sequence[float], sxy: Sequence[float], srgb: Sequence[float], iterations: int) -> list[GridPoint]:
     """Every combination, each checked as CRF settings.
 
     Raises:
@@ -112,8 +117,10 @@ class Setting:
         if self.params is None:
             return NO_CRF
         p = self.params
-        return (f"{self.name}:w1={p.bilateral_compat:g},sxy={p.bilateral_sxy:g},srgb={p.bilateral_srgb:g},"
-                f"w2={p.gaussian_compat:g},sg={p.gaussian_sxy:g},it={p.iterations}")  # fmt: skip
+        return (
+            f"{self.name}:w1={p.bilateral_compat:g},sxy={p.bilateral_sxy:g},srgb={p.bilateral_srgb:g},"
+            f"w2={p.gaussian_compat:g},sg={p.gaussian_sxy:g},it={p.iterations}"
+        )
 
 
 def settings(points: Sequence[GridPoint]) -> list[Setting]:
@@ -127,8 +134,13 @@ def ranked_rows(todo: Sequence[Setting], done: dict[str, list[list[int]]]) -> li
     for s in todo:
         result = scores(np.asarray(done[s.key]))
         p = s.params
-        row: dict[str, Any] = {"setting": s.name, "mIoU": result.miou, "mF1": result.mean_f1,
-                               "OA": result.overall_accuracy, "pixels": result.pixels}  # fmt: skip
+        row: dict[str, Any] = {
+            "setting": s.name,
+            "mIoU": result.miou,
+            "mF1": result.mean_f1,
+            "OA": result.overall_accuracy,
+            "pixels": result.pixels,
+        }
         row["crf"] = None if p is None else {k: v for k, v in asdict(p).items() if k != "bands"}
         rows.append(row)
     rows.sort(key=lambda r: -r["mIoU"] if np.isfinite(r["mIoU"]) else 0.0)
@@ -139,14 +151,29 @@ def ranked_rows(todo: Sequence[Setting], done: dict[str, list[list[int]]]) -> li
 
 def markdown(rows: Sequence[dict[str, Any]], images: int) -> str:
     """The ranked table: rank, setting, the kernels (w1, σα, σβ, w2, σγ), iterations and the scores in %."""
-    lines = [f"CRF kernels ranked by mIoU over {images} validation crop(s)", "",
-             "| rank | setting | w1 | σα | σβ | w2 | σγ | iterations | mIoU | mF1 | OA |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"CRF kernels ranked by mIoU over {images} validation crop(s)",
+        "",
+        "| rank | setting | w1 | σα | σβ | w2 | σγ | iterations | mIoU | mF1 | OA |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         c = r["crf"]
-        kernels = ["–"] * 6 if c is None else [f"{c[k]:g}" for k in ("bilateral_compat", "bilateral_sxy",
-                                                                       "bilateral_srgb", "gaussian_compat",
-                                                                       "gaussian_sxy", "iterations")]  # fmt: skip
+        kernels = (
+            ["–"] * 6
+            if c is None
+            else [
+                f"{c[k]:g}"
+                for k in (
+                    "bilateral_compat",
+                    "bilateral_sxy",
+                    "bilateral_srgb",
+                    "gaussian_compat",
+                    "gaussian_sxy",
+                    "iterations",
+                )
+            ]
+        )
         name = f"**{r['setting']}**" if r["setting"] in (NO_CRF, DEFAULT) else r["setting"]
         scores_pc = [f"{100 * r[k]:.2f}" for k in ("mIoU", "mF1", "OA")]
         lines.append(f"| {r['rank']} | {name} | " + " | ".join(kernels + scores_pc) + " |")

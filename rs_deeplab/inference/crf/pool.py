@@ -53,8 +53,10 @@ def resolve_processes(choice: int | None, *, cores: int, env: str | None, daemon
         except ValueError:
             choice = 0
         if choice < 1:
-            raise InputError(f"{PROCESSES_ENV}={env!r}: must be a whole number of at least 1 (DenseCRF processes; "
-                             "1 refines on a thread)")  # fmt: skip
+            raise InputError(
+                f"{PROCESSES_ENV}={env!r}: must be a whole number of at least 1 (DenseCRF processes; "
+                "1 refines on a thread)"
+            )
     if choice is not None and (isinstance(choice, bool) or not isinstance(choice, int) or choice < 1):
         raise InputError(f"CRF processes must be a whole number of at least 1, got {choice!r}")
     wanted = cores if choice is None else choice
@@ -84,9 +86,12 @@ def _start_worker() -> None:
 
 
 def _refine(
-    params: CRFParams, probs: np.ndarray, image: np.ndarray, valid: np.ndarray,
+    params: CRFParams,
+    probs: np.ndarray,
+    image: np.ndarray,
+    valid: np.ndarray,
     ranges: Sequence[tuple[float, float]] | None,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     return params.refine(probs, image, valid=valid, band_ranges=ranges)
 
 
@@ -139,5 +144,7 @@ class CRFPool:
         try:
             return future.result()
         except BrokenProcessPool:
-            raise WorkerDiedError(f"a DenseCRF worker process died (killed, or out of memory); run again with fewer "
-                                  f"processes ({PROCESSES_ENV}=1 refines on a thread)") from None  # fmt: skip
+            raise WorkerDiedError(
+                f"a DenseCRF worker process died (killed, or out of memory); run again with fewer "
+                f"processes ({PROCESSES_ENV}=1 refines on a thread)"
+            ) from None

@@ -128,8 +128,9 @@ def score_setting(files: Sequence[str], params: dict[str, Any] | None, num_class
     return cm
 
 
-def _pending(todo: Sequence[Setting], files: Sequence[str], num_classes: int, executor: Any
-             ) -> Iterator[tuple[Setting, np.ndarray]]:  # fmt: skip
+def _pending(
+    todo: Sequence[Setting], files: Sequence[str], num_classes: int, executor: Any
+) -> Iterator[tuple[Setting, np.ndarray]]:
     """Yield each setting with its confusion matrix as it finishes (local serial run or Dask)."""
     args = [(s, None if s.params is None else asdict(s.params)) for s in todo]
     if executor.client is None:
@@ -138,8 +139,10 @@ def _pending(todo: Sequence[Setting], files: Sequence[str], num_classes: int, ex
         return
     watch = executor.watch()  # a worker killed mid-task is survived; none left, or the scheduler lost: one line
     run = uuid.uuid4().hex[:8]
-    futures = {executor.client.submit(score_setting, list(files), params, num_classes, key=f"crf-{run}-{i}",
-                                      pure=False): s for i, (s, params) in enumerate(args)}  # fmt: skip
+    futures = {
+        executor.client.submit(score_setting, list(files), params, num_classes, key=f"crf-{run}-{i}", pure=False): s
+        for i, (s, params) in enumerate(args)
+    }
     try:
         for future in watch.as_completed(list(futures)):
             yield futures[future], watch.result(future)
@@ -148,9 +151,17 @@ def _pending(todo: Sequence[Setting], files: Sequence[str], num_classes: int, ex
 
 
 def score_settings(
-    todo: Sequence[Setting], files: Sequence[Path], num_classes: int, done_file: Path, fingerprint: str, *,
-    workers: int | None = None, scheduler: str | None = None, quiet: bool = False, cluster: Cluster | None = None,
-) -> tuple[dict[str, list[list[int]]], int]:  # fmt: skip
+    todo: Sequence[Setting],
+    files: Sequence[Path],
+    num_classes: int,
+    done_file: Path,
+    fingerprint: str,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    quiet: bool = False,
+    cluster: Cluster | None = None,
+) -> tuple[dict[str, list[list[int]]], int]:
     """Confusion matrices of every setting; finished ones are read from (and new ones added to) ``done_file``.
 
     ``cluster`` (already open) runs the settings; without it one is opened from ``workers`` and ``scheduler``
@@ -204,11 +215,13 @@ def recorded_crf(model_path: Path) -> tuple[CRFParams, Path] | None:
         record = json.loads(path.read_text())
         params = CRFParams(**record["crf"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable CRF search record ({exc}); remove it or run "
-                         "pipelines/crf_search.py again") from None  # fmt: skip
+        raise InputError(
+            f"{path}: not a readable CRF search record ({exc}); remove it or run pipelines/crf_search.py again"
+        ) from None
     if record.get("model") != model_stamp(model_path):
-        log.warning("%s was searched for other weights than %s now holds; using the default CRF kernels",
-                    path, model_path)  # fmt: skip
+        log.warning(
+            "%s was searched for other weights than %s now holds; using the default CRF kernels", path, model_path
+        )
         return None
     return params, path
 
@@ -221,11 +234,16 @@ def best_setting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     best = next(r for r in rows if r["setting"] != NO_CRF)
     if best["setting"] == DEFAULT:
-        log.warning("the default kernels beat every setting of the grid (mIoU %.4f); they are recorded. Widen the "
-                    "grid (--w1, --sxy, --srgb) to search around them", best["mIoU"])  # fmt: skip
+        log.warning(
+            "the default kernels beat every setting of the grid (mIoU %.4f); they are recorded. Widen the "
+            "grid (--w1, --sxy, --srgb) to search around them",
+            best["mIoU"],
+        )
     if rows[0]["setting"] == NO_CRF:
-        log.warning("no CRF (mIoU %.4f) beats every CRF setting on these crops; infer.py without --crf may do better",
-                    rows[0]["mIoU"])  # fmt: skip
+        log.warning(
+            "no CRF (mIoU %.4f) beats every CRF setting on these crops; infer.py without --crf may do better",
+            rows[0]["mIoU"],
+        )
     return best
 
 
@@ -289,21 +307,51 @@ def run_search(
         # a scheduler is reached (and has workers) before any probability is computed or anything is written
         cluster = stack.enter_context(open_cluster(None, scheduler)) if scheduler else None
         out.mkdir(parents=True, exist_ok=True)
-        files, computed = cache_probabilities(model, read, indices, out / CACHE_DIR / digest, normalise=normalise,
-                                              band_ranges=band_ranges, device=device, quiet=quiet)  # fmt: skip
+        files, computed = cache_probabilities(
+            model,
+            read,
+            indices,
+            out / CACHE_DIR / digest,
+            normalise=normalise,
+            band_ranges=band_ranges,
+            device=device,
+            quiet=quiet,
+        )
         todo = settings(points)
-        done, scored = score_settings(todo, files, num_classes, out / DONE_FILE, f"{digest}:{num_classes}",
-                                      workers=workers, scheduler=scheduler, quiet=quiet, cluster=cluster)  # fmt: skip
+        done, scored = score_settings(
+            todo,
+            files,
+            num_classes,
+            out / DONE_FILE,
+            f"{digest}:{num_classes}",
+            workers=workers,
+            scheduler=scheduler,
+            quiet=quiet,
+            cluster=cluster,
+        )
     rows = ranked_rows(todo, done)
     best = best_setting(rows)
-    table = {**(about or {}), "images": list(indices), "computed": {"probabilities": computed, "settings": scored},
-             "best": best, "rows": rows}  # fmt: skip
+    table = {
+        **(about or {}),
+        "images": list(indices),
+        "computed": {"probabilities": computed, "settings": scored},
+        "best": best,
+        "rows": rows,
+    }
     write_json_atomic(out / TABLE_JSON, table)
     md = out / TABLE_MD
     write_text_atomic(md, markdown(rows, len(indices)))
     record = None
     if record_for is not None:
         record = record_path(record_for)
-        write_json_atomic(record, {"crf": best["crf"], "mIoU": best["mIoU"], "images": len(indices),
-                                   "model": model_stamp(record_for), **(about or {})})  # fmt: skip
+        write_json_atomic(
+            record,
+            {
+                "crf": best["crf"],
+                "mIoU": best["mIoU"],
+                "images": len(indices),
+                "model": model_stamp(record_for),
+                **(about or {}),
+            },
+        )
     return SearchResult(rows, best, md, out / TABLE_JSON, record, computed, scored)

@@ -62,8 +62,21 @@ def visible_devices(gpus: Sequence[int], parent: str | None) -> list[str]:
 
 def worker_command(address: str, name: str, extra: Sequence[str] = ()) -> list[str]:
     """The ``dask worker`` command of one GPU worker: one process, one thread, resource ``GPU=1``."""
-    return [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "1",
-            "--resources", f"{GPU_RESOURCE}=1", "--name", name, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_worker",
+        address,
+        "--nworkers",
+        "1",
+        "--nthreads",
+        "1",
+        "--resources",
+        f"{GPU_RESOURCE}=1",
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 def start_gpu_workers(
@@ -110,8 +123,11 @@ def supervise(procs: Sequence[subprocess.Popen[bytes]]) -> int:
 
 def build_parser() -> ArgumentParser:
     """Arguments of the launcher (unknown ones go to ``dask worker``)."""
-    p = ArgumentParser(prog="python -m rs_deeplab.inference.dask_jobs.gpu_workers", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = ArgumentParser(
+        prog="python -m rs_deeplab.inference.dask_jobs.gpu_workers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("scheduler", help="the Dask scheduler's address, e.g. tcp://host:8786")
     p.add_argument("--gpus", help="GPU indices, e.g. 0,1 (default: every GPU torch sees here)")
     return p

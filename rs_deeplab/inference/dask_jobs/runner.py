@@ -71,8 +71,7 @@ class WorkerPlan:
 
     def fingerprint(self) -> dict[str, str]:
         """The resume fingerprint's record of the compute: device types, precisions, and that Dask ran it."""
-        return {"device": "+".join(self.device_types), "precision": "+".join(self.precisions),
-                "runner": "dask workers"}  # fmt: skip
+        return {"device": "+".join(self.device_types), "precision": "+".join(self.precisions), "runner": "dask workers"}
 
     @property
     def description(self) -> str:
@@ -101,8 +100,10 @@ def plan_workers(
         InputError: No worker, or a worker that cannot run ``device`` or ``amp``; names the worker.
     """
     if not reports:
-        raise InputError(f"the Dask scheduler at {address} has no workers; start `dask worker {address}` or "
-                         f"`python -m rs_deeplab.inference.dask_jobs.gpu_workers {address}` first")  # fmt: skip
+        raise InputError(
+            f"the Dask scheduler at {address} has no workers; start `dask worker {address}` or "
+            f"`python -m rs_deeplab.inference.dask_jobs.gpu_workers {address}` first"
+        )
     types, precisions = set(), set()
     for name, report in sorted(reports.items()):
         try:
@@ -113,8 +114,9 @@ def plan_workers(
         types.add(dev.type)
         precisions.add(precision_name(dtype))
     every_gpu = all(GPU_RESOURCE in resources.get(name, {}) for name in reports)
-    return WorkerPlan(address, len(reports), tuple(sorted(types)), tuple(sorted(precisions)),
-                      {GPU_RESOURCE: 1} if every_gpu else None)  # fmt: skip
+    return WorkerPlan(
+        address, len(reports), tuple(sorted(types)), tuple(sorted(precisions)), {GPU_RESOURCE: 1} if every_gpu else None
+    )
 
 
 @contextlib.contextmanager
@@ -152,8 +154,9 @@ def _same(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def predict_rows(model: torch.nn.Module | TrainedModel, job: RowJob, start: int, stop: int,
-                 device: str = "auto") -> FinishedRows:  # fmt: skip
+def predict_rows(
+    model: torch.nn.Module | TrainedModel, job: RowJob, start: int, stop: int, device: str = "auto"
+) -> FinishedRows:
     """Dask task: rows ``[start, stop)`` as one :class:`FinishedRows` (the model is loaded once per worker).
 
     ``model`` is a CPU ``torch.nn.Module`` (the result of :func:`module_task`; moved to the worker's device once) or a

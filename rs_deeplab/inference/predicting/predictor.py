@@ -124,8 +124,11 @@ class Predictor:
         return flips
 
 
-_WIDER = {getattr(torch, name): wide for name, wide in (("uint16", torch.int32), ("uint32", torch.int64))
-          if hasattr(torch, name)}  # fmt: skip
+_WIDER = {
+    getattr(torch, name): wide
+    for name, wide in (("uint16", torch.int32), ("uint32", torch.int64))
+    if hasattr(torch, name)
+}
 """Signed types that hold every value of torch's bare-bones unsigned types (their device kernels came later)."""
 
 

@@ -70,8 +70,9 @@ class RowResampler:
         keep_probs: Pass interpolated probabilities on (float32, summing to 1 per pixel).
     """
 
-    def __init__(self, sink: RowSink, scene: SceneInfo, work: SceneInfo, start: int = 0, *,
-                 keep_probs: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, sink: RowSink, scene: SceneInfo, work: SceneInfo, start: int = 0, *, keep_probs: bool = False
+    ) -> None:
         self.sink, self.scene, self.work, self.keep_probs = sink, scene, work, keep_probs
         self.next_row = start
         self.rows = _axis(scene.height, work.height)

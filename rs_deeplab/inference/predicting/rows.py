@@ -95,9 +95,18 @@ class RowJob:
 
     def reader(self, pin_memory: bool = False, cols: tuple[int, int] | None = None) -> WindowReader:
         """The window reader of this job (of the windows overlapping scene columns ``cols``, when given)."""
-        return WindowReader(self.info, size=self.size, stride=self.stride, batch_size=self.batch_size,
-                            bands=self.bands, mean=self.mean, std=self.std, pin_memory=pin_memory,
-                            read_threads=self.read_threads, cols=cols)  # fmt: skip
+        return WindowReader(
+            self.info,
+            size=self.size,
+            stride=self.stride,
+            batch_size=self.batch_size,
+            bands=self.bands,
+            mean=self.mean,
+            std=self.std,
+            pin_memory=pin_memory,
+            read_threads=self.read_threads,
+            cols=cols,
+        )
 
     def panels(self) -> list[tuple[int, int]]:
         """Column panels ``[first, stop)`` predicted one after another, or one panel of the whole width.
@@ -144,9 +153,17 @@ def stream_rows(
     if not rows:
         return
     device = predictor.device
-    acc = StripAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
-                          device=device, keep_probs=job.keep_probs or job.crf is not None, start_row=rows[0],
-                          quantise=job.keep_probs and job.crf is None)  # fmt: skip
+    acc = StripAccumulator(
+        job.num_classes,
+        job.info.height,
+        job.info.width,
+        job.size,
+        kind=job.window,
+        device=device,
+        keep_probs=job.keep_probs or job.crf is not None,
+        start_row=rows[0],
+        quantise=job.keep_probs and job.crf is None,
+    )
     normalise = Normaliser(job.mean, job.std, device)
     batches = job.reader(pin_memory=device.type == "cuda").batches(rows)
     if device.type == "cpu":  # the device is this CPU: normalise in the reader thread, overlapped with the model
@@ -228,9 +245,19 @@ def stream_panels(
 def _panel_accumulator(
     job: RowJob, device: torch.device, reader: WindowReader, panel: Panel, first_row: int
 ) -> StripAccumulator:
-    return StripAccumulator(job.num_classes, job.info.height, job.info.width, job.size, kind=job.window,
-                            device=device, keep_probs=job.keep_probs, start_row=first_row,
-                            quantise=job.keep_probs, cols=reader.span, out=panel.cols)  # fmt: skip
+    return StripAccumulator(
+        job.num_classes,
+        job.info.height,
+        job.info.width,
+        job.size,
+        kind=job.window,
+        device=device,
+        keep_probs=job.keep_probs,
+        start_row=first_row,
+        quantise=job.keep_probs,
+        cols=reader.span,
+        out=panel.cols,
+    )
 
 
 def _clipped(parts: Iterable[FinishedRows], panel: Panel) -> Iterator[FinishedRows]:
@@ -276,8 +303,9 @@ class _Finisher:
         self.pool = CRFPool(processes)
         # a thread per strip in flight reads its colour bands and waits for its blocks; the processes refine them
         depth = strips_in_flight(processes, math.ceil(job.info.width / job.size))
-        self.worker = OrderedWorker(partial(refine_strip, job, self.pool), depth=depth, threads=depth,
-                                    name="rs-deeplab-crf")  # fmt: skip
+        self.worker = OrderedWorker(
+            partial(refine_strip, job, self.pool), depth=depth, threads=depth, name="rs-deeplab-crf"
+        )
 
     def __enter__(self) -> _Finisher:
         return self
@@ -351,8 +379,12 @@ def _strip_image(job: RowJob, part: FinishedRows) -> np.ndarray:
     with open_raster(job.info.path) as src:
         window = job.info.file_window(Window(0, part.row_start, width, rows))
         try:
-            return src.read(list(job.crf.bands), window=window, out_shape=(len(job.crf.bands), rows, width),
-                            resampling=Resampling.bilinear)  # fmt: skip
+            return src.read(
+                list(job.crf.bands),
+                window=window,
+                out_shape=(len(job.crf.bands), rows, width),
+                resampling=Resampling.bilinear,
+            )
         except (RasterioError, CPLE_BaseError) as exc:
             raise read_error(job.info.path, exc, f"rows {part.row_start}..{part.row_stop}") from None
 

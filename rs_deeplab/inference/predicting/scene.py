@@ -181,10 +181,29 @@ def predict_scene(
         CheckpointError: A checkpoint that is missing, corrupt or of another architecture.
     """
     one = SceneTask(scene_path, out_path, probs_path, gsd)
-    return predict_scenes(model, [one], size=size, stride=stride, batch_size=batch_size, mean=mean, std=std,
-                          bands=bands, class_names=class_names, colormap=colormap, window=window, tta=tta, crf=crf,
-                          cog=cog, device=device, amp=amp, channels_last=channels_last, resume=resume,
-                          scheduler=scheduler, quiet=quiet, panel_columns=panel_columns)[0]  # fmt: skip
+    return predict_scenes(
+        model,
+        [one],
+        size=size,
+        stride=stride,
+        batch_size=batch_size,
+        mean=mean,
+        std=std,
+        bands=bands,
+        class_names=class_names,
+        colormap=colormap,
+        window=window,
+        tta=tta,
+        crf=crf,
+        cog=cog,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        resume=resume,
+        scheduler=scheduler,
+        quiet=quiet,
+        panel_columns=panel_columns,
+    )[0]
 
 
 @dataclass(frozen=True)
@@ -258,11 +277,23 @@ def predict_scenes(
             if class_names is None:
                 class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
             probs_out = None if task.probs is None else Path(task.probs)
-            job = RowJob(work, size, stride, batch_size, tuple(chosen), len(class_names),
-                         None if mean is None else tuple(float(m) for m in mean),
-                         None if std is None else tuple(float(s) for s in std), window, tta or TTA(), crf,
-                         probs_out is not None or work is not info, amp, channels_last,
-                         panel_cols=panel_columns)  # fmt: skip
+            job = RowJob(
+                work,
+                size,
+                stride,
+                batch_size,
+                tuple(chosen),
+                len(class_names),
+                None if mean is None else tuple(float(m) for m in mean),
+                None if std is None else tuple(float(s) for s in std),
+                window,
+                tta or TTA(),
+                crf,
+                probs_out is not None or work is not info,
+                amp,
+                channels_last,
+                panel_cols=panel_columns,
+            )
             job.reader()  # checks the statistics against the bands before anything is written
             spec = OutputSpec(Path(task.out), tuple(class_names), colormap, probs_out, cog)
             fingerprint = _fingerprint(info, job, fingerprint_model, compute, None if work is info else task.gsd)
@@ -279,11 +310,29 @@ def predict_scenes(
     results = []
     for task, run, work, info in zip(scenes, runs, works, infos, strict=True):
         label = "earlier run" if run.earlier else runner
-        log.info("%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s", run.spec.path, run.ran,
-                 run.total, run.total - run.ran, run.seconds, label)  # fmt: skip
-        results.append(SceneResult(source_path(task.scene), run.spec.path, run.spec.probs_path, run.ran, run.total,
-                                   run.done, run.seconds, label, tuple(run.spec.class_names),
-                                   None if work is info else task.gsd))  # fmt: skip
+        log.info(
+            "%s: %d of %d windows run (%d all-nodata skipped) in %.1f s on %s",
+            run.spec.path,
+            run.ran,
+            run.total,
+            run.total - run.ran,
+            run.seconds,
+            label,
+        )
+        results.append(
+            SceneResult(
+                source_path(task.scene),
+                run.spec.path,
+                run.spec.probs_path,
+                run.ran,
+                run.total,
+                run.done,
+                run.seconds,
+                label,
+                tuple(run.spec.class_names),
+                None if work is info else task.gsd,
+            )
+        )
     return results
 
 
@@ -295,13 +344,24 @@ def _working_grid(info: SceneInfo, gsd: float | None) -> SceneInfo:
         raise InputError(f"gsd must be a positive number of metres per pixel, got {gsd!r}")
     own = raster_gsd(info.transform, info.crs, (info.height, info.width))
     if own is None:
-        raise InputError(f"{info.path}: has no ground sampling distance (no CRS in metres or degrees), so it "
-                         "cannot be resampled to another one; predict it at its own scale (--gsd native)")  # fmt: skip
+        raise InputError(
+            f"{info.path}: has no ground sampling distance (no CRS in metres or degrees), so it "
+            "cannot be resampled to another one; predict it at its own scale (--gsd native)"
+        )
     work = working_info(info, own / gsd)
     if work is not info:
         factor = (work.width * work.height) / (info.width * info.height)
-        log.warning("%s: %.3g m/pixel read at %.3g m/pixel (%d×%d working grid for %d×%d pixels: %.2g× the pixels)",
-                    info.path, own, gsd, work.width, work.height, info.width, info.height, factor)  # fmt: skip
+        log.warning(
+            "%s: %.3g m/pixel read at %.3g m/pixel (%d×%d working grid for %d×%d pixels: %.2g× the pixels)",
+            info.path,
+            own,
+            gsd,
+            work.width,
+            work.height,
+            info.width,
+            info.height,
+            factor,
+        )
     return work
 
 

@@ -86,8 +86,9 @@ class SceneRun:
         self.start = self.done
         if self.job.info is not self.info:  # predicted on a resampled working grid: rows come back to the scene's
             self.start = first_working_row(self.done, self.info, self.job.info)
-            self._sink = RowResampler(writer, self.info, self.job.info, self.done,
-                                      keep_probs=self.spec.probs_path is not None)  # fmt: skip
+            self._sink = RowResampler(
+                writer, self.info, self.job.info, self.done, keep_probs=self.spec.probs_path is not None
+            )
         self.total = self.job.reader().windows_in(self.job.window_rows(self.start, self.job.info.height))
         return self.start
 
@@ -143,8 +144,9 @@ def run_local(module: torch.nn.Module, device: torch.device, runs: Iterable[Scen
         bar.part_done()
 
 
-def _local_rows(run: SceneRun, predictor: Predictor, start: int, on_batch: Callable[[int], None]
-                ) -> Iterator[FinishedRows]:  # fmt: skip
+def _local_rows(
+    run: SceneRun, predictor: Predictor, start: int, on_batch: Callable[[int], None]
+) -> Iterator[FinishedRows]:
     """Rows ``start ..`` of a scene: streamed whole, or on a wide scene tier by tier, each tier panel by panel.
 
     Panels keep memory independent of the scene's width (:meth:`~rs_deeplab.inference.predicting.rows.RowJob.panels`);
@@ -158,8 +160,11 @@ def _local_rows(run: SceneRun, predictor: Predictor, start: int, on_batch: Calla
         yield from stream_rows(job, predictor, start, height, on_batch=on_batch)
         return
     step = job.tier_rows()
-    pieces = [Panel(a, min(a + step, height), cols, 0 if a == start else a)
-              for a in range(start, height, step) for cols in panels]  # fmt: skip
+    pieces = [
+        Panel(a, min(a + step, height), cols, 0 if a == start else a)
+        for a in range(start, height, step)
+        for cols in panels
+    ]
     yield from stream_panels(job, predictor, pieces, on_batch=on_batch)
 
 
@@ -215,8 +220,9 @@ def _tasks(runs: Iterable[SceneRun], submit: Any, bar: JobProgress) -> Iterator[
             yield _Task(run, submit(run.job, a, b), k == len(ranges) - 1, windows)
 
 
-def run_dask_stream(client: Any, plan: WorkerPlan, model: Any, runs: Sequence[SceneRun], device: str,
-                    bar: JobProgress) -> None:  # fmt: skip
+def run_dask_stream(
+    client: Any, plan: WorkerPlan, model: Any, runs: Sequence[SceneRun], device: str, bar: JobProgress
+) -> None:
     """Submit every scene's rows as one stream of tasks, a few ahead of the writers, and write results in order.
 
     Args:

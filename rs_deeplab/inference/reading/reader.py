@@ -28,8 +28,9 @@ def scene_info(path: PathLike) -> SceneInfo:
         else:
             kind = "none"
         full = absolute(path)  # absolute: Dask workers may run in another folder; GDAL paths and URLs kept as text
-        return SceneInfo(full, src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform, src.nodata,
-                         kind)  # fmt: skip
+        return SceneInfo(
+            full, src.height, src.width, src.count, src.dtypes[0], src.crs, src.transform, src.nodata, kind
+        )
 
 
 def select_bands(info: SceneInfo, bands: Sequence[int] | None, expected: int | None) -> list[int]:

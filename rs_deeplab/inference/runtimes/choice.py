@@ -76,17 +76,22 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device, missing:
     """
     check_choice(runtime, precision)
     if precision == "int8" and device.type != "cpu":
-        raise InputError(f"--int8 runs on the CPU (ONNX Runtime) and this run uses {device}; add --device cpu, or "
-                         "drop --int8 (a GPU runs bf16/fp16 with --amp)")  # fmt: skip
+        raise InputError(
+            f"--int8 runs on the CPU (ONNX Runtime) and this run uses {device}; add --device cpu, or "
+            "drop --int8 (a GPU runs bf16/fp16 with --amp)"
+        )
     if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
         return "torch"
     if missing is not None:
         if runtime == "onnx" or precision == "int8":
             option = "--int8" if precision == "int8" else "--runtime onnx"
-            raise InputError(f"{option} needs {missing}, which is not installed; {ORT_HINT} (or pass --runtime "
-                             "torch)")  # fmt: skip
-        say_once("%s is not installed: running the checkpoint with PyTorch on the CPU (%s for ONNX Runtime, about "
-                 "2x faster here)", missing, ORT_HINT)  # fmt: skip
+            raise InputError(f"{option} needs {missing}, which is not installed; {ORT_HINT} (or pass --runtime torch)")
+        say_once(
+            "%s is not installed: running the checkpoint with PyTorch on the CPU (%s for ONNX Runtime, about "
+            "2x faster here)",
+            missing,
+            ORT_HINT,
+        )
         return "torch"
     return "onnx"
 
@@ -98,8 +103,9 @@ def baked_stride(card: ModelCard, output_stride: int | None) -> int | None:
     return output_stride or card.infer.output_stride or card.architecture.output_stride
 
 
-def export_for_cache(model: torch.nn.Module, card: ModelCard, checkpoint: Path, stride: int | None, tmp: Path
-                     ) -> dict[str, Any]:  # fmt: skip
+def export_for_cache(
+    model: torch.nn.Module, card: ModelCard, checkpoint: Path, stride: int | None, tmp: Path
+) -> dict[str, Any]:
     """Export ``model`` at ``stride`` (None: its own) to ``tmp`` and check it against PyTorch; the facts to record.
 
     Raises:
@@ -135,15 +141,27 @@ def export_for_cache(model: torch.nn.Module, card: ModelCard, checkpoint: Path, 
         if before is not None and getattr(model, "output_stride", before) != before:
             set_output_stride(model, before)  # the PyTorch model stays as loaded (it may still run)
     seconds = time.perf_counter() - start
-    log.info("%s: exported to ONNX for ONNX Runtime at output stride %d in %.1f s (max logit difference %.2g); "
-             "cached in %s", checkpoint.name, stride, seconds, difference, tmp.parent)  # fmt: skip
+    log.info(
+        "%s: exported to ONNX for ONNX Runtime at output stride %d in %.1f s (max logit difference %.2g); cached in %s",
+        checkpoint.name,
+        stride,
+        seconds,
+        difference,
+        tmp.parent,
+    )
     return {"output_stride": stride, "max_logit_difference": difference, "seconds": round(seconds, 2)}
 
 
 def onnx_checkpoint(
-    checkpoint: Path, model: Callable[[], torch.nn.Module], card: ModelCard, *, output_stride: int | None,
-    precision: str, calibration: Sequence[str] = (), digest: str | None = None,
-) -> tuple[Path, Mapping[str, Any]]:  # fmt: skip
+    checkpoint: Path,
+    model: Callable[[], torch.nn.Module],
+    card: ModelCard,
+    *,
+    output_stride: int | None,
+    precision: str,
+    calibration: Sequence[str] = (),
+    digest: str | None = None,
+) -> tuple[Path, Mapping[str, Any]]:
     """The cached ONNX file running ``checkpoint`` (built from ``model()`` when missing), and its recorded facts.
 
     Raises:
@@ -175,9 +193,17 @@ def onnx_checkpoint(
 
 
 def checkpoint_on_onnx(
-    checkpoint: Path, model: Callable[[], torch.nn.Module], card: ModelCard, device: torch.device, *, runtime: str,
-    output_stride: int | None, precision: str, calibration: Sequence[str] = (), strict: bool = False,
-) -> tuple[torch.nn.Module | None, str]:  # fmt: skip
+    checkpoint: Path,
+    model: Callable[[], torch.nn.Module],
+    card: ModelCard,
+    device: torch.device,
+    *,
+    runtime: str,
+    output_stride: int | None,
+    precision: str,
+    calibration: Sequence[str] = (),
+    strict: bool = False,
+) -> tuple[torch.nn.Module | None, str]:
     """An :class:`~rs_deeplab.inference.runtimes.exported.OnnxModule` running ``checkpoint``, and a note for the run's
     fingerprint; None (and the reason, said once) where ``auto`` falls back to PyTorch.
 
@@ -190,16 +216,16 @@ def checkpoint_on_onnx(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            path, facts = onnx_checkpoint(checkpoint, model, card, output_stride=output_stride,
-                                          precision=precision, calibration=calibration)  # fmt: skip
+            path, facts = onnx_checkpoint(
+                checkpoint, model, card, output_stride=output_stride, precision=precision, calibration=calibration
+            )
     except (ExportFailedError, OSError) as exc:
         if isinstance(exc, OSError):
             exc = CheckpointError(f"{checkpoint}: cannot write its ONNX export ({exc.strerror or exc})")
         if runtime == "onnx" or precision == "int8":
             option = "--int8" if precision == "int8" else "--runtime onnx"
             raise CheckpointError(f"{exc}; {option} cannot run it: pass --runtime torch") from None
-        say_once("%s; running it with PyTorch (pass --runtime torch to skip the attempt)", exc,
-                 level=logging.WARNING)  # fmt: skip
+        say_once("%s; running it with PyTorch (pass --runtime torch to skip the attempt)", exc, level=logging.WARNING)
         return None, "torch"
     module = OnnxModule(path, device, strict=strict)  # strict: --device cuda, and the session would run on the CPU
     note = f"onnx-{precision}"
@@ -207,9 +233,18 @@ def checkpoint_on_onnx(
         agreement, windows = facts.get("agreement"), facts.get("check_windows")
         if isinstance(agreement, float):
             note += f":agreement={agreement:.4f}"
-            say_once("int8 model (%s quantization, cached as %s): %.2f%% of pixels equal to float32's on %s windows "
-                     "of %s", facts.get("method", "static"), path.name, 100 * agreement, windows,
-                     ", ".join(Path(s).name for s in calibration))  # fmt: skip
-    say_once("running %s with ONNX Runtime (%s, %d threads; --runtime torch for PyTorch)", checkpoint.name,
-             precision, module.threads)  # fmt: skip
+            say_once(
+                "int8 model (%s quantization, cached as %s): %.2f%% of pixels equal to float32's on %s windows of %s",
+                facts.get("method", "static"),
+                path.name,
+                100 * agreement,
+                windows,
+                ", ".join(Path(s).name for s in calibration),
+            )
+    say_once(
+        "running %s with ONNX Runtime (%s, %d threads; --runtime torch for PyTorch)",
+        checkpoint.name,
+        precision,
+        module.threads,
+    )
     return module, note

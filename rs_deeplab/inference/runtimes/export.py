@@ -94,8 +94,10 @@ def export_format(out: Path, fmt: str | None, *, force: bool = False) -> str:
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if suffix != FORMATS[fmt]:
-        raise InputError(f"--out {out}: a {fmt} export is written to a {FORMATS[fmt]} file; use --out "
-                         f"{out.with_suffix(FORMATS[fmt])}")  # fmt: skip
+        raise InputError(
+            f"--out {out}: a {fmt} export is written to a {FORMATS[fmt]} file; use --out "
+            f"{out.with_suffix(FORMATS[fmt])}"
+        )
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist; create it first")
     probe = temporary_sibling(out)
@@ -105,18 +107,26 @@ def export_format(out: Path, fmt: str | None, *, force: bool = False) -> str:
         probe.open("xb").close()
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder and "
-                         "a file name") from None  # fmt: skip
+        raise InputError(
+            f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder and a file name"
+        ) from None
     if not force and out.is_file() and out.stat().st_size > 0 and not is_exported_model(out, fmt):
-        raise InputError(f"--out {out}: exists and is not {'an ONNX' if fmt == 'onnx' else 'a TorchScript'} model; "
-                         "remove it, choose another name, or pass --force to replace it")  # fmt: skip
+        raise InputError(
+            f"--out {out}: exists and is not {'an ONNX' if fmt == 'onnx' else 'a TorchScript'} model; "
+            "remove it, choose another name, or pass --force to replace it"
+        )
     return fmt
 
 
 def export_model(
-    checkpoint: Path, out: Path, *, fmt: str | None = None, output_stride: int | None = None, opset: int = MIN_OPSET,
+    checkpoint: Path,
+    out: Path,
+    *,
+    fmt: str | None = None,
+    output_stride: int | None = None,
+    opset: int = MIN_OPSET,
     force: bool = False,
-) -> ExportResult:  # fmt: skip
+) -> ExportResult:
     """Export ``checkpoint`` (a training ``.pt``) to ``out`` with its card, checked against PyTorch.
 
     Args:
@@ -157,8 +167,9 @@ def export_model(
             write_torchscript(wrapper, example, tmp, text)
         difference = check_export(wrapper, tmp, card.in_channels)
     seconds = time.perf_counter() - start
-    log.info("%s: %s export at output stride %d, max logit difference %.2g, %.1f s", out, fmt, stride, difference,
-             seconds)  # fmt: skip
+    log.info(
+        "%s: %s export at output stride %d, max logit difference %.2g, %.1f s", out, fmt, stride, difference, seconds
+    )
     return ExportResult(out, fmt, stride, difference, seconds)
 
 
@@ -171,5 +182,9 @@ def _require(module: str) -> None:
 
 def describe(result: ExportResult) -> dict[str, Any]:
     """A summary for the command line."""
-    return {"format": result.format, "output stride": result.output_stride,
-            "max logit difference": f"{result.max_difference:.2g}", "seconds": f"{result.seconds:.1f}"}  # fmt: skip
+    return {
+        "format": result.format,
+        "output stride": result.output_stride,
+        "max logit difference": f"{result.max_difference:.2g}",
+        "seconds": f"{result.seconds:.1f}",
+    }

@@ -54,8 +54,16 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset:
     legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # its deprecation and tracer notes
-        torch.onnx.export(model, (example,), str(path), opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes}, **legacy)  # fmt: skip
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": axes, "logits": axes},
+            **legacy,
+        )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, card
@@ -88,12 +96,15 @@ def check_export(model: torch.nn.Module, path: Path, in_channels: int) -> float:
         with torch.no_grad():
             want, got = model(x), exported(x)
         if got.shape != want.shape:
-            raise CheckpointError(f"{path}: the export returns {tuple(got.shape)} for {tuple(x.shape)}, PyTorch "
-                                  f"{tuple(want.shape)}; report this bug")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: the export returns {tuple(got.shape)} for {tuple(x.shape)}, PyTorch "
+                f"{tuple(want.shape)}; report this bug"
+            )
         diff = float((got - want).abs().max())
         scale = float(want.abs().max())
         if diff > 1e-3 * max(1.0, scale):
-            raise CheckpointError(f"{path}: the export's logits differ from PyTorch's by {diff:.3g} (of {scale:.3g}); "
-                                  "report this bug")  # fmt: skip
+            raise CheckpointError(
+                f"{path}: the export's logits differ from PyTorch's by {diff:.3g} (of {scale:.3g}); report this bug"
+            )
         worst = max(worst, diff)
     return worst

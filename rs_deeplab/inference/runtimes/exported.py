@@ -106,12 +106,15 @@ def check_cuda_session(path: Path, got: Sequence[str], available: Sequence[str],
     else:
         why = "this ONNX Runtime has no CUDA provider (pip install onnxruntime-gpu)"
     if strict:
-        raise InputError(f"--device cuda: ONNX Runtime would run {path} on the CPU: {why}; fix that, or pass "
-                         "--runtime torch (for a checkpoint) or --device auto to accept the CPU")  # fmt: skip
+        raise InputError(
+            f"--device cuda: ONNX Runtime would run {path} on the CPU: {why}; fix that, or pass "
+            "--runtime torch (for a checkpoint) or --device auto to accept the CPU"
+        )
     from rs_deeplab.inference.runtimes.onnx_cache import say_once
 
-    say_once("%s runs on the CPU, not the GPU: %s (--device cuda makes this an error)", path, why,
-             level=logging.WARNING)  # fmt: skip
+    say_once(
+        "%s runs on the CPU, not the GPU: %s (--device cuda makes this an error)", path, why, level=logging.WARNING
+    )
 
 
 class OnnxModule(torch.nn.Module):
@@ -142,8 +145,10 @@ class OnnxModule(torch.nn.Module):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise CheckpointError(f"{path}: not a readable ONNX model ({short_message(str(exc))}); "
-                                  "export it again with pipelines/export.py") from None  # fmt: skip
+            raise CheckpointError(
+                f"{path}: not a readable ONNX model ({short_message(str(exc))}); "
+                "export it again with pipelines/export.py"
+            ) from None
         if device.type == "cuda":  # a CUDA provider that fails to load falls back to the CPU without an error
             check_cuda_session(path, self.session.get_providers(), available, strict=strict)
         self.input_name = self.session.get_inputs()[0].name
@@ -192,8 +197,10 @@ def load_exported(path: Path, device: torch.device, *, strict: bool = False) -> 
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
             scripted = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable TorchScript model ({short_message(str(exc))}); "
-                              "export it again with pipelines/export.py --format torchscript") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: not a readable TorchScript model ({short_message(str(exc))}); "
+            "export it again with pipelines/export.py --format torchscript"
+        ) from None
     text = extra[TORCHSCRIPT_EXTRA]
     card = read_card(path, text.decode() if isinstance(text, bytes) else text)
     return ScriptedModule(scripted).eval(), card

@@ -114,8 +114,13 @@ def code_digest(root: Path = PACKAGE) -> str:
 
 def cache_key(checkpoint_digest: str, settings: ExportSettings) -> str:
     """16 hex digits naming an export of a checkpoint with ``settings`` under these libraries and this code."""
-    record = {"checkpoint": checkpoint_digest, **asdict(settings), "format": CACHE_FORMAT, "code": code_digest(),
-              "versions": [_version(p) for p in LIBRARIES]}  # fmt: skip
+    record = {
+        "checkpoint": checkpoint_digest,
+        **asdict(settings),
+        "format": CACHE_FORMAT,
+        "code": code_digest(),
+        "versions": [_version(p) for p in LIBRARIES],
+    }
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -150,11 +155,19 @@ def cache_folder(checkpoint: Path) -> Path:
     fallback = user_cache_folder(checkpoint)
     other = _writable(fallback)
     if other is not None:
-        raise CheckpointError(f"{checkpoint}: no folder to cache its ONNX export in ({beside}: {problem}; "
-                              f"{fallback}: {other}); set {USER_CACHE_ENV} to a writable folder or pass --runtime "
-                              "torch")  # fmt: skip
-    say_once("%s cannot be written (%s); the ONNX export of %s is cached in %s", beside, problem, checkpoint.name,
-             fallback, level=logging.WARNING)  # fmt: skip
+        raise CheckpointError(
+            f"{checkpoint}: no folder to cache its ONNX export in ({beside}: {problem}; "
+            f"{fallback}: {other}); set {USER_CACHE_ENV} to a writable folder or pass --runtime "
+            "torch"
+        )
+    say_once(
+        "%s cannot be written (%s); the ONNX export of %s is cached in %s",
+        beside,
+        problem,
+        checkpoint.name,
+        fallback,
+        level=logging.WARNING,
+    )
     return fallback
 
 
@@ -211,9 +224,12 @@ def recorded_failure(path: Path) -> str | None:
 
 
 def cached_export(
-    checkpoint: Path, settings: ExportSettings, build: Callable[[Path], Mapping[str, Any]], *,
+    checkpoint: Path,
+    settings: ExportSettings,
+    build: Callable[[Path], Mapping[str, Any]],
+    *,
     digest: str | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """The cached export of ``checkpoint`` with ``settings``, built by ``build(tmp_path)`` when missing or damaged.
 
     ``build`` writes the file at the path it is given and returns facts to record in the sidecar. Files of other
@@ -238,8 +254,7 @@ def cached_export(
             _known[key] = path
             return path
         if path.exists():
-            say_once("%s: the cached export is damaged or unrecorded; building it again", path,
-                     level=logging.WARNING)  # fmt: skip
+            say_once("%s: the cached export is damaged or unrecorded; building it again", path, level=logging.WARNING)
         for leftover in folder.glob(f".*{TMP_SUFFIX}"):  # under the lock, any is a killed build's
             leftover.unlink(missing_ok=True)
         tmp = folder / f".{path.stem}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
@@ -252,8 +267,14 @@ def cached_export(
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        record = {**facts, "size": tmp.stat().st_size, "sha256": file_digest(tmp), "checkpoint": str(checkpoint),
-                  "checkpoint_sha256": digest, "settings": asdict(settings)}  # fmt: skip
+        record = {
+            **facts,
+            "size": tmp.stat().st_size,
+            "sha256": file_digest(tmp),
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": digest,
+            "settings": asdict(settings),
+        }
         sidecar(path).unlink(missing_ok=True)  # never a sidecar vouching for the file being replaced
         os.replace(tmp, path)
         _write_json(sidecar(path), record)

@@ -151,9 +151,17 @@ def quantize_static_model(fp32: Path, out: Path, windows: Sequence[np.ndarray]) 
         # convolutions only: quantize/dequantize pairs around Add, Concat and Resize cost more than they save
         # (3.6x float32's speed for Conv only, 2.6x for every operator, the same agreement); no
         # CalibMaxIntermediateOutputs: with it the ranges came out wrong (67% of pixels equal instead of 97%)
-        quantize_static(str(pre), str(out), _Windows(name, windows), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"])  # fmt: skip
+        quantize_static(
+            str(pre),
+            str(out),
+            _Windows(name, windows),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=["Conv"],
+        )
     _copy_metadata(fp32, out)
 
 
@@ -193,5 +201,11 @@ def quantize_for_cache(fp32: Path, out: Path, card: ModelCard, scenes: Sequence[
     quantize_static_model(fp32, out, calibration)
     share = agreement(fp32, out, check)
     log.debug("%s: int8 agrees with float32 on %.4f of %d windows' pixels", out, share, len(check))
-    return {"method": "static", "agreement": share, "check_windows": len(check),
-            "calibration_windows": len(calibration), "calibrated_on": scene, "pid": os.getpid()}  # fmt: skip
+    return {
+        "method": "static",
+        "agreement": share,
+        "check_windows": len(check),
+        "calibration_windows": len(calibration),
+        "calibrated_on": scene,
+        "pid": os.getpid(),
+    }

@@ -60,8 +60,10 @@ def model_kind(path: Path) -> str:
         return "checkpoint"
     if suffix in EXPORTED_SUFFIXES:
         return "exported"
-    raise CheckpointError(f"{path}: is neither a training checkpoint (.pt) nor an exported model (.onnx, .ts); "
-                          "pass runs/<name>/best.pt or a file written by pipelines/export.py")  # fmt: skip
+    raise CheckpointError(
+        f"{path}: is neither a training checkpoint (.pt) nor an exported model (.onnx, .ts); "
+        "pass runs/<name>/best.pt or a file written by pipelines/export.py"
+    )
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,10 @@ class TrainedModel:
         check_choice(self.runtime, self.precision)
         if model_kind(self.path) == "exported":
             if self.precision != "fp32":
-                raise InputError(f"--int8: {self.path} is an exported model, which runs as it was exported; pass "
-                                 "the training checkpoint (.pt) or drop the option")  # fmt: skip
+                raise InputError(
+                    f"--int8: {self.path} is an exported model, which runs as it was exported; pass "
+                    "the training checkpoint (.pt) or drop the option"
+                )
             from rs_deeplab.inference.runtimes.exported import load_exported
 
             module, card = load_exported(self.path, device, strict=self.strict_device)
@@ -141,9 +145,17 @@ class TrainedModel:
             return built[0]
 
         if runtime == "onnx":
-            onnx_module, note = checkpoint_on_onnx(self.path, model, card, device, runtime=self.runtime,
-                                                   output_stride=self.output_stride, precision=self.precision,
-                                                   calibration=self.calibration, strict=self.strict_device)  # fmt: skip
+            onnx_module, note = checkpoint_on_onnx(
+                self.path,
+                model,
+                card,
+                device,
+                runtime=self.runtime,
+                output_stride=self.output_stride,
+                precision=self.precision,
+                calibration=self.calibration,
+                strict=self.strict_device,
+            )
             if onnx_module is not None:
                 return LoadedModel(self, onnx_module, card, note)
         return LoadedModel(self, model(), card)
@@ -187,8 +199,10 @@ class LoadedModel:
         if model_kind(self.source.path) == "exported":
             if output_stride == self.card.architecture.output_stride:
                 return self
-            raise InputError(f"output stride {output_stride}: {self.source.path} is an exported model whose "
-                             f"output stride ({self.card.architecture.output_stride}) is baked in")  # fmt: skip
+            raise InputError(
+                f"output stride {output_stride}: {self.source.path} is an exported model whose "
+                f"output stride ({self.card.architecture.output_stride}) is baked in"
+            )
         set_output_stride(self.module, output_stride)
         return replace(self, source=replace(self.source, output_stride=output_stride))
 
@@ -216,9 +230,17 @@ class LoadedModel:
         missing = missing_packages() if src.runtime != "torch" and device.type == "cpu" else None
         if resolve_runtime(src.runtime, src.precision, device, missing) == "torch":
             return self
-        module, note = checkpoint_on_onnx(src.path, lambda: self.module, self.card, device, runtime=src.runtime,
-                                          output_stride=src.output_stride, precision=src.precision,
-                                          calibration=src.calibration, strict=src.strict_device)  # fmt: skip
+        module, note = checkpoint_on_onnx(
+            src.path,
+            lambda: self.module,
+            self.card,
+            device,
+            runtime=src.runtime,
+            output_stride=src.output_stride,
+            precision=src.precision,
+            calibration=src.calibration,
+            strict=src.strict_device,
+        )
         return self if module is None else replace(self, module=module, runtime=note)
 
 
@@ -235,8 +257,15 @@ class ModelHolder:
 
     def get(self, trained: TrainedModel, device: torch.device) -> LoadedModel:
         """The model of ``trained`` on ``device``, read on the first call (and after the file changed)."""
-        want = (*trained.key, trained.output_stride, trained.runtime, trained.precision, trained.calibration,
-                trained.strict_device, str(device))  # fmt: skip
+        want = (
+            *trained.key,
+            trained.output_stride,
+            trained.runtime,
+            trained.precision,
+            trained.calibration,
+            trained.strict_device,
+            str(device),
+        )
         with self._lock:
             if self._held is None or self._held[0] != want:
                 self._held = None  # the previous model is released before the next one is read
@@ -301,18 +330,22 @@ def model_from_weights(
     try:
         model = build_from_card(card)
     except InputError as exc:
-        raise CheckpointError(f"{path}: records an architecture this rs_deeplab cannot build ({exc}); "
-                              "retrain it with this version") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: records an architecture this rs_deeplab cannot build ({exc}); retrain it with this version"
+        ) from None
     problem = weights_mismatch(model.state_dict(), weights)
     if problem:
-        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({arch.describe()}, "
-                              f"{card.num_classes} classes, {card.in_channels} bands): {problem}; "
-                              "pass the checkpoint this run wrote, unedited")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: its weights do not fit the architecture it records ({arch.describe()}, "
+            f"{card.num_classes} classes, {card.in_channels} bands): {problem}; "
+            "pass the checkpoint this run wrote, unedited"
+        )
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the architecture it records ({arch.describe()}): "
-                              f"{one_line(exc)[:200]}") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: its weights do not fit the architecture it records ({arch.describe()}): {one_line(exc)[:200]}"
+        ) from None
     return model.to(device).eval()
 
 

@@ -38,8 +38,17 @@ from rs_deeplab.geo.raster import temporary_sibling
 from rs_deeplab.inference.reading.reader import SceneInfo
 
 
-def check_region(scenes: Sequence[Path | str], headers: Sequence[SceneInfo], rasters: Sequence[Path], out: Path, *,
-                 to_crs: str | None, res: float | None, cog: bool, classes: int | None) -> RegionGrid:  # fmt: skip
+def check_region(
+    scenes: Sequence[Path | str],
+    headers: Sequence[SceneInfo],
+    rasters: Sequence[Path],
+    out: Path,
+    *,
+    to_crs: str | None,
+    res: float | None,
+    cog: bool,
+    classes: int | None,
+) -> RegionGrid:
     """Before any prediction: the mosaic's options, its outputs, and room on the disk for the whole job.
 
     The grid comes from the scenes' ``headers``, already read (each label raster lies on its scene's grid). The
@@ -76,8 +85,16 @@ def _scene(header: SceneInfo) -> Scene:
     """A scene's header as the mosaic describes a raster (no second read of the file)."""
     t = header.transform
     assert isinstance(t, Affine), "a scene header holds rasterio's Affine"
-    return Scene(Path(header.path), header.crs, t, header.width, header.height, header.count,
-                 (header.dtype,) * header.count, (0, 0))  # fmt: skip
+    return Scene(
+        Path(header.path),
+        header.crs,
+        t,
+        header.width,
+        header.height,
+        header.count,
+        (header.dtype,) * header.count,
+        (0, 0),
+    )
 
 
 def owner_boxes(region: RegionOutput) -> tuple[np.ndarray, np.ndarray]:
@@ -118,15 +135,32 @@ def scene_column(region: RegionOutput, names: Sequence[str]) -> Any:
     return column
 
 
-def vectorize_region(region: RegionOutput, names: Sequence[str], out: Path, *, class_names: Sequence[str],
-                     min_area: float, simplify: float, quiet: bool, workers: int | None = None) -> int:  # fmt: skip
+def vectorize_region(
+    region: RegionOutput,
+    names: Sequence[str],
+    out: Path,
+    *,
+    class_names: Sequence[str],
+    min_area: float,
+    simplify: float,
+    quiet: bool,
+    workers: int | None = None,
+) -> int:
     """Polygons of the mosaic into ``out`` (layer ``labels``, in the region's CRS), written atomically."""
     from rs_deeplab.vectorize import vectorize
 
     with staged(out) as staging:
-        summary = vectorize(region.vrt, staging, class_names=list(class_names), min_area=min_area, simplify=simplify,
-                            layer="labels", computed_columns={"scene": scene_column(region, names)},
-                            workers=workers, quiet=quiet)  # fmt: skip
+        summary = vectorize(
+            region.vrt,
+            staging,
+            class_names=list(class_names),
+            min_area=min_area,
+            simplify=simplify,
+            layer="labels",
+            computed_columns={"scene": scene_column(region, names)},
+            workers=workers,
+            quiet=quiet,
+        )
     return summary.polygons
 
 

@@ -120,17 +120,20 @@ def _scene_and_notes(result: InferResult, staging: Path) -> tuple[str | Path | N
     if result.region is None:
         if len(result.rasters) == 1:
             return first.scene, ()
-        return first.scene, (f"{len(result.rasters)} separate scenes: the map shows the first; the legend's areas "
-                             "are all scenes'.",)  # fmt: skip
+        return first.scene, (
+            f"{len(result.rasters)} separate scenes: the map shows the first; the legend's areas are all scenes'.",
+        )
     count = len(result.rasters)
     region = result.region
     try:
         composite = write_composite([r.scene for r in result.rasters], region.grid, region.owned, staging)
     except (RsDeeplabError, rasterio.errors.RasterioError) as exc:
-        return None, (f"A mosaic of {count} scenes: the map shows its classes; the scenes' composite could not be "
-                      f"drawn ({exc}).",)  # fmt: skip
-    return composite, (f"A mosaic of {count} scenes: the map shows its classes over the composite of all "
-                       f"{count} scenes.",)  # fmt: skip
+        return None, (
+            f"A mosaic of {count} scenes: the map shows its classes; the scenes' composite could not be drawn ({exc}).",
+        )
+    return composite, (
+        f"A mosaic of {count} scenes: the map shows its classes over the composite of all {count} scenes.",
+    )
 
 
 def _tta_text(options: InferOptions, card: dict[str, Any] | None) -> str:

@@ -142,8 +142,11 @@ class RowWriter:
             DiskFullError: The output's file system has less free space than the rows left need, about.
         """
         self.committed = self._resumable_rows()
-        check_free_space(self.spec.path, self.disk_bytes(), "the label raster" + (
-            " and probabilities" if self.spec.probs_path is not None else ""))  # fmt: skip
+        check_free_space(
+            self.spec.path,
+            self.disk_bytes(),
+            "the label raster" + (" and probabilities" if self.spec.probs_path is not None else ""),
+        )
         with self._translated():
             if self.committed == 0:
                 self._create()
@@ -191,9 +194,17 @@ class RowWriter:
         names = list(self.spec.class_names)
 
         def profile(count: int, nodata: int | None) -> dict[str, Any]:
-            return geotiff_profile(width=self.info.width, height=self.info.height, count=count, dtype="uint8",
-                                   crs=self.info.crs, transform=self.info.transform, nodata=nodata,
-                                   compress=self.spec.compress, blocksize=BLOCK)  # fmt: skip
+            return geotiff_profile(
+                width=self.info.width,
+                height=self.info.height,
+                count=count,
+                dtype="uint8",
+                crs=self.info.crs,
+                transform=self.info.transform,
+                nodata=nodata,
+                compress=self.spec.compress,
+                blocksize=BLOCK,
+            )
 
         profiles = [profile(1, IGNORE_INDEX)]
         if self.spec.probs_path is not None:
@@ -270,8 +281,9 @@ class RowWriter:
         so no row is committed that is not on disk.
         """
         try:
-            with space_checked(self.spec.path, needed=self.disk_bytes(), written=self._partials(),
-                               blocks=self._blocks(self.committed)):  # fmt: skip
+            with space_checked(
+                self.spec.path, needed=self.disk_bytes(), written=self._partials(), blocks=self._blocks(self.committed)
+            ):
                 yield
         except (rasterio.errors.RasterioError, CPLE_BaseError, OSError) as exc:
             if isinstance(exc, RsDeeplabError):
@@ -301,8 +313,9 @@ class RowWriter:
 
     def _close_commit(self, until: int) -> None:
         """Close the partial files (so that GDAL writes their blocks), record ``until`` rows as done, reopen."""
-        with space_checked(self.spec.path, needed=self.disk_bytes(), written=self._partials(),
-                           blocks=self._blocks(until)):  # fmt: skip
+        with space_checked(
+            self.spec.path, needed=self.disk_bytes(), written=self._partials(), blocks=self._blocks(until)
+        ):
             for ds in self._datasets:
                 ds.close()  # GDAL writes the blocks and the TIFF directory: what the sidecar promises is on disk
         self._commit(until)
@@ -324,9 +337,14 @@ class RowWriter:
                     check_free_space(target, needed, "its Cloud-Optimized copy")
                     try:
                         with space_checked(target, needed=needed, written=tmp):
-                            rasterio.shutil.copy(part, tmp, driver="COG", COMPRESS=self.spec.compress.upper(),
-                                                 OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path
-                                                 else "AVERAGE", BLOCKSIZE=512)  # fmt: skip
+                            rasterio.shutil.copy(
+                                part,
+                                tmp,
+                                driver="COG",
+                                COMPRESS=self.spec.compress.upper(),
+                                OVERVIEW_RESAMPLING="NEAREST" if target == self.spec.path else "AVERAGE",
+                                BLOCKSIZE=512,
+                            )
                         os.replace(tmp, target)
                     finally:
                         tmp.unlink(missing_ok=True)
