@@ -198,7 +198,7 @@ def search_checkpoint_crf(
     from rs_deeplab.inference.crf.grid import choose_images
     from rs_deeplab.inference.crf.search import record_path, run_search
     from rs_deeplab.runtime.cluster import check_cluster_options
-    from rs_deeplab.training.transforms import normalize
+    from rs_deeplab.training.transforms import normalise
 
     check_cluster_options(workers, scheduler)
     check_output_dir(out_dir, "--out")
@@ -209,9 +209,9 @@ def search_checkpoint_crf(
     chosen = choose_images(len(source), images)
     ranges = [(m - 2.5 * s, m + 2.5 * s) for m, s in zip(stats.mean, stats.std, strict=True)]
 
-    def normalise(image: np.ndarray) -> torch.Tensor:
+    def as_model_input(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(
-            np.ascontiguousarray(np.moveaxis(normalize(np.moveaxis(image, 0, -1), stats), -1, 0), dtype=np.float32)
+            np.ascontiguousarray(np.moveaxis(normalise(np.moveaxis(image, 0, -1), stats), -1, 0), dtype=np.float32)
         )
 
     st = path.stat()
@@ -223,7 +223,7 @@ def search_checkpoint_crf(
         out_dir,
         num_classes=len(source.class_names),
         points=points,
-        normalise=normalise,
+        normalise=as_model_input,
         band_ranges=ranges,
         fingerprint=f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{split}",
         device=dev,

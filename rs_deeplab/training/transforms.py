@@ -98,7 +98,7 @@ def compute_band_stats(
     return ChannelStats(tuple(mean.tolist()), tuple(np.maximum(std, 1e-6).tolist()))
 
 
-def normalize(image: np.ndarray, stats: ChannelStats | None) -> np.ndarray:
+def normalise(image: np.ndarray, stats: ChannelStats | None) -> np.ndarray:
     """``(H, W, C)`` raw values → float32 ``(x - mean) / std`` (raw float32 when ``stats`` is None)."""
     out = image.astype(np.float32)
     if stats is not None:
@@ -242,8 +242,8 @@ class TrainTransform:
     def _colour(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Raw ``(H, W, C)`` values → normalised, colour-jittered as ``photometric`` says."""
         if self.photometric == "rgb":
-            return normalize(photometric_rgb(img, rng), self.stats)
-        out = normalize(img, self.stats)
+            return normalise(photometric_rgb(img, rng), self.stats)
+        out = normalise(img, self.stats)
         return photometric(out, rng) if self.photometric == "bands" else out
 
 
@@ -255,7 +255,7 @@ class EvalTransform:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Same signature as :class:`TrainTransform`; the seed is unused."""
-        return to_tensors(normalize(np.moveaxis(image, 0, -1), self.stats), mask)
+        return to_tensors(normalise(np.moveaxis(image, 0, -1), self.stats), mask)
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

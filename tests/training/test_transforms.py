@@ -10,7 +10,7 @@ from rs_deeplab.training.transforms import (
     EvalTransform,
     TrainTransform,
     compute_band_stats,
-    normalize,
+    normalise,
     photometric_rgb,
     random_crop,
 )
@@ -99,7 +99,7 @@ def test_eval_transform_keeps_size(rng: np.random.Generator) -> None:
 
 def test_normalize_band_mismatch(rng: np.random.Generator) -> None:
     with pytest.raises(ValueError, match="for 3 bands, the image has 4"):
-        normalize(np.zeros((2, 2, 4)), ChannelStats((0.0,) * 3, (1.0,) * 3))
+        normalise(np.zeros((2, 2, 4)), ChannelStats((0.0,) * 3, (1.0,) * 3))
 
 
 def test_band_stats_skip_nodata(make_raster: RasterFactory, rng: np.random.Generator) -> None:
