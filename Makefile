@@ -4,8 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
+# pytest-xdist worker processes for the tests (the heavy tests start processes of their own)
+TEST_WORKERS ?= 2
 
-.PHONY: demo test lint typecheck unit install clean
+.PHONY: demo test check lint typecheck unit install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,11 +29,15 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	@rm -f .pytest-running
-	$(BIN)/python -m pytest -q -p tests.crashlog || { rc=$$?; \
+	$(BIN)/python -m pytest -q -p tests.crashlog -n $(TEST_WORKERS) --dist worksteal || { rc=$$?; \
 	  test ! -f .pytest-running || echo "pytest exited with $$rc while running $$(cat .pytest-running)"; \
 	  df -h $${TMPDIR:-/tmp} | tail -1; exit $$rc; }
 
 test: lint typecheck unit
+
+# the inner loop (a few minutes): lint, then the tests not marked slow, stopping at the first failure
+check: lint
+	$(BIN)/python -m pytest -q -x -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(DEMO_OUT) runs/demo .pytest_cache .mypy_cache .ruff_cache

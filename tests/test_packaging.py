@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.sources import parse
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,59 +77,95 @@ def test_every_dependency_pin_has_a_reason() -> None:
             assert "#" in line or before.startswith("#"), f"pin without a reason: {line}"
 
 
-def test_required_packages_declared() -> None:
-    names = set(pyproject_requirements())
-    for needed in [
-        "pytorch",
-        "torchvision",
-        "segmentation-models-pytorch",
-        "rasterio",
-        "geopandas",
-        "shapely",
-        "pyogrio",
-        "albumentations",
-        "pydensecrf2",
-        "dask",
-        "distributed",
-        "pytest",
-        "hypothesis",
-        "ruff",
-        "mypy",
-    ]:
-        assert needed in names
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "rs_deeplab",
-        "pipelines",
-        "configs",
-        "tests",
-        "bench",
-        "pyproject.toml",
-        "environment.yml",
-        "Makefile",
-        "README.md",
-        ".ci/run",
-    ],
-)
-def test_layout(path: str) -> None:
-    assert (REPO / path).exists()
+def declared(*groups: str) -> set[str]:
+    """Normalised distribution names of ``[project].dependencies`` (``"main"``) and the named optional groups."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(data["dependencies"]) if "main" in groups else []
+    reqs += [r for g in groups if g != "main" for r in data["optional-dependencies"][g]]
+    names = set()
+    for req in reqs:
+        name, _, extras = _split(req)[0].rstrip("]").partition("[")
+        names.add(_normal(name))
+        for extra in filter(None, extras.split(",")):  # dask[distributed] declares what its extra installs
+            for dep in importlib.metadata.requires(name) or []:
+                if re.search(rf"extra\s*==\s*[\"']{extra}[\"']", dep):
+                    names.add(_normal(re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0]))
+    return names
 
 
-def test_ci_runs_the_readme_test_command() -> None:
-    readme = (REPO / "README.md").read_text()
-    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    commands = re.findall(r"^\s*(make \w+)\s*$", quick, flags=re.M)
-    assert commands == ["make demo", "make test"]
-    ci = [ln.strip() for ln in (REPO / ".ci/run").read_text().splitlines()]
-    run_lines = [ln for ln in ci if ln and not ln.startswith("#") and not ln.startswith(("set ", "cd "))]
-    assert run_lines[-1] == "make test"
-    setup = run_lines[:-1]  # only the browser of tests/report is installed before it, and required
-    assert any("apt-get install -y -qq chromium" in ln for ln in setup), setup
-    assert "export RS_DEEPLAB_REQUIRE_BROWSER=1" in setup
-    assert all("chromium" in ln or "SUDO" in ln or "RS_DEEPLAB_REQUIRE_BROWSER" in ln for ln in setup), setup
+def third_party_imports(path: Path, source: str | None = None) -> set[str]:
+    """Top-level names a file imports that are neither the standard library, the project, nor a file beside it."""
+    tree = parse(path.read_text() if source is None else source, str(path))
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level
+    }
+    own = {"rs_deeplab", "pipelines", "tests", "bench", "docs"}
+    return {n for n in names - own if n not in sys.stdlib_module_names and not (path.parent / f"{n}.py").is_file()}
+
+
+def undeclared(paths: list[Path], allowed: set[str], sources: dict[Path, str] | None = None) -> list[str]:
+    """``file: name`` for each import that no declared distribution provides (as this environment installed it)."""
+    providers = importlib.metadata.packages_distributions()
+    out = []
+    for path in paths:
+        for name in sorted(third_party_imports(path, (sources or {}).get(path))):
+            if not {_normal(d) for d in providers.get(name, [])} & allowed:
+                out.append(f"{path.relative_to(REPO)}: {name}")
+    return out
+
+
+def test_every_imported_package_is_declared() -> None:
+    """A fresh install has what the code imports: the library and scripts need only ``dependencies``; the tests,
+    benches and doc generators ``dependencies`` and ``dev``. (Replaces a hand-kept list of required names.)"""
+    library = [*(REPO / "rs_deeplab").rglob("*.py"), *(REPO / "pipelines").glob("*.py")]
+    assert not undeclared(library, declared("main"))
+    rest = [p for folder in ("tests", "bench", "docs") for p in (REPO / folder).rglob("*.py")]
+    assert not undeclared(rest, declared("main", "dev"))
+    # the check sees an import no declared package provides, and one that only the dev group provides
+    probe = REPO / "rs_deeplab" / "probe.py"  # only parsed
+    source = "import numpy\nfrom hypothesis import given\n\ndef f():\n    import not_a_package_anywhere\n"
+    found = undeclared([probe], declared("main"), {probe: source})
+    assert found == ["rs_deeplab/probe.py: hypothesis", "rs_deeplab/probe.py: not_a_package_anywhere"]
+
+
+def run_ci_with_stubs(tmp_path: Path, make_test_exit: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``.ci/run`` as CI runs it, with ``make`` replaced by a recorder (exiting ``make_test_exit`` for ``test``) and a
+    ``chromium`` on PATH: which targets it runs, in which order and environment, and what it prints."""
+    calls = tmp_path / "calls.txt"
+    stubs = tmp_path / "bin"
+    stubs.mkdir(parents=True)
+    (stubs / "make").write_text(
+        f'#!/bin/sh\necho "$* browser=$RS_DEEPLAB_REQUIRE_BROWSER" >> {calls}\n'
+        f'[ "$1" = test ] && exit {make_test_exit}\nexit 0\n'
+    )
+    (stubs / "chromium").write_text("#!/bin/sh\nexit 0\n")
+    (stubs / "apt-get").write_text(f"#!/bin/sh\necho apt-get >> {calls}\nexit 1\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(REPO / ".ci/run")], env=env, capture_output=True, text=True, timeout=60)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_ci_runs_the_readme_test_command_and_says_how_long_it_took(tmp_path: Path) -> None:
+    """The README's quick start is two make targets; ``.ci/run`` installs, then runs the second with the browser
+    required, passes its exit status on and prints the suite's time either way."""
+    quick = (REPO / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\s*(make \w+)\s*$", quick, flags=re.M) == ["make demo", "make test"]
+    done, calls = run_ci_with_stubs(tmp_path / "pass", 0)
+    assert done.returncode == 0, done.stderr
+    assert calls == ["install browser=1", "test browser=1"]  # a browser on PATH: no apt-get
+    assert re.fullmatch(r"make test took \d+ min \d+ s \(exit 0\)", done.stdout.splitlines()[-1]), done.stdout
+    done, calls = run_ci_with_stubs(tmp_path / "fail", 3)
+    assert done.returncode == 3 and calls[-1] == "test browser=1"
+    assert done.stdout.splitlines()[-1].endswith("(exit 3)"), done.stdout
+    targets = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "ruff check" in targets and "mypy" in targets and "pytest" in targets  # the Makefile's test target
 
 
 def test_library_never_imports_pipelines() -> None:
