@@ -91,16 +91,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests using the ``real_data`` fixture are marked ``real_data``; slow tests run first; ``gpu`` tests need CUDA.
+    """Tests using the ``real_data`` fixture are marked ``real_data``; slow files run first; ``gpu`` tests need CUDA.
 
     On CPU-only machines (CI) ``gpu`` tests are reported as skipped, never run.
     """
     for item in items:
         if "real_data" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("real_data"):
             item.add_marker(pytest.mark.real_data)
-    # slow tests first (a stable sort keeps each file's order): with ``make test``'s xdist workers the quick tests
-    # at the end fill the gaps, instead of one worker finishing a long test alone
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # files with slow tests first, each file kept whole and in order (module fixtures are set up once): with
+    # ``make test``'s xdist workers the quick files at the end fill the gaps, instead of one worker finishing alone
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
