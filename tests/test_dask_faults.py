@@ -33,8 +33,8 @@ import torch
 from rs_deeplab.cli.errors import ClusterError, InputError, RasterError
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference import predict_scene
-from rs_deeplab.inference.crf.dense import grid as grid
-from rs_deeplab.inference.crf.dense import search as cs
+from rs_deeplab.inference.crf import grid
+from rs_deeplab.inference.crf import search as cs
 from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
 from rs_deeplab.runtime.cluster import CONNECT_SECONDS, check_cluster_options, open_cluster
 from rs_deeplab.runtime.cluster_watch import WORKERS_GONE_ENV

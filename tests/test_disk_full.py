@@ -35,7 +35,8 @@ import rasterio
 import torch
 from affine import Affine
 
-from rs_deeplab.cli.console import diskspace, user_error_message
+from rs_deeplab.cli import diskspace
+from rs_deeplab.cli.console import user_error_message
 from rs_deeplab.cli.diskspace import check_free_space, out_of_space, space_errno
 from rs_deeplab.cli.errors import DiskFullError
 from rs_deeplab.config.schema import load_config

@@ -14,7 +14,7 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from rs_deeplab.cli.console import diskspace
+from rs_deeplab.cli import diskspace
 from rs_deeplab.cli.errors import DiskFullError, InputError
 from rs_deeplab.geo.mosaic import RegionOutput, region_grid, write_region
 from rs_deeplab.geo.ownership import ownership

@@ -16,9 +16,9 @@ import torch
 
 from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import scores
+from rs_deeplab.inference.crf import grid
+from rs_deeplab.inference.crf import search as cs
 from rs_deeplab.inference.crf.dense import CRFParams
-from rs_deeplab.inference.crf.dense import grid as grid
-from rs_deeplab.inference.crf.dense import search as cs
 from rs_deeplab.inference.infer import InferOptions, _crf_params
 from tests import trainkit
 from tests.badkit import ENV, check_one_line, listing, run_in, run_table

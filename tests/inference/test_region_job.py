@@ -102,7 +102,7 @@ def test_one_job_resumes_only_what_was_not_written(tmp_path: Path) -> None:
 def test_one_progress_bar_counts_windows_and_scenes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rs_deeplab.cli.console import console as cli
+    from rs_deeplab.cli import console as cli
 
     monkeypatch.setattr(cli, "progress_enabled", lambda quiet=False: not quiet)  # as on a terminal
     paths = scenes(tmp_path, [(60, 60), (100, 70), (50, 80)])
