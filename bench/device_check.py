@@ -56,7 +56,7 @@ REQUIRED = (
     "distributed",
 )
 """What the GPU path imports beyond a GPU image's torch/numpy/opencv/timm/pytest (bench/gpu_wheels.sh carries it)."""
-DEFAULT_TESTS = ("tests/test_gpu.py", "tests/inference/test_inference_feed.py")
+DEFAULT_TESTS = ("tests/test_gpu.py", "tests/inference/predicting/test_rows_feed.py")
 """The files holding ``gpu``-marked tests."""
 TEST_NEEDS: dict[str, tuple[str, ...]] = {}
 """Test files that import more than the carried wheels give, with those modules: left out, one line each, where

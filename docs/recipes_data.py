@@ -3,7 +3,7 @@
 This is documentation data, not part of the installed package: it lives beside the page it generates. Each
 :class:`Recipe` names a published row (mmsegmentation's DeepLab v3+ tables, the DeepLab v1/v2 papers), its
 mIoU, the settings of its source as config keys, the tile command that prepares its data, how many GPUs it
-trains on, and what this project cannot match. ``tests/training/test_recipes.py`` loads every config and checks each
+trains on, and what this project cannot match. ``tests/docs/test_recipes.py`` loads every config and checks each
 recorded setting against it, and checks that docs/recipes.md's generated block is exactly :func:`render_section`
 (regenerate it with ``python docs/recipes_data.py --write docs/recipes.md``; without ``--write`` it prints the block).
 

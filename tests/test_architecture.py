@@ -479,3 +479,57 @@ def test_sample_generator_loads_no_torch(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert list((tmp_path / "potsdam" / "5_Labels_all").glob("*.tif")) and "rs_deeplab.sample.isprs" in names
     assert not torch_stack(names)
+
+
+# --- test files are named after what they test -------------------------------------------------------------------
+
+
+def cross_cutting_tests() -> set[str]:
+    """The test files docs/development.md lists as testing no one module (``tests/test_architecture.py``, ...)."""
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    sentence = re.search(r"Cross-cutting tests(.*?)\.\s", text, flags=re.S)
+    assert sentence, "docs/development.md no longer lists the cross-cutting tests"
+    return set(re.findall(r"`(tests/[\w/]+\.py)`", sentence.group(1)))
+
+
+def misnamed_tests(paths: list[Path], cross_cutting: set[str]) -> list[str]:
+    """Test files named after nothing: ``tests/<folders>/test_<name>.py`` must name a module or package of
+    ``rs_deeplab/<folders>/`` (``<name>`` or ``<module>_<topic>``), a script (``tests/pipelines/``), a bench script
+    (``tests/bench/``) or a page (``tests/docs/``), or be one of the cross-cutting tests."""
+    out = []
+    for path in paths:
+        rel = path.relative_to(ROOT)
+        folders, name = rel.parts[1:-1], rel.stem.removeprefix("test_")
+        if rel.as_posix() in cross_cutting:
+            continue
+        if folders[:1] == ("pipelines",):
+            targets = [p.stem for p in (ROOT / "pipelines").glob("*.py")]
+        elif folders[:1] == ("bench",):
+            targets = [p.stem for p in (ROOT / "bench").glob("*.py")]
+        elif folders[:1] == ("docs",):
+            targets = [p.stem for p in (ROOT / "docs").glob("*.md")]
+        elif folders:
+            base = PACKAGE.joinpath(*folders)
+            targets = [p.stem for p in base.glob("*.py")] + [
+                p.name for p in base.iterdir() if (p / "__init__.py").is_file()
+            ]
+            targets += [folders[-1]] if base.is_dir() else []
+        else:
+            targets = []
+        if not any(name == t or name.startswith(t + "_") for t in targets if t != "__init__"):
+            out.append(rel.as_posix())
+    return out
+
+
+def test_every_test_file_is_named_after_what_it_tests() -> None:
+    cross_cutting = cross_cutting_tests()
+    assert cross_cutting and all((ROOT / p).is_file() for p in cross_cutting), sorted(cross_cutting)
+    tests = sorted((ROOT / "tests").rglob("test_*.py"))
+    assert len(tests) > 80 and not misnamed_tests(tests, cross_cutting), misnamed_tests(tests, cross_cutting)
+    probes = [
+        ROOT / "tests" / "geo" / "test_raster_reads.py",
+        ROOT / "tests" / "geo" / "test_rasters.py",
+        ROOT / "tests" / "pipelines" / "test_infer_bad_inputs.py",
+        ROOT / "tests" / "test_helpers.py",
+    ]
+    assert misnamed_tests(probes, cross_cutting) == ["tests/geo/test_rasters.py", "tests/test_helpers.py"]

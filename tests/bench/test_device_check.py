@@ -193,7 +193,7 @@ def test_missing_and_too_old_packages_are_one_line_each() -> None:
 
 
 def test_test_files_needing_uncarried_modules_are_left_out_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    feed = "tests/inference/test_inference_feed.py"
+    feed = "tests/inference/predicting/test_rows_feed.py"
     files = ["tests/test_gpu.py", feed]
     monkeypatch.setattr(device_check, "TEST_NEEDS", {feed: ("shapely", "pyogrio")})
     run, left_out = device_check.runnable_tests(files, {"shapely": "2.1", "pyogrio": None})

@@ -34,8 +34,8 @@ def chromium_path() -> str | None:
 
 _RUNNING: dict[str, Any] = {}
 """The browser of this session: a test module outside tests/report that imports these fixtures (e.g.
-``tests/inference/test_infer_page.py``) gets its own fixture instance, which must reuse it (Playwright's sync API
-cannot start twice in one thread)."""
+``tests/inference/writing/test_report_page.py``) gets its own fixture instance, which must reuse it (Playwright's
+sync API cannot start twice in one thread)."""
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ CHILD = textwrap.dedent(
 
 def peak_mib(runs: dict[str, tuple[Path, Path, int]]) -> dict[str, float]:
     """Peak RSS (MiB) of each ``(scene, output, panel columns)`` run, each in its own process, run side by side."""
-    root = Path(__file__).parents[2]
+    root = Path(__file__).parents[3]
     children = {
         name: subprocess.Popen(
             [sys.executable, "-c", CHILD, *map(str, run)], stdout=subprocess.PIPE, text=True, cwd=root

@@ -15,7 +15,7 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.predicting.scene import SceneTask, predict_scene, predict_scenes
 from rs_deeplab.inference.writing.region import vectorize_region
 from rs_deeplab.vectorize import vectorize
-from tests.inference.test_region_job import SlowOracle
+from tests.inference.predicting.test_scene_runs import SlowOracle
 from tests.trainkit import blob_scene
 
 TRANSFORM = Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000)

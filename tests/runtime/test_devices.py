@@ -66,7 +66,7 @@ def test_a_dask_workers_device_is_its_own_gpu_or_its_cpu() -> None:
 
 def test_only_devices_decides_a_device() -> None:
     """One decision: no other module of the package defines its own device function."""
-    package = Path(__file__).resolve().parents[1] / "rs_deeplab"
+    package = Path(__file__).resolve().parents[2] / "rs_deeplab"
     found = [
         f"{path.relative_to(package)}:{node.name}"
         for path in package.rglob("*.py")

@@ -13,7 +13,7 @@ import rasterio
 import torch
 
 from tests import trainkit
-from tests.pipelines.test_docs_own_data import run_page
+from tests.docs.test_own_data import run_page
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "region.md"

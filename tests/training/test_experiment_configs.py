@@ -16,7 +16,7 @@ from rs_deeplab.config.schema import ExperimentConfig, load_config
 from rs_deeplab.sample import write_cityscapes, write_isaid, write_loveda, write_potsdam, write_vaihingen, write_voc
 from rs_deeplab.tiling.presets import tile_preset
 from rs_deeplab.training.experiment import train_experiment
-from tests.training.test_own_training import own_tiles
+from tests.training.test_experiment_own_data import own_tiles
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.stem != "demo")

@@ -16,8 +16,8 @@ from pipelines.infer import main as infer_main
 from pipelines.tile import main as tile_main
 from rs_deeplab.geo.raster import open_raster, write_geotiff
 from rs_deeplab.remote.stac import item_vrt
+from tests.remote.test_scenes import BANDS, TRANSFORM, checkpoint, one_line_error, read, served, web  # noqa: F401
 from tests.servers import HttpServer
-from tests.test_remote import BANDS, TRANSFORM, checkpoint, one_line_error, read, served, web  # noqa: F401
 
 
 def write_cogs(folder: Path, scene: Path, *, coarse_nir: bool = False) -> dict[str, str]:

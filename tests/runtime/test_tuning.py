@@ -12,7 +12,7 @@ import pytest
 
 from rs_deeplab.runtime.tuning import ENV_SWITCH
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, resource, torch

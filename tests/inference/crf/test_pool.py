@@ -22,8 +22,8 @@ from rs_deeplab.inference.crf.pool import (
 from rs_deeplab.inference.predicting.blending import quantise_probs
 from rs_deeplab.inference.predicting.rows import CRFSettings, RowJob, _Finisher
 from rs_deeplab.runtime.cores import start_method
-from tests.inference.test_crf import blurred_prediction, synthetic_scene
-from tests.inference.test_inference_feed import SoftOracle, crf_scene, job_for, run_rows
+from tests.inference.crf.test_dense import blurred_prediction, synthetic_scene
+from tests.inference.predicting.test_rows_feed import SoftOracle, crf_scene, job_for, run_rows
 
 
 @pytest.mark.parametrize(("start", "stop"), [(0, 150), (37, 101)])

@@ -44,7 +44,7 @@ from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, check_one_line
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
 from tests.daskkit import ROOT, busy_workers, kill_busy_worker, processes, start_scheduler, start_workers, wait_for
-from tests.tiling.test_tiling_dask import _scene, assert_same_outputs
+from tests.tiling.test_executor import _scene, assert_same_outputs
 from tests.trainkit import blob_scene
 
 PATIENCE = "2"

@@ -49,7 +49,7 @@ def test_inference_and_training_reach_dask_through_cluster_not_through_the_tiler
 
     from tests.sources import parse
 
-    package = Path(__file__).resolve().parents[1] / "rs_deeplab"
+    package = Path(__file__).resolve().parents[2] / "rs_deeplab"
     found = []
     for stage in ("inference", "training"):
         for path in sorted((package / stage).rglob("*.py")):

@@ -38,7 +38,7 @@ from rs_deeplab.inference.reading.strip_reader import StripReader
 from tests.conftest import DEFAULT_TRANSFORM
 from tests.inference.scenes import NAMES, Oracle, blobs, labelled_scene
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MEAN, STD = (100.0, 50.0, 7.5), (30.0, 0.7, 3.0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 """Where the device-side steps are checked against the host; the CUDA cases are marked ``gpu`` (skipped, with the

@@ -1,6 +1,6 @@
 """A page that does not fit (full disk, quota, ``ulimit -f``) is one line naming it, exit 2, and nothing half-written.
 
-As in ``tests/test_disk_full.py``: a file-size limit (``RLIMIT_FSIZE``) stands in for the full disk, and the real
+As in ``tests/cli/test_diskspace.py``: a file-size limit (``RLIMIT_FSIZE``) stands in for the full disk, and the real
 script runs as a subprocess: ``evaluate.py`` in scene mode, whose page copies the map library (Python's own writes),
 then builds an error GeoTIFF (GDAL and libtiff) and its PNG pyramid in the page's temporary folder.
 """
@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.report.assets import STATIC
-from tests.test_disk_full import assert_no_space, run
+from tests.cli.test_diskspace import assert_no_space, run
 
 
 def page_files(folder: Path) -> dict[str, bytes]:

@@ -17,7 +17,7 @@ from affine import Affine
 
 from rs_deeplab.geo.raster import write_geotiff
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
-from tests.pipelines.test_bad_inputs_infer import corrupt_middle_block, snapshot, truncated
+from tests.pipelines.test_infer_bad_inputs import corrupt_middle_block, snapshot, truncated
 from tests.trainkit import REPO, blob_scene
 
 VECTORIZE = [sys.executable, str(REPO / "pipelines" / "vectorize.py")]

@@ -25,8 +25,8 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
 from rs_deeplab.remote.http import http_settings, read_options
 from rs_deeplab.tiling.crops import PARTS
+from tests.remote.test_scenes import BANDS, TRANSFORM, checkpoint, one_line_error  # noqa: F401 (the fixture)
 from tests.servers import Faults, http_server, range_start
-from tests.test_remote import BANDS, TRANSFORM, checkpoint, one_line_error  # noqa: F401 (the fixture)
 from tests.trainkit import blob_scene
 
 HEIGHT, WIDTH = 2048, 512
