@@ -170,19 +170,27 @@ PREDICT_AND_PLOT = (
     + PLOTS
     + """
 if __name__ == "__main__":
-    results = {kind: predict(sys.argv[1], kind == "processes") for kind in ("threads", "processes")}
-    results["plots"] = plots()
+    results = {}
+    for step in sys.argv[2].split(","):
+        results[step] = plots() if step == "plots" else predict(sys.argv[1], step == "processes")
     print(json.dumps(results))
 """
 )
+DASK_TEST = "test_a_dask_prediction_tunes_worker_processes_but_never_the_callers"
+PLOTS_TEST = "test_run_log_plots_keep_the_callers_matplotlib_backend"
 
 
 @pytest.fixture(scope="module")
-def predicted_and_plotted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One probe process (one start-up): a Dask prediction on a thread worker, one on a process worker, then the
-    run-log plots; each step records the caller's state just before and just after it."""
+def predicted_and_plotted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One probe process (one start-up) for the selected tests: a Dask prediction on a thread worker, one on a
+    process worker, then the run-log plots; each step records the caller's state just before and just after it.
+
+    Only the steps of tests this session runs (``-m "not slow"`` runs the plots alone, as before)."""
+    names = {item.name for item in request.session.items}
+    steps = [kind for kind in ("threads", "processes") if f"{DASK_TEST}[{kind}]" in names]
+    steps += ["plots"] if PLOTS_TEST in names else []
     tmp_path = tmp_path_factory.mktemp("predict_and_plot")
-    return probe(tmp_path, PREDICT_AND_PLOT, str(write_scene(tmp_path)[0]))
+    return probe(tmp_path, PREDICT_AND_PLOT, str(write_scene(tmp_path)[0]), ",".join(steps))
 
 
 @pytest.mark.slow
