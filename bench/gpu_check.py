@@ -76,33 +76,70 @@ class Sizes:
     """``inductor`` on a GPU; ``eager`` in the smoke run (dynamo traces, counts graph breaks, no code generation)."""
     ddp_backbone: str
     ddp_crop: int
+    ddp_steps: int
     loader_batches: int
     scene: int
     window: int
     dask_scene: int
     train_iterations: int
+    warm_steps: int
+    """Untimed training steps before the timed ones (cuDNN tuning, compilation)."""
+    train_crop: int
+    train_batch: int
+    train_workers: int
+    """``torchrun``'s run: crop size, batch and loader workers."""
+    voc_images: tuple[int, int]
+    """``torchrun``'s VOC-layout sample: training and validation images."""
     limits: dict[str, float] = field(default_factory=dict)
     """Seconds each check may take before it is reported as not finished (none: no limit)."""
 
 
 FULL = Sizes(
-    "cuda",
-    "resnet50",
-    512,
-    8,
-    20,
-    True,
-    "inductor",
-    "resnet18",
-    256,
-    12,
-    8192,
-    512,
-    2048,
-    10,
-    {"training": 140, "fake_ddp": 90, "loader": 45, "inference": 60, "dask": 60, "torchrun": 60},
+    device="cuda",
+    backbone="resnet50",
+    crop=512,
+    batch=8,
+    steps=20,
+    compile=True,
+    compile_backend="inductor",
+    ddp_backbone="resnet18",
+    ddp_crop=256,
+    ddp_steps=3,
+    loader_batches=12,
+    scene=8192,
+    window=512,
+    dask_scene=2048,
+    train_iterations=10,
+    warm_steps=3,
+    train_crop=128,
+    train_batch=4,
+    train_workers=2,
+    voc_images=(6, 2),
+    limits={"training": 140, "fake_ddp": 90, "loader": 45, "inference": 60, "dask": 60, "torchrun": 60},
 )
-SMOKE = Sizes("cpu", "resnet18", 64, 2, 2, False, "eager", "resnet18", 64, 3, 384, 128, 256, 2)
+SMOKE = Sizes(
+    device="cpu",
+    backbone="resnet18",
+    crop=32,
+    batch=2,
+    steps=1,
+    compile=False,
+    compile_backend="eager",
+    ddp_backbone="resnet18",
+    ddp_crop=32,
+    ddp_steps=2,
+    loader_batches=1,
+    scene=192,
+    window=64,
+    dask_scene=96,
+    train_iterations=1,
+    warm_steps=1,
+    train_crop=32,
+    train_batch=2,
+    train_workers=1,
+    voc_images=(2, 1),
+)
+"""Every check, tiny and on the CPU: what runs, not how fast (each setting the least that still runs the path)."""
 
 CHECKS = ("training", "fake_ddp", "loader", "inference", "dask", "torchrun")
 
@@ -170,7 +207,13 @@ def step_context(model: torch.nn.Module, device: torch.device, amp: str, channel
     aux = getattr(model, "aux_weight", 0.0)
     cl = channels_last and device.type == "cuda"
     return StepContext(
-        optimizer, build_lr_schedule(optimizer, iterations=10_000), device, scaler, dtype, cl, aux_weight=aux
+        optimizer=optimizer,
+        lr_schedule=build_lr_schedule(optimizer, iterations=10_000),
+        device=device,
+        scaler=scaler,
+        amp_dtype=dtype,
+        channels_last=cl,
+        aux_weight=aux,
     )
 
 
@@ -181,7 +224,7 @@ def random_batch(s: Sizes, crop: int, batch: int) -> tuple[torch.Tensor, torch.T
     return images, torch.randint(0, 6, (batch, crop, crop), dtype=torch.uint8)
 
 
-def timed_steps(runner: torch.nn.Module, batches: Sequence[Any], ctx: StepContext, warm: int = 3) -> float:
+def timed_steps(runner: torch.nn.Module, batches: Sequence[Any], ctx: StepContext, warm: int) -> float:
     """Images/s of ``train_step`` over ``batches`` after ``warm`` warm-up steps (cuDNN tuning, compilation)."""
     for i in range(warm):
         train_step(runner, [batches[i % len(batches)]], ctx)
@@ -208,7 +251,7 @@ def train_throughput(s: Sizes, amp: str, channels_last: bool, compile: bool) -> 
         model = model.to(memory_format=torch.channels_last)
     runner = torch.compile(model) if compile else model
     ctx = step_context(model, device, amp, channels_last)
-    speed = timed_steps(runner, [random_batch(s, s.crop, s.batch)] * s.steps, ctx)
+    speed = timed_steps(runner, [random_batch(s, s.crop, s.batch)] * s.steps, ctx, s.warm_steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     scaler = " + GradScaler" if ctx.scaler is not None else ""
     return {"images/s": speed, "peak GiB": peak, "precision": precision_name(ctx.amp_dtype) + scaler}
@@ -305,7 +348,7 @@ def fake_ddp_steps(s: Sizes, backend: str | None, steps: int = 3) -> dict[str, A
 def check_fake_ddp(s: Sizes, report: Report) -> None:
     report.add(
         f"One GPU as rank 0 of a fake world of 2 (SyncBN + DDP, DeepLab v3+ {s.ddp_backbone}, {s.ddp_crop}², "
-        "3 steps; crashes and graph breaks, not numbers):\n"
+        f"{s.ddp_steps} steps; crashes and graph breaks, not numbers):\n"
     )
     report.add("| compile | precision | SyncBN layers | graph breaks | graphs | loss finite | first break reasons |")
     report.add("|---|---|---:|---:|---:|---|---|")
@@ -316,7 +359,7 @@ def check_fake_ddp(s: Sizes, report: Report) -> None:
         for backend in backends:
             label = f"{backend} backend" if backend else "no"
             try:
-                r = fake_ddp_steps(s, backend)
+                r = fake_ddp_steps(s, backend, s.ddp_steps)
             except Exception as exc:
                 crashed.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
                 report.add(f"| {label} | | | | | | **crashed**: {crashed[-1].split(': ', 1)[1].replace('|', '/')} |")
@@ -369,7 +412,7 @@ def check_loader(s: Sizes, report: Report, work: Path) -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     with torch_flags(cudnn_benchmark=True):
-        speed = timed_steps(model, batches, step_context(model, device, "auto", True))
+        speed = timed_steps(model, batches, step_context(model, device, "auto", True), s.warm_steps)
     verdict = "keeps up" if fed >= speed else "**the loader is the bottleneck**"
     report.add(
         f"- DataLoader from {len(source)} VOC-layout JPEG/PNG files, {workers} workers, {s.crop}² crops, "
@@ -381,7 +424,7 @@ def check_loader(s: Sizes, report: Report, work: Path) -> None:
 def check_torchrun(s: Sizes, report: Report, work: Path) -> None:
     from rs_deeplab.sample import write_voc
 
-    voc = write_voc(work / "voc", n_train=6, n_val=2)
+    voc = write_voc(work / "voc", n_train=s.voc_images[0], n_val=s.voc_images[1])
     cfg = work / "voc.yaml"
     cfg.write_text(
         json.dumps(
@@ -393,9 +436,9 @@ def check_torchrun(s: Sizes, report: Report, work: Path) -> None:
                     "scheme": "voc",
                     "train_split": "train_aug",
                     "val_split": "val",
-                    "crop_size": 128,
-                    "batch_size": 4,
-                    "num_workers": 2,
+                    "crop_size": s.train_crop,
+                    "batch_size": s.train_batch,
+                    "num_workers": s.train_workers,
                     "flips": "horizontal",
                 },
                 "model": {"name": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},

@@ -72,8 +72,8 @@ def assert_unchanged(result: dict[str, Any]) -> None:
         assert after[key] == before[key], key
 
 
-@pytest.fixture
-def scene(tmp_path: Path) -> tuple[Path, Path]:
+def write_scene(tmp_path: Path) -> tuple[Path, Path]:
+    """A 2-band 200 × 150 scene and its ISPRS colour labels, uncompressed."""
     rng = np.random.default_rng(5)
     height, width = 200, 150
     image = write_geotiff(
@@ -92,6 +92,11 @@ def scene(tmp_path: Path) -> tuple[Path, Path]:
         compress=None,
     )
     return image, label
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> tuple[Path, Path]:
+    return write_scene(tmp_path)
 
 
 TILE = """
@@ -129,28 +134,72 @@ def worker_state():
     return [tuning.malloc_tuned(), torch.get_num_threads()]
 
 
-if __name__ == "__main__":
-    processes = sys.argv[2] == "processes"
+def predict(scene, processes):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 3, 1))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=processes, dashboard_address=None) as cluster, \\
             Client(cluster, set_as_default=False) as client:
         before = state()
-        result = predict_scene(model, sys.argv[1], "out.tif", size=64, stride=40, batch_size=2, mean=[120.0] * 2,
-                               std=[60.0] * 2, device="cpu", scheduler=cluster.scheduler_address)
+        result = predict_scene(model, scene, f"out_{processes}.tif", size=64, stride=40, batch_size=2,
+                               mean=[120.0] * 2, std=[60.0] * 2, device="cpu", scheduler=cluster.scheduler_address)
         after = state()
         workers = list(client.run(worker_state).values())
-    print(json.dumps({"before": before, "after": after, "runner": result.runner, "workers": workers}))
+    return {"before": before, "after": after, "runner": result.runner, "workers": workers}
 """
+
+PLOTS = """
+import numpy as np
+from pathlib import Path
+from rs_deeplab.training.runlog import plot_confusion, plot_curves
+
+
+def plots():
+    Path("metrics.csv").write_text(
+        "iteration,split,loss,lr,mIoU,mF1,OA\\n1,train,1.0,0.01,,,\\n2,train,0.8,0.009,,,\\n2,val,,,0.4,0.5,0.6\\n"
+    )
+    before = state()
+    plot_curves(Path("metrics.csv"), Path("curves.png"))
+    plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"], Path("confusion.png"))
+    after = state()
+    sizes = [Path(p).read_bytes()[:8].hex() for p in ("curves.png", "confusion.png")]
+    return {"before": before, "after": after, "png": sizes}
+"""
+
+PREDICT_AND_PLOT = (
+    PREDICT
+    + PLOTS
+    + """
+if __name__ == "__main__":
+    results = {}
+    for step in sys.argv[2].split(","):
+        results[step] = plots() if step == "plots" else predict(sys.argv[1], step == "processes")
+    print(json.dumps(results))
+"""
+)
+DASK_TEST = "test_a_dask_prediction_tunes_worker_processes_but_never_the_callers"
+PLOTS_TEST = "test_run_log_plots_keep_the_callers_matplotlib_backend"
+
+
+@pytest.fixture(scope="module")
+def predicted_and_plotted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One probe process (one start-up) for the selected tests: a Dask prediction on a thread worker, one on a
+    process worker, then the run-log plots; each step records the caller's state just before and just after it.
+
+    Only the steps of tests this session runs (``-m "not slow"`` runs the plots alone, as before)."""
+    names = {item.name for item in request.session.items}
+    steps = [kind for kind in ("threads", "processes") if f"{DASK_TEST}[{kind}]" in names]
+    steps += ["plots"] if PLOTS_TEST in names else []
+    tmp_path = tmp_path_factory.mktemp("predict_and_plot")
+    return probe(tmp_path, PREDICT_AND_PLOT, str(write_scene(tmp_path)[0]), ",".join(steps))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["threads", "processes"])
 def test_a_dask_prediction_tunes_worker_processes_but_never_the_callers(
-    kind: str, scene: tuple[Path, Path], tmp_path: Path
+    kind: str, predicted_and_plotted: dict[str, Any]
 ) -> None:
     """Workers in another process are tuned by the plugin (malloc, torch threads = their own 2); the caller never."""
-    result = probe(tmp_path, PREDICT, str(scene[0]), kind)
+    result = predicted_and_plotted[kind]
     assert result["runner"].startswith("Dask scheduler ") and result["runner"].endswith("(1 workers, cpu)")
     assert_unchanged(result)
     linux = sys.platform.startswith("linux")
@@ -160,25 +209,8 @@ def test_a_dask_prediction_tunes_worker_processes_but_never_the_callers(
         assert result["workers"] == [[False, 3]]
 
 
-PLOTS = """
-import numpy as np
-from pathlib import Path
-from rs_deeplab.training.runlog import plot_confusion, plot_curves
-
-Path("metrics.csv").write_text(
-    "iteration,split,loss,lr,mIoU,mF1,OA\\n1,train,1.0,0.01,,,\\n2,train,0.8,0.009,,,\\n2,val,,,0.4,0.5,0.6\\n"
-)
-before = state()
-plot_curves(Path("metrics.csv"), Path("curves.png"))
-plot_confusion(np.array([[5, 1], [2, 7]]), ["a", "b"], Path("confusion.png"))
-after = state()
-sizes = [Path(p).read_bytes()[:8].hex() for p in ("curves.png", "confusion.png")]
-print(json.dumps({"before": before, "after": after, "png": sizes}))
-"""
-
-
-def test_run_log_plots_keep_the_callers_matplotlib_backend(tmp_path: Path) -> None:
-    result = probe(tmp_path, PLOTS)
+def test_run_log_plots_keep_the_callers_matplotlib_backend(predicted_and_plotted: dict[str, Any]) -> None:
+    result = predicted_and_plotted["plots"]
     assert result["png"] == [b"\x89PNG\r\n\x1a\n".hex()] * 2  # PNGs even though the caller's backend is svg
     assert_unchanged(result)
     assert result["after"]["pyplot"] is False  # no pyplot state (figure manager, backend choice) was created

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -27,6 +29,20 @@ BASE = np.array(
     ],
     dtype=np.float32,
 )
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread, as in the scripts run with ``OMP_NUM_THREADS=1``: the same floating-point sums, so a run in
+    the test's process matches a subprocess's bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def blob_scene(seed: int, size: int = 192) -> tuple[np.ndarray, np.ndarray]:

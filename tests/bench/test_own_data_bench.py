@@ -123,10 +123,14 @@ def test_plain_scoring_is_whole_tiles_ignoring_255_and_padding(bench: ModuleType
     assert got.sum() == sum(int((lab != 255).sum()) for lab in labels)
 
 
+PLAIN_BUDGET = 8
+"""Seconds of the plain run: a step or more, within the budget (the bench's own default is ten minutes)."""
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (REAL_DATA / "new_brunswick").is_dir(), reason="no New Brunswick sample beside the clone")
 def test_plain_run_on_new_brunswick_writes_its_numbers(tmp_path: Path) -> None:
-    """``--only plain`` with a 20 s budget: the JSON holds the plain run and the held-out majority (~30 s)."""
+    """``--only plain`` with a short budget: the JSON holds the plain run and the held-out majority (~15 s)."""
     out = tmp_path / "odb.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -136,7 +140,7 @@ def test_plain_run_on_new_brunswick_writes_its_numbers(tmp_path: Path) -> None:
             "--data",
             "nb",
             "--budget",
-            "20s",
+            f"{PLAIN_BUDGET}s",
             "--only",
             "plain",
             "--json",
@@ -154,7 +158,7 @@ def test_plain_run_on_new_brunswick_writes_its_numbers(tmp_path: Path) -> None:
     nb = json.loads(out.read_text())["datasets"]["nb"]
     assert list(nb["recipes"]) == ["plain"]
     plain = nb["recipes"]["plain"]
-    assert plain["error"] is None and plain["iterations"] >= 1 and plain["seconds"] <= 25
+    assert plain["error"] is None and plain["iterations"] >= 1 and plain["seconds"] <= PLAIN_BUDGET + 5
     val = np.array([nb["val_pixels"][n] for n in nb["classes"]])
     np.testing.assert_array_equal(np.asarray(plain["confusion_matrix"]).sum(axis=1), val)
     assert sum(nb["val_share"].values()) == pytest.approx(1.0)

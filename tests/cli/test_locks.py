@@ -127,6 +127,7 @@ def test_train_on_the_same_run_folder_refuses(run_folder: Path) -> None:
 def test_infer_on_the_same_out_refuses(run_folder: Path, scene: Path, tmp_path: Path) -> None:
     out = tmp_path / "labels.gpkg"  # its raster labels.tif: the lock is the raster's, whichever --out names it
     model = ["--checkpoint", str(run_folder / "best.pt"), "--size", "64", "--stride", "64", "--quiet"]
+    model += ["--runtime", "torch"]  # the lock is the point, not the runtime: no ONNX export while it is held
     first = [*script("infer"), str(scene), "--out", str(out), *model]
     second = [*script("infer"), str(scene), "--out", str(out.with_suffix(".tif")), *model]
     refused_while_running(first, second, out.with_suffix(".tif"), tmp_path, "--out", shown=out.with_suffix(".tif"))

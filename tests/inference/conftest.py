@@ -1,7 +1,9 @@
-"""Fixtures shared by the inference tests: the demo's data and a quickly trained checkpoint, exported both ways."""
+"""Fixtures shared by the inference tests: the demo's data and a quickly trained checkpoint, exported both ways;
+a real Dask cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from pipelines import demo
 from pipelines.export import main as export_main
 from rs_deeplab.training.experiment import train_experiment
+from tests.daskkit import dask_cluster
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[fmt] = out / f"model{suffix}"
         assert export_main([str(result.best), "--out", str(paths[fmt]), "-q"]) == 0
     return paths
+
+
+@pytest.fixture(scope="session")
+def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``dask scheduler`` and two single-threaded ``dask worker`` processes on loopback, started once for the
+    inference tests that run on Dask (each starting its own cost seconds of process start-up and imports)."""
+    with dask_cluster(tmp_path_factory.mktemp("dask")) as address:
+        yield address

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from rs_deeplab.inference.writing.writer import sidecar_path
 from rs_deeplab.vectorize import read_class_names
 from tests import trainkit
 from tests.daskkit import ROOT, subprocess_env
-from tests.daskkit import dask_cluster as start_dask_cluster
 from tests.trainkit import blob_scene
 
 trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture)
@@ -56,17 +56,12 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name or ".tmp" in p.name)
 
 
-def test_defaults_after_training_write_raster_and_polygons(workspace: Path, trained: Path) -> None:
-    proc = subprocess.run(
-        [*INFER, "--out", "labels.gpkg"],
-        cwd=workspace,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "labels.tif" in proc.stdout and "labels.gpkg" in proc.stdout
+def test_defaults_after_training_write_raster_and_polygons(
+    workspace: Path, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--out", "labels.gpkg"]) == 0  # in this process: the same code as the script, no start-up
+    stdout = capsys.readouterr().out
+    assert "labels.tif" in stdout and "labels.gpkg" in stdout
     with rasterio.open(workspace / "labels.tif") as out, rasterio.open(trained.parents[2] / "val.tif") as src:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
         labels = out.read(1)
@@ -127,10 +122,10 @@ def test_scenes_with_equal_file_names_get_distinct_stable_names(
     assert not list(workspace.glob("twice*"))
 
 
-def tiles(folder: Path, windows: list[tuple[int, int, int, int]], seed: int = 11) -> list[Path]:
-    """Tiles cut from one 4-band scene at the given ``(row0, row1, col0, col1)`` windows, in folders of their own,
-    all named ``tile.tif`` (as an orthophoto's tiles often are)."""
-    image, _ = blob_scene(seed, 192)
+def tiles(folder: Path, windows: list[tuple[int, int, int, int]], seed: int = 11, size: int = 192) -> list[Path]:
+    """Tiles cut from one 4-band ``size`` × ``size`` scene at the given ``(row0, row1, col0, col1)`` windows, in
+    folders of their own, all named ``tile.tif`` (as an orthophoto's tiles often are)."""
+    image, _ = blob_scene(seed, size)
     out = []
     for i, (r0, r1, c0, c1) in enumerate(windows):
         (folder / f"block_{i}").mkdir(parents=True, exist_ok=True)
@@ -205,25 +200,33 @@ def test_two_crs_region_and_a_killed_job_resumed(workspace: Path, tmp_path: Path
         assert vrt.crs.to_epsg() == 3857 and (vrt.read(1) != 255).mean() > 0.8
     assert gpd.read_file(workspace / "two.gpkg").crs.to_epsg() == 3857
     assert (workspace / "two_warped").is_dir()
-    # a job killed after its first scene resumes: that scene is not computed again, the outputs are the same
-    big = tiles(tmp_path / "k", [(0, 192, 0, 100), (0, 192, 90, 192)], seed=12)
+    # a job killed mid-way through its second scene resumes: the first scene is not computed again, the second
+    # resumes at its last committed row, and the outputs are those of an undisturbed run
+    big = tiles(tmp_path / "k", [(0, 192, 0, 100), (0, 1024, 90, 192)], seed=12, size=1024)
     cmd = [*INFER, *map(str, big), "--out", "killed.gpkg", "--batch-size", "1"]
     proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True, stderr=subprocess.DEVNULL)
-    first = workspace / "killed_block_0_tile.tif"
+    first, second = workspace / "killed_block_0_tile.tif", workspace / "killed_block_1_tile.tif"
+    side = sidecar_path(second)
+    rows = 0
     try:
         deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline and not first.exists():
+        while proc.poll() is None and time.monotonic() < deadline and rows < 256:
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):  # not there yet, or being replaced
+                rows = json.loads(side.read_text())["rows"]
             time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before it could be killed"
+        assert proc.poll() is None, "the job ended before it could be killed; make the second scene taller"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert first.exists() and not (workspace / "killed.gpkg").exists()
+    assert 256 <= rows < 1024 and first.exists() and not second.exists()
+    assert not (workspace / "killed.gpkg").exists()
     rerun = subprocess.run(
         [*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=300
     )
     assert rerun.returncode == 0, rerun.stderr
     assert "killed_block_0_tile.tif: already complete" in rerun.stderr
+    resumed = re.search(r"killed_block_1_tile\.tif: resuming at row (\d+) of 1024", rerun.stderr)
+    assert resumed and int(resumed[1]) >= rows, rerun.stderr  # (rows committed after the last look count too)
     assert main([*map(str, big), "--out", "fresh.gpkg", "--batch-size", "1", "-q"]) == 0
     for name in ("", "_block_0_tile", "_block_1_tile"):
         ext = ".vrt" if not name else ".tif"
@@ -338,50 +341,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "--amp: invalid choice: 'fp8'" in err
     os.remove(workspace / "runs" / "tiny" / "best.pt")
-    proc = subprocess.run(
-        [*INFER, "--out", "x.gpkg"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2 and proc.stderr.startswith("error: no checkpoint found under runs/*/best.pt")
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_raster(workspace: Path, tmp_path: Path) -> None:
-    big = scene(tmp_path / "big.tif", 1024, 96, 9)
-    cmd = [*INFER, str(big), "--out", "big.tif", "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=subprocess_env(), start_new_session=True, stderr=subprocess.DEVNULL)
-    side = sidecar_path(workspace / "big.tif")
-    rows = 0
-    try:
-        deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline and rows < 256:
-            if side.exists():
-                rows = json.loads(side.read_text())["rows"]
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed; make the scene taller"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert 256 <= rows < 1024 and not (workspace / "big.tif").exists()
-    rerun = subprocess.run(
-        [*cmd, "--verbose"], cwd=workspace, env=subprocess_env(), capture_output=True, text=True, timeout=300
-    )
-    assert rerun.returncode == 0, rerun.stderr
-    assert "resuming at row" in rerun.stderr
-    assert main([str(big), "--out", "fresh.tif", "--batch-size", "1"]) == 0
-    with rasterio.open(workspace / "big.tif") as r, rasterio.open(workspace / "fresh.tif") as f:
-        np.testing.assert_array_equal(r.read(1), f.read(1))
-    assert leftovers(workspace) == []
-
-
-@pytest.fixture(scope="module")
-def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with start_dask_cluster(tmp_path_factory.mktemp("dask")) as address:
-        yield address
+    assert main(["--out", "x.gpkg"]) == 2
+    assert capsys.readouterr().err.startswith("error: no checkpoint found under runs/*/best.pt")
 
 
 @pytest.mark.slow
 def test_dask_workers_write_the_same_raster(workspace: Path, tmp_path: Path, dask_address: str) -> None:
-    a = scene(tmp_path / "a.tif", 600, 100, 10)
+    a = scene(tmp_path / "a.tif", 384, 100, 10)  # two Dask tasks of 256 rows
     assert main([str(a), "--out", "local.tif", "--probs"]) == 0
     assert main([str(a), "--out", "dask.tif", "--probs", "--scheduler", dask_address]) == 0
     assert main([str(a), "--out", "local_crf.tif", "--probs", "--crf", "--crf-bilateral", "40,5,4"]) == 0

@@ -127,6 +127,14 @@ def config_for(world: dict[str, Path], tmp: Path, tiles: str = "tiles", **sectio
     return write_config(tmp / "cfg.yaml", world[tiles], tmp / "run", **sections)
 
 
+def corrupt_checkpoint_to_resume(world: dict[str, Path], tmp: Path) -> list[str]:
+    """A good config whose run folder already holds a ``last.pt`` that is no checkpoint (a run to resume)."""
+    config = config_for(world, tmp)
+    (tmp / "run").mkdir()
+    (tmp / "run" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    return [str(config)]
+
+
 # (id, how to build the arguments from (world, tmp), words the error line must hold)
 CASES: list[tuple[str, Args, str]] = [
     ("missing-config", lambda w, t: [str(t / "nope.yaml")], "config file not found"),
@@ -164,6 +172,7 @@ CASES: list[tuple[str, Args, str]] = [
         "output_stride 16 is not supported",
     ),  # found after the data's checks logged their info lines: still one line
     ("class-weights-count", lambda w, t: [str(config_for(w, t, train={"class_weights": [1, 2]}))], "class_weights"),
+    ("corrupt-checkpoint-to-resume", corrupt_checkpoint_to_resume, "resume=false"),  # the earlier run is kept
 ]
 
 
@@ -188,14 +197,10 @@ def test_train_bad_input_is_one_line_and_leaves_nothing(train_runs: dict[str, Ru
     assert listing(folder) == before  # no run/ (nor runs/) folder
 
 
-def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(world: dict[str, Path], tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "last.pt").write_bytes(b"PK\x03\x04 truncated")
-    proc = subprocess.run(
-        [*TRAIN, str(config_for(world, tmp_path))], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300
-    )
+def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(train_runs: dict[str, Run]) -> None:
+    proc, _, folder = train_runs["corrupt-checkpoint-to-resume"]  # a case of the table: one line, nothing left
     line = check_one_line(proc)
+    run = folder / "run"
     assert str(run / "last.pt") in line and "resume=false" in line
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
 
@@ -326,7 +331,7 @@ class StderrLines:
 def test_ctrl_c_during_training_exits_130_in_one_line_and_the_rerun_resumes(
     world: dict[str, Path], tmp_path: Path
 ) -> None:
-    cfg = config_for(world, tmp_path, schedule={"iterations": 400}, train={"eval_every": 400, "checkpoint_every": 2})
+    cfg = config_for(world, tmp_path, schedule={"iterations": 400}, train={"eval_every": 400, "checkpoint_every": 1})
     last = tmp_path / "run" / "last.pt"
     proc = subprocess.Popen([*TRAIN, str(cfg), "--quiet"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from pipelines import train as train_cli
 from rs_deeplab.training.averaging import TRAIN_WEIGHTS_KEY, UPDATES_KEY, WeightAverage, warm_decay
 from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.killkit import kill_after_checkpoint
-from tests.trainkit import REPO, make_tiles, write_config
+from tests.trainkit import REPO, make_tiles, one_thread, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 SECTIONS = {
@@ -56,31 +54,25 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiles(tmp_path_factory.mktemp("data"))
 
 
-def run_train(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "train.py"), str(config)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
-def test_the_average_is_evaluated_saved_and_resumed_bit_for_bit(tiles: Path, tmp_path: Path) -> None:
+def test_the_average_is_evaluated_saved_and_resumed_bit_for_bit(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # only the killed run needs a process of its own: the undisturbed run and the resume run in this process, on one
+    # thread as the script's OMP_NUM_THREADS=1 (the same floating-point sums)
     full = write_config(tmp_path / "full.yaml", tiles, tmp_path / "full", **SECTIONS)
-    done = run_train(full)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "moving average of the weights (train.ema 0.9)" in done.stderr
+    with one_thread():
+        assert train_cli.main([str(full)]) == 0, capsys.readouterr().err[-3000:]
+    assert "moving average of the weights (train.ema 0.9)" in capsys.readouterr().err
 
     cfg = write_config(tmp_path / "killed.yaml", tiles, tmp_path / "killed", **SECTIONS)
     last = tmp_path / "killed" / "last.pt"
     kill_after_checkpoint(cfg, last, ENV)
     killed_at = load_checkpoint(last)["iteration"]
     assert killed_at < 10, "the run finished before it could be killed; the test proves nothing"
-    resumed = run_train(cfg)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {last} at iteration {killed_at}" in resumed.stderr
+    with one_thread():
+        assert train_cli.main([str(cfg)]) == 0, capsys.readouterr().err[-3000:]
+    assert f"resuming from {last} at iteration {killed_at}" in capsys.readouterr().err
 
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
     assert a[UPDATES_KEY] == b[UPDATES_KEY] == 10

@@ -16,7 +16,7 @@ from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.engine import build_lr_schedule, build_optimizer, poly_factor, step_factor
 from tests.killkit import kill_after_checkpoint
-from tests.trainkit import REPO, make_tiles, write_config
+from tests.trainkit import REPO, make_tiles, one_thread, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 
@@ -104,14 +104,19 @@ def test_train_writes_every_output_and_evaluates(
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(tiles: Path, tmp_path: Path) -> None:
-    # bit-exact resume holds on the CPU; CUDA kernels (bilinear backward...) are not deterministic: see test_gpu.py
+def test_killed_run_resumes_to_the_same_weights(
+    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # bit-exact resume holds on the CPU; CUDA kernels (bilinear backward...) are not deterministic: see test_gpu.py.
+    # Only the killed run needs a process of its own: the undisturbed run and the resume run in this process, on one
+    # thread as the script's OMP_NUM_THREADS=1 (the same floating-point sums).
     sections = {
         "schedule": {"iterations": 10},
         "train": {"eval_every": 5, "checkpoint_every": 2, "log_every": 1, "device": "cpu"},
     }
     full = write_config(tmp_path / "full.yaml", tiles, tmp_path / "full", **sections)
-    assert run_train([str(full), "--quiet"]).returncode == 0
+    with one_thread():
+        assert train_cli.main([str(full), "--quiet"]) == 0
 
     cfg = write_config(tmp_path / "killed.yaml", tiles, tmp_path / "killed", **sections)
     last = tmp_path / "killed" / "last.pt"
@@ -119,9 +124,10 @@ def test_killed_run_resumes_to_the_same_weights(tiles: Path, tmp_path: Path) -> 
     killed_at = load_checkpoint(last)["iteration"]
     assert killed_at < 10, "the run finished before it could be killed; the test proves nothing"
 
-    resumed = run_train([str(cfg)])
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {last} at iteration {killed_at}" in resumed.stderr
+    capsys.readouterr()
+    with one_thread():
+        assert train_cli.main([str(cfg)]) == 0, capsys.readouterr().err
+    assert f"resuming from {last} at iteration {killed_at}" in capsys.readouterr().err
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
@@ -151,7 +157,8 @@ def test_two_ranks_stay_in_sync_and_match_one_process(tiles: Path, tmp_path: Pat
     }
     single = write_config(tmp_path / "one.yaml", tiles, tmp_path / "one", **sections)
     single.write_text(single.read_text().replace("batch_size: 2", "batch_size: 4"))
-    assert run_train([str(single), "--quiet"]).returncode == 0
+    with one_thread():  # the one-process reference needs no process of its own
+        assert train_cli.main([str(single), "--quiet"]) == 0
     one = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
 
     distances = {}

@@ -47,7 +47,9 @@ LAYOUTS: dict[str, Callable[[Path], Path]] = {
     "vaihingen": _tiled("vaihingen", lambda r: write_vaihingen(r, areas=(1, 2), size=256)),
     "loveda": _tiled("loveda", lambda r: write_loveda(r, per_folder=1, size=256)),
     "isaid": _tiled("isaid", lambda r: write_isaid(r, per_split=1, size=(256, 256))),
-    "voc": lambda folder: write_voc(folder, n_train=4, n_val=2),
+    "voc": lambda folder: write_voc(
+        folder, n_train=4, n_val=1
+    ),  # one validation image: a ResNet-101 evaluates it whole
     "cityscapes": lambda folder: write_cityscapes(folder, per_split=2, size=(128, 256)),
     "own": own_tiles,  # configs/own_data.yaml: 5-band uint16 tiles whose class names come from the index
 }

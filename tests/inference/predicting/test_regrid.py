@@ -332,24 +332,25 @@ def test_interrupted_resampled_run_resumes_to_the_same_rasters(tmp_path: Path, m
 
 
 @pytest.mark.slow
-def test_dask_workers_resample_like_the_local_run(tmp_path: Path) -> None:
-    from tests.daskkit import dask_cluster
-
+def test_dask_workers_resample_like_the_local_run(tmp_path: Path, dask_address: str) -> None:
     scene, _ = write_ground(tmp_path, 0.25)
     local = predict_scene(
-        stripe_oracle(), scene, tmp_path / "local.tif", gsd=MODEL_GSD, probs_path=tmp_path / "lp.tif", **KW
-    )  # type: ignore[arg-type]
-    (tmp_path / "dask").mkdir()
-    with dask_cluster(tmp_path / "dask") as address:
-        dask = predict_scene(
-            stripe_oracle(),
-            scene,
-            tmp_path / "dask.tif",
-            gsd=MODEL_GSD,
-            scheduler=address,
-            probs_path=tmp_path / "dp.tif",
-            **KW,
-        )  # type: ignore[arg-type]
+        stripe_oracle(),
+        scene,
+        tmp_path / "local.tif",
+        gsd=MODEL_GSD,
+        probs_path=tmp_path / "lp.tif",
+        **KW,  # type: ignore[arg-type]
+    )
+    dask = predict_scene(
+        stripe_oracle(),
+        scene,
+        tmp_path / "dask.tif",
+        gsd=MODEL_GSD,
+        scheduler=dask_address,
+        probs_path=tmp_path / "dp.tif",
+        **KW,  # type: ignore[arg-type]
+    )
     assert dask.gsd == MODEL_GSD and dask.runner != local.runner
     for a, b in (("local.tif", "dask.tif"), ("lp.tif", "dp.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import torch
 
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.predicting.scene import SceneTask, predict_scene, predict_scenes
-from tests.daskkit import dask_cluster
 
 TRANSFORM = rasterio.Affine(0.5, 0, 368_000, 0, -0.5, 5_808_000)
 KW = {"size": 64, "stride": 48, "batch_size": 2, "mean": [100.0, 100.0], "std": [50.0, 50.0]}
@@ -119,21 +117,15 @@ def test_one_progress_bar_counts_windows_and_scenes(
     assert "inference:" not in err and "window/s" not in err, err  # no bar
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with dask_cluster(tmp_path_factory.mktemp("dask"), workers=2) as address:
-        yield address
-
-
 @pytest.mark.slow
-def test_dask_job_keeps_both_workers_busy_across_scenes(tmp_path: Path, cluster: str) -> None:
+def test_dask_job_keeps_both_workers_busy_across_scenes(tmp_path: Path, dask_address: str) -> None:
     from distributed import Client, get_task_stream
 
     paths = scenes(tmp_path, [(64, 64)] * 6)  # one task each: run one after another, one worker would idle
     model = SlowOracle(pause=0.25)  # each task lasts long enough for the other worker to start one meanwhile
     tasks = [SceneTask(p, tmp_path / f"dask_{p.stem}.tif") for p in paths]
-    with Client(cluster, set_as_default=False) as client, get_task_stream(client) as stream:
-        results = predict_scenes(model, tasks, scheduler=cluster, **{**KW, "batch_size": 1})  # type: ignore[arg-type]
+    with Client(dask_address, set_as_default=False) as client, get_task_stream(client) as stream:
+        results = predict_scenes(model, tasks, scheduler=dask_address, **{**KW, "batch_size": 1})  # type: ignore[arg-type]
     spans = []
     for record in stream.data:
         if str(record["key"]).startswith("predict_rows"):

@@ -24,7 +24,7 @@ from rs_deeplab.inference.runtimes.export import MainLogits, is_exported_model, 
 from rs_deeplab.inference.runtimes.exported import METADATA_KEY, load_exported
 from rs_deeplab.inference.runtimes.trained import TrainedModel
 from rs_deeplab.models import MODELS, build_model
-from tests.daskkit import dask_cluster, subprocess_env
+from tests.daskkit import subprocess_env
 
 CASES = [(name, head) for name, spec in MODELS.items() for head in spec.heads]
 TRAINING_STACK = ("rs_deeplab.training", "albumentations")
@@ -236,29 +236,11 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
 
 
 @pytest.mark.slow
-def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_path: Path) -> None:
+def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_path: Path, dask_address: str) -> None:
     scene, model = str(demo_run["scene"]), str(demo_run["onnx"])
-    (tmp_path / "dask").mkdir()
     twin = str(shutil.copy(scene, tmp_path / "twin.tif"))  # a second scene: one job, one stream of tasks for both
-    with dask_cluster(tmp_path / "dask", workers=1) as address:
-        assert (
-            infer_main(
-                [
-                    scene,
-                    twin,
-                    "--checkpoint",
-                    model,
-                    "--out",
-                    str(tmp_path / "d.tif"),
-                    "--probs",
-                    "-q",
-                    "--separate",
-                    "--scheduler",
-                    address,
-                ]
-            )
-            == 0
-        )
+    args = [scene, twin, "--checkpoint", model, "--out", str(tmp_path / "d.tif"), "--probs", "-q", "--separate"]
+    assert infer_main([*args, "--scheduler", dask_address]) == 0
     assert infer_main([scene, "--checkpoint", model, "--out", str(tmp_path / "l.tif"), "--probs", "-q"]) == 0
     local = read(tmp_path / "l_probs.tif").astype(int)
     for name in (Path(scene).stem, "twin"):
