@@ -209,6 +209,7 @@ def test_a_dask_prediction_tunes_worker_processes_but_never_the_callers(
         assert result["workers"] == [[False, 3]]
 
 
+@pytest.mark.slow
 def test_run_log_plots_keep_the_callers_matplotlib_backend(predicted_and_plotted: dict[str, Any]) -> None:
     result = predicted_and_plotted["plots"]
     assert result["png"] == [b"\x89PNG\r\n\x1a\n".hex()] * 2  # PNGs even though the caller's backend is svg
@@ -251,6 +252,7 @@ print(json.dumps({"env": os.environ.get("NO_ALBUMENTATIONS_UPDATE"), "asked": as
 """
 
 
+@pytest.mark.slow
 def test_importing_the_transforms_neither_phones_home_nor_leaves_an_environment_variable() -> None:
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     env["PYTHONPATH"] = str(REPO)

@@ -176,6 +176,7 @@ def test_library_never_imports_pipelines() -> None:
 SCRIPTS = sorted(p.stem for p in (REPO / "pipelines").glob("*.py") if p.stem != "__init__")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_script_has_main_and_runs_as_a_script(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Each script's ``main(argv)`` answers --help in-process, and ``python pipelines/<name>.py --help`` runs it."""

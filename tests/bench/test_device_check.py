@@ -128,6 +128,7 @@ def leftovers(tmp_path: Path) -> list[str]:
     return [line for line in proc.stdout.splitlines() if str(tmp_path) in line and "ps -eo" not in line]
 
 
+@pytest.mark.slow
 def test_a_step_past_its_limit_is_named_and_the_next_step_still_runs(tmp_path: Path) -> None:
     proc, out = run_command(
         tmp_path,
@@ -171,6 +172,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> No
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_an_unwritable_results_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     proc = subprocess.run(
@@ -212,6 +214,7 @@ for module in sys.argv[1:]:
 """
 
 
+@pytest.mark.slow
 def test_the_gpu_test_files_import_without_the_gis_stack() -> None:
     # A GPU machine gets rasterio, smp, albumentations, pydantic and dask carried, not shapely, pyogrio or the dev
     # tools: the files holding gpu tests (and their conftests) must import without them, or their tests never run.

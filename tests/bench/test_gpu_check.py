@@ -47,6 +47,7 @@ def test_gpu_check_smoke_runs_every_check(tmp_path: Path) -> None:
         assert expected in text, expected
 
 
+@pytest.mark.slow
 def test_gpu_path_imports_no_geopackage_stack() -> None:
     """The GPU box carries rasterio but not pyogrio/geopandas/shapely/pyproj/pystac: training and inference import
     without them."""

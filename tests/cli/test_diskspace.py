@@ -230,6 +230,7 @@ def tile_args(scenes: Path, out: Path) -> list[object]:
     ]
 
 
+@pytest.mark.slow
 def test_tile_stops_at_a_crop_then_at_the_index_and_resumes_to_the_same_tiles(scenes: Path, tmp_path: Path) -> None:
     from pipelines.tile import main as tile_main
 
@@ -326,6 +327,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiles, result.run_dir
 
 
+@pytest.mark.slow
 def test_train_stops_at_a_checkpoint_and_resumes_from_the_last_good_one(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -367,6 +369,7 @@ def test_train_stops_at_a_checkpoint_and_resumes_from_the_last_good_one(
 # --- infer.py ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_infer_stops_in_the_raster_the_cog_copy_and_the_polygons_and_resumes_each_time(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -120,10 +120,12 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_train_on_the_same_run_folder_refuses(run_folder: Path) -> None:
     assert {"last.pt", "best.pt", "config.yaml"} <= {p.name for p in run_folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_infer_on_the_same_out_refuses(run_folder: Path, scene: Path, tmp_path: Path) -> None:
     out = tmp_path / "labels.gpkg"  # its raster labels.tif: the lock is the raster's, whichever --out names it
     model = ["--checkpoint", str(run_folder / "best.pt"), "--size", "64", "--stride", "64", "--quiet"]
@@ -136,6 +138,7 @@ def test_infer_on_the_same_out_refuses(run_folder: Path, scene: Path, tmp_path: 
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_tile_on_the_same_out_refuses_and_a_killed_run_leaves_no_lock(scene: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiles"
     cmd = [*script("tile"), str(scene), "--out", str(out), "--size", "64", "--workers", "1", "--quiet"]

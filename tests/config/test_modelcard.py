@@ -41,6 +41,7 @@ def one_line(failure: pytest.ExceptionInfo[CheckpointError], path: Path) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_the_card_of_a_training_checkpoint_is_what_the_run_recorded(trained: Path) -> None:
     card, weights = read_checkpoint(trained)
     state = torch.load(trained, map_location="cpu", weights_only=True)
@@ -59,6 +60,7 @@ def test_the_card_of_a_training_checkpoint_is_what_the_run_recorded(trained: Pat
     assert same == card and not model.training
 
 
+@pytest.mark.slow
 def test_exported_models_carry_an_equal_card(trained: Path, tmp_path: Path) -> None:
     checkpoint_card, _ = read_checkpoint(trained)
     for name in ("model.onnx", "model.ts"):

@@ -114,6 +114,7 @@ def test_mmseg_rows_share_mmsegs_model_and_schedule() -> None:
             assert f"{recipe.settings['schedule.iterations'] // 1000}k" in name
 
 
+@pytest.mark.slow
 def test_recipes_page_is_the_generated_one() -> None:
     page = (ROOT / recipes.PAGE).read_text()
     assert page.count(recipes.START) == 1 and page.count(recipes.END) == 1

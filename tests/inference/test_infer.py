@@ -56,6 +56,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name or ".tmp" in p.name)
 
 
+@pytest.mark.slow
 def test_defaults_after_training_write_raster_and_polygons(
     workspace: Path, trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -269,6 +270,7 @@ def test_region_bad_input_is_one_line_exit_2_and_leaves_nothing(
     assert not list(workspace.glob("x*")) and leftovers(workspace) == []
 
 
+@pytest.mark.slow
 def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None:
     a = scene(tmp_path / "a.tif", 64, 90, 7)
     assert main([str(a), "--out", "plain.tif", "--size", "64", "--stride", "32"]) == 0
@@ -285,6 +287,7 @@ def test_tta_and_output_stride_override(workspace: Path, tmp_path: Path) -> None
     assert (4, 4) in dilations  # layer4 re-dilated for output stride 8
 
 
+@pytest.mark.slow
 def test_config_infer_output_stride_is_the_default(workspace: Path, tmp_path: Path) -> None:
     # a config trained at output stride 16 that says infer.output_stride: 8 (configs/own/potsdam_rgbir_r50.yaml)
     a = scene(tmp_path / "a.tif", 64, 90, 7)
@@ -306,6 +309,7 @@ def test_config_infer_output_stride_is_the_default(workspace: Path, tmp_path: Pa
     assert np.array_equal(rasters["forced16"], rasters["os16"])
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import torch
 
@@ -32,6 +33,7 @@ def small_scene(path: Path, seed: int = 9) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_a_prediction_with_a_trained_checkpoint_imports_no_training_stack(trained: Path, tmp_path: Path) -> None:
     scene = small_scene(tmp_path / "scene.tif")
     code = f"""
@@ -59,6 +61,7 @@ print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))
     assert set(np.unique(labels)) <= set(range(6))
 
 
+@pytest.mark.slow
 def test_the_probe_sees_the_training_stack_where_it_is_imported(tmp_path: Path) -> None:
     # the check above can fail: importing training shows up under the names it looks for
     code = f"import sys, rs_deeplab.training\nprint(any(m.startswith({FORBIDDEN!r}) for m in sys.modules))"
@@ -91,6 +94,7 @@ def held_module(model: TrainedModel) -> tuple[int, int | None]:
     return id(loaded.module), loaded.source.output_stride
 
 
+@pytest.mark.slow
 def test_a_dask_worker_keeps_the_model_it_read_between_tasks(trained: Path, tmp_path: Path) -> None:
     from distributed import Client
 

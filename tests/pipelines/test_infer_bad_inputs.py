@@ -212,6 +212,7 @@ def test_there_are_many_cases() -> None:
     assert len({name for name, _, _ in CASES}) == len(CASES) >= 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, words", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
 def test_infer_bad_input_is_one_line_and_leaves_nothing(infer_runs: dict[str, Run], name: str, words: str) -> None:
     proc, before, folder = infer_runs[name]

@@ -189,6 +189,7 @@ def train_runs(world: dict[str, Path]) -> dict[str, Run]:
     return run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, words", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
 def test_train_bad_input_is_one_line_and_leaves_nothing(train_runs: dict[str, Run], name: str, words: str) -> None:
     proc, before, folder = train_runs[name]
@@ -197,6 +198,7 @@ def test_train_bad_input_is_one_line_and_leaves_nothing(train_runs: dict[str, Ru
     assert listing(folder) == before  # no run/ (nor runs/) folder
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(train_runs: dict[str, Run]) -> None:
     proc, _, folder = train_runs["corrupt-checkpoint-to-resume"]  # a case of the table: one line, nothing left
     line = check_one_line(proc)
@@ -205,6 +207,7 @@ def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(train_ru
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(world: dict[str, Path], tmp_path: Path) -> None:
     proc = subprocess.run(
         [*TRAIN, str(tmp_path / "nope.yaml"), "--debug"],
@@ -281,6 +284,7 @@ def evaluate_server() -> Iterator[CaseServer | None]:
         yield server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_args, words", [c[1:] for c in EVAL_CASES], ids=[c[0] for c in EVAL_CASES])
 def test_evaluate_bad_input_is_one_line_and_leaves_nothing(
     world: dict[str, Path],

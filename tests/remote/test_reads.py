@@ -113,6 +113,7 @@ def test_the_settings_reach_gdal(monkeypatch: pytest.MonkeyPatch) -> None:
         http_settings()
 
 
+@pytest.mark.slow
 def test_infer_rides_out_5xx_and_resets(
     checkpoint: Path,  # noqa: F811
     served: Path,
@@ -140,6 +141,7 @@ def test_tile_rides_out_5xx_and_resets(served: Path, local_crops: dict[str, np.n
         np.testing.assert_array_equal(got[name], pixels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["stall", "gone"])
 def test_infer_stops_in_one_line_when_the_server_stops_answering_and_resumes(
     checkpoint: Path,  # noqa: F811
@@ -173,6 +175,7 @@ def test_infer_stops_in_one_line_when_the_server_stops_answering_and_resumes(
     np.testing.assert_array_equal(read(out), local_labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["stall", "gone", 503])
 def test_tile_stops_in_one_line_when_the_server_stops_answering_and_resumes(
     served: Path,

@@ -141,6 +141,7 @@ def test_a_window_reads_a_fraction_of_the_file(web: HttpServer) -> None:
     assert not any(method == "GET" and not rng for method, _, rng in web.traffic.requests)  # no whole-file GET
 
 
+@pytest.mark.slow
 def test_infer_over_http_and_s3_equals_the_local_file(
     checkpoint: Path, served: Path, web: HttpServer, s3: None, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ def huge_page_factor() -> int:
     return 512 if "[always]" in mode else 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_tuned_malloc_reuses_large_buffers_and_can_be_switched_off() -> None:
     tuned, default = probe("1"), probe("0")
@@ -81,6 +82,7 @@ print(called, tuning.malloc_tuned())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PIPELINES)
 def test_pipelines_tune_their_process_only_when_run_as_scripts(name: str) -> None:
     """Every pipeline tunes malloc in its ``__main__`` block; its ``main`` called from Python changes nothing."""

@@ -111,6 +111,7 @@ def test_a_budgeted_run_plans_from_its_own_speed_and_resumes_with_its_plan(tmp_p
     assert torch.load(again.last, map_location="cpu", weights_only=True)["iteration"] == result.iterations
 
 
+@pytest.mark.slow
 def test_a_cap_below_the_probe_trains_to_the_cap(tmp_path: Path) -> None:
     cfg = load_config(config(tmp_path, "10m"), ["schedule.iterations=4", "train.eval_every=2"])  # a smoke test's
     result = train_experiment(cfg)
@@ -119,6 +120,7 @@ def test_a_cap_below_the_probe_trains_to_the_cap(tmp_path: Path) -> None:
     assert len([r for r in rows if ",val," in r]) == 2
 
 
+@pytest.mark.slow
 def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = config(tmp_path, "1s")
     assert train_cli.main([str(path), "--quiet", "train.eval_every=1000"]) == 2

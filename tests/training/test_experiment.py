@@ -189,6 +189,7 @@ def test_two_ranks_stay_in_sync_and_match_one_process(tiles: Path, tmp_path: Pat
     assert distances[False] > 3 * distances[True], distances
 
 
+@pytest.mark.slow
 def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
     proc = run_train([str(REPO / "configs" / "potsdam_r50.yaml"), "optimizer.lrr=0.1"], timeout=120)
     assert proc.returncode == 2

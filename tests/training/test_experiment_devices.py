@@ -70,6 +70,7 @@ class _Threads(Dataset[tuple[int, int]]):
         return cv2.getNumThreads(), torch.get_num_threads()
 
 
+@pytest.mark.slow
 def test_loader_workers_run_one_thread_each() -> None:
     import cv2
 
@@ -127,6 +128,7 @@ def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> N
     assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module."))]
 
 
+@pytest.mark.slow
 def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("this host has a GPU: train.device=cuda is valid here")

@@ -170,6 +170,7 @@ def test_own_template_loads() -> None:
     assert not derived  # the recipe leaves every derived key to the fingerprint
 
 
+@pytest.mark.slow
 def test_own_data_trains_end_to_end(tiles: Path, tmp_path: Path) -> None:
     path = write_config(
         tmp_path / "own.yaml",

@@ -26,6 +26,7 @@ from tests.inference.crf.test_dense import blurred_prediction, synthetic_scene
 from tests.inference.predicting.test_rows_feed import SoftOracle, crf_scene, job_for, run_rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("start", "stop"), [(0, 150), (37, 101)])
 def test_processes_give_the_rows_of_a_thread(tmp_path: Path, start: int, stop: int) -> None:
     path = crf_scene(tmp_path)
@@ -85,6 +86,7 @@ def test_workers_are_spawned_beside_other_threads() -> None:
         other.join()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_one_line() -> None:
     label, image = synthetic_scene(120, 160)
     probs = blurred_prediction(label)

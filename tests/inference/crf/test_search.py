@@ -59,6 +59,7 @@ def held_out_miou(files: list[Path], params: CRFParams | None) -> float:
     return scores(cs.score_setting([str(f) for f in files], kernels, len(BASE))).miou
 
 
+@pytest.mark.slow
 def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_torch_thread: None) -> None:
     crops = [blob_scene(100 + i, 80) for i in range(16)]
     searched = grid.choose_images(len(crops), 8)
@@ -188,6 +189,7 @@ def test_the_default_kernels_are_kept_where_they_beat_the_grid(
 GRID = ["--w1", "3:4", "--sxy", "30:40:10", "--srgb", "3", "--iterations", "2", "--images", "3", "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "best.pt"
     shutil.copy2(trained, ckpt)
@@ -267,6 +269,7 @@ CASES: list[tuple[str, Any, str]] = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_leaves_nothing(trained: Path, tmp_path: Path) -> None:
     world = {"ckpt": tmp_path / "shared" / "best.pt"}
     world["ckpt"].parent.mkdir()

@@ -152,6 +152,7 @@ def gpu_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
 
 
+@pytest.mark.slow
 def test_launcher_starts_one_single_threaded_gpu_worker_per_gpu(gpu_workers: str) -> None:
     from distributed import Client
 
@@ -164,6 +165,7 @@ def test_launcher_starts_one_single_threaded_gpu_worker_per_gpu(gpu_workers: str
     assert sorted(w["name"].rsplit("-", 1)[1] for w in workers.values()) == ["gpu0", "gpu1"]
 
 
+@pytest.mark.slow
 def test_predict_scene_through_gpu_workers_matches_the_local_run(gpu_workers: str, scene: Path, tmp_path: Path) -> None:
     model = small_model().train()
     before = snapshot(model)

@@ -236,6 +236,7 @@ def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return best
 
 
+@pytest.mark.slow
 def test_cli_resamples_to_the_checkpoint_gsd(
     checkpoint_at_gsd: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -121,6 +121,7 @@ def peak_mib(runs: dict[str, tuple[Path, Path, int]]) -> dict[str, float]:
     return peaks
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_width(tmp_path: Path) -> None:
     """Peak RSS of a 4× wider scene: flat with panels, while whole-width rows grow (by ~230 MiB of strips, part of
     which may fit in heap the imports freed). Each run in a fresh process; ``bench/width_memory_bench.py``

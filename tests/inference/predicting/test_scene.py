@@ -60,6 +60,7 @@ def test_oracle_model_stitches_the_label_exactly(
     assert all(s[1:] == (2, size, size) and s[0] <= batch_size for s in oracle.shapes)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(
     height=st.integers(1, 140),

@@ -83,6 +83,7 @@ def test_dask_worker_threads_share_the_cores() -> None:
     assert tasks == 2 and threads == max(1, usable_cores() // 2)
 
 
+@pytest.mark.slow
 def test_the_export_is_built_once_by_processes_starting_at_once_and_rebuilt_when_damaged_or_stale(
     checkpoint: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -146,6 +147,7 @@ def test_an_unwritable_checkpoint_folder_caches_in_the_user_folder_said_once(
     assert caplog.text.count("cannot be written") == 1
 
 
+@pytest.mark.slow
 def test_without_onnxruntime_auto_runs_torch_and_onnx_is_one_line(demo_run: dict[str, Path], tmp_path: Path) -> None:
     blocker = tmp_path / "blocker" / "onnxruntime"
     blocker.mkdir(parents=True)
@@ -211,6 +213,7 @@ def test_a_model_that_does_not_export_runs_torch_under_auto_and_stops_under_onnx
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_int8_is_quantized_on_the_scene_and_records_its_agreement(
     demo_run: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,6 +62,7 @@ def test_every_model_exports_with_dynamic_batch_and_window(name: str, head: str,
         np.testing.assert_allclose(traced, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_card_carries_what_inference_needs(demo_run: dict[str, Path]) -> None:
     proto = onnx.load(str(demo_run["onnx"]), load_external_data=False)
     card = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
@@ -93,6 +94,7 @@ def read(path: Path) -> np.ndarray:
         return ds.read()
 
 
+@pytest.mark.slow
 def test_exported_models_give_the_checkpoints_labels_on_the_held_out_scene(
     demo_run: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -144,6 +146,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_inference_with_an_exported_model_imports_no_training_stack(demo_run: dict[str, Path], tmp_path: Path) -> None:
     stack = repr(TRAINING_STACK)
     code = (
@@ -158,6 +161,7 @@ def test_inference_with_an_exported_model_imports_no_training_stack(demo_run: di
     assert (tmp_path / "x.tif").is_file() and (tmp_path / "x.gpkg").is_file()
 
 
+@pytest.mark.slow
 def test_missing_onnxruntime_is_one_line_naming_the_extra(demo_run: dict[str, Path], tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['onnxruntime'] = None\n"
@@ -251,6 +255,7 @@ def test_dask_workers_load_the_exported_model(demo_run: dict[str, Path], tmp_pat
         assert differ.mean() < 0.001 and (top2[1] - top2[0] <= 1)[differ].all()
 
 
+@pytest.mark.slow
 def test_output_stride_is_baked_in_at_export(demo_run: dict[str, Path], tmp_path: Path) -> None:
     ck, scene, model = str(demo_run["checkpoint"]), str(demo_run["scene"]), tmp_path / "os8.onnx"
     assert export_main([ck, "--out", str(model), "--output-stride", "8", "-q"]) == 0
