@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,3 +124,16 @@ def train_tiny(folder: Path) -> Path:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """:func:`train_tiny`'s ``best.pt``, once per test module (import this fixture into the module)."""
     return train_tiny(tmp_path_factory.mktemp("trained"))
+
+
+def torchrun(script: Path | str, *args: str, processes: int = 2) -> list[str]:
+    """The command that runs ``script`` with ``args`` as ``processes`` ranks of a standalone torchrun job."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        str(script),
+        *args,
+    ]

@@ -363,9 +363,9 @@ def small_model() -> torch.nn.Sequential:
 
 @pytest.fixture(scope="module")
 def infer_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
-    """A 2-band scene of four 256-row Dask tasks, and its labels predicted in this process."""
+    """A 2-band scene of six 256-row Dask tasks, and its labels predicted in this process."""
     folder = tmp_path_factory.mktemp("infer")
-    image = np.random.default_rng(3).integers(0, 255, (2, 1024, 256)).astype(np.uint8)
+    image = np.random.default_rng(3).integers(0, 255, (2, 1536, 256)).astype(np.uint8)
     path = write_geotiff(folder / "scene.tif", image, crs="EPSG:32633", transform=DEFAULT_TRANSFORM)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -18,7 +18,7 @@ from rs_deeplab.cli.errors import ConfigError, InputError
 from rs_deeplab.config.schema import load_config
 from rs_deeplab.training.budget import CHECKPOINT_SECONDS, EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
 from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import REPO, make_tiles, one_thread
+from tests.trainkit import REPO, make_tiles
 
 
 def test_durations() -> None:
@@ -61,16 +61,14 @@ def test_plan_spends_what_is_left_on_iterations_and_evaluations() -> None:
 
 
 def config(folder: Path, budget: str, **train: object) -> Path:
-    """A budgeted run on small scenes (4 training and 4 validation crops) and small crops: cheap probe steps and
-    evaluations, so a short budget still pays for iterations after the probe on a loaded machine."""
-    tiles = make_tiles(folder, size=128)
+    tiles = make_tiles(folder)
     cfg = {
         "work_dir": str(folder / "runs" / "budget"),
         "data": {
             "source": "tiles",
             "root": str(tiles),
             "scheme": "potsdam",
-            "crop_size": 32,
+            "crop_size": 48,
             "batch_size": 2,
             "num_workers": 0,
         },
@@ -86,32 +84,28 @@ def config(folder: Path, budget: str, **train: object) -> Path:
 
 @pytest.mark.slow
 def test_a_budgeted_run_plans_from_its_own_speed_and_resumes_with_its_plan(tmp_path: Path) -> None:
-    budget = 25  # the probe alone may take 10 s on a loaded 2-core machine
-    cfg = load_config(config(tmp_path, f"{budget}s"))
-    with one_thread():  # as the script (OMP_NUM_THREADS=1): two threads on a loaded 2-core machine lose a lot
-        result = train_experiment(cfg)
+    cfg = load_config(config(tmp_path, "45s"))  # the probe alone may take 10 s on a loaded 2-core machine
+    result = train_experiment(cfg)
     plan = json.loads((result.run_dir / "plan.json").read_text())
     assert result.iterations == plan["iterations"] > PROBE_ITERATIONS
     reason = plan["reasons"]["iterations"]  # the last re-plan's: what was left paid for, or nothing more
-    assert plan["budget"] == budget and plan["step_seconds"] > 0 and ("left pays for" in reason or "ran out" in reason)
+    assert plan["budget"] == 45 and plan["step_seconds"] > 0 and ("left pays for" in reason or "ran out" in reason)
     state = torch.load(result.last, map_location="cpu", weights_only=True)
     record = state["budget"]
     assert state["iteration"] == result.iterations and record["finished"] and record["plan"] == plan
-    # the run kept to its budget by its own measurements. Bounded in shares of the budget, not in seconds, so that
-    # load does not decide: the last stretch (about 1/EVALUATIONS of the budget) may run up to twice as slow as the
-    # re-plan before it measured (a loaded machine slows down mid-run: CI measured 45.38 s and 47.16 s against a
-    # 45 s budget and tighter margins), plus the last evaluation and the checkpoint recording the spent budget
-    margin = budget / EVALUATIONS + plan["evaluation_seconds"] + CHECKPOINT_SECONDS
-    assert record["spent"] <= budget + margin, (record["spent"], plan)
+    # the run kept to its budget by its own measurements: what it spent, less the last stretch's overrun margin and
+    # the checkpoint that records the spent budget after the last evaluation's (CI once measured 45.38 s against
+    # 45.33 s without it), and 5 % of the budget for steps that run slower than the probe measured (CI, with the
+    # run's page rewritten at each evaluation, once measured 47.16 s against 46.46 s without it)
+    margin = plan["evaluation_seconds"] + plan["step_seconds"] * 3 + CHECKPOINT_SECONDS + 0.05 * 45
+    assert record["spent"] <= 45 + margin
     rows = (result.run_dir / "metrics.csv").read_text().splitlines()
     assert any(row.startswith(f"{result.iterations},") for row in rows)
-    with one_thread():
-        again = train_experiment(cfg)  # resumed: the budget is spent, nothing more is trained
+    again = train_experiment(cfg)  # resumed: the budget is spent, nothing more is trained
     assert again.iterations == result.iterations
     assert torch.load(again.last, map_location="cpu", weights_only=True)["iteration"] == result.iterations
 
 
-@pytest.mark.slow
 def test_a_cap_below_the_probe_trains_to_the_cap(tmp_path: Path) -> None:
     cfg = load_config(config(tmp_path, "10m"), ["schedule.iterations=4", "train.eval_every=2"])  # a smoke test's
     result = train_experiment(cfg)
@@ -120,7 +114,6 @@ def test_a_cap_below_the_probe_trains_to_the_cap(tmp_path: Path) -> None:
     assert len([r for r in rows if ",val," in r]) == 2
 
 
-@pytest.mark.slow
 def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = config(tmp_path, "1s")
     assert train_cli.main([str(path), "--quiet", "train.eval_every=1000"]) == 2
@@ -136,7 +129,7 @@ def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 @pytest.mark.slow
 def test_two_torchrun_ranks_follow_one_plan(tmp_path: Path) -> None:
-    path = config(tmp_path, "30s", device="cpu")  # two ranks on two cores: each probe step costs more
+    path = config(tmp_path, "40s", device="cpu")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
     cmd = [
         sys.executable,

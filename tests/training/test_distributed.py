@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from rs_deeplab.training.distributed import CPUSyncBatchNorm, convert_sync_batchnorm, env_from_torchrun
+from tests.trainkit import torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,15 +43,7 @@ def test_without_process_group_it_is_plain_batchnorm() -> None:
 def test_two_rank_sync_bn_matches_full_batch_bn(tmp_path: Path) -> None:
     out = tmp_path / "result.pt"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "tests" / "workers" / "syncbn_worker.py"),
-        str(out),
-    ]
+    cmd = torchrun(str(REPO / "tests" / "workers" / "syncbn_worker.py"), str(out))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(out)

@@ -16,7 +16,7 @@ from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.engine import build_lr_schedule, build_optimizer, poly_factor, step_factor
 from tests.killkit import kill_after_checkpoint
-from tests.trainkit import REPO, make_tiles, one_thread, write_config
+from tests.trainkit import REPO, make_tiles, one_thread, torchrun, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 
@@ -165,17 +165,7 @@ def test_two_ranks_stay_in_sync_and_match_one_process(tiles: Path, tmp_path: Pat
     for sync in (True, False):
         cfg = write_config(tmp_path / f"two{sync}.yaml", tiles, tmp_path / f"two{sync}", **sections)
         script = str(REPO / "pipelines" / "train.py")
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            script,
-            str(cfg),
-            "--quiet",
-            f"train.sync_bn={str(sync).lower()}",
-        ]
+        cmd = torchrun(script, str(cfg), "--quiet", f"train.sync_bn={str(sync).lower()}")
         proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         two = load_checkpoint(tmp_path / f"two{sync}" / "last.pt")

@@ -23,7 +23,7 @@ from rs_deeplab.inference.runtimes.trained import load_trained_model
 from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
 from rs_deeplab.training.datasets.sampling import loader_options
 from rs_deeplab.training.engine import LossMeter, device_confusion
-from tests.trainkit import REPO, make_tiles, write_config
+from tests.trainkit import REPO, make_tiles, torchrun, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 TRAIN = str(REPO / "pipelines" / "train.py")
@@ -109,16 +109,7 @@ def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> N
     """
     train = {**SHORT["train"], "compile": True, "checkpoint_every": 1, "sync_bn": False}
     cfg = write_config(tmp_path / "cd.yaml", tiles, tmp_path / "run", **{**SHORT, "train": train, "model": COMPILED})
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        TRAIN,
-        str(cfg),
-        "--quiet",
-    ]
+    cmd = torchrun(TRAIN, str(cfg), "--quiet")
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -151,16 +142,7 @@ def test_two_ranks_with_one_validation_crop_do_not_hang(tmp_path: Path) -> None:
     assert (pyogrio.read_dataframe(tiles / "index.gpkg", layer="tiles")["split"] == "val").sum() == 1
     sections = {"schedule": {"iterations": 2}, "train": {"eval_every": 1, "checkpoint_every": 1, "device": "cpu"}}
     cfg = write_config(tmp_path / "one_val.yaml", tiles, tmp_path / "run", **sections)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        TRAIN,
-        str(cfg),
-        "--quiet",
-    ]
+    cmd = torchrun(TRAIN, str(cfg), "--quiet")
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -173,15 +155,7 @@ def test_rank_zero_decides_the_resume_for_every_rank(tmp_path: Path) -> None:
     for rank in (0, 1):
         (tmp_path / f"rank{rank}").mkdir()
     save_checkpoint(tmp_path / "rank0" / "last.pt", _fake_state(7))  # rank 1's work_dir holds nothing
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "tests" / "workers" / "resume_worker.py"),
-        str(tmp_path),
-    ]
+    cmd = torchrun(str(REPO / "tests" / "workers" / "resume_worker.py"), str(tmp_path))
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"got{r}.json").read_text()) for r in (0, 1)]

@@ -241,7 +241,7 @@ def test_int8_is_quantized_on_the_scene_and_records_its_agreement(
 
 def test_an_export_is_keyed_by_the_code_that_builds_the_network(tmp_path: Path) -> None:
     """Changing a network's source (an rs_deeplab upgrade) names another cached export; other files do not."""
-    package = Path(onnx_cache.__file__).resolve().parents[3]
+    package = Path(onnx_cache.__file__).resolve().parents[2]
     copy = tmp_path / "rs_deeplab"
     shutil.copytree(package / "models", copy / "models")
     (copy / "inference" / "runtimes").mkdir(parents=True)
