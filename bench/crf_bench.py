@@ -25,7 +25,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from rs_deeplab.inference.crf.dense import CRFParams, dense_crf
+from rs_deeplab.inference.crf.dense import CRFSettings, dense_crf
 from rs_deeplab.inference.crf.pool import CRFPool
 from rs_deeplab.sample.scene import generate_scene
 
@@ -65,7 +65,7 @@ def best_of(repeats: int, run: Callable[[], np.ndarray]) -> tuple[float, float, 
 
 def pool_rates(probs: np.ndarray, rgb: np.ndarray, windows: int) -> None:
     """Windows/s refined here and by 1 and 2 worker processes (the pool warmed up first); same labels checked."""
-    params, valid = CRFParams(), np.ones(probs.shape[1:], bool)
+    params, valid = CRFSettings(), np.ones(probs.shape[1:], bool)
     blocks = [(probs, rgb, valid)] * windows
     start = time.perf_counter()
     here = [params.refine(p, i, valid=v) for p, i, v in blocks]

@@ -218,14 +218,14 @@ def feed_once(scene: Path, out: Path, threads: int, probs: bool, device: torch.d
     """Windows handed over and seconds for one pass of the feed (stand-in model and blending, real writer)."""
     win, stride, classes = 512, 256, 6
     job = RowJob(
-        scene_info(scene),
-        win,
-        stride,
-        4,
-        (1, 2, 3, 4),
-        classes,
-        tuple(MEAN),
-        tuple(STD),
+        info=scene_info(scene),
+        size=win,
+        stride=stride,
+        batch_size=4,
+        bands=(1, 2, 3, 4),
+        num_classes=classes,
+        mean=tuple(MEAN),
+        std=tuple(STD),
         keep_probs=probs,
         read_threads=threads,
     )

@@ -9,9 +9,9 @@ a :class:`LoadedModel` read once for many scenes), with :class:`TTA` and :class:
 
 from __future__ import annotations
 
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.inference.infer import InferOptions, InferResult, infer_scenes
 from rs_deeplab.inference.predicting.predictor import TTA
-from rs_deeplab.inference.predicting.rows import CRFSettings
 from rs_deeplab.inference.predicting.scene import SceneResult, SceneTask, predict_scene, predict_scenes
 from rs_deeplab.inference.runtimes.trained import LoadedModel, TrainedModel, newest_checkpoint
 

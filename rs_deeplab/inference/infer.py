@@ -20,10 +20,9 @@ from rs_deeplab.geo.grid import check_size_stride
 from rs_deeplab.geo.gsd import raster_gsd, working_gsd
 from rs_deeplab.geo.mosaic import RegionOutput, checked_res, target_crs, write_region
 from rs_deeplab.geo.raster import source_path
-from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.inference.crf.search import recorded_crf
 from rs_deeplab.inference.predicting.predictor import TTA
-from rs_deeplab.inference.predicting.rows import CRFSettings
 from rs_deeplab.inference.predicting.scene import SceneResult, SceneTask, predict_scenes
 from rs_deeplab.inference.reading.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.runtimes.choice import check_choice
@@ -371,17 +370,17 @@ def _crf_settings(opts: InferOptions, card: ModelCard, model_path: Path) -> CRFS
     """CRF bands (default: the model's first three), kernels, and 16-bit stretch ranges from the band statistics."""
     model_bands = list(card.bands) if card.bands is not None else list(range(1, card.in_channels + 1))
     bands = tuple(opts.crf_bands or model_bands[:3])
-    params = _crf_params(opts, model_path)
+    kernels = _crf_params(opts, model_path)
     ranges = None
     if all(b in model_bands for b in bands):  # mean ± 2.5 std of the training tiles: one stretch for every window
         idx = [model_bands.index(b) for b in bands]
         ranges = tuple((card.mean[i] - 2.5 * card.std[i], card.mean[i] + 2.5 * card.std[i]) for i in idx)
-    return CRFSettings(bands=bands, params=params, band_ranges=ranges, processes=None)  # the cores where it runs
+    return replace(kernels, bands=bands, band_ranges=ranges, processes=None)  # processes: the cores where it runs
 
 
-def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:
-    """The kernels: each option given explicitly, else the setting the CRF search recorded, else DeepLab's."""
-    base = CRFParams()
+def _crf_params(opts: InferOptions, model_path: Path) -> CRFSettings:
+    """The kernels (the rest default): each option given, else the setting the CRF search recorded, else DeepLab's."""
+    base = CRFSettings()
     found = recorded_crf(model_path)
     if found is not None:
         base, record = found
@@ -408,7 +407,7 @@ def _crf_params(opts: InferOptions, model_path: Path) -> CRFParams:
     g = opts.crf_gaussian or (base.gaussian_sxy, base.gaussian_compat)
     b = opts.crf_bilateral or (base.bilateral_sxy, base.bilateral_srgb, base.bilateral_compat)
     iterations = opts.crf_iterations if opts.crf_iterations is not None else base.iterations
-    return CRFParams(
+    return CRFSettings(
         gaussian_sxy=g[0],
         gaussian_compat=g[1],
         bilateral_sxy=b[0],

@@ -155,9 +155,9 @@ def segmentation_loss(
     return fn(output, target)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepContext:
-    """What each optimisation step needs besides the model and the data."""
+    """What each optimisation step needs besides the model and the data (built by keyword)."""
 
     optimizer: torch.optim.Optimizer
     lr_schedule: torch.optim.lr_scheduler.LambdaLR

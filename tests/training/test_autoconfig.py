@@ -183,7 +183,7 @@ def test_range_test_puts_the_model_and_optimiser_back() -> None:
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 3, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    ctx = StepContext(opt, sched, torch.device("cpu"))
+    ctx = StepContext(optimizer=opt, lr_schedule=sched, device=torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = ([(torch.randn(2, 3, 16, 16), torch.randint(0, 3, (2, 16, 16), dtype=torch.uint8))] for _ in range(60))
     result = lr_range.range_test(model, batches, ctx)

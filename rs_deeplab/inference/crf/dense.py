@@ -13,7 +13,7 @@ saturated or dark pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,28 +34,41 @@ class MissingDependencyError(RsDeeplabError, ImportError):
     """An optional package needed for the requested feature is not installed."""
 
 
+KERNELS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "iterations")
+"""The kernel and iteration fields of :class:`CRFSettings` (the search's table and record, ``dense_crf``'s keywords)."""
+
+
 @dataclass(frozen=True)
-class CRFParams:
-    """DenseCRF settings; the defaults are DeepLab's.
+class CRFSettings:
+    """DenseCRF settings: the colour bands, the kernels and iterations (DeepLab's defaults), and how a scene is refined.
 
     Attributes:
-        bands: 0-based image bands used as the colour image (1 to 3; fewer than 3 repeat the last one);
-            None takes the first three bands, or all of an image with fewer.
+        bands: 1-based image bands used as the colour image, as GDAL and ``--crf-bands`` count them (1 to 3; fewer
+            than 3 repeat the last one). :func:`colour_image` is the one place that turns them into array indices.
         gaussian_sxy: Spatial standard deviation of the smoothness kernel, pixels.
         gaussian_compat: Weight of the smoothness kernel.
         bilateral_sxy: Spatial standard deviation of the appearance kernel, pixels.
         bilateral_srgb: Colour standard deviation of the appearance kernel, in 0..255 units.
         bilateral_compat: Weight of the appearance kernel.
         iterations: Mean-field iterations.
+        band_ranges: Value range of each of ``bands`` stretched to 0..255 for non-8-bit scenes (the same in every
+            window of a scene); None: each window's percentiles.
+        margin: Context columns on each side of a block of a scene refined block by block.
+        processes: Processes refining a scene's blocks (:mod:`rs_deeplab.inference.crf.pool`); 1: a thread; None:
+            the cores usable where it runs (or ``RS_DEEPLAB_CRF_PROCESSES``). The labels do not depend on it (not in
+            the run's fingerprint).
     """
 
-    bands: tuple[int, ...] | None = None
+    bands: tuple[int, ...] = (1, 2, 3)
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
     iterations: int = 5
+    band_ranges: tuple[tuple[float, float], ...] | None = None
+    margin: int = 64
+    processes: int | None = field(default=1, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
@@ -66,8 +79,20 @@ class CRFParams:
                 raise InputError(f"CRF {name} must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.iterations, int) or self.iterations < 0:
             raise InputError(f"CRF iterations must be an integer >= 0, got {self.iterations!r}")
-        if self.bands is not None and not 1 <= len(self.bands) <= 3:
+        if not 1 <= len(self.bands) <= 3:
             raise InputError(f"CRF bands must list 1 to 3 band indices, got {list(self.bands)}")
+
+    def __repr__(self) -> str:
+        """The form inference's resume fingerprint (``repr`` of its job) has always recorded, unchanged."""
+        kernels = ", ".join(f"{k}={getattr(self, k)!r}" for k in KERNELS)
+        return (
+            f"CRFSettings(bands={self.bands!r}, params=CRFParams(bands=None, {kernels}), "
+            f"band_ranges={self.band_ranges!r}, margin={self.margin!r})"
+        )
+
+    def kernels(self) -> dict[str, Any]:
+        """The kernels and iterations by name (:data:`KERNELS`)."""
+        return {k: getattr(self, k) for k in KERNELS}
 
     def refine(
         self,
@@ -77,27 +102,28 @@ class CRFParams:
         valid: np.ndarray | None = None,
         band_ranges: Sequence[tuple[float, float]] | None = None,
     ) -> np.ndarray:
-        """:func:`dense_crf` with these settings."""
-        return dense_crf(probs, image, valid=valid, band_ranges=band_ranges, **asdict(self))
+        """:func:`dense_crf` with these settings (``bands`` numbering the bands of ``image``)."""
+        return dense_crf(probs, image, bands=self.bands, valid=valid, band_ranges=band_ranges, **self.kernels())
 
 
 def resolve_bands(bands: Sequence[int] | None, count: int) -> tuple[int, int, int]:
-    """The three image bands used as colour channels.
+    """The 0-based array indices of the three image bands used as colour channels, from 1-based ``bands``.
+
+    None takes the first three bands, or all of an image with fewer.
 
     Raises:
-        InputError: An index is outside ``0..count-1`` or the list is empty or too long.
+        InputError: A band is outside ``1..count`` or the list is empty or too long.
     """
-    chosen = list(range(min(count, 3))) if bands is None else [int(b) for b in bands]
+    chosen = list(range(1, min(count, 3) + 1)) if bands is None else [int(b) for b in bands]
     if not 1 <= len(chosen) <= 3:
         raise InputError(f"CRF bands must list 1 to 3 band indices, got {chosen}")
-    bad = [b for b in chosen if not 0 <= b < count]
+    bad = [b for b in chosen if not 1 <= b <= count]
     if bad:
         raise InputError(
-            f"CRF band index {bad[0]} is out of range for an image with {count} band(s); "
-            f"use 0-based indices 0..{count - 1}"
+            f"CRF band {bad[0]} is out of range for an image with {count} band(s); use bands 1..{count}, counted from 1"
         )
     chosen += [chosen[-1]] * (3 - len(chosen))
-    return chosen[0], chosen[1], chosen[2]
+    return chosen[0] - 1, chosen[1] - 1, chosen[2] - 1
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray | None, value_range: tuple[float, float] | None) -> np.ndarray:
@@ -129,7 +155,7 @@ def colour_image(
 
     Args:
         image: ``(bands, H, W)`` or ``(H, W)`` pixels of any numeric type.
-        bands: See :attr:`CRFParams.bands`.
+        bands: 1-based bands of ``image`` (see :attr:`CRFSettings.bands`); None: the first three, or all of fewer.
         valid: Optional ``(H, W)`` mask of pixels the percentiles are taken over.
         band_ranges: Optional ``(low, high)`` per image band, used instead of the window's percentiles.
     """
@@ -188,7 +214,8 @@ def dense_crf(
     Args:
         probs: ``(C, H, W)`` probabilities summing to 1 over ``C``.
         image: ``(bands, H, W)`` (or ``(H, W)``) pixels of the same window, any numeric type.
-        bands: 0-based bands used as colour (see :attr:`CRFParams.bands`).
+        bands: 1-based bands of ``image`` used as colour (see :attr:`CRFSettings.bands`); None: the first three,
+            or all of an image with fewer.
         gaussian_sxy: Smoothness kernel spatial standard deviation (pixels).
         gaussian_compat: Smoothness kernel weight.
         bilateral_sxy: Appearance kernel spatial standard deviation (pixels).
@@ -206,8 +233,8 @@ def dense_crf(
         InputError: Shapes disagree, a band index is out of range or a setting is invalid.
         MissingDependencyError: pydensecrf is not installed.
     """
-    params = CRFParams(
-        bands=None if bands is None else tuple(bands),
+    params = CRFSettings(
+        bands=(1, 2, 3) if bands is None else tuple(bands),
         gaussian_sxy=gaussian_sxy,
         gaussian_compat=gaussian_compat,
         bilateral_sxy=bilateral_sxy,
@@ -217,7 +244,7 @@ def dense_crf(
     )
     _check_shapes(probs, image, valid)
     num_classes, height, width = probs.shape
-    rgb = colour_image(image, params.bands, valid=valid, band_ranges=band_ranges)
+    rgb = colour_image(image, bands, valid=valid, band_ranges=band_ranges)
     if valid is not None and not valid.any():
         return probs.astype(np.float32, copy=True)
     densecrf = _densecrf_module()

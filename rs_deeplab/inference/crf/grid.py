@@ -6,14 +6,14 @@ Plain values and numpy only; :mod:`rs_deeplab.inference.crf.search` caches proba
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import scores
-from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import CRFSettings
 
 NO_CRF = "no CRF"
 DEFAULT = "default"
@@ -35,9 +35,9 @@ class GridPoint:
         """A stable name in the progress file."""
         return f"w1={self.w1:g},sxy={self.sxy:g},srgb={self.srgb:g},it={self.iterations}"
 
-    def params(self) -> CRFParams:
+    def settings(self) -> CRFSettings:
         """The CRF settings: this appearance kernel, the paper's fixed smoothness kernel (w2 = 3, σγ = 3)."""
-        return CRFParams(
+        return CRFSettings(
             gaussian_sxy=3.0,
             gaussian_compat=3.0,
             bilateral_sxy=self.sxy,
@@ -87,7 +87,7 @@ def make_grid(w1: Sequence[float], sxy: Sequence[float], srgb: Sequence[float], 
     if not points:
         raise InputError("the CRF grid has no points; give each of --w1, --sxy and --srgb at least one value")
     for p in points:
-        p.params()  # raises for sxy/srgb <= 0 or w1 < 0
+        p.settings()  # raises for sxy/srgb <= 0 or w1 < 0
     return points
 
 
@@ -109,14 +109,14 @@ class Setting:
     """A row of the ranked table: a grid point or a reference (no CRF, the default kernels)."""
 
     name: str
-    params: CRFParams | None
+    crf: CRFSettings | None
 
     @property
     def key(self) -> str:
         """Its key in the progress file."""
-        if self.params is None:
+        if self.crf is None:
             return NO_CRF
-        p = self.params
+        p = self.crf
         return (
             f"{self.name}:w1={p.bilateral_compat:g},sxy={p.bilateral_sxy:g},srgb={p.bilateral_srgb:g},"
             f"w2={p.gaussian_compat:g},sg={p.gaussian_sxy:g},it={p.iterations}"
@@ -125,7 +125,7 @@ class Setting:
 
 def settings(points: Sequence[GridPoint]) -> list[Setting]:
     """The reference rows (no CRF; the default kernels infer.py uses without a search) and the grid."""
-    return [Setting(NO_CRF, None), Setting(DEFAULT, CRFParams())] + [Setting("grid", p.params()) for p in points]
+    return [Setting(NO_CRF, None), Setting(DEFAULT, CRFSettings())] + [Setting("grid", p.settings()) for p in points]
 
 
 def ranked_rows(todo: Sequence[Setting], done: dict[str, list[list[int]]]) -> list[dict[str, Any]]:
@@ -133,7 +133,6 @@ def ranked_rows(todo: Sequence[Setting], done: dict[str, list[list[int]]]) -> li
     rows = []
     for s in todo:
         result = scores(np.asarray(done[s.key]))
-        p = s.params
         row: dict[str, Any] = {
             "setting": s.name,
             "mIoU": result.miou,
@@ -141,7 +140,7 @@ def ranked_rows(todo: Sequence[Setting], done: dict[str, list[list[int]]]) -> li
             "OA": result.overall_accuracy,
             "pixels": result.pixels,
         }
-        row["crf"] = None if p is None else {k: v for k, v in asdict(p).items() if k != "bands"}
+        row["crf"] = None if s.crf is None else s.crf.kernels()
         rows.append(row)
     rows.sort(key=lambda r: -r["mIoU"] if np.isfinite(r["mIoU"]) else 0.0)
     for rank, row in enumerate(rows, 1):

@@ -3,8 +3,8 @@
 pydensecrf never releases the GIL: refined on a thread, each block stalled the thread that feeds the model (about
 3 windows/s on a 16-core machine). Processes run side by side and leave the feed alone. A worker gets plain arrays
 (a block's probabilities, colour bands and valid mask) and returns the refined probabilities, computed by the same
-:meth:`~rs_deeplab.inference.crf.dense.CRFParams.refine` as on a thread, so the labels are the same whatever the number
-of processes. Workers start by ``fork`` while this process runs a single thread, else by ``spawn`` (see
+:meth:`~rs_deeplab.inference.crf.dense.CRFSettings.refine` as on a thread, so the labels are the same whatever the
+number of processes. Workers start by ``fork`` while this process runs a single thread, else by ``spawn`` (see
 :func:`rs_deeplab.runtime.cores.start_method`).
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from rs_deeplab.cli.errors import InputError, WorkerDiedError
-from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.runtime.cores import start_method
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,13 @@ def _start_worker() -> None:
 
 
 def _refine(
-    params: CRFParams,
+    crf: CRFSettings,
     probs: np.ndarray,
     image: np.ndarray,
     valid: np.ndarray,
     ranges: Sequence[tuple[float, float]] | None,
 ) -> np.ndarray:
-    return params.refine(probs, image, valid=valid, band_ranges=ranges)
+    return crf.refine(probs, image, valid=valid, band_ranges=ranges)
 
 
 class CRFPool:
@@ -122,14 +122,14 @@ class CRFPool:
             self._result(future)
 
     def map(
-        self, params: CRFParams, blocks: Sequence[Block], ranges: Sequence[tuple[float, float]] | None
+        self, crf: CRFSettings, blocks: Sequence[Block], ranges: Sequence[tuple[float, float]] | None
     ) -> Iterator[np.ndarray]:
         """Submit every block now; the returned iterator yields the refined blocks in the order of ``blocks``.
 
         Raises:
             WorkerDiedError: (from the iterator) A worker process died (killed, or out of memory).
         """
-        futures = [self._pool.submit(_refine, params, p, i, v, ranges) for p, i, v in blocks]
+        futures = [self._pool.submit(_refine, crf, p, i, v, ranges) for p, i, v in blocks]
         return self._results(futures)
 
     def _results(self, futures: list[concurrent.futures.Future[np.ndarray]]) -> Iterator[np.ndarray]:

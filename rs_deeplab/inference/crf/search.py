@@ -16,7 +16,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 from rs_deeplab.cli.console import progress
 from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import confusion_matrix
-from rs_deeplab.inference.crf.dense import CRFParams, colour_image
+from rs_deeplab.inference.crf.dense import CRFSettings, colour_image
 from rs_deeplab.inference.crf.grid import DEFAULT, NO_CRF, GridPoint, Setting, markdown, ranked_rows, settings
 from rs_deeplab.runtime.cluster import Cluster, open_cluster
 
@@ -112,12 +112,13 @@ def cache_probabilities(
     return files, computed
 
 
-def score_setting(files: Sequence[str], params: dict[str, Any] | None, num_classes: int) -> np.ndarray:
-    """Confusion matrix of one CRF setting (None: the cached probabilities as they are) over the cached crops.
+def score_setting(files: Sequence[str], kernels: dict[str, Any] | None, num_classes: int) -> np.ndarray:
+    """Confusion matrix of one CRF setting's kernels (None: the cached probabilities as they are) over the cached crops.
 
-    A Dask task: plain paths and numbers in, one crop in memory at a time.
+    A Dask task: plain paths and numbers in, one crop in memory at a time. A crop's cached colour image is its three
+    bands, the default :attr:`CRFSettings.bands`.
     """
-    crf = None if params is None else CRFParams(**params)
+    crf = None if kernels is None else CRFSettings(**kernels)
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     for name in files:
         with np.load(name) as z:
@@ -132,16 +133,16 @@ def _pending(
     todo: Sequence[Setting], files: Sequence[str], num_classes: int, executor: Any
 ) -> Iterator[tuple[Setting, np.ndarray]]:
     """Yield each setting with its confusion matrix as it finishes (local serial run or Dask)."""
-    args = [(s, None if s.params is None else asdict(s.params)) for s in todo]
+    args = [(s, None if s.crf is None else s.crf.kernels()) for s in todo]
     if executor.client is None:
-        for s, params in args:
-            yield s, score_setting(files, params, num_classes)
+        for s, kernels in args:
+            yield s, score_setting(files, kernels, num_classes)
         return
     watch = executor.watch()  # a worker killed mid-task is survived; none left, or the scheduler lost: one line
     run = uuid.uuid4().hex[:8]
     futures = {
-        executor.client.submit(score_setting, list(files), params, num_classes, key=f"crf-{run}-{i}", pure=False): s
-        for i, (s, params) in enumerate(args)
+        executor.client.submit(score_setting, list(files), kernels, num_classes, key=f"crf-{run}-{i}", pure=False): s
+        for i, (s, kernels) in enumerate(args)
     }
     try:
         for future in watch.as_completed(list(futures)):
@@ -202,7 +203,7 @@ def model_stamp(model_path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def recorded_crf(model_path: Path) -> tuple[CRFParams, Path] | None:
+def recorded_crf(model_path: Path) -> tuple[CRFSettings, Path] | None:
     """The CRF setting recorded beside a model file by the search, if there is one for these very weights.
 
     Raises:
@@ -213,7 +214,7 @@ def recorded_crf(model_path: Path) -> tuple[CRFParams, Path] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        params = CRFParams(**record["crf"])
+        crf = CRFSettings(**record["crf"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(
             f"{path}: not a readable CRF search record ({exc}); remove it or run pipelines/crf_search.py again"
@@ -223,7 +224,7 @@ def recorded_crf(model_path: Path) -> tuple[CRFParams, Path] | None:
             "%s was searched for other weights than %s now holds; using the default CRF kernels", path, model_path
         )
         return None
-    return params, path
+    return crf, path
 
 
 def best_setting(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

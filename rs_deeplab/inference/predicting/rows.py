@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from rs_deeplab.geo.grid import axis_offsets
 from rs_deeplab.geo.raster import open_raster, read_error
-from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.inference.crf.pool import CRFPool, crf_processes, strips_in_flight
 from rs_deeplab.inference.predicting.blending import FinishedRows, StripAccumulator, WindowKind
 from rs_deeplab.inference.predicting.predictor import TTA, Normaliser, Predictor
@@ -38,25 +38,8 @@ PANEL_ALIGN = 256
 
 
 @dataclass(frozen=True)
-class CRFSettings:
-    """DenseCRF refinement of the blended probabilities (see :mod:`rs_deeplab.inference.crf.dense`)."""
-
-    bands: tuple[int, ...] = (1, 2, 3)
-    """1-based scene bands used as the CRF's colour image (1 to 3)."""
-    params: CRFParams = field(default_factory=CRFParams)
-    """Kernels and iterations (DeepLab's defaults)."""
-    band_ranges: tuple[tuple[float, float], ...] | None = None
-    """Value range of each band stretched to 0..255 for non-8-bit scenes (the same in every window)."""
-    margin: int = 64
-    """Context columns on each side of a refined block."""
-    processes: int | None = field(default=1, repr=False, compare=False)
-    """Processes refining blocks (:mod:`rs_deeplab.inference.crf.pool`); 1: a thread; None: the cores usable where
-    it runs (or ``RS_DEEPLAB_CRF_PROCESSES``). The labels do not depend on it (not in the run's fingerprint)."""
-
-
-@dataclass(frozen=True)
 class RowJob:
-    """Everything needed to predict rows of a scene: plain values only (a Dask task argument)."""
+    """Everything needed to predict rows of a scene: plain values only (a Dask task argument); built by keyword."""
 
     info: SceneInfo
     size: int
@@ -402,13 +385,14 @@ def refine_strip(job: RowJob, pool: CRFPool | None, part: FinishedRows) -> Finis
         return part if job.keep_probs else replace(part, probs=None)
     image = _strip_image(job, part)
     ranges = None if image.dtype == np.uint8 else crf.band_ranges
+    crf = replace(crf, bands=tuple(range(1, len(crf.bands) + 1)))  # the strip holds just those bands, in order
     spans = [(c, max(0, c - crf.margin), min(width, c + size + crf.margin)) for c in range(0, width, size)]
     spans = [(c, x0, x1) for c, x0, x1 in spans if valid[:, c : c + size].any()]
     blocks = [(part.probs[:, :, x0:x1], image[:, :, x0:x1], valid[:, x0:x1]) for _, x0, x1 in spans]
     if pool is None:
-        refined: Iterable[np.ndarray] = (crf.params.refine(p, i, valid=v, band_ranges=ranges) for p, i, v in blocks)
+        refined: Iterable[np.ndarray] = (crf.refine(p, i, valid=v, band_ranges=ranges) for p, i, v in blocks)
     else:
-        refined = pool.map(crf.params, blocks, ranges)
+        refined = pool.map(crf, blocks, ranges)
     probs = part.probs.copy()
     for (c, x0, _), out in zip(spans, refined, strict=True):
         probs[:, :, c : min(c + size, width)] = out[:, :, c - x0 : c - x0 + min(size, width - c)]

@@ -19,11 +19,12 @@ from rs_deeplab.config.modelcard import ModelCard
 from rs_deeplab.geo.grid import check_size_stride
 from rs_deeplab.geo.gsd import raster_gsd
 from rs_deeplab.geo.raster import PathLike, small_block_cache, source_path
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.inference.dask_jobs.runner import dask_workers
 from rs_deeplab.inference.predicting.blending import WindowKind
 from rs_deeplab.inference.predicting.predictor import TTA, Predictor
 from rs_deeplab.inference.predicting.regrid import working_info
-from rs_deeplab.inference.predicting.rows import PANEL_COLUMNS, CRFSettings, RowJob
+from rs_deeplab.inference.predicting.rows import PANEL_COLUMNS, RowJob
 from rs_deeplab.inference.predicting.scene_runs import SceneRun, job_progress, run_dask_stream, run_local
 from rs_deeplab.inference.reading.reader import SceneInfo, scene_info, select_bands
 from rs_deeplab.inference.runtimes.trained import LoadedModel, TrainedModel, module_fingerprint
@@ -278,20 +279,20 @@ def predict_scenes(
                 class_names = [f"class_{i}" for i in range(_num_classes(module, len(chosen), size, here))]
             probs_out = None if task.probs is None else Path(task.probs)
             job = RowJob(
-                work,
-                size,
-                stride,
-                batch_size,
-                tuple(chosen),
-                len(class_names),
-                None if mean is None else tuple(float(m) for m in mean),
-                None if std is None else tuple(float(s) for s in std),
-                window,
-                tta or TTA(),
-                crf,
-                probs_out is not None or work is not info,
-                amp,
-                channels_last,
+                info=work,
+                size=size,
+                stride=stride,
+                batch_size=batch_size,
+                bands=tuple(chosen),
+                num_classes=len(class_names),
+                mean=None if mean is None else tuple(float(m) for m in mean),
+                std=None if std is None else tuple(float(s) for s in std),
+                window=window,
+                tta=tta or TTA(),
+                crf=crf,
+                keep_probs=probs_out is not None or work is not info,
+                amp=amp,
+                channels_last=channels_last,
                 panel_cols=panel_columns,
             )
             job.reader()  # checks the statistics against the bands before anything is written

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rs_deeplab.cli.errors import InputError
-from rs_deeplab.inference.crf.dense import CRFParams, MissingDependencyError, colour_image, dense_crf, resolve_bands
+from rs_deeplab.inference.crf.dense import CRFSettings, MissingDependencyError, colour_image, dense_crf, resolve_bands
 
 COLOURS = np.array([[90, 110, 80], [200, 60, 50], [50, 70, 190]], dtype=np.float32)
 
@@ -85,12 +85,12 @@ def test_uint16_four_bands_with_chosen_bands(scene: tuple[np.ndarray, np.ndarray
     label, image, probs = scene
     rng = np.random.default_rng(7)
     noise = rng.integers(0, 65535, (1, *label.shape)).astype(np.uint16)
-    # bands 0..2 hold the scene in a 16-bit range that truncation to 8 bits would scramble; band 3 is noise
+    # bands 2..4 hold the scene in a 16-bit range that truncation to 8 bits would scramble; band 1 is noise
     image16 = np.concatenate([noise, image.astype(np.uint16) * 12 + 1000])
     before = boundary_accuracy(probs, label)
-    good = boundary_accuracy(dense_crf(probs, image16, bands=(3, 2, 1)), label)
+    good = boundary_accuracy(dense_crf(probs, image16, bands=(4, 3, 2)), label)
     assert good > max(0.95, before + 0.2)
-    decoy = boundary_accuracy(dense_crf(probs, image16, bands=(0,)), label)
+    decoy = boundary_accuracy(dense_crf(probs, image16, bands=(1,)), label)
     assert decoy < good - 0.2  # the chosen bands are the ones used
 
 
@@ -117,24 +117,24 @@ def test_invalid_pixels_keep_their_probabilities(scene: tuple[np.ndarray, np.nda
 
 def test_params_object_matches_keywords(scene: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     _, image, probs = scene
-    params = CRFParams(bands=(2, 1, 0), bilateral_srgb=20.0, iterations=2)
+    params = CRFSettings(bands=(3, 2, 1), bilateral_srgb=20.0, iterations=2)
     np.testing.assert_array_equal(
-        params.refine(probs, image), dense_crf(probs, image, bands=(2, 1, 0), bilateral_srgb=20.0, iterations=2)
+        params.refine(probs, image), dense_crf(probs, image, bands=(3, 2, 1), bilateral_srgb=20.0, iterations=2)
     )
-    assert CRFParams() == CRFParams(None, 3.0, 3.0, 80.0, 13.0, 10.0, 5)
+    assert CRFSettings() == CRFSettings((1, 2, 3), 3.0, 3.0, 80.0, 13.0, 10.0, 5)
 
 
 def test_colour_image_conversion() -> None:
     ramp = np.tile(np.arange(1000, 2001, 10, dtype=np.uint16), (4, 1))  # 101 values
     image = np.stack([ramp, np.full_like(ramp, 7)])
-    rgb = colour_image(image, (0, 1))
+    rgb = colour_image(image, (1, 2))
     assert rgb.shape == (4, 101, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
     assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and rgb[0, 50, 0] in (127, 128)
     assert (rgb[..., 1] == 0).all() and (rgb[..., 2] == 0).all()  # constant band; last band repeated
-    fixed = colour_image(image, (0,), band_ranges=[(1000.0, 3000.0), (0.0, 1.0)])
+    fixed = colour_image(image, (1,), band_ranges=[(1000.0, 3000.0), (0.0, 1.0)])
     assert fixed[0, -1, 0] == 127 and (fixed[..., 0] == fixed[..., 2]).all()
     as_is = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
-    np.testing.assert_array_equal(colour_image(as_is, (2, 0, 1)), as_is[[2, 0, 1]].transpose(1, 2, 0))
+    np.testing.assert_array_equal(colour_image(as_is, (3, 1, 2)), as_is[[2, 0, 1]].transpose(1, 2, 0))
     with_nan = np.array([[[np.nan, 0.0, 1.0, 2.0]]], dtype=np.float32)
     assert colour_image(with_nan)[0, 0, 0] == 0
 
@@ -142,10 +142,10 @@ def test_colour_image_conversion() -> None:
 @pytest.mark.parametrize(
     ("bands", "count", "message"),
     [
-        ((4,), 4, "CRF band index 4 is out of range for an image with 4 band(s); use 0-based indices 0..3"),
-        ((0, -1), 3, "CRF band index -1 is out of range"),
+        ((5,), 4, "CRF band 5 is out of range for an image with 4 band(s); use bands 1..4, counted from 1"),
+        ((1, 0), 3, "CRF band 0 is out of range"),
         ((), 3, "CRF bands must list 1 to 3 band indices"),
-        ((0, 1, 2, 3), 4, "CRF bands must list 1 to 3 band indices"),
+        ((1, 2, 3, 4), 4, "CRF bands must list 1 to 3 band indices"),
     ],
 )
 def test_bad_bands(bands: tuple[int, ...], count: int, message: str) -> None:
@@ -164,9 +164,9 @@ def test_resolve_bands_defaults() -> None:
 
 def test_bad_settings_and_shapes() -> None:
     with pytest.raises(InputError, match="bilateral_srgb must be > 0"):
-        CRFParams(bilateral_srgb=0)
+        CRFSettings(bilateral_srgb=0)
     with pytest.raises(InputError, match="iterations must be an integer >= 0"):
-        CRFParams(iterations=-1)
+        CRFSettings(iterations=-1)
     with pytest.raises(InputError, match="does not match probabilities"):
         dense_crf(np.full((2, 4, 5), 0.5, dtype=np.float32), np.zeros((3, 5, 4), dtype=np.uint8))
 

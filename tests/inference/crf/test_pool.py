@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rs_deeplab.cli.errors import InputError, RsDeeplabError, WorkerDiedError
-from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.inference.crf.pool import (
     AHEAD_PER_PROCESS,
     PROCESSES_ENV,
@@ -20,7 +20,7 @@ from rs_deeplab.inference.crf.pool import (
     strips_in_flight,
 )
 from rs_deeplab.inference.predicting.blending import quantise_probs
-from rs_deeplab.inference.predicting.rows import CRFSettings, RowJob, _Finisher
+from rs_deeplab.inference.predicting.rows import RowJob, _Finisher
 from rs_deeplab.runtime.cores import start_method
 from tests.inference.crf.test_dense import blurred_prediction, synthetic_scene
 from tests.inference.predicting.test_rows_feed import SoftOracle, crf_scene, job_for, run_rows
@@ -33,7 +33,7 @@ def test_processes_give_the_rows_of_a_thread(tmp_path: Path, start: int, stop: i
 
     def job(processes: int) -> RowJob:
         # size 64 on 200 columns: 4 blocks per strip, refined side by side
-        return job_for(path, 2, crf=CRFSettings(params=CRFParams(iterations=3), processes=processes), keep_probs=True)
+        return job_for(path, 2, crf=CRFSettings(iterations=3, processes=processes), keep_probs=True)
 
     threaded = run_rows(job(1), start, stop, SoftOracle())
     with _Finisher(job(2), start, stop) as finisher:
@@ -90,7 +90,7 @@ def test_workers_are_spawned_beside_other_threads() -> None:
 def test_a_killed_worker_is_one_line() -> None:
     label, image = synthetic_scene(120, 160)
     probs = blurred_prediction(label)
-    slow = CRFParams(iterations=400)  # seconds per block: the kill lands while they run
+    slow = CRFSettings(iterations=400)  # seconds per block: the kill lands while they run
     with CRFPool(2) as pool:
         pool.warm_up()
         results = pool.map(slow, [(probs, image, np.ones(label.shape, bool))] * 6, None)

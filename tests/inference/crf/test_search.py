@@ -18,7 +18,7 @@ from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import scores
 from rs_deeplab.inference.crf import grid
 from rs_deeplab.inference.crf import search as cs
-from rs_deeplab.inference.crf.dense import CRFParams
+from rs_deeplab.inference.crf.dense import CRFSettings
 from rs_deeplab.inference.infer import InferOptions, _crf_params
 from tests import trainkit
 from tests.badkit import ENV, check_one_line, listing, run_in, run_table
@@ -54,8 +54,8 @@ def normalise(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image.astype(np.float32) / 255)
 
 
-def held_out_miou(files: list[Path], params: CRFParams | None) -> float:
-    kernels = None if params is None else {k: v for k, v in params.__dict__.items()}
+def held_out_miou(files: list[Path], params: CRFSettings | None) -> float:
+    kernels = None if params is None else params.kernels()
     return scores(cs.score_setting([str(f) for f in files], kernels, len(BASE))).miou
 
 
@@ -128,10 +128,10 @@ def test_search_beats_default_and_no_crf_on_held_out_crops(tmp_path: Path, one_t
     local = {json.dumps(r["crf"]): r["mIoU"] for r in first.rows}
     assert {json.dumps(r["crf"]): r["mIoU"] for r in remote.rows}.items() <= local.items()
 
-    best = CRFParams(**first.best["crf"])
+    best = CRFSettings(**first.best["crf"])
     assert (best.gaussian_sxy, best.gaussian_compat, best.iterations) == (3.0, 3.0, 10)
     held = model_cache(model, crops, held_out, tmp_path / "held")
-    none, default, tuned = held_out_miou(held, None), held_out_miou(held, CRFParams()), held_out_miou(held, best)
+    none, default, tuned = held_out_miou(held, None), held_out_miou(held, CRFSettings()), held_out_miou(held, best)
     print(f"held-out mIoU: no CRF {none:.4f}, default kernels {default:.4f}, searched {tuned:.4f} ({best})")
     assert tuned > default + 0.01 and tuned > none + 0.02
 
@@ -206,11 +206,11 @@ def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path:
     rows = json.loads((out / cs.TABLE_JSON).read_text())["rows"]
     top = next(r for r in rows if r["setting"] != grid.NO_CRF)  # the best CRF: a grid point, or the default kernels
     assert record["crf"] == top["crf"] and record["mIoU"] == top["mIoU"]
-    best = CRFParams(**record["crf"])
+    best = CRFSettings(**record["crf"])
     if top["setting"] == "grid":
         assert best.iterations == 2 and best.bilateral_srgb == 3 and best.bilateral_compat in (3, 4)
     else:
-        assert best == CRFParams() and "Widen the grid" in first.stderr
+        assert best == CRFSettings() and "Widen the grid" in first.stderr
     assert _crf_params(InferOptions(crf=True), ckpt) == best
     explicit = _crf_params(InferOptions(crf=True, crf_bilateral=(50.0, 7.0, 2.0)), ckpt)
     assert (explicit.bilateral_sxy, explicit.bilateral_srgb, explicit.bilateral_compat) == (50, 7, 2)
@@ -243,7 +243,7 @@ def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path:
     cs.record_path(ckpt).write_text(json.dumps(other))
     assert _crf_params(InferOptions(crf=True), ckpt).bilateral_srgb == 7.0
     ckpt.touch()  # other weights now (a newer file): the record no longer applies
-    assert _crf_params(InferOptions(crf=True), ckpt) == CRFParams()
+    assert _crf_params(InferOptions(crf=True), ckpt) == CRFSettings()
 
 
 def _missing_root(world: dict[str, Path], folder: Path) -> list[str]:

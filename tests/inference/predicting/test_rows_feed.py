@@ -23,7 +23,6 @@ from rs_deeplab.cli.errors import InputError
 from rs_deeplab.geo.grid import axis_offsets
 from rs_deeplab.geo.raster import open_raster, quiet_georeferencing
 from rs_deeplab.inference import CRFSettings, predict_scene
-from rs_deeplab.inference.crf.dense import CRFParams
 from rs_deeplab.inference.predicting.blending import (
     FinishedRows,
     StripAccumulator,
@@ -264,7 +263,16 @@ def test_predict_scene_reads_each_row_once(make_raster: Any, tmp_path: Path, mon
 
 def job_for(path: Path, threads: int, **kw: Any) -> RowJob:
     info = scene_info(path)
-    return RowJob(info, 64, 40, 3, tuple(range(1, info.count + 1)), 5, read_threads=threads, **kw)
+    return RowJob(
+        info=info,
+        size=64,
+        stride=40,
+        batch_size=3,
+        bands=tuple(range(1, info.count + 1)),
+        num_classes=5,
+        read_threads=threads,
+        **kw,
+    )
 
 
 class SoftOracle(Oracle):
@@ -363,15 +371,15 @@ def test_crf_in_a_thread_gives_identical_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: int, stop: int
 ) -> None:
     path = crf_scene(tmp_path)
-    job = job_for(path, 2, crf=CRFSettings(params=CRFParams(iterations=3)), keep_probs=True)
+    job = job_for(path, 2, crf=CRFSettings(iterations=3), keep_probs=True)
     threads: set[str] = set()
-    refine = CRFParams.refine
+    refine = CRFSettings.refine
 
-    def recorded(self: CRFParams, *args: Any, **kwargs: Any) -> np.ndarray:
+    def recorded(self: CRFSettings, *args: Any, **kwargs: Any) -> np.ndarray:
         threads.add(threading.current_thread().name)
         return refine(self, *args, **kwargs)
 
-    monkeypatch.setattr(CRFParams, "refine", recorded)
+    monkeypatch.setattr(CRFSettings, "refine", recorded)
     background = run_rows(job, start, stop, SoftOracle())
     assert threads and not threads & {threading.current_thread().name}  # the CRF ran off this thread
     monkeypatch.setattr("rs_deeplab.inference.predicting.rows.OrderedWorker", InlineWorker)

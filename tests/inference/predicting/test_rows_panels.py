@@ -64,7 +64,9 @@ def test_panels_and_tiers_give_the_whole_width_output_bit_for_bit_and_resume(tmp
     whole, panelled = Counted(), Counted()
     a = predict_scene(whole, scene, tmp_path / "a.tif", probs_path=tmp_path / "ap.tif", panel_columns=WHOLE, **KW)
     b = predict_scene(panelled, scene, tmp_path / "b.tif", probs_path=tmp_path / "bp.tif", panel_columns=256, **KW)
-    job = RowJob(scene_info(scene), 64, 24, 3, (1, 2, 3), 5, panel_cols=256)
+    job = RowJob(
+        info=scene_info(scene), size=64, stride=24, batch_size=3, bands=(1, 2, 3), num_classes=5, panel_cols=256
+    )
     assert len(job.panels()) == 5 and job.tier_rows() < 700  # panels, and two tiers of rows: both seams are crossed
     assert panelled.windows > whole.windows  # windows across seams ran once per panel (and the tier's top row)
     assert (b.windows, b.total_windows) == (a.windows, a.total_windows) and a.windows == whole.windows

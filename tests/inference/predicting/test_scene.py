@@ -301,7 +301,7 @@ def test_bad_arguments_are_one_line_errors(make_raster: RasterFactory, tmp_path:
 
 
 def test_crf_sharpens_a_blurred_prediction_through_the_pipeline(make_raster: RasterFactory, tmp_path: Path) -> None:
-    from rs_deeplab.inference.predicting.rows import CRFSettings
+    from rs_deeplab.inference.crf.dense import CRFSettings
 
     label = blobs(200, 260, 11, classes=3)
     colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
