@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,20 @@ RasterFactory = Callable[..., Path]
 # numpy.ma (imported lazily by Dask's serializers, and parsing signatures) is imported once here, before any test.
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 import numpy.ma  # noqa: E402
+
+
+def _threads_per_worker() -> int:
+    """This process's share of the cores when pytest-xdist runs several test processes at once (all of them if not)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+
+
+# Torch and OpenMP in each xdist worker, and in the commands its tests start, keep to the worker's share of the cores:
+# on a 2-core machine two workers each running torch on two threads made a training iteration twelve times slower
+# than on one (spinning threads waiting for a core), and a budgeted training in CI found its budget too short.
+# Set before any test module imports torch, which reads it once; a value set by the caller is kept.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads_per_worker()))
 
 
 @pytest.fixture(autouse=True)

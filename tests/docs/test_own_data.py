@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import pyogrio
@@ -42,22 +41,14 @@ def test_every_picture_the_page_shows_is_in_the_repository() -> None:
         assert (DOC.parent / name).is_file(), name
 
 
-def run_page(
-    doc: Path, folder: Path, *, at_least: int, timeout: int = 900, edits: Mapping[str, str] | None = None
-) -> None:
-    """Run every command of ``doc`` in ``folder`` as from a checkout's root (this interpreter's scripts on PATH).
-
-    ``edits`` replace text in the commands (each must be found in one), e.g. a shorter training budget.
-    """
+def run_page(doc: Path, folder: Path, *, at_least: int, timeout: int = 900) -> None:
+    """Run every command of ``doc`` in ``folder`` as from a checkout's root (this interpreter's scripts on PATH)."""
     for name in ("pipelines", "configs"):
         (folder / name).symlink_to(ROOT / name)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
     steps = commands(doc.read_text())
     assert len(steps) >= at_least
-    for old, new in (edits or {}).items():
-        assert sum(old in step for step in steps) == 1, f"{old!r} is not in exactly one command of {doc.name}"
-        steps = [step.replace(old, new) for step in steps]
     for step in steps:
         done = subprocess.run(
             ["bash", "-c", step], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout
@@ -65,14 +56,15 @@ def run_page(
         assert done.returncode == 0, f"{step}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
 
-BUDGET = 45
-"""Seconds the page's training runs here, not its two and a half minutes: the rest of the page is run as written."""
+BUDGET = 150
+"""Seconds the page's training runs (its ``--budget 2m30s``): the page is run as written. A shorter budget (45 s) was
+found too short in CI, where the setup alone took more than a minute beside the other tests."""
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # ~1.5 min on a quiet 2-core machine, several when it is shared
+@pytest.mark.timeout(1200)  # ~3 min on a quiet 2-core machine, several when it is shared
 def test_tutorial_runs_end_to_end(tmp_path: Path) -> None:
-    run_page(DOC, tmp_path, at_least=6, edits={"--budget 2m30s": f"--budget {BUDGET}s"})
+    run_page(DOC, tmp_path, at_least=6)
     # what the page says the commands produce
     tiles, classes = read_index(tmp_path / "my_tiles" / "index.gpkg")
     assert set(tiles.split) == {"train", "val"} and set(tiles.scene) == {

@@ -37,7 +37,7 @@ PANEL_ALIGN = 256
 """Panels and tiers start on output blocks (:data:`rs_deeplab.inference.writing.writer.BLOCK`)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RowJob:
     """Everything needed to predict rows of a scene: plain values only (a Dask task argument); built by keyword."""
 

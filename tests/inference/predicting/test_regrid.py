@@ -254,9 +254,9 @@ def test_cli_resamples_to_the_checkpoint_gsd(
 
     original = scene_module.RowJob
 
-    def spy(info: SceneInfo, *args: Any, **kwargs: Any) -> Any:
+    def spy(*, info: SceneInfo, **kwargs: Any) -> Any:
         seen.append((info.height, info.width, info.source_shape))
-        return original(info, *args, **kwargs)
+        return original(info=info, **kwargs)
 
     monkeypatch.setattr(scene_module, "RowJob", spy)
     ck = str(checkpoint_at_gsd)
