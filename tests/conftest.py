@@ -62,6 +62,26 @@ def _package_logger_restored() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = state[0], state[1], state[2]
 
 
+def reprojected(path: Path, crs: str) -> Path:
+    """``path`` reprojected (nearest) into ``crs``, as a scene delivered in another UTM zone."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(path) as src:
+        t, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        data = np.zeros((src.count, h, w), np.uint8)
+        reproject(
+            src.read(),
+            data,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=t,
+            dst_crs=crs,
+            resampling=Resampling.nearest,
+        )
+    return write_geotiff(path.with_name(f"{path.stem}_{crs.replace(':', '')}.tif"), data, crs=crs, transform=t)
+
+
 @pytest.fixture
 def make_raster(tmp_path: Path) -> RasterFactory:
     """Write a GeoTIFF from an array: ``make_raster(array, name="x.tif", crs=..., transform=..., nodata=...)``.
@@ -140,9 +160,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny convolutions gain nothing from two threads, and on a shared 2-core machine they lose a lot."""
-    import torch
+    from tests.trainkit import one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield

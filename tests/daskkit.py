@@ -15,6 +15,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
+TILE = [sys.executable, str(ROOT / "pipelines" / "tile.py")]
+"""``python pipelines/tile.py`` with this interpreter."""
+
+
+def tile_command(scene: Any, out: Path, *options: str) -> list[str]:
+    """``pipelines/tile.py`` on a scene with its labels (a ``SceneSpec``), Potsdam classes, 32-pixel crops every 16."""
+    labels = ["--labels", str(scene.label), "--scheme", "potsdam"]
+    return [*TILE, str(scene.image), *labels, "--size", "32", "--stride", "16", "--out", str(out), *options]
 
 
 def subprocess_env() -> dict[str, str]:

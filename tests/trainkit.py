@@ -77,6 +77,13 @@ def make_tiles(
     return folder / "tiles"
 
 
+DEMO_QUICK = [
+    *("schedule.iterations=2", "data.crop_size=96", "data.batch_size=2", "data.num_workers=0"),
+    *("train.eval_every=2", "train.checkpoint_every=2"),
+]
+"""Overrides that make the demo's training two iterations on small crops, in this process."""
+
+
 def write_config(path: Path, tiles: Path, work_dir: Path, **sections: dict[str, object]) -> Path:
     """A tiny DeepLab v3+ ResNet-18 experiment on ``tiles``; ``sections`` update the defaults."""
     cfg: dict[str, dict[str, object]] = {

@@ -15,7 +15,6 @@ has a good checkpoint to resume from. The free-space checks before large outputs
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import re
@@ -24,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.geo.tiff_writes import tiff_truncated
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import REPO, blob_scene, make_tiles, write_config
+from tests.trainkit import REPO, blob_scene, make_tiles, one_thread, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
@@ -56,17 +55,6 @@ TRAIN: dict[str, dict[str, object]] = {
 }
 """Checkpoints at iterations 2 and 4 before the only evaluation: a limit set once the first is on disk hits the
 second (no evaluation warning before the error line)."""
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread, as in the scripts run with ``OMP_NUM_THREADS=1``: the same floating-point sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def script(name: str) -> list[str]:

@@ -12,6 +12,7 @@ from pipelines import demo
 from pipelines.export import main as export_main
 from rs_deeplab.training.experiment import train_experiment
 from tests.daskkit import dask_cluster
+from tests.trainkit import DEMO_QUICK
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +24,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("demo")
     files, _, _ = demo.prepare_data(out, size=256, quiet=True)
     overrides = [
-        "schedule.iterations=2",
-        "data.crop_size=96",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "train.eval_every=2",
-        "train.checkpoint_every=2",
+        *DEMO_QUICK,
         "infer.size=128",
         "infer.stride=64",
         "infer.batch_size=4",

@@ -27,6 +27,7 @@ from rs_deeplab.inference.runtimes.trained import TrainedModel
 from rs_deeplab.inference.writing.writer import sidecar_path
 from rs_deeplab.vectorize import read_class_names
 from tests import trainkit
+from tests.conftest import reprojected
 from tests.daskkit import ROOT, subprocess_env
 from tests.trainkit import blob_scene
 
@@ -180,22 +181,8 @@ def test_overlapping_tiles_become_one_mosaic_polygons_and_catalog(workspace: Pat
 
 @pytest.mark.slow
 def test_two_crs_region_and_a_killed_job_resumed(workspace: Path, tmp_path: Path) -> None:
-    from rasterio.warp import Resampling, calculate_default_transform, reproject
-
     a, b = tiles(tmp_path / "t", [(0, 120, 0, 100), (0, 120, 90, 190)])
-    with rasterio.open(b) as src:  # the east tile delivered in UTM zone 32 (another CRS)
-        t, w, h = calculate_default_transform(src.crs, "EPSG:32632", src.width, src.height, *src.bounds)
-        data = np.zeros((4, h, w), np.uint8)
-        reproject(
-            src.read(),
-            data,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            dst_transform=t,
-            dst_crs="EPSG:32632",
-            resampling=Resampling.nearest,
-        )
-    east = write_geotiff(tmp_path / "east32.tif", data, crs="EPSG:32632", transform=t)
+    east = reprojected(b, "EPSG:32632")  # the east tile delivered in UTM zone 32 (another CRS)
     assert main([str(a), str(east), "--out", "two.gpkg", "--to-crs", "EPSG:3857", "-q"]) == 0
     with rasterio.open(workspace / "two.vrt") as vrt:
         assert vrt.crs.to_epsg() == 3857 and (vrt.read(1) != 255).mean() > 0.8

@@ -10,19 +10,13 @@ import rasterio
 import yaml
 
 from pipelines import demo
+from tests.trainkit import DEMO_QUICK
 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    overrides = [
-        "schedule.iterations=2",
-        "data.crop_size=96",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "train.eval_every=2",
-        "train.checkpoint_every=2",
-    ]
+    overrides = DEMO_QUICK
     run = tmp_path / "runs" / "demo"
     assert demo.main(["--out", str(out), "--run-dir", str(run), "--size", "384", "--quiet", *overrides]) == 0
     printed = capsys.readouterr().out

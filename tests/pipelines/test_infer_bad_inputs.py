@@ -27,7 +27,7 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
 from rs_deeplab.training.experiment import train_experiment
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
-from tests.trainkit import REPO, blob_scene, make_tiles, write_config
+from tests.trainkit import REPO, blob_scene, make_tiles, one_thread, write_config
 
 INFER = [sys.executable, str(REPO / "pipelines" / "infer.py")]
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
@@ -264,12 +264,8 @@ def test_ctrl_c_exits_130_in_one_line_and_the_rerun_gives_the_same_raster(
     fresh = tmp_path / "fresh.tif"
     from pipelines.infer import main
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the script's OMP_NUM_THREADS=1: the same floating-point sums
-    try:  # the undisturbed run in this process: the same code as the script, no second start-up
+    with one_thread():  # the undisturbed run in this process: the same code as the script, no second start-up
         assert main([str(big), "--out", str(fresh), *options, "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     with rasterio.open(out) as r, rasterio.open(fresh) as f:
         np.testing.assert_array_equal(r.read(1), f.read(1))
     pages = ["big_labels.html", "big_labels_files", "fresh.html", "fresh_files"]  # each finished run's page

@@ -21,9 +21,8 @@ import rasterio
 from rasterio.transform import Affine
 
 from rs_deeplab.cli.console import INTERRUPTED
-from rs_deeplab.config.schema import load_config
 from rs_deeplab.geo.raster import write_geotiff
-from rs_deeplab.training.experiment import train_experiment
+from tests import trainkit
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
@@ -109,21 +108,7 @@ def label_raster(path: Path, size: int, cell: int, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny trained checkpoint (two iterations), for ``infer.py`` and ``export.py``."""
-    folder = tmp_path_factory.mktemp("trained")
-    tiles = make_tiles(folder)
-    cfg = write_config(
-        folder / "exp.yaml",
-        tiles,
-        folder / "runs" / "tiny",
-        schedule={"iterations": 2},
-        train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1},
-    )
-    result = train_experiment(load_config(cfg))
-    assert result.last is not None
-    return result.last
+trained = trainkit.trained  # the module-scoped tiny checkpoint (a fixture), for infer.py, export.py, crf_search.py
 
 
 def scene(folder: Path) -> Path:

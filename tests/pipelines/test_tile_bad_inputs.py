@@ -11,7 +11,6 @@ import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,9 +27,9 @@ from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
+from tests.daskkit import TILE, tile_command
 
 REPO = Path(__file__).resolve().parents[2]
-TILE = [sys.executable, str(REPO / "pipelines" / "tile.py")]
 POTSDAM = SCHEMES["potsdam"]
 INTERRUPTED = "interrupted; re-run the same command to resume"
 
@@ -324,22 +323,7 @@ def test_ctrl_c_during_tiling_is_one_line_130_and_the_rerun_gives_the_same_index
     big_scene: SceneSpec, big_reference: Path, tmp_path: Path, workers: str
 ) -> None:
     out = tmp_path / "tiles"
-    cmd = [
-        *TILE,
-        str(big_scene.image),
-        "--labels",
-        str(big_scene.label),
-        "--scheme",
-        "potsdam",
-        "--size",
-        "32",
-        "--stride",
-        "16",
-        "--out",
-        str(out),
-        "--workers",
-        workers,
-    ]
+    cmd = tile_command(big_scene, out, "--workers", workers)
     # its own process group, as a terminal's: Ctrl-C reaches the tiler and every worker process it started
     proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     parts = out / ".parts" / "big"

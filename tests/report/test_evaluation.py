@@ -42,25 +42,18 @@ def _scene(folder: Path) -> tuple[Path, Path]:
     return p, t
 
 
+def evaluate_scene(pred: Path, truth: Path, out: Path, *options: str) -> int:
+    """``evaluate.py --pred ... --truth ... --class-names ... --out out`` with more ``options``."""
+    return evaluate_cli.main(
+        ["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out", str(out), *options]
+    )
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("evalpage")
     pred, truth = _scene(folder)
-    code = evaluate_cli.main(
-        [
-            "--pred",
-            str(pred),
-            "--truth",
-            str(truth),
-            "--class-names",
-            NAMES,
-            "--out",
-            str(folder / "reports"),
-            "--block-size",
-            "64",
-            "-q",
-        ]
-    )
+    code = evaluate_scene(pred, truth, folder / "reports", "--block-size", "64", "-q")
     assert code == 0
     report = json.loads((folder / "reports" / "scene_scores.json").read_text())
     return folder / "reports.html", report
@@ -150,26 +143,11 @@ def test_map_shows_one_class_true_false_positives_and_negatives(
 def test_unwritable_page_is_one_line_before_scoring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pred, truth = _scene(tmp_path)
     (tmp_path / "reports.html").mkdir()
-    code = evaluate_cli.main(
-        ["--pred", str(pred), "--truth", str(truth), "--class-names", NAMES, "--out", str(tmp_path / "reports"), "-q"]
-    )
+    code = evaluate_scene(pred, truth, tmp_path / "reports", "-q")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "reports.html" in err[0] and "--no-report" in err[0]
     assert not (tmp_path / "reports").exists()  # nothing scored, nothing written
-    code = evaluate_cli.main(
-        [
-            "--pred",
-            str(pred),
-            "--truth",
-            str(truth),
-            "--class-names",
-            NAMES,
-            "--out",
-            str(tmp_path / "reports"),
-            "-q",
-            "--no-report",
-        ]
-    )
+    code = evaluate_scene(pred, truth, tmp_path / "reports", "-q", "--no-report")
     assert code == 0 and (tmp_path / "reports" / "scene_scores.json").exists()
     assert not list(tmp_path.glob("reports_files*")) and not list(tmp_path.glob(".reports*"))
 

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -41,15 +40,24 @@ from rs_deeplab.runtime.cluster_watch import WORKERS_GONE_ENV
 from rs_deeplab.sample import write_vaihingen
 from rs_deeplab.tiling.presets import VAIHINGEN_GT, tile_preset
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
+from tests import daskkit
 from tests.badkit import ENV, check_one_line
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
-from tests.daskkit import ROOT, busy_workers, kill_busy_worker, processes, start_scheduler, start_workers, wait_for
+from tests.daskkit import (
+    ROOT,
+    TILE,
+    busy_workers,
+    kill_busy_worker,
+    processes,
+    start_scheduler,
+    start_workers,
+    wait_for,
+)
 from tests.tiling.test_executor import _scene, assert_same_outputs
-from tests.trainkit import blob_scene
+from tests.trainkit import blob_scene, one_thread
 
 PATIENCE = "2"
 """Seconds a run waits without any worker before it stops, in these tests (``RS_DEEPLAB_WORKERS_GONE_SECONDS``)."""
-TILE = [sys.executable, str(ROOT / "pipelines" / "tile.py")]
 
 
 @dataclass
@@ -98,22 +106,7 @@ def reference(scene: SceneSpec, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def tile_command(scene: SceneSpec, out: Path, address: str) -> list[str]:
-    return [
-        *TILE,
-        str(scene.image),
-        "--labels",
-        str(scene.label),
-        "--scheme",
-        "potsdam",
-        "--size",
-        "32",
-        "--stride",
-        "16",
-        "--out",
-        str(out),
-        "--scheduler",
-        address,
-    ]
+    return daskkit.tile_command(scene, out, "--scheduler", address)
 
 
 def start_tiling(command: list[str], patience: str = PATIENCE) -> subprocess.Popen[str]:
@@ -367,12 +360,8 @@ def infer_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndar
     folder = tmp_path_factory.mktemp("infer")
     image = np.random.default_rng(3).integers(0, 255, (2, 1536, 256)).astype(np.uint8)
     path = write_geotiff(folder / "scene.tif", image, crs="EPSG:32633", transform=DEFAULT_TRANSFORM)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # as the scripts' OMP_NUM_THREADS=1
         predict_scene(small_model(), path, folder / "local.tif", device="cpu", **INFER)  # type: ignore[arg-type]
-    finally:
-        torch.set_num_threads(threads)
     with rasterio.open(folder / "local.tif") as src:
         return path, src.read()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -326,8 +327,13 @@ def test_loveda_layouts(loveda: tuple[Path, dict], tmp_path: Path, layout: str) 
         "test_rural_9999": "test",
     }
     assert scenes.pop("test_rural_9999").label is None
+    same_pixels(scenes, files, in_archives=layout != "extracted")
+
+
+def same_pixels(scenes: dict[str, Any], files: dict[str, Any], *, in_archives: bool) -> None:
+    """Each found scene's image and label read (through ``/vsizip/`` when ``in_archives``) as the sample's files."""
     for key, scene in scenes.items():
-        assert str(scene.image).startswith("/vsizip/") == (layout != "extracted")
+        assert str(scene.image).startswith("/vsizip/") == in_archives
         np.testing.assert_array_equal(_read(str(scene.label)), _read(files[key].mask))
         np.testing.assert_array_equal(_read(str(scene.image)), _read(files[key].image))
 
@@ -376,10 +382,7 @@ def test_isaid_layouts(isaid: tuple[Path, dict], tmp_path: Path, layout: str) ->
     scenes = {Path(s.image).stem: s for s in find_scenes("isaid", root)}
     assert {k: s.split for k, s in scenes.items()} == {**{k: f.split for k, f in files.items()}, "P9999": "test"}
     assert scenes.pop("P9999").label is None
-    for key, scene in scenes.items():
-        assert str(scene.image).startswith("/vsizip/") == (layout != "extracted")
-        np.testing.assert_array_equal(_read(str(scene.label)), _read(files[key].mask))
-        np.testing.assert_array_equal(_read(str(scene.image)), _read(files[key].image))
+    same_pixels(scenes, files, in_archives=layout != "extracted")
 
 
 def test_isaid_images_without_masks_name_the_masks_archive(

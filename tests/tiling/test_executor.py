@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
-from tests.daskkit import ROOT
+from tests.daskkit import ROOT, tile_command
 from tests.daskkit import dask_cluster as start_dask_cluster
 from tests.daskkit import subprocess_env as _env
 
@@ -116,6 +115,7 @@ def test_existing_scheduler_runs_the_same_job(
 
 def test_unreachable_scheduler_is_one_line_exit_2(scenes: list[SceneSpec], tmp_path: Path) -> None:
     import dask
+    import distributed  # noqa: F401  (its defaults first: the block's end would otherwise remove them with its key)
 
     from pipelines.tile import main
 
@@ -131,23 +131,7 @@ def test_unreachable_scheduler_is_one_line_exit_2(scenes: list[SceneSpec], tmp_p
 def test_sigkilled_run_resumes_to_identical_files_and_index(tmp_path: Path) -> None:
     scene = _scene(tmp_path / "scene", "big", 300, 310, 3)
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        str(ROOT / "pipelines" / "tile.py"),
-        str(scene.image),
-        "--labels",
-        str(scene.label),
-        "--scheme",
-        "potsdam",
-        "--size",
-        "32",
-        "--stride",
-        "16",
-        "--out",
-        str(out),
-        "--workers",
-        "2",
-    ]
+    cmd = tile_command(scene, out, "--workers", "2")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), start_new_session=True, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

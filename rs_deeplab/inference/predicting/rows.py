@@ -76,6 +76,34 @@ class RowJob:
         b = min([r for r in offs if r >= stop] + [self.info.height])
         return a, b
 
+    def accumulator(
+        self,
+        device: torch.device,
+        start_row: int,
+        *,
+        cols: tuple[int, int] | None = None,
+        out: tuple[int, int] | None = None,
+    ) -> StripAccumulator:
+        """The blending accumulator of this job's rows from ``start_row``.
+
+        For a panel, ``cols`` are the scene columns its windows cover and ``out`` its own. Probabilities are kept for
+        a CRF or to be written, quantised when they are only written.
+        """
+        written = self.keep_probs and self.crf is None
+        return StripAccumulator(
+            self.num_classes,
+            self.info.height,
+            self.info.width,
+            self.size,
+            kind=self.window,
+            device=device,
+            keep_probs=self.keep_probs or self.crf is not None,
+            start_row=start_row,
+            quantise=written,
+            cols=cols,
+            out=out,
+        )
+
     def reader(self, pin_memory: bool = False, cols: tuple[int, int] | None = None) -> WindowReader:
         """The window reader of this job (of the windows overlapping scene columns ``cols``, when given)."""
         return WindowReader(
@@ -136,17 +164,7 @@ def stream_rows(
     if not rows:
         return
     device = predictor.device
-    acc = StripAccumulator(
-        job.num_classes,
-        job.info.height,
-        job.info.width,
-        job.size,
-        kind=job.window,
-        device=device,
-        keep_probs=job.keep_probs or job.crf is not None,
-        start_row=rows[0],
-        quantise=job.keep_probs and job.crf is None,
-    )
+    acc = job.accumulator(device, rows[0])
     normalise = Normaliser(job.mean, job.std, device)
     batches = job.reader(pin_memory=device.type == "cuda").batches(rows)
     if device.type == "cpu":  # the device is this CPU: normalise in the reader thread, overlapped with the model
@@ -210,7 +228,7 @@ def stream_panels(
                 yield from _clipped(acc.finish(panels[current].stop), panels[current])
                 acc = None  # released before the next one is made, so that its memory is reused
             current += 1
-            acc = _panel_accumulator(job, device, readers[current], panels[current], rows[current][0])
+            acc = job.accumulator(device, rows[current][0], cols=readers[current].span, out=panels[current].cols)
         assert acc is not None
         probs = predictor(x)
         for j, col in enumerate(batch.col_offs):
@@ -220,27 +238,9 @@ def stream_panels(
     for k in range(max(current, 0), len(panels)):  # the last one with windows, then those all nodata
         if k != current:
             acc = None
-            acc = _panel_accumulator(job, device, readers[k], panels[k], rows[k][0])
+            acc = job.accumulator(device, rows[k][0], cols=readers[k].span, out=panels[k].cols)
         assert acc is not None
         yield from _clipped(acc.finish(panels[k].stop), panels[k])
-
-
-def _panel_accumulator(
-    job: RowJob, device: torch.device, reader: WindowReader, panel: Panel, first_row: int
-) -> StripAccumulator:
-    return StripAccumulator(
-        job.num_classes,
-        job.info.height,
-        job.info.width,
-        job.size,
-        kind=job.window,
-        device=device,
-        keep_probs=job.keep_probs,
-        start_row=first_row,
-        quantise=job.keep_probs,
-        cols=reader.span,
-        out=panel.cols,
-    )
 
 
 def _clipped(parts: Iterable[FinishedRows], panel: Panel) -> Iterator[FinishedRows]:

@@ -20,15 +20,13 @@ import rasterio
 import torch
 
 from pipelines.infer import main
-from rs_deeplab.config.schema import load_config
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.predicting.blending import FinishedRows
 from rs_deeplab.inference.predicting.regrid import RowResampler, first_working_row, working_info
 from rs_deeplab.inference.predicting.scene import predict_scene
 from rs_deeplab.inference.reading.reader import SceneInfo, scene_info
 from rs_deeplab.inference.runtimes.trained import TrainedModel
-from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import blob_scene, make_tiles, write_config
+from tests.trainkit import blob_scene, train_tiny
 
 MODEL_GSD = 0.5
 PERIOD = 8  # pixels at the model's GSD: class 1; twice that: class 0
@@ -220,18 +218,7 @@ def test_resampler_streams_and_resumes(tmp_path: Path, factor: float) -> None:
 @pytest.fixture(scope="module")
 def checkpoint_at_gsd(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A really trained (tiny) checkpoint on 0.1 m tiles: training records ``state["gsd"] = 0.1`` from the crops."""
-    folder = tmp_path_factory.mktemp("trained_gsd")
-    tiles = make_tiles(folder)
-    cfg = write_config(
-        folder / "exp.yaml",
-        tiles,
-        folder / "runs" / "tiny",
-        schedule={"iterations": 2},
-        train={"eval_every": 2, "checkpoint_every": 2, "log_every": 1},
-        infer={"size": 64, "stride": 32, "batch_size": 4},
-    )
-    best = train_experiment(load_config(cfg)).best
-    assert best is not None
+    best = train_tiny(tmp_path_factory.mktemp("trained_gsd"))
     assert torch.load(best, map_location="cpu", weights_only=True)["gsd"] == pytest.approx(0.1)
     return best
 

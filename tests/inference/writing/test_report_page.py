@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import rasterio.windows
 from PIL import Image
-from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.warp import Resampling, reproject
 
 from pipelines.infer import main
 from rs_deeplab.geo.mosaic import RegionGrid, write_region
@@ -23,6 +23,7 @@ from rs_deeplab.inference.writing.report_page import model_card
 from rs_deeplab.report import prediction
 from rs_deeplab.report.prediction import model_rows
 from rs_deeplab.report.tiles import TILE
+from tests.conftest import reprojected
 from tests.report.conftest import Visit, browser, open_page  # noqa: F401  (the browser fixtures, shared)
 
 pytestmark = pytest.mark.slow
@@ -82,23 +83,6 @@ def _cut(scene: Path, folder: Path, columns: tuple[tuple[int, int], ...]) -> lis
     return out
 
 
-def _to_crs(path: Path, crs: str) -> Path:
-    """``path`` reprojected (nearest) into ``crs``, as a scene delivered in another UTM zone."""
-    with rasterio.open(path) as src:
-        t, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
-        data = np.zeros((src.count, h, w), np.uint8)
-        reproject(
-            src.read(),
-            data,
-            src_transform=src.transform,
-            src_crs=src.crs,
-            dst_transform=t,
-            dst_crs=crs,
-            resampling=Resampling.nearest,
-        )
-    return write_geotiff(path.with_name(f"{path.stem}_{crs.replace(':', '')}.tif"), data, crs=crs, transform=t)
-
-
 def _on_grid(scene: Path, grid: RegionGrid) -> tuple[np.ndarray, np.ndarray]:
     """Bands 1-3 of ``scene`` resampled (nearest) onto ``grid`` by rasterio.warp, and where it has pixels."""
     with rasterio.open(scene) as src:
@@ -131,7 +115,7 @@ def test_region_page_draws_the_composite_of_all_scenes_on_the_mosaic_grid(
     open_browser: Callable[[Path], Visit] = request.getfixturevalue("open_page")
     west, east = _cut(demo_run["scene"], tmp_path / "scenes", ((0, 150), (110, 256)))
     if crs == "two CRSs":
-        east = _to_crs(east, "EPSG:32632")
+        east = reprojected(east, "EPSG:32632")
     out = tmp_path / "region.gpkg"
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the page's composite is staged
     monkeypatch.setattr(prediction, "scene_format", lambda: "png")  # lossless tiles: pixels compare exactly
