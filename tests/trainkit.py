@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,10 +131,33 @@ def train_tiny(folder: Path) -> Path:
     return result.best
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
+    """``build(folder)`` once for the whole test run, however many pytest-xdist workers ask; the others wait for it.
+
+    The first caller builds into ``<run's temporary folder>/<name>`` under a file lock and records the paths
+    ``build`` returns; later callers (other modules, other workers) read them back. What is built is shared: a test
+    that changes it works on a copy.
+    """
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: the workers' common folder
+    record = root / f"{name}.json"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.exists():
+            folder = root / name
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed before starts again
+            folder.mkdir()
+            record.write_text(json.dumps({key: str(path) for key, path in build(folder).items()}))
+        return {key: Path(path) for key, path in json.loads(record.read_text()).items()}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """:func:`train_tiny`'s ``best.pt``, once per test module (import this fixture into the module)."""
-    return train_tiny(tmp_path_factory.mktemp("trained"))
+    """:func:`train_tiny`'s ``best.pt``, trained once for the whole run (import this fixture into the module).
+
+    Shared: a test that changes the checkpoint or writes beside it works on a copy.
+    """
+    return built_once(tmp_path_factory, "trained", lambda folder: {"best": train_tiny(folder)})["best"]
 
 
 def torchrun(script: Path | str, *args: str, processes: int = 2) -> list[str]:

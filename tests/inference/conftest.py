@@ -12,16 +12,20 @@ from pipelines import demo
 from pipelines.export import main as export_main
 from rs_deeplab.training.experiment import train_experiment
 from tests.daskkit import dask_cluster
-from tests.trainkit import DEMO_QUICK
+from tests.trainkit import DEMO_QUICK, built_once
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's data at 256 px, a few training iterations, and the best checkpoint exported both ways.
 
-    Session-wide: the export tests and the CPU-runtime tests share one training (it takes about a minute here).
+    Built once for the whole run, all xdist workers together: the export tests and the CPU-runtime tests share one
+    training (it takes about a minute here). Shared: a test that changes a file works on a copy.
     """
-    out = tmp_path_factory.mktemp("demo")
+    return built_once(tmp_path_factory, "demo_run", _demo_run)
+
+
+def _demo_run(out: Path) -> dict[str, Path]:
     files, _, _ = demo.prepare_data(out, size=256, quiet=True)
     overrides = [
         *DEMO_QUICK,
