@@ -239,92 +239,27 @@ def tile_nb(out: Path, work: Path, seed: int) -> None:
     0.08 % road. ``seed`` does not change a scene split (it seeds training).
     """
     del seed
-    checked(
-        run(
-            [
-                str(ROOT / "pipelines" / "tile.py"),
-                *(str(NB / s) for s in NB_SCENES),
-                "--split",
-                "train",
-                "val",
-                "--labels",
-                str(NB / "BakerLake_2017_clipped.gpkg"),
-                "--label-field",
-                "Quatreclasses",
-                "--label-fill",
-                "0",
-                "--classes",
-                NB_CLASSES,
-                "--size",
-                "128",
-                "--stride",
-                "64",
-                "--out",
-                str(out),
-                "--workers",
-                "1",
-                "--quiet",
-            ],
-            work,
-        ),
-        "tiling New Brunswick",
-    )
+    nb_options = ["--split", "train", "val", "--label-fill", "0", "--classes", NB_CLASSES]
+    scenes = [str(NB / s) for s in NB_SCENES]
+    tile(scenes, NB / "BakerLake_2017_clipped.gpkg", "Quatreclasses", nb_options, out, work, "tiling New Brunswick")
 
 
 def tile_generated(out: Path, work: Path, seed: int) -> None:
     """docs/own_data.md's data: three generated 0.15 m RGB+NIR scenes, two of them tiled with a 25 % hold-out."""
     data = work / "my_data"
-    checked(
-        run(
-            [
-                "-m",
-                "rs_deeplab.sample",
-                "potsdam",
-                str(data),
-                "--ids",
-                "2_13",
-                "2_14",
-                "3_10",
-                "--size",
-                "640",
-                "--gsd",
-                "0.15",
-                "--polygons",
-                str(data / "landcover.gpkg"),
-            ],
-            work,
-        ),
-        "generating the sample",
-    )
+    ids = ["2_13", "2_14", "3_10"]
+    sample = ["-m", "rs_deeplab.sample", "potsdam", str(data), "--ids", *ids, "--size", "640", "--gsd", "0.15"]
+    checked(run([*sample, "--polygons", str(data / "landcover.gpkg")], work), "generating the sample")
     scenes = [str(data / "4_Ortho_RGBIR" / f"top_potsdam_{i}_RGBIR.tif") for i in ("2_13", "2_14")]
+    held_out = ["--val-fraction", "0.25", "--block", "256", "--seed", str(seed)]
+    tile(scenes, data / "landcover.gpkg", "class_name", held_out, out, work, "tiling the generated scenes")
+
+
+def tile(scenes: list[str], labels: Path, field: str, options: list[str], out: Path, work: Path, what: str) -> None:
+    """``pipelines/tile.py`` on ``scenes`` with the polygons ``labels`` (class attribute ``field``), in one process."""
+    command = [str(ROOT / "pipelines" / "tile.py"), *scenes, "--labels", str(labels), "--label-field", field, *options]
     checked(
-        run(
-            [
-                str(ROOT / "pipelines" / "tile.py"),
-                *scenes,
-                "--labels",
-                str(data / "landcover.gpkg"),
-                "--label-field",
-                "class_name",
-                "--val-fraction",
-                "0.25",
-                "--block",
-                "256",
-                "--size",
-                "128",
-                "--stride",
-                "64",
-                "--seed",
-                str(seed),
-                "--out",
-                str(out),
-                "--workers",
-                "1",
-                "--quiet",
-            ],
-            work,
-        ),
-        "tiling the generated scenes",
+        run([*command, "--size", "128", "--stride", "64", "--out", str(out), "--workers", "1", "--quiet"], work), what
     )
 
 

@@ -88,6 +88,13 @@ DEMO_QUICK = [
 """Overrides that make the demo's training two iterations on small crops, in this process."""
 
 
+TWO_ITERATIONS: dict[str, dict[str, object]] = {
+    "schedule": {"iterations": 2},
+    "train": {"eval_every": 2, "checkpoint_every": 2},
+}
+""":func:`write_config` sections of a run of two iterations that evaluates and saves at the second."""
+
+
 def write_config(path: Path, tiles: Path, work_dir: Path, **sections: dict[str, object]) -> Path:
     """A tiny DeepLab v3+ ResNet-18 experiment on ``tiles``; ``sections`` update the defaults."""
     cfg: dict[str, dict[str, object]] = {

@@ -27,7 +27,7 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
 from rs_deeplab.training.experiment import train_experiment
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
-from tests.trainkit import REPO, blob_scene, make_tiles, one_thread, write_config
+from tests.trainkit import REPO, TWO_ITERATIONS, blob_scene, make_tiles, one_thread, write_config
 
 INFER = [sys.executable, str(REPO / "pipelines" / "infer.py")]
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
@@ -69,8 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         base / "exp.yaml",
         tiles,
         base / "run",
-        schedule={"iterations": 2},
-        train={"eval_every": 2, "checkpoint_every": 2},
+        **TWO_ITERATIONS,
         infer={"size": 64, "stride": 32, "batch_size": 4},
     )
     result = train_experiment(load_config(cfg))

@@ -26,7 +26,7 @@ from pipelines import train as train_cli
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, Args, CaseServer, Run, check_one_line, listing, run_command, run_in, run_table, serving
-from tests.trainkit import REPO, blob_scene, make_tiles, write_config
+from tests.trainkit import REPO, TWO_ITERATIONS, blob_scene, make_tiles, write_config
 
 TRAIN = [sys.executable, str(REPO / "pipelines" / "train.py")]
 EVALUATE = [sys.executable, str(REPO / "pipelines" / "evaluate.py")]
@@ -248,8 +248,7 @@ def checkpoint(world: dict[str, Path]) -> Path:
         base / "cfg.yaml",
         tiles,
         base / "run",
-        schedule={"iterations": 2},
-        train={"eval_every": 2, "checkpoint_every": 2},
+        **TWO_ITERATIONS,
     )
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     import rasterio

@@ -16,7 +16,7 @@ from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.engine import build_lr_schedule, build_optimizer, poly_factor, step_factor
 from tests.killkit import kill_after_checkpoint
-from tests.trainkit import REPO, make_tiles, one_thread, torchrun, write_config
+from tests.trainkit import REPO, TWO_ITERATIONS, make_tiles, one_thread, torchrun, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 
@@ -221,8 +221,7 @@ def test_resume_refuses_another_architecture(tiles: Path, tmp_path: Path, capsys
         tmp_path / "d.yaml",
         tiles,
         tmp_path / "run",
-        schedule={"iterations": 2},
-        train={"eval_every": 2, "checkpoint_every": 2},
+        **TWO_ITERATIONS,
     )
     assert train_cli.main([str(cfg), "--quiet"]) == 0
     capsys.readouterr()  # a 2-iteration run may warn that classes have IoU 0

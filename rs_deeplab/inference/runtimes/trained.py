@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,31 @@ class TrainedModel:
         path, mtime = self.key
         return f"{path}:{mtime}:{self.path.stat().st_size}:os{self.output_stride}"
 
+    def runtime_on(self, device: torch.device) -> str:
+        """The runtime a checkpoint runs on ``device``: ``torch`` or ``onnx`` (see ``resolve_runtime``)."""
+        from rs_deeplab.inference.runtimes.choice import missing_packages, resolve_runtime
+
+        missing = missing_packages() if self.runtime != "torch" and device.type == "cpu" else None
+        return resolve_runtime(self.runtime, self.precision, device, missing)
+
+    def onnx_export(
+        self, model: Callable[[], torch.nn.Module], card: ModelCard, device: torch.device
+    ) -> tuple[torch.nn.Module | None, str]:
+        """The checkpoint's cached ONNX export with this model's choices (``checkpoint_on_onnx``), and its note."""
+        from rs_deeplab.inference.runtimes.choice import checkpoint_on_onnx
+
+        return checkpoint_on_onnx(
+            self.path,
+            model,
+            card,
+            device,
+            runtime=self.runtime,
+            output_stride=self.output_stride,
+            precision=self.precision,
+            calibration=self.calibration,
+            strict=self.strict_device,
+        )
+
     def load(self, device: torch.device) -> LoadedModel:
         """Read the file (once) and return the model in eval mode on ``device`` with its card.
 
@@ -107,12 +132,7 @@ class TrainedModel:
             InputError: An output stride for an exported model baked at another one; a runtime or precision that
                 cannot run here (see :func:`rs_deeplab.inference.runtimes.choice.resolve_runtime`).
         """
-        from rs_deeplab.inference.runtimes.choice import (
-            check_choice,
-            checkpoint_on_onnx,
-            missing_packages,
-            resolve_runtime,
-        )
+        from rs_deeplab.inference.runtimes.choice import check_choice
 
         check_choice(self.runtime, self.precision)
         if model_kind(self.path) == "exported":
@@ -132,8 +152,7 @@ class TrainedModel:
                     f"checkpoint again with pipelines/export.py --output-stride {self.output_stride}"
                 )
             return LoadedModel(self, module, card)
-        ort_missing = missing_packages() if self.runtime != "torch" and device.type == "cpu" else None
-        runtime = resolve_runtime(self.runtime, self.precision, device, ort_missing)
+        runtime = self.runtime_on(device)
         card, weights = read_checkpoint(self.path, map_location="cpu")
         built: list[torch.nn.Module] = []
 
@@ -145,17 +164,7 @@ class TrainedModel:
             return built[0]
 
         if runtime == "onnx":
-            onnx_module, note = checkpoint_on_onnx(
-                self.path,
-                model,
-                card,
-                device,
-                runtime=self.runtime,
-                output_stride=self.output_stride,
-                precision=self.precision,
-                calibration=self.calibration,
-                strict=self.strict_device,
-            )
+            onnx_module, note = self.onnx_export(model, card, device)
             if onnx_module is not None:
                 return LoadedModel(self, onnx_module, card, note)
         return LoadedModel(self, model(), card)
@@ -222,25 +231,10 @@ class LoadedModel:
         Raises:
             InputError, CheckpointError: As :meth:`TrainedModel.load`.
         """  # noqa: D205
-        from rs_deeplab.inference.runtimes.choice import checkpoint_on_onnx, missing_packages, resolve_runtime
-
         src = self.source
-        if self.on_onnx or model_kind(src.path) != "checkpoint":
+        if self.on_onnx or model_kind(src.path) != "checkpoint" or src.runtime_on(device) == "torch":
             return self
-        missing = missing_packages() if src.runtime != "torch" and device.type == "cpu" else None
-        if resolve_runtime(src.runtime, src.precision, device, missing) == "torch":
-            return self
-        module, note = checkpoint_on_onnx(
-            src.path,
-            lambda: self.module,
-            self.card,
-            device,
-            runtime=src.runtime,
-            output_stride=src.output_stride,
-            precision=src.precision,
-            calibration=src.calibration,
-            strict=src.strict_device,
-        )
+        module, note = src.onnx_export(lambda: self.module, self.card, device)
         return self if module is None else replace(self, module=module, runtime=note)
 
 
