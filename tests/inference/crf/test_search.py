@@ -282,7 +282,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(trained: Path, tmp_path: Path)
             args += ["--out", str(folder / "search")]
         return run_in(folder, [*SEARCH, *args])
 
-    runs = run_table(CASES, run_case, tmp_path / "cases", workers=2)
+    runs = run_table(CASES, run_case, tmp_path / "cases", workers=2, server=True)
     for name, _, words in CASES:
         proc, before, folder = runs[name]
         line = check_one_line(proc)
