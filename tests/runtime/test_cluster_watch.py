@@ -40,7 +40,6 @@ from rs_deeplab.runtime.cluster_watch import WORKERS_GONE_ENV
 from rs_deeplab.sample import write_vaihingen
 from rs_deeplab.tiling.presets import VAIHINGEN_GT, tile_preset
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
-from tests import daskkit
 from tests.badkit import ENV, check_one_line
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
 from tests.daskkit import (
@@ -53,6 +52,7 @@ from tests.daskkit import (
     start_workers,
     wait_for,
 )
+from tests.daskkit import tile_command as tile_with_options
 from tests.tiling.test_executor import _scene, assert_same_outputs
 from tests.trainkit import blob_scene, one_thread
 
@@ -106,7 +106,7 @@ def reference(scene: SceneSpec, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def tile_command(scene: SceneSpec, out: Path, address: str) -> list[str]:
-    return daskkit.tile_command(scene, out, "--scheduler", address)
+    return tile_with_options(scene, out, "--scheduler", address)
 
 
 def start_tiling(command: list[str], patience: str = PATIENCE) -> subprocess.Popen[str]:

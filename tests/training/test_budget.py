@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from rs_deeplab.cli.errors import ConfigError, InputError
 from rs_deeplab.config.schema import load_config
 from rs_deeplab.training.budget import CHECKPOINT_SECONDS, EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
 from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import REPO, make_tiles
+from tests.trainkit import REPO, make_tiles, torchrun
 
 
 def test_durations() -> None:
@@ -131,16 +130,7 @@ def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_two_torchrun_ranks_follow_one_plan(tmp_path: Path) -> None:
     path = config(tmp_path, "40s", device="cpu")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "pipelines" / "train.py"),
-        str(path),
-        "--quiet",
-    ]
+    cmd = torchrun(REPO / "pipelines" / "train.py", str(path), "--quiet")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "budget"
