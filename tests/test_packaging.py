@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rs_deeplab.runtime import tuning
 from tests.sources import parse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,20 +175,40 @@ def test_library_never_imports_pipelines() -> None:
 
 
 SCRIPTS = sorted(p.stem for p in (REPO / "pipelines").glob("*.py") if p.stem != "__init__")
+EXIT_PROBE = """
+import atexit, sys
+
+
+def report():  # what the script left in its process, read as the interpreter exits
+    tuning = sys.modules.get("rs_deeplab.runtime.tuning")
+    sys.stderr.write(f"\\nmalloc tuned: {bool(tuning and tuning.malloc_tuned())}\\n")
+
+
+atexit.register(report)
+"""
+"""A ``sitecustomize`` module: the script runs as ``python pipelines/<name>.py``, and says at exit whether it tuned
+malloc."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_every_script_has_main_and_runs_as_a_script(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Each script's ``main(argv)`` answers --help in-process, and ``python pipelines/<name>.py --help`` runs it."""
+def test_every_script_has_main_runs_as_a_script_and_tunes_only_then(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each script's ``main(argv)`` answers --help in-process and leaves the caller's process alone; ``python
+    pipelines/<name>.py --help`` gives the same answer and tunes malloc in its ``__main__`` block."""
     module = importlib.import_module(f"pipelines.{name}")
+    tuned: list[bool] = []
+    monkeypatch.setattr(tuning, "tune_malloc", lambda: tuned.append(True) or True)
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
-    assert exit_info.value.code == 0
+    assert exit_info.value.code == 0 and tuned == []  # a program calling main: its process is left alone
     in_process = capsys.readouterr().out
     assert in_process.startswith("usage:") and f"{name}.py" in in_process.splitlines()[0], in_process
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    (tmp_path / "sitecustomize.py").write_text(EXIT_PROBE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), tuning.ENV_SWITCH: "1"}
     script = REPO / "pipelines" / f"{name}.py"
     done = subprocess.run([sys.executable, str(script), "--help"], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == in_process
+    assert done.stderr.splitlines()[-1] == f"malloc tuned: {sys.platform.startswith('linux')}", done.stderr

@@ -8,10 +8,7 @@ expects the cache to be used fail). The cached files are generated state dicts s
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -25,13 +22,14 @@ import torch
 import yaml
 from torchvision.models import resnet18
 
+from pipelines import train as train_cli
 from rs_deeplab.cli.errors import CheckpointError, InputError
 from rs_deeplab.config.schema import config_to_dict, dump_config, load_config
 from rs_deeplab.models import MODELS, build_model
 from rs_deeplab.models.deeplab_v1 import DeepLabV1
 from rs_deeplab.models.weights import IMAGENET_WEIGHTS, download_weights, imagenet_source, resolve_weights
 from rs_deeplab.training.experiment import train_experiment
-from tests.trainkit import REPO, make_tiles, write_config
+from tests.trainkit import make_tiles, write_config
 
 R18_FILE = "resnet18-f37072fd.pth"
 R18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -204,23 +202,11 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiles(tmp_path_factory.mktemp("data"))
 
 
-def train(config: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "RS_DEEPLAB_NO_PROGRESS": "1",
-        # albumentations asks PyPI for a newer version on import and warns when it cannot reach it (the
-        # proxy here is a closed port): not this test's subject
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-    }
-    return subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "train.py"), str(config), "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def train(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``train.py CONFIG --quiet`` in this process (with the fixtures' ``TORCH_HOME`` and proxies): its exit status
+    and what it wrote to stderr."""
+    code = train_cli.main([str(config), "--quiet"])
+    return code, capsys.readouterr().err
 
 
 def imagenet_config(tmp_path: Path, tiles: Path) -> Path:
@@ -236,10 +222,12 @@ def imagenet_config(tmp_path: Path, tiles: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_train_cli_reads_the_cached_file(tmp_path: Path, tiles: Path, hub: Path, r18_state: State) -> None:
+def test_train_cli_reads_the_cached_file(
+    tmp_path: Path, tiles: Path, hub: Path, r18_state: State, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache(hub, R18_FILE, r18_state)
-    proc = train(imagenet_config(tmp_path, tiles))
-    assert proc.returncode == 0, proc.stderr
+    code, err = train(imagenet_config(tmp_path, tiles), capsys)
+    assert code == 0, err
     state = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)["model"]
     torch.testing.assert_close(state["encoder.layer3.0.conv1.weight"], r18_state["layer3.0.conv1.weight"])
     conv1 = state["encoder.conv1.weight"]  # the tiles have 4 bands
@@ -248,10 +236,12 @@ def test_train_cli_reads_the_cached_file(tmp_path: Path, tiles: Path, hub: Path,
 
 
 @pytest.mark.slow
-def test_train_cli_without_the_file_exits_2_with_one_line(tmp_path: Path, tiles: Path, hub: Path) -> None:
-    proc = train(imagenet_config(tmp_path, tiles))
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+def test_train_cli_without_the_file_exits_2_with_one_line(
+    tmp_path: Path, tiles: Path, hub: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = train(imagenet_config(tmp_path, tiles), capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and R18_FILE in lines[0] and R18_URL in lines[0] and str(hub) in lines[0]
     assert not (tmp_path / "run").exists()  # nothing written
 

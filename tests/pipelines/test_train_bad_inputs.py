@@ -207,19 +207,11 @@ def test_corrupt_checkpoint_to_resume_is_named_and_the_earlier_run_kept(train_ru
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
 
 
-@pytest.mark.slow
-def test_debug_shows_the_traceback(world: dict[str, Path], tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [*TRAIN, str(tmp_path / "nope.yaml"), "--debug"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    assert "Traceback (most recent call last)" in proc.stderr and "ConfigError" in proc.stderr
-    assert proc.stderr.splitlines()[-1].startswith("error: ") and "config file not found" in proc.stderr
+def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_cli.main([str(tmp_path / "nope.yaml"), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ConfigError" in err
+    assert err.splitlines()[-1].startswith("error: ") and "config file not found" in err
 
 
 def test_failure_after_the_run_folder_was_made_removes_it(

@@ -62,38 +62,6 @@ def test_tuned_malloc_reuses_large_buffers_and_can_be_switched_off() -> None:
     assert tuned["peak_mib"] < default["peak_mib"] + 128  # little more memory for it
 
 
-PIPELINES = sorted(p.stem for p in (REPO / "pipelines").glob("*.py") if p.stem != "__init__")
-
-ENTRY = """
-import runpy, sys
-import rs_deeplab.runtime.tuning as tuning
-from pipelines import {name} as script
-try:
-    script.main(["--help"])  # a program calling the script's main: its process is left alone
-except SystemExit:
-    pass
-called = tuning.malloc_tuned()
-sys.argv = ["{name}.py", "--help"]
-try:
-    runpy.run_path("pipelines/{name}.py", run_name="__main__")  # the script run as a script tunes its process
-except SystemExit:
-    pass
-print(called, tuning.malloc_tuned())
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", PIPELINES)
-def test_pipelines_tune_their_process_only_when_run_as_scripts(name: str) -> None:
-    """Every pipeline tunes malloc in its ``__main__`` block; its ``main`` called from Python changes nothing."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), ENV_SWITCH: "1"}
-    code = ENTRY.format(name=name)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-2000:]
-    linux = sys.platform.startswith("linux")
-    assert done.stdout.strip().splitlines()[-1] == f"False {linux}"
-
-
 def test_tune_process_sets_torch_threads_and_refuses_none() -> None:
     code = (
         "import torch\n"

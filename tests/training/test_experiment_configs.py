@@ -1,4 +1,4 @@
-"""Every shipped config trains for two iterations on tiny synthetic data in its dataset's real layout.
+"""Every shipped config trains an iteration, evaluates and checkpoints, on tiny synthetic data in its dataset's layout.
 
 The backbones start from random weights here (``model.weights=null``): loading torchvision's ImageNet files is
 tested in ``test_imagenet_weights.py``, and with a recipe as shipped in ``test_recipes.py``.
@@ -67,7 +67,7 @@ def test_every_config_has_a_layout() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_trains_two_iterations(path: Path, data_roots: dict[str, Path], tmp_path: Path) -> None:
+def test_config_trains_evaluates_and_checkpoints(path: Path, data_roots: dict[str, Path], tmp_path: Path) -> None:
     recipe: ExperimentConfig = load_config(path)
     crop = [64, 96] if isinstance(recipe.data.crop_size, tuple) else 64
     cfg: ExperimentConfig = load_config(
@@ -78,13 +78,13 @@ def test_config_trains_two_iterations(path: Path, data_roots: dict[str, Path], t
             f"data.crop_size={crop}",
             "data.batch_size=2",
             "data.num_workers=0",
-            "schedule.iterations=2",
-            "train.eval_every=2",
-            "train.checkpoint_every=2",
+            "schedule.iterations=1",
+            "train.eval_every=1",
+            "train.checkpoint_every=1",
             "model.weights=null",
         ],
     )
     result = train_experiment(cfg)
-    assert result.iterations == 2 and result.last.is_file()
+    assert result.iterations == 1 and result.last.is_file() and result.best is not None and result.best.is_file()
     assert 0.0 <= result.best_miou <= 1.0
     shutil.rmtree(tmp_path / "run")  # two checkpoints of a ResNet-101 and its optimiser: up to 1 GB per config
