@@ -172,18 +172,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> No
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
-def test_gpu_check_refuses_an_unwritable_results_folder(tmp_path: Path) -> None:
+def test_gpu_check_refuses_an_unwritable_results_folder(
+    gpu_check: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "file").write_text("")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(tmp_path / "file" / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"error: results folder {tmp_path / 'file' / 'out'} is not writable")
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: results folder {tmp_path / 'file' / 'out'} is not writable")
 
 
 def test_missing_and_too_old_packages_are_one_line_each() -> None:
