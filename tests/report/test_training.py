@@ -98,7 +98,8 @@ def test_reloads_while_running_and_stops_when_the_run_ended(tmp_path: Path, open
     write_training_page(page, _view("finished", refresh=1.0))  # the run ends: the next reload is the last
     deadline = time.monotonic() + 10
     status = None
-    while time.monotonic() < deadline and status != "finished":
+    # the new page's scripts may have run before its load event arrives here: wait for both
+    while time.monotonic() < deadline and not (status == "finished" and loads):
         visit.page.wait_for_timeout(200)
         try:
             status = visit.page.evaluate("window.RS && RS.ready && RS_RUN.status")
