@@ -53,10 +53,12 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the grid, search, print the ranked table and where the best setting was recorded."""
+    args = build_parser().parse_args(argv)
+    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
+    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
     from rs_deeplab.inference.crf.grid import make_grid, parse_range
     from rs_deeplab.training.checkpoint_eval import search_checkpoint_crf
 
-    args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     points = make_grid(
         parse_range(args.w1, "--w1"), parse_range(args.sxy, "--sxy"), parse_range(args.srgb, "--srgb"), args.iterations

@@ -91,7 +91,9 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the sample scenes and run the pipeline stages on them, printing where each output went."""
-    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    args = build_parser().parse_intermixed_args(argv)
+    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
+    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
     from rs_deeplab.evaluation.scenes import evaluate_scenes
     from rs_deeplab.geo.raster import open_raster
     from rs_deeplab.inference.infer import infer_scenes
@@ -101,7 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rs_deeplab.sample import preview_png
     from rs_deeplab.training.experiment import train_experiment
 
-    args = build_parser().parse_intermixed_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     out: Path = args.out
     outputs: dict[str, Path] = {}

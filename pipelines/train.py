@@ -35,11 +35,12 @@ def build_parser() -> ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     """Load and validate the config (before any work), then train and print where the outputs went."""
-    # imported here, inside main's error boundary: a Ctrl-C while torch/GDAL load is one line too
+    args = build_parser().parse_intermixed_args(argv)
+    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
+    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
     from rs_deeplab.config.schema import load_config
     from rs_deeplab.training.distributed import env_from_torchrun
 
-    args = build_parser().parse_intermixed_args(argv)
     budget = [] if args.budget is None else [f"schedule.budget={args.budget}"]
     cfg: ExperimentConfig = load_config(args.config, [*args.overrides, *budget])
     env = env_from_torchrun()

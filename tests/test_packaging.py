@@ -181,13 +181,17 @@ import atexit, sys
 
 def report():  # what the script left in its process, read as the interpreter exits
     tuning = sys.modules.get("rs_deeplab.runtime.tuning")
-    sys.stderr.write(f"\\nmalloc tuned: {bool(tuning and tuning.malloc_tuned())}\\n")
+    sys.stderr.write(f"\\ntorch loaded: {'torch' in sys.modules}\\n")
+    sys.stderr.write(f"malloc tuned: {bool(tuning and tuning.malloc_tuned())}\\n")
 
 
 atexit.register(report)
 """
 """A ``sitecustomize`` module: the script runs as ``python pipelines/<name>.py``, and says at exit whether it tuned
-malloc."""
+malloc, and whether torch was loaded."""
+HELP_WITHOUT_TORCH = {"crf_search", "demo", "evaluate", "tile", "train", "vectorize"}
+"""Scripts whose ``--help`` (and a bad flag) answers before torch loads: they parse their arguments first. infer.py
+and export.py list choices (runtimes, formats) that the inference package defines."""
 
 
 @pytest.mark.slow
@@ -212,3 +216,4 @@ def test_every_script_has_main_runs_as_a_script_and_tunes_only_then(
     assert done.returncode == 0, done.stderr
     assert done.stdout == in_process
     assert done.stderr.splitlines()[-1] == f"malloc tuned: {sys.platform.startswith('linux')}", done.stderr
+    assert done.stderr.splitlines()[-2] == f"torch loaded: {name not in HELP_WITHOUT_TORCH}", done.stderr
