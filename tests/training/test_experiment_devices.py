@@ -22,6 +22,7 @@ from rs_deeplab.inference.runtimes.trained import load_trained_model
 from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
 from rs_deeplab.training.datasets.sampling import loader_options
 from rs_deeplab.training.engine import LossMeter, device_confusion
+from rs_deeplab.training.experiment import wrap_model
 from tests.trainkit import REPO, make_tiles, torchrun, write_config
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
@@ -78,44 +79,45 @@ def test_loader_workers_run_one_thread_each() -> None:
     assert sorted(tuple(int(v) for v in item) for item in loader) == [(1, 1), (1, 1)]
 
 
+def test_compile_wraps_the_model_itself() -> None:
+    """``train.compile`` on one process: the compiled wrapper shares the model's parameters (nothing is compiled
+    until it is called), so the optimiser and checkpoints can use the model itself."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    wrapped = wrap_model(model, torch.device("cpu"), distributed=False, compile=True)
+    assert wrapped is not model and getattr(wrapped, "_orig_mod", None) is model
+    assert [id(p) for p in wrapped.parameters()] == [id(p) for p in model.parameters()]
+    assert wrap_model(model, torch.device("cpu"), distributed=False, compile=False) is model
+
+
 @pytest.mark.slow
-def test_compiled_model_trains_records_its_precision_and_checkpoints_plain_weights(
-    tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_compiled_ddp_trains_two_ranks_in_step_records_its_precision_and_checkpoints_plain_weights(
+    tiles: Path, tmp_path: Path
 ) -> None:
-    """``train.compile=true``: the optimiser and checkpoints use the model itself, never the compiled wrapper; and the
-    precision the run picked (``train.amp=auto``: fp32 on the CPU) is recorded in the run folder and its checkpoints.
-    """
-    sections = {**SHORT, "train": {**SHORT["train"], "compile": True}, "model": COMPILED}
-    cfg = write_config(tmp_path / "c.yaml", tiles, tmp_path / "run", **sections)
-    # two loader workers (fork server, one thread each) and persistent validation workers, as a GPU run has them
-    assert train_cli.main([str(cfg), "train.amp=auto", "data.num_workers=2"]) == 0
-    state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["iteration"] == 2 and state["runtime"]["compile"] is True
-    assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module."))]
-    model, _ = load_trained_model(tmp_path / "run" / "last.pt", torch.device("cpu"))  # loads into a plain model
-    assert sum(p.numel() for p in model.parameters()) > 0
-    runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
-    assert runtime["device"] == "cpu" and runtime["precision"] == "fp32" and runtime["grad_scaler"] is False
-    assert "training on cpu, precision fp32, 1 process(es)" in capsys.readouterr().err
-    assert state["runtime"] == runtime
+    """``torch.compile`` around DDP: ranks stay identical; the optimiser and checkpoints use the model itself, never
+    the compiled wrapper; and the precision the run picked (``train.amp=auto``: fp32 on the CPU) is recorded in the
+    run folder and its checkpoints.
 
-
-@pytest.mark.slow
-def test_compiled_ddp_trains_two_ranks_in_step(tiles: Path, tmp_path: Path) -> None:
-    """``torch.compile`` around DDP: ranks stay identical, checkpoints hold plain keys.
-
-    Without SyncBN: with it on several ranks, compile is skipped with a warning (``compile_decision``).
+    Without SyncBN: with it on several ranks, compile is skipped with a warning (``compile_decision``). One run
+    covers compile on one rank and on two (each compile costs a minute of a CPU): what differs on one process is
+    :func:`wrap_model`, tested above.
     """
     train = {**SHORT["train"], "compile": True, "checkpoint_every": 1, "sync_bn": False}
     cfg = write_config(tmp_path / "cd.yaml", tiles, tmp_path / "run", **{**SHORT, "train": train, "model": COMPILED})
-    cmd = torchrun(TRAIN, str(cfg), "--quiet")
+    # two loader workers per rank (fork server, one thread each) and persistent validation workers, as a GPU run has
+    cmd = torchrun(TRAIN, str(cfg), "train.amp=auto", "data.num_workers=2")
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training on cpu, precision fp32, 2 process(es)" in proc.stderr
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["iteration"] == 2 and state["runtime"]["world_size"] == 2 and state["runtime"]["compile"]
     fingerprints = state["rank_fingerprints"]
     assert len(fingerprints) == 2 and fingerprints[0] == pytest.approx(fingerprints[1], rel=1e-9)
     assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module."))]
+    model, _ = load_trained_model(tmp_path / "run" / "last.pt", torch.device("cpu"))  # loads into a plain model
+    assert sum(p.numel() for p in model.parameters()) > 0
+    runtime = json.loads((tmp_path / "run" / "runtime.json").read_text())
+    assert runtime["device"] == "cpu" and runtime["precision"] == "fp32" and runtime["grad_scaler"] is False
+    assert state["runtime"] == runtime
 
 
 def test_cuda_without_a_gpu_is_one_line(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
