@@ -81,7 +81,7 @@ def config(folder: Path, budget: str, **train: object) -> Path:
     return path
 
 
-BUDGET = 30
+BUDGET = 20
 """Seconds the budgeted runs below train: the probe alone may take 10 s on a loaded 2-core machine, and what is left
 still pays for several iterations and evaluations."""
 

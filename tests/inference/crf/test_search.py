@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines import crf_search as crf_search_cli
 from rs_deeplab.cli.errors import InputError
 from rs_deeplab.evaluation.metrics import scores
 from rs_deeplab.inference.crf import grid
@@ -190,17 +191,20 @@ GRID = ["--w1", "3:4", "--sxy", "30:40:10", "--srgb", "3", "--iterations", "2", 
 
 
 @pytest.mark.slow
-def test_cli_records_the_best_setting_and_infer_uses_it(trained: Path, tmp_path: Path) -> None:
+def test_cli_records_the_best_setting_and_infer_uses_it(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = tmp_path / "best.pt"
     shutil.copy2(trained, ckpt)
     out = tmp_path / "search"
-    cmd = [*SEARCH, str(ckpt), *GRID, "--out", str(out)]
-    first = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    args = [str(ckpt), *GRID, "--out", str(out)]
+    first = subprocess.run([*SEARCH, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "**no CRF**" in first.stdout and "**default**" in first.stdout
     assert "computed now: 3 crop(s), 6 setting(s)" in first.stdout
-    again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "computed now: 0 crop(s), 0 setting(s)" in again.stdout, again.stderr
+    assert crf_search_cli.main(args) == 0  # again, in this process: everything is read back, nothing computed
+    again = capsys.readouterr()
+    assert "computed now: 0 crop(s), 0 setting(s)" in again.out, again.err
 
     record = json.loads(cs.record_path(ckpt).read_text())
     rows = json.loads((out / cs.TABLE_JSON).read_text())["rows"]
