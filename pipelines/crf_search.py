@@ -54,8 +54,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the grid, search, print the ranked table and where the best setting was recorded."""
     args = build_parser().parse_args(argv)
-    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
-    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
+    # the library loads after the arguments parse, inside the error boundary (see cli_entry)
     from rs_deeplab.inference.crf.grid import make_grid, parse_range
     from rs_deeplab.training.checkpoint_eval import search_checkpoint_crf
 

@@ -92,8 +92,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Generate the sample scenes and run the pipeline stages on them, printing where each output went."""
     args = build_parser().parse_intermixed_args(argv)
-    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
-    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
+    # the library loads after the arguments parse, inside the error boundary (see cli_entry)
     from rs_deeplab.evaluation.scenes import evaluate_scenes
     from rs_deeplab.geo.raster import open_raster
     from rs_deeplab.inference.infer import infer_scenes

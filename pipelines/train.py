@@ -36,8 +36,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Load and validate the config (before any work), then train and print where the outputs went."""
     args = build_parser().parse_intermixed_args(argv)
-    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
-    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
+    # the library loads after the arguments parse, inside the error boundary (see cli_entry)
     from rs_deeplab.config.schema import load_config
     from rs_deeplab.training.distributed import env_from_torchrun
 

@@ -77,8 +77,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run :func:`rs_deeplab.vectorize.vectorize`."""
     args = build_parser().parse_args(argv)
-    # parsed first (--help and a bad flag answer at once); the library is imported here, inside main's error
-    # boundary, so that a Ctrl-C while torch/GDAL load is one line too
+    # the library loads after the arguments parse, inside the error boundary (see cli_entry)
     from rs_deeplab.geo.raster import source_path
     from rs_deeplab.remote.scenes import scene_source
     from rs_deeplab.vectorize import vectorize

@@ -226,6 +226,9 @@ def cli_entry(func: MainFunc) -> MainFunc:
     the arguments every error shows its full traceback. It changes no process-wide setting: a script tunes its
     process itself, in its ``__main__`` block (:func:`rs_deeplab.runtime.tuning.tune_process`), so calling ``main`` from
     another program (or a test) leaves that program's malloc, threads, warnings and loggers as they were.
+
+    A script's ``main`` parses its arguments first and imports the library after, inside this boundary: ``--help``
+    and a bad flag answer before torch and GDAL load, and a Ctrl-C while they load is one line too.
     """
 
     @functools.wraps(func)

@@ -16,7 +16,6 @@ has a good checkpoint to resume from. The free-space checks before large outputs
 from __future__ import annotations
 
 import errno
-import os
 import re
 import resource
 import shutil
@@ -43,9 +42,9 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.geo.tiff_writes import tiff_truncated
 from rs_deeplab.tiling.index import read_index
 from rs_deeplab.training.experiment import train_experiment
+from tests.badkit import ENV
 from tests.trainkit import REPO, blob_scene, make_tiles, one_thread, write_config
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
 TIMEOUT = 300
 INFER = ["--size", "64", "--stride", "64", "--batch-size", "8", "-q"]

@@ -23,9 +23,9 @@ from rasterio.transform import Affine
 from rs_deeplab.cli.console import INTERRUPTED
 from rs_deeplab.geo.raster import write_geotiff
 from tests import trainkit
+from tests.badkit import ENV
 from tests.trainkit import REPO, blob_scene, make_tiles, write_config
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 HEAVY_LIBRARIES = ("libtorch", "libgdal")  # what the library's imports map first: torch's or GDAL's
 TIMEOUT = 120.0
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from rs_deeplab.training.autoconfig import ClassFacts, Fingerprint, area_percent
 from rs_deeplab.training.engine import StepContext
 from rs_deeplab.training.experiment import train_experiment
 from rs_deeplab.training.transforms import TrainTransform
+from tests.badkit import ENV
 from tests.trainkit import REPO, make_tiles, torchrun
 
 GB = 2**30
@@ -344,9 +344,8 @@ def test_auto_needs_a_tile_index(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_torchrun_ranks_train_with_rank_zeros_settings(tmp_path: Path) -> None:
     path = auto_config(tmp_path, make_tiles(tmp_path), train={"device": "cpu"})
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
     cmd = torchrun(str(REPO / "pipelines" / "train.py"), str(path), "schedule.iterations=4")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "runs" / "auto" / "auto.json").read_text())
     assert record["range_test"]["reason"].startswith("several processes")  # one process's test, not two

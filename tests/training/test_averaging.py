@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,10 @@ from pipelines import evaluate as evaluate_cli
 from pipelines import train as train_cli
 from rs_deeplab.training.averaging import TRAIN_WEIGHTS_KEY, UPDATES_KEY, WeightAverage, warm_decay
 from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
+from tests.badkit import ENV
 from tests.killkit import kill_after_checkpoint
-from tests.trainkit import REPO, make_tiles, one_thread, write_config
+from tests.trainkit import make_tiles, one_thread, write_config
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 SECTIONS = {
     "schedule": {"iterations": 10},
     "train": {"eval_every": 5, "checkpoint_every": 2, "log_every": 1, "device": "cpu", "ema": 0.9},

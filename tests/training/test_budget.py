@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from rs_deeplab.cli.errors import ConfigError, InputError
 from rs_deeplab.config.schema import load_config
 from rs_deeplab.training.budget import CHECKPOINT_SECONDS, EVALUATIONS, PROBE_ITERATIONS, Measured, plan_budget
 from rs_deeplab.training.experiment import train_experiment
+from tests.badkit import ENV
 from tests.trainkit import REPO, make_tiles, torchrun
 
 
@@ -134,9 +134,8 @@ def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow
 def test_two_torchrun_ranks_follow_one_plan(tmp_path: Path) -> None:
     path = config(tmp_path, f"{BUDGET}s", device="cpu")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
     cmd = torchrun(REPO / "pipelines" / "train.py", str(path), "--quiet")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "budget"
     plan = json.loads((run / "plan.json").read_text())

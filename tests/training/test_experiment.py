@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,10 +13,9 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.models import build_model, param_groups
 from rs_deeplab.training.checkpoint import load_checkpoint
 from rs_deeplab.training.engine import build_lr_schedule, build_optimizer, poly_factor, step_factor
+from tests.badkit import ENV
 from tests.killkit import kill_after_checkpoint
 from tests.trainkit import REPO, TWO_ITERATIONS, make_tiles, one_thread, torchrun, write_config
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 
 
 @pytest.fixture(scope="module")

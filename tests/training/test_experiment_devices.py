@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,9 @@ from rs_deeplab.training.checkpoint import load_checkpoint, save_checkpoint
 from rs_deeplab.training.datasets.sampling import loader_options
 from rs_deeplab.training.engine import LossMeter, device_confusion
 from rs_deeplab.training.experiment import wrap_model
+from tests.badkit import ENV
 from tests.trainkit import REPO, make_tiles, torchrun, write_config
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RS_DEEPLAB_NO_PROGRESS": "1"}
 TRAIN = str(REPO / "pipelines" / "train.py")
 COMPILED = {"name": "deeplabv1", "backbone": "vgg16", "output_stride": 8}
 """What the compile tests train: a plain VGG-16 DeepLab (no BatchNorm) is a smaller graph than a ResNet's to compile
