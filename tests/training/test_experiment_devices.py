@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,26 @@ def test_loader_workers_run_one_thread_each() -> None:
     cv2.resize(np.zeros((512, 512), np.float32), (700, 700))  # the trainer's OpenCV pool is up before the workers
     loader = DataLoader(_Threads(), batch_size=None, timeout=120, **loader_options(2, pin_memory=False))
     assert sorted(tuple(int(v) for v in item) for item in loader) == [(1, 1), (1, 1)]
+
+
+class _Parent(Dataset[int]):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> int:
+        return os.getppid()
+
+
+@pytest.mark.slow
+def test_loader_workers_fork_from_a_server_that_imported_the_training_stack() -> None:
+    """The workers' parent, the fork server, has torch, OpenCV and GDAL loaded before it forks them: a worker does not
+    import the training stack again each time a loader starts (several seconds of CPU per worker)."""
+    loader = DataLoader(_Parent(), batch_size=None, timeout=120, **loader_options(1, pin_memory=False))
+    (server,) = {int(pid) for pid in loader}
+    assert server != os.getpid()
+    maps = Path(f"/proc/{server}/maps").read_text()
+    missing = [name for name in ("libtorch_cpu", "cv2", "libgdal") if name not in maps]
+    assert not missing, f"the fork server {server} has not loaded {missing}"
 
 
 def test_compile_wraps_the_model_itself() -> None:

@@ -13,6 +13,8 @@ as above.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.forkserver
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,14 +144,28 @@ def limit_worker_threads(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+WORKER_MODULES = ("__main__", "rs_deeplab.training")
+"""What the loaders' fork server imports once, before it forks the first worker: the training package the pickled
+datasets and transforms come from (with torch, albumentations and rasterio). ``__main__`` is Python's own default."""
+
+
 def loader_options(num_workers: int, *, pin_memory: bool) -> dict[str, Any]:
     """DataLoader keywords for ``num_workers`` worker processes (none: load in this process).
 
     Workers start from a fork server, not by forking the trainer: a forked child inherits the state of thread
     pools the trainer has used (OpenCV's hangs in ``cv2.setNumThreads`` there; CUDA contexts must not be forked),
-    while a fork-server child starts clean and pays a one-off import of about a second.
+    while a fork-server child starts clean. The server is started here, so it imports :data:`WORKER_MODULES` while
+    the trainer builds its model; each worker is then a fork of it. Without that preload every worker would import
+    the training stack itself when it unpickles its dataset (several seconds of CPU each, per loader start).
     """
     options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
     if num_workers:
+        start_worker_server()
         options |= {"worker_init_fn": limit_worker_threads, "multiprocessing_context": "forkserver"}
     return options
+
+
+def start_worker_server() -> None:
+    """Start this process's fork server (once) with :data:`WORKER_MODULES` imported in it."""
+    multiprocessing.set_forkserver_preload(list(WORKER_MODULES))
+    multiprocessing.forkserver.ensure_running()
