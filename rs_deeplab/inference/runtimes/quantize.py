@@ -3,9 +3,11 @@
 Static quantization (QDQ format: uint8 activations, int8 per-channel weights, min/max ranges, convolutions only)
 runs the float32 model on :data:`CALIBRATION_WINDOWS` windows of the scene, normalised with the checkpoint's band
 statistics, to fix each activation's range; the convolutions then run as int8 kernels (VNNI where the CPU has
-it). Min/max, percentile and entropy ranges, and quantizing every operator or keeping the first and last
-convolutions in float32, were compared on the demo model: the same agreement within 0.3 points, min/max and
-convolutions only the fastest. Dynamic
+it). On an x86 CPU without VNNI the weights are quantized to 7 bits (:func:`seven_bit_weights`): ONNX Runtime's
+uint8 × int8 kernels there add pairs of products in 16 bits, which saturate with full-range weights (the demo model
+agreed with float32 on 89% of pixels instead of 97% on such a CPU, an AMD EPYC with AVX2 only). Min/max, percentile
+and entropy ranges, and quantizing every operator or keeping the first and last convolutions in float32, were
+compared on the demo model: the same agreement within 0.3 points, min/max and convolutions only the fastest. Dynamic
 quantization (weights only, activation ranges computed per call) was measured too and is far slower for these
 convolutional models on this CPU (``bench/cpu_runtime_bench.py``: 0.2-0.4x float32's windows/s against 2.4-2.8x
 for static), so ``--int8`` means static; :func:`quantize_dynamic_model` is kept for the benchmark.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,8 +46,40 @@ METHOD = "static-qdq-conv-minmax"
 """Windows on another (2 × 2) lattice measure the agreement with float32."""
 
 
+X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+"""``/proc/cpuinfo`` flags of x86 int8 dot-product instructions (which accumulate in 32 bits)."""
+
+
+def seven_bit_weights(machine: str, flags: set[str] | None) -> bool:
+    """Whether int8 weights should use 7 bits (``reduce_range``) on a CPU of ``machine`` with ``flags``.
+
+    Only x86 without VNNI needs it (ONNX Runtime's AVX2/AVX-512 uint8 × int8 kernels add two products in a saturating
+    16-bit sum); other architectures, and x86 with VNNI, keep all 8 bits. ``flags`` None (unknown): 7 bits on x86.
+    """
+    if machine.lower() not in X86:
+        return False
+    return not (flags and flags & VNNI_FLAGS)
+
+
+def this_cpu_needs_seven_bits() -> bool:
+    """:func:`seven_bit_weights` for this machine (its flags from ``/proc/cpuinfo`` where there is one)."""
+    flags: set[str] | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                break
+    return seven_bit_weights(platform.machine(), flags)
+
+
+def method() -> str:
+    """:data:`METHOD`, with the weights' bits on this CPU (a cache built on another kind of CPU is built again)."""
+    return f"{METHOD}-w{7 if this_cpu_needs_seven_bits() else 8}"
+
+
 def calibration_key(scenes: Sequence[str]) -> str:
-    """What a calibration depends on: each scene's path, size and modification time (a URL: itself)."""
+    """What a calibration depends on: the method on this CPU; each scene's path, size and modification time."""
     parts = []
     for scene in scenes:
         try:
@@ -52,7 +87,7 @@ def calibration_key(scenes: Sequence[str]) -> str:
             parts.append(f"{Path(scene).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
         except OSError:
             parts.append(str(scene))
-    return f"{METHOD}:{CALIBRATION_WINDOWS}x{WINDOW}+{CHECK_WINDOWS}:" + "|".join(parts)
+    return f"{method()}:{CALIBRATION_WINDOWS}x{WINDOW}+{CHECK_WINDOWS}:" + "|".join(parts)
 
 
 def _lattice(length: int, size: int, count: int, shift: float) -> list[int]:
@@ -138,8 +173,11 @@ def _work_folder(near: Path) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def quantize_static_model(fp32: Path, out: Path, windows: Sequence[np.ndarray]) -> None:
-    """Static QDQ quantization of ``fp32`` into ``out``, activation ranges calibrated on ``windows``."""
+def quantize_static_model(fp32: Path, out: Path, windows: Sequence[np.ndarray], *, seven_bits: bool) -> None:
+    """Static QDQ quantization of ``fp32`` into ``out``, activation ranges calibrated on ``windows``.
+
+    ``seven_bits``: weights in 7 bits (for x86 CPUs without VNNI, :func:`seven_bit_weights`).
+    """
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -161,6 +199,7 @@ def quantize_static_model(fp32: Path, out: Path, windows: Sequence[np.ndarray]) 
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
             op_types_to_quantize=["Conv"],
+            reduce_range=seven_bits,
         )
     _copy_metadata(fp32, out)
 
@@ -198,11 +237,13 @@ def quantize_for_cache(fp32: Path, out: Path, card: ModelCard, scenes: Sequence[
     scene = str(scenes[0])
     calibration = scene_windows(scene, card, 3, 0.5)[:CALIBRATION_WINDOWS]
     check = scene_windows(scene, card, 2, 0.25)[:CHECK_WINDOWS]
-    quantize_static_model(fp32, out, calibration)
+    seven_bits = this_cpu_needs_seven_bits()
+    quantize_static_model(fp32, out, calibration, seven_bits=seven_bits)
     share = agreement(fp32, out, check)
     log.debug("%s: int8 agrees with float32 on %.4f of %d windows' pixels", out, share, len(check))
     return {
         "method": "static",
+        "weight_bits": 7 if seven_bits else 8,
         "agreement": share,
         "check_windows": len(check),
         "calibration_windows": len(calibration),

@@ -22,6 +22,7 @@ from pipelines.infer import main as infer_main
 from rs_deeplab.inference.runtimes import onnx_cache
 from rs_deeplab.inference.runtimes.exported import OnnxModule, session_threads
 from rs_deeplab.inference.runtimes.onnx_cache import CACHE_FOLDER, USER_CACHE_ENV, is_intact, sidecar
+from rs_deeplab.inference.runtimes.quantize import this_cpu_needs_seven_bits
 from rs_deeplab.inference.runtimes.trained import ModelHolder, TrainedModel
 from rs_deeplab.models import MODELS
 from rs_deeplab.models.deeplab_v3 import DeepLabV3Plus
@@ -226,6 +227,7 @@ def test_int8_is_quantized_on_the_scene_and_records_its_agreement(
     records = [json.loads(p.read_text()) for p in (checkpoint.parent / CACHE_FOLDER).glob("*.onnx.json")]
     (int8,) = [r for r in records if r["settings"]["precision"] == "int8"]
     assert int8["method"] == "static" and int8["calibrated_on"] == scene and int8["check_windows"] >= 1
+    assert int8["weight_bits"] == (7 if this_cpu_needs_seven_bits() else 8)  # 7 on x86 without VNNI
     share = int8["agreement"]
     assert f"{100 * share:.2f}% of pixels equal to float32's" in err, err
     with rasterio.open(tmp_path / "int8.tif") as ds:
