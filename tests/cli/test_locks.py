@@ -2,11 +2,16 @@
 the first finishes intact; a run killed with SIGKILL leaves no lock that stops the next one.
 
 The first run is held still with SIGSTOP once it holds its lock (evidence: its lock file names its pid), so the
-second always starts while the first is running, without any fixed sleep; SIGCONT lets it finish.
+second always starts while the first is running, without any fixed sleep; SIGCONT lets it finish. The second run
+(and the run after a killed one) is the script's ``main`` in the test's process: the lock's holder is the other
+process, and a second start-up of the library would prove nothing more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import re
@@ -22,7 +27,7 @@ import rasterio
 from rs_deeplab.cli.locks import OutputBusyError, lock_path, output_lock
 from rs_deeplab.geo.raster import write_geotiff
 from tests.pipelines.test_interrupts import TIMEOUT, TRANSFORM, finish, script, start, wait_for
-from tests.trainkit import blob_scene, make_tiles, write_config
+from tests.trainkit import blob_scene, make_tiles, one_thread, write_config
 
 BUSY = re.compile(
     r"error: (?P<out>\S+) is being written by another run \(pid (?P<pid>\d+) on host (?P<host>\S+), started "
@@ -42,18 +47,27 @@ def holds_lock(proc: subprocess.Popen[str], output: Path) -> Callable[[], bool]:
     return check
 
 
+def in_process(command: list[str]) -> tuple[int, str]:
+    """Run ``command`` (``[python, pipelines/<name>.py, *args]``) as its script's ``main`` here: exit code, stderr."""
+    module = importlib.import_module(f"pipelines.{Path(command[1]).stem}")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), one_thread():
+        code = module.main(command[2:])
+    return code, err.getvalue()
+
+
 def refused_while_running(
     first: list[str], second: list[str], output: Path, cwd: Path, option: str, shown: Path | None = None
 ) -> None:
-    """Start ``first``, stop it once it holds the lock of ``output``, run ``second`` to its one-line refusal (naming
-    ``shown``, the output it was given), let ``first`` end."""
+    """Start ``first``, stop it once it holds the lock of ``output``, run ``second`` (in this process) to its one-line
+    refusal (naming ``shown``, the output it was given), let ``first`` end."""
     proc = start(first, cwd)
     try:
         wait_for(proc, holds_lock(proc, output), f"the lock of {output}")
         proc.send_signal(signal.SIGSTOP)
-        other = subprocess.run(second, cwd=cwd, env=proc_env(), text=True, capture_output=True, timeout=TIMEOUT)
-        err = other.stderr.strip()
-        assert other.returncode == 2, err
+        code, err = in_process(second)
+        err = err.strip()
+        assert code == 2, err
         assert "\n" not in err and "Traceback" not in err, err
         match = BUSY.fullmatch(err)
         assert match, err
@@ -73,15 +87,9 @@ def killed_holder_leaves_no_lock(cmd: list[str], output: Path, cwd: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=TIMEOUT)
     assert lock_path(output).exists()  # the file is no lock: the kernel released the flock with the process
-    again = subprocess.run(cmd, cwd=cwd, env=proc_env(), text=True, capture_output=True, timeout=TIMEOUT)
-    assert again.returncode == 0, again.stderr
+    code, err = in_process(cmd)
+    assert code == 0, err
     assert not lock_path(output).exists()
-
-
-def proc_env() -> dict[str, str]:
-    from tests.pipelines.test_interrupts import ENV
-
-    return ENV
 
 
 @pytest.fixture(scope="module")
