@@ -22,14 +22,14 @@ import rasterio
 import torch
 from affine import Affine
 
-from rs_deeplab.config.schema import load_config
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
-from rs_deeplab.training.experiment import train_experiment
+from tests import trainkit
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
-from tests.trainkit import REPO, TWO_ITERATIONS, blob_scene, make_tiles, one_thread, write_config
+from tests.trainkit import REPO, blob_scene, one_thread
 
 INFER = [sys.executable, str(REPO / "pipelines" / "infer.py")]
+trained = trainkit.trained  # the session's tiny checkpoint (a fixture)
 TRANSFORM = Affine(0.1, 0, 368_000, 0, -0.1, 5_808_000)
 INTERRUPTED = "interrupted; re-run the same command to resume"
 
@@ -61,20 +61,10 @@ def corrupt_middle_block(source: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A checkpoint trained for 2 iterations (ResNet-18, 48-pixel crops), good scenes, broken variants."""
+def world(tmp_path_factory: pytest.TempPathFactory, trained: Path) -> dict[str, Path]:
+    """The session's tiny checkpoint (:func:`tests.trainkit.train_tiny`), good scenes, broken variants."""
     base = tmp_path_factory.mktemp("bad_infer")
-    tiles = make_tiles(base / "data", size=96, crop=48)
-    cfg = write_config(
-        base / "exp.yaml",
-        tiles,
-        base / "run",
-        **TWO_ITERATIONS,
-        infer={"size": 64, "stride": 32, "batch_size": 4},
-    )
-    result = train_experiment(load_config(cfg))
-    assert result.best is not None
-    w: dict[str, Path] = {"base": base, "ckpt": result.best}
+    w: dict[str, Path] = {"base": base, "ckpt": trained}
     inputs = base / "inputs"
     inputs.mkdir()
     w["scene"] = scene(inputs / "scene.tif", 96, 96, 3)
@@ -88,8 +78,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["text"].write_text("this is not a raster\n")
     w["text_pt"] = inputs / "notes.pt"
     w["text_pt"].write_text("this is not a checkpoint\n")
-    w["cut_pt"] = truncated(result.best, inputs / "cut.pt", 0.3)
-    state = torch.load(result.best, map_location="cpu", weights_only=True)
+    w["cut_pt"] = truncated(trained, inputs / "cut.pt", 0.3)
+    state = torch.load(trained, map_location="cpu", weights_only=True)
     state["config"]["model"]["backbone"] = "resnet34"  # another architecture than the weights
     w["arch_pt"] = inputs / "arch.pt"
     torch.save(state, w["arch_pt"])
