@@ -21,6 +21,7 @@ distribution, which resampling barely changes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -41,9 +42,9 @@ WINDOW = 256
 CALIBRATION_WINDOWS = 9
 """Windows on a 3 × 3 lattice over the scene calibrate the ranges."""
 CHECK_WINDOWS = 4
+"""Windows on another (2 × 2) lattice measure the agreement with float32."""
 METHOD = "static-qdq-conv-minmax"
 """How the int8 model is made (part of its cache key: a change of method builds the model again)."""
-"""Windows on another (2 × 2) lattice measure the agreement with float32."""
 
 
 X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
@@ -62,8 +63,9 @@ def seven_bit_weights(machine: str, flags: set[str] | None) -> bool:
     return not (flags and flags & VNNI_FLAGS)
 
 
+@functools.cache
 def this_cpu_needs_seven_bits() -> bool:
-    """:func:`seven_bit_weights` for this machine (its flags from ``/proc/cpuinfo`` where there is one)."""
+    """:func:`seven_bit_weights` for this machine (its flags from ``/proc/cpuinfo`` where there is one; read once)."""
     flags: set[str] | None = None
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
