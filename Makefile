@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 # pytest-xdist worker processes for the tests (the heavy tests start processes of their own)
 TEST_WORKERS ?= 2
+# the tests start about 200 Python processes: with PYTHONDONTWRITEBYTECODE set (some machines set it), each would
+# compile the project's modules again; the suite writes them once to __pycache__ (git-ignored) and reuses them
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 .PHONY: demo test check lint typecheck unit install clean
 
@@ -29,7 +32,7 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	@rm -f .pytest-running
-	$(BIN)/python -m pytest -q -p tests.crashlog -n $(TEST_WORKERS) --dist worksteal || { rc=$$?; \
+	$(PYTEST) -q -p tests.crashlog -n $(TEST_WORKERS) --dist worksteal || { rc=$$?; \
 	  test ! -f .pytest-running || echo "pytest exited with $$rc while running $$(cat .pytest-running)"; \
 	  df -h $${TMPDIR:-/tmp} | tail -1; exit $$rc; }
 
@@ -39,7 +42,7 @@ test: lint
 
 # the inner loop (a few minutes): lint, then the tests not marked slow, stopping at the first failure
 check: lint
-	$(BIN)/python -m pytest -q -x -m "not slow" -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST) -q -x -m "not slow" -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(DEMO_OUT) runs/demo .pytest_cache .mypy_cache .ruff_cache
