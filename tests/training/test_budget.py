@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pyogrio
 import pytest
 import torch
 import yaml
@@ -132,13 +133,37 @@ def test_budget_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.slow
-def test_two_torchrun_ranks_follow_one_plan(tmp_path: Path) -> None:
-    path = config(tmp_path, f"{BUDGET}s", device="cpu")
-    cmd = torchrun(REPO / "pipelines" / "train.py", str(path), "--quiet")
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+def test_two_torchrun_ranks_follow_rank_zeros_plan_and_settings_and_one_validation_crop_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """One two-rank run covers what rank 0 decides for every rank (torchrun starts are the suite's dearest steps):
+
+    - the budget's plan: both ranks train its iterations and stop together;
+    - ``auto``'s settings: rank 0 derives them and says so once, and skips the range test (one process's test);
+    - evaluation with a single validation crop: rank 1 holds no batch and must not wait on collectives it never
+      joins (every planned evaluation is written).
+    """
+    tiles = make_tiles(tmp_path / "data", val_size=64)  # 64 px crops: one validation crop
+    assert (pyogrio.read_dataframe(tiles / "index.gpkg", layer="tiles")["split"] == "val").sum() == 1
+    path = config(tmp_path, f"{BUDGET}s", device="cpu", log_every=1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"] = {**cfg["data"], "root": str(tiles)}
+    del cfg["data"]["crop_size"]  # auto derives it
+    cfg["auto"], cfg["optimizer"] = {"enabled": True}, {"name": "adamw"}
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        torchrun(REPO / "pipelines" / "train.py", str(path)), env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "budget"
     plan = json.loads((run / "plan.json").read_text())
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert state["iteration"] == plan["iterations"] > PROBE_ITERATIONS and state["budget"]["finished"]
     assert f"for {plan['iterations']} iterations" in proc.stdout
+    record = json.loads((run / "auto.json").read_text())
+    assert record["range_test"]["reason"].startswith("several processes")  # one process's test, not two
+    assert record["values"]["data.crop_size"] == 64 and state["auto"]["values"] == record["values"]
+    assert proc.stderr.count("auto data.crop_size") == 1, proc.stderr  # rank 0 derives and says so once
+    rows = (run / "metrics.csv").read_text().splitlines()
+    evaluated = [int(r.split(",")[0]) for r in rows if ",val," in r]
+    assert len(evaluated) >= 2 and evaluated[-1] == plan["iterations"], rows  # the last evaluation too
