@@ -98,14 +98,31 @@ def test_loader_workers_fork_from_a_server_that_imported_the_training_stack() ->
     assert not missing, f"the fork server {server} has not loaded {missing}"
 
 
-def test_compile_wraps_the_model_itself() -> None:
+@pytest.mark.slow
+def test_compile_wraps_the_model_itself_and_inductor_trains_it_as_eager_does() -> None:
     """``train.compile`` on one process: the compiled wrapper shares the model's parameters (nothing is compiled
-    until it is called), so the optimiser and checkpoints can use the model itself."""
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    until it is called), so the optimiser and checkpoints can use the model itself; and a training step through
+    inductor's generated code (the default backend, C++ on a CPU) gives eager's loss and gradients."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    counters.clear()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     wrapped = wrap_model(model, torch.device("cpu"), distributed=False, compile=True)
     assert wrapped is not model and getattr(wrapped, "_orig_mod", None) is model
     assert [id(p) for p in wrapped.parameters()] == [id(p) for p in model.parameters()]
     assert wrap_model(model, torch.device("cpu"), distributed=False, compile=False) is model
+    x = torch.randn(2, 3, 16, 16)
+    grads = []
+    for runner in (model, wrapped):
+        model.zero_grad()
+        loss = runner(x).square().mean()
+        loss.backward()
+        grads.append([loss.detach(), *(p.grad.clone() for p in model.parameters() if p.grad is not None)])
+    built = counters["inductor"]["fxgraph_cache_miss"] + counters["inductor"]["fxgraph_cache_hit"]
+    assert len(grads[1]) == 5 and built >= 2  # inductor built (or found in its cache) the forward and the backward
+    for eager, compiled in zip(*grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -116,15 +133,17 @@ def test_compiled_ddp_trains_two_ranks_in_step_records_its_precision_and_checkpo
     the compiled wrapper; and the precision the run picked (``train.amp=auto``: fp32 on the CPU) is recorded in the
     run folder and its checkpoints.
 
-    Without SyncBN: with it on several ranks, compile is skipped with a warning (``compile_decision``). One run
-    covers compile on one rank and on two (each compile costs a minute of a CPU): what differs on one process is
-    :func:`wrap_model`, tested above.
+    Without SyncBN: with it on several ranks, compile is skipped with a warning (``compile_decision``). What differs
+    on one process is :func:`wrap_model`, tested above with inductor. Here torch's backend override swaps inductor's
+    code generation for ``aot_eager``: dynamo, DDP's graph splitting at its buckets and AOT autograd run as in a
+    compiled run, without two ranks compiling the same C++ kernels at once (70 s of a 2-core machine's CPU).
     """
     train = {**SHORT["train"], "compile": True, "checkpoint_every": 1, "sync_bn": False}
     cfg = write_config(tmp_path / "cd.yaml", tiles, tmp_path / "run", **{**SHORT, "train": train, "model": COMPILED})
     # two loader workers per rank (fork server, one thread each) and persistent validation workers, as a GPU run has
     cmd = torchrun(TRAIN, str(cfg), "train.amp=auto", "data.num_workers=2")
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    env = {**ENV, "TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training on cpu, precision fp32, 2 process(es)" in proc.stderr
     state = load_checkpoint(tmp_path / "run" / "last.pt")
