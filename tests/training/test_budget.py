@@ -60,8 +60,8 @@ def test_plan_spends_what_is_left_on_iterations_and_evaluations() -> None:
         plan_budget(60, Measured(spent=50, step=0.5), done=12, val_batches=50)
 
 
-def config(folder: Path, budget: str, **train: object) -> Path:
-    tiles = make_tiles(folder)
+def config(folder: Path, budget: str, tiles: Path | None = None, **train: object) -> Path:
+    tiles = tiles or make_tiles(folder)
     cfg = {
         "work_dir": str(folder / "runs" / "budget"),
         "data": {
@@ -145,9 +145,8 @@ def test_two_torchrun_ranks_follow_rank_zeros_plan_and_settings_and_one_validati
     """
     tiles = make_tiles(tmp_path / "data", val_size=64)  # 64 px crops: one validation crop
     assert (pyogrio.read_dataframe(tiles / "index.gpkg", layer="tiles")["split"] == "val").sum() == 1
-    path = config(tmp_path, f"{BUDGET}s", device="cpu", log_every=1)
+    path = config(tmp_path, f"{BUDGET}s", tiles, device="cpu", log_every=1)
     cfg = yaml.safe_load(path.read_text())
-    cfg["data"] = {**cfg["data"], "root": str(tiles)}
     del cfg["data"]["crop_size"]  # auto derives it
     cfg["auto"], cfg["optimizer"] = {"enabled": True}, {"name": "adamw"}
     path.write_text(yaml.safe_dump(cfg))
