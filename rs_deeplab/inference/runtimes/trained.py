@@ -301,6 +301,26 @@ def build_from_card(card: ModelCard) -> torch.nn.Module:
     return build_model(arch.name, num_classes=card.num_classes, in_channels=card.in_channels, **arch.build_kwargs())
 
 
+def build_uninitialised(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()``'s network with its tensors allocated but not initialised: for weights that are loaded next.
+
+    Random initialisation is most of a model's build time (a ResNet-50 DeepLab: 0.35 s of 0.4 on a 2-core CPU), and
+    a checkpoint's weights overwrite every value it draws. The network is built on torch's ``meta`` device, then
+    given memory. Where the build cannot run there, or a buffer would not come from a state dict (a non-persistent
+    one), it is built as usual. Either way, everything the state dict holds must be loaded before the model is used.
+    """
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # a builder that cannot run on meta: the usual build says what is wrong, if anything
+        return build()
+    loaded = set(model.state_dict())
+    names = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    if any(name not in loaded for name in names):
+        return build()
+    return model.to_empty(device="cpu")
+
+
 def load_trained_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelCard]:
     """Rebuild the model a checkpoint was trained with and load its weights (eval mode on ``device``).
 
@@ -322,7 +342,7 @@ def model_from_weights(
     """
     arch = card.architecture
     try:
-        model = build_from_card(card)
+        model = build_uninitialised(lambda: build_from_card(card))  # every tensor is loaded below, or it fails
     except InputError as exc:
         raise CheckpointError(
             f"{path}: records an architecture this rs_deeplab cannot build ({exc}); retrain it with this version"
