@@ -13,6 +13,7 @@ import pytest
 from affine import Affine
 
 from rs_deeplab.geo.raster import write_geotiff
+from rs_deeplab.runtime.tuning import tune_malloc
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 """The real sample scenes and labels (``../shared/data/real`` beside the clone; its README says what each is)."""
@@ -43,6 +44,13 @@ def _threads_per_worker() -> int:
 # Set before any test module imports torch, which reads it once; a value set by the caller is kept.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads_per_worker()))
+
+# The tests' own process trains and predicts in-process with malloc tuned as the scripts tune theirs (tune_process):
+# otherwise it would be tuned from whichever test first calls a script's main(), and the tests before it would map
+# and fault in each large buffer anew (a fifth more system time on in-process training). Only this process: the
+# commands the tests start tune themselves or not, as they do for a user, and the probes of tests/test_global_state.py
+# are fresh interpreters.
+tune_malloc()
 
 
 @pytest.fixture(autouse=True)
