@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
+import pickle
 import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -20,6 +21,8 @@ from affine import Affine
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.labels.classes import SCHEMES
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 # class colours in R, G, B, NIR: separable enough to learn in a few iterations, noisy enough not to be trivial
@@ -138,24 +141,43 @@ def train_tiny(folder: Path) -> Path:
     return result.best
 
 
-def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
-    """``build(folder)`` once for the whole test run, however many pytest-xdist workers ask; the others wait for it.
-
-    The first caller builds into ``<run's temporary folder>/<name>`` under a file lock and records the paths
-    ``build`` returns; later callers (other modules, other workers) read them back. What is built is shared: a test
-    that changes it works on a copy.
-    """
+def _shared_root(factory: pytest.TempPathFactory) -> Path:
+    """The folder every pytest-xdist worker of this run sees (the run's temporary folder without xdist)."""
     base = factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: the workers' common folder
-    record = root / f"{name}.json"
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def once_per_run(factory: pytest.TempPathFactory, name: str, compute: Callable[[], T]) -> T:
+    """``compute()`` once for the whole test run, however many pytest-xdist workers ask; the others wait for it.
+
+    The first caller computes under a file lock and pickles the result; later callers (other modules, other
+    workers) read it back. Work stealing may split a module between the workers, or hand one worker the same module
+    twice: a module-scoped fixture built this way still runs once. What the result names on disk is shared: a test
+    that changes it works on a copy. A ``compute`` that fails records nothing, and the next caller tries again.
+    """
+    root = _shared_root(factory)
+    record = root / f"{name}.pickle"
     with (root / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not record.exists():
-            folder = root / name
-            shutil.rmtree(folder, ignore_errors=True)  # a build that failed before starts again
-            folder.mkdir()
-            record.write_text(json.dumps({key: str(path) for key, path in build(folder).items()}))
-        return {key: Path(path) for key, path in json.loads(record.read_text()).items()}
+            tmp = record.with_suffix(".partial")
+            tmp.write_bytes(pickle.dumps(compute()))
+            tmp.replace(record)
+        result: T = pickle.loads(record.read_bytes())
+        return result
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
+    """``build(folder)`` once for the whole test run into ``<run's temporary folder>/<name>`` (see
+    :func:`once_per_run`); returns the paths ``build`` returned."""
+
+    def fresh() -> dict[str, Path]:
+        folder = _shared_root(factory) / name
+        shutil.rmtree(folder, ignore_errors=True)  # a build that failed before starts again
+        folder.mkdir()
+        return build(folder)
+
+    return once_per_run(factory, name, fresh)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.inference.writing.writer import partial_path, sidecar_path
 from tests import trainkit
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
-from tests.trainkit import REPO, blob_scene, one_thread
+from tests.trainkit import REPO, blob_scene, once_per_run, one_thread
 
 INFER = [sys.executable, str(REPO / "pipelines" / "infer.py")]
 trained = trainkit.trained  # the session's tiny checkpoint (a fixture)
@@ -189,12 +189,17 @@ def snapshot(folder: Path) -> list[tuple[str, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def infer_runs(world: dict[str, Path]) -> dict[str, Run]:
-    """Every case of :data:`CASES`, two subprocesses at a time; the inputs' folder must come out unchanged."""
-    inputs_before = snapshot(world["inputs"])
-    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2, server=True)
-    assert snapshot(world["inputs"]) == inputs_before  # no case wrote (or left a temporary file) beside the inputs
-    return runs
+def infer_runs(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every case of :data:`CASES`, two subprocesses at a time, once per test run; the inputs' folder must come out
+    unchanged."""
+
+    def table() -> dict[str, Run]:
+        inputs_before = snapshot(world["inputs"])
+        runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2, server=True)
+        assert snapshot(world["inputs"]) == inputs_before  # no case wrote (or left a temporary file) beside them
+        return runs
+
+    return once_per_run(tmp_path_factory, "infer_bad_inputs", table)
 
 
 def test_there_are_many_cases() -> None:

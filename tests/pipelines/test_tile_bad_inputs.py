@@ -28,6 +28,7 @@ from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.conftest import DEFAULT_TRANSFORM, UTM33
 from tests.daskkit import TILE, tile_command
+from tests.trainkit import once_per_run
 
 REPO = Path(__file__).resolve().parents[2]
 POTSDAM = SCHEMES["potsdam"]
@@ -193,13 +194,18 @@ Runs = dict[str, Run]
 
 
 @pytest.fixture(scope="module")
-def tile_runs(world: dict[str, Path]) -> Runs:
-    """Every case of :data:`CASES`, 3 subprocesses at a time; nothing may appear beside the inputs either."""
-    world_files = sorted(p.name for p in world["base"].iterdir())
-    runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True)
-    assert sorted(p.name for p in world["base"].iterdir()) == sorted([*world_files, "cases"])
-    assert world["afile"].read_text() == "x"
-    return runs
+def tile_runs(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """Every case of :data:`CASES`, 3 subprocesses at a time, once per test run; nothing may appear beside the
+    inputs either."""
+
+    def table() -> Runs:
+        world_files = sorted(p.name for p in world["base"].iterdir())
+        runs = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True)
+        assert sorted(p.name for p in world["base"].iterdir()) == sorted([*world_files, "cases"])
+        assert world["afile"].read_text() == "x"
+        return runs
+
+    return once_per_run(tmp_path_factory, "tile_bad_inputs", table)
 
 
 def test_the_table_is_large_and_its_names_distinct() -> None:

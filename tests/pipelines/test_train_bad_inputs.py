@@ -26,7 +26,7 @@ from pipelines import train as train_cli
 from rs_deeplab.geo.raster import write_geotiff
 from rs_deeplab.tiling.tiler import SceneSpec, tile_scenes
 from tests.badkit import ENV, Args, CaseServer, Run, check_one_line, listing, run_command, run_in, run_table, serving
-from tests.trainkit import REPO, TWO_ITERATIONS, blob_scene, make_tiles, write_config
+from tests.trainkit import REPO, TWO_ITERATIONS, blob_scene, make_tiles, once_per_run, write_config
 
 TRAIN = [sys.executable, str(REPO / "pipelines" / "train.py")]
 EVALUATE = [sys.executable, str(REPO / "pipelines" / "evaluate.py")]
@@ -184,9 +184,13 @@ def run_case(
 
 
 @pytest.fixture(scope="module")
-def train_runs(world: dict[str, Path]) -> dict[str, Run]:
-    """Every case of :data:`CASES`, 3 subprocesses at a time."""
-    return run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True)
+def train_runs(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every case of :data:`CASES`, 3 subprocesses at a time, once per test run."""
+    return once_per_run(
+        tmp_path_factory,
+        "train_bad_inputs",
+        lambda: run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=3, server=True),
+    )
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from affine import Affine
 from rs_deeplab.geo.raster import write_geotiff
 from tests.badkit import ENV, Args, Run, check_one_line, listing, run_in, run_table
 from tests.pipelines.test_infer_bad_inputs import corrupt_middle_block, snapshot, truncated
-from tests.trainkit import REPO, blob_scene
+from tests.trainkit import REPO, blob_scene, once_per_run
 
 VECTORIZE = [sys.executable, str(REPO / "pipelines" / "vectorize.py")]
 EVALUATE = [sys.executable, str(REPO / "pipelines" / "evaluate.py")]
@@ -149,12 +149,17 @@ def run_case(w: dict[str, Path], folder: Path, make_args: Args) -> tuple[subproc
 
 
 @pytest.fixture(scope="module")
-def runs(world: dict[str, Path]) -> dict[str, Run]:
-    """Every case of :data:`CASES`, two subprocesses at a time; the inputs' folder must come out unchanged."""
-    inputs_before = snapshot(world["inputs"])
-    result = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2, server=True)
-    assert snapshot(world["inputs"]) == inputs_before  # no output, temporary file or report beside the inputs
-    return result
+def runs(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every case of :data:`CASES`, two subprocesses at a time, once per test run; the inputs' folder must come out
+    unchanged."""
+
+    def table() -> dict[str, Run]:
+        inputs_before = snapshot(world["inputs"])
+        result = run_table(CASES, functools.partial(run_case, world), world["base"] / "cases", workers=2, server=True)
+        assert snapshot(world["inputs"]) == inputs_before  # no output, temporary file or report beside the inputs
+        return result
+
+    return once_per_run(tmp_path_factory, "vectorize_evaluate_bad_inputs", table)
 
 
 def test_there_are_many_cases() -> None:
